@@ -1,0 +1,4 @@
+"""Pure ML code of the MNIST lineage pipeline (data, model, training loop, metrics, ONNX I/O) and its
+lineage record. Nothing here imports Prefect; only `mnist_pipeline.lineage.tracker` imports wandb."""
+
+__version__ = "0.1.0"

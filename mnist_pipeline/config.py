@@ -1,0 +1,149 @@
+"""The pipeline's one typed parameter.
+
+`PipelineConfig` is what the flow takes, what the CLI builds and what the Prefect UI renders as a form.
+Every stage receives only its own section; the whole config goes into each W&B run's config.
+Defaults are those of W&B's PyTorch tutorial (epochs=5, kernels=[16, 32], batch_size=128, lr=0.005, slice=5).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DataSource = Literal["download", "local", "synthetic"]
+WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+
+class _Section(BaseModel):
+    # Unknown keys are a typo in a payload or config file: reject them instead of silently ignoring them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+class DataConfig(_Section):
+    source: DataSource = Field(
+        "download",
+        description="Where MNIST comes from: 'download' (torchvision's real download into root), "
+        "'local' (a directory of IDX files, .gz or not) or 'synthetic' (deterministic digits, offline demos).",
+    )
+    root: Path = Field(Path("data"), description="Directory torchvision downloads into (<root>/MNIST/raw).")
+    local_dir: Path | None = Field(
+        None, description="For source='local': directory holding the four MNIST IDX files (or <dir>/MNIST/raw)."
+    )
+    mirrors: list[str] | None = Field(
+        None,
+        description="For source='download': mirror URLs to try in order, replacing torchvision's MNIST.mirrors.",
+    )
+    slice: int = Field(5, ge=1, le=10_000, description="Keep every n-th image of each split (the tutorial's slice=5).")
+    synthetic_train: int = Field(6000, ge=10, le=200_000, description="Training images for source='synthetic'.")
+    synthetic_test: int = Field(1000, ge=10, le=100_000, description="Test images for source='synthetic'.")
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataConfig:
+        if self.source == "local":
+            if self.local_dir is None:
+                raise ValueError("data.source='local' needs data.local_dir (a directory holding MNIST IDX files)")
+            if not self.local_dir.is_dir():
+                raise ValueError(f"data.local_dir {str(self.local_dir)!r} is not a readable directory")
+            if not os.access(self.local_dir, os.R_OK | os.X_OK):
+                raise ValueError(f"data.local_dir {str(self.local_dir)!r} is not readable")
+        if self.mirrors is not None and not self.mirrors:
+            raise ValueError("data.mirrors, when given, must list at least one URL")
+        return self
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(5, ge=1, le=1000, description="Passes over the training split.")
+    classes: int = Field(10, ge=2, le=10, description="Output classes of the ConvNet (MNIST has 10).")
+    kernels: list[int] = Field(
+        [16, 32], min_length=2, max_length=2, description="Output channels of the two conv layers."
+    )
+    batch_size: int = Field(128, ge=1, le=65_536, description="Training batch size.")
+    learning_rate: float = Field(0.005, gt=0, le=10, description="Adam learning rate.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed for weight init and shuffling.")
+    log_every: int = Field(25, ge=1, description="Log the loss every n batches, with step = examples seen.")
+    watch: bool = Field(True, description="Call wandb.watch on the model (gradients and parameters).")
+    watch_log_freq: int = Field(10, ge=1, description="wandb.watch log_freq, in batches.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
+    threads: int = Field(0, ge=0, le=512, description="Intra-op CPU threads; 0 means one per core.")
+
+    @field_validator("kernels")
+    @classmethod
+    def _positive_kernels(cls, v: list[int]) -> list[int]:
+        if any(k <= 0 for k in v):
+            raise ValueError(f"every kernel count must be positive, got {v}")
+        return v
+
+
+class EvalConfig(_Section):
+    misclassified_table_rows: int = Field(
+        64, ge=0, le=10_000, description="Misclassified test images logged to a W&B Table."
+    )
+    batch_size: int = Field(1024, ge=1, le=65_536, description="Inference batch size.")
+
+
+class OnnxConfig(_Section):
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
+    parity_atol: float = Field(1e-3, gt=0, description="Largest allowed |torch logit - onnxruntime logit|.")
+    min_argmax_agreement: float = Field(
+        0.999, ge=0, le=1, description="Smallest allowed share of test images with the same predicted class."
+    )
+    latency_samples: int = Field(200, ge=10, le=100_000, description="Batch-1 runs timed for p50/p99 latency.")
+    throughput_batch: int = Field(256, ge=1, le=65_536, description="Batch size of the throughput measurement.")
+
+
+class WandbConfig(_Section):
+    project: str = Field("mnist-lineage", min_length=1, description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (user or team); None uses your default.")
+    mode: WandbMode = Field(
+        "auto", description="'auto' is online when a W&B API key is configured, otherwise offline."
+    )
+    dir: Path | None = Field(None, description="wandb's run folder; default $WANDB_DIR, else beside the lineage store.")
+
+
+class PipelineConfig(_Section):
+    dataset: Literal["MNIST"] = Field("MNIST", description="Dataset name (recorded in W&B, as in the tutorial).")
+    architecture: Literal["CNN"] = Field("CNN", description="Model architecture (recorded in W&B).")
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    onnx: OnnxConfig = Field(default_factory=OnnxConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    artifacts_dir: Path = Field(Path("mnist-runs/artifacts"), description="Where artifact files are stored.")
+    lineage_db: Path = Field(Path("mnist-runs/lineage.db"), description="SQLite lineage store.")
+
+    def resolved(self) -> PipelineConfig:
+        """The same config with every path made absolute, so tasks agree whatever their working directory."""
+        data = self.data.model_copy(
+            update={
+                "root": self.data.root.expanduser().resolve(),
+                "local_dir": self.data.local_dir.expanduser().resolve() if self.data.local_dir else None,
+            }
+        )
+        return self.model_copy(
+            update={
+                "data": data,
+                "artifacts_dir": self.artifacts_dir.expanduser().resolve(),
+                "lineage_db": self.lineage_db.expanduser().resolve(),
+                "wandb": self.wandb.model_copy(
+                    update={"dir": self.wandb.dir.expanduser().resolve() if self.wandb.dir else None}
+                ),
+            }
+        )
+
+    def flat(self) -> dict:
+        """The tutorial-shaped view for W&B run configs: hyperparameters at the top, sections nested."""
+        return {
+            "epochs": self.train.epochs,
+            "classes": self.train.classes,
+            "kernels": list(self.train.kernels),
+            "batch_size": self.train.batch_size,
+            "learning_rate": self.train.learning_rate,
+            "dataset": self.dataset,
+            "architecture": self.architecture,
+            "slice": self.data.slice,
+            "seed": self.train.seed,
+            "pipeline": self.model_dump(mode="json"),
+        }

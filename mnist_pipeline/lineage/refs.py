@@ -1,0 +1,85 @@
+"""What tasks hand each other: a small frozen reference to one exact artifact version, never its contents."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from mnist_pipeline.lineage.store import FileRecord
+
+
+class ArtifactRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    type: str
+    version: int
+    digest: str  # sha256 over the artifact's (relpath, sha256) manifest
+    path: str  # directory holding the files
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+    @property
+    def alias(self) -> str:
+        """The W&B alias that pins this exact content (versions are assigned by the server, digests are ours)."""
+        return f"sha256-{self.digest[:16]}"
+
+    def file(self, relpath: str) -> Path:
+        return Path(self.path) / relpath
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(directory: Path) -> tuple[FileRecord, ...]:
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return tuple(FileRecord(p.relative_to(directory).as_posix(), sha256_file(p), p.stat().st_size) for p in files)
+
+
+def manifest_digest(files: tuple[FileRecord, ...]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.relpath):
+        h.update(f"{f.relpath}\0{f.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file and folder under `directory` to disk before it is renamed into place."""
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class DigestMismatch(RuntimeError):
+    """A file on disk no longer matches the digest its lineage record holds."""
+
+
+def verify_files(path: Path, expected: tuple[FileRecord, ...]) -> None:
+    """Raise DigestMismatch naming the first file that is missing or differs from its record."""
+    for rec in expected:
+        p = Path(path) / rec.relpath
+        if not p.is_file():
+            raise DigestMismatch(f"{p}: missing (recorded sha256 {rec.sha256})")
+        actual = sha256_file(p)
+        if actual != rec.sha256:
+            raise DigestMismatch(f"{p}: sha256 {actual} does not match the recorded {rec.sha256}")

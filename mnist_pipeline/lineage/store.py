@@ -1,0 +1,268 @@
+"""The lineage store: an embedded SQLite database with one row per run, artifact version, file and edge.
+
+It is the record that still holds when W&B is offline (where wandb refuses `use_artifact`), and the one the
+audit reads. Writes happen in short `BEGIN IMMEDIATE` transactions on a WAL database, so two flow runs can share
+one store; a run's outputs and edges are committed together with its 'finished' status, or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id        TEXT PRIMARY KEY,
+    job_type      TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    flow_run_id   TEXT,
+    run_group     TEXT,
+    wandb_mode    TEXT,
+    wandb_url     TEXT,
+    wandb_dir     TEXT,
+    wandb_project TEXT,
+    wandb_entity  TEXT,
+    config_json   TEXT NOT NULL,
+    env_json      TEXT NOT NULL,
+    summary_json  TEXT NOT NULL DEFAULT '{}',
+    started_at    TEXT NOT NULL,
+    finished_at   TEXT,
+    error         TEXT
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    artifact_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    name            TEXT NOT NULL,
+    type            TEXT NOT NULL,
+    version         INTEGER NOT NULL,
+    digest          TEXT NOT NULL,
+    path            TEXT NOT NULL,
+    metadata_json   TEXT NOT NULL,
+    producer_run_id TEXT NOT NULL REFERENCES runs(run_id),
+    created_at      TEXT NOT NULL,
+    UNIQUE (name, digest),
+    UNIQUE (name, version)
+);
+CREATE TABLE IF NOT EXISTS artifact_files (
+    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
+    relpath     TEXT NOT NULL,
+    sha256      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    PRIMARY KEY (artifact_id, relpath)
+);
+CREATE TABLE IF NOT EXISTS edges (
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
+    direction   TEXT NOT NULL CHECK (direction IN ('used', 'produced')),
+    PRIMARY KEY (run_id, artifact_id, direction)
+);
+CREATE INDEX IF NOT EXISTS files_by_sha ON artifact_files(sha256);
+CREATE INDEX IF NOT EXISTS edges_by_artifact ON edges(artifact_id, direction);
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    relpath: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    artifact_id: int
+    name: str
+    type: str
+    version: int
+    digest: str
+    path: str
+    metadata: dict
+    producer_run_id: str
+    created_at: str
+    files: tuple[FileRecord, ...]
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """An output of a run, its files already in their final place, waiting to be recorded."""
+
+    name: str
+    type: str
+    digest: str
+    path: str
+    metadata: dict
+    files: tuple[FileRecord, ...]
+
+
+class LineageStore:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN ourselves, so every write transaction is explicit.
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        con.row_factory = sqlite3.Row
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction. BEGIN IMMEDIATE takes the write lock up front, so two writers queue
+        instead of failing half-way with 'database is locked'."""
+        con = self._connect()
+        try:
+            for attempt in range(50):
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    break
+                except sqlite3.OperationalError as e:
+                    if "locked" not in str(e) or attempt == 49:
+                        raise
+                    time.sleep(0.1)
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        finally:
+            con.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[sqlite3.Connection]:
+        con = self._connect()
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------------------------------------- writes
+
+    def start_run(self, run_id: str, job_type: str, *, config: dict, env: dict, flow_run_id: str | None,
+                  run_group: str | None, wandb_mode: str, wandb_dir: str | None, wandb_project: str | None,
+                  wandb_entity: str | None) -> None:
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO runs (run_id, job_type, status, flow_run_id, run_group, wandb_mode, wandb_dir,"
+                " wandb_project, wandb_entity, config_json, env_json, started_at)"
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, job_type, flow_run_id, run_group, wandb_mode, wandb_dir, wandb_project, wandb_entity,
+                 json.dumps(config, sort_keys=True), json.dumps(env, sort_keys=True), now()))
+
+    def finish_run(self, run_id: str, *, used: list[int], produced: list[NewArtifact], summary: dict,
+                   wandb_url: str | None, wandb_mode: str) -> list[ArtifactRecord]:
+        """Record the outputs, the edges and the 'finished' status in one transaction."""
+        with self.transaction() as con:
+            ids = []
+            for art in produced:
+                row = con.execute("SELECT artifact_id FROM artifacts WHERE name = ? AND digest = ?",
+                                  (art.name, art.digest)).fetchone()
+                if row is None:  # a new version; identical content reuses the version that holds it
+                    version = con.execute("SELECT COALESCE(MAX(version) + 1, 0) FROM artifacts WHERE name = ?",
+                                          (art.name,)).fetchone()[0]
+                    cur = con.execute(
+                        "INSERT INTO artifacts (name, type, version, digest, path, metadata_json,"
+                        " producer_run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (art.name, art.type, version, art.digest, art.path,
+                         json.dumps(art.metadata, sort_keys=True), run_id, now()))
+                    aid = cur.lastrowid
+                    con.executemany("INSERT INTO artifact_files VALUES (?, ?, ?, ?)",
+                                    [(aid, f.relpath, f.sha256, f.size) for f in art.files])
+                else:
+                    aid = row[0]
+                ids.append(aid)
+            con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", [(run_id, a) for a in used])
+            con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'produced')", [(run_id, a) for a in ids])
+            con.execute("UPDATE runs SET status = 'finished', finished_at = ?, summary_json = ?, wandb_url = ?,"
+                        " wandb_mode = ? WHERE run_id = ?",
+                        (now(), json.dumps(summary, sort_keys=True, default=str), wandb_url, wandb_mode, run_id))
+            return [self._artifact(con, aid) for aid in ids]
+
+    def fail_run(self, run_id: str, *, used: list[int], error: str) -> None:
+        """A failed run keeps its inputs on record (for the audit) and produces nothing."""
+        with self.transaction() as con:
+            con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", [(run_id, a) for a in used])
+            con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
+                        (now(), error[:4000], run_id))
+
+    # ------------------------------------------------------------------------------------------- reads
+
+    def _artifact(self, con: sqlite3.Connection, artifact_id: int) -> ArtifactRecord:
+        r = con.execute("SELECT * FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()
+        files = tuple(FileRecord(f["relpath"], f["sha256"], f["size"]) for f in con.execute(
+            "SELECT relpath, sha256, size FROM artifact_files WHERE artifact_id = ? ORDER BY relpath",
+            (artifact_id,)))
+        return ArtifactRecord(artifact_id=r["artifact_id"], name=r["name"], type=r["type"], version=r["version"],
+                              digest=r["digest"], path=r["path"], metadata=json.loads(r["metadata_json"]),
+                              producer_run_id=r["producer_run_id"], created_at=r["created_at"], files=files)
+
+    def artifact(self, artifact_id: int) -> ArtifactRecord:
+        with self.reader() as con:
+            return self._artifact(con, artifact_id)
+
+    def find_artifact(self, name: str, digest: str) -> ArtifactRecord | None:
+        with self.reader() as con:
+            row = con.execute("SELECT artifact_id FROM artifacts WHERE name = ? AND digest = ?",
+                              (name, digest)).fetchone()
+            return self._artifact(con, row[0]) if row else None
+
+    def artifacts(self, type: str | None = None) -> list[ArtifactRecord]:
+        with self.reader() as con:
+            q = "SELECT artifact_id FROM artifacts" + (" WHERE type = ?" if type else "") + " ORDER BY artifact_id"
+            return [self._artifact(con, r[0]) for r in con.execute(q, (type,) if type else ())]
+
+    def run(self, run_id: str) -> dict | None:
+        with self.reader() as con:
+            r = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            if r is None:
+                return None
+            d = dict(r)
+            for k in ("config_json", "env_json", "summary_json"):
+                d[k.removesuffix("_json")] = json.loads(d.pop(k))
+            return d
+
+    def runs(self, flow_run_id: str | None = None) -> list[dict]:
+        with self.reader() as con:
+            q = "SELECT run_id FROM runs" + (" WHERE flow_run_id = ?" if flow_run_id else "") + " ORDER BY started_at"
+            ids = [r[0] for r in con.execute(q, (flow_run_id,) if flow_run_id else ())]
+        return [self.run(i) for i in ids]
+
+    def edges(self, run_id: str) -> dict[str, list[ArtifactRecord]]:
+        with self.reader() as con:
+            out: dict[str, list[ArtifactRecord]] = {"used": [], "produced": []}
+            for r in con.execute("SELECT artifact_id, direction FROM edges WHERE run_id = ? ORDER BY artifact_id",
+                                 (run_id,)):
+                out[r["direction"]].append(self._artifact(con, r["artifact_id"]))
+            return out
+
+    def consumers(self, artifact_id: int) -> list[str]:
+        with self.reader() as con:
+            return [r[0] for r in con.execute(
+                "SELECT e.run_id FROM edges e JOIN runs r USING (run_id) WHERE e.artifact_id = ?"
+                " AND e.direction = 'used' ORDER BY r.started_at", (artifact_id,))]
+
+    def producers(self, artifact_id: int) -> list[str]:
+        with self.reader() as con:
+            return [r[0] for r in con.execute(
+                "SELECT e.run_id FROM edges e JOIN runs r USING (run_id) WHERE e.artifact_id = ?"
+                " AND e.direction = 'produced' ORDER BY r.started_at", (artifact_id,))]
+
+    def artifacts_with_file(self, sha256: str) -> list[ArtifactRecord]:
+        with self.reader() as con:
+            ids = [r[0] for r in con.execute(
+                "SELECT DISTINCT artifact_id FROM artifact_files WHERE sha256 = ? ORDER BY artifact_id", (sha256,))]
+            return [self._artifact(con, i) for i in ids]

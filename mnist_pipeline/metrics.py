@@ -1,0 +1,50 @@
+"""Evaluation of a classifier on a split: loss, accuracy, per-class accuracy, confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mnist_pipeline.data import Split, to_float
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    predictions: torch.Tensor  # int64 [N]
+    count: int
+
+    def summary(self) -> dict:
+        return {"test_loss": self.loss, "test_accuracy": self.accuracy, "test_count": self.count,
+                "per_class_accuracy": self.per_class_accuracy, "confusion_matrix": self.confusion}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits for uint8 images [N, 28, 28], in batches, on CPU at the end."""
+    model.eval()
+    out = [model(to_float(images[i : i + batch_size]).to(device)).cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int) -> torch.Tensor:
+    return torch.bincount(labels * classes + preds, minlength=classes * classes).reshape(classes, classes)
+
+
+def evaluate(model: nn.Module, split: Split, classes: int, batch_size: int = 1024,
+             device: torch.device | str = "cpu") -> Evaluation:
+    logits = predict_logits(model, split.images, batch_size, device)
+    labels = split.labels
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    preds = logits.argmax(1)
+    cm = confusion_matrix(labels, preds, classes)
+    support = cm.sum(1)
+    per_class = [float(cm[c, c] / support[c]) if support[c] else float("nan") for c in range(classes)]
+    return Evaluation(loss=loss, accuracy=float((preds == labels).float().mean()), per_class_accuracy=per_class,
+                      confusion=cm.tolist(), predictions=preds, count=len(labels))

@@ -1,0 +1,146 @@
+"""ONNX export with a dynamic batch axis, and onnxruntime parity and speed against torch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from mnist_pipeline.data import Split, to_float
+from mnist_pipeline.metrics import predict_logits
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+
+
+class ParityError(RuntimeError):
+    """onnxruntime's outputs differ from torch's by more than the tolerance."""
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    opset: int
+    input_name: str
+    output_name: str
+    input_shape: list  # with "batch" for the dynamic axis
+    ir_version: int
+    producer: str
+
+
+def export(model: torch.nn.Module, path: Path, opset: int = 18) -> ExportInfo:
+    """torch.onnx.export (the dynamo exporter) with a dynamic batch axis, then onnx.checker."""
+    model = model.cpu().eval()
+    example = torch.zeros(2, *model.cfg.input_shape)
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    shape = [d.dim_param or d.dim_value for d in dims]
+    if isinstance(shape[0], int):
+        raise RuntimeError(f"exported ONNX input has a fixed batch size {shape[0]}; expected a dynamic axis")
+    opset_found = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return ExportInfo(opset=opset_found, input_name=proto.graph.input[0].name,
+                      output_name=proto.graph.output[0].name, input_shape=shape, ir_version=proto.ir_version,
+                      producer=f"{proto.producer_name} {proto.producer_version}")
+
+
+def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_logits(sess: ort.InferenceSession, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: to_float(images[i : i + batch_size]).numpy()})[0]
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
+
+
+@dataclass
+class Validation:
+    max_abs_diff: float
+    argmax_agreement: float
+    ort_accuracy: float
+    torch_accuracy: float
+    count: int
+    latency_ms_p50: float
+    latency_ms_p99: float
+    throughput_batch: int
+    ort_throughput_per_s: float
+    torch_throughput_per_s: float
+    passed: bool
+    tolerance: float
+    min_agreement: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _percentile_ms(times: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(times) * 1000.0, q))
+
+
+def latency(run_one, samples: int) -> tuple[float, float]:
+    """p50 and p99 in ms of `run_one(i)` over `samples` calls, after a short warm-up."""
+    for i in range(min(10, samples)):
+        run_one(i)
+    times = []
+    for i in range(samples):
+        t = time.perf_counter()
+        run_one(i)
+        times.append(time.perf_counter() - t)
+    return _percentile_ms(times, 50), _percentile_ms(times, 99)
+
+
+def throughput(run_batch, batch: torch.Tensor, min_seconds: float = 0.5) -> float:
+    """Images per second of `run_batch(batch)`, repeated for at least `min_seconds` after one warm-up."""
+    run_batch(batch)
+    n, t0 = 0, time.perf_counter()
+    while True:
+        run_batch(batch)
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds and n >= 3:
+            return n * len(batch) / elapsed
+
+
+def validate(onnx_path: Path, model: torch.nn.Module, test: Split, *, atol: float, min_agreement: float,
+             latency_samples: int = 200, throughput_batch: int = 256, batch_size: int = 1024) -> Validation:
+    """Compare onnxruntime with torch on every test image; time both. Never raises on a parity miss:
+    the caller decides (it records the report first, so a failed validation is still on file)."""
+    sess = session(onnx_path)
+    model = model.cpu().eval()
+    ort_out = ort_logits(sess, test.images, batch_size)
+    torch_out = predict_logits(model, test.images, batch_size).numpy()
+    labels = test.labels.numpy()
+    max_diff = float(np.abs(ort_out - torch_out).max())
+    agree = float((ort_out.argmax(1) == torch_out.argmax(1)).mean())
+
+    name = sess.get_inputs()[0].name
+    singles = to_float(test.images[:latency_samples])
+    p50, p99 = latency(lambda i: sess.run(None, {name: singles[i % len(singles)][None].numpy()}), latency_samples)
+    big = to_float(test.images[:throughput_batch])
+    if len(big) < throughput_batch:  # a tiny test split: tile it up to the requested batch
+        big = big.repeat((throughput_batch + len(big) - 1) // len(big), 1, 1, 1)[:throughput_batch]
+    big_np = big.numpy()
+    ort_tp = throughput(lambda b: sess.run(None, {name: big_np}), big)
+    with torch.inference_mode():
+        torch_tp = throughput(lambda b: model(b), big)
+    return Validation(
+        max_abs_diff=max_diff, argmax_agreement=agree,
+        ort_accuracy=float((ort_out.argmax(1) == labels).mean()),
+        torch_accuracy=float((torch_out.argmax(1) == labels).mean()), count=len(labels),
+        latency_ms_p50=p50, latency_ms_p99=p99, throughput_batch=throughput_batch,
+        ort_throughput_per_s=ort_tp, torch_throughput_per_s=torch_tp,
+        passed=max_diff <= atol and agree >= min_agreement, tolerance=atol, min_agreement=min_agreement)

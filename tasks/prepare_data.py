@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from mnist_pipeline import __version__, data
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.tracker import open_stage
+from tasks._common import current_flow_run_id, write_json
+
+DATASET_NAME = "mnist"
+
+
+def _source_files(cfg: PipelineConfig) -> list[Path]:
+    d = cfg.data
+    if d.source == "local" and d.local_dir is not None:
+        return sorted(p for base in (d.local_dir, data.raw_folder(d.local_dir)) if base.is_dir()
+                      for p in base.iterdir() if p.is_file())
+    if d.source == "download":
+        raw = data.raw_folder(d.root)
+        return sorted(p for p in raw.iterdir() if p.is_file()) if raw.is_dir() else []
+    return []  # synthetic data is a pure function of its settings
+
+
+def cache_key(context, parameters) -> str:
+    """Same data settings, same source files (path, size, mtime), same stores: the same dataset artifact."""
+    cfg: PipelineConfig = parameters["cfg"]
+    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _source_files(cfg)]
+    blob = json.dumps([__version__, cfg.data.model_dump(mode="json"), cfg.train.classes, str(cfg.artifacts_dir),
+                       str(cfg.lineage_db), files], sort_keys=True)
+    return "prepare-data-" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def network_error_only(task, task_run, state) -> bool:
+    """Retry a failed download, not a corrupt file: a DataError will fail the same way every time."""
+    try:
+        state.result()
+    except data.DataError:
+        return False
+    except (urllib.error.URLError, OSError, RuntimeError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(name="prepare-data", retries=2, retry_delay_seconds=5, retry_condition_fn=network_error_only,
+      cache_key_fn=cache_key, persist_result=True)
+def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
+    logger = get_run_logger()
+    d = cfg.data
+    root = d.root / "local" if d.source == "local" else d.root  # never overwrite a downloaded copy
+    with open_stage(cfg, "prepare-data", current_flow_run_id()) as stage:
+        logger.info("preparing MNIST from %s (slice=%d)", d.source, d.slice)
+        prepared = data.prepare(d.source, root, local_dir=d.local_dir, mirrors=d.mirrors, slice_step=d.slice,
+                                classes=cfg.train.classes, synthetic_sizes=(d.synthetic_train, d.synthetic_test))
+        out = stage.staging(DATASET_NAME)
+        data.save_split(prepared.train, out / "train.pt")
+        data.save_split(prepared.test, out / "test.pt")
+        meta = {
+            "source": d.source,
+            "source_location": str(d.local_dir if d.source == "local" else data.raw_folder(root)),
+            "mirrors": d.mirrors,
+            "slice": d.slice,
+            "raw_files": [vars(f) for f in prepared.raw_files],
+            "notes": prepared.notes,
+            "sizes": {"train": len(prepared.train), "test": len(prepared.test)},
+            "class_counts": {"train": prepared.train.class_counts(cfg.train.classes),
+                             "test": prepared.test.class_counts(cfg.train.classes)},
+        }
+        write_json(out / "dataset.json", meta)
+        stage.summary = {"train_size": len(prepared.train), "test_size": len(prepared.test)}
+        stage.produce(DATASET_NAME, "dataset", out, meta)
+    ref = stage.outputs["dataset"]
+    logger.info("dataset %s: %d train / %d test images, digest %s", ref.label, len(prepared.train),
+                len(prepared.test), ref.digest[:16])
+    return ref

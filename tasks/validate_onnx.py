@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from mnist_pipeline import data, onnx_io
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.tracker import open_stage
+from mnist_pipeline.model import load_model
+from tasks._common import current_flow_run_id, write_json
+
+VALIDATION_NAME = "convnet-onnx-validation"
+
+
+@task(name="validate-onnx")
+def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactRef,
+                  dataset: ArtifactRef) -> ArtifactRef:
+    logger = get_run_logger()
+    o = cfg.onnx
+    with open_stage(cfg, "validate-onnx", current_flow_run_id()) as stage:
+        onnx_path = stage.use(onnx_model) / "model.onnx"
+        net = load_model(stage.use(model) / "model.pt")
+        test = data.load_split(stage.use(dataset) / "test.pt")
+        report = onnx_io.validate(onnx_path, net, test, atol=o.parity_atol, min_agreement=o.min_argmax_agreement,
+                                  latency_samples=o.latency_samples, throughput_batch=o.throughput_batch)
+        out = stage.staging(VALIDATION_NAME)
+        write_json(out / "validation.json", report.to_dict())
+        stage.summary = report.to_dict()
+        stage.log({k: v for k, v in report.to_dict().items() if isinstance(v, (int, float))})
+        # The report is recorded whether or not parity holds, so a failed validation is on file too.
+        stage.produce(VALIDATION_NAME, "validation", out, report.to_dict())
+    ref = stage.outputs["validation"]
+    logger.info("onnxruntime: max |diff| %.3g, argmax agreement %.4f, accuracy %.4f, p50 %.3f ms, "
+                "%.0f img/s at batch %d (torch %.0f img/s)", report.max_abs_diff, report.argmax_agreement,
+                report.ort_accuracy, report.latency_ms_p50, report.ort_throughput_per_s, report.throughput_batch,
+                report.torch_throughput_per_s)
+    if not report.passed:
+        raise onnx_io.ParityError(
+            f"onnxruntime parity failed: max |torch - onnxruntime| logit difference {report.max_abs_diff:.3g} "
+            f"(tolerance {o.parity_atol:.3g}, {report.max_abs_diff / o.parity_atol:.1f}x over), argmax agreement "
+            f"{report.argmax_agreement:.4%} (minimum {o.min_argmax_agreement:.4%}); report {ref.label}")
+    return ref
