@@ -38,6 +38,10 @@ class DataError(ValueError):
     """A data file is missing, truncated or malformed; the message names the file."""
 
 
+class DownloadError(RuntimeError):
+    """No mirror delivered a file with the published md5 (network down, mirror gone, or a corrupt file)."""
+
+
 @dataclass(frozen=True)
 class Split:
     images: torch.Tensor  # uint8 [N, 28, 28]
@@ -57,6 +61,7 @@ class RawFileInfo:
     size: int
     md5: str | None = None  # md5 of the .gz as found, when there was one
     note: str = ""
+    origin: str | None = None  # the file the user gave, named in errors found after staging
 
 
 @dataclass
@@ -78,25 +83,29 @@ def encode_idx(array: np.ndarray) -> bytes:
     return header + array.tobytes()
 
 
-def check_idx(path: Path, expect_magic: int) -> int:
-    """Check one uncompressed IDX file's header against its size; return the item count."""
+def check_idx(path: Path, expect_magic: int, label: Path | str | None = None) -> int:
+    """Check one uncompressed IDX file's header against its size; return the item count.
+
+    Errors name `label` (the file the user gave, e.g. the .gz it was unpacked from), else `path`.
+    """
+    name = label or path
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(16 if expect_magic == IMAGE_MAGIC else 8)
     ndim = 3 if expect_magic == IMAGE_MAGIC else 1
     if len(head) < 4 + 4 * ndim:
-        raise DataError(f"{path}: truncated IDX file ({size} bytes, shorter than its header)")
+        raise DataError(f"{name}: truncated IDX file ({size} bytes, shorter than its header)")
     (magic,) = struct.unpack(">I", head[:4])
     if magic != expect_magic:
-        raise DataError(f"{path}: wrong IDX magic number 0x{magic:08x}, expected 0x{expect_magic:08x}")
+        raise DataError(f"{name}: wrong IDX magic number 0x{magic:08x}, expected 0x{expect_magic:08x}")
     dims = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
     if ndim == 3 and dims[1:] != (28, 28):
-        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+        raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected 28x28")
     expected = 4 + 4 * ndim + int(np.prod(dims))
     if size < expected:
-        raise DataError(f"{path}: truncated IDX file: {size} bytes, header promises {expected}")
+        raise DataError(f"{name}: truncated IDX file: {size} bytes, header promises {expected}")
     if size > expected:
-        raise DataError(f"{path}: {size - expected} trailing bytes after the {dims[0]} items its header declares")
+        raise DataError(f"{name}: {size - expected} trailing bytes after the {dims[0]} items its header declares")
     return dims[0]
 
 
@@ -139,10 +148,10 @@ def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
         raise DataError(f"{local_dir}: missing MNIST file(s) {', '.join(missing)} (.gz or uncompressed)")
     dest = raw_folder(root)
     dest.mkdir(parents=True, exist_ok=True)
-    infos = []
+    infos, counts = [], {}
     for stem, src in found.items():
         sha, md5 = _digests(src)
-        info = RawFileInfo(name=src.name, sha256=sha, size=src.stat().st_size)
+        info = RawFileInfo(name=src.name, sha256=sha, size=src.stat().st_size, origin=str(src))
         if src.suffix == ".gz":
             info.md5 = md5
             published = PUBLISHED_MD5[src.name]
@@ -157,11 +166,19 @@ def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
                 tmp.unlink(missing_ok=True)
                 raise DataError(f"{src}: corrupt gzip file ({e})") from e
             tmp.replace(dest / stem)
+            staged = dest / stem
         else:
             info.note = "uncompressed local copy; the published md5 applies to the .gz only"
             if src.resolve() != (dest / stem).resolve():
                 shutil.copyfile(src, dest / stem)
+            staged = dest / stem
+        counts[stem] = check_idx(staged, IMAGE_MAGIC if "images" in stem else LABEL_MAGIC, label=src)
         infos.append(info)
+    for split in ("train", "test"):
+        images, labels = (found[FILES[(split, k)]] for k in ("images", "labels"))
+        if counts[images.name.removesuffix(".gz")] != counts[labels.name.removesuffix(".gz")]:
+            raise DataError(f"{images} holds {counts[images.name.removesuffix('.gz')]} images but "
+                            f"{labels} holds {counts[labels.name.removesuffix('.gz')]} labels")
     return infos
 
 
@@ -170,8 +187,11 @@ def download(root: Path, mirrors: list[str] | None) -> list[RawFileInfo]:
     # A subclass named MNIST keeps torchvision's folder layout (it uses the class name) without
     # editing the global MNIST.mirrors list the way the tutorial does.
     cls = type("MNIST", (MNIST,), {"mirrors": list(mirrors)}) if mirrors else MNIST
-    cls(str(root), train=True, download=True)
-    cls(str(root), train=False, download=True)
+    try:
+        cls(str(root), train=True, download=True)
+        cls(str(root), train=False, download=True)
+    except RuntimeError as e:  # torchvision lists every mirror it tried; keep that, on one line
+        raise DownloadError(" ".join(str(e).split())) from e
     infos = []
     for stem in FILES.values():
         gz = raw_folder(root) / f"{stem}.gz"
@@ -228,10 +248,13 @@ def write_synthetic(root: Path, n_train: int, n_test: int) -> list[RawFileInfo]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def read_split(root: Path, train: bool, classes: int = 10) -> Split:
-    """Check the split's two raw files, then read them with torchvision's MNIST class."""
+def read_split(root: Path, train: bool, classes: int = 10, origins: dict[str, str] | None = None) -> Split:
+    """Check the split's two raw files, then read them with torchvision's MNIST class.
+
+    `origins` maps a raw file's stem to the file the user gave, so errors name that one."""
     split = "train" if train else "test"
     raw = raw_folder(root)
+    origins = origins or {}
     counts = {}
     for kind, magic in (("images", IMAGE_MAGIC), ("labels", LABEL_MAGIC)):
         path = raw / FILES[(split, kind)]
@@ -239,18 +262,17 @@ def read_split(root: Path, train: bool, classes: int = 10) -> Split:
             raise DataError(f"{path}: missing MNIST file")
         counts[kind] = check_idx(path, magic)
     if counts["images"] != counts["labels"]:
-        raise DataError(
-            f"{raw}: {split} split has {counts['images']} images but {counts['labels']} labels"
-        )
+        raise DataError(f"{raw / FILES[(split, 'images')]} holds {counts['images']} images but "
+                        f"{raw / FILES[(split, 'labels')]} holds {counts['labels']} labels")
     if counts["images"] == 0:
         raise DataError(f"{raw / FILES[(split, 'images')]}: holds no images")
     ds = MNIST(str(root), train=train, download=False)
     labels = ds.targets.to(torch.int64)
     if int(labels.max()) >= classes:
         bad = int((labels >= classes).sum())
-        raise DataError(
-            f"{raw / FILES[(split, 'labels')]}: {bad} label(s) outside 0..{classes - 1} (max {int(labels.max())})"
-        )
+        stem = FILES[(split, "labels")]
+        raise DataError(f"{origins.get(stem, raw / stem)}: {bad} label(s) outside 0..{classes - 1} "
+                        f"(max {int(labels.max())})")
     return Split(images=ds.data.contiguous(), labels=labels)
 
 
@@ -274,8 +296,9 @@ def prepare(source: str, root: Path, *, local_dir: Path | None = None, mirrors: 
         raw_files = write_synthetic(root, *synthetic_sizes)
     else:
         raise DataError(f"unknown data source {source!r}; use 'download', 'local' or 'synthetic'")
-    train = take_every(read_split(root, True, classes), slice_step)
-    test = take_every(read_split(root, False, classes), slice_step)
+    origins = {f.name.removesuffix(".gz"): f.origin for f in raw_files if f.origin}
+    train = take_every(read_split(root, True, classes, origins), slice_step)
+    test = take_every(read_split(root, False, classes, origins), slice_step)
     notes = [f"{f.name}: {f.note}" for f in raw_files if f.note]
     for n in notes:
         log.info(n)

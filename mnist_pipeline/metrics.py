@@ -45,6 +45,6 @@ def evaluate(model: nn.Module, split: Split, classes: int, batch_size: int = 102
     preds = logits.argmax(1)
     cm = confusion_matrix(labels, preds, classes)
     support = cm.sum(1)
-    per_class = [float(cm[c, c] / support[c]) if support[c] else float("nan") for c in range(classes)]
-    return Evaluation(loss=loss, accuracy=float((preds == labels).float().mean()), per_class_accuracy=per_class,
+    per_class = [int(cm[c, c]) / int(support[c]) if support[c] else float("nan") for c in range(classes)]
+    return Evaluation(loss=loss, accuracy=int((preds == labels).sum()) / len(labels), per_class_accuracy=per_class,
                       confusion=cm.tolist(), predictions=preds, count=len(labels))

@@ -40,7 +40,8 @@ def export(model: torch.nn.Module, path: Path, opset: int = 18) -> ExportInfo:
     example = torch.zeros(2, *model.cfg.input_shape)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False)
+                      opset_version=opset, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
+                      verbose=False)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     dims = proto.graph.input[0].type.tensor_type.shape.dim

@@ -42,7 +42,7 @@ def network_error_only(task, task_run, state) -> bool:
         state.result()
     except data.DataError:
         return False
-    except (urllib.error.URLError, OSError, RuntimeError):
+    except (data.DownloadError, urllib.error.URLError, OSError):
         return True
     except Exception:
         return False

@@ -266,3 +266,37 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
         run.finish()
     finally:
         shutil.rmtree(stage._staging_root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- offline runs
+
+
+def offline_records(run_file: Path) -> Iterator:
+    """The records of an offline run's `run-<id>.wandb` file, as wandb's protobuf `Record`s.
+
+    The file is wandb's transaction log (what `wandb sync` uploads): a 7-byte header, then 32 KiB blocks of
+    chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last).
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    block, header = 32768, 7
+    data = Path(run_file).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{run_file}: not a wandb run file")
+    pos, pending = header, b""
+    while pos + header <= len(data):
+        room = block - pos % block
+        if room < header:  # block trailer padding
+            pos += room
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if kind == 0 and length == 0:
+            break
+        chunk = data[pos + header : pos + header + length]
+        pos += header + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            rec = pb.Record()
+            rec.ParseFromString(pending)
+            pending = b""
+            yield rec

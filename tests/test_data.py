@@ -1,0 +1,149 @@
+import functools
+import hashlib
+import http.server
+import threading
+
+import pytest
+import torch
+
+from mnist_pipeline import data
+from tests.conftest import STEMS, idx_bytes, tiny_digits, write_mnist
+
+
+def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):
+    prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
+    assert len(prepared.train) == 120 and len(prepared.test) == 40
+    assert prepared.train.images.dtype == torch.uint8 and prepared.train.images.shape == (120, 28, 28)
+    images, labels = tiny_digits(120, 0)
+    assert torch.equal(prepared.train.images, torch.from_numpy(images))
+    assert prepared.train.labels.tolist() == labels.tolist()
+    assert prepared.train.class_counts() == [12] * 10
+    # staged into torchvision's own layout, which the real MNIST class then read
+    assert (tmp_path / "root" / "MNIST" / "raw" / STEMS[("train", "images")]).is_file()
+
+
+def test_slice_keeps_every_nth_image(tiny_mnist, tmp_path):
+    prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=5)
+    assert len(prepared.train) == 24 and len(prepared.test) == 8
+    assert prepared.train.labels.tolist() == [0, 5] * 12
+
+
+def test_gz_copy_is_accepted_with_a_note_on_md5(tmp_path):
+    write_mnist(tmp_path / "src", gz=True)
+    prepared = data.prepare("local", tmp_path / "root", local_dir=tmp_path / "src")
+    assert len(prepared.train) == 120
+    info = {f.name: f for f in prepared.raw_files}
+    gz = tmp_path / "src" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    assert info[gz.name].md5 == hashlib.md5(gz.read_bytes()).hexdigest()
+    assert info[gz.name].sha256 == hashlib.sha256(gz.read_bytes()).hexdigest()
+    assert "differs from the published" in info[gz.name].note
+
+
+def test_published_md5_is_recognised(tmp_path, monkeypatch):
+    write_mnist(tmp_path / "src", gz=True)
+    gz = tmp_path / "src" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    monkeypatch.setitem(data.PUBLISHED_MD5, gz.name, hashlib.md5(gz.read_bytes()).hexdigest())
+    prepared = data.prepare("local", tmp_path / "root", local_dir=tmp_path / "src")
+    assert {f.name: f.note for f in prepared.raw_files}[gz.name] == "md5 matches the published file"
+
+
+def _corrupt(raw, stem, blob):
+    (raw / stem).write_bytes(blob)
+    return raw / stem
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", "truncated IDX file"),
+    ("magic", "wrong IDX magic number"),
+    ("count", "images but"),
+    ("labels", "label(s) outside 0..9"),
+    ("trailing", "trailing bytes"),
+    ("header-only", "truncated"),
+])
+def test_malformed_idx_is_rejected_with_the_file_named(tiny_mnist, tmp_path, case, message):
+    raw = tiny_mnist / "MNIST" / "raw"
+    images, labels = tiny_digits(120, 0)
+    stem = STEMS[("train", "labels" if case in ("count", "labels") else "images")]
+    blob = {
+        "truncated": idx_bytes(images)[:-100],
+        "magic": b"\x00\x00\x08\x01" + idx_bytes(images)[4:],
+        "count": idx_bytes(labels[:100]),
+        "labels": idx_bytes(labels * 2),
+        "trailing": idx_bytes(images) + b"\x00" * 7,
+        "header-only": idx_bytes(images)[:6],
+    }[case]
+    _corrupt(raw, stem, blob)
+    with pytest.raises(data.DataError) as e:
+        data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
+    assert message in str(e.value)
+    assert str(tiny_mnist / "MNIST" / "raw" / stem) in str(e.value)  # the file the user gave
+
+
+def test_corrupt_gzip_is_named(tmp_path):
+    raw = write_mnist(tmp_path / "src", gz=True)
+    gz = raw / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:200])
+    with pytest.raises(data.DataError, match="train-images-idx3-ubyte.gz: corrupt gzip"):
+        data.prepare("local", tmp_path / "root", local_dir=tmp_path / "src")
+    assert not list((tmp_path / "root" / "MNIST" / "raw").glob("*.partial"))
+
+
+def test_missing_files_and_empty_directory(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(data.DataError, match="missing MNIST file.*train-images-idx3-ubyte"):
+        data.prepare("local", tmp_path / "root", local_dir=tmp_path / "empty")
+
+
+def test_slice_larger_than_the_dataset(tiny_mnist, tmp_path):
+    with pytest.raises(data.DataError, match="slice=500 is larger than the split's 120 images"):
+        data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=500)
+
+
+def test_synthetic_source_is_deterministic_and_readable(tmp_path):
+    a = data.prepare("synthetic", tmp_path / "a", synthetic_sizes=(50, 20))
+    b = data.prepare("synthetic", tmp_path / "b", synthetic_sizes=(50, 20))
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.labels, b.test.labels)
+    assert [f.sha256 for f in a.raw_files] == [f.sha256 for f in b.raw_files]
+    assert int(a.train.images.float().std()) > 10  # not blank
+
+
+@pytest.fixture
+def mirror_server(tmp_path):
+    """A loopback HTTP server serving tiny .gz MNIST files, standing in for an MNIST mirror."""
+    src = tmp_path / "mirror"
+    write_mnist(src, gz=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src / "MNIST" / "raw"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield src, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_uses_the_configured_mirrors(tmp_path, monkeypatch, mirror_server):
+    """torchvision's real download code, pointed at a loopback mirror (no internet here)."""
+    src, mirror = mirror_server
+    sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (src / "MNIST" / "raw").iterdir()}
+    monkeypatch.setattr(data.MNIST, "resources", [(n, sums[n]) for n, _ in data.MNIST.resources])
+    prepared = data.prepare("download", tmp_path / "root", mirrors=[mirror])
+    assert len(prepared.train) == 120
+    assert data.MNIST.mirrors[0].startswith("https://")  # the global list is left alone
+    assert all(f.md5 == sums[f.name] for f in prepared.raw_files)
+
+
+def test_download_rejects_a_file_whose_md5_is_not_the_published_one(tmp_path, mirror_server):
+    _src, mirror = mirror_server  # tiny files: their md5 is not torchvision's published one
+    with pytest.raises(data.DownloadError, match=r"Error downloading train-images-idx3-ubyte.gz: Tried http://127"
+                       r".* File not found or corrupted"):
+        data.prepare("download", tmp_path / "root", mirrors=[mirror])
+
+
+def test_split_round_trip(tiny_mnist, tmp_path):
+    prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
+    data.save_split(prepared.test, tmp_path / "t.pt")
+    back = data.load_split(tmp_path / "t.pt")
+    assert torch.equal(back.images, prepared.test.images) and torch.equal(back.labels, prepared.test.labels)
+    x = data.to_float(back.images)
+    assert x.shape == (40, 1, 28, 28) and float(x.max()) == 1.0 and x.dtype == torch.float32

@@ -1,0 +1,86 @@
+import sqlite3
+import threading
+
+import pytest
+
+from mnist_pipeline.lineage.refs import DigestMismatch, manifest, manifest_digest, verify_files
+from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+
+
+def _start(store, run_id, job="train"):
+    store.start_run(run_id, job, config={"a": 1}, env={"git_commit": None}, flow_run_id="f1", run_group="g",
+                    wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
+
+
+def _artifact(tmp_path, name, content):
+    d = tmp_path / f"{name}-{content}"
+    d.mkdir(exist_ok=True)
+    (d / "x.bin").write_text(content)
+    files = manifest(d)
+    return NewArtifact(name=name, type="model", digest=manifest_digest(files), path=str(d), metadata={},
+                       files=files)
+
+
+def test_versions_edges_and_dedup(tmp_path):
+    store = LineageStore(tmp_path / "l.db")
+    _start(store, "r1")
+    [a] = store.finish_run("r1", used=[], produced=[_artifact(tmp_path, "m", "one")], summary={},
+                           wandb_url=None, wandb_mode="offline")
+    _start(store, "r2")
+    [b] = store.finish_run("r2", used=[a.artifact_id], produced=[_artifact(tmp_path, "m", "two")], summary={},
+                           wandb_url=None, wandb_mode="offline")
+    assert (a.version, b.version) == (0, 1)
+    _start(store, "r3")  # identical content to v0: no new version, a second producer edge
+    [c] = store.finish_run("r3", used=[], produced=[_artifact(tmp_path, "m", "one")], summary={},
+                           wandb_url=None, wandb_mode="offline")
+    assert c.artifact_id == a.artifact_id and store.producers(a.artifact_id) == ["r1", "r3"]
+    assert store.consumers(a.artifact_id) == ["r2"]
+    assert [x.name for x in store.edges("r2")["used"]] == ["m"]
+    assert store.run("r2")["status"] == "finished"
+    assert store.artifacts_with_file(a.files[0].sha256)[0].artifact_id == a.artifact_id
+
+
+def test_a_failed_commit_leaves_nothing_behind(tmp_path):
+    store = LineageStore(tmp_path / "l.db")
+    _start(store, "r1")
+    bad = _artifact(tmp_path, "m", "one")
+    with pytest.raises(sqlite3.IntegrityError):  # an edge to an artifact id that does not exist
+        store.finish_run("r1", used=[999], produced=[bad], summary={}, wandb_url=None, wandb_mode="offline")
+    assert store.artifacts() == [] and store.run("r1")["status"] == "running"
+    store.fail_run("r1", used=[], error="boom")
+    assert store.run("r1")["status"] == "failed"
+
+
+def test_concurrent_writers_do_not_corrupt_the_store(tmp_path):
+    path = tmp_path / "l.db"
+    LineageStore(path)
+    errors = []
+
+    def worker(i):
+        try:
+            store = LineageStore(path)
+            for j in range(15):
+                rid = f"r{i}-{j}"
+                _start(store, rid)
+                store.finish_run(rid, used=[], produced=[_artifact(tmp_path, "m", f"{i}-{j}")], summary={},
+                                 wandb_url=None, wandb_mode="offline")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    versions = sorted(a.version for a in LineageStore(path).artifacts())
+    assert versions == list(range(60))  # every version number once: no lost or doubled write
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_verify_files_names_the_changed_file(tmp_path):
+    art = _artifact(tmp_path, "m", "one")
+    verify_files(art.path, art.files)
+    (tmp_path / "m-one" / "x.bin").write_text("onE")
+    with pytest.raises(DigestMismatch, match="x.bin: sha256 .* does not match the recorded"):
+        verify_files(art.path, art.files)
