@@ -61,6 +61,27 @@ CREATE TABLE IF NOT EXISTS edges (
     direction   TEXT NOT NULL CHECK (direction IN ('used', 'produced')),
     PRIMARY KEY (run_id, artifact_id, direction)
 );
+CREATE TABLE IF NOT EXISTS aliases (
+    name        TEXT NOT NULL,
+    alias       TEXT NOT NULL,
+    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
+    set_at      TEXT NOT NULL,
+    PRIMARY KEY (name, alias)
+);
+CREATE TABLE IF NOT EXISTS promotions (
+    promotion_id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    artifact_id            INTEGER NOT NULL REFERENCES artifacts(artifact_id),
+    decision               TEXT NOT NULL CHECK (decision IN ('promoted', 'candidate')),
+    reason                 TEXT NOT NULL,
+    candidate_accuracy     REAL,
+    validation_passed      INTEGER NOT NULL,
+    production_artifact_id INTEGER REFERENCES artifacts(artifact_id),
+    production_accuracy    REAL,
+    margin                 REAL NOT NULL,
+    flow_run_id            TEXT,
+    decided_at             TEXT NOT NULL,
+    wandb_applied_at       TEXT
+);
 CREATE INDEX IF NOT EXISTS files_by_sha ON artifact_files(sha256);
 CREATE INDEX IF NOT EXISTS edges_by_artifact ON edges(artifact_id, direction);
 """
@@ -199,7 +220,60 @@ class LineageStore:
             con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
                         (now(), error[:4000], run_id))
 
+    def decide_promotion(self, artifact_id: int, *, accuracy: float | None, validation_passed: bool,
+                         margin: float, flow_run_id: str | None, accuracy_of=None) -> dict:
+        """Alias a model `candidate`, and `production` if it validated and beats production by `margin`.
+
+        One BEGIN IMMEDIATE transaction reads the current production model and moves the alias, so of two
+        flow runs racing to promote, the second sees the first one's winner: never two winners.
+        `accuracy_of(artifact_id)` gives the current production model's accuracy (from its metrics).
+        """
+        with self.transaction() as con:
+            name = con.execute("SELECT name FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()[0]
+            row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = 'production'",
+                              (name,)).fetchone()
+            prod_id = row[0] if row else None
+            prod_acc = accuracy_of(prod_id) if (prod_id is not None and accuracy_of) else None
+            if not validation_passed:
+                decision, reason = "candidate", "onnxruntime validation did not pass"
+            elif accuracy is None:
+                decision, reason = "candidate", "no test accuracy recorded"
+            elif prod_id == artifact_id:
+                decision, reason = "promoted", "already the production model"
+            elif prod_id is None:
+                decision, reason = "promoted", "first validated model"
+            elif prod_acc is None or accuracy >= prod_acc + margin:
+                decision = "promoted"
+                reason = f"accuracy {accuracy:.4f} >= production {prod_acc if prod_acc is not None else float('nan'):.4f} + margin {margin:.4f}"
+            else:
+                decision = "candidate"
+                reason = f"accuracy {accuracy:.4f} < production {prod_acc:.4f} + margin {margin:.4f}"
+            ts = now()
+            con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'candidate', ?, ?)", (name, artifact_id, ts))
+            if decision == "promoted":
+                con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'production', ?, ?)", (name, artifact_id, ts))
+            cur = con.execute(
+                "INSERT INTO promotions (artifact_id, decision, reason, candidate_accuracy, validation_passed,"
+                " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (artifact_id, decision, reason, accuracy, int(validation_passed), prod_id, prod_acc, margin,
+                 flow_run_id, ts))
+            return {"promotion_id": cur.lastrowid, "artifact_id": artifact_id, "decision": decision,
+                    "reason": reason, "candidate_accuracy": accuracy, "production_artifact_id": prod_id,
+                    "production_accuracy": prod_acc, "margin": margin, "validation_passed": validation_passed}
+
     # ------------------------------------------------------------------------------------------- reads
+
+    def alias(self, name: str, alias: str) -> ArtifactRecord | None:
+        with self.reader() as con:
+            row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
+            return self._artifact(con, row[0]) if row else None
+
+    def promotions(self, artifact_id: int | None = None) -> list[dict]:
+        with self.reader() as con:
+            q = "SELECT * FROM promotions" + (" WHERE artifact_id = ?" if artifact_id is not None else "")
+            return [dict(r) for r in con.execute(q + " ORDER BY promotion_id",
+                                                 (artifact_id,) if artifact_id is not None else ())]
 
     def _artifact(self, con: sqlite3.Connection, artifact_id: int) -> ArtifactRecord:
         r = con.execute("SELECT * FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()
