@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from mnist_pipeline.config import PipelineConfig
+from flows import audit_cli
+from mnist_pipeline.config import ConfigError, PipelineConfig
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -91,16 +92,23 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-config", help="print the resolved config (defaults + file + flags) and exit")
     show.add_argument("--config", help="JSON or YAML file with a PipelineConfig")
     _add_config_flags(show)
+    audit_cli.add_parsers(sub)  # audit, sync
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
+    if ns.command in audit_cli.COMMANDS:  # no config, no Prefect: the auditor's commands start fast
+        return audit_cli.main(ns)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = build_config(ns)
+        cfg.resolved()  # the paths, checked against $MNIST_PIPELINE_ALLOWED_ROOTS as the flow will
     except ValidationError as e:
         print(f"mnist-pipeline: {format_validation_error(e)}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as e:
+        print(f"mnist-pipeline: invalid configuration: {e}", file=sys.stderr)
         return EXIT_CONFIG
     except (OSError, ValueError) as e:
         print(f"mnist-pipeline: cannot read --config: {e}", file=sys.stderr)

@@ -10,11 +10,26 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DataSource = Literal["download", "local", "synthetic"]
 WandbMode = Literal["auto", "online", "offline", "disabled"]
+
+# The operator's roots (os.pathsep-separated), set in the environment of the process that runs the flow, never
+# in a parameter: when set, every path of a PipelineConfig must resolve (symlinks followed) inside one of them.
+ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
+
+
+class ConfigError(ValueError):
+    """A config that is well-formed but not allowed here (a path outside the allowed roots); names the field."""
+
+
+def allowed_roots() -> list[Path] | None:
+    raw = os.environ.get(ALLOWED_ROOTS_ENV, "")
+    roots = [Path(r).expanduser().resolve() for r in raw.split(os.pathsep) if r.strip()]
+    return roots or None
 
 
 class _Section(BaseModel):
@@ -51,6 +66,12 @@ class DataConfig(_Section):
                 raise ValueError(f"data.local_dir {str(self.local_dir)!r} is not readable")
         if self.mirrors is not None and not self.mirrors:
             raise ValueError("data.mirrors, when given, must list at least one URL")
+        for url in self.mirrors or ():
+            parts = urlparse(url)
+            if parts.username or parts.password:
+                # A parameter is stored in Prefect, W&B run configs and the lineage store: no secrets in it.
+                raise ValueError(f"data.mirrors: {parts.scheme}://{parts.hostname}/...: credentials in a mirror "
+                                 "URL would be recorded with the run; give the mirror without them")
         return self
 
 
@@ -68,6 +89,11 @@ class TrainConfig(_Section):
     watch_log_freq: int = Field(10, ge=1, description="wandb.watch log_freq, in batches.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses CUDA when present.")
     threads: int = Field(0, ge=0, le=512, description="Intra-op CPU threads; 0 means one per core.")
+    channels_last: bool = Field(True, description="Train in the NHWC memory layout (faster convolutions on CPU).")
+    checkpoint_every: int = Field(
+        100, ge=1, le=1_000_000,
+        description="Write a resumable checkpoint every n batches (and at every epoch's end).",
+    )
 
     @field_validator("kernels")
     @classmethod
@@ -92,6 +118,7 @@ class OnnxConfig(_Section):
     )
     latency_samples: int = Field(200, ge=10, le=100_000, description="Batch-1 runs timed for p50/p99 latency.")
     throughput_batch: int = Field(256, ge=1, le=65_536, description="Batch size of the throughput measurement.")
+    timing_seconds: float = Field(0.25, gt=0, le=60, description="Minimum seconds each throughput is timed for.")
 
 
 class WandbConfig(_Section):
@@ -101,9 +128,27 @@ class WandbConfig(_Section):
         "auto", description="'auto' is online when a W&B API key is configured, otherwise offline."
     )
     dir: Path | None = Field(None, description="wandb's run folder; default $WANDB_DIR, else beside the lineage store.")
+    init_timeout: float = Field(
+        60, gt=0, le=600,
+        description="Seconds an online wandb.init may take before the stage records offline instead.",
+    )
+
+
+class PromotionConfig(_Section):
+    margin: float = Field(
+        0.0, ge=0, le=1,
+        description="A new model becomes 'production' only if its test accuracy is at least production's plus this.",
+    )
+    registry_path: str | None = Field(
+        None, description="Online only: also link a promoted model into this W&B registry collection, "
+        "e.g. 'wandb-registry-model/mnist-convnet'.",
+    )
 
 
 class PipelineConfig(_Section):
+    force: bool = Field(
+        False, description="Retrain even when the data and training config are those of the production model.",
+    )
     dataset: Literal["MNIST"] = Field("MNIST", description="Dataset name (recorded in W&B, as in the tutorial).")
     architecture: Literal["CNN"] = Field("CNN", description="Model architecture (recorded in W&B).")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -111,18 +156,22 @@ class PipelineConfig(_Section):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     onnx: OnnxConfig = Field(default_factory=OnnxConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     artifacts_dir: Path = Field(Path("mnist-runs/artifacts"), description="Where artifact files are stored.")
     lineage_db: Path = Field(Path("mnist-runs/lineage.db"), description="SQLite lineage store.")
 
     def resolved(self) -> PipelineConfig:
-        """The same config with every path made absolute, so tasks agree whatever their working directory."""
+        """The same config with every path made absolute, so tasks agree whatever their working directory.
+
+        Raises ConfigError when $MNIST_PIPELINE_ALLOWED_ROOTS is set and a path resolves outside every root.
+        """
         data = self.data.model_copy(
             update={
                 "root": self.data.root.expanduser().resolve(),
                 "local_dir": self.data.local_dir.expanduser().resolve() if self.data.local_dir else None,
             }
         )
-        return self.model_copy(
+        out = self.model_copy(
             update={
                 "data": data,
                 "artifacts_dir": self.artifacts_dir.expanduser().resolve(),
@@ -132,6 +181,32 @@ class PipelineConfig(_Section):
                 ),
             }
         )
+        out.check_roots()
+        return out
+
+    def paths(self) -> dict[str, Path]:
+        """Every path field, by its dotted name."""
+        fields = {"data.root": self.data.root, "data.local_dir": self.data.local_dir,
+                  "artifacts_dir": self.artifacts_dir, "lineage_db": self.lineage_db, "wandb.dir": self.wandb.dir}
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def check_roots(self) -> None:
+        """With $MNIST_PIPELINE_ALLOWED_ROOTS set, refuse a path (after '..' and symlinks) outside every root."""
+        roots = allowed_roots()
+        if roots is None:
+            return
+        for name, path in self.paths().items():
+            real = path.expanduser().resolve()
+            if not any(real == r or real.is_relative_to(r) for r in roots):
+                raise ConfigError(f"{name}: {str(path)!r} resolves to {str(real)!r}, outside the allowed roots "
+                                  f"{[str(r) for r in roots]} (${ALLOWED_ROOTS_ENV})")
+
+    def training_fingerprint(self) -> dict:
+        """What decides the trained weights: equal fingerprints on equal data mean retraining changes nothing
+        (device, threads, logging and memory layout do not count)."""
+        t = self.train
+        return {"epochs": t.epochs, "classes": t.classes, "kernels": list(t.kernels), "batch_size": t.batch_size,
+                "learning_rate": t.learning_rate, "seed": t.seed, "slice": self.data.slice}
 
     def flat(self) -> dict:
         """The tutorial-shaped view for W&B run configs: hyperparameters at the top, sections nested."""

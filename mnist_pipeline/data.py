@@ -11,7 +11,9 @@ import gzip
 import hashlib
 import logging
 import shutil
+import os
 import struct
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,20 @@ class PreparedData:
     source: str
     raw_files: list[RawFileInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def _tmp_name(dest: Path) -> Path:
+    """A temporary name beside `dest`, unique to this writer: two flow runs may stage the same files at once."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+
+
+def _write_atomic(dest: Path, blob: bytes) -> None:
+    tmp = _tmp_name(dest)
+    try:
+        tmp.write_bytes(blob)
+        tmp.replace(dest)  # a reader sees the old file or the new one, never a half-written one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- IDX format
@@ -158,7 +174,7 @@ def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
             info.note = "md5 matches the published file" if md5 == published else (
                 f"md5 {md5} differs from the published {published}: accepted as a local copy"
             )
-            tmp = dest / f".{stem}.partial"
+            tmp = _tmp_name(dest / stem)
             try:
                 with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
                     shutil.copyfileobj(fin, fout)
@@ -170,7 +186,12 @@ def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
         else:
             info.note = "uncompressed local copy; the published md5 applies to the .gz only"
             if src.resolve() != (dest / stem).resolve():
-                shutil.copyfile(src, dest / stem)
+                tmp = _tmp_name(dest / stem)
+                try:
+                    shutil.copyfile(src, tmp)
+                    tmp.replace(dest / stem)
+                finally:
+                    tmp.unlink(missing_ok=True)
             staged = dest / stem
         counts[stem] = check_idx(staged, IMAGE_MAGIC if "images" in stem else LABEL_MAGIC, label=src)
         infos.append(info)
@@ -238,7 +259,7 @@ def write_synthetic(root: Path, n_train: int, n_test: int) -> list[RawFileInfo]:
         images, labels = synthetic_digits(n, seed)
         for kind, array in (("images", images), ("labels", labels)):
             path = dest / FILES[(split, kind)]
-            path.write_bytes(encode_idx(array))
+            _write_atomic(path, encode_idx(array))
             sha, _ = _digests(path)
             infos.append(RawFileInfo(name=path.name, sha256=sha, size=path.stat().st_size,
                                      note=f"synthetic seven-segment digits, seed {seed}"))

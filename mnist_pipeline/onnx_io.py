@@ -117,7 +117,8 @@ def throughput(run_batch, batch: torch.Tensor, min_seconds: float = 0.5) -> floa
 
 
 def validate(onnx_path: Path, model: torch.nn.Module, test: Split, *, atol: float, min_agreement: float,
-             latency_samples: int = 200, throughput_batch: int = 256, batch_size: int = 1024) -> Validation:
+             latency_samples: int = 200, throughput_batch: int = 256, batch_size: int = 1024,
+             timing_seconds: float = 0.25) -> Validation:
     """Compare onnxruntime with torch on every test image; time both. Never raises on a parity miss:
     the caller decides (it records the report first, so a failed validation is still on file)."""
     sess = session(onnx_path)
@@ -135,9 +136,9 @@ def validate(onnx_path: Path, model: torch.nn.Module, test: Split, *, atol: floa
     if len(big) < throughput_batch:  # a tiny test split: tile it up to the requested batch
         big = big.repeat((throughput_batch + len(big) - 1) // len(big), 1, 1, 1)[:throughput_batch]
     big_np = big.numpy()
-    ort_tp = throughput(lambda b: sess.run(None, {name: big_np}), big)
+    ort_tp = throughput(lambda b: sess.run(None, {name: big_np}), big, timing_seconds)
     with torch.inference_mode():
-        torch_tp = throughput(lambda b: model(b), big)
+        torch_tp = throughput(lambda b: model(b), big, timing_seconds)
     return Validation(
         max_abs_diff=max_diff, argmax_agreement=agree,
         ort_accuracy=float((ort_out.argmax(1) == labels).mean()),

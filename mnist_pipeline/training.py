@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class LoopSettings:
     log_every: int = 25
     checkpoint_every: int = 100  # batches; a checkpoint is also written at the end of every epoch
     progress: bool = True
+    channels_last: bool = True  # NHWC: oneDNN's faster conv layout on CPU (about 1.25x per core here)
 
 
 @dataclass
@@ -68,7 +70,8 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer, epoch: int, batch: int, examples: int,
                      batches: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # A temporary name of its own: two runs of the same config may share the checkpoint path.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "batch": batch, "examples_seen": examples, "batches": batches}, tmp)
     with tmp.open("rb") as f:
@@ -88,13 +91,22 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
     y_all = data.labels.to(device)
     n = len(data)
     model.to(device).train()
+    if settings.channels_last:
+        x_all = x_all.contiguous(memory_format=torch.channels_last)  # index_select keeps the layout
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     criterion = nn.CrossEntropyLoss()
     per_epoch = (n + settings.batch_size - 1) // settings.batch_size
 
     start_epoch, start_batch, examples, batches, resumed = 0, 0, 0, 0, None
+    state = None
     if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        try:
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+        except Exception as e:  # unreadable (e.g. from another code version): start over rather than fail
+            log.warning("ignoring unreadable checkpoint %s (%s: %s); training from the start", checkpoint,
+                        type(e).__name__, e)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, start_batch = state["epoch"], state["batch"]

@@ -28,6 +28,11 @@ def publish_report(cfg: PipelineConfig, summary: dict) -> str:
     flow_run_id = current_flow_run_id()
     rows = lineage_rows(cfg, flow_run_id)
     lines = [f"# MNIST lineage pipeline: {summary.get('status', 'completed')}", ""]
+    if summary.get("reason"):
+        lines += [summary["reason"], ""]
+    if summary.get("promotion"):
+        p = summary["promotion"]
+        lines += [f"- **promotion**: {p['decision']} ({p['reason']})"]
     for key in ("test_accuracy", "onnx_max_abs_diff", "onnx_argmax_agreement", "onnx_latency_ms_p50"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")

@@ -18,7 +18,7 @@ MODEL_NAME = "convnet"
 def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
     # Keyed by what determines the result, so a rerun with the same inputs resumes and any change starts over.
     key = hashlib.sha256(json.dumps([dataset.digest, cfg.train.model_dump(mode="json", exclude={"watch", "threads",
-                                     "watch_log_freq"})], sort_keys=True).encode()).hexdigest()[:20]
+                                     "watch_log_freq", "checkpoint_every"})], sort_keys=True).encode()).hexdigest()[:20]
     path = cfg.artifacts_dir / ".checkpoints" / f"train-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
@@ -45,7 +45,8 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
             logger.info("loss after %05d examples: %.3f (epoch %d)", examples, loss, epoch)
 
         settings = training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                                         seed=t.seed, log_every=t.log_every)
+                                         seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                                         channels_last=t.channels_last)
         result = training.train(model, split, settings, device, on_log=on_log, checkpoint=ckpt,
                                 stop_after_batches=stop_after_batches)
         out = stage.staging(MODEL_NAME)
@@ -53,7 +54,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
         meta = {"model_config": model_cfg.to_dict(), "train": t.model_dump(mode="json"), "device": str(device),
                 "threads": threads, "examples_seen": result.examples_seen, "batches": result.batches,
                 "train_seconds": result.seconds, "final_loss": result.final_loss,
-                "resumed_from_checkpoint": result.resumed_from}
+                "resumed_from_checkpoint": result.resumed_from, "fingerprint": cfg.training_fingerprint()}
         write_json(out / "model_config.json", meta)
         stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
                          "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None}

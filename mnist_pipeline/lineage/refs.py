@@ -78,6 +78,8 @@ def verify_files(path: Path, expected: tuple[FileRecord, ...]) -> None:
     """Raise DigestMismatch naming the first file that is missing or differs from its record."""
     for rec in expected:
         p = Path(path) / rec.relpath
+        if not p.resolve().is_relative_to(Path(path).resolve()):
+            raise DigestMismatch(f"{p}: recorded file path escapes its artifact folder {path}")
         if not p.is_file():
             raise DigestMismatch(f"{p}: missing (recorded sha256 {rec.sha256})")
         actual = sha256_file(p)

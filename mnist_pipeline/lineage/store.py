@@ -84,6 +84,14 @@ CREATE TABLE IF NOT EXISTS promotions (
 );
 CREATE INDEX IF NOT EXISTS files_by_sha ON artifact_files(sha256);
 CREATE INDEX IF NOT EXISTS edges_by_artifact ON edges(artifact_id, direction);
+CREATE TABLE IF NOT EXISTS sync_log (
+    run_id  TEXT NOT NULL,
+    action  TEXT NOT NULL CHECK (action IN ('upload', 'use')),
+    ref     TEXT NOT NULL,
+    detail  TEXT,
+    done_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, action, ref)
+);
 """
 
 
@@ -220,6 +228,22 @@ class LineageStore:
             con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
                         (now(), error[:4000], run_id))
 
+    def fail_dead_runs(self, is_dead) -> list[str]:
+        """Mark 'running' runs whose process is gone (`is_dead(env["process"])`) as failed: a run killed
+        mid-step never reaches fail_run, and must not stay 'running' for ever. Returns their run ids."""
+        with self.reader() as con:
+            rows = con.execute("SELECT run_id, env_json FROM runs WHERE status = 'running'").fetchall()
+        dead = {r["run_id"]: json.loads(r["env_json"]).get("process") or {} for r in rows}
+        dead = {k: v for k, v in dead.items() if is_dead(v)}
+        if dead:
+            with self.transaction() as con:
+                for run_id, proc in dead.items():
+                    con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?"
+                                " AND status = 'running'",
+                                (now(), f"process died: pid {proc.get('pid')} on {proc.get('host')} ended without "
+                                 "finishing the run (killed or crashed)", run_id))
+        return list(dead)
+
     def decide_promotion(self, artifact_id: int, *, accuracy: float | None, validation_passed: bool,
                          margin: float, flow_run_id: str | None, accuracy_of=None) -> dict:
         """Alias a model `candidate`, and `production` if it validated and beats production by `margin`.
@@ -261,6 +285,10 @@ class LineageStore:
             return {"promotion_id": cur.lastrowid, "artifact_id": artifact_id, "decision": decision,
                     "reason": reason, "candidate_accuracy": accuracy, "production_artifact_id": prod_id,
                     "production_accuracy": prod_acc, "margin": margin, "validation_passed": validation_passed}
+
+    def mark_promotion_applied(self, promotion_id: int) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE promotions SET wandb_applied_at = ? WHERE promotion_id = ?", (now(), promotion_id))
 
     # ------------------------------------------------------------------------------------------- reads
 
@@ -340,3 +368,20 @@ class LineageStore:
             ids = [r[0] for r in con.execute(
                 "SELECT DISTINCT artifact_id FROM artifact_files WHERE sha256 = ? ORDER BY artifact_id", (sha256,))]
             return [self._artifact(con, i) for i in ids]
+
+    # ------------------------------------------------------------------------------------------- W&B sync
+
+    def sync_log(self, run_id: str | None = None) -> list[dict]:
+        """What `mnist-pipeline sync` has already done in W&B: one row per uploaded run and declared input."""
+        with self.reader() as con:
+            q = "SELECT * FROM sync_log" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY done_at, rowid"
+            return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
+
+    def mark_synced(self, run_id: str, action: str, ref: str, detail: str | None = None) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT OR IGNORE INTO sync_log VALUES (?, ?, ?, ?, ?)", (run_id, action, ref, detail, now()))
+
+    def mark_promotion_applied(self, promotion_id: int) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE promotions SET wandb_applied_at = ? WHERE promotion_id = ?"
+                        " AND wandb_applied_at IS NULL", (now(), promotion_id))

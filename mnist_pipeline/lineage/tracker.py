@@ -14,9 +14,12 @@ import logging
 import netrc
 import os
 import platform
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
@@ -72,6 +75,38 @@ def run_environment(seed: int, flow_run_id: str | None) -> dict:
             "platform": platform.platform(), "seed": seed, "flow_run_id": flow_run_id}
 
 
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc; None where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], fields[19]
+
+
+def process_identity() -> dict:
+    """Who runs a stage, kept in the store so a later run can tell that this one's process died."""
+    stat = _proc_stat(os.getpid())
+    return {"pid": os.getpid(), "host": socket.gethostname(), "start": stat[1] if stat else None}
+
+
+def process_gone(proc: dict) -> bool:
+    """True only when sure: same host, and the pid is gone, a zombie, or now another process."""
+    pid = proc.get("pid")
+    if os.name != "posix" or not isinstance(pid, int) or proc.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass  # alive, someone else's
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    return stat[0] == "Z" or (proc.get("start") is not None and stat[1] != proc["start"])
+
+
 def has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -97,6 +132,24 @@ def wandb_dir(cfg: PipelineConfig) -> Path:
 # --------------------------------------------------------------------------------------------- the stage
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe_name(kind: str, value: str) -> str:
+    """Artifact names and types become folder names under artifacts_dir: one plain path component only."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"artifact {kind} {value!r} is not a plain name ([A-Za-z0-9._-], no '/' or '..'): it "
+                         "would not stay inside artifacts_dir")
+    return value
+
+
+def _inside(path: Path, root: Path, what: str) -> Path:
+    real = Path(path).resolve()
+    if not real.is_relative_to(Path(root).resolve()):
+        raise ValueError(f"{what} {str(path)!r} resolves outside {str(root)!r}")
+    return real
+
+
 class Stage:
     def __init__(self, cfg: PipelineConfig, job_type: str, flow_run_id: str | None, store: LineageStore,
                  run: wandb.Run, run_id: str, mode: str):
@@ -111,24 +164,44 @@ class Stage:
     # inputs --------------------------------------------------------------------------------------------
     def use(self, ref: ArtifactRef) -> Path:
         """Declare `ref` as an input: it must be recorded, and its files must match their recorded sha256."""
+        return Path(self.record(ref).path)
+
+    def record(self, ref: ArtifactRef) -> ArtifactRecord:
+        """`use`, returning the artifact's lineage record (its metadata, files and version)."""
         rec = self.store.find_artifact(ref.name, ref.digest)
         if rec is None:
             raise DigestMismatch(f"{ref.label} ({ref.digest[:16]}) is not in the lineage store {self.store.path}")
+        self.used.append(rec)  # kept on record even when refused below: the failed run names what it refused
         verify_files(Path(rec.path), rec.files)
-        self.used.append(rec)
         if self.mode == "online":
             prefix = f"{self.cfg.wandb.entity}/" if self.cfg.wandb.entity else ""
             self.run.use_artifact(f"{prefix}{self.cfg.wandb.project}/{ref.name}:{ref.alias}")
-        return Path(rec.path)
+        return rec
+
+    def set_aliases(self, ref: ArtifactRef, aliases: list[str], registry_path: str | None = None) -> bool:
+        """Online: add `aliases` to the exact W&B version of `ref` (W&B moves an alias off the version that held
+        it) and link it into `registry_path`. Offline: nothing, and False: the lineage store keeps the decision
+        for `mnist-pipeline sync`."""
+        if self.mode != "online":
+            return False
+        prefix = f"{self.cfg.wandb.entity}/" if self.cfg.wandb.entity else ""
+        art = self.run.use_artifact(f"{prefix}{self.cfg.wandb.project}/{ref.name}:{ref.alias}")
+        art.aliases = sorted(set(art.aliases) | set(aliases))
+        art.save()
+        if registry_path:
+            self.run.link_artifact(art, registry_path)
+        return True
 
     # outputs -------------------------------------------------------------------------------------------
     def staging(self, name: str) -> Path:
-        d = self._staging_root / name
+        d = self._staging_root / _safe_name("name", name)
         d.mkdir(parents=True, exist_ok=False)
         return d
 
     def produce(self, name: str, type: str, directory: Path, metadata: dict | None = None) -> None:
         """Queue `directory` (from `staging`) as output `name`; it is moved into place only if the stage succeeds."""
+        _safe_name("name", name), _safe_name("type", type)
+        _inside(directory, self._staging_root, "output directory")  # only staged files are ever moved
         self._pending.append((name, type, Path(directory), dict(metadata or {})))
 
     # logging -------------------------------------------------------------------------------------------
@@ -186,12 +259,18 @@ class Stage:
                 raise ValueError(f"output {name!r} has no files")
             digest = manifest_digest(files)
             final = self.cfg.artifacts_dir / type / name / digest[:16]
+            _inside(final, self.cfg.artifacts_dir, "artifact folder")
             fsync_tree(staged)
             if final.exists():  # identical content already stored: keep that copy, if it is still intact
                 verify_files(final, files)
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staged, final)
+                try:
+                    os.replace(staged, final)  # never onto a non-empty folder: nothing stored is overwritten
+                except OSError:
+                    if not final.is_dir():
+                        raise
+                    verify_files(final, files)  # a concurrent run stored the same content a moment ago
             meta = {**meta, "inputs": self._inputs_metadata(), "files": {f.relpath: f.sha256 for f in files},
                     "producer": {"job_type": self.job_type, "run_id": self.run_id, "flow_run_id": self.flow_run_id}}
             out.append(NewArtifact(name=name, type=type, digest=digest, path=str(final), metadata=meta, files=files))
@@ -223,33 +302,69 @@ class Stage:
         return str(Path(self.run.dir).parent)
 
 
+# W&B host -> (monotonic time of the last failed online init, its reason). After one failure, the next stages of
+# this process record offline straight away for ONLINE_RETRY_AFTER_S, instead of each waiting out init_timeout.
+_online_failures: dict[str, tuple[float, str]] = {}
+ONLINE_RETRY_AFTER_S = 600.0
+
+
+def _wandb_host() -> str:
+    return os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+
+
+def _fall_back_offline(job_type: str, reason: str) -> None:
+    msg = f"W&B online init failed ({reason}); recording {job_type} offline for a later `wandb sync`"
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
 def _init_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None, mode: str,
-              config: dict) -> tuple[wandb.Run, str]:
-    kwargs = dict(project=cfg.wandb.project, entity=cfg.wandb.entity, dir=str(wandb_dir(cfg)), id=run_id,
-                  name=f"{job_type}-{run_id[:8]}", group=group, job_type=job_type, config=config,
-                  reinit="create_new")
-    settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=60)
+              config: dict) -> tuple[wandb.Run, str, str]:
+    """(run, mode, run id): online if asked and reachable, else offline under a fresh id (wandb keeps the
+    failed online attempt's id "in use" for the life of the process)."""
+    def kwargs(run_id: str) -> dict:
+        return dict(project=cfg.wandb.project, entity=cfg.wandb.entity, dir=str(wandb_dir(cfg)), id=run_id,
+                    name=f"{job_type}-{run_id[:8]}", group=group, job_type=job_type, config=config,
+                    reinit="create_new")
+    settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=cfg.wandb.init_timeout)
     if mode == "online":
-        try:
-            return wandb.init(mode="online", settings=settings, **kwargs), "online"
-        except Exception as e:  # unreachable host, bad key: keep every record offline for a later `sync`
-            msg = f"W&B online init failed ({type(e).__name__}: {e}); recording {job_type} offline for a later sync"
-            log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        failed = _online_failures.get(_wandb_host())
+        if failed is not None and time.monotonic() - failed[0] < ONLINE_RETRY_AFTER_S:
+            _fall_back_offline(job_type, f"{time.monotonic() - failed[0]:.0f} s ago in this process: {failed[1]}")
             mode = "offline"
-    return wandb.init(mode=mode, settings=settings, **kwargs), mode
+        else:
+            try:
+                run = wandb.init(mode="online", settings=settings, **kwargs(run_id))
+                _online_failures.pop(_wandb_host(), None)
+                return run, "online", run_id
+            except Exception as e:  # unreachable host, bad key: keep every record offline for a later `sync`
+                reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
+                if os.environ.get("WANDB_API_KEY"):  # an error that echoes the key must not put it in the logs
+                    reason = reason.replace(os.environ["WANDB_API_KEY"], "<WANDB_API_KEY>")
+                _online_failures[_wandb_host()] = (time.monotonic(), reason)
+                _fall_back_offline(job_type, reason)
+                # The aborted online attempt left a folder under the same run id; `wandb sync --sync-all` must
+                # find only the offline run that holds the records.
+                for d in (wandb_dir(cfg) / "wandb").glob(f"run-*-{run_id}"):
+                    shutil.rmtree(d, ignore_errors=True)
+                mode, run_id = "offline", uuid.uuid4().hex[:12]
+    return wandb.init(mode=mode, settings=settings, **kwargs(run_id)), mode, run_id
 
 
 @contextmanager
 def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None) -> Iterator[Stage]:
     """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success."""
     store = LineageStore(cfg.lineage_db)
+    for dead in store.fail_dead_runs(process_gone):  # runs of killed processes: failed, staging removed
+        log.warning("run %s was left 'running' by a process that died; recorded as failed", dead)
+        shutil.rmtree(cfg.artifacts_dir / ".staging" / dead, ignore_errors=True)
     run_id = uuid.uuid4().hex[:12]
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(cfg.train.seed, flow_run_id)
     config = {**cfg.flat(), "lineage": env}
-    run, mode = _init_run(cfg, job_type, run_id, group, resolve_mode(cfg.wandb.mode), config)
-    store.start_run(run_id, job_type, config=cfg.model_dump(mode="json"), env=env, flow_run_id=flow_run_id,
+    run, mode, run_id = _init_run(cfg, job_type, run_id, group, resolve_mode(cfg.wandb.mode), config)
+    store.start_run(run_id, job_type, config=cfg.model_dump(mode="json"), env={**env, "process": process_identity()},
+                    flow_run_id=flow_run_id,
                     run_group=group, wandb_mode=mode, wandb_dir=str(Path(run.dir).parent), wandb_project=cfg.wandb.project,
                     wandb_entity=cfg.wandb.entity)
     stage = Stage(cfg, job_type, flow_run_id, store, run, run_id, mode)
@@ -300,3 +415,405 @@ def offline_records(run_file: Path) -> Iterator:
             rec.ParseFromString(pending)
             pending = b""
             yield rec
+
+
+# --------------------------------------------------------------------------------------------- W&B sync and lookups
+#
+# `mnist-pipeline sync` uploads offline runs (`wandb sync`), then completes W&B's lineage graph with the input
+# edges offline mode could not record (resume each run, `use_artifact` on the exact `sha256-` versions) and applies
+# recorded promotions as aliases. `audit --online` looks each artifact up in W&B. Every W&B call goes through one
+# small interface: `WandbClient` talks to W&B; `RecordingWandb` records the calls in order and answers from an
+# in-memory model of the server (`sync --dry-run` and the tests use it). What has been done is kept in the lineage
+# store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing: re-running `wandb sync` on an
+# uploaded run would duplicate its artifact versions (wandb issue #3962).
+
+
+class WandbUnavailable(RuntimeError):
+    """No usable W&B: no API key, the host unreachable, or the key refused. Raised before anything is changed."""
+
+
+def wandb_ref(entity: str | None, project: str, name: str, digest: str) -> str:
+    """The W&B path of one exact artifact version: `[entity/]project/name:sha256-<digest[:16]>`."""
+    return f"{entity + '/' if entity else ''}{project}/{name}:sha256-{digest[:16]}"
+
+
+def _run_path(entity: str | None, project: str, run_id: str) -> str:
+    return f"{entity + '/' if entity else ''}{project}/{run_id}"
+
+
+def _not_found(e: Exception) -> bool:
+    text = str(e).lower()
+    return isinstance(e, ValueError) or "not found" in text or "404" in text or "does not exist" in text
+
+
+def offline_run_file(run_dir: Path) -> Path | None:
+    files = sorted(Path(run_dir).glob("run-*.wandb"))
+    return files[0] if files else None
+
+
+def synced_marker(run_dir: Path) -> Path | None:
+    """`wandb sync` leaves `run-<id>.wandb.synced` beside a run file it has uploaded."""
+    f = offline_run_file(run_dir)
+    return f.with_name(f.name + ".synced") if f else None
+
+
+class WandbClient:
+    """The real W&B: its public API (`wandb.Api`), the `wandb sync` command, and a resumed run for `use_artifact`."""
+
+    def __init__(self, timeout: int = 30, connect_timeout: float = 5.0):
+        self.timeout, self.connect_timeout = timeout, connect_timeout
+        self._api = None
+        self._entity: str | None = None
+
+    @staticmethod
+    def base_url() -> str:
+        return os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+
+    def _has_key(self, base: str) -> bool:
+        if os.environ.get("WANDB_API_KEY"):
+            return True
+        try:
+            if netrc.netrc().authenticators(urlparse(base).hostname) is not None:
+                return True
+        except (OSError, netrc.NetrcParseError):
+            pass
+        return has_api_key()
+
+    def check(self) -> str:
+        """One cheap TCP connect and one authenticated query; returns the entity to use when a run names none."""
+        if self._entity:
+            return self._entity
+        base = self.base_url()
+        if not self._has_key(base):
+            raise WandbUnavailable(f"no W&B API key for {base}: set WANDB_API_KEY or run `wandb login`")
+        u = urlparse(base)
+        if not u.hostname:
+            raise WandbUnavailable(f"WANDB_BASE_URL {base!r} is not a URL")
+        port = u.port or (443 if u.scheme == "https" else 80)
+        try:
+            socket.create_connection((u.hostname, port), timeout=self.connect_timeout).close()
+        except OSError as e:
+            raise WandbUnavailable(f"W&B at {base} is unreachable ({e})") from None
+        try:
+            self._api = wandb.Api(timeout=self.timeout)
+            viewer = self._api.viewer
+            entity = self._api.default_entity or getattr(viewer, "entity", None) or viewer.username
+        except Exception as e:
+            raise WandbUnavailable(f"W&B at {base} refused the API key or failed ({type(e).__name__}: {e})") from None
+        if not entity:
+            raise WandbUnavailable(f"W&B at {base} names no default entity for this API key")
+        self._entity = entity
+        return entity
+
+    @property
+    def api(self):
+        if self._api is None:
+            self.check()
+        return self._api
+
+    def run_exists(self, entity: str | None, project: str, run_id: str) -> bool:
+        try:
+            self.api.run(_run_path(entity, project, run_id))
+            return True
+        except Exception as e:
+            if _not_found(e):
+                return False
+            raise
+
+    def upload(self, run_dir: Path, entity: str | None, project: str, run_id: str) -> str | None:
+        """`wandb sync` of one offline run folder; succeeds only if wandb marked the run file as synced."""
+        cmd = [sys.executable, "-m", "wandb", "sync", "-p", project, *(["-e", entity] if entity else []), str(run_dir)]
+        env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
+        marker = synced_marker(run_dir)
+        if out.returncode != 0 or marker is None or not marker.exists():
+            tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"`wandb sync {run_dir}` failed (exit {out.returncode}): {' / '.join(tail)}")
+        try:
+            return self.api.run(_run_path(entity, project, run_id)).url
+        except Exception:
+            return None
+
+    def run_inputs(self, entity: str | None, project: str, run_id: str) -> set[str]:
+        """The inputs W&B already holds for a run, as `name:vN` and `name:<alias>` strings."""
+        out: set[str] = set()
+        for art in self.api.run(_run_path(entity, project, run_id)).used_artifacts():
+            collection = art.name.split(":")[0]
+            out.add(art.name)
+            out.update(f"{collection}:{a}" for a in art.aliases)
+        return out
+
+    def declare_inputs(self, entity: str | None, project: str, run_id: str, refs: list[str]) -> None:
+        """Resume the (uploaded) run and declare each input on its exact version."""
+        import tempfile
+
+        settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, init_timeout=90)
+        with tempfile.TemporaryDirectory(prefix="mnist-sync-") as d:
+            run = wandb.init(id=run_id, project=project, entity=entity, resume="must", mode="online", dir=d,
+                             reinit="create_new", settings=settings)
+            try:
+                for ref in refs:
+                    run.use_artifact(ref)
+            finally:
+                run.finish()
+
+    def add_aliases(self, ref: str, aliases: list[str]) -> list[str]:
+        art = self.api.artifact(ref)
+        missing = [a for a in aliases if a not in art.aliases]
+        if missing:
+            art.aliases.extend(missing)
+            art.save()
+        return missing
+
+    def lookup_artifact(self, ref: str) -> dict | None:
+        try:
+            art = self.api.artifact(ref)
+        except Exception as e:
+            if _not_found(e):
+                return None
+            raise
+        logged = art.logged_by()
+        return {"ref": ref, "version": art.version, "aliases": list(art.aliases),
+                "logged_by": logged.id if logged else None, "used_by": [r.id for r in art.used_by()],
+                "files": {path: entry.digest for path, entry in art.manifest.entries.items()}}
+
+
+class RecordingWandb:
+    """Records, in order, every call that `sync` or `audit --online` would send, and answers from an in-memory
+    W&B: the runs it holds, each run's declared inputs, artifact versions with their aliases. An upload reads
+    the offline run file to learn which artifact versions (and aliases) it would create, as the real one does.
+    `fail={"upload": RuntimeError(...)}` makes a method raise, to rehearse partial failures."""
+
+    def __init__(self, entity: str = "(default entity)", *, runs=(), inputs: dict | None = None,
+                 artifacts: dict | None = None, fail: dict | None = None):
+        self.entity = entity
+        self.calls: list[tuple] = []
+        self.runs: set[str] = set(runs)  # run ids
+        self.inputs: dict[str, set[str]] = {k: set(v) for k, v in (inputs or {}).items()}
+        self.artifacts: dict[str, dict] = dict(artifacts or {})  # "name:sha256-…" -> lookup_artifact's answer
+        self.fail = dict(fail or {})
+
+    def _call(self, *call):
+        self.calls.append(call)
+        if call[0] in self.fail:
+            raise self.fail[call[0]]
+
+    @staticmethod
+    def _key(ref: str) -> str:
+        return ref.rsplit("/", 1)[-1]
+
+    def check(self) -> str:
+        self._call("check")
+        return self.entity
+
+    def run_exists(self, entity, project, run_id) -> bool:
+        self._call("run_exists", _run_path(entity, project, run_id))
+        return run_id in self.runs
+
+    def upload(self, run_dir, entity, project, run_id) -> str | None:
+        self._call("upload", str(run_dir), entity, project)
+        self.runs.add(run_id)
+        run_file = offline_run_file(Path(run_dir))
+        if run_file is not None:
+            for rec in offline_records(run_file):
+                if rec.WhichOneof("record_type") == "artifact" and rec.artifact.type != "run_table":
+                    for alias in rec.artifact.aliases:
+                        if alias.startswith("sha256-"):
+                            self.artifacts.setdefault(f"{rec.artifact.name}:{alias}", {
+                                "version": f"v{len(self.artifacts)}", "aliases": list(rec.artifact.aliases),
+                                "logged_by": run_id, "used_by": [], "files": {}})
+        return f"recorded://{_run_path(entity or self.entity, project, run_id)}"
+
+    def run_inputs(self, entity, project, run_id) -> set[str]:
+        self._call("run_inputs", _run_path(entity, project, run_id))
+        return set(self.inputs.get(run_id, set()))
+
+    def declare_inputs(self, entity, project, run_id, refs) -> None:
+        self._call("declare_inputs", _run_path(entity, project, run_id), tuple(refs))
+        self.inputs.setdefault(run_id, set()).update(self._key(r) for r in refs)
+        for r in refs:
+            art = self.artifacts.get(self._key(r))
+            if art is not None and run_id not in art["used_by"]:
+                art["used_by"].append(run_id)
+
+    def add_aliases(self, ref, aliases) -> list[str]:
+        self._call("add_aliases", ref, tuple(aliases))
+        art = self.artifacts.get(self._key(ref))
+        if art is None:
+            raise ValueError(f"artifact {ref} not found")
+        missing = [a for a in aliases if a not in art["aliases"]]
+        for a in missing:  # an alias names one version per collection: it moves
+            name = self._key(ref).split(":")[0]
+            for key, other in self.artifacts.items():
+                if key.split(":")[0] == name and a in other["aliases"]:
+                    other["aliases"].remove(a)
+            art["aliases"].append(a)
+        return missing
+
+    def lookup_artifact(self, ref) -> dict | None:
+        self._call("lookup_artifact", ref)
+        art = self.artifacts.get(self._key(ref))
+        return None if art is None else {"ref": ref, **art}
+
+
+def find_offline_dir(run: dict, search_dirs: Sequence[Path] = ()) -> Path | None:
+    """The `offline-run-*-<id>` folder of a recorded run: where it was recorded, else under `search_dirs`."""
+    rid = run["run_id"]
+    candidates = [Path(run["wandb_dir"])] if run.get("wandb_dir") else []
+    for base in map(Path, search_dirs):
+        candidates.append(base)
+        candidates += sorted(base.glob(f"offline-run-*-{rid}")) + sorted(base.glob(f"wandb/offline-run-*-{rid}"))
+    return next((c for c in candidates if (c / f"run-{rid}.wandb").is_file()), None)
+
+
+def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids: Sequence[str] | None = None) -> dict:
+    """What a sync has to do, from the store and the offline run folders alone (no network): per run an upload
+    and one `use` per recorded input, then the promotions not yet applied. Done work is marked 'done'."""
+    done = {(r["run_id"], r["action"], r["ref"]): r for r in store.sync_log()}
+    uploaded = {r for r, a, _ in done if a == "upload"}
+    runs = []
+    for run in store.runs():
+        rid = run["run_id"]
+        if run_ids and rid not in run_ids:
+            continue
+        entry = {"run_id": rid, "job_type": run["job_type"], "status": run["status"], "mode": run["wandb_mode"],
+                 "project": run["wandb_project"], "entity": run["wandb_entity"], "run_dir": None, "actions": [],
+                 "note": ""}
+        runs.append(entry)
+        if run["wandb_mode"] == "online":
+            entry["note"] = "recorded online: W&B has it and its inputs already"
+            continue
+        if run["wandb_mode"] not in ("offline", None):
+            entry["note"] = f"W&B mode was {run['wandb_mode']}: nothing to upload"
+            continue
+        if run["status"] == "running":
+            entry["note"] = "still running: sync it once it has finished"
+            continue
+        d = find_offline_dir(run, search_dirs)
+        entry["run_dir"] = str(d) if d else None
+        up = {"action": "upload", "ref": str(d) if d else (run["wandb_dir"] or ""), "status": "pending", "detail": ""}
+        if rid in uploaded:
+            row = next(v for (r, a, _), v in done.items() if r == rid and a == "upload")
+            up.update(status="done", ref=row["ref"], detail=f"uploaded {row['done_at']}")
+        elif d is None:
+            up.update(status="missing", detail=f"offline run folder not found (recorded at {run['wandb_dir']})")
+        elif synced_marker(d).exists():
+            up.update(marker=True, detail="already uploaded by `wandb sync` (its .synced marker)")
+        entry["actions"].append(up)
+        for u in store.edges(rid)["used"]:
+            ref = wandb_ref(run["wandb_entity"], run["wandb_project"], u.name, u.digest)
+            row = done.get((rid, "use", ref))
+            entry["actions"].append({"action": "use", "ref": ref, "artifact": f"{u.name}:v{u.version}",
+                                     "producer_run_id": u.producer_run_id,
+                                     "status": "done" if row else "pending",
+                                     "detail": f"declared {row['done_at']}" if row else ""})
+    promotions = []
+    for p in store.promotions():
+        if p["wandb_applied_at"] is not None:
+            continue
+        art = store.artifact(p["artifact_id"])
+        producer = store.run(art.producer_run_id) or {}
+        if run_ids and art.producer_run_id not in run_ids:
+            continue
+        promotions.append({
+            "promotion_id": p["promotion_id"], "artifact": f"{art.name}:v{art.version}", "decision": p["decision"],
+            "ref": wandb_ref(producer.get("wandb_entity"), producer.get("wandb_project") or "", art.name, art.digest),
+            "aliases": ["candidate"] + (["production"] if p["decision"] == "promoted" else []),
+            "producer_run_id": art.producer_run_id, "status": "pending", "detail": ""})
+    return {"runs": runs, "promotions": promotions}
+
+
+def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False) -> dict:
+    """Carry out `plan` through `backend`, in order: check, uploads, input edges (per run), promotions.
+
+    The check comes first and raises WandbUnavailable before anything is sent or written. Each finished step
+    is recorded in the store at once (unless `dry_run`), so an interrupted sync resumes where it stopped and a
+    repeated one sends nothing. A step that fails is reported and the steps that depend on it are 'blocked'."""
+    entity = backend.check()
+    online = {r["run_id"] for r in store.runs() if r["wandb_mode"] == "online"}
+    uploaded = {r["run_id"] for r in store.sync_log() if r["action"] == "upload"} | online
+
+    def record(*args):
+        if not dry_run:
+            store.mark_synced(*args)
+
+    for run in plan["runs"]:
+        for a in run["actions"]:
+            if a["action"] != "upload" or a["status"] != "pending":
+                continue
+            try:
+                if a.get("marker"):
+                    pass
+                elif backend.run_exists(run["entity"], run["project"], run["run_id"]):
+                    a["detail"] = "already in W&B: not uploaded again (no duplicate versions)"
+                else:
+                    url = backend.upload(Path(a["ref"]), run["entity"], run["project"], run["run_id"])
+                    a["detail"] = url or "uploaded"
+                a["status"] = "done"
+                uploaded.add(run["run_id"])
+                record(run["run_id"], "upload", a["ref"], a["detail"])
+            except Exception as e:
+                a.update(status="failed", detail=f"{type(e).__name__}: {e}")
+
+    for run in plan["runs"]:
+        uses = [a for a in run["actions"] if a["action"] == "use" and a["status"] == "pending"]
+        if not uses:
+            continue
+        if run["run_id"] not in uploaded:
+            for a in uses:
+                a.update(status="blocked", detail="the run itself is not in W&B")
+            continue
+        ready = []
+        for a in uses:
+            if a["producer_run_id"] not in uploaded:
+                a.update(status="blocked", detail=f"its producing run {a['producer_run_id']} is not in W&B")
+            else:
+                ready.append(a)
+        if not ready:
+            continue
+        try:
+            present = backend.run_inputs(run["entity"], run["project"], run["run_id"])
+            todo = []
+            for a in ready:
+                if a["ref"].rsplit("/", 1)[-1] in present:
+                    a.update(status="done", detail="already declared in W&B")
+                else:
+                    todo.append(a)
+            if todo:
+                backend.declare_inputs(run["entity"], run["project"], run["run_id"], [a["ref"] for a in todo])
+                for a in todo:
+                    a.update(status="done", detail="declared: use_artifact on the resumed run")
+            for a in ready:
+                record(run["run_id"], "use", a["ref"], a["detail"])
+        except Exception as e:
+            for a in ready:
+                if a["status"] == "pending":
+                    a.update(status="failed", detail=f"{type(e).__name__}: {e}")
+
+    for p in plan["promotions"]:
+        if p["producer_run_id"] not in uploaded:
+            p.update(status="blocked", detail=f"its producing run {p['producer_run_id']} is not in W&B")
+            continue
+        try:
+            added = backend.add_aliases(p["ref"], p["aliases"])
+            p.update(status="done", detail=f"added {', '.join(added)}" if added else "aliases already set")
+            if not dry_run:
+                store.mark_promotion_applied(p["promotion_id"])
+        except Exception as e:
+            p.update(status="failed", detail=f"{type(e).__name__}: {e}")
+
+    statuses = [a["status"] for r in plan["runs"] for a in r["actions"]] + [p["status"] for p in plan["promotions"]]
+    return {**plan, "entity": entity, "dry_run": dry_run,
+            "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
+            "ok": not any(s in ("failed", "blocked", "missing") for s in statuses)}
+
+
+def wandb_findings(report: dict, backend) -> dict[str, dict | None]:
+    """What W&B holds for each artifact version of an audit report (None where it holds nothing)."""
+    backend.check()
+    out = {}
+    for lab, art in report["artifacts"].items():
+        run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
+        ref = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
+        out[lab] = backend.lookup_artifact(ref)
+    return out

@@ -1,0 +1,305 @@
+"""Benchmark: the whole pipeline against the W&B tutorial's own loop, on the same data, epochs, seed and machine.
+
+    python -m benchmarks.bench --data-dir ../shared/datasets/mnist-subset            # full: slice=1, epochs=5, 3 repeats
+    python -m benchmarks.bench --data-dir ../shared/datasets/mnist-subset --slice 5  # the tutorial defaults
+    python -m benchmarks.bench --smoke                                              # seconds: checks it works
+
+Each measured part runs in its own fresh Python process (so its peak RSS is its own), one after the other:
+  tutorial   benchmarks/tutorial_reference.py: DataLoader + ToTensor, num_workers=2, wandb.watch, test pass
+  pipeline   the full flow (five tasks, Prefect, wandb offline, lineage store), timed around the flow call,
+             against a Prefect server started once beforehand (as a scheduled deployment finds one running)
+  loop       the pipeline's own training loop alone, no Prefect, no W&B (the floor of our approach)
+  onnx       onnxruntime vs torch eager on the test split: batch-1 p50/p99 latency, batch-N throughput
+  rerun      the flow again with unchanged data and config against the same lineage store
+Figures are medians over the repeats; ratios are taken within a repeat, then the median. Results go to --out
+as JSON, so later runs can be compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mnist-subset"
+TUTORIAL = dict(epochs=5, classes=10, kernels=[16, 32], batch_size=128, learning_rate=0.005, dataset="MNIST",
+                architecture="CNN")
+
+
+def _rss_mib() -> dict:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"peak_rss_mib": round(own, 1), "children_peak_rss_mib": round(kids, 1)}
+
+
+# ------------------------------------------------------------------------------------------------ parts
+
+
+def part_tutorial(a: dict) -> dict:
+    from benchmarks import tutorial_reference as ref
+
+    cfg = {**TUTORIAL, "epochs": a["epochs"], "slice": a["slice"]}
+    t0 = time.perf_counter()
+    _model, accuracy, examples, train_s = ref.model_pipeline(cfg, a["staged_root"], a["seed"], a["wandb_dir"])
+    wall = time.perf_counter() - t0
+    return {"wall_s": wall, "train_s": train_s, "test_accuracy": accuracy, "examples": examples,
+            "samples_per_s": examples / wall}
+
+
+def _pipeline_config(a: dict):
+    from mnist_pipeline.config import PipelineConfig
+
+    return PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": a["data_dir"], "slice": a["slice"], "root": a["work"] + "/data"},
+        "train": {"epochs": a["epochs"], "seed": a["seed"], "watch_log_freq": a["watch_log_freq"]},
+        "wandb": {"mode": "offline", "dir": a["wandb_dir"]},
+        "onnx": {"latency_samples": a["latency_samples"]},
+        "artifacts_dir": a["work"] + "/artifacts", "lineage_db": a["work"] + "/lineage.db"})
+
+
+def part_pipeline(a: dict) -> dict:
+    from flows.pipeline import mnist_pipeline
+    from mnist_pipeline.lineage.store import LineageStore
+
+    cfg = _pipeline_config(a)
+    t0 = time.perf_counter()
+    summary = mnist_pipeline(config=cfg)
+    wall = time.perf_counter() - t0
+    store = LineageStore(cfg.resolved().lineage_db)
+    out = {"wall_s": wall, "status": summary.get("status"), "test_accuracy": summary.get("test_accuracy"),
+           "onnx_max_abs_diff": summary.get("onnx_max_abs_diff"), "stages_s": {}}
+    model = summary.get("artifacts", {}).get("model")
+    if model:
+        meta = store.find_artifact("convnet", model["digest"]).metadata
+        out["train_s"] = meta["train_seconds"]
+        out["examples"] = meta["examples_seen"]
+        out["samples_per_s"] = meta["examples_seen"] / wall
+        out["onnx_path"] = summary["artifacts"]["onnx"]["path"] + "/model.onnx"
+        out["model_path"] = model["path"] + "/model.pt"
+        out["test_path"] = summary["artifacts"]["dataset"]["path"] + "/test.pt"
+    for run in store.runs():
+        if run["finished_at"] and run["flow_run_id"] == store.runs()[-1]["flow_run_id"]:
+            start = datetime.fromisoformat(run["started_at"])
+            out["stages_s"][run["job_type"]] = (datetime.fromisoformat(run["finished_at"]) - start).total_seconds()
+    return out
+
+
+def part_loop(a: dict) -> dict:
+    import torch
+
+    from mnist_pipeline import data, training
+    from mnist_pipeline.metrics import evaluate
+    from mnist_pipeline.model import ConvNet, ModelConfig, pick_device
+
+    prepared = data.prepare("local", Path(a["work"]) / "loop-data", local_dir=Path(a["data_dir"]),
+                            slice_step=a["slice"])
+    training.seed_everything(a["seed"])
+    training.set_threads(0)
+    model = ConvNet(ModelConfig())
+    settings = training.LoopSettings(epochs=a["epochs"], seed=a["seed"], progress=False)
+    result = training.train(model, prepared.train, settings, pick_device("auto"))
+    accuracy = evaluate(model, prepared.test, 10).accuracy
+    del torch
+    return {"wall_s": result.seconds, "train_s": result.seconds, "test_accuracy": accuracy,
+            "examples": result.examples_seen, "samples_per_s": result.examples_seen / result.seconds}
+
+
+def part_onnx(a: dict) -> dict:
+    import torch
+
+    from mnist_pipeline import onnx_io
+    from mnist_pipeline.data import load_split, to_float
+    from mnist_pipeline.model import load_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    test = load_split(Path(a["test_path"]))
+    model = load_model(a["model_path"])
+    sess = onnx_io.session(Path(a["onnx_path"]))
+    name = sess.get_inputs()[0].name
+    n = a["latency_samples"]
+    singles = to_float(test.images[:n])
+    big = to_float(test.images[: a["batch"]])
+    out = {"batch": len(big), "latency_samples": n}
+    out["ort_p50_ms"], out["ort_p99_ms"] = onnx_io.latency(
+        lambda i: sess.run(None, {name: singles[i % len(singles)][None].numpy()}), n)
+    with torch.inference_mode():
+        out["torch_p50_ms"], out["torch_p99_ms"] = onnx_io.latency(lambda i: model(singles[i % len(singles)][None]), n)
+        out["torch_throughput"] = onnx_io.throughput(lambda b: model(b), big, min_seconds=2)
+    big_np = big.numpy()
+    out["ort_throughput"] = onnx_io.throughput(lambda b: sess.run(None, {name: big_np}), big, min_seconds=2)
+    out["throughput_ratio"] = out["ort_throughput"] / out["torch_throughput"]
+    return out
+
+
+PARTS = {"tutorial": part_tutorial, "pipeline": part_pipeline, "loop": part_loop, "onnx": part_onnx,
+         "rerun": part_pipeline}
+
+
+def child_main(part: str, args_json: str) -> None:
+    a = json.loads(args_json)
+    result = PARTS[part](a)
+    result.update(_rss_mib())
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def run_part(part: str, a: dict, env: dict, log_dir: Path) -> dict:
+    log = log_dir / f"{part}-{a.get('repeat', 0)}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--part", part, "--args-json",
+                               json.dumps(a)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=f, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark part {part!r} failed (exit {proc.returncode}); see {log}")
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["process_wall_s"] = time.perf_counter() - t0
+    return result
+
+
+def stage_for_tutorial(data_dir: Path, root: Path) -> None:
+    from mnist_pipeline.data import stage_local
+
+    stage_local(data_dir, root)  # <root>/MNIST/raw, uncompressed, as torchvision's MNIST(download=False) reads
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(reps: list[dict], onnx: dict, rerun: dict | None) -> dict:
+    def med(part, key):
+        return median([r[part].get(key) for r in reps])
+
+    ratios = {
+        "pipeline_wall_over_tutorial_wall": median([r["pipeline"]["wall_s"] / r["tutorial"]["wall_s"] for r in reps]),
+        "orchestration_overhead_share": median(
+            [(r["pipeline"]["wall_s"] - r["pipeline"]["train_s"]) / r["pipeline"]["wall_s"] for r in reps]),
+        "loop_wall_over_tutorial_wall": median([r["loop"]["wall_s"] / r["tutorial"]["wall_s"] for r in reps]),
+        "onnxruntime_throughput_over_torch": onnx["throughput_ratio"],
+    }
+    if rerun:
+        ratios["rerun_wall_over_full_wall"] = rerun["wall_s"] / med("pipeline", "wall_s")
+    figures = {part: {k: med(part, k) for k in ("wall_s", "train_s", "samples_per_s", "test_accuracy",
+                                                "peak_rss_mib", "children_peak_rss_mib", "process_wall_s")}
+               for part in ("tutorial", "pipeline", "loop")}
+    figures["pipeline"]["stages_s"] = {k: median([r["pipeline"]["stages_s"].get(k) for r in reps])
+                                       for k in reps[0]["pipeline"]["stages_s"]}
+    targets = {
+        "pipeline/tutorial wall <= 0.7": ratios["pipeline_wall_over_tutorial_wall"] <= 0.7,
+        "overhead share <= 15%": ratios["orchestration_overhead_share"] <= 0.15,
+        "onnxruntime throughput >= 4x torch": ratios["onnxruntime_throughput_over_torch"] >= 4,
+        "pipeline peak RSS <= 1 GiB": figures["pipeline"]["peak_rss_mib"] <= 1024,
+    }
+    if rerun:
+        targets["unchanged rerun <= 10% of full"] = ratios["rerun_wall_over_full_wall"] <= 0.10
+    if figures["pipeline"]["test_accuracy"] is not None:
+        targets["test accuracy >= 98.5% (slice=1, epochs=5)"] = figures["pipeline"]["test_accuracy"] >= 0.985
+    return {"figures": figures, "ratios": ratios, "onnx": onnx, "rerun": rerun, "targets": targets}
+
+
+def print_report(res: dict) -> None:
+    f, r = res["figures"], res["ratios"]
+    print(f"\n== benchmark {res['settings']} on {res['machine']}")
+    print(f"{'part':10} {'wall s':>8} {'train s':>8} {'samples/s':>10} {'accuracy':>9} {'peak RSS MiB':>13}")
+    for part in ("tutorial", "pipeline", "loop"):
+        x = f[part]
+        acc = f"{x['test_accuracy']:.4f}" if x["test_accuracy"] is not None else "-"
+        print(f"{part:10} {x['wall_s']:8.2f} {x['train_s']:8.2f} {x['samples_per_s']:10.0f} {acc:>9} "
+              f"{x['peak_rss_mib']:13.0f}")
+    print("pipeline stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in f["pipeline"]["stages_s"].items()))
+    o = res["onnx"]
+    print(f"onnx: batch 1 p50/p99 ort {o['ort_p50_ms']:.3f}/{o['ort_p99_ms']:.3f} ms, torch "
+          f"{o['torch_p50_ms']:.3f}/{o['torch_p99_ms']:.3f} ms; batch {o['batch']} ort {o['ort_throughput']:.0f} img/s, "
+          f"torch {o['torch_throughput']:.0f} img/s")
+    if res["rerun"]:
+        print(f"unchanged rerun: {res['rerun']['wall_s']:.2f} s ({res['rerun'].get('status')})")
+    for k, v in r.items():
+        print(f"ratio {k}: {v:.3f}")
+    for k, ok in res["targets"].items():
+        print(f"target {k}: {'met' if ok else 'MISSED'}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="directory with the four MNIST IDX files")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--slice", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--watch-log-freq", type=int, default=10, help="the pipeline's wandb.watch log_freq")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
+    p.add_argument("--smoke", action="store_true", help="a quick run that checks the benchmark works (figures "
+                   "meaningless): epochs=1, slice=30, one repeat")
+    p.add_argument("--part", help=argparse.SUPPRESS)
+    p.add_argument("--args-json", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.part:
+        child_main(args.part, args.args_json)
+        return 0
+    if args.smoke:
+        args.epochs, args.slice, args.repeats = 1, 30, 1
+    if not args.data_dir.is_dir():
+        p.error(f"--data-dir {args.data_dir} is not a directory")
+
+    from flows.local_server import local_prefect_server
+
+    with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
+        tmp = Path(tmp)
+        stage_for_tutorial(args.data_dir, tmp / "tutorial-data")
+        logs = tmp / "logs"
+        logs.mkdir()
+        with local_prefect_server(home=tmp / "prefect-home") as url:
+            env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                   "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+            env.pop("WANDB_API_KEY", None)
+            base = {"data_dir": str(args.data_dir.resolve()), "epochs": args.epochs, "slice": args.slice,
+                    "seed": args.seed, "staged_root": str(tmp / "tutorial-data"), "watch_log_freq": args.watch_log_freq,
+                    "latency_samples": 200 if not args.smoke else 20}
+            reps = []
+            for i in range(args.repeats):
+                work = tmp / f"rep{i}"
+                a = {**base, "repeat": i, "work": str(work), "wandb_dir": str(work / "wandb")}
+                (work / "wandb").mkdir(parents=True)
+                rep = {}
+                for part in ("tutorial", "pipeline", "loop"):
+                    rep[part] = run_part(part, a, env, logs)
+                    print(f"repeat {i + 1}/{args.repeats} {part}: {rep[part]['wall_s']:.2f} s", flush=True)
+                reps.append(rep)
+            last = reps[-1]["pipeline"]
+            onnx = run_part("onnx", {**base, "onnx_path": last["onnx_path"], "model_path": last["model_path"],
+                                     "test_path": last["test_path"], "batch": 256}, env, logs)
+            rerun = run_part("rerun", {**a, "repeat": "rerun"}, env, logs)
+            print(f"rerun: {rerun['wall_s']:.2f} s", flush=True)
+        res = summarize(reps, onnx, rerun)
+        res.update({
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            "settings": {"data_dir": str(args.data_dir), "epochs": args.epochs, "slice": args.slice,
+                         "seed": args.seed, "repeats": args.repeats, "smoke": args.smoke,
+                         "watch_log_freq": args.watch_log_freq},
+            "repeats": reps,
+        })
+    print_report(res)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

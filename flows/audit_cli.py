@@ -1,0 +1,207 @@
+"""`mnist-pipeline audit` and `mnist-pipeline sync`: the auditor's commands. No Prefect import, so they start fast.
+
+audit: prove which data, code and settings made a file (an ONNX or weights file found anywhere, or an artifact
+reference), and that nothing was swapped since. sync: upload offline W&B runs and complete W&B's lineage graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mnist_pipeline.lineage.audit import (EXIT_ERROR, EXIT_TAMPERED, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VERIFIED,
+                                          AuditError, apply_wandb_findings, audit, render_tree, write_report)
+
+DEFAULT_DB = "mnist-runs/lineage.db"
+SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_UNAVAILABLE = 0, 1, 2, 5
+COMMANDS = ("audit", "sync")
+
+AUDIT_EPILOG = f"""\
+exit codes:
+  {EXIT_VERIFIED}  verified: identified, and every digest it could reach matches the files on disk
+  {EXIT_ERROR}  the audit could not complete (e.g. --online and W&B unreachable)
+  {EXIT_USAGE}  usage error: no such file or reference syntax, no lineage store
+  {EXIT_TAMPERED}  TAMPERED: a file (or a lineage record) differs from its recorded digest; the file is named
+  {EXIT_UNKNOWN}  unknown: not produced by any recorded run
+
+examples:
+  mnist-pipeline audit /srv/models/model.onnx --lineage-db mnist-runs/lineage.db
+  mnist-pipeline audit convnet:production --json
+  mnist-pipeline audit convnet-onnx:v3 --report audit.html     (or .md with a Mermaid graph, or .svg)
+"""
+
+SYNC_EPILOG = f"""\
+exit codes:
+  {SYNC_OK}  everything is in W&B (or nothing was left to do)
+  {SYNC_PARTIAL}  some steps failed or were blocked (named per run); the others were done and recorded
+  {SYNC_USAGE}  usage error: no lineage store
+  {SYNC_UNAVAILABLE}  W&B not usable (no API key, host unreachable, key refused): nothing was sent or changed
+
+Steps, in order: `wandb sync` of each offline run folder; for each run, resume it and `use_artifact` every
+input it recorded, on the exact version (`name:sha256-<digest[:16]>`); then the recorded promotions as aliases
+(`candidate`, `production`). Done steps are kept in the lineage store, so a second sync sends nothing.
+"""
+
+
+def add_parsers(sub) -> None:
+    """Add `audit` and `sync` to the CLI's sub-command parsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    a = sub.add_parser("audit", help="prove which data, code and settings made a file or artifact, and re-check "
+                       "every digest (exit 0 verified, 3 tampered, 4 unknown)", epilog=AUDIT_EPILOG,
+                       formatter_class=fmt, description="Identify a file (by sha256) or an artifact reference in "
+                       "the lineage store, walk its lineage back to the data and forward to its evaluations, "
+                       "validations and promotions, and re-verify every digest it can reach.")
+    a.add_argument("target", help="a file (ONNX, model.pt, ...) or artifact folder anywhere on disk, or an "
+                   "artifact reference: name:vN, name:sha256-<hex>, name:latest, name:production")
+    a.add_argument("--lineage-db", default=DEFAULT_DB, help=f"the lineage store (default: {DEFAULT_DB})")
+    a.add_argument("--json", action="store_true", help="print the audit as JSON instead of a tree")
+    a.add_argument("--report", metavar="FILE", help="also write a report a person can open: .md (Mermaid graph "
+                   "+ tree), .html (self-contained SVG graph + tree) or .svg (the graph)")
+    a.add_argument("--skip-raw-files", action="store_true", help="do not re-hash the raw MNIST source files "
+                   "(outside the artifact store; absent ones are never a failure)")
+    a.add_argument("--online", action="store_true", help="also look every artifact version up in W&B "
+                   "(wandb.Api: logged_by, used_by, file md5s) and fail if W&B holds other content")
+    s = sub.add_parser("sync", help="upload offline W&B runs and complete W&B's lineage graph (input edges, "
+                       "promotions); idempotent", epilog=SYNC_EPILOG, formatter_class=fmt,
+                       description="Upload offline W&B runs (`wandb sync`), then declare the inputs that offline "
+                       "mode could not record and apply recorded promotions. Reports what it did per run.")
+    s.add_argument("--lineage-db", default=DEFAULT_DB, help=f"the lineage store (default: {DEFAULT_DB})")
+    s.add_argument("--wandb-dir", action="append", default=[], metavar="DIR",
+                   help="also look for offline-run-* folders here (when they were moved); repeatable")
+    s.add_argument("--run", action="append", default=[], metavar="RUN_ID", help="only these runs; repeatable")
+    s.add_argument("--dry-run", action="store_true", help="print the W&B calls that would be sent, in order, "
+                   "with their refs; contacts nothing and changes nothing")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def main(ns: argparse.Namespace) -> int:
+    return audit_main(ns) if ns.command == "audit" else sync_main(ns)
+
+
+def _err(cmd: str, msg: str) -> None:
+    print(f"mnist-pipeline {cmd}: {msg}", file=sys.stderr)
+
+
+def _open_store(path: str, cmd: str):
+    from mnist_pipeline.lineage.store import LineageStore
+
+    db = Path(path).expanduser()
+    if not db.is_file():
+        _err(cmd, f"no lineage store at {db} (give --lineage-db)")
+        return None
+    return LineageStore(db.resolve())
+
+
+# --------------------------------------------------------------------------------------------- audit
+
+
+def audit_main(ns: argparse.Namespace, backend=None) -> int:
+    store = _open_store(ns.lineage_db, "audit")
+    if store is None:
+        return EXIT_USAGE
+    try:
+        report = audit(store, ns.target, check_raw_files=not ns.skip_raw_files)
+    except AuditError as e:
+        _err("audit", str(e))
+        return EXIT_USAGE
+    if ns.online and report["status"] != "unknown":
+        from mnist_pipeline.lineage.tracker import WandbClient, WandbUnavailable, wandb_findings
+
+        try:
+            apply_wandb_findings(report, wandb_findings(report, backend or WandbClient()))
+        except WandbUnavailable as e:
+            _err("audit", f"--online: {e}")
+            return EXIT_ERROR
+    if ns.report:
+        try:
+            report["report"] = str(write_report(report, Path(ns.report)))
+        except (AuditError, OSError) as e:
+            _err("audit", f"--report: {e}")
+            return EXIT_USAGE
+    if ns.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(render_tree(report), end="")
+        if ns.report:
+            print(f"report: {report['report']}")
+    if report["exit_code"] != EXIT_VERIFIED:
+        _err("audit", report["message"])
+    return report["exit_code"]
+
+
+# --------------------------------------------------------------------------------------------- sync
+
+
+def render_sync(result: dict, calls: list[tuple] | None = None) -> str:
+    dry = result["dry_run"]
+    out = [("DRY RUN (nothing sent, nothing recorded): " if dry else "") +
+           f"W&B sync; runs that name no entity go to {result['entity']}"]
+
+    def line(a: dict) -> str:
+        was, st = a.get("was"), a["status"]
+        if was == "done":
+            state = "already done"
+        elif dry and st == "done":
+            state = "would be done"
+        else:
+            state = st
+        detail = f" ({a['detail']})" if a.get("detail") else ""
+        return f"{state}{detail}"
+
+    for run in result["runs"]:
+        out.append(f"{run['job_type']} run {run['run_id']} [{run['mode']}, {run['status']}]"
+                   + (f": {run['note']}" if run["note"] else ""))
+        for a in run["actions"]:
+            what = "upload " + a["ref"] if a["action"] == "upload" else f"use    {a['ref']} ({a['artifact']})"
+            out.append(f"  {what}: {line(a)}")
+    if result["promotions"]:
+        out.append("promotions")
+    for p in result["promotions"]:
+        out.append(f"  {p['artifact']} {p['decision']} -> aliases {', '.join(p['aliases'])} on {p['ref']}: {line(p)}")
+    if calls is not None:
+        out.append("calls that would be sent, in order:")
+        out += [f"  {i}. {c[0]}(" + ", ".join(repr(x) for x in c[1:]) + ")" for i, c in enumerate(calls, 1)]
+    items = [a for r in result["runs"] for a in r["actions"]] + result["promotions"]
+    now = sum(1 for a in items if a.get("was") != "done" and a["status"] == "done")
+    already = sum(1 for a in items if a.get("was") == "done")
+    bad = {s: sum(1 for a in items if a["status"] == s) for s in ("failed", "blocked", "missing")}
+    tail = "".join(f", {n} {s}" for s, n in bad.items() if n)
+    verb = "would do" if dry else "did"
+    out.append(f"{'OK' if result['ok'] else 'INCOMPLETE'}: {verb} {now} step(s), {already} already done{tail}")
+    return "\n".join(out) + "\n"
+
+
+def sync_main(ns: argparse.Namespace, backend=None) -> int:
+    db = Path(ns.lineage_db).expanduser()
+    if not db.is_file():
+        _err("sync", f"no lineage store at {db} (give --lineage-db)")
+        return SYNC_USAGE
+    from mnist_pipeline.lineage.tracker import RecordingWandb, WandbClient, WandbUnavailable, plan_sync, run_sync
+
+    if backend is None:
+        backend = RecordingWandb() if ns.dry_run else WandbClient()
+    if not ns.dry_run:
+        try:  # before the store is even opened: without a usable W&B nothing is changed
+            backend.check()
+        except WandbUnavailable as e:
+            _err("sync", f"{e}; nothing was sent or changed (`mnist-pipeline sync --dry-run` shows the plan)")
+            return SYNC_UNAVAILABLE
+    store = _open_store(ns.lineage_db, "sync")
+    plan = plan_sync(store, search_dirs=[Path(d) for d in ns.wandb_dir], run_ids=ns.run or None)
+    for item in [a for r in plan["runs"] for a in r["actions"]] + plan["promotions"]:
+        item["was"] = "done" if item["status"] == "done" else item["status"]
+    try:
+        result = run_sync(store, plan, backend, dry_run=ns.dry_run)
+    except WandbUnavailable as e:
+        _err("sync", f"{e}; nothing was sent or changed")
+        return SYNC_UNAVAILABLE
+    calls = list(getattr(backend, "calls", [])) if ns.dry_run else None
+    if ns.json:
+        print(json.dumps({**result, **({"calls": calls} if calls is not None else {})}, indent=2, default=str))
+    else:
+        print(render_sync(result, calls), end="")
+    if not result["ok"]:
+        _err("sync", "some steps failed or were blocked (see above); run sync again once they can succeed")
+    return SYNC_OK if result["ok"] else SYNC_PARTIAL

@@ -1,0 +1,437 @@
+"""`mnist-pipeline audit` on a real end-to-end run (real Prefect test server, real offline wandb, real SQLite):
+the full chain, tampering in place, unknown files, JSON, and the reports a person opens."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from flows.audit_cli import audit_main
+from flows.cli import _parser, main
+from mnist_pipeline.lineage.audit import (EXIT_TAMPERED, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VERIFIED,
+                                          apply_wandb_findings, audit, md5_b64, render_mermaid, render_tree,
+                                          tree_chain)
+from mnist_pipeline.lineage.refs import manifest, manifest_digest
+from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+from tests.conftest import STEMS, write_mnist
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_pipeline(base: Path) -> dict:
+    """One real run of the CLI on tiny IDX data, as tests/test_flow_e2e.py does, into `base`."""
+    src = base / "src"
+    write_mnist(src)
+    (base / "wandb").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_DIR", str(base / "wandb"))
+        mp.setenv("WANDB_SILENT", "true")
+        mp.delenv("WANDB_API_KEY", raising=False)
+        argv = ["run", "--source", "local", "--local-dir", str(src), "--slice", "1", "--epochs", "1",
+                "--batch-size", "16", "--root", str(base / "data"), "--artifacts-dir", str(base / "art"),
+                "--lineage-db", str(base / "lineage.db"), "--wandb-mode", "offline",
+                "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32"]
+        assert main(argv) == 0
+    store = LineageStore(base / "lineage.db")
+    arts = {a.type: a for a in store.artifacts()}
+    runs = {r["job_type"]: r for r in store.runs()}
+    return {"base": base, "db": base / "lineage.db", "store": store, "arts": arts, "runs": runs, "src": src,
+            "onnx": Path(arts["onnx"].path) / "model.onnx", "model_pt": Path(arts["model"].path) / "model.pt"}
+
+
+@pytest.fixture(scope="module")
+def e2e(prefect_server, tmp_path_factory):
+    run = run_pipeline(tmp_path_factory.mktemp("audit-e2e"))
+    # a real promotion decision on the model, as the store records it
+    store, model = run["store"], run["arts"]["model"]
+    acc = run["arts"]["metrics"].metadata["test_accuracy"]
+    run["promotion"] = store.decide_promotion(model.artifact_id, accuracy=acc, validation_passed=True, margin=0.0,
+                                              flow_run_id=run["runs"]["train"]["flow_run_id"])
+    return run
+
+
+def _audit(e2e, capsys, *args) -> tuple[int, str, str]:
+    rc = main(["audit", *map(str, args), "--lineage-db", str(e2e["db"])])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+class flipped:
+    """Flip one byte of a file for the length of a `with` block, then put it back."""
+
+    def __init__(self, path: Path, offset: int = 100):
+        self.path, self.offset = Path(path), offset
+
+    def __enter__(self):
+        self.original = self.path.read_bytes()
+        data = bytearray(self.original)
+        data[self.offset] ^= 0xFF
+        self.path.write_bytes(bytes(data))
+        return self.path
+
+    def __exit__(self, *exc):
+        self.path.write_bytes(self.original)
+
+
+def _positions(text: str, needles: list[str]) -> list[int]:
+    """Where each needle occurs in `text`, each search starting after the previous hit."""
+    pos, out = 0, []
+    for n in needles:
+        i = text.find(n, pos)
+        assert i >= 0, f"{n!r} not found (in order) in the output"
+        out.append(i)
+        pos = i + len(n)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the full chain
+
+
+def test_audit_of_the_onnx_file_shows_the_full_chain_and_exits_0(e2e, capsys):
+    rc, out, err = _audit(e2e, capsys, e2e["onnx"])
+    assert rc == EXIT_VERIFIED, out + err
+    arts, runs = e2e["arts"], e2e["runs"]
+    train_env = runs["train"]["env"]
+    # ONNX -> export-onnx run -> model -> train run -> dataset -> prepare-data run, in that order
+    _positions(out, [f"{arts['onnx'].name}:v0 (onnx) sha256 {arts['onnx'].digest[:16]}",
+                     f"produced by export-onnx run {runs['export-onnx']['run_id']}",
+                     f"used convnet:v0 (model) sha256 {arts['model'].digest[:16]}",
+                     f"produced by train run {runs['train']['run_id']}",
+                     f"config train: batch_size=16, classes=10", "epochs=1", "seed=0",
+                     f"used mnist:v0 (dataset) sha256 {arts['dataset'].digest[:16]}",
+                     f"source local ({e2e['src']})", "sizes {test: 40, train: 120}",
+                     "class counts train [12, 12, 12, 12, 12, 12, 12, 12, 12, 12]",
+                     f"raw {STEMS[('train', 'images')]} sha256 {arts['dataset'].metadata['raw_files'][0]['sha256'][:16]}",
+                     f"produced by prepare-data run {runs['prepare-data']['run_id']}"])
+    # the training run: code, packages, Prefect flow run, W&B run
+    assert f"code git {train_env['git_commit']}" in out
+    assert ("(dirty: uncommitted changes)" if train_env["git_dirty"] else "(clean)") in out
+    assert f"torch {train_env['packages']['torch']}" in out and f"onnx {train_env['packages']['onnx']}" in out
+    assert f"Prefect flow run {runs['train']['flow_run_id']}" in out
+    assert f"W&B run {runs['train']['run_id']} (offline, not synced yet): {runs['train']['wandb_dir']}" in out
+    # forward: the evaluation metrics, the onnxruntime validation report, the promotion decision
+    forward = out[out.index("Forward"):]
+    assert f"evaluate run {runs['evaluate']['run_id']}" in forward and "convnet-metrics:v0 (metrics)" in forward
+    assert f"test_accuracy {arts['metrics'].metadata['test_accuracy']:.4g}" in forward
+    assert f"validate-onnx run {runs['validate-onnx']['run_id']}" in forward
+    assert "convnet-onnx-validation:v0 (validation)" in forward and "passed True" in forward
+    assert "max_abs_diff" in forward and "argmax_agreement 1" in forward
+    promotions = out[out.index("Promotions"):]
+    assert "convnet:v0 PROMOTED (decision about it): first validated model" in promotions
+    assert "aliases candidate" in out and "production (since" in out
+    # every digest re-checked: 9 artifact files in 5 artifacts, 4 raw files, 5 records, the queried file
+    assert "artifact-file: 9 ok" in out and "raw-file: 4 ok" in out and "record: 5 ok" in out
+    assert out.rstrip().endswith("VERIFIED: convnet-onnx:v0: 19 digests re-checked, all match")
+    assert err == ""
+
+
+def test_a_weights_file_copied_anywhere_is_identified_by_its_sha256(e2e, capsys, tmp_path):
+    copy = tmp_path / "deployed" / "weights.bin"
+    copy.parent.mkdir()
+    shutil.copy(e2e["model_pt"], copy)
+    rc, out, _ = _audit(e2e, capsys, copy)
+    assert rc == EXIT_VERIFIED
+    assert f"Audit of {copy}" in out and "identified as convnet:v0 (by sha256)" in out
+    lineage = out[out.index("Lineage"):out.index("Forward")]
+    assert "convnet-onnx" not in lineage and "produced by train run" in lineage and "used mnist:v0" in lineage
+    forward = out[out.index("Forward"):out.index("Promotions")]
+    # made from this model: its metrics, its ONNX export and that export's validation
+    for job, produced in (("evaluate", "convnet-metrics:v0"), ("export-onnx", "convnet-onnx:v0"),
+                          ("validate-onnx", "convnet-onnx-validation:v0")):
+        assert f"{job} run {e2e['runs'][job]['run_id']}" in forward and f"-> {produced}" in forward
+
+
+def test_artifact_references_resolve_like_wandb_refs(e2e, capsys):
+    onnx = e2e["arts"]["onnx"]
+    for ref in ("convnet:production", "convnet:candidate", "convnet:latest", "convnet:v0",
+                f"someone/mnist-lineage/convnet:sha256-{e2e['arts']['model'].digest[:16]}"):
+        rc, out, _ = _audit(e2e, capsys, ref)
+        assert rc == EXIT_VERIFIED and "identified as convnet:v0 (by ref)" in out, ref
+    rc, out, _ = _audit(e2e, capsys, f"convnet-onnx:{onnx.digest[:12]}")
+    assert rc == EXIT_VERIFIED and "identified as convnet-onnx:v0" in out
+    rc, out, _ = _audit(e2e, capsys, Path(onnx.path))  # the artifact folder itself
+    assert rc == EXIT_VERIFIED and "identified as convnet-onnx:v0 (by location)" in out
+
+
+# --------------------------------------------------------------------------------------------- tampering
+
+
+def test_flipping_one_byte_of_the_onnx_file_fails_the_audit_and_names_it(e2e, capsys):
+    onnx = e2e["onnx"]
+    with flipped(onnx):
+        rc, out, err = _audit(e2e, capsys, onnx)
+    assert rc == EXIT_TAMPERED
+    assert f"mnist-pipeline audit: TAMPERED: {onnx}: sha256" in err and "does not match the recorded" in err
+    assert "identified as convnet-onnx:v0 (by location)" in out  # recognised by where it lies, not its content
+    assert "[TAMPERED: model.onnx]" in out and f"MISMATCH {onnx}" in out
+    rc, _, _ = _audit(e2e, capsys, onnx)  # restored: passes again
+    assert rc == EXIT_VERIFIED
+
+
+def test_flipping_one_byte_of_the_dataset_file_fails_the_onnx_audit_and_names_it(e2e, capsys):
+    train_pt = Path(e2e["arts"]["dataset"].path) / "train.pt"
+    with flipped(train_pt, offset=-200):
+        rc, out, err = _audit(e2e, capsys, e2e["onnx"])
+    assert rc == EXIT_TAMPERED
+    assert f"TAMPERED: {train_pt}: sha256" in err
+    assert "mnist:v0 (dataset)" in out and "[TAMPERED: train.pt]" in out
+    assert "convnet-onnx:v0 (onnx) sha256" in out and "[2 file(s) ok]" in out  # the ONNX file itself is intact
+
+
+def test_a_swapped_model_with_an_edited_record_still_fails(e2e, capsys, tmp_path):
+    """Replace model.onnx and 'fix' its sha256 in (a copy of) the store: the record no longer hashes to its
+    digest, the metadata disagrees, and the validation run's recorded inputs name the original."""
+    db = tmp_path / "lineage.db"
+    src = sqlite3.connect(e2e["db"])
+    src.backup(sqlite3.connect(db))
+    onnx = e2e["onnx"]
+    with flipped(onnx):
+        from mnist_pipeline.lineage.refs import sha256_file
+
+        con = sqlite3.connect(db)
+        con.execute("UPDATE artifact_files SET sha256 = ? WHERE relpath = 'model.onnx'", (sha256_file(onnx),))
+        con.commit()
+        con.close()
+        rc = main(["audit", str(onnx), "--lineage-db", str(db)])
+    out = capsys.readouterr()
+    assert rc == EXIT_TAMPERED
+    assert "its digest is not the hash of its recorded files" in out.out
+    assert "its metadata lists other file digests than its file records" in out.out
+
+
+def test_a_file_added_to_an_artifact_folder_fails_the_audit(e2e, capsys):
+    extra = Path(e2e["arts"]["model"].path) / "model-v2.pt"
+    extra.write_bytes(b"swapped in later")
+    try:
+        rc, out, err = _audit(e2e, capsys, e2e["onnx"])
+    finally:
+        extra.unlink()
+    assert rc == EXIT_TAMPERED and f"TAMPERED: {extra}: file in the artifact folder that is not on record" in err
+
+
+def test_raw_source_files_are_rechecked_where_they_still_are(e2e, capsys):
+    raw = e2e["src"] / "MNIST" / "raw" / STEMS[("test", "labels")]
+    with flipped(raw, offset=20):
+        rc, _, err = _audit(e2e, capsys, e2e["onnx"])
+        assert rc == EXIT_TAMPERED and f"TAMPERED: {raw}: sha256" in err
+        rc, out, _ = _audit(e2e, capsys, e2e["onnx"], "--skip-raw-files")
+        assert rc == EXIT_VERIFIED and "raw-file" not in out[out.index("Verification"):]
+
+
+# --------------------------------------------------------------------------------------------- unknown
+
+
+def test_an_unknown_file_gets_a_clear_answer_and_its_own_exit_code(e2e, capsys, tmp_path):
+    stranger = tmp_path / "model.onnx"
+    stranger.write_bytes(b"\x08\x07" + bytes(range(256)) * 10)
+    rc, out, err = _audit(e2e, capsys, stranger)
+    assert rc == EXIT_UNKNOWN and EXIT_UNKNOWN != EXIT_TAMPERED
+    assert f"UNKNOWN: {stranger}: not produced by any recorded run" in out
+    assert "Traceback" not in out + err and f"{stranger}: not produced by any recorded run" in err
+    assert "(same name as convnet-onnx:v0/model.onnx" in out  # a hint, not a match
+
+
+def test_a_tampered_copy_elsewhere_is_unknown_with_a_hint(e2e, capsys, tmp_path):
+    copy = tmp_path / "model.onnx"
+    shutil.copy(e2e["onnx"], copy)
+    with flipped(copy):
+        rc, out, _ = _audit(e2e, capsys, copy)
+    assert rc == EXIT_UNKNOWN
+    assert "(same name and size as convnet-onnx:v0/model.onnx, recorded sha256" in out
+
+
+def test_unknown_references_missing_files_and_missing_stores(e2e, capsys, tmp_path):
+    rc, out, _ = _audit(e2e, capsys, "convnet:v7")
+    assert rc == EXIT_UNKNOWN and "convnet:v7: no such artifact version" in out
+    rc, _, err = _audit(e2e, capsys, tmp_path / "nothing-here.onnx")
+    assert rc == EXIT_USAGE and "no such file or directory" in err
+    missing_db = tmp_path / "none" / "lineage.db"
+    assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(missing_db)]) == EXIT_USAGE
+    assert "no lineage store at" in capsys.readouterr().err and not missing_db.parent.exists()
+
+
+# --------------------------------------------------------------------------------------------- JSON and reports
+
+
+def test_json_output_parses_and_holds_the_same_chain_as_the_tree(e2e, capsys):
+    rc, tree, _ = _audit(e2e, capsys, e2e["onnx"])
+    rc_json, out, _ = _audit(e2e, capsys, e2e["onnx"], "--json")
+    report = json.loads(out)
+    assert rc == rc_json == report["exit_code"] == EXIT_VERIFIED and report["status"] == "verified"
+    chain = tree_chain(report["upstream"][0])
+    runs = e2e["runs"]
+    assert chain == ["artifact:convnet-onnx:v0", f"run:{runs['export-onnx']['run_id']}", "artifact:convnet:v0",
+                     f"run:{runs['train']['run_id']}", "artifact:mnist:v0", f"run:{runs['prepare-data']['run_id']}"]
+    # the tree draws the same nodes in the same order
+    _positions(tree, [n.split(":", 1)[1] + (" (" if n.startswith("artifact") else " (finished") for n in chain])
+    train = report["runs"][runs["train"]["run_id"]]
+    assert train["code"]["git_commit"] == runs["train"]["env"]["git_commit"]
+    assert train["code"]["git_dirty"] == runs["train"]["env"]["git_dirty"]
+    assert train["seed"] == 0 and train["config"]["train"]["epochs"] == 1
+    assert train["packages"]["torch"] and train["flow_run_id"] == runs["train"]["flow_run_id"]
+    assert train["wandb"]["run_id"] == runs["train"]["run_id"] and train["wandb"]["mode"] == "offline"
+    data = report["artifacts"]["mnist:v0"]
+    assert data["metadata"]["sizes"] == {"train": 120, "test": 40}
+    assert [r["status"] for r in data["raw_files"]] == ["ok"] * 4
+    assert [d["produced"] for d in report["downstream"]] == [["convnet-metrics:v0"], ["convnet-onnx-validation:v0"]]
+    assert report["promotions"][0]["decision"] == "promoted" and report["promotions"][0]["artifact"] == "convnet:v0"
+    assert {c["status"] for c in report["checks"]} == {"ok"} and report["failures"] == []
+    assert all(a["digest"] == e2e["arts"][a["type"]].digest for a in report["artifacts"].values())
+    # the same after tampering: JSON says which file, with both digests
+    with flipped(e2e["onnx"]):
+        rc, out, _ = _audit(e2e, capsys, e2e["onnx"], "--json")
+    bad = json.loads(out)
+    assert rc == bad["exit_code"] == EXIT_TAMPERED
+    [f] = bad["failures"]
+    assert f["path"] == str(e2e["onnx"]) and f["status"] == "mismatch" and f["expected"] != f["actual"]
+    assert bad["artifacts"]["convnet-onnx:v0"]["status"] == "tampered"
+
+
+def test_mermaid_markdown_html_and_svg_reports(e2e, capsys, tmp_path):
+    rc, out, _ = _audit(e2e, capsys, e2e["onnx"], "--json", "--report", tmp_path / "audit.md")
+    report = json.loads(out)
+    md = (tmp_path / "audit.md").read_text()
+    assert report["report"] == str(tmp_path / "audit.md")
+    assert "```mermaid\nflowchart LR" in md and "VERIFIED: convnet-onnx:v0" in md
+    mermaid = md.split("```mermaid\n")[1].split("```")[0]
+    assert len(re.findall(r"^    \w+ --> \w+$", mermaid, re.M)) == len(report["edges"]) == 12
+    for lab in report["artifacts"]:
+        assert f'"{lab}<br/>' in mermaid
+    assert re.search(r"^    class (\w+) subject$", mermaid, re.M)
+    assert "| ok | artifact-file | convnet-onnx:v0 |" in md
+
+    assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--report",
+                 str(tmp_path / "audit.html")]) == 0
+    page = (tmp_path / "audit.html").read_text()
+    svg = ET.fromstring(page[page.index("<svg"):page.index("</svg>") + 6])
+    texts = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
+    assert set(report["artifacts"]) <= texts and {"train", "export-onnx", "prepare-data"} <= texts
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}path"))) == 12 + 1  # edges + the arrow head
+    assert "Lineage (back to the data)" in page and "<script" not in page  # self-contained, opens offline
+
+    with flipped(e2e["onnx"]):
+        assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--report",
+                     str(tmp_path / "bad.svg")]) == EXIT_TAMPERED
+    bad = ET.parse(tmp_path / "bad.svg").getroot()
+    red = [r for r in bad.iter("{http://www.w3.org/2000/svg}rect") if r.get("stroke") == "#c01c28"]
+    assert len(red) == 1  # the ONNX artifact, drawn in red
+    capsys.readouterr()
+    assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--report", str(tmp_path / "x.pdf")]) \
+        == EXIT_USAGE
+
+
+def test_the_audit_command_imports_neither_prefect_nor_wandb_nor_torch(e2e):
+    code = ("import sys; from flows.cli import main; rc = main(['audit', sys.argv[1], '--lineage-db', sys.argv[2]]);"
+            "heavy = [m for m in ('prefect', 'wandb', 'torch') if m in sys.modules];"
+            "print('HEAVY', heavy); sys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, str(e2e["onnx"]), str(e2e["db"])], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+
+
+# --------------------------------------------------------------------------------------------- online cross-check
+
+
+def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
+    from mnist_pipeline.lineage.tracker import RecordingWandb, wandb_ref
+
+    report = audit(e2e["store"], str(e2e["onnx"]))
+    artifacts = {}
+    for lab, a in report["artifacts"].items():
+        artifacts[f"{a['name']}:{a['wandb_alias']}"] = {
+            "version": "v0", "aliases": ["latest", a["wandb_alias"]], "logged_by": a["producer_run_id"],
+            "used_by": a["consumers"],
+            "files": {f["relpath"]: md5_b64(Path(a["path"]) / f["relpath"]) for f in a["files"]}}
+    fake = RecordingWandb(artifacts=artifacts)
+    ns = _parser().parse_args(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--online", "--json"])
+    assert audit_main(ns, backend=fake) == EXIT_VERIFIED
+    ok = json.loads(capsys.readouterr().out)
+    assert {c["status"] for c in ok["checks"] if c["kind"] == "wandb"} == {"ok"}
+    assert len([c for c in ok["checks"] if c["kind"] == "wandb"]) == 9  # every file's md5 against W&B's manifest
+    onnx = e2e["arts"]["onnx"]
+    project = e2e["runs"]["export-onnx"]["wandb_project"]
+    assert fake.calls[0] == ("check",)
+    assert ("lookup_artifact", wandb_ref(None, project, onnx.name, onnx.digest)) in fake.calls
+    assert len(fake.calls) == 1 + 5
+
+    # W&B holds other bytes under the same sha256 alias: the audit fails and says so
+    artifacts[f"convnet-onnx:sha256-{onnx.digest[:16]}"]["files"]["model.onnx"] = "AAAAAAAAAAAAAAAAAAAAAA=="
+    artifacts[f"convnet:sha256-{e2e['arts']['model'].digest[:16]}"]["logged_by"] = "someoneelse1"
+    bad = apply_wandb_findings(audit(e2e["store"], str(e2e["onnx"])),
+                               {lab: RecordingWandb(artifacts=artifacts).lookup_artifact(
+                                   f"{project}/{a['name']}:{a['wandb_alias']}")
+                                for lab, a in report["artifacts"].items()})
+    assert bad["exit_code"] == EXIT_TAMPERED
+    details = " / ".join(c["detail"] for c in bad["failures"])
+    assert "differs from W&B's copy" in details and "W&B says it was logged by run someoneelse1" in details
+    assert "W&B (online)" in render_tree(bad)
+
+    # not uploaded yet: noted, not a failure
+    unsynced = apply_wandb_findings(audit(e2e["store"], str(e2e["onnx"])), {lab: None for lab in report["artifacts"]})
+    assert unsynced["exit_code"] == EXIT_VERIFIED
+    assert "not in W&B (offline run not synced yet" in render_tree(unsynced)
+
+
+# --------------------------------------------------------------------------------------------- the walk, in small
+
+
+def _stage(store, tmp_path, run_id, job, used, outputs):
+    """Record one run on a real store with real files: outputs = [(name, type, content)]."""
+    store.start_run(run_id, job, config={}, env={"seed": 0}, flow_run_id="f", run_group="g", wandb_mode="offline",
+                    wandb_dir=None, wandb_project="p", wandb_entity=None)
+    produced = []
+    for name, type_, content in outputs:
+        tmp = tmp_path / "staging" / run_id / name
+        tmp.mkdir(parents=True)
+        (tmp / "x.bin").write_text(content)
+        files = manifest(tmp)
+        digest = manifest_digest(files)
+        final = tmp_path / "art" / type_ / name / digest[:16]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(final)
+        meta = {"files": {f.relpath: f.sha256 for f in files},
+                "inputs": [{"name": u.name, "digest": u.digest} for u in used]}
+        produced.append(NewArtifact(name, type_, digest, str(final), meta, files))
+    return store.finish_run(run_id, used=[u.artifact_id for u in used], produced=produced, summary={},
+                            wandb_url=None, wandb_mode="offline")
+
+
+def test_forward_walk_keeps_what_is_about_this_artifact_only(tmp_path):
+    store = LineageStore(tmp_path / "l.db")
+    [d] = _stage(store, tmp_path, "prep", "prepare-data", [], [("data", "dataset", "d")])
+    [m1] = _stage(store, tmp_path, "train1", "train", [d], [("model", "model", "m1")])
+    [m2] = _stage(store, tmp_path, "train2", "train", [d], [("model", "model", "m2")])  # another model
+    [o1] = _stage(store, tmp_path, "exp1", "export-onnx", [m1], [("onnx", "onnx", "o1")])
+    [o2] = _stage(store, tmp_path, "exp2", "export-onnx", [m1], [("onnx", "onnx", "o2")])  # a sibling export
+    [v1] = _stage(store, tmp_path, "val1", "validate-onnx", [o1, m1, d], [("val", "validation", "v1")])
+    _stage(store, tmp_path, "val2", "validate-onnx", [o2, m1, d], [("val", "validation", "v2")])
+    [e1] = _stage(store, tmp_path, "eval1", "evaluate", [m1, d], [("metrics", "metrics", "e1")])
+    _stage(store, tmp_path, "eval2", "evaluate", [m2, d], [("metrics", "metrics", "e2")])
+
+    r = audit(store, "onnx:v0")
+    assert r["exit_code"] == EXIT_VERIFIED
+    assert tree_chain(r["upstream"][0]) == ["artifact:onnx:v0", "run:exp1", "artifact:model:v0", "run:train1",
+                                            "artifact:data:v0", "run:prep"]
+    assert [x["run"] for x in r["downstream"]] == ["val1", "eval1"]
+    assert set(r["artifacts"]) == {"onnx:v0", "model:v0", "data:v0", "val:v0", "metrics:v0"}
+
+    m = audit(store, "model:v0")  # from the model: both exports, both validations, its evaluation; not train2
+    assert sorted(x["run"] for x in m["downstream"]) == ["eval1", "exp1", "exp2", "val1", "val2"]
+    assert "model:v1" not in m["artifacts"]
+    g = render_mermaid(m)
+    assert g.count(" --> ") == len(m["edges"]) == 2 + 2 * 2 + 2 * 4 + 3  # upstream, exports, validations, eval
+
+    dataset = audit(store, "data:v0")  # from the dataset: everything made from it
+    assert sorted(x["run"] for x in dataset["downstream"]) == ["eval1", "eval2", "exp1", "exp2", "train1",
+                                                              "train2", "val1", "val2"]
+    assert {o1.artifact_id, v1.artifact_id, e1.artifact_id}  # (records exist)
