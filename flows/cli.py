@@ -92,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-config", help="print the resolved config (defaults + file + flags) and exit")
     show.add_argument("--config", help="JSON or YAML file with a PipelineConfig")
     _add_config_flags(show)
+    serve = sub.add_parser("serve", help="serve the 'scheduled-retraining' (cron) and 'manual' deployments from "
+                           "this process; needs a Prefect server (PREFECT_API_URL), e.g. `prefect server start`")
+    serve.add_argument("--cron", default="0 3 * * 1", help="schedule of scheduled-retraining (default: %(default)s)")
+    serve.add_argument("--timezone", default="UTC", help="timezone of the cron schedule (default: %(default)s)")
+    serve.add_argument("--config", help="JSON or YAML file with the deployments' default PipelineConfig")
+    _add_config_flags(serve)
     audit_cli.add_parsers(sub)  # audit, sync
     return p
 
@@ -116,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.command == "show-config":
         print(cfg.model_dump_json(indent=2))
         return EXIT_OK
+    if ns.command == "serve":
+        return _serve(cfg, ns.cron, ns.timezone)
     from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow and --help needn't pay
 
     state = mnist_pipeline(config=cfg, return_state=True)
@@ -126,6 +134,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mnist-pipeline: pipeline {state.name.lower()}: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(state.result(), indent=2, default=str))
+    return EXIT_OK
+
+
+def _serve(cfg, cron: str, timezone: str) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        print("mnist-pipeline: serve needs a running Prefect server: start one with `prefect server start` and set "
+              "PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        return EXIT_CONFIG
+    from deployments.serve import serve_deployments
+
+    serve_deployments(cfg, cron=cron, timezone=timezone)
     return EXIT_OK
 
 

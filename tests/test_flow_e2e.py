@@ -12,7 +12,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.tracker import offline_records
 from tests.conftest import STEMS
 
-JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx"}
+JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"}
 
 
 def _argv(tiny_mnist, tmp_path):
@@ -43,7 +43,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     summary = json.loads(capsys.readouterr().out)
     store = LineageStore(tmp_path / "lineage.db")
 
-    # five W&B runs with the right job types, on disk for a later `wandb sync`, grouped by the flow run
+    # the five stage runs (and the promotion decision's run) with the right job types, on disk for a later `wandb sync`, grouped by the flow run
     runs = _wandb_runs(wandb_offline)
     assert sorted(j for j, _, _ in runs.values()) == sorted(JOB_TYPES)
     assert len({g for _, g, _ in runs.values()}) == 1
@@ -90,6 +90,12 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     assert arts["dataset"].metadata["sizes"] == {"train": 120, "test": 40}
     assert arts["dataset"].metadata["class_counts"]["train"] == [12] * 10
 
+    # the first validated model is promoted, and the decision is on record
+    assert store.alias("convnet", "production").artifact_id == model.artifact_id
+    [decision] = store.promotions(model.artifact_id)
+    assert decision["decision"] == "promoted" and decision["reason"] == "first validated model"
+    assert summary["promotion"]["decision"] == "promoted"
+
     # the Prefect UI artifact lists the outputs with their digests
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -98,12 +104,14 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
         [pa] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-lineage"])))
     assert all(a.digest[:16] in pa.data for a in arts.values())
 
-    # an unchanged second run reuses the cached data preparation: no new prepare-data run, same dataset version
+    # an unchanged second run reuses the cached data preparation and skips training: nothing new is made
     assert main(["run", *_argv(tiny_mnist, tmp_path)]) == 0
     second = json.loads(capsys.readouterr().out)
+    assert second["status"] == "skipped" and "unchanged since production convnet:v0" in second["reason"]
     assert second["artifacts"]["dataset"] == summary["artifacts"]["dataset"]
     jobs = [r["job_type"] for r in store.runs()]
-    assert jobs.count("prepare-data") == 1 and jobs.count("train") == 2
+    assert jobs.count("prepare-data") == 1 and jobs.count("train") == 1
+    assert len(store.artifacts()) == len(arts)
 
 
 def test_a_truncated_idx_file_fails_the_flow_naming_it_and_leaves_nothing_half_written(

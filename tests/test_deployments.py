@@ -1,0 +1,100 @@
+"""Deployments against a real Prefect server on a free loopback port (SQLite, temporary PREFECT_HOME):
+`mnist-pipeline serve` registers both deployments, a manual run triggered through the API (what the UI's Run
+button does) is picked up by the serving process and completes, and its lineage lands in the store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.local_server import local_prefect_server
+from mnist_pipeline.lineage.store import LineageStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    with local_prefect_server(home=home) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server}):
+        with get_client(sync_client=True) as c:
+            yield c
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_mnist, tmp_path):
+    db, art = tmp_path / "lineage.db", tmp_path / "artifacts"
+    env = {**os.environ, "PREFECT_API_URL": server, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
+           "WANDB_SILENT": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("WANDB_API_KEY", None)
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mnist-pipeline")), "serve", "--cron", "30 4 * * 2", "--source",
+         "local", "--local-dir", str(tiny_mnist), "--slice", "1", "--epochs", "1", "--batch-size", "16",
+         "--root", str(tmp_path / "data"), "--artifacts-dir", str(art), "--lineage-db", str(db),
+         "--wandb-mode", "offline", "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deps = _wait(lambda: {d.name: d for d in client.read_deployments()} if len(client.read_deployments()) >= 2
+                     else None, 120, "both deployments")
+        assert set(deps) == {"scheduled-retraining", "manual"}
+
+        # the schedule is visible through the API, and only on the scheduled deployment
+        sched = deps["scheduled-retraining"].schedules
+        assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in sched] == [("30 4 * * 2", "UTC", True)]
+        assert deps["manual"].schedules == []
+
+        # the UI form: typed fields with descriptions, defaults and bounds
+        schema = deps["manual"].parameter_openapi_schema
+        defs = schema["definitions"]
+        epochs = defs["TrainConfig"]["properties"]["epochs"]
+        assert (epochs["minimum"], epochs["maximum"], epochs["default"]) == (1, 1000, 5)
+        assert "Passes over the training split" in epochs["description"]
+        assert defs["TrainConfig"]["properties"]["learning_rate"]["exclusiveMinimum"] == 0
+        assert set(defs["DataConfig"]["properties"]["source"]["enum"]) == {"download", "local", "synthetic"}
+        assert deps["manual"].parameters["config"]["train"]["epochs"] == 1  # the served defaults
+
+        # a payload the form would refuse is refused by the API too, before any run exists
+        bad = {"config": {**deps["manual"].parameters["config"], "train": {"epochs": 0}}}
+        with pytest.raises(Exception, match=r"Validation failed for field .config.train.epochs.*less than the minimum"):
+            client.create_flow_run_from_deployment(deps["manual"].id, parameters=bad)
+
+        # the Run button: a flow run from the manual deployment, picked up by the serving process
+        run = client.create_flow_run_from_deployment(deps["manual"].id)
+        final = _wait(lambda: (lambda r: r if r.state and r.state.is_final() else None)(client.read_flow_run(run.id)),
+                      240, "the manual flow run to finish")
+        assert final.state.is_completed(), (final.state, (tmp_path / "serve.log").read_text()[-3000:])
+        store = LineageStore(db)
+        jobs = {r["job_type"] for r in store.runs(str(run.id))}
+        assert {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"} <= jobs
+        assert store.alias("convnet", "production") is not None
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

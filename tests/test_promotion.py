@@ -1,0 +1,120 @@
+"""Retrain only when something changed, and the promotion gate: real Prefect (test server), real wandb offline,
+real SQLite; the race is run with real processes against one store."""
+
+import multiprocessing
+
+import pytest
+
+from flows.pipeline import mnist_pipeline
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.refs import manifest, manifest_digest
+from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+from tests.conftest import write_mnist
+
+
+def _cfg(tmp_path, src, **train):
+    return PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": str(src), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 1, "batch_size": 16, **train}, "wandb": {"mode": "offline"},
+        "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
+        "evaluate": {"misclassified_table_rows": 4},
+        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+
+
+def _prefect_markdown(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[flow_run_id])))
+    return "\n".join(a.data for a in arts)
+
+
+def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keeps_the_better_model(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path):
+    store = LineageStore(tmp_path / "lineage.db")
+    # 1. a weak first model (tiny learning rate): validated, so promoted as the first production model
+    weak = mnist_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=1e-6))
+    assert weak["promotion"]["decision"] == "promoted"
+    v0 = store.alias("convnet", "production")
+
+    # 2. the same data and config again, as the schedule would: skipped, reported, nothing new
+    state = mnist_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=1e-6), return_state=True)
+    skipped = state.result()
+    assert skipped["status"] == "skipped" and f"unchanged since production convnet:v{v0.version}" in skipped["reason"]
+    assert [a.version for a in store.artifacts("model")] == [v0.version]
+    assert "training skipped" in _prefect_markdown(state.state_details.flow_run_id)
+
+    # 3. a changed config retrains; the better model wins the gate
+    good = mnist_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=0.01, epochs=4))
+    assert "training config changed" in good["reason"] and "learning_rate" in good["reason"]
+    assert good["test_accuracy"] > weak["test_accuracy"]
+    assert good["promotion"]["decision"] == "promoted"
+    prod = store.alias("convnet", "production")
+    assert prod.version == 1 and prod.digest == good["artifacts"]["model"]["digest"]
+
+    # 4. changed data retrains too; a worse model stays candidate and production keeps its model
+    changed = tmp_path / "changed"
+    write_mnist(changed, n_train=100, n_test=40)
+    worse = mnist_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6))
+    assert "dataset" in worse["reason"] and "is not mnist:v0" in worse["reason"]
+    assert worse["promotion"]["decision"] == "candidate"
+    assert store.alias("convnet", "production").version == 1
+    assert store.alias("convnet", "candidate").digest == worse["artifacts"]["model"]["digest"]
+    decisions = store.promotions()
+    assert [d["decision"] for d in decisions] == ["promoted", "promoted", "candidate"]
+    assert decisions[-1]["production_accuracy"] == pytest.approx(good["test_accuracy"])
+    assert decisions[-1]["candidate_accuracy"] == pytest.approx(worse["test_accuracy"])
+    # the previous production model keeps its history
+    assert store.promotions(v0.artifact_id)[0]["decision"] == "promoted"
+
+    # 5. force retrains even when nothing changed
+    forced = mnist_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6).model_copy(update={"force": True}))
+    assert forced["status"] == "completed" and len(store.artifacts("model")) == 4
+
+
+def _seed_store(path, tmp_path, n):
+    store = LineageStore(path)
+    ids = []
+    for i in range(n + 1):
+        d = tmp_path / f"m{i}"
+        d.mkdir()
+        (d / "model.pt").write_text(f"weights {i}")
+        files = manifest(d)
+        store.start_run(f"r{i}", "train", config={}, env={}, flow_run_id=None, run_group=None, wandb_mode="offline",
+                        wandb_dir=None, wandb_project=None, wandb_entity=None)
+        [rec] = store.finish_run(f"r{i}", used=[], produced=[NewArtifact("convnet", "model", manifest_digest(files),
+                                 str(d), {}, files)], summary={}, wandb_url=None, wandb_mode="offline")
+        ids.append(rec.artifact_id)
+    return ids
+
+
+def _race(path, artifact_id, barrier, accuracies):
+    barrier.wait()
+    store = LineageStore(path)
+    store.decide_promotion(artifact_id, accuracy=0.9, validation_passed=True, margin=0.01, flow_run_id=None,
+                           accuracy_of=lambda aid: accuracies.get(aid))
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_concurrent_promotions_have_exactly_one_winner(tmp_path, round_):
+    path = tmp_path / "lineage.db"
+    baseline, *candidates = _seed_store(path, tmp_path, 4)
+    store = LineageStore(path)
+    store.decide_promotion(baseline, accuracy=0.8, validation_passed=True, margin=0.01, flow_run_id=None)
+    accuracies = {baseline: 0.8, **{c: 0.9 for c in candidates}}
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(len(candidates))
+    procs = [ctx.Process(target=_race, args=(path, c, barrier, accuracies)) for c in candidates]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    decisions = store.promotions()[1:]
+    winners = [d for d in decisions if d["decision"] == "promoted"]
+    assert len(decisions) == 4 and len(winners) == 1
+    assert store.alias("convnet", "production").artifact_id == winners[0]["artifact_id"]
+    # every loser compared itself with the winner, not with the stale baseline
+    assert all(d["production_artifact_id"] == winners[0]["artifact_id"] for d in decisions if d not in winners)
