@@ -182,9 +182,10 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 
     if backend is None:
         backend = RecordingWandb() if ns.dry_run else WandbClient()
+    entity = None
     if not ns.dry_run:
         try:  # before the store is even opened: without a usable W&B nothing is changed
-            backend.check()
+            entity = backend.check()
         except WandbUnavailable as e:
             _err("sync", f"{e}; nothing was sent or changed (`mnist-pipeline sync --dry-run` shows the plan)")
             return SYNC_UNAVAILABLE
@@ -193,7 +194,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
     for item in [a for r in plan["runs"] for a in r["actions"]] + plan["promotions"]:
         item["was"] = "done" if item["status"] == "done" else item["status"]
     try:
-        result = run_sync(store, plan, backend, dry_run=ns.dry_run)
+        result = run_sync(store, plan, backend, dry_run=ns.dry_run, entity=entity)
     except WandbUnavailable as e:
         _err("sync", f"{e}; nothing was sent or changed")
         return SYNC_UNAVAILABLE

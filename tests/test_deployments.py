@@ -98,3 +98,18 @@ def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def test_prefect_yaml_deploys_both_deployments_to_a_work_pool(server, client):
+    env = {**os.environ, "PREFECT_API_URL": server, "MNIST_PIPELINE_REPO": str(REPO)}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    subprocess.run([prefect, "work-pool", "create", "mnist-process", "--type", "process"], env=env, check=True,
+                   capture_output=True)
+    r = subprocess.run([prefect, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"],
+                       cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    deps = {d.name: d for d in client.read_deployments()}
+    assert deps["scheduled-retraining"].work_pool_name == deps["manual"].work_pool_name == "mnist-process"
+    assert [s.schedule.cron for s in deps["scheduled-retraining"].schedules] == ["0 3 * * 1"]
+    assert deps["manual"].enforce_parameter_schema
+    assert deps["manual"].parameters["config"]["train"]["learning_rate"] == 0.005

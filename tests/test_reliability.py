@@ -554,7 +554,7 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     _assert_store_is_sound(store)  # the store points at no missing or partial file
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]; print("TRAINED", [l for l in second.stderr.splitlines() if "trained in" in l])
     [model] = store.artifacts("model")
     resumed = model.metadata["resumed_from_checkpoint"]
     assert resumed == {"epoch": last["epoch"], "batch": last["batch"], "examples_seen": last["examples_seen"]}

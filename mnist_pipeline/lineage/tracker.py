@@ -723,13 +723,14 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
     return {"runs": runs, "promotions": promotions}
 
 
-def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False) -> dict:
+def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False, entity: str | None = None) -> dict:
     """Carry out `plan` through `backend`, in order: check, uploads, input edges (per run), promotions.
 
     The check comes first and raises WandbUnavailable before anything is sent or written. Each finished step
     is recorded in the store at once (unless `dry_run`), so an interrupted sync resumes where it stopped and a
-    repeated one sends nothing. A step that fails is reported and the steps that depend on it are 'blocked'."""
-    entity = backend.check()
+    repeated one sends nothing. A step that fails is reported and the steps that depend on it are 'blocked'.
+    `entity`: the answer of a `backend.check()` the caller already made (the check is then not repeated)."""
+    entity = entity or backend.check()
     online = {r["run_id"] for r in store.runs() if r["wandb_mode"] == "online"}
     uploaded = {r["run_id"] for r in store.sync_log() if r["action"] == "upload"} | online
 
