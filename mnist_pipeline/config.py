@@ -107,7 +107,9 @@ class EvalConfig(_Section):
     misclassified_table_rows: int = Field(
         64, ge=0, le=10_000, description="Misclassified test images logged to a W&B Table."
     )
-    batch_size: int = Field(1024, ge=1, le=65_536, description="Inference batch size.")
+    batch_size: int = Field(
+        256, ge=1, le=65_536, description="Inference batch size of evaluation and ONNX validation (larger batches "
+        "hold more memory for little speed on CPU).")
 
 
 class OnnxConfig(_Section):

@@ -23,7 +23,7 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
         test = data.load_split(stage.use(dataset) / "test.pt")
         report = onnx_io.validate(onnx_path, net, test, atol=o.parity_atol, min_agreement=o.min_argmax_agreement,
                                   latency_samples=o.latency_samples, throughput_batch=o.throughput_batch,
-                                  timing_seconds=o.timing_seconds)
+                                  timing_seconds=o.timing_seconds, batch_size=cfg.evaluate.batch_size)
         out = stage.staging(VALIDATION_NAME)
         write_json(out / "validation.json", report.to_dict())
         stage.summary = report.to_dict()

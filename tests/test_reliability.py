@@ -345,6 +345,12 @@ def test_a_planted_api_key_is_written_nowhere(dead_wandb_run):
     key = FAKE_KEY.encode()
     # every file the run wrote: lineage store (and its WAL), artifacts, wandb runs and logs, data, HOME
     # (Prefect's result storage, wandb's settings and caches, any netrc), TMPDIR
+    canary = base / "tmp" / "canary.txt"  # the scan does find the key where it is written
+    canary.write_bytes(b"x" + key + b"x")
+    try:
+        assert _scan(base, key)[1] == [canary]
+    finally:
+        canary.unlink()
     scanned, hits = _scan(base, key)
     assert hits == []
     assert scanned > 40
@@ -472,6 +478,54 @@ def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_
     _assert_store_is_sound(store)
 
 
+def test_two_stages_storing_the_same_content_at_the_same_moment_overwrite_nothing(wandb_offline, tmp_path,
+                                                                                   monkeypatch):
+    """Both stages reach the rename having found the folder absent (a barrier holds them there): one rename
+    wins, the other finds the folder whole and records the same version; neither fails, nothing is replaced."""
+    import threading
+
+    from mnist_pipeline.lineage import tracker
+
+    cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
+                                         "lineage_db": str(tmp_path / "lineage.db")}).resolved()
+    barrier = threading.Barrier(2, timeout=60)
+
+    class _OsWithSlowRename:  # the tracker's `os`, whose rename of a staged folder waits for the other stage
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def replace(src, dst):
+            if ".staging" in str(src):
+                barrier.wait()
+            return os.replace(src, dst)
+
+    monkeypatch.setattr(tracker, "os", _OsWithSlowRename())
+    errors, stages = [], []
+
+    def step():
+        try:
+            with open_stage(cfg, "prepare-data") as stage:
+                out = stage.staging("mnist")
+                (out / "train.pt").write_bytes(b"the same bytes" * 4096)
+                stage.produce("mnist", "dataset", out, {})
+            stages.append(stage)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=step) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    store = LineageStore(cfg.lineage_db)
+    [art] = store.artifacts()
+    assert sorted(store.producers(art.artifact_id)) == sorted(s.run_id for s in stages)
+    assert [p.name for p in Path(art.path).parent.iterdir()] == [Path(art.path).name]
+    _assert_store_is_sound(store)
+
+
 # ----------------------------------------------------------------------------------- retries and kills
 
 
@@ -514,8 +568,34 @@ def test_a_prefect_retry_of_train_resumes_from_the_checkpoint(prefect_server, wa
     assert not list((tmp_path / "art" / ".checkpoints").glob("*.pt"))  # done with once the model is recorded
 
 
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)  # what unpickling would do, if it were allowed to run code
+
+
+def test_a_checkpoint_that_would_run_code_is_not_loaded_and_training_starts_over(tmp_path, caplog):
+    from mnist_pipeline.data import Split
+    from mnist_pipeline.model import ConvNet, ModelConfig
+    from tests.conftest import tiny_digits
+
+    marker, ckpt = tmp_path / "code-ran", tmp_path / "train-x.pt"
+    torch.save({"model": _RunsCode(marker), "epoch": 1, "batch": 0, "examples_seen": 1, "batches": 1}, ckpt)
+    images, labels = tiny_digits(64, 0)
+    settings = training.LoopSettings(epochs=1, batch_size=16, checkpoint_every=2, progress=False)
+    with caplog.at_level("WARNING"):
+        result = training.train(ConvNet(ModelConfig(kernels=(4, 8))), Split(torch.from_numpy(images),
+                                torch.from_numpy(labels).long()), settings, torch.device("cpu"), checkpoint=ckpt)
+    assert not marker.exists()  # no code ran
+    assert result.resumed_from is None and result.examples_seen == 64  # started over, did not fail
+    assert "ignoring unreadable checkpoint" in caplog.text
+    assert torch.load(ckpt, weights_only=True)["batches"] == 4  # replaced by a real checkpoint
+
+
 def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_path):
-    n_train, epochs, batch = 3000, 3, 50
+    n_train, epochs, batch = 6000, 3, 50  # 360 batches, several seconds of training: time to kill it
     per_epoch = n_train // batch
     base = tmp_path
     argv = _cli("--source", "synthetic", "--synthetic-train", str(n_train), "--synthetic-test", "100", "--slice",
@@ -545,7 +625,7 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
             pass
         first.stdout.close()
 
-    last = torch.load(ckpt, weights_only=True); print("KILLED AT", {k: last[k] for k in ("epoch", "batch", "batches")})
+    last = torch.load(ckpt, weights_only=True)
     assert 0 < last["batches"] < epochs * per_epoch
     store = LineageStore(base / "lineage.db")
     killed = [r for r in store.runs() if r["job_type"] == "train"]
@@ -554,7 +634,7 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     _assert_store_is_sound(store)  # the store points at no missing or partial file
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stderr[-3000:]; print("TRAINED", [l for l in second.stderr.splitlines() if "trained in" in l])
+    assert second.returncode == 0, second.stderr[-3000:]
     [model] = store.artifacts("model")
     resumed = model.metadata["resumed_from_checkpoint"]
     assert resumed == {"epoch": last["epoch"], "batch": last["batch"], "examples_seen": last["examples_seen"]}
@@ -611,10 +691,16 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
     on_disk = _wandb_runs(tmp_path / "wandb")
     assert set(on_disk) == {r["run_id"] for r in runs}
     for r in runs:
-        job, group, logged, _ = on_disk[r["run_id"]]
+        job, group, logged, history = on_disk[r["run_id"]]
         assert (job, group) == (r["job_type"], r["run_group"])
         produced = store.edges(r["run_id"])["produced"]
         assert sorted(logged) == sorted((a.name, sorted(["latest", f"sha256-{a.digest[:16]}"])) for a in produced)
+        keys = {k for row in history for k in row}
+        assert ("loss" in keys) == (job == "train") and ("test_accuracy" in keys) == (job == "evaluate")
+        if job == "train":  # its own 8 batches' loss rows, not the other training's
+            assert [row["_step"] for row in history if "loss" in row] == [16, 48, 80, 112]
+    # the promotion gate saw both models, one after the other: one production model
+    assert len(store.promotions()) == 2 and store.alias("convnet", "production").type == "model"
     for m in models:  # and each model's inputs and consumers stay within its own flow run
         [producer] = [r for r in runs if r["run_id"] == m.producer_run_id]
         for consumer in store.consumers(m.artifact_id):

@@ -646,7 +646,7 @@ def render_tree(report: dict) -> str:
         out.append("  (no recorded run used it)")
     for d in report["downstream"]:
         run = report["runs"][d["run"]]
-        produced = ", ".join(d["produced"]) or "nothing"
+        produced = ", ".join(d["produced"]) or "no artifact"
         out.append(f"  {_run_title(run)}: used {', '.join(d['used'])} -> {produced}")
         for lab in d["produced"]:
             art = report["artifacts"][lab]

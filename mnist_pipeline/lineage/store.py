@@ -380,8 +380,3 @@ class LineageStore:
     def mark_synced(self, run_id: str, action: str, ref: str, detail: str | None = None) -> None:
         with self.transaction() as con:
             con.execute("INSERT OR IGNORE INTO sync_log VALUES (?, ?, ?, ?, ?)", (run_id, action, ref, detail, now()))
-
-    def mark_promotion_applied(self, promotion_id: int) -> None:
-        with self.transaction() as con:
-            con.execute("UPDATE promotions SET wandb_applied_at = ? WHERE promotion_id = ?"
-                        " AND wandb_applied_at IS NULL", (now(), promotion_id))

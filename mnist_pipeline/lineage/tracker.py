@@ -443,7 +443,8 @@ def _run_path(entity: str | None, project: str, run_id: str) -> str:
 
 def _not_found(e: Exception) -> bool:
     text = str(e).lower()
-    return isinstance(e, ValueError) or "not found" in text or "404" in text or "does not exist" in text
+    return (isinstance(e, ValueError) or "notfound" in type(e).__name__.lower() or "not found" in text
+            or "404" in text or "does not exist" in text)
 
 
 def offline_run_file(run_dir: Path) -> Path | None:
@@ -622,7 +623,7 @@ class RecordingWandb:
                             self.artifacts.setdefault(f"{rec.artifact.name}:{alias}", {
                                 "version": f"v{len(self.artifacts)}", "aliases": list(rec.artifact.aliases),
                                 "logged_by": run_id, "used_by": [], "files": {}})
-        return f"recorded://{_run_path(entity or self.entity, project, run_id)}"
+        return None
 
     def run_inputs(self, entity, project, run_id) -> set[str]:
         self._call("run_inputs", _run_path(entity, project, run_id))
