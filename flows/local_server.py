@@ -28,7 +28,7 @@ def free_port() -> int:
 
 @contextmanager
 def local_prefect_server(home: Path | None = None, port: int | None = None, timeout: float = 120,
-                         log: Path | None = None) -> Iterator[str]:
+                         log: Path | None = None, ui: bool = False) -> Iterator[str]:
     """Yield the API URL of a fresh server; its environment for clients is PREFECT_API_URL=<url>."""
     own_home = home is None
     home = Path(home or tempfile.mkdtemp(prefix="prefect-home-"))
@@ -36,11 +36,11 @@ def local_prefect_server(home: Path | None = None, port: int | None = None, time
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": url, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_UI_ENABLED": "false"}
+           "PREFECT_UI_ENABLED": str(ui).lower()}
     out = open(log, "wb") if log else subprocess.DEVNULL
     prefect = Path(sys.executable).with_name("prefect")
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                             "--analytics-off", "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                             "--analytics-off", "--ui" if ui else "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + timeout

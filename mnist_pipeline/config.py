@@ -43,9 +43,9 @@ class DataConfig(_Section):
         description="Where MNIST comes from: 'download' (torchvision's real download into root), "
         "'local' (a directory of IDX files, .gz or not) or 'synthetic' (deterministic digits, offline demos).",
     )
-    root: Path = Field(Path("data"), description="Directory torchvision downloads into (<root>/MNIST/raw).")
+    root: Path = Field(Path("data"), description="Directory torchvision downloads into (it writes ROOT/MNIST/raw).")
     local_dir: Path | None = Field(
-        None, description="For source='local': directory holding the four MNIST IDX files (or <dir>/MNIST/raw)."
+        None, description="For source='local': directory holding the four MNIST IDX files (directly or in its MNIST/raw)."
     )
     mirrors: list[str] | None = Field(
         None,
