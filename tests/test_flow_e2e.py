@@ -98,10 +98,12 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
 
     # the Prefect UI artifact lists the outputs with their digests
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        [pa] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-lineage"])))
+        [pa] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["mnist-lineage"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[train_run["flow_run_id"]])))
     assert all(a.digest[:16] in pa.data for a in arts.values())
 
     # an unchanged second run reuses the cached data preparation and skips training: nothing new is made
