@@ -63,7 +63,7 @@ def _pipeline_config(a: dict):
         "data": {"source": "local", "local_dir": a["data_dir"], "slice": a["slice"], "root": a["work"] + "/data"},
         "train": {"epochs": a["epochs"], "seed": a["seed"], "watch_log_freq": a["watch_log_freq"]},
         "wandb": {"mode": "offline", "dir": a["wandb_dir"]},
-        "onnx": {"latency_samples": a["latency_samples"]},
+        "onnx": {"latency_samples": a["latency_samples"], "exporter": a["exporter"]},
         "artifacts_dir": a["work"] + "/artifacts", "lineage_db": a["work"] + "/lineage.db"})
 
 
@@ -135,6 +135,9 @@ def part_onnx(a: dict) -> dict:
     with torch.inference_mode():
         out["torch_p50_ms"], out["torch_p99_ms"] = onnx_io.latency(lambda i: model(singles[i % len(singles)][None]), n)
         out["torch_throughput"] = onnx_io.throughput(lambda b: model(b), big, min_seconds=2)
+        # the same model in the channels_last layout the pipeline itself evaluates in (faster on CPU)
+        cl, big_cl = model.to(memory_format=torch.channels_last), big.contiguous(memory_format=torch.channels_last)
+        out["torch_channels_last_throughput"] = onnx_io.throughput(lambda b: cl(b), big_cl, min_seconds=2)
     big_np = big.numpy()
     out["ort_throughput"] = onnx_io.throughput(lambda b: sess.run(None, {name: big_np}), big, min_seconds=2)
     out["throughput_ratio"] = out["ort_throughput"] / out["torch_throughput"]
@@ -224,7 +227,7 @@ def print_report(res: dict) -> None:
     o = res["onnx"]
     print(f"onnx: batch 1 p50/p99 ort {o['ort_p50_ms']:.3f}/{o['ort_p99_ms']:.3f} ms, torch "
           f"{o['torch_p50_ms']:.3f}/{o['torch_p99_ms']:.3f} ms; batch {o['batch']} ort {o['ort_throughput']:.0f} img/s, "
-          f"torch {o['torch_throughput']:.0f} img/s")
+          f"torch {o['torch_throughput']:.0f} img/s (channels_last {o['torch_channels_last_throughput']:.0f})")
     if res["rerun"]:
         print(f"unchanged rerun: {res['rerun']['wall_s']:.2f} s ({res['rerun'].get('status')})")
     for k, v in r.items():
@@ -242,6 +245,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--watch-log-freq", type=int, default=10, help="the pipeline's wandb.watch log_freq")
+    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="the pipeline's ONNX exporter")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
     p.add_argument("--smoke", action="store_true", help="a quick run that checks the benchmark works (figures "
                    "meaningless): epochs=1, slice=30, one repeat")
@@ -269,6 +273,7 @@ def main(argv=None) -> int:
             env.pop("WANDB_API_KEY", None)
             base = {"data_dir": str(args.data_dir.resolve()), "epochs": args.epochs, "slice": args.slice,
                     "seed": args.seed, "staged_root": str(tmp / "tutorial-data"), "watch_log_freq": args.watch_log_freq,
+                    "exporter": args.exporter,
                     "latency_samples": 200 if not args.smoke else 20}
             reps = []
             for i in range(args.repeats):
@@ -291,7 +296,7 @@ def main(argv=None) -> int:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
             "settings": {"data_dir": str(args.data_dir), "epochs": args.epochs, "slice": args.slice,
                          "seed": args.seed, "repeats": args.repeats, "smoke": args.smoke,
-                         "watch_log_freq": args.watch_log_freq},
+                         "watch_log_freq": args.watch_log_freq, "exporter": args.exporter},
             "repeats": reps,
         })
     print_report(res)

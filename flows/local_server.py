@@ -26,6 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Signal a process started with start_new_session=True and its children; SIGKILL them after `timeout`."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def local_prefect_server(home: Path | None = None, port: int | None = None, timeout: float = 120,
                          log: Path | None = None, ui: bool = False) -> Iterator[str]:
@@ -58,12 +68,7 @@ def local_prefect_server(home: Path | None = None, port: int | None = None, time
             time.sleep(0.3)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         if log:
             out.close()
         if own_home:

@@ -114,13 +114,16 @@ class EvalConfig(_Section):
 
 class OnnxConfig(_Section):
     opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
+    exporter: Literal["dynamo", "torchscript"] = Field(
+        "dynamo", description="torch.onnx exporter: 'dynamo' (torch.export based, PyTorch's default) or "
+        "'torchscript' (the older tracer, deprecated by PyTorch, much quicker to start).")
     parity_atol: float = Field(1e-3, gt=0, description="Largest allowed |torch logit - onnxruntime logit|.")
     min_argmax_agreement: float = Field(
         0.999, ge=0, le=1, description="Smallest allowed share of test images with the same predicted class."
     )
     latency_samples: int = Field(200, ge=10, le=100_000, description="Batch-1 runs timed for p50/p99 latency.")
     throughput_batch: int = Field(256, ge=1, le=65_536, description="Batch size of the throughput measurement.")
-    timing_seconds: float = Field(0.25, gt=0, le=60, description="Minimum seconds each throughput is timed for.")
+    timing_seconds: float = Field(0.15, gt=0, le=60, description="Minimum seconds each throughput is timed for.")
 
 
 class WandbConfig(_Section):

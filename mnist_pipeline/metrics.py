@@ -27,9 +27,12 @@ class Evaluation:
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits for uint8 images [N, 28, 28], in batches, on CPU at the end."""
-    model.eval()
-    out = [model(to_float(images[i : i + batch_size]).to(device)).cpu() for i in range(0, len(images), batch_size)]
+    """Logits for uint8 images [N, 28, 28], in batches, on CPU at the end.
+
+    Runs in the channels_last layout: oneDNN's NCHW inference path is several times slower on CPU here."""
+    model.eval().to(memory_format=torch.channels_last)
+    out = [model(to_float(images[i : i + batch_size]).to(device).contiguous(memory_format=torch.channels_last)).cpu()
+           for i in range(0, len(images), batch_size)]
     return torch.cat(out)
 
 

@@ -20,7 +20,7 @@ def export_onnx(cfg: PipelineConfig, model: ArtifactRef) -> ArtifactRef:
     with open_stage(cfg, "export-onnx", current_flow_run_id()) as stage:
         net = load_model(stage.use(model) / "model.pt")
         out = stage.staging(ONNX_NAME)
-        info = onnx_io.export(net, out / "model.onnx", opset=cfg.onnx.opset)
+        info = onnx_io.export(net, out / "model.onnx", opset=cfg.onnx.opset, exporter=cfg.onnx.exporter)
         write_json(out / "export.json", asdict(info))
         stage.summary = {"opset": info.opset}
         stage.produce(ONNX_NAME, "onnx", out, asdict(info))

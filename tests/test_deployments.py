@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.local_server import local_prefect_server
+from flows.local_server import local_prefect_server, stop_group
 from mnist_pipeline.lineage.store import LineageStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,12 +91,7 @@ def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_
         assert {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"} <= jobs
         assert store.alias("convnet", "production") is not None
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGINT, timeout=30)
         log.close()
 
 

@@ -9,12 +9,12 @@ from mnist_pipeline.model import ConvNet, ModelConfig
 from tests.conftest import tiny_digits
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+@pytest.fixture(scope="module", params=["dynamo", "torchscript"])
+def exported(tmp_path_factory, request):
     torch.manual_seed(0)
     model = ConvNet(ModelConfig(kernels=(4, 8))).eval()
     path = tmp_path_factory.mktemp("onnx") / "m.onnx"
-    info = onnx_io.export(model, path, opset=18)
+    info = onnx_io.export(model, path, opset=18, exporter=request.param)
     return model, path, info
 
 
