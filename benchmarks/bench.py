@@ -183,7 +183,7 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def summarize(reps: list[dict], onnx: dict, rerun: dict | None) -> dict:
+def summarize(reps: list[dict], onnx: dict, rerun: dict | None, settings: dict) -> dict:
     def med(part, key):
         return median([r[part].get(key) for r in reps])
 
@@ -192,7 +192,7 @@ def summarize(reps: list[dict], onnx: dict, rerun: dict | None) -> dict:
         "orchestration_overhead_share": median(
             [(r["pipeline"]["wall_s"] - r["pipeline"]["train_s"]) / r["pipeline"]["wall_s"] for r in reps]),
         "loop_wall_over_tutorial_wall": median([r["loop"]["wall_s"] / r["tutorial"]["wall_s"] for r in reps]),
-        "onnxruntime_throughput_over_torch": onnx["throughput_ratio"],
+        "onnxruntime_throughput_over_torch": onnx["throughput_ratio"],  # the median of the per-repeat ratios
     }
     if rerun:
         ratios["rerun_wall_over_full_wall"] = rerun["wall_s"] / med("pipeline", "wall_s")
@@ -209,7 +209,7 @@ def summarize(reps: list[dict], onnx: dict, rerun: dict | None) -> dict:
     }
     if rerun:
         targets["unchanged rerun <= 10% of full"] = ratios["rerun_wall_over_full_wall"] <= 0.10
-    if figures["pipeline"]["test_accuracy"] is not None:
+    if figures["pipeline"]["test_accuracy"] is not None and (settings["slice"], settings["epochs"]) == (1, 5):
         targets["test accuracy >= 98.5% (slice=1, epochs=5)"] = figures["pipeline"]["test_accuracy"] >= 0.985
     return {"figures": figures, "ratios": ratios, "onnx": onnx, "rerun": rerun, "targets": targets}
 
@@ -245,7 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--watch-log-freq", type=int, default=10, help="the pipeline's wandb.watch log_freq")
-    p.add_argument("--exporter", choices=["dynamo", "torchscript"], default="dynamo", help="the pipeline's ONNX exporter")
+    p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
+                   help="the pipeline's ONNX exporter (default: %(default)s, the pipeline's default)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
     p.add_argument("--smoke", action="store_true", help="a quick run that checks the benchmark works (figures "
                    "meaningless): epochs=1, slice=30, one repeat")
@@ -284,19 +285,21 @@ def main(argv=None) -> int:
                 for part in ("tutorial", "pipeline", "loop"):
                     rep[part] = run_part(part, a, env, logs)
                     print(f"repeat {i + 1}/{args.repeats} {part}: {rep[part]['wall_s']:.2f} s", flush=True)
+                p = rep["pipeline"]
+                rep["onnx"] = run_part("onnx", {**a, "onnx_path": p["onnx_path"], "model_path": p["model_path"],
+                                                "test_path": p["test_path"], "batch": 256}, env, logs)
                 reps.append(rep)
-            last = reps[-1]["pipeline"]
-            onnx = run_part("onnx", {**base, "onnx_path": last["onnx_path"], "model_path": last["model_path"],
-                                     "test_path": last["test_path"], "batch": 256}, env, logs)
+            onnx = {k: median([r["onnx"][k] for r in reps]) for k in reps[0]["onnx"]}
             rerun = run_part("rerun", {**a, "repeat": "rerun"}, env, logs)
             print(f"rerun: {rerun['wall_s']:.2f} s", flush=True)
-        res = summarize(reps, onnx, rerun)
+        settings = {"data_dir": str(args.data_dir), "epochs": args.epochs, "slice": args.slice, "seed": args.seed,
+                    "repeats": args.repeats, "smoke": args.smoke, "watch_log_freq": args.watch_log_freq,
+                    "exporter": args.exporter}
+        res = summarize(reps, onnx, rerun, settings)
         res.update({
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-            "settings": {"data_dir": str(args.data_dir), "epochs": args.epochs, "slice": args.slice,
-                         "seed": args.seed, "repeats": args.repeats, "smoke": args.smoke,
-                         "watch_log_freq": args.watch_log_freq, "exporter": args.exporter},
+            "settings": settings,
             "repeats": reps,
         })
     print_report(res)

@@ -1,4 +1,8 @@
-"""The flow: prepare-data -> train -> evaluate, export-onnx -> validate-onnx. It only orchestrates."""
+"""The flow, which only orchestrates:
+
+prepare-data -> check-for-changes -> (skip, or) train -> evaluate | export-onnx -> validate-onnx -> promote,
+then a Prefect artifact on the flow run that lists what was produced and why.
+"""
 
 from __future__ import annotations
 

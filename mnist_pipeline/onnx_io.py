@@ -36,7 +36,7 @@ class ExportInfo:
     exporter: str
 
 
-def export(model: torch.nn.Module, path: Path, opset: int = 18, exporter: str = "dynamo") -> ExportInfo:
+def export(model: torch.nn.Module, path: Path, opset: int = 18, exporter: str = "torchscript") -> ExportInfo:
     """torch.onnx.export with a dynamic batch axis, then onnx.checker.
 
     exporter="dynamo" is torch.export-based (PyTorch's default since 2.9; needs onnxscript); "torchscript" is the
