@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -124,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if ns.command == "serve":
         return _serve(cfg, ns.cron, ns.timezone)
+    # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow and --help needn't pay
 
     state = mnist_pipeline(config=cfg, return_state=True)
