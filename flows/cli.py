@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command in audit_cli.COMMANDS:  # no config, no Prefect: the auditor's commands start fast
         return audit_cli.main(ns)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Our own progress at INFO; libraries (httpx logs every API call at INFO) only when they warn. Prefect prints
+    # its flow and task run logs through its own console handler.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mnist_pipeline").setLevel(logging.INFO)
     try:
         cfg = build_config(ns)
         cfg.resolved()  # the paths, checked against $MNIST_PIPELINE_ALLOWED_ROOTS as the flow will
