@@ -20,6 +20,7 @@ from tasks import (check_for_changes, evaluate, export_onnx, prepare_data, promo
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
+DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)
 
 
 class _InRunsOnly(logging.Filter):
@@ -44,7 +45,7 @@ _library_warnings_to_prefect()
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
       "training config changed since the production model (unless force is set).")
-def mnist_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     logger = get_run_logger()
     cfg = config.resolved()
     dataset = prepare_data(cfg)

@@ -354,7 +354,7 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
 
     report = audit(e2e["store"], str(e2e["onnx"]))
     artifacts = {}
-    for lab, a in report["artifacts"].items():
+    for a in report["artifacts"].values():
         artifacts[f"{a['name']}:{a['wandb_alias']}"] = {
             "version": "v0", "aliases": ["latest", a["wandb_alias"]], "logged_by": a["producer_run_id"],
             "used_by": a["consumers"],

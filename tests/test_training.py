@@ -25,7 +25,7 @@ def _run(tmp_path=None, stop=None, epochs=2, log=None, ckpt=None):
 def test_training_is_repeatable_and_learns():
     a, ra = _run()
     b, _ = _run()
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     assert ra.examples_seen == 800 and ra.batches == 26
     assert evaluate(a, _split(200, 9), 10).accuracy > 0.5  # far above chance on the learnable toy
@@ -51,5 +51,5 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupte
     resumed, result = _run(ckpt=ckpt)
     assert result.resumed_from == {"epoch": 1, "batch": 3, "examples_seen": 400 + 3 * 32}
     straight, _ = _run()
-    for (k, va), vb in zip(resumed.state_dict().items(), straight.state_dict().values()):
+    for (k, va), vb in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
         assert torch.allclose(va, vb, atol=1e-6), k
