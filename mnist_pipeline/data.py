@@ -164,43 +164,34 @@ def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
         raise DataError(f"{local_dir}: missing MNIST file(s) {', '.join(missing)} (.gz or uncompressed)")
     dest = raw_folder(root)
     dest.mkdir(parents=True, exist_ok=True)
-    infos, counts = [], {}
+    infos = []
     for stem, src in found.items():
         sha, md5 = _digests(src)
         info = RawFileInfo(name=src.name, sha256=sha, size=src.stat().st_size, origin=str(src))
-        if src.suffix == ".gz":
+        gz = src.suffix == ".gz"
+        if gz:
             info.md5 = md5
             published = PUBLISHED_MD5[src.name]
             info.note = "md5 matches the published file" if md5 == published else (
                 f"md5 {md5} differs from the published {published}: accepted as a local copy"
             )
-            tmp = _tmp_name(dest / stem)
-            try:
-                with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-            except (OSError, EOFError, zlib.error) as e:
-                tmp.unlink(missing_ok=True)
-                raise DataError(f"{src}: corrupt gzip file ({e})") from e
-            tmp.replace(dest / stem)
-            staged = dest / stem
         else:
             info.note = "uncompressed local copy; the published md5 applies to the .gz only"
-            if src.resolve() != (dest / stem).resolve():
-                tmp = _tmp_name(dest / stem)
-                try:
-                    shutil.copyfile(src, tmp)
-                    tmp.replace(dest / stem)
-                finally:
-                    tmp.unlink(missing_ok=True)
-            staged = dest / stem
-        counts[stem] = check_idx(staged, IMAGE_MAGIC if "images" in stem else LABEL_MAGIC, label=src)
+        staged = dest / stem
+        if src.resolve() != staged.resolve():
+            tmp = _tmp_name(staged)
+            try:
+                with (gzip.open if gz else open)(src, "rb") as fin, tmp.open("wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+                tmp.replace(staged)
+            except (OSError, EOFError, zlib.error) as e:
+                if gz:
+                    raise DataError(f"{src}: corrupt gzip file ({e})") from e
+                raise
+            finally:
+                tmp.unlink(missing_ok=True)
         infos.append(info)
-    for split in ("train", "test"):
-        images, labels = (found[FILES[(split, k)]] for k in ("images", "labels"))
-        if counts[images.name.removesuffix(".gz")] != counts[labels.name.removesuffix(".gz")]:
-            raise DataError(f"{images} holds {counts[images.name.removesuffix('.gz')]} images but "
-                            f"{labels} holds {counts[labels.name.removesuffix('.gz')]} labels")
-    return infos
+    return infos  # the files' contents are checked by read_split, which names these sources (RawFileInfo.origin)
 
 
 def download(root: Path, mirrors: list[str] | None) -> list[RawFileInfo]:
@@ -275,24 +266,24 @@ def read_split(root: Path, train: bool, classes: int = 10, origins: dict[str, st
     `origins` maps a raw file's stem to the file the user gave, so errors name that one."""
     split = "train" if train else "test"
     raw = raw_folder(root)
-    origins = origins or {}
+    names = {kind: (origins or {}).get(FILES[(split, kind)], raw / FILES[(split, kind)])
+             for kind in ("images", "labels")}
     counts = {}
     for kind, magic in (("images", IMAGE_MAGIC), ("labels", LABEL_MAGIC)):
         path = raw / FILES[(split, kind)]
         if not path.is_file():
             raise DataError(f"{path}: missing MNIST file")
-        counts[kind] = check_idx(path, magic)
+        counts[kind] = check_idx(path, magic, label=names[kind])
     if counts["images"] != counts["labels"]:
-        raise DataError(f"{raw / FILES[(split, 'images')]} holds {counts['images']} images but "
-                        f"{raw / FILES[(split, 'labels')]} holds {counts['labels']} labels")
+        raise DataError(f"{names['images']} holds {counts['images']} images but "
+                        f"{names['labels']} holds {counts['labels']} labels")
     if counts["images"] == 0:
-        raise DataError(f"{raw / FILES[(split, 'images')]}: holds no images")
+        raise DataError(f"{names['images']}: holds no images")
     ds = MNIST(str(root), train=train, download=False)
     labels = ds.targets.to(torch.int64)
     if int(labels.max()) >= classes:
         bad = int((labels >= classes).sum())
-        stem = FILES[(split, "labels")]
-        raise DataError(f"{origins.get(stem, raw / stem)}: {bad} label(s) outside 0..{classes - 1} "
+        raise DataError(f"{names['labels']}: {bad} label(s) outside 0..{classes - 1} "
                         f"(max {int(labels.max())})")
     return Split(images=ds.data.contiguous(), labels=labels)
 

@@ -37,12 +37,12 @@ def compare_with_production(store: LineageStore, model_name: str, dataset_digest
 
 def accuracy_of(store: LineageStore, model_artifact_id: int) -> float | None:
     """The test accuracy recorded by the newest finished evaluation of a model."""
-    best = None
+    latest = None
     for run_id in store.consumers(model_artifact_id):
         run = store.run(run_id)
         if run["job_type"] != "evaluate" or run["status"] != "finished":
             continue
         for art in store.edges(run_id)["produced"]:
             if art.type == "metrics":
-                best = art.metadata.get("test_accuracy")
-    return best
+                latest = art.metadata.get("test_accuracy")
+    return latest
