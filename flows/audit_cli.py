@@ -11,8 +11,16 @@ import json
 import sys
 from pathlib import Path
 
-from mnist_pipeline.lineage.audit import (EXIT_ERROR, EXIT_TAMPERED, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VERIFIED,
-                                          AuditError, apply_wandb_findings, audit)
+from mnist_pipeline.lineage.audit import (
+    EXIT_ERROR,
+    EXIT_TAMPERED,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    EXIT_VERIFIED,
+    AuditError,
+    apply_wandb_findings,
+    audit,
+)
 from mnist_pipeline.lineage.render import render_tree, write_report
 
 DEFAULT_DB = "mnist-runs/lineage.db"

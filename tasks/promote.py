@@ -5,10 +5,11 @@ from dataclasses import asdict
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.promotion import ChangeCheck, compare_with_production, promote as apply_gate
+from mnist_pipeline.lineage.promotion import ChangeCheck, compare_with_production
+from mnist_pipeline.lineage.promotion import promote as apply_gate
 from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
 from tasks._common import current_flow_run_id
 from tasks.train import MODEL_NAME
 

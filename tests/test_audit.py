@@ -16,13 +16,20 @@ import pytest
 
 from flows.audit_cli import audit_main
 from flows.cli import _parser, main
-from mnist_pipeline.lineage.audit import (EXIT_TAMPERED, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VERIFIED,
-                                          apply_wandb_findings, audit, md5_b64)
-from mnist_pipeline.lineage.render import render_mermaid, render_tree, tree_chain
+from mnist_pipeline.lineage.audit import (
+    EXIT_TAMPERED,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    EXIT_VERIFIED,
+    apply_wandb_findings,
+    audit,
+    md5_b64,
+)
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
+from mnist_pipeline.lineage.render import render_mermaid, render_tree, tree_chain
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
-from tests.conftest import STEMS, write_mnist
+from tests.helpers import STEMS, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.promotion import decide
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 
 def _cfg(tmp_path, src, **train):

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,11 @@ from flows.pipeline import mnist_pipeline
 from mnist_pipeline import training
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
-from mnist_pipeline.lineage.store import FileRecord, LineageStore
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import FileRecord, LineageStore
 from mnist_pipeline.lineage.wandb_io import offline_records
 from tasks import export_onnx, train, validate_onnx
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "local-" + "5ec7e7f00dfacade0123456789abcdef0badc0de"  # planted: must be written nowhere
@@ -327,7 +328,7 @@ def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
     dry = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run"], cwd=base / "wandb",
                          env=_env(base, WANDB_SILENT="false"), capture_output=True, text=True, timeout=60)
     assert "Would sync" in dry.stderr and "Skipped" not in dry.stderr, dry.stderr  # offline runs only, all
-    assert all(f"run-{r['run_id']}.wandb" in dry.stderr for r in runs), dry.stderr
+    assert all(f"run-{r.run_id}.wandb" in dry.stderr for r in runs), dry.stderr
 
 
 def _scan(path: Path, needle: bytes) -> tuple[int, list[Path]]:
@@ -361,7 +362,7 @@ def test_a_planted_api_key_is_written_nowhere(dead_wandb_run):
     # the store's own records, the Prefect flow-run parameters and the flow run's logs on the server
     store = dead_wandb_run["store"]
     flow_run_id = store.runs()[0].flow_run_id
-    assert FAKE_KEY not in json.dumps(store.runs()) + json.dumps([a.metadata for a in store.artifacts()])
+    assert FAKE_KEY not in json.dumps([asdict(r) for r in store.runs()]) + json.dumps([a.metadata for a in store.artifacts()])
     fr = _flow_run(flow_run_id)
     assert fr.parameters["config"]["wandb"]["mode"] == "online"  # what was read back is the run's
     assert FAKE_KEY not in json.dumps(fr.parameters, default=str)
@@ -580,7 +581,7 @@ class _RunsCode:
 def test_a_checkpoint_that_would_run_code_is_not_loaded_and_training_starts_over(tmp_path, caplog):
     from mnist_pipeline.data import Split
     from mnist_pipeline.model import ConvNet, ModelConfig
-    from tests.conftest import tiny_digits
+    from tests.helpers import tiny_digits
 
     marker, ckpt = tmp_path / "code-ran", tmp_path / "train-x.pt"
     torch.save({"model": _RunsCode(marker), "epoch": 1, "batch": 0, "examples_seen": 1, "batches": 1}, ckpt)

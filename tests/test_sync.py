@@ -14,13 +14,12 @@ import pytest
 from flows.audit_cli import SYNC_OK, SYNC_PARTIAL, SYNC_UNAVAILABLE, sync_main
 from flows.cli import _parser, main
 from mnist_pipeline.lineage.audit import audit
-from mnist_pipeline.lineage.render import render_tree
 from mnist_pipeline.lineage.promotion import promote
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.recording import RecordingWandb
+from mnist_pipeline.lineage.refs import ArtifactRef, wandb_ref
+from mnist_pipeline.lineage.render import render_tree
+from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync
-from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, offline_records, synced_marker
 from tests.test_audit import run_pipeline
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mnist_pipeline.lineage.audit import FAILED, AuditError
 
+
 def _short(d: str | None, n: int = 16) -> str:
     return (d or "?")[:n]
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import Protocol
 
 from mnist_pipeline.lineage.refs import wandb_ref
