@@ -15,6 +15,7 @@ from flows.local_server import local_prefect_server, stop_group
 from mnist_pipeline.lineage.store import LineageStore
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # real `prefect server start` and `serve` subprocesses
 
 
 @pytest.fixture(scope="module")
