@@ -22,6 +22,9 @@ from mnist_pipeline.config import ConfigError, PipelineConfig
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+# Imported lazily by the stages that need them; a cold run imports them while its Prefect server starts anyway.
+PREFETCH = ("torch", "torchvision.datasets", "wandb.sdk.launch.inputs.internal", "mnist_pipeline.training",
+            "mnist_pipeline.metrics", "onnx", "onnxruntime", "mnist_pipeline.onnx_io")
 
 
 def _flags(model: type[BaseModel], prefix: str = "") -> list[tuple[str, tuple[str, ...], typing.Any]]:
@@ -130,9 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(cfg, ns.cron, ns.timezone)
     # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow and --help needn't pay
+    from flows import prefect_server
 
-    state = mnist_pipeline(config=cfg, return_state=True)
+    lease = prefect_server.start_early()  # a Prefect server boots on the other core while we import
+    # imported late: Prefect's import is slow and --help needn't pay
+    from flows.pipeline import mnist_pipeline
+
+    with prefect_server.use(lease, prefetch=PREFETCH):
+        state = mnist_pipeline(config=cfg, return_state=True)
     if not state.is_completed():
         try:
             state.result()
