@@ -51,17 +51,19 @@ def default_keep_s() -> float:
     return 0.0 if os.environ.get("CI") else DEFAULT_KEEP_S
 
 
-def prefect_home() -> Path:
+def prefect_home(environ: dict | None = None) -> Path:
     # Prefect's own default, without importing Prefect (that import is what we overlap with the start).
-    return Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
 
 
-def state_dir() -> Path:
+def state_dir(environ: dict | None = None) -> Path:
     """One kept server per PREFECT_HOME and set of PREFECT_* settings (a server started with other settings,
-    another database say, is not shared)."""
-    settings = sorted((k, v) for k, v in os.environ.items() if k.startswith("PREFECT_") and k != "PREFECT_API_URL")
+    another database say, is not shared). `environ`: another process's environment (default: this one's)."""
+    environ = os.environ if environ is None else environ
+    settings = sorted((k, v) for k, v in environ.items() if k.startswith("PREFECT_") and k != "PREFECT_API_URL")
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
-    return prefect_home() / "mnist-pipeline-server" / key
+    return prefect_home(environ) / "mnist-pipeline-server" / key
 
 
 def _healthy(url: str, timeout: float = 1.0) -> bool:
