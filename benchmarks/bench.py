@@ -300,8 +300,12 @@ def summarize(reps: list[dict], onnx: dict, rerun: dict | None, settings: dict, 
         targets["unchanged rerun <= 10% of full"] = ratios["rerun_wall_over_full_wall"] <= 0.10
     if figures["pipeline"]["test_accuracy"] is not None and (settings["slice"], settings["epochs"]) == (1, 5):
         targets["test accuracy >= 98.5% (slice=1, epochs=5)"] = figures["pipeline"]["test_accuracy"] >= 0.985
+    if rerun:
+        checked["unchanged rerun <= 10% of full"] = (ratios["rerun_wall_over_full_wall"], targets.get(
+            "unchanged rerun <= 10% of full"))
     for k in targets:
-        checked.setdefault(k, (None, targets[k]))
+        checked.setdefault(k, (figures["pipeline"]["test_accuracy"] if k.startswith("test accuracy") else None,
+                               targets[k]))
     return {"figures": figures, "ratios": ratios, "onnx": onnx, "rerun": rerun, "cold": cold, "targets": targets,
             "target_figures": {k: v for k, (v, _ok) in checked.items()}, "device": "cuda" if gpu else "cpu"}
 
