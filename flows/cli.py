@@ -23,7 +23,7 @@ from mnist_pipeline.config import ConfigError, PipelineConfig
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 # Imported lazily by the stages that need them; a cold run imports them while its Prefect server starts anyway.
-PREFETCH = ("torch", "torchvision.datasets", "wandb.sdk.launch.inputs.internal", "mnist_pipeline.training",
+PREFETCH = ("torch", "torchvision.datasets", "mnist_pipeline.lineage.wandb_io:warm_up", "mnist_pipeline.training",
             "mnist_pipeline.metrics", "onnx", "onnxruntime", "mnist_pipeline.onnx_io")
 
 

@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -179,8 +180,9 @@ def start_early() -> ServerLease | None:
 @contextlib.contextmanager
 def use(lease: ServerLease | None, prefetch: tuple[str, ...] = ()):
     """After the imports: make this process's Prefect talk to the lease's server for the block, and release the
-    lease after it. While the server is still starting, the modules in `prefetch` are imported (the run needs them
-    soon and the wait is free). Yields the API URL in use, or None for Prefect's own choice."""
+    lease after it. While the server is still starting, the modules in `prefetch` are imported ("module:function"
+    also calls the function), as long as the server is not ready: the run needs them soon, and the wait is free.
+    Yields the API URL in use, or None for Prefect's own choice."""
     if lease is None:
         yield None
         return
@@ -194,8 +196,11 @@ def use(lease: ServerLease | None, prefetch: tuple[str, ...] = ()):
         for name in prefetch:
             if _healthy(lease.url, timeout=0.2):
                 break
-            with contextlib.suppress(ImportError):
-                __import__(name)
+            module, _, func = name.partition(":")  # "module" is imported; "module:function" is also called
+            with contextlib.suppress(Exception):  # a head start only: whatever fails here fails again where needed
+                imported = importlib.import_module(module)
+                if func:
+                    getattr(imported, func)()
         t0 = time.monotonic()
         if not lease.ready():
             log.warning("the local Prefect server on %s did not start (see %s); Prefect will start its temporary "
