@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,10 +36,11 @@ def test_published_md5s_are_torchvision_s():
     assert data.MNIST is MNIST  # still reachable where tests and callers look for it
 
 
-def test_loading_the_flow_imports_no_torch_onnx_or_torchvision():
-    """An unchanged (skipped) run never trains, exports or reads IDX files, so it must not pay for those imports."""
+def test_loading_the_flow_imports_no_torch_onnx_torchvision_or_wandb():
+    """An unchanged (skipped) run never trains, exports, reads IDX files or opens a W&B run, so it must not pay for
+    those imports (several seconds on two cores); the stages import them when they run."""
     code = ("import sys, flows.pipeline, flows.cli; "
-            "print(sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', 'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
