@@ -120,6 +120,27 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
     ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     assert str(tmp_path / "prefect-home") not in ps  # no server of this PREFECT_HOME is left
     assert not [p for p in (tmp_path / "prefect-home").rglob("server.json")]
+    # The quick exit lost nothing: every stage's offline W&B run was finished (its exit record is in the file).
+    from mnist_pipeline.lineage.store import LineageStore
+    from mnist_pipeline.lineage.wandb_io import offline_records, offline_run_file
+
+    runs = LineageStore(folder / "mnist-runs" / "lineage.db").runs()
+    assert sorted(r.job_type for r in runs) == sorted(["prepare-data", "train", "evaluate", "export-onnx",
+                                                       "validate-onnx", "promote"])
+    for r in runs:
+        assert r.status == "finished"
+        kinds = {rec.WhichOneof("record_type") for rec in offline_records(offline_run_file(Path(r.wandb_dir)))}
+        assert {"run", "exit"} <= kinds, (r.job_type, kinds)
+
+
+def test_cli_exit_codes_survive_the_quick_exit(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--epochs", "0"], cwd=tmp_path, env=_env(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().startswith("mnist-pipeline: invalid configuration: train.epochs")
+    ok = subprocess.run([sys.executable, "-m", "flows.cli", "show-config", "--epochs", "3"], cwd=tmp_path,
+                        env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["train"]["epochs"] == 3  # stdout flushed before the exit
 
 
 @pytest.mark.slow
