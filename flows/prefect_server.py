@@ -148,6 +148,11 @@ def _configured_elsewhere() -> str | None:
     environment or the active profile), the ephemeral server is disabled, or our mode is 'temporary'."""
     if os.environ.get("PREFECT_API_URL"):
         return "PREFECT_API_URL is set"
+    if "prefect.settings" in sys.modules:  # Prefect already loaded (a test harness, an embedding program): ask it
+        from prefect.settings import PREFECT_API_URL
+
+        if PREFECT_API_URL.value():
+            return "Prefect's settings name a server"
     if os.environ.get(MODE_ENV, "kept") == "temporary":
         return f"{MODE_ENV}=temporary"
     if os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "true").lower() in ("0", "false", "no"):

@@ -159,3 +159,17 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     assert json.loads((out / "readme-run.json").read_text())["status"] == "completed"
     res = json.loads((out / "results-cpu.json").read_text())
     assert res["device"] == "cpu" and res["cold"]["rerun"]["status"] == "skipped"
+
+
+def test_a_server_in_prefect_s_settings_is_used_and_none_is_started(tmp_path, monkeypatch):
+    """In-process callers with Prefect's settings pointing at a server (prefect_test_harness does that without
+    the environment variable) get no kept server: nothing is spawned."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import prefect_server
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert prefect_server.start_early() is None
+    assert not (tmp_path / "home").exists()
