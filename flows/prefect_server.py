@@ -132,9 +132,10 @@ class ServerLease:
     def release(self) -> None:
         """End this run's lease; a server with keep_s 0 and no other lease is stopped now (and waited for)."""
         self.lease.unlink(missing_ok=True)
-        info = _read_state(self.state)
-        if info and info.get("pid") == self.pid and info.get("keep_s", 0) <= 0 and not _live_leases(self.state):
-            stop(self.state)
+        with _locked(self.state):  # no run can take a lease on it between the check and the stop
+            info = _read_state(self.state)
+            if info and info.get("pid") == self.pid and info.get("keep_s", 0) <= 0 and not _live_leases(self.state):
+                stop(self.state)
 
     def abandon(self) -> None:
         """The server did not come up: stop it if we started it, and forget it."""
@@ -257,9 +258,10 @@ def acquire(keep_s: float | None = None) -> ServerLease:
         (d / "leases").mkdir(exist_ok=True)
         (d / "leases" / str(os.getpid())).touch()  # held before the lock is let go: the server cannot leave now
         info = _read_state(d)
-        if info and _alive(info["pid"]) and (_healthy(info["url"], timeout=2) or info.get("starting_until", 0) >
-                                             time.time()):
-            return ServerLease(info["url"], info["pid"], d, started_here=False)
+        if info and _alive(info["pid"]):
+            if _healthy(info["url"], timeout=2) or info.get("starting_until", 0) > time.time():
+                return ServerLease(info["url"], info["pid"], d, started_here=False)
+            stop(d)  # alive but not answering long after its start: replaced, not left behind
         port = _free_port()
         url = f"http://127.0.0.1:{port}/api"
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
