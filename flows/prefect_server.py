@@ -313,8 +313,14 @@ def _serve(port: int, d: Path, keep_s: float) -> int:
     app = create_app(ephemeral=True, final=True)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
 
+    def retire() -> None:
+        info = _read_state(d)
+        if info and info.get("pid") == os.getpid():
+            (d / "server.json").unlink(missing_ok=True)
+
     def watchdog() -> None:
-        # Leave `keep_s` after the last live lease ended. Checked every half second; bounded by the leases.
+        # Leave `keep_s` after the last live lease ended, checked every half second. The decision is taken under
+        # the lock that `acquire` takes: a run either got its lease before (and we stay) or finds no server.
         idle_since = None
         while not server.should_exit:
             time.sleep(0.5)
@@ -323,16 +329,18 @@ def _serve(port: int, d: Path, keep_s: float) -> int:
             elif idle_since is None:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= keep_s:
-                server.should_exit = True
+                with _locked(d):
+                    if not _live_leases(d):
+                        retire()
+                        server.should_exit = True
+                        return
+                idle_since = None
 
     threading.Thread(target=watchdog, daemon=True, name="lease-watchdog").start()
     try:
         server.run()
     finally:
-        with _locked(d):
-            info = _read_state(d)
-            if info and info.get("pid") == os.getpid():
-                (d / "server.json").unlink(missing_ok=True)
+        retire()  # without the lock: `stop` may hold it while it waits for us
     return 0 if server.started else 3
 
 
