@@ -131,6 +131,9 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
         assert r.status == "finished"
         kinds = {rec.WhichOneof("record_type") for rec in offline_records(offline_run_file(Path(r.wandb_dir)))}
         assert {"run", "exit"} <= kinds, (r.job_type, kinds)
+        # the installed-package list, read once per process, still reaches every run's requirements file
+        reqs = (Path(r.wandb_dir) / "files" / "requirements.txt").read_text()
+        assert "torch==" in reqs and "prefect==" in reqs, r.job_type
 
 
 def test_cli_exit_codes_survive_the_quick_exit(tmp_path):
