@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
