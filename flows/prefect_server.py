@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,19 +53,19 @@ def default_keep_s() -> float:
     return 0.0 if os.environ.get("CI") else DEFAULT_KEEP_S
 
 
-def prefect_home(environ: dict | None = None) -> Path:
+def prefect_home(environ: Mapping[str, str] | None = None) -> Path:
     # Prefect's own default, without importing Prefect (that import is what we overlap with the start).
-    environ = os.environ if environ is None else environ
-    return Path(environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    env = os.environ if environ is None else environ
+    return Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
 
 
-def state_dir(environ: dict | None = None) -> Path:
+def state_dir(environ: Mapping[str, str] | None = None) -> Path:
     """One kept server per PREFECT_HOME and set of PREFECT_* settings (a server started with other settings,
     another database say, is not shared). `environ`: another process's environment (default: this one's)."""
-    environ = os.environ if environ is None else environ
-    settings = sorted((k, v) for k, v in environ.items() if k.startswith("PREFECT_") and k != "PREFECT_API_URL")
+    env = os.environ if environ is None else environ
+    settings = sorted((k, v) for k, v in env.items() if k.startswith("PREFECT_") and k != "PREFECT_API_URL")
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:12]
-    return prefect_home(environ) / "mnist-pipeline-server" / key
+    return prefect_home(env) / "mnist-pipeline-server" / key
 
 
 def _healthy(url: str, timeout: float = 1.0) -> bool:
@@ -267,11 +268,10 @@ def acquire(keep_s: float | None = None) -> ServerLease:
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
         env.pop("PREFECT_API_URL", None)
-        logf = open(d / "server.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", __name__, "--port", str(port), "--state-dir", str(d),
-                                 "--keep-s", str(keep_s)], env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-        logf.close()
+        with open(d / "server.log", "ab") as logf:  # the child keeps its own descriptor
+            proc = subprocess.Popen([sys.executable, "-m", __name__, "--port", str(port), "--state-dir", str(d),
+                                     "--keep-s", str(keep_s)], env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         tmp = d / f"server.json.{os.getpid()}"
         tmp.write_text(json.dumps({"pid": proc.pid, "url": url, "keep_s": keep_s, "started_by": os.getpid(),
                                    "starting_until": time.time() + START_TIMEOUT_S}))

@@ -32,7 +32,7 @@ def test_published_md5s_are_torchvision_s():
 
     from mnist_pipeline import data
 
-    assert data.PUBLISHED_MD5 == dict(MNIST.resources)
+    assert dict(MNIST.resources) == data.PUBLISHED_MD5
     assert data.MNIST is MNIST  # still reachable where tests and callers look for it
 
 
