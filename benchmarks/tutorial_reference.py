@@ -112,3 +112,27 @@ def model_pipeline(hyperparameters, root, seed, wandb_dir):
         seconds = time.perf_counter() - t0
         accuracy = test(model, test_loader)
     return model, accuracy, examples, seconds
+
+
+def main(argv=None) -> int:
+    """The tutorial as a whole script, cold: `python benchmarks/tutorial_reference.py --root DIR` (DIR/MNIST/raw
+    holds the four IDX files, as torchvision's download leaves them). Its defaults are the tutorial's."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--root", required=True, help="torchvision MNIST root (DIR/MNIST/raw/*-ubyte)")
+    p.add_argument("--slice", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--wandb-dir", default=".")
+    a = p.parse_args(argv)
+    config = dict(epochs=a.epochs, classes=10, kernels=[16, 32], batch_size=128, learning_rate=0.005, dataset="MNIST",
+                  architecture="CNN", slice=a.slice)
+    _model, accuracy, examples, seconds = model_pipeline(config, a.root, a.seed, a.wandb_dir)
+    print(json.dumps({"test_accuracy": accuracy, "examples": examples, "train_s": seconds}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,6 @@ from prefect.logging.handlers import APILogHandler
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.onnx_io import ParityError
 from tasks import check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train, validate_onnx
 from tasks.validate_onnx import parity_failure
 
@@ -94,6 +93,8 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         summary["status"] = "failed"
     publish_report(cfg, summary)
     if failure:
+        from mnist_pipeline.onnx_io import ParityError
+
         raise ParityError(failure)
     logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary["test_accuracy"],
                 onnx_model.label, summary["onnx_max_abs_diff"], decision.decision)

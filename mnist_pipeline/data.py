@@ -17,10 +17,12 @@ import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchvision.datasets import MNIST
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: a skipped run never needs it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,22 @@ FILES = {
     ("test", "images"): "t10k-images-idx3-ubyte",
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
-# md5 of the published .gz files, straight from torchvision's list.
-PUBLISHED_MD5 = dict(MNIST.resources)
+# md5 of the published .gz files: torchvision's list (`MNIST.resources`; a test keeps the two equal), written out
+# so that importing this module does not import torchvision (1-2 s; a cached or skipped run never reads IDX files).
+PUBLISHED_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+def __getattr__(name: str):
+    if name == "MNIST":  # torchvision's class, imported when first needed
+        from torchvision.datasets import MNIST
+
+        return MNIST
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
 
 
@@ -53,6 +69,8 @@ class Split:
         return int(self.labels.shape[0])
 
     def class_counts(self, classes: int = 10) -> list[int]:
+        import torch
+
         return torch.bincount(self.labels, minlength=classes).tolist()
 
 
@@ -198,6 +216,8 @@ def download(root: Path, mirrors: list[str] | None) -> list[RawFileInfo]:
     """torchvision's real download (it checks the published md5s), from the given mirrors if any."""
     # A subclass named MNIST keeps torchvision's folder layout (it uses the class name) without
     # editing the global MNIST.mirrors list the way the tutorial does.
+    from torchvision.datasets import MNIST
+
     cls = type("MNIST", (MNIST,), {"mirrors": list(mirrors)}) if mirrors else MNIST
     try:
         cls(str(root), train=True, download=True)
@@ -279,7 +299,11 @@ def read_split(root: Path, train: bool, classes: int = 10, origins: dict[str, st
                         f"{names['labels']} holds {counts['labels']} labels")
     if counts["images"] == 0:
         raise DataError(f"{names['images']}: holds no images")
+    from torchvision.datasets import MNIST
+
     ds = MNIST(str(root), train=train, download=False)
+    import torch
+
     labels = ds.targets.to(torch.int64)
     if int(labels.max()) >= classes:
         bad = int((labels >= classes).sum())
@@ -318,15 +342,19 @@ def prepare(source: str, root: Path, *, local_dir: Path | None = None, mirrors: 
 
 
 def save_split(split: Split, path: Path) -> None:
+    import torch
+
     torch.save({"images": split.images, "labels": split.labels}, path)
 
 
 def load_split(path: Path) -> Split:
     # weights_only: a dataset file is data, never code.
+    import torch
+
     blob = torch.load(path, map_location="cpu", weights_only=True)
     return Split(images=blob["images"], labels=blob["labels"])
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [N, 28, 28] -> float [N, 1, 28, 28] in [0, 1]: what transforms.ToTensor() gives per image."""
-    return images.unsqueeze(1).to(torch.float32).div_(255.0)
+    return images.unsqueeze(1).float().div_(255.0)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from mnist_pipeline.config import INFERENCE_BATCH, LATENCY_SAMPLES, THROUGHPUT_BATCH, TIMING_SECONDS
@@ -18,6 +17,9 @@ from mnist_pipeline.data import Split, to_float
 from mnist_pipeline.metrics import predict_logits
 
 log = logging.getLogger(__name__)
+
+if typing.TYPE_CHECKING:
+    import onnxruntime as ort
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -56,6 +58,8 @@ def export(model: torch.nn.Module, path: Path, opset: int = 18, exporter: str = 
                               dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, **names)
     else:
         raise ValueError(f"unknown ONNX exporter {exporter!r}; use 'dynamo' or 'torchscript'")
+    import onnx  # here, not at the top: the flow imports this module, and most of its runs export nothing
+
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -69,6 +73,8 @@ def export(model: torch.nn.Module, path: Path, opset: int = 18, exporter: str = 
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = threads

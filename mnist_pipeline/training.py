@@ -68,15 +68,57 @@ def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def _save_checkpoint(path: Path, model: nn.Module, optimizer, epoch: int, batch: int, examples: int,
-                     batches: int) -> None:
+def _snapshot(obj):
+    """A CPU copy of every tensor in a (nested) state dict: what the next optimizer step cannot change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
+
+
+def _write_checkpoint(path: Path, state: dict) -> None:
     # A temporary name of its own: two runs of the same config may share the checkpoint path.
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "batch": batch, "examples_seen": examples, "batches": batches}, tmp)
+    torch.save(state, tmp)
     with tmp.open("rb") as f:
         os.fsync(f.fileno())
     tmp.replace(path)  # atomic: a kill leaves the old checkpoint or the new one, never half of one
+
+
+class _CheckpointWriter:
+    """Checkpoints written off the training loop's path: the loop hands over a snapshot (a copy, so training goes
+    on) and one background thread saves, fsyncs and renames it. At most one write is in flight (the next hand-over
+    waits for it), and `flush()` (at the end of training, on any exit from it) waits for the last one and raises
+    its error, so a checkpoint the loop passed is on disk before `train` returns or raises."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _run(self, state: dict) -> None:
+        try:
+            _write_checkpoint(self.path, state)
+        except BaseException as e:  # handed to the training thread by flush()
+            self._error = e
+
+    def save(self, model: nn.Module, optimizer, epoch: int, batch: int, examples: int, batches: int) -> None:
+        state = {"model": _snapshot(model.state_dict()), "optimizer": _snapshot(optimizer.state_dict()),
+                 "epoch": epoch, "batch": batch, "examples_seen": examples, "batches": batches}
+        self.flush()
+        self._thread = threading.Thread(target=self._run, args=(state,), name="checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def flush(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.device, *,
@@ -114,6 +156,7 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
         resumed = {"epoch": start_epoch, "batch": start_batch, "examples_seen": examples}
         log.info("resuming from checkpoint %s at epoch %d, batch %d", checkpoint, start_epoch, start_batch)
 
+    writer = _CheckpointWriter(checkpoint) if checkpoint is not None else None
     t0 = time.perf_counter()
     loss_value, loss = float("nan"), None
     bar = tqdm(total=settings.epochs * per_epoch, initial=start_epoch * per_epoch + start_batch,
@@ -139,15 +182,17 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
                     if on_log:
                         on_log(examples, epoch, loss_value)
                 done_epoch = b + 1 == per_epoch
-                if checkpoint is not None and (done_epoch or batches % settings.checkpoint_every == 0):
+                if writer is not None and (done_epoch or batches % settings.checkpoint_every == 0):
                     nxt = (epoch + 1, 0) if done_epoch else (epoch, b + 1)
-                    _save_checkpoint(checkpoint, model, optimizer, *nxt, examples, batches)
+                    writer.save(model, optimizer, *nxt, examples, batches)
                 if stop_after_batches is not None and batches >= stop_after_batches:
                     raise InterruptedError(f"stopped after {batches} batches (stop_after_batches)")
         if loss is not None:
             loss_value = loss.item()
     finally:
         bar.close()
+        if writer is not None:
+            writer.flush()
     model.eval()
     return TrainResult(examples_seen=examples, batches=batches, seconds=time.perf_counter() - t0,
                        final_loss=loss_value, resumed_from=resumed)

@@ -2,11 +2,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline import data, metrics
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.model import load_model
 from tasks._common import current_flow_run_id, write_json
 
 METRICS_NAME = "convnet-metrics"
@@ -14,6 +12,9 @@ METRICS_NAME = "convnet-metrics"
 
 @task(name="evaluate")
 def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef) -> ArtifactRef:
+    from mnist_pipeline import data, metrics
+    from mnist_pipeline.model import load_model
+
     logger = get_run_logger()
     with open_stage(cfg, "evaluate", current_flow_run_id()) as stage:
         net = load_model(stage.use(model) / "model.pt")

@@ -4,11 +4,9 @@ from dataclasses import asdict
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline import onnx_io
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.model import load_model
 from tasks._common import current_flow_run_id, write_json
 
 ONNX_NAME = "convnet-onnx"
@@ -16,6 +14,9 @@ ONNX_NAME = "convnet-onnx"
 
 @task(name="export-onnx")
 def export_onnx(cfg: PipelineConfig, model: ArtifactRef) -> ArtifactRef:
+    from mnist_pipeline import onnx_io
+    from mnist_pipeline.model import load_model
+
     logger = get_run_logger()
     with open_stage(cfg, "export-onnx", current_flow_run_id()) as stage:
         net = load_model(stage.use(model) / "model.pt")

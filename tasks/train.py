@@ -5,11 +5,9 @@ import json
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline import data, training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.model import ConvNet, ModelConfig, pick_device, save_model
 from tasks._common import current_flow_run_id, write_json
 
 MODEL_NAME = "convnet"
@@ -27,6 +25,10 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
 
 @task(name="train", retries=1, retry_delay_seconds=1)
 def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None) -> ArtifactRef:
+    # torch: imported when training, not when the flow is loaded (an unchanged run never trains)
+    from mnist_pipeline import data, training
+    from mnist_pipeline.model import ConvNet, ModelConfig, pick_device, save_model
+
     logger = get_run_logger()
     t = cfg.train
     with open_stage(cfg, "train", current_flow_run_id()) as stage:

@@ -2,11 +2,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline import data, onnx_io
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.model import load_model
 from tasks._common import current_flow_run_id, write_json
 
 VALIDATION_NAME = "convnet-onnx-validation"
@@ -15,6 +13,9 @@ VALIDATION_NAME = "convnet-onnx-validation"
 @task(name="validate-onnx")
 def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactRef,
                   dataset: ArtifactRef) -> ArtifactRef:
+    from mnist_pipeline import data, onnx_io
+    from mnist_pipeline.model import load_model
+
     logger = get_run_logger()
     o = cfg.onnx
     with open_stage(cfg, "validate-onnx", current_flow_run_id()) as stage:

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.slow
 def test_benchmark_smoke_run_writes_every_figure(tmp_path):
     data = tmp_path / "mnist"
     write_mnist(data, n_train=600, n_test=200, gz=True)

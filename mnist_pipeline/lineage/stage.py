@@ -18,12 +18,15 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage import wandb_io
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
+
+if TYPE_CHECKING:
+    from mnist_pipeline.lineage import wandb_io
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +162,8 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(cfg.train.seed, flow_run_id)
     config = {**cfg.flat(), "lineage": env}
+    from mnist_pipeline.lineage import wandb_io  # wandb: imported by the first stage, not by loading the flow
+
     wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode), config)
     store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,

@@ -35,6 +35,30 @@ from mnist_pipeline.lineage.store import NewArtifact
 log = logging.getLogger(__name__)
 
 
+# --------------------------------------------------------------------------------------------- start-up costs
+#
+# Measured in issue 13 (docs/performance.md): wandb.init lists every installed distribution on each call, for the
+# run's requirements file (`wandb.util.working_set`, 0.1-0.5 s a stage on two cores, six stages a flow); the list
+# cannot change while the process runs, so it is read once and the same list is sent to every run. The first init
+# of a process also imports wandb's launch package and starts wandb's service; `warm_up` does both ahead of time.
+
+
+def _cached_working_set(_read=wandb.util.working_set, _cache: list = []):  # noqa: B006 (the cache, on purpose)
+    if not _cache:
+        _cache.append(tuple(_read()))
+    return iter(_cache[0])
+
+
+wandb.util.working_set = _cached_working_set  # what wandb.init calls (looked up on each call); same output
+
+
+def warm_up() -> None:
+    """Import what the first wandb.init imports and start wandb's service, e.g. while waiting for something else."""
+    import wandb.sdk.launch.inputs.internal  # noqa: F401
+
+    wandb.setup()
+
+
 # --------------------------------------------------------------------------------------------- host, key, mode
 
 
