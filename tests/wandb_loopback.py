@@ -10,7 +10,8 @@ After that, it fails the way W&B does, as chosen by `fault`:
 - `"http-401"`, `"http-429"`, `"http-500"`: every GraphQL request other than the init ones above gets that HTTP
   status (429 with `Retry-After: 0`);
 - `"graphql-error"`: HTTP 200 with a GraphQL `errors` list (what W&B answers for a schema or permission error);
-- `"init-401"` etc.: the status from the very first request, so `wandb.init` itself fails;
+- `"hang"`: the request is read and never answered (until the server stops): W&B accepting and hanging;
+- with `at="init"` the fault starts at the very first request, so `wandb.init` itself fails;
 - `None`: the init answers only; any other GraphQL request gets a GraphQL error naming the unsupported operation
   (honest: this is not a W&B that stores artifacts).
 
@@ -58,8 +59,11 @@ class _QuietServer(ThreadingHTTPServer):
 class WandbLoopback:
     """`with WandbLoopback(fault="http-500") as w:` then `w.url` is the `WANDB_BASE_URL` to use."""
 
-    def __init__(self, fault: str | None = None, entity: str = "loopback-entity"):
-        self.fault, self.entity = fault, entity
+    def __init__(self, fault: str | None = None, at: str = "after-init", entity: str = "loopback-entity"):
+        assert fault in (None, "http-401", "http-429", "http-500", "graphql-error", "hang"), fault
+        assert at in ("init", "after-init"), at
+        self.fault, self.at, self.entity = fault, at, entity
+        self._closing = threading.Event()
         self.requests: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         outer = self
@@ -89,6 +93,9 @@ class WandbLoopback:
                 op, variables = graphql_operation(body) if self.path.startswith("/graphql") else ("", {})
                 outer._record(self.command, self.path, op)
                 status, payload, headers = outer.answer(self.path, op, variables)
+                if status == 0:  # "hang": never answer
+                    outer._closing.wait(600)
+                    return
                 self._send(status, payload, headers)
 
             def do_PUT(self):
@@ -114,7 +121,9 @@ class WandbLoopback:
 
     # the answers --------------------------------------------------------------------------------------
     def _failure(self, op: str) -> tuple[int, dict, dict]:
-        kind = (self.fault or "").removeprefix("init-")
+        kind = self.fault or ""
+        if kind == "hang":
+            return 0, {}, {}
         if kind.startswith("http-"):
             status = int(kind.split("-", 1)[1])
             return status, {"errors": [{"message": f"loopback: HTTP {status}"}]}, (
@@ -124,7 +133,7 @@ class WandbLoopback:
         return 200, {"errors": [{"message": what, "path": [op]}], "data": None}, {}
 
     def answer(self, path: str, op: str, variables: dict) -> tuple[int, dict, dict]:
-        if self.fault and self.fault.startswith("init-"):
+        if self.fault and self.at == "init":
             return self._failure(op)
         if "/file_stream" in path:
             return 200, {"exitcode": None, "limits": {}}, {}
@@ -151,6 +160,7 @@ class WandbLoopback:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 

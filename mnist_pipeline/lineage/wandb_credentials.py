@@ -132,3 +132,36 @@ def resolve_credentials(root_dir: str | os.PathLike | None = None) -> WandbCrede
     login = "wandb login" if host == HostUrl(default_host).url else f"wandb login --host {host}"
     return WandbCredentials(host=host, key_source=None,
                             problem=f"no API key for {host}: set WANDB_API_KEY or run `{login}`", **common)
+
+
+@dataclass(frozen=True)
+class WandbTimeouts:
+    """How long W&B may take before the pipeline stops waiting for it. wandb's defaults retry a failing request
+    for minutes; a stage must not wait that long for an observer. `http` bounds one GraphQL request, `retries` how
+    many times wandb-core retries one, `init` an online `wandb.init`, `artifact_wait` the commit of a logged
+    artifact (`Artifact.wait`), `finish` the upload at `run.finish()`."""
+
+    init: float = 60.0
+    http: float = 20.0
+    retries: int = 3
+    artifact_wait: float = 120.0
+    finish: float = 120.0
+
+    def settings(self) -> dict:
+        """`wandb.Settings` keywords for these bounds (wandb-core's GraphQL, file stream and file transfer)."""
+        retry = dict(retry_max=self.retries, retry_wait_min_seconds=0.2, retry_wait_max_seconds=min(5.0, self.http))
+        out = {"init_timeout": self.init, "finish_timeout": self.finish, "finish_timeout_raises": True,
+               "x_graphql_timeout_seconds": self.http, "x_file_stream_timeout_seconds": self.http,
+               "x_file_transfer_timeout_seconds": max(self.http, 60.0)}
+        for part in ("graphql", "file_stream", "file_transfer"):
+            out.update({f"x_{part}_{k}": v for k, v in retry.items()})
+        return out
+
+
+def run_settings(creds: WandbCredentials, timeouts: WandbTimeouts, **extra) -> wandb.Settings:
+    """The `wandb.Settings` of an online run on `creds.host` with `creds`' key, bounded by `timeouts`. The same
+    bounds are applied to wandb's process-wide settings, which `Run.use_artifact` and `wandb.Api` read."""
+    bounds = {k: v for k, v in timeouts.settings().items() if k.startswith("x_")}
+    wandb.setup(settings=wandb.Settings(**bounds))
+    key = {"api_key": creds.api_key} if creds.api_key else {}
+    return wandb.Settings(base_url=creds.host, **key, **timeouts.settings(), **extra)
