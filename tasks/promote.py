@@ -8,7 +8,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.promotion import ChangeCheck, accuracy_of, compare_with_production
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.tracker import open_stage
+from mnist_pipeline.lineage.stage import open_stage
 from tasks._common import current_flow_run_id
 from tasks.train import MODEL_NAME
 

@@ -349,8 +349,8 @@ def test_the_audit_command_imports_neither_prefect_nor_wandb_nor_torch(e2e):
 
 
 def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
-    from mnist_pipeline.lineage.sync import RecordingWandb
-    from mnist_pipeline.lineage.tracker import wandb_ref
+    from mnist_pipeline.lineage.recording import RecordingWandb
+    from mnist_pipeline.lineage.refs import wandb_ref
 
     report = audit(e2e["store"], str(e2e["onnx"]))
     artifacts = {}

@@ -9,7 +9,7 @@ from flows.pipeline import mnist_pipeline
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.tracker import offline_records
+from mnist_pipeline.lineage.wandb_io import offline_records
 from tests.conftest import STEMS
 
 JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"}

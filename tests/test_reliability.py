@@ -29,7 +29,8 @@ from mnist_pipeline import training
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.store import FileRecord, LineageStore
-from mnist_pipeline.lineage.tracker import offline_records, open_stage
+from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.wandb_io import offline_records
 from tasks import export_onnx, train, validate_onnx
 from tests.conftest import write_mnist
 
@@ -431,7 +432,7 @@ class _StoreDown(RuntimeError):
 @pytest.mark.parametrize("where", ["finish_run", "fsync_tree"])
 def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_partial_file(
         wandb_offline, tmp_path, monkeypatch, where):
-    from mnist_pipeline.lineage import tracker
+    from mnist_pipeline.lineage import stage as stage_module
 
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
@@ -449,7 +450,7 @@ def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_
     if where == "finish_run":
         monkeypatch.setattr(LineageStore, "finish_run", fails_once(LineageStore.finish_run))
     else:
-        monkeypatch.setattr(tracker, "fsync_tree", fails_once(tracker.fsync_tree))
+        monkeypatch.setattr(stage_module, "fsync_tree", fails_once(stage_module.fsync_tree))
 
     def step():
         with open_stage(cfg, "export-onnx") as stage:
@@ -484,13 +485,13 @@ def test_two_stages_storing_the_same_content_at_the_same_moment_overwrite_nothin
     wins, the other finds the folder whole and records the same version; neither fails, nothing is replaced."""
     import threading
 
-    from mnist_pipeline.lineage import tracker
+    from mnist_pipeline.lineage import stage as stage_module
 
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
     barrier = threading.Barrier(2, timeout=60)
 
-    class _OsWithSlowRename:  # the tracker's `os`, whose rename of a staged folder waits for the other stage
+    class _OsWithSlowRename:  # the stage module's `os`, whose rename of a staged folder waits for the other stage
         def __getattr__(self, name):
             return getattr(os, name)
 
@@ -500,7 +501,7 @@ def test_two_stages_storing_the_same_content_at_the_same_moment_overwrite_nothin
                 barrier.wait()
             return os.replace(src, dst)
 
-    monkeypatch.setattr(tracker, "os", _OsWithSlowRename())
+    monkeypatch.setattr(stage_module, "os", _OsWithSlowRename())
     errors, stages = [], []
 
     def step():

@@ -16,8 +16,10 @@ from flows.cli import _parser, main
 from mnist_pipeline.lineage.audit import audit, render_tree
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.sync import RecordingWandb, plan_sync
-from mnist_pipeline.lineage.tracker import WandbClient, WandbUnavailable, offline_records, synced_marker, wandb_ref
+from mnist_pipeline.lineage.recording import RecordingWandb
+from mnist_pipeline.lineage.sync import plan_sync
+from mnist_pipeline.lineage.refs import wandb_ref
+from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, offline_records, synced_marker
 from tests.test_audit import run_pipeline
 
 

@@ -7,7 +7,7 @@ onnxruntime validation, promotion decisions), and re-hashes every file it can re
 (the `--json` output); `render_tree`, `render_mermaid`, `render_markdown`, `render_svg` and `render_html` draw it.
 
 Pure: it reads the store and the files on disk; no Prefect, no wandb. The W&B cross-check of `audit --online`
-happens in `tracker.py` and comes back here as plain data (`apply_wandb_findings`).
+happens in `sync.py` through the W&B boundary (`wandb_io.py`) and comes back here as plain data (`apply_wandb_findings`).
 """
 
 from __future__ import annotations
@@ -473,7 +473,7 @@ def _finish(report: dict) -> None:
 
 
 def apply_wandb_findings(report: dict, found: dict[str, dict | None]) -> dict:
-    """Fold what W&B says about each artifact (from `tracker.wandb_findings`) into the report.
+    """Fold what W&B says about each artifact (from `sync.wandb_findings`) into the report.
 
     `found[label]` is None when W&B has no such version (an offline run not synced yet: noted, not a failure),
     else {"ref", "version", "aliases", "logged_by", "used_by", "files": {relpath: md5 base64}}. W&B holding

@@ -1,8 +1,8 @@
 """`mnist-pipeline sync` and `audit --online`: what to send to W&B, and sending it through a backend.
 
 The plan comes from the lineage store and the offline run folders alone (no network); `run_sync` carries it out
-through a backend with `WandbClient`'s interface (tracker.py, the module that talks to W&B) or `RecordingWandb`
-(here: records the calls in order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What
+through a `WandbBackend`: `wandb_io.WandbClient` (the real W&B) or `recording.RecordingWandb` (records the calls in
+order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What
 has been done is kept in the store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing:
 re-running `wandb sync` on an uploaded run would duplicate its artifact versions (wandb issue #3962).
 """
@@ -12,86 +12,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from typing import Protocol
+
+from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.tracker import _run_path, offline_records, offline_run_file, synced_marker, wandb_ref
+from mnist_pipeline.lineage.wandb_io import offline_run_file, synced_marker
 
 
-class RecordingWandb:
-    """Records, in order, every call that `sync` or `audit --online` would send, and answers from an in-memory
-    W&B: the runs it holds, each run's declared inputs, artifact versions with their aliases. An upload reads
-    the offline run file to learn which artifact versions (and aliases) it would create, as the real one does.
-    `fail={"upload": RuntimeError(...)}` makes a method raise, to rehearse partial failures."""
+class WandbBackend(Protocol):
+    """What `sync` and `audit --online` ask of W&B. `wandb_io.WandbClient` is the real one; `recording.RecordingWandb`
+    records the calls and answers from an in-memory W&B (`sync --dry-run`, tests)."""
 
-    def __init__(self, entity: str = "(default entity)", *, runs=(), inputs: dict | None = None,
-                 artifacts: dict | None = None, fail: dict | None = None):
-        self.entity = entity
-        self.calls: list[tuple] = []
-        self.runs: set[str] = set(runs)  # run ids
-        self.inputs: dict[str, set[str]] = {k: set(v) for k, v in (inputs or {}).items()}
-        self.artifacts: dict[str, dict] = dict(artifacts or {})  # "name:sha256-…" -> lookup_artifact's answer
-        self.fail = dict(fail or {})
-
-    def _call(self, *call):
-        self.calls.append(call)
-        if call[0] in self.fail:
-            raise self.fail[call[0]]
-
-    @staticmethod
-    def _key(ref: str) -> str:
-        return ref.rsplit("/", 1)[-1]
-
-    def check(self) -> str:
-        self._call("check")
-        return self.entity
-
-    def run_exists(self, entity, project, run_id) -> bool:
-        self._call("run_exists", _run_path(entity, project, run_id))
-        return run_id in self.runs
-
-    def upload(self, run_dir, entity, project, run_id) -> str | None:
-        self._call("upload", str(run_dir), entity, project)
-        self.runs.add(run_id)
-        run_file = offline_run_file(Path(run_dir))
-        if run_file is not None:
-            for rec in offline_records(run_file):
-                if rec.WhichOneof("record_type") == "artifact" and rec.artifact.type != "run_table":
-                    for alias in rec.artifact.aliases:
-                        if alias.startswith("sha256-"):
-                            self.artifacts.setdefault(f"{rec.artifact.name}:{alias}", {
-                                "version": f"v{len(self.artifacts)}", "aliases": list(rec.artifact.aliases),
-                                "logged_by": run_id, "used_by": [], "files": {}})
-        return None
-
-    def run_inputs(self, entity, project, run_id) -> set[str]:
-        self._call("run_inputs", _run_path(entity, project, run_id))
-        return set(self.inputs.get(run_id, set()))
-
-    def declare_inputs(self, entity, project, run_id, refs) -> None:
-        self._call("declare_inputs", _run_path(entity, project, run_id), tuple(refs))
-        self.inputs.setdefault(run_id, set()).update(self._key(r) for r in refs)
-        for r in refs:
-            art = self.artifacts.get(self._key(r))
-            if art is not None and run_id not in art["used_by"]:
-                art["used_by"].append(run_id)
-
-    def add_aliases(self, ref, aliases) -> list[str]:
-        self._call("add_aliases", ref, tuple(aliases))
-        art = self.artifacts.get(self._key(ref))
-        if art is None:
-            raise ValueError(f"artifact {ref} not found")
-        missing = [a for a in aliases if a not in art["aliases"]]
-        for a in missing:  # an alias names one version per collection: it moves
-            name = self._key(ref).split(":")[0]
-            for key, other in self.artifacts.items():
-                if key.split(":")[0] == name and a in other["aliases"]:
-                    other["aliases"].remove(a)
-            art["aliases"].append(a)
-        return missing
-
-    def lookup_artifact(self, ref) -> dict | None:
-        self._call("lookup_artifact", ref)
-        art = self.artifacts.get(self._key(ref))
-        return None if art is None else {"ref": ref, **art}
+    def check(self) -> str: ...  # the entity to use when a run names none; raises WandbUnavailable
+    def run_exists(self, entity: str | None, project: str, run_id: str) -> bool: ...
+    def upload(self, run_dir: Path, entity: str | None, project: str, run_id: str) -> str | None: ...
+    def run_inputs(self, entity: str | None, project: str, run_id: str) -> set[str]: ...
+    def declare_inputs(self, entity: str | None, project: str, run_id: str, refs: list[str]) -> None: ...
+    def add_aliases(self, ref: str, aliases: list[str]) -> list[str]: ...
+    def lookup_artifact(self, ref: str) -> dict | None: ...
 
 
 def find_offline_dir(run: dict, search_dirs: Sequence[Path] = ()) -> Path | None:
@@ -161,7 +99,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
     return {"runs": runs, "promotions": promotions}
 
 
-def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False, entity: str | None = None) -> dict:
+def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run: bool = False, entity: str | None = None) -> dict:
     """Carry out `plan` through `backend`, in order: check, uploads, input edges (per run), promotions.
 
     The check comes first and raises WandbUnavailable before anything is sent or written. Each finished step
@@ -247,7 +185,7 @@ def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False,
             "ok": not any(s in ("failed", "blocked", "missing") for s in statuses)}
 
 
-def wandb_findings(report: dict, backend) -> dict[str, dict | None]:
+def wandb_findings(report: dict, backend: WandbBackend) -> dict[str, dict | None]:
     """What W&B holds for each artifact version of an audit report (None where it holds nothing)."""
     backend.check()
     out = {}
