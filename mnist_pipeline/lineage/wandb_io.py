@@ -444,8 +444,8 @@ def _host_key() -> str:
     return resolve_credentials().host
 
 
-def _fall_back_offline(job_type: str, reason: str) -> None:
-    msg = (f"W&B online init failed ({reason}); recording {job_type} offline for a later `mnist-pipeline sync`")
+def _fall_back_offline(job_type: str, reason: str, what: str = "failed") -> None:
+    msg = (f"W&B online init {what} ({reason}); recording {job_type} offline for a later `mnist-pipeline sync`")
     log.warning(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
@@ -464,10 +464,11 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
         creds = resolve_credentials(wandb_dir(cfg))
         failed = _online_failures.get(creds.host)
         if failed is not None and time.monotonic() - failed[0] < ONLINE_RETRY_AFTER_S:
-            _fall_back_offline(job_type, f"{time.monotonic() - failed[0]:.0f} s ago in this process: {failed[1]}")
+            _fall_back_offline(job_type, f"W&B failed {time.monotonic() - failed[0]:.0f} s ago in this process: "
+                               f"{failed[1]}", "skipped")
             mode = "offline"
         elif not creds.has_key:
-            _fall_back_offline(job_type, creds.why())
+            _fall_back_offline(job_type, creds.why(), "skipped")
             mode = "offline"
         else:
             try:
