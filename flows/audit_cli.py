@@ -196,8 +196,14 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 
     if getattr(ns, "verify", False):
         return verify_main(ns, backend or WandbClient())
-    if backend is None:
-        backend = RecordingWandb() if ns.dry_run else WandbClient()
+    if backend is None and ns.dry_run:  # runs recorded online are in W&B; the rest is what the plan sends
+        from mnist_pipeline.lineage.store import LineageStore
+
+        online = [r["run_id"] if isinstance(r, dict) else r.run_id for r in LineageStore(db.resolve()).runs()
+                  if (r["wandb_mode"] if isinstance(r, dict) else r.wandb_mode) == "online"]
+        backend = RecordingWandb(runs=online)
+    elif backend is None:
+        backend = WandbClient()
     entity = None
     if not ns.dry_run:
         try:  # before the store is even opened: without a usable W&B nothing is changed

@@ -243,3 +243,114 @@ def test_auto_mode_follows_wandb_login(online, tmp_path, monkeypatch):
         subprocess.run([sys.executable, "-m", "wandb", "login", "--host", w.url, API_KEY], check=True,
                        capture_output=True, timeout=120, env=os.environ.copy())
         assert produce(cfg, "train", "y").mode == "online"  # the user's `wandb login --host`: online
+
+
+# --------------------------------------------------------------------------------------------- the whole flow
+
+
+def _env(base: Path, **extra: str) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PREFECT_")) and k != "NETRC"}
+    for d in ("home", "tmp", "wandb"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(base / "home"), TMPDIR=str(base / "tmp"), WANDB_DIR=str(base / "wandb"),
+               WANDB_SILENT="true", PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env.update(extra)
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+class _Endpoint:
+    """The W&B endpoint of one flow-level fault, as a context manager giving its URL."""
+
+    def __init__(self, fault: str):
+        self.fault = fault
+
+    def __enter__(self) -> str:
+        if self.fault == "closed-port":
+            self._cm = None
+            return closed_port()
+        self._cm = SilentServer() if self.fault == "never-answers" else WandbLoopback(fault=self.fault)
+        return self._cm.__enter__().url
+
+    def __exit__(self, *exc):
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
+FLOW_FAULTS = ["graphql-error", "http-500", "http-401", "http-429", "hang", "never-answers", "closed-port"]
+FAST_FLAGS = ["--wandb-init-timeout", "8", "--wandb-http-timeout", "2", "--wandb-http-retries", "1",
+              "--wandb-artifact-wait-timeout", "5", "--wandb-finish-timeout", "5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FLOW_FAULTS)
+def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server, tmp_path, fault):
+    """`mnist-pipeline run --wandb-mode auto` with a key for a W&B that fails: exit 0, a complete store, one line
+    saying where the records went, and `sync --dry-run` planning exactly what W&B is missing."""
+    write_mnist(tmp_path / "src")
+    db = tmp_path / "lineage.db"
+    with _Endpoint(fault) as url:
+        env = _env(tmp_path, WANDB_API_KEY=API_KEY, WANDB_BASE_URL=url)
+        t = time.monotonic()
+        proc = subprocess.run(_cli(
+            "run", "--source", "local", "--local-dir", str(tmp_path / "src"), "--slice", "1", "--epochs", "1",
+            "--batch-size", "16", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
+            "--lineage-db", str(db), "--onnx-latency-samples", "10", "--onnx-throughput-batch", "16",
+            "--evaluate-misclassified-table-rows", "4", "--threads", "1", "--wandb-mode", "auto", *FAST_FLAGS),
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - t
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert API_KEY not in proc.stderr + proc.stdout
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+
+    store = LineageStore(db)
+    runs = store.runs()
+    assert len(runs) == 6 and all(r["status"] == "finished" for r in runs)
+    arts = store.artifacts()
+    assert {a.type for a in arts} == {"dataset", "model", "metrics", "onnx", "validation"}
+    online = [r for r in runs if r["wandb_mode"] == "online"]
+    init_fails = fault in ("never-answers", "closed-port")
+    assert len(online) == (0 if init_fails else 1)  # after the first failure the host is not tried again
+
+    # where the records went: one line, in the summary and on the console
+    w = summary["wandb"]
+    assert w["needs_sync"] and f"mnist-pipeline sync --lineage-db {db}" in w["line"]
+    assert w["line"] in proc.stderr
+    assert ("offline in" in w["line"]) and (("online at " + url) in w["line"]) == (not init_fails)
+    if not init_fails:
+        [first] = online
+        failed = {g["call"] for g in store.wandb_gaps(first["run_id"]) if not g["error"].startswith("not sent")}
+        assert failed and all(f"W&B {c} failed" in proc.stderr for c in failed)
+
+    # `sync --dry-run` plans exactly the missing pieces
+    dry = subprocess.run(_cli("sync", "--dry-run", "--json", "--lineage-db", str(db)), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    got = {(r["run_id"], a["action"], a.get("kind") or "", a["ref"]) for r in plan["runs"] for a in r["actions"]}
+    expected = set()
+    for r in runs:
+        edges = store.edges(r["run_id"])
+        if r["wandb_mode"] == "online":  # the stand-in committed nothing: every output is missing, no folder upload
+            expected |= {(r["run_id"], "upload", "artifact", wandb_ref(None, "mnist-lineage", a.name, a.digest))
+                         for a in edges["produced"]}
+        else:
+            run_dir = next(a["ref"] for x in plan["runs"] if x["run_id"] == r["run_id"] for a in x["actions"]
+                           if a["action"] == "upload")
+            expected.add((r["run_id"], "upload", "", run_dir))
+            expected |= {(r["run_id"], "use", "", wandb_ref(None, "mnist-lineage", u.name, u.digest))
+                         for u in edges["used"]}
+    finish_gaps = {x for x in got if x[2] == "run"}  # a finish that timed out on the hanging host
+    assert got - finish_gaps == expected
+    assert not finish_gaps or fault == "hang"
+    assert len(plan["promotions"]) == 1 and plan["ok"]
+    sent = [c[0] for c in plan["calls"] if c[0] in ("upload", "log_artifact", "declare_inputs", "add_aliases")]
+    assert sent.count("log_artifact") == len([x for x in expected if x[2] == "artifact"])
+    assert sent.count("upload") == len([x for x in expected if x[1] == "upload" and x[2] == ""])
+    assert took < 150
