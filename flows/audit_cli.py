@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from mnist_pipeline.lineage.audit import (EXIT_ERROR, EXIT_TAMPERED, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VERIFIED,
-                                          AuditError, apply_wandb_findings, audit, render_tree, write_report)
+                                          AuditError, apply_wandb_findings, audit)
+from mnist_pipeline.lineage.render import render_tree, write_report
 
 DEFAULT_DB = "mnist-runs/lineage.db"
 SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_DIFFERENT, SYNC_UNAVAILABLE = 0, 1, 2, 3, 5
@@ -199,8 +200,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
     if backend is None and ns.dry_run:  # runs recorded online are in W&B; the rest is what the plan sends
         from mnist_pipeline.lineage.store import LineageStore
 
-        online = [r["run_id"] if isinstance(r, dict) else r.run_id for r in LineageStore(db.resolve()).runs()
-                  if (r["wandb_mode"] if isinstance(r, dict) else r.wandb_mode) == "online"]
+        online = [r.run_id for r in LineageStore(db.resolve()).runs() if r.wandb_mode == "online"]
         backend = RecordingWandb(runs=online)
     elif backend is None:
         backend = WandbClient()

@@ -88,7 +88,8 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         "onnx_argmax_agreement": v["argmax_agreement"],
         "onnx_latency_ms_p50": v["latency_ms_p50"],
         "onnx_throughput_per_s": v["ort_throughput_per_s"],
-        "promotion": {k: decision[k] for k in ("decision", "reason", "candidate_accuracy", "production_accuracy")},
+        "promotion": {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
+                                                        "production_accuracy")},
         "lineage_db": str(cfg.lineage_db),
     }
     summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
@@ -99,5 +100,5 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     if failure:
         raise ParityError(failure)
     logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary["test_accuracy"],
-                onnx_model.label, summary["onnx_max_abs_diff"], decision["decision"])
+                onnx_model.label, summary["onnx_max_abs_diff"], decision.decision)
     return summary

@@ -84,7 +84,7 @@ def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
     store = LineageStore(cfg.lineage_db)
     run = store.run(stage.run_id)
     [art] = store.artifacts()
-    assert run["status"] == "finished" and run["wandb_mode"] == "online" and (Path(art.path) / "data.txt").is_file()
+    assert run.status == "finished" and run.wandb_mode == "online" and (Path(art.path) / "data.txt").is_file()
     # exactly what W&B is missing: this version's upload (the call that failed is named), nothing else
     ref = wandb_ref(None, "p", art.name, art.digest)
     gaps = store.wandb_gaps(stage.run_id)
@@ -202,7 +202,7 @@ def test_finish_that_raises_is_recorded_not_raised(online, caplog, monkeypatch):
             stage.produce("m", "metrics", d)
             monkeypatch.setattr(stage.wandb.run, "log_artifact", lambda *a, **k: _Committed())
     store = LineageStore(cfg.lineage_db)
-    assert store.run(stage.run_id)["status"] == "finished" and len(store.artifacts()) == 1
+    assert store.run(stage.run_id).status == "finished" and len(store.artifacts()) == 1
     gaps = store.wandb_gaps(stage.run_id)
     assert [(g["action"], g["call"]) for g in gaps] == [("upload", "finish")]
     assert len(warnings_naming(caplog, "finish")) == 1
@@ -311,10 +311,10 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
 
     store = LineageStore(db)
     runs = store.runs()
-    assert len(runs) == 6 and all(r["status"] == "finished" for r in runs)
+    assert len(runs) == 6 and all(r.status == "finished" for r in runs)
     arts = store.artifacts()
     assert {a.type for a in arts} == {"dataset", "model", "metrics", "onnx", "validation"}
-    online = [r for r in runs if r["wandb_mode"] == "online"]
+    online = [r for r in runs if r.wandb_mode == "online"]
     init_fails = fault in ("never-answers", "closed-port")
     assert len(online) == (0 if init_fails else 1)  # after the first failure the host is not tried again
 
@@ -325,7 +325,7 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
     assert ("offline in" in w["line"]) and (("online at " + url) in w["line"]) == (not init_fails)
     if not init_fails:
         [first] = online
-        failed = {g["call"] for g in store.wandb_gaps(first["run_id"]) if not g["error"].startswith("not sent")}
+        failed = {g["call"] for g in store.wandb_gaps(first.run_id) if not g["error"].startswith("not sent")}
         assert failed and all(f"W&B {c} failed" in proc.stderr for c in failed)
 
     # `sync --dry-run` plans exactly the missing pieces
@@ -336,15 +336,15 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
     got = {(r["run_id"], a["action"], a.get("kind") or "", a["ref"]) for r in plan["runs"] for a in r["actions"]}
     expected = set()
     for r in runs:
-        edges = store.edges(r["run_id"])
-        if r["wandb_mode"] == "online":  # the stand-in committed nothing: every output is missing, no folder upload
-            expected |= {(r["run_id"], "upload", "artifact", wandb_ref(None, "mnist-lineage", a.name, a.digest))
+        edges = store.edges(r.run_id)
+        if r.wandb_mode == "online":  # the stand-in committed nothing: every output is missing, no folder upload
+            expected |= {(r.run_id, "upload", "artifact", wandb_ref(None, "mnist-lineage", a.name, a.digest))
                          for a in edges["produced"]}
         else:
-            run_dir = next(a["ref"] for x in plan["runs"] if x["run_id"] == r["run_id"] for a in x["actions"]
+            run_dir = next(a["ref"] for x in plan["runs"] if x["run_id"] == r.run_id for a in x["actions"]
                            if a["action"] == "upload")
-            expected.add((r["run_id"], "upload", "", run_dir))
-            expected |= {(r["run_id"], "use", "", wandb_ref(None, "mnist-lineage", u.name, u.digest))
+            expected.add((r.run_id, "upload", "", run_dir))
+            expected |= {(r.run_id, "use", "", wandb_ref(None, "mnist-lineage", u.name, u.digest))
                          for u in edges["used"]}
     finish_gaps = {x for x in got if x[2] == "run"}  # a finish that timed out on the hanging host
     assert got - finish_gaps == expected

@@ -15,6 +15,7 @@ from flows.audit_cli import SYNC_DIFFERENT, SYNC_OK, SYNC_UNAVAILABLE, sync_main
 from flows.cli import _parser, main
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage import wandb_io
+from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.stage import open_stage
@@ -42,7 +43,7 @@ def lineage(tmp_path: Path, wandb_offline) -> dict:
         out[f"{name}_run"] = stage.run_id
     store = LineageStore(cfg.lineage_db)
     model = store.find_artifact("model", out["model"].digest)
-    store.decide_promotion(model.artifact_id, accuracy=0.9, validation_passed=True, margin=0.0, flow_run_id=None)
+    promote(store, model.artifact_id, accuracy=0.9, validation_passed=True, margin=0.0, flow_run_id=None)
     return {**out, "db": cfg.lineage_db, "store": store}
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Protocol
 
 from mnist_pipeline.lineage.refs import wandb_ref
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb_io import offline_run_file, synced_marker
+from mnist_pipeline.lineage.store import LineageStore, RunRecord
+from mnist_pipeline.lineage.wandb_io import synced_marker
 
 
 class WandbBackend(Protocol):
@@ -34,20 +34,20 @@ class WandbBackend(Protocol):
     def lookup_artifact(self, ref: str) -> dict | None: ...
 
 
-def find_offline_dir(run: dict, search_dirs: Sequence[Path] = ()) -> Path | None:
+def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path | None:
     """The `offline-run-*-<id>` folder of a recorded run: where it was recorded, else under `search_dirs`."""
-    rid = run["run_id"]
-    candidates = [Path(run["wandb_dir"])] if run.get("wandb_dir") else []
+    rid = run.run_id
+    candidates = [Path(run.wandb_dir)] if run.wandb_dir else []
     for base in map(Path, search_dirs):
         candidates.append(base)
         candidates += sorted(base.glob(f"offline-run-*-{rid}")) + sorted(base.glob(f"wandb/offline-run-*-{rid}"))
     return next((c for c in candidates if (c / f"run-{rid}.wandb").is_file()), None)
 
 
-def _plan_online_gaps(store: LineageStore, run: dict, entry: dict, done: dict) -> None:
+def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: dict, done: dict) -> None:
     """An online run is in W&B; what a failed W&B call left out of it (`wandb_gaps`) is planned like an offline
     run's work: an artifact upload per version W&B did not commit, a `use` per input edge it did not get."""
-    rid = run["run_id"]
+    rid = run.run_id
     gaps = store.wandb_gaps(rid)
     if not gaps:
         entry["note"] = "recorded online: W&B has it and its inputs already"
@@ -55,10 +55,10 @@ def _plan_online_gaps(store: LineageStore, run: dict, entry: dict, done: dict) -
     calls = sorted({g["call"] for g in gaps})
     entry["note"] = f"recorded online, but W&B failed at {', '.join(calls)}: completing what W&B missed"
     edges = store.edges(rid)
-    produced = {wandb_ref(run["wandb_entity"], run["wandb_project"], a.name, a.digest): a for a in edges["produced"]}
-    used = {wandb_ref(run["wandb_entity"], run["wandb_project"], a.name, a.digest): a for a in edges["used"]}
+    produced = {wandb_ref(run.wandb_entity, run.wandb_project, a.name, a.digest): a for a in edges["produced"]}
+    used = {wandb_ref(run.wandb_entity, run.wandb_project, a.name, a.digest): a for a in edges["used"]}
     for g in gaps:
-        row = done.get((rid, "upload" if g["action"] == "upload" else g["action"], g["ref"]))
+        row = done.get((rid, g["action"], g["ref"]))
         base = {"ref": g["ref"], "status": "done" if row else "pending",
                 "detail": f"done {row['done_at']}" if row else f"{g['call']} failed: {g['error']}"}
         if g["action"] == "upload" and g["ref"] in produced:
@@ -83,35 +83,35 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
     uploaded = {r for r, a, _ in done if a == "upload"}
     runs = []
     for run in store.runs():
-        rid = run["run_id"]
+        rid = run.run_id
         if run_ids and rid not in run_ids:
             continue
-        entry = {"run_id": rid, "job_type": run["job_type"], "status": run["status"], "mode": run["wandb_mode"],
-                 "project": run["wandb_project"], "entity": run["wandb_entity"], "run_dir": None, "actions": [],
+        entry = {"run_id": rid, "job_type": run.job_type, "status": run.status, "mode": run.wandb_mode,
+                 "project": run.wandb_project, "entity": run.wandb_entity, "run_dir": None, "actions": [],
                  "note": ""}
         runs.append(entry)
-        if run["wandb_mode"] == "online":
+        if run.wandb_mode == "online":
             _plan_online_gaps(store, run, entry, done)
             continue
-        if run["wandb_mode"] not in ("offline", None):
-            entry["note"] = f"W&B mode was {run['wandb_mode']}: nothing to upload"
+        if run.wandb_mode not in ("offline", None):
+            entry["note"] = f"W&B mode was {run.wandb_mode}: nothing to upload"
             continue
-        if run["status"] == "running":
+        if run.status == "running":
             entry["note"] = "still running: sync it once it has finished"
             continue
         d = find_offline_dir(run, search_dirs)
         entry["run_dir"] = str(d) if d else None
-        up = {"action": "upload", "ref": str(d) if d else (run["wandb_dir"] or ""), "status": "pending", "detail": ""}
+        up = {"action": "upload", "ref": str(d) if d else (run.wandb_dir or ""), "status": "pending", "detail": ""}
         if rid in uploaded:
             row = next(v for (r, a, _), v in done.items() if r == rid and a == "upload")
             up.update(status="done", ref=row["ref"], detail=f"uploaded {row['done_at']}")
         elif d is None:
-            up.update(status="missing", detail=f"offline run folder not found (recorded at {run['wandb_dir']})")
+            up.update(status="missing", detail=f"offline run folder not found (recorded at {run.wandb_dir})")
         elif synced_marker(d).exists():
             up.update(marker=True, detail="already uploaded by `wandb sync` (its .synced marker)")
         entry["actions"].append(up)
         for u in store.edges(rid)["used"]:
-            ref = wandb_ref(run["wandb_entity"], run["wandb_project"], u.name, u.digest)
+            ref = wandb_ref(run.wandb_entity, run.wandb_project, u.name, u.digest)
             row = done.get((rid, "use", ref))
             entry["actions"].append({"action": "use", "ref": ref, "artifact": f"{u.name}:v{u.version}",
                                      "producer_run_id": u.producer_run_id,
@@ -119,16 +119,17 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
                                      "detail": f"declared {row['done_at']}" if row else ""})
     promotions = []
     for p in store.promotions():
-        if p["wandb_applied_at"] is not None:
+        if p.wandb_applied_at is not None:
             continue
-        art = store.artifact(p["artifact_id"])
-        producer = store.run(art.producer_run_id) or {}
+        art = store.artifact(p.artifact_id)
+        producer = store.run(art.producer_run_id)
         if run_ids and art.producer_run_id not in run_ids:
             continue
         promotions.append({
-            "promotion_id": p["promotion_id"], "artifact": f"{art.name}:v{art.version}", "decision": p["decision"],
-            "ref": wandb_ref(producer.get("wandb_entity"), producer.get("wandb_project") or "", art.name, art.digest),
-            "aliases": ["candidate"] + (["production"] if p["decision"] == "promoted" else []),
+            "promotion_id": p.promotion_id, "artifact": f"{art.name}:v{art.version}", "decision": p.decision,
+            "ref": wandb_ref(producer.wandb_entity if producer else None,
+                             (producer.wandb_project if producer else None) or "", art.name, art.digest),
+            "aliases": p.aliases,
             "producer_run_id": art.producer_run_id, "status": "pending", "detail": ""})
     return {"runs": runs, "promotions": promotions}
 
@@ -141,7 +142,7 @@ def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run:
     repeated one sends nothing. A step that fails is reported and the steps that depend on it are 'blocked'.
     `entity`: the answer of a `backend.check()` the caller already made (the check is then not repeated)."""
     entity = entity or backend.check()
-    online = {r["run_id"] for r in store.runs() if r["wandb_mode"] == "online"}
+    online = {r.run_id for r in store.runs() if r.wandb_mode == "online"}
     uploaded = {r["run_id"] for r in store.sync_log() if r["action"] == "upload"} | online
 
     def record(*args):
@@ -255,22 +256,21 @@ def wandb_findings(report: dict, backend: WandbBackend) -> dict[str, dict | None
 def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:
     """Where a flow run's W&B records went, from the store alone: per stage run its mode and W&B URL or folder, the
     W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact."""
-    runs = [r for r in store.runs(flow_run_id)] if flow_run_id else []
-    get = (lambda r, k: r[k]) if runs and isinstance(runs[0], dict) else getattr
+    runs = store.runs(flow_run_id) if flow_run_id else []
     sync_cmd = f"`mnist-pipeline sync --lineage-db {store.path}`"
     entries, group_urls, folders, failed_calls = [], [], [], []
     for r in runs:
-        gaps = store.wandb_gaps(get(r, "run_id"))
+        gaps = store.wandb_gaps(r.run_id)
         failed_calls += [g["call"] for g in gaps if not g["error"].startswith("not sent:")]
-        entries.append({"job_type": get(r, "job_type"), "run_id": get(r, "run_id"), "mode": get(r, "wandb_mode"),
-                        "url": get(r, "wandb_url"), "dir": get(r, "wandb_dir"),
+        entries.append({"job_type": r.job_type, "run_id": r.run_id, "mode": r.wandb_mode,
+                        "url": r.wandb_url, "dir": r.wandb_dir,
                         "missing": [f"{g['action']} {g['ref']}" for g in gaps]})
-        if get(r, "wandb_mode") == "online" and get(r, "wandb_url") and get(r, "run_group"):
-            url = get(r, "wandb_url").split("/runs/")[0] + f"/groups/{get(r, 'run_group')}"
+        if r.wandb_mode == "online" and r.wandb_url and r.run_group:
+            url = r.wandb_url.split("/runs/")[0] + f"/groups/{r.run_group}"
             if url not in group_urls:
                 group_urls.append(url)
-        elif get(r, "wandb_mode") == "offline" and get(r, "wandb_dir"):
-            folder = str(Path(get(r, "wandb_dir")).parent)
+        elif r.wandb_mode == "offline" and r.wandb_dir:
+            folder = str(Path(r.wandb_dir).parent)
             if folder not in folders:
                 folders.append(folder)
     modes = {e["mode"] for e in entries}

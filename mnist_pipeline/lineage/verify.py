@@ -79,26 +79,22 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
     return out
 
 
-def _f(rec, key: str):
-    return rec[key] if isinstance(rec, dict) else getattr(rec, key)
-
-
 def _in_wandb_scope(run) -> bool:
-    return run is not None and _f(run, "wandb_mode") in ("online", "offline") and bool(_f(run, "wandb_project"))
+    return run is not None and run.wandb_mode in ("online", "offline") and bool(run.wandb_project)
 
 
 def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
     """Compare the store with W&B, read-only. Raises what the backend raises (the caller makes it one line)."""
     backend.check()
-    runs = {_f(r, "run_id"): r for r in store.runs()}
+    runs = {r.run_id: r for r in store.runs()}
     checked, differences = [], []
     for art in store.artifacts():
         producer = runs.get(art.producer_run_id)
         if not _in_wandb_scope(producer) or (run_ids and art.producer_run_id not in run_ids):
             continue
-        ref = wandb_ref(_f(producer, "wandb_entity"), _f(producer, "wandb_project"), art.name, art.digest)
+        ref = wandb_ref(producer.wandb_entity, producer.wandb_project, art.name, art.digest)
         consumers = [r for r in store.consumers(art.artifact_id) if _in_wandb_scope(runs.get(r))
-                     and _f(runs[r], "status") == "finished"]
+                     and runs[r].status == "finished"]
         aliases = [a for a in VERIFY_ALIASES if (held := store.alias(art.name, a)) is not None
                    and held.artifact_id == art.artifact_id]
         info = backend.lookup_artifact(ref)
