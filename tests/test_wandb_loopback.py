@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import wandb
 
-from mnist_pipeline.lineage.wandb_credentials import WandbTimeouts, resolve_credentials, run_settings
+from mnist_pipeline.lineage.wandb_io import WandbTimeouts, resolve_credentials, run_settings
 from tests.wandb_loopback import API_KEY, SilentServer, WandbLoopback, closed_port
 
 FAST = WandbTimeouts(init=8, http=2, retries=1, artifact_wait=6, finish=6)

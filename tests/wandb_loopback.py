@@ -1,7 +1,7 @@
 """A loopback stand-in for a W&B server, for tests of the real wandb SDK's online path (no W&B server can run here).
 
 What it fakes, and only that: the answers wandb 0.31's `wandb.init` needs to start an online run (wandb-core's
-`UpsertBucket` mutation, the `Viewer` query used by `wandb login` / `wandb.Api()` verification, `CreateRunFiles`
+`UpsertBucket` mutation, the `Viewer` / `GetViewer` queries used by `wandb login` and `wandb.Api()`, `CreateRunFiles`
 with upload URLs pointing back here, a `PUT` sink for those uploads, and the run's `file_stream` endpoint). It
 keeps no model of W&B: it does not store runs or artifacts, it answers no artifact query successfully.
 
@@ -30,7 +30,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-INIT_OPERATIONS = frozenset({"UpsertBucket", "Viewer", "CreateRunFiles", "ServerInfo", "ServerFeaturesQuery",
+INIT_OPERATIONS = frozenset({"UpsertBucket", "Viewer", "GetViewer", "CreateRunFiles", "ServerInfo", "ServerFeaturesQuery",
                              "RunResumeStatus", "ProbeServerCapabilities", "ProbeServerVersion"})
 API_KEY = "loopback-" + "0" * 40  # a well-formed on-prem style key; the stand-in accepts any key
 
@@ -144,9 +144,11 @@ class WandbLoopback:
                 "description": None, "config": "{}", "sweepName": None, "historyLineCount": 0,
                 "project": {"id": "project-1", "name": variables.get("project") or "uncategorized",
                             "entity": {"id": "entity-1", "name": variables.get("entity") or self.entity}}}}}}, {}
-        if op == "Viewer":
-            return 200, {"data": {"viewer": {"id": "viewer-1", "entity": self.entity, "username": "loopback",
-                                             "flags": None, "teams": {"edges": []}}}}, {}
+        if op in ("Viewer", "GetViewer"):
+            return 200, {"data": {"viewer": {
+                "id": "viewer-1", "name": "loopback", "username": "loopback", "email": None, "admin": False,
+                "flags": None, "entity": self.entity, "deletedAt": None, "apiKeys": None,
+                "teams": {"edges": []}}}}, {}
         if op == "CreateRunFiles":
             files = [{"name": f, "uploadUrl": f"{self.url}/upload/{f}", "uploadHeaders": []}
                      for f in variables.get("files") or []]
