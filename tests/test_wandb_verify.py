@@ -5,7 +5,6 @@ The store is made by real offline stages (wandb offline in a temp dir, SQLite) a
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage import wandb_io
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
-from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync, run_sync

@@ -157,7 +157,7 @@ class WandbLoopback:
         return self._failure(op)
 
     # lifecycle ----------------------------------------------------------------------------------------
-    def __enter__(self) -> "WandbLoopback":
+    def __enter__(self) -> WandbLoopback:
         self._thread.start()
         return self
 
@@ -188,7 +188,7 @@ class SilentServer:
                 continue
             self._conns.append(conn)  # held open, never read or answered
 
-    def __enter__(self) -> "SilentServer":
+    def __enter__(self) -> SilentServer:
         self._thread.start()
         return self
 
