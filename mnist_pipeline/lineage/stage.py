@@ -160,7 +160,7 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(cfg.train.seed, flow_run_id)
     config = {**cfg.flat(), "lineage": env}
-    wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode), config)
+    wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode, wandb_io.wandb_dir(cfg)), config)
     store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
                     wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,

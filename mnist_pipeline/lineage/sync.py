@@ -242,14 +242,15 @@ def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run:
 
 
 def wandb_findings(report: dict, backend: WandbBackend) -> dict[str, dict | None]:
-    """What W&B holds for each artifact version of an audit report (None where it holds nothing)."""
-    backend.check()
-    out = {}
+    """What W&B holds for each artifact version of an audit report (None where it holds nothing), read as
+    `sync --verify` reads it (`verify.lookup_versions`)."""
+    from mnist_pipeline.lineage.verify import lookup_versions
+
+    refs = {}
     for lab, art in report["artifacts"].items():
         run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
-        ref = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
-        out[lab] = backend.lookup_artifact(ref)
-    return out
+        refs[lab] = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
+    return lookup_versions(backend, refs)
 
 
 def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:

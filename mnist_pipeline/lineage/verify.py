@@ -13,24 +13,22 @@ All W&B reads go through the `WandbBackend` (`lookup_artifact` only), so the sam
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mnist_pipeline.lineage.audit import md5_b64
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
 VERIFY_ALIASES = ("candidate", "production")
 
 
-def md5_b64(path: Path) -> str:
-    """A file's md5 as W&B's artifact manifests hold it (base64 of the raw digest)."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return base64.b64encode(h.digest()).decode()
+def lookup_versions(backend, refs: dict[str, str]) -> dict[str, dict | None]:
+    """What W&B holds for each `label -> [entity/]project/name:sha256-…` (None where it holds nothing): the one
+    read of W&B that `sync --verify` and `audit --online` share. `backend.check()` first, so a W&B that cannot be
+    used fails before any lookup; any other W&B error propagates, for the CLI to print as one line."""
+    backend.check()
+    return {label: backend.lookup_artifact(ref) for label, ref in refs.items()}
 
 
 @dataclass(frozen=True)
@@ -85,21 +83,23 @@ def _in_wandb_scope(run) -> bool:
 
 def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
     """Compare the store with W&B, read-only. Raises what the backend raises (the caller makes it one line)."""
-    backend.check()
     runs = {r.run_id: r for r in store.runs()}
-    checked, differences = [], []
+    todo = []
     for art in store.artifacts():
         producer = runs.get(art.producer_run_id)
-        if not _in_wandb_scope(producer) or (run_ids and art.producer_run_id not in run_ids):
+        if producer is None or not _in_wandb_scope(producer) or (run_ids and art.producer_run_id not in run_ids):
             continue
-        ref = wandb_ref(producer.wandb_entity, producer.wandb_project, art.name, art.digest)
+        ref = wandb_ref(producer.wandb_entity, producer.wandb_project or "", art.name, art.digest)
         consumers = [r for r in store.consumers(art.artifact_id) if _in_wandb_scope(runs.get(r))
                      and runs[r].status == "finished"]
         aliases = [a for a in VERIFY_ALIASES if (held := store.alias(art.name, a)) is not None
                    and held.artifact_id == art.artifact_id]
-        info = backend.lookup_artifact(ref)
+        todo.append((art, ref, consumers, aliases))
+    found = lookup_versions(backend, {ref: ref for _, ref, _, _ in todo})
+    checked, differences = [], []
+    for art, ref, consumers, aliases in todo:
         checked.append(ref)
-        differences += compare_artifact(art, ref, info, producer=art.producer_run_id, consumers=consumers,
+        differences += compare_artifact(art, ref, found[ref], producer=art.producer_run_id, consumers=consumers,
                                         aliases=aliases)
     return {"checked": checked, "differences": [asdict(d) | {"line": d.line()} for d in differences],
             "ok": not differences}
