@@ -284,7 +284,7 @@ class _Endpoint:
 
 
 FLOW_FAULTS = ["graphql-error", "http-500", "http-401", "http-429", "hang", "never-answers", "closed-port"]
-FAST_FLAGS = ["--wandb-init-timeout", "8", "--wandb-http-timeout", "2", "--wandb-http-retries", "1",
+FAST_FLAGS = ["--wandb-init-timeout", "5", "--wandb-http-timeout", "2", "--wandb-http-retries", "1",
               "--wandb-artifact-wait-timeout", "3", "--wandb-finish-timeout", "3"]
 
 
