@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 import numpy as np
 import wandb
 from wandb.errors import AuthenticationError
-from wandb.sdk.lib.wbauth import HostUrl
+from wandb.sdk.lib.wbauth import AuthApiKey, HostUrl
 from wandb.sdk.lib.wbauth.validation import check_api_key
 from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth_with_source
 
@@ -152,7 +152,7 @@ def resolve_credentials(root_dir: str | os.PathLike | None = None) -> WandbCrede
     except AuthenticationError as e:
         return WandbCredentials(host=host, key_source="netrc", problem=f"the netrc key for {host} is malformed: "
                                 f"{' '.join(str(e).split())}", **common)
-    if auth is not None:
+    if auth is not None and isinstance(auth.auth, AuthApiKey):
         machine = host.split("://", 1)[-1].split("/", 1)[0]
         return found(f"netrc {auth.source} (machine {machine})", auth.auth.api_key)
     if s.api_key and HostUrl(host).is_same_url(s.base_url):
@@ -561,7 +561,7 @@ class WandbClient:
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.timeouts = timeouts or WandbTimeouts(http=float(timeout))
         self.creds: WandbCredentials | None = None
-        self._api = None
+        self._api: wandb.Api | None = None
         self._entity: str | None = None
 
     def check(self) -> str:
@@ -618,6 +618,7 @@ class WandbClient:
         """`wandb sync` of one offline run folder; succeeds only if wandb marked the run file as synced."""
         cmd = [sys.executable, "-m", "wandb", "sync", "-p", project, *(["-e", entity] if entity else []), str(run_dir)]
         self.check()
+        assert self.creds is not None
         env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
         env["WANDB_BASE_URL"] = self.creds.host  # where we checked, whatever the settings files say
         if self.creds.api_key:
