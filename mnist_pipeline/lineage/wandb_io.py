@@ -444,6 +444,12 @@ def _host_key() -> str:
     return resolve_credentials().host
 
 
+def recent_failure(host: str | None = None) -> str | None:
+    """Why this process last gave up on W&B at `host` (default: `resolve_credentials().host`), if it did."""
+    failed = _online_failures.get(host or _host_key())
+    return failed[1] if failed else None
+
+
 def _fall_back_offline(job_type: str, reason: str, what: str = "failed") -> None:
     msg = (f"W&B online init {what} ({reason}); recording {job_type} offline for a later `mnist-pipeline sync`")
     log.warning(msg)
