@@ -354,3 +354,25 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
     assert sent.count("log_artifact") == len([x for x in expected if x[2] == "artifact"])
     assert sent.count("upload") == len([x for x in expected if x[1] == "upload" and x[2] == ""])
     assert took < 150
+
+
+def test_where_the_records_went(online, tmp_path):
+    """The end-of-run line: online with the group's W&B URL and nothing to sync; offline with the folder, the
+    reason and the sync command."""
+    from mnist_pipeline.lineage.sync import where_records_went
+
+    with WandbLoopback() as w:
+        cfg = online(w.url)
+        with open_stage(cfg, "evaluate", "f1") as stage:  # no outputs: nothing the stand-in cannot store
+            stage.log({"x": 1})
+    store = LineageStore(cfg.lineage_db)
+    out = where_records_went(store, "f1")
+    assert out["mode"] == "online" and not out["needs_sync"]
+    assert out["line"] == f"W&B: online at {w.url}/loopback-entity/p/groups/flow-f1"
+    cfg = online(w.url, mode="offline")
+    with open_stage(cfg, "evaluate", "f2"):
+        pass
+    out = where_records_went(store, "f2", offline_reason="wandb mode offline was asked for")
+    assert out["mode"] == "offline" and out["needs_sync"] and out["offline_dirs"] == [str(tmp_path / "wandb" / "wandb")]
+    assert out["line"] == (f"W&B: offline in {tmp_path / 'wandb' / 'wandb'} (wandb mode offline was asked for); "
+                           f"`mnist-pipeline sync --lineage-db {cfg.lineage_db}` uploads what W&B is missing")
