@@ -271,6 +271,7 @@ class StageRun:
         self._watched = None
         self.gaps: list[WandbGap] = []
         self.failed_call: str | None = None  # the first W&B call that failed, if any
+        self._secret: str | None = None  # the API key in use, masked in every message
 
     @property
     def online(self) -> bool:
@@ -294,7 +295,7 @@ class StageRun:
 
     def _failed(self, call: str, e: BaseException, gaps: Sequence[WandbGap] = ()) -> None:
         """One warning line naming the failed call; the gaps it leaves recorded; the host avoided for a while."""
-        err = _one_line(e)
+        err = _one_line(e, self._secret)
         self.gaps.extend(WandbGap(g.action, g.ref, g.call, err, g.detail) for g in gaps)
         what = "; W&B is missing " + ", ".join(f"{g.action} {g.ref}" for g in gaps) if gaps else ""
         log.warning("W&B %s failed in %s run %s (%s)%s; the stage goes on, the lineage store keeps everything, "
@@ -480,7 +481,9 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
             try:
                 run = wandb.init(mode="online", settings=run_settings(creds, timeouts, **quiet), **kwargs(run_id))
                 _online_failures.pop(creds.host, None)
-                return StageRun(cfg, run, "online", run_id, job_type, timeouts)
+                stage_run = StageRun(cfg, run, "online", run_id, job_type, timeouts)
+                stage_run._secret = creds.api_key
+                return stage_run
             except Exception as e:  # unreachable host, bad key: keep every record offline for a later `sync`
                 reason = _one_line(e, creds.api_key)
                 _online_failures[creds.host] = (time.monotonic(), reason)
