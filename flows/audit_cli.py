@@ -28,13 +28,14 @@ if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
     from mnist_pipeline.lineage.sync import Action, PromotionPlan, SyncPlan
 
 DEFAULT_DB = "mnist-runs/lineage.db"
-SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_UNAVAILABLE = 0, 1, 2, 5
+SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_DIFFERENT, SYNC_UNAVAILABLE = 0, 1, 2, 3, 5
 COMMANDS = ("audit", "sync")
 
 AUDIT_EPILOG = f"""\
 exit codes:
   {EXIT_VERIFIED}  verified: identified, and every digest it could reach matches the files on disk
-  {EXIT_ERROR}  the audit could not complete (e.g. --online and W&B unreachable)
+  {EXIT_ERROR}  the audit could not complete (e.g. --online and W&B unreachable, the key refused, a W&B error:
+     one line names it)
   {EXIT_USAGE}  usage error: no such file or reference syntax, no lineage store
   {EXIT_TAMPERED}  TAMPERED: a file (or a lineage record) differs from its recorded digest; the file is named
   {EXIT_UNKNOWN}  unknown: not produced by any recorded run
@@ -50,11 +51,19 @@ exit codes:
   {SYNC_OK}  everything is in W&B (or nothing was left to do)
   {SYNC_PARTIAL}  some steps failed or were blocked (named per run); the others were done and recorded
   {SYNC_USAGE}  usage error: no lineage store
-  {SYNC_UNAVAILABLE}  W&B not usable (no API key, host unreachable, key refused): nothing was sent or changed
+  {SYNC_DIFFERENT}  --verify: W&B differs from the lineage store (each difference is printed)
+  {SYNC_UNAVAILABLE}  W&B not usable (no API key, host unreachable, key refused) or, with --verify, a W&B read
+     failed: one line names it; nothing was sent or changed
 
 Steps, in order: `wandb sync` of each offline run folder; for each run, resume it and `use_artifact` every
 input it recorded, on the exact version (`name:sha256-<digest[:16]>`); then the recorded promotions as aliases
-(`candidate`, `production`). Done steps are kept in the lineage store, so a second sync sends nothing.
+(`candidate`, `production`). Online runs whose W&B calls failed (an artifact upload, an input edge, an alias)
+get the same: only what W&B is missing, on the resumed run. Done steps are kept in the lineage store, so a second
+sync sends nothing.
+
+--verify (read-only): every artifact version of the store is looked up in W&B under its `sha256-` alias: same
+files (md5), logged by the recorded run, every recorded consumer among its `used_by`, `candidate`/`production`
+on the right version. Differences are printed; exit {SYNC_DIFFERENT} when there are any.
 """
 
 
@@ -86,6 +95,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--run", action="append", default=[], metavar="RUN_ID", help="only these runs; repeatable")
     s.add_argument("--dry-run", action="store_true", help="print the W&B calls that would be sent, in order, "
                    "with their refs; contacts nothing and changes nothing")
+    s.add_argument("--verify", action="store_true", help="read-only: compare W&B with the lineage store and "
+                   f"print what differs (exit {SYNC_DIFFERENT} when anything does); sends and changes nothing")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -121,12 +132,12 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         return EXIT_USAGE
     if ns.online and report["status"] != "unknown":
         from mnist_pipeline.lineage.sync import wandb_findings
-        from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable
+        from mnist_pipeline.lineage.wandb_io import WandbClient, wandb_error_line
 
         try:
             apply_wandb_findings(report, wandb_findings(report, backend or WandbClient()))
-        except WandbUnavailable as e:
-            _err("audit", f"--online: {e}")
+        except Exception as e:  # WandbUnavailable, or any W&B error: one line, never a traceback
+            _err("audit", f"--online: {wandb_error_line(e)}")
             return EXIT_ERROR
     if ns.report:
         try:
@@ -194,16 +205,24 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
         return SYNC_USAGE
     from mnist_pipeline.lineage.recording import RecordingWandb
     from mnist_pipeline.lineage.sync import plan_sync, run_sync
-    from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable
+    from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, wandb_error_line
 
-    if backend is None:
-        backend = RecordingWandb() if ns.dry_run else WandbClient()
+    if getattr(ns, "verify", False):
+        return verify_main(ns, backend or WandbClient())
+    if backend is None and ns.dry_run:  # runs recorded online are in W&B; the rest is what the plan sends
+        from mnist_pipeline.lineage.store import LineageStore
+
+        online = [r.run_id for r in LineageStore(db.resolve()).runs() if r.wandb_mode == "online"]
+        backend = RecordingWandb(runs=online)
+    elif backend is None:
+        backend = WandbClient()
     entity = None
     if not ns.dry_run:
         try:  # before the store is even opened: without a usable W&B nothing is changed
             entity = backend.check()
-        except WandbUnavailable as e:
-            _err("sync", f"{e}; nothing was sent or changed (`mnist-pipeline sync --dry-run` shows the plan)")
+        except Exception as e:  # WandbUnavailable or any other W&B error: one line
+            _err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`mnist-pipeline sync --dry-run` "
+                 "shows the plan)")
             return SYNC_UNAVAILABLE
     store = _open_store(ns.lineage_db, "sync")
     plan = plan_sync(store, search_dirs=[Path(d) for d in ns.wandb_dir], run_ids=ns.run or None)
@@ -222,3 +241,21 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
     if not result["ok"]:
         _err("sync", "some steps failed or were blocked (see above); run sync again once they can succeed")
     return SYNC_OK if result["ok"] else SYNC_PARTIAL
+
+
+def verify_main(ns: argparse.Namespace, backend) -> int:
+    """`sync --verify`: read-only comparison of W&B with the lineage store."""
+    from mnist_pipeline.lineage.verify import render_verify, verify_wandb
+    from mnist_pipeline.lineage.wandb_io import wandb_error_line
+
+    store = _open_store(ns.lineage_db, "sync")
+    try:
+        result = verify_wandb(store, backend, run_ids=ns.run or None)
+    except Exception as e:  # W&B unusable or a W&B read failed: one line, never a traceback
+        _err("sync", f"--verify: {wandb_error_line(e)}; nothing was changed")
+        return SYNC_UNAVAILABLE
+    print(json.dumps(result, indent=2, default=str) if ns.json else render_verify(result), end="\n" if ns.json else "")
+    if not result["ok"]:
+        _err("sync", f"--verify: W&B differs from the lineage store in {len(result['differences'])} place(s); "
+             "`mnist-pipeline sync` sends what is missing")
+    return SYNC_OK if result["ok"] else SYNC_DIFFERENT

@@ -15,6 +15,7 @@ from prefect.logging.handlers import APILogHandler
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
 from tasks import check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train, validate_onnx
+from tasks.report import wandb_records
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -57,6 +58,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
                    "production": check.production,
                    "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
                    "lineage_db": str(cfg.lineage_db)}
+        summary["wandb"] = wandb_records(cfg, logger)
         publish_report(cfg, summary)
         logger.info(summary["reason"])
         return summary
@@ -88,6 +90,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
                                                         "production_accuracy")},
         "lineage_db": str(cfg.lineage_db),
     }
+    summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
     failure = parity_failure(cfg, v, validation.label)
     if failure:
         summary["status"] = "failed"

@@ -138,13 +138,22 @@ class WandbConfig(_Section):
     project: str = Field("mnist-lineage", min_length=1, description="W&B project.")
     entity: str | None = Field(None, description="W&B entity (user or team); None uses your default.")
     mode: WandbMode = Field(
-        "auto", description="'auto' is online when a W&B API key is configured, otherwise offline."
+        "auto", description="'auto' is online exactly when wandb.init() would be: wandb's mode is online and "
+        "an API key is configured for wandb's host (WANDB_API_KEY, netrc from `wandb login`, a settings file)."
     )
     dir: Path | None = Field(None, description="wandb's run folder; default $WANDB_DIR, else beside the lineage store.")
     init_timeout: float = Field(
         60, gt=0, le=600,
         description="Seconds an online wandb.init may take before the stage records offline instead.",
     )
+    http_timeout: float = Field(
+        20, gt=0, le=600, description="Seconds one W&B API request may take (wandb-core's GraphQL and uploads).")
+    http_retries: int = Field(3, ge=0, le=50, description="Retries of one failing W&B API request.")
+    artifact_wait_timeout: float = Field(
+        120, gt=0, le=3600, description="Seconds a stage waits for W&B to commit each artifact it logged, so the "
+        "next stage can use it; on timeout the artifact is left to `mnist-pipeline sync`.")
+    finish_timeout: float = Field(
+        120, gt=0, le=3600, description="Seconds run.finish() may spend uploading; the rest stays on disk.")
 
 
 class PromotionConfig(_Section):

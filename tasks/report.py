@@ -21,6 +21,24 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None) -> list[dict]:
     return rows
 
 
+def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
+    """Where this flow run's W&B records went (`sync.where_records_went`), said in one line on `logger`."""
+    from mnist_pipeline.lineage.sync import where_records_went
+    from mnist_pipeline.lineage.wandb_io import recent_failure, resolve_credentials
+
+    reason = None
+    if cfg.wandb.mode == "offline":
+        reason = "wandb mode offline was asked for"
+    elif cfg.wandb.mode == "auto" and not (creds := resolve_credentials(cfg.wandb.dir)).online:
+        reason = creds.why()
+    elif (failure := recent_failure()) is not None:
+        reason = f"W&B failed: {failure[:200]}"
+    out = where_records_went(LineageStore(cfg.lineage_db), current_flow_run_id(), offline_reason=reason)
+    if logger is not None:
+        (logger.warning if out["needs_sync"] else logger.info)(out["line"])
+    return out
+
+
 def publish_report(cfg: PipelineConfig, summary: dict) -> str:
     """A Prefect artifact on the flow run: what was produced, its digests and the W&B runs.
 
@@ -34,6 +52,8 @@ def publish_report(cfg: PipelineConfig, summary: dict) -> str:
     if summary.get("promotion"):
         p = summary["promotion"]
         lines += [f"- **promotion**: {p['decision']} ({p['reason']})"]
+    if summary.get("wandb"):
+        lines += [f"- **W&B**: {summary['wandb']['line']}"]
     for key in ("test_accuracy", "onnx_max_abs_diff", "onnx_argmax_agreement", "onnx_latency_ms_p50"):
         if key in summary:
             lines.append(f"- **{key}**: {summary[key]}")

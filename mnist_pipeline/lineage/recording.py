@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_pipeline.lineage.refs import wandb_path
+from mnist_pipeline.lineage.audit import md5_b64
+from mnist_pipeline.lineage.refs import digest_alias, wandb_path, wandb_ref
 from mnist_pipeline.lineage.wandb_io import offline_records, offline_run_file
 
 
@@ -55,7 +56,8 @@ class RecordingWandb:
                         if alias.startswith("sha256-"):
                             self.artifacts.setdefault(f"{rec.artifact.name}:{alias}", {
                                 "version": f"v{len(self.artifacts)}", "aliases": list(rec.artifact.aliases),
-                                "logged_by": run_id, "used_by": [], "files": {}})
+                                "logged_by": run_id, "used_by": [],
+                                "files": {e.path: e.digest for e in rec.artifact.manifest.contents}})
         return None
 
     def run_inputs(self, entity, project, run_id) -> set[str]:
@@ -69,6 +71,14 @@ class RecordingWandb:
             art = self.artifacts.get(self._key(r))
             if art is not None and run_id not in art["used_by"]:
                 art["used_by"].append(run_id)
+
+    def log_artifact(self, entity, project, run_id, *, name, type, path, metadata, digest) -> None:
+        ref = wandb_ref(entity, project, name, digest)
+        self._call("log_artifact", ref, wandb_path(entity, project, run_id))
+        self.artifacts.setdefault(self._key(ref), {
+            "version": f"v{len(self.artifacts)}", "aliases": ["latest", digest_alias(digest)], "logged_by": run_id,
+            "used_by": [], "files": {f.relative_to(path).as_posix(): md5_b64(f)
+                                     for f in sorted(Path(path).rglob("*")) if f.is_file()}})
 
     def add_aliases(self, ref, aliases) -> list[str]:
         self._call("add_aliases", ref, tuple(aliases))

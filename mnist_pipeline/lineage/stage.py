@@ -5,7 +5,8 @@
 On success the outputs are moved into place (fsync, then rename), logged as W&B Artifacts and committed to the
 store with their edges in one transaction. On failure nothing is produced, the run is recorded as failed with the
 inputs it had declared, and the W&B run is finished with exit code 1. W&B is reached only through
-`wandb_io.StageRun`.
+`wandb_io.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
+alias) is recorded in the store's `wandb_gaps` for `mnist-pipeline sync`.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     config = {**cfg.flat(), "lineage": env}
     from mnist_pipeline.lineage import wandb_io  # wandb: imported by the first stage, not by loading the flow
 
-    wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode), config)
+    wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode, wandb_io.wandb_dir(cfg)),
+                            config)
     store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
                     wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,
@@ -176,8 +178,12 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     except BaseException as e:
         store.fail_run(wb.run_id, used=[r.artifact_id for r in stage.used], error=f"{type(e).__name__}: {e}")
         wb.finish(failed=True)
+        if wb.gaps:
+            store.record_wandb_gaps(wb.run_id, wb.gaps)
         raise
     else:
         wb.finish()
+        if wb.gaps:  # W&B is an observer: what it missed is recorded for `mnist-pipeline sync`, never raised
+            store.record_wandb_gaps(wb.run_id, wb.gaps)
     finally:
         shutil.rmtree(stage._staging_root, ignore_errors=True)

@@ -85,6 +85,16 @@ CREATE TABLE IF NOT EXISTS promotions (
 );
 CREATE INDEX IF NOT EXISTS files_by_sha ON artifact_files(sha256);
 CREATE INDEX IF NOT EXISTS edges_by_artifact ON edges(artifact_id, direction);
+CREATE TABLE IF NOT EXISTS wandb_gaps (
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    action      TEXT NOT NULL CHECK (action IN ('upload', 'use', 'aliases')),
+    ref         TEXT NOT NULL,
+    call        TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    detail      TEXT NOT NULL DEFAULT '',
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, action, ref)
+);
 CREATE TABLE IF NOT EXISTS sync_log (
     run_id  TEXT NOT NULL,
     action  TEXT NOT NULL CHECK (action IN ('upload', 'use')),
@@ -433,6 +443,18 @@ class LineageStore:
         """What `mnist-pipeline sync` has already done in W&B: one row per uploaded run and declared input."""
         with self.reader() as con:
             q = "SELECT * FROM sync_log" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY done_at, rowid"
+            return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
+
+    def record_wandb_gaps(self, run_id: str, gaps) -> None:
+        """What an online run could not record in W&B because a W&B call failed (`wandb_io.WandbGap`s): `sync`
+        completes it. The first record of a (run, action, ref) is kept."""
+        with self.transaction() as con:
+            con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in gaps])
+
+    def wandb_gaps(self, run_id: str | None = None) -> list[dict]:
+        with self.reader() as con:
+            q = "SELECT * FROM wandb_gaps" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY recorded_at, rowid"
             return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
 
     def mark_synced(self, run_id: str, action: str, ref: str, detail: str | None = None) -> None:

@@ -31,6 +31,8 @@ class Action(TypedDict, total=False):
     artifact: str  # use: the input's label
     producer_run_id: str  # use: the run that made the input (it must be in W&B first)
     marker: bool  # upload: `wandb sync` already marked it synced
+    kind: Literal["run", "artifact"]  # upload of an online run with W&B gaps: the run itself, or one artifact
+    artifact_id: int  # upload of kind artifact
     was: Status  # the status before this sync (for reporting)
 
 
@@ -82,6 +84,8 @@ class WandbBackend(Protocol):
     def upload(self, run_dir: Path, entity: str | None, project: str, run_id: str) -> str | None: ...
     def run_inputs(self, entity: str | None, project: str, run_id: str) -> set[str]: ...
     def declare_inputs(self, entity: str | None, project: str, run_id: str, refs: list[str]) -> None: ...
+    def log_artifact(self, entity: str | None, project: str, run_id: str, *, name: str, type: str, path: str,
+                     metadata: dict, digest: str) -> None: ...
     def add_aliases(self, ref: str, aliases: list[str]) -> list[str]: ...
     def lookup_artifact(self, ref: str) -> dict | None: ...
 
@@ -94,6 +98,38 @@ def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path |
         candidates.append(base)
         candidates += sorted(base.glob(f"offline-run-*-{rid}")) + sorted(base.glob(f"wandb/offline-run-*-{rid}"))
     return next((c for c in candidates if (c / f"run-{rid}.wandb").is_file()), None)
+
+
+def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict) -> None:
+    """An online run is in W&B; what a failed W&B call left out of it (`wandb_gaps`) is planned like an offline
+    run's work: an artifact upload per version W&B did not commit, a `use` per input edge it did not get."""
+    rid = run.run_id
+    gaps = store.wandb_gaps(rid)
+    if not gaps:
+        entry["note"] = "recorded online: W&B has it and its inputs already"
+        return
+    calls = sorted({g["call"] for g in gaps})
+    entry["note"] = f"recorded online, but W&B failed at {', '.join(calls)}: completing what W&B missed"
+    edges = store.edges(rid)
+    produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["produced"]}
+    used = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["used"]}
+    for g in gaps:
+        row = done.get((rid, g["action"], g["ref"]))
+        base: Action = {"ref": g["ref"], "status": "done" if row else "pending",
+                "detail": f"done {row['done_at']}" if row else f"{g['call']} failed: {g['error']}"}
+        if g["action"] == "upload" and g["ref"] in produced:
+            a = produced[g["ref"]]
+            entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": f"{a.name}:v{a.version}",
+                                     "artifact_id": a.artifact_id, **base})
+        elif g["action"] == "upload":
+            if g["ref"] in produced or g["call"] != "finish":
+                continue  # an artifact the run did not commit (it failed): nothing of it belongs in W&B
+            entry["actions"].append({"action": "upload", "kind": "run", **base})
+        elif g["action"] == "use" and g["ref"] in used:
+            u = used[g["ref"]]
+            entry["actions"].append({"action": "use", "artifact": f"{u.name}:v{u.version}",
+                                     "producer_run_id": u.producer_run_id, **base})
+        # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
 
 def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
@@ -112,7 +148,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
                  "note": ""}
         runs.append(entry)
         if run.wandb_mode == "online":
-            entry["note"] = "recorded online: W&B has it and its inputs already"
+            _plan_online_gaps(store, run, entry, done)
             continue
         if run.wandb_mode not in ("offline", None):
             entry["note"] = f"W&B mode was {run.wandb_mode}: nothing to upload"
@@ -178,6 +214,24 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
             if a["action"] != "upload" or a["status"] != "pending":
                 continue
             try:
+                if a.get("kind") == "artifact":  # an online run's artifact that W&B did not commit
+                    if backend.lookup_artifact(a["ref"]) is not None:
+                        a["detail"] = "already in W&B (its upload went through after all): not sent again"
+                    else:
+                        art = store.artifact(a["artifact_id"])
+                        backend.log_artifact(run["entity"], run["project"], run["run_id"], name=art.name,
+                                             type=art.type, path=art.path, metadata=art.metadata, digest=art.digest)
+                        a["detail"] = "logged on the resumed run"
+                    a["status"] = "done"
+                    record(run["run_id"], "upload", a["ref"], a["detail"])
+                    continue
+                if a.get("kind") == "run":  # an online run whose finish failed: it is in W&B, never re-sent
+                    if not backend.run_exists(run["entity"], run["project"], run["run_id"]):
+                        raise RuntimeError("the run is not in W&B")
+                    _set(a, "done", "the run is in W&B; history it missed stays in its folder (a second "
+                         "`wandb sync` of an online run would duplicate its artifacts)")
+                    record(run["run_id"], "upload", a["ref"], a["detail"])
+                    continue
                 if a.get("marker"):
                     pass
                 elif backend.run_exists(run["entity"], run["project"], run["run_id"]):
@@ -191,6 +245,8 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
             except Exception as e:
                 _set(a, "failed", f"{type(e).__name__}: {e}")
 
+    not_committed = {a["ref"] for r in plan["runs"] for a in r["actions"]
+                     if a.get("kind") == "artifact" and a["status"] != "done"}
     for run in plan["runs"]:
         uses = [a for a in run["actions"] if a["action"] == "use" and a["status"] == "pending"]
         if not uses:
@@ -201,7 +257,9 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
             continue
         ready = []
         for a in uses:
-            if a["producer_run_id"] not in uploaded:
+            if a["ref"] in not_committed:
+                _set(a, "blocked", "that version is not in W&B (its upload failed)")
+            elif a["producer_run_id"] not in uploaded:
                 _set(a, "blocked", f"its producing run {a['producer_run_id']} is not in W&B")
             else:
                 ready.append(a)
@@ -245,11 +303,51 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
 
 
 def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
-    """What W&B holds for each artifact version of an audit report (None where it holds nothing)."""
-    backend.check()
-    out = {}
+    """What W&B holds for each artifact version of an audit report (None where it holds nothing), read as
+    `sync --verify` reads it (`verify.lookup_versions`)."""
+    from mnist_pipeline.lineage.verify import lookup_versions
+
+    refs: dict[str, str] = {}
     for lab, art in report["artifacts"].items():
         run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
-        ref = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
-        out[lab] = backend.lookup_artifact(ref)
-    return out
+        refs[lab] = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
+    return lookup_versions(backend, refs)
+
+
+def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:
+    """Where a flow run's W&B records went, from the store alone: per stage run its mode and W&B URL or folder, the
+    W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact."""
+    runs = store.runs(flow_run_id) if flow_run_id else []
+    sync_cmd = f"`mnist-pipeline sync --lineage-db {store.path}`"
+    entries, group_urls, folders, failed_calls = [], [], [], []
+    for r in runs:
+        gaps = store.wandb_gaps(r.run_id)
+        failed_calls += [g["call"] for g in gaps if not g["error"].startswith("not sent:")]
+        entries.append({"job_type": r.job_type, "run_id": r.run_id, "mode": r.wandb_mode,
+                        "url": r.wandb_url, "dir": r.wandb_dir,
+                        "missing": [f"{g['action']} {g['ref']}" for g in gaps]})
+        if r.wandb_mode == "online" and r.wandb_url and r.run_group:
+            url = r.wandb_url.split("/runs/")[0] + f"/groups/{r.run_group}"
+            if url not in group_urls:
+                group_urls.append(url)
+        elif r.wandb_mode == "offline" and r.wandb_dir:
+            folder = str(Path(r.wandb_dir).parent)
+            if folder not in folders:
+                folders.append(folder)
+    modes = {e["mode"] for e in entries}
+    needs_sync = bool(folders or any(e["missing"] for e in entries))
+    parts = []
+    if group_urls:
+        parts.append(f"online at {', '.join(group_urls)}")
+    if folders:
+        parts.append(f"offline in {', '.join(folders)}" + (f" ({offline_reason})" if offline_reason else ""))
+    if modes == {"disabled"}:
+        parts.append("disabled (nothing sent to W&B; the lineage store has every record)")
+    if failed_calls:
+        parts.append(f"W&B failed at {', '.join(dict.fromkeys(failed_calls))}; the lineage store has every record")
+    line = "W&B: " + ("; ".join(parts) if parts else "no stage runs recorded")
+    if needs_sync:
+        line += f"; {sync_cmd} uploads what W&B is missing"
+    mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else None)
+    return {"mode": mode, "line": line, "group_urls": group_urls, "offline_dirs": folders, "needs_sync": needs_sync,
+            "sync_command": sync_cmd.strip("`") if needs_sync else None, "runs": entries}

@@ -1,0 +1,378 @@
+"""W&B is an observer: a stage completes whatever W&B does, the store keeps everything, `sync` completes W&B.
+
+Faults are injected at the network: the real wandb SDK talks to the loopback stand-in (`tests/wandb_loopback.py`),
+which lets `wandb.init` get online and then fails every later call as W&B does (HTTP 401/429/500, a GraphQL error,
+no answer at all), or refuses the connection / never answers from the first request. Where a failure cannot be
+reached that way it is injected at the W&B boundary object (`StageRun.run`, the wandb Run it wraps), and the test
+says so. Flow-level tests (the whole pipeline, in a subprocess) are in the second half.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage import wandb_io
+from mnist_pipeline.lineage.recording import RecordingWandb
+from mnist_pipeline.lineage.refs import wandb_ref
+from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.lineage.sync import plan_sync, run_sync
+from tests.helpers import write_mnist
+from tests.wandb_loopback import API_KEY, SilentServer, WandbLoopback, closed_port
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"init_timeout": 8, "http_timeout": 2, "http_retries": 1, "artifact_wait_timeout": 5, "finish_timeout": 5}
+AFTER_INIT = ["http-401", "http-429", "http-500", "graphql-error", "hang"]
+
+
+@pytest.fixture
+def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A clean W&B environment (temporary HOME, a key for the loopback), and this process's memory of failed
+    W&B hosts emptied before and after."""
+    for name in list(os.environ):
+        if name.startswith("WANDB_") or name == "NETRC":
+            monkeypatch.delenv(name)
+    (tmp_path / "home").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_API_KEY", API_KEY)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb_io._online_failures.clear()
+
+    def use(url: str, mode: str = "online") -> PipelineConfig:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        return PipelineConfig.model_validate({
+            "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db"),
+            "wandb": {"mode": mode, "dir": str(tmp_path / "wandb"), "project": "p", **FAST}})
+
+    yield use
+    wandb_io._online_failures.clear()
+
+
+def produce(cfg: PipelineConfig, job_type: str, text: str, inputs=()):
+    with open_stage(cfg, job_type) as stage:
+        for ref in inputs:
+            stage.use(ref)
+        d = stage.staging(f"{job_type}-out")
+        (d / "data.txt").write_text(text)
+        stage.produce(f"{job_type}-out", "data", d, {"text": text})
+        stage.summary = {"chars": len(text)}
+    return stage
+
+
+def warnings_naming(caplog, call: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and r.getMessage().startswith(f"W&B {call} failed")]
+
+
+@pytest.mark.parametrize("fault", AFTER_INIT)
+def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
+    with WandbLoopback(fault=fault) as w:
+        cfg = online(w.url)
+        t = time.monotonic()
+        stage = produce(cfg, "prepare-data", "hello")
+        took = time.monotonic() - t
+    assert stage.mode == "online" and took < 40
+    store = LineageStore(cfg.lineage_db)
+    run = store.run(stage.run_id)
+    [art] = store.artifacts()
+    assert run.status == "finished" and run.wandb_mode == "online" and (Path(art.path) / "data.txt").is_file()
+    # exactly what W&B is missing: this version's upload (the call that failed is named), nothing else
+    ref = wandb_ref(None, "p", art.name, art.digest)
+    gaps = store.wandb_gaps(stage.run_id)
+    assert [(g["action"], g["ref"]) for g in gaps if g["call"] != "finish"] == [("upload", ref)]
+    failed_call = gaps[0]["call"]
+    assert failed_call in ("log_artifact", "artifact wait")
+    assert len(warnings_naming(caplog, failed_call)) == 1
+    assert API_KEY not in caplog.text
+
+    # sync plans exactly that, sends it once, and a second sync sends nothing
+    plan = plan_sync(store)
+    [entry] = plan["runs"]
+    assert [(a["action"], a["ref"], a["status"]) for a in entry["actions"] if a.get("kind") == "artifact"] == [
+        ("upload", ref, "pending")]
+    wb = RecordingWandb(runs=[stage.run_id])
+    result = run_sync(store, plan, wb)
+    assert result["ok"], result
+    assert [c[0] for c in wb.calls if c[0] in ("log_artifact", "upload", "declare_inputs")] == ["log_artifact"]
+    again = RecordingWandb(runs=[stage.run_id], artifacts=wb.artifacts)
+    run_sync(store, plan_sync(store), again)
+    assert [c for c in again.calls if c[0] not in ("check", "run_exists")] == []
+
+
+def test_after_a_failure_the_next_stage_records_offline_and_sync_plans_both(online, caplog):
+    with WandbLoopback(fault="graphql-error") as w:
+        cfg = online(w.url)
+        first = produce(cfg, "prepare-data", "hello")
+        ref = first.outputs["data"]
+        second = produce(cfg, "train", "model", inputs=[ref])
+    assert (first.mode, second.mode) == ("online", "offline")
+    assert any("ago in this process" in r.getMessage() for r in caplog.records)  # no second wait on the host
+    store = LineageStore(cfg.lineage_db)
+    plan = {r["run_id"]: r for r in plan_sync(store)["runs"]}
+    pending = {rid: [(a["action"], a.get("kind")) for a in r["actions"] if a["status"] == "pending"]
+               for rid, r in plan.items()}
+    assert pending[first.run_id] == [("upload", "artifact")]
+    assert pending[second.run_id] == [("upload", None), ("use", None)]
+    # the offline consumer's edge waits for the producer's version to be in W&B: a sync that cannot log it
+    # blocks the edge instead of declaring an input W&B does not have
+    wb = RecordingWandb(runs=[first.run_id], fail={"log_artifact": RuntimeError("HTTP 500")})
+    result = run_sync(store, plan_sync(store), wb)
+    use = [a for r in result["runs"] for a in r["actions"] if a["action"] == "use"]
+    assert [a["status"] for a in use] == ["blocked"] and not result["ok"]
+
+
+def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
+    with WandbLoopback(fault="graphql-error") as w:
+        cfg = online(w.url, mode="offline")
+        producer = produce(cfg, "prepare-data", "hello")  # offline: no W&B call at all
+        cfg = online(w.url, mode="online")
+        consumer = produce(cfg, "train", "model", inputs=[producer.outputs["data"]])
+    assert consumer.mode == "online"
+    store = LineageStore(cfg.lineage_db)
+    gaps = store.wandb_gaps(consumer.run_id)
+    ref = wandb_ref(None, "p", producer.outputs["data"].name, producer.outputs["data"].digest)
+    assert (gaps[0]["action"], gaps[0]["ref"], gaps[0]["call"]) == ("use", ref, "use_artifact")
+    assert len(warnings_naming(caplog, "use_artifact")) == 1  # the later calls are not sent, and not warned again
+    assert store.edges(consumer.run_id)["used"][0].digest == producer.outputs["data"].digest
+    plan = {r["run_id"]: r for r in plan_sync(store)["runs"]}
+    assert ("use", ref) in [(a["action"], a["ref"]) for a in plan[consumer.run_id]["actions"]]
+
+
+def test_alias_save_failure_leaves_the_promotion_to_sync(online, caplog):
+    with WandbLoopback(fault="http-500") as w:
+        cfg = online(w.url, mode="offline")
+        producer = produce(cfg, "train", "model")
+        cfg = online(w.url, mode="online")
+        with open_stage(cfg, "promote") as stage:
+            applied = stage.set_aliases(producer.outputs["data"], ["candidate", "production"],
+                                        registry_path="wandb-registry-model/x")
+    assert applied is False and stage.mode == "online"
+    gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
+    assert [(g["action"], g["call"], g["detail"]) for g in gaps] == [("aliases", "alias save", "candidate,production")]
+    assert len(warnings_naming(caplog, "alias save")) == 1
+
+
+def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypatch):
+    """Injected at the W&B boundary object: the stand-in cannot let the alias save succeed and the link fail."""
+    with WandbLoopback() as w:
+        cfg = online(w.url)
+        with open_stage(cfg, "promote") as stage:
+            class Art:
+                aliases: list = []
+
+                def save(self):
+                    return None
+
+            monkeypatch.setattr(stage.wandb.run, "use_artifact", lambda ref: Art())
+            monkeypatch.setattr(stage.wandb.run, "link_artifact", lambda *a: (_ for _ in ()).throw(
+                RuntimeError("registry wandb-registry-model not found")))
+            from mnist_pipeline.lineage.refs import ArtifactRef
+            ref = ArtifactRef(name="m", type="model", version=0, digest="ab" * 32, path=str(cfg.artifacts_dir))
+            assert stage.set_aliases(ref, ["production"], registry_path="wandb-registry-model/m") is False
+    gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
+    assert [(g["call"], g["detail"]) for g in gaps] == [("registry link", "link to wandb-registry-model/m")]
+    assert "registry wandb-registry-model not found" in warnings_naming(caplog, "registry link")[0]
+
+
+def test_finish_that_raises_is_recorded_not_raised(online, caplog, monkeypatch):
+    """Injected at the W&B boundary object: `run.finish()` raising (wandb raises TimeoutError there when
+    finish_timeout runs out with finish_timeout_raises, which the stand-in reaches only together with other
+    failures)."""
+    with WandbLoopback() as w:
+        cfg = online(w.url)
+        with open_stage(cfg, "evaluate") as stage:
+            real_finish = stage.wandb.run.finish
+
+            def finish(*a, **k):
+                real_finish(*a, **k)
+                raise TimeoutError("Timed out waiting for the run to finish uploading")
+
+            monkeypatch.setattr(stage.wandb.run, "finish", finish)
+            d = stage.staging("m")
+            (d / "m.json").write_text("{}")
+            stage.produce("m", "metrics", d)
+            monkeypatch.setattr(stage.wandb.run, "log_artifact", lambda *a, **k: _Committed())
+    store = LineageStore(cfg.lineage_db)
+    assert store.run(stage.run_id).status == "finished" and len(store.artifacts()) == 1
+    gaps = store.wandb_gaps(stage.run_id)
+    assert [(g["action"], g["call"]) for g in gaps] == [("upload", "finish")]
+    assert len(warnings_naming(caplog, "finish")) == 1
+    [entry] = plan_sync(store)["runs"]
+    assert [(a["action"], a["kind"]) for a in entry["actions"]] == [("upload", "run")]
+    result = run_sync(store, plan_sync(store), RecordingWandb(runs=[stage.run_id]))
+    assert result["ok"] and "history it missed" in result["runs"][0]["actions"][0]["detail"]
+
+
+class _Committed:
+    def wait(self, timeout=None):
+        return self
+
+
+@pytest.mark.parametrize("where", ["closed-port", "never-answers", "init-401"])
+def test_init_failures_record_offline(online, where, caplog):
+    t = time.monotonic()
+    if where == "closed-port":
+        stage = produce(online(closed_port()), "prepare-data", "x")
+    elif where == "never-answers":
+        with SilentServer() as s:
+            stage = produce(online(s.url), "prepare-data", "x")
+    else:
+        with WandbLoopback(fault="http-401", at="init") as w:
+            stage = produce(online(w.url), "prepare-data", "x")
+    assert stage.mode == "offline" and time.monotonic() - t < FAST["init_timeout"] + 20
+    assert any("W&B online init failed" in r.getMessage() for r in caplog.records)
+    assert API_KEY not in caplog.text
+
+
+def test_auto_mode_follows_wandb_login(online, tmp_path, monkeypatch):
+    """`--wandb-mode auto` is online exactly when wandb has a key for its host: here from `wandb login --host`."""
+    monkeypatch.delenv("WANDB_API_KEY")
+    with WandbLoopback() as w:
+        cfg = online(w.url, mode="auto")
+        monkeypatch.delenv("WANDB_BASE_URL")
+        assert produce(cfg, "prepare-data", "x").mode == "offline"  # no key anywhere: offline
+        subprocess.run([sys.executable, "-m", "wandb", "login", "--host", w.url, API_KEY], check=True,
+                       capture_output=True, timeout=120, env=os.environ.copy())
+        assert produce(cfg, "train", "y").mode == "online"  # the user's `wandb login --host`: online
+
+
+# --------------------------------------------------------------------------------------------- the whole flow
+
+
+def _env(base: Path, **extra: str) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PREFECT_")) and k != "NETRC"}
+    for d in ("home", "tmp", "wandb"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(base / "home"), TMPDIR=str(base / "tmp"), WANDB_DIR=str(base / "wandb"),
+               WANDB_SILENT="true", PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    env.update(extra)
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", *args]
+
+
+class _Endpoint:
+    """The W&B endpoint of one flow-level fault, as a context manager giving its URL."""
+
+    def __init__(self, fault: str):
+        self.fault = fault
+
+    def __enter__(self) -> str:
+        if self.fault == "closed-port":
+            self._cm = None
+            return closed_port()
+        self._cm = SilentServer() if self.fault == "never-answers" else WandbLoopback(fault=self.fault)
+        return self._cm.__enter__().url
+
+    def __exit__(self, *exc):
+        if self._cm is not None:
+            self._cm.__exit__(*exc)
+
+
+FLOW_FAULTS = ["graphql-error", "http-500", "http-401", "http-429", "hang", "never-answers", "closed-port"]
+FAST_FLAGS = ["--wandb-init-timeout", "5", "--wandb-http-timeout", "2", "--wandb-http-retries", "1",
+              "--wandb-artifact-wait-timeout", "3", "--wandb-finish-timeout", "3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", FLOW_FAULTS)
+def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server, tmp_path, fault):
+    """`mnist-pipeline run --wandb-mode auto` with a key for a W&B that fails: exit 0, a complete store, one line
+    saying where the records went, and `sync --dry-run` planning exactly what W&B is missing."""
+    write_mnist(tmp_path / "src")
+    db = tmp_path / "lineage.db"
+    with _Endpoint(fault) as url:
+        env = _env(tmp_path, WANDB_API_KEY=API_KEY, WANDB_BASE_URL=url)
+        t = time.monotonic()
+        proc = subprocess.run(_cli(
+            "run", "--source", "local", "--local-dir", str(tmp_path / "src"), "--slice", "1", "--epochs", "1",
+            "--batch-size", "16", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
+            "--lineage-db", str(db), "--onnx-latency-samples", "10", "--onnx-throughput-batch", "16",
+            "--evaluate-misclassified-table-rows", "4", "--threads", "1", "--wandb-mode", "auto", *FAST_FLAGS),
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        took = time.monotonic() - t
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert API_KEY not in proc.stderr + proc.stdout
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+
+    store = LineageStore(db)
+    runs = store.runs()
+    assert len(runs) == 6 and all(r.status == "finished" for r in runs)
+    arts = store.artifacts()
+    assert {a.type for a in arts} == {"dataset", "model", "metrics", "onnx", "validation"}
+    online = [r for r in runs if r.wandb_mode == "online"]
+    init_fails = fault in ("never-answers", "closed-port")
+    assert len(online) == (0 if init_fails else 1)  # after the first failure the host is not tried again
+
+    # where the records went: one line, in the summary and on the console
+    w = summary["wandb"]
+    assert w["needs_sync"] and f"mnist-pipeline sync --lineage-db {db}" in w["line"]
+    assert w["line"] in proc.stderr
+    assert ("offline in" in w["line"]) and (("online at " + url) in w["line"]) == (not init_fails)
+    if not init_fails:
+        [first] = online
+        failed = {g["call"] for g in store.wandb_gaps(first.run_id) if not g["error"].startswith("not sent")}
+        assert failed and all(f"W&B {c} failed" in proc.stderr for c in failed)
+
+    # `sync --dry-run` plans exactly the missing pieces
+    dry = subprocess.run(_cli("sync", "--dry-run", "--json", "--lineage-db", str(db)), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)
+    got = {(r["run_id"], a["action"], a.get("kind") or "", a["ref"]) for r in plan["runs"] for a in r["actions"]}
+    expected = set()
+    for r in runs:
+        edges = store.edges(r.run_id)
+        if r.wandb_mode == "online":  # the stand-in committed nothing: every output is missing, no folder upload
+            expected |= {(r.run_id, "upload", "artifact", wandb_ref(None, "mnist-lineage", a.name, a.digest))
+                         for a in edges["produced"]}
+        else:
+            run_dir = next(a["ref"] for x in plan["runs"] if x["run_id"] == r.run_id for a in x["actions"]
+                           if a["action"] == "upload")
+            expected.add((r.run_id, "upload", "", run_dir))
+            expected |= {(r.run_id, "use", "", wandb_ref(None, "mnist-lineage", u.name, u.digest))
+                         for u in edges["used"]}
+    finish_gaps = {x for x in got if x[2] == "run"}  # a finish that timed out on the hanging host
+    assert got - finish_gaps == expected
+    assert not finish_gaps or fault == "hang"
+    assert len(plan["promotions"]) == 1 and plan["ok"]
+    sent = [c[0] for c in plan["calls"] if c[0] in ("upload", "log_artifact", "declare_inputs", "add_aliases")]
+    assert sent.count("log_artifact") == len([x for x in expected if x[2] == "artifact"])
+    assert sent.count("upload") == len([x for x in expected if x[1] == "upload" and x[2] == ""])
+    assert took < 150
+
+
+def test_where_the_records_went(online, tmp_path):
+    """The end-of-run line: online with the group's W&B URL and nothing to sync; offline with the folder, the
+    reason and the sync command."""
+    from mnist_pipeline.lineage.sync import where_records_went
+
+    with WandbLoopback() as w:
+        cfg = online(w.url)
+        with open_stage(cfg, "evaluate", "f1") as stage:  # no outputs: nothing the stand-in cannot store
+            stage.log({"x": 1})
+    store = LineageStore(cfg.lineage_db)
+    out = where_records_went(store, "f1")
+    assert out["mode"] == "online" and not out["needs_sync"]
+    assert out["line"] == f"W&B: online at {w.url}/loopback-entity/p/groups/flow-f1"
+    cfg = online(w.url, mode="offline")
+    with open_stage(cfg, "evaluate", "f2"):
+        pass
+    out = where_records_went(store, "f2", offline_reason="wandb mode offline was asked for")
+    assert out["mode"] == "offline" and out["needs_sync"] and out["offline_dirs"] == [str(tmp_path / "wandb" / "wandb")]
+    assert out["line"] == (f"W&B: offline in {tmp_path / 'wandb' / 'wandb'} (wandb mode offline was asked for); "
+                           f"`mnist-pipeline sync --lineage-db {cfg.lineage_db}` uploads what W&B is missing")

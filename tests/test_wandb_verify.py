@@ -1,0 +1,142 @@
+"""`mnist-pipeline sync --verify`: W&B compared with the lineage store, read-only, with the recording backend
+(an in-memory W&B) holding all, none or part of the lineage; and every W&B error as one line and an exit code.
+
+The store is made by real offline stages (wandb offline in a temp dir, SQLite) and a recorded promotion."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from flows.audit_cli import SYNC_DIFFERENT, SYNC_OK, SYNC_UNAVAILABLE, sync_main
+from flows.cli import _parser, main
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage import wandb_io
+from mnist_pipeline.lineage.promotion import promote
+from mnist_pipeline.lineage.recording import RecordingWandb
+from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.lineage.sync import plan_sync, run_sync
+from mnist_pipeline.lineage.verify import verify_wandb
+from tests.wandb_loopback import API_KEY, WandbLoopback, closed_port
+
+
+@pytest.fixture
+def lineage(tmp_path: Path, wandb_offline) -> dict:
+    """prepare-data -> dataset -> train -> model (promoted), recorded offline."""
+    cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"),
+                                         "lineage_db": str(tmp_path / "lineage.db"),
+                                         "wandb": {"mode": "offline", "project": "p"}})
+    out = {}
+    for job, name, inputs in (("prepare-data", "dataset", []), ("train", "model", ["dataset"])):
+        with open_stage(cfg, job) as stage:
+            for i in inputs:
+                stage.use(out[i])
+            d = stage.staging(name)
+            (d / f"{name}.bin").write_bytes(name.encode() * 100)
+            stage.produce(name, name, d)
+        out[name] = stage.outputs[name]
+        out[f"{name}_run"] = stage.run_id
+    store = LineageStore(cfg.lineage_db)
+    model = store.find_artifact("model", out["model"].digest)
+    promote(store, model.artifact_id, accuracy=0.9, validation_passed=True, margin=0.0, flow_run_id=None)
+    return {**out, "db": cfg.lineage_db, "store": store}
+
+
+def synced_wandb(lineage) -> RecordingWandb:
+    """An in-memory W&B after a complete `sync` of the lineage."""
+    wb = RecordingWandb()
+    assert run_sync(lineage["store"], plan_sync(lineage["store"]), wb, dry_run=True)["ok"]
+    return RecordingWandb(runs=wb.runs, inputs=wb.inputs, artifacts=wb.artifacts)
+
+
+def verify(db: Path, backend, *args) -> int:
+    return sync_main(_parser().parse_args(["sync", "--verify", "--lineage-db", str(db), *args]), backend=backend)
+
+
+def test_a_complete_wandb_verifies(lineage, capsys):
+    wb = synced_wandb(lineage)
+    before = sqlite3.connect(lineage["db"]).execute("SELECT count(*) FROM sync_log").fetchone()
+    assert verify(lineage["db"], wb) == SYNC_OK
+    out = capsys.readouterr().out
+    assert "2 artifact version(s) compared" in out and out.rstrip().endswith("recorded")
+    assert {c[0] for c in wb.calls} == {"check", "lookup_artifact"}  # read-only: nothing sent
+    assert sqlite3.connect(lineage["db"]).execute("SELECT count(*) FROM sync_log").fetchone() == before
+
+
+def test_an_empty_wandb_lists_every_version_missing(lineage, capsys):
+    assert verify(lineage["db"], RecordingWandb()) == SYNC_DIFFERENT
+    out, err = capsys.readouterr()
+    assert out.count("missing ") == 2 and "`mnist-pipeline sync`" in err
+
+
+def test_a_wandb_holding_part_of_the_lineage(lineage):
+    """Uploaded, but the train run's input edge and the promotion's aliases never reached W&B."""
+    wb = synced_wandb(lineage)
+    store = lineage["store"]
+    dataset_key = f"dataset:sha256-{lineage['dataset'].digest[:16]}"
+    model_key = f"model:sha256-{lineage['model'].digest[:16]}"
+    wb.artifacts[dataset_key]["used_by"] = []
+    wb.artifacts[model_key]["aliases"] = ["latest", f"sha256-{lineage['model'].digest[:16]}"]
+    result = verify_wandb(store, wb)
+    kinds = sorted((d["kind"], d["artifact"].split(":")[0]) for d in result["differences"])
+    assert kinds == [("alias", "model"), ("alias", "model"), ("input", "dataset")]
+    assert lineage["model_run"] in next(d["detail"] for d in result["differences"] if d["kind"] == "input")
+
+
+def test_other_content_or_producer_under_the_same_alias(lineage):
+    wb = synced_wandb(lineage)
+    key = f"model:sha256-{lineage['model'].digest[:16]}"
+    wb.artifacts[key]["files"] = {"model.bin": "AAAAAAAAAAAAAAAAAAAAAA=="}
+    wb.artifacts[key]["logged_by"] = "someone-else"
+    kinds = {d["kind"] for d in verify_wandb(lineage["store"], wb)["differences"]}
+    assert kinds == {"content", "producer"}
+
+
+def test_one_version_missing_from_an_otherwise_complete_wandb(lineage):
+    """A W&B that holds the lineage except one version (an online upload that failed): only that one differs."""
+    wb = synced_wandb(lineage)
+    key = f"model:sha256-{lineage['model'].digest[:16]}"
+    del wb.artifacts[key]
+    assert [d["kind"] for d in verify_wandb(lineage["store"], wb)["differences"]] == ["missing"]
+
+
+@pytest.mark.parametrize("fault", ["http-500", "graphql-error", "http-401"])
+def test_wandb_errors_in_verify_are_one_line_and_exit_5(lineage, capsys, monkeypatch, tmp_path, fault):
+    """The real client against the loopback stand-in: its check (`Viewer`) passes, the artifact lookups fail."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_API_KEY", API_KEY)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with WandbLoopback(fault=fault) as w:
+        monkeypatch.setenv("WANDB_BASE_URL", w.url)
+        code = verify(lineage["db"], wandb_io.WandbClient(timeout=3,
+                                                         timeouts=wandb_io.WandbTimeouts(http=2, retries=1)))
+    out, err = capsys.readouterr()
+    assert code == SYNC_UNAVAILABLE, err
+    assert err.count("\n") == 1 and err.startswith("mnist-pipeline sync: --verify: ") and "Traceback" not in err
+    assert API_KEY not in err + out
+
+
+def test_no_wandb_is_one_line_and_exit_5_for_verify_and_audit_online(lineage, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_API_KEY", API_KEY)
+    monkeypatch.setenv("WANDB_BASE_URL", closed_port())
+    assert verify(lineage["db"], None) == SYNC_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unreachable" in err
+    code = main(["audit", "model:production", "--online", "--lineage-db", str(lineage["db"])])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("mnist-pipeline audit: --online: ") and "Traceback" not in err
+
+
+def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
+    """Injected at the backend (the W&B boundary): a lookup raising an error that is not ours."""
+    wb = RecordingWandb(fail={"lookup_artifact": KeyError("schema changed: field 'manifest' unknown")})
+    from flows.audit_cli import audit_main
+
+    code = audit_main(_parser().parse_args(["audit", "model:production", "--online", "--lineage-db",
+                                            str(lineage["db"])]), backend=wb)
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "schema changed" in err
