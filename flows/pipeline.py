@@ -17,6 +17,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.onnx_io import ParityError
 from tasks import (check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train,
                    validate_onnx)
+from tasks.prepare_data import for_config as prepare_data_for
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -48,10 +49,11 @@ _library_warnings_to_prefect()
 def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     logger = get_run_logger()
     cfg = config.resolved()
-    dataset = prepare_data(cfg)
+    prepare = prepare_data_for(cfg)  # the retries and time limit of cfg.data
+    dataset = prepare(cfg)
     if LineageStore(cfg.lineage_db).find_artifact(dataset.name, dataset.digest) is None:
         logger.warning("cached dataset %s is no longer in the lineage store; preparing it again", dataset.label)
-        dataset = prepare_data.with_options(refresh_cache=True)(cfg)
+        dataset = prepare.with_options(refresh_cache=True)(cfg)
 
     check = check_for_changes(cfg, dataset)
     if not check.changed and not cfg.force:

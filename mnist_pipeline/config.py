@@ -52,6 +52,15 @@ class DataConfig(_Section):
         description="For source='download': mirror URLs to try in order, replacing torchvision's MNIST.mirrors.",
     )
     slice: int = Field(5, ge=1, le=10_000, description="Keep every n-th image of each split (the tutorial's slice=5).")
+    timeout: float = Field(
+        30, gt=0, le=3600, description="For source='download': seconds a mirror may take to connect or to send "
+        "its next bytes; then the next mirror is tried.")
+    retries: int = Field(2, ge=0, le=20, description="Retries of prepare-data after a network error (not after "
+                         "bad data, a wrong md5 or a full disk, which would fail the same way).")
+    retry_delay: float = Field(5, ge=0, le=3600, description="Seconds between those retries.")
+    task_timeout: float = Field(
+        3600, gt=0, le=86_400, description="Seconds prepare-data may take in all before Prefect stops it (a last "
+        "guard; each network read is bounded by timeout).")
     synthetic_train: int = Field(6000, ge=10, le=200_000, description="Training images for source='synthetic'.")
     synthetic_test: int = Field(1000, ge=10, le=100_000, description="Test images for source='synthetic'.")
 
@@ -68,6 +77,8 @@ class DataConfig(_Section):
             raise ValueError("data.mirrors, when given, must list at least one URL")
         for url in self.mirrors or ():
             parts = urlparse(url)
+            if parts.scheme not in ("http", "https", "file"):
+                raise ValueError(f"data.mirrors: {url!r} is not an http://, https:// or file:// URL")
             if parts.username or parts.password:
                 # A parameter is stored in Prefect, W&B run configs and the lineage store: no secrets in it.
                 raise ValueError(f"data.mirrors: {parts.scheme}://{parts.hostname}/...: credentials in a mirror "

@@ -5,6 +5,8 @@ from pathlib import Path
 
 from prefect.runtime import flow_run
 
+from mnist_pipeline import storage
+
 
 def current_flow_run_id() -> str | None:
     rid = flow_run.get_id()
@@ -12,4 +14,4 @@ def current_flow_run_id() -> str | None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    storage.write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
