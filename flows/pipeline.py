@@ -15,7 +15,7 @@ from prefect.logging.handlers import APILogHandler
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.onnx_io import ParityError
-from tasks import (check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train,
+from tasks import (check_for_changes, evaluate, export_onnx, promote, publish_report, train,
                    validate_onnx)
 from tasks.prepare_data import for_config as prepare_data_for
 from tasks.validate_onnx import parity_failure
