@@ -128,17 +128,44 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if ns.command == "serve":
         return _serve(cfg, ns.cron, ns.timezone)
+    return _run(cfg)
+
+
+def _run(cfg: PipelineConfig) -> int:
+    from flows import console, preflight
+    from mnist_pipeline.storage import StorageError
+
+    try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
+        preflight.check_writable(cfg.resolved())
+    except StorageError as e:
+        print(f"mnist-pipeline: cannot run here: {e}", file=sys.stderr)
+        return EXIT_CONFIG
     # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow and --help needn't pay
+    try:
+        with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
+            from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow
 
-    state = mnist_pipeline(config=cfg, return_state=True)
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as e:  # the failing step's own message, not a traceback
-            print(f"mnist-pipeline: pipeline {state.name.lower()}: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILED
+            console.quiet_expected_tracebacks()
+            state = mnist_pipeline(config=cfg, return_state=True)
+            line, code = None, EXIT_OK
+            if not state.is_completed():
+                code = EXIT_FAILED
+                try:
+                    state.result()
+                except Exception as e:  # the failing step's own message, not a traceback
+                    line = f"mnist-pipeline: pipeline {state.name.lower()}: {type(e).__name__}: {e}"
+                    if isinstance(e, StorageError):
+                        line += " (not retried: it would fail the same way)"
+    except console.Terminated as e:
+        console.stop_temporary_server()
+        print(f"mnist-pipeline: {e}: the Prefect flow run is marked crashed and the running step failed "
+              f"(recorded in the lineage store)", file=sys.stderr)
+        return 128 + e.signal
+    console.stop_temporary_server()  # before our last line, not after it
+    if line:
+        print(line, file=sys.stderr)
+        return code
     print(json.dumps(state.result(), indent=2, default=str))
     return EXIT_OK
 

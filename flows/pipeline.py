@@ -17,6 +17,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.onnx_io import ParityError
 from tasks import (check_for_changes, evaluate, export_onnx, promote, publish_report, train,
                    validate_onnx)
+from flows.preflight import effective_config
 from tasks.prepare_data import for_config as prepare_data_for
 from tasks.validate_onnx import parity_failure
 
@@ -48,7 +49,9 @@ _library_warnings_to_prefect()
       "training config changed since the production model (unless force is set).")
 def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     logger = get_run_logger()
-    cfg = config.resolved()
+    # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
+    # folders: all checked before any task (flows/preflight.py)
+    cfg, config_sources = effective_config(config, logger)
     prepare = prepare_data_for(cfg)  # the retries and time limit of cfg.data
     dataset = prepare(cfg)
     if LineageStore(cfg.lineage_db).find_artifact(dataset.name, dataset.digest) is None:
@@ -60,7 +63,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (set force to retrain)",
                    "production": check.production,
                    "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
-                   "lineage_db": str(cfg.lineage_db)}
+                   "lineage_db": str(cfg.lineage_db), "config_sources": config_sources}
         publish_report(cfg, summary)
         logger.info(summary["reason"])
         return summary
@@ -90,6 +93,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         "onnx_throughput_per_s": v["ort_throughput_per_s"],
         "promotion": {k: decision[k] for k in ("decision", "reason", "candidate_accuracy", "production_accuracy")},
         "lineage_db": str(cfg.lineage_db),
+        "config_sources": config_sources,
     }
     failure = parity_failure(cfg, v, validation.label)
     if failure:

@@ -207,16 +207,17 @@ class PipelineConfig(_Section):
                   "artifacts_dir": self.artifacts_dir, "lineage_db": self.lineage_db, "wandb.dir": self.wandb.dir}
         return {k: v for k, v in fields.items() if v is not None}
 
-    def check_roots(self) -> None:
-        """With $MNIST_PIPELINE_ALLOWED_ROOTS set, refuse a path (after '..' and symlinks) outside every root."""
-        roots = allowed_roots()
+    def check_roots(self, roots: list[Path] | None = None, why: str = f"${ALLOWED_ROOTS_ENV}") -> None:
+        """Refuse a path (after '..' and symlinks) outside every root: `roots`, else $MNIST_PIPELINE_ALLOWED_ROOTS
+        when set; `why` says where the roots come from."""
+        roots = roots if roots is not None else allowed_roots()
         if roots is None:
             return
         for name, path in self.paths().items():
             real = path.expanduser().resolve()
             if not any(real == r or real.is_relative_to(r) for r in roots):
                 raise ConfigError(f"{name}: {str(path)!r} resolves to {str(real)!r}, outside the allowed roots "
-                                  f"{[str(r) for r in roots]} (${ALLOWED_ROOTS_ENV})")
+                                  f"{[str(r) for r in roots]} ({why})")
 
     def training_fingerprint(self) -> dict:
         """What decides the trained weights: equal fingerprints on equal data mean retraining changes nothing

@@ -78,9 +78,10 @@ def check_writable(path: Path, what: str) -> None:
     path = Path(path)
     probe = path / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        with writing(path, f"preparing {what}"):
-            path.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as e:  # any refusal (read-only, full, a file in the way): this folder cannot be used
+        raise StorageError(e.errno or errno.EIO, path, f"preparing {what}") from e
     finally:
         try:
             probe.unlink(missing_ok=True)
