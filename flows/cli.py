@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from flows import audit_cli
-from mnist_pipeline.config import ConfigError, PipelineConfig
+from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default="0 3 * * 1", help="schedule of scheduled-retraining (default: %(default)s)")
     serve.add_argument("--timezone", default="UTC", help="timezone of the cron schedule (default: %(default)s)")
     serve.add_argument("--config", help="JSON or YAML file with the deployments' default PipelineConfig")
+    serve.add_argument("--allowed-roots", nargs="+", metavar="DIR", help="folders the deployments' runs may read "
+                       "and write (default: the folders of the config served: data, artifacts, store, W&B)")
     _add_config_flags(serve)
     audit_cli.add_parsers(sub)  # audit, sync
     return p
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg.model_dump_json(indent=2))
         return EXIT_OK
     if ns.command == "serve":
+        if ns.allowed_roots:  # inherited by the flow runs this process starts
+            os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(Path(r).resolve()) for r in ns.allowed_roots)
         return _serve(cfg, ns.cron, ns.timezone)
     return _run(cfg)
 

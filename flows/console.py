@@ -95,10 +95,10 @@ def stop_temporary_server() -> None:
     for worker in (APILogWorker, EventsWorker):  # send the run's last logs and events while the server is up
         try:
             worker.drain_all(timeout=5)
-        except Exception:  # noqa: BLE001 - best effort
-            pass
+        except Exception as e:  # noqa: BLE001 - best effort: the run itself is over
+            logging.getLogger(__name__).debug("draining %s: %s", worker.__name__, e)
     for server in servers:
         try:
             server.stop()
-        except Exception:  # noqa: BLE001 - best effort: atexit tries again
-            pass
+        except Exception as e:  # noqa: BLE001 - best effort: atexit tries again
+            logging.getLogger(__name__).debug("stopping the temporary server: %s", e)

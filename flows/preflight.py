@@ -19,7 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from mnist_pipeline import storage
-from mnist_pipeline.config import ConfigError, PipelineConfig, allowed_roots
+from mnist_pipeline.config import PipelineConfig, allowed_roots
 
 log = logging.getLogger(__name__)
 

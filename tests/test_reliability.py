@@ -177,7 +177,8 @@ def test_a_bad_prefect_api_payload_fails_the_flow_run_before_any_task(prefect_se
     # classes smaller than the labels in the data: the labels file is named
     ({"classes": 5}, {}, r"train-labels-idx1-ubyte: 60 label\(s\) outside 0\.\.4 \(max 9\)"),
     # a slice larger than the dataset
-    ({}, {"slice": 500}, r"slice=500 is larger than the split's 120 images"),
+    ({}, {"slice": 500}, r"slice=500 is larger than the data: .*/src/MNIST/raw/train-images-idx3-ubyte holds only "
+                         r"120 images \(data.slice\)"),
 ])
 def test_config_that_does_not_match_the_data_stops_at_prepare_data_with_nothing_written(
         prefect_server, wandb_offline, tiny_mnist, tmp_path, train_cfg, data_cfg, message):

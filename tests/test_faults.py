@@ -1,0 +1,262 @@
+"""Reliability, round 2 (issue 10): no false alarm, no silent acceptance, no hang, nothing left behind.
+
+Faults at real boundaries: a loopback server that accepts and never answers, a small tmpfs that fills up (ENOSPC)
+or is mounted read-only (EROFS), signals sent to a real `mnist-pipeline run` process, flipped bytes in real files,
+a real `prefect server start` behind basic auth. Each test checks the message, the exit code and the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.lineage.refs import verify_files
+from mnist_pipeline.lineage.store import LineageStore
+from tests.conftest import write_mnist
+
+REPO = Path(__file__).resolve().parents[1]
+FAULT_TIMEOUT = float(os.environ.get("MNIST_TEST_FAULT_TIMEOUT", "0.5"))  # seconds a dead mirror is waited for
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _env(base: Path, *, api: bool = True, **extra: str) -> dict:
+    """`mnist-pipeline run`'s environment: wandb offline, HOME/TMPDIR under `base`, the test server (or none:
+    then the CLI starts Prefect's temporary server, its database under `base/home`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PREFECT_"))}
+    for d in ("home", "tmp", "wandb"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(base / "home"), TMPDIR=str(base / "tmp"), WANDB_DIR=str(base / "wandb"), WANDB_MODE="offline",
+               WANDB_SILENT="true", PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(REPO))
+    if api:
+        from prefect.settings import PREFECT_API_URL
+
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    else:
+        env["PREFECT_HOME"] = str(base / "home" / ".prefect")
+    env.update(extra)
+    return env
+
+
+def _argv(base: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "run", "--root", str(base / "data"), "--artifacts-dir",
+            str(base / "art"), "--lineage-db", str(base / "lineage.db"), "--threads", "1", "--no-watch",
+            "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32",
+            "--evaluate-misclassified-table-rows", "4", *args]
+
+
+def _last_line(text: str) -> str:
+    return [ln for ln in text.splitlines() if ln.strip()][-1]
+
+
+def _store_state(db: Path) -> list[tuple[str, str, str | None]]:
+    """(job_type, status, error) of every run, after checking SQLite's integrity and every artifact's files."""
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        con.close()
+    store = LineageStore(db)
+    for a in store.artifacts():
+        verify_files(Path(a.path), a.files)
+    return [(r["job_type"], r["status"], r["error"]) for r in store.runs()]
+
+
+def _leftovers(base: Path) -> list[Path]:
+    """Temporary or half-written files anywhere under `base`."""
+    return [p for p in base.rglob("*") if p.is_file() and (p.name.endswith((".partial", ".tmp"))
+                                                           or ".incoming-" in str(p) or "/.staging/" in str(p))]
+
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str = "256k", read_only: bool = False):
+    """A small tmpfs at `path` (a real full or read-only disk); skips where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _flow_run_logs(flow_run_id: str) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+
+
+# --------------------------------------------------------------------------- expected failures: one line
+
+
+def test_an_expected_failure_ends_with_one_line_and_its_traceback_stays_in_the_prefect_logs(prefect_server, tmp_path):
+    raw = write_mnist(tmp_path / "src")
+    victim = raw / "train-images-idx3-ubyte"
+    victim.write_bytes(victim.read_bytes()[:-100])  # truncated
+    proc = subprocess.run(_argv(tmp_path, "--source", "local", "--local-dir", str(tmp_path / "src"), "--slice", "1",
+                                "--epochs", "1"), cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert _last_line(proc.stderr) == (f"mnist-pipeline: pipeline failed: DataError: {victim}: truncated IDX file: "
+                                       "93996 bytes, header promises 94096")
+    assert _store_state(tmp_path / "lineage.db") == [("prepare-data", "failed", _last_line(proc.stderr).split(
+        "pipeline failed: ")[1])]
+    assert _leftovers(tmp_path) == []
+    # the full traceback is still in the flow run's logs in Prefect
+    from prefect.client.orchestration import get_client
+
+    [run] = LineageStore(tmp_path / "lineage.db").runs()
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run["flow_run_id"]).state
+    assert state.is_failed()
+    assert any("Traceback" in m and "truncated IDX file" in m for m in _flow_run_logs(run["flow_run_id"]))
+
+
+def test_an_unexpected_error_keeps_its_traceback_on_the_console():
+    from flows import console
+    from mnist_pipeline.data import ChecksumError
+    from mnist_pipeline.storage import StorageError
+
+    assert console.is_expected(ChecksumError("x")) and console.is_expected(StorageError(28, "/p"))
+    assert console.is_expected(OSError(28, "No space left on device"))
+    assert not console.is_expected(KeyError("x")) and not console.is_expected(OSError(5, "I/O error"))
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = ChecksumError("x")
+    assert console.is_expected(wrapped)
+
+
+# --------------------------------------------------------------------------- a mirror that never answers
+
+
+def test_a_mirror_that_accepts_and_never_answers_times_out_is_retried_and_fails_with_one_line(prefect_server,
+                                                                                            tmp_path):
+    silent = socket.socket()  # the kernel accepts connections into the backlog; nobody ever answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    mirror = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run(_argv(tmp_path, "--source", "download", "--mirrors", mirror, "--timeout",
+                                    str(FAULT_TIMEOUT), "--retries", "1", "--retry-delay", "0"),
+                              cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
+        seconds = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert re.fullmatch(rf"mnist-pipeline: pipeline failed: DownloadError: train-images-idx3-ubyte.gz: no mirror "
+                        rf"delivered it: {mirror}train-images-idx3-ubyte.gz: no answer within {FAULT_TIMEOUT:g} s "
+                        r"\(data.timeout\)", _last_line(proc.stderr)), _last_line(proc.stderr)
+    runs = _store_state(tmp_path / "lineage.db")
+    assert [(j, s) for j, s, _ in runs] == [("prepare-data", "failed")] * 2  # the documented retry, then no more
+    assert seconds < 60
+    assert _leftovers(tmp_path) == [] and not list((tmp_path / "data").rglob("*.gz"))
+
+
+# --------------------------------------------------------------------------- full and read-only disks
+
+
+def test_a_full_disk_is_named_in_one_line_not_retried_and_leaves_nothing_behind(prefect_server, tmp_path):
+    with _tmpfs(tmp_path / "art", size="256k"):
+        proc = subprocess.run(_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "1000",
+                                    "--synthetic-test", "100", "--slice", "1", "--epochs", "1"),
+                              cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        line = _last_line(proc.stderr)
+        assert re.fullmatch(rf"mnist-pipeline: pipeline failed: StorageError: No space left on device while writing "
+                            rf"{tmp_path}/art/.staging/\w+/mnist/train.pt \(not retried: it would fail the same way\)",
+                            line), line
+        assert [p for p in (tmp_path / "art").rglob("*") if p.is_file()] == []  # no 0-byte or partial file
+    runs = _store_state(tmp_path / "lineage.db")
+    assert [(j, s) for j, s, _ in runs] == [("prepare-data", "failed")]  # once: not retried
+    assert "No space left on device while writing" in runs[0][2]
+    assert _leftovers(tmp_path) == []
+
+
+def test_an_unwritable_wandb_folder_fails_before_any_work_with_one_line(tmp_path):
+    with _tmpfs(tmp_path / "wandb-ro", read_only=True):
+        env = _env(tmp_path, api=False)
+        proc = subprocess.run(_argv(tmp_path, "--source", "synthetic", "--wandb-dir", str(tmp_path / "wandb-ro")),
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"mnist-pipeline: cannot run here: Read-only file system while preparing "
+                                   f"wandb.dir {tmp_path / 'wandb-ro'}")
+    assert not (tmp_path / "lineage.db").exists() and not (tmp_path / "home" / ".prefect").exists()  # no work
+
+
+# --------------------------------------------------------------------------- SIGTERM and Ctrl-C
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(tmp_path, sig):
+    """Against Prefect's temporary server (what a cron job gets): the server must go too."""
+    argv = _argv(tmp_path, "--source", "synthetic", "--synthetic-train", "20000", "--synthetic-test", "100",
+                 "--slice", "1", "--epochs", "5", "--batch-size", "32")
+    proc = subprocess.Popen(argv, cwd=REPO, env=_env(tmp_path, api=False), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stderr:  # wait until training is under way
+            err.append(line)
+            if "training on 20000 images" in line:
+                break
+            assert time.monotonic() < deadline
+        time.sleep(1)
+        t0 = time.monotonic()
+        os.kill(proc.pid, sig)  # the process only, as a scheduler or a shell's Ctrl-C would
+        out, rest = proc.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = "".join(err) + rest
+    name = signal.Signals(sig).name
+    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert seconds < 20, seconds
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert _last_line(stderr).startswith(f"mnist-pipeline: terminated by {name}"), stderr[-2000:]
+    runs = _store_state(tmp_path / "lineage.db")
+    assert ("prepare-data", "finished", None) in runs
+    [train] = [r for r in runs if r[0] == "train"]
+    assert train[1] == "failed" and train[2].endswith(f"terminated by {name}" + (" (Ctrl-C)" if sig == 2 else ""))
+    # the temporary server is gone, and its database says the flow run crashed
+    port = int(re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", stderr).group(1))
+    assert not _port_open(port)
+    db = next((tmp_path / "home" / ".prefect").rglob("*.db"))
+    con = sqlite3.connect(db)
+    try:
+        states = [s for (s,) in con.execute("SELECT state_type FROM flow_run")]
+    finally:
+        con.close()
+    assert states in (["CRASHED"], ["CANCELLED"]), states
