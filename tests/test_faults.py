@@ -49,6 +49,7 @@ def _env(base: Path, *, api: bool = True, **extra: str) -> dict:
         env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     else:
         env["PREFECT_HOME"] = str(base / "home" / ".prefect")
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # 2 shared cores: it can be slow
     env.update(extra)
     return env
 
