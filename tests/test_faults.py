@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -261,3 +262,104 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
     finally:
         con.close()
     assert states in (["CRASHED"], ["CANCELLED"]), states
+
+
+# --------------------------------------------------------------------------- deployments: merge and confine
+
+
+def _deployment_run(name: str, payload: dict):
+    """A flow run of deployment `name` created through the API with this `config` payload (as the UI's Run form
+    or `run_deployment` would), executed here the way a worker does."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from flows.pipeline import mnist_pipeline
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(f"mnist-lineage-pipeline/{name}")
+        fr = client.create_flow_run_from_deployment(dep.id, parameters={"config": payload})
+    return fr, run_flow(mnist_pipeline, flow_run=fr, return_type="state")
+
+
+def _task_runs(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deployment_folders(
+        prefect_server, wandb_offline, tmp_path, monkeypatch):
+    from deployments.serve import MANUAL, build_deployments
+    from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
+
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    srv = tmp_path / "srv"
+    served = PipelineConfig.model_validate({
+        "data": {"source": "synthetic", "synthetic_train": 200, "synthetic_test": 50, "slice": 1,
+                 "root": str(srv / "data")},
+        "train": {"epochs": 1, "batch_size": 32, "threads": 1, "watch": False},
+        "onnx": {"latency_samples": 20, "throughput_batch": 32},
+        "wandb": {"mode": "offline", "dir": str(srv / "wandb")},
+        "artifacts_dir": str(srv / "art"), "lineage_db": str(srv / "lineage.db")})
+    for dep in build_deployments(served, paused=True):
+        dep.apply()
+
+    # a partial payload: only the seed; everything else is the deployment's, not the code's defaults
+    fr, state = _deployment_run(MANUAL, {"train": {"seed": 7}})
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["config_sources"]["train.seed"] == "run parameters"
+    assert summary["config_sources"]["data.source"] == "deployment defaults"
+    assert summary["config_sources"]["artifacts_dir"] == "deployment defaults"
+    store = LineageStore(srv / "lineage.db")
+    [train] = [r for r in store.runs() if r["job_type"] == "train"]
+    assert train["config"]["train"]["seed"] == 7 and train["config"]["train"]["epochs"] == 1
+    assert train["config"]["data"]["source"] == "synthetic"  # not the code default 'download'
+    logs = _flow_run_logs(fr.id)
+    assert any("config of deployment 'manual': from the run parameters: train.seed=7; from the deployment "
+               "defaults:" in m for m in logs), logs
+
+    # a path outside the deployment's folders is refused before any task, naming the field
+    elsewhere = tmp_path / "elsewhere"
+    for payload, field in (({"artifacts_dir": str(elsewhere / "art")}, "artifacts_dir"),
+                           ({"wandb": {"dir": str(elsewhere / "w"), "mode": "offline"}}, "wandb.dir"),
+                           ({"data": {"source": "synthetic", "root": "/etc/mnist"}}, "data.root")):
+        fr, state = _deployment_run(MANUAL, payload)
+        assert state.is_failed()
+        with pytest.raises(ConfigError, match=rf"^{re.escape(field)}: .* outside the allowed roots .* \(the folders "
+                           r"deployment 'manual' was served with; "):
+            state.result()
+        assert _task_runs(fr.id) == []
+    assert not elsewhere.exists() and not Path("/etc/mnist").exists()
+    assert {r["status"] for r in store.runs()} == {"finished"}  # the refused runs left no trace in the store
+    _store_state(srv / "lineage.db")
+
+
+@pytest.mark.slow
+def test_a_shared_server_behind_basic_auth_refuses_an_unauthenticated_client(tmp_path, monkeypatch):
+    """A real `prefect server start` on loopback with PREFECT_SERVER_API_AUTH_STRING (the README's recipe)."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from flows.local_server import local_prefect_server
+
+    monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "admin:s3cret-for-tests")
+    with local_prefect_server(home=tmp_path / "home") as url:
+        request = urllib.request.Request(f"{url}/deployments/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=10)
+        assert e.value.code == 401
+        with temporary_settings({PREFECT_API_URL: url}):
+            with get_client(sync_client=True) as client, pytest.raises(httpx.HTTPStatusError, match="401"):
+                client.read_deployments()
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: "admin:s3cret-for-tests"}):
+            with get_client(sync_client=True) as client:
+                assert client.read_deployments() == []
+        request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:wrong").decode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=10)
+        assert e.value.code == 401
