@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import verify_files
 from mnist_pipeline.lineage.store import LineageStore
 from tests.conftest import write_mnist
@@ -100,13 +101,19 @@ def _tmpfs(path: Path, size: str = "256k", read_only: bool = False):
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def _flow_run_logs(flow_run_id: str) -> list[str]:
+def _flow_run_logs(flow_run_id: str, containing: str = "", timeout: float = 15) -> list[str]:
+    """The flow run's logs in the Prefect API, once one contains `containing` (logs are sent in batches)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
-        return [log.message for log in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        if any(containing in m for m in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
 
 
 # --------------------------------------------------------------------------- expected failures: one line
@@ -133,7 +140,8 @@ def test_an_expected_failure_ends_with_one_line_and_its_traceback_stays_in_the_p
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(run["flow_run_id"]).state
     assert state.is_failed()
-    assert any("Traceback" in m and "truncated IDX file" in m for m in _flow_run_logs(run["flow_run_id"]))
+    logs = _flow_run_logs(run["flow_run_id"], "Traceback")
+    assert any("Traceback" in m and "truncated IDX file" in m for m in logs), logs
 
 
 def test_an_unexpected_error_keeps_its_traceback_on_the_console():
@@ -292,7 +300,7 @@ def _task_runs(flow_run_id) -> list:
 def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deployment_folders(
         prefect_server, wandb_offline, tmp_path, monkeypatch):
     from deployments.serve import MANUAL, build_deployments
-    from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
+    from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError
 
     monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
     srv = tmp_path / "srv"
@@ -317,7 +325,7 @@ def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deploym
     [train] = [r for r in store.runs() if r["job_type"] == "train"]
     assert train["config"]["train"]["seed"] == 7 and train["config"]["train"]["epochs"] == 1
     assert train["config"]["data"]["source"] == "synthetic"  # not the code default 'download'
-    logs = _flow_run_logs(fr.id)
+    logs = _flow_run_logs(fr.id, "config of deployment")
     assert any("config of deployment 'manual': from the run parameters: train.seed=7; from the deployment "
                "defaults:" in m for m in logs), logs
 
@@ -363,3 +371,54 @@ def test_a_shared_server_behind_basic_auth_refuses_an_unauthenticated_client(tmp
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=10)
         assert e.value.code == 401
+
+
+# --------------------------------------------------------------------------- a tampered checkpoint
+
+
+def test_a_tampered_checkpoint_is_discarded_with_a_warning_and_training_starts_over(prefect_server, wandb_offline,
+                                                                                   tiny_mnist, tmp_path, monkeypatch):
+    from prefect import flow
+
+    import flows.pipeline  # noqa: F401 - puts the pipeline's warnings into the flow run's logs
+    from mnist_pipeline import training
+    from tasks import prepare_data, train
+
+    real, calls = training.train, []
+
+    def crash_first(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            kw["stop_after_batches"] = 6  # a checkpoint at batch 4 (every 4), then a crash
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "train", crash_first)
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 1, "batch_size": 16, "checkpoint_every": 4, "watch": False, "threads": 1},
+        "wandb": {"mode": "offline"}, "artifacts_dir": str(tmp_path / "art"),
+        "lineage_db": str(tmp_path / "lineage.db")}).resolved()
+
+    @flow(name="train-once")
+    def train_flow(cfg: PipelineConfig):
+        return train.with_options(retries=0)(cfg, prepare_data(cfg))
+
+    assert train_flow(cfg, return_state=True).is_failed()
+    [ckpt] = (tmp_path / "art" / ".checkpoints").glob("train-*.pt")
+    assert json.loads(training.sidecar(ckpt).read_text())["position"]["examples_seen"] == 64
+    blob = bytearray(ckpt.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # a flipped bit: the file still loads
+    ckpt.write_bytes(bytes(blob))
+
+    state = train_flow(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    logs = _flow_run_logs(state.state_details.flow_run_id, "discarding checkpoint")
+    assert any(re.search(r"discarding checkpoint .*train-\w+\.pt: sha256 \w{16} does not match the recorded \w{16}: "
+                         r"changed since it was written; training from the start", m) for m in logs), logs
+    store = LineageStore(cfg.lineage_db)
+    [model] = store.artifacts("model")
+    assert model.metadata["resumed_from_checkpoint"] is None
+    assert model.metadata["examples_seen"] == 120 and model.metadata["batches"] == 8  # the whole epoch, again
+    assert [(j, s) for j, s, _ in _store_state(cfg.lineage_db) if j == "train"] == [("train", "failed"),
+                                                                                     ("train", "finished")]
+    assert not list((tmp_path / "art" / ".checkpoints").iterdir())  # checkpoint and record gone once recorded
