@@ -2,7 +2,9 @@
 
 Every field of PipelineConfig is a flag (data and train fields plain, e.g. --epochs; other sections prefixed,
 e.g. --wandb-mode, --onnx-parity-atol); --config loads a JSON or YAML file first and flags override it.
-Exit codes: 0 success, 1 the pipeline failed (the message says at which step), 2 invalid configuration.
+Exit codes: 0 success, 1 the pipeline failed (the message says at which step), 2 invalid configuration (or a
+folder that cannot be written), 6 the lineage store is damaged, or missing beside artifacts it recorded,
+128 + N ended by signal N.
 """
 
 from __future__ import annotations
@@ -139,11 +141,17 @@ def _run(cfg: PipelineConfig) -> int:
     from flows import console, preflight
     from mnist_pipeline.storage import StorageError
 
+    from mnist_pipeline.lineage.store import StoreError
+
     try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
         preflight.check_writable(cfg.resolved())
+        preflight.check_store(cfg.resolved())
     except StorageError as e:
         print(f"mnist-pipeline: cannot run here: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except StoreError as e:
+        print(f"mnist-pipeline: {e}", file=sys.stderr)
+        return audit_cli.EXIT_STORE
     # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:

@@ -20,9 +20,10 @@ from mnist_pipeline import storage
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data import DataError, DownloadError
 from mnist_pipeline.lineage.refs import DigestMismatch
+from mnist_pipeline.lineage.store import StoreError
 from mnist_pipeline.onnx_io import ParityError
 
-EXPECTED = (DataError, DownloadError, storage.StorageError, ConfigError, DigestMismatch, ParityError)
+EXPECTED = (DataError, DownloadError, storage.StorageError, ConfigError, DigestMismatch, ParityError, StoreError)
 
 
 class Terminated(BaseException):

@@ -18,6 +18,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.onnx_io import ParityError
 from tasks import check_for_changes, evaluate, export_onnx, promote, publish_report, train, validate_onnx
 from tasks.prepare_data import for_config as prepare_data_for
+from tasks.prepare_data import stored_problem
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -53,8 +54,9 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     cfg, config_sources = effective_config(config, logger)
     prepare = prepare_data_for(cfg)  # the retries and time limit of cfg.data
     dataset = prepare(cfg)
-    if LineageStore(cfg.lineage_db).find_artifact(dataset.name, dataset.digest) is None:
-        logger.warning("cached dataset %s is no longer in the lineage store; preparing it again", dataset.label)
+    problem = stored_problem(cfg, dataset)  # what the skip rule and training will vouch for: verified here
+    if problem:
+        logger.warning("dataset %s: %s; preparing it again from the source", dataset.label, problem)
         dataset = prepare.with_options(refresh_cache=True)(cfg)
 
     check = check_for_changes(cfg, dataset)

@@ -8,18 +8,21 @@
    or else inside the folders of the deployment's own default config (data, artifacts, store, W&B).
 3. Every folder the run will write to (data, artifacts, the store's folder, W&B's folder) is writable: an
    unwritable one fails here with one line, instead of wandb quietly writing to $TMPDIR.
+4. The lineage store is readable, and is not missing or empty beside artifact folders it once recorded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from mnist_pipeline import storage
 from mnist_pipeline.config import PipelineConfig, allowed_roots
+from mnist_pipeline.lineage.store import LineageStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +112,30 @@ def check_writable(cfg: PipelineConfig) -> None:
             storage.check_writable(folder, field)
 
 
+def artifact_folders(artifacts_dir: Path) -> list[Path]:
+    """Stored artifact folders (`<type>/<name>/<digest[:16]>`), which only a lineage store can vouch for."""
+    if not artifacts_dir.is_dir():
+        return []
+    return sorted(p for p in artifacts_dir.glob("*/*/*") if p.is_dir() and not p.parts[-3].startswith(".")
+                  and re.fullmatch(r"[0-9a-f]{16}", p.name))
+
+
+def check_store(cfg: PipelineConfig) -> None:
+    """A missing or empty store beside stored artifacts would silently restart history at v0 (and the audit
+    would lose every earlier record): refuse. A damaged store is named. StoreError either way."""
+    db = cfg.lineage_db
+    if db.is_file() and db.stat().st_size > 0:
+        LineageStore(db, readonly=True)  # StoreError if it is not a readable lineage store
+        return
+    found = artifact_folders(cfg.artifacts_dir)
+    if found:
+        state = "empty (0 bytes)" if db.is_file() else "missing"
+        raise StoreError(
+            f"the lineage store {db} is {state}, but {cfg.artifacts_dir} holds {len(found)} artifact folder(s) "
+            f"that an earlier store recorded (e.g. {found[0]}): restore {db.name} from a backup; to start a new "
+            f"history deliberately, move {cfg.artifacts_dir} aside (or give another --artifacts-dir)")
+
+
 def _deployment() -> tuple[str, dict] | None:
     """(name, default `config` parameter) of the deployment this flow run was started from, if any."""
     from prefect.runtime import deployment
@@ -139,4 +166,5 @@ def effective_config(config: PipelineConfig, logger: logging.Logger | logging.Lo
         cfg.check_roots(roots, why=f"the folders deployment {dep[0]!r} was served with; an operator widens them "
                                    "with $MNIST_PIPELINE_ALLOWED_ROOTS or `serve --allowed-roots`")
     check_writable(cfg)
+    check_store(cfg)
     return cfg, {k: o for k, o in sorted(sources.items()) if o != DEFAULT}

@@ -9,8 +9,9 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline import __version__, data, storage
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
 from tasks._common import current_flow_run_id, write_json
 
 DATASET_NAME = "mnist"
@@ -49,6 +50,19 @@ def network_error_only(task, task_run, state) -> bool:
     except Exception:
         return False
     return False
+
+
+def stored_problem(cfg: PipelineConfig, ref: ArtifactRef) -> str | None:
+    """Why the dataset `ref` cannot be used as it is stored (not recorded, or its files changed), else None."""
+    store = LineageStore(cfg.lineage_db)
+    rec = store.find_artifact(ref.name, ref.digest)
+    if rec is None:
+        return "it is no longer in the lineage store"
+    try:
+        verify_files(Path(rec.path), rec.files)
+    except DigestMismatch as e:
+        return f"its stored files no longer match their record ({e})"
+    return None
 
 
 def for_config(cfg: PipelineConfig):

@@ -27,7 +27,7 @@ import pytest
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT_TIMEOUT = float(os.environ.get("MNIST_TEST_FAULT_TIMEOUT", "0.5"))  # seconds a dead mirror is waited for
