@@ -78,7 +78,7 @@ def _store_state(db: Path) -> list[tuple[str, str, str | None]]:
     store = LineageStore(db)
     for a in store.artifacts():
         verify_files(Path(a.path), a.files)
-    return [(r["job_type"], r["status"], r["error"]) for r in store.runs()]
+    return [(r.job_type, r.status, r.error) for r in store.runs()]
 
 
 def _leftovers(base: Path) -> list[Path]:
@@ -138,9 +138,9 @@ def test_an_expected_failure_ends_with_one_line_and_its_traceback_stays_in_the_p
 
     [run] = LineageStore(tmp_path / "lineage.db").runs()
     with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run["flow_run_id"]).state
+        state = client.read_flow_run(run.flow_run_id).state
     assert state.is_failed()
-    logs = _flow_run_logs(run["flow_run_id"], "Traceback")
+    logs = _flow_run_logs(run.flow_run_id, "Traceback")
     assert any("Traceback" in m and "truncated IDX file" in m for m in logs), logs
 
 
@@ -322,9 +322,9 @@ def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deploym
     assert summary["config_sources"]["data.source"] == "deployment defaults"
     assert summary["config_sources"]["artifacts_dir"] == "deployment defaults"
     store = LineageStore(srv / "lineage.db")
-    [train] = [r for r in store.runs() if r["job_type"] == "train"]
-    assert train["config"]["train"]["seed"] == 7 and train["config"]["train"]["epochs"] == 1
-    assert train["config"]["data"]["source"] == "synthetic"  # not the code default 'download'
+    [train] = [r for r in store.runs() if r.job_type == "train"]
+    assert train.config["train"]["seed"] == 7 and train.config["train"]["epochs"] == 1
+    assert train.config["data"]["source"] == "synthetic"  # not the code default 'download'
     logs = _flow_run_logs(fr.id, "config of deployment")
     assert any("config of deployment 'manual': from the run parameters: train.seed=7; from the deployment "
                "defaults:" in m for m in logs), logs
@@ -341,7 +341,7 @@ def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deploym
             state.result()
         assert _task_runs(fr.id) == []
     assert not elsewhere.exists() and not Path("/etc/mnist").exists()
-    assert {r["status"] for r in store.runs()} == {"finished"}  # the refused runs left no trace in the store
+    assert {r.status for r in store.runs()} == {"finished"}  # the refused runs left no trace in the store
     _store_state(srv / "lineage.db")
 
 
