@@ -638,6 +638,8 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     killed = [r for r in store.runs() if r.job_type == "train"]
     assert [r.status for r in killed] == ["running"]  # it never got to say otherwise
     assert store.artifacts("model") == []
+    # ... but the input it had declared is on record (edges are written when declared, not only at the end)
+    assert [a.type for a in store.edges(killed[0].run_id)["used"]] == ["dataset"]
     _assert_store_is_sound(store)  # the store points at no missing or partial file
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
