@@ -154,6 +154,7 @@ def _run(cfg: PipelineConfig) -> int:
         return audit_cli.EXIT_STORE
     # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    keep = console.running_servers()  # a server someone else started (a test harness) is not ours to stop
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
             from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow
@@ -170,11 +171,11 @@ def _run(cfg: PipelineConfig) -> int:
                     if isinstance(e, StorageError):
                         line += " (not retried: it would fail the same way)"
     except console.Terminated as e:
-        console.stop_temporary_server()
+        console.stop_temporary_server(keep)
         print(f"mnist-pipeline: {e}: the Prefect flow run is marked crashed and the running step failed "
               f"(recorded in the lineage store)", file=sys.stderr)
         return 128 + e.signal
-    console.stop_temporary_server()  # before our last line, not after it
+    console.stop_temporary_server(keep)  # before our last line, not after it
     if line:
         print(line, file=sys.stderr)
         return code

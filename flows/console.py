@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -81,18 +82,29 @@ def signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-def stop_temporary_server() -> None:
-    """Stop Prefect's temporary server now (it is otherwise stopped at exit, after our last line, and not at all
-    when a signal ends the process)."""
-    try:
-        from prefect.events.worker import EventsWorker
-        from prefect.logging.handlers import APILogWorker
-        from prefect.server.api.server import SubprocessASGIServer
-    except ImportError:
+def _servers() -> list:
+    module = sys.modules.get("prefect.server.api.server")  # not imported: no temporary server was started
+    if module is None:
+        return []
+    SubprocessASGIServer = module.SubprocessASGIServer  # noqa: N806
+    return [s for s in getattr(SubprocessASGIServer, "_instances", {}).values() if getattr(s, "server_process", None)]
+
+
+def running_servers() -> set[int]:
+    """The temporary servers running now (to leave alone those that were not started by this command)."""
+    return {id(s) for s in _servers()}
+
+
+def stop_temporary_server(keep: set[int] = frozenset()) -> None:
+    """Stop the temporary Prefect server this command started (not those in `keep`), after sending the run's
+    last logs and events: it is otherwise stopped at exit, after our last line, and not at all when a signal
+    ends the process."""
+    servers = [s for s in _servers() if id(s) not in keep]
+    if not servers:
         return
-    servers = list(getattr(SubprocessASGIServer, "_instances", {}).values())
-    if not any(getattr(s, "server_process", None) for s in servers):
-        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
     for worker in (APILogWorker, EventsWorker):  # send the run's last logs and events while the server is up
         try:
             worker.drain_all(timeout=5)
