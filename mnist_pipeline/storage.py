@@ -7,6 +7,7 @@ No Prefect, no W&B.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -14,8 +15,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 # Errors of the place being written to, not of the moment: a retry fails the same way.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
@@ -68,6 +67,8 @@ def write_bytes_atomic(dest: Path, blob: bytes | memoryview, fsync: bool = False
 
 def save_torch(obj, dest: Path, fsync: bool = False) -> None:
     """torch.save, atomically, with a full disk reported as a StorageError naming `dest`."""
+    import torch  # here, not at the top: the store (and the auditor's quick commands) use this module too
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_bytes_atomic(dest, buf.getbuffer(), fsync=fsync)
@@ -83,7 +84,5 @@ def check_writable(path: Path, what: str) -> None:
     except OSError as e:  # any refusal (read-only, full, a file in the way): this folder cannot be used
         raise StorageError(e.errno or errno.EIO, path, f"preparing {what}") from e
     finally:
-        try:
+        with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
-        except OSError:
-            pass

@@ -10,7 +10,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.model import ConvNet, ModelConfig, pick_device, save_model
-from tasks._common import current_flow_run_id, write_json
+from tasks._common import current_flow_run_id, unless_permanent, write_json
 
 MODEL_NAME = "convnet"
 
@@ -25,7 +25,7 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
     return path
 
 
-@task(name="train", retries=1, retry_delay_seconds=1)
+@task(name="train", retries=1, retry_delay_seconds=1, retry_condition_fn=unless_permanent)
 def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None) -> ArtifactRef:
     logger = get_run_logger()
     t = cfg.train

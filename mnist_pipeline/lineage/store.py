@@ -7,6 +7,7 @@ one store; a run's outputs and edges are committed together with its 'finished' 
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
+
+from mnist_pipeline.storage import StorageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -263,8 +266,10 @@ class LineageStore:
             try:
                 yield con
                 con.execute("COMMIT")
-            except BaseException:
+            except BaseException as e:
                 con.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
+                    raise StorageError(errno.ENOSPC, self.path) from e  # one line naming the store, not retried
                 raise
         finally:
             con.close()
