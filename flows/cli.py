@@ -139,9 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(cfg: PipelineConfig) -> int:
     from flows import console, preflight
-    from mnist_pipeline.storage import StorageError
-
     from mnist_pipeline.lineage.store import StoreError
+    from mnist_pipeline.storage import StorageError
 
     try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
         preflight.check_writable(cfg.resolved())
@@ -167,7 +166,7 @@ def _run(cfg: PipelineConfig) -> int:
                 try:
                     state.result()
                 except Exception as e:  # the failing step's own message, not a traceback
-                    line = f"mnist-pipeline: pipeline {state.name.lower()}: {type(e).__name__}: {e}"
+                    line = f"mnist-pipeline: pipeline {(state.name or 'failed').lower()}: {type(e).__name__}: {e}"
                     if isinstance(e, StorageError):
                         line += " (not retried: it would fail the same way)"
     except console.Terminated as e:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 from mnist_pipeline import storage
@@ -95,7 +95,7 @@ def running_servers() -> set[int]:
     return {id(s) for s in _servers()}
 
 
-def stop_temporary_server(keep: set[int] = frozenset()) -> None:
+def stop_temporary_server(keep: Collection[int] = frozenset()) -> None:
     """Stop the temporary Prefect server this command started (not those in `keep`), after sending the run's
     last logs and events: it is otherwise stopped at exit, after our last line, and not at all when a signal
     ends the process."""

@@ -174,7 +174,7 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
         start_epoch, start_batch = state["epoch"], state["batch"]
         examples, batches = state["examples_seen"], state["batches"]
         resumed = {"epoch": start_epoch, "batch": start_batch, "examples_seen": examples}
-        if checkpoint_lineage is not None:
+        if checkpoint_lineage is not None and checkpoint is not None:
             written_by = json.loads(sidecar(checkpoint).read_text())["lineage"].get("run_id")
         log.info("resuming from checkpoint %s at epoch %d, batch %d", checkpoint, start_epoch, start_batch)
 

@@ -23,7 +23,8 @@ def check_for_changes(cfg: PipelineConfig, dataset: ArtifactRef) -> ChangeCheck:
     if not check.changed:  # a skip vouches for the production model's files (the dataset's: see the flow)
         prod = store.alias(MODEL_NAME, "production")
         try:
-            verify_files(Path(prod.path), prod.files)
+            if prod is not None:
+                verify_files(Path(prod.path), prod.files)
         except DigestMismatch as e:
             check = ChangeCheck(True, f"production {check.production}'s files no longer match their record ({e}); "
                                       "retraining makes a verified copy", check.production)

@@ -361,12 +361,12 @@ def test_a_shared_server_behind_basic_auth_refuses_an_unauthenticated_client(tmp
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=10)
         assert e.value.code == 401
-        with temporary_settings({PREFECT_API_URL: url}):
-            with get_client(sync_client=True) as client, pytest.raises(httpx.HTTPStatusError, match="401"):
-                client.read_deployments()
-        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: "admin:s3cret-for-tests"}):
-            with get_client(sync_client=True) as client:
-                assert client.read_deployments() == []
+        with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client, \
+                pytest.raises(httpx.HTTPStatusError, match="401"):
+            client.read_deployments()
+        with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: "admin:s3cret-for-tests"}), \
+                get_client(sync_client=True) as client:
+            assert client.read_deployments() == []
         request.add_header("Authorization", "Basic " + base64.b64encode(b"admin:wrong").decode())
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=10)

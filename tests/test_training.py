@@ -63,10 +63,8 @@ LINEAGE = training.CheckpointLineage(dataset_digest="d" * 64, fingerprint={"epoc
 
 
 def _interrupted(ckpt, lineage=LINEAGE):
-    try:
+    with pytest.raises(InterruptedError):
         _run(stop=17, ckpt=ckpt, lineage=lineage)
-    except InterruptedError:
-        pass
     assert ckpt.exists() and training.sidecar(ckpt).exists()
 
 
