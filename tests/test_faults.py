@@ -558,3 +558,36 @@ def test_read_only_commands_never_write_the_store(tmp_path, capsys):
     with pytest.raises(StoreError, match="no lineage store there"):
         LineageStore(tmp_path / "nothing.db", readonly=True)
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_prepare_data_gets_its_retries_and_a_prefect_time_limit_from_the_config(tmp_path):
+    from tasks.prepare_data import for_config, network_error_only
+
+    cfg = _config(tmp_path, data={"source": "download", "timeout": 2, "retries": 4, "retry_delay": 0.5,
+                                  "task_timeout": 90})
+    task = for_config(cfg)
+    assert (task.retries, task.retry_delay_seconds, task.timeout_seconds) == (4, 0.5, 90)
+    assert task.retry_condition_fn is network_error_only
+
+
+def test_a_full_disk_under_the_store_is_one_line_naming_it(tmp_path):
+    from mnist_pipeline.storage import StorageError
+
+    with _tmpfs(tmp_path / "store", size="512k"):
+        store = LineageStore(tmp_path / "store" / "lineage.db")
+        filler = tmp_path / "store" / "filler"
+        with contextlib.suppress(OSError), filler.open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        with pytest.raises(StorageError, match=rf"^No space left on device while writing {tmp_path}/store/lineage.db$"):
+            for i in range(200):
+                store.start_run(f"r{i}", "train", config={"pad": "x" * 2000}, env={}, flow_run_id=None,
+                                run_group=None, wandb_mode="offline", wandb_dir=None, wandb_project="p",
+                                wandb_entity=None)
+        filler.unlink()
+        con = sqlite3.connect(tmp_path / "store" / "lineage.db")
+        try:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finally:
+            con.close()

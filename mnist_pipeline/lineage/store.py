@@ -235,6 +235,8 @@ class LineageStore:
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
+            if "disk is full" in str(e):
+                raise StorageError(errno.ENOSPC, self.path) from e
             raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
 
     def _connect(self) -> sqlite3.Connection:
@@ -267,7 +269,8 @@ class LineageStore:
                 yield con
                 con.execute("COMMIT")
             except BaseException as e:
-                con.execute("ROLLBACK")
+                if con.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+                    con.execute("ROLLBACK")
                 if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
                     raise StorageError(errno.ENOSPC, self.path) from e  # one line naming the store, not retried
                 raise
