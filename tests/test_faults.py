@@ -119,6 +119,7 @@ def _flow_run_logs(flow_run_id: str, containing: str = "", timeout: float = 15) 
 # --------------------------------------------------------------------------- expected failures: one line
 
 
+@pytest.mark.slow
 def test_an_expected_failure_ends_with_one_line_and_its_traceback_stays_in_the_prefect_logs(prefect_server, tmp_path):
     raw = write_mnist(tmp_path / "src")
     victim = raw / "train-images-idx3-ubyte"
@@ -160,6 +161,7 @@ def test_an_unexpected_error_keeps_its_traceback_on_the_console():
 # --------------------------------------------------------------------------- a mirror that never answers
 
 
+@pytest.mark.slow
 def test_a_mirror_that_accepts_and_never_answers_times_out_is_retried_and_fails_with_one_line(prefect_server,
                                                                                             tmp_path):
     silent = socket.socket()  # the kernel accepts connections into the backlog; nobody ever answers
