@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
 
 DEFAULT_DB = "mnist-runs/lineage.db"
 SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_DIFFERENT, SYNC_UNAVAILABLE = 0, 1, 2, 3, 5
+EXIT_STORE = 6  # the lineage store is empty, damaged or not ours: one line naming it (audit, sync and run alike)
 COMMANDS = ("audit", "sync")
 
 AUDIT_EPILOG = f"""\
@@ -39,6 +40,7 @@ exit codes:
   {EXIT_USAGE}  usage error: no such file or reference syntax, no lineage store
   {EXIT_TAMPERED}  TAMPERED: a file (or a lineage record) differs from its recorded digest; the file is named
   {EXIT_UNKNOWN}  unknown: not produced by any recorded run
+  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named); it is never written to
 
 examples:
   mnist-pipeline audit /srv/models/model.onnx --lineage-db mnist-runs/lineage.db
@@ -54,6 +56,7 @@ exit codes:
   {SYNC_DIFFERENT}  --verify: W&B differs from the lineage store (each difference is printed)
   {SYNC_UNAVAILABLE}  W&B not usable (no API key, host unreachable, key refused) or, with --verify, a W&B read
      failed: one line names it; nothing was sent or changed
+  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
 
 Steps, in order: `wandb sync` of each offline run folder; for each run, resume it and `use_artifact` every
 input it recorded, on the exact version (`name:sha256-<digest[:16]>`); then the recorded promotions as aliases
@@ -108,14 +111,20 @@ def _err(cmd: str, msg: str) -> None:
     print(f"mnist-pipeline {cmd}: {msg}", file=sys.stderr)
 
 
-def _open_store(path: str, cmd: str):
-    from mnist_pipeline.lineage.store import LineageStore
+def _open_store(path: str, cmd: str, readonly: bool = True):
+    """The store, or None after one line (missing: usage; empty or damaged: see EXIT_STORE). Read-only by
+    default: an auditor's command never writes (SQLite mode=ro), so it cannot turn an empty file into a store."""
+    from mnist_pipeline.lineage.store import LineageStore, StoreError
 
     db = Path(path).expanduser()
     if not db.is_file():
         _err(cmd, f"no lineage store at {db} (give --lineage-db)")
         return None
-    return LineageStore(db.resolve())
+    try:
+        return LineageStore(db.resolve(), readonly=readonly)
+    except StoreError as e:
+        _err(cmd, str(e))
+        return EXIT_STORE
 
 
 # --------------------------------------------------------------------------------------------- audit
@@ -123,8 +132,8 @@ def _open_store(path: str, cmd: str):
 
 def audit_main(ns: argparse.Namespace, backend=None) -> int:
     store = _open_store(ns.lineage_db, "audit")
-    if store is None:
-        return EXIT_USAGE
+    if store is None or store == EXIT_STORE:
+        return EXIT_USAGE if store is None else EXIT_STORE
     try:
         report = audit(store, ns.target, check_raw_files=not ns.skip_raw_files)
     except AuditError as e:
@@ -224,7 +233,9 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
             _err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`mnist-pipeline sync --dry-run` "
                  "shows the plan)")
             return SYNC_UNAVAILABLE
-    store = _open_store(ns.lineage_db, "sync")
+    store = _open_store(ns.lineage_db, "sync", readonly=ns.dry_run)  # --dry-run changes nothing, not even the store
+    if store is None or store == EXIT_STORE:
+        return SYNC_USAGE if store is None else EXIT_STORE
     plan = plan_sync(store, search_dirs=[Path(d) for d in ns.wandb_dir], run_ids=ns.run or None)
     for item in [a for r in plan["runs"] for a in r["actions"]] + plan["promotions"]:
         item["was"] = "done" if item["status"] == "done" else item["status"]
@@ -249,6 +260,8 @@ def verify_main(ns: argparse.Namespace, backend) -> int:
     from mnist_pipeline.lineage.wandb_io import wandb_error_line
 
     store = _open_store(ns.lineage_db, "sync")
+    if store is None or store == EXIT_STORE:
+        return SYNC_USAGE if store is None else EXIT_STORE
     try:
         result = verify_wandb(store, backend, run_ids=ns.run or None)
     except Exception as e:  # W&B unusable or a W&B read failed: one line, never a traceback

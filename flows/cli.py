@@ -2,7 +2,9 @@
 
 Every field of PipelineConfig is a flag (data and train fields plain, e.g. --epochs; other sections prefixed,
 e.g. --wandb-mode, --onnx-parity-atol); --config loads a JSON or YAML file first and flags override it.
-Exit codes: 0 success, 1 the pipeline failed (the message says at which step), 2 invalid configuration.
+Exit codes: 0 success, 1 the pipeline failed (the message says at which step), 2 invalid configuration (or a
+folder that cannot be written), 6 the lineage store is damaged, or missing beside artifacts it recorded,
+128 + N ended by signal N.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from flows import audit_cli
-from mnist_pipeline.config import SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
+from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -101,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default=SCHEDULE_CRON, help="schedule of scheduled-retraining (default: %(default)s)")
     serve.add_argument("--timezone", default=SCHEDULE_TIMEZONE, help="timezone of the cron schedule (default: %(default)s)")
     serve.add_argument("--config", help="JSON or YAML file with the deployments' default PipelineConfig")
+    serve.add_argument("--allowed-roots", nargs="+", metavar="DIR", help="folders the deployments' runs may read "
+                       "and write (default: the folders of the config served: data, artifacts, store, W&B)")
     _add_config_flags(serve)
     audit_cli.add_parsers(sub)  # audit, sync
     return p
@@ -130,23 +134,57 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg.model_dump_json(indent=2))
         return EXIT_OK
     if ns.command == "serve":
+        if ns.allowed_roots:  # inherited by the flow runs this process starts
+            os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(Path(r).resolve()) for r in ns.allowed_roots)
         return _serve(cfg, ns.cron, ns.timezone)
+    return _run(cfg)
+
+
+def _run(cfg: PipelineConfig) -> int:
+    from flows import console, preflight
+    from mnist_pipeline.lineage.store import StoreError
+    from mnist_pipeline.storage import StorageError
+
+    try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
+        preflight.check_writable(cfg.resolved())
+        preflight.check_store(cfg.resolved())
+    except StorageError as e:
+        print(f"mnist-pipeline: cannot run here: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as e:
+        print(f"mnist-pipeline: {e}", file=sys.stderr)
+        return audit_cli.EXIT_STORE
     # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows import prefect_server
 
     lease = prefect_server.start_early()  # a Prefect server boots on the other core while we import
-    # imported late: Prefect's import is slow and --help needn't pay
-    from flows.pipeline import mnist_pipeline
+    keep = console.running_servers()  # a server someone else started (a test harness) is not ours to stop
+    try:
+        with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
+            from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow
 
-    with prefect_server.use(lease, prefetch=PREFETCH):
-        state = mnist_pipeline(config=cfg, return_state=True)
-    if not state.is_completed():
-        try:
-            state.result()
-        except Exception as e:  # the failing step's own message, not a traceback
-            print(f"mnist-pipeline: pipeline {state.name.lower()}: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILED
+            console.quiet_expected_tracebacks()
+            with prefect_server.use(lease, prefetch=PREFETCH):
+                state = mnist_pipeline(config=cfg, return_state=True)
+            line, code = None, EXIT_OK
+            if not state.is_completed():
+                code = EXIT_FAILED
+                try:
+                    state.result()
+                except Exception as e:  # the failing step's own message, not a traceback
+                    line = f"mnist-pipeline: pipeline {(state.name or 'failed').lower()}: {type(e).__name__}: {e}"
+                    if isinstance(e, StorageError):
+                        line += " (not retried: it would fail the same way)"
+    except console.Terminated as e:
+        console.stop_temporary_server(keep)
+        print(f"mnist-pipeline: {e}: the Prefect flow run is marked crashed and the running step failed "
+              f"(recorded in the lineage store)", file=sys.stderr)
+        return 128 + e.signal
+    console.stop_temporary_server(keep)  # before our last line, not after it
+    if line:
+        print(line, file=sys.stderr)
+        return code
     print(json.dumps(state.result(), indent=2, default=str))
     return EXIT_OK
 

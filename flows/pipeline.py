@@ -12,9 +12,12 @@ from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
+from flows.preflight import effective_config
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
-from tasks import check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train, validate_onnx
+from tasks import check_for_changes, evaluate, export_onnx, promote, publish_report, train, validate_onnx
+from tasks.prepare_data import for_config as prepare_data_for
+from tasks.prepare_data import stored_problem
 from tasks.report import wandb_records
 from tasks.validate_onnx import parity_failure
 
@@ -46,18 +49,22 @@ _library_warnings_to_prefect()
       "training config changed since the production model (unless force is set).")
 def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     logger = get_run_logger()
-    cfg = config.resolved()
-    dataset = prepare_data(cfg)
-    if LineageStore(cfg.lineage_db).find_artifact(dataset.name, dataset.digest) is None:
-        logger.warning("cached dataset %s is no longer in the lineage store; preparing it again", dataset.label)
-        dataset = prepare_data.with_options(refresh_cache=True)(cfg)
+    # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
+    # folders: all checked before any task (flows/preflight.py)
+    cfg, config_sources = effective_config(config, logger)
+    prepare = prepare_data_for(cfg)  # the retries and time limit of cfg.data
+    dataset = prepare(cfg)
+    problem = stored_problem(cfg, dataset)  # what the skip rule and training will vouch for: verified here
+    if problem:
+        logger.warning("dataset %s: %s; preparing it again from the source", dataset.label, problem)
+        dataset = prepare.with_options(refresh_cache=True)(cfg)
 
     check = check_for_changes(cfg, dataset)
     if not check.changed and not cfg.force:
         summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (set force to retrain)",
                    "production": check.production,
                    "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
-                   "lineage_db": str(cfg.lineage_db)}
+                   "lineage_db": str(cfg.lineage_db), "config_sources": config_sources}
         summary["wandb"] = wandb_records(cfg, logger)
         publish_report(cfg, summary)
         logger.info(summary["reason"])
@@ -89,6 +96,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         "promotion": {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
                                                         "production_accuracy")},
         "lineage_db": str(cfg.lineage_db),
+        "config_sources": config_sources,
     }
     summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
     failure = parity_failure(cfg, v, validation.label)

@@ -59,6 +59,15 @@ class DataConfig(_Section):
         description="For source='download': mirror URLs to try in order, replacing torchvision's MNIST.mirrors.",
     )
     slice: int = Field(5, ge=1, le=10_000, description="Keep every n-th image of each split (the tutorial's slice=5).")
+    timeout: float = Field(
+        30, gt=0, le=3600, description="For source='download': seconds a mirror may take to connect or to send "
+        "its next bytes; then the next mirror is tried.")
+    retries: int = Field(2, ge=0, le=20, description="Retries of prepare-data after a network error (not after "
+                         "bad data, a wrong md5 or a full disk, which would fail the same way).")
+    retry_delay: float = Field(5, ge=0, le=3600, description="Seconds between those retries.")
+    task_timeout: float = Field(
+        3600, gt=0, le=86_400, description="Seconds prepare-data may take in all before Prefect stops it (a last "
+        "guard; each network read is bounded by timeout).")
     synthetic_train: int = Field(6000, ge=10, le=200_000, description="Training images for source='synthetic'.")
     synthetic_test: int = Field(1000, ge=10, le=100_000, description="Test images for source='synthetic'.")
 
@@ -75,6 +84,8 @@ class DataConfig(_Section):
             raise ValueError("data.mirrors, when given, must list at least one URL")
         for url in self.mirrors or ():
             parts = urlparse(url)
+            if parts.scheme not in ("http", "https", "file"):
+                raise ValueError(f"data.mirrors: {url!r} is not an http://, https:// or file:// URL")
             if parts.username or parts.password:
                 # A parameter is stored in Prefect, W&B run configs and the lineage store: no secrets in it.
                 raise ValueError(f"data.mirrors: {parts.scheme}://{parts.hostname}/...: credentials in a mirror "
@@ -212,16 +223,17 @@ class PipelineConfig(_Section):
                   "artifacts_dir": self.artifacts_dir, "lineage_db": self.lineage_db, "wandb.dir": self.wandb.dir}
         return {k: v for k, v in fields.items() if v is not None}
 
-    def check_roots(self) -> None:
-        """With $MNIST_PIPELINE_ALLOWED_ROOTS set, refuse a path (after '..' and symlinks) outside every root."""
-        roots = allowed_roots()
+    def check_roots(self, roots: list[Path] | None = None, why: str = f"${ALLOWED_ROOTS_ENV}") -> None:
+        """Refuse a path (after '..' and symlinks) outside every root: `roots`, else $MNIST_PIPELINE_ALLOWED_ROOTS
+        when set; `why` says where the roots come from."""
+        roots = roots if roots is not None else allowed_roots()
         if roots is None:
             return
         for name, path in self.paths().items():
             real = path.expanduser().resolve()
             if not any(real == r or real.is_relative_to(r) for r in roots):
                 raise ConfigError(f"{name}: {str(path)!r} resolves to {str(real)!r}, outside the allowed roots "
-                                  f"{[str(r) for r in roots]} (${ALLOWED_ROOTS_ENV})")
+                                  f"{[str(r) for r in roots]} ({why})")
 
     def training_fingerprint(self) -> dict:
         """What decides the trained weights: equal fingerprints on equal data mean retraining changes nothing

@@ -1,7 +1,9 @@
 """MNIST data: fetch or stage the raw IDX files, check them, read them with torchvision, slice, save.
 
-Every source ends the same way: four IDX files in `<root>/MNIST/raw/`, checked here byte by byte (so a bad
-file is named before torchvision's reader sees it), then read by the real `torchvision.datasets.MNIST` class.
+Every source ends the same way: four IDX files staged in a private folder, checked here byte by byte (so a bad
+file is named before torchvision's reader sees it), read by the real `torchvision.datasets.MNIST` class, and
+kept read-only in a folder named by their content (`<root>/sha256/<digest[:16]>/MNIST/raw/`), which the dataset
+records: a later run with other settings never rewrites what an earlier dataset was made from.
 No Prefect, no W&B: this module only knows files and tensors.
 """
 
@@ -9,10 +11,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import logging
 import os
 import shutil
+import socket
 import struct
+import urllib.error
+import urllib.request
 import uuid
 import zlib
 from dataclasses import dataclass, field
@@ -23,6 +29,8 @@ import numpy as np
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: a skipped run never needs it
     import torch
+
+from mnist_pipeline import storage
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,14 @@ class DataError(ValueError):
 
 
 class DownloadError(RuntimeError):
-    """No mirror delivered a file with the published md5 (network down, mirror gone, or a corrupt file)."""
+    """No mirror could be reached or answered in time: worth a retry (the task retries it)."""
+
+
+class ChecksumError(DataError):
+    """A mirror delivered a file whose md5 is not the published one: a retry would fetch the same bytes."""
+
+
+DEFAULT_TIMEOUT = 30.0  # seconds a mirror may take to connect or to send the next bytes
 
 
 @dataclass(frozen=True)
@@ -76,12 +91,15 @@ class Split:
 
 @dataclass
 class RawFileInfo:
-    name: str
-    sha256: str
+    name: str  # as found at the source (e.g. train-images-idx3-ubyte.gz)
+    sha256: str  # of that source file
     size: int
     md5: str | None = None  # md5 of the .gz as found, when there was one
     note: str = ""
-    origin: str | None = None  # the file the user gave, named in errors found after staging
+    origin: str | None = None  # the file or URL the user gave, named in errors found after staging
+    stored: str | None = None  # the immutable, content-addressed IDX copy this dataset was read from
+    stored_sha256: str | None = None
+    stored_size: int | None = None
 
 
 @dataclass
@@ -91,20 +109,7 @@ class PreparedData:
     source: str
     raw_files: list[RawFileInfo] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def _tmp_name(dest: Path) -> Path:
-    """A temporary name beside `dest`, unique to this writer: two flow runs may stage the same files at once."""
-    return dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
-
-
-def _write_atomic(dest: Path, blob: bytes) -> None:
-    tmp = _tmp_name(dest)
-    try:
-        tmp.write_bytes(blob)
-        tmp.replace(dest)  # a reader sees the old file or the new one, never a half-written one
-    finally:
-        tmp.unlink(missing_ok=True)
+    folder: Path | None = None  # the content-addressed folder the raw files were read from
 
 
 # ---------------------------------------------------------------------------------------------- IDX format
@@ -167,8 +172,17 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
-    """Copy (gunzipping where needed) the four IDX files from `local_dir` into `root/MNIST/raw`.
+def _copy_idx(src: Path, dest: Path, gz: bool) -> None:
+    """Copy (gunzipping when `gz`) `src` to `dest`; a corrupt gzip names `src`, a full disk names `dest`."""
+    try:
+        with storage.writing(dest), (gzip.open if gz else open)(src, "rb") as fin, dest.open("wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"{src}: corrupt gzip file ({e})") from e
+
+
+def stage_local(local_dir: Path, incoming: Path) -> list[RawFileInfo]:
+    """Copy (gunzipping where needed) the four IDX files from `local_dir` into `incoming/MNIST/raw`.
 
     A .gz whose md5 differs from the published file is accepted with a note: the shared subset and any
     re-packed copy differ from the published bytes and are still real MNIST.
@@ -180,7 +194,7 @@ def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
     missing = [stem for stem, p in found.items() if p is None]
     if missing:
         raise DataError(f"{local_dir}: missing MNIST file(s) {', '.join(missing)} (.gz or uncompressed)")
-    dest = raw_folder(root)
+    dest = raw_folder(incoming)
     dest.mkdir(parents=True, exist_ok=True)
     infos = []
     for stem, src in found.items():
@@ -195,43 +209,78 @@ def stage_local(local_dir: Path, root: Path) -> list[RawFileInfo]:
             )
         else:
             info.note = "uncompressed local copy; the published md5 applies to the .gz only"
-        staged = dest / stem
-        if src.resolve() != staged.resolve():
-            tmp = _tmp_name(staged)
-            try:
-                with (gzip.open if gz else open)(src, "rb") as fin, tmp.open("wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-                tmp.replace(staged)
-            except (OSError, EOFError, zlib.error) as e:
-                if gz:
-                    raise DataError(f"{src}: corrupt gzip file ({e})") from e
-                raise
-            finally:
-                tmp.unlink(missing_ok=True)
+        _copy_idx(src, dest / stem, gz)
         infos.append(info)
     return infos  # the files' contents are checked by read_split, which names these sources (RawFileInfo.origin)
 
 
-def download(root: Path, mirrors: list[str] | None) -> list[RawFileInfo]:
-    """torchvision's real download (it checks the published md5s), from the given mirrors if any."""
-    # A subclass named MNIST keeps torchvision's folder layout (it uses the class name) without
-    # editing the global MNIST.mirrors list the way the tutorial does.
-    from torchvision.datasets import MNIST
+def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
+    """Download `url` to `dest` (atomically), or raise: ChecksumError when the md5 is not `md5` (nothing is kept),
+    DownloadError when the mirror cannot be reached or stops answering for `timeout` seconds (a retry may help).
 
-    cls = type("MNIST", (MNIST,), {"mirrors": list(mirrors)}) if mirrors else MNIST
+    urllib handles http(s):// and file:// alike; `timeout` bounds the connect and every read (torchvision's
+    helper has none, and reads `response.length`, which a file:// response lacks)."""
+    tmp = storage.tmp_name(dest)
+    h = hashlib.md5()
     try:
-        cls(str(root), train=True, download=True)
-        cls(str(root), train=False, download=True)
-    except RuntimeError as e:  # torchvision lists every mirror it tried; keep that, on one line
-        raise DownloadError(" ".join(str(e).split())) from e
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, storage.writing(dest), tmp.open("wb") as f:
+                for chunk in iter(lambda: r.read(1 << 16), b""):
+                    h.update(chunk)
+                    f.write(chunk)
+        except storage.StorageError:
+            raise
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, "reason", None) or e
+            if isinstance(reason, TimeoutError | socket.timeout) or "timed out" in str(reason):
+                reason = f"no answer within {timeout:g} s (data.timeout)"
+            raise DownloadError(f"{url}: {reason}") from e
+        if h.hexdigest() != md5:
+            raise ChecksumError(f"{url}: md5 {h.hexdigest()} expected {md5} (the published file); the download was "
+                                "refused and not kept, and is not retried (the mirror would send the same bytes)")
+        tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download(root: Path, mirrors: list[str] | None, incoming: Path,
+             timeout: float = DEFAULT_TIMEOUT) -> list[RawFileInfo]:
+    """The published .gz files, from the mirrors in order (torchvision's list by default), into the download
+    cache `root/MNIST/raw` (kept: a file there with the published md5 is not fetched again), then unpacked into
+    `incoming/MNIST/raw`. Each file's md5 must be the published one."""
+    if not mirrors:
+        from torchvision.datasets import MNIST  # torchvision's own list of mirrors
+
+        mirrors = list(MNIST.mirrors)
+    cache = raw_folder(root)
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = raw_folder(incoming)
+    dest.mkdir(parents=True, exist_ok=True)
     infos = []
     for stem in FILES.values():
-        gz = raw_folder(root) / f"{stem}.gz"
-        path = gz if gz.exists() else raw_folder(root) / stem
-        sha, md5 = _digests(path)
-        infos.append(RawFileInfo(name=path.name, sha256=sha, size=path.stat().st_size,
-                                 md5=md5 if path == gz else None,
-                                 note="downloaded; md5 checked by torchvision" if path == gz else "already present"))
+        name = f"{stem}.gz"
+        gz, published = cache / name, PUBLISHED_MD5[name]
+        origin, note = str(gz), "already downloaded; md5 matches the published file"
+        if not (gz.is_file() and _digests(gz)[1] == published):
+            errors: list[Exception] = []
+            for mirror in mirrors:
+                url = f"{mirror.rstrip('/')}/{name}"
+                try:
+                    _fetch(url, gz, published, timeout)
+                except (DownloadError, ChecksumError) as e:
+                    log.warning("%s", e)
+                    errors.append(e)
+                    continue
+                origin, note = url, "downloaded; md5 matches the published file"
+                break
+            else:
+                text = "; ".join(str(e) for e in errors)
+                if all(isinstance(e, ChecksumError) for e in errors):
+                    raise ChecksumError(f"{name}: no mirror has the published file: {text}")
+                raise DownloadError(f"{name}: no mirror delivered it: {text}")
+        sha, md5 = _digests(gz)
+        _copy_idx(gz, dest / stem, gz=True)
+        infos.append(RawFileInfo(name=name, sha256=sha, size=gz.stat().st_size, md5=md5, note=note, origin=origin))
     return infos
 
 
@@ -262,19 +311,62 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.clip(images, 0, 1) * 255).astype(np.uint8), labels
 
 
-def write_synthetic(root: Path, n_train: int, n_test: int) -> list[RawFileInfo]:
-    dest = raw_folder(root)
+def write_synthetic(incoming: Path, n_train: int, n_test: int) -> list[RawFileInfo]:
+    dest = raw_folder(incoming)
     dest.mkdir(parents=True, exist_ok=True)
     infos = []
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
         images, labels = synthetic_digits(n, seed)
         for kind, array in (("images", images), ("labels", labels)):
             path = dest / FILES[(split, kind)]
-            _write_atomic(path, encode_idx(array))
+            storage.write_bytes_atomic(path, encode_idx(array))
             sha, _ = _digests(path)
             infos.append(RawFileInfo(name=path.name, sha256=sha, size=path.stat().st_size,
                                      note=f"synthetic seven-segment digits, seed {seed}"))
     return infos
+
+
+# ---------------------------------------------------------------------------------------------- the raw store
+
+
+def _set_digest(digests: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{stem} {digests[stem]}\n" for stem in sorted(digests)).encode()).hexdigest()
+
+
+def _stored_matches(folder: Path, digests: dict[str, str]) -> bool:
+    raw = raw_folder(folder)
+    return all((raw / stem).is_file() and _digests(raw / stem)[0] == sha for stem, sha in digests.items())
+
+
+def store_raw(incoming: Path, root: Path) -> tuple[Path, dict[str, str]]:
+    """Move the four staged IDX files of `incoming` into `root/sha256/<digest[:16]>/MNIST/raw`, read-only.
+
+    The folder is named by the files' content, so a later run with other data settings never rewrites the files
+    an earlier dataset recorded (an audit then verifies what was really used). A folder of the same name is
+    reused when its files verify; one whose files were changed since is moved aside (`.corrupt-*`, kept for
+    inspection) and replaced by the new, verified copy. Returns (folder, stem -> sha256)."""
+    raw = raw_folder(incoming)
+    digests = {stem: _digests(raw / stem)[0] for stem in FILES.values()}
+    final = Path(root) / "sha256" / _set_digest(digests)[:16]
+    for stem in digests:
+        with storage.writing(raw / stem, "storing"):
+            with (raw / stem).open("rb") as f:
+                os.fsync(f.fileno())
+            (raw / stem).chmod(0o444)  # immutable by intent: a dataset's record points at these bytes
+    if final.is_dir():
+        if _stored_matches(final, digests):
+            return final, digests
+        aside = final.with_name(f"{final.name}.corrupt-{uuid.uuid4().hex[:8]}")
+        log.warning("stored raw files %s no longer match their names' content; moved aside to %s and stored again",
+                    final, aside.name)
+        final.rename(aside)
+    try:
+        with storage.writing(final, "storing"):
+            incoming.rename(final)
+    except OSError:
+        if not (final.is_dir() and _stored_matches(final, digests)):  # a concurrent run stored the same a moment ago
+            raise
+    return final, digests
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -312,39 +404,56 @@ def read_split(root: Path, train: bool, classes: int = 10, origins: dict[str, st
     return Split(images=ds.data.contiguous(), labels=labels)
 
 
-def take_every(split: Split, step: int) -> Split:
+def take_every(split: Split, step: int, name: Path | str | None = None) -> Split:
     if step > len(split):
-        raise DataError(f"slice={step} is larger than the split's {len(split)} images")
+        where = f"{name} holds only" if name else "the split has only"
+        raise DataError(f"slice={step} is larger than the data: {where} {len(split)} images (data.slice)")
     return Split(images=split.images[::step].contiguous(), labels=split.labels[::step].contiguous())
 
 
 def prepare(source: str, root: Path, *, local_dir: Path | None = None, mirrors: list[str] | None = None,
-            slice_step: int = 1, classes: int = 10, synthetic_sizes: tuple[int, int] = (6000, 1000)) -> PreparedData:
-    """Fetch or stage the raw files for `source`, check and read them, keep every `slice_step`-th image."""
+            slice_step: int = 1, classes: int = 10, synthetic_sizes: tuple[int, int] = (6000, 1000),
+            timeout: float = DEFAULT_TIMEOUT) -> PreparedData:
+    """Fetch or stage the raw files for `source` into a content-addressed folder under `root`, check and read
+    them, keep every `slice_step`-th image."""
     root = Path(root)
-    if source == "download":
-        raw_files = download(root, mirrors)
-    elif source == "local":
-        if local_dir is None:
-            raise DataError("source 'local' needs a local directory")
-        raw_files = stage_local(local_dir, root)
-    elif source == "synthetic":
-        raw_files = write_synthetic(root, *synthetic_sizes)
-    else:
-        raise DataError(f"unknown data source {source!r}; use 'download', 'local' or 'synthetic'")
-    origins = {f.name.removesuffix(".gz"): f.origin for f in raw_files if f.origin}
-    train = take_every(read_split(root, True, classes, origins), slice_step)
-    test = take_every(read_split(root, False, classes, origins), slice_step)
+    incoming = root / "sha256" / f".incoming-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with storage.writing(incoming.parent, "creating"):
+        incoming.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if source == "download":
+            raw_files = download(root, mirrors, incoming, timeout)
+        elif source == "local":
+            if local_dir is None:
+                raise DataError("source 'local' needs a local directory")
+            raw_files = stage_local(local_dir, incoming)
+        elif source == "synthetic":
+            raw_files = write_synthetic(incoming, *synthetic_sizes)
+        else:
+            raise DataError(f"unknown data source {source!r}; use 'download', 'local' or 'synthetic'")
+        origins = {f.name.removesuffix(".gz"): f.origin for f in raw_files if f.origin}
+        # Checked before storing: a malformed file never enters the store.
+        train = read_split(incoming, True, classes, origins)
+        test = read_split(incoming, False, classes, origins)
+        folder, digests = store_raw(incoming, root)
+    finally:
+        shutil.rmtree(incoming, ignore_errors=True)
+    for f in raw_files:
+        stem = f.name.removesuffix(".gz")
+        f.stored = str(raw_folder(folder) / stem)
+        f.stored_sha256, f.stored_size = digests[stem], (raw_folder(folder) / stem).stat().st_size
+    names = {split: origins.get(FILES[(split, "images")], raw_folder(folder) / FILES[(split, "images")])
+             for split in ("train", "test")}
+    train = take_every(train, slice_step, names["train"])
+    test = take_every(test, slice_step, names["test"])
     notes = [f"{f.name}: {f.note}" for f in raw_files if f.note]
     for n in notes:
         log.info(n)
-    return PreparedData(train=train, test=test, source=source, raw_files=raw_files, notes=notes)
+    return PreparedData(train=train, test=test, source=source, raw_files=raw_files, notes=notes, folder=folder)
 
 
 def save_split(split: Split, path: Path) -> None:
-    import torch
-
-    torch.save({"images": split.images, "labels": split.labels}, path)
+    storage.save_torch({"images": split.images, "labels": split.labels}, path)
 
 
 def load_split(path: Path) -> Split:

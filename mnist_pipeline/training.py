@@ -6,18 +6,22 @@ PIL transform and no DataLoader worker start-up in the hot loop.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mnist_pipeline import storage
 from mnist_pipeline.data import Split, to_float
 from mnist_pipeline.model import ConvNet
 
@@ -45,6 +49,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     resumed_from: dict | None  # {"epoch", "batch", "examples_seen"} when a checkpoint was picked up
+    checkpoint_written_by: str | None = None  # the run that wrote that checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -79,13 +84,63 @@ def _snapshot(obj):
     return obj
 
 
-def _write_checkpoint(path: Path, state: dict) -> None:
-    # A temporary name of its own: two runs of the same config may share the checkpoint path.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-    torch.save(state, tmp)
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)  # atomic: a kill leaves the old checkpoint or the new one, never half of one
+@dataclass(frozen=True)
+class CheckpointLineage:
+    """What a checkpoint was written for, kept beside it (`<name>.json`, with its sha256) and checked before a
+    resume: a checkpoint of other data or settings, or one changed since it was written, is never resumed."""
+    dataset_digest: str
+    fingerprint: dict
+    run_id: str | None = None  # the run that wrote it (informative: any run of the same inputs may resume it)
+
+    def matches(self, other: dict) -> str | None:
+        """None when `other` (a sidecar's lineage) is for the same data and settings, else why not."""
+        if other.get("dataset_digest") != self.dataset_digest:
+            return f"written for dataset {str(other.get('dataset_digest'))[:16]}, not {self.dataset_digest[:16]}"
+        if other.get("fingerprint") != self.fingerprint:
+            return f"written for training settings {other.get('fingerprint')}, not {self.fingerprint}"
+        return None
+
+
+def sidecar(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + ".json")
+
+
+def _write_checkpoint(path: Path, state: dict, lineage: CheckpointLineage | None) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    blob = buf.getbuffer()
+    record = {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob),
+              "lineage": asdict(lineage) if lineage else None,
+              "position": {"epoch": state["epoch"], "batch": state["batch"], "examples_seen": state["examples_seen"]}}
+    # The sidecar first: a kill between the two writes leaves a sidecar that does not match the checkpoint,
+    # which is then discarded (never resumed unchecked). Both are atomic (temporary name, fsync, rename).
+    storage.write_bytes_atomic(sidecar(path), json.dumps(record, sort_keys=True).encode(), fsync=True)
+    storage.write_bytes_atomic(path, blob, fsync=True)
+
+
+def discard_checkpoint(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    sidecar(path).unlink(missing_ok=True)
+
+
+def _checkpoint_problem(path: Path, lineage: CheckpointLineage | None) -> str | None:
+    """Why the checkpoint at `path` must not be resumed (None: it may)."""
+    try:
+        record = json.loads(sidecar(path).read_text())
+    except FileNotFoundError:
+        return f"no record of its digest and lineage ({sidecar(path).name})"
+    except (OSError, ValueError) as e:
+        return f"its record {sidecar(path).name} is unreadable ({e})"
+    blob = path.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != record.get("sha256"):
+        return f"sha256 {digest[:16]} does not match the recorded {str(record.get('sha256'))[:16]}: changed since " \
+               "it was written"
+    if lineage is not None:
+        if not isinstance(record.get("lineage"), dict):
+            return "its record names no lineage"
+        return lineage.matches(record["lineage"])
+    return None
 
 
 class _CheckpointWriter:
@@ -94,14 +149,14 @@ class _CheckpointWriter:
     waits for it), and `flush()` (at the end of training, on any exit from it) waits for the last one and raises
     its error, so a checkpoint the loop passed is on disk before `train` returns or raises."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, lineage: CheckpointLineage | None):
+        self.path, self.lineage = path, lineage
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     def _run(self, state: dict) -> None:
         try:
-            _write_checkpoint(self.path, state)
+            _write_checkpoint(self.path, state, self.lineage)
         except BaseException as e:  # handed to the training thread by flush()
             self._error = e
 
@@ -123,11 +178,14 @@ class _CheckpointWriter:
 
 def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.device, *,
           on_log: LogFn | None = None, checkpoint: Path | None = None,
+          checkpoint_lineage: CheckpointLineage | None = None,
           stop_after_batches: int | None = None) -> TrainResult:
     """Adam + cross-entropy over `data`, logging every `log_every` batches with step = examples seen.
 
     With `checkpoint`, progress is saved there every `checkpoint_every` batches and at each epoch's end,
-    and an existing checkpoint is resumed from. `stop_after_batches` ends early (for fault-injection tests).
+    and an existing checkpoint is resumed from if its sha256 and `checkpoint_lineage` (dataset digest and
+    training fingerprint) match its record; otherwise it is discarded with a warning and training starts over.
+    `stop_after_batches` ends early (for fault-injection tests).
     """
     x_all = to_float(data.images).to(device)
     y_all = data.labels.to(device)
@@ -140,23 +198,30 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
     criterion = nn.CrossEntropyLoss()
     per_epoch = (n + settings.batch_size - 1) // settings.batch_size
 
-    start_epoch, start_batch, examples, batches, resumed = 0, 0, 0, 0, None
+    start_epoch, start_batch, examples, batches, resumed, written_by = 0, 0, 0, 0, None, None
     state = None
     if checkpoint is not None and checkpoint.exists():
-        try:
-            state = torch.load(checkpoint, map_location=device, weights_only=True)
-        except Exception as e:  # unreadable (e.g. from another code version): start over rather than fail
-            log.warning("ignoring unreadable checkpoint %s (%s: %s); training from the start", checkpoint,
-                        type(e).__name__, e)
+        problem = _checkpoint_problem(checkpoint, checkpoint_lineage)
+        if problem:
+            log.warning("discarding checkpoint %s: %s; training from the start", checkpoint, problem)
+            discard_checkpoint(checkpoint)
+        else:
+            try:
+                state = torch.load(checkpoint, map_location=device, weights_only=True)
+            except Exception as e:  # unreadable (e.g. from another code version): start over rather than fail
+                log.warning("ignoring unreadable checkpoint %s (%s: %s); training from the start", checkpoint,
+                            type(e).__name__, e)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, start_batch = state["epoch"], state["batch"]
         examples, batches = state["examples_seen"], state["batches"]
         resumed = {"epoch": start_epoch, "batch": start_batch, "examples_seen": examples}
+        if checkpoint_lineage is not None and checkpoint is not None:
+            written_by = json.loads(sidecar(checkpoint).read_text())["lineage"].get("run_id")
         log.info("resuming from checkpoint %s at epoch %d, batch %d", checkpoint, start_epoch, start_batch)
 
-    writer = _CheckpointWriter(checkpoint) if checkpoint is not None else None
+    writer = _CheckpointWriter(checkpoint, checkpoint_lineage) if checkpoint is not None else None
     t0 = time.perf_counter()
     loss_value, loss = float("nan"), None
     bar = tqdm(total=settings.epochs * per_epoch, initial=start_epoch * per_epoch + start_batch,
@@ -195,4 +260,4 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
             writer.flush()
     model.eval()
     return TrainResult(examples_seen=examples, batches=batches, seconds=time.perf_counter() - t0,
-                       final_loss=loss_value, resumed_from=resumed)
+                       final_loss=loss_value, resumed_from=resumed, checkpoint_written_by=written_by)

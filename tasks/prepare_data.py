@@ -7,10 +7,11 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline import __version__, data
+from mnist_pipeline import __version__, data, storage
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
 from tasks._common import current_flow_run_id, write_json
 
 DATASET_NAME = "mnist"
@@ -37,16 +38,39 @@ def cache_key(context, parameters) -> str:
 
 
 def network_error_only(task, task_run, state) -> bool:
-    """Retry a failed download, not a corrupt file: a DataError will fail the same way every time."""
+    """Retry a failed download, not a corrupt file, a wrong md5 or a full disk: those fail the same way again."""
     try:
         state.result()
-    except data.DataError:
+    except (data.DataError, storage.StorageError):
         return False
-    except (data.DownloadError, urllib.error.URLError, OSError):
+    except (data.DownloadError, urllib.error.URLError):
         return True
+    except OSError as e:
+        return not storage.is_storage_error(e)
     except Exception:
         return False
     return False
+
+
+def stored_problem(cfg: PipelineConfig, ref: ArtifactRef) -> str | None:
+    """Why the dataset `ref` cannot be used as it is stored (not recorded, or its files changed), else None."""
+    store = LineageStore(cfg.lineage_db)
+    rec = store.find_artifact(ref.name, ref.digest)
+    if rec is None:
+        return "it is no longer in the lineage store"
+    try:
+        verify_files(Path(rec.path), rec.files)
+    except DigestMismatch as e:
+        return f"its stored files no longer match their record ({e})"
+    return None
+
+
+def for_config(cfg: PipelineConfig):
+    """prepare-data with the retries and the overall time limit of `cfg.data` (a last guard: every network read
+    has its own timeout)."""
+    d = cfg.data
+    return prepare_data.with_options(retries=d.retries, retry_delay_seconds=d.retry_delay,
+                                      timeout_seconds=d.task_timeout)
 
 
 @task(name="prepare-data", retries=2, retry_delay_seconds=5, retry_condition_fn=network_error_only,
@@ -58,7 +82,8 @@ def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
     with open_stage(cfg, "prepare-data", current_flow_run_id()) as stage:
         logger.info("preparing MNIST from %s (slice=%d)", d.source, d.slice)
         prepared = data.prepare(d.source, root, local_dir=d.local_dir, mirrors=d.mirrors, slice_step=d.slice,
-                                classes=cfg.train.classes, synthetic_sizes=(d.synthetic_train, d.synthetic_test))
+                                classes=cfg.train.classes, synthetic_sizes=(d.synthetic_train, d.synthetic_test),
+                                timeout=d.timeout)
         out = stage.staging(DATASET_NAME)
         data.save_split(prepared.train, out / "train.pt")
         data.save_split(prepared.test, out / "test.pt")
@@ -66,6 +91,7 @@ def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
             "source": d.source,
             "source_location": str(d.local_dir if d.source == "local" else data.raw_folder(root)),
             "mirrors": d.mirrors,
+            "raw_store": str(prepared.folder),  # the read-only, content-addressed copy the splits were read from
             "slice": d.slice,
             "raw_files": [vars(f) for f in prepared.raw_files],
             "notes": prepared.notes,

@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from tasks._common import current_flow_run_id, write_json
+from tasks._common import current_flow_run_id, unless_permanent, write_json
 
 MODEL_NAME = "convnet"
 
@@ -23,7 +23,7 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
     return path
 
 
-@task(name="train", retries=1, retry_delay_seconds=1)
+@task(name="train", retries=1, retry_delay_seconds=1, retry_condition_fn=unless_permanent)
 def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None) -> ArtifactRef:
     # torch: imported when training, not when the flow is loaded (an unchanged run never trains)
     from mnist_pipeline import data, training
@@ -50,19 +50,22 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
         settings = training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
                                          seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
                                          channels_last=t.channels_last)
+        lineage = training.CheckpointLineage(dataset_digest=dataset.digest, fingerprint=cfg.training_fingerprint(),
+                                             run_id=stage.run_id)
         result = training.train(model, split, settings, device, on_log=on_log, checkpoint=ckpt,
-                                stop_after_batches=stop_after_batches)
+                                checkpoint_lineage=lineage, stop_after_batches=stop_after_batches)
         out = stage.staging(MODEL_NAME)
         save_model(model, out / "model.pt")
         meta = {"model_config": model_cfg.to_dict(), "train": t.model_dump(mode="json"), "device": str(device),
                 "threads": threads, "examples_seen": result.examples_seen, "batches": result.batches,
                 "train_seconds": result.seconds, "final_loss": result.final_loss,
-                "resumed_from_checkpoint": result.resumed_from, "fingerprint": cfg.training_fingerprint()}
+                "resumed_from_checkpoint": result.resumed_from, "fingerprint": cfg.training_fingerprint(),
+                "checkpoint_written_by": result.checkpoint_written_by}
         write_json(out / "model_config.json", meta)
         stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
                          "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None}
         stage.produce(MODEL_NAME, "model", out, meta)
-    ckpt.unlink(missing_ok=True)  # the model is on record; the checkpoint has done its job
+    training.discard_checkpoint(ckpt)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]
     logger.info("model %s trained in %.1f s, digest %s", ref.label, result.seconds, ref.digest[:16])
     return ref

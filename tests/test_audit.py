@@ -228,13 +228,19 @@ def test_a_file_added_to_an_artifact_folder_fails_the_audit(e2e, capsys):
     assert rc == EXIT_TAMPERED and f"TAMPERED: {extra}: file in the artifact folder that is not on record" in err
 
 
-def test_raw_source_files_are_rechecked_where_they_still_are(e2e, capsys):
-    raw = e2e["src"] / "MNIST" / "raw" / STEMS[("test", "labels")]
-    with flipped(raw, offset=20):
+def test_raw_files_are_rechecked_in_the_immutable_copy_the_dataset_was_read_from(e2e, capsys):
+    [info] = [r for r in e2e["arts"]["dataset"].metadata["raw_files"] if r["name"] == STEMS[("test", "labels")]]
+    stored = Path(info["stored"])  # <root>/sha256/<digest>/MNIST/raw/..., read-only, named by content
+    assert stored.parts[-5] == "sha256" and stored.stat().st_mode & 0o222 == 0
+    with flipped(stored, offset=20):
         rc, _, err = _audit(e2e, capsys, e2e["onnx"])
-        assert rc == EXIT_TAMPERED and f"TAMPERED: {raw}: sha256" in err
+        assert rc == EXIT_TAMPERED and f"TAMPERED: {stored}: sha256" in err
         rc, out, _ = _audit(e2e, capsys, e2e["onnx"], "--skip-raw-files")
         assert rc == EXIT_VERIFIED and "raw-file" not in out[out.index("Verification"):]
+    # the user's source folder may change later (a new download, another subset): that is not a tampering
+    with flipped(e2e["src"] / "MNIST" / "raw" / STEMS[("test", "labels")], offset=20):
+        rc, out, err = _audit(e2e, capsys, e2e["onnx"])
+        assert rc == EXIT_VERIFIED, err
 
 
 # --------------------------------------------------------------------------------------------- unknown

@@ -2,6 +2,7 @@ import functools
 import hashlib
 import http.server
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +19,13 @@ def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):
     assert torch.equal(prepared.train.images, torch.from_numpy(images))
     assert prepared.train.labels.tolist() == labels.tolist()
     assert prepared.train.class_counts() == [12] * 10
-    # staged into torchvision's own layout, which the real MNIST class then read
-    assert (tmp_path / "root" / "MNIST" / "raw" / STEMS[("train", "images")]).is_file()
+    # stored read-only in torchvision's own layout, in a folder named by the files' content
+    stored = prepared.folder / "MNIST" / "raw" / STEMS[("train", "images")]
+    assert stored.is_file() and prepared.folder.parent == tmp_path / "root" / "sha256"
+    assert stored.stat().st_mode & 0o222 == 0
+    info = {f.name: f for f in prepared.raw_files}[STEMS[("train", "images")]]
+    assert info.stored == str(stored) and info.stored_sha256 == hashlib.sha256(stored.read_bytes()).hexdigest()
+    assert [p.name for p in (tmp_path / "root" / "sha256").iterdir()] == [prepared.folder.name]  # no leftovers
 
 
 def test_slice_keeps_every_nth_image(tiny_mnist, tmp_path):
@@ -95,7 +101,8 @@ def test_missing_files_and_empty_directory(tmp_path):
 
 
 def test_slice_larger_than_the_dataset(tiny_mnist, tmp_path):
-    with pytest.raises(data.DataError, match="slice=500 is larger than the split's 120 images"):
+    with pytest.raises(data.DataError, match=r"slice=500 is larger than the data: .*/src/MNIST/raw/"
+                       r"train-images-idx3-ubyte holds only 120 images \(data.slice\)"):
         data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=500)
 
 
@@ -126,7 +133,7 @@ def test_download_uses_the_configured_mirrors(tmp_path, monkeypatch, mirror_serv
     """torchvision's real download code, pointed at a loopback mirror (no internet here)."""
     src, mirror = mirror_server
     sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (src / "MNIST" / "raw").iterdir()}
-    monkeypatch.setattr(data.MNIST, "resources", [(n, sums[n]) for n, _ in data.MNIST.resources])
+    monkeypatch.setattr(data, "PUBLISHED_MD5", sums)
     prepared = data.prepare("download", tmp_path / "root", mirrors=[mirror])
     assert len(prepared.train) == 120
     assert data.MNIST.mirrors[0].startswith("https://")  # the global list is left alone
@@ -134,10 +141,12 @@ def test_download_uses_the_configured_mirrors(tmp_path, monkeypatch, mirror_serv
 
 
 def test_download_rejects_a_file_whose_md5_is_not_the_published_one(tmp_path, mirror_server):
-    _src, mirror = mirror_server  # tiny files: their md5 is not torchvision's published one
-    with pytest.raises(data.DownloadError, match=r"Error downloading train-images-idx3-ubyte.gz: Tried http://127"
-                       r".* File not found or corrupted"):
+    src, mirror = mirror_server  # tiny files: their md5 is not torchvision's published one
+    got = hashlib.md5((src / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest()
+    with pytest.raises(data.ChecksumError, match=rf"train-images-idx3-ubyte.gz: md5 {got} expected "
+                       rf"{data.PUBLISHED_MD5['train-images-idx3-ubyte.gz']} .* not kept, and is not retried"):
         data.prepare("download", tmp_path / "root", mirrors=[mirror])
+    assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []  # the refused file is not kept
 
 
 def test_split_round_trip(tiny_mnist, tmp_path):
@@ -147,3 +156,58 @@ def test_split_round_trip(tiny_mnist, tmp_path):
     assert torch.equal(back.images, prepared.test.images) and torch.equal(back.labels, prepared.test.labels)
     x = data.to_float(back.images)
     assert x.shape == (40, 1, 28, 28) and float(x.max()) == 1.0 and x.dtype == torch.float32
+
+
+def test_a_file_mirror_is_supported_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    """An air-gapped site's local mirror: file:///dir/ (torchvision's helper crashed on it, leaving a 0-byte .gz)."""
+    write_mnist(tmp_path / "mirror", gz=True)
+    raw = tmp_path / "mirror" / "MNIST" / "raw"
+    monkeypatch.setattr(data, "PUBLISHED_MD5", {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in raw.iterdir()})
+    prepared = data.prepare("download", tmp_path / "root", mirrors=[raw.as_uri() + "/"])
+    assert len(prepared.train) == 120
+    assert {f.origin for f in prepared.raw_files} == {f"{raw.as_uri()}/{f.name}" for f in prepared.raw_files}
+    assert sorted(p.name for p in (tmp_path / "root" / "MNIST" / "raw").iterdir()) == sorted(
+        p.name for p in raw.iterdir())  # the download cache: whole files only
+    # a second run finds the cache and fetches nothing (the mirror is gone)
+    again = data.prepare("download", tmp_path / "root", mirrors=[(tmp_path / "gone").as_uri() + "/"])
+    assert again.folder == prepared.folder
+
+
+def test_a_mirror_that_never_answers_times_out_and_the_next_one_is_tried(tmp_path, monkeypatch, mirror_server):
+    import socket
+    import time
+
+    src, good = mirror_server
+    monkeypatch.setattr(data, "PUBLISHED_MD5", {p.name: hashlib.md5(p.read_bytes()).hexdigest()
+                                                for p in (src / "MNIST" / "raw").iterdir()})
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never sends a byte
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    dead = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(data.DownloadError, match=r"train-images-idx3-ubyte.gz: no mirror delivered it: "
+                           r"http://127.0.0.1:\d+/train-images-idx3-ubyte.gz: no answer within 0.5 s \(data.timeout\)"):
+            data.prepare("download", tmp_path / "root", mirrors=[dead], timeout=0.5)
+        assert time.monotonic() - t0 < 5
+        assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []
+        prepared = data.prepare("download", tmp_path / "root", mirrors=[dead, good], timeout=0.5)
+        assert len(prepared.train) == 120 and all(f.origin.startswith(good) for f in prepared.raw_files)
+    finally:
+        silent.close()
+
+
+def test_other_data_settings_never_rewrite_the_files_an_earlier_dataset_was_read_from(tmp_path):
+    first = data.prepare("synthetic", tmp_path / "root", synthetic_sizes=(50, 20))
+    before = {f.stored: f.stored_sha256 for f in first.raw_files}
+    second = data.prepare("synthetic", tmp_path / "root", synthetic_sizes=(60, 20))
+    assert second.folder != first.folder
+    assert {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in before} == before
+    # the same settings again reuse the folder; a corrupted copy is moved aside and stored again
+    victim = Path(first.raw_files[0].stored)
+    victim.chmod(0o644)
+    victim.write_bytes(victim.read_bytes()[:-1] + b"\x01")
+    third = data.prepare("synthetic", tmp_path / "root", synthetic_sizes=(50, 20))
+    assert third.folder == first.folder
+    assert hashlib.sha256(victim.read_bytes()).hexdigest() == first.raw_files[0].stored_sha256
+    assert len(list((tmp_path / "root" / "sha256").glob(f"{first.folder.name}.corrupt-*"))) == 1

@@ -9,6 +9,7 @@ concurrent store writers in tests/test_store.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -178,7 +179,8 @@ def test_a_bad_prefect_api_payload_fails_the_flow_run_before_any_task(prefect_se
     # classes smaller than the labels in the data: the labels file is named
     ({"classes": 5}, {}, r"train-labels-idx1-ubyte: 60 label\(s\) outside 0\.\.4 \(max 9\)"),
     # a slice larger than the dataset
-    ({}, {"slice": 500}, r"slice=500 is larger than the split's 120 images"),
+    ({}, {"slice": 500}, r"slice=500 is larger than the data: .*/src/MNIST/raw/train-images-idx3-ubyte holds only "
+                         r"120 images \(data.slice\)"),
 ])
 def test_config_that_does_not_match_the_data_stops_at_prepare_data_with_nothing_written(
         prefect_server, wandb_offline, tiny_mnist, tmp_path, train_cfg, data_cfg, message):
@@ -587,6 +589,9 @@ def test_a_checkpoint_that_would_run_code_is_not_loaded_and_training_starts_over
 
     marker, ckpt = tmp_path / "code-ran", tmp_path / "train-x.pt"
     torch.save({"model": _RunsCode(marker), "epoch": 1, "batch": 0, "examples_seen": 1, "batches": 1}, ckpt)
+    # with a record that vouches for it (its digest), so that only weights_only stands in the way
+    training.sidecar(ckpt).write_text(json.dumps({"sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+                                                  "lineage": None}))
     images, labels = tiny_digits(64, 0)
     settings = training.LoopSettings(epochs=1, batch_size=16, checkpoint_every=2, progress=False)
     with caplog.at_level("WARNING"):
@@ -635,6 +640,8 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     killed = [r for r in store.runs() if r.job_type == "train"]
     assert [r.status for r in killed] == ["running"]  # it never got to say otherwise
     assert store.artifacts("model") == []
+    # ... but the input it had declared is on record (edges are written when declared, not only at the end)
+    assert [a.type for a in store.edges(killed[0].run_id)["used"]] == ["dataset"]
     _assert_store_is_sound(store)  # the store points at no missing or partial file
 
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -1,3 +1,6 @@
+import json
+import re
+
 import pytest
 import torch
 
@@ -13,13 +16,13 @@ def _split(n=400, seed=0):
     return Split(torch.from_numpy(images), torch.from_numpy(labels).long())
 
 
-def _run(tmp_path=None, stop=None, epochs=2, log=None, ckpt=None):
+def _run(tmp_path=None, stop=None, epochs=2, log=None, ckpt=None, lineage=None):
     training.seed_everything(3)
     model = ConvNet(ModelConfig(kernels=(4, 8)))
     settings = training.LoopSettings(epochs=epochs, batch_size=32, learning_rate=0.005, seed=3, log_every=5,
                                      checkpoint_every=4, progress=False)
     result = training.train(model, _split(), settings, torch.device("cpu"), on_log=log, checkpoint=ckpt,
-                            stop_after_batches=stop)
+                            checkpoint_lineage=lineage, stop_after_batches=stop)
     return model, result
 
 
@@ -56,3 +59,49 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupte
     straight, _ = _run()
     for (k, va), vb in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
         assert torch.allclose(va, vb, atol=1e-6), k
+
+
+LINEAGE = training.CheckpointLineage(dataset_digest="d" * 64, fingerprint={"epochs": 2, "seed": 3}, run_id="run-a")
+
+
+def _interrupted(ckpt, lineage=LINEAGE):
+    with pytest.raises(InterruptedError):
+        _run(stop=17, ckpt=ckpt, lineage=lineage)
+    assert ckpt.exists() and training.sidecar(ckpt).exists()
+
+
+def test_a_checkpoint_resumes_with_its_lineage_and_names_the_run_that_wrote_it(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    _interrupted(ckpt)
+    record = json.loads(training.sidecar(ckpt).read_text())
+    assert record["lineage"] == {"dataset_digest": "d" * 64, "fingerprint": {"epochs": 2, "seed": 3}, "run_id": "run-a"}
+    _, result = _run(ckpt=ckpt, lineage=training.CheckpointLineage("d" * 64, {"epochs": 2, "seed": 3}, "run-b"))
+    assert result.resumed_from == {"epoch": 1, "batch": 3, "examples_seen": 496}
+    assert result.checkpoint_written_by == "run-a"
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("flip", r"sha256 \w{16} does not match the recorded \w{16}: changed since it was written"),
+    ("no-record", r"no record of its digest and lineage \(ckpt.pt.json\)"),
+    ("other-data", r"written for dataset dddddddddddddddd, not eeeeeeeeeeeeeeee"),
+    ("other-settings", r"written for training settings \{'epochs': 2, 'seed': 3\}, not \{'epochs': 2, 'seed': 4\}"),
+])
+def test_a_checkpoint_that_fails_its_check_is_discarded_with_a_warning_and_training_starts_over(
+        tmp_path, caplog, fault, reason):
+    ckpt = tmp_path / "ckpt.pt"
+    _interrupted(ckpt)
+    expect = LINEAGE
+    if fault == "flip":
+        blob = bytearray(ckpt.read_bytes())
+        blob[len(blob) // 2] ^= 0x01  # one flipped bit in the weights: torch.load would still load it
+        ckpt.write_bytes(bytes(blob))
+    elif fault == "no-record":
+        training.sidecar(ckpt).unlink()
+    elif fault == "other-data":
+        expect = training.CheckpointLineage("e" * 64, LINEAGE.fingerprint)
+    else:
+        expect = training.CheckpointLineage(LINEAGE.dataset_digest, {"epochs": 2, "seed": 4})
+    with caplog.at_level("WARNING"):
+        _, result = _run(ckpt=ckpt, lineage=expect)
+    assert re.search(rf"discarding checkpoint .*ckpt.pt: {reason}; training from the start", caplog.text), caplog.text
+    assert result.resumed_from is None and result.examples_seen == 800 and result.batches == 26

@@ -406,6 +406,9 @@ class _Verifier:
             return
         location = meta.get("source_location")
         for raw in meta["raw_files"]:
+            if raw.get("stored") and raw.get("stored_sha256"):  # the immutable copy the dataset was read from
+                self.file("raw-file", label(rec), Path(raw["stored"]), raw["stored_sha256"], required=False)
+                continue
             path = Path(raw["origin"]) if raw.get("origin") else (Path(location) / raw["name"] if location else None)
             if path is None:
                 continue
@@ -520,7 +523,8 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
                           "status": c["status"] if c else "unchecked", "actual": c["actual"] if c else None})
         raw = []
         for r in rec.metadata.get("raw_files", []):
-            c = next((c for c in checks if c["kind"] == "raw-file" and Path(c["path"] or "").name == r["name"]), None)
+            c = next((c for c in checks if c["kind"] == "raw-file" and (
+                c["path"] == r["stored"] if r.get("stored") else Path(c["path"] or "").name == r["name"])), None)
             raw.append({**r, "path": c["path"] if c else None, "status": c["status"] if c else "unchecked"})
         by_label[lab] = {
             "label": lab, "name": rec.name, "type": rec.type, "version": rec.version, "digest": rec.digest,

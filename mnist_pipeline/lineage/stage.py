@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -76,6 +77,7 @@ class Stage:
         if rec is None:
             raise DigestMismatch(f"{ref.label} ({ref.digest[:16]}) is not in the lineage store {self.store.path}")
         self.used.append(rec)  # kept on record even when refused below: the failed run names what it refused
+        self.store.record_use(self.run_id, rec.artifact_id)  # now, not at the end: a kill -9 keeps it too
         verify_files(Path(rec.path), rec.files)
         self.wandb.use_artifact(ref.name, ref.digest)
         return rec
@@ -128,7 +130,16 @@ class Stage:
             _inside(final, self.cfg.artifacts_dir, "artifact folder")
             fsync_tree(staged)
             if final.exists():  # identical content already stored: keep that copy, if it is still intact
-                verify_files(final, files)
+                try:
+                    verify_files(final, files)
+                except DigestMismatch as e:  # corrupted since: replace it with this new, verified copy
+                    aside = final.with_name(f"{final.name}.corrupt-{uuid.uuid4().hex[:8]}")
+                    os.replace(final, aside)
+                    os.replace(staged, final)
+                    event = {"artifact": name, "path": str(final), "problem": str(e), "moved_aside_to": str(aside)}
+                    log.warning("%s: stored copy at %s no longer matched its record (%s); moved aside to %s and "
+                                "replaced by this run's verified copy", name, final, e, aside.name)
+                    self.summary.setdefault("repaired", []).append(event)  # on the run's record
             else:
                 final.parent.mkdir(parents=True, exist_ok=True)
                 try:
@@ -150,6 +161,22 @@ class Stage:
         for r in records:
             self.outputs[r.type] = ArtifactRef(name=r.name, type=r.type, version=r.version, digest=r.digest,
                                                path=r.path)
+
+
+def describe_failure(e: BaseException) -> str:
+    """The error recorded for a failed run; a signal (Prefect's TerminationSignal, the CLI's Terminated, Ctrl-C)
+    is named as such: 'terminated by SIGTERM'."""
+    sig = getattr(e, "signal", None)
+    if isinstance(sig, int) and isinstance(e, BaseException) and not isinstance(e, Exception):
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        text = str(e) if str(e).startswith("terminated by") else f"terminated by {name}"
+        return f"{type(e).__name__}: {text}"
+    if isinstance(e, KeyboardInterrupt):
+        return "KeyboardInterrupt: terminated by SIGINT (Ctrl-C)"
+    return f"{type(e).__name__}: {e}"
 
 
 @contextmanager
@@ -176,7 +203,7 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
         yield stage
         stage._commit()
     except BaseException as e:
-        store.fail_run(wb.run_id, used=[r.artifact_id for r in stage.used], error=f"{type(e).__name__}: {e}")
+        store.fail_run(wb.run_id, used=[r.artifact_id for r in stage.used], error=describe_failure(e))
         wb.finish(failed=True)
         if wb.gaps:
             store.record_wandb_gaps(wb.run_id, wb.gaps)

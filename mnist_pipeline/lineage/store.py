@@ -7,6 +7,7 @@ one store; a run's outputs and edges are committed together with its 'finished' 
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import time
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
+
+from mnist_pipeline.storage import StorageError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -209,17 +212,50 @@ class PromotionRecord:
         return ["candidate"] + (["production"] if self.decision == "promoted" else [])
 
 
+class StoreError(RuntimeError):
+    """The lineage store cannot be used: missing, empty, or not an SQLite database of ours. Names the file."""
+
+
 class LineageStore:
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
+    def __init__(self, path: Path | str, *, readonly: bool = False):
+        """Open (or, unless `readonly`, create) the store at `path`.
+
+        Read-only (the auditor's commands): the file is opened with SQLite's `mode=ro`, nothing is created or
+        written, and a missing, empty or foreign file raises StoreError instead of being given a fresh schema."""
+        self.path, self.readonly = Path(path), readonly
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"{self.path}: no lineage store there")
+            if self.path.stat().st_size == 0:
+                raise StoreError(f"{self.path}: the lineage store is empty (0 bytes), so it records nothing; if it "
+                                 "was truncated, restore it from a backup")
+            try:
+                with self.reader() as con:
+                    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
+            if not {"runs", "artifacts", "artifact_files", "edges"} <= tables:
+                raise StoreError(f"{self.path}: an SQLite database, but not a lineage store (no runs/artifacts tables)")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+        try:
+            with self._connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            if "locked" in str(e):
+                raise
+            if "disk is full" in str(e):
+                raise StorageError(errno.ENOSPC, self.path) from e
+            raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN ourselves, so every write transaction is explicit.
-        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        if self.readonly:  # SQLite refuses every write on this connection
+            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                  isolation_level=None)
+        else:
+            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         con.row_factory = sqlite3.Row
         con.execute("PRAGMA foreign_keys=ON")
         con.execute("PRAGMA busy_timeout=30000")
@@ -242,8 +278,11 @@ class LineageStore:
             try:
                 yield con
                 con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
+            except BaseException as e:
+                if con.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
+                    con.execute("ROLLBACK")
+                if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
+                    raise StorageError(errno.ENOSPC, self.path) from e  # one line naming the store, not retried
                 raise
         finally:
             con.close()
@@ -297,6 +336,11 @@ class LineageStore:
                         " wandb_mode = ? WHERE run_id = ?",
                         (now(), json.dumps(summary, sort_keys=True, default=str), wandb_url, wandb_mode, run_id))
             return [self._artifact(con, aid) for aid in ids]
+
+    def record_use(self, run_id: str, artifact_id: int) -> None:
+        """Record a `used` edge as soon as the input is declared: a run killed with -9 keeps its inputs."""
+        with self.transaction() as con:
+            con.execute("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", (run_id, artifact_id))
 
     def fail_run(self, run_id: str, *, used: list[int], error: str) -> None:
         """A failed run keeps its inputs on record (for the audit) and produces nothing."""

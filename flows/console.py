@@ -1,0 +1,119 @@
+"""How `mnist-pipeline run` ends on the console: one clear last line, a traceback only when it helps.
+
+- An expected failure (bad data, a refused config, an unreachable mirror, a full disk, a tampered input, a parity
+  miss) is fully explained by its message: Prefect's engine logs its traceback to the flow run's logs in the API
+  (kept there), but not on the console, where the CLI prints the message as the last line.
+- An unexpected error keeps its traceback on the console too.
+- SIGTERM and Ctrl-C (SIGINT) end the run within seconds: Prefect marks the flow run crashed, the running step is
+  recorded as failed ("terminated by SIGTERM"), the temporary Prefect server is stopped, and the last line says
+  so; the exit status is 128 + the signal's number, as a shell reports a killed command.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+
+from mnist_pipeline import storage
+from mnist_pipeline.config import ConfigError
+from mnist_pipeline.data import DataError, DownloadError
+from mnist_pipeline.lineage.refs import DigestMismatch
+from mnist_pipeline.lineage.store import StoreError
+
+# ParityError (onnx_io) is expected too; it is looked up by name, so this module does not import torch and onnx
+# before the Prefect server start it runs beside.
+EXPECTED = (DataError, DownloadError, storage.StorageError, ConfigError, DigestMismatch, StoreError)
+EXPECTED_BY_NAME = ("ParityError", "TerminationSignal")
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM or SIGINT (a BaseException, as
+    KeyboardInterrupt is: no `except Exception` swallows it)."""
+
+    def __init__(self, signum: int):
+        self.signal = signum
+        name = signal.Signals(signum).name
+        super().__init__(f"terminated by {name}" + (" (Ctrl-C)" if signum == signal.SIGINT else ""))
+
+
+def is_expected(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # also when wrapped by Prefect or re-raised from another
+        seen.add(id(exc))
+        if isinstance(exc, (*EXPECTED, Terminated)) or storage.is_storage_error(exc) or \
+                type(exc).__name__ in EXPECTED_BY_NAME:
+            return True
+        exc = exc.__cause__
+    return False
+
+
+class _NoExpectedTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and is_expected(record.exc_info[1]))
+
+
+def quiet_expected_tracebacks() -> None:
+    """On every console handler (not Prefect's API handler, which keeps the full record), drop the engine's
+    records that carry the traceback of an expected failure."""
+    from prefect.logging.handlers import APILogHandler
+
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for h in logging.getLogger(name).handlers:
+            if not isinstance(h, APILogHandler) and not any(isinstance(f, _NoExpectedTracebacks) for f in h.filters):
+                h.addFilter(_NoExpectedTracebacks())
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGINT raise Terminated in the main thread; a second one falls back to the default action.
+
+    Prefect's engine puts its own SIGTERM handler in place while the flow runs (it raises TerminationSignal,
+    marks the flow run crashed) and then re-sends the signal to the handler it found: this one."""
+    def handler(signum, frame):
+        signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process the default way
+        raise Terminated(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _servers() -> list:
+    module = sys.modules.get("prefect.server.api.server")  # not imported: no temporary server was started
+    if module is None:
+        return []
+    SubprocessASGIServer = module.SubprocessASGIServer  # noqa: N806
+    return [s for s in getattr(SubprocessASGIServer, "_instances", {}).values() if getattr(s, "server_process", None)]
+
+
+def running_servers() -> set[int]:
+    """The temporary servers running now (to leave alone those that were not started by this command)."""
+    return {id(s) for s in _servers()}
+
+
+def stop_temporary_server(keep: Collection[int] = frozenset()) -> None:
+    """Stop the temporary Prefect server this command started (not those in `keep`), after sending the run's
+    last logs and events: it is otherwise stopped at exit, after our last line, and not at all when a signal
+    ends the process."""
+    servers = [s for s in _servers() if id(s) not in keep]
+    if not servers:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):  # send the run's last logs and events while the server is up
+        try:
+            worker.drain_all(timeout=5)
+        except Exception as e:  # noqa: BLE001 - best effort: the run itself is over
+            logging.getLogger(__name__).debug("draining %s: %s", worker.__name__, e)
+    for server in servers:
+        try:
+            server.stop()
+        except Exception as e:  # noqa: BLE001 - best effort: atexit tries again
+            logging.getLogger(__name__).debug("stopping the temporary server: %s", e)

@@ -1,0 +1,88 @@
+"""Writing files so that a full disk or a refused write says where and why, and leaves nothing half-written.
+
+torch.save reports a full disk as `RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`; so
+tensors are serialised in memory first and the bytes written here, where the OS error (errno) is kept.
+No Prefect, no W&B.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Errors of the place being written to, not of the moment: a retry fails the same way.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+class StorageError(RuntimeError):
+    """A write refused by the file system (disk full, read-only, permission denied); names the path."""
+
+    def __init__(self, code: int, path: Path | str, action: str = "writing"):
+        self.errno, self.path = code, str(path)
+        super().__init__(f"{os.strerror(code)} while {action} {path}")
+
+
+def is_storage_error(e: BaseException) -> bool:
+    return isinstance(e, StorageError) or (isinstance(e, OSError) and e.errno in STORAGE_ERRNOS)
+
+
+@contextmanager
+def writing(path: Path | str, action: str = "writing") -> Iterator[None]:
+    """Turn a storage OSError raised inside into a StorageError naming `path` (the OS may not name it)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(e.errno, e.filename or path, action) from e
+        raise
+
+
+def tmp_name(dest: Path) -> Path:
+    """A temporary name beside `dest`, unique to this writer: two runs may write the same file at once."""
+    return dest.with_name(f".{dest.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+
+
+def write_bytes_atomic(dest: Path, blob: bytes | memoryview, fsync: bool = False) -> None:
+    """Write `blob` to `dest` through a temporary name: a reader sees the old file or the new one; on failure
+    (a full disk) the temporary file is removed and the error names `dest`."""
+    dest = Path(dest)
+    tmp = tmp_name(dest)
+    try:
+        with writing(dest):
+            with tmp.open("wb") as f:
+                f.write(blob)
+                if fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+            tmp.replace(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_torch(obj, dest: Path, fsync: bool = False) -> None:
+    """torch.save, atomically, with a full disk reported as a StorageError naming `dest`."""
+    import torch  # here, not at the top: the store (and the auditor's quick commands) use this module too
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(dest, buf.getbuffer(), fsync=fsync)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Create `path` (a folder) if needed and prove a file can be written in it; a StorageError names it."""
+    path = Path(path)
+    probe = path / f".write-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as e:  # any refusal (read-only, full, a file in the way): this folder cannot be used
+        raise StorageError(e.errno or errno.EIO, path, f"preparing {what}") from e
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
