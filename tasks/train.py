@@ -3,14 +3,15 @@ from __future__ import annotations
 import hashlib
 import json
 
+import torch
 from prefect import get_run_logger, task
 
-from mnist_pipeline import data, training
+from mnist_pipeline import data, recipes, training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.tracker import open_stage
-from mnist_pipeline.model import ConvNet, ModelConfig, pick_device, save_model
-from tasks._common import current_flow_run_id, write_json
+from mnist_pipeline.model import ConvNet, ModelConfig, pick_device
+from tasks._common import current_flow_run_id
 
 MODEL_NAME = "convnet"
 
@@ -24,6 +25,13 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
     return path
 
 
+def loop_settings(cfg: PipelineConfig) -> training.LoopSettings:
+    t = cfg.train
+    return training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+                                 seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                                 channels_last=t.channels_last)
+
+
 @task(name="train", retries=1, retry_delay_seconds=1)
 def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None) -> ArtifactRef:
     logger = get_run_logger()
@@ -33,8 +41,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
         training.seed_everything(t.seed)
         threads = training.set_threads(t.threads)
         device = pick_device(t.device)
-        model_cfg = ModelConfig(kernels=tuple(t.kernels), classes=t.classes)
-        model = ConvNet(model_cfg)
+        model = ConvNet(ModelConfig(kernels=tuple(t.kernels), classes=t.classes))
         if t.watch:
             stage.watch(model, log_freq=t.watch_log_freq)
         ckpt = checkpoint_path(cfg, dataset)
@@ -44,20 +51,18 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
             stage.log({"epoch": epoch, "loss": loss}, step=examples)
             logger.info("loss after %05d examples: %.3f (epoch %d)", examples, loss, epoch)
 
-        settings = training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                                         seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                                         channels_last=t.channels_last)
-        result = training.train(model, split, settings, device, on_log=on_log, checkpoint=ckpt,
-                                stop_after_batches=stop_after_batches)
         out = stage.staging(MODEL_NAME)
-        save_model(model, out / "model.pt")
-        meta = {"model_config": model_cfg.to_dict(), "train": t.model_dump(mode="json"), "device": str(device),
-                "threads": threads, "examples_seen": result.examples_seen, "batches": result.batches,
-                "train_seconds": result.seconds, "final_loss": result.final_loss,
-                "resumed_from_checkpoint": result.resumed_from, "fingerprint": cfg.training_fingerprint()}
-        write_json(out / "model_config.json", meta)
+        # The files hold only what the weights are a function of (see mnist_pipeline.recipes); how this run went
+        # (time, threads, device, resume) is the run's record below.
+        _, result = recipes.train_model_files(
+            out, split, kernels=t.kernels, classes=t.classes, settings=loop_settings(cfg),
+            fingerprint=cfg.training_fingerprint(), device=device, model=model, on_log=on_log, checkpoint=ckpt,
+            stop_after_batches=stop_after_batches)
+        meta = json.loads((out / "model_config.json").read_text())
         stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
-                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None}
+                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None,
+                         "resumed_from_checkpoint": result.resumed_from, "threads": threads, "device": str(device),
+                         "torch_deterministic": torch.are_deterministic_algorithms_enabled()}
         stage.produce(MODEL_NAME, "model", out, meta)
     ckpt.unlink(missing_ok=True)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]
