@@ -1,0 +1,179 @@
+"""The pure logic of impact, gc, rollback and reproduce's comparison, on a lineage store built with its own API."""
+
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.lineage import impact, reproduction, retention, rollback
+from mnist_pipeline.lineage.refs import manifest, manifest_digest
+from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+
+
+class Lineage:
+    """Runs and artifacts recorded the way stages record them: files in <type>/<name>/<digest16>, then one row set."""
+
+    def __init__(self, tmp_path: Path):
+        self.root = tmp_path / "art"
+        self.store = LineageStore(tmp_path / "lineage.db")
+        self.n = 0
+
+    def run(self, job_type: str, used=(), produce=(), status="finished", flow="f1", summary=None):
+        self.n += 1
+        run_id = f"{job_type}-{self.n}"
+        self.store.start_run(run_id, job_type, config={"train": {"seed": 0}}, env={"seed": 0}, flow_run_id=flow,
+                             run_group=None, wandb_mode="offline", wandb_dir=None, wandb_project="p",
+                             wandb_entity=None)
+        new = []
+        for name, type_, content, meta in produce:
+            staged = self.root / ".tmp" / f"{run_id}-{name}"
+            staged.mkdir(parents=True)
+            (staged / "f.bin").write_text(content)
+            files = manifest(staged)
+            digest = manifest_digest(files)
+            final = self.root / type_ / name / digest[:16]
+            if not final.exists():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                staged.rename(final)
+            new.append(NewArtifact(name, type_, digest, str(final), dict(meta or {}), files))
+        if status == "running":
+            return run_id, []
+        recs = self.store.finish_run(run_id, used=[u.artifact_id for u in used], produced=new,
+                                     summary=summary or {}, wandb_url=None, wandb_mode="offline")
+        return run_id, recs
+
+    def pipeline(self, dataset, tag: str, passed=True, flow=None):
+        """train -> evaluate, export -> validate, like one flow run on `dataset`."""
+        flow = flow or f"flow-{tag}"
+        _, [model] = self.run("train", [dataset], [("convnet", "model", f"weights {tag}", {})], flow=flow)
+        _, [metrics] = self.run("evaluate", [model, dataset], [("convnet-metrics", "metrics", f"m {tag}",
+                                                                 {"test_accuracy": 0.9})], flow=flow)
+        _, [onnx] = self.run("export-onnx", [model], [("convnet-onnx", "onnx", f"onnx {tag}", {})], flow=flow)
+        _, [val] = self.run("validate-onnx", [onnx, model, dataset],
+                            [("convnet-onnx-validation", "validation", f"v {tag}", {"passed": passed})], flow=flow)
+        return model, metrics, onnx, val
+
+    def promote(self, model, production=True):
+        return self.store.decide_promotion(model.artifact_id, accuracy=0.9 + model.version / 100,
+                                           validation_passed=True, margin=0.0, flow_run_id=None)
+
+
+@pytest.fixture
+def lin(tmp_path):
+    return Lineage(tmp_path)
+
+
+def test_impact_of_a_dataset_names_its_models_their_exports_and_the_production_alias(lin):
+    _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
+    _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})])
+    m1, met1, o1, v1 = lin.pipeline(d1, "a")
+    m2, *_ = lin.pipeline(d2, "b")
+    lin.promote(m1)
+    rep = impact.impact(lin.store, [d1])
+    assert rep["derived"] == {"model": ["convnet:v0"], "metrics": ["convnet-metrics:v0"],
+                              "onnx": ["convnet-onnx:v0"], "validation": ["convnet-onnx-validation:v0"]}
+    assert rep["production_affected"] is True
+    assert {"alias": "production", "artifact": "convnet:v0", "name": "convnet"} in rep["aliases"]
+    assert [p["decision"] for p in rep["promotions"]] == ["promoted"]
+    text = impact.render_tree(rep)
+    assert "convnet:v0 (model" in text and "[production, candidate]" in text and "PRODUCTION depends on it" in text
+    assert "convnet:v1" not in text  # the other dataset's model is not derived from this one
+    # the other dataset: derived models, but no production behind it
+    other = impact.impact(lin.store, [d2])
+    assert other["derived"]["model"] == ["convnet:v1"] and other["production_affected"] is False
+    # a leaf has nothing derived
+    assert impact.impact(lin.store, [v1])["derived"] == {}
+
+
+def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_rest(lin):
+    _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
+    _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})])
+    _, [d3] = lin.run("prepare-data", produce=[("mnist", "dataset", "d3", {})])  # used by nothing
+    old = lin.pipeline(d1, "old")
+    mid = lin.pipeline(d2, "mid")
+    new = lin.pipeline(d2, "new")
+    lin.promote(old[0])  # production: the oldest model, and its dataset d1
+    (lin.root / ".staging" / "dead-run" / "convnet").mkdir(parents=True)
+    (lin.root / ".staging" / "dead-run" / "convnet" / "x").write_bytes(b"x" * 100)
+    orphan = lin.root / "model" / "convnet" / "0123456789abcdef"
+    orphan.mkdir(parents=True)
+    (orphan / "model.pt").write_bytes(b"y" * 10)
+    (lin.root / ".checkpoints").mkdir()
+    (lin.root / ".checkpoints" / "train-abc.pt").write_bytes(b"z" * 7)
+
+    plan = retention.plan(lin.store, lin.root, keep_last=1)
+    gone = {r.artifact for r in plan.removals if r.kind == "artifact"}
+    # production (old) and the newest model (new), with everything made from them and everything they came from
+    for rec in (*old, *new, d1, d2):
+        assert f"{rec.name}:v{rec.version}" in plan.kept
+    assert gone == {"convnet:v1", "convnet-metrics:v1", "convnet-onnx:v1", "convnet-onnx-validation:v1", "mnist:v2"}
+    kinds = {r.kind: r for r in plan.removals}
+    assert kinds["unrecorded-folder"].path == str(orphan)
+    assert kinds["staging"].path.endswith("dead-run") and kinds["checkpoint"].bytes == 7
+    assert plan.bytes == sum(r.bytes for r in plan.removals) > 117
+    # keep more models: the middle one and its outputs stay too
+    assert {r.artifact for r in retention.plan(lin.store, lin.root, keep_last=2).removals
+            if r.kind == "artifact"} == {"mnist:v2"}
+    # nothing younger than a day goes
+    assert not [r for r in retention.plan(lin.store, lin.root, keep_last=1, older_than_days=1).removals
+                if r.kind == "artifact"]
+
+
+def test_gc_keeps_what_a_running_flow_uses_and_has_made(lin):
+    _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
+    m1, *_ = lin.pipeline(d1, "a")
+    lin.promote(m1)
+    # a new flow run: prepare-data made d2, train is running on it (its staging folder is in use)
+    _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})], flow="live")
+    run_id, _ = lin.run("train", status="running", flow="live")
+    (lin.root / ".staging" / run_id / "convnet").mkdir(parents=True)
+    plan = retention.plan(lin.store, lin.root, keep_last=1)
+    assert "mnist:v1" in plan.kept and "running" in plan.kept["mnist:v1"]
+    assert not any(r.path.endswith(run_id) for r in plan.removals)
+
+
+def test_rollback_walks_the_production_history_back_and_refuses_a_model_that_failed_validation(lin):
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    a, b, c = (lin.pipeline(d, t)[0] for t in "abc")
+    bad = lin.pipeline(d, "bad", passed=False)[0]
+    for m in (a, b, c):
+        lin.promote(m)
+    current, prev = rollback.previous_production(lin.store, "convnet")
+    assert (current.version, prev.version) == (2, 1)
+    assert rollback.refusals(lin.store, b) == []
+    assert "failed onnxruntime validation" in rollback.refusals(lin.store, bad)[0]
+    # a rollback decision pops the stack: after c -> b, the previous one is a
+    history = [{"decision": "promoted", "artifact_id": m.artifact_id, "reason": "x"} for m in (a, b, c)]
+    history.append({"decision": "promoted", "artifact_id": b.artifact_id, "reason": "rollback to convnet:v1"})
+    names = {m.artifact_id: "convnet" for m in (a, b, c)}
+    assert rollback.production_stack(history, names.get)["convnet"] == [a.artifact_id, b.artifact_id]
+    # a tampered model file is refused too
+    (Path(b.path) / "f.bin").write_text("swapped")
+    assert "no longer verifies" in rollback.refusals(lin.store, b)[0]
+
+
+def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    m, metrics, onnx, _ = lin.pipeline(d, "a")
+    recipe = reproduction.recipe(lin.store, onnx)
+    assert [s.job_type for s in recipe.steps] == ["train", "export-onnx"] and recipe.dataset.artifact_id == d.artifact_id
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "f.bin").write_text("onnx a")
+    assert reproduction.compare(onnx, same, manifest_digest(manifest(same))).identical
+    (same / "f.bin").write_text("onnx b")
+    (same / "extra.txt").write_text("new")
+    c = reproduction.compare(onnx, same, manifest_digest(manifest(same)))
+    assert not c.identical and c.differing == ["extra.txt", "f.bin"]
+    with pytest.raises(reproduction.CannotReproduce, match="is a dataset"):
+        reproduction.recipe(lin.store, d)
+    # a recorded input that is gone is named
+    (Path(d.path) / "f.bin").unlink()
+    assert "is missing" in reproduction.missing_inputs(recipe)[0]
+    assert "deleted by gc on 2026-01-02" in reproduction.missing_inputs(
+        recipe, {d.artifact_id: {"deleted_at": "2026-01-02T00:00:00"}})[0]
+    assert reproduction.environment_differences({"git_commit": "a", "packages": {"torch": "1"}},
+                                                {"git_commit": "b", "packages": {"torch": "2"}}) == [
+        "code commit b differs from the recorded a", "package torch 2 differs from the recorded 1"]
