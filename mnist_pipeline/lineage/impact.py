@@ -121,7 +121,7 @@ def render_tree(report: dict) -> str:
 
     def draw(node: dict, prefix: str) -> None:
         children: list[tuple[str, object]] = [("promotion", p) for p in node.get("promotions", [])]
-        children += [("run", r) for r in node["derived"]]
+        children += [("run", r) for r in node["derived"] if not r.get("repeat")]  # a run once, where first met
         for i, (kind, child) in enumerate(children):
             last = i == len(children) - 1
             branch, cont = ("└─ ", "   ") if last else ("├─ ", "│  ")
@@ -152,3 +152,52 @@ def render_tree(report: dict) -> str:
     if report["production_affected"]:
         out.append("PRODUCTION depends on it.")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------- the picture
+
+
+def _renderer():
+    try:  # after the lineage seams: the audit's renderers live in render.py
+        from mnist_pipeline.lineage import render
+    except ImportError:
+        from mnist_pipeline.lineage import audit as render
+    return render
+
+
+def message(report: dict) -> str:
+    n = sum(len(v) for v in report["derived"].values())
+    prod = [a for a in report["aliases"] if a["alias"] == "production"]
+    tail = (f"; PRODUCTION depends on it: {', '.join(a['name'] + ':production = ' + a['artifact'] for a in prod)}"
+            if prod else "; no production model depends on it")
+    return f"{n} artifact version(s) derived from {', '.join(report['subjects'])}{tail}"
+
+
+def picture(report: dict) -> dict:
+    """The impact in the shape the audit's graph renderers draw: artifacts (aliases in their label), runs, edges;
+    what production depends on is drawn with the subject's bold outline."""
+    arts = {}
+    for lab, a in report["artifacts"].items():
+        tags = f" [{', '.join(a['aliases'])}]" if a["aliases"] else ""
+        arts[lab] = {**a, "label": lab + tags, "status": "ok"}
+    prod = [a["artifact"] for a in report["aliases"] if a["alias"] == "production"]
+    return {"subjects": report["subjects"] + [p for p in prod if p not in report["subjects"]], "artifacts": arts,
+            "runs": report["runs"], "edges": report["edges"], "status": "impact", "message": message(report),
+            "query": ", ".join(report["subjects"])}
+
+
+def render_svg(report: dict) -> str:
+    return _renderer().render_svg(picture(report))
+
+
+def render_html(report: dict) -> str:
+    """One self-contained page: the graph (the audit's picture style) and the tree."""
+    import html
+
+    title = html.escape(f"Impact of {', '.join(report['subjects'])}")
+    color = "#c01c28" if report["production_affected"] else "#26a269"
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>"
+            "body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em;overflow:auto}"
+            f"</style></head><body>\n<h1>{title}</h1>\n"
+            f"<p style=\"color:{color};font-weight:bold\">{html.escape(message(report))}</p>\n{render_svg(report)}\n"
+            f"<h2>Derived</h2>\n<pre>{html.escape(render_tree(report))}</pre>\n</body></html>\n")
