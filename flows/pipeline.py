@@ -11,6 +11,7 @@ import logging
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
+from prefect.states import Completed
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
@@ -55,13 +56,14 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
 
     check = check_for_changes(cfg, dataset)
     if not check.changed and not cfg.force:
-        summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (set force to retrain)",
+        summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (run with --force to retrain)",
                    "production": check.production,
                    "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
                    "lineage_db": str(cfg.lineage_db)}
         publish_report(cfg, summary)
         logger.info(summary["reason"])
-        return summary
+        # A Completed state named Skipped: run lists show it, and callers still get the summary as the result.
+        return Completed(name="Skipped", message=summary["reason"], data=summary)
 
     model = train(cfg, dataset)
     # Evaluation and export + validation only share the model: run them side by side.
