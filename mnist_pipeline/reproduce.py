@@ -16,8 +16,14 @@ import torch
 from mnist_pipeline import recipes, training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.data import load_split
-from mnist_pipeline.lineage.reproduction import CannotReproduce, Comparison, Recipe, compare, label
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
+from mnist_pipeline.lineage.reproduction import (
+    CannotReproduce,
+    Comparison,
+    Recipe,
+    compare,
+    label,
+)
 
 
 @dataclass

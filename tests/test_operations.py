@@ -1,8 +1,5 @@
 """The pure logic of impact, gc, rollback and reproduce's comparison, on a lineage store built with its own API."""
 
-import os
-import time
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -68,8 +65,8 @@ def lin(tmp_path):
 def test_impact_of_a_dataset_names_its_models_their_exports_and_the_production_alias(lin):
     _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
     _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})])
-    m1, met1, o1, v1 = lin.pipeline(d1, "a")
-    m2, *_ = lin.pipeline(d2, "b")
+    m1, _, _, v1 = lin.pipeline(d1, "a")
+    lin.pipeline(d2, "b")
     lin.promote(m1)
     rep = impact.impact(lin.store, [d1])
     assert rep["derived"] == {"model": ["convnet:v0"], "metrics": ["convnet-metrics:v0"],
@@ -90,9 +87,9 @@ def test_impact_of_a_dataset_names_its_models_their_exports_and_the_production_a
 def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_rest(lin):
     _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
     _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})])
-    _, [d3] = lin.run("prepare-data", produce=[("mnist", "dataset", "d3", {})])  # used by nothing
+    lin.run("prepare-data", produce=[("mnist", "dataset", "d3", {})])  # used by nothing
     old = lin.pipeline(d1, "old")
-    mid = lin.pipeline(d2, "mid")
+    lin.pipeline(d2, "mid")
     new = lin.pipeline(d2, "new")
     lin.promote(old[0])  # production: the oldest model, and its dataset d1
     (lin.root / ".staging" / "dead-run" / "convnet").mkdir(parents=True)
@@ -126,7 +123,7 @@ def test_gc_keeps_what_a_running_flow_uses_and_has_made(lin):
     m1, *_ = lin.pipeline(d1, "a")
     lin.promote(m1)
     # a new flow run: prepare-data made d2, train is running on it (its staging folder is in use)
-    _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})], flow="live")
+    lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})], flow="live")
     run_id, _ = lin.run("train", status="running", flow="live")
     (lin.root / ".staging" / run_id / "convnet").mkdir(parents=True)
     plan = retention.plan(lin.store, lin.root, keep_last=1)
@@ -156,7 +153,7 @@ def test_rollback_walks_the_production_history_back_and_refuses_a_model_that_fai
 
 def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
-    m, metrics, onnx, _ = lin.pipeline(d, "a")
+    _, _, onnx, _ = lin.pipeline(d, "a")
     recipe = reproduction.recipe(lin.store, onnx)
     assert [s.job_type for s in recipe.steps] == ["train", "export-onnx"] and recipe.dataset.artifact_id == d.artifact_id
     same = tmp_path / "same"
