@@ -77,9 +77,9 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
     promotions = []
     for aid, rec in sorted(arts.items()):
         for p in store.promotions(aid):
-            p = dict(p) if not isinstance(p, dict) else p
-            promotions.append({"artifact": label(rec), "decision": p.get("decision"), "reason": p.get("reason"),
-                               "decided_at": p.get("decided_at"), "promotion_id": p.get("promotion_id")})
+            promotions.append({"artifact": label(rec), "decision": _get(p, "decision"), "reason": _get(p, "reason"),
+                               "decided_at": _get(p, "decided_at"), "promotion_id": _get(p, "promotion_id"),
+                               "kind": _get(p, "kind") or "gate"})
 
     def annotate(node: dict) -> None:
         node["aliases"] = aliases.get(node["artifact_id"], [])
