@@ -189,11 +189,9 @@ def write_picture(report: dict, path: Path) -> Path:
 
 
 def _environment() -> dict:
-    try:
-        from mnist_pipeline.lineage.environment import code_state, package_versions
-    except ImportError:  # before the lineage seams: tracker held them
-        from mnist_pipeline.lineage.tracker import code_state, package_versions
     import platform
+
+    from mnist_pipeline.lineage.environment import code_state, package_versions
 
     return {**code_state(), "packages": package_versions(), "python": platform.python_version()}
 
@@ -342,18 +340,14 @@ def _online(mode: str) -> bool:
         return False
     if mode == "online":
         return True
-    try:
-        from mnist_pipeline.lineage.wandb_io import has_api_key
-    except ImportError:
-        from mnist_pipeline.lineage.tracker import has_api_key
+    from mnist_pipeline.lineage.wandb_io import has_api_key
+
     return has_api_key()
 
 
 def _move_alias_online(store, target, decision: dict, backend=None) -> None:
-    try:
-        from mnist_pipeline.lineage.wandb_io import WandbClient
-    except ImportError:
-        from mnist_pipeline.lineage.tracker import WandbClient
+    from mnist_pipeline.lineage.wandb_io import WandbClient
+
     backend = backend or WandbClient()
     entity = backend.check()
     run = store.run(target.producer_run_id)
@@ -391,10 +385,8 @@ def gc_main(ns: argparse.Namespace) -> int:
     if not artifacts_dir.is_dir():
         _err("gc", f"no artifact folder at {artifacts_dir} (give --artifacts-dir)")
         return 2
-    try:
-        from mnist_pipeline.lineage.environment import process_gone
-    except ImportError:
-        from mnist_pipeline.lineage.tracker import process_gone
+    from mnist_pipeline.lineage.environment import process_gone
+
     store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever
     plan = retention.plan(store, artifacts_dir, keep_last=ns.keep_last, older_than_days=ns.older_than,
                           deleted=_deletions(store))
