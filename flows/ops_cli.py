@@ -146,8 +146,8 @@ def _identify(store, target: str, cmd: str):
     return ident.matches, 0
 
 
-def _deletions(store) -> dict[int, dict]:
-    return store.deletions() if hasattr(store, "deletions") else {}
+def _deletions(store) -> dict:
+    return store.deletions()
 
 
 # --------------------------------------------------------------------------------------------- impact
@@ -394,13 +394,28 @@ def gc_main(ns: argparse.Namespace) -> int:
               "older_than_days": ns.older_than, **plan.to_dict(), "removed": [], "failed": [], "skipped": []}
     if ns.apply:
         by = _gc_identity()
+        trash = artifacts_dir / ".trash"
         for r in plan.removals:
             try:
-                done = store.gc_remove(r, by=by) if r.kind == "artifact" else _remove_path(r)
+                if r.kind == "artifact":
+                    moved = trash / f"{r.artifact_id}-{os.getpid()}-{Path(r.path).name}"
+
+                    def remove(src=Path(r.path), dst=moved) -> None:
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        src.rename(dst)  # atomic, inside the store's transaction; the bytes go after it
+
+                    done = store.delete_artifact(r.artifact_id, path=r.path, bytes=r.bytes, reason=r.reason,
+                                                 deleted_by=by, remove=remove)
+                    if done:
+                        shutil.rmtree(moved, ignore_errors=True)
+                else:
+                    done = _remove_path(r)
             except OSError as e:
                 result["failed"].append({"path": r.path, "error": str(e)})
                 continue
             (result["removed"] if done else result["skipped"]).append(r.path)
+        if trash.is_dir() and not any(trash.iterdir()):
+            trash.rmdir()
     _gc_out(ns, result)
     return 1 if result["failed"] else 0
 

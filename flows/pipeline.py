@@ -49,8 +49,11 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     logger = get_run_logger()
     cfg = config.resolved()
     dataset = prepare_data(cfg)
-    if LineageStore(cfg.lineage_db).find_artifact(dataset.name, dataset.digest) is None:
-        logger.warning("cached dataset %s is no longer in the lineage store; preparing it again", dataset.label)
+    store = LineageStore(cfg.lineage_db)
+    rec = store.find_artifact(dataset.name, dataset.digest)
+    if rec is None or rec.artifact_id in store.deletions():
+        logger.warning("cached dataset %s is no longer in the lineage store (or gc deleted it); preparing it again",
+                       dataset.label)
         dataset = prepare_data.with_options(refresh_cache=True)(cfg)
 
     check = check_for_changes(cfg, dataset)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.lineage import impact, reproduction, retention, rollback
+from mnist_pipeline.lineage import impact, promotion, reproduction, retention, rollback
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
 
@@ -52,9 +52,9 @@ class Lineage:
                             [("convnet-onnx-validation", "validation", f"v {tag}", {"passed": passed})], flow=flow)
         return model, metrics, onnx, val
 
-    def promote(self, model, production=True):
-        return self.store.decide_promotion(model.artifact_id, accuracy=0.9 + model.version / 100,
-                                           validation_passed=True, margin=0.0, flow_run_id=None)
+    def promote(self, model):
+        return promotion.promote(self.store, model.artifact_id, accuracy=0.9 + model.version / 100,
+                                 validation_passed=True, margin=0.0, flow_run_id=None)
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ def _run_details(run: dict) -> list[str]:
 def _artifact_title(art: dict) -> str:
     bad = [f["relpath"] for f in art["files"] if f["status"] in FAILED]
     state = f"TAMPERED: {', '.join(bad)}" if bad else ("TAMPERED" if art["status"] == "tampered" else
-                                                       f"{len(art['files'])} file(s) ok")
+                                                       f"DELETED by gc on {art['deleted']['deleted_at'][:10]}"
+                                                       if art.get("deleted") else f"{len(art['files'])} file(s) ok")
     return f"{art['label']} ({art['type']}) sha256 {_short(art['digest'])}  [{state}]"
 
 

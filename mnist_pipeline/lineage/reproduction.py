@@ -100,7 +100,7 @@ def missing_inputs(recipe: Recipe, deleted: dict[int, dict] | None = None) -> li
     for aid, rec in needed.items():
         if aid in deleted:
             d = deleted[aid]
-            out.append(f"{label(rec)}: deleted by gc on {d.get('deleted_at', '?')[:10]} ({rec.path})")
+            out.append(f"{label(rec)}: deleted by gc on {str(_get(d, 'deleted_at'))[:10]} ({rec.path})")
             continue
         for f in rec.files:
             p = Path(rec.path) / f.relpath

@@ -94,7 +94,7 @@ def refusals(store: LineageStore, target: ArtifactRecord, deleted: dict[int, dic
                    f"{v.get('max_abs_diff')}, argmax agreement {v.get('argmax_agreement')})")
     for rec in [target, *derived_onnx(store, target)]:
         if rec.artifact_id in deleted:
-            out.append(f"{label(rec)} was deleted by gc on {str(deleted[rec.artifact_id].get('deleted_at'))[:10]}")
+            out.append(f"{label(rec)} was deleted by gc on {str(_get(deleted[rec.artifact_id], 'deleted_at'))[:10]}")
             continue
         try:
             verify_files(Path(rec.path), rec.files)
