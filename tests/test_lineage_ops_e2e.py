@@ -44,8 +44,8 @@ def test_a_forced_retrain_makes_the_same_model_and_onnx_and_a_skip_is_a_skipped_
     for kind in ("model", "onnx", "metrics"):
         assert forced["artifacts"][kind]["digest"] == first["artifacts"][kind]["digest"], kind
     assert [a.version for a in store.artifacts("model")] == [0]  # no new version for the same bytes
-    trains = [r for r in store.runs() if r["job_type"] == "train"]
-    assert len(trains) == 2 and all(r["summary"]["threads"] == 2 and r["summary"]["train_seconds"] > 0
+    trains = [r for r in store.runs() if r.job_type == "train"]
+    assert len(trains) == 2 and all(r.summary["threads"] == 2 and r.summary["train_seconds"] > 0
                                     for r in trains)  # how each run went is the run's record
 
 
@@ -113,8 +113,10 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
     assert code == 0 and json.loads(out)["to"] == "convnet:v0", err
     assert store.alias("convnet", "production").version == 0  # back to the first
     last = store.promotions()[-1]
-    assert last["decision"] == "promoted" and last["reason"].startswith("rollback from convnet:v1 to convnet:v0")
-    assert store.promotions()[-2]["reason"].endswith("requested by ops: drift seen")
+    assert last.decision == "promoted" and last.kind == "rollback" and last.reason.startswith(
+        "rollback from convnet:v1 to convnet:v0")
+    assert store.promotions()[-2].reason.endswith("requested by ops: drift seen")
+    assert store.promotions()[-2].requested_by == "ops"
     code, _, err = _cli(capsys, "rollback", "--to", "convnet:v3", "--lineage-db", db)
     assert code == 3 and "REFUSED convnet:v3" in err and "failed onnxruntime validation" in err
     assert store.alias("convnet", "production").version == 0  # unmoved
@@ -162,21 +164,25 @@ def test_promotion_compares_accuracies_on_the_same_test_set_only(prefect_server,
     second = mnist_pipeline(config=_cfg(tmp_path, other, learning_rate=1e-6))
     d0, d1 = (store.find_artifact("mnist", r["artifacts"]["dataset"]["digest"]) for r in (first, second))
     assert d0.digest != d1.digest
-    # production (convnet:v0) was evaluated again, on the candidate's test set, inside the promote step
-    [promote_run] = [r for r in store.runs() if r["job_type"] == "promote"
-                     and r["flow_run_id"] == store.find_artifact("convnet", second["artifacts"]["model"]["digest"])
-                     .metadata["producer"]["flow_run_id"]]
-    [reeval] = store.edges(promote_run["run_id"])["produced"]
-    assert reeval.type == "metrics" and {(i["name"], i["digest"]) for i in reeval.metadata["inputs"]} == {
-        ("convnet", first["artifacts"]["model"]["digest"]), ("mnist", d1.digest)}
+    # production (convnet:v0) was evaluated again, on the candidate's test set, in an evaluate stage of its own
+    prod_id = store.find_artifact("convnet", first["artifacts"]["model"]["digest"]).artifact_id
+    [reeval] = [a for a in store.artifacts("metrics") if {(i["name"], i["digest"]) for i in a.metadata["inputs"]} == {
+        ("convnet", first["artifacts"]["model"]["digest"]), ("mnist", d1.digest)}]
+    assert reeval.metadata["producer"]["flow_run_id"] == store.run(
+        store.find_artifact("convnet", second["artifacts"]["model"]["digest"]).producer_run_id).flow_run_id
     decision = store.promotions()[-1]
-    assert decision["production_accuracy"] == pytest.approx(reeval.metadata["test_accuracy"])
-    assert "re-evaluated on mnist:v1" in decision["reason"] and "candidate's test set" in decision["reason"]
-    assert second["promotion"]["reason"] == decision["reason"]
+    assert decision.production_artifact_id == prod_id
+    assert decision.production_accuracy == pytest.approx(reeval.metadata["test_accuracy"])
+    assert "re-evaluated on mnist:v1" in decision.reason and "candidate's test set" in decision.reason
+    assert second["promotion"]["reason"] == decision.reason
+    [promote_run] = [r for r in store.runs() if r.job_type == "promote" and r.flow_run_id == reeval.metadata[
+        "producer"]["flow_run_id"]]
+    assert reeval.artifact_id in {u.artifact_id for u in store.edges(promote_run.run_id)["used"]}
     # a third model on that same dataset: production already has a measurement there; no second re-evaluation
     third = mnist_pipeline(config=_cfg(tmp_path, other, learning_rate=0.01, epochs=2))
-    reevals = [a for a in store.artifacts("metrics") if a.metadata["producer"]["job_type"] == "promote"]
-    assert len(reevals) == 1
+    reevals = [a for a in store.artifacts("metrics") if ("convnet", first["artifacts"]["model"]["digest"]) in
+               {(i["name"], i["digest"]) for i in a.metadata["inputs"]}]
+    assert len(reevals) == 2  # its own evaluation on mnist:v0 and the one on mnist:v1, no third
     assert "on mnist:v1" in third["promotion"]["reason"] and "re-evaluated" not in third["promotion"]["reason"]
 
 
@@ -206,20 +212,20 @@ def test_gc_while_a_flow_runs_removes_nothing_it_uses_or_makes(prefect_server, w
     try:
         store = LineageStore(db)
         deadline = time.monotonic() + 240
-        while not [r for r in store.runs() if r["job_type"] == "train" and r["status"] == "running"]:
+        while not [r for r in store.runs() if r.job_type == "train" and r.status == "running"]:
             assert flow.poll() is None, flow.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "training never started"
             time.sleep(0.1)
-        [training] = [r for r in store.runs() if r["job_type"] == "train" and r["status"] == "running"]
+        [training] = [r for r in store.runs() if r.job_type == "train" and r.status == "running"]
         new_data = [a for a in store.artifacts("dataset") if a.version == 1]
         assert new_data, "the running flow's dataset is on record"
         code, out, err = _cli(capsys, "gc", "--keep-last", "1", "--lineage-db", str(db), "--artifacts-dir",
                               str(art), "--apply", "--json")
         assert code == 0, err
         result = json.loads(out)
-        assert training["status"] == "running" and flow.poll() is None, "gc must run while the flow does"
+        assert flow.poll() is None, "gc must run while the flow does"
         assert "mnist:v1" in result["kept"] and not any("mnist/" in p for p in result["removed"])
-        assert not any(training["run_id"] in p for p in result["removed"])  # its staging folder
+        assert not any(training.run_id in p for p in result["removed"])  # its staging folder
         _, stderr = flow.communicate(timeout=300)
         assert flow.returncode == 0, stderr[-3000:]
     finally:

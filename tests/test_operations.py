@@ -174,3 +174,57 @@ def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
     assert reproduction.environment_differences({"git_commit": "a", "packages": {"torch": "1"}},
                                                 {"git_commit": "b", "packages": {"torch": "2"}}) == [
         "code commit b differs from the recorded a", "package torch 2 differs from the recorded 1"]
+
+
+def test_a_rollback_is_a_recorded_decision_that_moves_production_alone_and_pops_the_history(lin):
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    a, b, c = (lin.pipeline(d, t)[0] for t in "abc")
+    for m in (a, b, c):
+        lin.promote(m)
+    rec = lin.store.record_rollback(b.artifact_id, reason="rollback from convnet:v2 to convnet:v1", requested_by="me")
+    assert (rec.kind, rec.requested_by, rec.aliases, rec.production_artifact_id) == ("rollback", "me", ["production"],
+                                                                                    c.artifact_id)
+    assert lin.store.alias("convnet", "production").artifact_id == b.artifact_id
+    assert lin.store.alias("convnet", "candidate").artifact_id == c.artifact_id  # untouched
+    current, prev = rollback.previous_production(lin.store, "convnet")
+    assert (current.artifact_id, prev.artifact_id) == (b.artifact_id, a.artifact_id)
+
+
+def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_audited_as_deleted(lin):
+    from mnist_pipeline.lineage.audit import audit
+    from mnist_pipeline.lineage.store import ArtifactDeleted
+
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    _, [other] = lin.run("prepare-data", produce=[("mnist", "dataset", "other", {})])
+    # a running stage opened `d`: gc's transaction sees the edge and leaves it alone
+    lin.store.start_run("live", "train", config={}, env={}, flow_run_id="f-live", run_group=None,
+                        wandb_mode="offline", wandb_dir=None, wandb_project=None, wandb_entity=None)
+    lin.store.record_use("live", d.artifact_id)
+    removed = []
+    assert not lin.store.delete_artifact(d.artifact_id, path=d.path, bytes=1, reason="x", deleted_by="t",
+                                         remove=lambda: removed.append(d.path))
+    assert removed == [] and lin.store.deletions() == {}
+    # `other` is free: recorded as deleted with its folder gone, in one transaction ...
+    gone = Path(other.path)
+    assert lin.store.delete_artifact(other.artifact_id, path=other.path, bytes=9, reason="unreferenced",
+                                     deleted_by="gc test", remove=lambda: __import__("shutil").rmtree(gone))
+    assert not gone.exists() and lin.store.deletions()[other.artifact_id].deleted_by == "gc test"
+    # ... and once the run is over, a remove that fails rolls the record back
+    lin.store.finish_run("live", used=[], produced=[], summary={}, wandb_url=None, wandb_mode="offline")
+
+    def fail():
+        raise OSError("read-only")
+
+    with pytest.raises(OSError, match="read-only"):
+        lin.store.delete_artifact(d.artifact_id, path=d.path, bytes=1, reason="x", deleted_by="t", remove=fail)
+    assert d.artifact_id not in lin.store.deletions()
+    # a later stage that tries to use the deleted one is refused, by name and date
+    lin.store.start_run("late", "train", config={}, env={}, flow_run_id=None, run_group=None,
+                        wandb_mode="offline", wandb_dir=None, wandb_project=None, wandb_entity=None)
+    with pytest.raises(ArtifactDeleted, match=r"mnist:v1 .* was deleted by gc on 20"):
+        lin.store.record_use("late", other.artifact_id)
+    report = audit(lin.store, "mnist:v1")
+    assert report["exit_code"] == 0 and report["artifacts"]["mnist:v1"]["status"] == "deleted"
+    assert [c["status"] for c in report["checks"] if c["kind"] == "artifact-file"] == ["deleted"]
+    assert "deleted by gc on 20" in report["checks"][0]["detail"] and "deleted by gc" in report["message"]
+
