@@ -346,14 +346,14 @@ def _online(mode: str) -> bool:
 
 
 def _move_alias_online(store, target, decision: dict, backend=None) -> None:
+    from mnist_pipeline.lineage.refs import wandb_ref
     from mnist_pipeline.lineage.wandb_io import WandbClient
 
     backend = backend or WandbClient()
     entity = backend.check()
     run = store.run(target.producer_run_id)
-    get = (lambda k: run.get(k)) if isinstance(run, dict) else (lambda k: getattr(run, k, None))
-    ref = f"{get('wandb_entity') or entity}/{get('wandb_project')}/{target.name}:sha256-{target.digest[:16]}"
-    backend.add_aliases(ref, ["production"])
+    backend.add_aliases(wandb_ref(run.wandb_entity or entity, run.wandb_project or "", target.name, target.digest),
+                        ["production"])
     store.mark_promotion_applied(decision["promotion_id"])
 
 

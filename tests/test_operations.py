@@ -1,12 +1,13 @@
 """The pure logic of impact, gc, rollback and reproduce's comparison, on a lineage store built with its own API."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from mnist_pipeline.lineage import impact, promotion, reproduction, retention, rollback
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+from mnist_pipeline.lineage.store import DeletionRecord, LineageStore, NewArtifact
 
 
 class Lineage:
@@ -142,8 +143,8 @@ def test_rollback_walks_the_production_history_back_and_refuses_a_model_that_fai
     assert rollback.refusals(lin.store, b) == []
     assert "failed onnxruntime validation" in rollback.refusals(lin.store, bad)[0]
     # a rollback decision pops the stack: after c -> b, the previous one is a
-    history = [{"decision": "promoted", "artifact_id": m.artifact_id, "reason": "x"} for m in (a, b, c)]
-    history.append({"decision": "promoted", "artifact_id": b.artifact_id, "reason": "rollback to convnet:v1"})
+    history = [SimpleNamespace(decision="promoted", artifact_id=m.artifact_id, kind=None) for m in (a, b, c)]
+    history.append(SimpleNamespace(decision="promoted", artifact_id=b.artifact_id, kind="rollback"))
     names = {m.artifact_id: "convnet" for m in (a, b, c)}
     assert rollback.production_stack(history, names.get)["convnet"] == [a.artifact_id, b.artifact_id]
     # a tampered model file is refused too
@@ -169,8 +170,8 @@ def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
     # a recorded input that is gone is named
     (Path(d.path) / "f.bin").unlink()
     assert "is missing" in reproduction.missing_inputs(recipe)[0]
-    assert "deleted by gc on 2026-01-02" in reproduction.missing_inputs(
-        recipe, {d.artifact_id: {"deleted_at": "2026-01-02T00:00:00"}})[0]
+    gone = DeletionRecord(d.artifact_id, d.path, 1, "unreferenced", "ops@host", "2026-01-02T00:00:00")
+    assert "deleted by gc on 2026-01-02 by ops@host" in reproduction.missing_inputs(recipe, {d.artifact_id: gone})[0]
     assert reproduction.environment_differences({"git_commit": "a", "packages": {"torch": "1"}},
                                                 {"git_commit": "b", "packages": {"torch": "2"}}) == [
         "code commit b differs from the recorded a", "package torch 2 differs from the recorded 1"]

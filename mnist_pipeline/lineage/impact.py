@@ -13,10 +13,6 @@ ALIASES = ("production", "candidate")
 EXIT_OK, EXIT_USAGE, EXIT_UNKNOWN = 0, 2, 4
 
 
-def _get(obj, key: str):
-    """A run row as a dict (before the store's typed records) or a typed record: the same field."""
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
 
 def label(rec: ArtifactRecord) -> str:
     return f"{rec.name}:v{rec.version}"
@@ -56,12 +52,12 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
             produced = store.edges(run_id)["produced"]
             edges.append([f"artifact:{label(rec)}", f"run:{run_id}"])
             first = run_id not in runs
-            runs.setdefault(run_id, {"run_id": run_id, "job_type": _get(run, "job_type"),
-                                     "status": _get(run, "status"), "started_at": _get(run, "started_at"),
-                                     "flow_run_id": _get(run, "flow_run_id"),
+            runs.setdefault(run_id, {"run_id": run_id, "job_type": run.job_type,
+                                     "status": run.status, "started_at": run.started_at,
+                                     "flow_run_id": run.flow_run_id,
                                      "used": [label(u) for u in store.edges(run_id)["used"]],
                                      "produced": [label(p) for p in produced]})
-            run_node = {"run_id": run_id, "job_type": _get(run, "job_type"), "status": _get(run, "status"),
+            run_node = {"run_id": run_id, "job_type": run.job_type, "status": run.status,
                         "produced": []}
             if first:
                 for p in produced:
@@ -77,9 +73,9 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
     promotions = []
     for aid, rec in sorted(arts.items()):
         for p in store.promotions(aid):
-            promotions.append({"artifact": label(rec), "decision": _get(p, "decision"), "reason": _get(p, "reason"),
-                               "decided_at": _get(p, "decided_at"), "promotion_id": _get(p, "promotion_id"),
-                               "kind": _get(p, "kind") or "gate"})
+            promotions.append({"artifact": label(rec), "decision": p.decision, "reason": p.reason,
+                               "decided_at": p.decided_at, "promotion_id": p.promotion_id,
+                               "kind": p.kind or "gate"})
 
     def annotate(node: dict) -> None:
         node["aliases"] = aliases.get(node["artifact_id"], [])

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mnist_pipeline.lineage.refs import sha256_file
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
+from mnist_pipeline.lineage.store import ArtifactRecord, DeletionRecord, LineageStore
 
 EXIT_IDENTICAL, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERS, EXIT_UNKNOWN, EXIT_INPUTS_GONE = 0, 1, 2, 3, 4, 5
 REPRODUCIBLE = ("model", "onnx", "metrics")  # what re-running recorded stages can remake bit for bit
@@ -22,9 +22,6 @@ JOB_OF = {"model": "train", "onnx": "export-onnx", "metrics": "evaluate"}
 class CannotReproduce(Exception):
     """The target is not something reproduce can remake (a dataset, a validation report with timings)."""
 
-
-def _get(obj, key: str):
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
 def label(rec: ArtifactRecord) -> str:
@@ -63,8 +60,8 @@ def _step(store: LineageStore, rec: ArtifactRecord) -> Step:
     if run is None:
         raise CannotReproduce(f"{label(rec)}: its producing run {run_id} is not in the lineage store")
     used = {u.type: u for u in store.edges(run_id)["used"]}
-    return Step(_get(run, "job_type"), run_id, rec, used, _get(run, "config") or {}, _get(run, "env") or {},
-                _get(run, "summary") or {})
+    return Step(run.job_type, run_id, rec, used, run.config or {}, run.env or {},
+                run.summary or {})
 
 
 def recipe(store: LineageStore, target: ArtifactRecord) -> Recipe:
@@ -88,7 +85,7 @@ def recipe(store: LineageStore, target: ArtifactRecord) -> Recipe:
     return Recipe(target, steps, steps[0].inputs["dataset"])
 
 
-def missing_inputs(recipe: Recipe, deleted: dict[int, dict] | None = None) -> list[str]:
+def missing_inputs(recipe: Recipe, deleted: dict[int, DeletionRecord] | None = None) -> list[str]:
     """The recorded inputs that are gone (deleted by gc, or missing/changed on disk), one line each."""
     deleted = deleted or {}
     out = []
@@ -100,7 +97,7 @@ def missing_inputs(recipe: Recipe, deleted: dict[int, dict] | None = None) -> li
     for aid, rec in needed.items():
         if aid in deleted:
             d = deleted[aid]
-            out.append(f"{label(rec)}: deleted by gc on {str(_get(d, 'deleted_at'))[:10]} ({rec.path})")
+            out.append(f"{label(rec)}: deleted by gc on {d.deleted_at[:10]} by {d.deleted_by} ({rec.path})")
             continue
         for f in rec.files:
             p = Path(rec.path) / f.relpath

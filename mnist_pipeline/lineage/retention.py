@@ -14,6 +14,7 @@ are no longer running, and training checkpoints when no training runs. Pure: the
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -24,9 +25,6 @@ from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 ALIASES = ("production", "candidate")
 
 
-def _get(obj, key: str):
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
-
 
 def label(rec: ArtifactRecord) -> str:
     return f"{rec.name}:v{rec.version}"
@@ -36,10 +34,8 @@ def folder_size(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
         for f in files:
-            try:
+            with contextlib.suppress(OSError):  # gone since the walk listed it
                 total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
     return total
 
 
@@ -122,10 +118,10 @@ def protected(store: LineageStore, keep_last: int, deleted: set[int] = frozenset
         for d in forwards(aid):
             backwards(d, f"derived from {label(arts[aid])} ({reason})")
     # runs in flight: what they (and the other stages of their flow run) use and produce
-    running = [r for r in store.runs() if _get(r, "status") == "running"]
-    flows = {_get(r, "flow_run_id") for r in running if _get(r, "flow_run_id")}
-    busy = {_get(r, "run_id") for r in running}
-    busy |= {_get(r, "run_id") for r in store.runs() if _get(r, "flow_run_id") in flows}
+    running = [r for r in store.runs() if r.status == "running"]
+    flows = {r.flow_run_id for r in running if r.flow_run_id}
+    busy = {r.run_id for r in running}
+    busy |= {r.run_id for r in store.runs() if r.flow_run_id in flows}
     for run_id in busy:
         e = store.edges(run_id)
         for a in e["used"] + e["produced"]:
@@ -142,8 +138,8 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
     artifacts_dir = Path(artifacts_dir)
     out = Plan()
     keep = protected(store, keep_last, set(deleted))
-    runs = {_get(r, "run_id"): r for r in store.runs()}
-    running = {rid for rid, r in runs.items() if _get(r, "status") == "running"}
+    runs = {r.run_id: r for r in store.runs()}
+    running = {rid for rid, r in runs.items() if r.status == "running"}
     recorded_paths = set()
     for a in store.artifacts():
         recorded_paths.add(Path(a.path).resolve())
@@ -187,11 +183,11 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
             for d in sorted(p for p in staging.iterdir() if p.is_dir()):
                 if d.name in running:
                     continue
-                state = _get(runs[d.name], "status") if d.name in runs else "unknown"
+                state = runs[d.name].status if d.name in runs else "unknown"
                 out.removals.append(Removal("staging", str(d), folder_size(d),
                                             f"staging folder of a run that is {state}, not running"))
         ckpts = artifacts_dir / ".checkpoints"
-        training_now = any(_get(runs[r], "job_type") == "train" for r in running)
+        training_now = any(runs[r].job_type == "train" for r in running)
         if ckpts.is_dir() and not training_now:
             for f in sorted(ckpts.glob("*.pt")):
                 mtime = datetime.fromtimestamp(f.stat().st_mtime, timezone.utc)

@@ -10,14 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mnist_pipeline.lineage.refs import DigestMismatch, verify_files
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
+from mnist_pipeline.lineage.store import ArtifactRecord, DeletionRecord, LineageStore
 
 ROLLBACK = "rollback"
 EXIT_DONE, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
-
-def _get(obj, key: str):
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
 
 
 def label(rec: ArtifactRecord) -> str:
@@ -25,16 +22,16 @@ def label(rec: ArtifactRecord) -> str:
 
 
 def is_rollback(p) -> bool:
-    return _get(p, "kind") == ROLLBACK or str(_get(p, "reason") or "").startswith("rollback")
+    return p.kind == ROLLBACK
 
 
 def production_stack(promotions: list, artifact_name_of) -> dict[str, list[int]]:
     """name -> the stack of production model ids, oldest first, replayed from decisions in order."""
     stacks: dict[str, list[int]] = {}
     for p in promotions:
-        if _get(p, "decision") != "promoted":
+        if p.decision != "promoted":
             continue
-        aid = _get(p, "artifact_id")
+        aid = p.artifact_id
         stack = stacks.setdefault(artifact_name_of(aid), [])
         if is_rollback(p) and aid in stack:
             while stack[-1] != aid:
@@ -79,7 +76,7 @@ def derived_onnx(store: LineageStore, model: ArtifactRecord) -> list[ArtifactRec
     return out
 
 
-def refusals(store: LineageStore, target: ArtifactRecord, deleted: dict[int, dict] | None = None) -> list[str]:
+def refusals(store: LineageStore, target: ArtifactRecord, deleted: dict[int, DeletionRecord] | None = None) -> list[str]:
     """Why `target` may not become production (empty: it may)."""
     deleted = deleted or {}
     out = []
@@ -94,7 +91,7 @@ def refusals(store: LineageStore, target: ArtifactRecord, deleted: dict[int, dic
                    f"{v.get('max_abs_diff')}, argmax agreement {v.get('argmax_agreement')})")
     for rec in [target, *derived_onnx(store, target)]:
         if rec.artifact_id in deleted:
-            out.append(f"{label(rec)} was deleted by gc on {str(_get(deleted[rec.artifact_id], 'deleted_at'))[:10]}")
+            out.append(f"{label(rec)} was deleted by gc on {str(deleted[rec.artifact_id].deleted_at)[:10]}")
             continue
         try:
             verify_files(Path(rec.path), rec.files)
