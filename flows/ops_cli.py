@@ -322,7 +322,7 @@ def rollback_main(ns: argparse.Namespace, backend=None) -> int:
         _rollback_out(ns, result)
         return RB.EXIT_DONE
     decision = store.record_rollback(target.artifact_id, reason=reason, requested_by=requested_by)
-    result.update(status="rolled back", promotion_id=decision["promotion_id"], wandb="pending `mnist-pipeline sync`")
+    result.update(status="rolled back", promotion_id=decision.promotion_id, wandb="pending `mnist-pipeline sync`")
     code = RB.EXIT_DONE
     if _online(ns.wandb_mode):
         try:
@@ -345,7 +345,7 @@ def _online(mode: str) -> bool:
     return has_api_key()
 
 
-def _move_alias_online(store, target, decision: dict, backend=None) -> None:
+def _move_alias_online(store, target, decision, backend=None) -> None:
     from mnist_pipeline.lineage.refs import wandb_ref
     from mnist_pipeline.lineage.wandb_io import WandbClient
 
@@ -354,7 +354,7 @@ def _move_alias_online(store, target, decision: dict, backend=None) -> None:
     run = store.run(target.producer_run_id)
     backend.add_aliases(wandb_ref(run.wandb_entity or entity, run.wandb_project or "", target.name, target.digest),
                         ["production"])
-    store.mark_promotion_applied(decision["promotion_id"])
+    store.mark_promotion_applied(decision.promotion_id)
 
 
 def _rollback_out(ns, result: dict) -> None:

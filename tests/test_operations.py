@@ -1,5 +1,6 @@
 """The pure logic of impact, gc, rollback and reproduce's comparison, on a lineage store built with its own API."""
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -229,3 +230,42 @@ def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_au
     assert [c["status"] for c in report["checks"] if c["kind"] == "artifact-file"] == ["deleted"]
     assert "deleted by gc on 20" in report["checks"][0]["detail"] and "deleted by gc" in report["message"]
 
+
+
+def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync(lin, capsys):
+    import argparse
+
+    from flows import ops_cli
+    from mnist_pipeline.lineage.recording import RecordingWandb
+
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    a, b = (lin.pipeline(d, t)[0] for t in "ab")
+    lin.promote(a)
+    lin.promote(b)
+
+    def ns(**kw):
+        base = {"command": "rollback", "to": None, "name": "convnet", "reason": "", "requested_by": "cron job 7",
+                "lineage_db": str(lin.store.path), "wandb_mode": "offline", "dry_run": False, "json": True}
+        return argparse.Namespace(**{**base, **kw})
+
+    assert ops_cli.rollback_main(ns(dry_run=True)) == 0  # says what it would do, records nothing
+    assert json.loads(capsys.readouterr().out)["status"] == "would roll back"
+    assert lin.store.alias("convnet", "production").artifact_id == b.artifact_id
+    backend = RecordingWandb(artifacts={  # W&B as the promotions left it: v1 is production
+        f"convnet:sha256-{a.digest[:16]}": {"version": "v0", "aliases": ["latest"], "logged_by": "r", "used_by": []},
+        f"convnet:sha256-{b.digest[:16]}": {"version": "v1", "aliases": ["candidate", "production"],
+                                            "logged_by": "r", "used_by": []}})
+    assert ops_cli.rollback_main(ns(wandb_mode="online"), backend=backend) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["to"] == "convnet:v0" and out["wandb"] == "production alias moved"
+    assert ("add_aliases", f"(default entity)/p/convnet:sha256-{a.digest[:16]}", ("production",)) in backend.calls
+    arts = backend.artifacts
+    assert arts[f"convnet:sha256-{a.digest[:16]}"]["aliases"] == ["latest", "production"]
+    assert arts[f"convnet:sha256-{b.digest[:16]}"]["aliases"] == ["candidate"]  # moved off, candidate stays
+    assert lin.store.promotions()[-1].wandb_applied_at is not None  # sync has nothing left to do for it
+    # offline: recorded, and pending for sync; nothing before v0 to roll back to
+    assert ops_cli.rollback_main(ns(to="convnet:v1")) == 0
+    assert lin.store.promotions()[-1].wandb_applied_at is None
+    capsys.readouterr()
+    assert ops_cli.rollback_main(ns(to="convnet:v1")) == 2  # already production
+    assert "already production" in capsys.readouterr().err
