@@ -96,7 +96,7 @@ def protected(store: LineageStore, keep_last: int, deleted: set[int] = frozenset
             cur = stack.pop()
             if cur in why:
                 continue
-            why[cur] = reason
+            why[cur] = reason if cur == aid else f"in the lineage of {label(arts[aid])} ({reason})"
             for run_id in store.producers(cur):
                 stack.extend(u.artifact_id for u in store.edges(run_id)["used"])
 
