@@ -11,7 +11,7 @@ from flows.cli import main
 from flows.pipeline import mnist_pipeline
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 pytestmark = pytest.mark.slow
 
