@@ -13,10 +13,11 @@ from prefect import serve
 from prefect.schedules import Cron
 
 from flows.pipeline import mnist_pipeline
+from mnist_pipeline.config import SCHEDULE_CRON as DEFAULT_CRON
+from mnist_pipeline.config import SCHEDULE_TIMEZONE as DEFAULT_TIMEZONE
 from mnist_pipeline.config import PipelineConfig
 
 SCHEDULED, MANUAL = "scheduled-retraining", "manual"
-DEFAULT_CRON, DEFAULT_TIMEZONE = "0 3 * * 1", "UTC"  # Mondays 03:00
 
 
 def build_deployments(cfg: PipelineConfig, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE,

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mnist_pipeline.lineage.audit import (
     EXIT_ERROR,
@@ -22,6 +23,9 @@ from mnist_pipeline.lineage.audit import (
     audit,
 )
 from mnist_pipeline.lineage.render import render_tree, write_report
+
+if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
+    from mnist_pipeline.lineage.sync import Action, PromotionPlan, SyncPlan
 
 DEFAULT_DB = "mnist-runs/lineage.db"
 SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_UNAVAILABLE = 0, 1, 2, 5
@@ -144,12 +148,12 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
 # --------------------------------------------------------------------------------------------- sync
 
 
-def render_sync(result: dict, calls: list[tuple] | None = None) -> str:
+def render_sync(result: SyncPlan, calls: list[tuple] | None = None) -> str:
     dry = result["dry_run"]
     out = [("DRY RUN (nothing sent, nothing recorded): " if dry else "") +
            f"W&B sync; runs that name no entity go to {result['entity']}"]
 
-    def line(a: dict) -> str:
+    def line(a: Action | PromotionPlan) -> str:
         was, st = a.get("was"), a["status"]
         if was == "done":
             state = "already done"

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from flows import audit_cli, ops_cli
-from mnist_pipeline.config import ConfigError, PipelineConfig
+from mnist_pipeline.config import SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -95,8 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(show)
     serve = sub.add_parser("serve", help="serve the 'scheduled-retraining' (cron) and 'manual' deployments from "
                            "this process; needs a Prefect server (PREFECT_API_URL), e.g. `prefect server start`")
-    serve.add_argument("--cron", default="0 3 * * 1", help="schedule of scheduled-retraining (default: %(default)s)")
-    serve.add_argument("--timezone", default="UTC", help="timezone of the cron schedule (default: %(default)s)")
+    serve.add_argument("--cron", default=SCHEDULE_CRON, help="schedule of scheduled-retraining (default: %(default)s)")
+    serve.add_argument("--timezone", default=SCHEDULE_TIMEZONE, help="timezone of the cron schedule (default: %(default)s)")
     serve.add_argument("--config", help="JSON or YAML file with the deployments' default PipelineConfig")
     _add_config_flags(serve)
     audit_cli.add_parsers(sub)  # audit, sync

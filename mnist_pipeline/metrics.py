@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mnist_pipeline.config import INFERENCE_BATCH
 from mnist_pipeline.data import Split, to_float
 
 
@@ -25,7 +26,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1024,
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = INFERENCE_BATCH,
                    device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits for uint8 images [N, 28, 28], in batches, on CPU at the end.
 
@@ -40,7 +41,7 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, classes: int) ->
     return torch.bincount(labels * classes + preds, minlength=classes * classes).reshape(classes, classes)
 
 
-def evaluate(model: nn.Module, split: Split, classes: int, batch_size: int = 1024,
+def evaluate(model: nn.Module, split: Split, classes: int, batch_size: int = INFERENCE_BATCH,
              device: torch.device | str = "cpu") -> Evaluation:
     logits = predict_logits(model, split.images, batch_size, device)
     labels = split.labels

@@ -13,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from mnist_pipeline.config import INFERENCE_BATCH, LATENCY_SAMPLES, THROUGHPUT_BATCH, TIMING_SECONDS
 from mnist_pipeline.data import Split, to_float
 from mnist_pipeline.metrics import predict_logits
 
@@ -115,7 +116,7 @@ def session(path: Path, threads: int = 0) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_logits(sess: ort.InferenceSession, images: torch.Tensor, batch_size: int = 1024) -> np.ndarray:
+def ort_logits(sess: ort.InferenceSession, images: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
     name = sess.get_inputs()[0].name
     out = [sess.run(None, {name: to_float(images[i : i + batch_size]).numpy()})[0]
            for i in range(0, len(images), batch_size)]
@@ -171,8 +172,8 @@ def throughput(run_batch, batch: torch.Tensor, min_seconds: float = 0.5) -> floa
 
 
 def validate(onnx_path: Path, model: torch.nn.Module, test: Split, *, atol: float, min_agreement: float,
-             latency_samples: int = 200, throughput_batch: int = 256, batch_size: int = 1024,
-             timing_seconds: float = 0.25) -> Validation:
+             latency_samples: int = LATENCY_SAMPLES, throughput_batch: int = THROUGHPUT_BATCH,
+             batch_size: int = INFERENCE_BATCH, timing_seconds: float = TIMING_SECONDS) -> Validation:
     """Compare onnxruntime with torch on every test image; time both. Never raises on a parity miss:
     the caller decides (it records the report first, so a failed validation is still on file)."""
     sess = session(onnx_path)

@@ -62,17 +62,14 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
     logger = get_run_logger()
     test_set, reevaluated, note = _like_for_like(cfg, model, metrics, logger)
     with open_stage(cfg, "promote", current_flow_run_id()) as stage:
-        stage.use(model)
+        model_id = stage.record(model).artifact_id
         acc = stage.record(metrics).metadata.get("test_accuracy")
         passed = bool(stage.record(validation).metadata.get("passed"))
-        if reevaluated is not None:
-            stage.use(reevaluated)  # the decision rests on it: on record as an input of the promotion
+        # production's evaluation on the candidate's test set: the decision rests on it, so it is an input too
+        measured = {stage.record(reevaluated).artifact_id: reevaluated.label} if reevaluated is not None else None
         store = stage.store
-        model_id = store.find_artifact(model.name, model.digest).artifact_id
         decision = apply_gate(store, model_id, accuracy=acc, validation_passed=passed, margin=cfg.promotion.margin,
-                              flow_run_id=current_flow_run_id(), test_set=test_set, note=note,
-                              reevaluated={store.find_artifact(reevaluated.name, reevaluated.digest).artifact_id:
-                                           reevaluated.label} if reevaluated is not None else None)
+                              flow_run_id=current_flow_run_id(), test_set=test_set, note=note, reevaluated=measured)
         promoted = decision.decision == "promoted"
         if stage.set_aliases(model, decision.aliases, registry_path=cfg.promotion.registry_path if promoted else None):
             store.mark_promotion_applied(decision.promotion_id)

@@ -37,3 +37,11 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs a real Prefect server (directly or through a module fixture) runs flows and takes
+    seconds to minutes: it is `slow`, so `pytest -m "not slow"` is the sub-minute check."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -9,7 +9,7 @@ from mnist_pipeline.model import ConvNet, ModelConfig
 from tests.helpers import tiny_digits
 
 
-@pytest.fixture(scope="module", params=["dynamo", "torchscript"])
+@pytest.fixture(scope="module", params=[pytest.param("dynamo", marks=pytest.mark.slow), "torchscript"])
 def exported(tmp_path_factory, request):
     torch.manual_seed(0)
     model = ConvNet(ModelConfig(kernels=(4, 8))).eval()

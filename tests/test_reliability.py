@@ -242,6 +242,7 @@ def test_paths_from_parameters_cannot_escape_the_allowed_roots(prefect_server, t
     assert not (allowed / "lineage.db").exists() and not (allowed / "art").exists()
 
 
+@pytest.mark.slow
 def test_artifact_names_and_recorded_file_paths_cannot_leave_the_artifact_root(wandb_offline, tmp_path):
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()

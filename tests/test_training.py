@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from mnist_pipeline import training
@@ -22,6 +23,7 @@ def _run(tmp_path=None, stop=None, epochs=2, log=None, ckpt=None):
     return model, result
 
 
+@pytest.mark.slow
 def test_training_is_repeatable_and_learns():
     a, ra = _run()
     b, _ = _run()
@@ -40,6 +42,7 @@ def test_loss_is_logged_every_n_batches_with_examples_as_step():
     assert all(c[2] > 0 for c in calls)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_one_does(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     try:

@@ -19,8 +19,9 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, NotRequired, TypedDict
 
-from mnist_pipeline.lineage.refs import manifest, manifest_digest, sha256_file
+from mnist_pipeline.lineage.refs import digest_alias, manifest, manifest_digest, sha256_file
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
 # Exit codes of `mnist-pipeline audit` (also in its --help and the README).
@@ -54,6 +55,113 @@ def md5_b64(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return base64.b64encode(h.digest()).decode()
+
+
+# --------------------------------------------------------------------------------------------- the report's types
+#
+# The audit's result is a JSON document (`--json` prints it as is, the renderers read it): typed here, key by key.
+
+
+class Check(TypedDict):
+    """One re-verified fact: a file's sha256, a record's consistency, or (online) W&B's copy."""
+
+    kind: str  # query-file, artifact-file, raw-file, record, wandb
+    artifact: str | None  # label, e.g. convnet:v0
+    path: str | None
+    status: str  # ok, or one of FAILED, or 'unreachable' (a raw file not on this machine: not a failure), or
+    # 'deleted' (removed by `mnist-pipeline gc`, which recorded it: not a failure)
+    expected: str | None
+    actual: str | None
+    detail: str
+
+
+class FileEntry(TypedDict):
+    relpath: str
+    sha256: str
+    size: int
+    status: str
+    actual: str | None
+
+
+class ArtifactEntry(TypedDict):
+    label: str
+    name: str
+    type: str
+    version: int
+    digest: str
+    wandb_alias: str
+    path: str
+    role: str  # subject, upstream, downstream
+    producer_run_id: str
+    producers: list[str]
+    consumers: list[str]
+    created_at: str
+    files: list[FileEntry]
+    raw_files: list[dict[str, Any]]
+    summary: dict[str, Any]
+    aliases: list[dict[str, Any]]
+    metadata: dict[str, Any]
+    status: str  # ok, tampered, or deleted (by gc: its files are gone on purpose)
+    deleted: NotRequired[dict[str, Any]]  # gc's deletion record (deleted_at, deleted_by, reason, bytes)
+
+
+class WandbEntry(TypedDict):
+    mode: str | None
+    run_id: str
+    url: str | None
+    dir: str | None
+    project: str | None
+    entity: str | None
+    synced_at: str | None
+    inputs_declared: list[str]
+
+
+class RunEntry(TypedDict, total=False):
+    run_id: str
+    job_type: str | None
+    status: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    flow_run_id: str | None
+    group: str | None
+    code: dict[str, Any]
+    python: str | None
+    platform: str | None
+    seed: int | None
+    packages: dict[str, Any]
+    config: dict[str, Any]
+    config_section: str | None
+    summary: dict[str, Any]
+    wandb: WandbEntry
+    used: list[str]
+    produced: list[str]
+    role: str  # upstream or downstream
+
+
+class AuditReport(TypedDict, total=False):
+    schema: int
+    query: str
+    query_kind: str
+    query_path: str | None
+    query_sha256: str | None
+    identified_by: str | None
+    lineage_db: str
+    subjects: list[str]
+    artifacts: dict[str, ArtifactEntry]  # by label
+    runs: dict[str, RunEntry]  # by run id
+    upstream: list[dict[str, Any]]  # nested: artifact -> produced_by runs -> used artifacts -> ...
+    downstream: list[dict[str, Any]]
+    promotions: list[dict[str, Any]]  # PromotionRecord fields + artifact label and role
+    checks: list[Check]
+    failures: list[Check]
+    edges: list[list[str]]  # ["artifact:<label>", "run:<id>"] pairs, in the direction of the data
+    near_misses: list[dict[str, Any]]
+    wandb_online: dict[str, dict[str, Any]]
+    status: str  # verified, tampered, unknown
+    exit_code: int
+    message: str
+    report: str
 
 
 # --------------------------------------------------------------------------------------------- identification
@@ -171,7 +279,7 @@ class _Walk:
     def upstream(self, rec: ArtifactRecord, seen: set, role: str = "upstream") -> dict:
         """The nested tree artifact -> producing runs -> their inputs -> ..., each node expanded once."""
         self._add(rec, role)
-        node = {"artifact": label(rec), "produced_by": []}
+        node: dict[str, Any] = {"artifact": label(rec), "produced_by": []}
         if ("a", rec.artifact_id) in seen:
             node["repeat"] = True
             return node
@@ -179,7 +287,7 @@ class _Walk:
         producers = self.store.producers(rec.artifact_id) or [rec.producer_run_id]
         for run_id in producers:
             self._run(run_id)
-            rnode = {"run": run_id, "used": []}
+            rnode: dict[str, Any] = {"run": run_id, "used": []}
             if ("r", run_id) in seen:
                 rnode["repeat"] = True
             else:
@@ -228,9 +336,9 @@ class _Walk:
 
 
 class _Verifier:
-    def __init__(self, deleted: dict | None = None):
+    def __init__(self, deleted: dict | None = None) -> None:
         self.cache: dict[Path, str | None] = {}
-        self.checks: list[dict] = []
+        self.checks: list[Check] = []
         self.deleted = deleted or {}  # artifact_id -> DeletionRecord: removed by gc on purpose, not missing
 
     def _sha(self, path: Path) -> str | None:
@@ -242,16 +350,16 @@ class _Verifier:
         return self.cache[path]
 
     def add(self, kind: str, artifact: str | None, path: str, status: str, expected: str | None = None,
-            actual: str | None = None, detail: str = "") -> dict:
-        c = {"kind": kind, "artifact": artifact, "path": path, "status": status, "expected": expected,
+            actual: str | None = None, detail: str = "") -> Check:
+        c: Check = {"kind": kind, "artifact": artifact, "path": path, "status": status, "expected": expected,
              "actual": actual, "detail": detail}
         self.checks.append(c)
         return c
 
-    def file(self, kind: str, artifact: str | None, path: Path, expected: str, *, required: bool) -> dict:
+    def file(self, kind: str, artifact: str | None, path: Path, expected: str, *, required: bool) -> Check:
         if not path.is_file():
             return self.add(kind, artifact, str(path), "missing" if required else "unreachable", expected,
-                            detail="missing (recorded sha256 {})".format(expected) if required
+                            detail=f"missing (recorded sha256 {expected})" if required
                             else "not on this machine; not checked")
         actual = self._sha(path)
         if actual is None:
@@ -318,22 +426,18 @@ class _Verifier:
 def _summary(rec: ArtifactRecord) -> dict:
     """The scalar facts of an artifact's metadata (lists only when short), for the tree."""
     skip = {"inputs", "files", "producer", "raw_files", "notes", "confusion_matrix", "mirrors", "train"}
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in rec.metadata.items():
         if k in skip or v is None:
             continue
-        if isinstance(v, (str, int, float, bool)):
-            out[k] = v
-        elif isinstance(v, list) and len(v) <= 12 and all(isinstance(x, (int, float, str)) for x in v):
-            out[k] = v
-        elif isinstance(v, dict) and len(json.dumps(v, default=str)) <= 200:
+        if isinstance(v, (str, int, float, bool)) or isinstance(v, list) and len(v) <= 12 and all(isinstance(x, (int, float, str)) for x in v) or isinstance(v, dict) and len(json.dumps(v, default=str)) <= 200:
             out[k] = v
     return out
 
 
 
 
-def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict]) -> dict:
+def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict]) -> RunEntry:
     env = run.get("env") or {}
     cfg = run.get("config") or {}
     upload = next((r for r in sync_rows if r["action"] == "upload"), None)
@@ -345,7 +449,7 @@ def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict]) -> 
                  "source_dir": env.get("source_dir")},
         "python": env.get("python"), "platform": env.get("platform"), "seed": env.get("seed"),
         "packages": env.get("packages") or {},
-        "config": cfg, "config_section": CONFIG_SECTION.get(run.get("job_type"), None),
+        "config": cfg, "config_section": CONFIG_SECTION.get(run.get("job_type") or ""),
         "summary": run.get("summary") or {},
         "wandb": {"mode": run.get("wandb_mode"), "run_id": run["run_id"],
                   "url": run.get("wandb_url") or (upload["detail"] if upload and upload["detail"] and
@@ -369,10 +473,10 @@ def _graph_edges(w: _Walk) -> list[list[str]]:
     return edges
 
 
-def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> dict:
+def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> AuditReport:
     """The whole audit of `target` as one JSON-ready dict; `report["exit_code"]` is the CLI's exit code."""
     ident = identify(store, target)
-    report: dict = {
+    report: AuditReport = {
         "schema": 1, "query": target, "query_kind": ident.kind, "query_path": str(ident.path) if ident.path else None,
         "query_sha256": ident.sha256 if ident.kind == "file" else None, "identified_by": ident.how,
         "lineage_db": str(store.path), "subjects": [], "artifacts": {}, "runs": {}, "upstream": [],
@@ -385,8 +489,8 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
             what = f"file sha256 {ident.sha256}" if ident.kind == "file" else f"folder digest {ident.sha256}"
             message = (f"{target}: not produced by any recorded run ({what} is in no artifact of the lineage "
                        f"store {store.path})")
-        report.update(status="unknown", exit_code=EXIT_UNKNOWN, message=message)
-        if ident.kind == "file":
+        _conclude(report, "unknown", EXIT_UNKNOWN, message)
+        if ident.kind == "file" and ident.path is not None:
             report["near_misses"] = _near_misses(store, ident.path)
         return report
 
@@ -413,11 +517,11 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
             v.add("query-file", label(ident.matches[0]), str(ident.path), "unrecorded", None, ident.sha256,
                   "in an artifact folder but not on record")
 
-    by_label = {}
+    by_label: dict[str, ArtifactEntry] = {}
     for aid, rec in sorted(w.arts.items()):
         lab = label(rec)
         checks = [c for c in v.checks if c["artifact"] == lab]
-        files = []
+        files: list[FileEntry] = []
         for f in rec.files:
             where = str(Path(rec.path) / f.relpath)
             c = next((c for c in checks if c["kind"] == "artifact-file" and c["path"] == where), None)
@@ -425,11 +529,11 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
                           "status": c["status"] if c else "unchecked", "actual": c["actual"] if c else None})
         raw = []
         for r in rec.metadata.get("raw_files", []):
-            c = next((c for c in checks if c["kind"] == "raw-file" and Path(c["path"]).name == r["name"]), None)
+            c = next((c for c in checks if c["kind"] == "raw-file" and Path(c["path"] or "").name == r["name"]), None)
             raw.append({**r, "path": c["path"] if c else None, "status": c["status"] if c else "unchecked"})
         by_label[lab] = {
             "label": lab, "name": rec.name, "type": rec.type, "version": rec.version, "digest": rec.digest,
-            "wandb_alias": f"sha256-{rec.digest[:16]}", "path": rec.path, "role": w.roles[aid],
+            "wandb_alias": digest_alias(rec.digest), "path": rec.path, "role": w.roles[aid],
             "producer_run_id": rec.producer_run_id, "producers": store.producers(aid),
             "consumers": store.consumers(aid), "created_at": rec.created_at, "files": files, "raw_files": raw,
             "summary": _summary(rec), "aliases": store.aliases_of(aid), "metadata": rec.metadata,
@@ -451,7 +555,7 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
             report["promotions"].append({**asdict(p), "artifact": label(w.arts[aid]), "role": "decision about it"})
     # decisions where one of these models was the production model compared against
     for p in store.promotions(production_artifact_ids=list(w.arts)):
-        if p.artifact_id == p.production_artifact_id:
+        if p.production_artifact_id is None or p.artifact_id == p.production_artifact_id:
             continue
         report["promotions"].append({**asdict(p), "artifact": label(store.artifact(p.artifact_id)),
                                      "role": f"compared against {label(w.arts[p.production_artifact_id])}"})
@@ -461,25 +565,28 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
     return report
 
 
-def _finish(report: dict) -> None:
+def _conclude(report: AuditReport, status: str, exit_code: int, message: str) -> None:
+    report["status"], report["exit_code"], report["message"] = status, exit_code, message
+
+
+def _finish(report: AuditReport) -> None:
     """Set status, exit code and message from the checks."""
     failures = [c for c in report["checks"] if c["status"] in FAILED]
     report["failures"] = failures
     subjects = ", ".join(report["subjects"])
     if failures:
         first = failures[0]
-        report.update(status="tampered", exit_code=EXIT_TAMPERED,
-                      message=f"TAMPERED: {first['path']}: {first['detail'] or first['status']}"
-                              + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+        _conclude(report, "tampered", EXIT_TAMPERED,
+                  f"TAMPERED: {first['path']}: {first['detail'] or first['status']}"
+                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     else:
         n = sum(1 for c in report["checks"] if c["status"] == "ok")
-        gone = sorted({c["artifact"] for c in report["checks"] if c["status"] == "deleted"})
+        gone = sorted({c["artifact"] for c in report["checks"] if c["status"] == "deleted" and c["artifact"]})
         tail = f"; {', '.join(gone)} deleted by gc (on record, files removed)" if gone else ""
-        report.update(status="verified", exit_code=EXIT_VERIFIED,
-                      message=f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
+        _conclude(report, "verified", EXIT_VERIFIED, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
 
 
-def apply_wandb_findings(report: dict, found: dict[str, dict | None]) -> dict:
+def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> AuditReport:
     """Fold what W&B says about each artifact (from `sync.wandb_findings`) into the report.
 
     `found[label]` is None when W&B has no such version (an offline run not synced yet: noted, not a failure),
@@ -488,7 +595,7 @@ def apply_wandb_findings(report: dict, found: dict[str, dict | None]) -> dict:
     online = {}
     for lab, info in found.items():
         art = report["artifacts"][lab]
-        entry = {"found": info is not None}
+        entry: dict[str, Any] = {"found": info is not None}
         if info is None:
             entry["note"] = "not in W&B (offline run not synced yet: `mnist-pipeline sync`)"
             online[lab] = entry

@@ -34,8 +34,8 @@ def code_state() -> dict:
     return {"git_commit": commit, "git_dirty": dirty, "source_dir": str(SOURCE_DIR)}
 
 
-def package_versions() -> dict:
-    out = {}
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)

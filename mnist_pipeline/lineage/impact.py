@@ -7,6 +7,8 @@ for every artifact reached, its current aliases and the promotion decisions abou
 
 from __future__ import annotations
 
+from typing import Any
+
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
 ALIASES = ("production", "candidate")
@@ -39,8 +41,8 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
     runs: dict[str, dict] = {}
     edges: list[list[str]] = []
 
-    def walk(rec: ArtifactRecord, depth: int) -> dict:
-        node = {"artifact": label(rec), "artifact_id": rec.artifact_id, "type": rec.type, "digest": rec.digest,
+    def walk(rec: ArtifactRecord, depth: int) -> dict[str, Any]:
+        node: dict[str, Any] = {"artifact": label(rec), "artifact_id": rec.artifact_id, "type": rec.type, "digest": rec.digest,
                 "derived": []}
         if rec.artifact_id in seen:
             node["repeat"] = True
@@ -49,6 +51,8 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
         arts[rec.artifact_id] = rec
         for run_id in store.consumers(rec.artifact_id):
             run = store.run(run_id)
+            if run is None:  # an edge to a run that is not on record: nothing to say about it
+                continue
             produced = store.edges(run_id)["produced"]
             edges.append([f"artifact:{label(rec)}", f"run:{run_id}"])
             first = run_id not in runs
@@ -57,7 +61,7 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
                                      "flow_run_id": run.flow_run_id,
                                      "used": [label(u) for u in store.edges(run_id)["used"]],
                                      "produced": [label(p) for p in produced]})
-            run_node = {"run_id": run_id, "job_type": run.job_type, "status": run.status,
+            run_node: dict[str, Any] = {"run_id": run_id, "job_type": run.job_type, "status": run.status,
                         "produced": []}
             if first:
                 for p in produced:
@@ -116,7 +120,7 @@ def render_tree(report: dict) -> str:
         return f"{node['artifact']} ({node['type']}, {node['digest'][:16]}){tags}{more}"
 
     def draw(node: dict, prefix: str) -> None:
-        children: list[tuple[str, object]] = [("promotion", p) for p in node.get("promotions", [])]
+        children: list[tuple[str, Any]] = [("promotion", p) for p in node.get("promotions", [])]
         children += [("run", r) for r in node["derived"] if not r.get("repeat")]  # a run once, where first met
         for i, (kind, child) in enumerate(children):
             last = i == len(children) - 1

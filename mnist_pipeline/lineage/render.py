@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from mnist_pipeline.lineage.audit import FAILED, AuditError
+from mnist_pipeline.lineage.audit import FAILED, ArtifactEntry, AuditError, AuditReport, RunEntry
 
 
 def _short(d: str | None, n: int = 16) -> str:
@@ -24,12 +24,12 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _run_title(run: dict) -> str:
+def _run_title(run: RunEntry) -> str:
     when = run.get("finished_at") or run.get("started_at") or ""
     return f"{run['job_type']} run {run['run_id']} ({run['status']} {when})"
 
 
-def _run_details(run: dict) -> list[str]:
+def _run_details(run: RunEntry) -> list[str]:
     out = []
     wb = run["wandb"]
     if wb["url"]:
@@ -53,7 +53,7 @@ def _run_details(run: dict) -> list[str]:
     return out
 
 
-def _artifact_title(art: dict) -> str:
+def _artifact_title(art: ArtifactEntry) -> str:
     bad = [f["relpath"] for f in art["files"] if f["status"] in FAILED]
     state = f"TAMPERED: {', '.join(bad)}" if bad else ("TAMPERED" if art["status"] == "tampered" else
                                                        f"deleted by gc on {art['deleted']['deleted_at'][:10]}"
@@ -61,7 +61,7 @@ def _artifact_title(art: dict) -> str:
     return f"{art['label']} ({art['type']}) sha256 {_short(art['digest'])}  [{state}]"
 
 
-def _artifact_details(art: dict, report: dict) -> list[str]:
+def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
     out = []
     s = art["summary"]
     if art["type"] == "dataset":
@@ -89,7 +89,7 @@ def _artifact_details(art: dict, report: dict) -> list[str]:
     return out
 
 
-def _tree_node(node: dict, report: dict, prefix_title: str = "") -> tuple[str, list[str], list]:
+def _tree_node(node: dict, report: AuditReport, prefix_title: str = "") -> tuple[str, list[str], list]:
     if "artifact" in node:
         art = report["artifacts"][node["artifact"]]
         if node.get("repeat"):
@@ -120,7 +120,7 @@ def tree_chain(node: dict) -> list[str]:
     return [f"run:{node['run']}"] + [x for a in node["used"] for x in tree_chain(a)]
 
 
-def render_tree(report: dict) -> str:
+def render_tree(report: AuditReport) -> str:
     out = [f"Audit of {report['query_path'] or report['query']}"]
     if report["query_sha256"]:
         out.append(f"  sha256 {report['query_sha256']}")
@@ -180,7 +180,7 @@ def render_tree(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _node_ids(report: dict) -> dict[str, str]:
+def _node_ids(report: AuditReport) -> dict[str, str]:
     ids = {}
     for i, lab in enumerate(report["artifacts"]):
         ids[f"artifact:{lab}"] = f"a{i}"
@@ -189,16 +189,16 @@ def _node_ids(report: dict) -> dict[str, str]:
     return ids
 
 
-def _node_text(report: dict, key: str) -> tuple[str, str]:
+def _node_text(report: AuditReport, key: str) -> tuple[str, str]:
     kind, _, name = key.partition(":")
     if kind == "artifact":
         a = report["artifacts"][name]
         return a["label"], f"{a['type']} · {_short(a['digest'], 12)}"
     r = report["runs"][name]
-    return r["job_type"], f"run {r['run_id']}"
+    return r.get("job_type") or "?", f"run {r['run_id']}"
 
 
-def render_mermaid(report: dict) -> str:
+def render_mermaid(report: AuditReport) -> str:
     """A Mermaid flowchart of the lineage: artifact versions as slanted boxes, runs as rounded ones; the audited
     artifact in bold, anything that failed verification in red."""
     ids = _node_ids(report)
@@ -224,7 +224,7 @@ def render_mermaid(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _layout(report: dict) -> dict[str, tuple[int, int]]:
+def _layout(report: AuditReport) -> dict[str, tuple[int, int]]:
     """Column = longest path from a root, row = order within the column."""
     nodes = list(_node_ids(report))
     preds: dict[str, list[str]] = {n: [] for n in nodes}
@@ -246,7 +246,7 @@ def _layout(report: dict) -> dict[str, tuple[int, int]]:
     return pos
 
 
-def render_svg(report: dict) -> str:
+def render_svg(report: AuditReport) -> str:
     """The lineage graph as a self-contained SVG (no script, no network): open it in any browser."""
     pos = _layout(report)
     w_box, h_box, dx, dy, pad = 210, 46, 260, 76, 20
@@ -299,11 +299,11 @@ def render_svg(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _check_rows(report: dict) -> list[tuple]:
+def _check_rows(report: AuditReport) -> list[tuple]:
     return [(c["status"], c["kind"], c["artifact"] or "", c["path"], c["detail"]) for c in report["checks"]]
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: AuditReport) -> str:
     out = [f"# Provenance audit: {', '.join(report['subjects']) or report['query']}", "",
            f"**{report['message']}** (exit {report['exit_code']})", ""]
     if report["status"] != "unknown":
@@ -315,7 +315,7 @@ def render_markdown(report: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def render_html(report: dict) -> str:
+def render_html(report: AuditReport) -> str:
     """One self-contained HTML page: the SVG graph, the tree and the table of re-checked digests."""
     title = html.escape(f"Provenance audit: {', '.join(report['subjects']) or report['query']}")
     color = {"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555")
@@ -336,7 +336,7 @@ def render_html(report: dict) -> str:
             f"<th>detail</th></tr>{rows}</table>\n</body></html>\n")
 
 
-def write_report(report: dict, path: Path) -> Path:
+def write_report(report: AuditReport, path: Path) -> Path:
     """`.md` (Mermaid + tree), `.html` (SVG + tree, self-contained) or `.svg` (the graph alone)."""
     path = Path(path)
     renderers = {".md": render_markdown, ".markdown": render_markdown, ".html": render_html, ".htm": render_html,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -74,7 +75,7 @@ def _parse(ts: str | None) -> datetime | None:
     return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
 
 
-def protected(store: LineageStore, keep_last: int, deleted: set[int] = frozenset()) -> dict[int, str]:
+def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = frozenset()) -> dict[int, str]:
     """artifact_id -> why it is kept (alias, newest-N, their ancestry and derivatives, in-flight runs)."""
     arts = {a.artifact_id: a for a in store.artifacts()}
     why: dict[int, str] = {}
@@ -198,7 +199,7 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
     return out
 
 
-def human(n: int) -> str:
+def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -299,7 +299,7 @@ class LineageStore:
                    wandb_url: str | None, wandb_mode: str) -> list[ArtifactRecord]:
         """Record the outputs, the edges and the 'finished' status in one transaction."""
         with self.transaction() as con:
-            ids = []
+            ids: list[int] = []
             for art in produced:
                 row = con.execute("SELECT artifact_id FROM artifacts WHERE name = ? AND digest = ?",
                                   (art.name, art.digest)).fetchone()
@@ -311,7 +311,7 @@ class LineageStore:
                         " producer_run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (art.name, art.type, version, art.digest, art.path,
                          json.dumps(art.metadata, sort_keys=True), run_id, now()))
-                    aid = cur.lastrowid
+                    aid = int(cur.lastrowid or 0)
                     con.executemany("INSERT INTO artifact_files VALUES (?, ?, ?, ?)",
                                     [(aid, f.relpath, f.sha256, f.size) for f in art.files])
                 else:

@@ -11,11 +11,66 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, TypedDict
 
+from mnist_pipeline.lineage.audit import AuditReport
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.store import LineageStore, RunRecord
 from mnist_pipeline.lineage.wandb_io import synced_marker
+
+Status = Literal["pending", "done", "failed", "blocked", "missing"]
+
+
+class Action(TypedDict, total=False):
+    """One step of a run's sync: its upload, or one input edge (`use`)."""
+
+    action: Literal["upload", "use"]
+    ref: str  # the offline run folder (upload) or the exact W&B version `[entity/]project/name:sha256-…` (use)
+    status: Status
+    detail: str
+    artifact: str  # use: the input's label
+    producer_run_id: str  # use: the run that made the input (it must be in W&B first)
+    marker: bool  # upload: `wandb sync` already marked it synced
+    was: Status  # the status before this sync (for reporting)
+
+
+class RunPlan(TypedDict):
+    run_id: str
+    job_type: str
+    status: str
+    mode: str | None
+    project: str
+    entity: str | None
+    run_dir: str | None
+    actions: list[Action]
+    note: str
+
+
+class PromotionPlan(TypedDict, total=False):
+    promotion_id: int
+    artifact: str
+    decision: str
+    ref: str
+    aliases: list[str]
+    producer_run_id: str
+    status: Status
+    detail: str
+    was: Status
+
+
+class SyncPlan(TypedDict, total=False):
+    runs: list[RunPlan]
+    promotions: list[PromotionPlan]
+    # filled in by run_sync:
+    entity: str
+    dry_run: bool
+    counts: dict[str, int]
+    ok: bool
+
+
+def _set(item: Action | PromotionPlan, status: Status, detail: str) -> None:
+    """The one place a step's status changes."""
+    item["status"], item["detail"] = status, detail
 
 
 class WandbBackend(Protocol):
@@ -41,18 +96,19 @@ def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path |
     return next((c for c in candidates if (c / f"run-{rid}.wandb").is_file()), None)
 
 
-def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids: Sequence[str] | None = None) -> dict:
+def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
+              run_ids: Sequence[str] | None = None) -> SyncPlan:
     """What a sync has to do, from the store and the offline run folders alone (no network): per run an upload
     and one `use` per recorded input, then the promotions not yet applied. Done work is marked 'done'."""
-    done = {(r["run_id"], r["action"], r["ref"]): r for r in store.sync_log()}
+    done: dict[tuple[str, str, str], dict] = {(r["run_id"], r["action"], r["ref"]): r for r in store.sync_log()}
     uploaded = {r for r, a, _ in done if a == "upload"}
-    runs = []
+    runs: list[RunPlan] = []
     for run in store.runs():
         rid = run.run_id
         if run_ids and rid not in run_ids:
             continue
-        entry = {"run_id": rid, "job_type": run.job_type, "status": run.status, "mode": run.wandb_mode,
-                 "project": run.wandb_project, "entity": run.wandb_entity, "run_dir": None, "actions": [],
+        entry: RunPlan = {"run_id": rid, "job_type": run.job_type, "status": run.status, "mode": run.wandb_mode,
+                 "project": run.wandb_project or "", "entity": run.wandb_entity, "run_dir": None, "actions": [],
                  "note": ""}
         runs.append(entry)
         if run.wandb_mode == "online":
@@ -66,23 +122,25 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
             continue
         d = find_offline_dir(run, search_dirs)
         entry["run_dir"] = str(d) if d else None
-        up = {"action": "upload", "ref": str(d) if d else (run.wandb_dir or ""), "status": "pending", "detail": ""}
+        up: Action = {"action": "upload", "ref": str(d) if d else (run.wandb_dir or ""), "status": "pending",
+                      "detail": ""}
         if rid in uploaded:
             row = next(v for (r, a, _), v in done.items() if r == rid and a == "upload")
-            up.update(status="done", ref=row["ref"], detail=f"uploaded {row['done_at']}")
+            up["ref"] = row["ref"]
+            _set(up, "done", f"uploaded {row['done_at']}")
         elif d is None:
-            up.update(status="missing", detail=f"offline run folder not found (recorded at {run.wandb_dir})")
-        elif synced_marker(d).exists():
-            up.update(marker=True, detail="already uploaded by `wandb sync` (its .synced marker)")
+            _set(up, "missing", f"offline run folder not found (recorded at {run.wandb_dir})")
+        elif (synced_marker(d) or d / "missing").exists():
+            up["marker"], up["detail"] = True, "already uploaded by `wandb sync` (its .synced marker)"
         entry["actions"].append(up)
         for u in store.edges(rid)["used"]:
-            ref = wandb_ref(run.wandb_entity, run.wandb_project, u.name, u.digest)
-            row = done.get((rid, "use", ref))
+            ref = wandb_ref(run.wandb_entity, run.wandb_project or "", u.name, u.digest)
+            use_row = done.get((rid, "use", ref))
             entry["actions"].append({"action": "use", "ref": ref, "artifact": f"{u.name}:v{u.version}",
                                      "producer_run_id": u.producer_run_id,
-                                     "status": "done" if row else "pending",
-                                     "detail": f"declared {row['done_at']}" if row else ""})
-    promotions = []
+                                     "status": "done" if use_row else "pending",
+                                     "detail": f"declared {use_row['done_at']}" if use_row else ""})
+    promotions: list[PromotionPlan] = []
     for p in store.promotions():
         if p.wandb_applied_at is not None:
             continue
@@ -99,7 +157,8 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
     return {"runs": runs, "promotions": promotions}
 
 
-def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run: bool = False, entity: str | None = None) -> dict:
+def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_run: bool = False,
+             entity: str | None = None) -> SyncPlan:
     """Carry out `plan` through `backend`, in order: check, uploads, input edges (per run), promotions.
 
     The check comes first and raises WandbUnavailable before anything is sent or written. Each finished step
@@ -130,7 +189,7 @@ def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run:
                 uploaded.add(run["run_id"])
                 record(run["run_id"], "upload", a["ref"], a["detail"])
             except Exception as e:
-                a.update(status="failed", detail=f"{type(e).__name__}: {e}")
+                _set(a, "failed", f"{type(e).__name__}: {e}")
 
     for run in plan["runs"]:
         uses = [a for a in run["actions"] if a["action"] == "use" and a["status"] == "pending"]
@@ -138,12 +197,12 @@ def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run:
             continue
         if run["run_id"] not in uploaded:
             for a in uses:
-                a.update(status="blocked", detail="the run itself is not in W&B")
+                _set(a, "blocked", "the run itself is not in W&B")
             continue
         ready = []
         for a in uses:
             if a["producer_run_id"] not in uploaded:
-                a.update(status="blocked", detail=f"its producing run {a['producer_run_id']} is not in W&B")
+                _set(a, "blocked", f"its producing run {a['producer_run_id']} is not in W&B")
             else:
                 ready.append(a)
         if not ready:
@@ -153,31 +212,31 @@ def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run:
             todo = []
             for a in ready:
                 if a["ref"].rsplit("/", 1)[-1] in present:
-                    a.update(status="done", detail="already declared in W&B")
+                    _set(a, "done", "already declared in W&B")
                 else:
                     todo.append(a)
             if todo:
                 backend.declare_inputs(run["entity"], run["project"], run["run_id"], [a["ref"] for a in todo])
                 for a in todo:
-                    a.update(status="done", detail="declared: use_artifact on the resumed run")
+                    _set(a, "done", "declared: use_artifact on the resumed run")
             for a in ready:
                 record(run["run_id"], "use", a["ref"], a["detail"])
         except Exception as e:
             for a in ready:
                 if a["status"] == "pending":
-                    a.update(status="failed", detail=f"{type(e).__name__}: {e}")
+                    _set(a, "failed", f"{type(e).__name__}: {e}")
 
     for p in plan["promotions"]:
         if p["producer_run_id"] not in uploaded:
-            p.update(status="blocked", detail=f"its producing run {p['producer_run_id']} is not in W&B")
+            _set(p, "blocked", f"its producing run {p['producer_run_id']} is not in W&B")
             continue
         try:
             added = backend.add_aliases(p["ref"], p["aliases"])
-            p.update(status="done", detail=f"added {', '.join(added)}" if added else "aliases already set")
+            _set(p, "done", f"added {', '.join(added)}" if added else "aliases already set")
             if not dry_run:
                 store.mark_promotion_applied(p["promotion_id"])
         except Exception as e:
-            p.update(status="failed", detail=f"{type(e).__name__}: {e}")
+            _set(p, "failed", f"{type(e).__name__}: {e}")
 
     statuses = [a["status"] for r in plan["runs"] for a in r["actions"]] + [p["status"] for p in plan["promotions"]]
     return {**plan, "entity": entity, "dry_run": dry_run,
@@ -185,7 +244,7 @@ def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run:
             "ok": not any(s in ("failed", "blocked", "missing") for s in statuses)}
 
 
-def wandb_findings(report: dict, backend: WandbBackend) -> dict[str, dict | None]:
+def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
     """What W&B holds for each artifact version of an audit report (None where it holds nothing)."""
     backend.check()
     out = {}
