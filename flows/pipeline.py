@@ -11,7 +11,7 @@ import logging
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
@@ -45,7 +45,7 @@ _library_warnings_to_prefect()
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
       "training config changed since the production model (unless force is set).")
-def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
+def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     logger = get_run_logger()
     cfg = config.resolved()
     dataset = prepare_data(cfg)
