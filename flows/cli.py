@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from flows import audit_cli
+from flows import audit_cli, ops_cli
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
 
 UNPREFIXED = {"data", "train"}
@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
                        "and write (default: the folders of the config served: data, artifacts, store, W&B)")
     _add_config_flags(serve)
     audit_cli.add_parsers(sub)  # audit, sync
+    ops_cli.add_parsers(sub)  # reproduce, impact, rollback, gc
     return p
 
 
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     if ns.command in audit_cli.COMMANDS:  # no config, no Prefect: the auditor's commands start fast
         return audit_cli.main(ns)
+    if ns.command in ops_cli.COMMANDS:  # the operator's commands: the lineage store, no Prefect
+        return ops_cli.main(ns)
     # Our own progress at INFO; libraries (httpx logs every API call at INFO) only when they warn. Prefect prints
     # its flow and task run logs through its own console handler.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -11,6 +11,7 @@ import logging
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
+from prefect.states import Completed, State
 
 from flows.preflight import effective_config
 from mnist_pipeline.config import PipelineConfig
@@ -47,7 +48,7 @@ _library_warnings_to_prefect()
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
       "training config changed since the production model (unless force is set).")
-def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
+def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     logger = get_run_logger()
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
     # folders: all checked before any task (flows/preflight.py)
@@ -61,14 +62,15 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
 
     check = check_for_changes(cfg, dataset)
     if not check.changed and not cfg.force:
-        summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (set force to retrain)",
+        summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (run with --force to retrain)",
                    "production": check.production,
                    "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
                    "lineage_db": str(cfg.lineage_db), "config_sources": config_sources}
         summary["wandb"] = wandb_records(cfg, logger)
         publish_report(cfg, summary)
         logger.info(summary["reason"])
-        return summary
+        # A Completed state named Skipped: run lists show it, and callers still get the summary as the result.
+        return Completed(name="Skipped", message=summary["reason"], data=summary)
 
     model = train(cfg, dataset)
     # Evaluation and export + validation only share the model: run them side by side.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 
 import torch
@@ -44,10 +45,22 @@ class ConvNet(nn.Module):
         return self.fc(out.reshape(out.size(0), -1))
 
 
-def save_model(model: ConvNet, path) -> None:
+def model_bytes(model: ConvNet) -> bytes:
+    """The model file's bytes: equal weights and config give equal bytes, wherever and whenever it is saved.
+
+    torch.save's zip names its root folder after the file it writes to (a temporary name would leak into the
+    digest); saved to a buffer it is always "archive". Entries carry no timestamps (1980-01-01) and the
+    serialization id is derived from the content, so nothing else varies."""
     # Plain tensors and a plain dict: loadable with weights_only=True, so loading runs no code.
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"model_config": model.cfg.to_dict(), "state_dict": state}, path)
+    buf = io.BytesIO()
+    torch.save({"model_config": model.cfg.to_dict(), "state_dict": state}, buf)
+    return buf.getvalue()
+
+
+def save_model(model: ConvNet, path) -> None:
+    with open(path, "wb") as f:
+        f.write(model_bytes(model))
 
 
 def load_model(path, device: str | torch.device = "cpu") -> ConvNet:

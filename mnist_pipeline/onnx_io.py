@@ -19,6 +19,7 @@ from mnist_pipeline.metrics import predict_logits
 log = logging.getLogger(__name__)
 
 if typing.TYPE_CHECKING:
+    import onnx
     import onnxruntime as ort
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -61,6 +62,8 @@ def export(model: torch.nn.Module, path: Path, opset: int = 18, exporter: str = 
     import onnx  # here, not at the top: the flow imports this module, and most of its runs export nothing
 
     proto = onnx.load(str(path))
+    if _strip_provenance(proto):
+        onnx.save(proto, str(path))
     onnx.checker.check_model(proto, full_check=True)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     shape = [d.dim_param or d.dim_value for d in dims]
@@ -70,6 +73,45 @@ def export(model: torch.nn.Module, path: Path, opset: int = 18, exporter: str = 
     return ExportInfo(opset=opset_found, input_name=proto.graph.input[0].name,
                       output_name=proto.graph.output[0].name, input_shape=shape, ir_version=proto.ir_version,
                       producer=f"{proto.producer_name} {proto.producer_version}", exporter=exporter)
+
+
+def _strip_graph(graph) -> bool:
+    changed = bool(graph.doc_string)
+    graph.doc_string = ""
+    for part in (graph.node, graph.input, graph.output, graph.value_info, graph.initializer):
+        for item in part:
+            changed |= bool(getattr(item, "doc_string", "")) or bool(len(item.metadata_props))
+            if hasattr(item, "doc_string"):
+                item.doc_string = ""
+            del item.metadata_props[:]
+    changed |= bool(len(graph.metadata_props))
+    del graph.metadata_props[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                changed |= _strip_graph(sub)
+    return changed
+
+
+def _strip_provenance(proto: onnx.ModelProto) -> bool:
+    """Remove what records where and how the exporter ran rather than what the model computes.
+
+    The dynamo exporter annotates every node with the Python stack that made it (absolute source paths and line
+    numbers), its FX node and module scope: the same weights exported from another checkout, or after an unrelated
+    edit that moved a line, would get another digest. Names, shapes, opsets, the ops and the weights stay, and so
+    does `producer_version` (the torch that exported it: a real condition of bit-identity). True if anything went."""
+    changed = _strip_graph(proto.graph)
+    for fn in proto.functions:
+        changed |= bool(fn.doc_string) or bool(len(fn.metadata_props))
+        fn.doc_string = ""
+        del fn.metadata_props[:]
+        for node in fn.node:
+            changed |= bool(node.doc_string) or bool(len(node.metadata_props))
+            node.doc_string = ""
+            del node.metadata_props[:]
+    changed |= bool(proto.doc_string)
+    proto.doc_string = ""
+    return changed
 
 
 def session(path: Path, threads: int = 0) -> ort.InferenceSession:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -86,3 +87,9 @@ def check_writable(path: Path, what: str) -> None:
     finally:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Sorted keys, fixed indent, a final newline: the same dict always gives the same bytes (an artifact's digest
+    depends on nothing else); written atomically, naming the path on a full or read-only disk."""
+    write_bytes_atomic(Path(path), (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())

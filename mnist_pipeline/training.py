@@ -53,14 +53,24 @@ class TrainResult:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed torch and ask for deterministic kernels.
+
+    On CPU every op of this loop is deterministic for a given intra-op thread count (the count is what changes
+    the weights: oneDNN splits its reductions by thread), so `set_threads` and the recorded count are what a
+    reproduction needs. On CUDA, cuDNN autotuning is off and PyTorch's deterministic algorithms are on (warning
+    where an op has none; cuBLAS needs CUBLAS_WORKSPACE_CONFIG, set here if absent)."""
     torch.manual_seed(seed)
     if torch.cuda.is_available():
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.cuda.manual_seed_all(seed)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def set_threads(threads: int) -> int:
+    """Set torch's intra-op thread count (0: one per core) and return it: on CPU the trained weights depend on it,
+    so it is recorded with the training run and a reproduction uses the same count."""
     n = threads or os.cpu_count() or 1
     torch.set_num_threads(n)
     return n

@@ -1,20 +1,14 @@
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from prefect.runtime import flow_run
 
 from mnist_pipeline import storage
+from mnist_pipeline.storage import write_json  # noqa: F401  (one writer for every stage: equal dicts, equal bytes)
 
 
 def current_flow_run_id() -> str | None:
     rid = flow_run.get_id()
     return str(rid) if rid else None
-
-
-def write_json(path: Path, data: dict) -> None:
-    storage.write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
 def unless_permanent(task, task_run, state) -> bool:

@@ -5,30 +5,28 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from tasks._common import current_flow_run_id, write_json
+from tasks._common import current_flow_run_id
 
 METRICS_NAME = "convnet-metrics"
 
 
 @task(name="evaluate")
 def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef) -> ArtifactRef:
-    from mnist_pipeline import data, metrics
-    from mnist_pipeline.model import load_model
+    from mnist_pipeline import data, recipes  # torch: imported when evaluating, not when the flow is loaded
 
     logger = get_run_logger()
     with open_stage(cfg, "evaluate", current_flow_run_id()) as stage:
-        net = load_model(stage.use(model) / "model.pt")
+        model_path = stage.use(model) / "model.pt"
         test = data.load_split(stage.use(dataset) / "test.pt")
-        ev = metrics.evaluate(net, test, net.cfg.classes, cfg.evaluate.batch_size)
-        classes = [str(c) for c in range(net.cfg.classes)]
+        out = stage.staging(METRICS_NAME)
+        ev = recipes.evaluate_files(model_path, test, out, batch_size=cfg.evaluate.batch_size)
+        classes = [str(c) for c in range(len(ev.per_class_accuracy))]
         stage.log({"test_accuracy": ev.accuracy, "test_loss": ev.loss})
         stage.log_confusion_matrix("confusion_matrix", test.labels.tolist(), ev.predictions.tolist(), classes)
         wrong = (ev.predictions != test.labels).nonzero().flatten()[: cfg.evaluate.misclassified_table_rows]
         stage.log_image_table("misclassified", ["index", "image", "prediction", "label"],
                               [(int(i), test.images[i].numpy(), int(ev.predictions[i]), int(test.labels[i]))
                                for i in wrong], image_column="image")
-        out = stage.staging(METRICS_NAME)
-        write_json(out / "metrics.json", ev.summary())
         stage.summary = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "misclassified": int(
             (ev.predictions != test.labels).sum())}
         stage.produce(METRICS_NAME, "metrics", out, ev.summary())

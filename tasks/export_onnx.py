@@ -7,22 +7,20 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from tasks._common import current_flow_run_id, write_json
+from tasks._common import current_flow_run_id
 
 ONNX_NAME = "convnet-onnx"
 
 
 @task(name="export-onnx")
 def export_onnx(cfg: PipelineConfig, model: ArtifactRef) -> ArtifactRef:
-    from mnist_pipeline import onnx_io
-    from mnist_pipeline.model import load_model
+    from mnist_pipeline import recipes  # torch and onnx: imported when exporting, not when the flow is loaded
 
     logger = get_run_logger()
     with open_stage(cfg, "export-onnx", current_flow_run_id()) as stage:
-        net = load_model(stage.use(model) / "model.pt")
         out = stage.staging(ONNX_NAME)
-        info = onnx_io.export(net, out / "model.onnx", opset=cfg.onnx.opset, exporter=cfg.onnx.exporter)
-        write_json(out / "export.json", asdict(info))
+        info = recipes.export_onnx_files(stage.use(model) / "model.pt", out, opset=cfg.onnx.opset,
+                                         exporter=cfg.onnx.exporter)
         stage.summary = {"opset": info.opset}
         stage.produce(ONNX_NAME, "onnx", out, asdict(info))
     ref = stage.outputs["onnx"]

@@ -58,6 +58,8 @@ def stored_problem(cfg: PipelineConfig, ref: ArtifactRef) -> str | None:
     rec = store.find_artifact(ref.name, ref.digest)
     if rec is None:
         return "it is no longer in the lineage store"
+    if rec.artifact_id in store.deletions():
+        return "gc deleted its files"
     try:
         verify_files(Path(rec.path), rec.files)
     except DigestMismatch as e:

@@ -6,12 +6,13 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.promotion import ChangeCheck, compare_with_production
+from mnist_pipeline.lineage.promotion import ChangeCheck, accuracy_on, compare_with_production
 from mnist_pipeline.lineage.promotion import promote as apply_gate
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
 from tasks._common import current_flow_run_id
+from tasks.evaluate import evaluate
 from tasks.train import MODEL_NAME
 
 
@@ -32,6 +33,34 @@ def check_for_changes(cfg: PipelineConfig, dataset: ArtifactRef) -> ChangeCheck:
     return check
 
 
+def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, logger):
+    """The candidate's test set, as (label, digest), and, when the production model has never been evaluated on it,
+    production's evaluation there: an evaluate stage of its own (a metrics artifact with its lineage), so that the
+    gate compares two accuracies measured on the same data."""
+    store = LineageStore(cfg.lineage_db)
+    rec = store.find_artifact(metrics.name, metrics.digest)
+    ds = next((i for i in (rec.metadata.get("inputs", []) if rec else []) if i["type"] == "dataset"), None)
+    if ds is None:
+        return None, None, ""
+    test_set = (f"{ds['name']}:v{ds['version']}", ds["digest"])
+    prod = store.alias(MODEL_NAME, "production")
+    if prod is None or prod.digest == model.digest or accuracy_on(store, prod.artifact_id, ds["digest"]):
+        return test_set, None, ""
+    data = store.find_artifact(ds["name"], ds["digest"])
+    logger.info("production %s:v%d was never evaluated on %s, the candidate's test set: evaluating it there",
+                prod.name, prod.version, test_set[0])
+    try:
+        out = evaluate.fn(cfg, _ref(prod), _ref(data))
+    except Exception as e:  # production's files gone or changed: no like-for-like comparison, said in the reason
+        logger.warning("could not evaluate production %s:v%d on %s: %s", prod.name, prod.version, test_set[0], e)
+        return test_set, None, f"evaluating production on {test_set[0]} failed: {type(e).__name__}: {e}"
+    return test_set, out, ""
+
+
+def _ref(rec) -> ArtifactRef:
+    return ArtifactRef(name=rec.name, type=rec.type, version=rec.version, digest=rec.digest, path=rec.path)
+
+
 @task(name="promote")
 def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, validation: ArtifactRef) -> PromotionRecord:
     """Alias the model `candidate`, and `production` if it validated and beats production by the margin.
@@ -40,14 +69,16 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
     aliases are also moved in W&B (and the model linked into the registry if configured), offline they wait
     for `mnist-pipeline sync`."""
     logger = get_run_logger()
+    test_set, reevaluated, note = _like_for_like(cfg, model, metrics, logger)
     with open_stage(cfg, "promote", current_flow_run_id()) as stage:
-        stage.use(model)
+        model_id = stage.record(model).artifact_id
         acc = stage.record(metrics).metadata.get("test_accuracy")
         passed = bool(stage.record(validation).metadata.get("passed"))
+        # production's evaluation on the candidate's test set: the decision rests on it, so it is an input too
+        measured = {stage.record(reevaluated).artifact_id: reevaluated.label} if reevaluated is not None else None
         store = stage.store
-        model_id = store.find_artifact(model.name, model.digest).artifact_id
         decision = apply_gate(store, model_id, accuracy=acc, validation_passed=passed, margin=cfg.promotion.margin,
-                              flow_run_id=current_flow_run_id())
+                              flow_run_id=current_flow_run_id(), test_set=test_set, note=note, reevaluated=measured)
         promoted = decision.decision == "promoted"
         if stage.set_aliases(model, decision.aliases, registry_path=cfg.promotion.registry_path if promoted else None):
             store.mark_promotion_applied(decision.promotion_id)

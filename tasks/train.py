@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from tasks._common import current_flow_run_id, unless_permanent, write_json
+from tasks._common import current_flow_run_id, unless_permanent
 
 MODEL_NAME = "convnet"
 
@@ -23,11 +23,22 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
     return path
 
 
+def loop_settings(cfg: PipelineConfig):
+    from mnist_pipeline import training
+
+    t = cfg.train
+    return training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
+                                 seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
+                                 channels_last=t.channels_last)
+
+
 @task(name="train", retries=1, retry_delay_seconds=1, retry_condition_fn=unless_permanent)
 def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None) -> ArtifactRef:
     # torch: imported when training, not when the flow is loaded (an unchanged run never trains)
-    from mnist_pipeline import data, training
-    from mnist_pipeline.model import ConvNet, ModelConfig, pick_device, save_model
+    import torch
+
+    from mnist_pipeline import data, recipes, training
+    from mnist_pipeline.model import ConvNet, ModelConfig, pick_device
 
     logger = get_run_logger()
     t = cfg.train
@@ -36,8 +47,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
         training.seed_everything(t.seed)
         threads = training.set_threads(t.threads)
         device = pick_device(t.device)
-        model_cfg = ModelConfig(kernels=tuple(t.kernels), classes=t.classes)
-        model = ConvNet(model_cfg)
+        model = ConvNet(ModelConfig(kernels=tuple(t.kernels), classes=t.classes))
         if t.watch:
             stage.watch(model, log_freq=t.watch_log_freq)
         ckpt = checkpoint_path(cfg, dataset)
@@ -47,23 +57,21 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
             stage.log({"epoch": epoch, "loss": loss}, step=examples)
             logger.info("loss after %05d examples: %.3f (epoch %d)", examples, loss, epoch)
 
-        settings = training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                                         seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                                         channels_last=t.channels_last)
+        out = stage.staging(MODEL_NAME)
         lineage = training.CheckpointLineage(dataset_digest=dataset.digest, fingerprint=cfg.training_fingerprint(),
                                              run_id=stage.run_id)
-        result = training.train(model, split, settings, device, on_log=on_log, checkpoint=ckpt,
-                                checkpoint_lineage=lineage, stop_after_batches=stop_after_batches)
-        out = stage.staging(MODEL_NAME)
-        save_model(model, out / "model.pt")
-        meta = {"model_config": model_cfg.to_dict(), "train": t.model_dump(mode="json"), "device": str(device),
-                "threads": threads, "examples_seen": result.examples_seen, "batches": result.batches,
-                "train_seconds": result.seconds, "final_loss": result.final_loss,
-                "resumed_from_checkpoint": result.resumed_from, "fingerprint": cfg.training_fingerprint(),
-                "checkpoint_written_by": result.checkpoint_written_by}
-        write_json(out / "model_config.json", meta)
+        # The files hold only what the weights are a function of (see mnist_pipeline.recipes); how this run went
+        # (time, threads, device, resume) is the run's record below.
+        _, result = recipes.train_model_files(
+            out, split, kernels=t.kernels, classes=t.classes, settings=loop_settings(cfg),
+            fingerprint=cfg.training_fingerprint(), device=device, model=model, on_log=on_log, checkpoint=ckpt,
+            checkpoint_lineage=lineage, stop_after_batches=stop_after_batches)
+        meta = json.loads((out / "model_config.json").read_text())
         stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
-                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None}
+                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None,
+                         "resumed_from_checkpoint": result.resumed_from,
+                         "checkpoint_written_by": result.checkpoint_written_by, "threads": threads,
+                         "device": str(device), "torch_deterministic": torch.are_deterministic_algorithms_enabled()}
         stage.produce(MODEL_NAME, "model", out, meta)
     training.discard_checkpoint(ckpt)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]

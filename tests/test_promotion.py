@@ -72,7 +72,10 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
 
     # 5. force retrains even when nothing changed
     forced = mnist_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6).model_copy(update={"force": True}))
-    assert forced["status"] == "completed" and len(store.artifacts("model")) == 4
+    # ... and makes the very same model: same bytes, same digest, no new version (honest digests)
+    assert forced["status"] == "completed" and len(store.artifacts("model")) == 3
+    assert forced["artifacts"]["model"] == worse["artifacts"]["model"]
+    assert len([r for r in store.runs() if r.job_type == "train"]) == 4
 
 
 def _seed_store(path, tmp_path, n):

@@ -568,7 +568,8 @@ def test_a_prefect_retry_of_train_resumes_from_the_checkpoint(prefect_server, wa
     assert "InterruptedError" in trains[0].error
     [model] = store.artifacts("model")
     # 120 images / 16 = 8 batches an epoch; the last checkpoint before batch 11 was at batch 8 = end of epoch 0
-    assert model.metadata["resumed_from_checkpoint"] == {"epoch": 1, "batch": 0, "examples_seen": 120}
+    # where it resumed is the run's record (the model file is the same as an uninterrupted run's)
+    assert trains[1].summary["resumed_from_checkpoint"] == {"epoch": 1, "batch": 0, "examples_seen": 120}
     assert model.metadata["examples_seen"] == 240 and model.metadata["batches"] == 16
     assert trains[1].summary["resumed"] is True
     assert not list((tmp_path / "art" / ".checkpoints").glob("*.pt"))  # done with once the model is recorded
@@ -647,7 +648,8 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     [model] = store.artifacts("model")
-    resumed = model.metadata["resumed_from_checkpoint"]
+    [resumer] = [r for r in store.runs() if r.job_type == "train" and r.status == "finished"]
+    resumed = resumer.summary["resumed_from_checkpoint"]
     assert resumed == {"epoch": last["epoch"], "batch": last["batch"], "examples_seen": last["examples_seen"]}
     assert resumed["epoch"] * per_epoch + resumed["batch"] > 0
     # the examples seen in all are those of an uninterrupted run, not more (no batch trained twice in the count)

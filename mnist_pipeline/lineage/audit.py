@@ -19,7 +19,7 @@ import json
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from mnist_pipeline.lineage.refs import digest_alias, manifest, manifest_digest, sha256_file
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
@@ -68,7 +68,8 @@ class Check(TypedDict):
     kind: str  # query-file, artifact-file, raw-file, record, wandb
     artifact: str | None  # label, e.g. convnet:v0
     path: str | None
-    status: str  # ok, or one of FAILED, or 'unreachable' (a raw file not on this machine: not a failure)
+    status: str  # ok, or one of FAILED, or 'unreachable' (a raw file not on this machine: not a failure), or
+    # 'deleted' (removed by `mnist-pipeline gc`, which recorded it: not a failure)
     expected: str | None
     actual: str | None
     detail: str
@@ -100,7 +101,8 @@ class ArtifactEntry(TypedDict):
     summary: dict[str, Any]
     aliases: list[dict[str, Any]]
     metadata: dict[str, Any]
-    status: str  # ok or tampered
+    status: str  # ok, tampered, or deleted (by gc: its files are gone on purpose)
+    deleted: NotRequired[dict[str, Any]]  # gc's deletion record (deleted_at, deleted_by, reason, bytes)
 
 
 class WandbEntry(TypedDict):
@@ -334,9 +336,10 @@ class _Walk:
 
 
 class _Verifier:
-    def __init__(self) -> None:
+    def __init__(self, deleted: dict | None = None) -> None:
         self.cache: dict[Path, str | None] = {}
         self.checks: list[Check] = []
+        self.deleted = deleted or {}  # artifact_id -> DeletionRecord: removed by gc on purpose, not missing
 
     def _sha(self, path: Path) -> str | None:
         if path not in self.cache:
@@ -369,7 +372,12 @@ class _Verifier:
     def artifact(self, rec: ArtifactRecord, runs: dict, used: dict) -> None:
         lab = label(rec)
         base = Path(rec.path)
+        gone = self.deleted.get(rec.artifact_id)
         for f in rec.files:
+            if gone is not None and not (base / f.relpath).exists():
+                self.add("artifact-file", lab, str(base / f.relpath), "deleted", f.sha256,
+                         detail=f"deleted by gc on {gone.deleted_at[:10]} ({gone.deleted_by}): {gone.reason}")
+                continue
             self.file("artifact-file", lab, base / f.relpath, f.sha256, required=True)
         if base.is_dir():
             recorded = {f.relpath for f in rec.files}
@@ -497,7 +505,8 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
         w.roles[rec.artifact_id] = "subject"
     w.downstream({r.artifact_id for r in ident.matches})
 
-    v = _Verifier()
+    deleted = store.deletions()
+    v = _Verifier(deleted)
     if ident.kind == "file" and ident.how == "sha256":
         subj = ident.matches[0]
         v.add("query-file", label(subj), str(ident.path), "ok", ident.sha256, ident.sha256,
@@ -532,8 +541,11 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
             "producer_run_id": rec.producer_run_id, "producers": store.producers(aid),
             "consumers": store.consumers(aid), "created_at": rec.created_at, "files": files, "raw_files": raw,
             "summary": _summary(rec), "aliases": store.aliases_of(aid), "metadata": rec.metadata,
-            "status": "tampered" if any(c["status"] in FAILED for c in checks) else "ok",
+            "status": "tampered" if any(c["status"] in FAILED for c in checks) else
+                      "deleted" if any(c["status"] == "deleted" for c in checks) else "ok",
         }
+        if aid in deleted:
+            by_label[lab]["deleted"] = asdict(deleted[aid])
     report["artifacts"] = by_label
     for run_id in w.upstream_runs + w.downstream_runs:
         report["runs"][run_id] = _run_entry(w.runs[run_id], w.used[run_id], w.produced[run_id],
@@ -573,7 +585,9 @@ def _finish(report: AuditReport) -> None:
                   + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     else:
         n = sum(1 for c in report["checks"] if c["status"] == "ok")
-        _conclude(report, "verified", EXIT_VERIFIED, f"VERIFIED: {subjects}: {n} digests re-checked, all match")
+        gone = sorted({c["artifact"] for c in report["checks"] if c["status"] == "deleted" and c["artifact"]})
+        tail = f"; {', '.join(gone)} deleted by gc (on record, files removed)" if gone else ""
+        _conclude(report, "verified", EXIT_VERIFIED, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
 
 
 def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> AuditReport:

@@ -56,7 +56,8 @@ def _run_details(run: RunEntry) -> list[str]:
 def _artifact_title(art: ArtifactEntry) -> str:
     bad = [f["relpath"] for f in art["files"] if f["status"] in FAILED]
     state = f"TAMPERED: {', '.join(bad)}" if bad else ("TAMPERED" if art["status"] == "tampered" else
-                                                       f"{len(art['files'])} file(s) ok")
+                                                       f"deleted by gc on {art['deleted']['deleted_at'][:10]}"
+                                                       if art.get("deleted") else f"{len(art['files'])} file(s) ok")
     return f"{art['label']} ({art['type']}) sha256 {_short(art['digest'])}  [{state}]"
 
 
@@ -74,7 +75,8 @@ def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
     elif s:
         out.append(", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
     for f in art["files"]:
-        extra = f" (now {_short(f['actual'])})" if f["status"] == "mismatch" else ""
+        extra = f" (now {_short(f['actual'])})" if f["status"] == "mismatch" else \
+            f" by gc on {art['deleted']['deleted_at'][:10]}" if f["status"] == "deleted" and art.get("deleted") else ""
         out.append(f"file {f['relpath']} sha256 {_short(f['sha256'])} {f['size']} B  {f['status']}{extra}")
     shown = {str(Path(art["path"]) / f["relpath"]) for f in art["files"]}
     for c in report["checks"]:

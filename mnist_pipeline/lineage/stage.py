@@ -77,7 +77,8 @@ class Stage:
         if rec is None:
             raise DigestMismatch(f"{ref.label} ({ref.digest[:16]}) is not in the lineage store {self.store.path}")
         self.used.append(rec)  # kept on record even when refused below: the failed run names what it refused
-        self.store.record_use(self.run_id, rec.artifact_id)  # now, not at the end: a kill -9 keeps it too
+        # on record now, not at the end: a kill -9 keeps it, and gc leaves it alone (or it is already gone)
+        self.store.record_use(self.run_id, rec.artifact_id)
         verify_files(Path(rec.path), rec.files)
         self.wandb.use_artifact(ref.name, ref.digest)
         return rec

@@ -98,6 +98,14 @@ CREATE TABLE IF NOT EXISTS wandb_gaps (
     recorded_at TEXT NOT NULL,
     PRIMARY KEY (run_id, action, ref)
 );
+CREATE TABLE IF NOT EXISTS deletions (
+    artifact_id INTEGER PRIMARY KEY REFERENCES artifacts(artifact_id),
+    path        TEXT NOT NULL,
+    bytes       INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    deleted_by  TEXT NOT NULL,
+    deleted_at  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sync_log (
     run_id  TEXT NOT NULL,
     action  TEXT NOT NULL CHECK (action IN ('upload', 'use')),
@@ -200,6 +208,8 @@ class PromotionRecord:
     flow_run_id: str | None
     decided_at: str
     wandb_applied_at: str | None = field(default=None)
+    kind: str | None = None  # None: the promotion gate; 'rollback': `mnist-pipeline rollback`
+    requested_by: str | None = None  # who or what asked for a rollback
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
@@ -209,11 +219,29 @@ class PromotionRecord:
 
     @property
     def aliases(self) -> list[str]:
+        if self.kind == "rollback":  # only production moves back; the candidate stays what it was
+            return ["production"]
         return ["candidate"] + (["production"] if self.decision == "promoted" else [])
 
 
 class StoreError(RuntimeError):
     """The lineage store cannot be used: missing, empty, or not an SQLite database of ours. Names the file."""
+
+
+@dataclass(frozen=True)
+class DeletionRecord:
+    """An artifact version whose folder `mnist-pipeline gc` removed; its lineage records stay."""
+
+    artifact_id: int
+    path: str
+    bytes: int
+    reason: str
+    deleted_by: str
+    deleted_at: str
+
+
+class ArtifactDeleted(RuntimeError):
+    """An input was deleted by gc: its record stays, its files are gone."""
 
 
 class LineageStore:
@@ -242,6 +270,14 @@ class LineageStore:
             with self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
+                cols = {r[1] for r in con.execute("PRAGMA table_info(promotions)")}
+                for col in ("kind", "requested_by"):  # added with rollback; older stores get them empty (= the gate)
+                    if col not in cols:
+                        try:
+                            con.execute(f"ALTER TABLE promotions ADD COLUMN {col} TEXT")
+                        except sqlite3.OperationalError as e:  # another process added it a moment ago
+                            if "duplicate column" not in str(e):
+                                raise
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
@@ -329,6 +365,8 @@ class LineageStore:
                                     [(aid, f.relpath, f.sha256, f.size) for f in art.files])
                 else:
                     aid = row[0]
+                    # the same content made again after gc removed it: its folder is back, so is the artifact
+                    con.execute("DELETE FROM deletions WHERE artifact_id = ?", (aid,))
                 ids.append(aid)
             con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", [(run_id, a) for a in used])
             con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'produced')", [(run_id, a) for a in ids])
@@ -336,11 +374,6 @@ class LineageStore:
                         " wandb_mode = ? WHERE run_id = ?",
                         (now(), json.dumps(summary, sort_keys=True, default=str), wandb_url, wandb_mode, run_id))
             return [self._artifact(con, aid) for aid in ids]
-
-    def record_use(self, run_id: str, artifact_id: int) -> None:
-        """Record a `used` edge as soon as the input is declared: a run killed with -9 keeps its inputs."""
-        with self.transaction() as con:
-            con.execute("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", (run_id, artifact_id))
 
     def fail_run(self, run_id: str, *, used: list[int], error: str) -> None:
         """A failed run keeps its inputs on record (for the audit) and produces nothing."""
@@ -393,6 +426,52 @@ class LineageStore:
         with self.transaction() as con:
             con.execute("UPDATE promotions SET wandb_applied_at = ? WHERE promotion_id = ?", (now(), promotion_id))
 
+    def record_rollback(self, artifact_id: int, *, reason: str, requested_by: str) -> PromotionRecord:
+        """Move `production` to `artifact_id` and record it as a promotion decision of kind 'rollback', in one
+        transaction (the candidate alias stays where it is)."""
+        with self.transaction() as con:
+            name = con.execute("SELECT name FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()[0]
+            row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = 'production'",
+                              (name,)).fetchone()
+            ts = now()
+            con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'production', ?, ?)", (name, artifact_id, ts))
+            cur = con.execute(
+                "INSERT INTO promotions (artifact_id, decision, reason, candidate_accuracy, validation_passed,"
+                " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at, kind, requested_by)"
+                " VALUES (?, 'promoted', ?, NULL, 1, ?, NULL, 0, NULL, ?, 'rollback', ?)",
+                (artifact_id, reason, row[0] if row else None, ts, requested_by))
+            return PromotionRecord.from_row(con.execute("SELECT * FROM promotions WHERE promotion_id = ?",
+                                                        (cur.lastrowid,)).fetchone())
+
+    def record_use(self, run_id: str, artifact_id: int) -> None:
+        """Record a running run's input as it opens it (not only when it ends), unless gc has deleted it: gc checks
+        these edges in its own transaction, so an input in use is never removed, and a removed one never used."""
+        with self.transaction() as con:
+            gone = con.execute("SELECT deleted_at, deleted_by FROM deletions WHERE artifact_id = ?",
+                               (artifact_id,)).fetchone()
+            if gone is not None:
+                art = self._artifact(con, artifact_id)
+                raise ArtifactDeleted(f"{art.name}:v{art.version} ({art.digest[:16]}) was deleted by gc on "
+                                      f"{gone['deleted_at'][:10]} ({gone['deleted_by']}): its files are gone")
+            con.execute("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", (run_id, artifact_id))
+
+    def delete_artifact(self, artifact_id: int, *, path: str, bytes: int, reason: str, deleted_by: str,
+                        remove: Callable[[], None]) -> bool:
+        """Record `artifact_id` as deleted and call `remove()` (which takes its folder away) in one transaction,
+        unless a run still 'running' uses or produced it, or a run of a flow run still running did: then nothing
+        happens and False. `remove` raising rolls the record back."""
+        with self.transaction() as con:
+            busy = con.execute(
+                "SELECT 1 FROM edges e JOIN runs r USING (run_id) WHERE e.artifact_id = ? AND (r.status = 'running'"
+                " OR r.flow_run_id IN (SELECT flow_run_id FROM runs WHERE status = 'running'"
+                " AND flow_run_id IS NOT NULL)) LIMIT 1", (artifact_id,)).fetchone()
+            if busy is not None:
+                return False
+            con.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, ?, ?, ?, ?)",
+                        (artifact_id, path, bytes, reason, deleted_by, now()))
+            remove()
+            return True
+
     # ------------------------------------------------------------------------------------------- reads
 
     def alias(self, name: str, alias: str) -> ArtifactRecord | None:
@@ -414,6 +493,11 @@ class LineageStore:
             else:
                 q, args = "SELECT * FROM promotions", ()
             return [PromotionRecord.from_row(r) for r in con.execute(q + " ORDER BY promotion_id", args)]
+
+    def deletions(self) -> dict[int, DeletionRecord]:
+        """Artifact versions gc has removed, by artifact id."""
+        with self.reader() as con:
+            return {r["artifact_id"]: DeletionRecord(**dict(r)) for r in con.execute("SELECT * FROM deletions")}
 
     def aliases_of(self, artifact_id: int) -> list[dict]:
         """The aliases an artifact version holds now, with when each was set."""

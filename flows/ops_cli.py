@@ -1,0 +1,463 @@
+"""`mnist-pipeline reproduce | impact | rollback | gc`: the operator's commands on the lineage store.
+
+No Prefect import. reproduce imports torch (it re-runs training); the others read the store and the disk only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from mnist_pipeline.lineage import impact as impact_mod
+from mnist_pipeline.lineage import reproduction, retention
+from mnist_pipeline.lineage import rollback as rollback_mod
+
+DEFAULT_DB = "mnist-runs/lineage.db"
+COMMANDS = ("reproduce", "impact", "rollback", "gc")
+R = reproduction
+REPRODUCE_EPILOG = f"""\
+exit codes:
+  {R.EXIT_IDENTICAL}  bit-identical: every file of every re-made artifact has its recorded sha256
+  {R.EXIT_ERROR}  the reproduction failed while running (the message names the step)
+  {R.EXIT_USAGE}  usage error: no lineage store, no such file or reference syntax, not reproducible (a dataset)
+  {R.EXIT_DIFFERS}  DIFFERS: the re-made files differ from the record; the files are named
+  {R.EXIT_UNKNOWN}  unknown: not produced by any recorded run
+  {R.EXIT_INPUTS_GONE}  the recorded inputs are gone (deleted by gc, missing, or changed): nothing was re-run
+
+Bit-identity holds on CPU with the same torch and onnx versions, the recorded intra-op thread count (used by
+default), the same dataset artifact, config and seed, and the same CPU instruction-set family.
+"""
+IMPACT_EPILOG = """\
+exit codes:
+  0  done (whatever was found, even nothing)
+  2  usage error: no lineage store, no such file or reference syntax
+  4  unknown: not produced by any recorded run
+"""
+RB = rollback_mod
+ROLLBACK_EPILOG = f"""\
+exit codes:
+  {RB.EXIT_DONE}  production moved (or --dry-run: it would move)
+  {RB.EXIT_ERROR}  online and the W&B alias could not be moved (the decision is recorded; `sync` retries it)
+  {RB.EXIT_USAGE}  usage error: no lineage store, no production model, no previous production model
+  {RB.EXIT_REFUSED}  REFUSED: the target failed validation, no longer verifies, or was deleted by gc
+  {RB.EXIT_UNKNOWN}  unknown: --to names no recorded model
+"""
+GC_EPILOG = """\
+exit codes:
+  0  done: the plan printed (dry run, the default) or carried out (--apply)
+  1  some removals failed (named); the others were done and recorded
+  2  usage error: no lineage store, bad arguments
+
+Never removed: what an alias (production, candidate) or one of the newest --keep-last models came from or made,
+and whatever a running flow run uses or has produced. Deletions are recorded in the lineage store: `audit` says
+"deleted by gc on <date>" and `reproduce` says the inputs are gone.
+"""
+
+
+def add_parsers(sub) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    db_help = f"the lineage store (default: {DEFAULT_DB})"
+    r = sub.add_parser("reproduce", help="re-run the recorded stages that made an artifact in a scratch folder and "
+                       "compare every file's digest (exit 0 identical, 3 differs, 5 inputs gone)",
+                       epilog=REPRODUCE_EPILOG, formatter_class=fmt,
+                       description="Re-run training (and export or evaluation) from the recorded dataset artifact, "
+                       "config, seed and thread count, in a scratch folder, and compare the files bit for bit.")
+    r.add_argument("target", help="a model, ONNX or metrics file or folder, or a reference (convnet:production, "
+                   "convnet-onnx:v3)")
+    r.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
+    r.add_argument("--workdir", help="where to re-run (kept); default: a temporary folder, removed afterwards")
+    r.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the recorded count; another "
+                   "count gives other bits on CPU)")
+    r.add_argument("--json", action="store_true", help="print the result as JSON")
+    i = sub.add_parser("impact", help="everything derived from an artifact: models, ONNX files, metrics, "
+                       "validations, promotions and the aliases that depend on it", epilog=IMPACT_EPILOG,
+                       formatter_class=fmt)
+    i.add_argument("target", help="a file or folder anywhere on disk, or a reference (mnist:v0, convnet:v2)")
+    i.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
+    i.add_argument("--json", action="store_true", help="print the result as JSON instead of a tree")
+    i.add_argument("--report", metavar="FILE", help="also write the picture: .html (self-contained SVG graph + "
+                   "tree) or .svg (the graph)")
+    b = sub.add_parser("rollback", help="move production back to the previous production model (or --to a "
+                       "validated one), recorded as a promotion decision", epilog=ROLLBACK_EPILOG,
+                       formatter_class=fmt)
+    b.add_argument("--to", metavar="REF", help="the model to make production (convnet:v2, a model.pt file); "
+                   "default: the production model before the current one")
+    b.add_argument("--name", default="convnet", help="the model's artifact name (default: %(default)s)")
+    b.add_argument("--reason", default="", help="why, recorded with the decision")
+    b.add_argument("--requested-by", default=None, help="who or what asked (default: user@host)")
+    b.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
+    b.add_argument("--wandb-mode", choices=["auto", "online", "offline"], default="auto",
+                   help="online: move the W&B alias now; offline: leave it to `mnist-pipeline sync` "
+                   "(auto: online when a W&B API key is configured)")
+    b.add_argument("--dry-run", action="store_true", help="say what would happen; record nothing")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    g = sub.add_parser("gc", help="remove artifact folders, staging leftovers and checkpoints that no alias or "
+                       "recent model needs (dry run unless --apply)", epilog=GC_EPILOG, formatter_class=fmt)
+    g.add_argument("--keep-last", type=int, default=3, metavar="N", help="also keep the newest N models of each "
+                   "name and their lineage (default: %(default)s, at least 1)")
+    g.add_argument("--older-than", type=float, default=0, metavar="DAYS", help="only remove what is older than "
+                   "DAYS days (default: %(default)s)")
+    g.add_argument("--apply", action="store_true", help="remove them (default: only print the plan)")
+    g.add_argument("--artifacts-dir", default=None, help="the artifact folder (default: beside the lineage store, "
+                   "artifacts/)")
+    g.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
+    g.add_argument("--json", action="store_true", help="print the plan / result as JSON")
+
+
+def main(ns: argparse.Namespace) -> int:
+    return {"reproduce": reproduce_main, "impact": impact_main, "rollback": rollback_main, "gc": gc_main}[
+        ns.command](ns)
+
+
+def _err(cmd: str, msg: str) -> None:
+    print(f"mnist-pipeline {cmd}: {msg}", file=sys.stderr)
+
+
+def _open_store(path: str, cmd: str):
+    from mnist_pipeline.lineage.store import LineageStore
+
+    db = Path(path).expanduser()
+    if not db.is_file():
+        _err(cmd, f"no lineage store at {db} (give --lineage-db)")
+        return None
+    return LineageStore(db.resolve())
+
+
+def _identify(store, target: str, cmd: str):
+    """(records, exit code): the artifact versions a file, folder or reference names."""
+    from mnist_pipeline.lineage.audit import AuditError, identify
+
+    try:
+        ident = identify(store, target)
+    except AuditError as e:
+        _err(cmd, str(e))
+        return None, 2
+    if not ident.matches:
+        what = "no such artifact version" if ident.kind == "ref" else "not produced by any recorded run"
+        _err(cmd, f"{target}: {what} in the lineage store {store.path}")
+        return None, 4
+    return ident.matches, 0
+
+
+def _deletions(store) -> dict:
+    return store.deletions()
+
+
+# --------------------------------------------------------------------------------------------- impact
+
+
+def impact_main(ns: argparse.Namespace) -> int:
+    store = _open_store(ns.lineage_db, "impact")
+    if store is None:
+        return impact_mod.EXIT_USAGE
+    recs, code = _identify(store, ns.target, "impact")
+    if recs is None:
+        return code
+    report = impact_mod.impact(store, recs[:1])
+    if ns.report:
+        try:
+            report["report"] = str(write_picture(report, Path(ns.report)))
+        except (ValueError, OSError) as e:
+            _err("impact", f"--report: {e}")
+            return impact_mod.EXIT_USAGE
+    if ns.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(impact_mod.render_tree(report))
+        if ns.report:
+            print(f"report: {report['report']}")
+    return impact_mod.EXIT_OK
+
+
+def write_picture(report: dict, path: Path) -> Path:
+    from mnist_pipeline.lineage.impact import render_html, render_svg
+
+    if path.suffix not in (".html", ".svg"):
+        raise ValueError(f"{path}: give a .html or .svg file")
+    path.write_text(render_html(report) if path.suffix == ".html" else render_svg(report))
+    return path.resolve()
+
+
+# --------------------------------------------------------------------------------------------- reproduce
+
+
+def _environment() -> dict:
+    import platform
+
+    from mnist_pipeline.lineage.environment import code_state, package_versions
+
+    return {**code_state(), "packages": package_versions(), "python": platform.python_version()}
+
+
+def reproduce_main(ns: argparse.Namespace) -> int:
+    store = _open_store(ns.lineage_db, "reproduce")
+    if store is None:
+        return R.EXIT_USAGE
+    recs, code = _identify(store, ns.target, "reproduce")
+    if recs is None:
+        return code
+    target = recs[0]
+    try:
+        recipe = R.recipe(store, target)
+    except R.CannotReproduce as e:
+        _err("reproduce", str(e))
+        return R.EXIT_USAGE
+    result: dict = {"target": R.label(target), "steps": [s.describe() for s in recipe.steps],
+                    "dataset": R.label(recipe.dataset), "lineage_db": str(store.path)}
+    gone = R.missing_inputs(recipe, _deletions(store))
+    if gone:
+        result.update(status="inputs-gone", exit_code=R.EXIT_INPUTS_GONE, inputs_gone=gone)
+        return _reproduce_out(ns, result, f"the recorded inputs are gone: {'; '.join(gone)}")
+    warnings = R.environment_differences(recipe.train.env, _environment())
+    for w in warnings:
+        _err("reproduce", f"warning: {w}")
+    result["warnings"] = warnings
+    from mnist_pipeline import reproduce as executor
+
+    scratch = Path(ns.workdir) if ns.workdir else Path(tempfile.mkdtemp(prefix="mnist-reproduce-"))
+    try:
+        if ns.workdir and scratch.exists() and any(scratch.iterdir()):
+            _err("reproduce", f"--workdir {scratch} is not empty")
+            return R.EXIT_USAGE
+        run = executor.run(recipe, scratch, threads=ns.threads or None)
+    except R.CannotReproduce as e:
+        _err("reproduce", str(e))
+        return R.EXIT_USAGE
+    except Exception as e:  # the step's own message, not a traceback
+        _err("reproduce", f"re-running failed: {type(e).__name__}: {e}")
+        return R.EXIT_ERROR
+    finally:
+        if not ns.workdir:
+            shutil.rmtree(scratch, ignore_errors=True)
+    result.update(threads=run.threads, notes=run.notes, comparisons=[c.to_dict() for c in run.comparisons],
+                  workdir=str(scratch) if ns.workdir else None)
+    differing = [f"{c.artifact}/{f}" for c in run.comparisons for f in c.differing]
+    if all(c.identical for c in run.comparisons):
+        result.update(status="identical", exit_code=R.EXIT_IDENTICAL)
+        return _reproduce_out(ns, result, None)
+    result.update(status="differs", exit_code=R.EXIT_DIFFERS, differing=differing)
+    return _reproduce_out(ns, result, f"DIFFERS: {', '.join(differing)}")
+
+
+def _reproduce_out(ns, result: dict, message: str | None) -> int:
+    if ns.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        lines = [f"Reproduce {result['target']} from {result['dataset']}: "
+                 + " -> ".join(f"{s['job_type']} (run {s['run_id']})" for s in result["steps"])]
+        if "threads" in result:
+            lines.append(f"  on CPU, {result['threads']} intra-op thread(s), in a scratch folder")
+        for n in result.get("notes", []):
+            lines.append(f"  note: {n}")
+        for c in result.get("comparisons", []):
+            lines.append(f"  {c['artifact']}: {'IDENTICAL' if c['identical'] else 'DIFFERS'} "
+                         f"(recorded {c['digest_recorded'][:16]}, reproduced {(c['digest_reproduced'] or '-')[:16]})")
+            for f in c["files"]:
+                lines.append(f"    {f['status']:9s} {f['relpath']}"
+                             + (f"  {(f['recorded'] or '-')[:16]} -> {(f['reproduced'] or '-')[:16]}"
+                                if f["status"] != "identical" else ""))
+        for g in result.get("inputs_gone", []):
+            lines.append(f"  input gone: {g}")
+        lines.append(result["status"].upper())
+        print("\n".join(lines))
+    if message:
+        _err("reproduce", message)
+    return result["exit_code"]
+
+
+# --------------------------------------------------------------------------------------------- rollback
+
+
+def _requested_by(ns) -> str:
+    if ns.requested_by:
+        return ns.requested_by
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (mnist-pipeline rollback)"
+
+
+def rollback_main(ns: argparse.Namespace, backend=None) -> int:
+    store = _open_store(ns.lineage_db, "rollback")
+    if store is None:
+        return RB.EXIT_USAGE
+    current, previous = RB.previous_production(store, ns.name)
+    if current is None:
+        _err("rollback", f"there is no production {ns.name} model to roll back")
+        return RB.EXIT_USAGE
+    if ns.to:
+        recs, code = _identify(store, ns.to, "rollback")
+        if recs is None:
+            return RB.EXIT_UNKNOWN if code == 4 else code
+        target = recs[0]
+    elif previous is None:
+        _err("rollback", f"production {RB.label(current)} has no previous production model; give --to REF")
+        return RB.EXIT_USAGE
+    else:
+        target = previous
+    result = {"name": ns.name, "from": RB.label(current), "to": RB.label(target), "dry_run": ns.dry_run}
+    if target.artifact_id == current.artifact_id:
+        _err("rollback", f"{RB.label(target)} is already production")
+        return RB.EXIT_USAGE
+    problems = RB.refusals(store, target, _deletions(store))
+    if problems:
+        result.update(status="refused", refusals=problems)
+        _rollback_out(ns, result)
+        _err("rollback", f"REFUSED {RB.label(target)}: {'; '.join(problems)}")
+        return RB.EXIT_REFUSED
+    requested_by = _requested_by(ns)
+    reason = (f"rollback from {RB.label(current)} to {RB.label(target)}, requested by {requested_by}"
+              + (f": {ns.reason}" if ns.reason else ""))
+    result.update(reason=reason, requested_by=requested_by)
+    if ns.dry_run:
+        result["status"] = "would roll back"
+        _rollback_out(ns, result)
+        return RB.EXIT_DONE
+    decision = store.record_rollback(target.artifact_id, reason=reason, requested_by=requested_by)
+    result.update(status="rolled back", promotion_id=decision.promotion_id, wandb="pending `mnist-pipeline sync`")
+    code = RB.EXIT_DONE
+    if _online(ns.wandb_mode):
+        try:
+            _move_alias_online(store, target, decision, backend)
+            result["wandb"] = "production alias moved"
+        except Exception as e:  # recorded either way; sync applies it later
+            result["wandb"] = f"failed ({type(e).__name__}: {e}); `mnist-pipeline sync` applies it later"
+            code = RB.EXIT_ERROR
+    _rollback_out(ns, result)
+    return code
+
+
+def _online(mode: str) -> bool:
+    if mode == "offline":
+        return False
+    if mode == "online":
+        return True
+    from mnist_pipeline.lineage.wandb_io import has_api_key
+
+    return has_api_key()
+
+
+def _move_alias_online(store, target, decision, backend=None) -> None:
+    from mnist_pipeline.lineage.refs import wandb_ref
+    from mnist_pipeline.lineage.wandb_io import WandbClient
+
+    backend = backend or WandbClient()
+    entity = backend.check()
+    run = store.run(target.producer_run_id)
+    backend.add_aliases(wandb_ref(run.wandb_entity or entity, run.wandb_project or "", target.name, target.digest),
+                        ["production"])
+    store.mark_promotion_applied(decision.promotion_id)
+
+
+def _rollback_out(ns, result: dict) -> None:
+    if ns.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    print(f"{result['status'].upper()}: production {result['name']} {result['from']} -> {result['to']}")
+    for p in result.get("refusals", []):
+        print(f"  refused: {p}")
+    if result.get("reason"):
+        print(f"  reason: {result['reason']}")
+    if result.get("wandb"):
+        print(f"  W&B: {result['wandb']}")
+
+
+# --------------------------------------------------------------------------------------------- gc
+
+
+def gc_main(ns: argparse.Namespace) -> int:
+    store = _open_store(ns.lineage_db, "gc")
+    if store is None:
+        return 2
+    if ns.keep_last < 1 or ns.older_than < 0:
+        _err("gc", "--keep-last must be at least 1 and --older-than at least 0")
+        return 2
+    artifacts_dir = Path(ns.artifacts_dir).expanduser().resolve() if ns.artifacts_dir else \
+        Path(store.path).parent / "artifacts"
+    if not artifacts_dir.is_dir():
+        _err("gc", f"no artifact folder at {artifacts_dir} (give --artifacts-dir)")
+        return 2
+    from mnist_pipeline.lineage.environment import process_gone
+
+    store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever
+    plan = retention.plan(store, artifacts_dir, keep_last=ns.keep_last, older_than_days=ns.older_than,
+                          deleted=_deletions(store))
+    result = {"apply": ns.apply, "artifacts_dir": str(artifacts_dir), "keep_last": ns.keep_last,
+              "older_than_days": ns.older_than, **plan.to_dict(), "removed": [], "failed": [], "skipped": []}
+    if ns.apply:
+        by = _gc_identity()
+        trash = artifacts_dir / ".trash"
+        for r in plan.removals:
+            try:
+                if r.kind == "artifact":
+                    moved = trash / f"{r.artifact_id}-{os.getpid()}-{Path(r.path).name}"
+
+                    def remove(src=Path(r.path), dst=moved) -> None:
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        src.rename(dst)  # atomic, inside the store's transaction; the bytes go after it
+
+                    done = store.delete_artifact(r.artifact_id, path=r.path, bytes=r.bytes, reason=r.reason,
+                                                 deleted_by=by, remove=remove)
+                    if done:
+                        shutil.rmtree(moved, ignore_errors=True)
+                else:
+                    done = _remove_path(r)
+            except OSError as e:
+                result["failed"].append({"path": r.path, "error": str(e)})
+                continue
+            (result["removed"] if done else result["skipped"]).append(r.path)
+        if trash.is_dir() and not any(trash.iterdir()):
+            trash.rmdir()
+    _gc_out(ns, result)
+    return 1 if result["failed"] else 0
+
+
+def _gc_identity() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _remove_path(r: retention.Removal) -> bool:
+    p = Path(r.path)
+    if not p.exists():
+        return False
+    if p.is_dir():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+    return True
+
+
+def _gc_out(ns, result: dict) -> None:
+    if ns.json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    verb = "removed" if result["apply"] else "would remove"
+    lines = [("" if result["apply"] else "DRY RUN (nothing removed; --apply to remove): ")
+             + f"gc of {result['artifacts_dir']} (keep the newest {result['keep_last']} model(s)"
+             + (f", only older than {result['older_than_days']:g} day(s)" if result["older_than_days"] else "") + ")"]
+    for r in result["removals"]:
+        what = r["artifact"] or r["kind"]
+        state = ""
+        if result["apply"]:
+            state = " [skipped: in use now]" if r["path"] in result["skipped"] else \
+                " [FAILED]" if any(f["path"] == r["path"] for f in result["failed"]) else ""
+        lines.append(f"  {verb} {what}: {r['path']} ({retention.human(r['bytes'])}): {r['reason']}{state}")
+    if not result["removals"]:
+        lines.append("  nothing to remove")
+    for lab, why in sorted(result["kept"].items()):
+        lines.append(f"  keep {lab}: {why}")
+    freed = sum(r["bytes"] for r in result["removals"] if not result["apply"] or r["path"] in result["removed"])
+    lines.append(f"space {'freed' if result['apply'] else 'that would be freed'}: {retention.human(freed)}")
+    print("\n".join(lines))

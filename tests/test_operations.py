@@ -1,0 +1,271 @@
+"""The pure logic of impact, gc, rollback and reproduce's comparison, on a lineage store built with its own API."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mnist_pipeline.lineage import impact, promotion, reproduction, retention, rollback
+from mnist_pipeline.lineage.refs import manifest, manifest_digest
+from mnist_pipeline.lineage.store import DeletionRecord, LineageStore, NewArtifact
+
+
+class Lineage:
+    """Runs and artifacts recorded the way stages record them: files in <type>/<name>/<digest16>, then one row set."""
+
+    def __init__(self, tmp_path: Path):
+        self.root = tmp_path / "art"
+        self.store = LineageStore(tmp_path / "lineage.db")
+        self.n = 0
+
+    def run(self, job_type: str, used=(), produce=(), status="finished", flow="f1", summary=None):
+        self.n += 1
+        run_id = f"{job_type}-{self.n}"
+        self.store.start_run(run_id, job_type, config={"train": {"seed": 0}}, env={"seed": 0}, flow_run_id=flow,
+                             run_group=None, wandb_mode="offline", wandb_dir=None, wandb_project="p",
+                             wandb_entity=None)
+        new = []
+        for name, type_, content, meta in produce:
+            staged = self.root / ".tmp" / f"{run_id}-{name}"
+            staged.mkdir(parents=True)
+            (staged / "f.bin").write_text(content)
+            files = manifest(staged)
+            digest = manifest_digest(files)
+            final = self.root / type_ / name / digest[:16]
+            if not final.exists():
+                final.parent.mkdir(parents=True, exist_ok=True)
+                staged.rename(final)
+            new.append(NewArtifact(name, type_, digest, str(final), dict(meta or {}), files))
+        if status == "running":
+            return run_id, []
+        recs = self.store.finish_run(run_id, used=[u.artifact_id for u in used], produced=new,
+                                     summary=summary or {}, wandb_url=None, wandb_mode="offline")
+        return run_id, recs
+
+    def pipeline(self, dataset, tag: str, passed=True, flow=None):
+        """train -> evaluate, export -> validate, like one flow run on `dataset`."""
+        flow = flow or f"flow-{tag}"
+        _, [model] = self.run("train", [dataset], [("convnet", "model", f"weights {tag}", {})], flow=flow)
+        _, [metrics] = self.run("evaluate", [model, dataset], [("convnet-metrics", "metrics", f"m {tag}",
+                                                                 {"test_accuracy": 0.9})], flow=flow)
+        _, [onnx] = self.run("export-onnx", [model], [("convnet-onnx", "onnx", f"onnx {tag}", {})], flow=flow)
+        _, [val] = self.run("validate-onnx", [onnx, model, dataset],
+                            [("convnet-onnx-validation", "validation", f"v {tag}", {"passed": passed})], flow=flow)
+        return model, metrics, onnx, val
+
+    def promote(self, model):
+        return promotion.promote(self.store, model.artifact_id, accuracy=0.9 + model.version / 100,
+                                 validation_passed=True, margin=0.0, flow_run_id=None)
+
+
+@pytest.fixture
+def lin(tmp_path):
+    return Lineage(tmp_path)
+
+
+def test_impact_of_a_dataset_names_its_models_their_exports_and_the_production_alias(lin):
+    _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
+    _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})])
+    m1, _, _, v1 = lin.pipeline(d1, "a")
+    lin.pipeline(d2, "b")
+    lin.promote(m1)
+    rep = impact.impact(lin.store, [d1])
+    assert rep["derived"] == {"model": ["convnet:v0"], "metrics": ["convnet-metrics:v0"],
+                              "onnx": ["convnet-onnx:v0"], "validation": ["convnet-onnx-validation:v0"]}
+    assert rep["production_affected"] is True
+    assert {"alias": "production", "artifact": "convnet:v0", "name": "convnet"} in rep["aliases"]
+    assert [p["decision"] for p in rep["promotions"]] == ["promoted"]
+    text = impact.render_tree(rep)
+    assert "convnet:v0 (model" in text and "[production, candidate]" in text and "PRODUCTION depends on it" in text
+    assert "convnet:v1" not in text  # the other dataset's model is not derived from this one
+    # the other dataset: derived models, but no production behind it
+    other = impact.impact(lin.store, [d2])
+    assert other["derived"]["model"] == ["convnet:v1"] and other["production_affected"] is False
+    # a leaf has nothing derived
+    assert impact.impact(lin.store, [v1])["derived"] == {}
+
+
+def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_rest(lin):
+    _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
+    _, [d2] = lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})])
+    lin.run("prepare-data", produce=[("mnist", "dataset", "d3", {})])  # used by nothing
+    old = lin.pipeline(d1, "old")
+    lin.pipeline(d2, "mid")
+    new = lin.pipeline(d2, "new")
+    lin.promote(old[0])  # production: the oldest model, and its dataset d1
+    (lin.root / ".staging" / "dead-run" / "convnet").mkdir(parents=True)
+    (lin.root / ".staging" / "dead-run" / "convnet" / "x").write_bytes(b"x" * 100)
+    orphan = lin.root / "model" / "convnet" / "0123456789abcdef"
+    orphan.mkdir(parents=True)
+    (orphan / "model.pt").write_bytes(b"y" * 10)
+    (lin.root / ".checkpoints").mkdir()
+    (lin.root / ".checkpoints" / "train-abc.pt").write_bytes(b"z" * 7)
+
+    plan = retention.plan(lin.store, lin.root, keep_last=1)
+    gone = {r.artifact for r in plan.removals if r.kind == "artifact"}
+    # production (old) and the newest model (new), with everything made from them and everything they came from
+    for rec in (*old, *new, d1, d2):
+        assert f"{rec.name}:v{rec.version}" in plan.kept
+    assert gone == {"convnet:v1", "convnet-metrics:v1", "convnet-onnx:v1", "convnet-onnx-validation:v1", "mnist:v2"}
+    kinds = {r.kind: r for r in plan.removals}
+    assert kinds["unrecorded-folder"].path == str(orphan)
+    assert kinds["staging"].path.endswith("dead-run") and kinds["checkpoint"].bytes == 7
+    assert plan.bytes == sum(r.bytes for r in plan.removals) > 117
+    # keep more models: the middle one and its outputs stay too
+    assert {r.artifact for r in retention.plan(lin.store, lin.root, keep_last=2).removals
+            if r.kind == "artifact"} == {"mnist:v2"}
+    # nothing younger than a day goes
+    assert not [r for r in retention.plan(lin.store, lin.root, keep_last=1, older_than_days=1).removals
+                if r.kind == "artifact"]
+
+
+def test_gc_keeps_what_a_running_flow_uses_and_has_made(lin):
+    _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
+    m1, *_ = lin.pipeline(d1, "a")
+    lin.promote(m1)
+    # a new flow run: prepare-data made d2, train is running on it (its staging folder is in use)
+    lin.run("prepare-data", produce=[("mnist", "dataset", "d2", {})], flow="live")
+    run_id, _ = lin.run("train", status="running", flow="live")
+    (lin.root / ".staging" / run_id / "convnet").mkdir(parents=True)
+    plan = retention.plan(lin.store, lin.root, keep_last=1)
+    assert "mnist:v1" in plan.kept and "running" in plan.kept["mnist:v1"]
+    assert not any(r.path.endswith(run_id) for r in plan.removals)
+
+
+def test_rollback_walks_the_production_history_back_and_refuses_a_model_that_failed_validation(lin):
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    a, b, c = (lin.pipeline(d, t)[0] for t in "abc")
+    bad = lin.pipeline(d, "bad", passed=False)[0]
+    for m in (a, b, c):
+        lin.promote(m)
+    current, prev = rollback.previous_production(lin.store, "convnet")
+    assert (current.version, prev.version) == (2, 1)
+    assert rollback.refusals(lin.store, b) == []
+    assert "failed onnxruntime validation" in rollback.refusals(lin.store, bad)[0]
+    # a rollback decision pops the stack: after c -> b, the previous one is a
+    history = [SimpleNamespace(decision="promoted", artifact_id=m.artifact_id, kind=None) for m in (a, b, c)]
+    history.append(SimpleNamespace(decision="promoted", artifact_id=b.artifact_id, kind="rollback"))
+    names = {m.artifact_id: "convnet" for m in (a, b, c)}
+    assert rollback.production_stack(history, names.get)["convnet"] == [a.artifact_id, b.artifact_id]
+    # a tampered model file is refused too
+    (Path(b.path) / "f.bin").write_text("swapped")
+    assert "no longer verifies" in rollback.refusals(lin.store, b)[0]
+
+
+def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    _, _, onnx, _ = lin.pipeline(d, "a")
+    recipe = reproduction.recipe(lin.store, onnx)
+    assert [s.job_type for s in recipe.steps] == ["train", "export-onnx"] and recipe.dataset.artifact_id == d.artifact_id
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "f.bin").write_text("onnx a")
+    assert reproduction.compare(onnx, same, manifest_digest(manifest(same))).identical
+    (same / "f.bin").write_text("onnx b")
+    (same / "extra.txt").write_text("new")
+    c = reproduction.compare(onnx, same, manifest_digest(manifest(same)))
+    assert not c.identical and c.differing == ["extra.txt", "f.bin"]
+    with pytest.raises(reproduction.CannotReproduce, match="is a dataset"):
+        reproduction.recipe(lin.store, d)
+    # a recorded input that is gone is named
+    (Path(d.path) / "f.bin").unlink()
+    assert "is missing" in reproduction.missing_inputs(recipe)[0]
+    gone = DeletionRecord(d.artifact_id, d.path, 1, "unreferenced", "ops@host", "2026-01-02T00:00:00")
+    assert "deleted by gc on 2026-01-02 by ops@host" in reproduction.missing_inputs(recipe, {d.artifact_id: gone})[0]
+    assert reproduction.environment_differences({"git_commit": "a", "packages": {"torch": "1"}},
+                                                {"git_commit": "b", "packages": {"torch": "2"}}) == [
+        "code commit b differs from the recorded a", "package torch 2 differs from the recorded 1"]
+
+
+def test_a_rollback_is_a_recorded_decision_that_moves_production_alone_and_pops_the_history(lin):
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    a, b, c = (lin.pipeline(d, t)[0] for t in "abc")
+    for m in (a, b, c):
+        lin.promote(m)
+    rec = lin.store.record_rollback(b.artifact_id, reason="rollback from convnet:v2 to convnet:v1", requested_by="me")
+    assert (rec.kind, rec.requested_by, rec.aliases, rec.production_artifact_id) == ("rollback", "me", ["production"],
+                                                                                    c.artifact_id)
+    assert lin.store.alias("convnet", "production").artifact_id == b.artifact_id
+    assert lin.store.alias("convnet", "candidate").artifact_id == c.artifact_id  # untouched
+    current, prev = rollback.previous_production(lin.store, "convnet")
+    assert (current.artifact_id, prev.artifact_id) == (b.artifact_id, a.artifact_id)
+
+
+def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_audited_as_deleted(lin):
+    from mnist_pipeline.lineage.audit import audit
+    from mnist_pipeline.lineage.store import ArtifactDeleted
+
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    _, [other] = lin.run("prepare-data", produce=[("mnist", "dataset", "other", {})])
+    # a running stage opened `d`: gc's transaction sees the edge and leaves it alone
+    lin.store.start_run("live", "train", config={}, env={}, flow_run_id="f-live", run_group=None,
+                        wandb_mode="offline", wandb_dir=None, wandb_project=None, wandb_entity=None)
+    lin.store.record_use("live", d.artifact_id)
+    removed = []
+    assert not lin.store.delete_artifact(d.artifact_id, path=d.path, bytes=1, reason="x", deleted_by="t",
+                                         remove=lambda: removed.append(d.path))
+    assert removed == [] and lin.store.deletions() == {}
+    # `other` is free: recorded as deleted with its folder gone, in one transaction ...
+    gone = Path(other.path)
+    assert lin.store.delete_artifact(other.artifact_id, path=other.path, bytes=9, reason="unreferenced",
+                                     deleted_by="gc test", remove=lambda: __import__("shutil").rmtree(gone))
+    assert not gone.exists() and lin.store.deletions()[other.artifact_id].deleted_by == "gc test"
+    # ... and once the run is over, a remove that fails rolls the record back
+    lin.store.finish_run("live", used=[], produced=[], summary={}, wandb_url=None, wandb_mode="offline")
+
+    def fail():
+        raise OSError("read-only")
+
+    with pytest.raises(OSError, match="read-only"):
+        lin.store.delete_artifact(d.artifact_id, path=d.path, bytes=1, reason="x", deleted_by="t", remove=fail)
+    assert d.artifact_id not in lin.store.deletions()
+    # a later stage that tries to use the deleted one is refused, by name and date
+    lin.store.start_run("late", "train", config={}, env={}, flow_run_id=None, run_group=None,
+                        wandb_mode="offline", wandb_dir=None, wandb_project=None, wandb_entity=None)
+    with pytest.raises(ArtifactDeleted, match=r"mnist:v1 .* was deleted by gc on 20"):
+        lin.store.record_use("late", other.artifact_id)
+    report = audit(lin.store, "mnist:v1")
+    assert report["exit_code"] == 0 and report["artifacts"]["mnist:v1"]["status"] == "deleted"
+    assert [c["status"] for c in report["checks"] if c["kind"] == "artifact-file"] == ["deleted"]
+    assert "deleted by gc on 20" in report["checks"][0]["detail"] and "deleted by gc" in report["message"]
+
+
+
+def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync(lin, capsys):
+    import argparse
+
+    from flows import ops_cli
+    from mnist_pipeline.lineage.recording import RecordingWandb
+
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    a, b = (lin.pipeline(d, t)[0] for t in "ab")
+    lin.promote(a)
+    lin.promote(b)
+
+    def ns(**kw):
+        base = {"command": "rollback", "to": None, "name": "convnet", "reason": "", "requested_by": "cron job 7",
+                "lineage_db": str(lin.store.path), "wandb_mode": "offline", "dry_run": False, "json": True}
+        return argparse.Namespace(**{**base, **kw})
+
+    assert ops_cli.rollback_main(ns(dry_run=True)) == 0  # says what it would do, records nothing
+    assert json.loads(capsys.readouterr().out)["status"] == "would roll back"
+    assert lin.store.alias("convnet", "production").artifact_id == b.artifact_id
+    backend = RecordingWandb(artifacts={  # W&B as the promotions left it: v1 is production
+        f"convnet:sha256-{a.digest[:16]}": {"version": "v0", "aliases": ["latest"], "logged_by": "r", "used_by": []},
+        f"convnet:sha256-{b.digest[:16]}": {"version": "v1", "aliases": ["candidate", "production"],
+                                            "logged_by": "r", "used_by": []}})
+    assert ops_cli.rollback_main(ns(wandb_mode="online"), backend=backend) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["to"] == "convnet:v0" and out["wandb"] == "production alias moved"
+    assert ("add_aliases", f"(default entity)/p/convnet:sha256-{a.digest[:16]}", ("production",)) in backend.calls
+    arts = backend.artifacts
+    assert arts[f"convnet:sha256-{a.digest[:16]}"]["aliases"] == ["latest", "production"]
+    assert arts[f"convnet:sha256-{b.digest[:16]}"]["aliases"] == ["candidate"]  # moved off, candidate stays
+    assert lin.store.promotions()[-1].wandb_applied_at is not None  # sync has nothing left to do for it
+    # offline: recorded, and pending for sync; nothing before v0 to roll back to
+    assert ops_cli.rollback_main(ns(to="convnet:v1")) == 0
+    assert lin.store.promotions()[-1].wandb_applied_at is None
+    capsys.readouterr()
+    assert ops_cli.rollback_main(ns(to="convnet:v1")) == 2  # already production
+    assert "already production" in capsys.readouterr().err
