@@ -203,6 +203,7 @@ def test_missing_data_is_said_not_crashed_on():
     page = render_html(sample_report(loss_points=(), misclassified=(), misclassified_total=0, validation={},
                                      promotion=None, lineage=None))
     assert "loss curve: not drawn (loss curve: no logged loss points)" in page
+    assert "per-class accuracy: not drawn (no per_class_accuracy in the metrics)" in render_html(sample_report(metrics={}))
     assert "every test image was classified correctly" in page
     assert "No ONNX validation was recorded" in page and "No promotion decision" in page
 

@@ -81,12 +81,34 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _figure(draw: Callable[[], bytes], alt: str) -> str:
+def draw_figures(r: RunReport) -> dict[str, bytes | str]:
+    """Every plot of the report, by name (FIGURES): PNG bytes, or why it could not be drawn (no data).
+
+    Drawn once and shared: the HTML page and the Prefect markdown artifact show the same images."""
+    m = r.metrics
+    draw: dict[str, Callable[[], bytes]] = {
+        "loss curve": lambda: plots.loss_curve(r.loss_points),
+        "per-class accuracy": lambda: plots.per_class_accuracy(m["per_class_accuracy"], m.get("test_accuracy")),
+        "confusion matrix": lambda: plots.confusion_matrix(m["confusion_matrix"]),
+        "misclassified digits": lambda: plots.misclassified_grid(
+            [x.image for x in r.misclassified], [x.prediction for x in r.misclassified],
+            [x.label for x in r.misclassified]),
+    }
+    out: dict[str, bytes | str] = {}
+    for name, fn in draw.items():
+        try:
+            out[name] = fn()
+        except (ValueError, KeyError) as e:
+            out[name] = f"not drawn ({f'no {e.args[0]} in the metrics' if isinstance(e, KeyError) else e})"
+    return out
+
+
+def _figure(figs: dict[str, bytes | str], name: str) -> str:
     """One plot; a plot that cannot be drawn (no data) says why instead of failing the whole report."""
-    try:
-        return _img(draw(), alt)
-    except ValueError as e:
-        return f'<p class="note">{html.escape(alt)}: not drawn ({html.escape(str(e))})</p>'
+    fig = figs[name]
+    if isinstance(fig, bytes):
+        return _img(fig, name)
+    return f'<p class="note">{html.escape(name)}: {html.escape(fig)}</p>'
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -121,8 +143,9 @@ def _validation(v: dict) -> str:
     return verdict + _table(["figure", "value", "bound / setting"], rows)
 
 
-def render_html(r: RunReport) -> str:
+def render_html(r: RunReport, figs: dict[str, bytes | str] | None = None) -> str:
     m = r.metrics
+    figs = draw_figures(r) if figs is None else figs
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
              f"<title>{html.escape(r.title)}</title><style>{CSS}</style></head><body>",
@@ -130,25 +153,17 @@ def render_html(r: RunReport) -> str:
     if r.facts:
         parts.append(_table(["", ""], [(html.escape(k), html.escape(v)) for k, v in r.facts]))
     parts.append("<h2>Promotion</h2>" + _promotion(r.promotion))
-    parts.append("<h2>Training loss</h2>" + _figure(lambda: plots.loss_curve(r.loss_points), "loss curve"))
+    parts.append("<h2>Training loss</h2>" + _figure(figs, "loss curve"))
     summary = [("test accuracy", fmt(m.get("test_accuracy"))), ("test loss", fmt(m.get("test_loss"))),
                ("test images", fmt(m.get("test_count")))]
     parts.append("<h2>Test metrics</h2>" + _table(["", ""], summary))
     parts.append('<div class="grid">')
-    if m.get("per_class_accuracy"):
-        parts.append(_figure(lambda: plots.per_class_accuracy(m["per_class_accuracy"], m.get("test_accuracy")),
-                             "per-class accuracy"))
-    if m.get("confusion_matrix"):
-        parts.append(_figure(lambda: plots.confusion_matrix(m["confusion_matrix"]), "confusion matrix"))
-    parts.append("</div>")
+    parts += [_figure(figs, "per-class accuracy"), _figure(figs, "confusion matrix"), "</div>"]
     shown = len(r.misclassified)
     total = r.misclassified_total if r.misclassified_total is not None else shown
     parts.append(f"<h2>Misclassified test digits ({shown} of {total} shown)</h2>")
     if shown:
-        parts.append(_figure(lambda: plots.misclassified_grid([x.image for x in r.misclassified],
-                                                              [x.prediction for x in r.misclassified],
-                                                              [x.label for x in r.misclassified]),
-                             "misclassified digits"))
+        parts.append(_figure(figs, "misclassified digits"))
         parts.append('<p class="note">Test-split indices: '
                      + ", ".join(str(x.index) for x in r.misclassified) + "</p>")
     else:
@@ -165,10 +180,10 @@ def render_html(r: RunReport) -> str:
     return "\n".join(parts)
 
 
-def write_report(r: RunReport, path: Path) -> tuple[Path, float]:
+def write_report(r: RunReport, path: Path, figs: dict[str, bytes | str] | None = None) -> tuple[Path, float]:
     """Write the page (through a temporary name, so a reader never sees half of it); (path, seconds to render)."""
     t0 = time.perf_counter()
-    page = render_html(r)
+    page = render_html(r, figs)
     seconds = time.perf_counter() - t0
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
