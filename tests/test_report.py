@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_pipeline.report import plots
-from mnist_pipeline.report.page import Misclassified, RunReport, fmt, render_html, write_report
+from mnist_pipeline.report import markdown, plots
+from mnist_pipeline.report.page import Misclassified, RunReport, draw_figures, fmt, render_html, write_report
 from mnist_pipeline.report.picture import NO_DOT_NOTE, Graph, Node, dot_available, dot_layout, render_svg
 from tests.helpers import chromium, console_errors, data_uri_png, png_pixels
 
@@ -226,3 +226,23 @@ def test_the_report_opens_in_chromium_with_every_image_decoded_and_the_whole_lin
         # the picture fits the window: no horizontal scrolling at 1000 px
         assert driver.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
         assert console_errors(driver) == []
+
+
+# --------------------------------------------------------------------------------------------- Prefect UI content
+
+def test_the_markdown_for_prefect_carries_the_plots_and_rounded_figures():
+    r = sample_report()
+    md = markdown.run_markdown(r, draw_figures(r), "/runs/report.html")
+    assert len(re.findall(r"!\[[a-z -]+\]\(data:image/png;base64,[A-Za-z0-9+/=]+\)", md)) == 4
+    assert re.search(r"!\[lineage\]\(data:image/svg\+xml;base64,", md)
+    assert "`/runs/report.html`" in md and "**Promotion: promoted**" in md
+    assert "7.629e-06" in md and "0.09554" in md and "7.62939453125e-06" not in md
+
+
+def test_per_class_rows_and_wrapping_html_table():
+    rows = markdown.per_class_rows({"per_class_accuracy": [0.09553699987918662, float("nan")],
+                                    "confusion_matrix": [[3, 1], [0, 0]]})
+    assert rows == [{"class": "0", "accuracy": 0.09554, "test images": 4, "correct": 3},
+                    {"class": "1", "accuracy": None, "test images": 0, "correct": 0}]
+    table = markdown.html_table(["a", "b"], [["<x>", "y" * 5]])
+    assert "&lt;x&gt;" in table and table.count("white-space:normal") == 2
