@@ -13,8 +13,22 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.report import markdown, plots
-from mnist_pipeline.report.page import Misclassified, RunReport, draw_figures, fmt, render_html, write_report
-from mnist_pipeline.report.picture import NO_DOT_NOTE, Graph, Node, dot_available, dot_layout, render_svg
+from mnist_pipeline.report.page import (
+    Misclassified,
+    RunReport,
+    draw_figures,
+    fmt,
+    render_html,
+    write_report,
+)
+from mnist_pipeline.report.picture import (
+    NO_DOT_NOTE,
+    Graph,
+    Node,
+    dot_available,
+    dot_layout,
+    render_svg,
+)
 from tests.helpers import chromium, console_errors, data_uri_png, png_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +147,8 @@ def test_plots_refuse_what_they_cannot_draw():
 def test_importing_the_report_costs_no_plotting_library():
     code = ("import sys, mnist_pipeline.report.page, mnist_pipeline.report.picture;"
             "print([m for m in ('matplotlib', 'torch', 'prefect', 'wandb') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 

@@ -49,7 +49,7 @@ def per_class_rows(metrics: dict) -> list[dict]:
     rows = []
     for c, a in enumerate(acc):
         support = sum(cm[c]) if c < len(cm) else None
-        rows.append({"class": str(c), "accuracy": None if a != a else round4(a), "test images": support,
+        rows.append({"class": str(c), "accuracy": None if math.isnan(a) else round4(a), "test images": support,
                      "correct": cm[c][c] if c < len(cm) else None})
     return rows
 
@@ -61,8 +61,8 @@ def run_markdown(r: RunReport, figs: dict[str, bytes | str], report_path: Path |
     if report_path:
         lines += [f"Full report (self-contained HTML, open it in a browser): `{report_path}`", ""]
     if p:
-        lines += [f"**Promotion: {p.get('decision')}**: {p.get('reason', '')} (this model's test accuracy "
-                  f"{fmt(p.get('candidate_accuracy'))}, production's before {fmt(p.get('production_accuracy'))})", ""]
+        lines += [(f"**Promotion: {p.get('decision')}**: {p.get('reason', '')} (this model's test accuracy "
+                  f"{fmt(p.get('candidate_accuracy'))}, production's before {fmt(p.get('production_accuracy'))})"), ""]
     figures = [("test accuracy", m.get("test_accuracy")), ("test loss", m.get("test_loss")),
                ("ONNX max |torch − onnxruntime|", v.get("max_abs_diff")),
                ("ONNX argmax agreement", v.get("argmax_agreement")),

@@ -146,9 +146,9 @@ def _validation(v: dict) -> str:
 def render_html(r: RunReport, figs: dict[str, bytes | str] | None = None) -> str:
     m = r.metrics
     figs = draw_figures(r) if figs is None else figs
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+    parts = [(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-             f"<title>{html.escape(r.title)}</title><style>{CSS}</style></head><body>",
+             f"<title>{html.escape(r.title)}</title><style>{CSS}</style></head><body>"),
              f"<h1>{html.escape(r.title)}</h1>"]
     if r.facts:
         parts.append(_table(["", ""], [(html.escape(k), html.escape(v)) for k, v in r.facts]))

@@ -159,12 +159,12 @@ def render_svg(g: Graph, *, use_dot: bool | None = None) -> str:
         note = NO_DOT_NOTE
     extra = sum(1 for t in (note, g.footer) if t) * 20
     vw, vh = width + 2 * PAD, height + 2 * PAD + extra
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {vw:.0f} {vh:.0f}" width="100%" '
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {vw:.0f} {vh:.0f}" width="100%" '
            f'style="max-width:{vw:.0f}px;height:auto" font-family="sans-serif" font-size="{FONT}" '
-           f'role="img" data-layout="{"dot" if not note else "simple"}">',
+           f'role="img" data-layout="{"dot" if not note else "simple"}">'),
            f"<title>{html.escape(g.title)}</title>",
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
-           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>',
+           ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
+           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>'),
            f'<g transform="translate({PAD} {PAD})">']
     for pts in splines:
         (x0, y0), rest = pts[0], pts[1:]

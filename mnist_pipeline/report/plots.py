@@ -8,6 +8,7 @@ objects with the Agg canvas, not pyplot: no global state, no GUI backend, safe i
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 
 DPI = 100
@@ -54,9 +55,9 @@ def per_class_accuracy(accuracy: Sequence[float], overall: float | None = None) 
     fig = _figure(7.5, 3.0)
     ax = fig.add_subplot()
     classes = [str(c) for c in range(len(accuracy))]
-    vals = [0.0 if a != a else a for a in accuracy]  # NaN (a class absent from the test split) drawn as 0
+    vals = [0.0 if math.isnan(a) else a for a in accuracy]  # NaN (a class absent from the test split) drawn as 0
     bars = ax.bar(classes, vals, color="#62a0ea", edgecolor="#1a5fb4")
-    ax.bar_label(bars, labels=["n/a" if a != a else f"{a:.3f}" for a in accuracy], fontsize=8, padding=2)
+    ax.bar_label(bars, labels=["n/a" if math.isnan(a) else f"{a:.3f}" for a in accuracy], fontsize=8, padding=2)
     if overall is not None:
         ax.axhline(overall, color="#c01c28", linestyle="--", linewidth=1, label=f"overall {overall:.4f}")
         ax.legend(loc="lower right", fontsize=8)
