@@ -27,6 +27,7 @@ from mnist_pipeline.report.picture import (
     Node,
     dot_available,
     dot_layout,
+    lineage_graph,
     render_svg,
 )
 from tests.helpers import chromium, console_errors, data_uri_png, png_pixels
@@ -261,3 +262,24 @@ def test_per_class_rows_and_wrapping_html_table():
                     {"class": "1", "accuracy": None, "test images": 0, "correct": 0}]
     table = markdown.html_table(["a", "b"], [["<x>", "y" * 5]])
     assert "&lt;x&gt;" in table and table.count("white-space:normal") == 2
+
+
+def test_lineage_graph_from_records_lays_report_below_promote_and_marks_failures():
+    from types import SimpleNamespace as NS
+
+    def run(rid, job, status="finished"):
+        return NS(run_id=rid, job_type=job, status=status, flow_run_id="f1")
+
+    def art(name, type_):
+        return NS(name=name, version=0, type=type_, digest="ab" * 32)
+    ds, model, metrics = art("mnist", "dataset"), art("convnet", "model"), art("convnet-metrics", "metrics")
+    runs = [run("p", "prepare-data"), run("t", "train"), run("e", "evaluate", "failed"), run("g", "promote"),
+            run("r", "report")]
+    edges = {"p": {"produced": [ds]}, "t": {"used": [ds], "produced": [model]},
+             "e": {"used": [model, ds], "produced": [metrics]}, "g": {"used": [model, metrics]}}
+    g = lineage_graph(runs, edges, pending={"r": [("run-report", "report · this file")]})
+    ids = {n.id for n in g.nodes}
+    assert {"run:p", "artifact:mnist:v0", "artifact:convnet-metrics:v0", "artifact:run-report"} <= ids
+    assert ("artifact:mnist:v0", "run:t") in g.edges and ("run:r", "artifact:run-report") in g.edges
+    assert g.order == (("run:g", "run:r"),)
+    assert [n.id for n in g.nodes if n.bad] == ["run:e"]

@@ -16,6 +16,7 @@ import html
 import shlex
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -195,3 +196,40 @@ def render_svg(g: Graph, *, use_dot: bool | None = None) -> str:
                    f"{html.escape(g.footer)}</text>")
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- from lineage records
+
+def _short(digest: str | None, n: int = 12) -> str:
+    return (digest or "")[:n]
+
+
+def lineage_graph(runs: Sequence, edges: Mapping[str, Mapping[str, Sequence]], *, title: str = "Lineage",
+                  pending: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> Graph:
+    """The picture of recorded runs (objects with run_id, job_type, status) and their use/produce edges
+    (`edges[run_id] = {"used": [...], "produced": [...]}`, artifact records with name, version, type, digest).
+
+    `pending[run_id]` names outputs not recorded yet, as (label, subtitle): the report drawing its own stage. A
+    failed run is drawn red. The report stage reads promote's decision, so it is laid out below promote (without
+    that hint the two sit side by side and their input edges cross)."""
+    nodes: dict[str, Node] = {}
+    out_edges: list[tuple[str, str]] = []
+    for run in runs:
+        rid = f"run:{run.run_id}"
+        nodes[rid] = Node(rid, "run", run.job_type, f"run {run.run_id}" + ("" if run.status != "failed" else
+                                                                           " · failed"), bad=run.status == "failed")
+        for direction in ("used", "produced"):
+            for a in edges.get(run.run_id, {}).get(direction, ()):
+                aid = f"artifact:{a.name}:v{a.version}"
+                nodes.setdefault(aid, Node(aid, "artifact", f"{a.name}:v{a.version}", f"{a.type} · {_short(a.digest)}"))
+                out_edges.append((aid, rid) if direction == "used" else (rid, aid))
+        for label, sub in (pending or {}).get(run.run_id, ()):
+            aid = f"artifact:{label}"
+            nodes[aid] = Node(aid, "artifact", label, sub)
+            out_edges.append((rid, aid))
+    by_flow: dict[tuple, list[str]] = {}  # (flow run, job type) -> runs
+    for run in runs:
+        by_flow.setdefault((getattr(run, "flow_run_id", None), run.job_type), []).append(f"run:{run.run_id}")
+    order = tuple((p, r) for (flow, job), reports in by_flow.items() if job == "report"
+                  for p in by_flow.get((flow, "promote"), ()) for r in reports)
+    return Graph(tuple(nodes.values()), tuple(dict.fromkeys(out_edges)), order=order, title=title)
