@@ -16,7 +16,7 @@ DPI = 100
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)  # the constrained layout already fits: no second "tight" pass
     return buf.getvalue()
 
 
@@ -95,7 +95,9 @@ def confusion_matrix(matrix: Sequence[Sequence[int]]) -> bytes:
 
 def misclassified_grid(images: Sequence, predictions: Sequence[int], labels: Sequence[int],
                        columns: int = 8) -> bytes:
-    """The misclassified test digits (uint8 [28, 28] each), titled "pred X / label Y"."""
+    """The misclassified test digits (uint8 [28, 28] each), titled "pred X / label Y".
+
+    One mosaic image in one axes (a subplot per digit costs a layout pass each: 4x slower)."""
     import numpy as np
 
     n = len(images)
@@ -105,10 +107,15 @@ def misclassified_grid(images: Sequence, predictions: Sequence[int], labels: Seq
         raise ValueError("misclassified grid: no images")
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
-    fig = _figure(1.25 * cols, 1.45 * rows)
+    cell_w, cell_h, top = 36, 46, 14  # pixels of the mosaic per digit: 28x28 plus a margin and a title band
+    mosaic = np.zeros((rows * cell_h, cols * cell_w), dtype=np.uint8)
+    fig = _figure(1.15 * cols, 1.5 * rows)
+    ax = fig.add_subplot()
     for k, (img, p, y) in enumerate(zip(images, predictions, labels, strict=True)):
-        ax = fig.add_subplot(rows, cols, k + 1)
-        ax.imshow(np.asarray(img, dtype=np.uint8), cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(f"pred {p} / label {y}", fontsize=8, color="#c01c28")
-        ax.set_axis_off()
+        r, c = divmod(k, cols)
+        y0, x0 = r * cell_h + top, c * cell_w + 4
+        mosaic[y0 : y0 + 28, x0 : x0 + 28] = np.asarray(img, dtype=np.uint8)
+        ax.text(x0 + 14, y0 - 3, f"pred {p} / label {y}", ha="center", va="bottom", fontsize=7, color="#c01c28")
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
     return _png(fig)
