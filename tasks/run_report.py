@@ -9,16 +9,21 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mnist_pipeline.lineage.stage import open_stage
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mnist_pipeline import data
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.report import markdown
-from mnist_pipeline.report.page import Misclassified, RunReport, draw_figures, write_report
+from mnist_pipeline.report.page import (
+    Misclassified,
+    RunReport,
+    draw_figures,
+    write_report,
+)
 from mnist_pipeline.report.picture import lineage_graph
 from tasks._common import current_flow_run_id
 

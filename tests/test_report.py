@@ -283,3 +283,16 @@ def test_lineage_graph_from_records_lays_report_below_promote_and_marks_failures
     assert ("artifact:mnist:v0", "run:t") in g.edges and ("run:r", "artifact:run-report") in g.edges
     assert g.order == (("run:g", "run:r"),)
     assert [n.id for n in g.nodes if n.bad] == ["run:e"]
+
+
+def test_the_lineage_markdown_rounds_and_has_a_row_per_stage():
+    summary = {"status": "completed", "reason": "retrained: first run", "test_accuracy": 0.09553699987918662,
+               "onnx_max_abs_diff": 7.62939453125e-06, "report": "/runs/report.html", "onnx_file": "/runs/model.onnx",
+               "promotion": {"decision": "promoted", "reason": "first validated model", "candidate_accuracy": 0.9,
+                             "production_accuracy": None}}
+    rows = [{"stage": s, "status": "finished", "output": "", "sha256": "", "inputs": "", "W&B run": "x" * 200}
+            for s in STAGES]
+    md = markdown.lineage_markdown(summary, rows, "/runs/lineage.db")
+    assert "0.09554" in md and "7.629e-06" in md and "7.62939453125e-06" not in md
+    assert "[report.html](file:///runs/report.html)" in md and "`/runs/model.onnx`" in md
+    assert all(f">{s}</td>" in md for s in STAGES) and "|---" not in md

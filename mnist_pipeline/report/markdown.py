@@ -80,3 +80,30 @@ def run_markdown(r: RunReport, figs: dict[str, bytes | str], report_path: Path |
         svg = render_svg(r.lineage)
         lines += ["## Lineage of this run", "", f"![lineage]({data_uri(svg.encode(), 'image/svg+xml')})", ""]
     return "\n".join(lines)
+
+
+STAGE_COLUMNS = ("stage", "status", "output", "sha256", "inputs", "W&B run")
+
+
+def lineage_markdown(summary: dict, rows: Sequence[dict], lineage_db: str | Path) -> str:
+    """The flow run's `mnist-lineage` artifact: status, decision, rounded figures, where the report is, and one
+    row per stage run (promote and report included) in a table whose long cells wrap."""
+    lines = [f"# MNIST lineage pipeline: {summary.get('status', 'completed')}", ""]
+    if summary.get("reason"):
+        lines += [summary["reason"], ""]
+    p = summary.get("promotion")
+    if p:
+        lines.append(f"- **promotion**: {p['decision']} ({p['reason']}); test accuracy {fmt(p.get('candidate_accuracy'))}"
+                     f", production's before {fmt(p.get('production_accuracy'))}")
+    for key in ("test_accuracy", "onnx_max_abs_diff", "onnx_argmax_agreement", "onnx_latency_ms_p50"):
+        if key in summary:
+            lines.append(f"- **{key}**: {fmt(summary[key])}")
+    if summary.get("report"):
+        uri = Path(summary["report"]).as_uri()
+        lines.append(f"- **run report**: [{Path(summary['report']).name}]({uri}) `{summary['report']}` (plots in the "
+                     "`mnist-run-report` artifact; browsers do not open file links from a web page: copy the path)")
+    if summary.get("onnx_file"):
+        lines.append(f"- **ONNX file** (the one to audit): `{summary['onnx_file']}`")
+    lines += ["", html_table(STAGE_COLUMNS, [[r.get(c, "") for c in STAGE_COLUMNS] for r in rows]), "",
+              f"Lineage store: `{lineage_db}`"]
+    return "\n".join(lines) + "\n"
