@@ -26,10 +26,13 @@ def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef) -> A
         stage.log_image_table("misclassified", ["index", "image", "prediction", "label"],
                               [(int(i), test.images[i].numpy(), int(ev.predictions[i]), int(test.labels[i]))
                                for i in wrong], image_column="image")
+        # the first misclassified test images, for the run report (indices into the dataset's test split)
+        wrong_list, wrong_count = metrics.misclassified(ev.predictions, test.labels,
+                                                        cfg.evaluate.misclassified_table_rows)
         out = stage.staging(METRICS_NAME)
-        write_json(out / "metrics.json", ev.summary())
-        stage.summary = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "misclassified": int(
-            (ev.predictions != test.labels).sum())}
-        stage.produce(METRICS_NAME, "metrics", out, ev.summary())
+        write_json(out / "metrics.json", {**ev.summary(), "misclassified": wrong_list,
+                                          "misclassified_count": wrong_count})
+        stage.summary = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "misclassified": wrong_count}
+        stage.produce(METRICS_NAME, "metrics", out, {**ev.summary(), "misclassified_count": wrong_count})
     logger.info("test accuracy %.4f, loss %.4f on %d images", ev.accuracy, ev.loss, ev.count)
     return stage.outputs["metrics"]

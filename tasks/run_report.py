@@ -5,6 +5,7 @@ rest; and the same plots in the Prefect UI (a Markdown artifact, a table artifac
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,7 +89,9 @@ def run_report(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef, 
     t0 = time.perf_counter()
     with open_stage(cfg, "report", flow_run_id) as stage:
         dataset_dir = stage.use(dataset)
-        m = stage.record(metrics).metadata
+        # the files, as verified by `use` (the metrics file lists the misclassified images; metadata does not)
+        rec = stage.record(metrics)
+        m = {**rec.metadata, **json.loads((Path(rec.path) / "metrics.json").read_text())}
         v = stage.record(validation).metadata
         report = build_report(stage.store, stage, dataset_dir, m, v, _as_dict(promotion), flow_run_id)
         figs = draw_figures(report)

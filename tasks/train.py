@@ -40,7 +40,10 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
         ckpt = checkpoint_path(cfg, dataset)
         logger.info("training on %d images for %d epoch(s) on %s (%d threads)", len(split), t.epochs, device, threads)
 
+        loss_points: list[tuple[int, int, float]] = []  # for the run report: in this run's record, not the model
+
         def on_log(examples: int, epoch: int, loss: float) -> None:
+            loss_points.append((examples, epoch, round(loss, 5)))
             stage.log({"epoch": epoch, "loss": loss}, step=examples)
             logger.info("loss after %05d examples: %.3f (epoch %d)", examples, loss, epoch)
 
@@ -57,7 +60,8 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
                 "resumed_from_checkpoint": result.resumed_from, "fingerprint": cfg.training_fingerprint()}
         write_json(out / "model_config.json", meta)
         stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
-                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None}
+                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None,
+                         "loss_points": loss_points}
         stage.produce(MODEL_NAME, "model", out, meta)
     ckpt.unlink(missing_ok=True)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]
