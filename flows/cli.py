@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from flows import audit_cli
 from mnist_pipeline.config import ConfigError, PipelineConfig
+from mnist_pipeline.report.console import where_things_went
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -140,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mnist-pipeline: pipeline {state.name.lower()}: {type(e).__name__}: {e}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(state.result(), indent=2, default=str))
+    for line in where_things_went(state.result()):  # the report, the ONNX file (and issue 9's W&B line)
+        print(line, file=sys.stderr)
     return EXIT_OK
 
 

@@ -296,3 +296,12 @@ def test_the_lineage_markdown_rounds_and_has_a_row_per_stage():
     assert "0.09554" in md and "7.629e-06" in md and "7.62939453125e-06" not in md
     assert "[report.html](file:///runs/report.html)" in md and "`/runs/model.onnx`" in md
     assert all(f">{s}</td>" in md for s in STAGES) and "|---" not in md
+
+
+def test_the_console_names_the_report_and_the_onnx_file():
+    from mnist_pipeline.report.console import where_things_went
+
+    lines = where_things_went({"report": "/r/report.html", "onnx_file": "/a b/model.onnx"})
+    assert lines == ["report: /r/report.html",
+                     "ONNX model: /a b/model.onnx (audit it: mnist-pipeline audit '/a b/model.onnx')"]
+    assert where_things_went({"status": "skipped"}) == []
