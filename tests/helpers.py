@@ -1,60 +1,46 @@
-"""Test helpers shared between test modules (fixtures stay in conftest.py)."""
+"""Test helpers: tiny real-format MNIST IDX files (as torchvision's own MNIST test writes them)."""
 
 from __future__ import annotations
 
-import base64
-import io
-from contextlib import contextmanager
+import gzip
+import struct
 from pathlib import Path
 
-import pytest
+import numpy as np
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def require_chromium() -> None:
-    """Skip (with the reason) where Debian's Chromium or its driver is not installed."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        pytest.skip(f"needs Debian's chromium and chromium-driver ({', '.join(missing)} not installed; "
-                    "apt-get install -y chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="needs selenium (pip install -e '.[test]')")
+STEMS = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
 
 
-@contextmanager
-def chromium(width: int = 1400, height: int = 1000):
-    """A real headless Chromium driven by selenium, with its console log readable (`driver.get_log('browser')`)."""
-    require_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={width},{height}", "--no-first-run", "--disable-extensions"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX as published: magic 0x0000080N (uint8 data, N dims), big-endian dims, raw bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return struct.pack(">I", 0x800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
 
 
-def console_errors(driver) -> list[dict]:
-    return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+def tiny_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable toy: class c lights up a horizontal band at row 2c..2c+4, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 40, size=(n, 28, 28))
+    for i, c in enumerate(labels):
+        images[i, 2 * c + 2 : 2 * c + 6, 4:24] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def png_pixels(data: bytes):
-    """A PNG decoded to a float array (matplotlib's own reader: no extra dependency)."""
-    import matplotlib.image
-
-    return matplotlib.image.imread(io.BytesIO(data), format="png")
-
-
-def data_uri_png(src: str) -> bytes:
-    prefix = "data:image/png;base64,"
-    assert src.startswith(prefix), src[:60]
-    return base64.b64decode(src[len(prefix):])
+def write_mnist(directory: Path, n_train: int = 120, n_test: int = 40, gz: bool = False) -> Path:
+    raw = directory / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = tiny_digits(n, seed)
+        for kind, arr in (("images", images), ("labels", labels)):
+            blob = idx_bytes(arr)
+            if gz:
+                (raw / (STEMS[(split, kind)] + ".gz")).write_bytes(gzip.compress(blob))
+            else:
+                (raw / STEMS[(split, kind)]).write_bytes(blob)
+    return raw

@@ -30,7 +30,7 @@ from mnist_pipeline.report.picture import (
     lineage_graph,
     render_svg,
 )
-from tests.helpers import chromium, console_errors, data_uri_png, png_pixels
+from tests.browser import chromium, console_errors, data_uri_png, png_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
 SVG = "{http://www.w3.org/2000/svg}"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from flows.local_server import free_port, local_prefect_server
-from tests.helpers import (
+from tests.browser import (
     chromium,
     console_errors,
     data_uri_png,
