@@ -22,13 +22,11 @@ def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef) -> A
         classes = [str(c) for c in range(net.cfg.classes)]
         stage.log({"test_accuracy": ev.accuracy, "test_loss": ev.loss})
         stage.log_confusion_matrix("confusion_matrix", test.labels.tolist(), ev.predictions.tolist(), classes)
-        wrong = (ev.predictions != test.labels).nonzero().flatten()[: cfg.evaluate.misclassified_table_rows]
-        stage.log_image_table("misclassified", ["index", "image", "prediction", "label"],
-                              [(int(i), test.images[i].numpy(), int(ev.predictions[i]), int(test.labels[i]))
-                               for i in wrong], image_column="image")
-        # the first misclassified test images, for the run report (indices into the dataset's test split)
+        # the first misclassified test images (indices into the dataset's test split): W&B images, run report
         wrong_list, wrong_count = metrics.misclassified(ev.predictions, test.labels,
                                                         cfg.evaluate.misclassified_table_rows)
+        stage.log_images("misclassified", [test.images[w["index"]].numpy() for w in wrong_list],
+                         [f"pred {w['prediction']} / label {w['label']} (test image {w['index']})" for w in wrong_list])
         out = stage.staging(METRICS_NAME)
         write_json(out / "metrics.json", {**ev.summary(), "misclassified": wrong_list,
                                           "misclassified_count": wrong_count})
