@@ -1,12 +1,13 @@
 """The flow, which only orchestrates:
 
-prepare-data -> check-for-changes -> (skip, or) train -> evaluate | export-onnx -> validate-onnx -> promote,
+prepare-data -> check-for-changes -> (skip, or) train -> evaluate | export-onnx -> validate-onnx -> promote -> report,
 then a Prefect artifact on the flow run that lists what was produced and why.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
@@ -15,7 +16,18 @@ from prefect.logging.handlers import APILogHandler
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.onnx_io import ParityError
-from tasks import check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train, validate_onnx
+from tasks import (
+    check_for_changes,
+    evaluate,
+    export_onnx,
+    prepare_data,
+    promote,
+    publish_report,
+    run_report,
+    train,
+    validate_onnx,
+)
+from tasks.run_report import REPORT_FILE
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -69,6 +81,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     validation = validate_onnx(cfg, onnx_model, model, dataset)
     metrics = metrics_future.result()
     decision = promote(cfg, model, metrics, validation)
+    report = run_report(cfg, dataset, metrics, validation, decision)  # after promote: it shows the decision
 
     store = LineageStore(cfg.lineage_db)
     m = store.find_artifact(metrics.name, metrics.digest).metadata
@@ -77,7 +90,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         "status": "completed",
         "reason": f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
         "artifacts": {r.type: {"ref": r.label, "digest": r.digest, "path": r.path}
-                      for r in (dataset, model, metrics, onnx_model, validation)},
+                      for r in (dataset, model, metrics, onnx_model, validation, report)},
         "test_accuracy": m["test_accuracy"],
         "test_loss": m["test_loss"],
         "onnx_accuracy": v["ort_accuracy"],
@@ -88,6 +101,8 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         "promotion": {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
                                                         "production_accuracy")},
         "lineage_db": str(cfg.lineage_db),
+        "report": str(Path(report.path) / REPORT_FILE),
+        "onnx_file": str(Path(onnx_model.path) / "model.onnx"),
     }
     failure = parity_failure(cfg, v, validation.label)
     if failure:

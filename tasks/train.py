@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 from prefect import get_run_logger, task
 
@@ -53,6 +54,8 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
                                          channels_last=t.channels_last)
         result = training.train(model, split, settings, device, on_log=on_log, checkpoint=ckpt,
                                 stop_after_batches=stop_after_batches)
+        if math.isfinite(result.final_loss) and (not loss_points or loss_points[-1][0] != result.examples_seen):
+            loss_points.append((result.examples_seen, t.epochs - 1, round(result.final_loss, 5)))  # the last batch
         out = stage.staging(MODEL_NAME)
         save_model(model, out / "model.pt")
         meta = {"model_config": model_cfg.to_dict(), "train": t.model_dump(mode="json"), "device": str(device),
