@@ -260,8 +260,8 @@ def test_per_class_rows_and_wrapping_html_table():
                                     "confusion_matrix": [[3, 1], [0, 0]]})
     assert rows == [{"class": "0", "accuracy": 0.09554, "test images": 4, "correct": 3},
                     {"class": "1", "accuracy": None, "test images": 0, "correct": 0}]
-    table = markdown.html_table(["a", "b"], [["<x>", "y" * 5]])
-    assert "&lt;x&gt;" in table and table.count("white-space:normal") == 2
+    table = markdown.html_table(["a", "b"], [["<x>", "/tmp/a_b-c"]])
+    assert "<td>&lt;x&gt;</td>" in table and "<td>/<wbr>tmp/<wbr>a_<wbr>b-<wbr>c</td>" in table
 
 
 def test_lineage_graph_from_records_lays_report_below_promote_and_marks_failures():
@@ -295,7 +295,7 @@ def test_the_lineage_markdown_rounds_and_has_a_row_per_stage():
     md = markdown.lineage_markdown(summary, rows, "/runs/lineage.db")
     assert "0.09554" in md and "7.629e-06" in md and "7.62939453125e-06" not in md
     assert "[report.html](file:///runs/report.html)" in md and "`/runs/model.onnx`" in md
-    assert all(f">{s}</td>" in md for s in STAGES) and "|---" not in md
+    assert all(f">{s}</td>" in md.replace("<wbr>", "") for s in STAGES) and "|---" not in md
 
 
 def test_the_console_names_the_report_and_the_onnx_file():

@@ -2,7 +2,8 @@
 
 Checked in a real browser against `prefect server start` (Prefect 3.9's UI): Markdown artifacts render images given
 as `data:` URIs (PNG and SVG) and raw HTML tables; Markdown pipe tables and table artifacts never wrap a long cell
-(it is cut, or scrolls sideways), so long values (W&B run folders, paths) go into an HTML table whose cells wrap.
+(it is cut, or scrolls sideways), so long values (W&B run folders, paths) go into an HTML table whose cells may break after / _ - (`<wbr>`:
+the UI strips `style` attributes).
 Browsers do not follow `file://` links from a web page, so the report's path is also printed as text to copy.
 
 Pure: no Prefect import (the task that publishes these calls `prefect.artifacts`).
@@ -13,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,11 +36,16 @@ def round4(v: float | None) -> float | None:
     return round(v, 3 - math.floor(math.log10(abs(v))))
 
 
+def _breakable(text: str) -> str:
+    """Escaped text with a `<wbr>` after each / _ - so that a long path can wrap; Prefect's UI strips `style`
+    attributes but keeps `<wbr>` (and copying the text copies no extra character)."""
+    return re.sub(r"([/_-])", r"\1<wbr>", html.escape(text))
+
+
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A raw HTML table for Markdown: its cells wrap in Prefect's UI (pipe-table cells are cut). Text is escaped."""
-    cell = 'style="white-space:normal;overflow-wrap:anywhere;word-break:break-word"'
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td {cell}>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_breakable(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
