@@ -27,7 +27,7 @@ from tasks import (
     train,
     validate_onnx,
 )
-from tasks.run_report import REPORT_FILE
+from tasks.run_report import REPORT_FILE, report_figures
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -80,8 +80,9 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     onnx_model = export_onnx(cfg, model)
     validation = validate_onnx(cfg, onnx_model, model, dataset)
     metrics = metrics_future.result()
+    figures = report_figures.submit(cfg, dataset, metrics)  # the report's plots, drawn beside promote
     decision = promote(cfg, model, metrics, validation)
-    report = run_report(cfg, dataset, metrics, validation, decision)  # after promote: it shows the decision
+    report = run_report(cfg, dataset, metrics, validation, decision, figures)  # after promote: it shows the decision
 
     store = LineageStore(cfg.lineage_db)
     m = store.find_artifact(metrics.name, metrics.digest).metadata
