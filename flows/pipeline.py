@@ -82,7 +82,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     metrics = metrics_future.result()
     figures = report_figures.submit(cfg, dataset, metrics)  # the report's plots, drawn beside promote
     decision = promote(cfg, model, metrics, validation)
-    report = run_report(cfg, dataset, metrics, validation, decision, figures)  # after promote: it shows the decision
+    report = run_report(cfg, dataset, metrics, validation, decision, figures.result())  # shows the decision
 
     store = LineageStore(cfg.lineage_db)
     m = store.find_artifact(metrics.name, metrics.digest).metadata

@@ -37,7 +37,9 @@ REPORT_FILE = "report.html"
 def _as_dict(promotion) -> dict | None:
     if promotion is None:
         return None
-    return dataclasses.asdict(promotion) if dataclasses.is_dataclass(promotion) else dict(promotion)
+    if dataclasses.is_dataclass(promotion) and not isinstance(promotion, type):
+        return dataclasses.asdict(promotion)
+    return dict(promotion)
 
 
 def _loss_points(store: LineageStore, metrics_meta: dict) -> list[tuple[int, int, float]]:
@@ -66,7 +68,7 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_meta: di
     onnx = _input(validation_meta, "onnx") or {}
     onnx_rec = store.find_artifact(onnx["name"], onnx["digest"]) if onnx else None
     model_label = f"{model.get('name')}:v{model.get('version')}" if model else "?"
-    runs = store.runs(flow_run_id) if flow_run_id else [store.run(stage.run_id)]
+    runs = store.runs(flow_run_id) if flow_run_id else [r for r in [store.run(stage.run_id)] if r is not None]
     edges = {r.run_id: store.edges(r.run_id) for r in runs}
     edges[stage.run_id] = {"used": list({a.artifact_id: a for a in stage.used}.values()), "produced": []}
     graph = lineage_graph(runs, edges, title=f"Lineage of {model_label}",

@@ -233,7 +233,7 @@ def lineage_picture(report: dict) -> Graph:
         top, sub = _node_text(report, key)
         kind, _, name = key.partition(":")
         bad = kind == "artifact" and report["artifacts"][name]["status"] == "tampered"
-        nodes.append(Node(key, kind, top, sub, bad=bad, highlight=key in subjects))
+        nodes.append(Node(key, "artifact" if kind == "artifact" else "run", top, sub, bad=bad, highlight=key in subjects))
     by_flow: dict[tuple, list[str]] = {}  # the report stage reads promote's decision: laid out below it
     for run_id, r in report["runs"].items():
         by_flow.setdefault((r.get("flow_run_id"), r.get("job_type")), []).append(f"run:{run_id}")

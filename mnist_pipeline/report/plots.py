@@ -37,7 +37,7 @@ def loss_curve(points: Sequence[tuple[int, int, float]]) -> bytes:
     ax = fig.add_subplot()
     xs, epochs, ys = zip(*points, strict=True)
     ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, color="#1a5fb4", label="training loss")
-    starts = {}
+    starts: dict[int, int] = {}  # epoch -> examples seen at its first logged point
     for x, e in zip(xs, epochs, strict=True):
         starts.setdefault(e, x)
     for e, x in sorted(starts.items()):
