@@ -4,6 +4,7 @@ the offline run's own files: its `files/media/images/` folder and the records of
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,14 @@ def _records(run_dir):
     return history, files
 
 
+def _finished(run_dir) -> bool:
+    path = offline_run_file(run_dir)
+    try:
+        return path is not None and any(r.WhichOneof("record_type") == "exit" for r in offline_records(path))
+    except Exception:  # a record still being written: not finished yet
+        return False
+
+
 def test_misclassified_images_are_kept_by_an_offline_run(wandb_offline, tmp_path):
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
@@ -38,6 +47,10 @@ def test_misclassified_images_are_kept_by_an_offline_run(wandb_offline, tmp_path
         run_dir = Path(stage.wandb.run_dir)
     assert run_dir.name.startswith("offline-run-")
 
+    # wandb's service process may still be writing the run's log when finish() returns: wait for its exit record
+    deadline = time.monotonic() + 60
+    while not _finished(run_dir) and time.monotonic() < deadline:
+        time.sleep(0.2)
     history, uploaded = _records(run_dir)
     assert history[("misclassified", "_type")] == "images/separated"
     assert history[("misclassified", "captions")] == captions
