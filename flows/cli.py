@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from flows import audit_cli, ops_cli
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
+from mnist_pipeline.report.console import where_things_went
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -189,6 +190,8 @@ def _run(cfg: PipelineConfig) -> int:
         print(line, file=sys.stderr)
         return code
     print(json.dumps(state.result(), indent=2, default=str))
+    for line in where_things_went(state.result()):  # the report, the ONNX file (and issue 9's W&B line)
+        print(line, file=sys.stderr)
     return EXIT_OK
 
 

@@ -1,12 +1,13 @@
 """The flow, which only orchestrates:
 
-prepare-data -> check-for-changes -> (skip, or) train -> evaluate | export-onnx -> validate-onnx -> promote,
+prepare-data -> check-for-changes -> (skip, or) train -> evaluate | export-onnx -> validate-onnx -> promote -> report,
 then a Prefect artifact on the flow run that lists what was produced and why.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
@@ -16,10 +17,11 @@ from prefect.states import Completed, State
 from flows.preflight import effective_config
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
-from tasks import check_for_changes, evaluate, export_onnx, promote, publish_report, train, validate_onnx
+from tasks import check_for_changes, evaluate, export_onnx, promote, publish_report, run_report, train, validate_onnx
 from tasks.prepare_data import for_config as prepare_data_for
 from tasks.prepare_data import stored_problem
 from tasks.report import wandb_records
+from tasks.run_report import REPORT_FILE, report_figures
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -78,7 +80,9 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     onnx_model = export_onnx(cfg, model)
     validation = validate_onnx(cfg, onnx_model, model, dataset)
     metrics = metrics_future.result()
+    figures = report_figures.submit(cfg, dataset, metrics)  # the report's plots, drawn beside promote
     decision = promote(cfg, model, metrics, validation)
+    report = run_report(cfg, dataset, metrics, validation, decision, figures.result())  # shows the decision
 
     store = LineageStore(cfg.lineage_db)
     m = store.find_artifact(metrics.name, metrics.digest).metadata
@@ -87,7 +91,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
         "status": "completed",
         "reason": f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
         "artifacts": {r.type: {"ref": r.label, "digest": r.digest, "path": r.path}
-                      for r in (dataset, model, metrics, onnx_model, validation)},
+                      for r in (dataset, model, metrics, onnx_model, validation, report)},
         "test_accuracy": m["test_accuracy"],
         "test_loss": m["test_loss"],
         "onnx_accuracy": v["ort_accuracy"],
@@ -99,6 +103,8 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
                                                         "production_accuracy")},
         "lineage_db": str(cfg.lineage_db),
         "config_sources": config_sources,
+        "report": str(Path(report.path) / REPORT_FILE),
+        "onnx_file": str(Path(onnx_model.path) / "model.onnx"),
     }
     summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
     failure = parity_failure(cfg, v, validation.label)

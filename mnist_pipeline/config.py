@@ -123,8 +123,8 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     misclassified_table_rows: int = Field(
-        64, ge=0, le=10_000, description="Misclassified test images logged to a W&B Table."
-    )
+        64, ge=0, le=10_000, description="Misclassified test images logged to W&B (as images, kept offline too) "
+        "and shown in the run report.")
     batch_size: int = Field(
         INFERENCE_BATCH, ge=1, le=65_536, description="Inference batch size of evaluation and ONNX validation (larger batches "
         "hold more memory for little speed on CPU).")

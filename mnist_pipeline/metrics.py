@@ -52,3 +52,11 @@ def evaluate(model: nn.Module, split: Split, classes: int, batch_size: int = INF
     per_class = [int(cm[c, c]) / int(support[c]) if support[c] else float("nan") for c in range(classes)]
     return Evaluation(loss=loss, accuracy=int((preds == labels).sum()) / len(labels), per_class_accuracy=per_class,
                       confusion=cm.tolist(), predictions=preds, count=len(labels))
+
+
+def misclassified(predictions: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[list[dict], int]:
+    """The first `limit` misclassified images as {index, prediction, label} (index into the split), and how many
+    there are in all."""
+    wrong = (predictions != labels).nonzero().flatten()
+    return ([{"index": int(i), "prediction": int(predictions[i]), "label": int(labels[i])} for i in wrong[:limit]],
+            len(wrong))

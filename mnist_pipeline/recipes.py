@@ -55,9 +55,13 @@ def export_onnx_files(model_path: Path, out: Path, *, opset: int, exporter: str)
     return info
 
 
-def evaluate_files(model_path: Path, test: Split, out: Path, *, batch_size: int) -> metrics.Evaluation:
-    """`metrics.json`: test loss, accuracy, per-class accuracy and the confusion matrix of a model file."""
+def evaluate_files(model_path: Path, test: Split, out: Path, *, batch_size: int, misclassified_rows: int
+                   ) -> tuple[metrics.Evaluation, list[dict], int]:
+    """`metrics.json`: test loss, accuracy, per-class accuracy, the confusion matrix of a model file, and its first
+    `misclassified_rows` misclassified test images (index into the test split, prediction, label) with their count.
+    Returns the evaluation, that list and the count."""
     net = load_model(model_path)
     ev = metrics.evaluate(net, test, net.cfg.classes, batch_size)
-    write_json(Path(out) / "metrics.json", ev.summary())
-    return ev
+    wrong, count = metrics.misclassified(ev.predictions, test.labels, misclassified_rows)
+    write_json(Path(out) / "metrics.json", {**ev.summary(), "misclassified": wrong, "misclassified_count": count})
+    return ev, wrong, count

@@ -86,7 +86,8 @@ def run(recipe: Recipe, scratch: Path, *, threads: int | None = None) -> Reprodu
             recipes.export_onnx_files(model_dir / "model.pt", d, opset=scfg.onnx.opset, exporter=scfg.onnx.exporter)
         elif step.job_type == "evaluate":
             test = load_split(Path(step.inputs["dataset"].path) / "test.pt")
-            recipes.evaluate_files(model_dir / "model.pt", test, d, batch_size=scfg.evaluate.batch_size)
+            recipes.evaluate_files(model_dir / "model.pt", test, d, batch_size=scfg.evaluate.batch_size,
+                                   misclassified_rows=scfg.evaluate.misclassified_table_rows)
         else:
             raise CannotReproduce(f"{label(step.output)}: cannot re-run a {step.job_type} stage")
         out.comparisons.append(_compare(step.output, d))

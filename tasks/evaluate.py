@@ -19,16 +19,15 @@ def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef) -> A
         model_path = stage.use(model) / "model.pt"
         test = data.load_split(stage.use(dataset) / "test.pt")
         out = stage.staging(METRICS_NAME)
-        ev = recipes.evaluate_files(model_path, test, out, batch_size=cfg.evaluate.batch_size)
+        ev, wrong_list, wrong_count = recipes.evaluate_files(model_path, test, out, batch_size=cfg.evaluate.batch_size,
+                                                             misclassified_rows=cfg.evaluate.misclassified_table_rows)
         classes = [str(c) for c in range(len(ev.per_class_accuracy))]
         stage.log({"test_accuracy": ev.accuracy, "test_loss": ev.loss})
         stage.log_confusion_matrix("confusion_matrix", test.labels.tolist(), ev.predictions.tolist(), classes)
-        wrong = (ev.predictions != test.labels).nonzero().flatten()[: cfg.evaluate.misclassified_table_rows]
-        stage.log_image_table("misclassified", ["index", "image", "prediction", "label"],
-                              [(int(i), test.images[i].numpy(), int(ev.predictions[i]), int(test.labels[i]))
-                               for i in wrong], image_column="image")
-        stage.summary = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "misclassified": int(
-            (ev.predictions != test.labels).sum())}
-        stage.produce(METRICS_NAME, "metrics", out, ev.summary())
+        # the first misclassified test images (indices into the dataset's test split): W&B images, run report
+        stage.log_images("misclassified", [test.images[w["index"]].numpy() for w in wrong_list],
+                         [f"pred {w['prediction']} / label {w['label']} (test image {w['index']})" for w in wrong_list])
+        stage.summary = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "misclassified": wrong_count}
+        stage.produce(METRICS_NAME, "metrics", out, {**ev.summary(), "misclassified_count": wrong_count})
     logger.info("test accuracy %.4f, loss %.4f on %d images", ev.accuracy, ev.loss, ev.count)
     return stage.outputs["metrics"]

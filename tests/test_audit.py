@@ -138,9 +138,11 @@ def test_audit_of_the_onnx_file_shows_the_full_chain_and_exits_0(e2e, capsys):
     promotions = out[out.index("Promotions"):]
     assert "convnet:v0 PROMOTED (decision about it): first validated model" in promotions
     assert "aliases candidate" in out and "production (since" in out
-    # every digest re-checked: 9 artifact files in 5 artifacts, 4 raw files, 5 records, the queried file
-    assert "artifact-file: 9 ok" in out and "raw-file: 4 ok" in out and "record: 5 ok" in out
-    assert out.rstrip().endswith("VERIFIED: convnet-onnx:v0: 19 digests re-checked, all match")
+    # and the run report written about it (it shows the decision), an artifact like the rest
+    assert f"report run {runs['report'].run_id}" in forward and "run-report:v0 (report)" in forward
+    # every digest re-checked: 10 artifact files in 6 artifacts, 4 raw files, 6 records, the queried file
+    assert "artifact-file: 10 ok" in out and "raw-file: 4 ok" in out and "record: 6 ok" in out
+    assert out.rstrip().endswith("VERIFIED: convnet-onnx:v0: 21 digests re-checked, all match")
     assert err == ""
 
 
@@ -301,7 +303,9 @@ def test_json_output_parses_and_holds_the_same_chain_as_the_tree(e2e, capsys):
     produced = {d["job_type"]: d["produced"] for d in report["downstream"]}
     assert produced["evaluate"] == ["convnet-metrics:v0"]
     assert produced["validate-onnx"] == ["convnet-onnx-validation:v0"]
-    assert all(d["produced"] == [] for d in report["downstream"] if d["job_type"] not in ("evaluate", "validate-onnx"))
+    assert produced["report"] == ["run-report:v0"]
+    assert all(d["produced"] == [] for d in report["downstream"]
+               if d["job_type"] not in ("evaluate", "validate-onnx", "report"))
     assert report["promotions"][0]["decision"] == "promoted" and report["promotions"][0]["artifact"] == "convnet:v0"
     assert {c["status"] for c in report["checks"]} == {"ok"} and report["failures"] == []
     assert all(a["digest"] == e2e["arts"][a["type"]].digest for a in report["artifacts"].values())
@@ -378,12 +382,12 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
     assert audit_main(ns, backend=fake) == EXIT_VERIFIED
     ok = json.loads(capsys.readouterr().out)
     assert {c["status"] for c in ok["checks"] if c["kind"] == "wandb"} == {"ok"}
-    assert len([c for c in ok["checks"] if c["kind"] == "wandb"]) == 9  # every file's md5 against W&B's manifest
+    assert len([c for c in ok["checks"] if c["kind"] == "wandb"]) == 10  # every file's md5 against W&B's manifest
     onnx = e2e["arts"]["onnx"]
     project = e2e["runs"]["export-onnx"].wandb_project
     assert fake.calls[0] == ("check",)
     assert ("lookup_artifact", wandb_ref(None, project, onnx.name, onnx.digest)) in fake.calls
-    assert len(fake.calls) == 1 + 5
+    assert len(fake.calls) == 1 + 6  # check, then one lookup per artifact in the picture (the report too)
 
     # W&B holds other bytes under the same sha256 alias: the audit fails and says so
     artifacts[f"convnet-onnx:sha256-{onnx.digest[:16]}"]["files"]["model.onnx"] = "AAAAAAAAAAAAAAAAAAAAAA=="

@@ -1,6 +1,7 @@
 """The whole flow on tiny IDX data: real Prefect (test server, SQLite), real wandb (offline, temp dir)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb_io import offline_records
 from tests.helpers import STEMS
 
-JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"}
+JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}
 
 
 def _argv(tiny_mnist, tmp_path):
@@ -52,7 +53,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
 
     # every artifact's files exist and match the digests on record
     arts = {a.type: a for a in store.artifacts()}
-    assert set(arts) == {"dataset", "model", "metrics", "onnx", "validation"}
+    assert set(arts) == {"dataset", "model", "metrics", "onnx", "validation", "report"}
     for a in arts.values():
         verify_files(a.path, a.files)
         assert manifest_digest(a.files) == a.digest
@@ -73,6 +74,14 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     val_run, validation = step(onnx_art, "validate-onnx", "validation")
     assert {u.type for u in store.edges(eval_run.run_id)["used"]} == {"model", "dataset"}
     assert {u.type for u in store.edges(val_run.run_id)["used"]} == {"onnx", "model", "dataset"}
+    # the report reads the dataset (misclassified digits), metrics and validation; it shows the whole run
+    report_run, report = step(validation, "report", "report")
+    assert {u.type for u in store.edges(report_run.run_id)["used"]} == {"dataset", "metrics", "validation"}
+    assert summary["report"] == str(Path(report.path) / "report.html")
+    page = Path(summary["report"]).read_text()
+    assert all(f">{job}</text>" in page for job in JOB_TYPES) and page.count("data:image/png;base64,") == 4
+    # the loss curve's points live in the training run's record, not in the model's files or metadata
+    assert len(train_run.summary["loss_points"]) >= 1 and "loss_points" not in json.dumps(model.metadata)
     # each output's metadata names its inputs with their sha256s
     assert {i["digest"] for i in onnx_art.metadata["inputs"]} == {model.digest}
     assert onnx_art.metadata["inputs"][0]["files"]["model.pt"] == next(

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from mnist_pipeline.data import Split
-from mnist_pipeline.metrics import confusion_matrix, evaluate
+from mnist_pipeline.metrics import confusion_matrix, evaluate, misclassified
 
 
 class Fixed(nn.Module):
@@ -29,3 +29,11 @@ def test_evaluate_reports_accuracy_per_class_and_confusion():
     assert ev.confusion == [[1, 0, 0], [1, 2, 0], [0, 1, 1]]
     assert ev.predictions.tolist() == [0, 1, 2, 0, 1, 1]
     assert 0 < ev.loss < 10
+
+
+def test_misclassified_lists_the_first_wrong_images_and_counts_all():
+    preds, labels = torch.tensor([0, 1, 2, 0, 1, 1]), torch.tensor([0, 1, 2, 1, 1, 2])
+    assert misclassified(preds, labels, 1) == ([{"index": 3, "prediction": 0, "label": 1}], 2)
+    assert misclassified(preds, labels, 10)[0][1] == {"index": 5, "prediction": 1, "label": 2}
+    assert misclassified(labels, labels, 10) == ([], 0)
+

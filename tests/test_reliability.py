@@ -38,7 +38,7 @@ from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "local-" + "5ec7e7f00dfacade0123456789abcdef0badc0de"  # planted: must be written nowhere
-JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"}
+JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -314,7 +314,7 @@ def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
     assert sorted(r.job_type for r in runs) == sorted(JOB_TYPES)
     assert all(r.status == "finished" and r.wandb_mode == "offline" and r.wandb_url is None for r in runs)
     arts = {a.type: a for a in store.artifacts()}
-    assert set(arts) == {"dataset", "model", "metrics", "onnx", "validation"}
+    assert set(arts) == {"dataset", "model", "metrics", "onnx", "validation", "report"}
     assert {t: a.digest for t, a in arts.items()} == {t: v["digest"] for t, v in summary["artifacts"].items()}
     _assert_store_is_sound(store)
 

@@ -8,6 +8,8 @@ import html
 from pathlib import Path
 
 from mnist_pipeline.lineage.audit import FAILED, ArtifactEntry, AuditError, AuditReport, RunEntry
+from mnist_pipeline.report import picture
+from mnist_pipeline.report.picture import Graph, Node
 
 
 def _short(d: str | None, n: int = 16) -> str:
@@ -224,79 +226,30 @@ def render_mermaid(report: AuditReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _layout(report: AuditReport) -> dict[str, tuple[int, int]]:
-    """Column = longest path from a root, row = order within the column."""
-    nodes = list(_node_ids(report))
-    preds: dict[str, list[str]] = {n: [] for n in nodes}
-    for s, d in report["edges"]:
-        preds[d].append(s)
-    rank: dict[str, int] = {}
-
-    def r(n: str, stack: frozenset = frozenset()) -> int:
-        if n not in rank:
-            rank[n] = 0 if not preds[n] or n in stack else 1 + max(r(p, stack | {n}) for p in preds[n])
-        return rank[n]
-
-    rows: dict[int, int] = {}
-    pos = {}
-    for n in nodes:
-        c = r(n)
-        pos[n] = (c, rows.get(c, 0))
-        rows[c] = rows.get(c, 0) + 1
-    return pos
+def lineage_picture(report: AuditReport) -> Graph:
+    """The audit's graph for the shared lineage picture (`mnist_pipeline.report.picture`, laid out by Graphviz):
+    the audited artifact with a thick blue border, anything that failed verification red, the verdict under it."""
+    subjects = {f"artifact:{s}" for s in report["subjects"]}
+    nodes = []
+    for key in _node_ids(report):
+        top, sub = _node_text(report, key)
+        kind, _, name = key.partition(":")
+        bad = kind == "artifact" and report["artifacts"][name]["status"] == "tampered"
+        nodes.append(Node(key, "artifact" if kind == "artifact" else "run", top, sub, bad=bad, highlight=key in subjects))
+    by_flow: dict[tuple, list[str]] = {}  # the report stage reads promote's decision: laid out below it
+    for run_id, r in report["runs"].items():
+        by_flow.setdefault((r.get("flow_run_id"), r.get("job_type")), []).append(f"run:{run_id}")
+    order = tuple((p, q) for (flow, job), reports in by_flow.items() if job == "report"
+                  for p in by_flow.get((flow, "promote"), ()) for q in reports)
+    return Graph(tuple(nodes), tuple((s, d) for s, d in report["edges"]), order=order,
+                 title=f"Lineage of {', '.join(report['subjects'])}", footer=report["message"],
+                 footer_color={"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555555"))
 
 
 def render_svg(report: AuditReport) -> str:
-    """The lineage graph as a self-contained SVG (no script, no network): open it in any browser."""
-    pos = _layout(report)
-    w_box, h_box, dx, dy, pad = 210, 46, 260, 76, 20
-    cols = max((c for c, _ in pos.values()), default=0) + 1
-    rows = max((r for _, r in pos.values()), default=0) + 1
-    long_edges = [e for e in report["edges"] if pos[e[1]][0] - pos[e[0]][0] > 1]
-    lanes_top = pad + (rows - 1) * dy + h_box + 18  # edges that skip columns run below the boxes
-    width = pad * 2 + (cols - 1) * dx + w_box
-    height = lanes_top + 10 * len(long_edges) + 34
-    subj = {f"artifact:{s}" for s in report["subjects"]}
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-           f"<title>Lineage of {html.escape(', '.join(report['subjects']))}</title>",
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
-           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>']
-
-    def xy(n):
-        c, r = pos[n]
-        return pad + c * dx, pad + r * dy
-
-    for s, d in report["edges"]:
-        (x1, y1), (x2, y2) = xy(s), xy(d)
-        if [s, d] in long_edges:
-            lane = lanes_top + 10 * long_edges.index([s, d])
-            out.append(f'<path d="M {x1 + w_box / 2} {y1 + h_box} L {x1 + w_box / 2} {lane} L {x2 + w_box / 2} '
-                       f'{lane} L {x2 + w_box / 2} {y2 + h_box}" fill="none" stroke="#888" stroke-dasharray="4 3" '
-                       'marker-end="url(#arrow)"/>')
-            continue
-        out.append(f'<path d="M {x1 + w_box} {y1 + h_box / 2} C {x1 + w_box + 25} {y1 + h_box / 2}, '
-                   f'{x2 - 25} {y2 + h_box / 2}, {x2} {y2 + h_box / 2}" fill="none" stroke="#555" '
-                   'marker-end="url(#arrow)"/>')
-    for n in pos:
-        x, y = xy(n)
-        top, sub = _node_text(report, n)
-        is_art = n.startswith("artifact:")
-        bad = is_art and report["artifacts"][n.split(":", 1)[1]]["status"] == "tampered"
-        fill = "#f8d0d0" if bad else ("#dbe8f7" if is_art else "#eeeeee")
-        stroke = "#c01c28" if bad else ("#1a5fb4" if n in subj else "#777777")
-        sw = 3 if (bad or n in subj) else 1
-        rx = 4 if is_art else 16
-        out.append(f'<g><rect x="{x}" y="{y}" width="{w_box}" height="{h_box}" rx="{rx}" fill="{fill}" '
-                   f'stroke="{stroke}" stroke-width="{sw}"/>'
-                   f'<text x="{x + w_box / 2}" y="{y + 19}" text-anchor="middle" font-weight="bold">'
-                   f"{html.escape(top)}</text>"
-                   f'<text x="{x + w_box / 2}" y="{y + 36}" text-anchor="middle">{html.escape(sub)}</text></g>')
-    verdict_color = {"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555")
-    out.append(f'<text x="{pad}" y="{height - 10}" fill="{verdict_color}" font-weight="bold">'
-               f"{html.escape(report['message'])}</text>")
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+    """The lineage graph as a self-contained SVG (no script, no network), scaling to the window: open it in any
+    browser. The same picture as the run report's."""
+    return picture.render_svg(lineage_picture(report))
 
 
 def _check_rows(report: AuditReport) -> list[tuple]:

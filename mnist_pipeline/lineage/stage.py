@@ -111,9 +111,8 @@ class Stage:
                              class_names: Sequence[str]) -> None:
         self.wandb.log_confusion_matrix(key, y_true, preds, class_names)
 
-    def log_image_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence],
-                        image_column: str) -> None:
-        self.wandb.log_image_table(key, columns, rows, image_column)
+    def log_images(self, key: str, images: Sequence, captions: Sequence[str]) -> None:
+        self.wandb.log_images(key, images, captions)
 
     # lifecycle -----------------------------------------------------------------------------------------
     def _inputs_metadata(self) -> list[dict]:

@@ -405,16 +405,16 @@ class StageRun:
         self._guard("log", lambda: self.run.log({key: wandb.plot.confusion_matrix(
             y_true=list(y_true), preds=list(preds), class_names=list(class_names))}), network=False)
 
-    def log_image_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence],
-                        image_column: str) -> None:
-        """A W&B Table whose `image_column` holds uint8 arrays, logged as images."""
-        i = list(columns).index(image_column)
-        table = wandb.Table(columns=list(columns))
-        for row in rows:
-            row = list(row)
-            row[i] = wandb.Image(np.asarray(row[i]))
-            table.add_data(*row)
-        self._guard("log", lambda: self.run.log({key: table}), network=False)
+    def log_images(self, key: str, images: Sequence, captions: Sequence[str]) -> None:
+        """uint8 arrays as a list of `wandb.Image`s with captions: saved as PNG files under the run's
+        `files/media/images/`, which offline runs keep and `wandb sync` uploads (a Table cell holding an image
+        reaches an offline run as the string "Image" in wandb 0.31)."""
+        if len(images) != len(captions):
+            raise ValueError(f"{key}: {len(images)} images but {len(captions)} captions")
+        if images:
+            self._guard("log", lambda: self.run.log({key: [
+                wandb.Image(np.asarray(im, dtype=np.uint8), caption=c)
+                for im, c in zip(images, captions, strict=True)]}), network=False)
 
     def log_artifacts(self, arts: Sequence[NewArtifact], summary: dict) -> None:
         """Each output as a W&B Artifact (aliases `latest` and `sha256-<digest16>`), then the run's summary.

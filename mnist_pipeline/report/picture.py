@@ -1,0 +1,235 @@
+"""The lineage picture: runs and artifact versions as boxes, use/produce edges as arrows, as one self-contained SVG.
+
+Graphviz's `dot` does the layout (layers, crossing minimisation, edge routing); this module only describes the
+graph to it (`dot -Tplain`: node centres and edge splines) and draws the SVG itself, so that every caller (the run
+report, `audit --report`, the impact report) gets the same boxes, colours and arrows. The SVG has a viewBox and
+`width="100%"` with its natural width as `max-width`: it scales down in a narrow window and never grows blurry in a
+wide one. Where `dot` is not installed, a simple layered picture (one row per layer, straight edges that may
+cross) is drawn instead, with a visible note saying so.
+
+Pure: no Prefect, no wandb, no plotting library; `dot` is called with a timeout.
+"""
+
+from __future__ import annotations
+
+import html
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+RED, BLUE, GREY = "#c01c28", "#1a5fb4", "#777777"
+FILL = {"artifact": "#dbe8f7", "run": "#eeeeee", "bad": "#f8d0d0"}
+DOT_TIMEOUT_S = 20
+NO_DOT_NOTE = "Graphviz 'dot' is not installed: a simple layered picture (edges may cross); install graphviz for the full layout."
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    kind: Literal["run", "artifact"]
+    title: str  # bold first line: the job type, or the artifact label
+    subtitle: str = ""  # second line: run id, or type and digest
+    bad: bool = False  # failed verification / a failed run: drawn red
+    highlight: bool = False  # the audited subject: a thick blue border
+
+
+@dataclass(frozen=True)
+class Graph:
+    nodes: tuple[Node, ...]
+    edges: tuple[tuple[str, str], ...]  # (source id, destination id): artifact -> run (used), run -> artifact
+    # Layout-only constraints (a, b): b is drawn below a, no arrow (the report reads promote's decision).
+    order: tuple[tuple[str, str], ...] = ()
+    title: str = "Lineage"
+    footer: str = ""  # a line under the picture (the audit's verdict)
+    footer_color: str = "#555555"
+
+    def __post_init__(self):
+        ids = {n.id for n in self.nodes}
+        if len(ids) != len(self.nodes):
+            raise ValueError("lineage graph: duplicate node ids")
+        for s, d in self.edges + self.order:
+            if s not in ids or d not in ids:
+                raise ValueError(f"lineage graph: edge {s} -> {d} names an unknown node")
+
+
+# Box geometry, in SVG user units (= points for dot, which works in inches of 72 points).
+H_BOX, PAD, FONT = 44, 16, 12
+
+
+def _box_width(n: Node) -> float:
+    # A generous average glyph width for 12 px sans-serif (bold is wider): no text overflows its box.
+    return max(120.0, 7.6 * len(n.title) + 24, 6.8 * len(n.subtitle) + 24)
+
+
+def dot_available() -> bool:
+    return shutil.which("dot") is not None
+
+
+def _dot_source(g: Graph) -> str:
+    ids = {n.id: f"n{i}" for i, n in enumerate(g.nodes)}
+    lines = ["digraph lineage {", "  rankdir=TB; nodesep=0.25; ranksep=0.35; splines=spline;",
+             '  node [shape=box, fixedsize=true, label=""];', "  edge [arrowhead=none];"]
+    for n in g.nodes:
+        lines.append(f"  {ids[n.id]} [width={_box_width(n) / 72:.3f}, height={H_BOX / 72:.3f}];")
+    for s, d in g.edges:
+        lines.append(f"  {ids[s]} -> {ids[d]};")
+    for s, d in g.order:
+        lines.append(f"  {ids[s]} -> {ids[d]} [style=invis];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def dot_layout(g: Graph) -> tuple[float, float, dict[str, tuple[float, float]], list[list[tuple[float, float]]]]:
+    """(width, height, node centres, edge control points in `g.edges` order) in SVG coordinates (y down)."""
+    out = subprocess.run(["dot", "-Tplain"], input=_dot_source(g), capture_output=True, text=True,
+                         timeout=DOT_TIMEOUT_S, check=True).stdout
+    by_dot = {f"n{i}": n.id for i, n in enumerate(g.nodes)}
+    width = height = 0.0
+    centres: dict[str, tuple[float, float]] = {}
+    routed: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for line in out.splitlines():
+        f = shlex.split(line)
+        if not f:
+            continue
+        if f[0] == "graph":
+            width, height = float(f[2]) * 72, float(f[3]) * 72
+        elif f[0] == "node":
+            centres[by_dot[f[1]]] = (float(f[2]) * 72, height - float(f[3]) * 72)
+        elif f[0] == "edge" and f[-2] != "invis":
+            k = int(f[3])
+            pts = [float(v) * 72 for v in f[4 : 4 + 2 * k]]
+            routed[(by_dot[f[1]], by_dot[f[2]])] = [(pts[i], height - pts[i + 1]) for i in range(0, len(pts), 2)]
+    return width, height, centres, [routed[e] for e in g.edges]  # in the graph's edge order
+
+
+def _layers(g: Graph) -> dict[str, int]:
+    """Layer = longest path from a root (cycles, which lineage never has, are cut)."""
+    preds: dict[str, list[str]] = {n.id: [] for n in g.nodes}
+    for s, d in g.edges:
+        preds[d].append(s)
+    rank: dict[str, int] = {}
+
+    def r(n: str, stack: frozenset = frozenset()) -> int:
+        if n not in rank:
+            rank[n] = 0 if not preds[n] or n in stack else 1 + max(r(p, stack | {n}) for p in preds[n])
+        return rank[n]
+
+    return {n.id: r(n.id) for n in g.nodes}
+
+
+def simple_layout(g: Graph):
+    """The fallback without `dot`: one row per layer, boxes side by side, straight edges."""
+    layer = _layers(g)
+    rows: dict[int, list[Node]] = {}
+    for n in g.nodes:
+        rows.setdefault(layer[n.id], []).append(n)
+    gap, dy = 20, H_BOX + 36
+    widths = {r: sum(_box_width(n) for n in ns) + gap * (len(ns) - 1) for r, ns in rows.items()}
+    width = max(widths.values(), default=0)
+    centres = {}
+    for r, ns in rows.items():
+        x = (width - widths[r]) / 2
+        for n in ns:
+            w = _box_width(n)
+            centres[n.id] = (x + w / 2, r * dy + H_BOX / 2)
+            x += w + gap
+    height = (max(rows, default=0) + 1) * dy - 36
+    splines = []
+    for s, d in g.edges:
+        (x1, y1), (x2, y2) = centres[s], centres[d]
+        a, b = (x1, y1 + H_BOX / 2), (x2, y2 - H_BOX / 2)
+        splines.append([a, a, b, b])
+    return width, height, centres, splines
+
+
+def render_svg(g: Graph, *, use_dot: bool | None = None) -> str:
+    """The picture as a standalone SVG document (also fit to inline in HTML): no script, no network."""
+    use_dot = dot_available() if use_dot is None else use_dot
+    note = ""
+    if use_dot:
+        try:
+            width, height, centres, splines = dot_layout(g)
+        except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
+            width, height, centres, splines = simple_layout(g)
+            note = f"Graphviz 'dot' failed ({type(e).__name__}): a simple layered picture (edges may cross)."
+    else:
+        width, height, centres, splines = simple_layout(g)
+        note = NO_DOT_NOTE
+    extra = sum(1 for t in (note, g.footer) if t) * 20
+    vw, vh = width + 2 * PAD, height + 2 * PAD + extra
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {vw:.0f} {vh:.0f}" width="100%" '
+           f'style="max-width:{vw:.0f}px;height:auto" font-family="sans-serif" font-size="{FONT}" '
+           f'role="img" data-layout="{"dot" if not note else "simple"}">'),
+           f"<title>{html.escape(g.title)}</title>",
+           ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
+           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>'),
+           f'<g transform="translate({PAD} {PAD})">']
+    for pts in splines:
+        (x0, y0), rest = pts[0], pts[1:]
+        d = f"M {x0:.1f} {y0:.1f}" + "".join(
+            f" C {rest[i][0]:.1f} {rest[i][1]:.1f}, {rest[i + 1][0]:.1f} {rest[i + 1][1]:.1f}, "
+            f"{rest[i + 2][0]:.1f} {rest[i + 2][1]:.1f}" for i in range(0, len(rest) - 2, 3))
+        out.append(f'<path d="{d}" fill="none" stroke="#555" marker-end="url(#arrow)"/>')
+    for n in g.nodes:
+        cx, cy = centres[n.id]
+        w = _box_width(n)
+        x, y = cx - w / 2, cy - H_BOX / 2
+        fill = FILL["bad"] if n.bad else FILL[n.kind]
+        stroke = RED if n.bad else (BLUE if n.highlight else GREY)
+        sw = 3 if (n.bad or n.highlight) else 1
+        rx = 4 if n.kind == "artifact" else 16
+        out.append(f'<g class="{n.kind}"><rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{H_BOX}" rx="{rx}" '
+                   f'fill="{fill}" stroke="{stroke}" stroke-width="{sw}"/>'
+                   f'<text x="{cx:.1f}" y="{y + 18:.1f}" text-anchor="middle" font-weight="bold">'
+                   f"{html.escape(n.title)}</text>"
+                   f'<text x="{cx:.1f}" y="{y + 35:.1f}" text-anchor="middle">{html.escape(n.subtitle)}</text></g>')
+    out.append("</g>")
+    y = height + 2 * PAD + 14
+    if note:
+        out.append(f'<text x="{PAD}" y="{y:.0f}" fill="#9c6500">{html.escape(note)}</text>')
+        y += 20
+    if g.footer:
+        out.append(f'<text x="{PAD}" y="{y:.0f}" fill="{g.footer_color}" font-weight="bold">'
+                   f"{html.escape(g.footer)}</text>")
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- from lineage records
+
+def _short(digest: str | None, n: int = 12) -> str:
+    return (digest or "")[:n]
+
+
+def lineage_graph(runs: Sequence, edges: Mapping[str, Mapping[str, Sequence]], *, title: str = "Lineage",
+                  pending: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> Graph:
+    """The picture of recorded runs (objects with run_id, job_type, status) and their use/produce edges
+    (`edges[run_id] = {"used": [...], "produced": [...]}`, artifact records with name, version, type, digest).
+
+    `pending[run_id]` names outputs not recorded yet, as (label, subtitle): the report drawing its own stage. A
+    failed run is drawn red. The report stage reads promote's decision, so it is laid out below promote (without
+    that hint the two sit side by side and their input edges cross)."""
+    nodes: dict[str, Node] = {}
+    out_edges: list[tuple[str, str]] = []
+    for run in runs:
+        rid = f"run:{run.run_id}"
+        nodes[rid] = Node(rid, "run", run.job_type, f"run {run.run_id}" + ("" if run.status != "failed" else
+                                                                           " · failed"), bad=run.status == "failed")
+        for direction in ("used", "produced"):
+            for a in edges.get(run.run_id, {}).get(direction, ()):
+                aid = f"artifact:{a.name}:v{a.version}"
+                nodes.setdefault(aid, Node(aid, "artifact", f"{a.name}:v{a.version}", f"{a.type} · {_short(a.digest)}"))
+                out_edges.append((aid, rid) if direction == "used" else (rid, aid))
+        for label, sub in (pending or {}).get(run.run_id, ()):
+            aid = f"artifact:{label}"
+            nodes[aid] = Node(aid, "artifact", label, sub)
+            out_edges.append((rid, aid))
+    by_flow: dict[tuple, list[str]] = {}  # (flow run, job type) -> runs
+    for run in runs:
+        by_flow.setdefault((getattr(run, "flow_run_id", None), run.job_type), []).append(f"run:{run.run_id}")
+    order = tuple((p, r) for (flow, job), reports in by_flow.items() if job == "report"
+                  for p in by_flow.get((flow, "promote"), ()) for r in reports)
+    return Graph(tuple(nodes.values()), tuple(dict.fromkeys(out_edges)), order=order, title=title)
