@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from flows import audit_cli
+from flows import audit_cli, sweep_cli
 from mnist_pipeline.config import ConfigError, PipelineConfig
 
 UNPREFIXED = {"data", "train"}
@@ -100,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="JSON or YAML file with the deployments' default PipelineConfig")
     _add_config_flags(serve)
     audit_cli.add_parsers(sub)  # audit, sync
+    sweep_cli.add_parsers(sub, _add_config_flags)
     return p
 
 
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if ns.command == "serve":
         return _serve(cfg, ns.cron, ns.timezone)
+    if ns.command in sweep_cli.COMMANDS:
+        return sweep_cli.main(ns, cfg)
     # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow and --help needn't pay
