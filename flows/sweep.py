@@ -221,7 +221,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
                            f"first error: {ordered[0].error}")
     best = results[chosen["trial"]]
     wcfg = pin_for_workers(by_index[best.index].config)
-    onnx_model = export_onnx(wcfg, best.model)
+    onnx_model = export_onnx(wcfg, best.model, selected_by=sweep_ref)
     validation = validate_onnx(wcfg, onnx_model, best.model, dataset)
     decision = promote(wcfg, best.model, best.metrics, validation)
     v = store.find_artifact(validation.name, validation.digest).metadata
@@ -241,7 +241,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     return summary
 
 
-def wait_for_scheduler(address: str, timeout: float = 20.0) -> None:
+def wait_for_scheduler(address: str, timeout: float = 10.0) -> None:
     """One line instead of a hang when --dask-address names no scheduler."""
     from distributed import Client
 

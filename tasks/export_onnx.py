@@ -15,10 +15,14 @@ ONNX_NAME = "convnet-onnx"
 
 
 @task(name="export-onnx")
-def export_onnx(cfg: PipelineConfig, model: ArtifactRef) -> ArtifactRef:
+def export_onnx(cfg: PipelineConfig, model: ArtifactRef, selected_by: ArtifactRef | None = None) -> ArtifactRef:
+    """`selected_by`: the sweep-result that chose this model, an input of the export so that the lineage of the
+    ONNX file (and its audit) goes through the sweep's select step."""
     logger = get_run_logger()
     with open_stage(cfg, "export-onnx", current_flow_run_id()) as stage:
         net = load_model(stage.use(model) / "model.pt")
+        if selected_by is not None:
+            stage.use(selected_by)
         out = stage.staging(ONNX_NAME)
         info = onnx_io.export(net, out / "model.onnx", opset=cfg.onnx.opset, exporter=cfg.onnx.exporter)
         write_json(out / "export.json", asdict(info))
