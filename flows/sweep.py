@@ -201,7 +201,8 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
         model, metrics = committed[outcome.model], committed[outcome.metrics]
         results[index] = SweepTrial(index, t.params, "finished", ref_of(model), ref_of(metrics),
                                     _values(metrics.metadata), worker=outcome.worker, seconds=outcome.seconds,
-                                    train_seconds=model.metadata.get("train_seconds"))
+                                    train_seconds=model.metadata.get("train_seconds"), started=outcome.started,
+                                    ended=outcome.ended)
 
     ordered = [results[t.index] for t in trials]
     sweep_ref = select(cfg, spec.to_dict(), ordered)
@@ -211,12 +212,12 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
                                                          "path": sweep_ref.path},
                "trials": [{"trial": r.index, "params": r.params, "status": r.status, **(r.values or {}),
                            "model": r.model.label if r.model else None, "worker": r.worker,
-                           "seconds": round(r.seconds, 3), "train_seconds": r.train_seconds, "error": r.error}
+                           "seconds": round(r.seconds, 3), "train_seconds": r.train_seconds, "started": r.started,
+                           "ended": r.ended, "error": r.error}
                           for r in ordered],
                "failed": [r.index for r in ordered if r.status == "failed"],
                "lineage_db": str(cfg.lineage_db)}
     if chosen is None:
-        summary["status"] = "failed"
         raise RuntimeError(f"no trial of the sweep finished ({len(summary['failed'])} failed): nothing to select; "
                            f"first error: {ordered[0].error}")
     best = results[chosen["trial"]]
@@ -232,7 +233,6 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     summary["promotion"] = {k: decision[k] for k in ("decision", "reason", "candidate_accuracy", "production_accuracy")}
     failure = parity_failure(wcfg, v, validation.label)
     if failure:
-        summary["status"] = "failed"
         raise ParityError(failure)
     if summary["failed"]:
         summary["status"] = "completed_with_failures"

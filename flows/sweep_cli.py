@@ -44,12 +44,12 @@ def _prefect_api(stack: ExitStack) -> None:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    from prefect.logging.handlers import APILogHandler
+    from prefect.logging.handlers import APILogWorker
 
     server = SubprocessASGIServer()
     server.start(timeout=120)
     stack.callback(server.stop)
-    stack.callback(APILogHandler.flush)  # runs first: the flow's last logs reach the server before it stops
+    stack.callback(APILogWorker.drain_all, timeout=5)  # runs first: the flow's last logs reach the server before it stops
     stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
 
 

@@ -43,6 +43,8 @@ class TrialOutcome:
     worker: str | None = None
     threads: int | None = None
     seconds: float = 0.0
+    started: float = 0.0  # wall-clock (epoch seconds) on the worker: when the trial began and ended
+    ended: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class SweepTrial:
     worker: str | None = None
     seconds: float = 0.0
     train_seconds: float | None = None
+    started: float | None = None
+    ended: float | None = None
 
     def result(self) -> TrialResult:
         return TrialResult(self.index, self.params, self.status, self.values, self.error)
@@ -92,7 +96,7 @@ def _worker() -> tuple[str | None, int | None]:
 def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: dict):
     """Train and evaluate one configuration on this worker, with the worker's share of the cores."""
     logger = get_run_logger()
-    start = time.monotonic()
+    start, started = time.monotonic(), time.time()
     worker, threads = _worker()
     if threads:  # a worker with n threads runs one trial per thread slot: torch gets n, not every core
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
@@ -106,11 +110,11 @@ def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: 
         error = f"{type(e).__name__}: {' '.join(str(e).split())}"[:2000]
         logger.error("trial %d failed: %s", index, error)
         outcome = TrialOutcome(index, "failed", store.entries, error=error, worker=worker, threads=threads,
-                               seconds=time.monotonic() - start)
+                               seconds=time.monotonic() - start, started=started, ended=time.time())
         return Failed(message=f"trial {index} failed: {error}", data=outcome)
     return TrialOutcome(index, "finished", store.entries, model=(model.name, model.digest),
                         metrics=(metrics.name, metrics.digest), worker=worker, threads=threads,
-                        seconds=time.monotonic() - start)
+                        seconds=time.monotonic() - start, started=started, ended=time.time())
 
 
 @task(name="select")

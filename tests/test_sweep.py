@@ -150,3 +150,10 @@ def test_rank_orders_by_the_metric_goal_and_leaves_failed_trials_out():
     assert [r.index for r in rank(results, Metric("test_accuracy", "maximize"))] == [2, 3, 0]
     assert winner(results, Metric("test_loss", "minimize")).index == 3
     assert winner([results[1]], Metric("test_loss", "minimize")) is None
+
+
+def test_the_readme_example_sweep_file_expands_to_four_trials():
+    from pathlib import Path
+
+    trials = expand(load_sweep(Path(__file__).resolve().parents[1] / "examples" / "sweep.yaml"), BASE)
+    assert len(trials) == 4 and {t.config.train.seed for t in trials} == {0}
