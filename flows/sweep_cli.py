@@ -49,7 +49,8 @@ def _prefect_api(stack: ExitStack) -> None:
     server = SubprocessASGIServer()
     server.start(timeout=120)
     stack.callback(server.stop)
-    stack.callback(APILogWorker.drain_all, timeout=5)  # runs first: the flow's last logs reach the server before it stops
+    # runs first: the flow's last logs reach the server before it stops
+    stack.callback(APILogWorker.drain_all, timeout=5)
     stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
 
 

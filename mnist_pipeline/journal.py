@@ -51,7 +51,8 @@ class JournalStore:
         env["started_at_worker"] = now()  # the store's started_at is the commit time; this is when it ran
         self.entries.append(Entry("start", run_id, {"job_type": job_type, **kwargs, "env": env}))
 
-    def finish_run(self, run_id: str, *, used: list[int], produced: list[NewArtifact], **kwargs) -> list[ArtifactRecord]:
+    def finish_run(self, run_id: str, *, used: list[int], produced: list[NewArtifact],
+                   **kwargs) -> list[ArtifactRecord]:
         out = []
         for art in produced:
             rec = self._by_key.get((art.name, art.digest))

@@ -68,7 +68,8 @@ class DaskCluster:
         deadline = time.monotonic() + timeout
         while True:
             if self.scheduler.poll() is not None:
-                raise RuntimeError(f"dask scheduler exited ({self.scheduler.returncode}): {self.log('scheduler')[-2000:]}")
+                raise RuntimeError(f"dask scheduler exited ({self.scheduler.returncode}): "
+                                   f"{self.log('scheduler')[-2000:]}")
             try:
                 with Client(self.address, timeout=5) as client:
                     client.wait_for_workers(n, timeout=max(1.0, deadline - time.monotonic()))
