@@ -44,14 +44,14 @@ class WorkerCheckFailed(RuntimeError):
 
 
 def task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
-    """An existing cluster at `address`, or a local one: `workers` processes (default one per core), each with
-    its share of the cores as threads, so the trials of one machine never ask torch for more cores than it has."""
+    """An existing cluster at `address`, or a local one: `workers` processes (default one per core), each running
+    one trial at a time (torch's thread count and wandb.watch's global run are per process), with its share of the
+    cores as torch threads (see `core_shares`)."""
     if address:
         return DaskTaskRunner(address=address, client_kwargs={"timeout": 30})
-    cores = os.cpu_count() or 1
-    n = workers or cores
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": max(1, cores // n),
-                                          "processes": True, "host": "127.0.0.1", "dashboard_address": None})
+    n = workers or os.cpu_count() or 1
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": None})
 
 
 def pin_for_workers(cfg: PipelineConfig) -> PipelineConfig:
@@ -77,7 +77,8 @@ def _look(folders: list[str], token: str) -> dict:
             writable[folder] = True
         except OSError:
             writable[folder] = False
-    return {"host": socket.gethostname(), "pid": os.getpid(), "seen": seen, "writable": writable}
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cpus": os.cpu_count() or 1, "seen": seen,
+            "writable": writable}
 
 
 def check_workers(client, folders: list[Path], min_workers: int = 1) -> dict:
@@ -112,6 +113,15 @@ def check_workers(client, folders: list[Path], min_workers: int = 1) -> dict:
             if not info["writable"][str(folder)]:
                 raise WorkerCheckFailed(f"Dask worker {address} on {info['host']} cannot write to {folder}")
     return found
+
+
+def core_shares(found: dict, nthreads: dict) -> dict[str, int]:
+    """Torch threads per worker address: its host's cores divided by the task slots (Dask threads) of all the
+    workers on that host, at least 1. Two 1-thread workers on a 2-core machine get 1 each; one gets 2."""
+    slots: dict[str, int] = {}
+    for addr, info in found.items():
+        slots[info["host"]] = slots.get(info["host"], 0) + int(nthreads.get(addr, 1))
+    return {addr: max(1, info["cpus"] // slots[info["host"]]) for addr, info in found.items()}
 
 
 def find_finished_trial(store: LineageStore, dataset_digest: str, fingerprint: dict):
@@ -158,8 +168,9 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     flow_run_id = str(FlowRunContext.get().flow_run.id)
     client = FlowRunContext.get().task_runner.client
     workers = check_workers(client, [cfg.artifacts_dir, cfg.wandb.dir], min_workers)
-    logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s", spec.name or "", len(trials), spec.method,
-                len(workers), client.scheduler.address)
+    shares = core_shares(workers, client.nthreads())
+    logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %s)", spec.name or "",
+                len(trials), spec.method, len(workers), client.scheduler.address, sorted(set(shares.values())))
 
     dataset = prepare_data(cfg)
     store = LineageStore(cfg.lineage_db)
@@ -180,7 +191,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
             logger.info("trial %d reuses %s (%s): same dataset and training fingerprint", t.index,
                         f"{model.name}:v{model.version}", f"{metrics.name}:v{metrics.version}")
         else:
-            futures[t.index] = run_trial.submit(pin_for_workers(t.config), ds, t.index, t.params)
+            futures[t.index] = run_trial.submit(pin_for_workers(t.config), ds, t.index, t.params, shares)
 
     by_index = {t.index: t for t in trials}
     for index, future in futures.items():  # committed one by one: a flow that dies later keeps what finished

@@ -7,6 +7,7 @@ store's only writer, see `mnist_pipeline/journal.py`).
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 
@@ -70,35 +71,50 @@ class SweepTrial:
 from contextlib import contextmanager
 
 
+import threading
+
+_local = threading.local()
+
+
 @contextmanager
 def _journaled(store):
     from mnist_pipeline.lineage import tracker
-    before = tracker.LineageStore
-    tracker.LineageStore = lambda path: store
+    if not getattr(tracker.LineageStore, "_journal_aware", False):
+        real = tracker.LineageStore
+
+        def pick(path):
+            return getattr(_local, "store", None) or real(path)
+        pick._journal_aware = True
+        tracker.LineageStore = pick
+    _local.store = store
     try:
         yield
     finally:
-        tracker.LineageStore = before
+        _local.store = None
 
 
-def _worker() -> tuple[str | None, int | None]:
-    """(this Dask worker's name, its threads); (None, None) outside a worker."""
+def _worker(shares: dict[str, int]) -> tuple[str | None, int | None]:
+    """(this Dask worker's name, the torch threads of its share of the cores); (None, None) outside a worker.
+    A worker that joined after the flow's start gets its cores over its own task slots."""
     try:
         from distributed import get_worker
 
         w = get_worker()
     except (ImportError, ValueError):
         return None, None
-    return str(w.name), int(w.state.nthreads)
+    share = shares.get(w.address) or max(1, (os.cpu_count() or 1) // max(1, int(w.state.nthreads)))
+    return str(w.name), share
 
 
 @task(name="trial", task_run_name="trial-{index:03d}", retries=1, retry_delay_seconds=1)
-def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: dict):
-    """Train and evaluate one configuration on this worker, with the worker's share of the cores."""
+def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: dict,
+              shares: dict[str, int] | None = None):
+    """Train and evaluate one configuration on this worker, with the worker's share of the cores (`shares`:
+    torch threads by worker address, from the flow's look at the cluster)."""
     logger = get_run_logger()
     start, started = time.monotonic(), time.time()
-    worker, threads = _worker()
-    if threads:  # a worker with n threads runs one trial per thread slot: torch gets n, not every core
+    worker, threads = _worker(shares or {})
+    if threads:  # torch gets this worker's share of its machine's cores, not every core
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
     store = JournalStore(str(cfg.lineage_db), known=[dataset])
     logger.info("trial %d on %s (%s threads): %s", index, worker or "this process", threads or "all", params)

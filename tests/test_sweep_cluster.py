@@ -238,3 +238,12 @@ def test_the_cluster_fixture_runs_separate_single_threaded_workers_that_can_be_l
             time.sleep(0.2)
         assert len(client.scheduler_info()["workers"]) == 1
         assert client.submit(lambda x: x + 1, 1).result(timeout=30) == 2
+
+
+def test_each_worker_gets_its_share_of_its_machines_cores():
+    from flows.sweep import core_shares
+
+    found = {"tcp://a:1": {"host": "a", "cpus": 2}, "tcp://a:2": {"host": "a", "cpus": 2},
+             "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}
+    nthreads = {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 4}
+    assert core_shares(found, nthreads) == {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 1}
