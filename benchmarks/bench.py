@@ -88,9 +88,9 @@ def part_pipeline(a: dict) -> dict:
         out["model_path"] = model["path"] + "/model.pt"
         out["test_path"] = summary["artifacts"]["dataset"]["path"] + "/test.pt"
     for run in store.runs():
-        if run["finished_at"] and run["flow_run_id"] == store.runs()[-1]["flow_run_id"]:
-            start = datetime.fromisoformat(run["started_at"])
-            out["stages_s"][run["job_type"]] = (datetime.fromisoformat(run["finished_at"]) - start).total_seconds()
+        if run.finished_at and run.flow_run_id == store.runs()[-1].flow_run_id:
+            start = datetime.fromisoformat(run.started_at)
+            out["stages_s"][run.job_type] = (datetime.fromisoformat(run.finished_at) - start).total_seconds()
     return out
 
 

@@ -11,8 +11,17 @@ import json
 import sys
 from pathlib import Path
 
-from mnist_pipeline.lineage.audit import (EXIT_ERROR, EXIT_TAMPERED, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VERIFIED,
-                                          AuditError, apply_wandb_findings, audit, render_tree, write_report)
+from mnist_pipeline.lineage.audit import (
+    EXIT_ERROR,
+    EXIT_TAMPERED,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    EXIT_VERIFIED,
+    AuditError,
+    apply_wandb_findings,
+    audit,
+)
+from mnist_pipeline.lineage.render import render_tree, write_report
 
 DEFAULT_DB = "mnist-runs/lineage.db"
 SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_UNAVAILABLE = 0, 1, 2, 5
@@ -108,7 +117,7 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         return EXIT_USAGE
     if ns.online and report["status"] != "unknown":
         from mnist_pipeline.lineage.sync import wandb_findings
-        from mnist_pipeline.lineage.tracker import WandbClient, WandbUnavailable
+        from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable
 
         try:
             apply_wandb_findings(report, wandb_findings(report, backend or WandbClient()))
@@ -179,8 +188,9 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
     if not db.is_file():
         _err("sync", f"no lineage store at {db} (give --lineage-db)")
         return SYNC_USAGE
-    from mnist_pipeline.lineage.sync import RecordingWandb, plan_sync, run_sync
-    from mnist_pipeline.lineage.tracker import WandbClient, WandbUnavailable
+    from mnist_pipeline.lineage.recording import RecordingWandb
+    from mnist_pipeline.lineage.sync import plan_sync, run_sync
+    from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable
 
     if backend is None:
         backend = RecordingWandb() if ns.dry_run else WandbClient()

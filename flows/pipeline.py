@@ -15,8 +15,7 @@ from prefect.logging.handlers import APILogHandler
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.onnx_io import ParityError
-from tasks import (check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train,
-                   validate_onnx)
+from tasks import check_for_changes, evaluate, export_onnx, prepare_data, promote, publish_report, train, validate_onnx
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -86,7 +85,8 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
         "onnx_argmax_agreement": v["argmax_agreement"],
         "onnx_latency_ms_p50": v["latency_ms_p50"],
         "onnx_throughput_per_s": v["ort_throughput_per_s"],
-        "promotion": {k: decision[k] for k in ("decision", "reason", "candidate_accuracy", "production_accuracy")},
+        "promotion": {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
+                                                        "production_accuracy")},
         "lineage_db": str(cfg.lineage_db),
     }
     failure = parity_failure(cfg, v, validation.label)
@@ -96,5 +96,5 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict:
     if failure:
         raise ParityError(failure)
     logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary["test_accuracy"],
-                onnx_model.label, summary["onnx_max_abs_diff"], decision["decision"])
+                onnx_model.label, summary["onnx_max_abs_diff"], decision.decision)
     return summary

@@ -10,8 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import shutil
 import os
+import shutil
 import struct
 import uuid
 import zlib

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import asdict
 
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.promotion import ChangeCheck, accuracy_of, compare_with_production
+from mnist_pipeline.lineage.promotion import ChangeCheck, compare_with_production
+from mnist_pipeline.lineage.promotion import promote as apply_gate
 from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.tracker import open_stage
+from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
 from tasks._common import current_flow_run_id
 from tasks.train import MODEL_NAME
 
@@ -23,7 +24,7 @@ def check_for_changes(cfg: PipelineConfig, dataset: ArtifactRef) -> ChangeCheck:
 
 
 @task(name="promote")
-def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, validation: ArtifactRef) -> dict:
+def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, validation: ArtifactRef) -> PromotionRecord:
     """Alias the model `candidate`, and `production` if it validated and beats production by the margin.
 
     The decision is one transaction in the lineage store (two racing flow runs cannot both win); online, the
@@ -36,13 +37,12 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
         passed = bool(stage.record(validation).metadata.get("passed"))
         store = stage.store
         model_id = store.find_artifact(model.name, model.digest).artifact_id
-        decision = store.decide_promotion(model_id, accuracy=acc, validation_passed=passed,
-                                          margin=cfg.promotion.margin, flow_run_id=current_flow_run_id(),
-                                          accuracy_of=partial(accuracy_of, store))
-        aliases = ["candidate"] + (["production"] if decision["decision"] == "promoted" else [])
-        if stage.set_aliases(model, aliases, registry_path=cfg.promotion.registry_path if len(aliases) > 1 else None):
-            store.mark_promotion_applied(decision["promotion_id"])
-        stage.summary = {f"promotion_{k}": v for k, v in decision.items()}
-    logger.info("%s %s: %s", model.label, "promoted to production" if decision["decision"] == "promoted"
-                else "stays candidate", decision["reason"])
+        decision = apply_gate(store, model_id, accuracy=acc, validation_passed=passed, margin=cfg.promotion.margin,
+                              flow_run_id=current_flow_run_id())
+        promoted = decision.decision == "promoted"
+        if stage.set_aliases(model, decision.aliases, registry_path=cfg.promotion.registry_path if promoted else None):
+            store.mark_promotion_applied(decision.promotion_id)
+        stage.summary = {f"promotion_{k}": v for k, v in asdict(decision).items()}
+    logger.info("%s %s: %s", model.label, "promoted to production" if promoted else "stays candidate",
+                decision.reason)
     return decision

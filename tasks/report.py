@@ -12,11 +12,11 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None) -> list[dict]:
     store = LineageStore(cfg.lineage_db)
     rows = []
     for run in store.runs(flow_run_id):
-        edges = store.edges(run["run_id"])
+        edges = store.edges(run.run_id)
         for art in edges["produced"]:
-            rows.append({"stage": run["job_type"], "artifact": f"{art.name}:v{art.version}", "type": art.type,
+            rows.append({"stage": run.job_type, "artifact": f"{art.name}:v{art.version}", "type": art.type,
                          "sha256": art.digest, "inputs": ", ".join(f"{u.name}:v{u.version}" for u in edges["used"]),
-                         "wandb_run": run["wandb_url"] or f"{run['run_id']} ({run['wandb_mode']}: {run['wandb_dir']})",
+                         "wandb_run": run.wandb_url or f"{run.run_id} ({run.wandb_mode}: {run.wandb_dir})",
                          "path": art.path})
     return rows
 

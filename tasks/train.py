@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from mnist_pipeline import data, training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.tracker import open_stage
+from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.model import ConvNet, ModelConfig, pick_device, save_model
 from tasks._common import current_flow_run_id, write_json
 
@@ -16,9 +16,10 @@ MODEL_NAME = "convnet"
 
 
 def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
-    # Keyed by what determines the result, so a rerun with the same inputs resumes and any change starts over.
-    key = hashlib.sha256(json.dumps([dataset.digest, cfg.train.model_dump(mode="json", exclude={"watch", "threads",
-                                     "watch_log_freq", "checkpoint_every"})], sort_keys=True).encode()).hexdigest()[:20]
+    # Keyed by what determines the weights (the dataset and the training fingerprint, as the skip rule uses
+    # them), so a rerun with the same inputs resumes and any change starts over.
+    key = hashlib.sha256(json.dumps([dataset.digest, cfg.training_fingerprint()],
+                                    sort_keys=True).encode()).hexdigest()[:20]
     path = cfg.artifacts_dir / ".checkpoints" / f"train-{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -16,12 +16,20 @@ import pytest
 
 from flows.audit_cli import audit_main
 from flows.cli import _parser, main
-from mnist_pipeline.lineage.audit import (EXIT_TAMPERED, EXIT_UNKNOWN, EXIT_USAGE, EXIT_VERIFIED,
-                                          apply_wandb_findings, audit, md5_b64, render_mermaid, render_tree,
-                                          tree_chain)
+from mnist_pipeline.lineage.audit import (
+    EXIT_TAMPERED,
+    EXIT_UNKNOWN,
+    EXIT_USAGE,
+    EXIT_VERIFIED,
+    apply_wandb_findings,
+    audit,
+    md5_b64,
+)
+from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
+from mnist_pipeline.lineage.render import render_mermaid, render_tree, tree_chain
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
-from tests.conftest import STEMS, write_mnist
+from tests.helpers import STEMS, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +51,7 @@ def run_pipeline(base: Path) -> dict:
         assert main(argv) == 0
     store = LineageStore(base / "lineage.db")
     arts = {a.type: a for a in store.artifacts()}
-    runs = {r["job_type"]: r for r in store.runs()}
+    runs = {r.job_type: r for r in store.runs()}
     return {"base": base, "db": base / "lineage.db", "store": store, "arts": arts, "runs": runs, "src": src,
             "onnx": Path(arts["onnx"].path) / "model.onnx", "model_pt": Path(arts["model"].path) / "model.pt"}
 
@@ -55,8 +63,8 @@ def e2e(prefect_server, tmp_path_factory):
     store, model = run["store"], run["arts"]["model"]
     if not store.promotions(model.artifact_id):
         acc = run["arts"]["metrics"].metadata["test_accuracy"]
-        store.decide_promotion(model.artifact_id, accuracy=acc, validation_passed=True, margin=0.0,
-                               flow_run_id=run["runs"]["train"]["flow_run_id"])
+        promote(store, model.artifact_id, accuracy=acc, validation_passed=True, margin=0.0,
+                               flow_run_id=run["runs"]["train"].flow_run_id)
     return run
 
 
@@ -101,30 +109,30 @@ def test_audit_of_the_onnx_file_shows_the_full_chain_and_exits_0(e2e, capsys):
     rc, out, err = _audit(e2e, capsys, e2e["onnx"])
     assert rc == EXIT_VERIFIED, out + err
     arts, runs = e2e["arts"], e2e["runs"]
-    train_env = runs["train"]["env"]
+    train_env = runs["train"].env
     [raw] = [r for r in arts["dataset"].metadata["raw_files"] if r["name"] == STEMS[("train", "images")]]
     # ONNX -> export-onnx run -> model -> train run -> dataset -> prepare-data run, in that order
     _positions(out, [f"{arts['onnx'].name}:v0 (onnx) sha256 {arts['onnx'].digest[:16]}",
-                     f"produced by export-onnx run {runs['export-onnx']['run_id']}",
+                     f"produced by export-onnx run {runs['export-onnx'].run_id}",
                      f"used convnet:v0 (model) sha256 {arts['model'].digest[:16]}",
-                     f"produced by train run {runs['train']['run_id']}",
+                     f"produced by train run {runs['train'].run_id}",
                      "config train: batch_size=16", "epochs=1", "seed=0",
                      f"used mnist:v0 (dataset) sha256 {arts['dataset'].digest[:16]}",
                      f"source local ({e2e['src']})", "sizes {test: 40, train: 120}",
                      "class counts train [12, 12, 12, 12, 12, 12, 12, 12, 12, 12]",
                      f"raw {raw['name']} sha256 {raw['sha256'][:16]} {raw['size']} B  ok",
-                     f"produced by prepare-data run {runs['prepare-data']['run_id']}"])
+                     f"produced by prepare-data run {runs['prepare-data'].run_id}"])
     # the training run: code, packages, Prefect flow run, W&B run
     assert f"code git {train_env['git_commit']}" in out
     assert ("(dirty: uncommitted changes)" if train_env["git_dirty"] else "(clean)") in out
     assert f"torch {train_env['packages']['torch']}" in out and f"onnx {train_env['packages']['onnx']}" in out
-    assert f"Prefect flow run {runs['train']['flow_run_id']}" in out
-    assert f"W&B run {runs['train']['run_id']} (offline, not synced yet): {runs['train']['wandb_dir']}" in out
+    assert f"Prefect flow run {runs['train'].flow_run_id}" in out
+    assert f"W&B run {runs['train'].run_id} (offline, not synced yet): {runs['train'].wandb_dir}" in out
     # forward: the evaluation metrics, the onnxruntime validation report, the promotion decision
     forward = out[out.index("Forward"):]
-    assert f"evaluate run {runs['evaluate']['run_id']}" in forward and "convnet-metrics:v0 (metrics)" in forward
+    assert f"evaluate run {runs['evaluate'].run_id}" in forward and "convnet-metrics:v0 (metrics)" in forward
     assert f"test_accuracy {arts['metrics'].metadata['test_accuracy']:.4g}" in forward
-    assert f"validate-onnx run {runs['validate-onnx']['run_id']}" in forward
+    assert f"validate-onnx run {runs['validate-onnx'].run_id}" in forward
     assert "convnet-onnx-validation:v0 (validation)" in forward and "passed True" in forward
     assert "max_abs_diff" in forward and "argmax_agreement 1" in forward
     promotions = out[out.index("Promotions"):]
@@ -149,7 +157,7 @@ def test_a_weights_file_copied_anywhere_is_identified_by_its_sha256(e2e, capsys,
     # made from this model: its metrics, its ONNX export and that export's validation
     for job, produced in (("evaluate", "convnet-metrics:v0"), ("export-onnx", "convnet-onnx:v0"),
                           ("validate-onnx", "convnet-onnx-validation:v0")):
-        assert f"{job} run {e2e['runs'][job]['run_id']}" in forward and f"-> {produced}" in forward
+        assert f"{job} run {e2e['runs'][job].run_id}" in forward and f"-> {produced}" in forward
 
 
 def test_artifact_references_resolve_like_wandb_refs(e2e, capsys):
@@ -271,16 +279,16 @@ def test_json_output_parses_and_holds_the_same_chain_as_the_tree(e2e, capsys):
     assert rc == rc_json == report["exit_code"] == EXIT_VERIFIED and report["status"] == "verified"
     chain = tree_chain(report["upstream"][0])
     runs = e2e["runs"]
-    assert chain == ["artifact:convnet-onnx:v0", f"run:{runs['export-onnx']['run_id']}", "artifact:convnet:v0",
-                     f"run:{runs['train']['run_id']}", "artifact:mnist:v0", f"run:{runs['prepare-data']['run_id']}"]
+    assert chain == ["artifact:convnet-onnx:v0", f"run:{runs['export-onnx'].run_id}", "artifact:convnet:v0",
+                     f"run:{runs['train'].run_id}", "artifact:mnist:v0", f"run:{runs['prepare-data'].run_id}"]
     # the tree draws the same nodes in the same order
     _positions(tree, [n.split(":", 1)[1] + (" (" if n.startswith("artifact") else " (finished") for n in chain])
-    train = report["runs"][runs["train"]["run_id"]]
-    assert train["code"]["git_commit"] == runs["train"]["env"]["git_commit"]
-    assert train["code"]["git_dirty"] == runs["train"]["env"]["git_dirty"]
+    train = report["runs"][runs["train"].run_id]
+    assert train["code"]["git_commit"] == runs["train"].env["git_commit"]
+    assert train["code"]["git_dirty"] == runs["train"].env["git_dirty"]
     assert train["seed"] == 0 and train["config"]["train"]["epochs"] == 1
-    assert train["packages"]["torch"] and train["flow_run_id"] == runs["train"]["flow_run_id"]
-    assert train["wandb"]["run_id"] == runs["train"]["run_id"] and train["wandb"]["mode"] == "offline"
+    assert train["packages"]["torch"] and train["flow_run_id"] == runs["train"].flow_run_id
+    assert train["wandb"]["run_id"] == runs["train"].run_id and train["wandb"]["mode"] == "offline"
     data = report["artifacts"]["mnist:v0"]
     assert data["metadata"]["sizes"] == {"train": 120, "test": 40}
     assert [r["status"] for r in data["raw_files"]] == ["ok"] * 4
@@ -349,8 +357,8 @@ def test_the_audit_command_imports_neither_prefect_nor_wandb_nor_torch(e2e):
 
 
 def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
-    from mnist_pipeline.lineage.sync import RecordingWandb
-    from mnist_pipeline.lineage.tracker import wandb_ref
+    from mnist_pipeline.lineage.recording import RecordingWandb
+    from mnist_pipeline.lineage.refs import wandb_ref
 
     report = audit(e2e["store"], str(e2e["onnx"]))
     artifacts = {}
@@ -366,7 +374,7 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
     assert {c["status"] for c in ok["checks"] if c["kind"] == "wandb"} == {"ok"}
     assert len([c for c in ok["checks"] if c["kind"] == "wandb"]) == 9  # every file's md5 against W&B's manifest
     onnx = e2e["arts"]["onnx"]
-    project = e2e["runs"]["export-onnx"]["wandb_project"]
+    project = e2e["runs"]["export-onnx"].wandb_project
     assert fake.calls[0] == ("check",)
     assert ("lookup_artifact", wandb_ref(None, project, onnx.name, onnx.digest)) in fake.calls
     assert len(fake.calls) == 1 + 5

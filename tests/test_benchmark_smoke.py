@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 

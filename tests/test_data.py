@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mnist_pipeline import data
-from tests.conftest import STEMS, idx_bytes, tiny_digits, write_mnist
+from tests.helpers import STEMS, idx_bytes, tiny_digits, write_mnist
 
 
 def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):

@@ -87,7 +87,7 @@ def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_
                       240, "the manual flow run to finish")
         assert final.state.is_completed(), (final.state, (tmp_path / "serve.log").read_text()[-3000:])
         store = LineageStore(db)
-        jobs = {r["job_type"] for r in store.runs(str(run.id))}
+        jobs = {r.job_type for r in store.runs(str(run.id))}
         assert {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"} <= jobs
         assert store.alias("convnet", "production") is not None
     finally:

@@ -9,8 +9,8 @@ from flows.pipeline import mnist_pipeline
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.tracker import offline_records
-from tests.conftest import STEMS
+from mnist_pipeline.lineage.wandb_io import offline_records
+from tests.helpers import STEMS
 
 JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote"}
 
@@ -48,7 +48,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     assert sorted(j for j, _, _ in runs.values()) == sorted(JOB_TYPES)
     assert len({g for _, g, _ in runs.values()}) == 1
     flow_runs = store.runs()
-    assert {r["run_id"] for r in flow_runs} == set(runs) and all(r["status"] == "finished" for r in flow_runs)
+    assert {r.run_id for r in flow_runs} == set(runs) and all(r.status == "finished" for r in flow_runs)
 
     # every artifact's files exist and match the digests on record
     arts = {a.type: a for a in store.artifacts()}
@@ -62,8 +62,8 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
 
     # the chains: dataset -> train -> model -> evaluate -> metrics, model -> export -> onnx -> validate -> validation
     def step(art, job, out_type):
-        [run] = [r for r in _chain(store, art, "used") if r["job_type"] == job]
-        produced = store.edges(run["run_id"])["produced"]
+        [run] = [r for r in _chain(store, art, "used") if r.job_type == job]
+        produced = store.edges(run.run_id)["produced"]
         assert [p.type for p in produced] == [out_type]
         return run, produced[0]
 
@@ -71,18 +71,18 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     eval_run, metrics = step(model, "evaluate", "metrics")
     export_run, onnx_art = step(model, "export-onnx", "onnx")
     val_run, validation = step(onnx_art, "validate-onnx", "validation")
-    assert {u.type for u in store.edges(eval_run["run_id"])["used"]} == {"model", "dataset"}
-    assert {u.type for u in store.edges(val_run["run_id"])["used"]} == {"onnx", "model", "dataset"}
+    assert {u.type for u in store.edges(eval_run.run_id)["used"]} == {"model", "dataset"}
+    assert {u.type for u in store.edges(val_run.run_id)["used"]} == {"onnx", "model", "dataset"}
     # each output's metadata names its inputs with their sha256s
     assert {i["digest"] for i in onnx_art.metadata["inputs"]} == {model.digest}
     assert onnx_art.metadata["inputs"][0]["files"]["model.pt"] == next(
         f.sha256 for f in model.files if f.relpath == "model.pt")
 
     # every run records code, packages, seed and the flow run
-    env = train_run["env"]
-    assert env["seed"] == 0 and env["packages"]["torch"] and env["flow_run_id"] == train_run["flow_run_id"]
+    env = train_run.env
+    assert env["seed"] == 0 and env["packages"]["torch"] and env["flow_run_id"] == train_run.flow_run_id
     assert "git_commit" in env and "git_dirty" in env
-    assert train_run["config"]["train"]["epochs"] == 1
+    assert train_run.config["train"]["epochs"] == 1
 
     # onnxruntime parity
     assert validation.metadata["passed"] and validation.metadata["max_abs_diff"] < 1e-3
@@ -93,7 +93,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     # the first validated model is promoted, and the decision is on record
     assert store.alias("convnet", "production").artifact_id == model.artifact_id
     [decision] = store.promotions(model.artifact_id)
-    assert decision["decision"] == "promoted" and decision["reason"] == "first validated model"
+    assert decision.decision == "promoted" and decision.reason == "first validated model"
     assert summary["promotion"]["decision"] == "promoted"
 
     # the Prefect UI artifact lists the outputs with their digests
@@ -103,7 +103,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     with get_client(sync_client=True) as client:
         [pa] = client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["mnist-lineage"]),
-            flow_run_id=ArtifactFilterFlowRunId(any_=[train_run["flow_run_id"]])))
+            flow_run_id=ArtifactFilterFlowRunId(any_=[train_run.flow_run_id])))
     assert all(a.digest[:16] in pa.data for a in arts.values())
 
     # an unchanged second run reuses the cached data preparation and skips training: nothing new is made
@@ -111,7 +111,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     second = json.loads(capsys.readouterr().out)
     assert second["status"] == "skipped" and "unchanged since production convnet:v0" in second["reason"]
     assert second["artifacts"]["dataset"] == summary["artifacts"]["dataset"]
-    jobs = [r["job_type"] for r in store.runs()]
+    jobs = [r.job_type for r in store.runs()]
     assert jobs.count("prepare-data") == 1 and jobs.count("train") == 1
     assert len(store.artifacts()) == len(arts)
 
@@ -131,5 +131,5 @@ def test_a_truncated_idx_file_fails_the_flow_naming_it_and_leaves_nothing_half_w
     store = LineageStore(tmp_path / "lineage.db")
     assert store.artifacts() == []
     [run] = store.runs()
-    assert run["status"] == "failed" and "truncated IDX file" in run["error"]
+    assert run.status == "failed" and "truncated IDX file" in run.error
     assert not [p for p in (tmp_path / "art").rglob("*") if p.is_file()]  # no staged leftovers

@@ -6,7 +6,7 @@ import torch
 from mnist_pipeline import onnx_io
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ConvNet, ModelConfig
-from tests.conftest import tiny_digits
+from tests.helpers import tiny_digits
 
 
 @pytest.fixture(scope="module", params=["dynamo", "torchscript"])

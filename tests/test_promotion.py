@@ -7,9 +7,10 @@ import pytest
 
 from flows.pipeline import mnist_pipeline
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.promotion import decide
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 
 def _cfg(tmp_path, src, **train):
@@ -63,11 +64,11 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
     assert store.alias("convnet", "production").version == 1
     assert store.alias("convnet", "candidate").digest == worse["artifacts"]["model"]["digest"]
     decisions = store.promotions()
-    assert [d["decision"] for d in decisions] == ["promoted", "promoted", "candidate"]
-    assert decisions[-1]["production_accuracy"] == pytest.approx(good["test_accuracy"])
-    assert decisions[-1]["candidate_accuracy"] == pytest.approx(worse["test_accuracy"])
+    assert [d.decision for d in decisions] == ["promoted", "promoted", "candidate"]
+    assert decisions[-1].production_accuracy == pytest.approx(good["test_accuracy"])
+    assert decisions[-1].candidate_accuracy == pytest.approx(worse["test_accuracy"])
     # the previous production model keeps its history
-    assert store.promotions(v0.artifact_id)[0]["decision"] == "promoted"
+    assert store.promotions(v0.artifact_id)[0].decision == "promoted"
 
     # 5. force retrains even when nothing changed
     forced = mnist_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6).model_copy(update={"force": True}))
@@ -90,11 +91,18 @@ def _seed_store(path, tmp_path, n):
     return ids
 
 
+def _decide(store, artifact_id, accuracy, accuracies):
+    """The real gate, with production's accuracy looked up in `accuracies` (these models have no evaluation)."""
+    def gate(production_id):
+        return decide(candidate_id=artifact_id, accuracy=accuracy, validation_passed=True, production_id=production_id,
+                      production_accuracy=accuracies.get(production_id), margin=0.01)
+    return store.record_promotion(artifact_id, gate, accuracy=accuracy, validation_passed=True, margin=0.01,
+                                  flow_run_id=None)
+
+
 def _race(path, artifact_id, barrier, accuracies):
     barrier.wait()
-    store = LineageStore(path)
-    store.decide_promotion(artifact_id, accuracy=0.9, validation_passed=True, margin=0.01, flow_run_id=None,
-                           accuracy_of=lambda aid: accuracies.get(aid))
+    _decide(LineageStore(path), artifact_id, 0.9, accuracies)
 
 
 @pytest.mark.parametrize("round_", range(3))
@@ -102,8 +110,8 @@ def test_concurrent_promotions_have_exactly_one_winner(tmp_path, round_):
     path = tmp_path / "lineage.db"
     baseline, *candidates = _seed_store(path, tmp_path, 4)
     store = LineageStore(path)
-    store.decide_promotion(baseline, accuracy=0.8, validation_passed=True, margin=0.01, flow_run_id=None)
     accuracies = {baseline: 0.8, **{c: 0.9 for c in candidates}}
+    _decide(store, baseline, 0.8, accuracies)
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(len(candidates))
     procs = [ctx.Process(target=_race, args=(path, c, barrier, accuracies)) for c in candidates]
@@ -113,8 +121,36 @@ def test_concurrent_promotions_have_exactly_one_winner(tmp_path, round_):
         p.join(60)
         assert p.exitcode == 0
     decisions = store.promotions()[1:]
-    winners = [d for d in decisions if d["decision"] == "promoted"]
+    winners = [d for d in decisions if d.decision == "promoted"]
     assert len(decisions) == 4 and len(winners) == 1
-    assert store.alias("convnet", "production").artifact_id == winners[0]["artifact_id"]
+    assert store.alias("convnet", "production").artifact_id == winners[0].artifact_id
     # every loser compared itself with the winner, not with the stale baseline
-    assert all(d["production_artifact_id"] == winners[0]["artifact_id"] for d in decisions if d not in winners)
+    assert all(d.production_artifact_id == winners[0].artifact_id for d in decisions if d not in winners)
+
+
+# The gate as a decision table: (validation passed, candidate accuracy, production is: None / "self" / accuracy,
+# margin) -> (decision, the start of its reason). Every row of `decide`'s docstring table has a case here.
+GATE_TABLE = [
+    (False, 0.99, None, 0.0, "candidate", "onnxruntime validation did not pass"),
+    (False, 0.99, 0.5, 0.0, "candidate", "onnxruntime validation did not pass"),
+    (True, None, None, 0.0, "candidate", "no test accuracy recorded"),
+    (True, None, 0.5, 0.0, "candidate", "no test accuracy recorded"),
+    (True, 0.7, "self", 0.0, "promoted", "already the production model"),
+    (True, 0.7, None, 0.0, "promoted", "first validated model"),
+    (True, 0.7, "unknown", 0.0, "promoted", "accuracy 0.7000 >= production nan"),
+    (True, 0.7, 0.7, 0.0, "promoted", "accuracy 0.7000 >= production 0.7000 + margin 0.0000"),
+    (True, 0.8, 0.7, 0.1, "promoted", "accuracy 0.8000 >= production 0.7000 + margin 0.1000"),
+    (True, 0.79, 0.7, 0.1, "candidate", "accuracy 0.7900 < production 0.7000 + margin 0.1000"),
+    (True, 0.6, 0.7, 0.0, "candidate", "accuracy 0.6000 < production 0.7000"),
+]
+
+
+@pytest.mark.parametrize("passed, acc, production, margin, decision, reason", GATE_TABLE)
+def test_promotion_gate_decision_table(passed, acc, production, margin, decision, reason):
+    candidate_id = 7
+    production_id = {None: None, "self": candidate_id}.get(production, 3) if not isinstance(production, float) else 3
+    production_accuracy = production if isinstance(production, float) else None
+    got = decide(candidate_id=candidate_id, accuracy=acc, validation_passed=passed, production_id=production_id,
+                 production_accuracy=production_accuracy, margin=margin)
+    assert (got.decision, got.reason[: len(reason)]) == (decision, reason)
+    assert got.production_accuracy == production_accuracy

@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -28,10 +29,11 @@ from flows.pipeline import mnist_pipeline
 from mnist_pipeline import training
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
+from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import FileRecord, LineageStore
-from mnist_pipeline.lineage.tracker import offline_records, open_stage
+from mnist_pipeline.lineage.wandb_io import offline_records
 from tasks import export_onnx, train, validate_onnx
-from tests.conftest import write_mnist
+from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "local-" + "5ec7e7f00dfacade0123456789abcdef0badc0de"  # planted: must be written nowhere
@@ -192,7 +194,7 @@ def test_config_that_does_not_match_the_data_stops_at_prepare_data_with_nothing_
     store = LineageStore(tmp_path / "lineage.db")
     assert store.artifacts() == []
     [run] = store.runs()
-    assert run["job_type"] == "prepare-data" and run["status"] == "failed"
+    assert run.job_type == "prepare-data" and run.status == "failed"
     assert not [p for p in (tmp_path / "art").rglob("*") if p.is_file()]
 
 
@@ -263,7 +265,7 @@ def test_artifact_names_and_recorded_file_paths_cannot_leave_the_artifact_root(w
     with pytest.raises(DigestMismatch, match="escapes its artifact folder"):
         verify_files(tmp_path / "art", (FileRecord("../secret.txt", "0" * 64, 1),))
     store = LineageStore(cfg.lineage_db)
-    assert store.artifacts() == [] and {r["status"] for r in store.runs()} == {"failed"}
+    assert store.artifacts() == [] and {r.status for r in store.runs()} == {"failed"}
     assert not [p for p in (tmp_path / "art").rglob("*") if p.is_file()]
 
 
@@ -305,8 +307,8 @@ def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
 
     # the lineage store is complete
     runs = store.runs()
-    assert sorted(r["job_type"] for r in runs) == sorted(JOB_TYPES)
-    assert all(r["status"] == "finished" and r["wandb_mode"] == "offline" and r["wandb_url"] is None for r in runs)
+    assert sorted(r.job_type for r in runs) == sorted(JOB_TYPES)
+    assert all(r.status == "finished" and r.wandb_mode == "offline" and r.wandb_url is None for r in runs)
     arts = {a.type: a for a in store.artifacts()}
     assert set(arts) == {"dataset", "model", "metrics", "onnx", "validation"}
     assert {t: a.digest for t, a in arts.items()} == {t: v["digest"] for t, v in summary["artifacts"].items()}
@@ -314,11 +316,11 @@ def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
 
     # everything W&B was given is in the offline runs, ready for `wandb sync`: every artifact, every loss row
     on_disk = _wandb_runs(base / "wandb")
-    assert set(on_disk) == {r["run_id"] for r in runs}
+    assert set(on_disk) == {r.run_id for r in runs}
     for a in arts.values():
         assert (a.name, sorted(["latest", f"sha256-{a.digest[:16]}"])) in on_disk[a.producer_run_id][2]
-    [train_run] = [r for r in runs if r["job_type"] == "train"]
-    losses = [h for h in on_disk[train_run["run_id"]][3] if "loss" in h]
+    [train_run] = [r for r in runs if r.job_type == "train"]
+    losses = [h for h in on_disk[train_run.run_id][3] if "loss" in h]
     assert len(losses) == 4  # 120 images / 16 = 8 batches, logged when (batches + 1) % 2 == 0
     assert [h["_step"] for h in losses] == [16, 48, 80, 112]  # step = examples seen after batches 1, 3, 5, 7
     # no half-made online run folder is left beside them for a `wandb sync --sync-all` to trip on
@@ -326,7 +328,7 @@ def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
     dry = subprocess.run([str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run"], cwd=base / "wandb",
                          env=_env(base, WANDB_SILENT="false"), capture_output=True, text=True, timeout=60)
     assert "Would sync" in dry.stderr and "Skipped" not in dry.stderr, dry.stderr  # offline runs only, all
-    assert all(f"run-{r['run_id']}.wandb" in dry.stderr for r in runs), dry.stderr
+    assert all(f"run-{r.run_id}.wandb" in dry.stderr for r in runs), dry.stderr
 
 
 def _scan(path: Path, needle: bytes) -> tuple[int, list[Path]]:
@@ -359,8 +361,8 @@ def test_a_planted_api_key_is_written_nowhere(dead_wandb_run):
     assert FAKE_KEY not in proc.stdout and FAKE_KEY not in proc.stderr
     # the store's own records, the Prefect flow-run parameters and the flow run's logs on the server
     store = dead_wandb_run["store"]
-    flow_run_id = store.runs()[0]["flow_run_id"]
-    assert FAKE_KEY not in json.dumps(store.runs()) + json.dumps([a.metadata for a in store.artifacts()])
+    flow_run_id = store.runs()[0].flow_run_id
+    assert FAKE_KEY not in json.dumps([asdict(r) for r in store.runs()]) + json.dumps([a.metadata for a in store.artifacts()])
     fr = _flow_run(flow_run_id)
     assert fr.parameters["config"]["wandb"]["mode"] == "online"  # what was read back is the run's
     assert FAKE_KEY not in json.dumps(fr.parameters, default=str)
@@ -410,11 +412,11 @@ def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_ru
                 state.result()
         assert len(store.artifacts()) == before[0]  # nothing new recorded
         refused = store.runs()[before[1]:]
-        assert [r["job_type"] for r in refused] == ["export-onnx", "validate-onnx"]
+        assert [r.job_type for r in refused] == ["export-onnx", "validate-onnx"]
         for r in refused:
-            assert r["status"] == "failed" and "DigestMismatch" in r["error"] and str(model_pt) in r["error"]
-            assert arts["model"].artifact_id in [u.artifact_id for u in store.edges(r["run_id"])["used"]]
-            assert store.edges(r["run_id"])["produced"] == []
+            assert r.status == "failed" and "DigestMismatch" in r.error and str(model_pt) in r.error
+            assert arts["model"].artifact_id in [u.artifact_id for u in store.edges(r.run_id)["used"]]
+            assert store.edges(r.run_id)["produced"] == []
         assert not list((base / "art" / ".staging").glob("*/*"))
     finally:
         model_pt.write_bytes(original)
@@ -431,7 +433,7 @@ class _StoreDown(RuntimeError):
 @pytest.mark.parametrize("where", ["finish_run", "fsync_tree"])
 def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_partial_file(
         wandb_offline, tmp_path, monkeypatch, where):
-    from mnist_pipeline.lineage import tracker
+    from mnist_pipeline.lineage import stage as stage_module
 
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
@@ -449,7 +451,7 @@ def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_
     if where == "finish_run":
         monkeypatch.setattr(LineageStore, "finish_run", fails_once(LineageStore.finish_run))
     else:
-        monkeypatch.setattr(tracker, "fsync_tree", fails_once(tracker.fsync_tree))
+        monkeypatch.setattr(stage_module, "fsync_tree", fails_once(stage_module.fsync_tree))
 
     def step():
         with open_stage(cfg, "export-onnx") as stage:
@@ -462,7 +464,7 @@ def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_
     with pytest.raises(_StoreDown):
         step()
     [failed] = store.runs()
-    assert failed["status"] == "failed" and f"{where}: disk gone" in failed["error"]
+    assert failed.status == "failed" and f"{where}: disk gone" in failed.error
     assert store.artifacts() == []  # no record, so nothing recorded can be missing or partial
     assert not (cfg.artifacts_dir / ".staging").exists() or not any((cfg.artifacts_dir / ".staging").iterdir())
     if where == "fsync_tree":  # crashed before the rename: nothing reached its final place
@@ -474,7 +476,7 @@ def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_
     assert art.producer_run_id == stage.run_id and art.version == 0
     verify_files(Path(art.path), art.files)
     assert [p.name for p in Path(art.path).parent.iterdir()] == [Path(art.path).name]
-    assert [r["status"] for r in store.runs()] == ["failed", "finished"]
+    assert [r.status for r in store.runs()] == ["failed", "finished"]
     _assert_store_is_sound(store)
 
 
@@ -484,13 +486,13 @@ def test_two_stages_storing_the_same_content_at_the_same_moment_overwrite_nothin
     wins, the other finds the folder whole and records the same version; neither fails, nothing is replaced."""
     import threading
 
-    from mnist_pipeline.lineage import tracker
+    from mnist_pipeline.lineage import stage as stage_module
 
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
     barrier = threading.Barrier(2, timeout=60)
 
-    class _OsWithSlowRename:  # the tracker's `os`, whose rename of a staged folder waits for the other stage
+    class _OsWithSlowRename:  # the stage module's `os`, whose rename of a staged folder waits for the other stage
         def __getattr__(self, name):
             return getattr(os, name)
 
@@ -500,7 +502,7 @@ def test_two_stages_storing_the_same_content_at_the_same_moment_overwrite_nothin
                 barrier.wait()
             return os.replace(src, dst)
 
-    monkeypatch.setattr(tracker, "os", _OsWithSlowRename())
+    monkeypatch.setattr(stage_module, "os", _OsWithSlowRename())
     errors, stages = [], []
 
     def step():
@@ -557,14 +559,14 @@ def test_a_prefect_retry_of_train_resumes_from_the_checkpoint(prefect_server, wa
     assert state.is_completed(), state.message
     assert len(attempts) == 2
     store = LineageStore(cfg.lineage_db)
-    trains = [r for r in store.runs() if r["job_type"] == "train"]
-    assert [r["status"] for r in trains] == ["failed", "finished"]
-    assert "InterruptedError" in trains[0]["error"]
+    trains = [r for r in store.runs() if r.job_type == "train"]
+    assert [r.status for r in trains] == ["failed", "finished"]
+    assert "InterruptedError" in trains[0].error
     [model] = store.artifacts("model")
     # 120 images / 16 = 8 batches an epoch; the last checkpoint before batch 11 was at batch 8 = end of epoch 0
     assert model.metadata["resumed_from_checkpoint"] == {"epoch": 1, "batch": 0, "examples_seen": 120}
     assert model.metadata["examples_seen"] == 240 and model.metadata["batches"] == 16
-    assert trains[1]["summary"]["resumed"] is True
+    assert trains[1].summary["resumed"] is True
     assert not list((tmp_path / "art" / ".checkpoints").glob("*.pt"))  # done with once the model is recorded
 
 
@@ -579,7 +581,7 @@ class _RunsCode:
 def test_a_checkpoint_that_would_run_code_is_not_loaded_and_training_starts_over(tmp_path, caplog):
     from mnist_pipeline.data import Split
     from mnist_pipeline.model import ConvNet, ModelConfig
-    from tests.conftest import tiny_digits
+    from tests.helpers import tiny_digits
 
     marker, ckpt = tmp_path / "code-ran", tmp_path / "train-x.pt"
     torch.save({"model": _RunsCode(marker), "epoch": 1, "batch": 0, "examples_seen": 1, "batches": 1}, ckpt)
@@ -628,8 +630,8 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     last = torch.load(ckpt, weights_only=True)
     assert 0 < last["batches"] < epochs * per_epoch
     store = LineageStore(base / "lineage.db")
-    killed = [r for r in store.runs() if r["job_type"] == "train"]
-    assert [r["status"] for r in killed] == ["running"]  # it never got to say otherwise
+    killed = [r for r in store.runs() if r.job_type == "train"]
+    assert [r.status for r in killed] == ["running"]  # it never got to say otherwise
     assert store.artifacts("model") == []
     _assert_store_is_sound(store)  # the store points at no missing or partial file
 
@@ -641,11 +643,11 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     assert resumed["epoch"] * per_epoch + resumed["batch"] > 0
     # the examples seen in all are those of an uninterrupted run, not more (no batch trained twice in the count)
     assert model.metadata["examples_seen"] == epochs * n_train and model.metadata["batches"] == epochs * per_epoch
-    trains = {r["run_id"]: r for r in store.runs() if r["job_type"] == "train"}
-    dead = trains[killed[0]["run_id"]]
-    assert dead["status"] == "failed" and dead["error"].startswith("process died")
-    assert [r["status"] for r in trains.values()].count("finished") == 1
-    assert all(r["status"] in ("finished", "failed") for r in store.runs())
+    trains = {r.run_id: r for r in store.runs() if r.job_type == "train"}
+    dead = trains[killed[0].run_id]
+    assert dead.status == "failed" and dead.error.startswith("process died")
+    assert [r.status for r in trains.values()].count("finished") == 1
+    assert all(r.status in ("finished", "failed") for r in store.runs())
     assert len(store.artifacts("dataset")) == 1  # the rerun used the same dataset, so the checkpoint applied
     assert not list(ckpt_dir.glob("train-*.pt"))
     _assert_store_is_sound(store)
@@ -669,16 +671,16 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
     store = LineageStore(tmp_path / "lineage.db")
     _assert_store_is_sound(store)  # integrity ok, every artifact's files verify: nothing overwritten
     runs = store.runs()
-    assert all(r["status"] == "finished" for r in runs)
+    assert all(r.status == "finished" for r in runs)
     by_flow: dict[str, list[dict]] = {}
     for r in runs:
-        by_flow.setdefault(r["flow_run_id"], []).append(r)
+        by_flow.setdefault(r.flow_run_id, []).append(r)
     assert len(by_flow) == 2
     for flow_runs in by_flow.values():
-        jobs = sorted(r["job_type"] for r in flow_runs)
+        jobs = sorted(r.job_type for r in flow_runs)
         assert jobs in (sorted(JOB_TYPES), sorted(JOB_TYPES - {"prepare-data"}))  # prepare-data may be cached
-        assert {r["run_group"] for r in flow_runs} == {f"flow-{flow_runs[0]['flow_run_id']}"}
-        assert {r["config"]["train"]["seed"] for r in flow_runs} in ({1}, {2})
+        assert {r.run_group for r in flow_runs} == {f"flow-{flow_runs[0].flow_run_id}"}
+        assert {r.config["train"]["seed"] for r in flow_runs} in ({1}, {2})
     assert len(runs) >= 9
 
     models = store.artifacts("model")
@@ -689,11 +691,11 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
         assert len(store.artifacts(kind)) == 2
     # each W&B run holds only its own flow run's records and artifacts
     on_disk = _wandb_runs(tmp_path / "wandb")
-    assert set(on_disk) == {r["run_id"] for r in runs}
+    assert set(on_disk) == {r.run_id for r in runs}
     for r in runs:
-        job, group, logged, history = on_disk[r["run_id"]]
-        assert (job, group) == (r["job_type"], r["run_group"])
-        produced = store.edges(r["run_id"])["produced"]
+        job, group, logged, history = on_disk[r.run_id]
+        assert (job, group) == (r.job_type, r.run_group)
+        produced = store.edges(r.run_id)["produced"]
         assert sorted(logged) == sorted((a.name, sorted(["latest", f"sha256-{a.digest[:16]}"])) for a in produced)
         keys = {k for row in history for k in row}
         assert ("loss" in keys) == (job == "train") and ("test_accuracy" in keys) == (job == "evaluate")
@@ -702,6 +704,6 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
     # the promotion gate saw both models, one after the other: one production model
     assert len(store.promotions()) == 2 and store.alias("convnet", "production").type == "model"
     for m in models:  # and each model's inputs and consumers stay within its own flow run
-        [producer] = [r for r in runs if r["run_id"] == m.producer_run_id]
+        [producer] = [r for r in runs if r.run_id == m.producer_run_id]
         for consumer in store.consumers(m.artifact_id):
-            assert store.run(consumer)["flow_run_id"] == producer["flow_run_id"]
+            assert store.run(consumer).flow_run_id == producer.flow_run_id

@@ -36,7 +36,7 @@ def test_versions_edges_and_dedup(tmp_path):
     assert c.artifact_id == a.artifact_id and store.producers(a.artifact_id) == ["r1", "r3"]
     assert store.consumers(a.artifact_id) == ["r2"]
     assert [x.name for x in store.edges("r2")["used"]] == ["m"]
-    assert store.run("r2")["status"] == "finished"
+    assert store.run("r2").status == "finished"
     assert store.artifacts_with_file(a.files[0].sha256)[0].artifact_id == a.artifact_id
 
 
@@ -46,9 +46,9 @@ def test_a_failed_commit_leaves_nothing_behind(tmp_path):
     bad = _artifact(tmp_path, "m", "one")
     with pytest.raises(sqlite3.IntegrityError):  # an edge to an artifact id that does not exist
         store.finish_run("r1", used=[999], produced=[bad], summary={}, wandb_url=None, wandb_mode="offline")
-    assert store.artifacts() == [] and store.run("r1")["status"] == "running"
+    assert store.artifacts() == [] and store.run("r1").status == "running"
     store.fail_run("r1", used=[], error="boom")
-    assert store.run("r1")["status"] == "failed"
+    assert store.run("r1").status == "failed"
 
 
 def test_concurrent_writers_do_not_corrupt_the_store(tmp_path):

@@ -13,11 +13,14 @@ import pytest
 
 from flows.audit_cli import SYNC_OK, SYNC_PARTIAL, SYNC_UNAVAILABLE, sync_main
 from flows.cli import _parser, main
-from mnist_pipeline.lineage.audit import audit, render_tree
-from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.audit import audit
+from mnist_pipeline.lineage.promotion import promote
+from mnist_pipeline.lineage.recording import RecordingWandb
+from mnist_pipeline.lineage.refs import ArtifactRef, wandb_ref
+from mnist_pipeline.lineage.render import render_tree
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.sync import RecordingWandb, plan_sync
-from mnist_pipeline.lineage.tracker import WandbClient, WandbUnavailable, offline_records, synced_marker, wandb_ref
+from mnist_pipeline.lineage.sync import plan_sync
+from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, offline_records, synced_marker
 from tests.test_audit import run_pipeline
 
 
@@ -26,8 +29,8 @@ def e2e(prefect_server, tmp_path_factory):
     run = run_pipeline(tmp_path_factory.mktemp("sync-e2e"))
     store, model = run["store"], run["arts"]["model"]
     if not store.promotions(model.artifact_id):  # the flow records one where it promotes; else record it here
-        store.decide_promotion(model.artifact_id, accuracy=0.9, validation_passed=True, margin=0.0,
-                               flow_run_id=run["runs"]["train"]["flow_run_id"])
+        promote(store, model.artifact_id, accuracy=0.9, validation_passed=True, margin=0.0,
+                               flow_run_id=run["runs"]["train"].flow_run_id)
     return run
 
 
@@ -57,21 +60,21 @@ def _sync(db: Path, backend, *args) -> int:
 def _expected_calls(store: LineageStore) -> list[tuple]:
     """What a first sync must send, derived from the store: uploads in run order, then each run's inputs, then
     the promotions."""
-    runs = [r for r in store.runs() if r["wandb_mode"] == "offline" and r["status"] != "running"]
+    runs = [r for r in store.runs() if r.wandb_mode == "offline" and r.status != "running"]
     calls = [("check",)]
     for r in runs:
-        calls += [("run_exists", f"{r['wandb_project']}/{r['run_id']}"),
-                  ("upload", r["wandb_dir"], None, r["wandb_project"])]
+        calls += [("run_exists", f"{r.wandb_project}/{r.run_id}"),
+                  ("upload", r.wandb_dir, None, r.wandb_project)]
     for r in runs:
-        used = store.edges(r["run_id"])["used"]
+        used = store.edges(r.run_id)["used"]
         if used:
-            path = f"{r['wandb_project']}/{r['run_id']}"
+            path = f"{r.wandb_project}/{r.run_id}"
             calls += [("run_inputs", path),
-                      ("declare_inputs", path, tuple(wandb_ref(None, r["wandb_project"], u.name, u.digest)
+                      ("declare_inputs", path, tuple(wandb_ref(None, r.wandb_project, u.name, u.digest)
                                                      for u in used))]
     for p in store.promotions():
-        art = store.artifact(p["artifact_id"])
-        aliases = ("candidate", "production") if p["decision"] == "promoted" else ("candidate",)
+        art = store.artifact(p.artifact_id)
+        aliases = ("candidate", "production") if p.decision == "promoted" else ("candidate",)
         calls.append(("add_aliases", wandb_ref(None, "mnist-lineage", art.name, art.digest), aliases))
     return calls
 
@@ -83,14 +86,14 @@ def test_the_plan_comes_from_the_store_and_the_offline_run_folders(e2e, db):
     store = LineageStore(db)
     plan = plan_sync(store)
     runs = {r["run_id"]: r for r in plan["runs"]}
-    assert set(runs) == {r["run_id"] for r in store.runs()}
+    assert set(runs) == {r.run_id for r in store.runs()}
     for rid, r in runs.items():
         [up, *uses] = r["actions"]
         assert up["action"] == "upload" and up["status"] == "pending"
         assert Path(up["ref"]).name.endswith(rid) and (Path(up["ref"]) / f"run-{rid}.wandb").is_file()
         assert [u["ref"] for u in uses] == [wandb_ref(None, "mnist-lineage", a.name, a.digest)
                                             for a in store.edges(rid)["used"]]
-    train = runs[e2e["runs"]["train"]["run_id"]]
+    train = runs[e2e["runs"]["train"].run_id]
     dataset = e2e["arts"]["dataset"]
     ref = ArtifactRef(name=dataset.name, type=dataset.type, version=dataset.version, digest=dataset.digest,
                       path=dataset.path)
@@ -101,7 +104,7 @@ def test_the_plan_comes_from_the_store_and_the_offline_run_folders(e2e, db):
     for r in plan["runs"]:
         for a in r["actions"][1:]:
             producer = store.run(a["producer_run_id"])
-            recs = list(offline_records(next(Path(producer["wandb_dir"]).glob("run-*.wandb"))))
+            recs = list(offline_records(next(Path(producer.wandb_dir).glob("run-*.wandb"))))
             logged = {(x.artifact.name, alias) for x in recs if x.WhichOneof("record_type") == "artifact"
                       for alias in x.artifact.aliases}
             name, alias = a["ref"].rsplit("/", 1)[1].split(":")
@@ -147,11 +150,11 @@ def test_sync_sends_uploads_then_inputs_then_promotions_with_exact_refs(e2e, db,
     arts = e2e["arts"]
     declared = {c[1].split("/")[-1]: set(c[2]) for c in fake.calls if c[0] == "declare_inputs"}
     ref = {t: wandb_ref(None, "mnist-lineage", a.name, a.digest) for t, a in arts.items()}
-    assert declared[runs["train"]["run_id"]] == {ref["dataset"]}
-    assert declared[runs["evaluate"]["run_id"]] == {ref["dataset"], ref["model"]}
-    assert declared[runs["export-onnx"]["run_id"]] == {ref["model"]}
-    assert declared[runs["validate-onnx"]["run_id"]] == {ref["onnx"], ref["model"], ref["dataset"]}
-    assert runs["prepare-data"]["run_id"] not in declared  # it used nothing
+    assert declared[runs["train"].run_id] == {ref["dataset"]}
+    assert declared[runs["evaluate"].run_id] == {ref["dataset"], ref["model"]}
+    assert declared[runs["export-onnx"].run_id] == {ref["model"]}
+    assert declared[runs["validate-onnx"].run_id] == {ref["onnx"], ref["model"], ref["dataset"]}
+    assert runs["prepare-data"].run_id not in declared  # it used nothing
     assert fake.calls[-1] == ("add_aliases", ref["model"], ("candidate", "production"))
     # the in-memory W&B now has what a real one would: the model version carries both aliases
     assert {"candidate", "production"} <= set(fake.artifacts[ref["model"].split("/")[-1]]["aliases"])
@@ -159,15 +162,15 @@ def test_sync_sends_uploads_then_inputs_then_promotions_with_exact_refs(e2e, db,
     # reported per run, and recorded in the store
     out = capsys.readouterr().out
     for r in store.runs():
-        assert f"{r['job_type']} run {r['run_id']} [offline, finished]" in out
+        assert f"{r.job_type} run {r.run_id} [offline, finished]" in out
     assert f"use    {ref['dataset']} (mnist:v0): done (declared: use_artifact on the resumed run)" in out
     assert "OK: did" in out and ", 0 already done" in out
     log = store.sync_log()
-    n_uses = sum(len(store.edges(r["run_id"])["used"]) for r in store.runs())
+    n_uses = sum(len(store.edges(r.run_id)["used"]) for r in store.runs())
     assert sorted({r["action"] for r in log}) == ["upload", "use"]
     assert len([r for r in log if r["action"] == "upload"]) == len(store.runs())
     assert len([r for r in log if r["action"] == "use"]) == n_uses
-    assert all(p["wandb_applied_at"] for p in store.promotions())
+    assert all(p.wandb_applied_at for p in store.promotions())
 
 
 def test_a_second_sync_sends_nothing_and_creates_no_duplicates(db, capsys):
@@ -203,15 +206,15 @@ def test_sync_does_not_duplicate_what_wandb_already_holds(e2e, db):
 
 def test_runs_already_uploaded_by_wandb_sync_are_not_uploaded_again(e2e, db):
     run = e2e["runs"]["prepare-data"]
-    marker = synced_marker(Path(run["wandb_dir"]))
+    marker = synced_marker(Path(run.wandb_dir))
     marker.touch()  # what `wandb sync` leaves beside a run file it uploaded
     try:
         fake = RecordingWandb()
         assert _sync(db, fake) == SYNC_OK
     finally:
         marker.unlink()
-    assert not [c for c in fake.calls if c[0] in ("run_exists", "upload") and run["run_id"] in str(c[1])]
-    [row] = LineageStore(db).sync_log(run["run_id"])
+    assert not [c for c in fake.calls if c[0] in ("run_exists", "upload") and run.run_id in str(c[1])]
+    [row] = LineageStore(db).sync_log(run.run_id)
     assert row["action"] == "upload" and "marker" in row["detail"]
 
 
@@ -222,7 +225,7 @@ def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, 
     assert "failed (RuntimeError: W&B said 500)" in captured.out and "INCOMPLETE" in captured.out
     store = LineageStore(db)
     assert {r["action"] for r in store.sync_log()} == {"upload"}  # uploads done and kept; no input recorded
-    assert all(p["wandb_applied_at"] for p in store.promotions())  # the model version itself was uploaded
+    assert all(p.wandb_applied_at for p in store.promotions())  # the model version itself was uploaded
 
     retry = RecordingWandb(runs=fake.runs, artifacts=fake.artifacts)
     assert _sync(db, retry) == SYNC_OK
@@ -238,7 +241,7 @@ def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, 
     out = capsys.readouterr().out
     assert "blocked (the run itself is not in W&B)" in out and "blocked (its producing run" in out
     assert LineageStore(other).sync_log() == []
-    assert not any(p["wandb_applied_at"] for p in LineageStore(other).promotions())
+    assert not any(p.wandb_applied_at for p in LineageStore(other).promotions())
 
 
 def test_dry_run_lists_the_calls_in_order_and_changes_nothing(db, capsys):
@@ -313,7 +316,7 @@ def test_after_a_sync_the_audit_shows_it_and_the_online_cross_check_agrees(e2e, 
     capsys.readouterr()
     store = LineageStore(db)
     report = audit(store, str(e2e["onnx"]))
-    train = report["runs"][e2e["runs"]["train"]["run_id"]]
+    train = report["runs"][e2e["runs"]["train"].run_id]
     assert train["wandb"]["synced_at"] and train["wandb"]["inputs_declared"] == [
         wandb_ref(None, "mnist-lineage", "mnist", e2e["arts"]["dataset"].digest)]
     tree = render_tree(report)
@@ -326,7 +329,7 @@ def test_after_a_sync_the_audit_shows_it_and_the_online_cross_check_agrees(e2e, 
     assert audit_main(ns, backend=fake) == 0
     online = json.loads(capsys.readouterr().out)["wandb_online"]
     model = online["convnet:v0"]
-    assert model["found"] and model["logged_by"] == e2e["runs"]["train"]["run_id"]
-    assert set(model["used_by"]) >= {e2e["runs"][j]["run_id"] for j in ("evaluate", "export-onnx", "validate-onnx")}
+    assert model["found"] and model["logged_by"] == e2e["runs"]["train"].run_id
+    assert set(model["used_by"]) >= {e2e["runs"][j].run_id for j in ("evaluate", "export-onnx", "validate-onnx")}
     assert "missing_input_edges" not in model
     assert [c[0] for c in fake.calls] == ["check"] + ["lookup_artifact"] * len(online)

@@ -4,7 +4,7 @@ from mnist_pipeline import training
 from mnist_pipeline.data import Split
 from mnist_pipeline.metrics import evaluate
 from mnist_pipeline.model import ConvNet, ModelConfig
-from tests.conftest import tiny_digits
+from tests.helpers import tiny_digits
 
 
 def _split(n=400, seed=0):

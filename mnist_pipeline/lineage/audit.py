@@ -4,20 +4,20 @@
 or an artifact reference (`convnet-onnx:v0`, `convnet:production`, `convnet:sha256-0123abcd...`) in the lineage
 store, walks the lineage back to the data (producing runs, their inputs, recursively) and forward (evaluations,
 onnxruntime validation, promotion decisions), and re-hashes every file it can reach. The result is one plain dict
-(the `--json` output); `render_tree`, `render_mermaid`, `render_markdown`, `render_svg` and `render_html` draw it.
+(the `--json` output); `render.py` draws it (tree, Mermaid/Markdown, HTML, SVG).
 
 Pure: it reads the store and the files on disk; no Prefect, no wandb. The W&B cross-check of `audit --online`
-happens in `tracker.py` and comes back here as plain data (`apply_wandb_findings`).
+happens in `sync.py` through the W&B boundary (`wandb_io.py`) and comes back here as plain data
+(`apply_wandb_findings`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mnist_pipeline.lineage.refs import manifest, manifest_digest, sha256_file
@@ -158,7 +158,8 @@ class _Walk:
 
     def _run(self, run_id: str) -> dict:
         if run_id not in self.runs:
-            self.runs[run_id] = self.store.run(run_id) or {"run_id": run_id, "job_type": "?", "status": "missing"}
+            rec = self.store.run(run_id)
+            self.runs[run_id] = asdict(rec) if rec else {"run_id": run_id, "job_type": "?", "status": "missing"}
             edges = self.store.edges(run_id)
             self.used[run_id], self.produced[run_id] = edges["used"], edges["produced"]
         return self.runs[run_id]
@@ -324,10 +325,6 @@ def _summary(rec: ArtifactRecord) -> dict:
     return out
 
 
-def _aliases(store: LineageStore, artifact_id: int) -> list[dict]:
-    with store.reader() as con:
-        return [dict(r) for r in con.execute("SELECT alias, set_at FROM aliases WHERE artifact_id = ?"
-                                             " ORDER BY alias", (artifact_id,))]
 
 
 def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict]) -> dict:
@@ -428,7 +425,7 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
             "wandb_alias": f"sha256-{rec.digest[:16]}", "path": rec.path, "role": w.roles[aid],
             "producer_run_id": rec.producer_run_id, "producers": store.producers(aid),
             "consumers": store.consumers(aid), "created_at": rec.created_at, "files": files, "raw_files": raw,
-            "summary": _summary(rec), "aliases": _aliases(store, aid), "metadata": rec.metadata,
+            "summary": _summary(rec), "aliases": store.aliases_of(aid), "metadata": rec.metadata,
             "status": "tampered" if any(c["status"] in FAILED for c in checks) else "ok",
         }
     report["artifacts"] = by_label
@@ -441,15 +438,13 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
                             for r in w.downstream_runs]
     for aid in sorted(w.arts):
         for p in store.promotions(aid):
-            report["promotions"].append({**p, "artifact": label(w.arts[aid]), "role": "decision about it"})
-    with store.reader() as con:  # decisions where one of these models was the production model compared against
-        ids = tuple(w.arts)
-        rows = con.execute(f"SELECT * FROM promotions WHERE production_artifact_id IN ({','.join('?' * len(ids))})"
-                           " AND artifact_id != production_artifact_id ORDER BY promotion_id", ids).fetchall()
-    for r in rows:
-        cand = store.artifact(r["artifact_id"])
-        report["promotions"].append({**dict(r), "artifact": label(cand),
-                                     "role": f"compared against {label(w.arts[r['production_artifact_id']])}"})
+            report["promotions"].append({**asdict(p), "artifact": label(w.arts[aid]), "role": "decision about it"})
+    # decisions where one of these models was the production model compared against
+    for p in store.promotions(production_artifact_ids=list(w.arts)):
+        if p.artifact_id == p.production_artifact_id:
+            continue
+        report["promotions"].append({**asdict(p), "artifact": label(store.artifact(p.artifact_id)),
+                                     "role": f"compared against {label(w.arts[p.production_artifact_id])}"})
     report["checks"] = v.checks
     report["edges"] = _graph_edges(w)
     _finish(report)
@@ -473,7 +468,7 @@ def _finish(report: dict) -> None:
 
 
 def apply_wandb_findings(report: dict, found: dict[str, dict | None]) -> dict:
-    """Fold what W&B says about each artifact (from `tracker.wandb_findings`) into the report.
+    """Fold what W&B says about each artifact (from `sync.wandb_findings`) into the report.
 
     `found[label]` is None when W&B has no such version (an offline run not synced yet: noted, not a failure),
     else {"ref", "version", "aliases", "logged_by", "used_by", "files": {relpath: md5 base64}}. W&B holding
@@ -512,342 +507,3 @@ def apply_wandb_findings(report: dict, found: dict[str, dict | None]) -> dict:
     report["wandb_online"] = online
     _finish(report)
     return report
-
-
-# --------------------------------------------------------------------------------------------- rendering
-
-
-def _short(d: str | None, n: int = 16) -> str:
-    return (d or "?")[:n]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(_fmt(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_fmt(x)}" for k, x in v.items()) + "}"
-    return str(v)
-
-
-def _run_title(run: dict) -> str:
-    when = run.get("finished_at") or run.get("started_at") or ""
-    return f"{run['job_type']} run {run['run_id']} ({run['status']} {when})"
-
-
-def _run_details(run: dict) -> list[str]:
-    out = []
-    wb = run["wandb"]
-    if wb["url"]:
-        out.append(f"W&B run {wb['run_id']}: {wb['url']}")
-    else:
-        synced = f", synced {wb['synced_at']}" if wb["synced_at"] else ", not synced yet"
-        out.append(f"W&B run {wb['run_id']} ({wb['mode']}{synced}): {wb['dir']}")
-    out.append(f"Prefect flow run {run['flow_run_id'] or '-'}")
-    code = run["code"]
-    dirty = {True: "dirty: uncommitted changes", False: "clean", None: "unknown"}[code["git_dirty"]]
-    out.append(f"code git {code['git_commit'] or '(not a git checkout)'} ({dirty}); python {run['python']}; "
-               f"seed {run['seed']}")
-    pk = run["packages"]
-    if pk:
-        out.append("packages " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items()) if v))
-    section = run["config_section"]
-    if section and isinstance(run["config"].get(section), dict):
-        out.append(f"config {section}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in run["config"][section].items()))
-    if run.get("error"):
-        out.append(f"error: {run['error']}")
-    return out
-
-
-def _artifact_title(art: dict) -> str:
-    bad = [f["relpath"] for f in art["files"] if f["status"] in FAILED]
-    state = f"TAMPERED: {', '.join(bad)}" if bad else ("TAMPERED" if art["status"] == "tampered" else
-                                                       f"{len(art['files'])} file(s) ok")
-    return f"{art['label']} ({art['type']}) sha256 {_short(art['digest'])}  [{state}]"
-
-
-def _artifact_details(art: dict, report: dict) -> list[str]:
-    out = []
-    s = art["summary"]
-    if art["type"] == "dataset":
-        m = art["metadata"]
-        out.append(f"source {m.get('source')} ({m.get('source_location')}), slice {m.get('slice')}; "
-                   f"sizes {_fmt(m.get('sizes'))}")
-        for split, counts in (m.get("class_counts") or {}).items():
-            out.append(f"class counts {split} {_fmt(counts)}")
-        for r in art["raw_files"]:
-            out.append(f"raw {r['name']} sha256 {_short(r['sha256'])} {r['size']} B  {r['status']}")
-    elif s:
-        out.append(", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
-    for f in art["files"]:
-        extra = f" (now {_short(f['actual'])})" if f["status"] == "mismatch" else ""
-        out.append(f"file {f['relpath']} sha256 {_short(f['sha256'])} {f['size']} B  {f['status']}{extra}")
-    shown = {str(Path(art["path"]) / f["relpath"]) for f in art["files"]}
-    for c in report["checks"]:
-        if c["artifact"] == art["label"] and c["status"] in FAILED and not (
-                c["kind"] == "artifact-file" and c["path"] in shown):
-            out.append(f"{c['status'].upper()}: {c['path']}: {c['detail']}")
-    if art["aliases"]:
-        out.append("aliases " + ", ".join(f"{a['alias']} (since {a['set_at']})" for a in art["aliases"]))
-    out.append(f"path {art['path']}")
-    return out
-
-
-def _tree_node(node: dict, report: dict, prefix_title: str = "") -> tuple[str, list[str], list]:
-    if "artifact" in node:
-        art = report["artifacts"][node["artifact"]]
-        if node.get("repeat"):
-            return f"{prefix_title}{art['label']} (see above)", [], []
-        children = [_tree_node(r, report, "produced by ") for r in node["produced_by"]]
-        return prefix_title + _artifact_title(art), _artifact_details(art, report), children
-    run = report["runs"][node["run"]]
-    if node.get("repeat"):
-        return f"{prefix_title}{run['job_type']} run {run['run_id']} (see above)", [], []
-    children = [_tree_node(a, report, "used ") for a in node["used"]]
-    return prefix_title + _run_title(run), _run_details(run), children
-
-
-def _draw(node: tuple, prefix: str, last: bool, root: bool, out: list[str]) -> None:
-    title, details, children = node
-    out.append(prefix + ("" if root else ("└─ " if last else "├─ ")) + title)
-    inner = prefix + ("" if root else ("   " if last else "│  "))
-    for d in details:
-        out.append(inner + ("│  " if children else "   ") + d)
-    for i, c in enumerate(children):
-        _draw(c, inner, i == len(children) - 1, False, out)
-
-
-def tree_chain(node: dict) -> list[str]:
-    """The upstream tree's node names in drawing order (`artifact:<label>` / `run:<id>`), for comparing outputs."""
-    if "artifact" in node:
-        return [f"artifact:{node['artifact']}"] + [x for r in node["produced_by"] for x in tree_chain(r)]
-    return [f"run:{node['run']}"] + [x for a in node["used"] for x in tree_chain(a)]
-
-
-def render_tree(report: dict) -> str:
-    out = [f"Audit of {report['query_path'] or report['query']}"]
-    if report["query_sha256"]:
-        out.append(f"  sha256 {report['query_sha256']}")
-    out.append(f"  lineage store {report['lineage_db']}")
-    if report["status"] == "unknown":
-        out += ["", f"UNKNOWN: {report['message']}"]
-        for n in report.get("near_misses") or []:
-            same = "same name and size" if n["same_size"] else "same name"
-            out.append(f"  ({same} as {n['artifact']}/{n['relpath']}, recorded sha256 {_short(n['sha256'])}: "
-                       "this file differs from it)")
-        return "\n".join(out) + "\n"
-    out.append(f"  identified as {', '.join(report['subjects'])} (by {report['identified_by']})")
-    out += ["", "Lineage (back to the data)"]
-    for node in report["upstream"]:
-        _draw(_tree_node(node, report), "", True, True, out)
-    out += ["", "Forward (what was measured and decided about it)"]
-    if not report["downstream"]:
-        out.append("  (no recorded run used it)")
-    for d in report["downstream"]:
-        run = report["runs"][d["run"]]
-        produced = ", ".join(d["produced"]) or "no artifact"
-        out.append(f"  {_run_title(run)}: used {', '.join(d['used'])} -> {produced}")
-        for lab in d["produced"]:
-            art = report["artifacts"][lab]
-            out.append(f"    {_artifact_title(art)}")
-            out += [f"      {line}" for line in _artifact_details(art, report)]
-        if run.get("error"):
-            out.append(f"    error: {run['error']}")
-    out += ["", "Promotions"]
-    if not report["promotions"]:
-        out.append("  (no promotion decision recorded)")
-    for p in report["promotions"]:
-        applied = f"applied in W&B {p['wandb_applied_at']}" if p.get("wandb_applied_at") else "not in W&B yet"
-        out.append(f"  {p['decided_at']} {p['artifact']} {p['decision'].upper()} ({p['role']}): {p['reason']}; "
-                   f"validation {'passed' if p['validation_passed'] else 'failed'}; {applied}")
-    if "wandb_online" in report:
-        out += ["", "W&B (online)"]
-        for lab, e in report["wandb_online"].items():
-            if not e["found"]:
-                out.append(f"  {lab}: {e['note']}")
-            else:
-                miss = f"; input edges missing in W&B: {', '.join(e['missing_input_edges'])}" \
-                    if e.get("missing_input_edges") else ""
-                out.append(f"  {lab}: {e['ref']} = W&B {e['version']} logged by {e['logged_by']}, used by "
-                           f"{', '.join(e['used_by'] or []) or 'no run'}{miss}")
-    checks = report["checks"]
-    counts: dict[str, dict[str, int]] = {}
-    for c in checks:
-        counts.setdefault(c["kind"], {}).setdefault(c["status"], 0)
-        counts[c["kind"]][c["status"]] += 1
-    out += ["", "Verification"]
-    for kind, st in counts.items():
-        out.append(f"  {kind}: " + ", ".join(f"{n} {s}" for s, n in sorted(st.items())))
-    for c in report["failures"]:
-        out.append(f"  {c['status'].upper()} {c['path']}: {c['detail']}")
-    out += ["", report["message"]]
-    return "\n".join(out) + "\n"
-
-
-def _node_ids(report: dict) -> dict[str, str]:
-    ids = {}
-    for i, lab in enumerate(report["artifacts"]):
-        ids[f"artifact:{lab}"] = f"a{i}"
-    for i, run_id in enumerate(report["runs"]):
-        ids[f"run:{run_id}"] = f"r{i}"
-    return ids
-
-
-def _node_text(report: dict, key: str) -> tuple[str, str]:
-    kind, _, name = key.partition(":")
-    if kind == "artifact":
-        a = report["artifacts"][name]
-        return a["label"], f"{a['type']} · {_short(a['digest'], 12)}"
-    r = report["runs"][name]
-    return r["job_type"], f"run {r['run_id']}"
-
-
-def render_mermaid(report: dict) -> str:
-    """A Mermaid flowchart of the lineage: artifact versions as slanted boxes, runs as rounded ones; the audited
-    artifact in bold, anything that failed verification in red."""
-    ids = _node_ids(report)
-    lines = ["flowchart LR"]
-    for key, nid in ids.items():
-        top, sub = (html.escape(t, quote=True) for t in _node_text(report, key))
-        text = f"{top}<br/>{sub}"
-        lines.append(f'    {nid}[/"{text}"/]' if key.startswith("artifact:") else f'    {nid}("{text}")')
-    for src, dst in report["edges"]:
-        lines.append(f"    {ids[src]} --> {ids[dst]}")
-    lines += ["    classDef subject stroke-width:4px,stroke:#1a5fb4",
-              "    classDef tampered fill:#f8d0d0,stroke:#c01c28,stroke-width:3px",
-              "    classDef run fill:#eeeeee,stroke:#777777"]
-    runs = [ids[f"run:{r}"] for r in report["runs"]]
-    if runs:
-        lines.append(f"    class {','.join(runs)} run")
-    subj = [ids[f"artifact:{s}"] for s in report["subjects"]]
-    if subj:
-        lines.append(f"    class {','.join(subj)} subject")
-    bad = [ids[f"artifact:{lab}"] for lab, a in report["artifacts"].items() if a["status"] == "tampered"]
-    if bad:
-        lines.append(f"    class {','.join(bad)} tampered")
-    return "\n".join(lines) + "\n"
-
-
-def _layout(report: dict) -> dict[str, tuple[int, int]]:
-    """Column = longest path from a root, row = order within the column."""
-    nodes = list(_node_ids(report))
-    preds: dict[str, list[str]] = {n: [] for n in nodes}
-    for s, d in report["edges"]:
-        preds[d].append(s)
-    rank: dict[str, int] = {}
-
-    def r(n: str, stack: frozenset = frozenset()) -> int:
-        if n not in rank:
-            rank[n] = 0 if not preds[n] or n in stack else 1 + max(r(p, stack | {n}) for p in preds[n])
-        return rank[n]
-
-    rows: dict[int, int] = {}
-    pos = {}
-    for n in nodes:
-        c = r(n)
-        pos[n] = (c, rows.get(c, 0))
-        rows[c] = rows.get(c, 0) + 1
-    return pos
-
-
-def render_svg(report: dict) -> str:
-    """The lineage graph as a self-contained SVG (no script, no network): open it in any browser."""
-    pos = _layout(report)
-    w_box, h_box, dx, dy, pad = 210, 46, 260, 76, 20
-    cols = max((c for c, _ in pos.values()), default=0) + 1
-    rows = max((r for _, r in pos.values()), default=0) + 1
-    long_edges = [e for e in report["edges"] if pos[e[1]][0] - pos[e[0]][0] > 1]
-    lanes_top = pad + (rows - 1) * dy + h_box + 18  # edges that skip columns run below the boxes
-    width = pad * 2 + (cols - 1) * dx + w_box
-    height = lanes_top + 10 * len(long_edges) + 34
-    subj = {f"artifact:{s}" for s in report["subjects"]}
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-           f"<title>Lineage of {html.escape(', '.join(report['subjects']))}</title>",
-           '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
-           'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>']
-
-    def xy(n):
-        c, r = pos[n]
-        return pad + c * dx, pad + r * dy
-
-    for s, d in report["edges"]:
-        (x1, y1), (x2, y2) = xy(s), xy(d)
-        if [s, d] in long_edges:
-            lane = lanes_top + 10 * long_edges.index([s, d])
-            out.append(f'<path d="M {x1 + w_box / 2} {y1 + h_box} L {x1 + w_box / 2} {lane} L {x2 + w_box / 2} '
-                       f'{lane} L {x2 + w_box / 2} {y2 + h_box}" fill="none" stroke="#888" stroke-dasharray="4 3" '
-                       'marker-end="url(#arrow)"/>')
-            continue
-        out.append(f'<path d="M {x1 + w_box} {y1 + h_box / 2} C {x1 + w_box + 25} {y1 + h_box / 2}, '
-                   f'{x2 - 25} {y2 + h_box / 2}, {x2} {y2 + h_box / 2}" fill="none" stroke="#555" '
-                   'marker-end="url(#arrow)"/>')
-    for n in pos:
-        x, y = xy(n)
-        top, sub = _node_text(report, n)
-        is_art = n.startswith("artifact:")
-        bad = is_art and report["artifacts"][n.split(":", 1)[1]]["status"] == "tampered"
-        fill = "#f8d0d0" if bad else ("#dbe8f7" if is_art else "#eeeeee")
-        stroke = "#c01c28" if bad else ("#1a5fb4" if n in subj else "#777777")
-        sw = 3 if (bad or n in subj) else 1
-        rx = 4 if is_art else 16
-        out.append(f'<g><rect x="{x}" y="{y}" width="{w_box}" height="{h_box}" rx="{rx}" fill="{fill}" '
-                   f'stroke="{stroke}" stroke-width="{sw}"/>'
-                   f'<text x="{x + w_box / 2}" y="{y + 19}" text-anchor="middle" font-weight="bold">'
-                   f"{html.escape(top)}</text>"
-                   f'<text x="{x + w_box / 2}" y="{y + 36}" text-anchor="middle">{html.escape(sub)}</text></g>')
-    verdict_color = {"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555")
-    out.append(f'<text x="{pad}" y="{height - 10}" fill="{verdict_color}" font-weight="bold">'
-               f"{html.escape(report['message'])}</text>")
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
-
-
-def _check_rows(report: dict) -> list[tuple]:
-    return [(c["status"], c["kind"], c["artifact"] or "", c["path"], c["detail"]) for c in report["checks"]]
-
-
-def render_markdown(report: dict) -> str:
-    out = [f"# Provenance audit: {', '.join(report['subjects']) or report['query']}", "",
-           f"**{report['message']}** (exit {report['exit_code']})", ""]
-    if report["status"] != "unknown":
-        out += ["## Lineage graph", "", "```mermaid", render_mermaid(report).rstrip(), "```", ""]
-    out += ["## Audit", "", "```text", render_tree(report).rstrip(), "```", ""]
-    if report["checks"]:
-        out += ["## Digests re-checked", "", "| status | kind | artifact | file | detail |", "|---|---|---|---|---|"]
-        out += [f"| {s} | {k} | {a} | `{p}` | {d.replace('|', '/')} |" for s, k, a, p, d in _check_rows(report)]
-    return "\n".join(out) + "\n"
-
-
-def render_html(report: dict) -> str:
-    """One self-contained HTML page: the SVG graph, the tree and the table of re-checked digests."""
-    title = html.escape(f"Provenance audit: {', '.join(report['subjects']) or report['query']}")
-    color = {"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555")
-    rows = "".join(f"<tr><td>{html.escape(s)}</td><td>{html.escape(k)}</td><td>{html.escape(a)}</td>"
-                   f"<td><code>{html.escape(p)}</code></td><td>{html.escape(d)}</td></tr>"
-                   for s, k, a, p, d in _check_rows(report))
-    graph = render_svg(report) if report["status"] != "unknown" else ""
-    mermaid = (f"<details><summary>Mermaid source</summary><pre>{html.escape(render_mermaid(report))}</pre>"
-               "</details>") if report["status"] != "unknown" else ""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>"
-            "body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em;overflow:auto}"
-            "table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-            f"</style></head><body>\n<h1>{title}</h1>\n"
-            f"<p style=\"color:{color};font-weight:bold\">{html.escape(report['message'])} "
-            f"(exit {report['exit_code']})</p>\n{graph}{mermaid}\n"
-            f"<h2>Audit</h2>\n<pre>{html.escape(render_tree(report))}</pre>\n"
-            "<h2>Digests re-checked</h2>\n<table><tr><th>status</th><th>kind</th><th>artifact</th><th>file</th>"
-            f"<th>detail</th></tr>{rows}</table>\n</body></html>\n")
-
-
-def write_report(report: dict, path: Path) -> Path:
-    """`.md` (Mermaid + tree), `.html` (SVG + tree, self-contained) or `.svg` (the graph alone)."""
-    path = Path(path)
-    renderers = {".md": render_markdown, ".markdown": render_markdown, ".html": render_html, ".htm": render_html,
-                 ".svg": render_svg}
-    if path.suffix.lower() not in renderers:
-        raise AuditError(f"{path}: report must end in .md, .html or .svg")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(renderers[path.suffix.lower()](report), encoding="utf-8")
-    return path

@@ -1,10 +1,53 @@
-"""Retrain-only-if-changed and the promotion gate, read from the lineage store (no Prefect, no W&B)."""
+"""The pipeline's rules: retrain only if something changed, and the promotion gate (no Prefect, no W&B, no SQL).
+
+`decide` is the gate as a pure decision table; `promote` applies it inside the store's promotion transaction.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.lineage.store import Decision, LineageStore, PromotionRecord
+
+
+def decide(*, candidate_id: int, accuracy: float | None, validation_passed: bool, production_id: int | None,
+           production_accuracy: float | None, margin: float) -> Decision:
+    """The promotion gate, first matching row wins:
+
+    | validation | candidate accuracy | production                         | decision  |
+    |------------|--------------------|------------------------------------|-----------|
+    | failed     | any                | any                                | candidate |
+    | passed     | none recorded      | any                                | candidate |
+    | passed     | any                | is this very model                 | promoted  |
+    | passed     | any                | none                               | promoted  |
+    | passed     | a                  | no accuracy recorded, or a >= p+m  | promoted  |
+    | passed     | a < p + margin     | p                                  | candidate |
+    """
+    if not validation_passed:
+        return Decision("candidate", "onnxruntime validation did not pass", production_accuracy)
+    if accuracy is None:
+        return Decision("candidate", "no test accuracy recorded", production_accuracy)
+    if production_id == candidate_id:
+        return Decision("promoted", "already the production model", production_accuracy)
+    if production_id is None:
+        return Decision("promoted", "first validated model")
+    if production_accuracy is None or accuracy >= production_accuracy + margin:
+        shown = production_accuracy if production_accuracy is not None else float("nan")
+        return Decision("promoted", f"accuracy {accuracy:.4f} >= production {shown:.4f} + margin {margin:.4f}",
+                        production_accuracy)
+    return Decision("candidate", f"accuracy {accuracy:.4f} < production {production_accuracy:.4f} + margin "
+                                 f"{margin:.4f}", production_accuracy)
+
+
+def promote(store: LineageStore, model_id: int, *, accuracy: float | None, validation_passed: bool, margin: float,
+            flow_run_id: str | None) -> PromotionRecord:
+    """Decide about model `model_id` against the current production model, in one store transaction."""
+    def gate(production_id: int | None) -> Decision:
+        prod_acc = accuracy_of(store, production_id) if production_id is not None else None
+        return decide(candidate_id=model_id, accuracy=accuracy, validation_passed=validation_passed,
+                      production_id=production_id, production_accuracy=prod_acc, margin=margin)
+    return store.record_promotion(model_id, gate, accuracy=accuracy, validation_passed=validation_passed,
+                                  margin=margin, flow_run_id=flow_run_id)
 
 
 @dataclass(frozen=True)
@@ -40,7 +83,7 @@ def accuracy_of(store: LineageStore, model_artifact_id: int) -> float | None:
     latest = None
     for run_id in store.consumers(model_artifact_id):
         run = store.run(run_id)
-        if run["job_type"] != "evaluate" or run["status"] != "finished":
+        if run is None or run.job_type != "evaluate" or run.status != "finished":
             continue
         for art in store.edges(run_id)["produced"]:
             if art.type == "metrics":

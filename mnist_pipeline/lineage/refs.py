@@ -27,10 +27,25 @@ class ArtifactRef(BaseModel):
     @property
     def alias(self) -> str:
         """The W&B alias that pins this exact content (versions are assigned by the server, digests are ours)."""
-        return f"sha256-{self.digest[:16]}"
+        return digest_alias(self.digest)
 
     def file(self, relpath: str) -> Path:
         return Path(self.path) / relpath
+
+
+def digest_alias(digest: str) -> str:
+    """`sha256-<digest[:16]>`: the W&B alias under which an artifact version with this digest is logged."""
+    return f"sha256-{digest[:16]}"
+
+
+def wandb_path(entity: str | None, project: str, tail: str) -> str:
+    """`[entity/]project/tail`: a W&B run or artifact path (no entity: the API key's default entity)."""
+    return f"{entity}/{project}/{tail}" if entity else f"{project}/{tail}"
+
+
+def wandb_ref(entity: str | None, project: str, name: str, digest: str) -> str:
+    """The W&B path of one exact artifact version: `[entity/]project/name:sha256-<digest[:16]>`."""
+    return wandb_path(entity, project, f"{name}:{digest_alias(digest)}")
 
 
 def sha256_file(path: Path) -> str:

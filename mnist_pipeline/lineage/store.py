@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -132,6 +133,72 @@ class NewArtifact:
     files: tuple[FileRecord, ...]
 
 
+@dataclass(frozen=True)
+class RunRecord:
+    """One stage run: its job type, status, W&B whereabouts, the config and environment it ran with."""
+
+    run_id: str
+    job_type: str
+    status: Literal["running", "finished", "failed"]
+    flow_run_id: str | None
+    run_group: str | None
+    wandb_mode: str | None
+    wandb_url: str | None
+    wandb_dir: str | None
+    wandb_project: str | None
+    wandb_entity: str | None
+    config: dict
+    env: dict
+    summary: dict
+    started_at: str
+    finished_at: str | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> RunRecord:
+        d = dict(row)
+        for k in ("config_json", "env_json", "summary_json"):
+            d[k.removesuffix("_json")] = json.loads(d.pop(k))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the promotion gate decided about a candidate (see `promotion.decide`)."""
+
+    decision: Literal["promoted", "candidate"]
+    reason: str
+    production_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    """One promotion decision as recorded (a row of `promotions`)."""
+
+    promotion_id: int
+    artifact_id: int
+    decision: Literal["promoted", "candidate"]
+    reason: str
+    candidate_accuracy: float | None
+    validation_passed: bool
+    production_artifact_id: int | None
+    production_accuracy: float | None
+    margin: float
+    flow_run_id: str | None
+    decided_at: str
+    wandb_applied_at: str | None = field(default=None)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
+        d = dict(row)
+        d["validation_passed"] = bool(d["validation_passed"])
+        return cls(**d)
+
+    @property
+    def aliases(self) -> list[str]:
+        return ["candidate"] + (["production"] if self.decision == "promoted" else [])
+
+
 class LineageStore:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -244,47 +311,29 @@ class LineageStore:
                                  "finishing the run (killed or crashed)", run_id))
         return list(dead)
 
-    def decide_promotion(self, artifact_id: int, *, accuracy: float | None, validation_passed: bool,
-                         margin: float, flow_run_id: str | None, accuracy_of=None) -> dict:
-        """Alias a model `candidate`, and `production` if it validated and beats production by `margin`.
+    def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Decision], *, accuracy: float | None,
+                         validation_passed: bool, margin: float, flow_run_id: str | None) -> PromotionRecord:
+        """Alias a model `candidate`, and `production` if `gate(current production artifact id)` says so.
 
-        One BEGIN IMMEDIATE transaction reads the current production model and moves the alias, so of two
-        flow runs racing to promote, the second sees the first one's winner: never two winners.
-        `accuracy_of(artifact_id)` gives the current production model's accuracy (from its metrics).
-        """
+        One BEGIN IMMEDIATE transaction reads the current production model, asks the gate, moves the aliases and
+        records the decision: of two flow runs racing to promote, the second sees the first one's winner."""
         with self.transaction() as con:
             name = con.execute("SELECT name FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()[0]
             row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = 'production'",
                               (name,)).fetchone()
-            prod_id = row[0] if row else None
-            prod_acc = accuracy_of(prod_id) if (prod_id is not None and accuracy_of) else None
-            if not validation_passed:
-                decision, reason = "candidate", "onnxruntime validation did not pass"
-            elif accuracy is None:
-                decision, reason = "candidate", "no test accuracy recorded"
-            elif prod_id == artifact_id:
-                decision, reason = "promoted", "already the production model"
-            elif prod_id is None:
-                decision, reason = "promoted", "first validated model"
-            elif prod_acc is None or accuracy >= prod_acc + margin:
-                decision = "promoted"
-                reason = f"accuracy {accuracy:.4f} >= production {prod_acc if prod_acc is not None else float('nan'):.4f} + margin {margin:.4f}"
-            else:
-                decision = "candidate"
-                reason = f"accuracy {accuracy:.4f} < production {prod_acc:.4f} + margin {margin:.4f}"
+            decision = gate(row[0] if row else None)
             ts = now()
             con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'candidate', ?, ?)", (name, artifact_id, ts))
-            if decision == "promoted":
+            if decision.decision == "promoted":
                 con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'production', ?, ?)", (name, artifact_id, ts))
             cur = con.execute(
                 "INSERT INTO promotions (artifact_id, decision, reason, candidate_accuracy, validation_passed,"
                 " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (artifact_id, decision, reason, accuracy, int(validation_passed), prod_id, prod_acc, margin,
-                 flow_run_id, ts))
-            return {"promotion_id": cur.lastrowid, "artifact_id": artifact_id, "decision": decision,
-                    "reason": reason, "candidate_accuracy": accuracy, "production_artifact_id": prod_id,
-                    "production_accuracy": prod_acc, "margin": margin, "validation_passed": validation_passed}
+                (artifact_id, decision.decision, decision.reason, accuracy, int(validation_passed),
+                 row[0] if row else None, decision.production_accuracy, margin, flow_run_id, ts))
+            return PromotionRecord.from_row(con.execute("SELECT * FROM promotions WHERE promotion_id = ?",
+                                                        (cur.lastrowid,)).fetchone())
 
     def mark_promotion_applied(self, promotion_id: int) -> None:
         with self.transaction() as con:
@@ -297,11 +346,26 @@ class LineageStore:
             row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
             return self._artifact(con, row[0]) if row else None
 
-    def promotions(self, artifact_id: int | None = None) -> list[dict]:
+    def promotions(self, artifact_id: int | None = None, *, production_artifact_ids: list[int] | None = None
+                   ) -> list[PromotionRecord]:
+        """Decisions about `artifact_id` (default: all), or those that compared against one of
+        `production_artifact_ids` as the production model."""
         with self.reader() as con:
-            q = "SELECT * FROM promotions" + (" WHERE artifact_id = ?" if artifact_id is not None else "")
-            return [dict(r) for r in con.execute(q + " ORDER BY promotion_id",
-                                                 (artifact_id,) if artifact_id is not None else ())]
+            if production_artifact_ids is not None:
+                q = (f"SELECT * FROM promotions WHERE production_artifact_id IN "
+                     f"({','.join('?' * len(production_artifact_ids))})")
+                args: tuple = tuple(production_artifact_ids)
+            elif artifact_id is not None:
+                q, args = "SELECT * FROM promotions WHERE artifact_id = ?", (artifact_id,)
+            else:
+                q, args = "SELECT * FROM promotions", ()
+            return [PromotionRecord.from_row(r) for r in con.execute(q + " ORDER BY promotion_id", args)]
+
+    def aliases_of(self, artifact_id: int) -> list[dict]:
+        """The aliases an artifact version holds now, with when each was set."""
+        with self.reader() as con:
+            return [dict(r) for r in con.execute("SELECT alias, set_at FROM aliases WHERE artifact_id = ?"
+                                                 " ORDER BY alias", (artifact_id,))]
 
     def _artifact(self, con: sqlite3.Connection, artifact_id: int) -> ArtifactRecord:
         r = con.execute("SELECT * FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()
@@ -327,21 +391,15 @@ class LineageStore:
             q = "SELECT artifact_id FROM artifacts" + (" WHERE type = ?" if type else "") + " ORDER BY artifact_id"
             return [self._artifact(con, r[0]) for r in con.execute(q, (type,) if type else ())]
 
-    def run(self, run_id: str) -> dict | None:
+    def run(self, run_id: str) -> RunRecord | None:
         with self.reader() as con:
             r = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            if r is None:
-                return None
-            d = dict(r)
-            for k in ("config_json", "env_json", "summary_json"):
-                d[k.removesuffix("_json")] = json.loads(d.pop(k))
-            return d
+            return RunRecord.from_row(r) if r is not None else None
 
-    def runs(self, flow_run_id: str | None = None) -> list[dict]:
+    def runs(self, flow_run_id: str | None = None) -> list[RunRecord]:
         with self.reader() as con:
-            q = "SELECT run_id FROM runs" + (" WHERE flow_run_id = ?" if flow_run_id else "") + " ORDER BY started_at"
-            ids = [r[0] for r in con.execute(q, (flow_run_id,) if flow_run_id else ())]
-        return [self.run(i) for i in ids]
+            q = "SELECT * FROM runs" + (" WHERE flow_run_id = ?" if flow_run_id else "") + " ORDER BY started_at"
+            return [RunRecord.from_row(r) for r in con.execute(q, (flow_run_id,) if flow_run_id else ())]
 
     def edges(self, run_id: str) -> dict[str, list[ArtifactRecord]]:
         with self.reader() as con:

@@ -1,8 +1,8 @@
 """`mnist-pipeline sync` and `audit --online`: what to send to W&B, and sending it through a backend.
 
 The plan comes from the lineage store and the offline run folders alone (no network); `run_sync` carries it out
-through a backend with `WandbClient`'s interface (tracker.py, the module that talks to W&B) or `RecordingWandb`
-(here: records the calls in order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What
+through a `WandbBackend`: `wandb_io.WandbClient` (the real W&B) or `recording.RecordingWandb` (records the calls in
+order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What
 has been done is kept in the store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing:
 re-running `wandb sync` on an uploaded run would duplicate its artifact versions (wandb issue #3962).
 """
@@ -11,93 +11,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.tracker import _run_path, offline_records, offline_run_file, synced_marker, wandb_ref
-
-
-class RecordingWandb:
-    """Records, in order, every call that `sync` or `audit --online` would send, and answers from an in-memory
-    W&B: the runs it holds, each run's declared inputs, artifact versions with their aliases. An upload reads
-    the offline run file to learn which artifact versions (and aliases) it would create, as the real one does.
-    `fail={"upload": RuntimeError(...)}` makes a method raise, to rehearse partial failures."""
-
-    def __init__(self, entity: str = "(default entity)", *, runs=(), inputs: dict | None = None,
-                 artifacts: dict | None = None, fail: dict | None = None):
-        self.entity = entity
-        self.calls: list[tuple] = []
-        self.runs: set[str] = set(runs)  # run ids
-        self.inputs: dict[str, set[str]] = {k: set(v) for k, v in (inputs or {}).items()}
-        self.artifacts: dict[str, dict] = dict(artifacts or {})  # "name:sha256-…" -> lookup_artifact's answer
-        self.fail = dict(fail or {})
-
-    def _call(self, *call):
-        self.calls.append(call)
-        if call[0] in self.fail:
-            raise self.fail[call[0]]
-
-    @staticmethod
-    def _key(ref: str) -> str:
-        return ref.rsplit("/", 1)[-1]
-
-    def check(self) -> str:
-        self._call("check")
-        return self.entity
-
-    def run_exists(self, entity, project, run_id) -> bool:
-        self._call("run_exists", _run_path(entity, project, run_id))
-        return run_id in self.runs
-
-    def upload(self, run_dir, entity, project, run_id) -> str | None:
-        self._call("upload", str(run_dir), entity, project)
-        self.runs.add(run_id)
-        run_file = offline_run_file(Path(run_dir))
-        if run_file is not None:
-            for rec in offline_records(run_file):
-                if rec.WhichOneof("record_type") == "artifact" and rec.artifact.type != "run_table":
-                    for alias in rec.artifact.aliases:
-                        if alias.startswith("sha256-"):
-                            self.artifacts.setdefault(f"{rec.artifact.name}:{alias}", {
-                                "version": f"v{len(self.artifacts)}", "aliases": list(rec.artifact.aliases),
-                                "logged_by": run_id, "used_by": [], "files": {}})
-        return None
-
-    def run_inputs(self, entity, project, run_id) -> set[str]:
-        self._call("run_inputs", _run_path(entity, project, run_id))
-        return set(self.inputs.get(run_id, set()))
-
-    def declare_inputs(self, entity, project, run_id, refs) -> None:
-        self._call("declare_inputs", _run_path(entity, project, run_id), tuple(refs))
-        self.inputs.setdefault(run_id, set()).update(self._key(r) for r in refs)
-        for r in refs:
-            art = self.artifacts.get(self._key(r))
-            if art is not None and run_id not in art["used_by"]:
-                art["used_by"].append(run_id)
-
-    def add_aliases(self, ref, aliases) -> list[str]:
-        self._call("add_aliases", ref, tuple(aliases))
-        art = self.artifacts.get(self._key(ref))
-        if art is None:
-            raise ValueError(f"artifact {ref} not found")
-        missing = [a for a in aliases if a not in art["aliases"]]
-        for a in missing:  # an alias names one version per collection: it moves
-            name = self._key(ref).split(":")[0]
-            for key, other in self.artifacts.items():
-                if key.split(":")[0] == name and a in other["aliases"]:
-                    other["aliases"].remove(a)
-            art["aliases"].append(a)
-        return missing
-
-    def lookup_artifact(self, ref) -> dict | None:
-        self._call("lookup_artifact", ref)
-        art = self.artifacts.get(self._key(ref))
-        return None if art is None else {"ref": ref, **art}
+from mnist_pipeline.lineage.refs import wandb_ref
+from mnist_pipeline.lineage.store import LineageStore, RunRecord
+from mnist_pipeline.lineage.wandb_io import synced_marker
 
 
-def find_offline_dir(run: dict, search_dirs: Sequence[Path] = ()) -> Path | None:
+class WandbBackend(Protocol):
+    """What `sync` and `audit --online` ask of W&B. `wandb_io.WandbClient` is the real one; `recording.RecordingWandb`
+    records the calls and answers from an in-memory W&B (`sync --dry-run`, tests)."""
+
+    def check(self) -> str: ...  # the entity to use when a run names none; raises WandbUnavailable
+    def run_exists(self, entity: str | None, project: str, run_id: str) -> bool: ...
+    def upload(self, run_dir: Path, entity: str | None, project: str, run_id: str) -> str | None: ...
+    def run_inputs(self, entity: str | None, project: str, run_id: str) -> set[str]: ...
+    def declare_inputs(self, entity: str | None, project: str, run_id: str, refs: list[str]) -> None: ...
+    def add_aliases(self, ref: str, aliases: list[str]) -> list[str]: ...
+    def lookup_artifact(self, ref: str) -> dict | None: ...
+
+
+def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path | None:
     """The `offline-run-*-<id>` folder of a recorded run: where it was recorded, else under `search_dirs`."""
-    rid = run["run_id"]
-    candidates = [Path(run["wandb_dir"])] if run.get("wandb_dir") else []
+    rid = run.run_id
+    candidates = [Path(run.wandb_dir)] if run.wandb_dir else []
     for base in map(Path, search_dirs):
         candidates.append(base)
         candidates += sorted(base.glob(f"offline-run-*-{rid}")) + sorted(base.glob(f"wandb/offline-run-*-{rid}"))
@@ -111,35 +48,35 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
     uploaded = {r for r, a, _ in done if a == "upload"}
     runs = []
     for run in store.runs():
-        rid = run["run_id"]
+        rid = run.run_id
         if run_ids and rid not in run_ids:
             continue
-        entry = {"run_id": rid, "job_type": run["job_type"], "status": run["status"], "mode": run["wandb_mode"],
-                 "project": run["wandb_project"], "entity": run["wandb_entity"], "run_dir": None, "actions": [],
+        entry = {"run_id": rid, "job_type": run.job_type, "status": run.status, "mode": run.wandb_mode,
+                 "project": run.wandb_project, "entity": run.wandb_entity, "run_dir": None, "actions": [],
                  "note": ""}
         runs.append(entry)
-        if run["wandb_mode"] == "online":
+        if run.wandb_mode == "online":
             entry["note"] = "recorded online: W&B has it and its inputs already"
             continue
-        if run["wandb_mode"] not in ("offline", None):
-            entry["note"] = f"W&B mode was {run['wandb_mode']}: nothing to upload"
+        if run.wandb_mode not in ("offline", None):
+            entry["note"] = f"W&B mode was {run.wandb_mode}: nothing to upload"
             continue
-        if run["status"] == "running":
+        if run.status == "running":
             entry["note"] = "still running: sync it once it has finished"
             continue
         d = find_offline_dir(run, search_dirs)
         entry["run_dir"] = str(d) if d else None
-        up = {"action": "upload", "ref": str(d) if d else (run["wandb_dir"] or ""), "status": "pending", "detail": ""}
+        up = {"action": "upload", "ref": str(d) if d else (run.wandb_dir or ""), "status": "pending", "detail": ""}
         if rid in uploaded:
             row = next(v for (r, a, _), v in done.items() if r == rid and a == "upload")
             up.update(status="done", ref=row["ref"], detail=f"uploaded {row['done_at']}")
         elif d is None:
-            up.update(status="missing", detail=f"offline run folder not found (recorded at {run['wandb_dir']})")
+            up.update(status="missing", detail=f"offline run folder not found (recorded at {run.wandb_dir})")
         elif synced_marker(d).exists():
             up.update(marker=True, detail="already uploaded by `wandb sync` (its .synced marker)")
         entry["actions"].append(up)
         for u in store.edges(rid)["used"]:
-            ref = wandb_ref(run["wandb_entity"], run["wandb_project"], u.name, u.digest)
+            ref = wandb_ref(run.wandb_entity, run.wandb_project, u.name, u.digest)
             row = done.get((rid, "use", ref))
             entry["actions"].append({"action": "use", "ref": ref, "artifact": f"{u.name}:v{u.version}",
                                      "producer_run_id": u.producer_run_id,
@@ -147,21 +84,22 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (), run_ids:
                                      "detail": f"declared {row['done_at']}" if row else ""})
     promotions = []
     for p in store.promotions():
-        if p["wandb_applied_at"] is not None:
+        if p.wandb_applied_at is not None:
             continue
-        art = store.artifact(p["artifact_id"])
-        producer = store.run(art.producer_run_id) or {}
+        art = store.artifact(p.artifact_id)
+        producer = store.run(art.producer_run_id)
         if run_ids and art.producer_run_id not in run_ids:
             continue
         promotions.append({
-            "promotion_id": p["promotion_id"], "artifact": f"{art.name}:v{art.version}", "decision": p["decision"],
-            "ref": wandb_ref(producer.get("wandb_entity"), producer.get("wandb_project") or "", art.name, art.digest),
-            "aliases": ["candidate"] + (["production"] if p["decision"] == "promoted" else []),
+            "promotion_id": p.promotion_id, "artifact": f"{art.name}:v{art.version}", "decision": p.decision,
+            "ref": wandb_ref(producer.wandb_entity if producer else None,
+                             (producer.wandb_project if producer else None) or "", art.name, art.digest),
+            "aliases": p.aliases,
             "producer_run_id": art.producer_run_id, "status": "pending", "detail": ""})
     return {"runs": runs, "promotions": promotions}
 
 
-def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False, entity: str | None = None) -> dict:
+def run_sync(store: LineageStore, plan: dict, backend: WandbBackend, *, dry_run: bool = False, entity: str | None = None) -> dict:
     """Carry out `plan` through `backend`, in order: check, uploads, input edges (per run), promotions.
 
     The check comes first and raises WandbUnavailable before anything is sent or written. Each finished step
@@ -169,7 +107,7 @@ def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False,
     repeated one sends nothing. A step that fails is reported and the steps that depend on it are 'blocked'.
     `entity`: the answer of a `backend.check()` the caller already made (the check is then not repeated)."""
     entity = entity or backend.check()
-    online = {r["run_id"] for r in store.runs() if r["wandb_mode"] == "online"}
+    online = {r.run_id for r in store.runs() if r.wandb_mode == "online"}
     uploaded = {r["run_id"] for r in store.sync_log() if r["action"] == "upload"} | online
 
     def record(*args):
@@ -247,7 +185,7 @@ def run_sync(store: LineageStore, plan: dict, backend, *, dry_run: bool = False,
             "ok": not any(s in ("failed", "blocked", "missing") for s in statuses)}
 
 
-def wandb_findings(report: dict, backend) -> dict[str, dict | None]:
+def wandb_findings(report: dict, backend: WandbBackend) -> dict[str, dict | None]:
     """What W&B holds for each artifact version of an audit report (None where it holds nothing)."""
     backend.check()
     out = {}

@@ -1,0 +1,178 @@
+"""The stage lifecycle: one pipeline stage is one W&B run and one run of the lineage store.
+
+`with open_stage(cfg, "train", flow_run_id) as stage:` starts both. Inside, `stage.use(ref)` declares an input
+(checked against its recorded sha256s), `stage.produce(...)` queues an output staged under `stage.staging(name)`.
+On success the outputs are moved into place (fsync, then rename), logged as W&B Artifacts and committed to the
+store with their edges in one transaction. On failure nothing is produced, the run is recorded as failed with the
+inputs it had declared, and the W&B run is finished with exit code 1. W&B is reached only through
+`wandb_io.StageRun`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage import wandb_io
+from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
+from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
+from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
+
+log = logging.getLogger(__name__)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe_name(kind: str, value: str) -> str:
+    """Artifact names and types become folder names under artifacts_dir: one plain path component only."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"artifact {kind} {value!r} is not a plain name ([A-Za-z0-9._-], no '/' or '..'): it "
+                         "would not stay inside artifacts_dir")
+    return value
+
+
+def _inside(path: Path, root: Path, what: str) -> Path:
+    real = Path(path).resolve()
+    if not real.is_relative_to(Path(root).resolve()):
+        raise ValueError(f"{what} {str(path)!r} resolves outside {str(root)!r}")
+    return real
+
+
+class Stage:
+    def __init__(self, cfg: PipelineConfig, job_type: str, flow_run_id: str | None, store: LineageStore,
+                 wb: wandb_io.StageRun):
+        self.cfg, self.job_type, self.flow_run_id = cfg, job_type, flow_run_id
+        self.store, self.wandb, self.run_id = store, wb, wb.run_id
+        self.used: list[ArtifactRecord] = []
+        self._pending: list[tuple[str, str, Path, dict]] = []
+        self._staging_root = cfg.artifacts_dir / ".staging" / self.run_id
+        self.summary: dict = {}
+        self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
+
+    @property
+    def mode(self) -> str:
+        return self.wandb.mode
+
+    # inputs --------------------------------------------------------------------------------------------
+    def use(self, ref: ArtifactRef) -> Path:
+        """Declare `ref` as an input: it must be recorded, and its files must match their recorded sha256."""
+        return Path(self.record(ref).path)
+
+    def record(self, ref: ArtifactRef) -> ArtifactRecord:
+        """`use`, returning the artifact's lineage record (its metadata, files and version)."""
+        rec = self.store.find_artifact(ref.name, ref.digest)
+        if rec is None:
+            raise DigestMismatch(f"{ref.label} ({ref.digest[:16]}) is not in the lineage store {self.store.path}")
+        self.used.append(rec)  # kept on record even when refused below: the failed run names what it refused
+        verify_files(Path(rec.path), rec.files)
+        self.wandb.use_artifact(ref.name, ref.digest)
+        return rec
+
+    def set_aliases(self, ref: ArtifactRef, aliases: list[str], registry_path: str | None = None) -> bool:
+        """Move `aliases` onto `ref` in W&B (online); False when offline (the store keeps it for `sync`)."""
+        return self.wandb.set_aliases(ref.name, ref.digest, aliases, registry_path)
+
+    # outputs -------------------------------------------------------------------------------------------
+    def staging(self, name: str) -> Path:
+        d = self._staging_root / _safe_name("name", name)
+        d.mkdir(parents=True, exist_ok=False)
+        return d
+
+    def produce(self, name: str, type: str, directory: Path, metadata: dict | None = None) -> None:
+        """Queue `directory` (from `staging`) as output `name`; it is moved into place only if the stage succeeds."""
+        _safe_name("name", name), _safe_name("type", type)
+        _inside(directory, self._staging_root, "output directory")  # only staged files are ever moved
+        self._pending.append((name, type, Path(directory), dict(metadata or {})))
+
+    # logging -------------------------------------------------------------------------------------------
+    def log(self, data: dict, step: int | None = None) -> None:
+        self.wandb.log(data, step=step)
+
+    def watch(self, model, criterion=None, log_freq: int = 10) -> None:
+        """wandb.watch(log="all") on this stage's run (see `StageRun.watch`)."""
+        self.wandb.watch(model, criterion, log_freq=log_freq)
+
+    def log_confusion_matrix(self, key: str, y_true: Sequence[int], preds: Sequence[int],
+                             class_names: Sequence[str]) -> None:
+        self.wandb.log_confusion_matrix(key, y_true, preds, class_names)
+
+    def log_image_table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence],
+                        image_column: str) -> None:
+        self.wandb.log_image_table(key, columns, rows, image_column)
+
+    # lifecycle -----------------------------------------------------------------------------------------
+    def _inputs_metadata(self) -> list[dict]:
+        return [{"name": r.name, "type": r.type, "version": r.version, "digest": r.digest,
+                 "files": {f.relpath: f.sha256 for f in r.files}} for r in self.used]
+
+    def _finalize(self) -> list[NewArtifact]:
+        out = []
+        for name, type, staged, meta in self._pending:
+            files = manifest(staged)
+            if not files:
+                raise ValueError(f"output {name!r} has no files")
+            digest = manifest_digest(files)
+            final = self.cfg.artifacts_dir / type / name / digest[:16]
+            _inside(final, self.cfg.artifacts_dir, "artifact folder")
+            fsync_tree(staged)
+            if final.exists():  # identical content already stored: keep that copy, if it is still intact
+                verify_files(final, files)
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(staged, final)  # never onto a non-empty folder: nothing stored is overwritten
+                except OSError:
+                    if not final.is_dir():
+                        raise
+                    verify_files(final, files)  # a concurrent run stored the same content a moment ago
+            meta = {**meta, "inputs": self._inputs_metadata(), "files": {f.relpath: f.sha256 for f in files},
+                    "producer": {"job_type": self.job_type, "run_id": self.run_id, "flow_run_id": self.flow_run_id}}
+            out.append(NewArtifact(name=name, type=type, digest=digest, path=str(final), metadata=meta, files=files))
+        return out
+
+    def _commit(self) -> None:
+        arts = self._finalize()
+        self.wandb.log_artifacts(arts, self.summary)
+        records = self.store.finish_run(self.run_id, used=[r.artifact_id for r in self.used], produced=arts,
+                                        summary=self.summary, wandb_url=self.wandb.url, wandb_mode=self.mode)
+        for r in records:
+            self.outputs[r.type] = ArtifactRef(name=r.name, type=r.type, version=r.version, digest=r.digest,
+                                               path=r.path)
+
+
+@contextmanager
+def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None) -> Iterator[Stage]:
+    """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success."""
+    store = LineageStore(cfg.lineage_db)
+    for dead in store.fail_dead_runs(process_gone):  # runs of killed processes: failed, staging removed
+        log.warning("run %s was left 'running' by a process that died; recorded as failed", dead)
+        shutil.rmtree(cfg.artifacts_dir / ".staging" / dead, ignore_errors=True)
+    run_id = uuid.uuid4().hex[:12]
+    group = f"flow-{flow_run_id}" if flow_run_id else None
+    env = run_environment(cfg.train.seed, flow_run_id)
+    config = {**cfg.flat(), "lineage": env}
+    wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode), config)
+    store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
+                    env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
+                    wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,
+                    wandb_entity=cfg.wandb.entity)
+    stage = Stage(cfg, job_type, flow_run_id, store, wb)
+    try:
+        yield stage
+        stage._commit()
+    except BaseException as e:
+        store.fail_run(wb.run_id, used=[r.artifact_id for r in stage.used], error=f"{type(e).__name__}: {e}")
+        wb.finish(failed=True)
+        raise
+    else:
+        wb.finish()
+    finally:
+        shutil.rmtree(stage._staging_root, ignore_errors=True)

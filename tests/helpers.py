@@ -1,0 +1,46 @@
+"""Test helpers: tiny real-format MNIST IDX files (as torchvision's own MNIST test writes them)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+STEMS = {
+    ("train", "images"): "train-images-idx3-ubyte",
+    ("train", "labels"): "train-labels-idx1-ubyte",
+    ("test", "images"): "t10k-images-idx3-ubyte",
+    ("test", "labels"): "t10k-labels-idx1-ubyte",
+}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """IDX as published: magic 0x0000080N (uint8 data, N dims), big-endian dims, raw bytes."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    return struct.pack(">I", 0x800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def tiny_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable toy: class c lights up a horizontal band at row 2c..2c+4, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 40, size=(n, 28, 28))
+    for i, c in enumerate(labels):
+        images[i, 2 * c + 2 : 2 * c + 6, 4:24] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_mnist(directory: Path, n_train: int = 120, n_test: int = 40, gz: bool = False) -> Path:
+    raw = directory / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        images, labels = tiny_digits(n, seed)
+        for kind, arr in (("images", images), ("labels", labels)):
+            blob = idx_bytes(arr)
+            if gz:
+                (raw / (STEMS[(split, kind)] + ".gz")).write_bytes(gzip.compress(blob))
+            else:
+                (raw / STEMS[(split, kind)]).write_bytes(blob)
+    return raw
