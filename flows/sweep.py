@@ -23,9 +23,10 @@ from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.journal import commit_journal
+from mnist_pipeline.lineage.environment import process_identity, run_environment
+from mnist_pipeline.lineage.journal import commit_journal
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.tracker import process_identity, resolve_mode, run_environment, wandb_dir
+from mnist_pipeline.lineage.wandb_io import resolve_mode, wandb_dir
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep
 from tasks import export_onnx, prepare_data, promote, validate_onnx
@@ -133,7 +134,7 @@ def find_finished_trial(store: LineageStore, dataset_digest: str, fingerprint: d
             continue
         for run_id in reversed(store.consumers(model.artifact_id)):
             run = store.run(run_id)
-            if run["job_type"] != "evaluate" or run["status"] != "finished":
+            if run is None or run.job_type != "evaluate" or run.status != "finished":
                 continue
             metrics = [a for a in store.edges(run_id)["produced"] if a.name == METRICS_NAME]
             if metrics:
@@ -241,14 +242,15 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
                          "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
                          "onnx_path": onnx_model.path, "validation": validation.label,
                          "onnx_max_abs_diff": v["max_abs_diff"], "onnx_argmax_agreement": v["argmax_agreement"]}
-    summary["promotion"] = {k: decision[k] for k in ("decision", "reason", "candidate_accuracy", "production_accuracy")}
+    summary["promotion"] = {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
+                                                             "production_accuracy")}
     failure = parity_failure(wcfg, v, validation.label)
     if failure:
         raise ParityError(failure)
     if summary["failed"]:
         summary["status"] = "completed_with_failures"
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
-                best.model.label, decision["decision"], len(summary["failed"]))
+                best.model.label, decision.decision, len(summary["failed"]))
     return summary
 
 

@@ -5,7 +5,9 @@ from prefect import get_run_logger, task
 from mnist_pipeline import data, metrics
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.model import load_model
 from tasks._common import current_flow_run_id, write_json
 
@@ -13,9 +15,10 @@ METRICS_NAME = "convnet-metrics"
 
 
 @task(name="evaluate")
-def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef) -> ArtifactRef:
+def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef,
+             store: LineageStore | JournalStore | None = None) -> ArtifactRef:
     logger = get_run_logger()
-    with open_stage(cfg, "evaluate", current_flow_run_id()) as stage:
+    with open_stage(cfg, "evaluate", current_flow_run_id(), store=store) as stage:
         net = load_model(stage.use(model) / "model.pt")
         test = data.load_split(stage.use(dataset) / "test.pt")
         ev = metrics.evaluate(net, test, net.cfg.classes, cfg.evaluate.batch_size)

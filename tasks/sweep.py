@@ -16,10 +16,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Failed
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.journal import Entry, JournalStore
+from mnist_pipeline.lineage.journal import Entry, JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.store import ArtifactRecord
-from mnist_pipeline.lineage.tracker import open_stage
+from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.sweep import Metric, TrialResult, rank
 from tasks._common import current_flow_run_id, write_json
 from tasks.evaluate import evaluate
@@ -68,31 +68,6 @@ class SweepTrial:
         return TrialResult(self.index, self.params, self.status, self.values, self.error)
 
 
-from contextlib import contextmanager
-
-
-import threading
-
-_local = threading.local()
-
-
-@contextmanager
-def _journaled(store):
-    from mnist_pipeline.lineage import tracker
-    if not getattr(tracker.LineageStore, "_journal_aware", False):
-        real = tracker.LineageStore
-
-        def pick(path):
-            return getattr(_local, "store", None) or real(path)
-        pick._journal_aware = True
-        tracker.LineageStore = pick
-    _local.store = store
-    try:
-        yield
-    finally:
-        _local.store = None
-
-
 def _worker(shares: dict[str, int]) -> tuple[str | None, int | None]:
     """(this Dask worker's name, the torch threads of its share of the cores); (None, None) outside a worker.
     A worker that joined after the flow's start gets its cores over its own task slots."""
@@ -119,9 +94,8 @@ def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: 
     store = JournalStore(str(cfg.lineage_db), known=[dataset])
     logger.info("trial %d on %s (%s threads): %s", index, worker or "this process", threads or "all", params)
     try:
-        with _journaled(store):  # PROTOTYPE until the seams: open_stage takes a store
-            model = train.fn(cfg, ref_of(dataset))
-            metrics = evaluate.fn(cfg, model, ref_of(dataset))
+        model = train.fn(cfg, ref_of(dataset), store=store)
+        metrics = evaluate.fn(cfg, model, ref_of(dataset), store=store)
     except Exception as e:
         error = f"{type(e).__name__}: {' '.join(str(e).split())}"[:2000]
         logger.error("trial %d failed: %s", index, error)

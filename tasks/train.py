@@ -8,7 +8,9 @@ from prefect import get_run_logger, task
 from mnist_pipeline import data, training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.model import ConvNet, ModelConfig, pick_device, save_model
 from tasks._common import current_flow_run_id, write_json
 
@@ -26,10 +28,11 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
 
 
 @task(name="train", retries=1, retry_delay_seconds=1)
-def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None) -> ArtifactRef:
+def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None,
+          store: LineageStore | JournalStore | None = None) -> ArtifactRef:
     logger = get_run_logger()
     t = cfg.train
-    with open_stage(cfg, "train", current_flow_run_id()) as stage:
+    with open_stage(cfg, "train", current_flow_run_id(), store=store) as stage:
         split = data.load_split(stage.use(dataset) / "train.pt")
         training.seed_everything(t.seed)
         threads = training.set_threads(t.threads)

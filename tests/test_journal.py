@@ -2,7 +2,7 @@
 
 import pickle
 
-from mnist_pipeline.journal import JournalStore, commit_journal
+from mnist_pipeline.lineage.journal import JournalStore, commit_journal
 from mnist_pipeline.lineage.store import FileRecord, LineageStore, NewArtifact
 
 
@@ -49,11 +49,11 @@ def test_a_journal_replays_in_order_with_its_made_up_ids_mapped_to_the_stores(tm
     entries = pickle.loads(pickle.dumps(journal.entries))  # what crosses the wire from the worker
     committed = commit_journal(store, entries)
 
-    runs = {r["run_id"]: r for r in store.runs()}
-    assert {k: v["status"] for k, v in runs.items()} == {"prep": "finished", "old-train": "finished",
+    runs = {r.run_id: r for r in store.runs()}
+    assert {k: v.status for k, v in runs.items()} == {"prep": "finished", "old-train": "finished",
                                                          "t1": "finished", "e1": "finished", "t2": "finished",
                                                          "e2": "failed"}
-    assert runs["t1"]["env"]["started_at_worker"] and runs["e2"]["error"] == "RuntimeError: boom"
+    assert runs["t1"].env["started_at_worker"] and runs["e2"].error == "RuntimeError: boom"
     new_model = committed[("convnet", "b" * 64)]
     assert new_model.artifact_id > 0 and new_model.version == 1
     assert {a.artifact_id for a in store.edges("e1")["used"]} == {new_model.artifact_id, dataset.artifact_id}

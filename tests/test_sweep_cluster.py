@@ -46,7 +46,7 @@ def _argv(tiny_mnist, tmp_path, sweep_text: str, name: str = "sweep.yaml") -> li
 
 
 def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
-    from mnist_pipeline.lineage.tracker import offline_records
+    from mnist_pipeline.lineage.wandb_io import offline_records
 
     runs = {}
     for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):
@@ -95,8 +95,8 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     assert summary["workers"] == 2
     store = LineageStore(tmp_path / "lineage.db")
     runs = store.runs()
-    assert all(r["status"] == "finished" for r in runs), [(r["job_type"], r["status"], r["error"]) for r in runs]
-    assert Counter(r["job_type"] for r in runs) == {"prepare-data": 1, "train": 4, "evaluate": 4, "select": 1,
+    assert all(r.status == "finished" for r in runs), [(r.job_type, r.status, r.error) for r in runs]
+    assert Counter(r.job_type for r in runs) == {"prepare-data": 1, "train": 4, "evaluate": 4, "select": 1,
                                                     "export-onnx": 1, "validate-onnx": 1, "promote": 1}
     [dataset] = store.artifacts("dataset")
     models = store.artifacts("model")
@@ -112,16 +112,16 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     metrics_by_model = {}
     for m in models:
         [train_run] = [store.run(r) for r in store.producers(m.artifact_id)]
-        assert train_run["job_type"] == "train" and [u.digest for u in store.edges(train_run["run_id"])["used"]] \
+        assert train_run.job_type == "train" and [u.digest for u in store.edges(train_run.run_id)["used"]] \
             == [dataset.digest]
-        assert train_run["env"]["process"]["pid"] != flow_pid and train_run["env"]["started_at_worker"]
-        [ev] = [store.run(r) for r in store.consumers(m.artifact_id) if store.run(r)["job_type"] == "evaluate"]
-        assert {u.artifact_id for u in store.edges(ev["run_id"])["used"]} == {m.artifact_id, dataset.artifact_id}
-        [metrics_by_model[m.artifact_id]] = store.edges(ev["run_id"])["produced"]
+        assert train_run.env["process"]["pid"] != flow_pid and train_run.env["started_at_worker"]
+        [ev] = [store.run(r) for r in store.consumers(m.artifact_id) if store.run(r).job_type == "evaluate"]
+        assert {u.artifact_id for u in store.edges(ev.run_id)["used"]} == {m.artifact_id, dataset.artifact_id}
+        [metrics_by_model[m.artifact_id]] = store.edges(ev.run_id)["produced"]
 
     # select consumed every trial's metrics and named the best by test_accuracy; that model alone was promoted
-    [select_run] = [r for r in runs if r["job_type"] == "select"]
-    edges = store.edges(select_run["run_id"])
+    [select_run] = [r for r in runs if r.job_type == "select"]
+    edges = store.edges(select_run.run_id)
     assert {u.artifact_id for u in edges["used"]} == {x.artifact_id for x in metrics_by_model.values()}
     [result] = edges["produced"]
     assert result.type == "sweep-result"
@@ -131,15 +131,15 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     assert winner["test_accuracy"] == max(x.metadata["test_accuracy"] for x in metrics_by_model.values())
     assert store.alias("convnet", "production").artifact_id == best_model_id
     [onnx] = store.artifacts("onnx")
-    [export_run] = [r for r in runs if r["job_type"] == "export-onnx"]
-    assert {u.artifact_id for u in store.edges(export_run["run_id"])["used"]} == {best_model_id, result.artifact_id}
+    [export_run] = [r for r in runs if r.job_type == "export-onnx"]
+    assert {u.artifact_id for u in store.edges(export_run.run_id)["used"]} == {best_model_id, result.artifact_id}
     assert summary["winner"]["model"] == f"convnet:v{store.artifact(best_model_id).version}"
 
     # W&B: every recorded run is an offline W&B run of the same job type, all grouped by the sweep's flow run
     wb = _wandb_runs(wandb_offline)
-    assert {r["run_id"] for r in runs} <= set(wb)
-    assert all(wb[r["run_id"]][0] == r["job_type"] for r in runs)
-    assert len({wb[r["run_id"]][1] for r in runs}) == 1
+    assert {r.run_id for r in runs} <= set(wb)
+    assert all(wb[r.run_id][0] == r.job_type for r in runs)
+    assert len({wb[r.run_id][1] for r in runs}) == 1
 
     # Prefect: the trials are task runs of the flow run, the results a table artifact
     from prefect.client.orchestration import get_client
@@ -171,7 +171,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     again = json.loads(out.out)
     assert [t["status"] for t in again["trials"]] == ["reused"] * 4
     assert [t["model"] for t in again["trials"]] == [t["model"] for t in summary["trials"]]
-    assert Counter(r["job_type"] for r in store.runs())["train"] == 4 and len(store.artifacts("model")) == 4
+    assert Counter(r.job_type for r in store.runs())["train"] == 4 and len(store.artifacts("model")) == 4
 
     # a trial that fails (its checkpoint path is taken by a folder: the disk refuses the write) is recorded as
     # failed; the sweep goes on with the others, reports it and exits 1
@@ -191,8 +191,8 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     third = json.loads(out.out)
     assert [t["status"] for t in third["trials"]] == ["reused", "failed"] and third["failed"] == [1]
     assert "1 trial(s) failed: [1]" in out.err
-    failed = [r for r in store.runs() if r["status"] == "failed"]
-    assert [r["job_type"] for r in failed] == ["train"] and failed[0]["config"]["train"]["learning_rate"] == 0.003
+    failed = [r for r in store.runs() if r.status == "failed"]
+    assert [r.job_type for r in failed] == ["train"] and failed[0].config["train"]["learning_rate"] == 0.003
     assert len(store.artifacts("model")) == 4  # the failed trial made no model
     assert third["winner"]["trial"] == 0
 

@@ -149,9 +149,13 @@ class Stage:
 
 
 @contextmanager
-def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None) -> Iterator[Stage]:
-    """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success."""
-    store = LineageStore(cfg.lineage_db)
+def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None,
+               store: LineageStore | None = None) -> Iterator[Stage]:
+    """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success.
+
+    `store`: where the record goes, by default the lineage store of `cfg`; a sweep trial on a Dask worker passes
+    a `journal.JournalStore`, whose records the flow's process commits."""
+    store = LineageStore(cfg.lineage_db) if store is None else store
     for dead in store.fail_dead_runs(process_gone):  # runs of killed processes: failed, staging removed
         log.warning("run %s was left 'running' by a process that died; recorded as failed", dead)
         shutil.rmtree(cfg.artifacts_dir / ".staging" / dead, ignore_errors=True)
