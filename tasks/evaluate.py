@@ -4,8 +4,8 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline import data, metrics
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.journal import JournalStore
+from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.model import load_model

@@ -18,8 +18,8 @@ from prefect.states import Failed
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.journal import Entry, JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.store import ArtifactRecord
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import ArtifactRecord
 from mnist_pipeline.sweep import Metric, TrialResult, rank
 from tasks._common import current_flow_run_id, write_json
 from tasks.evaluate import evaluate

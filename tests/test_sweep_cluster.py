@@ -143,8 +143,14 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
 
     # Prefect: the trials are task runs of the flow run, the results a table artifact
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId,
-                                                TaskRunFilter, TaskRunFilterName)
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
 
     with get_client(sync_client=True) as client:
         flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
