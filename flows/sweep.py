@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
@@ -25,6 +26,7 @@ from prefect_dask import DaskTaskRunner
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.environment import process_identity, run_environment
 from mnist_pipeline.lineage.journal import commit_journal
+from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb_io import resolve_mode, wandb_dir
 from mnist_pipeline.onnx_io import ParityError
@@ -36,7 +38,7 @@ from tasks.train import MODEL_NAME
 from tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-sweep"
-DEFAULT_CONFIG = PipelineConfig()
+DEFAULT_CONFIG = PipelineConfig.model_validate({})
 WORKERS_TIMEOUT_S = 60.0
 
 
@@ -142,14 +144,37 @@ def find_finished_trial(store: LineageStore, dataset_digest: str, fingerprint: d
     return None
 
 
+def _metadata(store: LineageStore, ref: ArtifactRef) -> dict:
+    rec = store.find_artifact(ref.name, ref.digest)
+    if rec is None:
+        raise RuntimeError(f"{ref.label} is not in the lineage store {store.path}")
+    return rec.metadata
+
+
 def _values(metadata: dict) -> dict:
     return {k: metadata[k] for k in ("test_accuracy", "test_loss") if k in metadata}
+
+
+def _flow_run_id() -> str:
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        raise RuntimeError("the sweep's helpers run inside its flow run")
+    return str(ctx.flow_run.id)
+
+
+def _dask_client():
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if not isinstance(runner, DaskTaskRunner):
+        raise RuntimeError(f"the sweep flow runs its trials on a DaskTaskRunner, not {type(runner).__name__}: "
+                           "call it as mnist_sweep.with_options(task_runner=task_runner(...))")
+    return runner.client
 
 
 def record_lost_trial(store: LineageStore, cfg: PipelineConfig, dataset_id: int, index: int, error: str) -> str:
     """A trial that never came back (its workers kept dying) still gets a failed run in the store."""
     run_id = uuid.uuid4().hex[:12]
-    flow_run_id = str(FlowRunContext.get().flow_run.id)
+    flow_run_id = _flow_run_id()
     store.start_run(run_id, "train", config=cfg.model_dump(mode="json"),
                     env={**run_environment(cfg.train.seed, flow_run_id), "process": process_identity(),
                          "sweep_trial": index},
@@ -166,8 +191,9 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     spec: Sweep = parse_sweep(sweep)
     cfg = pin_for_workers(config.resolved())
     trials = expand(spec, cfg)  # every trial's config validated before any work
-    flow_run_id = str(FlowRunContext.get().flow_run.id)
-    client = FlowRunContext.get().task_runner.client
+    flow_run_id = _flow_run_id()
+    client = _dask_client()
+    assert cfg.wandb.dir is not None  # pinned above
     workers = check_workers(client, [cfg.artifacts_dir, cfg.wandb.dir], min_workers)
     shares = core_shares(workers, client.nthreads())
     logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %s)", spec.name or "",
@@ -180,6 +206,8 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
         logger.warning("cached dataset %s is no longer in the lineage store; preparing it again", dataset.label)
         dataset = prepare_data.with_options(refresh_cache=True)(cfg)
         ds = store.find_artifact(dataset.name, dataset.digest)
+    if ds is None:
+        raise RuntimeError(f"dataset {dataset.label} is not in the lineage store {cfg.lineage_db}")
 
     results: dict[int, SweepTrial] = {}
     futures = {}
@@ -210,6 +238,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
             results[index] = SweepTrial(index, t.params, "failed", error=outcome.error, worker=outcome.worker,
                                         seconds=outcome.seconds)
             continue
+        assert outcome.model is not None and outcome.metrics is not None  # a finished trial names both
         model, metrics = committed[outcome.model], committed[outcome.metrics]
         results[index] = SweepTrial(index, t.params, "finished", ref_of(model), ref_of(metrics),
                                     _values(metrics.metadata), worker=outcome.worker, seconds=outcome.seconds,
@@ -218,8 +247,11 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
 
     ordered = [results[t.index] for t in trials]
     sweep_ref = select(cfg, spec.to_dict(), ordered)
-    chosen = store.find_artifact(sweep_ref.name, sweep_ref.digest).metadata["winner"]
-    summary = {"status": "completed", "sweep": spec.to_dict(), "flow_run_id": flow_run_id,
+    result = store.find_artifact(sweep_ref.name, sweep_ref.digest)
+    assert result is not None  # select committed it
+    chosen = result.metadata["winner"]
+    failed = [r.index for r in ordered if r.status == "failed"]
+    summary: dict[str, Any] = {"status": "completed", "sweep": spec.to_dict(), "flow_run_id": flow_run_id,
                "workers": len(workers), "sweep_result": {"ref": sweep_ref.label, "digest": sweep_ref.digest,
                                                          "path": sweep_ref.path},
                "trials": [{"trial": r.index, "params": r.params, "status": r.status, **(r.values or {}),
@@ -227,17 +259,17 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
                            "seconds": round(r.seconds, 3), "train_seconds": r.train_seconds, "started": r.started,
                            "ended": r.ended, "error": r.error}
                           for r in ordered],
-               "failed": [r.index for r in ordered if r.status == "failed"],
-               "lineage_db": str(cfg.lineage_db)}
+               "failed": failed, "lineage_db": str(cfg.lineage_db)}
     if chosen is None:
-        raise RuntimeError(f"no trial of the sweep finished ({len(summary['failed'])} failed): nothing to select; "
+        raise RuntimeError(f"no trial of the sweep finished ({len(failed)} failed): nothing to select; "
                            f"first error: {ordered[0].error}")
     best = results[chosen["trial"]]
+    assert best.model is not None and best.metrics is not None  # the winner finished
     wcfg = pin_for_workers(by_index[best.index].config)
     onnx_model = export_onnx(wcfg, best.model, selected_by=sweep_ref)
     validation = validate_onnx(wcfg, onnx_model, best.model, dataset)
     decision = promote(wcfg, best.model, best.metrics, validation)
-    v = store.find_artifact(validation.name, validation.digest).metadata
+    v = _metadata(store, validation)
     summary["winner"] = {"trial": best.index, "params": best.params, **(best.values or {}),
                          "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
                          "onnx_path": onnx_model.path, "validation": validation.label,
@@ -247,10 +279,10 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     failure = parity_failure(wcfg, v, validation.label)
     if failure:
         raise ParityError(failure)
-    if summary["failed"]:
+    if failed:
         summary["status"] = "completed_with_failures"
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
-                best.model.label, decision.decision, len(summary["failed"]))
+                best.model.label, decision.decision, len(failed))
     return summary
 
 

@@ -82,13 +82,15 @@ def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
         runner = task_runner(ns.dask_address, ns.workers)
         min_workers = ns.workers if ns.dask_address and ns.workers else 1
         raw = json.loads(json.dumps(spec.to_dict()))
-        state = mnist_sweep.with_options(task_runner=runner)(config=cfg, sweep=raw, min_workers=min_workers,
-                                                              return_state=True)
+        # prefect-dask's runner is typed over its own future class, which Flow.with_options does not accept
+        sweep_flow = mnist_sweep.with_options(task_runner=runner)  # type: ignore[arg-type]
+        state = sweep_flow(config=cfg, sweep=raw, min_workers=min_workers, return_state=True)
         if not state.is_completed():
             try:
                 state.result()
             except Exception as e:
-                print(f"mnist-pipeline: sweep {state.name.lower()}: {type(e).__name__}: {e}", file=sys.stderr)
+                print(f"mnist-pipeline: sweep {(state.name or 'failed').lower()}: {type(e).__name__}: {e}",
+                      file=sys.stderr)
             return EXIT_FAILED
         summary = state.result()
     print(json.dumps(summary, indent=2, default=str))

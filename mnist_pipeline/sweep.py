@@ -90,6 +90,7 @@ class Parameter:
         if self.values is not None:
             return _thaw(rng.choice(self.values))
         d, lo, hi = self.distribution, self.low, self.high
+        assert lo is not None and hi is not None  # a range, checked by _parameter
         if d == "int_uniform":
             return rng.randint(int(lo), int(hi))
         if d == "uniform":
@@ -131,7 +132,7 @@ class Sweep:
 
     def to_dict(self) -> dict:
         """The sweep as recorded with its result (plain JSON)."""
-        params = {}
+        params: dict[str, dict] = {}
         for p in self.parameters:
             if p.values is not None:
                 params[p.path] = {"values": [_thaw(v) for v in p.values]}
@@ -202,7 +203,8 @@ def parse_sweep(raw: Any) -> Sweep:
     params = raw.get("parameters")
     if not isinstance(params, Mapping) or not params:
         raise SweepError("parameters: give at least one parameter, e.g. train.learning_rate: {values: [0.001, 0.01]}")
-    parsed, seen = [], {}
+    parsed: list[Parameter] = []
+    seen: dict[str, str] = {}
     for key, spec in params.items():
         p = _parameter(str(key), spec, method)
         if p.path in seen:
@@ -214,7 +216,7 @@ def parse_sweep(raw: Any) -> Sweep:
         raise SweepError(f"run_cap must be a positive integer, got {run_cap!r}")
     if method == "random" and run_cap is None:
         raise SweepError("run_cap: a random sweep needs run_cap (the number of trials to sample)")
-    if run_cap is not None and run_cap > MAX_TRIALS:
+    if isinstance(run_cap, int) and run_cap > MAX_TRIALS:
         raise SweepError(f"run_cap {run_cap} is more than {MAX_TRIALS} trials")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -272,7 +274,8 @@ def _parameter(key: str, spec: Any, method: str) -> Parameter:
         if dist not in (None, "constant"):
             raise SweepError(f"{where}: value goes with distribution constant, not {dist!r}")
         return Parameter(path, values=(_freeze(spec["value"]),))
-    lo, hi = spec.get("min"), spec.get("max")
+    lo: Any = spec.get("min")
+    hi: Any = spec.get("max")
     if not _number(lo) or not _number(hi):
         raise SweepError(f"{where}: min and max must both be numbers, got min={lo!r} max={hi!r}")
     if lo > hi:
@@ -298,18 +301,20 @@ def _parameter(key: str, spec: Any, method: str) -> Parameter:
 
 def _points(sweep: Sweep) -> list[dict]:
     if sweep.method == "grid":
-        grid = itertools.product(*[[_thaw(v) for v in p.values] for p in sweep.parameters])
-        points = [dict(zip([p.path for p in sweep.parameters], combo, strict=True)) for combo in grid]
-        return points[: sweep.run_cap] if sweep.run_cap else points
+        grid = itertools.product(*[[_thaw(v) for v in p.values or ()] for p in sweep.parameters])
+        product = [dict(zip([p.path for p in sweep.parameters], combo, strict=True)) for combo in grid]
+        return product[: sweep.run_cap] if sweep.run_cap else product
     rng = random.Random(sweep.seed)
-    points, seen = [], set()
-    for _ in range(sweep.run_cap * 20):  # bounded: a small space yields fewer distinct trials than run_cap
+    points: list[dict] = []
+    seen: set[str] = set()
+    cap = sweep.run_cap or 1  # parse_sweep requires run_cap for random sweeps
+    for _ in range(cap * 20):  # bounded: a small space yields fewer distinct trials than run_cap
         point = {p.path: p.sample(rng) for p in sweep.parameters}
         key = json.dumps(point, sort_keys=True)
         if key not in seen:
             seen.add(key)
             points.append(point)
-            if len(points) == sweep.run_cap:
+            if len(points) == cap:
                 break
     return points
 
@@ -354,7 +359,7 @@ def rank(results: Sequence[TrialResult], metric: Metric) -> list[TrialResult]:
     """Trials with the metric, best first (ties: the earlier trial); failed trials are left out."""
     scored = [r for r in results if r.metrics is not None and _number(r.metrics.get(metric.name))]
     sign = -1.0 if metric.goal == "maximize" else 1.0
-    return sorted(scored, key=lambda r: (sign * float(r.metrics[metric.name]), r.index))
+    return sorted(scored, key=lambda r: (sign * float((r.metrics or {})[metric.name]), r.index))
 
 
 def winner(results: Sequence[TrialResult], metric: Metric) -> TrialResult | None:

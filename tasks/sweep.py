@@ -127,17 +127,21 @@ def select(cfg: PipelineConfig, sweep: dict, trials: list[SweepTrial]) -> Artifa
                  "metrics": f"{t.metrics.label} ({t.metrics.digest[:16]})" if t.metrics else None,
                  "error": t.error} for t in trials]
         best = by_index[ranked[0].index] if ranked else None
-        winner = None if best is None else {
-            "trial": best.index, "params": best.params, metric.name: best.values[metric.name],
-            "model": {"name": best.model.name, "version": best.model.version, "digest": best.model.digest},
-            "metrics": {"name": best.metrics.name, "version": best.metrics.version, "digest": best.metrics.digest}}
+        winner = None
+        if best is not None and best.model and best.metrics and best.values:  # ranked: it has all three
+            winner = {
+                "trial": best.index, "params": best.params, metric.name: best.values[metric.name],
+                "model": {"name": best.model.name, "version": best.model.version, "digest": best.model.digest},
+                "metrics": {"name": best.metrics.name, "version": best.metrics.version,
+                            "digest": best.metrics.digest}}
+        failed = [t.index for t in trials if t.status == "failed"]
         result = {"sweep": sweep, "metric": {"name": metric.name, "goal": metric.goal}, "trials": rows,
-                  "winner": winner, "failed": [t.index for t in trials if t.status == "failed"]}
+                  "winner": winner, "failed": failed}
         out = stage.staging(SWEEP_RESULT_NAME)
         write_json(out / "sweep.json", result)
-        stage.summary = {"trials": len(trials), "finished": len(ranked), "failed": len(result["failed"]),
-                         "winner_trial": best.index if best else None,
-                         f"winner_{metric.name}": best.values[metric.name] if best else None}
+        stage.summary = {"trials": len(trials), "finished": len(ranked), "failed": len(failed),
+                         "winner_trial": winner["trial"] if winner else None,
+                         f"winner_{metric.name}": winner[metric.name] if winner else None}
         stage.produce(SWEEP_RESULT_NAME, "sweep-result", out, result)
     ref = stage.outputs["sweep-result"]
     create_table_artifact(
@@ -145,6 +149,6 @@ def select(cfg: PipelineConfig, sweep: dict, trials: list[SweepTrial]) -> Artifa
         description=f"Sweep {sweep.get('name') or ''} ({sweep['method']}, {len(trials)} trials) ranked by "
                     f"{metric.name} ({metric.goal}); winner: "
                     + (f"trial {best.index} {best.params}" if best else "none (no trial finished)"))
-    logger.info("sweep result %s: %d finished, %d failed, winner %s", ref.label, len(ranked), len(result["failed"]),
+    logger.info("sweep result %s: %d finished, %d failed, winner %s", ref.label, len(ranked), len(failed),
                 f"trial {best.index}" if best else "none")
     return ref

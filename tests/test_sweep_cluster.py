@@ -50,8 +50,9 @@ def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
 
     runs = {}
     for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):
-        run = next(r.run for r in offline_records(f) if r.WhichOneof("record_type") == "run")
-        runs[run.run_id] = (run.job_type, run.run_group)
+        run = next((r.run for r in offline_records(f) if r.WhichOneof("record_type") == "run"), None)
+        if run is not None:  # None: the run file of a trial attempt killed with its worker, cut short
+            runs[run.run_id] = (run.job_type, run.run_group)
     return runs
 
 

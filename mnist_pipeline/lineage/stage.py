@@ -18,10 +18,12 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage import wandb_io
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
+from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
 
@@ -150,7 +152,7 @@ class Stage:
 
 @contextmanager
 def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None,
-               store: LineageStore | None = None) -> Iterator[Stage]:
+               store: LineageStore | JournalStore | None = None) -> Iterator[Stage]:
     """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success.
 
     `store`: where the record goes, by default the lineage store of `cfg`; a sweep trial on a Dask worker passes
@@ -168,7 +170,8 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
                     wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,
                     wandb_entity=cfg.wandb.entity)
-    stage = Stage(cfg, job_type, flow_run_id, store, wb)
+    # A JournalStore answers every call a stage makes of its store (find_artifact, start/finish/fail_run).
+    stage = Stage(cfg, job_type, flow_run_id, cast(LineageStore, store), wb)
     try:
         yield stage
         stage._commit()
