@@ -50,8 +50,11 @@ def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
 
     runs = {}
     for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):
-        run = next((r.run for r in offline_records(f) if r.WhichOneof("record_type") == "run"), None)
-        if run is not None:  # None: the run file of a trial attempt killed with its worker, cut short
+        try:
+            run = next((r.run for r in offline_records(f) if r.WhichOneof("record_type") == "run"), None)
+        except Exception:  # noqa: BLE001 - the file of a trial attempt killed with its worker, cut short
+            continue
+        if run is not None:  # None: the same, cut before its run record
             runs[run.run_id] = (run.job_type, run.run_group)
     return runs
 
