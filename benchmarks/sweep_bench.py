@@ -59,7 +59,9 @@ def run_once(workers: int, work: Path, a: argparse.Namespace) -> dict:
     assert all(t["status"] == "finished" for t in trials), [t["error"] for t in trials]
     phase = max(t["ended"] for t in trials) - min(t["started"] for t in trials)
     sum_train = sum(t["train_seconds"] for t in trials)
-    return {"workers": workers, "threads_per_worker": max(1, (os.cpu_count() or 1) // workers),
+    from mnist_pipeline.sweep import usable_cores
+
+    return {"workers": workers, "threads_per_worker": max(1, usable_cores() // workers),
             "wall_s": round(wall, 2), "trial_phase_s": round(phase, 2),
             "trials_per_min": round(len(trials) / phase * 60, 2), "sum_train_s": round(sum_train, 2),
             "sum_trial_s": round(sum(t["seconds"] for t in trials), 2),

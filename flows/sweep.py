@@ -30,7 +30,7 @@ from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb_io import resolve_mode, wandb_dir
 from mnist_pipeline.onnx_io import ParityError
-from mnist_pipeline.sweep import Sweep, expand, parse_sweep
+from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
 from tasks import export_onnx, prepare_data, promote, validate_onnx
 from tasks.evaluate import METRICS_NAME
 from tasks.sweep import SweepTrial, TrialOutcome, ref_of, run_trial, select
@@ -52,7 +52,7 @@ def task_runner(address: str | None = None, workers: int | None = None) -> DaskT
     cores as torch threads (see `core_shares`)."""
     if address:
         return DaskTaskRunner(address=address, client_kwargs={"timeout": 30})
-    n = workers or os.cpu_count() or 1
+    n = workers or usable_cores()
     return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                                           "host": "127.0.0.1", "dashboard_address": None})
 
@@ -80,7 +80,7 @@ def _look(folders: list[str], token: str) -> dict:
             writable[folder] = True
         except OSError:
             writable[folder] = False
-    return {"host": socket.gethostname(), "pid": os.getpid(), "cpus": os.cpu_count() or 1, "seen": seen,
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cpus": usable_cores(), "seen": seen,
             "writable": writable}
 
 

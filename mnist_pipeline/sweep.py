@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,14 @@ UNSUPPORTED = {
     "q_beta": "not supported; use q_uniform or values",
 }
 MAX_TRIALS = 1000
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or taskset's cpuset), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class SweepError(ValueError):

@@ -7,7 +7,6 @@ store's only writer, see `mnist_pipeline/journal.py`).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from mnist_pipeline.lineage.journal import Entry, JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import ArtifactRecord
-from mnist_pipeline.sweep import Metric, TrialResult, rank
+from mnist_pipeline.sweep import Metric, TrialResult, rank, usable_cores
 from tasks._common import current_flow_run_id, write_json
 from tasks.evaluate import evaluate
 from tasks.train import train
@@ -77,7 +76,7 @@ def _worker(shares: dict[str, int]) -> tuple[str | None, int | None]:
         w = get_worker()
     except (ImportError, ValueError):
         return None, None
-    share = shares.get(w.address) or max(1, (os.cpu_count() or 1) // max(1, int(w.state.nthreads)))
+    share = shares.get(w.address) or max(1, usable_cores() // max(1, int(w.state.nthreads)))
     return str(w.name), share
 
 
