@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from flows import audit_cli, ops_cli
+from flows import audit_cli, ops_cli, sweep_cli
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
 from mnist_pipeline.report.console import where_things_went
 
@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_flags(serve)
     audit_cli.add_parsers(sub)  # audit, sync
     ops_cli.add_parsers(sub)  # reproduce, impact, rollback, gc
+    sweep_cli.add_parsers(sub, _add_config_flags)
     return p
 
 
@@ -141,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         if ns.allowed_roots:  # inherited by the flow runs this process starts
             os.environ[ALLOWED_ROOTS_ENV] = os.pathsep.join(str(Path(r).resolve()) for r in ns.allowed_roots)
         return _serve(cfg, ns.cron, ns.timezone)
+    if ns.command in sweep_cli.COMMANDS:
+        return sweep_cli.main(ns, cfg)
     return _run(cfg)
 
 

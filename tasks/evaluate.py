@@ -3,19 +3,22 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
 from tasks._common import current_flow_run_id
 
 METRICS_NAME = "convnet-metrics"
 
 
 @task(name="evaluate")
-def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef) -> ArtifactRef:
+def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef,
+             store: LineageStore | JournalStore | None = None) -> ArtifactRef:
     from mnist_pipeline import data, recipes  # torch: imported when evaluating, not when the flow is loaded
 
     logger = get_run_logger()
-    with open_stage(cfg, "evaluate", current_flow_run_id()) as stage:
+    with open_stage(cfg, "evaluate", current_flow_run_id(), store=store) as stage:
         model_path = stage.use(model) / "model.pt"
         test = data.load_split(stage.use(dataset) / "test.pt")
         out = stage.staging(METRICS_NAME)

@@ -7,8 +7,10 @@ import math
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import LineageStore
 from tasks._common import current_flow_run_id, unless_permanent
 
 MODEL_NAME = "convnet"
@@ -34,7 +36,8 @@ def loop_settings(cfg: PipelineConfig):
 
 
 @task(name="train", retries=1, retry_delay_seconds=1, retry_condition_fn=unless_permanent)
-def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None) -> ArtifactRef:
+def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None,
+          store: LineageStore | JournalStore | None = None) -> ArtifactRef:
     # torch: imported when training, not when the flow is loaded (an unchanged run never trains)
     import torch
 
@@ -43,7 +46,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
 
     logger = get_run_logger()
     t = cfg.train
-    with open_stage(cfg, "train", current_flow_run_id()) as stage:
+    with open_stage(cfg, "train", current_flow_run_id(), store=store) as stage:
         split = data.load_split(stage.use(dataset) / "train.pt")
         training.seed_everything(t.seed)
         threads = training.set_threads(t.threads)

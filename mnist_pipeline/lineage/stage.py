@@ -21,9 +21,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
+from typing import cast
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
+from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
 
@@ -180,9 +182,13 @@ def describe_failure(e: BaseException) -> str:
 
 
 @contextmanager
-def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None) -> Iterator[Stage]:
-    """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success."""
-    store = LineageStore(cfg.lineage_db)
+def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None,
+               store: LineageStore | JournalStore | None = None) -> Iterator[Stage]:
+    """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success.
+
+    `store`: where the record goes, by default the lineage store of `cfg`; a sweep trial on a Dask worker passes
+    a `journal.JournalStore`, whose records the flow's process commits."""
+    store = LineageStore(cfg.lineage_db) if store is None else store
     for dead in store.fail_dead_runs(process_gone):  # runs of killed processes: failed, staging removed
         log.warning("run %s was left 'running' by a process that died; recorded as failed", dead)
         shutil.rmtree(cfg.artifacts_dir / ".staging" / dead, ignore_errors=True)
@@ -198,7 +204,8 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
                     wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,
                     wandb_entity=cfg.wandb.entity)
-    stage = Stage(cfg, job_type, flow_run_id, store, wb)
+    # A JournalStore answers every call a stage makes of its store (find_artifact, start/finish/fail_run).
+    stage = Stage(cfg, job_type, flow_run_id, cast(LineageStore, store), wb)
     try:
         yield stage
         stage._commit()

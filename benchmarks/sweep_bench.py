@@ -1,0 +1,125 @@
+"""Benchmark: a 4-trial sweep on a local Dask cluster of 1 worker vs 2 workers, side by side, same machine.
+
+    python -m benchmarks.sweep_bench --data-dir ../shared/datasets/mnist-subset     # slice=1, 1 epoch, 4 trials
+    python -m benchmarks.sweep_bench --smoke                                         # seconds: checks it works
+
+Each configuration runs the real `mnist-sweep` flow (the default local cluster: N worker processes, each with
+cores // N threads), wandb offline, against one Prefect server started beforehand, each with a fresh lineage store
+and artifacts folder (nothing is reused). The 4 trials cost the same (learning rate x seed, same network), so the
+comparison is one of scheduling, not of work. Per configuration:
+
+  wall_s            the flow call: local cluster start, prepare-data, the trials, select, export, validate, promote
+  trial_phase_s     first trial start to last trial end, on the workers' clocks
+  trials_per_min    trials / trial_phase_s
+  sum_train_s       the trials' own training loops (train_seconds), summed
+  overhead_s        wall_s - sum_train_s / workers: everything beyond perfectly parallel training
+With --repeats > 1 the two configurations alternate and the medians are reported. Results go to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mnist-subset"
+SWEEP = {"name": "bench", "method": "grid", "metric": {"name": "test_accuracy", "goal": "maximize"},
+         "parameters": {"train.learning_rate": {"values": [0.003, 0.005]}, "train.seed": {"values": [0, 1]}}}
+TARGET_SCALING = 1.6
+
+
+def _config(work: Path, a: argparse.Namespace):
+    from mnist_pipeline.config import PipelineConfig
+
+    data = ({"source": "synthetic", "synthetic_train": 600, "synthetic_test": 200, "slice": 1} if a.smoke else
+            {"source": "local", "local_dir": str(a.data_dir), "slice": a.slice})
+    return PipelineConfig.model_validate({
+        "data": {**data, "root": str(work / "data")}, "train": {"epochs": a.epochs},
+        "wandb": {"mode": "offline", "dir": str(work / "wandb")},
+        "onnx": {"latency_samples": 50 if a.smoke else 200},
+        "artifacts_dir": str(work / "artifacts"), "lineage_db": str(work / "lineage.db")})
+
+
+def run_once(workers: int, work: Path, a: argparse.Namespace) -> dict:
+    from flows.sweep import mnist_sweep, task_runner
+
+    cfg = _config(work, a)
+    t0 = time.perf_counter()
+    summary = mnist_sweep.with_options(task_runner=task_runner(None, workers))(config=cfg, sweep=SWEEP)
+    wall = time.perf_counter() - t0
+    trials = summary["trials"]
+    assert all(t["status"] == "finished" for t in trials), [t["error"] for t in trials]
+    phase = max(t["ended"] for t in trials) - min(t["started"] for t in trials)
+    sum_train = sum(t["train_seconds"] for t in trials)
+    from mnist_pipeline.sweep import usable_cores
+
+    return {"workers": workers, "threads_per_worker": max(1, usable_cores() // workers),
+            "wall_s": round(wall, 2), "trial_phase_s": round(phase, 2),
+            "trials_per_min": round(len(trials) / phase * 60, 2), "sum_train_s": round(sum_train, 2),
+            "sum_trial_s": round(sum(t["seconds"] for t in trials), 2),
+            "overhead_s": round(wall - sum_train / workers, 2),
+            "winner_test_accuracy": summary["winner"]["test_accuracy"],
+            "trials_on": sorted({str(t["worker"]) for t in trials})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--slice", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--smoke", action="store_true", help="synthetic 600/200 images: checks the benchmark works")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results-sweep.json")
+    a = p.parse_args(argv)
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import logging
+    from contextlib import ExitStack
+
+    from flows.sweep_cli import _prefect_api
+
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
+        _prefect_api(stack)  # one Prefect server for every measured sweep, started before any timing
+        for r in range(a.repeats):
+            for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+                res = run_once(workers, Path(tmp) / f"r{r}-w{workers}", a)
+                runs[workers].append(res)
+                print(f"repeat {r} workers {workers}: {json.dumps(res)}", file=sys.stderr)
+
+    def med(workers: int, key: str) -> float:
+        return round(statistics.median(x[key] for x in runs[workers]), 2)
+
+    keys = ("wall_s", "trial_phase_s", "trials_per_min", "sum_train_s", "sum_trial_s", "overhead_s")
+    figures = {f"{w}_worker{'s' if w > 1 else ''}": {k: med(w, k) for k in keys} for w in (1, 2)}
+    scaling = round(med(2, "trials_per_min") / med(1, "trials_per_min"), 3)
+    wall_scaling = round(med(1, "wall_s") / med(2, "wall_s"), 3)
+    result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": {
+                  "cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+              "settings": {"trials": 4, "slice": a.slice, "epochs": a.epochs, "repeats": a.repeats,
+                           "smoke": a.smoke, "sweep": SWEEP},
+              "figures": figures, "runs": runs,
+              "ratios": {"scaling_trials_per_min_2_over_1": scaling, "scaling_wall_1_over_2": wall_scaling},
+              "target": {"scaling_trials_per_min_2_over_1": TARGET_SCALING}}
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'':24}{'1 worker':>12}{'2 workers':>12}")
+    for k in keys:
+        print(f"{k:24}{figures['1_worker'][k]:>12}{figures['2_workers'][k]:>12}")
+    print(f"ratio scaling (trials/min, 2 over 1): {scaling} (target >= {TARGET_SCALING}); wall 1 over 2: "
+          f"{wall_scaling}")
+    print(f"results: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The sweep flow, which only orchestrates:
+
+prepare-data (once) -> one `trial` task per configuration on Dask (train + evaluate, each its own lineage stage;
+a trial already in the store is reused) -> select (consumes every finished trial's metrics, records the
+sweep-result) -> the winner alone: export-onnx (which also consumes the sweep-result, so an audit of the ONNX file
+walks through select) -> validate-onnx -> promote.
+
+Dask workers write artifact files into the shared artifacts folder; only this flow's process writes the lineage
+store (a trial hands back a journal of its runs, committed here). At start, every worker must see the artifacts
+and W&B folders at the same paths as this process, or the flow fails with one line before any work.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
+
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.environment import process_identity, run_environment
+from mnist_pipeline.lineage.journal import commit_journal
+from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.lineage.wandb_io import resolve_mode, wandb_dir
+from mnist_pipeline.onnx_io import ParityError
+from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
+from tasks import export_onnx, prepare_data, promote, validate_onnx
+from tasks.evaluate import METRICS_NAME
+from tasks.sweep import SweepTrial, TrialOutcome, ref_of, run_trial, select
+from tasks.train import MODEL_NAME
+from tasks.validate_onnx import parity_failure
+
+FLOW_NAME = "mnist-sweep"
+DEFAULT_CONFIG = PipelineConfig.model_validate({})
+WORKERS_TIMEOUT_S = 60.0
+
+
+class WorkerCheckFailed(RuntimeError):
+    """The Dask workers cannot run this sweep (they do not share the artifacts folder, or cannot import it)."""
+
+
+def task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
+    """An existing cluster at `address`, or a local one: `workers` processes (default one per core), each running
+    one trial at a time (torch's thread count and wandb.watch's global run are per process), with its share of the
+    cores as torch threads (see `core_shares`)."""
+    if address:
+        return DaskTaskRunner(address=address, client_kwargs={"timeout": 30})
+    n = workers or usable_cores()
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": None})
+
+
+def pin_for_workers(cfg: PipelineConfig) -> PipelineConfig:
+    """Decide here what a worker would otherwise decide from its own environment: the W&B folder (WANDB_DIR of
+    this process, else beside the store) and the W&B mode (auto: this process's API key)."""
+    return cfg.model_copy(update={"wandb": cfg.wandb.model_copy(
+        update={"dir": wandb_dir(cfg).resolve(), "mode": resolve_mode(cfg.wandb.mode)})})
+
+
+def _look(folders: list[str], token: str) -> dict:
+    """Run on every worker: which host it is, whether it sees the probe file, whether it can write there."""
+    seen, writable = {}, {}
+    for folder in folders:
+        probe = Path(folder) / ".sweep-probe" / token
+        try:
+            seen[folder] = probe.read_text() == token
+        except OSError:
+            seen[folder] = False
+        try:
+            mine = probe.with_name(f"{token}-{os.getpid()}-{socket.gethostname()}")
+            mine.write_text(token)
+            mine.unlink()
+            writable[folder] = True
+        except OSError:
+            writable[folder] = False
+    return {"host": socket.gethostname(), "pid": os.getpid(), "cpus": usable_cores(), "seen": seen,
+            "writable": writable}
+
+
+def check_workers(client, folders: list[Path], min_workers: int = 1) -> dict:
+    """Fail fast, with one line, unless every worker sees and can write `folders` at the same paths as we do."""
+    try:
+        client.wait_for_workers(min_workers, timeout=WORKERS_TIMEOUT_S)
+    except TimeoutError:
+        have = len(client.scheduler_info().get("workers", {}))
+        raise WorkerCheckFailed(f"{have} Dask worker(s) at {client.scheduler.address} after "
+                                f"{WORKERS_TIMEOUT_S:.0f} s, {min_workers} needed") from None
+    token = uuid.uuid4().hex
+    probes = []
+    for folder in folders:
+        probe = folder / ".sweep-probe" / token
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+        probes.append(probe)
+    try:
+        try:
+            found = client.run(_look, [str(f) for f in folders], token)
+        except Exception as e:
+            raise WorkerCheckFailed(f"the Dask workers cannot run the pipeline's code ({type(e).__name__}: {e}); "
+                                    "install mnist-lineage-pipeline on them, or put it on their PYTHONPATH") from None
+    finally:
+        for probe in probes:
+            probe.unlink(missing_ok=True)
+    for address, info in sorted(found.items()):
+        for folder in folders:
+            if not info["seen"][str(folder)]:
+                raise WorkerCheckFailed(f"Dask worker {address} on {info['host']} does not see {folder} (it must be "
+                                        "a folder shared by every worker, at the same path)")
+            if not info["writable"][str(folder)]:
+                raise WorkerCheckFailed(f"Dask worker {address} on {info['host']} cannot write to {folder}")
+    return found
+
+
+def core_shares(found: dict, nthreads: dict) -> dict[str, int]:
+    """Torch threads per worker address: its host's cores divided by the task slots (Dask threads) of all the
+    workers on that host, at least 1. Two 1-thread workers on a 2-core machine get 1 each; one gets 2."""
+    slots: dict[str, int] = {}
+    for addr, info in found.items():
+        slots[info["host"]] = slots.get(info["host"], 0) + int(nthreads.get(addr, 1))
+    return {addr: max(1, info["cpus"] // slots[info["host"]]) for addr, info in found.items()}
+
+
+def find_finished_trial(store: LineageStore, dataset_digest: str, fingerprint: dict):
+    """(model, metrics) records of a finished training on this dataset with this fingerprint, evaluated; or None."""
+    for model in reversed(store.artifacts("model")):
+        if model.name != MODEL_NAME or model.metadata.get("fingerprint") != fingerprint:
+            continue
+        if [i["digest"] for i in model.metadata.get("inputs", []) if i["type"] == "dataset"] != [dataset_digest]:
+            continue
+        for run_id in reversed(store.consumers(model.artifact_id)):
+            run = store.run(run_id)
+            if run is None or run.job_type != "evaluate" or run.status != "finished":
+                continue
+            metrics = [a for a in store.edges(run_id)["produced"] if a.name == METRICS_NAME]
+            if metrics:
+                return model, metrics[0]
+    return None
+
+
+def _metadata(store: LineageStore, ref: ArtifactRef) -> dict:
+    rec = store.find_artifact(ref.name, ref.digest)
+    if rec is None:
+        raise RuntimeError(f"{ref.label} is not in the lineage store {store.path}")
+    return rec.metadata
+
+
+def _values(metadata: dict) -> dict:
+    return {k: metadata[k] for k in ("test_accuracy", "test_loss") if k in metadata}
+
+
+def _flow_run_id() -> str:
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        raise RuntimeError("the sweep's helpers run inside its flow run")
+    return str(ctx.flow_run.id)
+
+
+def _dask_client():
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if not isinstance(runner, DaskTaskRunner):
+        raise RuntimeError(f"the sweep flow runs its trials on a DaskTaskRunner, not {type(runner).__name__}: "
+                           "call it as mnist_sweep.with_options(task_runner=task_runner(...))")
+    return runner.client
+
+
+def record_lost_trial(store: LineageStore, cfg: PipelineConfig, dataset_id: int, index: int, error: str) -> str:
+    """A trial that never came back (its workers kept dying) still gets a failed run in the store."""
+    run_id = uuid.uuid4().hex[:12]
+    flow_run_id = _flow_run_id()
+    store.start_run(run_id, "train", config=cfg.model_dump(mode="json"),
+                    env={**run_environment(cfg.train.seed, flow_run_id), "process": process_identity(),
+                         "sweep_trial": index},
+                    flow_run_id=flow_run_id, run_group=f"flow-{flow_run_id}", wandb_mode="none", wandb_dir=None,
+                    wandb_project=cfg.wandb.project, wandb_entity=cfg.wandb.entity)
+    store.fail_run(run_id, used=[dataset_id], error=error)
+    return run_id
+
+
+@flow(name=FLOW_NAME, description="Hyperparameter sweep of the MNIST ConvNet on Dask: every trial trains and "
+      "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.")
+def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = None, min_workers: int = 1) -> dict:
+    logger = get_run_logger()
+    spec: Sweep = parse_sweep(sweep)
+    cfg = pin_for_workers(config.resolved())
+    trials = expand(spec, cfg)  # every trial's config validated before any work
+    flow_run_id = _flow_run_id()
+    client = _dask_client()
+    assert cfg.wandb.dir is not None  # pinned above
+    workers = check_workers(client, [cfg.artifacts_dir, cfg.wandb.dir], min_workers)
+    shares = core_shares(workers, client.nthreads())
+    logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %s)", spec.name or "",
+                len(trials), spec.method, len(workers), client.scheduler.address, sorted(set(shares.values())))
+
+    dataset = prepare_data(cfg)
+    store = LineageStore(cfg.lineage_db)
+    ds = store.find_artifact(dataset.name, dataset.digest)
+    if ds is None:
+        logger.warning("cached dataset %s is no longer in the lineage store; preparing it again", dataset.label)
+        dataset = prepare_data.with_options(refresh_cache=True)(cfg)
+        ds = store.find_artifact(dataset.name, dataset.digest)
+    if ds is None:
+        raise RuntimeError(f"dataset {dataset.label} is not in the lineage store {cfg.lineage_db}")
+
+    results: dict[int, SweepTrial] = {}
+    futures = {}
+    for t in trials:
+        found = find_finished_trial(store, ds.digest, t.config.training_fingerprint())
+        if found:
+            model, metrics = found
+            results[t.index] = SweepTrial(t.index, t.params, "reused", ref_of(model), ref_of(metrics),
+                                          _values(metrics.metadata), train_seconds=model.metadata.get("train_seconds"))
+            logger.info("trial %d reuses %s (%s): same dataset and training fingerprint", t.index,
+                        f"{model.name}:v{model.version}", f"{metrics.name}:v{metrics.version}")
+        else:
+            futures[t.index] = run_trial.submit(pin_for_workers(t.config), ds, t.index, t.params, shares)
+
+    by_index = {t.index: t for t in trials}
+    for index, future in futures.items():  # committed one by one: a flow that dies later keeps what finished
+        future.wait()
+        outcome = future.state.result(raise_on_failure=False)
+        t = by_index[index]
+        if not isinstance(outcome, TrialOutcome):  # never came back: lost workers (KilledWorker), a crash
+            error = f"{type(outcome).__name__}: {outcome}" if isinstance(outcome, BaseException) else str(outcome)
+            record_lost_trial(store, t.config, ds.artifact_id, index, error)
+            results[index] = SweepTrial(index, t.params, "failed", error=error)
+            logger.error("trial %d failed: %s", index, error)
+            continue
+        committed = commit_journal(store, outcome.journal)
+        if outcome.status != "finished":
+            results[index] = SweepTrial(index, t.params, "failed", error=outcome.error, worker=outcome.worker,
+                                        seconds=outcome.seconds)
+            continue
+        assert outcome.model is not None and outcome.metrics is not None  # a finished trial names both
+        model, metrics = committed[outcome.model], committed[outcome.metrics]
+        results[index] = SweepTrial(index, t.params, "finished", ref_of(model), ref_of(metrics),
+                                    _values(metrics.metadata), worker=outcome.worker, seconds=outcome.seconds,
+                                    train_seconds=model.metadata.get("train_seconds"), started=outcome.started,
+                                    ended=outcome.ended)
+
+    ordered = [results[t.index] for t in trials]
+    sweep_ref = select(cfg, spec.to_dict(), ordered)
+    result = store.find_artifact(sweep_ref.name, sweep_ref.digest)
+    assert result is not None  # select committed it
+    chosen = result.metadata["winner"]
+    failed = [r.index for r in ordered if r.status == "failed"]
+    summary: dict[str, Any] = {"status": "completed", "sweep": spec.to_dict(), "flow_run_id": flow_run_id,
+               "workers": len(workers), "sweep_result": {"ref": sweep_ref.label, "digest": sweep_ref.digest,
+                                                         "path": sweep_ref.path},
+               "trials": [{"trial": r.index, "params": r.params, "status": r.status, **(r.values or {}),
+                           "model": r.model.label if r.model else None, "worker": r.worker,
+                           "seconds": round(r.seconds, 3), "train_seconds": r.train_seconds, "started": r.started,
+                           "ended": r.ended, "error": r.error}
+                          for r in ordered],
+               "failed": failed, "lineage_db": str(cfg.lineage_db)}
+    if chosen is None:
+        raise RuntimeError(f"no trial of the sweep finished ({len(failed)} failed): nothing to select; "
+                           f"first error: {ordered[0].error}")
+    best = results[chosen["trial"]]
+    assert best.model is not None and best.metrics is not None  # the winner finished
+    wcfg = pin_for_workers(by_index[best.index].config)
+    onnx_model = export_onnx(wcfg, best.model, selected_by=sweep_ref)
+    validation = validate_onnx(wcfg, onnx_model, best.model, dataset)
+    decision = promote(wcfg, best.model, best.metrics, validation)
+    v = _metadata(store, validation)
+    summary["winner"] = {"trial": best.index, "params": best.params, **(best.values or {}),
+                         "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
+                         "onnx_path": onnx_model.path, "validation": validation.label,
+                         "onnx_max_abs_diff": v["max_abs_diff"], "onnx_argmax_agreement": v["argmax_agreement"]}
+    summary["promotion"] = {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
+                                                             "production_accuracy")}
+    failure = parity_failure(wcfg, v, validation.label)
+    if failure:
+        raise ParityError(failure)
+    if failed:
+        summary["status"] = "completed_with_failures"
+    logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
+                best.model.label, decision.decision, len(failed))
+    return summary
+
+
+def wait_for_scheduler(address: str, timeout: float = 10.0) -> None:
+    """One line instead of a hang when --dask-address names no scheduler."""
+    from distributed import Client
+
+    start = time.monotonic()
+    try:
+        Client(address, timeout=timeout).close()
+    except (OSError, TimeoutError) as e:
+        raise ConnectionError(f"no Dask scheduler at {address} within {time.monotonic() - start:.0f} s "
+                              f"({type(e).__name__})") from None

@@ -1,0 +1,100 @@
+"""`mnist-pipeline sweep`: a hyperparameter sweep on Dask (a local cluster, or --dask-address).
+
+The sweep file and every trial's config are checked before anything starts (exit 2, one line). Exit codes:
+0 every trial finished and the winner went through the gate, 1 the sweep failed or some trial failed (the summary
+says which), 2 invalid sweep file, configuration or flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from contextlib import ExitStack
+
+from mnist_pipeline.config import PipelineConfig
+
+COMMANDS = ("sweep",)
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def add_parsers(sub, add_config_flags) -> None:
+    p = sub.add_parser("sweep", help="hyperparameter sweep on Dask: one trial (train + evaluate) per configuration "
+                       "of a W&B-format sweep file, the best exported, validated and promoted; JSON summary")
+    p.add_argument("--sweep", required=True, metavar="FILE",
+                   help="sweep file (YAML or JSON, W&B sweep-config format: method grid|random, metric, "
+                   "parameters, run_cap)")
+    p.add_argument("--dask-address", metavar="ADDR",
+                   help="run the trials on an existing Dask cluster (tcp://host:8786); default: a local cluster")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local cluster: N worker processes (default: one per core); with --dask-address: wait "
+                   "for N workers before starting")
+    p.add_argument("--config", help="JSON or YAML file with the base PipelineConfig; flags override it")
+    add_config_flags(p)
+
+
+def _prefect_api(stack: ExitStack) -> None:
+    """Trials run in other processes: they must reach the same Prefect API as the flow. Without a configured
+    server, start Prefect's temporary one here (on loopback) and put its URL in the settings the trials get."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.logging.handlers import APILogWorker
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=120)
+    stack.callback(server.stop)
+    # runs first: the flow's last logs reach the server before it stops
+    stack.callback(APILogWorker.drain_all, timeout=5)
+    stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+
+
+def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
+    from mnist_pipeline.sweep import SweepError, expand, load_sweep
+
+    try:
+        spec = load_sweep(ns.sweep)
+        trials = expand(spec, cfg.resolved())
+    except SweepError as e:
+        print(f"mnist-pipeline: invalid sweep: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if ns.workers is not None and ns.workers < 1:
+        print(f"mnist-pipeline: --workers must be at least 1, got {ns.workers}", file=sys.stderr)
+        return EXIT_CONFIG
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's own INFO chatter: scheduler/worker life
+    from flows.sweep import mnist_sweep, task_runner, wait_for_scheduler
+
+    if ns.dask_address:
+        try:
+            wait_for_scheduler(ns.dask_address)
+        except (ConnectionError, ValueError) as e:
+            print(f"mnist-pipeline: {e}", file=sys.stderr)
+            return EXIT_FAILED
+    print(f"mnist-pipeline: sweep of {len(trials)} trial(s) ({spec.method}, by {spec.metric.name} "
+          f"{spec.metric.goal})", file=sys.stderr)
+    with ExitStack() as stack:
+        _prefect_api(stack)
+        runner = task_runner(ns.dask_address, ns.workers)
+        min_workers = ns.workers if ns.dask_address and ns.workers else 1
+        raw = json.loads(json.dumps(spec.to_dict()))
+        # prefect-dask's runner is typed over its own future class, which Flow.with_options does not accept
+        sweep_flow = mnist_sweep.with_options(task_runner=runner)  # type: ignore[arg-type]
+        state = sweep_flow(config=cfg, sweep=raw, min_workers=min_workers, return_state=True)
+        if not state.is_completed():
+            try:
+                state.result()
+            except Exception as e:
+                print(f"mnist-pipeline: sweep {(state.name or 'failed').lower()}: {type(e).__name__}: {e}",
+                      file=sys.stderr)
+            return EXIT_FAILED
+        summary = state.result()
+    print(json.dumps(summary, indent=2, default=str))
+    if summary["failed"]:
+        print(f"mnist-pipeline: {len(summary['failed'])} trial(s) failed: {summary['failed']}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,153 @@
+"""The sweep's own stages: a trial (train + evaluate, on a Dask worker) and the select step (in the flow's process).
+
+A trial runs its two stages against a `JournalStore`: the worker writes artifact files into the shared artifacts
+folder, never the lineage store, and hands the flow a journal of its runs that the flow's process commits (the
+store's only writer, see `mnist_pipeline/journal.py`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.states import Failed
+
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.journal import Entry, JournalStore
+from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.store import ArtifactRecord
+from mnist_pipeline.sweep import Metric, TrialResult, rank, usable_cores
+from tasks._common import current_flow_run_id, write_json
+from tasks.evaluate import evaluate
+from tasks.train import train
+
+SWEEP_RESULT_NAME = "convnet-sweep"
+
+
+def ref_of(rec: ArtifactRecord) -> ArtifactRef:
+    return ArtifactRef(name=rec.name, type=rec.type, version=rec.version, digest=rec.digest, path=rec.path)
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """What a trial hands back from its worker: small records, never files."""
+    index: int
+    status: str  # finished | failed
+    journal: list[Entry]
+    model: tuple[str, str] | None = None  # (name, digest)
+    metrics: tuple[str, str] | None = None
+    error: str | None = None
+    worker: str | None = None
+    threads: int | None = None
+    seconds: float = 0.0
+    started: float = 0.0  # wall-clock (epoch seconds) on the worker: when the trial began and ended
+    ended: float = 0.0
+
+
+@dataclass(frozen=True)
+class SweepTrial:
+    """One trial as the flow knows it after committing: finished, reused from an earlier sweep, or failed."""
+    index: int
+    params: dict
+    status: str  # finished | reused | failed
+    model: ArtifactRef | None = None
+    metrics: ArtifactRef | None = None
+    values: dict | None = None  # test_accuracy, test_loss from the metrics artifact
+    error: str | None = None
+    worker: str | None = None
+    seconds: float = 0.0
+    train_seconds: float | None = None
+    started: float | None = None
+    ended: float | None = None
+
+    def result(self) -> TrialResult:
+        return TrialResult(self.index, self.params, self.status, self.values, self.error)
+
+
+def _worker(shares: dict[str, int]) -> tuple[str | None, int | None]:
+    """(this Dask worker's name, the torch threads of its share of the cores); (None, None) outside a worker.
+    A worker that joined after the flow's start gets its cores over its own task slots."""
+    try:
+        from distributed import get_worker
+
+        w = get_worker()
+    except (ImportError, ValueError):
+        return None, None
+    share = shares.get(w.address) or max(1, usable_cores() // max(1, int(w.state.nthreads)))
+    return str(w.name), share
+
+
+@task(name="trial", task_run_name="trial-{index:03d}", retries=1, retry_delay_seconds=1)
+def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: dict,
+              shares: dict[str, int] | None = None):
+    """Train and evaluate one configuration on this worker, with the worker's share of the cores (`shares`:
+    torch threads by worker address, from the flow's look at the cluster)."""
+    logger = get_run_logger()
+    start, started = time.monotonic(), time.time()
+    worker, threads = _worker(shares or {})
+    if threads:  # torch gets this worker's share of its machine's cores, not every core
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+    store = JournalStore(str(cfg.lineage_db), known=[dataset])
+    logger.info("trial %d on %s (%s threads): %s", index, worker or "this process", threads or "all", params)
+    try:
+        model = train.fn(cfg, ref_of(dataset), store=store)
+        metrics = evaluate.fn(cfg, model, ref_of(dataset), store=store)
+    except Exception as e:
+        error = f"{type(e).__name__}: {' '.join(str(e).split())}"[:2000]
+        logger.error("trial %d failed: %s", index, error)
+        outcome = TrialOutcome(index, "failed", store.entries, error=error, worker=worker, threads=threads,
+                               seconds=time.monotonic() - start, started=started, ended=time.time())
+        return Failed(message=f"trial {index} failed: {error}", data=outcome)
+    return TrialOutcome(index, "finished", store.entries, model=(model.name, model.digest),
+                        metrics=(metrics.name, metrics.digest), worker=worker, threads=threads,
+                        seconds=time.monotonic() - start, started=started, ended=time.time())
+
+
+@task(name="select")
+def select(cfg: PipelineConfig, sweep: dict, trials: list[SweepTrial]) -> ArtifactRef:
+    """Consume every finished trial's metrics, rank them by the sweep's metric, record the table and the winner."""
+    logger = get_run_logger()
+    metric = Metric(sweep["metric"]["name"], sweep["metric"]["goal"])
+    ranked = rank([t.result() for t in trials], metric)
+    place = {r.index: i + 1 for i, r in enumerate(ranked)}
+    by_index = {t.index: t for t in trials}
+    with open_stage(cfg, "select", current_flow_run_id()) as stage:
+        for t in trials:
+            if t.metrics is not None:
+                stage.use(t.metrics)
+        rows = [{"trial": t.index, "rank": place.get(t.index), "status": t.status, **t.params,
+                 metric.name: (t.values or {}).get(metric.name),
+                 "test_accuracy": (t.values or {}).get("test_accuracy"),
+                 "test_loss": (t.values or {}).get("test_loss"),
+                 "model": f"{t.model.label} ({t.model.digest[:16]})" if t.model else None,
+                 "metrics": f"{t.metrics.label} ({t.metrics.digest[:16]})" if t.metrics else None,
+                 "error": t.error} for t in trials]
+        best = by_index[ranked[0].index] if ranked else None
+        winner = None
+        if best is not None and best.model and best.metrics and best.values:  # ranked: it has all three
+            winner = {
+                "trial": best.index, "params": best.params, metric.name: best.values[metric.name],
+                "model": {"name": best.model.name, "version": best.model.version, "digest": best.model.digest},
+                "metrics": {"name": best.metrics.name, "version": best.metrics.version,
+                            "digest": best.metrics.digest}}
+        failed = [t.index for t in trials if t.status == "failed"]
+        result = {"sweep": sweep, "metric": {"name": metric.name, "goal": metric.goal}, "trials": rows,
+                  "winner": winner, "failed": failed}
+        out = stage.staging(SWEEP_RESULT_NAME)
+        write_json(out / "sweep.json", result)
+        stage.summary = {"trials": len(trials), "finished": len(ranked), "failed": len(failed),
+                         "winner_trial": winner["trial"] if winner else None,
+                         f"winner_{metric.name}": winner[metric.name] if winner else None}
+        stage.produce(SWEEP_RESULT_NAME, "sweep-result", out, result)
+    ref = stage.outputs["sweep-result"]
+    create_table_artifact(
+        key="sweep-results", table=rows,
+        description=f"Sweep {sweep.get('name') or ''} ({sweep['method']}, {len(trials)} trials) ranked by "
+                    f"{metric.name} ({metric.goal}); winner: "
+                    + (f"trial {best.index} {best.params}" if best else "none (no trial finished)"))
+    logger.info("sweep result %s: %d finished, %d failed, winner %s", ref.label, len(ranked), len(failed),
+                f"trial {best.index}" if best else "none")
+    return ref

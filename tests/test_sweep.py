@@ -1,0 +1,159 @@
+"""Sweep files: parsing, refusal with one line, deterministic expansion into validated trial configs."""
+
+import pytest
+import yaml
+
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.sweep import Metric, SweepError, TrialResult, expand, load_sweep, parse_sweep, rank, winner
+
+BASE = PipelineConfig()
+
+
+def sweep(text: str):
+    return parse_sweep(yaml.safe_load(text))
+
+
+def test_grid_is_the_product_in_file_order_with_every_config_validated():
+    s = sweep("""
+method: grid
+metric: {name: test_loss, goal: minimize}
+parameters:
+  train.learning_rate: {values: [0.001, 0.01]}
+  train.kernels: {values: [[8, 16], [16, 32]]}
+  train.epochs: {value: 2}
+name: lr-x-width
+""")
+    assert s.metric == Metric("test_loss", "minimize") and s.name == "lr-x-width"
+    trials = expand(s, BASE)
+    assert [t.params for t in trials] == [
+        {"train.learning_rate": 0.001, "train.kernels": [8, 16], "train.epochs": 2},
+        {"train.learning_rate": 0.001, "train.kernels": [16, 32], "train.epochs": 2},
+        {"train.learning_rate": 0.01, "train.kernels": [8, 16], "train.epochs": 2},
+        {"train.learning_rate": 0.01, "train.kernels": [16, 32], "train.epochs": 2},
+    ]
+    assert [t.index for t in trials] == [0, 1, 2, 3]
+    t = trials[2]
+    assert t.config.train.learning_rate == 0.01 and t.config.train.kernels == [8, 16] and t.config.train.epochs == 2
+    assert t.config.train.batch_size == BASE.train.batch_size  # the rest comes from the base config
+    assert len({x.key for x in trials}) == 4
+    assert "train.learning_rate=0.01" in t.label
+
+
+def test_grid_run_cap_keeps_the_first_trials_and_wandb_style_names_are_aliases():
+    s = sweep("""
+method: grid
+parameters:
+  learning_rate: {values: [0.001, 0.002, 0.003]}
+  batch_size: {values: [16, 32]}
+run_cap: 4
+""")
+    assert s.metric == Metric("test_accuracy", "maximize")  # default: the evaluation's accuracy
+    trials = expand(s, BASE)
+    assert len(trials) == 4 and trials[0].params == {"train.learning_rate": 0.001, "train.batch_size": 16}
+
+
+def test_random_sampling_is_seeded_reproducible_and_inside_the_ranges():
+    text = """
+method: random
+parameters:
+  train.learning_rate: {min: 0.0001, max: 0.1, distribution: log_uniform_values}
+  train.batch_size: {min: 16, max: 256}
+  train.seed: {values: [1, 2, 3]}
+  train.epochs: {min: 1, max: 10, distribution: q_uniform, q: 2}
+run_cap: 6
+seed: 7
+"""
+    a, b = expand(sweep(text), BASE), expand(sweep(text), BASE)
+    assert [t.params for t in a] == [t.params for t in b] and len(a) == 6
+    for t in a:
+        p = t.params
+        assert 0.0001 <= p["train.learning_rate"] <= 0.1
+        assert isinstance(p["train.batch_size"], int) and 16 <= p["train.batch_size"] <= 256
+        assert p["train.seed"] in (1, 2, 3) and p["train.epochs"] % 2 == 0
+    other = expand(sweep(text.replace("seed: 7", "seed: 8")), BASE)
+    assert [t.params for t in other] != [t.params for t in a]
+
+
+def test_random_over_a_small_space_gives_distinct_trials_only():
+    trials = expand(sweep("method: random\nparameters: {train.seed: {values: [1, 2]}}\nrun_cap: 5"), BASE)
+    assert sorted(t.params["train.seed"] for t in trials) == [1, 2]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method: bayes\nparameters: {train.seed: {values: [1]}}", "method 'bayes' is not supported"),
+    ("method: hyperband\nparameters: {train.seed: {values: [1]}}", "method must be one of grid, random"),
+    ("method: grid\nprogram: train.py\nparameters: {train.seed: {values: [1]}}", "'program' is not supported"),
+    ("method: grid\nlearning_rate: 3\nparameters: {train.seed: {values: [1]}}", "sweep: unknown key 'learning_rate'"),
+    ("method: grid\nparameters: {train.optimizer: {values: [sgd]}}", "unknown parameter path 'train.optimizer'"),
+    ("method: grid\nparameters: {data.slice: {values: [1, 2]}}", "unknown parameter path 'data.slice'"),
+    ("method: grid\nparameters: {train.seed: {values: []}}", "values must be a non-empty list"),
+    ("method: grid\nparameters: {train.seed: {values: [1, 1]}}", "duplicate value(s) 1"),
+    ("method: grid\nparameters: {}", "give at least one parameter"),
+    ("method: grid\nparameters: {train.seed: {values: [1], value: 2}}", "exactly one of values, value or min/max"),
+    ("method: grid\nparameters: {train.seed: {values: [1], probabilities: [1]}}", "unknown key 'probabilities'"),
+    ("method: grid\nparameters: {train.learning_rate: {min: 0.001, max: 0.1}}", "a grid sweep needs values"),
+    ("method: random\nparameters: {train.seed: {values: [1]}}", "a random sweep needs run_cap"),
+    ("method: random\nrun_cap: 2\nparameters: {train.learning_rate: {min: 0.001, max: 0.1, distribution: normal}}",
+     "distribution 'normal' is not supported"),
+    ("method: random\nrun_cap: 2\nparameters: {train.learning_rate: {min: 0, max: 0.1, "
+     "distribution: log_uniform_values}}", "needs min > 0"),
+    ("method: random\nrun_cap: 2\nparameters: {train.batch_size: {min: 8.5, max: 9, distribution: int_uniform}}",
+     "int_uniform needs integer min and max"),
+    ("method: random\nrun_cap: 2\nparameters: {train.batch_size: {min: 9, max: 8}}", "min 9 is larger than max 8"),
+    ("method: grid\nrun_cap: 0\nparameters: {train.seed: {values: [1]}}", "run_cap must be a positive integer"),
+    ("method: grid\nmetric: {name: val_acc, goal: maximize}\nparameters: {train.seed: {values: [1]}}",
+     "metric.name must be one of test_accuracy, test_loss"),
+    ("method: grid\nmetric: {name: test_loss, goal: lowest}\nparameters: {train.seed: {values: [1]}}",
+     "metric.goal must be maximize or minimize"),
+    ("method: grid\nmetric: {name: test_loss, target: 0.1}\nparameters: {train.seed: {values: [1]}}",
+     "metric: unknown key 'target'"),
+    ("method: grid\nearly_terminate: {type: hyperband}\nparameters: {train.seed: {values: [1]}}",
+     "'early_terminate' is not supported"),
+    ("method: grid\nparameters: {learning_rate: {values: [1]}, train.learning_rate: {values: [2]}}",
+     "are the same parameter train.learning_rate"),
+    ("- 1\n- 2", "must be a mapping"),
+])
+def test_unsupported_or_malformed_sweeps_are_refused_with_one_line(text, message):
+    with pytest.raises(SweepError) as e:
+        sweep(text)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("params, message", [
+    ("train.learning_rate: {values: [0.01, -1]}", "trial 1 (train.learning_rate=-1): train.learning_rate: "),
+    ("train.kernels: {values: [[16, 32], [16]]}", "trial 1 (train.kernels=[16]): train.kernels: "),
+    ("train.kernels: {values: [[0, 32]]}", "every kernel count must be positive"),
+    ("train.epochs: {values: [1, two]}", "trial 1 (train.epochs=two): train.epochs: "),
+])
+def test_a_value_that_fails_the_config_validation_is_named_before_any_work(params, message):
+    s = sweep(f"method: grid\nparameters:\n  {params}")
+    with pytest.raises(SweepError) as e:
+        expand(s, BASE)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_sweep_reads_yaml_and_json_and_names_unreadable_files(tmp_path):
+    (tmp_path / "s.json").write_text('{"method": "grid", "parameters": {"train.seed": {"values": [1, 2]}}}')
+    assert len(expand(load_sweep(tmp_path / "s.json"), BASE)) == 2
+    (tmp_path / "bad.yaml").write_text("method: grid\nparameters: {train.seed: [1, 2\n")
+    with pytest.raises(SweepError, match="not valid YAML/JSON at line"):
+        load_sweep(tmp_path / "bad.yaml")
+    with pytest.raises(SweepError, match="cannot read sweep file"):
+        load_sweep(tmp_path / "missing.yaml")
+
+
+def test_rank_orders_by_the_metric_goal_and_leaves_failed_trials_out():
+    results = [TrialResult(0, {}, "finished", {"test_accuracy": 0.8, "test_loss": 0.5}),
+               TrialResult(1, {}, "failed", None, "RuntimeError: boom"),
+               TrialResult(2, {}, "reused", {"test_accuracy": 0.9, "test_loss": 0.7}),
+               TrialResult(3, {}, "finished", {"test_accuracy": 0.9, "test_loss": 0.4})]
+    assert [r.index for r in rank(results, Metric("test_accuracy", "maximize"))] == [2, 3, 0]
+    assert winner(results, Metric("test_loss", "minimize")).index == 3
+    assert winner([results[1]], Metric("test_loss", "minimize")) is None
+
+
+def test_the_readme_example_sweep_file_expands_to_four_trials():
+    from pathlib import Path
+
+    trials = expand(load_sweep(Path(__file__).resolve().parents[1] / "examples" / "sweep.yaml"), BASE)
+    assert len(trials) == 4 and {t.config.train.seed for t in trials} == {0}

@@ -1,0 +1,259 @@
+"""Sweeps on a real Dask cluster: a scheduler and two worker processes started by the test, on loopback; real
+Prefect (test server), real wandb (offline, temp dir), SQLite, onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from flows.cli import main
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.refs import ArtifactRef, manifest_digest, verify_files
+from mnist_pipeline.lineage.store import LineageStore
+from tests.dask_cluster import DaskCluster, free_port
+
+GRID = """
+method: grid
+metric: {name: test_accuracy, goal: maximize}
+parameters:
+  train.learning_rate: {values: [0.001, 0.01]}
+  train.kernels: {values: [[4, 8], [8, 16]]}
+name: tiny-grid
+"""
+
+
+@pytest.fixture
+def dask_cluster(tmp_path, wandb_offline):
+    cluster = DaskCluster(tmp_path / "dask", n_workers=2, nthreads=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.close()
+
+
+def _argv(tiny_mnist, tmp_path, sweep_text: str, name: str = "sweep.yaml") -> list[str]:
+    f = tmp_path / name
+    f.write_text(sweep_text)
+    return ["sweep", "--sweep", str(f), "--source", "local", "--local-dir", str(tiny_mnist), "--slice", "1",
+            "--epochs", "1", "--batch-size", "16", "--root", str(tmp_path / "data"),
+            "--artifacts-dir", str(tmp_path / "art"), "--lineage-db", str(tmp_path / "lineage.db"),
+            "--wandb-mode", "offline", "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32"]
+
+
+def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
+    from mnist_pipeline.lineage.wandb_io import offline_records
+
+    runs = {}
+    for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):
+        try:
+            run = next((r.run for r in offline_records(f) if r.WhichOneof("record_type") == "run"), None)
+        except Exception:  # noqa: BLE001 - the file of a trial attempt killed with its worker, cut short
+            continue
+        if run is not None:  # None: the same, cut before its run record
+            runs[run.run_id] = (run.job_type, run.run_group)
+    return runs
+
+
+def _kill_when_busy(cluster: DaskCluster, index: int, seen: dict, delay: float = 1.0, timeout: float = 240) -> None:
+    """Wait until worker `index` runs a trial, let it get going, then SIGKILL it (a lost machine)."""
+    from distributed import Client
+
+    name = f"worker{index}"
+    with Client(cluster.address, timeout=10) as client:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            workers = client.scheduler_info()["workers"]
+            addr = next((a for a, w in workers.items() if w.get("name") == name), None)
+            busy = client.processing().get(addr) if addr else None
+            if busy:
+                time.sleep(delay)
+                seen["busy_with"] = list(busy)
+                cluster.kill_worker(index)
+                seen["killed"] = name
+                return
+            time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_once_and_reruns_from_the_store(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path, dask_cluster, capsys):
+    argv = _argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dask_cluster.address, "--workers", "2"]
+    seen: dict = {}
+    killer = threading.Thread(target=_kill_when_busy, args=(dask_cluster, 0, seen), daemon=True)
+    killer.start()
+    rc = main(argv)
+    out = capsys.readouterr()
+    killer.join(timeout=30)
+    assert rc == 0, out.err[-3000:]
+    summary = json.loads(out.out)
+    assert seen.get("killed") == "worker0", "the test never caught worker0 running a trial"
+    assert dask_cluster.workers[0].poll() is not None
+
+    # every trial finished once; the one the lost worker held was rerun on the other worker
+    assert [t["status"] for t in summary["trials"]] == ["finished"] * 4 and summary["failed"] == []
+    assert summary["workers"] == 2
+    store = LineageStore(tmp_path / "lineage.db")
+    runs = store.runs()
+    assert all(r.status == "finished" for r in runs), [(r.job_type, r.status, r.error) for r in runs]
+    assert Counter(r.job_type for r in runs) == {"prepare-data": 1, "train": 4, "evaluate": 4, "select": 1,
+                                                    "export-onnx": 1, "validate-onnx": 1, "promote": 1}
+    [dataset] = store.artifacts("dataset")
+    models = store.artifacts("model")
+    assert len(models) == 4 and [m.version for m in models] == [0, 1, 2, 3]  # no duplicate model versions
+    assert sorted(json.dumps(m.metadata["fingerprint"], sort_keys=True) for m in models) == sorted(
+        {json.dumps(m.metadata["fingerprint"], sort_keys=True) for m in models})
+    assert {m.metadata["threads"] for m in models} == {1}  # each trial used its worker's one thread
+    for a in store.artifacts():
+        verify_files(a.path, a.files)
+        assert manifest_digest(a.files) == a.digest
+    # full lineage per trial: dataset -> train -> model -> evaluate -> metrics, trained on a worker process
+    flow_pid = os.getpid()
+    metrics_by_model = {}
+    for m in models:
+        [train_run] = [store.run(r) for r in store.producers(m.artifact_id)]
+        assert train_run.job_type == "train" and [u.digest for u in store.edges(train_run.run_id)["used"]] \
+            == [dataset.digest]
+        assert train_run.env["process"]["pid"] != flow_pid and train_run.env["started_at_worker"]
+        [ev] = [store.run(r) for r in store.consumers(m.artifact_id) if store.run(r).job_type == "evaluate"]
+        assert {u.artifact_id for u in store.edges(ev.run_id)["used"]} == {m.artifact_id, dataset.artifact_id}
+        [metrics_by_model[m.artifact_id]] = store.edges(ev.run_id)["produced"]
+
+    # select consumed every trial's metrics and named the best by test_accuracy; that model alone was promoted
+    [select_run] = [r for r in runs if r.job_type == "select"]
+    edges = store.edges(select_run.run_id)
+    assert {u.artifact_id for u in edges["used"]} == {x.artifact_id for x in metrics_by_model.values()}
+    [result] = edges["produced"]
+    assert result.type == "sweep-result"
+    best_model_id = max(metrics_by_model, key=lambda k: (metrics_by_model[k].metadata["test_accuracy"], -k))
+    winner = result.metadata["winner"]
+    assert winner["model"]["digest"] == store.artifact(best_model_id).digest
+    assert winner["test_accuracy"] == max(x.metadata["test_accuracy"] for x in metrics_by_model.values())
+    assert store.alias("convnet", "production").artifact_id == best_model_id
+    [onnx] = store.artifacts("onnx")
+    [export_run] = [r for r in runs if r.job_type == "export-onnx"]
+    assert {u.artifact_id for u in store.edges(export_run.run_id)["used"]} == {best_model_id, result.artifact_id}
+    assert summary["winner"]["model"] == f"convnet:v{store.artifact(best_model_id).version}"
+
+    # W&B: every recorded run is an offline W&B run of the same job type, all grouped by the sweep's flow run
+    wb = _wandb_runs(wandb_offline)
+    assert {r.run_id for r in runs} <= set(wb)
+    assert all(wb[r.run_id][0] == r.job_type for r in runs)
+    assert len({wb[r.run_id][1] for r in runs}) == 1
+
+    # Prefect: the trials are task runs of the flow run, the results a table artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    with get_client(sync_client=True) as client:
+        flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[summary["flow_run_id"]]))
+        trials = client.read_task_runs(flow_run_filter=flow_filter, task_run_filter=TaskRunFilter(
+            name=TaskRunFilterName(any_=[f"trial-{i:03d}" for i in range(4)])))
+        [table] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sweep-results"])),
+                                        flow_run_filter=flow_filter)
+    assert sorted(t.name for t in trials) == [f"trial-{i:03d}" for i in range(4)]
+    assert all(t.state.is_completed() for t in trials)
+    assert table.type == "table" and len(json.loads(table.data)) == 4
+
+    # the audit of the winner's ONNX file walks through select back to the sweep's data
+    assert main(["audit", str(ArtifactRef(name=onnx.name, type=onnx.type, version=onnx.version, digest=onnx.digest,
+                                          path=onnx.path).file("model.onnx")),
+                 "--lineage-db", str(tmp_path / "lineage.db")]) == 0
+    report = capsys.readouterr().out
+    assert "produced by select run" in report and "convnet-sweep:v0 (sweep-result)" in report
+    assert "produced by prepare-data run" in report and "VERIFIED" in report
+
+    # a rerun reuses all four trials: nothing is trained again, no new model version
+    rc = main(_argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dask_cluster.address])
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    again = json.loads(out.out)
+    assert [t["status"] for t in again["trials"]] == ["reused"] * 4
+    assert [t["model"] for t in again["trials"]] == [t["model"] for t in summary["trials"]]
+    assert Counter(r.job_type for r in store.runs())["train"] == 4 and len(store.artifacts("model")) == 4
+
+    # a trial that fails (its checkpoint path is taken by a folder: the disk refuses the write) is recorded as
+    # failed; the sweep goes on with the others, reports it and exits 1
+    from tasks.train import checkpoint_path
+
+    partial = GRID.replace("[0.001, 0.01]", "[0.001, 0.003]").replace("[[4, 8], [8, 16]]", "[[4, 8]]")
+    base = PipelineConfig.model_validate({"data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1},
+                                          "train": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003,
+                                                    "kernels": [4, 8]},
+                                          "artifacts_dir": str(tmp_path / "art")})
+    blocker = checkpoint_path(base, ArtifactRef(name=dataset.name, type=dataset.type, version=dataset.version,
+                                                digest=dataset.digest, path=dataset.path))
+    (blocker / "occupied").mkdir(parents=True)
+    rc = main(_argv(tiny_mnist, tmp_path, partial, "partial.yaml") + ["--dask-address", dask_cluster.address])
+    out = capsys.readouterr()
+    assert rc == 1
+    third = json.loads(out.out)
+    assert [t["status"] for t in third["trials"]] == ["reused", "failed"] and third["failed"] == [1]
+    assert "1 trial(s) failed: [1]" in out.err
+    failed = [r for r in store.runs() if r.status == "failed"]
+    assert [r.job_type for r in failed] == ["train"] and failed[0].config["train"]["learning_rate"] == 0.003
+    assert len(store.artifacts("model")) == 4  # the failed trial made no model
+    assert third["winner"]["trial"] == 0
+
+
+@pytest.mark.parametrize("text, message", [
+    ("method: grid\nparameters: {train.optimizer: {values: [sgd]}}", "unknown parameter path 'train.optimizer'"),
+    ("method: grid\nparameters: {train.learning_rate: {values: []}}", "values must be a non-empty list"),
+    ("method: bayes\nmetric: {name: test_loss, goal: minimize}\nparameters: {train.seed: {values: [1, 2]}}",
+     "method 'bayes' is not supported"),
+    ("method: grid\nparameters: {train.batch_size: {values: [16, 0]}}", "trial 1 (train.batch_size=0)"),
+])
+def test_a_bad_sweep_file_is_refused_with_one_line_before_any_work(tiny_mnist, tmp_path, capsys, text, message):
+    dead = f"tcp://127.0.0.1:{free_port()}"  # nothing listens: the refusal must come before any contact
+    argv = _argv(tiny_mnist, tmp_path, text) + ["--dask-address", dead]
+    start = time.monotonic()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("mnist-pipeline: invalid sweep:")
+    assert time.monotonic() - start < 5
+    assert not (tmp_path / "lineage.db").exists() and not (tmp_path / "art").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line_and_exit_1(tiny_mnist, tmp_path, capsys):
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    assert main(_argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dead]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"mnist-pipeline: no Dask scheduler at {dead}")
+    assert not (tmp_path / "lineage.db").exists()
+
+
+def test_the_cluster_fixture_runs_separate_single_threaded_workers_that_can_be_lost(dask_cluster):
+    from distributed import Client
+
+    with Client(dask_cluster.address, timeout=10) as client:
+        info = client.run(lambda: (os.getpid(), os.getcwd()))
+        assert len(info) == 2 and len({pid for pid, _ in info.values()}) == 2
+        assert {os.path.basename(cwd) for _, cwd in info.values()} == {"worker0", "worker1"}
+        assert set(client.nthreads().values()) == {1}
+        assert all(addr.startswith("tcp://127.0.0.1:") for addr in info)
+        dask_cluster.kill_worker(0)
+        deadline = time.monotonic() + 30
+        while len(client.scheduler_info()["workers"]) != 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(client.scheduler_info()["workers"]) == 1
+        assert client.submit(lambda x: x + 1, 1).result(timeout=30) == 2
+
+
+def test_each_worker_gets_its_share_of_its_machines_cores():
+    from flows.sweep import core_shares
+
+    found = {"tcp://a:1": {"host": "a", "cpus": 2}, "tcp://a:2": {"host": "a", "cpus": 2},
+             "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}
+    nthreads = {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 4}
+    assert core_shares(found, nthreads) == {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 1}
