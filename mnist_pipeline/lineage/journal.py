@@ -21,7 +21,7 @@ from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifa
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str  # start | finish | fail
+    kind: str  # start | use | gaps | finish | fail
     run_id: str
     kwargs: dict
 
@@ -67,6 +67,12 @@ class JournalStore:
                                                      "produced_ids": [r.artifact_id for r in out]}))
         return out
 
+    def record_use(self, run_id: str, artifact_id: int) -> None:
+        self.entries.append(Entry("use", run_id, {"artifact_id": artifact_id}))
+
+    def record_wandb_gaps(self, run_id: str, gaps) -> None:
+        self.entries.append(Entry("gaps", run_id, {"gaps": list(gaps)}))
+
     def fail_run(self, run_id: str, *, used: list[int], error: str) -> None:
         self.entries.append(Entry("fail", run_id, {"used": list(used), "error": error}))
 
@@ -83,6 +89,12 @@ def commit_journal(store: LineageStore, entries: list[Entry]) -> dict[tuple[str,
         kw = dict(e.kwargs)
         if e.kind == "start":
             store.start_run(e.run_id, kw.pop("job_type"), **kw)
+            continue
+        if e.kind == "use":
+            store.record_use(e.run_id, ids.get(kw["artifact_id"], kw["artifact_id"]))
+            continue
+        if e.kind == "gaps":
+            store.record_wandb_gaps(e.run_id, kw["gaps"])
             continue
         used = [ids[a] if a < 0 else a for a in kw.pop("used")]
         if e.kind == "fail":
