@@ -47,7 +47,7 @@ def local_prefect_server(home: Path | None = None, port: int | None = None, time
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_API_URL": url, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
            "PREFECT_UI_ENABLED": str(ui).lower()}
-    out = open(log, "wb") if log else subprocess.DEVNULL
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the server process holds it open
     prefect = Path(sys.executable).with_name("prefect")
     proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port),
                              "--analytics-off", "--ui" if ui else "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT,

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from mnist_pipeline import metrics, onnx_io, training
-from mnist_pipeline.storage import write_json
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ConvNet, ModelConfig, load_model, save_model
+from mnist_pipeline.storage import write_json
 
 MODEL_FILES = ("model.pt", "model_config.json")
 

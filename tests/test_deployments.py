@@ -31,9 +31,8 @@ def client(server):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: server}):
-        with get_client(sync_client=True) as c:
-            yield c
+    with temporary_settings({PREFECT_API_URL: server}), get_client(sync_client=True) as c:
+        yield c
 
 
 def _wait(predicate, timeout, what):
@@ -51,7 +50,7 @@ def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_
     env = {**os.environ, "PREFECT_API_URL": server, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
            "WANDB_SILENT": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("WANDB_API_KEY", None)
-    log = open(tmp_path / "serve.log", "wb")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the serve process writes it until it is stopped
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mnist-pipeline")), "serve", "--cron", "30 4 * * 2", "--source",
          "local", "--local-dir", str(tiny_mnist), "--slice", "1", "--epochs", "1", "--batch-size", "16",

@@ -9,6 +9,7 @@ concurrent store writers in tests/test_store.py.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -249,19 +250,17 @@ def test_artifact_names_and_recorded_file_paths_cannot_leave_the_artifact_root(w
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
     for bad in ("../evil", "a/b", "..", ""):
-        with pytest.raises(ValueError, match="not a plain name"):
-            with open_stage(cfg, "export-onnx") as stage:
-                stage.staging(bad)
-    with pytest.raises(ValueError, match="not a plain name"):
-        with open_stage(cfg, "export-onnx") as stage:
-            d = stage.staging("ok")
-            (d / "f.txt").write_text("x")
-            stage.produce("ok", "../../etc", d)
-    with pytest.raises(ValueError, match="outside"):  # only a staged folder is ever moved into the store
-        with open_stage(cfg, "export-onnx") as stage:
-            (tmp_path / "elsewhere").mkdir()
-            (tmp_path / "elsewhere" / "f.txt").write_text("x")
-            stage.produce("ok", "onnx", tmp_path / "elsewhere")
+        with pytest.raises(ValueError, match="not a plain name"), open_stage(cfg, "export-onnx") as stage:
+            stage.staging(bad)
+    with pytest.raises(ValueError, match="not a plain name"), open_stage(cfg, "export-onnx") as stage:
+        d = stage.staging("ok")
+        (d / "f.txt").write_text("x")
+        stage.produce("ok", "../../etc", d)
+    # only a staged folder is ever moved into the store
+    with pytest.raises(ValueError, match="outside"), open_stage(cfg, "export-onnx") as stage:
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "f.txt").write_text("x")
+        stage.produce("ok", "onnx", tmp_path / "elsewhere")
     assert (tmp_path / "elsewhere" / "f.txt").exists()
     # a store row whose relpath climbs out is refused, not followed
     (tmp_path / "secret.txt").write_text("s")
@@ -629,10 +628,8 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
         os.kill(first.pid, signal.SIGKILL)  # mid-epoch, no chance to clean up
         assert first.wait(30) == -signal.SIGKILL
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(first.pid, signal.SIGKILL)  # whatever it had started (wandb's service) goes with it
-        except ProcessLookupError:
-            pass
         first.stdout.close()
 
     last = torch.load(ckpt, weights_only=True)

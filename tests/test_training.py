@@ -1,3 +1,4 @@
+import contextlib
 import json
 import re
 
@@ -48,10 +49,8 @@ def test_loss_is_logged_every_n_batches_with_examples_as_step():
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_one_does(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
-    try:
+    with contextlib.suppress(InterruptedError):
         _run(stop=17, ckpt=ckpt)
-    except InterruptedError:
-        pass
     state = torch.load(ckpt, weights_only=True)
     assert (state["epoch"], state["batch"], state["batches"]) == (1, 3, 16)  # last checkpoint: batch 16
     resumed, result = _run(ckpt=ckpt)

@@ -515,10 +515,10 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
         v.artifact(rec, w.runs, w.used)
         if check_raw_files:
             v.raw_files(rec)
-    if ident.kind == "file" and ident.how == "location":  # the queried file was named; make sure it is checked
-        if not any(c["path"] == str(ident.path) for c in v.checks):
-            v.add("query-file", label(ident.matches[0]), str(ident.path), "unrecorded", None, ident.sha256,
-                  "in an artifact folder but not on record")
+    # the queried file was named: make sure it is checked
+    if ident.kind == "file" and ident.how == "location" and not any(c["path"] == str(ident.path) for c in v.checks):
+        v.add("query-file", label(ident.matches[0]), str(ident.path), "unrecorded", None, ident.sha256,
+              "in an artifact folder but not on record")
 
     by_label: dict[str, ArtifactEntry] = {}
     for aid, rec in sorted(w.arts.items()):

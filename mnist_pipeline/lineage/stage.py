@@ -20,8 +20,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
