@@ -9,6 +9,8 @@ Work-pool users deploy the same two with `prefect deploy --prefect-file deployme
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import serve
 from prefect.schedules import Cron
 
@@ -23,7 +25,7 @@ SCHEDULED, MANUAL = "scheduled-retraining", "manual"
 def build_deployments(cfg: PipelineConfig, cron: str = DEFAULT_CRON, timezone: str = DEFAULT_TIMEZONE,
                       paused: bool = False) -> list:
     params = {"config": cfg.model_dump(mode="json")}
-    common = dict(parameters=params, enforce_parameter_schema=True, tags=["mnist", "lineage"])
+    common: dict[str, Any] = dict(parameters=params, enforce_parameter_schema=True, tags=["mnist", "lineage"])
     return [
         mnist_pipeline.to_deployment(
             name=SCHEDULED, schedules=[Cron(cron, timezone=timezone)], paused=paused,

@@ -69,7 +69,7 @@ def local_prefect_server(home: Path | None = None, port: int | None = None, time
         yield url
     finally:
         stop_group(proc)
-        if log:
+        if not isinstance(out, int):
             out.close()
         if own_home:
             shutil.rmtree(home, ignore_errors=True)

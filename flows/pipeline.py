@@ -85,8 +85,8 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     report = run_report(cfg, dataset, metrics, validation, decision, figures.result())  # shows the decision
 
     store = LineageStore(cfg.lineage_db)
-    m = store.find_artifact(metrics.name, metrics.digest).metadata
-    v = store.find_artifact(validation.name, validation.digest).metadata
+    m = store.require_artifact(metrics.name, metrics.digest).metadata
+    v = store.require_artifact(validation.name, validation.digest).metadata
     summary = {
         "status": "completed",
         "reason": f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),

@@ -190,10 +190,11 @@ def stage_local(local_dir: Path, incoming: Path) -> list[RawFileInfo]:
     local_dir = Path(local_dir)
     if not local_dir.is_dir():
         raise DataError(f"{local_dir}: not a directory")
-    found = {stem: _find(local_dir, stem) for stem in FILES.values()}
-    missing = [stem for stem, p in found.items() if p is None]
+    located = {stem: _find(local_dir, stem) for stem in FILES.values()}
+    missing = [stem for stem, p in located.items() if p is None]
     if missing:
         raise DataError(f"{local_dir}: missing MNIST file(s) {', '.join(missing)} (.gz or uncompressed)")
+    found = {stem: p for stem, p in located.items() if p is not None}
     dest = raw_folder(incoming)
     dest.mkdir(parents=True, exist_ok=True)
     infos = []

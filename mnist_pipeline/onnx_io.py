@@ -19,8 +19,12 @@ from mnist_pipeline.metrics import predict_logits
 log = logging.getLogger(__name__)
 
 if typing.TYPE_CHECKING:
+    from typing import Any
+
     import onnx
     import onnxruntime as ort
+
+    from mnist_pipeline.model import ConvNet
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -40,14 +44,14 @@ class ExportInfo:
     exporter: str
 
 
-def export(model: torch.nn.Module, path: Path, opset: int = 18, exporter: str = "torchscript") -> ExportInfo:
+def export(model: ConvNet, path: Path, opset: int = 18, exporter: str = "torchscript") -> ExportInfo:
     """torch.onnx.export with a dynamic batch axis, then onnx.checker.
 
     exporter="dynamo" is torch.export-based (PyTorch's default since 2.9; needs onnxscript); "torchscript" is the
     older tracer, deprecated in PyTorch but about 20x quicker to start for a model this small."""
     model = model.cpu().eval()
     example = torch.zeros(2, *model.cfg.input_shape)
-    names = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    names: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
     if exporter == "dynamo":
         batch = torch.export.Dim("batch", min=1, max=1 << 20)
         torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=({0: batch},),

@@ -51,7 +51,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
         training.seed_everything(t.seed)
         threads = training.set_threads(t.threads)
         device = pick_device(t.device)
-        model = ConvNet(ModelConfig(kernels=tuple(t.kernels), classes=t.classes))
+        model = ConvNet(ModelConfig(kernels=(t.kernels[0], t.kernels[1]), classes=t.classes))
         if t.watch:
             stage.watch(model, log_freq=t.watch_log_freq)
         ckpt = checkpoint_path(cfg, dataset)

@@ -91,7 +91,8 @@ def commit_journal(store: LineageStore, entries: list[Entry]) -> dict[tuple[str,
             store.start_run(e.run_id, kw.pop("job_type"), **kw)
             continue
         if e.kind == "use":
-            store.record_use(e.run_id, ids.get(kw["artifact_id"], kw["artifact_id"]))
+            aid: int = kw["artifact_id"]
+            store.record_use(e.run_id, ids.get(aid, aid))
             continue
         if e.kind == "gaps":
             store.record_wandb_gaps(e.run_id, kw["gaps"])

@@ -524,6 +524,13 @@ class LineageStore:
                               (name, digest)).fetchone()
             return self._artifact(con, row[0]) if row else None
 
+    def require_artifact(self, name: str, digest: str) -> ArtifactRecord:
+        """`find_artifact`, for a version this run has just recorded: its absence is a broken store."""
+        rec = self.find_artifact(name, digest)
+        if rec is None:
+            raise StoreError(f"{self.path}: {name} {digest[:16]} was recorded by this run and is gone from the store")
+        return rec
+
     def artifacts(self, type: str | None = None) -> list[ArtifactRecord]:
         with self.reader() as con:
             q = "SELECT artifact_id FROM artifacts" + (" WHERE type = ?" if type else "") + " ORDER BY artifact_id"

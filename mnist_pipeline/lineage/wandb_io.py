@@ -25,7 +25,9 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Literal, cast
 from urllib.parse import urlparse
 
 import numpy as np
@@ -258,8 +260,9 @@ def run_settings(creds: WandbCredentials | None, timeouts: WandbTimeouts, **extr
 
 def _one_line(e: BaseException, secret: str | None = None) -> str:
     text = f"{type(e).__name__}: {' '.join(str(e).split())}"
-    for s in {secret, os.environ.get("WANDB_API_KEY")} - {None, ""}:
-        text = text.replace(s, "<API key>")  # an error that echoes the key must not put it in the logs
+    for s in {secret, os.environ.get("WANDB_API_KEY")}:
+        if s:
+            text = text.replace(s, "<API key>")  # an error that echoes the key must not put it in the logs
     return text[:500]
 
 
@@ -437,7 +440,7 @@ class StageRun:
         if self.online:
             for a, art in logged:
                 gap = [WandbGap("upload", self._path(a.name, a.digest), "artifact wait", "")]
-                self._guard("artifact wait", lambda art=art: art.wait(timeout=self.timeouts.artifact_wait), gap)
+                self._guard("artifact wait", partial(art.wait, timeout=self.timeouts.artifact_wait), gap)
         if summary:
             self._guard("summary", lambda: self.run.summary.update(summary), network=False)
 
@@ -517,7 +520,7 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
                 for d in (wandb_dir(cfg) / "wandb").glob(f"run-*-{run_id}"):
                     shutil.rmtree(d, ignore_errors=True)
                 mode, run_id = "offline", uuid.uuid4().hex[:12]
-    run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=timeouts.init, **quiet), **kwargs(run_id))
+    run = wandb.init(mode=cast(Literal["online", "offline", "disabled"], mode), settings=wandb.Settings(init_timeout=timeouts.init, **quiet), **kwargs(run_id))
     return StageRun(cfg, run, mode, run_id, job_type, timeouts)
 
 
@@ -549,7 +552,7 @@ def offline_records(run_file: Path) -> Iterator:
         pos += header + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
-            rec = pb.Record()
+            rec = pb.Record()  # type: ignore[attr-defined]  # generated protobuf module
             rec.ParseFromString(pending)
             pending = b""
             yield rec
