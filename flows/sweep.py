@@ -184,6 +184,12 @@ def record_lost_trial(store: LineageStore, cfg: PipelineConfig, dataset_id: int,
     return run_id
 
 
+
+def _train_seconds(store: LineageStore, model) -> float | None:
+    """How long the trial's training loop took: a fact of its train run, not of the model's files."""
+    run = store.run(model.producer_run_id)
+    return run.summary.get("train_seconds") if run is not None else None
+
 @flow(name=FLOW_NAME, description="Hyperparameter sweep of the MNIST ConvNet on Dask: every trial trains and "
       "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.")
 def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = None, min_workers: int = 1) -> dict:
@@ -216,7 +222,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
         if found:
             model, metrics = found
             results[t.index] = SweepTrial(t.index, t.params, "reused", ref_of(model), ref_of(metrics),
-                                          _values(metrics.metadata), train_seconds=model.metadata.get("train_seconds"))
+                                          _values(metrics.metadata), train_seconds=_train_seconds(store, model))
             logger.info("trial %d reuses %s (%s): same dataset and training fingerprint", t.index,
                         f"{model.name}:v{model.version}", f"{metrics.name}:v{metrics.version}")
         else:
@@ -242,7 +248,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
         model, metrics = committed[outcome.model], committed[outcome.metrics]
         results[index] = SweepTrial(index, t.params, "finished", ref_of(model), ref_of(metrics),
                                     _values(metrics.metadata), worker=outcome.worker, seconds=outcome.seconds,
-                                    train_seconds=model.metadata.get("train_seconds"), started=outcome.started,
+                                    train_seconds=_train_seconds(store, model), started=outcome.started,
                                     ended=outcome.ended)
 
     ordered = [results[t.index] for t in trials]

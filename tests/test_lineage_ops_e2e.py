@@ -133,8 +133,8 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
     assert code == 0, err
     plan = json.loads(out)
     gone = {r["artifact"] for r in plan["removals"] if r["kind"] == "artifact"}
-    assert gone == {f"{n}:v{v}" for n in ("convnet", "convnet-metrics", "convnet-onnx", "convnet-onnx-validation")
-                    for v in (1, 2)}
+    assert gone == {f"{n}:v{v}" for n in ("convnet", "convnet-metrics", "convnet-onnx", "convnet-onnx-validation",
+                                          "run-report") for v in (1, 2)}
     assert plan["bytes_freed"] > 0 and all(os.path.isdir(r["path"]) for r in plan["removals"])
     code, out, err = _cli(capsys, "gc", "--keep-last", "1", "--lineage-db", db, "--artifacts-dir", str(art),
                           "--apply")

@@ -126,7 +126,7 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
 
     runs = LineageStore(folder / "mnist-runs" / "lineage.db").runs()
     assert sorted(r.job_type for r in runs) == sorted(["prepare-data", "train", "evaluate", "export-onnx",
-                                                       "validate-onnx", "promote"])
+                                                       "validate-onnx", "promote", "report"])
     for r in runs:
         assert r.status == "finished"
         kinds = {rec.WhichOneof("record_type") for rec in offline_records(offline_run_file(Path(r.wandb_dir)))}

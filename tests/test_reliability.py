@@ -693,7 +693,7 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
 
     models = store.artifacts("model")
     assert sorted(m.version for m in models) == [0, 1] and len({m.digest for m in models}) == 2
-    assert {m.metadata["train"]["seed"] for m in models} == {1, 2}
+    assert {m.metadata["fingerprint"]["seed"] for m in models} == {1, 2}
     assert len(store.artifacts("dataset")) == 1  # same data, one version, even if both prepared it
     for kind in ("metrics", "onnx", "validation"):
         assert len(store.artifacts(kind)) == 2

@@ -311,9 +311,9 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
 
     store = LineageStore(db)
     runs = store.runs()
-    assert len(runs) == 6 and all(r.status == "finished" for r in runs)
+    assert len(runs) == 7 and all(r.status == "finished" for r in runs)  # six stages and the run report
     arts = store.artifacts()
-    assert {a.type for a in arts} == {"dataset", "model", "metrics", "onnx", "validation"}
+    assert {a.type for a in arts} == {"dataset", "model", "metrics", "onnx", "validation", "report"}
     online = [r for r in runs if r.wandb_mode == "online"]
     init_fails = fault in ("never-answers", "closed-port")
     assert len(online) == (0 if init_fails else 1)  # after the first failure the host is not tried again
