@@ -76,8 +76,8 @@ def _pipeline_config(a: dict):
 def part_pipeline(a: dict) -> dict:
     import importlib
 
-    from flows.cli import PREFETCH
-    from flows.pipeline import mnist_pipeline
+    from mnist_pipeline.flows.cli import PREFETCH
+    from mnist_pipeline.flows.pipeline import mnist_pipeline
     from mnist_pipeline.lineage.store import LineageStore
 
     # The stages import torch, wandb, onnx... when they run (a skipped run needs none of them). Imported here,
@@ -210,7 +210,7 @@ def run_whole(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
 
 def cold_repeat(i: int, a: dict, base_env: dict, tmp: Path, logs: Path) -> dict:
     """The tutorial's script, the README's run command and its unchanged rerun, each a whole cold process."""
-    from flows import prefect_server
+    from mnist_pipeline.flows import prefect_server
 
     work = tmp / f"cold{i}"
     env = {k: v for k, v in base_env.items() if k not in ("PREFECT_API_URL", "WANDB_MODE")}
@@ -222,7 +222,7 @@ def cold_repeat(i: int, a: dict, base_env: dict, tmp: Path, logs: Path) -> dict:
     out = {"tutorial": run_whole([sys.executable, str(REPO / "benchmarks" / "tutorial_reference.py"), "--root",
                                   a["staged_root"], "--wandb-dir", str(work / "tutorial"), *n],
                                  work / "tutorial", {**env, "WANDB_MODE": "offline"}, logs / f"cold-tutorial-{i}.log")}
-    cli = [sys.executable, "-m", "flows.cli", "run", "--source", "local", "--local-dir", a["data_dir"], *n,
+    cli = [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", "--source", "local", "--local-dir", a["data_dir"], *n,
            *(["--device", a["device"]] if a.get("device") else [])]
     try:
         out["cli"] = run_whole(cli, work / "run", env, logs / f"cold-cli-{i}.log")
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
     if not args.data_dir.is_dir():
         p.error(f"--data-dir {args.data_dir} is not a directory")
 
-    from flows.local_server import local_prefect_server
+    from mnist_pipeline.flows.local_server import local_prefect_server
 
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
         tmp = Path(tmp)

@@ -1,6 +1,6 @@
 """`python -X importtime` output as a tree of cumulative seconds (how docs/performance.md found its imports).
 
-    python -X importtime -c "import flows.pipeline" 2> imp.txt
+    python -X importtime -c "import mnist_pipeline.flows.pipeline" 2> imp.txt
     python benchmarks/imptree.py imp.txt [max_depth=2] [min_seconds=0.1]
 """
 

@@ -49,7 +49,7 @@ def _config(work: Path, a: argparse.Namespace):
 
 
 def run_once(workers: int, work: Path, a: argparse.Namespace) -> dict:
-    from flows.sweep import mnist_sweep, task_runner
+    from mnist_pipeline.flows.sweep import mnist_sweep, task_runner
 
     cfg = _config(work, a)
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     from contextlib import ExitStack
 
-    from flows.sweep_cli import _prefect_api
+    from mnist_pipeline.flows.sweep_cli import _prefect_api
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     runs: dict[int, list[dict]] = {1: [], 2: []}

@@ -14,10 +14,10 @@ from typing import Any
 from prefect import serve
 from prefect.schedules import Cron
 
-from flows.pipeline import mnist_pipeline
 from mnist_pipeline.config import SCHEDULE_CRON as DEFAULT_CRON
 from mnist_pipeline.config import SCHEDULE_TIMEZONE as DEFAULT_TIMEZONE
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.pipeline import mnist_pipeline
 
 SCHEDULED, MANUAL = "scheduled-retraining", "manual"
 

@@ -10,6 +10,7 @@ folder that cannot be written), 6 the lineage store is damaged, or missing besid
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -20,8 +21,8 @@ from typing import cast
 
 from pydantic import BaseModel, ValidationError
 
-from flows import audit_cli, ops_cli, sweep_cli
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
+from mnist_pipeline.flows import audit_cli, ops_cli, sweep_cli
 from mnist_pipeline.report.console import where_things_went
 
 UNPREFIXED = {"data", "train"}
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg: PipelineConfig) -> int:
-    from flows import console, preflight
+    from mnist_pipeline.flows import console, preflight
     from mnist_pipeline.lineage.store import StoreError
     from mnist_pipeline.storage import StorageError
 
@@ -164,13 +165,13 @@ def _run(cfg: PipelineConfig) -> int:
         return audit_cli.EXIT_STORE
     # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows import prefect_server
+    from mnist_pipeline.flows import prefect_server
 
     lease = prefect_server.start_early()  # a Prefect server boots on the other core while we import
     keep = console.running_servers()  # a server someone else started (a test harness) is not ours to stop
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
-            from flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow
+            from mnist_pipeline.flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow
 
             console.quiet_expected_tracebacks()
             with prefect_server.use(lease, prefetch=PREFETCH):
@@ -207,7 +208,7 @@ def _serve(cfg, cron: str, timezone: str) -> int:
         print("mnist-pipeline: serve needs a running Prefect server: start one with `prefect server start` and set "
               "PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
         return EXIT_CONFIG
-    from deployments.serve import serve_deployments
+    from mnist_pipeline.deployments.serve import serve_deployments
 
     serve_deployments(cfg, cron=cron, timezone=timezone)
     return EXIT_OK
@@ -224,12 +225,16 @@ def entry() -> None:
     import atexit
     import threading
 
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # the reader went away (`mnist-pipeline audit ... | head`): nothing left to say
+        code = EXIT_OK
     for t in threading.enumerate():
         if t is not threading.main_thread() and not t.daemon:
             t.join()
     atexit._run_exitfuncs()
-    sys.stdout.flush()
+    with contextlib.suppress(BrokenPipeError):
+        sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 

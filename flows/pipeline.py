@@ -14,15 +14,24 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed, State
 
-from flows.preflight import effective_config
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.preflight import effective_config
 from mnist_pipeline.lineage.store import LineageStore
-from tasks import check_for_changes, evaluate, export_onnx, promote, publish_report, run_report, train, validate_onnx
-from tasks.prepare_data import for_config as prepare_data_for
-from tasks.prepare_data import stored_problem
-from tasks.report import wandb_records
-from tasks.run_report import REPORT_FILE, report_figures
-from tasks.validate_onnx import parity_failure
+from mnist_pipeline.tasks import (
+    check_for_changes,
+    evaluate,
+    export_onnx,
+    promote,
+    publish_report,
+    run_report,
+    train,
+    validate_onnx,
+)
+from mnist_pipeline.tasks.prepare_data import for_config as prepare_data_for
+from mnist_pipeline.tasks.prepare_data import stored_problem
+from mnist_pipeline.tasks.report import wandb_records
+from mnist_pipeline.tasks.run_report import REPORT_FILE, report_figures
+from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
 DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)

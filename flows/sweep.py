@@ -31,11 +31,11 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb_io import resolve_mode, wandb_dir
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
-from tasks import export_onnx, prepare_data, promote, validate_onnx
-from tasks.evaluate import METRICS_NAME
-from tasks.sweep import SweepTrial, TrialOutcome, ref_of, run_trial, select
-from tasks.train import MODEL_NAME
-from tasks.validate_onnx import parity_failure
+from mnist_pipeline.tasks import export_onnx, prepare_data, promote, validate_onnx
+from mnist_pipeline.tasks.evaluate import METRICS_NAME
+from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, ref_of, run_trial, select
+from mnist_pipeline.tasks.train import MODEL_NAME
+from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-sweep"
 DEFAULT_CONFIG = PipelineConfig.model_validate({})

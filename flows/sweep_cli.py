@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from contextlib import ExitStack
+from typing import Any, cast
 
 from mnist_pipeline.config import PipelineConfig
 
@@ -67,7 +68,7 @@ def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
         return EXIT_CONFIG
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's own INFO chatter: scheduler/worker life
-    from flows.sweep import mnist_sweep, task_runner, wait_for_scheduler
+    from mnist_pipeline.flows.sweep import mnist_sweep, task_runner, wait_for_scheduler
 
     if ns.dask_address:
         try:
@@ -83,7 +84,7 @@ def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
         min_workers = ns.workers if ns.dask_address and ns.workers else 1
         raw = json.loads(json.dumps(spec.to_dict()))
         # prefect-dask's runner is typed over its own future class, which Flow.with_options does not accept
-        sweep_flow = mnist_sweep.with_options(task_runner=runner)  # type: ignore[arg-type]
+        sweep_flow = mnist_sweep.with_options(task_runner=cast(Any, runner))
         state = sweep_flow(config=cfg, sweep=raw, min_workers=min_workers, return_state=True)
         if not state.is_completed():
             try:

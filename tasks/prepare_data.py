@@ -12,7 +12,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
-from tasks._common import current_flow_run_id, write_json
+from mnist_pipeline.tasks._common import current_flow_run_id, write_json
 
 DATASET_NAME = "mnist"
 

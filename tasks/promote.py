@@ -11,9 +11,9 @@ from mnist_pipeline.lineage.promotion import promote as apply_gate
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
-from tasks._common import current_flow_run_id
-from tasks.evaluate import evaluate
-from tasks.train import MODEL_NAME
+from mnist_pipeline.tasks._common import current_flow_run_id
+from mnist_pipeline.tasks.evaluate import evaluate
+from mnist_pipeline.tasks.train import MODEL_NAME
 
 
 @task(name="check-for-changes")

@@ -5,7 +5,7 @@ from prefect.artifacts import create_markdown_artifact
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.report import markdown
-from tasks._common import current_flow_run_id
+from mnist_pipeline.tasks._common import current_flow_run_id
 
 
 def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | None = None) -> list[dict]:

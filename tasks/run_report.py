@@ -28,7 +28,7 @@ from mnist_pipeline.report.page import (
     write_report,
 )
 from mnist_pipeline.report.picture import lineage_graph
-from tasks._common import current_flow_run_id
+from mnist_pipeline.tasks._common import current_flow_run_id
 
 REPORT_NAME = "run-report"
 REPORT_FILE = "report.html"

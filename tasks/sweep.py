@@ -20,9 +20,9 @@ from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import ArtifactRecord
 from mnist_pipeline.sweep import Metric, TrialResult, rank, usable_cores
-from tasks._common import current_flow_run_id, write_json
-from tasks.evaluate import evaluate
-from tasks.train import train
+from mnist_pipeline.tasks._common import current_flow_run_id, write_json
+from mnist_pipeline.tasks.evaluate import evaluate
+from mnist_pipeline.tasks.train import train
 
 SWEEP_RESULT_NAME = "convnet-sweep"
 

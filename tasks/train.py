@@ -11,7 +11,7 @@ from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
-from tasks._common import current_flow_run_id, unless_permanent
+from mnist_pipeline.tasks._common import current_flow_run_id, unless_permanent
 
 MODEL_NAME = "convnet"
 

@@ -5,7 +5,7 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from tasks._common import current_flow_run_id, write_json
+from mnist_pipeline.tasks._common import current_flow_run_id, write_json
 
 VALIDATION_NAME = "convnet-onnx-validation"
 

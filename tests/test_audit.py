@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.audit_cli import audit_main
-from flows.cli import _parser, main
+from mnist_pipeline.flows.audit_cli import audit_main
+from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.lineage.audit import (
     EXIT_TAMPERED,
     EXIT_UNKNOWN,
@@ -354,7 +354,7 @@ def test_mermaid_markdown_html_and_svg_reports(e2e, capsys, tmp_path):
 
 
 def test_the_audit_command_imports_neither_prefect_nor_wandb_nor_torch(e2e):
-    code = ("import sys; from flows.cli import main; rc = main(['audit', sys.argv[1], '--lineage-db', sys.argv[2]]);"
+    code = ("import sys; from mnist_pipeline.flows.cli import main; rc = main(['audit', sys.argv[1], '--lineage-db', sys.argv[2]]);"
             "heavy = [m for m in ('prefect', 'wandb', 'torch') if m in sys.modules];"
             "print('HEAVY', heavy); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(e2e["onnx"]), str(e2e["db"])], cwd=ROOT,

@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
-from flows.cli import main
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.cli import main
 
 
 def test_defaults_are_the_tutorials():

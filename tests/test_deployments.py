@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.local_server import local_prefect_server, stop_group
 from mnist_pipeline.config import SCHEDULE_CRON
+from mnist_pipeline.flows.local_server import local_prefect_server, stop_group
 from mnist_pipeline.lineage.store import LineageStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -57,7 +57,7 @@ def _env(base: Path, *, api: bool = True, **extra: str) -> dict:
 
 
 def _argv(base: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "run", "--root", str(base / "data"), "--artifacts-dir",
+    return [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", "--root", str(base / "data"), "--artifacts-dir",
             str(base / "art"), "--lineage-db", str(base / "lineage.db"), "--threads", "1", "--no-watch",
             "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32",
             "--evaluate-misclassified-table-rows", "4", *args]
@@ -146,8 +146,8 @@ def test_an_expected_failure_ends_with_one_line_and_its_traceback_stays_in_the_p
 
 
 def test_an_unexpected_error_keeps_its_traceback_on_the_console():
-    from flows import console
     from mnist_pipeline.data import ChecksumError
+    from mnist_pipeline.flows import console
     from mnist_pipeline.storage import StorageError
 
     assert console.is_expected(ChecksumError("x")) and console.is_expected(StorageError(28, "/p"))
@@ -290,7 +290,7 @@ def _deployment_run(name: str, payload: dict):
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
 
-    from flows.pipeline import mnist_pipeline
+    from mnist_pipeline.flows.pipeline import mnist_pipeline
 
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(f"mnist-lineage-pipeline/{name}")
@@ -308,8 +308,8 @@ def _task_runs(flow_run_id) -> list:
 
 def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deployment_folders(
         prefect_server, wandb_offline, tmp_path, monkeypatch):
-    from deployments.serve import MANUAL, build_deployments
     from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError
+    from mnist_pipeline.deployments.serve import MANUAL, build_deployments
 
     monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
     srv = tmp_path / "srv"
@@ -361,7 +361,7 @@ def test_a_shared_server_behind_basic_auth_refuses_an_unauthenticated_client(tmp
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from flows.local_server import local_prefect_server
+    from mnist_pipeline.flows.local_server import local_prefect_server
 
     monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "admin:s3cret-for-tests")
     with local_prefect_server(home=tmp_path / "home") as url:
@@ -389,9 +389,9 @@ def test_a_tampered_checkpoint_is_discarded_with_a_warning_and_training_starts_o
                                                                                    tiny_mnist, tmp_path, monkeypatch):
     from prefect import flow
 
-    import flows.pipeline  # noqa: F401 - puts the pipeline's warnings into the flow run's logs
+    import mnist_pipeline.flows.pipeline  # noqa: F401 - puts the pipeline's warnings into the flow run's logs
     from mnist_pipeline import training
-    from tasks import prepare_data, train
+    from mnist_pipeline.tasks import prepare_data, train
 
     real, calls = training.train, []
 
@@ -449,7 +449,7 @@ def _config(base: Path, train: int = 200, **over) -> PipelineConfig:
 
 
 def _flow(cfg: PipelineConfig) -> dict:
-    from flows.pipeline import mnist_pipeline
+    from mnist_pipeline.flows.pipeline import mnist_pipeline
 
     state = mnist_pipeline(config=cfg, return_state=True)
     assert state.is_completed(), state.message
@@ -457,7 +457,7 @@ def _flow(cfg: PipelineConfig) -> dict:
 
 
 def _audit(db: Path, target: str, capsys, *more: str) -> tuple[int, str, str]:
-    from flows.cli import main
+    from mnist_pipeline.flows.cli import main
 
     capsys.readouterr()
     rc = main(["audit", target, "--lineage-db", str(db), *more])
@@ -524,7 +524,7 @@ def test_a_tampered_dataset_is_caught_before_a_skip_and_rebuilt_from_the_source(
     assert rc == 6 and err.strip() == (f"mnist-pipeline audit: {db}: the lineage store is empty (0 bytes), so it "
                                        "records nothing; if it was truncated, restore it from a backup")
     assert db.stat().st_size == 0 and not Path(f"{db}-wal").exists()  # never written
-    from flows.cli import main
+    from mnist_pipeline.flows.cli import main
 
     rc = main(["run", "--source", "synthetic", "--root", str(tmp_path / "data"), "--artifacts-dir",
                str(tmp_path / "art"), "--lineage-db", str(db), "--wandb-mode", "offline"])
@@ -547,7 +547,7 @@ def test_a_tampered_dataset_is_caught_before_a_skip_and_rebuilt_from_the_source(
 
 
 def test_read_only_commands_never_write_the_store(tmp_path, capsys):
-    from flows.cli import main
+    from mnist_pipeline.flows.cli import main
     from mnist_pipeline.lineage.store import StoreError
 
     db = tmp_path / "lineage.db"
@@ -571,7 +571,7 @@ def test_read_only_commands_never_write_the_store(tmp_path, capsys):
 
 
 def test_prepare_data_gets_its_retries_and_a_prefect_time_limit_from_the_config(tmp_path):
-    from tasks.prepare_data import for_config, network_error_only
+    from mnist_pipeline.tasks.prepare_data import for_config, network_error_only
 
     cfg = _config(tmp_path, data={"source": "download", "timeout": 2, "retries": 4, "retry_delay": 0.5,
                                   "task_timeout": 90})

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.pipeline import mnist_pipeline
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.cli import main
+from mnist_pipeline.flows.pipeline import mnist_pipeline
 from mnist_pipeline.lineage.refs import manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb_io import offline_records

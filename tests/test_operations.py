@@ -235,7 +235,7 @@ def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_au
 def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync(lin, capsys):
     import argparse
 
-    from flows import ops_cli
+    from mnist_pipeline.flows import ops_cli
     from mnist_pipeline.lineage.recording import RecordingWandb
 
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])

@@ -47,7 +47,7 @@ def test_loading_the_flow_imports_no_torch_onnx_torchvision_or_wandb():
 
 
 def _lease_script(keep_s: float) -> str:
-    return ("import json, sys; from flows import prefect_server as ps; "
+    return ("import json, sys; from mnist_pipeline.flows import prefect_server as ps; "
             f"lease = ps.acquire(keep_s={keep_s}); ok = lease.ready(); lease.release(); "
             "print(json.dumps({'ok': ok, 'url': lease.url, 'pid': lease.pid, 'started': lease.started_here}))")
 
@@ -95,7 +95,7 @@ def test_temporary_mode_stops_the_server_at_the_end_and_a_dead_lease_holds_nothi
                                     capture_output=True, text=True, timeout=180, check=True).stdout)
     assert out["ok"] and not _alive(out["pid"])
     # a run killed while holding its lease: the server still goes once keep_s has passed
-    code = ("import os, signal, json; from flows import prefect_server as ps; lease = ps.acquire(keep_s=1); "
+    code = ("import os, signal, json; from mnist_pipeline.flows import prefect_server as ps; lease = ps.acquire(keep_s=1); "
             "assert lease.ready(); print(json.dumps({'pid': lease.pid}), flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     killed = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=180)
@@ -111,7 +111,7 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
     folder = tmp_path / "run"
     folder.mkdir()
     env = _env(tmp_path, CI="true")  # CI: the server is stopped at the end of the run
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--source", "local", "--local-dir", str(data), "--epochs", "1",
+    cmd = [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", "--source", "local", "--local-dir", str(data), "--epochs", "1",
            "--slice", "1"]
     r = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -137,11 +137,11 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
 
 
 def test_cli_exit_codes_survive_the_quick_exit(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--epochs", "0"], cwd=tmp_path, env=_env(tmp_path),
+    bad = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "run", "--epochs", "0"], cwd=tmp_path, env=_env(tmp_path),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("mnist-pipeline: invalid configuration: train.epochs")
-    ok = subprocess.run([sys.executable, "-m", "flows.cli", "show-config", "--epochs", "3"], cwd=tmp_path,
+    ok = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "show-config", "--epochs", "3"], cwd=tmp_path,
                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and json.loads(ok.stdout)["train"]["epochs"] == 3  # stdout flushed before the exit
 
@@ -169,7 +169,7 @@ def test_a_server_in_prefect_s_settings_is_used_and_none_is_started(tmp_path, mo
     the environment variable) get no kept server: nothing is spawned."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import prefect_server
+    from mnist_pipeline.flows import prefect_server
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "home"))

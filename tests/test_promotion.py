@@ -5,8 +5,8 @@ import multiprocessing
 
 import pytest
 
-from flows.pipeline import mnist_pipeline
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.pipeline import mnist_pipeline
 from mnist_pipeline.lineage.promotion import decide
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact

@@ -26,15 +26,15 @@ import pytest
 import torch
 from prefect import flow
 
-from flows.cli import main
-from flows.pipeline import mnist_pipeline
 from mnist_pipeline import training
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
+from mnist_pipeline.flows.cli import main
+from mnist_pipeline.flows.pipeline import mnist_pipeline
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import FileRecord, LineageStore
 from mnist_pipeline.lineage.wandb_io import offline_records
-from tasks import export_onnx, train, validate_onnx
+from mnist_pipeline.tasks import export_onnx, train, validate_onnx
 from tests.helpers import write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def _env(base: Path, **extra: str) -> dict:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", "run", *args]
+    return [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", *args]
 
 
 def _common(base: Path, *, seed: int = 0) -> list[str]:
@@ -552,7 +552,7 @@ def test_a_prefect_retry_of_train_resumes_from_the_checkpoint(prefect_server, wa
         "wandb": {"mode": "offline"}, "artifacts_dir": str(tmp_path / "art"),
         "lineage_db": str(tmp_path / "lineage.db")}).resolved()
 
-    from tasks import prepare_data
+    from mnist_pipeline.tasks import prepare_data
 
     @flow(name="train-with-a-crash")
     def train_flow(cfg: PipelineConfig) -> ArtifactRef:

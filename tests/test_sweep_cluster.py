@@ -11,8 +11,8 @@ from collections import Counter
 
 import pytest
 
-from flows.cli import main
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.cli import main
 from mnist_pipeline.lineage.refs import ArtifactRef, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
 from tests.dask_cluster import DaskCluster, free_port
@@ -186,7 +186,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
 
     # a trial that fails (its checkpoint path is taken by a folder: the disk refuses the write) is recorded as
     # failed; the sweep goes on with the others, reports it and exits 1
-    from tasks.train import checkpoint_path
+    from mnist_pipeline.tasks.train import checkpoint_path
 
     partial = GRID.replace("[0.001, 0.01]", "[0.001, 0.003]").replace("[[4, 8], [8, 16]]", "[[4, 8]]")
     base = PipelineConfig.model_validate({"data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1},
@@ -252,7 +252,7 @@ def test_the_cluster_fixture_runs_separate_single_threaded_workers_that_can_be_l
 
 
 def test_each_worker_gets_its_share_of_its_machines_cores():
-    from flows.sweep import core_shares
+    from mnist_pipeline.flows.sweep import core_shares
 
     found = {"tcp://a:1": {"host": "a", "cpus": 2}, "tcp://a:2": {"host": "a", "cpus": 2},
              "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}

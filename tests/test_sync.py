@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.audit_cli import SYNC_OK, SYNC_PARTIAL, SYNC_UNAVAILABLE, sync_main
-from flows.cli import _parser, main
+from mnist_pipeline.flows.audit_cli import SYNC_OK, SYNC_PARTIAL, SYNC_UNAVAILABLE, sync_main
+from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.lineage.audit import audit
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
@@ -324,7 +324,7 @@ def test_after_a_sync_the_audit_shows_it_and_the_online_cross_check_agrees(e2e, 
 
     fake.calls.clear()
     ns = _parser().parse_args(["audit", str(e2e["onnx"]), "--lineage-db", str(db), "--online", "--json"])
-    from flows.audit_cli import audit_main
+    from mnist_pipeline.flows.audit_cli import audit_main
 
     assert audit_main(ns, backend=fake) == 0
     online = json.loads(capsys.readouterr().out)["wandb_online"]

@@ -262,7 +262,7 @@ def _env(base: Path, **extra: str) -> dict:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flows.cli", *args]
+    return [sys.executable, "-m", "mnist_pipeline.flows.cli", *args]
 
 
 class _Endpoint:

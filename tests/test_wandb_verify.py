@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.audit_cli import SYNC_DIFFERENT, SYNC_OK, SYNC_UNAVAILABLE, sync_main
-from flows.cli import _parser, main
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.audit_cli import SYNC_DIFFERENT, SYNC_OK, SYNC_UNAVAILABLE, sync_main
+from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.lineage import wandb_io
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
@@ -134,7 +134,7 @@ def test_no_wandb_is_one_line_and_exit_5_for_verify_and_audit_online(lineage, ca
 def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
     """Injected at the backend (the W&B boundary): a lookup raising an error that is not ours."""
     wb = RecordingWandb(fail={"lookup_artifact": KeyError("schema changed: field 'manifest' unknown")})
-    from flows.audit_cli import audit_main
+    from mnist_pipeline.flows.audit_cli import audit_main
 
     code = audit_main(_parser().parse_args(["audit", "model:production", "--online", "--lineage-db",
                                             str(lineage["db"])]), backend=wb)
