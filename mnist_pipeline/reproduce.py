@@ -70,9 +70,7 @@ def run(recipe: Recipe, scratch: Path, *, threads: int | None = None) -> Reprodu
     training.set_threads(out.threads)
     split = load_split(Path(recipe.dataset.path) / "train.pt")
     t = cfg.train
-    settings = training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                                     seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                                     progress=False, channels_last=t.channels_last)
+    settings = training.LoopSettings.from_config(t, progress=False)
     model_dir = scratch / "model"
     model_dir.mkdir(parents=True)
     recipes.train_model_files(model_dir, split, kernels=t.kernels, classes=t.classes, settings=settings,

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mnist_pipeline import storage
+from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split, to_float
 from mnist_pipeline.model import ConvNet
 
@@ -30,16 +31,27 @@ log = logging.getLogger(__name__)
 LogFn = Callable[[int, int, float], None]  # (examples seen, epoch, loss)
 
 
+_TRAIN = TrainConfig.model_fields
+
+
 @dataclass(frozen=True)
 class LoopSettings:
-    epochs: int = 5
-    batch_size: int = 128
-    learning_rate: float = 0.005
-    seed: int = 0
-    log_every: int = 25
-    checkpoint_every: int = 100  # batches; a checkpoint is also written at the end of every epoch
+    """The loop's part of `TrainConfig` (its defaults are TrainConfig's: one source), plus the progress bar."""
+
+    epochs: int = _TRAIN["epochs"].default
+    batch_size: int = _TRAIN["batch_size"].default
+    learning_rate: float = _TRAIN["learning_rate"].default
+    seed: int = _TRAIN["seed"].default
+    log_every: int = _TRAIN["log_every"].default
+    checkpoint_every: int = _TRAIN["checkpoint_every"].default  # batches; and at the end of every epoch
     progress: bool = True
-    channels_last: bool = True  # NHWC: oneDNN's faster conv layout on CPU (about 1.25x per core here)
+    channels_last: bool = _TRAIN["channels_last"].default  # NHWC: oneDNN's faster conv layout on CPU
+
+    @classmethod
+    def from_config(cls, t: TrainConfig, *, progress: bool = True) -> LoopSettings:
+        return cls(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate, seed=t.seed,
+                   log_every=t.log_every, checkpoint_every=t.checkpoint_every, progress=progress,
+                   channels_last=t.channels_last)
 
 
 @dataclass

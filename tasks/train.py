@@ -29,10 +29,7 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
 def loop_settings(cfg: PipelineConfig):
     from mnist_pipeline import training
 
-    t = cfg.train
-    return training.LoopSettings(epochs=t.epochs, batch_size=t.batch_size, learning_rate=t.learning_rate,
-                                 seed=t.seed, log_every=t.log_every, checkpoint_every=t.checkpoint_every,
-                                 channels_last=t.channels_last)
+    return training.LoopSettings.from_config(cfg.train)
 
 
 @task(name="train", retries=1, retry_delay_seconds=1, retry_condition_fn=unless_permanent)
