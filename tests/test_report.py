@@ -305,3 +305,6 @@ def test_the_console_names_the_report_and_the_onnx_file():
     assert lines == ["report: /r/report.html",
                      "ONNX model: /a b/model.onnx (audit it: mnist-pipeline audit '/a b/model.onnx')"]
     assert where_things_went({"status": "skipped"}) == []
+    # where the W&B records went: the one line the lineage layer wrote, as it is (it names itself once)
+    line = "W&B: offline in /w (no W&B API key); `mnist-pipeline sync --lineage-db /s/lineage.db` uploads it"
+    assert where_things_went({"wandb": {"line": line}}) == [line]

@@ -15,5 +15,5 @@ def where_things_went(summary: dict) -> list[str]:
         lines.append(f"ONNX model: {summary['onnx_file']} (audit it: mnist-pipeline audit "
                      f"{shlex.quote(str(summary['onnx_file']))})")
     if summary.get("wandb"):
-        lines.append(f"W&B: {summary['wandb']['line']}")
+        lines.append(summary["wandb"]["line"])  # it begins "W&B: "
     return lines

@@ -112,7 +112,7 @@ def lineage_markdown(summary: dict, rows: Sequence[dict], lineage_db: str | Path
     if summary.get("onnx_file"):
         lines.append(f"- **ONNX file** (the one to audit): `{summary['onnx_file']}`")
     if summary.get("wandb"):
-        lines.append(f"- **W&B**: {summary['wandb']['line']}")
+        lines.append(f"- **W&B**: {summary['wandb']['line'].removeprefix('W&B: ')}")
     lines += ["", html_table(STAGE_COLUMNS, [[r.get(c, "") for c in STAGE_COLUMNS] for r in rows]), "",
               f"Lineage store: `{lineage_db}`"]
     return "\n".join(lines) + "\n"
