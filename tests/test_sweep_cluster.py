@@ -226,6 +226,7 @@ def test_a_bad_sweep_file_is_refused_with_one_line_before_any_work(tiny_mnist, t
     assert not (tmp_path / "lineage.db").exists() and not (tmp_path / "art").exists()
 
 
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 def test_an_unreachable_scheduler_is_one_line_and_exit_1(tiny_mnist, tmp_path, capsys):
     dead = f"tcp://127.0.0.1:{free_port()}"
     assert main(_argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dead]) == 1

@@ -73,6 +73,7 @@ def warnings_naming(caplog, call: str) -> list[str]:
             if r.levelno == logging.WARNING and r.getMessage().startswith(f"W&B {call} failed")]
 
 
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 @pytest.mark.parametrize("fault", AFTER_INIT)
 def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
     with WandbLoopback(fault=fault) as w:
@@ -147,6 +148,7 @@ def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
     assert ("use", ref) in [(a["action"], a["ref"]) for a in plan[consumer.run_id]["actions"]]
 
 
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 def test_alias_save_failure_leaves_the_promotion_to_sync(online, caplog):
     with WandbLoopback(fault="http-500") as w:
         cfg = online(w.url, mode="offline")
@@ -217,6 +219,7 @@ class _Committed:
         return self
 
 
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 @pytest.mark.parametrize("where", ["closed-port", "never-answers", "init-401"])
 def test_init_failures_record_offline(online, where, caplog):
     t = time.monotonic()

@@ -60,6 +60,7 @@ def test_init_gets_online_against_the_stand_in(loopback_env, monkeypatch):
     assert "UpsertBucket" in w.operations()
 
 
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 @pytest.mark.parametrize("fault", ["http-401", "http-429", "http-500", "graphql-error", "hang"])
 def test_artifact_calls_fail_after_a_good_init_and_only_wait_tells(loopback_env, monkeypatch, fault):
     with WandbLoopback(fault=fault) as w:
@@ -89,6 +90,7 @@ def test_connection_refused_fails_init_quickly(loopback_env, monkeypatch):
     assert time.monotonic() - t < FAST.init + 5
 
 
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 def test_a_host_that_never_answers_fails_init_at_init_timeout(loopback_env, monkeypatch):
     with SilentServer() as s:
         t = time.monotonic()

@@ -103,6 +103,7 @@ def test_one_version_missing_from_an_otherwise_complete_wandb(lineage):
     assert [d["kind"] for d in verify_wandb(lineage["store"], wb)["differences"]] == ["missing"]
 
 
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 @pytest.mark.parametrize("fault", ["http-500", "graphql-error", "http-401"])
 def test_wandb_errors_in_verify_are_one_line_and_exit_5(lineage, capsys, monkeypatch, tmp_path, fault):
     """The real client against the loopback stand-in: its check (`Viewer`) passes, the artifact lookups fail."""
