@@ -25,6 +25,7 @@ from mnist_pipeline.lineage.audit import (
 from mnist_pipeline.lineage.render import render_tree, write_report
 
 if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
+    from mnist_pipeline.lineage.store import LineageStore
     from mnist_pipeline.lineage.sync import Action, PromotionPlan, SyncPlan
 
 DEFAULT_DB = "mnist-runs/lineage.db"
@@ -111,17 +112,20 @@ def _err(cmd: str, msg: str) -> None:
     print(f"mnist-pipeline {cmd}: {msg}", file=sys.stderr)
 
 
-def _open_store(path: str, cmd: str, readonly: bool = True):
-    """The store, or None after one line (missing: usage; empty or damaged: see EXIT_STORE). Read-only by
-    default: an auditor's command never writes (SQLite mode=ro), so it cannot turn an empty file into a store."""
+def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | int:
+    """The store, or the exit code after one line: EXIT_USAGE when there is none, EXIT_STORE when it is empty or
+    damaged. Read-only by default (SQLite mode=ro): a read-only command never writes. Every sub-command that works
+    on an existing store opens it here (audit, sync, and flows/ops_cli.py); the file is checked read-only first,
+    so not even a writing command (rollback, gc) turns an empty or foreign file into a new store."""
     from mnist_pipeline.lineage.store import LineageStore, StoreError
 
     db = Path(path).expanduser()
     if not db.is_file():
         _err(cmd, f"no lineage store at {db} (give --lineage-db)")
-        return None
+        return EXIT_USAGE
     try:
-        return LineageStore(db.resolve(), readonly=readonly)
+        store = LineageStore(db.resolve(), readonly=True)
+        return store if readonly else LineageStore(db.resolve())
     except StoreError as e:
         _err(cmd, str(e))
         return EXIT_STORE
@@ -131,9 +135,9 @@ def _open_store(path: str, cmd: str, readonly: bool = True):
 
 
 def audit_main(ns: argparse.Namespace, backend=None) -> int:
-    store = _open_store(ns.lineage_db, "audit")
-    if store is None or store == EXIT_STORE:
-        return EXIT_USAGE if store is None else EXIT_STORE
+    store = open_store(ns.lineage_db, "audit")
+    if isinstance(store, int):
+        return store
     try:
         report = audit(store, ns.target, check_raw_files=not ns.skip_raw_files)
     except AuditError as e:
@@ -233,9 +237,9 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
             _err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`mnist-pipeline sync --dry-run` "
                  "shows the plan)")
             return SYNC_UNAVAILABLE
-    store = _open_store(ns.lineage_db, "sync", readonly=ns.dry_run)  # --dry-run changes nothing, not even the store
-    if store is None or store == EXIT_STORE:
-        return SYNC_USAGE if store is None else EXIT_STORE
+    store = open_store(ns.lineage_db, "sync", readonly=ns.dry_run)  # --dry-run changes nothing, not even the store
+    if isinstance(store, int):
+        return store
     plan = plan_sync(store, search_dirs=[Path(d) for d in ns.wandb_dir], run_ids=ns.run or None)
     for item in [a for r in plan["runs"] for a in r["actions"]] + plan["promotions"]:
         item["was"] = "done" if item["status"] == "done" else item["status"]
@@ -259,9 +263,9 @@ def verify_main(ns: argparse.Namespace, backend) -> int:
     from mnist_pipeline.lineage.verify import render_verify, verify_wandb
     from mnist_pipeline.lineage.wandb_io import wandb_error_line
 
-    store = _open_store(ns.lineage_db, "sync")
-    if store is None or store == EXIT_STORE:
-        return SYNC_USAGE if store is None else EXIT_STORE
+    store = open_store(ns.lineage_db, "sync")
+    if isinstance(store, int):
+        return store
     try:
         result = verify_wandb(store, backend, run_ids=ns.run or None)
     except Exception as e:  # W&B unusable or a W&B read failed: one line, never a traceback

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mnist_pipeline.flows.audit_cli import EXIT_STORE, open_store
 from mnist_pipeline.lineage import impact as impact_mod
 from mnist_pipeline.lineage import reproduction, retention
 from mnist_pipeline.lineage import rollback as rollback_mod
@@ -30,15 +31,17 @@ exit codes:
   {R.EXIT_DIFFERS}  DIFFERS: the re-made files differ from the record; the files are named
   {R.EXIT_UNKNOWN}  unknown: not produced by any recorded run
   {R.EXIT_INPUTS_GONE}  the recorded inputs are gone (deleted by gc, missing, or changed): nothing was re-run
+  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
 
 Bit-identity holds on CPU with the same torch and onnx versions, the recorded intra-op thread count (used by
 default), the same dataset artifact, config and seed, and the same CPU instruction-set family.
 """
-IMPACT_EPILOG = """\
+IMPACT_EPILOG = f"""\
 exit codes:
   0  done (whatever was found, even nothing)
   2  usage error: no lineage store, no such file or reference syntax
   4  unknown: not produced by any recorded run
+  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
 """
 RB = rollback_mod
 ROLLBACK_EPILOG = f"""\
@@ -48,12 +51,14 @@ exit codes:
   {RB.EXIT_USAGE}  usage error: no lineage store, no production model, no previous production model
   {RB.EXIT_REFUSED}  REFUSED: the target failed validation, no longer verifies, or was deleted by gc
   {RB.EXIT_UNKNOWN}  unknown: --to names no recorded model
+  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
 """
-GC_EPILOG = """\
+GC_EPILOG = f"""\
 exit codes:
   0  done: the plan printed (dry run, the default) or carried out (--apply)
   1  some removals failed (named); the others were done and recorded
   2  usage error: no lineage store, bad arguments
+  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
 
 Never removed: what an alias (production, candidate) or one of the newest --keep-last models came from or made,
 and whatever a running flow run uses or has produced. Deletions are recorded in the lineage store: `audit` says
@@ -120,16 +125,6 @@ def _err(cmd: str, msg: str) -> None:
     print(f"mnist-pipeline {cmd}: {msg}", file=sys.stderr)
 
 
-def _open_store(path: str, cmd: str):
-    from mnist_pipeline.lineage.store import LineageStore
-
-    db = Path(path).expanduser()
-    if not db.is_file():
-        _err(cmd, f"no lineage store at {db} (give --lineage-db)")
-        return None
-    return LineageStore(db.resolve())
-
-
 def _identify(store, target: str, cmd: str):
     """(records, exit code): the artifact versions a file, folder or reference names."""
     from mnist_pipeline.lineage.audit import AuditError, identify
@@ -154,9 +149,9 @@ def _deletions(store) -> dict:
 
 
 def impact_main(ns: argparse.Namespace) -> int:
-    store = _open_store(ns.lineage_db, "impact")
-    if store is None:
-        return impact_mod.EXIT_USAGE
+    store = open_store(ns.lineage_db, "impact")  # read-only
+    if isinstance(store, int):
+        return store
     recs, code = _identify(store, ns.target, "impact")
     if recs is None:
         return code
@@ -197,9 +192,9 @@ def _environment() -> dict:
 
 
 def reproduce_main(ns: argparse.Namespace) -> int:
-    store = _open_store(ns.lineage_db, "reproduce")
-    if store is None:
-        return R.EXIT_USAGE
+    store = open_store(ns.lineage_db, "reproduce")  # read-only: a reproduction records nothing
+    if isinstance(store, int):
+        return store
     recs, code = _identify(store, ns.target, "reproduce")
     if recs is None:
         return code
@@ -286,9 +281,9 @@ def _requested_by(ns) -> str:
 
 
 def rollback_main(ns: argparse.Namespace, backend=None) -> int:
-    store = _open_store(ns.lineage_db, "rollback")
-    if store is None:
-        return RB.EXIT_USAGE
+    store = open_store(ns.lineage_db, "rollback", readonly=False)
+    if isinstance(store, int):
+        return store
     current, previous = RB.previous_production(store, ns.name)
     if current is None:
         _err("rollback", f"there is no production {ns.name} model to roll back")
@@ -374,9 +369,9 @@ def _rollback_out(ns, result: dict) -> None:
 
 
 def gc_main(ns: argparse.Namespace) -> int:
-    store = _open_store(ns.lineage_db, "gc")
-    if store is None:
-        return 2
+    store = open_store(ns.lineage_db, "gc", readonly=False)
+    if isinstance(store, int):
+        return store
     if ns.keep_last < 1 or ns.older_than < 0:
         _err("gc", "--keep-last must be at least 1 and --older-than at least 0")
         return 2
