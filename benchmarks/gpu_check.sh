@@ -74,6 +74,8 @@ rows += [("train stage s", f"{f['pipeline']['stages_s'].get('train', float('nan'
 if c:
     rows += [("cold tutorial / README cmd / rerun s",
               f"{c['tutorial']['wall_s']:.2f} / {c['cli']['wall_s']:.2f} / {c['rerun']['wall_s']:.2f}")]
+    if "first" in c:
+        rows += [("first run on a fresh machine s", f"{c['first']['wall_s']:.2f}")]
 rows += [(k, f"{v:.3f}") for k, v in r.items()]
 rows += [(k, ("met" if ok else "MISSED") + (f" ({res['target_figures'][k]:.3f})" if res.get("target_figures", {}).get(k)
                                             is not None else "")) for k, ok in res["targets"].items()]

@@ -336,7 +336,16 @@ def _serve(port: int, d: Path, keep_s: float) -> int:
                         return
                 idle_since = None
 
+    def warm() -> None:
+        # A Prefect server answers its first API request (not /health) about 0.5 s late, setting itself up; pay
+        # that here, while the run that started this server is still importing, not on its first call.
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/admin/version", timeout=30).read()
+
     threading.Thread(target=watchdog, daemon=True, name="lease-watchdog").start()
+    threading.Thread(target=warm, daemon=True, name="warm-up").start()
     try:
         server.run()
     finally:

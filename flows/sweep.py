@@ -273,7 +273,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     assert best.model is not None and best.metrics is not None  # the winner finished
     wcfg = pin_for_workers(by_index[best.index].config)
     onnx_model = export_onnx(wcfg, best.model, selected_by=sweep_ref)
-    validation = validate_onnx(wcfg, onnx_model, best.model, dataset)
+    validation = validate_onnx(wcfg, onnx_model, best.model, dataset, best.metrics)
     decision = promote(wcfg, best.model, best.metrics, validation)
     v = _metadata(store, validation)
     summary["winner"] = {"trial": best.index, "params": best.params, **(best.values or {}),

@@ -19,6 +19,7 @@ class Evaluation:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     predictions: torch.Tensor  # int64 [N]
     count: int
+    logits: torch.Tensor  # float32 [N, classes], on CPU
 
     def summary(self) -> dict:
         return {"test_loss": self.loss, "test_accuracy": self.accuracy, "test_count": self.count,
@@ -51,7 +52,7 @@ def evaluate(model: nn.Module, split: Split, classes: int, batch_size: int = INF
     support = cm.sum(1)
     per_class = [int(cm[c, c]) / int(support[c]) if support[c] else float("nan") for c in range(classes)]
     return Evaluation(loss=loss, accuracy=int((preds == labels).sum()) / len(labels), per_class_accuracy=per_class,
-                      confusion=cm.tolist(), predictions=preds, count=len(labels))
+                      confusion=cm.tolist(), predictions=preds, count=len(labels), logits=logits)
 
 
 def misclassified(predictions: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[list[dict], int]:

@@ -184,13 +184,25 @@ def throughput(run_batch, batch: torch.Tensor, min_seconds: float = 0.5) -> floa
 
 def validate(onnx_path: Path, model: torch.nn.Module, test: Split, *, atol: float, min_agreement: float,
              latency_samples: int = LATENCY_SAMPLES, throughput_batch: int = THROUGHPUT_BATCH,
-             batch_size: int = INFERENCE_BATCH, timing_seconds: float = TIMING_SECONDS) -> Validation:
+             batch_size: int = INFERENCE_BATCH, timing_seconds: float = TIMING_SECONDS,
+             torch_logits: np.ndarray | None = None) -> Validation:
     """Compare onnxruntime with torch on every test image; time both. Never raises on a parity miss:
-    the caller decides (it records the report first, so a failed validation is still on file)."""
+    the caller decides (it records the report first, so a failed validation is still on file).
+
+    `torch_logits`: the torch model's logits on `test` as an evaluation recorded them (the pipeline passes those
+    of its metrics artifact: onnxruntime is then checked against the numbers the accuracy was measured on, and
+    the test split is not run through torch a second time); computed here from `model` when not given. `model`
+    is also what the torch throughput is timed on."""
+    if torch_logits is not None and torch_logits.shape[0] != len(test):
+        raise ValueError(f"the recorded torch logits cover {torch_logits.shape[0]} images, the test split has "
+                         f"{len(test)}: they are not of this split")
     sess = session(onnx_path)
     model = model.cpu().eval()
     ort_out = ort_logits(sess, test.images, batch_size)
-    torch_out = predict_logits(model, test.images, batch_size).numpy()
+    torch_out = torch_logits if torch_logits is not None else predict_logits(model, test.images, batch_size).numpy()
+    if torch_out.shape != ort_out.shape:
+        raise ValueError(f"torch logits {tuple(torch_out.shape)} and onnxruntime logits {tuple(ort_out.shape)} differ "
+                         "in shape: not the same model")
     labels = test.labels.numpy()
     max_diff = float(np.abs(ort_out - torch_out).max())
     agree = float((ort_out.argmax(1) == torch_out.argmax(1)).mean())

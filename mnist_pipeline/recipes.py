@@ -12,17 +12,20 @@ Nothing else enters the files: no wall time, host, path, thread count or device.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mnist_pipeline import metrics, onnx_io, training
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ConvNet, ModelConfig, load_model, save_model
-from mnist_pipeline.storage import write_json
+from mnist_pipeline.storage import write_bytes_atomic, write_json
 
 MODEL_FILES = ("model.pt", "model_config.json")
+LOGITS_FILE = "logits.npy"  # in the metrics artifact: the evaluated model's logits, float32 [test images, classes]
 
 
 def train_model_files(out: Path, split: Split, *, kernels, classes: int, settings: training.LoopSettings,
@@ -58,10 +61,20 @@ def export_onnx_files(model_path: Path, out: Path, *, opset: int, exporter: str)
 def evaluate_files(model_path: Path, test: Split, out: Path, *, batch_size: int, misclassified_rows: int
                    ) -> tuple[metrics.Evaluation, list[dict], int]:
     """`metrics.json`: test loss, accuracy, per-class accuracy, the confusion matrix of a model file, and its first
-    `misclassified_rows` misclassified test images (index into the test split, prediction, label) with their count.
+    `misclassified_rows` misclassified test images (index into the test split, prediction, label) with their count;
+    `logits.npy`: the logits every figure was computed from (the ONNX validation checks onnxruntime against them,
+    so the exported file is tied to the very numbers the accuracy was measured on).
     Returns the evaluation, that list and the count."""
     net = load_model(model_path)
     ev = metrics.evaluate(net, test, net.cfg.classes, batch_size)
     wrong, count = metrics.misclassified(ev.predictions, test.labels, misclassified_rows)
     write_json(Path(out) / "metrics.json", {**ev.summary(), "misclassified": wrong, "misclassified_count": count})
+    buf = io.BytesIO()
+    np.save(buf, ev.logits.numpy().astype(np.float32, copy=False), allow_pickle=False)
+    write_bytes_atomic(Path(out) / LOGITS_FILE, buf.getbuffer())
     return ev, wrong, count
+
+
+def load_logits(metrics_dir: Path) -> np.ndarray:
+    """The logits an evaluation recorded (see `evaluate_files`)."""
+    return np.load(Path(metrics_dir) / LOGITS_FILE, allow_pickle=False)

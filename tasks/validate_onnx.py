@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
@@ -11,9 +13,12 @@ VALIDATION_NAME = "convnet-onnx-validation"
 
 
 @task(name="validate-onnx")
-def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactRef,
-                  dataset: ArtifactRef) -> ArtifactRef:
-    from mnist_pipeline import data, onnx_io
+def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactRef, dataset: ArtifactRef,
+                  metrics: ArtifactRef) -> ArtifactRef:
+    """onnxruntime against the torch logits that `metrics` (the evaluation of `model` on `dataset`) recorded, on
+    every test image; then latency and throughput of both, on a quiet machine: nothing else of the flow runs
+    beside it."""
+    from mnist_pipeline import data, onnx_io, recipes
     from mnist_pipeline.model import load_model
 
     logger = get_run_logger()
@@ -22,9 +27,16 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
         onnx_path = stage.use(onnx_model) / "model.onnx"
         net = load_model(stage.use(model) / "model.pt")
         test = data.load_split(stage.use(dataset) / "test.pt")
+        evaluation = stage.record(metrics)
+        measured_on = {(i.get("type"), i.get("digest")) for i in evaluation.metadata.get("inputs", [])}
+        if not {("model", model.digest), ("dataset", dataset.digest)} <= measured_on:
+            raise ValueError(f"{metrics.label} is not the evaluation of {model.label} on {dataset.label}: its logits "
+                             "cannot be the reference for this ONNX file")
+        reference = recipes.load_logits(Path(evaluation.path))
         report = onnx_io.validate(onnx_path, net, test, atol=o.parity_atol, min_agreement=o.min_argmax_agreement,
                                   latency_samples=o.latency_samples, throughput_batch=o.throughput_batch,
-                                  timing_seconds=o.timing_seconds, batch_size=cfg.evaluate.batch_size)
+                                  timing_seconds=o.timing_seconds, batch_size=cfg.evaluate.batch_size,
+                                  torch_logits=reference)
         out = stage.staging(VALIDATION_NAME)
         write_json(out / "validation.json", report.to_dict())
         stage.summary = report.to_dict()

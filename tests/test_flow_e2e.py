@@ -73,7 +73,9 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     export_run, onnx_art = step(model, "export-onnx", "onnx")
     val_run, validation = step(onnx_art, "validate-onnx", "validation")
     assert {u.type for u in store.edges(eval_run.run_id)["used"]} == {"model", "dataset"}
-    assert {u.type for u in store.edges(val_run.run_id)["used"]} == {"onnx", "model", "dataset"}
+    # onnxruntime is checked against the logits the evaluation recorded: validation uses the metrics too
+    assert {u.type for u in store.edges(val_run.run_id)["used"]} == {"onnx", "model", "dataset", "metrics"}
+    assert {f.relpath for f in metrics.files} == {"metrics.json", "logits.npy"}
     # the report reads the dataset (misclassified digits), metrics and validation; it shows the whole run
     report_run, report = step(validation, "report", "report")
     assert {u.type for u in store.edges(report_run.run_id)["used"]} == {"dataset", "metrics", "validation"}

@@ -5,6 +5,7 @@ import torch
 
 from mnist_pipeline import onnx_io
 from mnist_pipeline.data import Split
+from mnist_pipeline.metrics import predict_logits
 from mnist_pipeline.model import ConvNet, ModelConfig
 from tests.helpers import tiny_digits
 
@@ -47,3 +48,22 @@ def test_parity_failure_is_reported_not_hidden(exported):
     v = onnx_io.validate(path, other, Split(torch.from_numpy(images), torch.from_numpy(labels).long()),
                          atol=1e-4, min_agreement=0.99, latency_samples=10, throughput_batch=8)
     assert not v.passed and v.max_abs_diff > 1e-4
+
+
+def test_parity_is_checked_against_recorded_logits_when_given(exported):
+    """The pipeline passes the logits its evaluation recorded: those are the reference, not a fresh torch pass."""
+    model, path, _ = exported
+    images, labels = tiny_digits(40, 6)
+    split = Split(torch.from_numpy(images), torch.from_numpy(labels).long())
+    reference = predict_logits(model, split.images).numpy()
+    v = onnx_io.validate(path, model, split, atol=1e-4, min_agreement=1.0, latency_samples=5, throughput_batch=8,
+                         torch_logits=reference)
+    assert v.passed and v.max_abs_diff < 1e-4
+    shifted = reference.copy()
+    shifted[3] += 0.5  # a recorded evaluation that is not of this ONNX file's model
+    v = onnx_io.validate(path, model, split, atol=1e-4, min_agreement=1.0, latency_samples=5, throughput_batch=8,
+                         torch_logits=shifted)
+    assert not v.passed and abs(v.max_abs_diff - 0.5) < 1e-3
+    with pytest.raises(ValueError, match="cover 39 images, the test split has 40"):
+        onnx_io.validate(path, model, split, atol=1e-4, min_agreement=1.0, latency_samples=5, throughput_batch=8,
+                         torch_logits=reference[:39])

@@ -162,6 +162,7 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     assert json.loads((out / "readme-run.json").read_text())["status"] == "completed"
     res = json.loads((out / "results-cpu.json").read_text())
     assert res["device"] == "cpu" and res["cold"]["rerun"]["status"] == "skipped"
+    assert res["cold"]["first"]["status"] == "completed"  # the first run on a fresh machine, reported beside
 
 
 def test_a_server_in_prefect_s_settings_is_used_and_none_is_started(tmp_path, monkeypatch):

@@ -384,8 +384,8 @@ def _export_only(cfg: PipelineConfig, model: ArtifactRef) -> ArtifactRef:
 
 @flow(name="validate-tampered")
 def _validate_only(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactRef,
-                   dataset: ArtifactRef) -> ArtifactRef:
-    return validate_onnx(cfg, onnx_model, model, dataset)
+                   dataset: ArtifactRef, metrics: ArtifactRef) -> ArtifactRef:
+    return validate_onnx(cfg, onnx_model, model, dataset, metrics)
 
 
 def _ref(a) -> ArtifactRef:
@@ -409,7 +409,7 @@ def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_ru
     try:
         for state in (_export_only(cfg, _ref(arts["model"]), return_state=True),
                       _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]),
-                                     return_state=True)):
+                                     _ref(arts["metrics"]), return_state=True)):
             assert state.is_failed()
             with pytest.raises(DigestMismatch, match=f"{model_pt}: sha256 .* does not match the recorded"):
                 state.result()
@@ -424,6 +424,29 @@ def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_ru
     finally:
         model_pt.write_bytes(original)
     _assert_store_is_sound(store)
+
+
+def test_validation_refuses_a_reference_that_is_not_the_evaluation_of_its_model(dead_wandb_run, wandb_offline):
+    """validate-onnx takes its torch logits from the metrics artifact: one that is not the evaluation of this model
+    on this dataset is refused before anything is measured, and the refusal is on record."""
+    store, base = dead_wandb_run["store"], dead_wandb_run["base"]
+    arts = {a.type: a for a in store.artifacts()}
+    before = (len(store.artifacts()), len(store.runs()))
+    cfg = PipelineConfig.model_validate({"artifacts_dir": str(base / "art"), "lineage_db": str(base / "lineage.db"),
+                                         "wandb": {"mode": "offline"},
+                                         "onnx": {"latency_samples": 10, "throughput_batch": 8}}).resolved()
+    not_an_evaluation = _ref(arts["onnx"])  # produced from the model, but no evaluation of it on the dataset
+    state = _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]), not_an_evaluation,
+                           return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match=r"convnet-onnx:v0 is not the evaluation of convnet:v0 on mnist:v0"):
+        state.result()
+    assert len(store.artifacts()) == before[0]
+    [refused] = store.runs()[before[1]:]
+    assert refused.job_type == "validate-onnx" and refused.status == "failed"
+    # the real evaluation is accepted (the check is not a blanket refusal)
+    assert _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]), _ref(arts["metrics"]),
+                          return_state=True).is_completed()
 
 
 # ----------------------------------------------------------------------- crash between writing and recording

@@ -45,7 +45,7 @@ def standard_graph() -> Graph:
     nodes = [Node(f"run:{s}", "run", s, f"run {i:012x}") for i, s in enumerate(STAGES)]
     nodes += [Node(f"artifact:{a}", "artifact", a, f"{t} · 0123456789ab") for a, t in arts.items()]
     used = {"train": ["mnist:v0"], "evaluate": ["convnet:v0", "mnist:v0"], "export-onnx": ["convnet:v0"],
-            "validate-onnx": ["convnet-onnx:v0", "convnet:v0", "mnist:v0"],
+            "validate-onnx": ["convnet-onnx:v0", "convnet:v0", "mnist:v0", "convnet-metrics:v0"],
             "promote": ["convnet:v0", "convnet-metrics:v0", "convnet-onnx-validation:v0"],
             "report": ["mnist:v0", "convnet-metrics:v0", "convnet-onnx-validation:v0"]}
     produced = {"prepare-data": "mnist:v0", "train": "convnet:v0", "evaluate": "convnet-metrics:v0",
@@ -157,14 +157,19 @@ def test_importing_the_report_costs_no_plotting_library():
 # --------------------------------------------------------------------------------------------- lineage picture
 
 @needs_dot
-def test_dot_lays_out_the_standard_flow_without_crossing_edges():
+def test_dot_lays_out_the_standard_flow_with_at_most_one_crossing():
+    # Since validate-onnx reads the metrics (the evaluation's logits are its torch reference), the model's edge to
+    # promote has to cross one edge in dot's layout (tried: mclimit, remincross, searchsize, ordering, node and
+    # edge order); one crossing, the one named below, is what the picture is allowed.
     g = standard_graph()
     _, _, centres, splines = dot_layout(g)
     assert set(centres) == {n.id for n in g.nodes} and len(splines) == len(g.edges)
-    assert crossing_pairs(g.edges, splines) == []
+    crossings = crossing_pairs(g.edges, splines)
+    assert len(crossings) <= 1
+    assert all(("artifact:convnet:v0", "run:promote") in pair for pair in crossings)
     # the check can fail: the report step laid out beside promote (no order hint) crosses the promote edges
     _, _, _, unordered = dot_layout(replace(g, order=()))
-    assert crossing_pairs(g.edges, unordered)
+    assert len(crossing_pairs(g.edges, unordered)) > 1
 
 
 @needs_dot

@@ -153,7 +153,7 @@ def test_sync_sends_uploads_then_inputs_then_promotions_with_exact_refs(e2e, db,
     assert declared[runs["train"].run_id] == {ref["dataset"]}
     assert declared[runs["evaluate"].run_id] == {ref["dataset"], ref["model"]}
     assert declared[runs["export-onnx"].run_id] == {ref["model"]}
-    assert declared[runs["validate-onnx"].run_id] == {ref["onnx"], ref["model"], ref["dataset"]}
+    assert declared[runs["validate-onnx"].run_id] == {ref["onnx"], ref["model"], ref["dataset"], ref["metrics"]}
     assert runs["prepare-data"].run_id not in declared  # it used nothing
     assert fake.calls[-1] == ("add_aliases", ref["model"], ("candidate", "production"))
     # the in-memory W&B now has what a real one would: the model version carries both aliases
