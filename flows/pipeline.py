@@ -1,7 +1,7 @@
 """The flow, which only orchestrates:
 
 prepare-data -> check-for-changes -> (skip, or) train -> (evaluate | export-onnx) -> validate-onnx ->
-(promote | report-figures) -> report,
+promote -> report,
 then a Prefect artifact on the flow run that lists what was produced and why.
 """
 
@@ -31,7 +31,7 @@ from mnist_pipeline.tasks import (
 from mnist_pipeline.tasks.prepare_data import for_config as prepare_data_for
 from mnist_pipeline.tasks.prepare_data import stored_problem
 from mnist_pipeline.tasks.report import wandb_records
-from mnist_pipeline.tasks.run_report import REPORT_FILE, report_figures
+from mnist_pipeline.tasks.run_report import REPORT_FILE
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -92,9 +92,8 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     onnx_model = export_onnx(cfg, model)
     metrics = metrics_future.result()
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
-    figures = report_figures.submit(cfg, dataset, metrics)  # the report's plots, drawn beside promote
     decision = promote(cfg, model, metrics, validation)
-    report = run_report(cfg, dataset, metrics, validation, decision, figures.result())  # shows the decision
+    report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
     store = LineageStore(cfg.lineage_db)
     m = store.require_artifact(metrics.name, metrics.digest).metadata

@@ -44,6 +44,7 @@ log = logging.getLogger("mnist_pipeline.prefect_server")
 KEEP_ENV = "MNIST_PIPELINE_PREFECT_KEEP_S"  # seconds a server outlives its last run
 MODE_ENV = "MNIST_PIPELINE_PREFECT_SERVER"  # "kept" (default) or "temporary" (Prefect's own)
 DEFAULT_KEEP_S = 300.0
+HEARTBEAT_ENV = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY")
 START_TIMEOUT_S = 90.0
 
 
@@ -193,7 +194,7 @@ def use(lease: ServerLease | None, prefetch: tuple[str, ...] = ()):
     if lease is None:
         yield None
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     try:
         if PREFECT_API_URL.value():  # configured where we do not look before importing Prefect (.env, toml)
@@ -220,8 +221,14 @@ def use(lease: ServerLease | None, prefetch: tuple[str, ...] = ()):
                  f"; stays up {keep:.0f} s after the last run, {KEEP_ENV}=0 stops it at the end" if keep > 0 else "")
         log.debug("waited %.2f s for the server after the imports", time.monotonic() - t0)
         os.environ["PREFECT_API_URL"] = lease.url  # for any subprocess of the run
+        updates: dict = {PREFECT_API_URL: lease.url}
+        if not any(os.environ.get(k) for k in HEARTBEAT_ENV):
+            # Flow-run heartbeats feed zombie-run automations on a server people watch; this private server has no
+            # UI and no automations, and Prefect's heartbeat thread sleeps in 1 s steps, so every flow's end
+            # waited 0-1 s to join it. Set PREFECT_FLOWS_HEARTBEAT_FREQUENCY to have them anyway.
+            updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
         try:
-            with temporary_settings(updates={PREFECT_API_URL: lease.url}):
+            with temporary_settings(updates=updates):
                 yield lease.url
         finally:
             os.environ.pop("PREFECT_API_URL", None)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mnist_pipeline import data
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
+from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.report import markdown
@@ -89,45 +87,13 @@ def _metrics(rec) -> dict:
     return {**rec.metadata, **json.loads((Path(rec.path) / "metrics.json").read_text())}
 
 
-@task(name="report-figures")
-def report_figures(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef) -> str:
-    """Draw the report's plots into a temporary folder, beside promote: they need neither the ONNX check nor the
-    decision, and drawing them after the ONNX timing leaves its latency figures undisturbed. Reads the same
-    recorded, re-hashed files the report stage then uses; returns the folder, which the report stage removes."""
-    store = LineageStore(cfg.lineage_db)
-    recs = []
-    for ref in (dataset, metrics):
-        rec = store.find_artifact(ref.name, ref.digest)
-        if rec is None:
-            raise DigestMismatch(f"{ref.label} ({ref.digest[:16]}) is not in the lineage store {store.path}")
-        verify_files(Path(rec.path), rec.files)
-        recs.append(rec)
-    m = _metrics(recs[1])
-    test = data.load_split(Path(recs[0].path) / "test.pt")
-    mis = [Misclassified(w["index"], w["prediction"], w["label"], test.images[w["index"]].numpy())
-           for w in m.get("misclassified", [])]
-    figs = draw_figures(RunReport(title="", loss_points=_loss_points(store, m), metrics=m, misclassified=mis))
-    folder = Path(tempfile.mkdtemp(prefix="mnist-report-figures-"))
-    (folder / "figures.json").write_text(json.dumps({k: f"{i}.png" if isinstance(f, bytes) else f
-                                                     for i, (k, f) in enumerate(figs.items())}))
-    for i, f in enumerate(figs.values()):
-        if isinstance(f, bytes):
-            (folder / f"{i}.png").write_bytes(f)
-    return str(folder)
-
-
-def _load_figures(folder: Path) -> dict[str, bytes | str]:
-    index = json.loads((folder / "figures.json").read_text())
-    return {k: (folder / v).read_bytes() if v.endswith(".png") and (folder / v).is_file() else v
-            for k, v in index.items()}
-
-
 @task(name="report")
 def run_report(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef, validation: ArtifactRef,
-               promotion=None, figures_dir: str | None = None) -> ArtifactRef:
+               promotion=None) -> ArtifactRef:
     """Write this run's report (after promote: it shows the decision) and show its plots in the Prefect UI.
 
-    With `figures_dir` (from `report_figures`), the plots drawn there are used and the folder removed."""
+    The plots are drawn here, after everything else: drawn in a thread beside promote they made both slower on two
+    cores (matplotlib and the stage's many short SQLite and W&B calls take turns at the GIL), about 1 s a run."""
     logger = get_run_logger()
     flow_run_id = current_flow_run_id()
     t0 = time.perf_counter()
@@ -137,11 +103,7 @@ def run_report(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef, 
         v = stage.record(validation).metadata
         report = build_report(stage.store, stage, dataset_dir, m, v, _as_dict(promotion), flow_run_id)
         t1 = time.perf_counter()
-        if figures_dir:
-            figs = _load_figures(Path(figures_dir))
-            shutil.rmtree(figures_dir, ignore_errors=True)
-        else:
-            figs = draw_figures(report)  # matplotlib is imported here, the first time a report is drawn
+        figs = draw_figures(report)  # matplotlib is imported here, the first time a report is drawn
         t2 = time.perf_counter()
         out = stage.staging(REPORT_NAME)
         path, page_s = write_report(report, out / REPORT_FILE, figs)

@@ -105,6 +105,23 @@ def test_temporary_mode_stops_the_server_at_the_end_and_a_dead_lease_holds_nothi
 
 
 @pytest.mark.slow
+def test_runs_on_the_kept_server_send_no_heartbeats_unless_asked(tmp_path):
+    """Prefect's heartbeat thread sleeps in 1 s steps and every flow's end joins it; on the private kept server
+    (no UI, no automations to read them) runs send none. A user who sets the frequency gets it."""
+    code = ("import json; from mnist_pipeline.flows import prefect_server as ps; "
+            "from prefect.settings import get_current_settings; lease = ps.acquire(keep_s=0)\n"
+            "with ps.use(lease) as url:\n"
+            "    print(json.dumps({'url': url, 'heartbeat': get_current_settings().flows.heartbeat_frequency}))")
+    plain = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(tmp_path), capture_output=True,
+                                      text=True, timeout=180, check=True).stdout)
+    assert plain["url"].startswith("http://127.0.0.1:") and plain["heartbeat"] is None
+    asked = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                                      env=_env(tmp_path, PREFECT_FLOWS_HEARTBEAT_FREQUENCY="45"), timeout=180,
+                                      check=True).stdout)
+    assert asked["heartbeat"] == 45
+
+
+@pytest.mark.slow
 def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tmp_path):
     """The README's one command on a fresh machine (no PREFECT_API_URL, a new PREFECT_HOME), as CI runs it."""
     data = write_mnist(tmp_path / "mnist", n_train=200, n_test=60, gz=True)
