@@ -203,7 +203,9 @@ def use(lease: ServerLease | None, prefetch: tuple[str, ...] = ()):
             return
         for name in prefetch:
             if _healthy(lease.url, timeout=0.2):
+                log.debug("server healthy before prefetching %s", name)
                 break
+            log.debug("prefetch %s", name)
             module, _, func = name.partition(":")  # "module" is imported; "module:function" is also called
             with contextlib.suppress(Exception):  # a head start only: whatever fails here fails again where needed
                 imported = importlib.import_module(module)
