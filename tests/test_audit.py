@@ -141,8 +141,8 @@ def test_audit_of_the_onnx_file_shows_the_full_chain_and_exits_0(e2e, capsys):
     # and the run report written about it (it shows the decision), an artifact like the rest
     assert f"report run {runs['report'].run_id}" in forward and "run-report:v0 (report)" in forward
     # every digest re-checked: 10 artifact files in 6 artifacts, 4 raw files, 6 records, the queried file
-    assert "artifact-file: 10 ok" in out and "raw-file: 4 ok" in out and "record: 6 ok" in out
-    assert out.rstrip().endswith("VERIFIED: convnet-onnx:v0: 21 digests re-checked, all match")
+    assert "artifact-file: 11 ok" in out and "raw-file: 4 ok" in out and "record: 6 ok" in out
+    assert out.rstrip().endswith("VERIFIED: convnet-onnx:v0: 22 digests re-checked, all match")
     assert err == ""
 
 
@@ -382,7 +382,7 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
     assert audit_main(ns, backend=fake) == EXIT_VERIFIED
     ok = json.loads(capsys.readouterr().out)
     assert {c["status"] for c in ok["checks"] if c["kind"] == "wandb"} == {"ok"}
-    assert len([c for c in ok["checks"] if c["kind"] == "wandb"]) == 10  # every file's md5 against W&B's manifest
+    assert len([c for c in ok["checks"] if c["kind"] == "wandb"]) == 11  # every file's md5 against W&B's manifest
     onnx = e2e["arts"]["onnx"]
     project = e2e["runs"]["export-onnx"].wandb_project
     assert fake.calls[0] == ("check",)
