@@ -2,7 +2,8 @@
 
 The sweep file and every trial's config are checked before anything starts (exit 2, one line). Exit codes:
 0 every trial finished and the winner went through the gate, 1 the sweep failed or some trial failed (the summary
-says which), 2 invalid sweep file, configuration or flags.
+says which), 2 invalid sweep file, configuration or flags, 128 + N ended by signal N (the temporary Prefect server
+and the local Dask cluster it started stop with it).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
         return EXIT_CONFIG
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's own INFO chatter: scheduler/worker life
-    from mnist_pipeline.flows.sweep import mnist_sweep, task_runner, wait_for_scheduler
+    from mnist_pipeline.flows.sweep import wait_for_scheduler
 
     if ns.dask_address:
         try:
@@ -78,6 +79,22 @@ def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
             return EXIT_FAILED
     print(f"mnist-pipeline: sweep of {len(trials)} trial(s) ({spec.method}, by {spec.metric.name} "
           f"{spec.metric.goal})", file=sys.stderr)
+    from mnist_pipeline.flows import console
+
+    try:
+        # SIGTERM / Ctrl-C raise here, so the stack below unwinds: the Dask cluster and the temporary Prefect server
+        # this command started go with it (the default action left the server running, an orphan)
+        with console.signals_raise():
+            return _sweep(spec, cfg, ns)
+    except console.Terminated as e:
+        print(f"mnist-pipeline: {e}: the sweep's Prefect flow run is marked crashed; trials finished so far stay in "
+              "the lineage store", file=sys.stderr)
+        return 128 + e.signal
+
+
+def _sweep(spec, cfg: PipelineConfig, ns: argparse.Namespace) -> int:
+    from mnist_pipeline.flows.sweep import mnist_sweep, task_runner
+
     with ExitStack() as stack:
         _prefect_api(stack)
         runner = task_runner(ns.dask_address, ns.workers)

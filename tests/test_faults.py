@@ -281,6 +281,63 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
     assert states in (["CRASHED"], ["CANCELLED"]), states
 
 
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, set[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, set()).add(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            out.add(c)
+            todo.append(c)
+    return out
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_along(tmp_path):
+    """`mnist-pipeline sweep` with no configured server starts Prefect's temporary one and a local Dask cluster;
+    SIGTERM in the middle of a trial must end it in seconds, exit 143, and leave none of its processes behind."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("method: grid\nmetric: {name: test_accuracy, goal: maximize}\n"
+                     "parameters:\n  train.learning_rate: {values: [0.001, 0.01]}\n")
+    argv = [sys.executable, "-m", "mnist_pipeline.flows.cli", "sweep", "--sweep", str(sweep), "--source", "synthetic",
+            "--synthetic-train", "20000", "--synthetic-test", "100", "--slice", "1", "--epochs", "5", "--workers", "1",
+            "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
+            "--lineage-db", str(tmp_path / "lineage.db")]
+    proc = subprocess.Popen(argv, cwd=REPO, env=_env(tmp_path, api=False), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stderr:  # a trial is training on a Dask worker
+            err.append(line)
+            if "training on 20000 images" in line:
+                break
+            assert time.monotonic() < deadline
+        time.sleep(1)
+        ours = _descendants(proc.pid)  # the temporary server, the Dask worker, wandb's service...
+        assert ours
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        _out, rest = proc.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = "".join(err) + rest
+    assert proc.returncode == 143, stderr[-3000:]
+    assert seconds < 30, seconds
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "mnist-pipeline: terminated by SIGTERM: the sweep's Prefect flow run is marked crashed" in stderr
+    deadline = time.monotonic() + 20
+    while (left := {p for p in ours if Path(f"/proc/{p}").exists()}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, [Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:120] for p in left]
+
+
 # --------------------------------------------------------------------------- deployments: merge and confine
 
 
