@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +45,14 @@ def write_mnist(directory: Path, n_train: int = 120, n_test: int = 40, gz: bool 
             else:
                 (raw / STEMS[(split, kind)]).write_bytes(blob)
     return raw
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll `predicate()` until it returns something truthy (returned), or fail the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

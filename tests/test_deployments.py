@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from mnist_pipeline.config import SCHEDULE_CRON
 from mnist_pipeline.flows.local_server import local_prefect_server, stop_group
 from mnist_pipeline.lineage.store import LineageStore
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # real `prefect server start` and `serve` subprocesses
@@ -35,16 +35,6 @@ def client(server):
         yield c
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-
-
 def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_mnist, tmp_path):
     db, art = tmp_path / "lineage.db", tmp_path / "artifacts"
     env = {**os.environ, "PREFECT_API_URL": server, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
@@ -58,8 +48,8 @@ def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_
          "--wandb-mode", "offline", "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32"],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deps = _wait(lambda: {d.name: d for d in client.read_deployments()} if len(client.read_deployments()) >= 2
-                     else None, 120, "both deployments")
+        deps = wait_for(lambda: {d.name: d for d in client.read_deployments()} if len(client.read_deployments()) >= 2
+                        else None, 120, "both deployments", interval=1)
         assert set(deps) == {"scheduled-retraining", "manual"}
 
         # the schedule is visible through the API, and only on the scheduled deployment
@@ -84,8 +74,8 @@ def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_
 
         # the Run button: a flow run from the manual deployment, picked up by the serving process
         run = client.create_flow_run_from_deployment(deps["manual"].id)
-        final = _wait(lambda: (lambda r: r if r.state and r.state.is_final() else None)(client.read_flow_run(run.id)),
-                      240, "the manual flow run to finish")
+        final = wait_for(lambda: (lambda r: r if r.state and r.state.is_final() else None)(client.read_flow_run(run.id)),
+                         240, "the manual flow run to finish", interval=1)
         assert final.state.is_completed(), (final.state, (tmp_path / "serve.log").read_text()[-3000:])
         store = LineageStore(db)
         jobs = {r.job_type for r in store.runs(str(run.id))}

@@ -21,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,6 +229,32 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _signal_mid_training(argv: list[str], env: dict, sig: int, *, before=None) -> tuple[int, str, float, Any]:
+    """Start `argv`, wait until its stderr says training on 20000 images is under way (and a second more), call
+    `before(pid)`, then send `sig` to the process only, as a scheduler or a shell's Ctrl-C would. Returns the exit
+    code, the whole stderr, the seconds from the signal to the exit, and what `before` returned."""
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        for line in proc.stderr:
+            err.append(line)
+            if "training on 20000 images" in line:
+                break
+            assert time.monotonic() < deadline
+        time.sleep(1)
+        seen = before(proc.pid) if before else None
+        t0 = time.monotonic()
+        os.kill(proc.pid, sig)
+        _out, rest = proc.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc.returncode, "".join(err) + rest, seconds, seen
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(tmp_path, sig):
@@ -236,27 +263,9 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
     argv = _argv(tmp_path, "--source", "synthetic", "--synthetic-train", "20000", "--synthetic-test", "100",
                  "--slice", "1", "--epochs", "5", "--batch-size", "32")
     env = _env(tmp_path, api=False, MNIST_PIPELINE_PREFECT_KEEP_S="0")
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    err: list[str] = []
-    try:
-        deadline = time.monotonic() + 240
-        for line in proc.stderr:  # wait until training is under way
-            err.append(line)
-            if "training on 20000 images" in line:
-                break
-            assert time.monotonic() < deadline
-        time.sleep(1)
-        t0 = time.monotonic()
-        os.kill(proc.pid, sig)  # the process only, as a scheduler or a shell's Ctrl-C would
-        out, rest = proc.communicate(timeout=60)
-        seconds = time.monotonic() - t0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    stderr = "".join(err) + rest
+    code, stderr, seconds, _ = _signal_mid_training(argv, env, sig)
     name = signal.Signals(sig).name
-    assert proc.returncode == 128 + sig, stderr[-3000:]
+    assert code == 128 + sig, stderr[-3000:]
     assert seconds < 20, seconds
     assert "Traceback" not in stderr, stderr[-3000:]
     assert _last_line(stderr).startswith(f"mnist-pipeline: terminated by {name}"), stderr[-2000:]
@@ -307,28 +316,10 @@ def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_alo
             "--synthetic-train", "20000", "--synthetic-test", "100", "--slice", "1", "--epochs", "5", "--workers", "1",
             "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
             "--lineage-db", str(tmp_path / "lineage.db")]
-    proc = subprocess.Popen(argv, cwd=REPO, env=_env(tmp_path, api=False), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    err: list[str] = []
-    try:
-        deadline = time.monotonic() + 240
-        for line in proc.stderr:  # a trial is training on a Dask worker
-            err.append(line)
-            if "training on 20000 images" in line:
-                break
-            assert time.monotonic() < deadline
-        time.sleep(1)
-        ours = _descendants(proc.pid)  # the temporary server, the Dask worker, wandb's service...
-        assert ours
-        t0 = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)
-        _out, rest = proc.communicate(timeout=60)
-        seconds = time.monotonic() - t0
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    stderr = "".join(err) + rest
-    assert proc.returncode == 143, stderr[-3000:]
+    code, stderr, seconds, ours = _signal_mid_training(argv, _env(tmp_path, api=False), signal.SIGTERM,
+                                                       before=_descendants)  # its server, Dask worker, wandb...
+    assert ours
+    assert code == 143, stderr[-3000:]
     assert seconds < 30, seconds
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "mnist-pipeline: terminated by SIGTERM: the sweep's Prefect flow run is marked crashed" in stderr

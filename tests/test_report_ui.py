@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,20 +23,11 @@ from tests.browser import (
     png_pixels,
     require_chromium,
 )
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"]
 SHOTS = os.environ.get("MNIST_SCREENSHOTS_DIR")
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _images(driver) -> list:
@@ -87,7 +77,7 @@ def test_a_run_shows_its_plots_and_lineage_in_the_prefect_ui_and_the_report(tiny
         with chromium(1400, 1000) as driver:
             # the plots: loss curve, confusion matrix, misclassified digits, per-class accuracy, lineage picture
             driver.get(f"{ui}/artifacts/artifact/{arts['mnist-run-report'].id}")
-            imgs = _wait(lambda: [i for i in _images(driver) if i[3].startswith("data:image")] if len(
+            imgs = wait_for(lambda: [i for i in _images(driver) if i[3].startswith("data:image")] if len(
                 [i for i in _images(driver) if i[3].startswith("data:image") and i[1]]) >= 5 else None, 60,
                 "the report's images in the Prefect UI")
             alts = {alt for alt, *_ in imgs}
@@ -100,14 +90,14 @@ def test_a_run_shows_its_plots_and_lineage_in_the_prefect_ui_and_the_report(tiny
 
             # the per-class table: one row per class, figures rounded
             driver.get(f"{ui}/artifacts/artifact/{arts['mnist-per-class-accuracy'].id}")
-            rows = _wait(lambda: driver.execute_script(
+            rows = wait_for(lambda: driver.execute_script(
                 "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.innerText)"), 60, "table rows")
             assert len(rows) == 10 and not any(re.search(r"\d\.\d{5,}", r) for r in rows)
 
             # a row per stage (promote and report included); long cells wrap instead of being cut
             driver.set_window_size(1400, 1000)
             driver.get(f"{ui}/artifacts/artifact/{arts['mnist-lineage'].id}")
-            cells = _wait(lambda: driver.execute_script(
+            cells = wait_for(lambda: driver.execute_script(
                 "return Array.from(document.querySelectorAll('td')).map(c => [c.innerText, c.scrollWidth,"
                 " c.clientWidth, c.getBoundingClientRect().right,"
                 " c.closest('table').parentElement.getBoundingClientRect().right])"), 60, "the lineage table")
