@@ -132,7 +132,7 @@ def find_finished_trial(store: LineageStore, dataset_digest: str, fingerprint: d
     for model in reversed(store.artifacts("model")):
         if model.name != MODEL_NAME or model.metadata.get("fingerprint") != fingerprint:
             continue
-        if [i["digest"] for i in model.metadata.get("inputs", []) if i["type"] == "dataset"] != [dataset_digest]:
+        if [i["digest"] for i in model.inputs("dataset")] != [dataset_digest]:
             continue
         for run_id in reversed(store.consumers(model.artifact_id)):
             run = store.run(run_id)

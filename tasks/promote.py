@@ -39,7 +39,7 @@ def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef
     gate compares two accuracies measured on the same data."""
     store = LineageStore(cfg.lineage_db)
     rec = store.find_artifact(metrics.name, metrics.digest)
-    ds = next((i for i in (rec.metadata.get("inputs", []) if rec else []) if i["type"] == "dataset"), None)
+    ds = next(iter(rec.inputs("dataset")), None) if rec else None
     if ds is None:
         return None, None, ""
     test_set = (f"{ds['name']}:v{ds['version']}", ds["digest"])

@@ -28,8 +28,7 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
         net = load_model(stage.use(model) / "model.pt")
         test = data.load_split(stage.use(dataset) / "test.pt")
         evaluation = stage.record(metrics)
-        measured_on = {(i.get("type"), i.get("digest")) for i in evaluation.metadata.get("inputs", [])}
-        if not {("model", model.digest), ("dataset", dataset.digest)} <= measured_on:
+        if not all(ref.digest in {i["digest"] for i in evaluation.inputs(ref.type)} for ref in (model, dataset)):
             raise ValueError(f"{metrics.label} is not the evaluation of {model.label} on {dataset.label}: its logits "
                              "cannot be the reference for this ONNX file")
         reference = recipes.load_logits(Path(evaluation.path))

@@ -96,7 +96,7 @@ def compare_with_production(store: LineageStore, model_name: str, dataset_digest
     if prod is None:
         return ChangeCheck(True, f"no production {model_name} model yet", None)
     label = f"{prod.name}:v{prod.version}"
-    used = [i for i in prod.metadata.get("inputs", []) if i["type"] == "dataset"]
+    used = prod.inputs("dataset")
     if not used or used[0]["digest"] != dataset_digest:
         was = f"{used[0]['name']}:v{used[0]['version']}" if used else "an unrecorded dataset"
         return ChangeCheck(True, f"dataset {dataset_label} ({dataset_digest[:16]}) is not {was}, which trained "

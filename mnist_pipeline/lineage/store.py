@@ -141,6 +141,11 @@ class ArtifactRecord:
     created_at: str
     files: tuple[FileRecord, ...]
 
+    def inputs(self, type_: str) -> list[dict]:
+        """The artifacts of that type this one was made from, as the run that produced it recorded them in its
+        metadata (name, type, version, digest, files)."""
+        return [i for i in self.metadata.get("inputs", []) if i.get("type") == type_]
+
 
 @dataclass(frozen=True)
 class NewArtifact:
