@@ -99,8 +99,9 @@ class Model:
         key = f"{entity}/{name}"
         p = self.data["projects"].get(key)
         if p is None and create:
-            p = self.data["projects"][key] = {"id": gid("Project", self._next()), "entity": entity, "name": name,
-                                              "created": now()}
+            num = self._next()
+            p = self.data["projects"][key] = {"id": gid("Project", num), "num": num, "entity": entity,
+                                              "name": name, "created": now()}
         return p
 
     def run(self, entity: str | None, project: str | None, name: str) -> dict | None:
@@ -150,7 +151,7 @@ class Model:
         if p is None:
             return None
         e, n = p["entity"], p["name"]
-        return {"__typename": "Project", "id": p["id"], "internalId": p["id"], "name": n, "entityName": e,
+        return {"__typename": "Project", "id": p["id"], "internalId": str(p["num"]), "name": n, "entityName": e,
                 "readOnly": False, "createdAt": p["created"],
                 "entity": lambda **_: self.v_entity(e),
                 "run": lambda name, **_: self.v_run(self.run(e, n, name)),
@@ -199,7 +200,9 @@ class Model:
                 "systemMetrics": "{}", "historyLineCount": len(r["history"]), "logLineCount": 0,
                 "eventsLineCount": 0, "historyTail": json.dumps(r["history"][-10:]), "eventsTail": "[]",
                 "wandbConfig": lambda **_: "{}", "sweepName": r.get("sweep"), "createdAt": r["created"],
-                "heartbeatAt": r["updated"], "updatedAt": r["updated"], "user": None, "host": r.get("host"),
+                "heartbeatAt": r["updated"], "updatedAt": r["updated"],
+                "user": {"__typename": "User", "name": self.entity, "username": self.entity},
+                "projectId": str(self.data["projects"][f"{r['entity']}/{r['project']}"]["num"]), "host": r.get("host"),
                 "historyKeys": None, "commit": None, "readOnly": False, "exitcode": r.get("exitcode"),
                 "project": lambda **_: self.v_project(self.project(r["entity"], r["project"])),
                 "outputArtifacts": lambda **a: self._conn([self.v_artifact(x) for x in r["outputs"]], a),

@@ -35,7 +35,7 @@ IMPLEMENTED = frozenset({
     "FetchOrgEntityFromEntity", "OrgFeatureFlags",
     # the Python SDK (wandb.Api, Artifact, Run)
     "GetViewer", "ArtifactMembershipByName", "ArtifactByID", "ArtifactCreatedBy", "ArtifactUsedBy",
-    "FetchArtifactManifest", "GetArtifactMembershipFiles", "GetArtifactMembershipFileUrls", "RunOutputArtifacts",
+    "FetchArtifactManifest", "ArtifactMembershipFiles", "GetArtifactMembershipFileUrls", "RunOutputArtifacts",
     "RunInputArtifacts", "AddAliases", "DeleteAliases", "UpdateArtifact", "FetchOrgInfoFromEntity", "Run",
     "ArtifactType", "ProjectArtifactType", "IsProjectReadOnly", "GetDefaultEntity", "ArtifactCollectionAliases",
 })
@@ -265,6 +265,10 @@ class Standin:
                     except (GraphQLFailure, ValueError) as e:
                         return self._answer("file_stream", 404, {"error": str(e)}, {})
                     return self._answer("file_stream", 200, {"exitcode": None, "limits": {}}, {})
+                if path.startswith("/sdk/otel/"):  # wandb-core's own telemetry: taken and dropped
+                    with outer.lock:
+                        outer.counts["otel"] += 1
+                    return self._answer("otel", 200, {}, {})
                 if path == "/_standin/faults":
                     try:
                         spec = json.loads(body or b"{}")
