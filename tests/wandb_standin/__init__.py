@@ -43,6 +43,7 @@ or through the `wandb_standin` fixture in tests/conftest.py.
 from tests.wandb_standin.server import (
     AFTER_INIT,
     ANY,
+    API_KEY,
     IMPLEMENTED,
     INIT_OPERATIONS,
     KINDS,
@@ -50,7 +51,8 @@ from tests.wandb_standin.server import (
     SilentServer,
     Standin,
     closed_port,
+    failing,
 )
 
-__all__ = ["AFTER_INIT", "ANY", "IMPLEMENTED", "INIT_OPERATIONS", "KINDS", "Fault", "SilentServer", "Standin",
-           "closed_port"]
+__all__ = ["AFTER_INIT", "ANY", "API_KEY", "IMPLEMENTED", "INIT_OPERATIONS", "KINDS", "Fault", "SilentServer", "Standin",
+           "closed_port", "failing"]

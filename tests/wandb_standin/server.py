@@ -392,6 +392,19 @@ class SilentServer:
         self._sock.close()
 
 
+API_KEY = "standin-" + "0" * 40  # a fixed, well-formed on-prem style key, for tests that set it before the server
+
+
+def failing(kind: str | None = None, at: str = AFTER_INIT, **kwargs: Any) -> Standin:
+    """A stand-in (key API_KEY) on which every request `at` selects fails with `kind` (none when None): AFTER_INIT,
+    every operation but what `wandb.init` needs, so init gets online and every artifact call then fails; ANY,
+    every GraphQL request and the file stream, so `wandb.init` itself fails."""
+    w = Standin(api_key=API_KEY, **kwargs)
+    if kind:
+        w.fail(at, kind, times=None)
+    return w
+
+
 def closed_port() -> str:
     """The URL of a loopback port nothing listens on (bound, then closed): connection refused."""
     s = socket.socket()
