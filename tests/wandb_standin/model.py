@@ -199,7 +199,8 @@ class Model:
                 "config": json.dumps(r["config"]), "summaryMetrics": json.dumps(r["summary"]),
                 "systemMetrics": "{}", "historyLineCount": len(r["history"]), "logLineCount": 0,
                 "eventsLineCount": 0, "historyTail": json.dumps(r["history"][-10:]), "eventsTail": "[]",
-                "wandbConfig": lambda **_: "{}", "sweepName": r.get("sweep"), "createdAt": r["created"],
+                "wandbConfig": lambda keys=None, **_: json.dumps(self._wandb_config(r, keys)),
+                "sweepName": r.get("sweep"), "createdAt": r["created"],
                 "heartbeatAt": r["updated"], "updatedAt": r["updated"],
                 "user": {"__typename": "User", "name": self.entity, "username": self.entity},
                 "projectId": str(self.data["projects"][f"{r['entity']}/{r['project']}"]["num"]), "host": r.get("host"),
@@ -210,6 +211,12 @@ class Model:
                 "history": lambda **_: [json.dumps(h) for h in r["history"]],
                 "sampledHistory": lambda **_: [r["history"]],
                 "_key": key}
+
+    @staticmethod
+    def _wandb_config(r: dict, keys: list[str] | None) -> dict:
+        """The run's `_wandb` config (what wandb-core wrote: `t` marks a run that really started), by key."""
+        w = (r["config"].get("_wandb") or {}).get("value") or {}
+        return {k: v for k, v in w.items() if keys is None or k in keys}
 
     @staticmethod
     def _conn(nodes: list, args: dict) -> dict:
