@@ -152,6 +152,27 @@ def test_two_runs_log_use_and_read_back_through_the_public_api(online, tmp_path)
     assert w.count("CommitArtifact") == 3 and w.count("CreateArtifact") == 4  # the de-duplicated log commits nothing
 
 
+def test_a_finished_run_resumes_and_declares_an_input(online, tmp_path):
+    """What `sync` does for a run recorded offline: `resume="must"` on a run the server holds (wandb-core's
+    RunResumeStatus), then `use_artifact`; a run the server does not hold is refused."""
+    run = init("prepare-data")
+    run.log_artifact(artifact("thing", "data", folder(tmp_path / "A", {"a": b"1"}))).wait(30)
+    run.finish()
+    consumer = init("train")
+    consumer.log({"loss": 1.0})
+    consumer.finish()
+    again = wandb.init(id=consumer.id, project="p", resume="must", reinit="create_new", settings=wandb.Settings(
+        base_url=online.url, api_key=online.api_key, **SETTINGS))
+    again.use_artifact("p/thing:latest")
+    again.finish()
+    r = public_api().run(f"p/{consumer.id}")
+    assert [a.name for a in r.used_artifacts()] == ["thing:v0"] and r.summary["loss"] == 1.0
+    with pytest.raises(wandb.errors.Error, match="does not exist|not been initialized"):
+        wandb.init(id="nosuchrun", project="p", resume="must", reinit="create_new", settings=wandb.Settings(
+            base_url=online.url, api_key=online.api_key, **SETTINGS))
+    assert online.missing_fields == set()
+
+
 def test_every_implemented_python_operation_has_its_generated_model_or_is_named_unmodelled():
     """The stand-in claims to answer these Python-SDK operations: each of them exists in wandb's generated
     operations, so its answers are checked by the model (a rename in a new wandb shows here)."""

@@ -198,7 +198,7 @@ class Model:
                 "jobType": r.get("jobType"), "state": r["state"], "tags": r.get("tags") or [],
                 "config": json.dumps(r["config"]), "summaryMetrics": json.dumps(r["summary"]),
                 "systemMetrics": "{}", "historyLineCount": len(r["history"]), "logLineCount": 0,
-                "eventsLineCount": 0, "historyTail": json.dumps(r["history"][-10:]), "eventsTail": "[]",
+                "eventsLineCount": 0, "historyTail": json.dumps([json.dumps(h) for h in r["history"][-10:]]), "eventsTail": "[]",
                 "wandbConfig": lambda keys=None, **_: json.dumps(self._wandb_config(r, keys)),
                 "sweepName": r.get("sweep"), "createdAt": r["created"],
                 "heartbeatAt": r["updated"], "updatedAt": r["updated"],
