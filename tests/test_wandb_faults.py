@@ -185,6 +185,24 @@ def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypa
     assert "registry wandb-registry-model not found" in warnings_naming(caplog, "registry link")[0]
 
 
+def test_registry_link_failure_at_the_network(online, caplog):
+    """The stand-in fails only `LinkArtifact`: the alias save reaches W&B, the link is a gap for sync."""
+    with failing() as w:
+        w.fail("LinkArtifact", "graphql-error")
+        cfg = online(w.url)
+        producer = produce(cfg, "train", "model")
+        with open_stage(cfg, "promote") as stage:
+            applied = stage.set_aliases(producer.outputs["data"], ["production"],
+                                        registry_path="wandb-registry-model/m")
+    assert applied is False and w.count("LinkArtifact") == 1
+    gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
+    assert [(g["call"], g["detail"]) for g in gaps] == [("registry link", "link to wandb-registry-model/m")]
+    assert len(warnings_naming(caplog, "registry link")) == 1
+    [version] = w.state()["collections"][f"{w.entity}/p/train-out"]["versions"]
+    assert "production" in version["aliases"]  # the alias save before the link did reach W&B
+    assert [c for c in w.state()["collections"].values() if c["kind"] == "portfolio"] == []
+
+
 def test_finish_that_raises_is_recorded_not_raised(online, caplog, monkeypatch):
     """Injected at the W&B boundary object: `run.finish()` raising (wandb raises TimeoutError there when
     finish_timeout runs out with finish_timeout_raises, which the stand-in reaches only together with other
