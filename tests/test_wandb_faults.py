@@ -149,6 +149,26 @@ def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
 
 
 @pytest.mark.slow  # waits out real timeouts against a loopback endpoint
+def test_a_hanging_use_artifact_is_a_bounded_input_gap(online, caplog):
+    """Only `UseArtifact` hangs (W&B accepting the request and never answering): the consumer still completes
+    within the bounds and its input edge is left to sync; the producer's version is in W&B."""
+    with failing() as w:
+        w.fail("UseArtifact", "hang", times=None)
+        cfg = online(w.url)
+        producer = produce(cfg, "prepare-data", "hello")
+        t = time.monotonic()
+        consumer = produce(cfg, "train", "model", inputs=[producer.outputs["data"]])
+        took = time.monotonic() - t
+        state = w.state()
+    assert consumer.mode == "online" and took < 60
+    assert w.count("UseArtifact") >= 1
+    assert [v["state"] for v in state["collections"][f"{w.entity}/p/prepare-data-out"]["versions"]] == ["COMMITTED"]
+    ref = wandb_ref(None, "p", producer.outputs["data"].name, producer.outputs["data"].digest)
+    gaps = LineageStore(cfg.lineage_db).wandb_gaps(consumer.run_id)
+    assert ("use", ref) in [(g["action"], g["ref"]) for g in gaps], gaps
+
+
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 def test_alias_save_failure_leaves_the_promotion_to_sync(online, caplog):
     with failing("http-500") as w:
         cfg = online(w.url, mode="offline")
