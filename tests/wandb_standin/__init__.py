@@ -7,7 +7,8 @@ answers W&B's queries about it, so what a run logged can be read back with `wand
 What it models, with W&B's rules:
 - projects (created on first use) and runs: `UpsertBucket` (config, group, job type, tags, summary), the file
   stream (history lines at their offsets, the summary, the exit code: `finished` on 0, else `failed`), run files
-  (`CreateRunFiles` upload URLs and a PUT sink);
+  (`CreateRunFiles` upload URLs and a PUT sink), resuming (`RunResumeStatus`: a run is resumable once its config
+  holds wandb's `_wandb.t`, as wandb-core checks), `wandb.Api().run(...)`;
 - artifact types and sequences (created by the first `CreateArtifact`; a name keeps its first type), versions
   (`CreateArtifact` de-duplicates on the digest inside a sequence: the same content is the same version, its
   aliases are added; a pending version of that digest is handed back for its upload to finish), the manifest upload,
