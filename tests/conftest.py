@@ -45,3 +45,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "prefect_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def wandb_standin():
+    """A stateful loopback W&B stand-in (tests/wandb_standin), stopped when the test ends."""
+    from tests.wandb_standin import Standin
+
+    with Standin() as w:
+        yield w

@@ -2,7 +2,7 @@
 
 Nothing here reads the real ~/.netrc or ~/.config/wandb: HOME, NETRC, WANDB_CONFIG_DIR and every WANDB_* variable
 point into tmp_path. `wandb login` is the real CLI (a subprocess), run with `--no-verify` where no server is
-needed and against the loopback stand-in (`tests/wandb_loopback.py`) where it verifies the key.
+needed and against the loopback W&B stand-in (`tests/wandb_standin`) where it verifies the key.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import wandb
 
 from mnist_pipeline.lineage.wandb_io import resolve_credentials
-from tests.wandb_loopback import API_KEY, WandbLoopback
+from tests.wandb_standin import API_KEY, Standin
 
 KEY = "k" * 40
 OTHER_KEY = "o" * 40
@@ -84,7 +84,7 @@ def test_netrc_for_api_wandb_ai_counts_for_the_default_host(home):
 def test_wandb_login_host_writes_host_port_netrc_and_settings_file(home):
     """`wandb login --host http://127.0.0.1:PORT` (real CLI, verifying the key against the loopback stand-in):
     netrc gets `machine 127.0.0.1:PORT`, the settings file gets base_url; both are found."""
-    with WandbLoopback() as w:
+    with Standin(api_key=API_KEY) as w:
         wandb_login("--host", w.url, API_KEY)
         assert "Viewer" in w.operations()  # the CLI really asked the server who the key belongs to
     netloc = urlsplit(w.url).netloc

@@ -1,8 +1,8 @@
 """W&B is an observer: a stage completes whatever W&B does, the store keeps everything, `sync` completes W&B.
 
-Faults are injected at the network: the real wandb SDK talks to the loopback stand-in (`tests/wandb_loopback.py`),
-which lets `wandb.init` get online and then fails every later call as W&B does (HTTP 401/429/500, a GraphQL error,
-no answer at all), or refuses the connection / never answers from the first request. Where a failure cannot be
+Faults are injected at the network: the real wandb SDK talks to the loopback W&B stand-in (`tests/wandb_standin`),
+set to let `wandb.init` get online and then fail every later call as W&B does (HTTP 401/429/500, a GraphQL error, no
+answer at all), or to refuse from the first request; or nothing listens / a host never answers. Where a failure cannot be
 reached that way it is injected at the W&B boundary object (`StageRun.run`, the wandb Run it wraps), and the test
 says so. Flow-level tests (the whole pipeline, in a subprocess) are in the second half.
 """
@@ -27,7 +27,7 @@ from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync, run_sync
 from tests.helpers import write_mnist
-from tests.wandb_loopback import API_KEY, SilentServer, WandbLoopback, closed_port
+from tests.wandb_standin import ANY, API_KEY, SilentServer, closed_port, failing
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"init_timeout": 8, "http_timeout": 2, "http_retries": 1, "artifact_wait_timeout": 5, "finish_timeout": 5}
@@ -36,7 +36,7 @@ AFTER_INIT = ["http-401", "http-429", "http-500", "graphql-error", "hang"]
 
 @pytest.fixture
 def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A clean W&B environment (temporary HOME, a key for the loopback), and this process's memory of failed
+    """A clean W&B environment (temporary HOME, a key for the stand-in), and this process's memory of failed
     W&B hosts emptied before and after."""
     for name in list(os.environ):
         if name.startswith("WANDB_") or name == "NETRC":
@@ -76,7 +76,7 @@ def warnings_naming(caplog, call: str) -> list[str]:
 @pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 @pytest.mark.parametrize("fault", AFTER_INIT)
 def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
-    with WandbLoopback(fault=fault) as w:
+    with failing(fault) as w:
         cfg = online(w.url)
         t = time.monotonic()
         stage = produce(cfg, "prepare-data", "hello")
@@ -110,7 +110,7 @@ def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
 
 
 def test_after_a_failure_the_next_stage_records_offline_and_sync_plans_both(online, caplog):
-    with WandbLoopback(fault="graphql-error") as w:
+    with failing("graphql-error") as w:
         cfg = online(w.url)
         first = produce(cfg, "prepare-data", "hello")
         ref = first.outputs["data"]
@@ -132,7 +132,7 @@ def test_after_a_failure_the_next_stage_records_offline_and_sync_plans_both(onli
 
 
 def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
-    with WandbLoopback(fault="graphql-error") as w:
+    with failing("graphql-error") as w:
         cfg = online(w.url, mode="offline")
         producer = produce(cfg, "prepare-data", "hello")  # offline: no W&B call at all
         cfg = online(w.url, mode="online")
@@ -149,8 +149,28 @@ def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
 
 
 @pytest.mark.slow  # waits out real timeouts against a loopback endpoint
+def test_a_hanging_use_artifact_is_a_bounded_input_gap(online, caplog):
+    """Only `UseArtifact` hangs (W&B accepting the request and never answering): the consumer still completes
+    within the bounds and its input edge is left to sync; the producer's version is in W&B."""
+    with failing() as w:
+        w.fail("UseArtifact", "hang", times=None)
+        cfg = online(w.url)
+        producer = produce(cfg, "prepare-data", "hello")
+        t = time.monotonic()
+        consumer = produce(cfg, "train", "model", inputs=[producer.outputs["data"]])
+        took = time.monotonic() - t
+        state = w.state()
+    assert consumer.mode == "online" and took < 60
+    assert w.count("UseArtifact") >= 1
+    assert [v["state"] for v in state["collections"][f"{w.entity}/p/prepare-data-out"]["versions"]] == ["COMMITTED"]
+    ref = wandb_ref(None, "p", producer.outputs["data"].name, producer.outputs["data"].digest)
+    gaps = LineageStore(cfg.lineage_db).wandb_gaps(consumer.run_id)
+    assert ("use", ref) in [(g["action"], g["ref"]) for g in gaps], gaps
+
+
+@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 def test_alias_save_failure_leaves_the_promotion_to_sync(online, caplog):
-    with WandbLoopback(fault="http-500") as w:
+    with failing("http-500") as w:
         cfg = online(w.url, mode="offline")
         producer = produce(cfg, "train", "model")
         cfg = online(w.url, mode="online")
@@ -164,8 +184,8 @@ def test_alias_save_failure_leaves_the_promotion_to_sync(online, caplog):
 
 
 def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypatch):
-    """Injected at the W&B boundary object: the stand-in cannot let the alias save succeed and the link fail."""
-    with WandbLoopback() as w:
+    """Injected at the W&B boundary object (a version W&B does not hold, a link that raises)."""
+    with failing() as w:
         cfg = online(w.url)
         with open_stage(cfg, "promote") as stage:
             class Art:
@@ -185,11 +205,29 @@ def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypa
     assert "registry wandb-registry-model not found" in warnings_naming(caplog, "registry link")[0]
 
 
+def test_registry_link_failure_at_the_network(online, caplog):
+    """The stand-in fails only `LinkArtifact`: the alias save reaches W&B, the link is a gap for sync."""
+    with failing() as w:
+        w.fail("LinkArtifact", "graphql-error")
+        cfg = online(w.url)
+        producer = produce(cfg, "train", "model")
+        with open_stage(cfg, "promote") as stage:
+            applied = stage.set_aliases(producer.outputs["data"], ["production"],
+                                        registry_path="wandb-registry-model/m")
+    assert applied is False and w.count("LinkArtifact") == 1
+    gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
+    assert [(g["call"], g["detail"]) for g in gaps] == [("registry link", "link to wandb-registry-model/m")]
+    assert len(warnings_naming(caplog, "registry link")) == 1
+    [version] = w.state()["collections"][f"{w.entity}/p/train-out"]["versions"]
+    assert "production" in version["aliases"]  # the alias save before the link did reach W&B
+    assert [c for c in w.state()["collections"].values() if c["kind"] == "portfolio"] == []
+
+
 def test_finish_that_raises_is_recorded_not_raised(online, caplog, monkeypatch):
     """Injected at the W&B boundary object: `run.finish()` raising (wandb raises TimeoutError there when
     finish_timeout runs out with finish_timeout_raises, which the stand-in reaches only together with other
     failures)."""
-    with WandbLoopback() as w:
+    with failing() as w:
         cfg = online(w.url)
         with open_stage(cfg, "evaluate") as stage:
             real_finish = stage.wandb.run.finish
@@ -229,7 +267,7 @@ def test_init_failures_record_offline(online, where, caplog):
         with SilentServer() as s:
             stage = produce(online(s.url), "prepare-data", "x")
     else:
-        with WandbLoopback(fault="http-401", at="init") as w:
+        with failing("http-401", at=ANY) as w:
             stage = produce(online(w.url), "prepare-data", "x")
     assert stage.mode == "offline" and time.monotonic() - t < FAST["init_timeout"] + 20
     assert any("W&B online init failed" in r.getMessage() for r in caplog.records)
@@ -239,7 +277,7 @@ def test_init_failures_record_offline(online, where, caplog):
 def test_auto_mode_follows_wandb_login(online, tmp_path, monkeypatch):
     """`--wandb-mode auto` is online exactly when wandb has a key for its host: here from `wandb login --host`."""
     monkeypatch.delenv("WANDB_API_KEY")
-    with WandbLoopback() as w:
+    with failing() as w:
         cfg = online(w.url, mode="auto")
         monkeypatch.delenv("WANDB_BASE_URL")
         assert produce(cfg, "prepare-data", "x").mode == "offline"  # no key anywhere: offline
@@ -278,7 +316,7 @@ class _Endpoint:
         if self.fault == "closed-port":
             self._cm = None
             return closed_port()
-        self._cm = SilentServer() if self.fault == "never-answers" else WandbLoopback(fault=self.fault)
+        self._cm = SilentServer() if self.fault == "never-answers" else failing(self.fault)
         return self._cm.__enter__().url
 
     def __exit__(self, *exc):
@@ -364,14 +402,14 @@ def test_where_the_records_went(online, tmp_path):
     reason and the sync command."""
     from mnist_pipeline.lineage.sync import where_records_went
 
-    with WandbLoopback() as w:
+    with failing() as w:
         cfg = online(w.url)
         with open_stage(cfg, "evaluate", "f1") as stage:  # no outputs: nothing the stand-in cannot store
             stage.log({"x": 1})
     store = LineageStore(cfg.lineage_db)
     out = where_records_went(store, "f1")
     assert out["mode"] == "online" and not out["needs_sync"]
-    assert out["line"] == f"W&B: online at {w.url}/loopback-entity/p/groups/flow-f1"
+    assert out["line"] == f"W&B: online at {w.url}/{w.entity}/p/groups/flow-f1"
     cfg = online(w.url, mode="offline")
     with open_stage(cfg, "evaluate", "f2"):
         pass

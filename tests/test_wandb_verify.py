@@ -20,7 +20,7 @@ from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync, run_sync
 from mnist_pipeline.lineage.verify import verify_wandb
-from tests.wandb_loopback import API_KEY, WandbLoopback, closed_port
+from tests.wandb_standin import API_KEY, closed_port, failing
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_wandb_errors_in_verify_are_one_line_and_exit_5(lineage, capsys, monkeyp
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    with WandbLoopback(fault=fault) as w:
+    with failing(fault) as w:
         monkeypatch.setenv("WANDB_BASE_URL", w.url)
         code = verify(lineage["db"], wandb_io.WandbClient(timeout=3,
                                                          timeouts=wandb_io.WandbTimeouts(http=2, retries=1)))

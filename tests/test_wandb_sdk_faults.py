@@ -1,7 +1,7 @@
 """What the real wandb 0.31 SDK does against W&B endpoints that fail (the loopback stand-in, no patching).
 
-These pin the SDK behaviour the pipeline's W&B boundary is built on: `wandb.init` gets online with the stand-in's
-few answers; after that every artifact call fails the way W&B fails it, and only `Artifact.wait` tells (the
+These pin the SDK behaviour the pipeline's W&B boundary is built on: `wandb.init` gets online against the stand-in;
+after that (a fault on every operation after init's) every artifact call fails the way W&B fails it, and only `Artifact.wait` tells (the
 failure of a logged artifact is otherwise silent: `run.finish()` returns normally); a closed port or a host that
 never answers fails `wandb.init` within the bounds we set.
 """
@@ -16,7 +16,7 @@ import pytest
 import wandb
 
 from mnist_pipeline.lineage.wandb_io import WandbTimeouts, resolve_credentials, run_settings
-from tests.wandb_loopback import API_KEY, SilentServer, WandbLoopback, closed_port
+from tests.wandb_standin import ANY, API_KEY, SilentServer, closed_port, failing
 
 # what the SDK raised in these tests: wandb's own errors (CommError for API calls, Error for init), ValueError from
 # Artifact.wait for a failed upload, TimeoutError when a wait runs out
@@ -52,7 +52,7 @@ def artifact(d: Path) -> wandb.Artifact:
 
 
 def test_init_gets_online_against_the_stand_in(loopback_env, monkeypatch):
-    with WandbLoopback() as w:
+    with failing() as w:
         run = start(w.url, monkeypatch, loopback_env)
         assert run.url.startswith(w.url) and not run.settings._offline
         run.log({"x": 1})
@@ -63,7 +63,7 @@ def test_init_gets_online_against_the_stand_in(loopback_env, monkeypatch):
 @pytest.mark.slow  # waits out real timeouts against a loopback endpoint
 @pytest.mark.parametrize("fault", ["http-401", "http-429", "http-500", "graphql-error", "hang"])
 def test_artifact_calls_fail_after_a_good_init_and_only_wait_tells(loopback_env, monkeypatch, fault):
-    with WandbLoopback(fault=fault) as w:
+    with failing(fault) as w:
         run = start(w.url, monkeypatch, loopback_env)
         logged = run.log_artifact(artifact(loopback_env), aliases=["latest", "sha256-0123456789abcdef"])
         t = time.monotonic()
@@ -101,6 +101,6 @@ def test_a_host_that_never_answers_fails_init_at_init_timeout(loopback_env, monk
 
 @pytest.mark.parametrize("fault", ["http-401", "http-500", "graphql-error"])
 def test_init_itself_refused(loopback_env, monkeypatch, fault):
-    with WandbLoopback(fault=fault, at="init") as w, pytest.raises(WANDB_ERRORS):
+    with failing(fault, at=ANY) as w, pytest.raises(WANDB_ERRORS):
         start(w.url, monkeypatch, loopback_env)
     assert w.operations()[:1] == ["UpsertBucket"]
