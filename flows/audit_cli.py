@@ -145,7 +145,7 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         return EXIT_USAGE
     if ns.online and report["status"] != "unknown":
         from mnist_pipeline.lineage.sync import wandb_findings
-        from mnist_pipeline.lineage.wandb_io import WandbClient, wandb_error_line
+        from mnist_pipeline.lineage.wandb.client import WandbClient, wandb_error_line
 
         try:
             apply_wandb_findings(report, wandb_findings(report, backend or WandbClient()))
@@ -218,7 +218,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
         return SYNC_USAGE
     from mnist_pipeline.lineage.recording import RecordingWandb
     from mnist_pipeline.lineage.sync import plan_sync, run_sync
-    from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, wandb_error_line
+    from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable, wandb_error_line
 
     if getattr(ns, "verify", False):
         return verify_main(ns, backend or WandbClient())
@@ -261,7 +261,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 def verify_main(ns: argparse.Namespace, backend) -> int:
     """`sync --verify`: read-only comparison of W&B with the lineage store."""
     from mnist_pipeline.lineage.verify import render_verify, verify_wandb
-    from mnist_pipeline.lineage.wandb_io import wandb_error_line
+    from mnist_pipeline.lineage.wandb.client import wandb_error_line
 
     store = open_store(ns.lineage_db, "sync")
     if isinstance(store, int):

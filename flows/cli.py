@@ -28,7 +28,7 @@ from mnist_pipeline.report.console import where_things_went
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 # Imported lazily by the stages that need them; a cold run imports them while its Prefect server starts anyway.
-PREFETCH = ("torch", "torchvision.datasets", "mnist_pipeline.lineage.wandb_io:warm_up", "mnist_pipeline.training",
+PREFETCH = ("torch", "torchvision.datasets", "mnist_pipeline.training",
             "mnist_pipeline.metrics", "onnx", "onnxruntime", "mnist_pipeline.onnx_io",
             "mnist_pipeline.report.plots:warm_up")
 

@@ -335,14 +335,14 @@ def _online(mode: str) -> bool:
         return False
     if mode == "online":
         return True
-    from mnist_pipeline.lineage.wandb_io import has_api_key
+    from mnist_pipeline.lineage.wandb.credentials import has_api_key
 
     return has_api_key()
 
 
 def _move_alias_online(store, target, decision, backend=None) -> None:
     from mnist_pipeline.lineage.refs import wandb_ref
-    from mnist_pipeline.lineage.wandb_io import WandbClient
+    from mnist_pipeline.lineage.wandb.client import WandbClient
 
     backend = backend or WandbClient()
     entity = backend.check()

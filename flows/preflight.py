@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from pydantic import BaseModel
 from mnist_pipeline import storage
 from mnist_pipeline.config import PipelineConfig, allowed_roots
 from mnist_pipeline.lineage.store import LineageStore, StoreError
+from mnist_pipeline.lineage.wandb.folder import wandb_folder
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,6 @@ def describe_sources(sources: dict[str, str], cfg: PipelineConfig) -> str:
             parts.append(f"from the {origin}: " + ", ".join(f"{k}={flat[k]!r}" for k in keys))
     parts.append(f"{sum(o == DEFAULT for o in sources.values())} value(s) from the {DEFAULT}")
     return "; ".join(parts)
-
-
-def wandb_folder(cfg: PipelineConfig) -> Path:
-    """Where wandb will write (the same rule as the lineage module's): wandb.dir, $WANDB_DIR, the store's folder."""
-    if cfg.wandb.dir:
-        return cfg.wandb.dir
-    return Path(os.environ["WANDB_DIR"]).resolve() if os.environ.get("WANDB_DIR") else cfg.lineage_db.parent
 
 
 def locations(cfg: PipelineConfig) -> dict[str, Path]:

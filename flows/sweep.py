@@ -28,7 +28,8 @@ from mnist_pipeline.lineage.environment import process_identity, run_environment
 from mnist_pipeline.lineage.journal import commit_journal
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb_io import resolve_mode, wandb_dir
+from mnist_pipeline.lineage.wandb.credentials import resolve_mode
+from mnist_pipeline.lineage.wandb.folder import wandb_dir
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
 from mnist_pipeline.tasks import export_onnx, prepare_data, promote, validate_onnx

@@ -32,7 +32,8 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | N
 def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
     """Where this flow run's W&B records went (`sync.where_records_went`), said in one line on `logger`."""
     from mnist_pipeline.lineage.sync import where_records_went
-    from mnist_pipeline.lineage.wandb_io import recent_failure, resolve_credentials
+    from mnist_pipeline.lineage.wandb.credentials import resolve_credentials
+    from mnist_pipeline.lineage.wandb.stage_run import recent_failure
 
     reason = None
     if cfg.wandb.mode == "offline":

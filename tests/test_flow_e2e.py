@@ -10,7 +10,7 @@ from mnist_pipeline.flows.cli import main
 from mnist_pipeline.flows.pipeline import mnist_pipeline
 from mnist_pipeline.lineage.refs import manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb_io import offline_records
+from mnist_pipeline.lineage.wandb.run_file import offline_records
 from tests.helpers import STEMS
 
 JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}

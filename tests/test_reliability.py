@@ -33,7 +33,7 @@ from mnist_pipeline.flows.pipeline import mnist_pipeline
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import FileRecord, LineageStore
-from mnist_pipeline.lineage.wandb_io import offline_records
+from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.tasks import export_onnx, train, validate_onnx
 from tests.helpers import write_mnist
 

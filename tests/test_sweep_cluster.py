@@ -46,7 +46,7 @@ def _argv(tiny_mnist, tmp_path, sweep_text: str, name: str = "sweep.yaml") -> li
 
 
 def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
-    from mnist_pipeline.lineage.wandb_io import offline_records
+    from mnist_pipeline.lineage.wandb.run_file import offline_records
 
     runs = {}
     for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):

@@ -20,7 +20,8 @@ from mnist_pipeline.lineage.refs import ArtifactRef, wandb_ref
 from mnist_pipeline.lineage.render import render_tree
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync
-from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, offline_records, synced_marker
+from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable
+from mnist_pipeline.lineage.wandb.run_file import offline_records, synced_marker
 from tests.test_audit import run_pipeline
 
 

@@ -7,7 +7,7 @@ onnxruntime validation, promotion decisions), and re-hashes every file it can re
 (the `--json` output); `render.py` draws it (tree, Mermaid/Markdown, HTML, SVG).
 
 Pure: it reads the store and the files on disk; no Prefect, no wandb. The W&B cross-check of `audit --online`
-happens in `sync.py` through the W&B boundary (`wandb_io.py`) and comes back here as plain data
+happens in `sync.py` through the W&B boundary (`lineage/wandb/`) and comes back here as plain data
 (`apply_wandb_findings`).
 """
 

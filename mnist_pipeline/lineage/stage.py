@@ -5,7 +5,7 @@
 On success the outputs are moved into place (fsync, then rename), logged as W&B Artifacts and committed to the
 store with their edges in one transaction. On failure nothing is produced, the run is recorded as failed with the
 inputs it had declared, and the W&B run is finished with exit code 1. W&B is reached only through
-`wandb_io.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
+`wandb.stage_run.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
 alias) is recorded in the store's `wandb_gaps` for `mnist-pipeline sync`.
 """
 
@@ -29,7 +29,7 @@ from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree,
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
 
 if TYPE_CHECKING:
-    from mnist_pipeline.lineage import wandb_io
+    from mnist_pipeline.lineage.wandb.stage_run import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _inside(path: Path, root: Path, what: str) -> Path:
 
 class Stage:
     def __init__(self, cfg: PipelineConfig, job_type: str, flow_run_id: str | None, store: LineageStore,
-                 wb: wandb_io.StageRun):
+                 wb: StageRun):
         self.cfg, self.job_type, self.flow_run_id = cfg, job_type, flow_run_id
         self.store, self.wandb, self.run_id = store, wb, wb.run_id
         self.used: list[ArtifactRecord] = []
@@ -195,10 +195,12 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(cfg.train.seed, flow_run_id)
     config = {**cfg.flat(), "lineage": env}
-    from mnist_pipeline.lineage import wandb_io  # wandb: imported by the first stage, not by loading the flow
+    # wandb: imported by the first stage, not by loading the flow
+    from mnist_pipeline.lineage.wandb.credentials import resolve_mode
+    from mnist_pipeline.lineage.wandb.folder import wandb_dir
+    from mnist_pipeline.lineage.wandb.stage_run import start_run
 
-    wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode, wandb_io.wandb_dir(cfg)),
-                            config)
+    wb = start_run(cfg, job_type, run_id, group, resolve_mode(cfg.wandb.mode, wandb_dir(cfg)), config)
     store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
                     wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,

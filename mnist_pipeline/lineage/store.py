@@ -586,7 +586,7 @@ class LineageStore:
             return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
 
     def record_wandb_gaps(self, run_id: str, gaps) -> None:
-        """What an online run could not record in W&B because a W&B call failed (`wandb_io.WandbGap`s): `sync`
+        """What an online run could not record in W&B because a W&B call failed (`wandb.stage_run.WandbGap`s): `sync`
         completes it. The first record of a (run, action, ref) is kept."""
         with self.transaction() as con:
             con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -1,7 +1,7 @@
 """`mnist-pipeline sync` and `audit --online`: what to send to W&B, and sending it through a backend.
 
 The plan comes from the lineage store and the offline run folders alone (no network); `run_sync` carries it out
-through a `WandbBackend`: `wandb_io.WandbClient` (the real W&B) or `recording.RecordingWandb` (records the calls in
+through a `WandbBackend`: `wandb.client.WandbClient` (the real W&B) or `recording.RecordingWandb` (records the calls in
 order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What
 has been done is kept in the store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing:
 re-running `wandb sync` on an uploaded run would duplicate its artifact versions (wandb issue #3962).
@@ -16,7 +16,7 @@ from typing import Literal, Protocol, TypedDict
 from mnist_pipeline.lineage.audit import AuditReport
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.store import LineageStore, RunRecord
-from mnist_pipeline.lineage.wandb_io import synced_marker
+from mnist_pipeline.lineage.wandb.run_file import synced_marker
 
 Status = Literal["pending", "done", "failed", "blocked", "missing"]
 
@@ -76,7 +76,7 @@ def _set(item: Action | PromotionPlan, status: Status, detail: str) -> None:
 
 
 class WandbBackend(Protocol):
-    """What `sync` and `audit --online` ask of W&B. `wandb_io.WandbClient` is the real one; `recording.RecordingWandb`
+    """What `sync` and `audit --online` ask of W&B. `wandb.client.WandbClient` is the real one; `recording.RecordingWandb`
     records the calls and answers from an in-memory W&B (`sync --dry-run`, tests)."""
 
     def check(self) -> str: ...  # the entity to use when a run names none; raises WandbUnavailable

@@ -8,7 +8,7 @@ For every artifact version of the store whose producing run recorded to W&B (onl
 - the aliases the store holds (`candidate`, `production`) are on this version in W&B.
 
 All W&B reads go through the `WandbBackend` (`lookup_artifact` only), so the same code runs against the real W&B
-(`wandb_io.WandbClient`) and the in-memory `recording.RecordingWandb`.
+(`wandb.client.WandbClient`) and the in-memory `recording.RecordingWandb`.
 """
 
 from __future__ import annotations
