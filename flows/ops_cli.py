@@ -204,8 +204,8 @@ def reproduce_main(ns: argparse.Namespace) -> int:
     except R.CannotReproduce as e:
         _err("reproduce", str(e))
         return R.EXIT_USAGE
-    result: dict = {"target": R.label(target), "steps": [s.describe() for s in recipe.steps],
-                    "dataset": R.label(recipe.dataset), "lineage_db": str(store.path)}
+    result: dict = {"target": target.label, "steps": [s.describe() for s in recipe.steps],
+                    "dataset": recipe.dataset.label, "lineage_db": str(store.path)}
     gone = R.missing_inputs(recipe, _deletions(store))
     if gone:
         result.update(status="inputs-gone", exit_code=R.EXIT_INPUTS_GONE, inputs_gone=gone)
@@ -294,22 +294,22 @@ def rollback_main(ns: argparse.Namespace, backend=None) -> int:
             return RB.EXIT_UNKNOWN if code == 4 else code
         target = recs[0]
     elif previous is None:
-        _err("rollback", f"production {RB.label(current)} has no previous production model; give --to REF")
+        _err("rollback", f"production {current.label} has no previous production model; give --to REF")
         return RB.EXIT_USAGE
     else:
         target = previous
-    result = {"name": ns.name, "from": RB.label(current), "to": RB.label(target), "dry_run": ns.dry_run}
+    result = {"name": ns.name, "from": current.label, "to": target.label, "dry_run": ns.dry_run}
     if target.artifact_id == current.artifact_id:
-        _err("rollback", f"{RB.label(target)} is already production")
+        _err("rollback", f"{target.label} is already production")
         return RB.EXIT_USAGE
     problems = RB.refusals(store, target, _deletions(store))
     if problems:
         result.update(status="refused", refusals=problems)
         _rollback_out(ns, result)
-        _err("rollback", f"REFUSED {RB.label(target)}: {'; '.join(problems)}")
+        _err("rollback", f"REFUSED {target.label}: {'; '.join(problems)}")
         return RB.EXIT_REFUSED
     requested_by = _requested_by(ns)
-    reason = (f"rollback from {RB.label(current)} to {RB.label(target)}, requested by {requested_by}"
+    reason = (f"rollback from {current.label} to {target.label}, requested by {requested_by}"
               + (f": {ns.reason}" if ns.reason else ""))
     result.update(reason=reason, requested_by=requested_by)
     if ns.dry_run:

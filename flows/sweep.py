@@ -34,7 +34,7 @@ from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
 from mnist_pipeline.tasks import export_onnx, prepare_data, promote, validate_onnx
 from mnist_pipeline.tasks.evaluate import METRICS_NAME
-from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, ref_of, run_trial, select
+from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
@@ -222,10 +222,10 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
         found = find_finished_trial(store, ds.digest, t.config.training_fingerprint())
         if found:
             model, metrics = found
-            results[t.index] = SweepTrial(t.index, t.params, "reused", ref_of(model), ref_of(metrics),
+            results[t.index] = SweepTrial(t.index, t.params, "reused", model.ref(), metrics.ref(),
                                           _values(metrics.metadata), train_seconds=_train_seconds(store, model))
             logger.info("trial %d reuses %s (%s): same dataset and training fingerprint", t.index,
-                        f"{model.name}:v{model.version}", f"{metrics.name}:v{metrics.version}")
+                        model.label, metrics.label)
         else:
             futures[t.index] = run_trial.submit(pin_for_workers(t.config), ds, t.index, t.params, shares)
 
@@ -247,7 +247,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
             continue
         assert outcome.model is not None and outcome.metrics is not None  # a finished trial names both
         model, metrics = committed[outcome.model], committed[outcome.metrics]
-        results[index] = SweepTrial(index, t.params, "finished", ref_of(model), ref_of(metrics),
+        results[index] = SweepTrial(index, t.params, "finished", model.ref(), metrics.ref(),
                                     _values(metrics.metadata), worker=outcome.worker, seconds=outcome.seconds,
                                     train_seconds=_train_seconds(store, model), started=outcome.started,
                                     ended=outcome.ended)

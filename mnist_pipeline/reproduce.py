@@ -22,7 +22,6 @@ from mnist_pipeline.lineage.reproduction import (
     Comparison,
     Recipe,
     compare,
-    label,
 )
 
 
@@ -87,7 +86,7 @@ def run(recipe: Recipe, scratch: Path, *, threads: int | None = None) -> Reprodu
             recipes.evaluate_files(model_dir / "model.pt", test, d, batch_size=scfg.evaluate.batch_size,
                                    misclassified_rows=scfg.evaluate.misclassified_table_rows)
         else:
-            raise CannotReproduce(f"{label(step.output)}: cannot re-run a {step.job_type} stage")
+            raise CannotReproduce(f"{step.output.label}: cannot re-run a {step.job_type} stage")
         out.comparisons.append(_compare(step.output, d))
     return out
 

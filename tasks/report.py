@@ -17,10 +17,10 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | N
     for run in store.runs(flow_run_id):
         edges = store.edges(run.run_id)
         row = {"stage": run.job_type, "status": run.status,
-               "inputs": ", ".join(f"{u.name}:v{u.version}" for u in edges["used"]),
+               "inputs": ", ".join(u.label for u in edges["used"]),
                "W&B run": run.wandb_url or f"{run.run_id} ({run.wandb_mode}: {run.wandb_dir})"}
         for art in edges["produced"]:
-            rows.append({**row, "output": f"{art.name}:v{art.version} ({art.type})", "sha256": art.digest[:16],
+            rows.append({**row, "output": f"{art.label} ({art.type})", "sha256": art.digest[:16],
                          "path": art.path})
         if not edges["produced"]:
             out = (f"decision: {promotion['decision']}" if run.job_type == "promote" and promotion

@@ -71,7 +71,7 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_meta: di
     edges[stage.run_id] = {"used": list({a.artifact_id: a for a in stage.used}.values()), "produced": []}
     graph = lineage_graph(runs, edges, title=f"Lineage of {model_label}",
                           pending={stage.run_id: [(REPORT_NAME, "report · this file")]})
-    artifacts = [{"stage": r.job_type, "artifact": f"{a.name}:v{a.version}", "type": a.type, "sha256": a.digest,
+    artifacts = [{"stage": r.job_type, "artifact": a.label, "type": a.type, "sha256": a.digest,
                   "path": a.path} for r in runs for a in edges[r.run_id]["produced"]]
     facts = [("model", f"{model_label} (sha256 {model.get('digest', '')[:16]})"),
              ("ONNX file", str(Path(onnx_rec.path) / "model.onnx") if onnx_rec else "n/a"),

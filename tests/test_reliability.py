@@ -388,10 +388,6 @@ def _validate_only(cfg: PipelineConfig, onnx_model: ArtifactRef, model: Artifact
     return validate_onnx(cfg, onnx_model, model, dataset, metrics)
 
 
-def _ref(a) -> ArtifactRef:
-    return ArtifactRef(name=a.name, type=a.type, version=a.version, digest=a.digest, path=a.path)
-
-
 def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_run, wandb_offline):
     store, base = dead_wandb_run["store"], dead_wandb_run["base"]
     assert dead_wandb_run["proc"].returncode == 0
@@ -407,9 +403,9 @@ def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_ru
     model_pt.chmod(0o644)
     model_pt.write_bytes(bytes(tampered))
     try:
-        for state in (_export_only(cfg, _ref(arts["model"]), return_state=True),
-                      _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]),
-                                     _ref(arts["metrics"]), return_state=True)):
+        for state in (_export_only(cfg, arts["model"].ref(), return_state=True),
+                      _validate_only(cfg, arts["onnx"].ref(), arts["model"].ref(), arts["dataset"].ref(),
+                                     arts["metrics"].ref(), return_state=True)):
             assert state.is_failed()
             with pytest.raises(DigestMismatch, match=f"{model_pt}: sha256 .* does not match the recorded"):
                 state.result()
@@ -435,8 +431,8 @@ def test_validation_refuses_a_reference_that_is_not_the_evaluation_of_its_model(
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(base / "art"), "lineage_db": str(base / "lineage.db"),
                                          "wandb": {"mode": "offline"},
                                          "onnx": {"latency_samples": 10, "throughput_batch": 8}}).resolved()
-    not_an_evaluation = _ref(arts["onnx"])  # produced from the model, but no evaluation of it on the dataset
-    state = _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]), not_an_evaluation,
+    not_an_evaluation = arts["onnx"].ref()  # produced from the model, but no evaluation of it on the dataset
+    state = _validate_only(cfg, arts["onnx"].ref(), arts["model"].ref(), arts["dataset"].ref(), not_an_evaluation,
                            return_state=True)
     assert state.is_failed()
     with pytest.raises(ValueError, match=r"convnet-onnx:v0 is not the evaluation of convnet:v0 on mnist:v0"):
@@ -445,7 +441,7 @@ def test_validation_refuses_a_reference_that_is_not_the_evaluation_of_its_model(
     [refused] = store.runs()[before[1]:]
     assert refused.job_type == "validate-onnx" and refused.status == "failed"
     # the real evaluation is accepted (the check is not a blanket refusal)
-    assert _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]), _ref(arts["metrics"]),
+    assert _validate_only(cfg, arts["onnx"].ref(), arts["model"].ref(), arts["dataset"].ref(), arts["metrics"].ref(),
                           return_state=True).is_completed()
 
 

@@ -68,7 +68,7 @@ def promote(store: LineageStore, model_id: int, *, accuracy: float | None, valid
             prod_acc = accuracy_of(store, production_id)
         else:
             rec = store.artifact(production_id)
-            label = f"{rec.name}:v{rec.version}"
+            label = rec.label
             found = accuracy_on(store, production_id, test_set[1])
             prod_acc = found[0] if found else None
             if found and found[1].artifact_id in reevaluated:
@@ -95,7 +95,7 @@ def compare_with_production(store: LineageStore, model_name: str, dataset_digest
     prod = store.alias(model_name, "production")
     if prod is None:
         return ChangeCheck(True, f"no production {model_name} model yet", None)
-    label = f"{prod.name}:v{prod.version}"
+    label = prod.label
     used = prod.inputs("dataset")
     if not used or used[0]["digest"] != dataset_digest:
         was = f"{used[0]['name']}:v{used[0]['version']}" if used else "an unrecorded dataset"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from mnist_pipeline.hashing import sha256_file
 from mnist_pipeline.lineage.store import FileRecord
 
 
@@ -46,14 +47,6 @@ def wandb_path(entity: str | None, project: str, tail: str) -> str:
 def wandb_ref(entity: str | None, project: str, name: str, digest: str) -> str:
     """The W&B path of one exact artifact version: `[entity/]project/name:sha256-<digest[:16]>`."""
     return wandb_path(entity, project, f"{name}:{digest_alias(digest)}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest(directory: Path) -> tuple[FileRecord, ...]:

@@ -21,14 +21,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
+from mnist_pipeline.lineage.store import LineageStore
 
 ALIASES = ("production", "candidate")
 
 
-
-def label(rec: ArtifactRecord) -> str:
-    return f"{rec.name}:v{rec.version}"
 
 
 def folder_size(path: Path) -> int:
@@ -97,7 +94,7 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
             cur = stack.pop()
             if cur in why:
                 continue
-            why[cur] = reason if cur == aid else f"in the lineage of {label(arts[aid])} ({reason})"
+            why[cur] = reason if cur == aid else f"in the lineage of {arts[aid].label} ({reason})"
             for run_id in store.producers(cur):
                 stack.extend(u.artifact_id for u in store.edges(run_id)["used"])
 
@@ -117,7 +114,7 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
         backwards(aid, reason)
     for aid, reason in list(roots.items()):
         for d in forwards(aid):
-            backwards(d, f"derived from {label(arts[aid])} ({reason})")
+            backwards(d, f"derived from {arts[aid].label} ({reason})")
     # runs in flight: what they (and the other stages of their flow run) use and produce
     running = [r for r in store.runs() if r.status == "running"]
     flows = {r.flow_run_id for r in running if r.flow_run_id}
@@ -144,7 +141,7 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
     recorded_paths = set()
     for a in store.artifacts():
         recorded_paths.add(Path(a.path).resolve())
-        lab = label(a)
+        lab = a.label
         if a.artifact_id in deleted:
             out.already_deleted.append(lab)
             continue

@@ -160,8 +160,7 @@ class Stage:
         records = self.store.finish_run(self.run_id, used=[r.artifact_id for r in self.used], produced=arts,
                                         summary=self.summary, wandb_url=self.wandb.url, wandb_mode=self.mode)
         for r in records:
-            self.outputs[r.type] = ArtifactRef(name=r.name, type=r.type, version=r.version, digest=r.digest,
-                                               path=r.path)
+            self.outputs[r.type] = r.ref()
 
 
 def describe_failure(e: BaseException) -> str:

@@ -16,9 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mnist_pipeline.storage import StorageError
+
+if TYPE_CHECKING:
+    from mnist_pipeline.lineage.refs import ArtifactRef
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -140,6 +143,17 @@ class ArtifactRecord:
     producer_run_id: str
     created_at: str
     files: tuple[FileRecord, ...]
+
+    @property
+    def label(self) -> str:
+        """`name:vN`, how every report and message names one version."""
+        return f"{self.name}:v{self.version}"
+
+    def ref(self) -> ArtifactRef:
+        """The reference tasks hand each other for this version."""
+        from mnist_pipeline.lineage.refs import ArtifactRef  # refs imports this module
+
+        return ArtifactRef(name=self.name, type=self.type, version=self.version, digest=self.digest, path=self.path)
 
     def inputs(self, type_: str) -> list[dict]:
         """The artifacts of that type this one was made from, as the run that produced it recorded them in its
@@ -456,7 +470,7 @@ class LineageStore:
                                (artifact_id,)).fetchone()
             if gone is not None:
                 art = self._artifact(con, artifact_id)
-                raise ArtifactDeleted(f"{art.name}:v{art.version} ({art.digest[:16]}) was deleted by gc on "
+                raise ArtifactDeleted(f"{art.label} ({art.digest[:16]}) was deleted by gc on "
                                       f"{gone['deleted_at'][:10]} ({gone['deleted_by']}): its files are gone")
             con.execute("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", (run_id, artifact_id))
 

@@ -119,7 +119,7 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
                 "detail": f"done {row['done_at']}" if row else f"{g['call']} failed: {g['error']}"}
         if g["action"] == "upload" and g["ref"] in produced:
             a = produced[g["ref"]]
-            entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": f"{a.name}:v{a.version}",
+            entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": a.label,
                                      "artifact_id": a.artifact_id, **base})
         elif g["action"] == "upload":
             if g["ref"] in produced or g["call"] != "finish":
@@ -127,7 +127,7 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
             entry["actions"].append({"action": "upload", "kind": "run", **base})
         elif g["action"] == "use" and g["ref"] in used:
             u = used[g["ref"]]
-            entry["actions"].append({"action": "use", "artifact": f"{u.name}:v{u.version}",
+            entry["actions"].append({"action": "use", "artifact": u.label,
                                      "producer_run_id": u.producer_run_id, **base})
         # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
@@ -172,7 +172,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         for u in store.edges(rid)["used"]:
             ref = wandb_ref(run.wandb_entity, run.wandb_project or "", u.name, u.digest)
             use_row = done.get((rid, "use", ref))
-            entry["actions"].append({"action": "use", "ref": ref, "artifact": f"{u.name}:v{u.version}",
+            entry["actions"].append({"action": "use", "ref": ref, "artifact": u.label,
                                      "producer_run_id": u.producer_run_id,
                                      "status": "done" if use_row else "pending",
                                      "detail": f"declared {use_row['done_at']}" if use_row else ""})
@@ -185,7 +185,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         if run_ids and art.producer_run_id not in run_ids:
             continue
         promotions.append({
-            "promotion_id": p.promotion_id, "artifact": f"{art.name}:v{art.version}", "decision": p.decision,
+            "promotion_id": p.promotion_id, "artifact": art.label, "decision": p.decision,
             "ref": wandb_ref(producer.wandb_entity if producer else None,
                              (producer.wandb_project if producer else None) or "", art.name, art.digest),
             "aliases": p.aliases,

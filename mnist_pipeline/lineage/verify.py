@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_pipeline.lineage.audit import md5_b64
+from mnist_pipeline.hashing import md5_b64
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
@@ -47,7 +47,7 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
     """What differs between one stored artifact version and W&B's answer for `ref` (None: W&B has no such version).
     `consumers`: the runs the store records as using it that recorded to W&B; `aliases`: the store's aliases
     (among candidate/production) on this version."""
-    lab = f"{art.name}:v{art.version}"
+    lab = art.label
     if info is None:
         return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: "
                            "`mnist-pipeline sync`)")]
