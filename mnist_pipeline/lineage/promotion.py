@@ -6,8 +6,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from mnist_pipeline.lineage.store import ArtifactRecord, Decision, LineageStore, PromotionRecord
+from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, PromotionRecord
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the promotion gate decided about a candidate (see `decide`)."""
+
+    decision: Literal["promoted", "candidate"]
+    reason: str
+    production_accuracy: float | None = None
 
 
 def decide(*, candidate_id: int, accuracy: float | None, validation_passed: bool, production_id: int | None,

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from mnist_pipeline.storage import StorageError
 
 if TYPE_CHECKING:
+    from mnist_pipeline.lineage.promotion import Decision
     from mnist_pipeline.lineage.refs import ArtifactRef
 
 SCHEMA = """
@@ -203,15 +204,6 @@ class RunRecord:
 
 
 @dataclass(frozen=True)
-class Decision:
-    """What the promotion gate decided about a candidate (see `promotion.decide`)."""
-
-    decision: Literal["promoted", "candidate"]
-    reason: str
-    production_accuracy: float | None = None
-
-
-@dataclass(frozen=True)
 class PromotionRecord:
     """One promotion decision as recorded (a row of `promotions`)."""
 
@@ -263,6 +255,23 @@ class ArtifactDeleted(RuntimeError):
     """An input was deleted by gc: its record stays, its files are gone."""
 
 
+# Columns that SCHEMA has but a store created by an older release lacks: (table, column, SQL type). Each is added
+# empty, which reads as the older meaning (`promotions.kind` NULL: a decision of the promotion gate).
+ADDED_COLUMNS = (("promotions", "kind", "TEXT"), ("promotions", "requested_by", "TEXT"))
+
+
+def _upgrade(con: sqlite3.Connection) -> None:
+    """Bring an older store up to SCHEMA: the one migration the store knows, adding ADDED_COLUMNS."""
+    for table, col, sql_type in ADDED_COLUMNS:
+        if col in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
+            continue
+        try:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {sql_type}")
+        except sqlite3.OperationalError as e:  # another process added it a moment ago
+            if "duplicate column" not in str(e):
+                raise
+
+
 class LineageStore:
     def __init__(self, path: Path | str, *, readonly: bool = False):
         """Open (or, unless `readonly`, create) the store at `path`.
@@ -289,14 +298,7 @@ class LineageStore:
             with self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
-                cols = {r[1] for r in con.execute("PRAGMA table_info(promotions)")}
-                for col in ("kind", "requested_by"):  # added with rollback; older stores get them empty (= the gate)
-                    if col not in cols:
-                        try:
-                            con.execute(f"ALTER TABLE promotions ADD COLUMN {col} TEXT")
-                        except sqlite3.OperationalError as e:  # another process added it a moment ago
-                            if "duplicate column" not in str(e):
-                                raise
+                _upgrade(con)
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
