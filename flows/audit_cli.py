@@ -144,7 +144,7 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         _err("audit", str(e))
         return EXIT_USAGE
     if ns.online and report["status"] != "unknown":
-        from mnist_pipeline.lineage.sync import wandb_findings
+        from mnist_pipeline.lineage.audit.wandb_findings import wandb_findings
         from mnist_pipeline.lineage.wandb.client import WandbClient, wandb_error_line
 
         try:

@@ -253,7 +253,7 @@ def test_the_cluster_fixture_runs_separate_single_threaded_workers_that_can_be_l
 
 
 def test_each_worker_gets_its_share_of_its_machines_cores():
-    from mnist_pipeline.flows.sweep import core_shares
+    from mnist_pipeline.sweep_workers import core_shares
 
     found = {"tcp://a:1": {"host": "a", "cpus": 2}, "tcp://a:2": {"host": "a", "cpus": 2},
              "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}

@@ -362,7 +362,7 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
 def test_where_the_records_went(online, tmp_path):
     """The end-of-run line: online with the group's W&B URL and nothing to sync; offline with the folder, the
     reason and the sync command."""
-    from mnist_pipeline.lineage.sync import where_records_went
+    from mnist_pipeline.lineage.queries import where_records_went
 
     with WandbLoopback() as w:
         cfg = online(w.url)

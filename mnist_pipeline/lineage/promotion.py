@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mnist_pipeline.lineage.queries import evaluations
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, PromotionRecord
 
 
@@ -122,28 +123,12 @@ def compare_with_production(store: LineageStore, model_name: str, dataset_digest
 
 def accuracy_of(store: LineageStore, model_artifact_id: int) -> float | None:
     """The test accuracy recorded by the newest finished evaluation of a model."""
-    latest = None
-    for run_id in store.consumers(model_artifact_id):
-        run = store.run(run_id)
-        if run is None or run.job_type != "evaluate" or run.status != "finished":
-            continue
-        for art in store.edges(run_id)["produced"]:
-            if art.type == "metrics":
-                latest = art.metadata.get("test_accuracy")
-    return latest
+    evaluated = evaluations(store, model_artifact_id)
+    return evaluated[-1].metadata.get("test_accuracy") if evaluated else None
 
 
 def accuracy_on(store: LineageStore, model_artifact_id: int, dataset_digest: str) -> tuple[float, ArtifactRecord] | None:
     """(accuracy, metrics artifact) of the newest finished evaluation of a model on the dataset with that digest."""
-    latest = None
-    for run_id in store.consumers(model_artifact_id):
-        run = store.run(run_id)
-        if run is None or run.job_type != "evaluate" or run.status != "finished":
-            continue
-        edges = store.edges(run_id)
-        if not any(u.type == "dataset" and u.digest == dataset_digest for u in edges["used"]):
-            continue
-        for art in edges["produced"]:
-            if art.type == "metrics" and art.metadata.get("test_accuracy") is not None:
-                latest = (art.metadata["test_accuracy"], art)
-    return latest
+    measured = [a for a in evaluations(store, model_artifact_id, dataset_digest)
+                if a.metadata.get("test_accuracy") is not None]
+    return (measured[-1].metadata["test_accuracy"], measured[-1]) if measured else None

@@ -221,3 +221,16 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
             store.record_wandb_gaps(wb.run_id, wb.gaps)
     finally:
         shutil.rmtree(stage._staging_root, ignore_errors=True)
+
+
+def record_lost_run(store: LineageStore, cfg: PipelineConfig, job_type: str, flow_run_id: str, *, used: list[int],
+                    error: str, env: dict | None = None) -> str:
+    """A failed run in the store for a stage that never came back (its worker kept dying), so the lineage shows
+    that it was tried; no W&B run (`wandb_mode` 'none')."""
+    run_id = uuid.uuid4().hex[:12]
+    store.start_run(run_id, job_type, config=cfg.model_dump(mode="json"),
+                    env={**run_environment(cfg.train.seed, flow_run_id), "process": process_identity(), **(env or {})},
+                    flow_run_id=flow_run_id, run_group=f"flow-{flow_run_id}", wandb_mode="none", wandb_dir=None,
+                    wandb_project=cfg.wandb.project, wandb_entity=cfg.wandb.entity)
+    store.fail_run(run_id, used=used, error=error)
+    return run_id

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol, TypedDict
 
-from mnist_pipeline.lineage.audit import AuditReport
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.store import LineageStore, RunRecord
 from mnist_pipeline.lineage.wandb.run_file import synced_marker
@@ -300,54 +299,3 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
     return {**plan, "entity": entity, "dry_run": dry_run,
             "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
             "ok": not any(s in ("failed", "blocked", "missing") for s in statuses)}
-
-
-def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
-    """What W&B holds for each artifact version of an audit report (None where it holds nothing), read as
-    `sync --verify` reads it (`verify.lookup_versions`)."""
-    from mnist_pipeline.lineage.verify import lookup_versions
-
-    refs: dict[str, str] = {}
-    for lab, art in report["artifacts"].items():
-        run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
-        refs[lab] = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
-    return lookup_versions(backend, refs)
-
-
-def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:
-    """Where a flow run's W&B records went, from the store alone: per stage run its mode and W&B URL or folder, the
-    W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact."""
-    runs = store.runs(flow_run_id) if flow_run_id else []
-    sync_cmd = f"`mnist-pipeline sync --lineage-db {store.path}`"
-    entries, group_urls, folders, failed_calls = [], [], [], []
-    for r in runs:
-        gaps = store.wandb_gaps(r.run_id)
-        failed_calls += [g["call"] for g in gaps if not g["error"].startswith("not sent:")]
-        entries.append({"job_type": r.job_type, "run_id": r.run_id, "mode": r.wandb_mode,
-                        "url": r.wandb_url, "dir": r.wandb_dir,
-                        "missing": [f"{g['action']} {g['ref']}" for g in gaps]})
-        if r.wandb_mode == "online" and r.wandb_url and r.run_group:
-            url = r.wandb_url.split("/runs/")[0] + f"/groups/{r.run_group}"
-            if url not in group_urls:
-                group_urls.append(url)
-        elif r.wandb_mode == "offline" and r.wandb_dir:
-            folder = str(Path(r.wandb_dir).parent)
-            if folder not in folders:
-                folders.append(folder)
-    modes = {e["mode"] for e in entries}
-    needs_sync = bool(folders or any(e["missing"] for e in entries))
-    parts = []
-    if group_urls:
-        parts.append(f"online at {', '.join(group_urls)}")
-    if folders:
-        parts.append(f"offline in {', '.join(folders)}" + (f" ({offline_reason})" if offline_reason else ""))
-    if modes == {"disabled"}:
-        parts.append("disabled (nothing sent to W&B; the lineage store has every record)")
-    if failed_calls:
-        parts.append(f"W&B failed at {', '.join(dict.fromkeys(failed_calls))}; the lineage store has every record")
-    line = "W&B: " + ("; ".join(parts) if parts else "no stage runs recorded")
-    if needs_sync:
-        line += f"; {sync_cmd} uploads what W&B is missing"
-    mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else None)
-    return {"mode": mode, "line": line, "group_urls": group_urls, "offline_dirs": folders, "needs_sync": needs_sync,
-            "sync_command": sync_cmd.strip("`") if needs_sync else None, "runs": entries}

@@ -220,8 +220,8 @@ def lineage_graph(runs: Sequence, edges: Mapping[str, Mapping[str, Sequence]], *
                                                                            " · failed"), bad=run.status == "failed")
         for direction in ("used", "produced"):
             for a in edges.get(run.run_id, {}).get(direction, ()):
-                aid = f"artifact:{a.label}"
-                nodes.setdefault(aid, Node(aid, "artifact", a.label, f"{a.type} · {_short(a.digest)}"))
+                aid = f"artifact:{a.name}:v{a.version}"
+                nodes.setdefault(aid, Node(aid, "artifact", f"{a.name}:v{a.version}", f"{a.type} · {_short(a.digest)}"))
                 out_edges.append((aid, rid) if direction == "used" else (rid, aid))
         for label, sub in (pending or {}).get(run.run_id, ()):
             aid = f"artifact:{label}"

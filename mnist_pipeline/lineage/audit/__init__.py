@@ -43,13 +43,14 @@ from mnist_pipeline.lineage.audit.report import (
     finish,
 )
 from mnist_pipeline.lineage.audit.walk import Walk
-from mnist_pipeline.lineage.audit.wandb_findings import apply_wandb_findings
+from mnist_pipeline.lineage.audit.wandb_findings import apply_wandb_findings, wandb_findings
 from mnist_pipeline.lineage.refs import digest_alias
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
 __all__ = ["CONFIG_SECTION", "EXIT_ERROR", "EXIT_TAMPERED", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VERIFIED", "FAILED",
            "REF_RE", "STATUS_EXIT", "ArtifactEntry", "AuditError", "AuditReport", "Check", "FileEntry",
-           "Identification", "RunEntry", "WandbEntry", "apply_wandb_findings", "audit", "identify", "resolve_ref"]
+           "Identification", "RunEntry", "WandbEntry", "apply_wandb_findings", "audit", "identify", "resolve_ref",
+           "wandb_findings"]
 
 
 def _summary(rec: ArtifactRecord) -> dict:

@@ -1,16 +1,21 @@
-"""What W&B says about the audited artifacts (`audit --online`), folded into the report as more checks."""
+"""What W&B says about the audited artifacts (`audit --online`): read through a `WandbBackend`
+(`wandb_findings`), then folded into the report as more checks (`apply_wandb_findings`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.hashing import md5_b64
 from mnist_pipeline.lineage.audit.report import AuditReport, finish
+from mnist_pipeline.lineage.refs import wandb_ref
+
+if TYPE_CHECKING:
+    from mnist_pipeline.lineage.sync import WandbBackend
 
 
 def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> AuditReport:
-    """Fold what W&B says about each artifact (from `sync.wandb_findings`) into the report.
+    """Fold what W&B says about each artifact (from `wandb_findings`) into the report.
 
     `found[label]` is None when W&B has no such version (an offline run not synced yet: noted, not a failure),
     else {"ref", "version", "aliases", "logged_by", "used_by", "files": {relpath: md5 base64}}. W&B holding
@@ -49,3 +54,15 @@ def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> 
     report["wandb_online"] = online
     finish(report)
     return report
+
+
+def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
+    """What W&B holds for each artifact version of an audit report (None where it holds nothing), read as
+    `sync --verify` reads it (`verify.lookup_versions`)."""
+    from mnist_pipeline.lineage.verify import lookup_versions
+
+    refs: dict[str, str] = {}
+    for lab, art in report["artifacts"].items():
+        run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
+        refs[lab] = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
+    return lookup_versions(backend, refs)
