@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.audit import (
     EXIT_ERROR,
     EXIT_TAMPERED,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
     from mnist_pipeline.lineage.store import LineageStore
     from mnist_pipeline.lineage.sync import Action, PromotionPlan, SyncPlan
 
-DEFAULT_DB = "mnist-runs/lineage.db"
+DEFAULT_DB = str(PipelineConfig.model_fields["lineage_db"].default)  # the pipeline's own default
 SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_DIFFERENT, SYNC_UNAVAILABLE = 0, 1, 2, 3, 5
 EXIT_STORE = 6  # the lineage store is empty, damaged or not ours: one line naming it (audit, sync and run alike)
 COMMANDS = ("audit", "sync")

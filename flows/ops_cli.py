@@ -15,12 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_pipeline.flows.audit_cli import EXIT_STORE, open_store
+from mnist_pipeline.flows.audit_cli import DEFAULT_DB, EXIT_STORE, open_store
 from mnist_pipeline.lineage import impact as impact_mod
 from mnist_pipeline.lineage import reproduction, retention
 from mnist_pipeline.lineage import rollback as rollback_mod
+from mnist_pipeline.lineage.layout import TRASH
 
-DEFAULT_DB = "mnist-runs/lineage.db"
 COMMANDS = ("reproduce", "impact", "rollback", "gc")
 R = reproduction
 REPRODUCE_EPILOG = f"""\
@@ -389,7 +389,7 @@ def gc_main(ns: argparse.Namespace) -> int:
               "older_than_days": ns.older_than, **plan.to_dict(), "removed": [], "failed": [], "skipped": []}
     if ns.apply:
         by = _gc_identity()
-        trash = artifacts_dir / ".trash"
+        trash = artifacts_dir / TRASH
         for r in plan.removals:
             try:
                 if r.kind == "artifact":

@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from mnist_pipeline import storage
 from mnist_pipeline.config import PipelineConfig, allowed_roots
+from mnist_pipeline.lineage.layout import stored_folders
 from mnist_pipeline.lineage.store import LineageStore, StoreError
 from mnist_pipeline.lineage.wandb.folder import wandb_folder
 
@@ -107,10 +107,7 @@ def check_writable(cfg: PipelineConfig) -> None:
 
 def artifact_folders(artifacts_dir: Path) -> list[Path]:
     """Stored artifact folders (`<type>/<name>/<digest[:16]>`), which only a lineage store can vouch for."""
-    if not artifacts_dir.is_dir():
-        return []
-    return sorted(p for p in artifacts_dir.glob("*/*/*") if p.is_dir() and not p.parts[-3].startswith(".")
-                  and re.fullmatch(r"[0-9a-f]{16}", p.name))
+    return stored_folders(artifacts_dir)
 
 
 def check_store(cfg: PipelineConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import struct
 import time
 from pathlib import Path
@@ -15,6 +16,14 @@ STEMS = {
     ("test", "images"): "t10k-images-idx3-ubyte",
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago (bound, then closed): for a server to start on, or, with nothing started
+    there, a port where connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import FileRecord, LineageStore
 from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.tasks import export_onnx, train, validate_onnx
-from tests.helpers import write_mnist
+from tests.helpers import free_port, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "local-" + "5ec7e7f00dfacade0123456789abcdef0badc0de"  # planted: must be written nowhere
@@ -74,12 +73,6 @@ def _common(base: Path, *, seed: int = 0) -> list[str]:
     return ["--root", str(base / "data"), "--artifacts-dir", str(base / "art"), "--lineage-db",
             str(base / "lineage.db"), "--seed", str(seed), "--onnx-latency-samples", "20",
             "--onnx-throughput-batch", "32", "--evaluate-misclassified-table-rows", "8", "--threads", "1"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again on exit: connections are refused
 
 
 def _wandb_runs(wandb_dir: Path) -> dict:
@@ -287,7 +280,7 @@ def dead_wandb_run(prefect_server, tmp_path_factory):
     """One `mnist-pipeline run --wandb-mode online` whose W&B host refuses connections, with a fake key."""
     base = tmp_path_factory.mktemp("dead-wandb")
     write_mnist(base / "src")
-    env = _env(base, WANDB_API_KEY=FAKE_KEY, WANDB_BASE_URL=f"http://127.0.0.1:{_closed_port()}")
+    env = _env(base, WANDB_API_KEY=FAKE_KEY, WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()
     proc = subprocess.run(
         _cli("--source", "local", "--local-dir", str(base / "src"), "--slice", "1", "--epochs", "1",

@@ -15,7 +15,8 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.cli import main
 from mnist_pipeline.lineage.refs import ArtifactRef, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from tests.dask_cluster import DaskCluster, free_port
+from tests.dask_cluster import DaskCluster
+from tests.helpers import free_port
 
 GRID = """
 method: grid

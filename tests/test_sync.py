@@ -5,7 +5,6 @@ idempotency through the store, and the 'no reachable W&B' failure for real."""
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync
 from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable
 from mnist_pipeline.lineage.wandb.run_file import offline_records, synced_marker
+from tests.helpers import free_port
 from tests.test_audit import run_pipeline
 
 
@@ -262,12 +262,6 @@ def test_dry_run_lists_the_calls_in_order_and_changes_nothing(db, capsys):
 # --------------------------------------------------------------------------------------------- no W&B
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def no_netrc(tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -294,7 +288,7 @@ def test_without_an_api_key_sync_fails_clearly_and_changes_nothing(e2e, db, no_n
 
 
 def test_with_an_unreachable_host_sync_fails_clearly_and_changes_nothing(e2e, db, no_netrc, monkeypatch, capsys):
-    port = _closed_port()
+    port = free_port()
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     before = _unchanged(db, e2e)

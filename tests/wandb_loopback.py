@@ -30,6 +30,8 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.helpers import free_port
+
 INIT_OPERATIONS = frozenset({"UpsertBucket", "Viewer", "GetViewer", "CreateRunFiles", "ServerInfo", "ServerFeaturesQuery",
                              "RunResumeStatus", "ProbeServerCapabilities", "ProbeServerVersion"})
 API_KEY = "loopback-" + "0" * 40  # a well-formed on-prem style key; the stand-in accepts any key
@@ -202,8 +204,4 @@ class SilentServer:
 
 def closed_port() -> str:
     """The URL of a loopback port nothing listens on (bound, then closed): connection refused."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{free_port()}"

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
+from mnist_pipeline.lineage.store import ALIASES, ArtifactRecord, LineageStore
 
-ALIASES = ("production", "candidate")
 EXIT_OK, EXIT_USAGE, EXIT_UNKNOWN = 0, 2, 4
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, cast
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
 from mnist_pipeline.lineage.journal import JournalStore
+from mnist_pipeline.lineage.layout import staging_folder, version_folder
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
 
@@ -59,7 +60,7 @@ class Stage:
         self.store, self.wandb, self.run_id = store, wb, wb.run_id
         self.used: list[ArtifactRecord] = []
         self._pending: list[tuple[str, str, Path, dict]] = []
-        self._staging_root = cfg.artifacts_dir / ".staging" / self.run_id
+        self._staging_root = staging_folder(cfg.artifacts_dir, self.run_id)
         self.summary: dict = {}
         self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
 
@@ -127,7 +128,7 @@ class Stage:
             if not files:
                 raise ValueError(f"output {name!r} has no files")
             digest = manifest_digest(files)
-            final = self.cfg.artifacts_dir / type / name / digest[:16]
+            final = version_folder(self.cfg.artifacts_dir, type, name, digest)
             _inside(final, self.cfg.artifacts_dir, "artifact folder")
             fsync_tree(staged)
             if final.exists():  # identical content already stored: keep that copy, if it is still intact
@@ -189,7 +190,7 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     store = LineageStore(cfg.lineage_db) if store is None else store
     for dead in store.fail_dead_runs(process_gone):  # runs of killed processes: failed, staging removed
         log.warning("run %s was left 'running' by a process that died; recorded as failed", dead)
-        shutil.rmtree(cfg.artifacts_dir / ".staging" / dead, ignore_errors=True)
+        shutil.rmtree(staging_folder(cfg.artifacts_dir, dead), ignore_errors=True)
     run_id = uuid.uuid4().hex[:12]
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(cfg.train.seed, flow_run_id)

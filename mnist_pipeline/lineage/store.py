@@ -120,6 +120,9 @@ CREATE TABLE IF NOT EXISTS sync_log (
 );
 """
 
+# The aliases the pipeline moves: `candidate` (the newest validated model) and `production` (the promoted one).
+ALIASES = ("production", "candidate")
+
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")

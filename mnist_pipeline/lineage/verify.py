@@ -18,9 +18,7 @@ from pathlib import Path
 
 from mnist_pipeline.hashing import md5_b64
 from mnist_pipeline.lineage.refs import wandb_ref
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
-
-VERIFY_ALIASES = ("candidate", "production")
+from mnist_pipeline.lineage.store import ALIASES, ArtifactRecord, LineageStore
 
 
 def lookup_versions(backend, refs: dict[str, str]) -> dict[str, dict | None]:
@@ -92,7 +90,7 @@ def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
         ref = wandb_ref(producer.wandb_entity, producer.wandb_project or "", art.name, art.digest)
         consumers = [r for r in store.consumers(art.artifact_id) if _in_wandb_scope(runs.get(r))
                      and runs[r].status == "finished"]
-        aliases = [a for a in VERIFY_ALIASES if (held := store.alias(art.name, a)) is not None
+        aliases = [a for a in sorted(ALIASES) if (held := store.alias(art.name, a)) is not None
                    and held.artifact_id == art.artifact_id]
         todo.append((art, ref, consumers, aliases))
     found = lookup_versions(backend, {ref: ref for _, ref, _, _ in todo})

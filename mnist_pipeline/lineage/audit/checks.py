@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mnist_pipeline.hashing import sha256_file
 from mnist_pipeline.lineage.audit.report import Check
+from mnist_pipeline.lineage.layout import folder_name
 from mnist_pipeline.lineage.refs import manifest_digest
 from mnist_pipeline.lineage.store import ArtifactRecord
 
@@ -71,7 +72,7 @@ class Verifier:
         escaping = [f.relpath for f in rec.files if not (base / f.relpath).resolve().is_relative_to(base.resolve())]
         if escaping:
             problems.append(f"recorded file path(s) {', '.join(escaping)} escape its folder")
-        if base.name != rec.digest[:16]:
+        if base.name != folder_name(rec.digest):
             problems.append(f"its folder {base.name!r} is not named after its digest {rec.digest[:16]!r}")
         producer = rec.metadata.get("producer", {}).get("run_id")
         if producer and producer != rec.producer_run_id:
