@@ -17,12 +17,12 @@ from pathlib import Path
 
 from mnist_pipeline.flows.audit_cli import DEFAULT_DB, EXIT_STORE, open_store
 from mnist_pipeline.lineage import impact as impact_mod
-from mnist_pipeline.lineage import reproduction, retention
+from mnist_pipeline.lineage import reproduction_plan, retention
 from mnist_pipeline.lineage import rollback as rollback_mod
 from mnist_pipeline.lineage.layout import TRASH
 
 COMMANDS = ("reproduce", "impact", "rollback", "gc")
-R = reproduction
+R = reproduction_plan
 REPRODUCE_EPILOG = f"""\
 exit codes:
   {R.EXIT_IDENTICAL}  bit-identical: every file of every re-made artifact has its recorded sha256
@@ -200,7 +200,7 @@ def reproduce_main(ns: argparse.Namespace) -> int:
         return code
     target = recs[0]
     try:
-        recipe = R.recipe(store, target)
+        recipe = R.plan_reproduction(store, target)
     except R.CannotReproduce as e:
         _err("reproduce", str(e))
         return R.EXIT_USAGE

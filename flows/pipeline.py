@@ -58,7 +58,7 @@ _library_warnings_to_prefect()
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
       "training config changed since the production model (unless force is set).")
-def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
+def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     logger = get_run_logger()
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
     # folders: all checked before any task (flows/preflight.py)

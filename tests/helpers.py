@@ -65,3 +65,21 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def interrupt_training(monkeypatch, after_batches: int) -> None:
+    """The next training stops with InterruptedError once `after_batches` batches are done (each with the
+    checkpoint it was due), as a crash there would: the model's forward pass of the next batch raises. Later
+    trainings run normally."""
+    from mnist_pipeline.model import ConvNet
+
+    real, calls = ConvNet.forward, [0]
+
+    def forward(self, x):
+        calls[0] += 1
+        if calls[0] > after_batches:
+            monkeypatch.setattr(ConvNet, "forward", real)
+            raise InterruptedError(f"stopped after {after_batches} batches")
+        return real(self, x)
+
+    monkeypatch.setattr(ConvNet, "forward", forward)

@@ -28,13 +28,13 @@ from prefect import flow
 from mnist_pipeline import training
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
 from mnist_pipeline.flows.cli import main
-from mnist_pipeline.flows.pipeline import mnist_pipeline
+from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import FileRecord, LineageStore
 from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.tasks import export_onnx, train, validate_onnx
-from tests.helpers import free_port, write_mnist
+from tests.helpers import free_port, interrupt_training, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "local-" + "5ec7e7f00dfacade0123456789abcdef0badc0de"  # planted: must be written nowhere
@@ -132,8 +132,8 @@ def _run_payload(payload: dict):
     from prefect.flow_engine import run_flow
 
     with get_client(sync_client=True) as client:
-        fr = client.create_flow_run(mnist_pipeline, parameters={"config": payload})
-    state = run_flow(mnist_pipeline, flow_run=fr, return_type="state")
+        fr = client.create_flow_run(mnist_lineage_pipeline, parameters={"config": payload})
+    state = run_flow(mnist_lineage_pipeline, flow_run=fr, return_type="state")
     return fr, state
 
 
@@ -554,7 +554,7 @@ def test_a_prefect_retry_of_train_resumes_from_the_checkpoint(prefect_server, wa
     def crash_first_attempt(*a, **kw):
         attempts.append(1)
         if len(attempts) == 1:
-            kw["stop_after_batches"] = 11  # raises InterruptedError after batch 11: checkpoints at 4, 8 (every 4)
+            interrupt_training(monkeypatch, 11)  # InterruptedError after batch 11: checkpoints at 4, 8 (every 4)
         return real(*a, **kw)
 
     monkeypatch.setattr(training, "train", crash_first_attempt)

@@ -15,7 +15,7 @@ from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.lineage.audit import audit
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
-from mnist_pipeline.lineage.refs import ArtifactRef, wandb_ref
+from mnist_pipeline.lineage.refs import digest_alias, wandb_ref
 from mnist_pipeline.lineage.render import render_tree
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync
@@ -96,10 +96,8 @@ def test_the_plan_comes_from_the_store_and_the_offline_run_folders(e2e, db):
                                             for a in store.edges(rid)["used"]]
     train = runs[e2e["runs"]["train"].run_id]
     dataset = e2e["arts"]["dataset"]
-    ref = ArtifactRef(name=dataset.name, type=dataset.type, version=dataset.version, digest=dataset.digest,
-                      path=dataset.path)
     # the same exact-version ref that an online Stage.use declares
-    assert [a["ref"] for a in train["actions"][1:]] == [f"mnist-lineage/{ref.name}:{ref.alias}"]
+    assert [a["ref"] for a in train["actions"][1:]] == [f"mnist-lineage/{dataset.name}:{digest_alias(dataset.digest)}"]
 
     # every ref names an alias that the producing run's offline file logs, so it resolves once uploaded
     for r in plan["runs"]:

@@ -25,14 +25,6 @@ class ArtifactRef(BaseModel):
     def label(self) -> str:
         return f"{self.name}:v{self.version}"
 
-    @property
-    def alias(self) -> str:
-        """The W&B alias that pins this exact content (versions are assigned by the server, digests are ours)."""
-        return digest_alias(self.digest)
-
-    def file(self, relpath: str) -> Path:
-        return Path(self.path) / relpath
-
 
 def digest_alias(digest: str) -> str:
     """`sha256-<digest[:16]>`: the W&B alias under which an artifact version with this digest is logged."""

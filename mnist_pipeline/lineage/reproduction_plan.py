@@ -1,6 +1,6 @@
 """What `mnist-pipeline reproduce` re-runs, and how its files compare with the record (pure: no torch, no W&B).
 
-`recipe(store, target)` walks back from a model, ONNX or metrics artifact to its dataset and lists the stages
+`plan_reproduction(store, target)` walks back from a model, ONNX or metrics artifact to its dataset and lists the stages
 that made it, each with the recorded run (its config, seed, thread count, code and package versions) and inputs.
 `compare(recorded, directory)` is the file-by-file verdict. The stages themselves are re-run by
 `mnist_pipeline.reproduce`, with the same functions the pipeline's tasks call.
@@ -41,7 +41,7 @@ class Step:
 
 
 @dataclass
-class Recipe:
+class ReproductionPlan:
     target: ArtifactRecord
     steps: list[Step]  # in execution order: train first
     dataset: ArtifactRecord
@@ -61,7 +61,7 @@ def _step(store: LineageStore, rec: ArtifactRecord) -> Step:
                 run.summary or {})
 
 
-def recipe(store: LineageStore, target: ArtifactRecord) -> Recipe:
+def plan_reproduction(store: LineageStore, target: ArtifactRecord) -> ReproductionPlan:
     """The recorded stages from the dataset to `target`: train, then export-onnx or evaluate."""
     if target.type not in REPRODUCIBLE:
         raise CannotReproduce(f"{target.label} is a {target.type}: reproduce remakes models, ONNX exports and "
@@ -79,15 +79,15 @@ def recipe(store: LineageStore, target: ArtifactRecord) -> Recipe:
         steps = [_step(store, model), last]
     if steps[0].job_type != "train" or "dataset" not in steps[0].inputs:
         raise CannotReproduce(f"{steps[0].output.label}: its training run {steps[0].run_id} recorded no dataset")
-    return Recipe(target, steps, steps[0].inputs["dataset"])
+    return ReproductionPlan(target, steps, steps[0].inputs["dataset"])
 
 
-def missing_inputs(recipe: Recipe, deleted: dict[int, DeletionRecord] | None = None) -> list[str]:
+def missing_inputs(plan: ReproductionPlan, deleted: dict[int, DeletionRecord] | None = None) -> list[str]:
     """The recorded inputs that are gone (deleted by gc, or missing/changed on disk), one line each."""
     deleted = deleted or {}
     out = []
-    needed = {recipe.dataset.artifact_id: recipe.dataset}
-    for s in recipe.steps[1:]:
+    needed = {plan.dataset.artifact_id: plan.dataset}
+    for s in plan.steps[1:]:
         for t, r in s.inputs.items():
             if t == "dataset":
                 needed[r.artifact_id] = r
