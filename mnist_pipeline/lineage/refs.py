@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from mnist_pipeline.hashing import sha256_file
-from mnist_pipeline.lineage.store import FileRecord
+from mnist_pipeline.lineage.records import FileRecord
 
 
 class ArtifactRef(BaseModel):
