@@ -12,7 +12,6 @@ and W&B folders at the same paths as this process, or the flow fails with one li
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -172,15 +171,3 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
                 best.model.label, decision.decision, len(failed))
     return summary
-
-
-def wait_for_scheduler(address: str, timeout: float = 10.0) -> None:
-    """One line instead of a hang when --dask-address names no scheduler."""
-    from distributed import Client
-
-    start = time.monotonic()
-    try:
-        Client(address, timeout=timeout).close()
-    except (OSError, TimeoutError) as e:
-        raise ConnectionError(f"no Dask scheduler at {address} within {time.monotonic() - start:.0f} s "
-                              f"({type(e).__name__})") from None

@@ -1,12 +1,14 @@
-"""Can these Dask workers run a sweep? Every worker must see and write the artifacts and W&B folders at the same
-paths as the flow's process; and how many torch threads each trial gets on its worker (`core_shares`).
+"""Can Dask run a sweep? A scheduler at the address given (`wait_for_scheduler`), workers that see and write the
+artifacts and W&B folders at the same paths as the flow's process (`check_workers`), and how many torch threads
+each trial gets on its worker (`core_shares`).
 
-Takes a `distributed.Client` as it is (no import of Dask, Prefect or W&B here)."""
+Takes a `distributed.Client` as it is; `distributed` is imported only to reach a scheduler. No Prefect, no W&B."""
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -80,3 +82,15 @@ def core_shares(found: dict, nthreads: dict) -> dict[str, int]:
     for addr, info in found.items():
         slots[info["host"]] = slots.get(info["host"], 0) + int(nthreads.get(addr, 1))
     return {addr: max(1, info["cpus"] // slots[info["host"]]) for addr, info in found.items()}
+
+
+def wait_for_scheduler(address: str, timeout: float = 10.0) -> None:
+    """One line instead of a hang when --dask-address names no scheduler."""
+    from distributed import Client
+
+    start = time.monotonic()
+    try:
+        Client(address, timeout=timeout).close()
+    except (OSError, TimeoutError) as e:
+        raise ConnectionError(f"no Dask scheduler at {address} within {time.monotonic() - start:.0f} s "
+                              f"({type(e).__name__})") from None

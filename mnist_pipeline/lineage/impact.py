@@ -14,8 +14,6 @@ from mnist_pipeline.lineage.store import ALIASES, ArtifactRecord, LineageStore
 EXIT_OK, EXIT_USAGE, EXIT_UNKNOWN = 0, 2, 4
 
 
-
-
 def current_aliases(store: LineageStore, names: set[str]) -> dict[int, list[str]]:
     """artifact_id -> the aliases that point at it now, for the artifact names given."""
     out: dict[int, list[str]] = {}

@@ -23,8 +23,6 @@ class CannotReproduce(Exception):
     """The target is not something reproduce can remake (a dataset, a validation report with timings)."""
 
 
-
-
 @dataclass
 class Step:
     job_type: str

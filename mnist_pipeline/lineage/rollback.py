@@ -16,8 +16,6 @@ ROLLBACK = "rollback"
 EXIT_DONE, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
 
-
-
 def is_rollback(p) -> bool:
     return p.kind == ROLLBACK
 

@@ -1,9 +1,10 @@
-"""`mnist-pipeline sync` and `audit --online`: what to send to W&B, and sending it through a backend.
+"""`mnist-pipeline sync`: what to send to W&B, and sending it through a backend (`WandbBackend`, which
+`audit --online` reads through too).
 
 The plan comes from the lineage store and the offline run folders alone (no network); `run_sync` carries it out
-through a `WandbBackend`: `wandb.client.WandbClient` (the real W&B) or `recording.RecordingWandb` (records the calls in
-order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What
-has been done is kept in the store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing:
+through a `WandbBackend`: `wandb.client.WandbClient` (the real W&B) or `recording.RecordingWandb` (records
+the calls in order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What has been done
+is kept in the store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing:
 re-running `wandb sync` on an uploaded run would duplicate its artifact versions (wandb issue #3962).
 """
 
@@ -75,8 +76,8 @@ def _set(item: Action | PromotionPlan, status: Status, detail: str) -> None:
 
 
 class WandbBackend(Protocol):
-    """What `sync` and `audit --online` ask of W&B. `wandb.client.WandbClient` is the real one; `recording.RecordingWandb`
-    records the calls and answers from an in-memory W&B (`sync --dry-run`, tests)."""
+    """What `sync` and `audit --online` ask of W&B. `wandb.client.WandbClient` is the real one;
+    `recording.RecordingWandb` records the calls and answers from an in-memory W&B (`sync --dry-run`, tests)."""
 
     def check(self) -> str: ...  # the entity to use when a run names none; raises WandbUnavailable
     def run_exists(self, entity: str | None, project: str, run_id: str) -> bool: ...

@@ -24,7 +24,6 @@ class AuditError(Exception):
     """The audit cannot start (no such file, no lineage store): a usage error, exit 2."""
 
 
-
 class Check(TypedDict):
     """One re-verified fact: a file's sha256, a record's consistency, or (online) W&B's copy."""
 
@@ -139,8 +138,8 @@ def finish(report: AuditReport) -> None:
     if failures:
         first = failures[0]
         conclude(report, "tampered", EXIT_TAMPERED,
-                  f"TAMPERED: {first['path']}: {first['detail'] or first['status']}"
-                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+                 f"TAMPERED: {first['path']}: {first['detail'] or first['status']}"
+                 + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     else:
         n = sum(1 for c in report["checks"] if c["status"] == "ok")
         gone = sorted({c["artifact"] for c in report["checks"] if c["status"] == "deleted" and c["artifact"]})

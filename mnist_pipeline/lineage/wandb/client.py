@@ -34,7 +34,6 @@ def _not_found(e: Exception) -> bool:
             or "404" in text or "does not exist" in text)
 
 
-
 class WandbClient:
     """The real W&B: its public API (`wandb.Api`), the `wandb sync` command, and a resumed run for `use_artifact`
     and `log_artifact`. Host and key are `resolve_credentials()`'s, handed to wandb explicitly."""

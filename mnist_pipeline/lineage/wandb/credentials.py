@@ -156,7 +156,6 @@ def resolve_mode(requested: str, root_dir: str | os.PathLike | None = None) -> s
     return "online" if creds.online else "offline"
 
 
-
 def masked_line(e: BaseException, secret: str | None = None) -> str:
     """One line for an error out of W&B, with the API key (`secret`, and WANDB_API_KEY) masked."""
     text = f"{type(e).__name__}: {' '.join(str(e).split())}"

@@ -235,8 +235,6 @@ class StageRun:
                 log.warning("W&B finish failed for offline run %s (%s)", self.run_id, masked_line(e))
 
 
-
-
 def _fall_back_offline(job_type: str, reason: str, what: str = "failed") -> None:
     msg = (f"W&B online init {what} ({reason}); recording {job_type} offline for a later `mnist-pipeline sync`")
     log.warning(msg)
@@ -279,7 +277,8 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
                 for d in (wandb_dir(cfg) / "wandb").glob(f"run-*-{run_id}"):
                     shutil.rmtree(d, ignore_errors=True)
                 mode, run_id = "offline", uuid.uuid4().hex[:12]
-    run = wandb.init(mode=cast(Literal["online", "offline", "disabled"], mode), settings=wandb.Settings(init_timeout=timeouts.init, **quiet), **kwargs(run_id))
+    run = wandb.init(mode=cast(Literal["online", "offline", "disabled"], mode),
+                     settings=wandb.Settings(init_timeout=timeouts.init, **quiet), **kwargs(run_id))
     return StageRun(cfg, run, mode, run_id, job_type, timeouts)
 
 
