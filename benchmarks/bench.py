@@ -78,7 +78,7 @@ def part_pipeline(a: dict) -> dict:
     import importlib
 
     from mnist_pipeline.flows.cli import PREFETCH
-    from mnist_pipeline.flows.pipeline import mnist_pipeline
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
     from mnist_pipeline.lineage.store import LineageStore
 
     # The stages import torch, wandb, onnx... when they run (a skipped run needs none of them). Imported here,
@@ -89,7 +89,7 @@ def part_pipeline(a: dict) -> dict:
 
     cfg = _pipeline_config(a)
     t0 = time.perf_counter()
-    summary = mnist_pipeline(config=cfg)
+    summary = mnist_lineage_pipeline(config=cfg)
     wall = time.perf_counter() - t0
     store = LineageStore(cfg.resolved().lineage_db)
     out = {"wall_s": wall, "status": summary.get("status"), "test_accuracy": summary.get("test_accuracy"),

@@ -17,7 +17,7 @@ from prefect.schedules import Cron
 from mnist_pipeline.config import SCHEDULE_CRON as DEFAULT_CRON
 from mnist_pipeline.config import SCHEDULE_TIMEZONE as DEFAULT_TIMEZONE
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.pipeline import mnist_pipeline
+from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 
 SCHEDULED, MANUAL = "scheduled-retraining", "manual"
 
@@ -27,12 +27,12 @@ def build_deployments(cfg: PipelineConfig, cron: str = DEFAULT_CRON, timezone: s
     params = {"config": cfg.model_dump(mode="json")}
     common: dict[str, Any] = dict(parameters=params, enforce_parameter_schema=True, tags=["mnist", "lineage"])
     return [
-        mnist_pipeline.to_deployment(
+        mnist_lineage_pipeline.to_deployment(
             name=SCHEDULED, schedules=[Cron(cron, timezone=timezone)], paused=paused,
             description=f"Scheduled retraining ({cron}, {timezone}): prepares the data, retrains only if the "
                         "dataset digest or training config differ from the production model's, then validates "
                         "and promotes.", **common),
-        mnist_pipeline.to_deployment(
+        mnist_lineage_pipeline.to_deployment(
             name=MANUAL, description="Run the pipeline by hand from the UI form; set 'force' to retrain even "
                                      "when nothing changed.", **common),
     ]

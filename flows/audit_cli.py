@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.audit import (
     EXIT_ERROR,
     EXIT_TAMPERED,
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
     from mnist_pipeline.lineage.store import LineageStore
     from mnist_pipeline.lineage.sync import Action, PromotionPlan, SyncPlan
 
-DEFAULT_DB = "mnist-runs/lineage.db"
+DEFAULT_DB = str(PipelineConfig.model_fields["lineage_db"].default)  # the pipeline's own default
 SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_DIFFERENT, SYNC_UNAVAILABLE = 0, 1, 2, 3, 5
 EXIT_STORE = 6  # the lineage store is empty, damaged or not ours: one line naming it (audit, sync and run alike)
 COMMANDS = ("audit", "sync")
@@ -144,8 +145,8 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         _err("audit", str(e))
         return EXIT_USAGE
     if ns.online and report["status"] != "unknown":
-        from mnist_pipeline.lineage.sync import wandb_findings
-        from mnist_pipeline.lineage.wandb_io import WandbClient, wandb_error_line
+        from mnist_pipeline.lineage.audit.wandb_findings import wandb_findings
+        from mnist_pipeline.lineage.wandb.client import WandbClient, wandb_error_line
 
         try:
             apply_wandb_findings(report, wandb_findings(report, backend or WandbClient()))
@@ -218,7 +219,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
         return SYNC_USAGE
     from mnist_pipeline.lineage.recording import RecordingWandb
     from mnist_pipeline.lineage.sync import plan_sync, run_sync
-    from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, wandb_error_line
+    from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable, wandb_error_line
 
     if getattr(ns, "verify", False):
         return verify_main(ns, backend or WandbClient())
@@ -261,7 +262,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 def verify_main(ns: argparse.Namespace, backend) -> int:
     """`sync --verify`: read-only comparison of W&B with the lineage store."""
     from mnist_pipeline.lineage.verify import render_verify, verify_wandb
-    from mnist_pipeline.lineage.wandb_io import wandb_error_line
+    from mnist_pipeline.lineage.wandb.client import wandb_error_line
 
     store = open_store(ns.lineage_db, "sync")
     if isinstance(store, int):

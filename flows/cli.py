@@ -23,12 +23,12 @@ from pydantic import BaseModel, ValidationError
 
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
 from mnist_pipeline.flows import audit_cli, ops_cli, sweep_cli
-from mnist_pipeline.report.console import where_things_went
+from mnist_pipeline.report.closing_lines import where_things_went
 
 UNPREFIXED = {"data", "train"}
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 # Imported lazily by the stages that need them; a cold run imports them while its Prefect server starts anyway.
-PREFETCH = ("torch", "torchvision.datasets", "mnist_pipeline.lineage.wandb_io:warm_up", "mnist_pipeline.training",
+PREFETCH = ("torch", "torchvision.datasets", "mnist_pipeline.training",
             "mnist_pipeline.metrics", "onnx", "onnxruntime", "mnist_pipeline.onnx_io",
             "mnist_pipeline.report.plots:warm_up")
 
@@ -172,11 +172,11 @@ def _run(cfg: PipelineConfig) -> int:
     keep = console.running_servers()  # a server someone else started (a test harness) is not ours to stop
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
-            from mnist_pipeline.flows.pipeline import mnist_pipeline  # imported late: Prefect's import is slow
+            from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline  # imported late: Prefect's import is slow
 
             console.quiet_expected_tracebacks()
             with prefect_server.use(lease, prefetch=PREFETCH):
-                state = mnist_pipeline(config=cfg, return_state=True)
+                state = mnist_lineage_pipeline(config=cfg, return_state=True)
             line, code = None, EXIT_OK
             if not state.is_completed():
                 code = EXIT_FAILED

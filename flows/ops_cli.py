@@ -15,14 +15,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mnist_pipeline.flows.audit_cli import EXIT_STORE, open_store
+from mnist_pipeline.flows.audit_cli import DEFAULT_DB, EXIT_STORE, open_store
 from mnist_pipeline.lineage import impact as impact_mod
-from mnist_pipeline.lineage import reproduction, retention
+from mnist_pipeline.lineage import reproduction_plan, retention
 from mnist_pipeline.lineage import rollback as rollback_mod
+from mnist_pipeline.lineage.layout import TRASH
 
-DEFAULT_DB = "mnist-runs/lineage.db"
 COMMANDS = ("reproduce", "impact", "rollback", "gc")
-R = reproduction
+R = reproduction_plan
 REPRODUCE_EPILOG = f"""\
 exit codes:
   {R.EXIT_IDENTICAL}  bit-identical: every file of every re-made artifact has its recorded sha256
@@ -200,12 +200,12 @@ def reproduce_main(ns: argparse.Namespace) -> int:
         return code
     target = recs[0]
     try:
-        recipe = R.recipe(store, target)
+        recipe = R.plan_reproduction(store, target)
     except R.CannotReproduce as e:
         _err("reproduce", str(e))
         return R.EXIT_USAGE
-    result: dict = {"target": R.label(target), "steps": [s.describe() for s in recipe.steps],
-                    "dataset": R.label(recipe.dataset), "lineage_db": str(store.path)}
+    result: dict = {"target": target.label, "steps": [s.describe() for s in recipe.steps],
+                    "dataset": recipe.dataset.label, "lineage_db": str(store.path)}
     gone = R.missing_inputs(recipe, _deletions(store))
     if gone:
         result.update(status="inputs-gone", exit_code=R.EXIT_INPUTS_GONE, inputs_gone=gone)
@@ -294,22 +294,22 @@ def rollback_main(ns: argparse.Namespace, backend=None) -> int:
             return RB.EXIT_UNKNOWN if code == 4 else code
         target = recs[0]
     elif previous is None:
-        _err("rollback", f"production {RB.label(current)} has no previous production model; give --to REF")
+        _err("rollback", f"production {current.label} has no previous production model; give --to REF")
         return RB.EXIT_USAGE
     else:
         target = previous
-    result = {"name": ns.name, "from": RB.label(current), "to": RB.label(target), "dry_run": ns.dry_run}
+    result = {"name": ns.name, "from": current.label, "to": target.label, "dry_run": ns.dry_run}
     if target.artifact_id == current.artifact_id:
-        _err("rollback", f"{RB.label(target)} is already production")
+        _err("rollback", f"{target.label} is already production")
         return RB.EXIT_USAGE
     problems = RB.refusals(store, target, _deletions(store))
     if problems:
         result.update(status="refused", refusals=problems)
         _rollback_out(ns, result)
-        _err("rollback", f"REFUSED {RB.label(target)}: {'; '.join(problems)}")
+        _err("rollback", f"REFUSED {target.label}: {'; '.join(problems)}")
         return RB.EXIT_REFUSED
     requested_by = _requested_by(ns)
-    reason = (f"rollback from {RB.label(current)} to {RB.label(target)}, requested by {requested_by}"
+    reason = (f"rollback from {current.label} to {target.label}, requested by {requested_by}"
               + (f": {ns.reason}" if ns.reason else ""))
     result.update(reason=reason, requested_by=requested_by)
     if ns.dry_run:
@@ -335,14 +335,14 @@ def _online(mode: str) -> bool:
         return False
     if mode == "online":
         return True
-    from mnist_pipeline.lineage.wandb_io import has_api_key
+    from mnist_pipeline.lineage.wandb.credentials import has_api_key
 
     return has_api_key()
 
 
 def _move_alias_online(store, target, decision, backend=None) -> None:
     from mnist_pipeline.lineage.refs import wandb_ref
-    from mnist_pipeline.lineage.wandb_io import WandbClient
+    from mnist_pipeline.lineage.wandb.client import WandbClient
 
     backend = backend or WandbClient()
     entity = backend.check()
@@ -389,7 +389,7 @@ def gc_main(ns: argparse.Namespace) -> int:
               "older_than_days": ns.older_than, **plan.to_dict(), "removed": [], "failed": [], "skipped": []}
     if ns.apply:
         by = _gc_identity()
-        trash = artifacts_dir / ".trash"
+        trash = artifacts_dir / TRASH
         for r in plan.removals:
             try:
                 if r.kind == "artifact":

@@ -16,6 +16,8 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed, State
 
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.dataset import ensure_dataset
+from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
 from mnist_pipeline.flows.preflight import effective_config
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.tasks import (
@@ -23,15 +25,11 @@ from mnist_pipeline.tasks import (
     evaluate,
     export_onnx,
     promote,
-    publish_report,
     run_report,
     train,
     validate_onnx,
 )
-from mnist_pipeline.tasks.prepare_data import for_config as prepare_data_for
-from mnist_pipeline.tasks.prepare_data import stored_problem
-from mnist_pipeline.tasks.report import wandb_records
-from mnist_pipeline.tasks.run_report import REPORT_FILE
+from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -60,17 +58,12 @@ _library_warnings_to_prefect()
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
       "training config changed since the production model (unless force is set).")
-def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
+def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     logger = get_run_logger()
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
     # folders: all checked before any task (flows/preflight.py)
     cfg, config_sources = effective_config(config, logger)
-    prepare = prepare_data_for(cfg)  # the retries and time limit of cfg.data
-    dataset = prepare(cfg)
-    problem = stored_problem(cfg, dataset)  # what the skip rule and training will vouch for: verified here
-    if problem:
-        logger.warning("dataset %s: %s; preparing it again from the source", dataset.label, problem)
-        dataset = prepare.with_options(refresh_cache=True)(cfg)
+    dataset = ensure_dataset(cfg, logger)
 
     check = check_for_changes(cfg, dataset)
     if not check.changed and not cfg.force:
@@ -79,7 +72,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
                    "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
                    "lineage_db": str(cfg.lineage_db), "config_sources": config_sources}
         summary["wandb"] = wandb_records(cfg, logger)
-        publish_report(cfg, summary)
+        publish_flow_artifact(cfg, summary)
         logger.info(summary["reason"])
         # A Completed state named Skipped: run lists show it, and callers still get the summary as the result.
         return Completed(name="Skipped", message=summary["reason"], data=summary)
@@ -121,7 +114,7 @@ def mnist_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     failure = parity_failure(cfg, v, validation.label)
     if failure:
         summary["status"] = "failed"
-    publish_report(cfg, summary)
+    publish_flow_artifact(cfg, summary)
     if failure:
         from mnist_pipeline.onnx_io import ParityError
 

@@ -14,15 +14,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import re
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from mnist_pipeline import storage
 from mnist_pipeline.config import PipelineConfig, allowed_roots
+from mnist_pipeline.lineage.layout import stored_folders
 from mnist_pipeline.lineage.store import LineageStore, StoreError
+from mnist_pipeline.lineage.wandb.folder import wandb_folder
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,6 @@ def describe_sources(sources: dict[str, str], cfg: PipelineConfig) -> str:
     return "; ".join(parts)
 
 
-def wandb_folder(cfg: PipelineConfig) -> Path:
-    """Where wandb will write (the same rule as the lineage module's): wandb.dir, $WANDB_DIR, the store's folder."""
-    if cfg.wandb.dir:
-        return cfg.wandb.dir
-    return Path(os.environ["WANDB_DIR"]).resolve() if os.environ.get("WANDB_DIR") else cfg.lineage_db.parent
-
-
 def locations(cfg: PipelineConfig) -> dict[str, Path]:
     """The folders a run of `cfg` reads or writes, by the field that names them."""
     out = {"data.root": cfg.data.root, "artifacts_dir": cfg.artifacts_dir, "lineage_db": cfg.lineage_db.parent,
@@ -114,10 +107,7 @@ def check_writable(cfg: PipelineConfig) -> None:
 
 def artifact_folders(artifacts_dir: Path) -> list[Path]:
     """Stored artifact folders (`<type>/<name>/<digest[:16]>`), which only a lineage store can vouch for."""
-    if not artifacts_dir.is_dir():
-        return []
-    return sorted(p for p in artifacts_dir.glob("*/*/*") if p.is_dir() and not p.parts[-3].startswith(".")
-                  and re.fullmatch(r"[0-9a-f]{16}", p.name))
+    return stored_folders(artifacts_dir)
 
 
 def check_store(cfg: PipelineConfig) -> None:

@@ -12,11 +12,6 @@ and W&B folders at the same paths as this process, or the flow fails with one li
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -24,26 +19,23 @@ from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.environment import process_identity, run_environment
+from mnist_pipeline.flows.dataset import ensure_dataset
 from mnist_pipeline.lineage.journal import commit_journal
-from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.queries import finished_trial, train_seconds
+from mnist_pipeline.lineage.stage import record_lost_run
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb_io import resolve_mode, wandb_dir
+from mnist_pipeline.lineage.wandb.credentials import resolve_mode
+from mnist_pipeline.lineage.wandb.folder import wandb_dir
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
-from mnist_pipeline.tasks import export_onnx, prepare_data, promote, validate_onnx
-from mnist_pipeline.tasks.evaluate import METRICS_NAME
-from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, ref_of, run_trial, select
+from mnist_pipeline.sweep_workers import check_workers, core_shares
+from mnist_pipeline.tasks import export_onnx, promote, validate_onnx
+from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-sweep"
 DEFAULT_CONFIG = PipelineConfig.model_validate({})
-WORKERS_TIMEOUT_S = 60.0
-
-
-class WorkerCheckFailed(RuntimeError):
-    """The Dask workers cannot run this sweep (they do not share the artifacts folder, or cannot import it)."""
 
 
 def task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
@@ -62,93 +54,6 @@ def pin_for_workers(cfg: PipelineConfig) -> PipelineConfig:
     this process, else beside the store) and the W&B mode (auto: this process's API key)."""
     return cfg.model_copy(update={"wandb": cfg.wandb.model_copy(
         update={"dir": wandb_dir(cfg).resolve(), "mode": resolve_mode(cfg.wandb.mode)})})
-
-
-def _look(folders: list[str], token: str) -> dict:
-    """Run on every worker: which host it is, whether it sees the probe file, whether it can write there."""
-    seen, writable = {}, {}
-    for folder in folders:
-        probe = Path(folder) / ".sweep-probe" / token
-        try:
-            seen[folder] = probe.read_text() == token
-        except OSError:
-            seen[folder] = False
-        try:
-            mine = probe.with_name(f"{token}-{os.getpid()}-{socket.gethostname()}")
-            mine.write_text(token)
-            mine.unlink()
-            writable[folder] = True
-        except OSError:
-            writable[folder] = False
-    return {"host": socket.gethostname(), "pid": os.getpid(), "cpus": usable_cores(), "seen": seen,
-            "writable": writable}
-
-
-def check_workers(client, folders: list[Path], min_workers: int = 1) -> dict:
-    """Fail fast, with one line, unless every worker sees and can write `folders` at the same paths as we do."""
-    try:
-        client.wait_for_workers(min_workers, timeout=WORKERS_TIMEOUT_S)
-    except TimeoutError:
-        have = len(client.scheduler_info().get("workers", {}))
-        raise WorkerCheckFailed(f"{have} Dask worker(s) at {client.scheduler.address} after "
-                                f"{WORKERS_TIMEOUT_S:.0f} s, {min_workers} needed") from None
-    token = uuid.uuid4().hex
-    probes = []
-    for folder in folders:
-        probe = folder / ".sweep-probe" / token
-        probe.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_text(token)
-        probes.append(probe)
-    try:
-        try:
-            found = client.run(_look, [str(f) for f in folders], token)
-        except Exception as e:
-            raise WorkerCheckFailed(f"the Dask workers cannot run the pipeline's code ({type(e).__name__}: {e}); "
-                                    "install mnist-lineage-pipeline on them, or put it on their PYTHONPATH") from None
-    finally:
-        for probe in probes:
-            probe.unlink(missing_ok=True)
-    for address, info in sorted(found.items()):
-        for folder in folders:
-            if not info["seen"][str(folder)]:
-                raise WorkerCheckFailed(f"Dask worker {address} on {info['host']} does not see {folder} (it must be "
-                                        "a folder shared by every worker, at the same path)")
-            if not info["writable"][str(folder)]:
-                raise WorkerCheckFailed(f"Dask worker {address} on {info['host']} cannot write to {folder}")
-    return found
-
-
-def core_shares(found: dict, nthreads: dict) -> dict[str, int]:
-    """Torch threads per worker address: its host's cores divided by the task slots (Dask threads) of all the
-    workers on that host, at least 1. Two 1-thread workers on a 2-core machine get 1 each; one gets 2."""
-    slots: dict[str, int] = {}
-    for addr, info in found.items():
-        slots[info["host"]] = slots.get(info["host"], 0) + int(nthreads.get(addr, 1))
-    return {addr: max(1, info["cpus"] // slots[info["host"]]) for addr, info in found.items()}
-
-
-def find_finished_trial(store: LineageStore, dataset_digest: str, fingerprint: dict):
-    """(model, metrics) records of a finished training on this dataset with this fingerprint, evaluated; or None."""
-    for model in reversed(store.artifacts("model")):
-        if model.name != MODEL_NAME or model.metadata.get("fingerprint") != fingerprint:
-            continue
-        if [i["digest"] for i in model.inputs("dataset")] != [dataset_digest]:
-            continue
-        for run_id in reversed(store.consumers(model.artifact_id)):
-            run = store.run(run_id)
-            if run is None or run.job_type != "evaluate" or run.status != "finished":
-                continue
-            metrics = [a for a in store.edges(run_id)["produced"] if a.name == METRICS_NAME]
-            if metrics:
-                return model, metrics[0]
-    return None
-
-
-def _metadata(store: LineageStore, ref: ArtifactRef) -> dict:
-    rec = store.find_artifact(ref.name, ref.digest)
-    if rec is None:
-        raise RuntimeError(f"{ref.label} is not in the lineage store {store.path}")
-    return rec.metadata
 
 
 def _values(metadata: dict) -> dict:
@@ -171,25 +76,6 @@ def _dask_client():
     return runner.client
 
 
-def record_lost_trial(store: LineageStore, cfg: PipelineConfig, dataset_id: int, index: int, error: str) -> str:
-    """A trial that never came back (its workers kept dying) still gets a failed run in the store."""
-    run_id = uuid.uuid4().hex[:12]
-    flow_run_id = _flow_run_id()
-    store.start_run(run_id, "train", config=cfg.model_dump(mode="json"),
-                    env={**run_environment(cfg.train.seed, flow_run_id), "process": process_identity(),
-                         "sweep_trial": index},
-                    flow_run_id=flow_run_id, run_group=f"flow-{flow_run_id}", wandb_mode="none", wandb_dir=None,
-                    wandb_project=cfg.wandb.project, wandb_entity=cfg.wandb.entity)
-    store.fail_run(run_id, used=[dataset_id], error=error)
-    return run_id
-
-
-
-def _train_seconds(store: LineageStore, model) -> float | None:
-    """How long the trial's training loop took: a fact of its train run, not of the model's files."""
-    run = store.run(model.producer_run_id)
-    return run.summary.get("train_seconds") if run is not None else None
-
 @flow(name=FLOW_NAME, description="Hyperparameter sweep of the MNIST ConvNet on Dask: every trial trains and "
       "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.")
 def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = None, min_workers: int = 1) -> dict:
@@ -205,26 +91,20 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %s)", spec.name or "",
                 len(trials), spec.method, len(workers), client.scheduler.address, sorted(set(shares.values())))
 
-    dataset = prepare_data(cfg)
+    dataset = ensure_dataset(cfg, logger)
     store = LineageStore(cfg.lineage_db)
-    ds = store.find_artifact(dataset.name, dataset.digest)
-    if ds is None:
-        logger.warning("cached dataset %s is no longer in the lineage store; preparing it again", dataset.label)
-        dataset = prepare_data.with_options(refresh_cache=True)(cfg)
-        ds = store.find_artifact(dataset.name, dataset.digest)
-    if ds is None:
-        raise RuntimeError(f"dataset {dataset.label} is not in the lineage store {cfg.lineage_db}")
+    ds = store.require_artifact(dataset.name, dataset.digest)
 
     results: dict[int, SweepTrial] = {}
     futures = {}
     for t in trials:
-        found = find_finished_trial(store, ds.digest, t.config.training_fingerprint())
+        found = finished_trial(store, MODEL_NAME, ds.digest, t.config.training_fingerprint())
         if found:
             model, metrics = found
-            results[t.index] = SweepTrial(t.index, t.params, "reused", ref_of(model), ref_of(metrics),
-                                          _values(metrics.metadata), train_seconds=_train_seconds(store, model))
+            results[t.index] = SweepTrial(t.index, t.params, "reused", model.ref(), metrics.ref(),
+                                          _values(metrics.metadata), train_seconds=train_seconds(store, model))
             logger.info("trial %d reuses %s (%s): same dataset and training fingerprint", t.index,
-                        f"{model.name}:v{model.version}", f"{metrics.name}:v{metrics.version}")
+                        model.label, metrics.label)
         else:
             futures[t.index] = run_trial.submit(pin_for_workers(t.config), ds, t.index, t.params, shares)
 
@@ -235,7 +115,8 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
         t = by_index[index]
         if not isinstance(outcome, TrialOutcome):  # never came back: lost workers (KilledWorker), a crash
             error = f"{type(outcome).__name__}: {outcome}" if isinstance(outcome, BaseException) else str(outcome)
-            record_lost_trial(store, t.config, ds.artifact_id, index, error)
+            record_lost_run(store, t.config, "train", flow_run_id, used=[ds.artifact_id], error=error,
+                            env={"sweep_trial": index})
             results[index] = SweepTrial(index, t.params, "failed", error=error)
             logger.error("trial %d failed: %s", index, error)
             continue
@@ -246,9 +127,9 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
             continue
         assert outcome.model is not None and outcome.metrics is not None  # a finished trial names both
         model, metrics = committed[outcome.model], committed[outcome.metrics]
-        results[index] = SweepTrial(index, t.params, "finished", ref_of(model), ref_of(metrics),
+        results[index] = SweepTrial(index, t.params, "finished", model.ref(), metrics.ref(),
                                     _values(metrics.metadata), worker=outcome.worker, seconds=outcome.seconds,
-                                    train_seconds=_train_seconds(store, model), started=outcome.started,
+                                    train_seconds=train_seconds(store, model), started=outcome.started,
                                     ended=outcome.ended)
 
     ordered = [results[t.index] for t in trials]
@@ -275,7 +156,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     onnx_model = export_onnx(wcfg, best.model, selected_by=sweep_ref)
     validation = validate_onnx(wcfg, onnx_model, best.model, dataset, best.metrics)
     decision = promote(wcfg, best.model, best.metrics, validation)
-    v = _metadata(store, validation)
+    v = store.require_artifact(validation.name, validation.digest).metadata
     summary["winner"] = {"trial": best.index, "params": best.params, **(best.values or {}),
                          "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
                          "onnx_path": onnx_model.path, "validation": validation.label,
@@ -290,15 +171,3 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
                 best.model.label, decision.decision, len(failed))
     return summary
-
-
-def wait_for_scheduler(address: str, timeout: float = 10.0) -> None:
-    """One line instead of a hang when --dask-address names no scheduler."""
-    from distributed import Client
-
-    start = time.monotonic()
-    try:
-        Client(address, timeout=timeout).close()
-    except (OSError, TimeoutError) as e:
-        raise ConnectionError(f"no Dask scheduler at {address} within {time.monotonic() - start:.0f} s "
-                              f"({type(e).__name__})") from None

@@ -69,7 +69,7 @@ def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
         return EXIT_CONFIG
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's own INFO chatter: scheduler/worker life
-    from mnist_pipeline.flows.sweep import wait_for_scheduler
+    from mnist_pipeline.sweep_workers import wait_for_scheduler
 
     if ns.dask_address:
         try:

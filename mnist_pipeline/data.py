@@ -51,12 +51,6 @@ PUBLISHED_MD5 = {
 }
 
 
-def __getattr__(name: str):
-    if name == "MNIST":  # torchvision's class, imported when first needed
-        from torchvision.datasets import MNIST
-
-        return MNIST
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
 
 

@@ -1,6 +1,6 @@
 """Re-run the recorded stages that made an artifact, in a scratch folder, and compare the files bit for bit.
 
-The stages run the same functions as the pipeline's tasks (`mnist_pipeline.recipes`), with the recorded config,
+The stages run the same functions as the pipeline's tasks (`mnist_pipeline.stage_files`), with the recorded config,
 seed and intra-op thread count, on the recorded dataset artifact (its files re-checked first). No Prefect, no
 W&B and no write to the lineage store: a reproduction is a check, not a new version.
 """
@@ -13,16 +13,15 @@ from pathlib import Path
 
 import torch
 
-from mnist_pipeline import recipes, training
+from mnist_pipeline import stage_files, training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.data import load_split
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.reproduction import (
+from mnist_pipeline.lineage.reproduction_plan import (
     CannotReproduce,
     Comparison,
-    Recipe,
+    ReproductionPlan,
     compare,
-    label,
 )
 
 
@@ -58,36 +57,36 @@ def recorded_threads(step) -> int:
     return int(n)
 
 
-def run(recipe: Recipe, scratch: Path, *, threads: int | None = None) -> Reproduction:
+def run(plan: ReproductionPlan, scratch: Path, *, threads: int | None = None) -> Reproduction:
     scratch = Path(scratch)
     out = Reproduction()
-    train = recipe.train
+    train = plan.train
     cfg = _config(train)
     if str(train.summary.get("device", "cpu")).startswith("cuda"):
         out.notes.append("the model was trained on CUDA; this reproduction runs on CPU: expect other bits")
     out.threads = threads or recorded_threads(train)
     training.seed_everything(cfg.train.seed)
     training.set_threads(out.threads)
-    split = load_split(Path(recipe.dataset.path) / "train.pt")
+    split = load_split(Path(plan.dataset.path) / "train.pt")
     t = cfg.train
     settings = training.LoopSettings.from_config(t, progress=False)
     model_dir = scratch / "model"
     model_dir.mkdir(parents=True)
-    recipes.train_model_files(model_dir, split, kernels=t.kernels, classes=t.classes, settings=settings,
+    stage_files.train_model_files(model_dir, split, kernels=t.kernels, classes=t.classes, settings=settings,
                               fingerprint=cfg.training_fingerprint(), device=torch.device("cpu"))
     out.comparisons.append(_compare(train.output, model_dir))
-    for step in recipe.steps[1:]:
+    for step in plan.steps[1:]:
         scfg = _config(step)
         d = scratch / step.output.type
         d.mkdir(parents=True)
         if step.job_type == "export-onnx":
-            recipes.export_onnx_files(model_dir / "model.pt", d, opset=scfg.onnx.opset, exporter=scfg.onnx.exporter)
+            stage_files.export_onnx_files(model_dir / "model.pt", d, opset=scfg.onnx.opset, exporter=scfg.onnx.exporter)
         elif step.job_type == "evaluate":
             test = load_split(Path(step.inputs["dataset"].path) / "test.pt")
-            recipes.evaluate_files(model_dir / "model.pt", test, d, batch_size=scfg.evaluate.batch_size,
+            stage_files.evaluate_files(model_dir / "model.pt", test, d, batch_size=scfg.evaluate.batch_size,
                                    misclassified_rows=scfg.evaluate.misclassified_table_rows)
         else:
-            raise CannotReproduce(f"{label(step.output)}: cannot re-run a {step.job_type} stage")
+            raise CannotReproduce(f"{step.output.label}: cannot re-run a {step.job_type} stage")
         out.comparisons.append(_compare(step.output, d))
     return out
 

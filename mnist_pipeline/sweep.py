@@ -16,7 +16,6 @@ with one `SweepError` line naming the key.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -117,16 +116,6 @@ class Trial:
     index: int
     params: dict  # parameter path -> value, in the sweep file's order
     config: PipelineConfig = field(repr=False)
-
-    @property
-    def key(self) -> str:
-        """What distinguishes this trial: a short hash of its parameter values."""
-        blob = json.dumps(self.params, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-    @property
-    def label(self) -> str:
-        return f"trial-{self.index:03d} (" + ", ".join(f"{k}={_show(v)}" for k, v in self.params.items()) + ")"
 
 
 @dataclass(frozen=True)
@@ -370,7 +359,3 @@ def rank(results: Sequence[TrialResult], metric: Metric) -> list[TrialResult]:
     sign = -1.0 if metric.goal == "maximize" else 1.0
     return sorted(scored, key=lambda r: (sign * float((r.metrics or {})[metric.name]), r.index))
 
-
-def winner(results: Sequence[TrialResult], metric: Metric) -> TrialResult | None:
-    ranked = rank(results, metric)
-    return ranked[0] if ranked else None

@@ -200,14 +200,12 @@ class _CheckpointWriter:
 
 def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.device, *,
           on_log: LogFn | None = None, checkpoint: Path | None = None,
-          checkpoint_lineage: CheckpointLineage | None = None,
-          stop_after_batches: int | None = None) -> TrainResult:
+          checkpoint_lineage: CheckpointLineage | None = None) -> TrainResult:
     """Adam + cross-entropy over `data`, logging every `log_every` batches with step = examples seen.
 
     With `checkpoint`, progress is saved there every `checkpoint_every` batches and at each epoch's end,
     and an existing checkpoint is resumed from if its sha256 and `checkpoint_lineage` (dataset digest and
     training fingerprint) match its record; otherwise it is discarded with a warning and training starts over.
-    `stop_after_batches` ends early (for fault-injection tests).
     """
     x_all = to_float(data.images).to(device)
     y_all = data.labels.to(device)
@@ -272,8 +270,6 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
                 if writer is not None and (done_epoch or batches % settings.checkpoint_every == 0):
                     nxt = (epoch + 1, 0) if done_epoch else (epoch, b + 1)
                     writer.save(model, optimizer, *nxt, examples, batches)
-                if stop_after_batches is not None and batches >= stop_after_batches:
-                    raise InterruptedError(f"stopped after {batches} batches (stop_after_batches)")
         if loss is not None:
             loss_value = loss.item()
     finally:

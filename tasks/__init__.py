@@ -4,10 +4,9 @@ from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.export_onnx import export_onnx
 from mnist_pipeline.tasks.prepare_data import prepare_data
 from mnist_pipeline.tasks.promote import check_for_changes, promote
-from mnist_pipeline.tasks.report import publish_report
-from mnist_pipeline.tasks.run_report import run_report
+from mnist_pipeline.tasks.report import run_report
 from mnist_pipeline.tasks.train import train
 from mnist_pipeline.tasks.validate_onnx import validate_onnx
 
 __all__ = ["prepare_data", "check_for_changes", "train", "evaluate", "export_onnx", "validate_onnx", "promote",
-           "run_report", "publish_report"]
+           "run_report"]

@@ -15,14 +15,14 @@ METRICS_NAME = "convnet-metrics"
 @task(name="evaluate")
 def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef,
              store: LineageStore | JournalStore | None = None) -> ArtifactRef:
-    from mnist_pipeline import data, recipes  # torch: imported when evaluating, not when the flow is loaded
+    from mnist_pipeline import data, stage_files  # torch: imported when evaluating, not when the flow is loaded
 
     logger = get_run_logger()
     with open_stage(cfg, "evaluate", current_flow_run_id(), store=store) as stage:
         model_path = stage.use(model) / "model.pt"
         test = data.load_split(stage.use(dataset) / "test.pt")
         out = stage.staging(METRICS_NAME)
-        ev, wrong_list, wrong_count = recipes.evaluate_files(model_path, test, out, batch_size=cfg.evaluate.batch_size,
+        ev, wrong_list, wrong_count = stage_files.evaluate_files(model_path, test, out, batch_size=cfg.evaluate.batch_size,
                                                              misclassified_rows=cfg.evaluate.misclassified_table_rows)
         classes = [str(c) for c in range(len(ev.per_class_accuracy))]
         stage.log({"test_accuracy": ev.accuracy, "test_loss": ev.loss})

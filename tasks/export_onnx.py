@@ -16,7 +16,7 @@ ONNX_NAME = "convnet-onnx"
 def export_onnx(cfg: PipelineConfig, model: ArtifactRef, selected_by: ArtifactRef | None = None) -> ArtifactRef:
     """`selected_by`: the sweep-result that chose this model, an input of the export so that the lineage of the
     ONNX file (and its audit) goes through the sweep's select step."""
-    from mnist_pipeline import recipes  # torch and onnx: imported when exporting, not when the flow is loaded
+    from mnist_pipeline import stage_files  # torch and onnx: imported when exporting, not when the flow is loaded
 
     logger = get_run_logger()
     with open_stage(cfg, "export-onnx", current_flow_run_id()) as stage:
@@ -24,7 +24,7 @@ def export_onnx(cfg: PipelineConfig, model: ArtifactRef, selected_by: ArtifactRe
         if selected_by is not None:
             stage.use(selected_by)
         out = stage.staging(ONNX_NAME)
-        info = recipes.export_onnx_files(model_path, out, opset=cfg.onnx.opset, exporter=cfg.onnx.exporter)
+        info = stage_files.export_onnx_files(model_path, out, opset=cfg.onnx.opset, exporter=cfg.onnx.exporter)
         stage.summary = {"opset": info.opset}
         stage.produce(ONNX_NAME, "onnx", out, asdict(info))
     ref = stage.outputs["onnx"]

@@ -50,15 +50,13 @@ def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef
     logger.info("production %s:v%d was never evaluated on %s, the candidate's test set: evaluating it there",
                 prod.name, prod.version, test_set[0])
     try:
-        out = evaluate.fn(cfg, _ref(prod), _ref(data))
+        if data is None:
+            raise LookupError(f"{test_set[0]} is not in the lineage store")
+        out = evaluate.fn(cfg, prod.ref(), data.ref())
     except Exception as e:  # production's files gone or changed: no like-for-like comparison, said in the reason
         logger.warning("could not evaluate production %s:v%d on %s: %s", prod.name, prod.version, test_set[0], e)
         return test_set, None, f"evaluating production on {test_set[0]} failed: {type(e).__name__}: {e}"
     return test_set, out, ""
-
-
-def _ref(rec) -> ArtifactRef:
-    return ArtifactRef(name=rec.name, type=rec.type, version=rec.version, digest=rec.digest, path=rec.path)
 
 
 @task(name="promote")

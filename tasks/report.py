@@ -1,57 +1,125 @@
+"""The report stage: one self-contained HTML page per run (plots, ONNX figures, the decision, the lineage picture),
+recorded as the artifact `run-report` (type `report`) so that it is content-addressed, audited and uploaded like the
+rest; and the same plots in the Prefect UI (a Markdown artifact, a table artifact of per-class accuracy)."""
+
 from __future__ import annotations
 
-from prefect.artifacts import create_markdown_artifact
+import dataclasses
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
 
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from mnist_pipeline import data
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.report import markdown
+from mnist_pipeline.report.page import (
+    Misclassified,
+    RunReport,
+    draw_figures,
+    write_report,
+)
+from mnist_pipeline.report.picture import lineage_graph
 from mnist_pipeline.tasks._common import current_flow_run_id
 
-
-def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | None = None) -> list[dict]:
-    """One row per output artifact of this flow run's stages, and one per stage run without an output (promote:
-    its decision), with the run that made it."""
-    store = LineageStore(cfg.lineage_db)
-    promotion = (summary or {}).get("promotion")
-    rows = []
-    for run in store.runs(flow_run_id):
-        edges = store.edges(run.run_id)
-        row = {"stage": run.job_type, "status": run.status,
-               "inputs": ", ".join(f"{u.name}:v{u.version}" for u in edges["used"]),
-               "W&B run": run.wandb_url or f"{run.run_id} ({run.wandb_mode}: {run.wandb_dir})"}
-        for art in edges["produced"]:
-            rows.append({**row, "output": f"{art.name}:v{art.version} ({art.type})", "sha256": art.digest[:16],
-                         "path": art.path})
-        if not edges["produced"]:
-            out = (f"decision: {promotion['decision']}" if run.job_type == "promote" and promotion
-                   else run.error or "no artifact")
-            rows.append({**row, "output": out, "sha256": "", "path": ""})
-    return rows
+REPORT_NAME = "run-report"
+REPORT_FILE = "report.html"
 
 
-def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
-    """Where this flow run's W&B records went (`sync.where_records_went`), said in one line on `logger`."""
-    from mnist_pipeline.lineage.sync import where_records_went
-    from mnist_pipeline.lineage.wandb_io import recent_failure, resolve_credentials
-
-    reason = None
-    if cfg.wandb.mode == "offline":
-        reason = "wandb mode offline was asked for"
-    elif cfg.wandb.mode == "auto" and not (creds := resolve_credentials(cfg.wandb.dir)).online:
-        reason = creds.why()
-    elif (failure := recent_failure()) is not None:
-        reason = f"W&B failed: {failure[:200]}"
-    out = where_records_went(LineageStore(cfg.lineage_db), current_flow_run_id(), offline_reason=reason)
-    if logger is not None:
-        (logger.warning if out["needs_sync"] else logger.info)(out["line"])
-    return out
+def _as_dict(promotion) -> dict | None:
+    if promotion is None:
+        return None
+    if dataclasses.is_dataclass(promotion) and not isinstance(promotion, type):
+        return dataclasses.asdict(promotion)
+    return dict(promotion)
 
 
-def publish_report(cfg: PipelineConfig, summary: dict) -> str:
-    """A Prefect artifact on the flow run: what was produced, its digests, the W&B runs, where the report is.
+def _loss_points(store: LineageStore, metrics_meta: dict) -> list[tuple[int, int, float]]:
+    """The training run's logged loss, found through the model the metrics were measured on (kept in that run's
+    record, not in the model's files)."""
+    for inp in metrics_meta.get("inputs", []):
+        if inp.get("type") == "model":
+            model = store.find_artifact(inp["name"], inp["digest"])
+            run = store.run(model.producer_run_id) if model else None
+            if run is not None:
+                return [tuple(p) for p in run.summary.get("loss_points", [])]
+    return []
 
-    A plain function called by the flow, not a task: it only reports, and a task run would cost an unchanged
-    (skipped) run a tenth of its time."""
-    text = markdown.lineage_markdown(summary, lineage_rows(cfg, current_flow_run_id(), summary), cfg.lineage_db)
-    create_markdown_artifact(markdown=text, key="mnist-lineage", description="Artifacts and lineage of this run")
-    return text
+
+def _input(meta: dict, type_: str) -> dict | None:
+    return next((i for i in meta.get("inputs", []) if i.get("type") == type_), None)
+
+
+def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_meta: dict, validation_meta: dict,
+                 promotion: dict | None, flow_run_id: str | None) -> RunReport:
+    """Everything the page shows, as plain data, from the lineage store and the stage's verified inputs."""
+    test = data.load_split(dataset_dir / "test.pt")
+    wrong = metrics_meta.get("misclassified", [])
+    mis = [Misclassified(w["index"], w["prediction"], w["label"], test.images[w["index"]].numpy()) for w in wrong]
+    model = _input(metrics_meta, "model") or {}
+    onnx = _input(validation_meta, "onnx") or {}
+    onnx_rec = store.find_artifact(onnx["name"], onnx["digest"]) if onnx else None
+    model_label = f"{model.get('name')}:v{model.get('version')}" if model else "?"
+    runs = store.runs(flow_run_id) if flow_run_id else [r for r in [store.run(stage.run_id)] if r is not None]
+    edges = {r.run_id: store.edges(r.run_id) for r in runs}
+    edges[stage.run_id] = {"used": list({a.artifact_id: a for a in stage.used}.values()), "produced": []}
+    graph = lineage_graph(runs, edges, title=f"Lineage of {model_label}",
+                          pending={stage.run_id: [(REPORT_NAME, "report · this file")]})
+    artifacts = [{"stage": r.job_type, "artifact": a.label, "type": a.type, "sha256": a.digest,
+                  "path": a.path} for r in runs for a in edges[r.run_id]["produced"]]
+    facts = [("model", f"{model_label} (sha256 {model.get('digest', '')[:16]})"),
+             ("ONNX file", str(Path(onnx_rec.path) / "model.onnx") if onnx_rec else "n/a"),
+             ("Prefect flow run", flow_run_id or "n/a"),
+             ("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))]
+    return RunReport(title=f"MNIST run report: {model_label}", facts=facts, loss_points=_loss_points(store, metrics_meta),
+                     metrics=metrics_meta, misclassified=mis, misclassified_total=metrics_meta.get("misclassified_count"),
+                     validation=validation_meta, promotion=promotion, lineage=graph, artifacts=artifacts)
+
+
+def _metrics(rec) -> dict:
+    """The metrics record's metadata and its file (which alone lists the misclassified images)."""
+    return {**rec.metadata, **json.loads((Path(rec.path) / "metrics.json").read_text())}
+
+
+@task(name="report")
+def run_report(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef, validation: ArtifactRef,
+               promotion=None) -> ArtifactRef:
+    """Write this run's report (after promote: it shows the decision) and show its plots in the Prefect UI.
+
+    The plots are drawn here, after everything else: drawn in a thread beside promote they made both slower on two
+    cores (matplotlib and the stage's many short SQLite and W&B calls take turns at the GIL), about 1 s a run."""
+    logger = get_run_logger()
+    flow_run_id = current_flow_run_id()
+    t0 = time.perf_counter()
+    with open_stage(cfg, "report", flow_run_id) as stage:
+        dataset_dir = stage.use(dataset)
+        m = _metrics(stage.record(metrics))  # the files as verified by `record`
+        v = stage.record(validation).metadata
+        report = build_report(stage.store, stage, dataset_dir, m, v, _as_dict(promotion), flow_run_id)
+        t1 = time.perf_counter()
+        figs = draw_figures(report)  # matplotlib is imported here, the first time a report is drawn
+        t2 = time.perf_counter()
+        out = stage.staging(REPORT_NAME)
+        path, page_s = write_report(report, out / REPORT_FILE, figs)
+        size = path.stat().st_size
+        stage.summary = {"report_bytes": size, "figures_seconds": round(t2 - t1, 3),
+                         "page_seconds": round(page_s, 3), "stage_seconds_before_commit": round(time.perf_counter()
+                                                                                                - t0, 3)}
+        stage.produce(REPORT_NAME, "report", out, {"title": report.title, "figures": sorted(
+            k for k, f in figs.items() if isinstance(f, bytes))})
+    ref = stage.outputs["report"]
+    final = Path(ref.path) / REPORT_FILE
+    create_markdown_artifact(markdown=markdown.run_markdown(report, figs, final), key="mnist-run-report",
+                             description="Loss curve, confusion matrix, misclassified digits and lineage of this run")
+    if report.metrics.get("per_class_accuracy"):
+        create_table_artifact(table=markdown.per_class_rows(report.metrics), key="mnist-per-class-accuracy",
+                              description="Test accuracy per class (4 significant digits)")
+    logger.info("run report %s (%d KiB; figures %.2f s, page %.2f s, whole stage %.2f s): %s", ref.label,
+                size // 1024, t2 - t1, page_s, time.perf_counter() - t0, final)
+    return ref

@@ -27,10 +27,6 @@ from mnist_pipeline.tasks.train import train
 SWEEP_RESULT_NAME = "convnet-sweep"
 
 
-def ref_of(rec: ArtifactRecord) -> ArtifactRef:
-    return ArtifactRef(name=rec.name, type=rec.type, version=rec.version, digest=rec.digest, path=rec.path)
-
-
 @dataclass(frozen=True)
 class TrialOutcome:
     """What a trial hands back from its worker: small records, never files."""
@@ -93,8 +89,8 @@ def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: 
     store = JournalStore(str(cfg.lineage_db), known=[dataset])
     logger.info("trial %d on %s (%s threads): %s", index, worker or "this process", threads or "all", params)
     try:
-        model = train.fn(cfg, ref_of(dataset), store=store)
-        metrics = evaluate.fn(cfg, model, ref_of(dataset), store=store)
+        model = train.fn(cfg, dataset.ref(), store=store)
+        metrics = evaluate.fn(cfg, model, dataset.ref(), store=store)
     except Exception as e:
         error = f"{type(e).__name__}: {' '.join(str(e).split())}"[:2000]
         logger.error("trial %d failed: %s", index, error)

@@ -33,12 +33,12 @@ def loop_settings(cfg: PipelineConfig):
 
 
 @task(name="train", retries=1, retry_delay_seconds=1, retry_condition_fn=unless_permanent)
-def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | None = None,
+def train(cfg: PipelineConfig, dataset: ArtifactRef,
           store: LineageStore | JournalStore | None = None) -> ArtifactRef:
     # torch: imported when training, not when the flow is loaded (an unchanged run never trains)
     import torch
 
-    from mnist_pipeline import data, recipes, training
+    from mnist_pipeline import data, stage_files, training
     from mnist_pipeline.model import ConvNet, ModelConfig, pick_device
 
     logger = get_run_logger()
@@ -64,12 +64,12 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef, stop_after_batches: int | N
         out = stage.staging(MODEL_NAME)
         lineage = training.CheckpointLineage(dataset_digest=dataset.digest, fingerprint=cfg.training_fingerprint(),
                                              run_id=stage.run_id)
-        # The files hold only what the weights are a function of (see mnist_pipeline.recipes); how this run went
+        # The files hold only what the weights are a function of (see mnist_pipeline.stage_files); how this run went
         # (time, threads, device, resume) is the run's record below.
-        _, result = recipes.train_model_files(
+        _, result = stage_files.train_model_files(
             out, split, kernels=t.kernels, classes=t.classes, settings=loop_settings(cfg),
             fingerprint=cfg.training_fingerprint(), device=device, model=model, on_log=on_log, checkpoint=ckpt,
-            checkpoint_lineage=lineage, stop_after_batches=stop_after_batches)
+            checkpoint_lineage=lineage)
         if math.isfinite(result.final_loss) and (not loss_points or loss_points[-1][0] != result.examples_seen):
             loss_points.append((result.examples_seen, t.epochs - 1, round(result.final_loss, 5)))  # the last batch
         meta = json.loads((out / "model_config.json").read_text())

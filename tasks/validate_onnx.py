@@ -18,7 +18,7 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
     """onnxruntime against the torch logits that `metrics` (the evaluation of `model` on `dataset`) recorded, on
     every test image; then latency and throughput of both, on a quiet machine: nothing else of the flow runs
     beside it."""
-    from mnist_pipeline import data, onnx_io, recipes
+    from mnist_pipeline import data, onnx_io, stage_files
     from mnist_pipeline.model import load_model
 
     logger = get_run_logger()
@@ -31,7 +31,7 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
         if not all(ref.digest in {i["digest"] for i in evaluation.inputs(ref.type)} for ref in (model, dataset)):
             raise ValueError(f"{metrics.label} is not the evaluation of {model.label} on {dataset.label}: its logits "
                              "cannot be the reference for this ONNX file")
-        reference = recipes.load_logits(Path(evaluation.path))
+        reference = stage_files.load_logits(Path(evaluation.path))
         report = onnx_io.validate(onnx_path, net, test, atol=o.parity_atol, min_agreement=o.min_argmax_agreement,
                                   latency_samples=o.latency_samples, throughput_batch=o.throughput_batch,
                                   timing_seconds=o.timing_seconds, batch_size=cfg.evaluate.batch_size,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import socket
 import struct
 import time
 from pathlib import Path
@@ -15,6 +16,14 @@ STEMS = {
     ("test", "images"): "t10k-images-idx3-ubyte",
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
+
+
+def free_port() -> int:
+    """A loopback port free a moment ago (bound, then closed): for a server to start on, or, with nothing started
+    there, a port where connections are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -56,3 +65,21 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def interrupt_training(monkeypatch, after_batches: int) -> None:
+    """The next training stops with InterruptedError once `after_batches` batches are done (each with the
+    checkpoint it was due), as a crash there would: the model's forward pass of the next batch raises. Later
+    trainings run normally."""
+    from mnist_pipeline.model import ConvNet
+
+    real, calls = ConvNet.forward, [0]
+
+    def forward(self, x):
+        calls[0] += 1
+        if calls[0] > after_batches:
+            monkeypatch.setattr(ConvNet, "forward", real)
+            raise InterruptedError(f"stopped after {after_batches} batches")
+        return real(self, x)
+
+    monkeypatch.setattr(ConvNet, "forward", forward)

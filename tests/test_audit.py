@@ -16,6 +16,7 @@ import pytest
 
 from mnist_pipeline.flows.audit_cli import audit_main
 from mnist_pipeline.flows.cli import _parser, main
+from mnist_pipeline.hashing import md5_b64
 from mnist_pipeline.lineage.audit import (
     EXIT_TAMPERED,
     EXIT_UNKNOWN,
@@ -23,15 +24,21 @@ from mnist_pipeline.lineage.audit import (
     EXIT_VERIFIED,
     apply_wandb_findings,
     audit,
-    md5_b64,
 )
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.render import render_mermaid, render_tree, tree_chain
+from mnist_pipeline.lineage.render import render_mermaid, render_tree
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
 from tests.helpers import STEMS, write_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def tree_chain(node: dict) -> list[str]:
+    """The upstream tree's node names in drawing order (`artifact:<label>` / `run:<id>`), for comparing outputs."""
+    if "artifact" in node:
+        return [f"artifact:{node['artifact']}"] + [x for r in node["produced_by"] for x in tree_chain(r)]
+    return [f"run:{node['run']}"] + [x for a in node["used"] for x in tree_chain(a)]
 
 
 def run_pipeline(base: Path) -> dict:
@@ -207,7 +214,7 @@ def test_a_swapped_model_with_an_edited_record_still_fails(e2e, capsys, tmp_path
     src.backup(sqlite3.connect(db))
     onnx = e2e["onnx"]
     with flipped(onnx):
-        from mnist_pipeline.lineage.refs import sha256_file
+        from mnist_pipeline.hashing import sha256_file
 
         con = sqlite3.connect(db)
         con.execute("UPDATE artifact_files SET sha256 = ? WHERE relpath = 'model.onnx'", (sha256_file(onnx),))

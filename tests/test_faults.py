@@ -28,7 +28,7 @@ import pytest
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from tests.helpers import write_mnist
+from tests.helpers import interrupt_training, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT_TIMEOUT = float(os.environ.get("MNIST_TEST_FAULT_TIMEOUT", "0.5"))  # seconds a dead mirror is waited for
@@ -338,12 +338,12 @@ def _deployment_run(name: str, payload: dict):
     from prefect.client.orchestration import get_client
     from prefect.flow_engine import run_flow
 
-    from mnist_pipeline.flows.pipeline import mnist_pipeline
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 
     with get_client(sync_client=True) as client:
         dep = client.read_deployment_by_name(f"mnist-lineage-pipeline/{name}")
         fr = client.create_flow_run_from_deployment(dep.id, parameters={"config": payload})
-    return fr, run_flow(mnist_pipeline, flow_run=fr, return_type="state")
+    return fr, run_flow(mnist_lineage_pipeline, flow_run=fr, return_type="state")
 
 
 def _task_runs(flow_run_id) -> list:
@@ -446,7 +446,7 @@ def test_a_tampered_checkpoint_is_discarded_with_a_warning_and_training_starts_o
     def crash_first(*a, **kw):
         calls.append(1)
         if len(calls) == 1:
-            kw["stop_after_batches"] = 6  # a checkpoint at batch 4 (every 4), then a crash
+            interrupt_training(monkeypatch, 6)  # a checkpoint at batch 4 (every 4), then a crash
         return real(*a, **kw)
 
     monkeypatch.setattr(training, "train", crash_first)
@@ -497,9 +497,9 @@ def _config(base: Path, train: int = 200, **over) -> PipelineConfig:
 
 
 def _flow(cfg: PipelineConfig) -> dict:
-    from mnist_pipeline.flows.pipeline import mnist_pipeline
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 
-    state = mnist_pipeline(config=cfg, return_state=True)
+    state = mnist_lineage_pipeline(config=cfg, return_state=True)
     assert state.is_completed(), state.message
     return state.result()
 

@@ -7,10 +7,10 @@ import pytest
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.cli import main
-from mnist_pipeline.flows.pipeline import mnist_pipeline
+from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.lineage.refs import manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb_io import offline_records
+from mnist_pipeline.lineage.wandb.run_file import offline_records
 from tests.helpers import STEMS
 
 JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}
@@ -135,7 +135,7 @@ def test_a_truncated_idx_file_fails_the_flow_naming_it_and_leaves_nothing_half_w
         "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
         "train": {"epochs": 1}, "wandb": {"mode": "offline"},
         "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
-    state = mnist_pipeline(config=cfg, return_state=True)
+    state = mnist_lineage_pipeline(config=cfg, return_state=True)
     assert state.is_failed()
     with pytest.raises(Exception, match=f"{bad}: truncated IDX file"):
         state.result()

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnist_pipeline.lineage import impact, promotion, reproduction, retention, rollback
+from mnist_pipeline.lineage import impact, promotion, reproduction_plan, retention, rollback
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.store import DeletionRecord, LineageStore, NewArtifact
 
@@ -156,24 +156,24 @@ def test_rollback_walks_the_production_history_back_and_refuses_a_model_that_fai
 def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     _, _, onnx, _ = lin.pipeline(d, "a")
-    recipe = reproduction.recipe(lin.store, onnx)
+    recipe = reproduction_plan.plan_reproduction(lin.store, onnx)
     assert [s.job_type for s in recipe.steps] == ["train", "export-onnx"] and recipe.dataset.artifact_id == d.artifact_id
     same = tmp_path / "same"
     same.mkdir()
     (same / "f.bin").write_text("onnx a")
-    assert reproduction.compare(onnx, same, manifest_digest(manifest(same))).identical
+    assert reproduction_plan.compare(onnx, same, manifest_digest(manifest(same))).identical
     (same / "f.bin").write_text("onnx b")
     (same / "extra.txt").write_text("new")
-    c = reproduction.compare(onnx, same, manifest_digest(manifest(same)))
+    c = reproduction_plan.compare(onnx, same, manifest_digest(manifest(same)))
     assert not c.identical and c.differing == ["extra.txt", "f.bin"]
-    with pytest.raises(reproduction.CannotReproduce, match="is a dataset"):
-        reproduction.recipe(lin.store, d)
+    with pytest.raises(reproduction_plan.CannotReproduce, match="is a dataset"):
+        reproduction_plan.plan_reproduction(lin.store, d)
     # a recorded input that is gone is named
     (Path(d.path) / "f.bin").unlink()
-    assert "is missing" in reproduction.missing_inputs(recipe)[0]
+    assert "is missing" in reproduction_plan.missing_inputs(recipe)[0]
     gone = DeletionRecord(d.artifact_id, d.path, 1, "unreferenced", "ops@host", "2026-01-02T00:00:00")
-    assert "deleted by gc on 2026-01-02 by ops@host" in reproduction.missing_inputs(recipe, {d.artifact_id: gone})[0]
-    assert reproduction.environment_differences({"git_commit": "a", "packages": {"torch": "1"}},
+    assert "deleted by gc on 2026-01-02 by ops@host" in reproduction_plan.missing_inputs(recipe, {d.artifact_id: gone})[0]
+    assert reproduction_plan.environment_differences({"git_commit": "a", "packages": {"torch": "1"}},
                                                 {"git_commit": "b", "packages": {"torch": "2"}}) == [
         "code commit b differs from the recorded a", "package torch 2 differs from the recorded 1"]
 

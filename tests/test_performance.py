@@ -33,7 +33,6 @@ def test_published_md5s_are_torchvision_s():
     from mnist_pipeline import data
 
     assert dict(MNIST.resources) == data.PUBLISHED_MD5
-    assert data.MNIST is MNIST  # still reachable where tests and callers look for it
 
 
 def test_loading_the_flow_imports_no_torch_onnx_torchvision_or_wandb():
@@ -139,7 +138,7 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
     assert not [p for p in (tmp_path / "prefect-home").rglob("server.json")]
     # The quick exit lost nothing: every stage's offline W&B run was finished (its exit record is in the file).
     from mnist_pipeline.lineage.store import LineageStore
-    from mnist_pipeline.lineage.wandb_io import offline_records, offline_run_file
+    from mnist_pipeline.lineage.wandb.run_file import offline_records, offline_run_file
 
     runs = LineageStore(folder / "mnist-runs" / "lineage.db").runs()
     assert sorted(r.job_type for r in runs) == sorted(["prepare-data", "train", "evaluate", "export-onnx",

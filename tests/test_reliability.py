@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -29,13 +28,13 @@ from prefect import flow
 from mnist_pipeline import training
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
 from mnist_pipeline.flows.cli import main
-from mnist_pipeline.flows.pipeline import mnist_pipeline
+from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import FileRecord, LineageStore
-from mnist_pipeline.lineage.wandb_io import offline_records
+from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.tasks import export_onnx, train, validate_onnx
-from tests.helpers import write_mnist
+from tests.helpers import free_port, interrupt_training, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_KEY = "local-" + "5ec7e7f00dfacade0123456789abcdef0badc0de"  # planted: must be written nowhere
@@ -74,12 +73,6 @@ def _common(base: Path, *, seed: int = 0) -> list[str]:
     return ["--root", str(base / "data"), "--artifacts-dir", str(base / "art"), "--lineage-db",
             str(base / "lineage.db"), "--seed", str(seed), "--onnx-latency-samples", "20",
             "--onnx-throughput-batch", "32", "--evaluate-misclassified-table-rows", "8", "--threads", "1"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again on exit: connections are refused
 
 
 def _wandb_runs(wandb_dir: Path) -> dict:
@@ -139,8 +132,8 @@ def _run_payload(payload: dict):
     from prefect.flow_engine import run_flow
 
     with get_client(sync_client=True) as client:
-        fr = client.create_flow_run(mnist_pipeline, parameters={"config": payload})
-    state = run_flow(mnist_pipeline, flow_run=fr, return_type="state")
+        fr = client.create_flow_run(mnist_lineage_pipeline, parameters={"config": payload})
+    state = run_flow(mnist_lineage_pipeline, flow_run=fr, return_type="state")
     return fr, state
 
 
@@ -287,7 +280,7 @@ def dead_wandb_run(prefect_server, tmp_path_factory):
     """One `mnist-pipeline run --wandb-mode online` whose W&B host refuses connections, with a fake key."""
     base = tmp_path_factory.mktemp("dead-wandb")
     write_mnist(base / "src")
-    env = _env(base, WANDB_API_KEY=FAKE_KEY, WANDB_BASE_URL=f"http://127.0.0.1:{_closed_port()}")
+    env = _env(base, WANDB_API_KEY=FAKE_KEY, WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()
     proc = subprocess.run(
         _cli("--source", "local", "--local-dir", str(base / "src"), "--slice", "1", "--epochs", "1",
@@ -388,10 +381,6 @@ def _validate_only(cfg: PipelineConfig, onnx_model: ArtifactRef, model: Artifact
     return validate_onnx(cfg, onnx_model, model, dataset, metrics)
 
 
-def _ref(a) -> ArtifactRef:
-    return ArtifactRef(name=a.name, type=a.type, version=a.version, digest=a.digest, path=a.path)
-
-
 def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_run, wandb_offline):
     store, base = dead_wandb_run["store"], dead_wandb_run["base"]
     assert dead_wandb_run["proc"].returncode == 0
@@ -407,9 +396,9 @@ def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_ru
     model_pt.chmod(0o644)
     model_pt.write_bytes(bytes(tampered))
     try:
-        for state in (_export_only(cfg, _ref(arts["model"]), return_state=True),
-                      _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]),
-                                     _ref(arts["metrics"]), return_state=True)):
+        for state in (_export_only(cfg, arts["model"].ref(), return_state=True),
+                      _validate_only(cfg, arts["onnx"].ref(), arts["model"].ref(), arts["dataset"].ref(),
+                                     arts["metrics"].ref(), return_state=True)):
             assert state.is_failed()
             with pytest.raises(DigestMismatch, match=f"{model_pt}: sha256 .* does not match the recorded"):
                 state.result()
@@ -435,8 +424,8 @@ def test_validation_refuses_a_reference_that_is_not_the_evaluation_of_its_model(
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(base / "art"), "lineage_db": str(base / "lineage.db"),
                                          "wandb": {"mode": "offline"},
                                          "onnx": {"latency_samples": 10, "throughput_batch": 8}}).resolved()
-    not_an_evaluation = _ref(arts["onnx"])  # produced from the model, but no evaluation of it on the dataset
-    state = _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]), not_an_evaluation,
+    not_an_evaluation = arts["onnx"].ref()  # produced from the model, but no evaluation of it on the dataset
+    state = _validate_only(cfg, arts["onnx"].ref(), arts["model"].ref(), arts["dataset"].ref(), not_an_evaluation,
                            return_state=True)
     assert state.is_failed()
     with pytest.raises(ValueError, match=r"convnet-onnx:v0 is not the evaluation of convnet:v0 on mnist:v0"):
@@ -445,7 +434,7 @@ def test_validation_refuses_a_reference_that_is_not_the_evaluation_of_its_model(
     [refused] = store.runs()[before[1]:]
     assert refused.job_type == "validate-onnx" and refused.status == "failed"
     # the real evaluation is accepted (the check is not a blanket refusal)
-    assert _validate_only(cfg, _ref(arts["onnx"]), _ref(arts["model"]), _ref(arts["dataset"]), _ref(arts["metrics"]),
+    assert _validate_only(cfg, arts["onnx"].ref(), arts["model"].ref(), arts["dataset"].ref(), arts["metrics"].ref(),
                           return_state=True).is_completed()
 
 
@@ -565,7 +554,7 @@ def test_a_prefect_retry_of_train_resumes_from_the_checkpoint(prefect_server, wa
     def crash_first_attempt(*a, **kw):
         attempts.append(1)
         if len(attempts) == 1:
-            kw["stop_after_batches"] = 11  # raises InterruptedError after batch 11: checkpoints at 4, 8 (every 4)
+            interrupt_training(monkeypatch, 11)  # InterruptedError after batch 11: checkpoints at 4, 8 (every 4)
         return real(*a, **kw)
 
     monkeypatch.setattr(training, "train", crash_first_attempt)

@@ -304,7 +304,7 @@ def test_the_lineage_markdown_rounds_and_has_a_row_per_stage():
 
 
 def test_the_console_names_the_report_and_the_onnx_file():
-    from mnist_pipeline.report.console import where_things_went
+    from mnist_pipeline.report.closing_lines import where_things_went
 
     lines = where_things_went({"report": "/r/report.html", "onnx_file": "/a b/model.onnx"})
     assert lines == ["report: /r/report.html",

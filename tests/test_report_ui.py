@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.flows.local_server import free_port, local_prefect_server
+from mnist_pipeline.flows.local_server import local_prefect_server
 from tests.browser import (
     chromium,
     console_errors,
@@ -23,7 +23,7 @@ from tests.browser import (
     png_pixels,
     require_chromium,
 )
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"]

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent("""
     import json, sys, torch
     from pathlib import Path
-    from mnist_pipeline import recipes, training
+    from mnist_pipeline import stage_files, training
     from mnist_pipeline.data import Split
     from mnist_pipeline.lineage.refs import manifest, manifest_digest
     out, threads = Path(sys.argv[1]), int(sys.argv[2])
@@ -33,12 +33,12 @@ SCRIPT = textwrap.dedent("""
     training.set_threads(threads)
     settings = training.LoopSettings(epochs=2, batch_size=16, seed=3, progress=False)
     (out / "model").mkdir(parents=True)
-    recipes.train_model_files(out / "model", split, kernels=(4, 8), classes=10, settings=settings,
+    stage_files.train_model_files(out / "model", split, kernels=(4, 8), classes=10, settings=settings,
                               fingerprint={"seed": 3}, device=torch.device("cpu"))
     digests = {"model": manifest_digest(manifest(out / "model"))}
     for exporter in ("torchscript", "dynamo"):
         (out / exporter).mkdir()
-        recipes.export_onnx_files(out / "model" / "model.pt", out / exporter, opset=18, exporter=exporter)
+        stage_files.export_onnx_files(out / "model" / "model.pt", out / exporter, opset=18, exporter=exporter)
         digests[exporter] = manifest_digest(manifest(out / exporter))
     print(json.dumps(digests))
 """)

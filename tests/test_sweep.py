@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.sweep import Metric, SweepError, TrialResult, expand, load_sweep, parse_sweep, rank, winner
+from mnist_pipeline.sweep import Metric, SweepError, TrialResult, expand, load_sweep, parse_sweep, rank
 
 BASE = PipelineConfig()
 
@@ -35,8 +35,6 @@ name: lr-x-width
     t = trials[2]
     assert t.config.train.learning_rate == 0.01 and t.config.train.kernels == [8, 16] and t.config.train.epochs == 2
     assert t.config.train.batch_size == BASE.train.batch_size  # the rest comes from the base config
-    assert len({x.key for x in trials}) == 4
-    assert "train.learning_rate=0.01" in t.label
 
 
 def test_grid_run_cap_keeps_the_first_trials_and_wandb_style_names_are_aliases():
@@ -148,8 +146,8 @@ def test_rank_orders_by_the_metric_goal_and_leaves_failed_trials_out():
                TrialResult(2, {}, "reused", {"test_accuracy": 0.9, "test_loss": 0.7}),
                TrialResult(3, {}, "finished", {"test_accuracy": 0.9, "test_loss": 0.4})]
     assert [r.index for r in rank(results, Metric("test_accuracy", "maximize"))] == [2, 3, 0]
-    assert winner(results, Metric("test_loss", "minimize")).index == 3
-    assert winner([results[1]], Metric("test_loss", "minimize")) is None
+    assert rank(results, Metric("test_loss", "minimize"))[0].index == 3
+    assert rank([results[1]], Metric("test_loss", "minimize")) == []
 
 
 def test_the_readme_example_sweep_file_expands_to_four_trials():

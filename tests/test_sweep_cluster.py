@@ -8,14 +8,16 @@ import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.cli import main
-from mnist_pipeline.lineage.refs import ArtifactRef, manifest_digest, verify_files
+from mnist_pipeline.lineage.refs import manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from tests.dask_cluster import DaskCluster, free_port
+from tests.dask_cluster import DaskCluster
+from tests.helpers import free_port
 
 GRID = """
 method: grid
@@ -46,7 +48,7 @@ def _argv(tiny_mnist, tmp_path, sweep_text: str, name: str = "sweep.yaml") -> li
 
 
 def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
-    from mnist_pipeline.lineage.wandb_io import offline_records
+    from mnist_pipeline.lineage.wandb.run_file import offline_records
 
     runs = {}
     for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):
@@ -168,8 +170,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     assert table.type == "table" and len(json.loads(table.data)) == 4
 
     # the audit of the winner's ONNX file walks through select back to the sweep's data
-    assert main(["audit", str(ArtifactRef(name=onnx.name, type=onnx.type, version=onnx.version, digest=onnx.digest,
-                                          path=onnx.path).file("model.onnx")),
+    assert main(["audit", str(Path(onnx.path) / "model.onnx"),
                  "--lineage-db", str(tmp_path / "lineage.db")]) == 0
     report = capsys.readouterr().out
     assert "produced by select run" in report and "convnet-sweep:v0 (sweep-result)" in report
@@ -193,8 +194,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
                                           "train": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003,
                                                     "kernels": [4, 8]},
                                           "artifacts_dir": str(tmp_path / "art")})
-    blocker = checkpoint_path(base, ArtifactRef(name=dataset.name, type=dataset.type, version=dataset.version,
-                                                digest=dataset.digest, path=dataset.path))
+    blocker = checkpoint_path(base, dataset.ref())
     (blocker / "occupied").mkdir(parents=True)
     rc = main(_argv(tiny_mnist, tmp_path, partial, "partial.yaml") + ["--dask-address", dask_cluster.address])
     out = capsys.readouterr()
@@ -253,7 +253,7 @@ def test_the_cluster_fixture_runs_separate_single_threaded_workers_that_can_be_l
 
 
 def test_each_worker_gets_its_share_of_its_machines_cores():
-    from mnist_pipeline.flows.sweep import core_shares
+    from mnist_pipeline.sweep_workers import core_shares
 
     found = {"tcp://a:1": {"host": "a", "cpus": 2}, "tcp://a:2": {"host": "a", "cpus": 2},
              "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}

@@ -5,7 +5,6 @@ idempotency through the store, and the 'no reachable W&B' failure for real."""
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -16,11 +15,13 @@ from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.lineage.audit import audit
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
-from mnist_pipeline.lineage.refs import ArtifactRef, wandb_ref
+from mnist_pipeline.lineage.refs import digest_alias, wandb_ref
 from mnist_pipeline.lineage.render import render_tree
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync
-from mnist_pipeline.lineage.wandb_io import WandbClient, WandbUnavailable, offline_records, synced_marker
+from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable
+from mnist_pipeline.lineage.wandb.run_file import offline_records, synced_marker
+from tests.helpers import free_port
 from tests.test_audit import run_pipeline
 
 
@@ -95,10 +96,8 @@ def test_the_plan_comes_from_the_store_and_the_offline_run_folders(e2e, db):
                                             for a in store.edges(rid)["used"]]
     train = runs[e2e["runs"]["train"].run_id]
     dataset = e2e["arts"]["dataset"]
-    ref = ArtifactRef(name=dataset.name, type=dataset.type, version=dataset.version, digest=dataset.digest,
-                      path=dataset.path)
     # the same exact-version ref that an online Stage.use declares
-    assert [a["ref"] for a in train["actions"][1:]] == [f"mnist-lineage/{ref.name}:{ref.alias}"]
+    assert [a["ref"] for a in train["actions"][1:]] == [f"mnist-lineage/{dataset.name}:{digest_alias(dataset.digest)}"]
 
     # every ref names an alias that the producing run's offline file logs, so it resolves once uploaded
     for r in plan["runs"]:
@@ -261,12 +260,6 @@ def test_dry_run_lists_the_calls_in_order_and_changes_nothing(db, capsys):
 # --------------------------------------------------------------------------------------------- no W&B
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def no_netrc(tmp_path, monkeypatch):
     home = tmp_path / "home"
@@ -293,7 +286,7 @@ def test_without_an_api_key_sync_fails_clearly_and_changes_nothing(e2e, db, no_n
 
 
 def test_with_an_unreachable_host_sync_fails_clearly_and_changes_nothing(e2e, db, no_netrc, monkeypatch, capsys):
-    port = _closed_port()
+    port = free_port()
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     before = _unchanged(db, e2e)

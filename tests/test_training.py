@@ -9,7 +9,7 @@ from mnist_pipeline import training
 from mnist_pipeline.data import Split
 from mnist_pipeline.metrics import evaluate
 from mnist_pipeline.model import ConvNet, ModelConfig
-from tests.helpers import tiny_digits
+from tests.helpers import interrupt_training, tiny_digits
 
 
 def _split(n=400, seed=0):
@@ -22,8 +22,11 @@ def _run(tmp_path=None, stop=None, epochs=2, log=None, ckpt=None, lineage=None):
     model = ConvNet(ModelConfig(kernels=(4, 8)))
     settings = training.LoopSettings(epochs=epochs, batch_size=32, learning_rate=0.005, seed=3, log_every=5,
                                      checkpoint_every=4, progress=False)
-    result = training.train(model, _split(), settings, torch.device("cpu"), on_log=log, checkpoint=ckpt,
-                            checkpoint_lineage=lineage, stop_after_batches=stop)
+    with pytest.MonkeyPatch.context() as mp:
+        if stop is not None:
+            interrupt_training(mp, stop)
+        result = training.train(model, _split(), settings, torch.device("cpu"), on_log=log, checkpoint=ckpt,
+                                checkpoint_lineage=lineage)
     return model, result
 
 

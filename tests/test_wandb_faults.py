@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage import wandb_io
 from mnist_pipeline.lineage.recording import RecordingWandb
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync, run_sync
+from mnist_pipeline.lineage.wandb import stage_run
 from tests.helpers import write_mnist
 from tests.wandb_standin import ANY, API_KEY, SilentServer, closed_port, failing
 
@@ -45,7 +45,7 @@ def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    wandb_io._online_failures.clear()
+    stage_run._online_failures.clear()
 
     def use(url: str, mode: str = "online") -> PipelineConfig:
         monkeypatch.setenv("WANDB_BASE_URL", url)
@@ -54,7 +54,7 @@ def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
             "wandb": {"mode": mode, "dir": str(tmp_path / "wandb"), "project": "p", **FAST}})
 
     yield use
-    wandb_io._online_failures.clear()
+    stage_run._online_failures.clear()
 
 
 def produce(cfg: PipelineConfig, job_type: str, text: str, inputs=()):
@@ -400,7 +400,7 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
 def test_where_the_records_went(online, tmp_path):
     """The end-of-run line: online with the group's W&B URL and nothing to sync; offline with the folder, the
     reason and the sync command."""
-    from mnist_pipeline.lineage.sync import where_records_went
+    from mnist_pipeline.lineage.queries import where_records_went
 
     with failing() as w:
         cfg = online(w.url)

@@ -12,7 +12,7 @@ import pytest
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.wandb_io import offline_records, offline_run_file
+from mnist_pipeline.lineage.wandb.run_file import offline_records, offline_run_file
 from tests.browser import png_pixels
 from tests.helpers import tiny_digits
 

@@ -13,13 +13,14 @@ import pytest
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.audit_cli import SYNC_DIFFERENT, SYNC_OK, SYNC_UNAVAILABLE, sync_main
 from mnist_pipeline.flows.cli import _parser, main
-from mnist_pipeline.lineage import wandb_io
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.sync import plan_sync, run_sync
 from mnist_pipeline.lineage.verify import verify_wandb
+from mnist_pipeline.lineage.wandb.client import WandbClient
+from mnist_pipeline.lineage.wandb.settings import WandbTimeouts
 from tests.wandb_standin import API_KEY, closed_port, failing
 
 
@@ -112,8 +113,7 @@ def test_wandb_errors_in_verify_are_one_line_and_exit_5(lineage, capsys, monkeyp
     monkeypatch.delenv("WANDB_MODE", raising=False)
     with failing(fault) as w:
         monkeypatch.setenv("WANDB_BASE_URL", w.url)
-        code = verify(lineage["db"], wandb_io.WandbClient(timeout=3,
-                                                         timeouts=wandb_io.WandbTimeouts(http=2, retries=1)))
+        code = verify(lineage["db"], WandbClient(timeout=3, timeouts=WandbTimeouts(http=2, retries=1)))
     out, err = capsys.readouterr()
     assert code == SYNC_UNAVAILABLE, err
     assert err.count("\n") == 1 and err.startswith("mnist-pipeline sync: --verify: ") and "Traceback" not in err

@@ -9,15 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
+from mnist_pipeline.lineage.store import ALIASES, ArtifactRecord, LineageStore
 
-ALIASES = ("production", "candidate")
 EXIT_OK, EXIT_USAGE, EXIT_UNKNOWN = 0, 2, 4
-
-
-
-def label(rec: ArtifactRecord) -> str:
-    return f"{rec.name}:v{rec.version}"
 
 
 def current_aliases(store: LineageStore, names: set[str]) -> dict[int, list[str]]:
@@ -42,7 +36,7 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
     edges: list[list[str]] = []
 
     def walk(rec: ArtifactRecord, depth: int) -> dict[str, Any]:
-        node: dict[str, Any] = {"artifact": label(rec), "artifact_id": rec.artifact_id, "type": rec.type, "digest": rec.digest,
+        node: dict[str, Any] = {"artifact": rec.label, "artifact_id": rec.artifact_id, "type": rec.type, "digest": rec.digest,
                 "derived": []}
         if rec.artifact_id in seen:
             node["repeat"] = True
@@ -54,18 +48,18 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
             if run is None:  # an edge to a run that is not on record: nothing to say about it
                 continue
             produced = store.edges(run_id)["produced"]
-            edges.append([f"artifact:{label(rec)}", f"run:{run_id}"])
+            edges.append([f"artifact:{rec.label}", f"run:{run_id}"])
             first = run_id not in runs
             runs.setdefault(run_id, {"run_id": run_id, "job_type": run.job_type,
                                      "status": run.status, "started_at": run.started_at,
                                      "flow_run_id": run.flow_run_id,
-                                     "used": [label(u) for u in store.edges(run_id)["used"]],
-                                     "produced": [label(p) for p in produced]})
+                                     "used": [u.label for u in store.edges(run_id)["used"]],
+                                     "produced": [p.label for p in produced]})
             run_node: dict[str, Any] = {"run_id": run_id, "job_type": run.job_type, "status": run.status,
                         "produced": []}
             if first:
                 for p in produced:
-                    edges.append([f"run:{run_id}", f"artifact:{label(p)}"])
+                    edges.append([f"run:{run_id}", f"artifact:{p.label}"])
                     run_node["produced"].append(walk(p, depth + 1))
             else:
                 run_node["repeat"] = True
@@ -77,7 +71,7 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
     promotions = []
     for aid, rec in sorted(arts.items()):
         for p in store.promotions(aid):
-            promotions.append({"artifact": label(rec), "decision": p.decision, "reason": p.reason,
+            promotions.append({"artifact": rec.label, "decision": p.decision, "reason": p.reason,
                                "decided_at": p.decided_at, "promotion_id": p.promotion_id,
                                "kind": p.kind or "gate"})
 
@@ -95,12 +89,12 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
     derived = [a for aid, a in sorted(arts.items()) if aid not in subject_ids]
     by_type: dict[str, list[str]] = {}
     for a in derived:
-        by_type.setdefault(a.type, []).append(label(a))
-    affected_aliases = [{"alias": al, "artifact": label(arts[aid]), "name": arts[aid].name}
+        by_type.setdefault(a.type, []).append(a.label)
+    affected_aliases = [{"alias": al, "artifact": arts[aid].label, "name": arts[aid].name}
                         for aid, als in sorted(aliases.items()) if aid in arts for al in als]
     return {
-        "schema": 1, "lineage_db": str(store.path), "subjects": [label(s) for s in subjects],
-        "artifacts": {label(a): {"label": label(a), "name": a.name, "type": a.type, "version": a.version,
+        "schema": 1, "lineage_db": str(store.path), "subjects": [s.label for s in subjects],
+        "artifacts": {a.label: {"label": a.label, "name": a.name, "type": a.type, "version": a.version,
                                  "digest": a.digest, "path": a.path, "created_at": a.created_at,
                                  "role": "subject" if a.artifact_id in subject_ids else "derived",
                                  "aliases": aliases.get(a.artifact_id, [])} for a in arts.values()},
@@ -158,10 +152,8 @@ def render_tree(report: dict) -> str:
 
 
 def _renderer():
-    try:  # after the lineage seams: the audit's renderers live in render.py
-        from mnist_pipeline.lineage import render
-    except ImportError:
-        from mnist_pipeline.lineage import audit as render
+    from mnist_pipeline.lineage import render
+
     return render
 
 

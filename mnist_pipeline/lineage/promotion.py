@@ -6,8 +6,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from mnist_pipeline.lineage.store import ArtifactRecord, Decision, LineageStore, PromotionRecord
+from mnist_pipeline.lineage.queries import evaluations
+from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, PromotionRecord
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the promotion gate decided about a candidate (see `decide`)."""
+
+    decision: Literal["promoted", "candidate"]
+    reason: str
+    production_accuracy: float | None = None
 
 
 def decide(*, candidate_id: int, accuracy: float | None, validation_passed: bool, production_id: int | None,
@@ -68,7 +79,7 @@ def promote(store: LineageStore, model_id: int, *, accuracy: float | None, valid
             prod_acc = accuracy_of(store, production_id)
         else:
             rec = store.artifact(production_id)
-            label = f"{rec.name}:v{rec.version}"
+            label = rec.label
             found = accuracy_on(store, production_id, test_set[1])
             prod_acc = found[0] if found else None
             if found and found[1].artifact_id in reevaluated:
@@ -95,7 +106,7 @@ def compare_with_production(store: LineageStore, model_name: str, dataset_digest
     prod = store.alias(model_name, "production")
     if prod is None:
         return ChangeCheck(True, f"no production {model_name} model yet", None)
-    label = f"{prod.name}:v{prod.version}"
+    label = prod.label
     used = prod.inputs("dataset")
     if not used or used[0]["digest"] != dataset_digest:
         was = f"{used[0]['name']}:v{used[0]['version']}" if used else "an unrecorded dataset"
@@ -112,28 +123,12 @@ def compare_with_production(store: LineageStore, model_name: str, dataset_digest
 
 def accuracy_of(store: LineageStore, model_artifact_id: int) -> float | None:
     """The test accuracy recorded by the newest finished evaluation of a model."""
-    latest = None
-    for run_id in store.consumers(model_artifact_id):
-        run = store.run(run_id)
-        if run is None or run.job_type != "evaluate" or run.status != "finished":
-            continue
-        for art in store.edges(run_id)["produced"]:
-            if art.type == "metrics":
-                latest = art.metadata.get("test_accuracy")
-    return latest
+    evaluated = evaluations(store, model_artifact_id)
+    return evaluated[-1].metadata.get("test_accuracy") if evaluated else None
 
 
 def accuracy_on(store: LineageStore, model_artifact_id: int, dataset_digest: str) -> tuple[float, ArtifactRecord] | None:
     """(accuracy, metrics artifact) of the newest finished evaluation of a model on the dataset with that digest."""
-    latest = None
-    for run_id in store.consumers(model_artifact_id):
-        run = store.run(run_id)
-        if run is None or run.job_type != "evaluate" or run.status != "finished":
-            continue
-        edges = store.edges(run_id)
-        if not any(u.type == "dataset" and u.digest == dataset_digest for u in edges["used"]):
-            continue
-        for art in edges["produced"]:
-            if art.type == "metrics" and art.metadata.get("test_accuracy") is not None:
-                latest = (art.metadata["test_accuracy"], art)
-    return latest
+    measured = [a for a in evaluations(store, model_artifact_id, dataset_digest)
+                if a.metadata.get("test_accuracy") is not None]
+    return (measured[-1].metadata["test_accuracy"], measured[-1]) if measured else None

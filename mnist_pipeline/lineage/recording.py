@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_pipeline.lineage.audit import md5_b64
+from mnist_pipeline.hashing import md5_b64
 from mnist_pipeline.lineage.refs import digest_alias, wandb_path, wandb_ref
-from mnist_pipeline.lineage.wandb_io import offline_records, offline_run_file
+from mnist_pipeline.lineage.wandb.run_file import offline_records, offline_run_file
 
 
 class RecordingWandb:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from mnist_pipeline.lineage.store import FileRecord
+from mnist_pipeline.hashing import sha256_file
+from mnist_pipeline.lineage.records import FileRecord
 
 
 class ArtifactRef(BaseModel):
@@ -24,14 +25,6 @@ class ArtifactRef(BaseModel):
     def label(self) -> str:
         return f"{self.name}:v{self.version}"
 
-    @property
-    def alias(self) -> str:
-        """The W&B alias that pins this exact content (versions are assigned by the server, digests are ours)."""
-        return digest_alias(self.digest)
-
-    def file(self, relpath: str) -> Path:
-        return Path(self.path) / relpath
-
 
 def digest_alias(digest: str) -> str:
     """`sha256-<digest[:16]>`: the W&B alias under which an artifact version with this digest is logged."""
@@ -46,14 +39,6 @@ def wandb_path(entity: str | None, project: str, tail: str) -> str:
 def wandb_ref(entity: str | None, project: str, name: str, digest: str) -> str:
     """The W&B path of one exact artifact version: `[entity/]project/name:sha256-<digest[:16]>`."""
     return wandb_path(entity, project, f"{name}:{digest_alias(digest)}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def manifest(directory: Path) -> tuple[FileRecord, ...]:

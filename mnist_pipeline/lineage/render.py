@@ -115,13 +115,6 @@ def _draw(node: tuple, prefix: str, last: bool, root: bool, out: list[str]) -> N
         _draw(c, inner, i == len(children) - 1, False, out)
 
 
-def tree_chain(node: dict) -> list[str]:
-    """The upstream tree's node names in drawing order (`artifact:<label>` / `run:<id>`), for comparing outputs."""
-    if "artifact" in node:
-        return [f"artifact:{node['artifact']}"] + [x for r in node["produced_by"] for x in tree_chain(r)]
-    return [f"run:{node['run']}"] + [x for a in node["used"] for x in tree_chain(a)]
-
-
 def render_tree(report: AuditReport) -> str:
     out = [f"Audit of {report['query_path'] or report['query']}"]
     if report["query_sha256"]:

@@ -21,14 +21,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
-
-ALIASES = ("production", "candidate")
-
-
-
-def label(rec: ArtifactRecord) -> str:
-    return f"{rec.name}:v{rec.version}"
+from mnist_pipeline.lineage.layout import CHECKPOINTS, STAGING, candidate_folders
+from mnist_pipeline.lineage.store import ALIASES, LineageStore
 
 
 def folder_size(path: Path) -> int:
@@ -97,7 +91,7 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
             cur = stack.pop()
             if cur in why:
                 continue
-            why[cur] = reason if cur == aid else f"in the lineage of {label(arts[aid])} ({reason})"
+            why[cur] = reason if cur == aid else f"in the lineage of {arts[aid].label} ({reason})"
             for run_id in store.producers(cur):
                 stack.extend(u.artifact_id for u in store.edges(run_id)["used"])
 
@@ -117,7 +111,7 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
         backwards(aid, reason)
     for aid, reason in list(roots.items()):
         for d in forwards(aid):
-            backwards(d, f"derived from {label(arts[aid])} ({reason})")
+            backwards(d, f"derived from {arts[aid].label} ({reason})")
     # runs in flight: what they (and the other stages of their flow run) use and produce
     running = [r for r in store.runs() if r.status == "running"]
     flows = {r.flow_run_id for r in running if r.flow_run_id}
@@ -144,7 +138,7 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
     recorded_paths = set()
     for a in store.artifacts():
         recorded_paths.add(Path(a.path).resolve())
-        lab = label(a)
+        lab = a.label
         if a.artifact_id in deleted:
             out.already_deleted.append(lab)
             continue
@@ -169,17 +163,15 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
         out.removals.append(Removal("artifact", str(path), folder_size(path), why, lab, a.artifact_id))
     # folders under <type>/<name>/<digest16> that no record points at (a crash between rename and record)
     if artifacts_dir.is_dir():
-        for type_dir in sorted(p for p in artifacts_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            for name_dir in sorted(p for p in type_dir.iterdir() if p.is_dir()):
-                for folder in sorted(p for p in name_dir.iterdir() if p.is_dir()):
-                    if folder.resolve() in recorded_paths:
-                        continue
-                    mtime = datetime.fromtimestamp(folder.stat().st_mtime, timezone.utc)
-                    if running or mtime > cutoff:  # a running stage may be about to record it
-                        continue
-                    out.removals.append(Removal("unrecorded-folder", str(folder), folder_size(folder),
-                                                "an artifact folder no lineage record points at"))
-        staging = artifacts_dir / ".staging"
+        for folder in candidate_folders(artifacts_dir):
+            if folder.resolve() in recorded_paths:
+                continue
+            mtime = datetime.fromtimestamp(folder.stat().st_mtime, timezone.utc)
+            if running or mtime > cutoff:  # a running stage may be about to record it
+                continue
+            out.removals.append(Removal("unrecorded-folder", str(folder), folder_size(folder),
+                                        "an artifact folder no lineage record points at"))
+        staging = artifacts_dir / STAGING
         if staging.is_dir():
             for d in sorted(p for p in staging.iterdir() if p.is_dir()):
                 if d.name in running:
@@ -187,7 +179,7 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
                 state = runs[d.name].status if d.name in runs else "unknown"
                 out.removals.append(Removal("staging", str(d), folder_size(d),
                                             f"staging folder of a run that is {state}, not running"))
-        ckpts = artifacts_dir / ".checkpoints"
+        ckpts = artifacts_dir / CHECKPOINTS
         training_now = any(runs[r].job_type == "train" for r in running)
         if ckpts.is_dir() and not training_now:
             for f in sorted(ckpts.glob("*.pt")):

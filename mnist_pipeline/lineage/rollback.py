@@ -16,11 +16,6 @@ ROLLBACK = "rollback"
 EXIT_DONE, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
 
-
-def label(rec: ArtifactRecord) -> str:
-    return f"{rec.name}:v{rec.version}"
-
-
 def is_rollback(p) -> bool:
     return p.kind == ROLLBACK
 
@@ -81,20 +76,20 @@ def refusals(store: LineageStore, target: ArtifactRecord, deleted: dict[int, Del
     deleted = deleted or {}
     out = []
     if target.type != "model":
-        return [f"{label(target)} is a {target.type}, not a model"]
+        return [f"{target.label} is a {target.type}, not a model"]
     vals = validations(store, target)
     if not vals:
-        out.append(f"{label(target)} has no onnxruntime validation on record")
+        out.append(f"{target.label} has no onnxruntime validation on record")
     elif not vals[-1].metadata.get("passed"):
         v = vals[-1].metadata
-        out.append(f"{label(target)} failed onnxruntime validation ({label(vals[-1])}: max |diff| "
+        out.append(f"{target.label} failed onnxruntime validation ({vals[-1].label}: max |diff| "
                    f"{v.get('max_abs_diff')}, argmax agreement {v.get('argmax_agreement')})")
     for rec in [target, *derived_onnx(store, target)]:
         if rec.artifact_id in deleted:
-            out.append(f"{label(rec)} was deleted by gc on {str(deleted[rec.artifact_id].deleted_at)[:10]}")
+            out.append(f"{rec.label} was deleted by gc on {str(deleted[rec.artifact_id].deleted_at)[:10]}")
             continue
         try:
             verify_files(Path(rec.path), rec.files)
         except DigestMismatch as e:
-            out.append(f"{label(rec)} no longer verifies: {e}")
+            out.append(f"{rec.label} no longer verifies: {e}")
     return out

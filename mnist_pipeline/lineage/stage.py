@@ -5,7 +5,7 @@
 On success the outputs are moved into place (fsync, then rename), logged as W&B Artifacts and committed to the
 store with their edges in one transaction. On failure nothing is produced, the run is recorded as failed with the
 inputs it had declared, and the W&B run is finished with exit code 1. W&B is reached only through
-`wandb_io.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
+`wandb.stage_run.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
 alias) is recorded in the store's `wandb_gaps` for `mnist-pipeline sync`.
 """
 
@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, cast
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
 from mnist_pipeline.lineage.journal import JournalStore
+from mnist_pipeline.lineage.layout import staging_folder, version_folder
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
 
 if TYPE_CHECKING:
-    from mnist_pipeline.lineage import wandb_io
+    from mnist_pipeline.lineage.wandb.stage_run import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,12 @@ def _inside(path: Path, root: Path, what: str) -> Path:
 
 class Stage:
     def __init__(self, cfg: PipelineConfig, job_type: str, flow_run_id: str | None, store: LineageStore,
-                 wb: wandb_io.StageRun):
+                 wb: StageRun):
         self.cfg, self.job_type, self.flow_run_id = cfg, job_type, flow_run_id
         self.store, self.wandb, self.run_id = store, wb, wb.run_id
         self.used: list[ArtifactRecord] = []
         self._pending: list[tuple[str, str, Path, dict]] = []
-        self._staging_root = cfg.artifacts_dir / ".staging" / self.run_id
+        self._staging_root = staging_folder(cfg.artifacts_dir, self.run_id)
         self.summary: dict = {}
         self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
 
@@ -127,7 +128,7 @@ class Stage:
             if not files:
                 raise ValueError(f"output {name!r} has no files")
             digest = manifest_digest(files)
-            final = self.cfg.artifacts_dir / type / name / digest[:16]
+            final = version_folder(self.cfg.artifacts_dir, type, name, digest)
             _inside(final, self.cfg.artifacts_dir, "artifact folder")
             fsync_tree(staged)
             if final.exists():  # identical content already stored: keep that copy, if it is still intact
@@ -160,8 +161,7 @@ class Stage:
         records = self.store.finish_run(self.run_id, used=[r.artifact_id for r in self.used], produced=arts,
                                         summary=self.summary, wandb_url=self.wandb.url, wandb_mode=self.mode)
         for r in records:
-            self.outputs[r.type] = ArtifactRef(name=r.name, type=r.type, version=r.version, digest=r.digest,
-                                               path=r.path)
+            self.outputs[r.type] = r.ref()
 
 
 def describe_failure(e: BaseException) -> str:
@@ -190,15 +190,17 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     store = LineageStore(cfg.lineage_db) if store is None else store
     for dead in store.fail_dead_runs(process_gone):  # runs of killed processes: failed, staging removed
         log.warning("run %s was left 'running' by a process that died; recorded as failed", dead)
-        shutil.rmtree(cfg.artifacts_dir / ".staging" / dead, ignore_errors=True)
+        shutil.rmtree(staging_folder(cfg.artifacts_dir, dead), ignore_errors=True)
     run_id = uuid.uuid4().hex[:12]
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(cfg.train.seed, flow_run_id)
     config = {**cfg.flat(), "lineage": env}
-    from mnist_pipeline.lineage import wandb_io  # wandb: imported by the first stage, not by loading the flow
+    # wandb: imported by the first stage, not by loading the flow
+    from mnist_pipeline.lineage.wandb.credentials import resolve_mode
+    from mnist_pipeline.lineage.wandb.folder import wandb_dir
+    from mnist_pipeline.lineage.wandb.stage_run import start_run
 
-    wb = wandb_io.start_run(cfg, job_type, run_id, group, wandb_io.resolve_mode(cfg.wandb.mode, wandb_io.wandb_dir(cfg)),
-                            config)
+    wb = start_run(cfg, job_type, run_id, group, resolve_mode(cfg.wandb.mode, wandb_dir(cfg)), config)
     store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
                     wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,
@@ -220,3 +222,16 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
             store.record_wandb_gaps(wb.run_id, wb.gaps)
     finally:
         shutil.rmtree(stage._staging_root, ignore_errors=True)
+
+
+def record_lost_run(store: LineageStore, cfg: PipelineConfig, job_type: str, flow_run_id: str, *, used: list[int],
+                    error: str, env: dict | None = None) -> str:
+    """A failed run in the store for a stage that never came back (its worker kept dying), so the lineage shows
+    that it was tried; no W&B run (`wandb_mode` 'none')."""
+    run_id = uuid.uuid4().hex[:12]
+    store.start_run(run_id, job_type, config=cfg.model_dump(mode="json"),
+                    env={**run_environment(cfg.train.seed, flow_run_id), "process": process_identity(), **(env or {})},
+                    flow_run_id=flow_run_id, run_group=f"flow-{flow_run_id}", wandb_mode="none", wandb_dir=None,
+                    wandb_project=cfg.wandb.project, wandb_entity=cfg.wandb.entity)
+    store.fail_run(run_id, used=used, error=error)
+    return run_id

@@ -13,236 +13,36 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
+from mnist_pipeline.lineage.records import (
+    ALIASES,
+    ArtifactRecord,
+    DeletionRecord,
+    FileRecord,
+    NewArtifact,
+    PromotionRecord,
+    RunRecord,
+)
+from mnist_pipeline.lineage.schema import SCHEMA, upgrade
 from mnist_pipeline.storage import StorageError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id        TEXT PRIMARY KEY,
-    job_type      TEXT NOT NULL,
-    status        TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
-    flow_run_id   TEXT,
-    run_group     TEXT,
-    wandb_mode    TEXT,
-    wandb_url     TEXT,
-    wandb_dir     TEXT,
-    wandb_project TEXT,
-    wandb_entity  TEXT,
-    config_json   TEXT NOT NULL,
-    env_json      TEXT NOT NULL,
-    summary_json  TEXT NOT NULL DEFAULT '{}',
-    started_at    TEXT NOT NULL,
-    finished_at   TEXT,
-    error         TEXT
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    artifact_id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    name            TEXT NOT NULL,
-    type            TEXT NOT NULL,
-    version         INTEGER NOT NULL,
-    digest          TEXT NOT NULL,
-    path            TEXT NOT NULL,
-    metadata_json   TEXT NOT NULL,
-    producer_run_id TEXT NOT NULL REFERENCES runs(run_id),
-    created_at      TEXT NOT NULL,
-    UNIQUE (name, digest),
-    UNIQUE (name, version)
-);
-CREATE TABLE IF NOT EXISTS artifact_files (
-    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    relpath     TEXT NOT NULL,
-    sha256      TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    PRIMARY KEY (artifact_id, relpath)
-);
-CREATE TABLE IF NOT EXISTS edges (
-    run_id      TEXT NOT NULL REFERENCES runs(run_id),
-    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    direction   TEXT NOT NULL CHECK (direction IN ('used', 'produced')),
-    PRIMARY KEY (run_id, artifact_id, direction)
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    name        TEXT NOT NULL,
-    alias       TEXT NOT NULL,
-    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    set_at      TEXT NOT NULL,
-    PRIMARY KEY (name, alias)
-);
-CREATE TABLE IF NOT EXISTS promotions (
-    promotion_id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    artifact_id            INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    decision               TEXT NOT NULL CHECK (decision IN ('promoted', 'candidate')),
-    reason                 TEXT NOT NULL,
-    candidate_accuracy     REAL,
-    validation_passed      INTEGER NOT NULL,
-    production_artifact_id INTEGER REFERENCES artifacts(artifact_id),
-    production_accuracy    REAL,
-    margin                 REAL NOT NULL,
-    flow_run_id            TEXT,
-    decided_at             TEXT NOT NULL,
-    wandb_applied_at       TEXT
-);
-CREATE INDEX IF NOT EXISTS files_by_sha ON artifact_files(sha256);
-CREATE INDEX IF NOT EXISTS edges_by_artifact ON edges(artifact_id, direction);
-CREATE TABLE IF NOT EXISTS wandb_gaps (
-    run_id      TEXT NOT NULL REFERENCES runs(run_id),
-    action      TEXT NOT NULL CHECK (action IN ('upload', 'use', 'aliases')),
-    ref         TEXT NOT NULL,
-    call        TEXT NOT NULL,
-    error       TEXT NOT NULL,
-    detail      TEXT NOT NULL DEFAULT '',
-    recorded_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, action, ref)
-);
-CREATE TABLE IF NOT EXISTS deletions (
-    artifact_id INTEGER PRIMARY KEY REFERENCES artifacts(artifact_id),
-    path        TEXT NOT NULL,
-    bytes       INTEGER NOT NULL,
-    reason      TEXT NOT NULL,
-    deleted_by  TEXT NOT NULL,
-    deleted_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sync_log (
-    run_id  TEXT NOT NULL,
-    action  TEXT NOT NULL CHECK (action IN ('upload', 'use')),
-    ref     TEXT NOT NULL,
-    detail  TEXT,
-    done_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, action, ref)
-);
-"""
+if TYPE_CHECKING:
+    from mnist_pipeline.lineage.promotion import Decision
+
+# The records are defined in `records.py`; callers import them from here, with the store that reads and writes them.
+__all__ = ["ALIASES", "ArtifactDeleted", "ArtifactRecord", "DeletionRecord", "FileRecord", "LineageStore",
+           "NewArtifact", "PromotionRecord", "RunRecord", "StoreError", "now"]
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    relpath: str
-    sha256: str
-    size: int
-
-
-@dataclass(frozen=True)
-class ArtifactRecord:
-    artifact_id: int
-    name: str
-    type: str
-    version: int
-    digest: str
-    path: str
-    metadata: dict
-    producer_run_id: str
-    created_at: str
-    files: tuple[FileRecord, ...]
-
-    def inputs(self, type_: str) -> list[dict]:
-        """The artifacts of that type this one was made from, as the run that produced it recorded them in its
-        metadata (name, type, version, digest, files)."""
-        return [i for i in self.metadata.get("inputs", []) if i.get("type") == type_]
-
-
-@dataclass(frozen=True)
-class NewArtifact:
-    """An output of a run, its files already in their final place, waiting to be recorded."""
-
-    name: str
-    type: str
-    digest: str
-    path: str
-    metadata: dict
-    files: tuple[FileRecord, ...]
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """One stage run: its job type, status, W&B whereabouts, the config and environment it ran with."""
-
-    run_id: str
-    job_type: str
-    status: Literal["running", "finished", "failed"]
-    flow_run_id: str | None
-    run_group: str | None
-    wandb_mode: str | None
-    wandb_url: str | None
-    wandb_dir: str | None
-    wandb_project: str | None
-    wandb_entity: str | None
-    config: dict
-    env: dict
-    summary: dict
-    started_at: str
-    finished_at: str | None
-    error: str | None
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> RunRecord:
-        d = dict(row)
-        for k in ("config_json", "env_json", "summary_json"):
-            d[k.removesuffix("_json")] = json.loads(d.pop(k))
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the promotion gate decided about a candidate (see `promotion.decide`)."""
-
-    decision: Literal["promoted", "candidate"]
-    reason: str
-    production_accuracy: float | None = None
-
-
-@dataclass(frozen=True)
-class PromotionRecord:
-    """One promotion decision as recorded (a row of `promotions`)."""
-
-    promotion_id: int
-    artifact_id: int
-    decision: Literal["promoted", "candidate"]
-    reason: str
-    candidate_accuracy: float | None
-    validation_passed: bool
-    production_artifact_id: int | None
-    production_accuracy: float | None
-    margin: float
-    flow_run_id: str | None
-    decided_at: str
-    wandb_applied_at: str | None = field(default=None)
-    kind: str | None = None  # None: the promotion gate; 'rollback': `mnist-pipeline rollback`
-    requested_by: str | None = None  # who or what asked for a rollback
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
-        d = dict(row)
-        d["validation_passed"] = bool(d["validation_passed"])
-        return cls(**d)
-
-    @property
-    def aliases(self) -> list[str]:
-        if self.kind == "rollback":  # only production moves back; the candidate stays what it was
-            return ["production"]
-        return ["candidate"] + (["production"] if self.decision == "promoted" else [])
-
-
 class StoreError(RuntimeError):
     """The lineage store cannot be used: missing, empty, or not an SQLite database of ours. Names the file."""
-
-
-@dataclass(frozen=True)
-class DeletionRecord:
-    """An artifact version whose folder `mnist-pipeline gc` removed; its lineage records stay."""
-
-    artifact_id: int
-    path: str
-    bytes: int
-    reason: str
-    deleted_by: str
-    deleted_at: str
 
 
 class ArtifactDeleted(RuntimeError):
@@ -275,14 +75,7 @@ class LineageStore:
             with self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
-                cols = {r[1] for r in con.execute("PRAGMA table_info(promotions)")}
-                for col in ("kind", "requested_by"):  # added with rollback; older stores get them empty (= the gate)
-                    if col not in cols:
-                        try:
-                            con.execute(f"ALTER TABLE promotions ADD COLUMN {col} TEXT")
-                        except sqlite3.OperationalError as e:  # another process added it a moment ago
-                            if "duplicate column" not in str(e):
-                                raise
+                upgrade(con)
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
@@ -456,7 +249,7 @@ class LineageStore:
                                (artifact_id,)).fetchone()
             if gone is not None:
                 art = self._artifact(con, artifact_id)
-                raise ArtifactDeleted(f"{art.name}:v{art.version} ({art.digest[:16]}) was deleted by gc on "
+                raise ArtifactDeleted(f"{art.label} ({art.digest[:16]}) was deleted by gc on "
                                       f"{gone['deleted_at'][:10]} ({gone['deleted_by']}): its files are gone")
             con.execute("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", (run_id, artifact_id))
 
@@ -586,7 +379,7 @@ class LineageStore:
             return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
 
     def record_wandb_gaps(self, run_id: str, gaps) -> None:
-        """What an online run could not record in W&B because a W&B call failed (`wandb_io.WandbGap`s): `sync`
+        """What an online run could not record in W&B because a W&B call failed (`wandb.stage_run.WandbGap`s): `sync`
         completes it. The first record of a (run, action, ref) is kept."""
         with self.transaction() as con:
             con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",

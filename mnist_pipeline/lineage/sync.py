@@ -1,9 +1,10 @@
-"""`mnist-pipeline sync` and `audit --online`: what to send to W&B, and sending it through a backend.
+"""`mnist-pipeline sync`: what to send to W&B, and sending it through a backend (`WandbBackend`, which
+`audit --online` reads through too).
 
 The plan comes from the lineage store and the offline run folders alone (no network); `run_sync` carries it out
-through a `WandbBackend`: `wandb_io.WandbClient` (the real W&B) or `recording.RecordingWandb` (records the calls in
-order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What
-has been done is kept in the store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing:
+through a `WandbBackend`: `wandb.client.WandbClient` (the real W&B) or `recording.RecordingWandb` (records
+the calls in order and answers from an in-memory W&B, for `sync --dry-run` and the tests). What has been done
+is kept in the store (`sync_log`, `promotions.wandb_applied_at`), so a second sync sends nothing:
 re-running `wandb sync` on an uploaded run would duplicate its artifact versions (wandb issue #3962).
 """
 
@@ -13,10 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol, TypedDict
 
-from mnist_pipeline.lineage.audit import AuditReport
 from mnist_pipeline.lineage.refs import wandb_ref
 from mnist_pipeline.lineage.store import LineageStore, RunRecord
-from mnist_pipeline.lineage.wandb_io import synced_marker
+from mnist_pipeline.lineage.wandb.run_file import synced_marker
 
 Status = Literal["pending", "done", "failed", "blocked", "missing"]
 
@@ -76,8 +76,8 @@ def _set(item: Action | PromotionPlan, status: Status, detail: str) -> None:
 
 
 class WandbBackend(Protocol):
-    """What `sync` and `audit --online` ask of W&B. `wandb_io.WandbClient` is the real one; `recording.RecordingWandb`
-    records the calls and answers from an in-memory W&B (`sync --dry-run`, tests)."""
+    """What `sync` and `audit --online` ask of W&B. `wandb.client.WandbClient` is the real one;
+    `recording.RecordingWandb` records the calls and answers from an in-memory W&B (`sync --dry-run`, tests)."""
 
     def check(self) -> str: ...  # the entity to use when a run names none; raises WandbUnavailable
     def run_exists(self, entity: str | None, project: str, run_id: str) -> bool: ...
@@ -119,7 +119,7 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
                 "detail": f"done {row['done_at']}" if row else f"{g['call']} failed: {g['error']}"}
         if g["action"] == "upload" and g["ref"] in produced:
             a = produced[g["ref"]]
-            entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": f"{a.name}:v{a.version}",
+            entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": a.label,
                                      "artifact_id": a.artifact_id, **base})
         elif g["action"] == "upload":
             if g["ref"] in produced or g["call"] != "finish":
@@ -127,7 +127,7 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
             entry["actions"].append({"action": "upload", "kind": "run", **base})
         elif g["action"] == "use" and g["ref"] in used:
             u = used[g["ref"]]
-            entry["actions"].append({"action": "use", "artifact": f"{u.name}:v{u.version}",
+            entry["actions"].append({"action": "use", "artifact": u.label,
                                      "producer_run_id": u.producer_run_id, **base})
         # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
@@ -172,7 +172,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         for u in store.edges(rid)["used"]:
             ref = wandb_ref(run.wandb_entity, run.wandb_project or "", u.name, u.digest)
             use_row = done.get((rid, "use", ref))
-            entry["actions"].append({"action": "use", "ref": ref, "artifact": f"{u.name}:v{u.version}",
+            entry["actions"].append({"action": "use", "ref": ref, "artifact": u.label,
                                      "producer_run_id": u.producer_run_id,
                                      "status": "done" if use_row else "pending",
                                      "detail": f"declared {use_row['done_at']}" if use_row else ""})
@@ -185,7 +185,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         if run_ids and art.producer_run_id not in run_ids:
             continue
         promotions.append({
-            "promotion_id": p.promotion_id, "artifact": f"{art.name}:v{art.version}", "decision": p.decision,
+            "promotion_id": p.promotion_id, "artifact": art.label, "decision": p.decision,
             "ref": wandb_ref(producer.wandb_entity if producer else None,
                              (producer.wandb_project if producer else None) or "", art.name, art.digest),
             "aliases": p.aliases,
@@ -300,54 +300,3 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
     return {**plan, "entity": entity, "dry_run": dry_run,
             "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
             "ok": not any(s in ("failed", "blocked", "missing") for s in statuses)}
-
-
-def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
-    """What W&B holds for each artifact version of an audit report (None where it holds nothing), read as
-    `sync --verify` reads it (`verify.lookup_versions`)."""
-    from mnist_pipeline.lineage.verify import lookup_versions
-
-    refs: dict[str, str] = {}
-    for lab, art in report["artifacts"].items():
-        run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
-        refs[lab] = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
-    return lookup_versions(backend, refs)
-
-
-def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:
-    """Where a flow run's W&B records went, from the store alone: per stage run its mode and W&B URL or folder, the
-    W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact."""
-    runs = store.runs(flow_run_id) if flow_run_id else []
-    sync_cmd = f"`mnist-pipeline sync --lineage-db {store.path}`"
-    entries, group_urls, folders, failed_calls = [], [], [], []
-    for r in runs:
-        gaps = store.wandb_gaps(r.run_id)
-        failed_calls += [g["call"] for g in gaps if not g["error"].startswith("not sent:")]
-        entries.append({"job_type": r.job_type, "run_id": r.run_id, "mode": r.wandb_mode,
-                        "url": r.wandb_url, "dir": r.wandb_dir,
-                        "missing": [f"{g['action']} {g['ref']}" for g in gaps]})
-        if r.wandb_mode == "online" and r.wandb_url and r.run_group:
-            url = r.wandb_url.split("/runs/")[0] + f"/groups/{r.run_group}"
-            if url not in group_urls:
-                group_urls.append(url)
-        elif r.wandb_mode == "offline" and r.wandb_dir:
-            folder = str(Path(r.wandb_dir).parent)
-            if folder not in folders:
-                folders.append(folder)
-    modes = {e["mode"] for e in entries}
-    needs_sync = bool(folders or any(e["missing"] for e in entries))
-    parts = []
-    if group_urls:
-        parts.append(f"online at {', '.join(group_urls)}")
-    if folders:
-        parts.append(f"offline in {', '.join(folders)}" + (f" ({offline_reason})" if offline_reason else ""))
-    if modes == {"disabled"}:
-        parts.append("disabled (nothing sent to W&B; the lineage store has every record)")
-    if failed_calls:
-        parts.append(f"W&B failed at {', '.join(dict.fromkeys(failed_calls))}; the lineage store has every record")
-    line = "W&B: " + ("; ".join(parts) if parts else "no stage runs recorded")
-    if needs_sync:
-        line += f"; {sync_cmd} uploads what W&B is missing"
-    mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else None)
-    return {"mode": mode, "line": line, "group_urls": group_urls, "offline_dirs": folders, "needs_sync": needs_sync,
-            "sync_command": sync_cmd.strip("`") if needs_sync else None, "runs": entries}

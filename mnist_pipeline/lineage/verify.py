@@ -8,7 +8,7 @@ For every artifact version of the store whose producing run recorded to W&B (onl
 - the aliases the store holds (`candidate`, `production`) are on this version in W&B.
 
 All W&B reads go through the `WandbBackend` (`lookup_artifact` only), so the same code runs against the real W&B
-(`wandb_io.WandbClient`) and the in-memory `recording.RecordingWandb`.
+(`wandb.client.WandbClient`) and the in-memory `recording.RecordingWandb`.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_pipeline.lineage.audit import md5_b64
+from mnist_pipeline.hashing import md5_b64
 from mnist_pipeline.lineage.refs import wandb_ref
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
-
-VERIFY_ALIASES = ("candidate", "production")
+from mnist_pipeline.lineage.store import ALIASES, ArtifactRecord, LineageStore
 
 
 def lookup_versions(backend, refs: dict[str, str]) -> dict[str, dict | None]:
@@ -47,7 +45,7 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
     """What differs between one stored artifact version and W&B's answer for `ref` (None: W&B has no such version).
     `consumers`: the runs the store records as using it that recorded to W&B; `aliases`: the store's aliases
     (among candidate/production) on this version."""
-    lab = f"{art.name}:v{art.version}"
+    lab = art.label
     if info is None:
         return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: "
                            "`mnist-pipeline sync`)")]
@@ -92,7 +90,7 @@ def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
         ref = wandb_ref(producer.wandb_entity, producer.wandb_project or "", art.name, art.digest)
         consumers = [r for r in store.consumers(art.artifact_id) if _in_wandb_scope(runs.get(r))
                      and runs[r].status == "finished"]
-        aliases = [a for a in VERIFY_ALIASES if (held := store.alias(art.name, a)) is not None
+        aliases = [a for a in sorted(ALIASES) if (held := store.alias(art.name, a)) is not None
                    and held.artifact_id == art.artifact_id]
         todo.append((art, ref, consumers, aliases))
     found = lookup_versions(backend, {ref: ref for _, ref, _, _ in todo})

@@ -30,15 +30,14 @@ LOGITS_FILE = "logits.npy"  # in the metrics artifact: the evaluated model's log
 
 def train_model_files(out: Path, split: Split, *, kernels, classes: int, settings: training.LoopSettings,
                       fingerprint: dict, device: torch.device, model: ConvNet | None = None, on_log=None,
-                      checkpoint: Path | None = None, checkpoint_lineage: training.CheckpointLineage | None = None,
-                      stop_after_batches: int | None = None) -> tuple[ConvNet, training.TrainResult]:
+                      checkpoint: Path | None = None, checkpoint_lineage: training.CheckpointLineage | None = None) -> tuple[ConvNet, training.TrainResult]:
     """Train a ConvNet (seeded beforehand by the caller) and write `model.pt` and `model_config.json` into `out`.
 
     Only what the weights are a function of goes into the files (they make the artifact's digest): how long it
     took, on how many threads, on which device and whether it resumed is the run's record, not the artifact's."""
     model = model if model is not None else ConvNet(ModelConfig(kernels=tuple(kernels), classes=classes))
     result = training.train(model, split, settings, device, on_log=on_log, checkpoint=checkpoint,
-                            checkpoint_lineage=checkpoint_lineage, stop_after_batches=stop_after_batches)
+                            checkpoint_lineage=checkpoint_lineage)
     save_model(model, Path(out) / "model.pt")
     write_json(Path(out) / "model_config.json", model_file_metadata(model, settings, fingerprint, result))
     return model, result

@@ -1,6 +1,6 @@
 """What `mnist-pipeline reproduce` re-runs, and how its files compare with the record (pure: no torch, no W&B).
 
-`recipe(store, target)` walks back from a model, ONNX or metrics artifact to its dataset and lists the stages
+`plan_reproduction(store, target)` walks back from a model, ONNX or metrics artifact to its dataset and lists the stages
 that made it, each with the recorded run (its config, seed, thread count, code and package versions) and inputs.
 `compare(recorded, directory)` is the file-by-file verdict. The stages themselves are re-run by
 `mnist_pipeline.reproduce`, with the same functions the pipeline's tasks call.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mnist_pipeline.lineage.refs import sha256_file
+from mnist_pipeline.hashing import sha256_file
 from mnist_pipeline.lineage.store import ArtifactRecord, DeletionRecord, LineageStore
 
 EXIT_IDENTICAL, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERS, EXIT_UNKNOWN, EXIT_INPUTS_GONE = 0, 1, 2, 3, 4, 5
@@ -21,11 +21,6 @@ JOB_OF = {"model": "train", "onnx": "export-onnx", "metrics": "evaluate"}
 
 class CannotReproduce(Exception):
     """The target is not something reproduce can remake (a dataset, a validation report with timings)."""
-
-
-
-def label(rec: ArtifactRecord) -> str:
-    return f"{rec.name}:v{rec.version}"
 
 
 @dataclass
@@ -39,12 +34,12 @@ class Step:
     summary: dict
 
     def describe(self) -> dict:
-        return {"job_type": self.job_type, "run_id": self.run_id, "output": label(self.output),
-                "inputs": {k: label(v) for k, v in self.inputs.items()}}
+        return {"job_type": self.job_type, "run_id": self.run_id, "output": self.output.label,
+                "inputs": {k: v.label for k, v in self.inputs.items()}}
 
 
 @dataclass
-class Recipe:
+class ReproductionPlan:
     target: ArtifactRecord
     steps: list[Step]  # in execution order: train first
     dataset: ArtifactRecord
@@ -58,53 +53,53 @@ def _step(store: LineageStore, rec: ArtifactRecord) -> Step:
     run_id = rec.producer_run_id
     run = store.run(run_id)
     if run is None:
-        raise CannotReproduce(f"{label(rec)}: its producing run {run_id} is not in the lineage store")
+        raise CannotReproduce(f"{rec.label}: its producing run {run_id} is not in the lineage store")
     used = {u.type: u for u in store.edges(run_id)["used"]}
     return Step(run.job_type, run_id, rec, used, run.config or {}, run.env or {},
                 run.summary or {})
 
 
-def recipe(store: LineageStore, target: ArtifactRecord) -> Recipe:
+def plan_reproduction(store: LineageStore, target: ArtifactRecord) -> ReproductionPlan:
     """The recorded stages from the dataset to `target`: train, then export-onnx or evaluate."""
     if target.type not in REPRODUCIBLE:
-        raise CannotReproduce(f"{label(target)} is a {target.type}: reproduce remakes models, ONNX exports and "
+        raise CannotReproduce(f"{target.label} is a {target.type}: reproduce remakes models, ONNX exports and "
                               f"metrics ({', '.join(REPRODUCIBLE)}); a dataset is re-made by prepare-data from raw "
                               "files, and a validation report holds timings that never repeat")
     last = _step(store, target)
     if last.job_type != JOB_OF[target.type]:
-        raise CannotReproduce(f"{label(target)} was made by a {last.job_type} run, not {JOB_OF[target.type]}")
+        raise CannotReproduce(f"{target.label} was made by a {last.job_type} run, not {JOB_OF[target.type]}")
     if target.type == "model":
         steps = [last]
     else:
         model = last.inputs.get("model")
         if model is None:
-            raise CannotReproduce(f"{label(target)}: its {last.job_type} run {last.run_id} recorded no model input")
+            raise CannotReproduce(f"{target.label}: its {last.job_type} run {last.run_id} recorded no model input")
         steps = [_step(store, model), last]
     if steps[0].job_type != "train" or "dataset" not in steps[0].inputs:
-        raise CannotReproduce(f"{label(steps[0].output)}: its training run {steps[0].run_id} recorded no dataset")
-    return Recipe(target, steps, steps[0].inputs["dataset"])
+        raise CannotReproduce(f"{steps[0].output.label}: its training run {steps[0].run_id} recorded no dataset")
+    return ReproductionPlan(target, steps, steps[0].inputs["dataset"])
 
 
-def missing_inputs(recipe: Recipe, deleted: dict[int, DeletionRecord] | None = None) -> list[str]:
+def missing_inputs(plan: ReproductionPlan, deleted: dict[int, DeletionRecord] | None = None) -> list[str]:
     """The recorded inputs that are gone (deleted by gc, or missing/changed on disk), one line each."""
     deleted = deleted or {}
     out = []
-    needed = {recipe.dataset.artifact_id: recipe.dataset}
-    for s in recipe.steps[1:]:
+    needed = {plan.dataset.artifact_id: plan.dataset}
+    for s in plan.steps[1:]:
         for t, r in s.inputs.items():
             if t == "dataset":
                 needed[r.artifact_id] = r
     for aid, rec in needed.items():
         if aid in deleted:
             d = deleted[aid]
-            out.append(f"{label(rec)}: deleted by gc on {d.deleted_at[:10]} by {d.deleted_by} ({rec.path})")
+            out.append(f"{rec.label}: deleted by gc on {d.deleted_at[:10]} by {d.deleted_by} ({rec.path})")
             continue
         for f in rec.files:
             p = Path(rec.path) / f.relpath
             if not p.is_file():
-                out.append(f"{label(rec)}: {p} is missing")
+                out.append(f"{rec.label}: {p} is missing")
             elif sha256_file(p) != f.sha256:
-                out.append(f"{label(rec)}: {p} no longer matches its recorded sha256")
+                out.append(f"{rec.label}: {p} no longer matches its recorded sha256")
     return out
 
 
@@ -156,7 +151,7 @@ class Comparison:
 def compare(recorded: ArtifactRecord, directory: Path, digest: str | None) -> Comparison:
     """File by file: the recorded sha256 of each file against the reproduced file's."""
     directory = Path(directory)
-    out = Comparison(label(recorded), recorded.digest, digest)
+    out = Comparison(recorded.label, recorded.digest, digest)
     on_record = {f.relpath: f.sha256 for f in recorded.files}
     made = {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
     for rel in sorted(set(on_record) | set(made)):

@@ -1,0 +1,149 @@
+"""The audit report: its exit codes, statuses and JSON shape (`AuditReport`), and how a status is concluded from
+the checks (`finish`)."""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+# Exit codes of `mnist-pipeline audit` (also in its --help and the README).
+EXIT_VERIFIED = 0  # identified, and every reachable digest matches
+EXIT_ERROR = 1  # could not complete (e.g. --online and W&B unreachable)
+EXIT_USAGE = 2  # bad arguments: no such file, no lineage store
+EXIT_TAMPERED = 3  # a file (or a record) does not match its recorded digest: the mismatching file is named
+EXIT_UNKNOWN = 4  # not produced by any recorded run
+
+STATUS_EXIT = {"verified": EXIT_VERIFIED, "tampered": EXIT_TAMPERED, "unknown": EXIT_UNKNOWN}
+FAILED = {"mismatch", "missing", "unreadable", "unrecorded", "inconsistent"}
+
+# The config section that matters for each job type, shown in the tree (the JSON holds the whole config).
+CONFIG_SECTION = {"prepare-data": "data", "train": "train", "evaluate": "evaluate", "export-onnx": "onnx",
+                  "validate-onnx": "onnx"}
+
+
+class AuditError(Exception):
+    """The audit cannot start (no such file, no lineage store): a usage error, exit 2."""
+
+
+class Check(TypedDict):
+    """One re-verified fact: a file's sha256, a record's consistency, or (online) W&B's copy."""
+
+    kind: str  # query-file, artifact-file, raw-file, record, wandb
+    artifact: str | None  # label, e.g. convnet:v0
+    path: str | None
+    status: str  # ok, or one of FAILED, or 'unreachable' (a raw file not on this machine: not a failure), or
+    # 'deleted' (removed by `mnist-pipeline gc`, which recorded it: not a failure)
+    expected: str | None
+    actual: str | None
+    detail: str
+
+
+class FileEntry(TypedDict):
+    relpath: str
+    sha256: str
+    size: int
+    status: str
+    actual: str | None
+
+
+class ArtifactEntry(TypedDict):
+    label: str
+    name: str
+    type: str
+    version: int
+    digest: str
+    wandb_alias: str
+    path: str
+    role: str  # subject, upstream, downstream
+    producer_run_id: str
+    producers: list[str]
+    consumers: list[str]
+    created_at: str
+    files: list[FileEntry]
+    raw_files: list[dict[str, Any]]
+    summary: dict[str, Any]
+    aliases: list[dict[str, Any]]
+    metadata: dict[str, Any]
+    status: str  # ok, tampered, or deleted (by gc: its files are gone on purpose)
+    deleted: NotRequired[dict[str, Any]]  # gc's deletion record (deleted_at, deleted_by, reason, bytes)
+
+
+class WandbEntry(TypedDict):
+    mode: str | None
+    run_id: str
+    url: str | None
+    dir: str | None
+    project: str | None
+    entity: str | None
+    synced_at: str | None
+    inputs_declared: list[str]
+
+
+class RunEntry(TypedDict, total=False):
+    run_id: str
+    job_type: str | None
+    status: str | None
+    started_at: str | None
+    finished_at: str | None
+    error: str | None
+    flow_run_id: str | None
+    group: str | None
+    code: dict[str, Any]
+    python: str | None
+    platform: str | None
+    seed: int | None
+    packages: dict[str, Any]
+    config: dict[str, Any]
+    config_section: str | None
+    summary: dict[str, Any]
+    wandb: WandbEntry
+    used: list[str]
+    produced: list[str]
+    role: str  # upstream or downstream
+
+
+class AuditReport(TypedDict, total=False):
+    schema: int
+    query: str
+    query_kind: str
+    query_path: str | None
+    query_sha256: str | None
+    identified_by: str | None
+    lineage_db: str
+    subjects: list[str]
+    artifacts: dict[str, ArtifactEntry]  # by label
+    runs: dict[str, RunEntry]  # by run id
+    upstream: list[dict[str, Any]]  # nested: artifact -> produced_by runs -> used artifacts -> ...
+    downstream: list[dict[str, Any]]
+    promotions: list[dict[str, Any]]  # PromotionRecord fields + artifact label and role
+    checks: list[Check]
+    failures: list[Check]
+    edges: list[list[str]]  # ["artifact:<label>", "run:<id>"] pairs, in the direction of the data
+    near_misses: list[dict[str, Any]]
+    wandb_online: dict[str, dict[str, Any]]
+    status: str  # verified, tampered, unknown
+    exit_code: int
+    message: str
+    report: str
+
+
+def conclude(report: AuditReport, status: str, exit_code: int, message: str) -> None:
+    report["status"], report["exit_code"], report["message"] = status, exit_code, message
+
+
+def finish(report: AuditReport) -> None:
+    """Set status, exit code and message from the checks."""
+    failures = [c for c in report["checks"] if c["status"] in FAILED]
+    report["failures"] = failures
+    subjects = ", ".join(report["subjects"])
+    if failures:
+        first = failures[0]
+        conclude(report, "tampered", EXIT_TAMPERED,
+                 f"TAMPERED: {first['path']}: {first['detail'] or first['status']}"
+                 + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
+    else:
+        n = sum(1 for c in report["checks"] if c["status"] == "ok")
+        gone = sorted({c["artifact"] for c in report["checks"] if c["status"] == "deleted" and c["artifact"]})
+        tail = f"; {', '.join(gone)} deleted by gc (on record, files removed)" if gone else ""
+        conclude(report, "verified", EXIT_VERIFIED, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
+
+
