@@ -21,7 +21,7 @@ from tests.wandb_standin import IMPLEMENTED, Standin
 from tests.wandb_standin.validate import generated_operations, validate
 
 REPO = Path(__file__).resolve().parents[1]
-SETTINGS = {"x_disable_stats": True, "console": "off", "silent": True}
+SETTINGS = {"mode": "online", "x_disable_stats": True, "console": "off", "silent": True}  # online whatever an earlier test left in wandb's process-wide settings
 
 
 @pytest.fixture
