@@ -28,6 +28,7 @@ from mnist_pipeline.flows.common_args import (
     err,
     load_config,
     parents,
+    prefect_defaults,
     setup_logging,
 )
 from mnist_pipeline.flows.exit_codes import EPILOG, Exit, from_signal
@@ -141,8 +142,7 @@ def _run(cfg: PipelineConfig) -> int:
     except StoreError as e:
         err("", str(e))
         return Exit.STORE
-    # Prefect's temporary server would try to send telemetry; this tool points nowhere but where it is told.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    prefect_defaults()
     last = last_lines_after_prefect() if _temporary_server_ahead() else None
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -36,6 +37,14 @@ def setup_logging() -> None:
     its flow and task run logs through its own console handler."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mnist_pipeline").setLevel(logging.INFO)
+
+
+def prefect_defaults() -> None:
+    """Before Prefect is imported, defaults for the temporary server Prefect starts when no API is configured (the
+    user's own settings win): no telemetry from a tool that points nowhere but where it is told, and more than
+    Prefect's 20 s to start on a small, busy machine."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 def _flags(model: type[BaseModel], prefix: str = "") -> list[tuple[str, tuple[str, ...], typing.Any]]:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from contextlib import ExitStack
 from typing import Any, cast
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.common_args import Parents, add_command, err, load_config, setup_logging
+from mnist_pipeline.flows.common_args import Parents, add_command, err, load_config, prefect_defaults, setup_logging
 from mnist_pipeline.flows.exit_codes import Exit, from_signal
 
 
@@ -51,6 +50,7 @@ def _prefect_api(stack: ExitStack) -> None:
 
 def main(ns: argparse.Namespace) -> int:
     setup_logging()
+    prefect_defaults()
     cfg = load_config(ns)
     if isinstance(cfg, Exit):
         return cfg
@@ -65,7 +65,6 @@ def main(ns: argparse.Namespace) -> int:
     if ns.workers is not None and ns.workers < 1:
         err("", f"--workers must be at least 1, got {ns.workers}")
         return Exit.USAGE
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's own INFO chatter: scheduler/worker life
     from mnist_pipeline.flows.sweep import wait_for_scheduler
 

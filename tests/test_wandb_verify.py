@@ -130,7 +130,7 @@ def test_no_wandb_is_one_line_and_exit_5_for_verify_and_audit_online(lineage, ca
     assert err.count("\n") == 1 and "unreachable" in err
     code = main(["audit", "model:production", "--online", "--lineage-db", str(lineage["db"])])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("mnist-pipeline audit: --online: ") and "Traceback" not in err
+    assert code == Exit.WANDB_UNAVAILABLE and err.startswith("mnist-pipeline audit: --online: ") and "Traceback" not in err
 
 
 def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
@@ -141,4 +141,4 @@ def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
     code = audit_main(_parser().parse_args(["audit", "model:production", "--online", "--lineage-db",
                                             str(lineage["db"])]), backend=wb)
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "schema changed" in err
+    assert code == Exit.WANDB_UNAVAILABLE and err.count("\n") == 1 and "schema changed" in err
