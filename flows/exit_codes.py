@@ -1,8 +1,10 @@
 """The exit codes of every `mnist-pipeline` command: one table, so a number means one thing everywhere.
 
 Every command returns an `Exit` member (or 128 + N after signal N); `EPILOG` is the table as `--help` prints it and
-`markdown()` the same table for the README. A new command (keygen, verify, unreject, ...) picks from these; a new
-kind of outcome gets a new number here, never a second meaning for an old one.
+`markdown()` the same table for the README (`python -m mnist_pipeline.flows.exit_codes` prints it). A new command
+picks from these (a signature or digest that does not verify: VERIFY_FAILED; no attestation: NOT_FOUND; a policy
+that forbids the request: REFUSED), and a new kind of outcome gets a new number here, never a second meaning for
+an old one.
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ def main(ns: argparse.Namespace) -> int:
     from mnist_pipeline.flows import console
 
     try:
-        # SIGTERM / Ctrl-C raise here, so the stack below unwinds: the Dask cluster and the temporary Prefect server
-        # this command started go with it (the default action left the server running, an orphan)
+        # SIGTERM / Ctrl-C raise here, so the stack below unwinds (the local Dask cluster closes) and the process
+        # exits normally, which stops Prefect's temporary server (the default action left it running, an orphan)
         with console.signals_raise():
             return _sweep(spec, cfg, ns)
     except console.Terminated as e:
