@@ -77,15 +77,15 @@ def _pipeline_config(a: dict):
 def part_pipeline(a: dict) -> dict:
     import importlib
 
-    from mnist_pipeline.flows.cli import PREFETCH
     from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
     from mnist_pipeline.lineage.store import LineageStore
 
     # The stages import torch, wandb, onnx... when they run (a skipped run needs none of them). Imported here,
     # outside the timer, as the tutorial's script imports its own before its timed part; wandb's service start and
     # first-run imports stay inside, as in the tutorial's timed wandb.init.
-    for name in PREFETCH:
-        importlib.import_module(name.partition(":")[0])
+    for name in ("torch", "torchvision.datasets", "wandb", "mnist_pipeline.training", "mnist_pipeline.metrics", "onnx",
+                 "onnxruntime", "mnist_pipeline.onnx_io", "mnist_pipeline.report.plots"):
+        importlib.import_module(name)
 
     cfg = _pipeline_config(a)
     t0 = time.perf_counter()
@@ -212,10 +212,9 @@ def run_whole(cmd: list[str], cwd: Path, env: dict, log: Path) -> dict:
 def initialised_prefect_home(home: Path) -> Path:
     """A PREFECT_HOME whose database exists (as after any earlier use of Prefect on the machine) but that has run
     nothing: no flow runs, no cached results, no server running. Made once; each cold repeat copies it."""
-    code = ("import asyncio; from prefect.server.database import provide_database_interface; "
-            "asyncio.run(provide_database_interface().create_db())")
-    subprocess.run([sys.executable, "-c", code], env={**os.environ, "PREFECT_HOME": str(home)}, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    subprocess.run([prefect, "server", "database", "upgrade", "-y"], env={**os.environ, "PREFECT_HOME": str(home)},
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return home
 
 
@@ -224,8 +223,6 @@ def cold_repeat(i: int, a: dict, base_env: dict, tmp: Path, logs: Path, template
     fresh folder with no Prefect server running; then the README command once more as the very first run on a
     fresh machine (no Prefect database yet: Prefect creates it on the way, about 7 s on two cores)."""
     import shutil
-
-    from mnist_pipeline.flows import prefect_server
 
     work = tmp / f"cold{i}"
     env = {k: v for k, v in base_env.items() if k not in ("PREFECT_API_URL", "WANDB_MODE")}
@@ -242,14 +239,10 @@ def cold_repeat(i: int, a: dict, base_env: dict, tmp: Path, logs: Path, template
            *(["--device", a["device"]] if a.get("device") else [])]
     env_cli = {**env, "PREFECT_HOME": str(homes["cli"])}
     env_first = {**env, "PREFECT_HOME": str(homes["first"])}
-    try:
-        out["cli"] = run_whole(cli, work / "run", env_cli, logs / f"cold-cli-{i}.log")
-        out["rerun"] = run_whole(cli, work / "run", env_cli, logs / f"cold-rerun-{i}.log")
-        prefect_server.stop(prefect_server.state_dir(env_cli))  # cold again for the next one
-        out["first"] = run_whole(cli, work / "run-first", env_first, logs / f"cold-first-{i}.log")
-    finally:
-        for e in (env_cli, env_first):
-            prefect_server.stop(prefect_server.state_dir(e))  # the kept servers of these PREFECT_HOMEs
+    # each run starts Prefect's temporary server and stops it at its end
+    out["cli"] = run_whole(cli, work / "run", env_cli, logs / f"cold-cli-{i}.log")
+    out["rerun"] = run_whole(cli, work / "run", env_cli, logs / f"cold-rerun-{i}.log")
+    out["first"] = run_whole(cli, work / "run-first", env_first, logs / f"cold-first-{i}.log")
     return out
 
 

@@ -25,7 +25,6 @@ RESULTS="${OUT:-$WORK}"
 mkdir -p "$RESULTS"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PREFECT_HOME="$WORK/prefect-home" PREFECT_SERVER_ANALYTICS_ENABLED=false WANDB_SILENT=true
-export MNIST_PIPELINE_PREFECT_KEEP_S=0   # the check leaves no server running
 unset PREFECT_API_URL WANDB_API_KEY
 
 if [[ $SMOKE == 1 ]]; then

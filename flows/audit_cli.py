@@ -8,41 +8,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.audit import (
-    EXIT_ERROR,
-    EXIT_TAMPERED,
-    EXIT_UNKNOWN,
-    EXIT_USAGE,
-    EXIT_VERIFIED,
-    AuditError,
-    apply_wandb_findings,
-    audit,
-)
+from mnist_pipeline.flows.common_args import Parents, add_command, err
+from mnist_pipeline.flows.exit_codes import Exit
+from mnist_pipeline.lineage.audit import AuditError, apply_wandb_findings, audit
 from mnist_pipeline.lineage.render import render_tree, write_report
 
 if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
     from mnist_pipeline.lineage.store import LineageStore
     from mnist_pipeline.lineage.sync import Action, PromotionPlan, SyncPlan
 
-DEFAULT_DB = str(PipelineConfig.model_fields["lineage_db"].default)  # the pipeline's own default
-SYNC_OK, SYNC_PARTIAL, SYNC_USAGE, SYNC_DIFFERENT, SYNC_UNAVAILABLE = 0, 1, 2, 3, 5
-EXIT_STORE = 6  # the lineage store is empty, damaged or not ours: one line naming it (audit, sync and run alike)
-COMMANDS = ("audit", "sync")
+# The audit's verdict (report["status"], also in its JSON and report file) as the command's exit code.
+AUDIT_EXIT = {"verified": Exit.OK, "tampered": Exit.VERIFY_FAILED, "unknown": Exit.NOT_FOUND}
 
-AUDIT_EPILOG = f"""\
-exit codes:
-  {EXIT_VERIFIED}  verified: identified, and every digest it could reach matches the files on disk
-  {EXIT_ERROR}  the audit could not complete (e.g. --online and W&B unreachable, the key refused, a W&B error:
-     one line names it)
-  {EXIT_USAGE}  usage error: no such file or reference syntax, no lineage store
-  {EXIT_TAMPERED}  TAMPERED: a file (or a lineage record) differs from its recorded digest; the file is named
-  {EXIT_UNKNOWN}  unknown: not produced by any recorded run
-  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named); it is never written to
+AUDIT_EPILOG = """\
+verdicts: 0 VERIFIED (identified, and every digest it could reach matches the files on disk), 3 TAMPERED (a file
+or a lineage record differs from its recorded digest; the file is named), 4 unknown (not produced by any recorded
+run); --online: 5 when W&B is unreachable, refuses the key or a W&B read fails.
 
 examples:
   mnist-pipeline audit /srv/models/model.onnx --lineage-db mnist-runs/lineage.db
@@ -50,71 +34,55 @@ examples:
   mnist-pipeline audit convnet-onnx:v3 --report audit.html     (or .md with a Mermaid graph, or .svg)
 """
 
-SYNC_EPILOG = f"""\
-exit codes:
-  {SYNC_OK}  everything is in W&B (or nothing was left to do)
-  {SYNC_PARTIAL}  some steps failed or were blocked (named per run); the others were done and recorded
-  {SYNC_USAGE}  usage error: no lineage store
-  {SYNC_DIFFERENT}  --verify: W&B differs from the lineage store (each difference is printed)
-  {SYNC_UNAVAILABLE}  W&B not usable (no API key, host unreachable, key refused) or, with --verify, a W&B read
-     failed: one line names it; nothing was sent or changed
-  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
-
+SYNC_EPILOG = """\
 Steps, in order: `wandb sync` of each offline run folder; for each run, resume it and `use_artifact` every
 input it recorded, on the exact version (`name:sha256-<digest[:16]>`); then the recorded promotions as aliases
 (`candidate`, `production`). Online runs whose W&B calls failed (an artifact upload, an input edge, an alias)
 get the same: only what W&B is missing, on the resumed run. Done steps are kept in the lineage store, so a second
-sync sends nothing.
+sync sends nothing. Exit 1 when some steps failed or were blocked (named per run; the others were done and
+recorded), 5 when W&B is not usable (no API key, host unreachable, key refused): nothing was sent or changed.
 
 --verify (read-only): every artifact version of the store is looked up in W&B under its `sha256-` alias: same
 files (md5), logged by the recorded run, every recorded consumer among its `used_by`, `candidate`/`production`
-on the right version. Differences are printed; exit {SYNC_DIFFERENT} when there are any.
+on the right version. Differences are printed; exit 3 when there are any, 5 when a W&B read fails.
 """
 
 
-def add_parsers(sub) -> None:
+def add_parsers(sub, parents: Parents) -> None:
     """Add `audit` and `sync` to the CLI's sub-command parsers."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    a = sub.add_parser("audit", help="prove which data, code and settings made a file or artifact, and re-check "
-                       "every digest (exit 0 verified, 3 tampered, 4 unknown)", epilog=AUDIT_EPILOG,
-                       formatter_class=fmt, description="Identify a file (by sha256) or an artifact reference in "
-                       "the lineage store, walk its lineage back to the data and forward to its evaluations, "
-                       "validations and promotions, and re-verify every digest it can reach.")
+    a = add_command(sub, "audit", parents=[parents.store, parents.json], epilog=AUDIT_EPILOG,
+                    help="prove which data, code and settings made a file or artifact, and re-check every digest "
+                    "(exit 0 verified, 3 tampered, 4 unknown)",
+                    description="Identify a file (by sha256) or an artifact reference in the lineage store, walk "
+                    "its lineage back to the data and forward to its evaluations, validations and promotions, and "
+                    "re-verify every digest it can reach.")
     a.add_argument("target", help="a file (ONNX, model.pt, ...) or artifact folder anywhere on disk, or an "
                    "artifact reference: name:vN, name:sha256-<hex>, name:latest, name:production")
-    a.add_argument("--lineage-db", default=DEFAULT_DB, help=f"the lineage store (default: {DEFAULT_DB})")
-    a.add_argument("--json", action="store_true", help="print the audit as JSON instead of a tree")
     a.add_argument("--report", metavar="FILE", help="also write a report a person can open: .md (Mermaid graph "
                    "+ tree), .html (self-contained SVG graph + tree) or .svg (the graph)")
     a.add_argument("--skip-raw-files", action="store_true", help="do not re-hash the raw MNIST source files "
                    "(outside the artifact store; absent ones are never a failure)")
     a.add_argument("--online", action="store_true", help="also look every artifact version up in W&B "
                    "(wandb.Api: logged_by, used_by, file md5s) and fail if W&B holds other content")
-    s = sub.add_parser("sync", help="upload offline W&B runs and complete W&B's lineage graph (input edges, "
-                       "promotions); idempotent", epilog=SYNC_EPILOG, formatter_class=fmt,
-                       description="Upload offline W&B runs (`wandb sync`), then declare the inputs that offline "
-                       "mode could not record and apply recorded promotions. Reports what it did per run.")
-    s.add_argument("--lineage-db", default=DEFAULT_DB, help=f"the lineage store (default: {DEFAULT_DB})")
+    a.set_defaults(handler=audit_main)
+    s = add_command(sub, "sync", parents=[parents.store, parents.json], epilog=SYNC_EPILOG,
+                    help="upload offline W&B runs and complete W&B's lineage graph (input edges, promotions); "
+                    "idempotent",
+                    description="Upload offline W&B runs (`wandb sync`), then declare the inputs that offline "
+                    "mode could not record and apply recorded promotions. Reports what it did per run.")
     s.add_argument("--wandb-dir", action="append", default=[], metavar="DIR",
                    help="also look for offline-run-* folders here (when they were moved); repeatable")
     s.add_argument("--run", action="append", default=[], metavar="RUN_ID", help="only these runs; repeatable")
     s.add_argument("--dry-run", action="store_true", help="print the W&B calls that would be sent, in order, "
                    "with their refs; contacts nothing and changes nothing")
     s.add_argument("--verify", action="store_true", help="read-only: compare W&B with the lineage store and "
-                   f"print what differs (exit {SYNC_DIFFERENT} when anything does); sends and changes nothing")
-    s.add_argument("--json", action="store_true", help="print the result as JSON")
+                   f"print what differs (exit {int(Exit.VERIFY_FAILED)} when anything does); sends and changes "
+                   "nothing")
+    s.set_defaults(handler=sync_main)
 
 
-def main(ns: argparse.Namespace) -> int:
-    return audit_main(ns) if ns.command == "audit" else sync_main(ns)
-
-
-def _err(cmd: str, msg: str) -> None:
-    print(f"mnist-pipeline {cmd}: {msg}", file=sys.stderr)
-
-
-def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | int:
-    """The store, or the exit code after one line: EXIT_USAGE when there is none, EXIT_STORE when it is empty or
+def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | Exit:
+    """The store, or the exit code after one line: Exit.USAGE when there is none, Exit.STORE when it is empty or
     damaged. Read-only by default (SQLite mode=ro): a read-only command never writes. Every sub-command that works
     on an existing store opens it here (audit, sync, and flows/ops_cli.py); the file is checked read-only first,
     so not even a writing command (rollback, gc) turns an empty or foreign file into a new store."""
@@ -122,14 +90,14 @@ def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | int
 
     db = Path(path).expanduser()
     if not db.is_file():
-        _err(cmd, f"no lineage store at {db} (give --lineage-db)")
-        return EXIT_USAGE
+        err(cmd, f"no lineage store at {db} (give --lineage-db)")
+        return Exit.USAGE
     try:
         store = LineageStore(db.resolve(), readonly=True)
         return store if readonly else LineageStore(db.resolve())
     except StoreError as e:
-        _err(cmd, str(e))
-        return EXIT_STORE
+        err(cmd, str(e))
+        return Exit.STORE
 
 
 # --------------------------------------------------------------------------------------------- audit
@@ -137,13 +105,13 @@ def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | int
 
 def audit_main(ns: argparse.Namespace, backend=None) -> int:
     store = open_store(ns.lineage_db, "audit")
-    if isinstance(store, int):
+    if isinstance(store, Exit):
         return store
     try:
         report = audit(store, ns.target, check_raw_files=not ns.skip_raw_files)
     except AuditError as e:
-        _err("audit", str(e))
-        return EXIT_USAGE
+        err("audit", str(e))
+        return Exit.USAGE
     if ns.online and report["status"] != "unknown":
         from mnist_pipeline.lineage.audit.wandb_findings import wandb_findings
         from mnist_pipeline.lineage.wandb.client import WandbClient, wandb_error_line
@@ -151,23 +119,24 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         try:
             apply_wandb_findings(report, wandb_findings(report, backend or WandbClient()))
         except Exception as e:  # WandbUnavailable, or any W&B error: one line, never a traceback
-            _err("audit", f"--online: {wandb_error_line(e)}")
-            return EXIT_ERROR
+            err("audit", f"--online: {wandb_error_line(e)}")
+            return Exit.WANDB_UNAVAILABLE
     if ns.report:
         try:
             report["report"] = str(write_report(report, Path(ns.report)))
         except (AuditError, OSError) as e:
-            _err("audit", f"--report: {e}")
-            return EXIT_USAGE
+            err("audit", f"--report: {e}")
+            return Exit.USAGE
     if ns.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(render_tree(report), end="")
         if ns.report:
             print(f"report: {report['report']}")
-    if report["exit_code"] != EXIT_VERIFIED:
-        _err("audit", report["message"])
-    return report["exit_code"]
+    code = AUDIT_EXIT[report["status"]]
+    if code != Exit.OK:
+        err("audit", report["message"])
+    return code
 
 
 # --------------------------------------------------------------------------------------------- sync
@@ -215,8 +184,8 @@ def render_sync(result: SyncPlan, calls: list[tuple] | None = None) -> str:
 def sync_main(ns: argparse.Namespace, backend=None) -> int:
     db = Path(ns.lineage_db).expanduser()
     if not db.is_file():
-        _err("sync", f"no lineage store at {db} (give --lineage-db)")
-        return SYNC_USAGE
+        err("sync", f"no lineage store at {db} (give --lineage-db)")
+        return Exit.USAGE
     from mnist_pipeline.lineage.recording import RecordingWandb
     from mnist_pipeline.lineage.sync import plan_sync, run_sync
     from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable, wandb_error_line
@@ -235,11 +204,11 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
         try:  # before the store is even opened: without a usable W&B nothing is changed
             entity = backend.check()
         except Exception as e:  # WandbUnavailable or any other W&B error: one line
-            _err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`mnist-pipeline sync --dry-run` "
+            err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`mnist-pipeline sync --dry-run` "
                  "shows the plan)")
-            return SYNC_UNAVAILABLE
+            return Exit.WANDB_UNAVAILABLE
     store = open_store(ns.lineage_db, "sync", readonly=ns.dry_run)  # --dry-run changes nothing, not even the store
-    if isinstance(store, int):
+    if isinstance(store, Exit):
         return store
     plan = plan_sync(store, search_dirs=[Path(d) for d in ns.wandb_dir], run_ids=ns.run or None)
     for item in [a for r in plan["runs"] for a in r["actions"]] + plan["promotions"]:
@@ -247,16 +216,16 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
     try:
         result = run_sync(store, plan, backend, dry_run=ns.dry_run, entity=entity)
     except WandbUnavailable as e:
-        _err("sync", f"{e}; nothing was sent or changed")
-        return SYNC_UNAVAILABLE
+        err("sync", f"{e}; nothing was sent or changed")
+        return Exit.WANDB_UNAVAILABLE
     calls = list(getattr(backend, "calls", [])) if ns.dry_run else None
     if ns.json:
         print(json.dumps({**result, **({"calls": calls} if calls is not None else {})}, indent=2, default=str))
     else:
         print(render_sync(result, calls), end="")
     if not result["ok"]:
-        _err("sync", "some steps failed or were blocked (see above); run sync again once they can succeed")
-    return SYNC_OK if result["ok"] else SYNC_PARTIAL
+        err("sync", "some steps failed or were blocked (see above); run sync again once they can succeed")
+    return Exit.OK if result["ok"] else Exit.FAILED
 
 
 def verify_main(ns: argparse.Namespace, backend) -> int:
@@ -265,15 +234,15 @@ def verify_main(ns: argparse.Namespace, backend) -> int:
     from mnist_pipeline.lineage.wandb.client import wandb_error_line
 
     store = open_store(ns.lineage_db, "sync")
-    if isinstance(store, int):
+    if isinstance(store, Exit):
         return store
     try:
         result = verify_wandb(store, backend, run_ids=ns.run or None)
     except Exception as e:  # W&B unusable or a W&B read failed: one line, never a traceback
-        _err("sync", f"--verify: {wandb_error_line(e)}; nothing was changed")
-        return SYNC_UNAVAILABLE
+        err("sync", f"--verify: {wandb_error_line(e)}; nothing was changed")
+        return Exit.WANDB_UNAVAILABLE
     print(json.dumps(result, indent=2, default=str) if ns.json else render_verify(result), end="\n" if ns.json else "")
     if not result["ok"]:
-        _err("sync", f"--verify: W&B differs from the lineage store in {len(result['differences'])} place(s); "
+        err("sync", f"--verify: W&B differs from the lineage store in {len(result['differences'])} place(s); "
              "`mnist-pipeline sync` sends what is missing")
-    return SYNC_OK if result["ok"] else SYNC_DIFFERENT
+    return Exit.OK if result["ok"] else Exit.VERIFY_FAILED

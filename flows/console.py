@@ -5,16 +5,16 @@
   (kept there), but not on the console, where the CLI prints the message as the last line.
 - An unexpected error keeps its traceback on the console too.
 - SIGTERM and Ctrl-C (SIGINT) end the run within seconds: Prefect marks the flow run crashed, the running step is
-  recorded as failed ("terminated by SIGTERM"), the temporary Prefect server is stopped, and the last line says
-  so; the exit status is 128 + the signal's number, as a shell reports a killed command.
+  recorded as failed ("terminated by SIGTERM"), Prefect's temporary server stops with the process (as after any
+  run), and the last line says so; the exit status is 128 + the signal's number, as a shell reports a killed
+  command.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mnist_pipeline import storage
@@ -24,7 +24,7 @@ from mnist_pipeline.lineage.refs import DigestMismatch
 from mnist_pipeline.lineage.store import StoreError
 
 # ParityError (onnx_io) is expected too; it is looked up by name, so this module does not import torch and onnx
-# before the Prefect server start it runs beside.
+# (a skipped run needs neither).
 EXPECTED = (DataError, DownloadError, storage.StorageError, ConfigError, DigestMismatch, StoreError)
 EXPECTED_BY_NAME = ("ParityError", "TerminationSignal")
 
@@ -82,38 +82,3 @@ def signals_raise() -> Iterator[None]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-
-
-def _servers() -> list:
-    module = sys.modules.get("prefect.server.api.server")  # not imported: no temporary server was started
-    if module is None:
-        return []
-    SubprocessASGIServer = module.SubprocessASGIServer  # noqa: N806
-    return [s for s in getattr(SubprocessASGIServer, "_instances", {}).values() if getattr(s, "server_process", None)]
-
-
-def running_servers() -> set[int]:
-    """The temporary servers running now (to leave alone those that were not started by this command)."""
-    return {id(s) for s in _servers()}
-
-
-def stop_temporary_server(keep: Collection[int] = frozenset()) -> None:
-    """Stop the temporary Prefect server this command started (not those in `keep`), after sending the run's
-    last logs and events: it is otherwise stopped at exit, after our last line, and not at all when a signal
-    ends the process."""
-    servers = [s for s in _servers() if id(s) not in keep]
-    if not servers:
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):  # send the run's last logs and events while the server is up
-        try:
-            worker.drain_all(timeout=5)
-        except Exception as e:  # noqa: BLE001 - best effort: the run itself is over
-            logging.getLogger(__name__).debug("draining %s: %s", worker.__name__, e)
-    for server in servers:
-        try:
-            server.stop()
-        except Exception as e:  # noqa: BLE001 - best effort: atexit tries again
-            logging.getLogger(__name__).debug("stopping the temporary server: %s", e)

@@ -11,100 +11,73 @@ import json
 import os
 import shutil
 import socket
-import sys
 import tempfile
 from pathlib import Path
 
-from mnist_pipeline.flows.audit_cli import DEFAULT_DB, EXIT_STORE, open_store
+from mnist_pipeline.flows.audit_cli import open_store
+from mnist_pipeline.flows.common_args import Parents, add_command, err
+from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.lineage import impact as impact_mod
 from mnist_pipeline.lineage import reproduction_plan, retention
 from mnist_pipeline.lineage import rollback as rollback_mod
 from mnist_pipeline.lineage.layout import TRASH
 
-COMMANDS = ("reproduce", "impact", "rollback", "gc")
 R = reproduction_plan
-REPRODUCE_EPILOG = f"""\
-exit codes:
-  {R.EXIT_IDENTICAL}  bit-identical: every file of every re-made artifact has its recorded sha256
-  {R.EXIT_ERROR}  the reproduction failed while running (the message names the step)
-  {R.EXIT_USAGE}  usage error: no lineage store, no such file or reference syntax, not reproducible (a dataset)
-  {R.EXIT_DIFFERS}  DIFFERS: the re-made files differ from the record; the files are named
-  {R.EXIT_UNKNOWN}  unknown: not produced by any recorded run
-  {R.EXIT_INPUTS_GONE}  the recorded inputs are gone (deleted by gc, missing, or changed): nothing was re-run
-  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
+RB = rollback_mod
+REPRODUCE_EPILOG = """\
+verdicts: 0 IDENTICAL (every file of every re-made artifact has its recorded sha256), 3 DIFFERS (the files are
+named), 4 unknown or the recorded inputs are gone (deleted by gc, missing, or changed: nothing was re-run), 1 the
+re-run failed (the message names the step).
 
 Bit-identity holds on CPU with the same torch and onnx versions, the recorded intra-op thread count (used by
 default), the same dataset artifact, config and seed, and the same CPU instruction-set family.
 """
-IMPACT_EPILOG = f"""\
-exit codes:
-  0  done (whatever was found, even nothing)
-  2  usage error: no lineage store, no such file or reference syntax
-  4  unknown: not produced by any recorded run
-  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
+ROLLBACK_EPILOG = """\
+0 production moved (or --dry-run: it would move); 7 REFUSED (the target failed validation, no longer verifies, or
+was deleted by gc); 4 no production model, no previous one, or --to names no recorded model; 5 online and the
+W&B alias could not be moved (the decision is recorded; `sync` retries it).
 """
-RB = rollback_mod
-ROLLBACK_EPILOG = f"""\
-exit codes:
-  {RB.EXIT_DONE}  production moved (or --dry-run: it would move)
-  {RB.EXIT_ERROR}  online and the W&B alias could not be moved (the decision is recorded; `sync` retries it)
-  {RB.EXIT_USAGE}  usage error: no lineage store, no production model, no previous production model
-  {RB.EXIT_REFUSED}  REFUSED: the target failed validation, no longer verifies, or was deleted by gc
-  {RB.EXIT_UNKNOWN}  unknown: --to names no recorded model
-  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
-"""
-GC_EPILOG = f"""\
-exit codes:
-  0  done: the plan printed (dry run, the default) or carried out (--apply)
-  1  some removals failed (named); the others were done and recorded
-  2  usage error: no lineage store, bad arguments
-  {EXIT_STORE}  the lineage store is empty, damaged or not a lineage store (named)
-
+GC_EPILOG = """\
 Never removed: what an alias (production, candidate) or one of the newest --keep-last models came from or made,
 and whatever a running flow run uses or has produced. Deletions are recorded in the lineage store: `audit` says
-"deleted by gc on <date>" and `reproduce` says the inputs are gone.
+"deleted by gc on <date>" and `reproduce` says the inputs are gone. Exit 1 when some removals failed (named; the
+others were done and recorded).
 """
 
 
-def add_parsers(sub) -> None:
-    fmt = argparse.RawDescriptionHelpFormatter
-    db_help = f"the lineage store (default: {DEFAULT_DB})"
-    r = sub.add_parser("reproduce", help="re-run the recorded stages that made an artifact in a scratch folder and "
-                       "compare every file's digest (exit 0 identical, 3 differs, 5 inputs gone)",
-                       epilog=REPRODUCE_EPILOG, formatter_class=fmt,
-                       description="Re-run training (and export or evaluation) from the recorded dataset artifact, "
-                       "config, seed and thread count, in a scratch folder, and compare the files bit for bit.")
+def add_parsers(sub, parents: Parents) -> None:
+    common = [parents.store, parents.json]
+    r = add_command(sub, "reproduce", parents=common, epilog=REPRODUCE_EPILOG,
+                    help="re-run the recorded stages that made an artifact in a scratch folder and compare every "
+                    "file's digest (exit 0 identical, 3 differs, 4 unknown or inputs gone)",
+                    description="Re-run training (and export or evaluation) from the recorded dataset artifact, "
+                    "config, seed and thread count, in a scratch folder, and compare the files bit for bit.")
     r.add_argument("target", help="a model, ONNX or metrics file or folder, or a reference (convnet:production, "
                    "convnet-onnx:v3)")
-    r.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
     r.add_argument("--workdir", help="where to re-run (kept); default: a temporary folder, removed afterwards")
     r.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the recorded count; another "
                    "count gives other bits on CPU)")
-    r.add_argument("--json", action="store_true", help="print the result as JSON")
-    i = sub.add_parser("impact", help="everything derived from an artifact: models, ONNX files, metrics, "
-                       "validations, promotions and the aliases that depend on it", epilog=IMPACT_EPILOG,
-                       formatter_class=fmt)
+    r.set_defaults(handler=reproduce_main)
+    i = add_command(sub, "impact", parents=common, help="everything derived from an artifact: models, ONNX files, "
+                    "metrics, validations, promotions and the aliases that depend on it")
     i.add_argument("target", help="a file or folder anywhere on disk, or a reference (mnist:v0, convnet:v2)")
-    i.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
-    i.add_argument("--json", action="store_true", help="print the result as JSON instead of a tree")
     i.add_argument("--report", metavar="FILE", help="also write the picture: .html (self-contained SVG graph + "
                    "tree) or .svg (the graph)")
-    b = sub.add_parser("rollback", help="move production back to the previous production model (or --to a "
-                       "validated one), recorded as a promotion decision", epilog=ROLLBACK_EPILOG,
-                       formatter_class=fmt)
+    i.set_defaults(handler=impact_main)
+    b = add_command(sub, "rollback", parents=common, epilog=ROLLBACK_EPILOG, help="move production back to the "
+                    "previous production model (or --to a validated one), recorded as a promotion decision")
     b.add_argument("--to", metavar="REF", help="the model to make production (convnet:v2, a model.pt file); "
                    "default: the production model before the current one")
     b.add_argument("--name", default="convnet", help="the model's artifact name (default: %(default)s)")
     b.add_argument("--reason", default="", help="why, recorded with the decision")
     b.add_argument("--requested-by", default=None, help="who or what asked (default: user@host)")
-    b.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
     b.add_argument("--wandb-mode", choices=["auto", "online", "offline"], default="auto",
                    help="online: move the W&B alias now; offline: leave it to `mnist-pipeline sync` "
                    "(auto: online when a W&B API key is configured)")
     b.add_argument("--dry-run", action="store_true", help="say what would happen; record nothing")
-    b.add_argument("--json", action="store_true", help="print the result as JSON")
-    g = sub.add_parser("gc", help="remove artifact folders, staging leftovers and checkpoints that no alias or "
-                       "recent model needs (dry run unless --apply)", epilog=GC_EPILOG, formatter_class=fmt)
+    b.set_defaults(handler=rollback_main)
+    g = add_command(sub, "gc", parents=common, epilog=GC_EPILOG, help="remove artifact folders, staging leftovers "
+                    "and checkpoints that no alias or recent model needs (dry run unless --apply)")
     g.add_argument("--keep-last", type=int, default=3, metavar="N", help="also keep the newest N models of each "
                    "name and their lineage (default: %(default)s, at least 1)")
     g.add_argument("--older-than", type=float, default=0, metavar="DAYS", help="only remove what is older than "
@@ -112,17 +85,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--apply", action="store_true", help="remove them (default: only print the plan)")
     g.add_argument("--artifacts-dir", default=None, help="the artifact folder (default: beside the lineage store, "
                    "artifacts/)")
-    g.add_argument("--lineage-db", default=DEFAULT_DB, help=db_help)
-    g.add_argument("--json", action="store_true", help="print the plan / result as JSON")
-
-
-def main(ns: argparse.Namespace) -> int:
-    return {"reproduce": reproduce_main, "impact": impact_main, "rollback": rollback_main, "gc": gc_main}[
-        ns.command](ns)
-
-
-def _err(cmd: str, msg: str) -> None:
-    print(f"mnist-pipeline {cmd}: {msg}", file=sys.stderr)
+    g.set_defaults(handler=gc_main)
 
 
 def _identify(store, target: str, cmd: str):
@@ -132,13 +95,13 @@ def _identify(store, target: str, cmd: str):
     try:
         ident = identify(store, target)
     except AuditError as e:
-        _err(cmd, str(e))
-        return None, 2
+        err(cmd, str(e))
+        return None, Exit.USAGE
     if not ident.matches:
         what = "no such artifact version" if ident.kind == "ref" else "not produced by any recorded run"
-        _err(cmd, f"{target}: {what} in the lineage store {store.path}")
-        return None, 4
-    return ident.matches, 0
+        err(cmd, f"{target}: {what} in the lineage store {store.path}")
+        return None, Exit.NOT_FOUND
+    return ident.matches, Exit.OK
 
 
 def _deletions(store) -> dict:
@@ -150,7 +113,7 @@ def _deletions(store) -> dict:
 
 def impact_main(ns: argparse.Namespace) -> int:
     store = open_store(ns.lineage_db, "impact")  # read-only
-    if isinstance(store, int):
+    if isinstance(store, Exit):
         return store
     recs, code = _identify(store, ns.target, "impact")
     if recs is None:
@@ -160,15 +123,15 @@ def impact_main(ns: argparse.Namespace) -> int:
         try:
             report["report"] = str(write_picture(report, Path(ns.report)))
         except (ValueError, OSError) as e:
-            _err("impact", f"--report: {e}")
-            return impact_mod.EXIT_USAGE
+            err("impact", f"--report: {e}")
+            return Exit.USAGE
     if ns.json:
         print(json.dumps(report, indent=2, default=str))
     else:
         print(impact_mod.render_tree(report))
         if ns.report:
             print(f"report: {report['report']}")
-    return impact_mod.EXIT_OK
+    return Exit.OK
 
 
 def write_picture(report: dict, path: Path) -> Path:
@@ -193,7 +156,7 @@ def _environment() -> dict:
 
 def reproduce_main(ns: argparse.Namespace) -> int:
     store = open_store(ns.lineage_db, "reproduce")  # read-only: a reproduction records nothing
-    if isinstance(store, int):
+    if isinstance(store, Exit):
         return store
     recs, code = _identify(store, ns.target, "reproduce")
     if recs is None:
@@ -202,32 +165,32 @@ def reproduce_main(ns: argparse.Namespace) -> int:
     try:
         recipe = R.plan_reproduction(store, target)
     except R.CannotReproduce as e:
-        _err("reproduce", str(e))
-        return R.EXIT_USAGE
+        err("reproduce", str(e))
+        return Exit.USAGE
     result: dict = {"target": target.label, "steps": [s.describe() for s in recipe.steps],
                     "dataset": recipe.dataset.label, "lineage_db": str(store.path)}
     gone = R.missing_inputs(recipe, _deletions(store))
     if gone:
-        result.update(status="inputs-gone", exit_code=R.EXIT_INPUTS_GONE, inputs_gone=gone)
+        result.update(status="inputs-gone", exit_code=Exit.NOT_FOUND, inputs_gone=gone)
         return _reproduce_out(ns, result, f"the recorded inputs are gone: {'; '.join(gone)}")
     warnings = R.environment_differences(recipe.train.env, _environment())
     for w in warnings:
-        _err("reproduce", f"warning: {w}")
+        err("reproduce", f"warning: {w}")
     result["warnings"] = warnings
     from mnist_pipeline import reproduce as executor
 
     scratch = Path(ns.workdir) if ns.workdir else Path(tempfile.mkdtemp(prefix="mnist-reproduce-"))
     try:
         if ns.workdir and scratch.exists() and any(scratch.iterdir()):
-            _err("reproduce", f"--workdir {scratch} is not empty")
-            return R.EXIT_USAGE
+            err("reproduce", f"--workdir {scratch} is not empty")
+            return Exit.USAGE
         run = executor.run(recipe, scratch, threads=ns.threads or None)
     except R.CannotReproduce as e:
-        _err("reproduce", str(e))
-        return R.EXIT_USAGE
+        err("reproduce", str(e))
+        return Exit.USAGE
     except Exception as e:  # the step's own message, not a traceback
-        _err("reproduce", f"re-running failed: {type(e).__name__}: {e}")
-        return R.EXIT_ERROR
+        err("reproduce", f"re-running failed: {type(e).__name__}: {e}")
+        return Exit.FAILED
     finally:
         if not ns.workdir:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -235,9 +198,9 @@ def reproduce_main(ns: argparse.Namespace) -> int:
                   workdir=str(scratch) if ns.workdir else None)
     differing = [f"{c.artifact}/{f}" for c in run.comparisons for f in c.differing]
     if all(c.identical for c in run.comparisons):
-        result.update(status="identical", exit_code=R.EXIT_IDENTICAL)
+        result.update(status="identical", exit_code=Exit.OK)
         return _reproduce_out(ns, result, None)
-    result.update(status="differs", exit_code=R.EXIT_DIFFERS, differing=differing)
+    result.update(status="differs", exit_code=Exit.VERIFY_FAILED, differing=differing)
     return _reproduce_out(ns, result, f"DIFFERS: {', '.join(differing)}")
 
 
@@ -263,7 +226,7 @@ def _reproduce_out(ns, result: dict, message: str | None) -> int:
         lines.append(result["status"].upper())
         print("\n".join(lines))
     if message:
-        _err("reproduce", message)
+        err("reproduce", message)
     return result["exit_code"]
 
 
@@ -282,32 +245,32 @@ def _requested_by(ns) -> str:
 
 def rollback_main(ns: argparse.Namespace, backend=None) -> int:
     store = open_store(ns.lineage_db, "rollback", readonly=False)
-    if isinstance(store, int):
+    if isinstance(store, Exit):
         return store
     current, previous = RB.previous_production(store, ns.name)
     if current is None:
-        _err("rollback", f"there is no production {ns.name} model to roll back")
-        return RB.EXIT_USAGE
+        err("rollback", f"there is no production {ns.name} model to roll back")
+        return Exit.NOT_FOUND
     if ns.to:
         recs, code = _identify(store, ns.to, "rollback")
         if recs is None:
-            return RB.EXIT_UNKNOWN if code == 4 else code
+            return code
         target = recs[0]
     elif previous is None:
-        _err("rollback", f"production {current.label} has no previous production model; give --to REF")
-        return RB.EXIT_USAGE
+        err("rollback", f"production {current.label} has no previous production model; give --to REF")
+        return Exit.NOT_FOUND
     else:
         target = previous
     result = {"name": ns.name, "from": current.label, "to": target.label, "dry_run": ns.dry_run}
     if target.artifact_id == current.artifact_id:
-        _err("rollback", f"{target.label} is already production")
-        return RB.EXIT_USAGE
+        err("rollback", f"{target.label} is already production")
+        return Exit.USAGE
     problems = RB.refusals(store, target, _deletions(store))
     if problems:
         result.update(status="refused", refusals=problems)
         _rollback_out(ns, result)
-        _err("rollback", f"REFUSED {target.label}: {'; '.join(problems)}")
-        return RB.EXIT_REFUSED
+        err("rollback", f"REFUSED {target.label}: {'; '.join(problems)}")
+        return Exit.REFUSED
     requested_by = _requested_by(ns)
     reason = (f"rollback from {current.label} to {target.label}, requested by {requested_by}"
               + (f": {ns.reason}" if ns.reason else ""))
@@ -315,17 +278,17 @@ def rollback_main(ns: argparse.Namespace, backend=None) -> int:
     if ns.dry_run:
         result["status"] = "would roll back"
         _rollback_out(ns, result)
-        return RB.EXIT_DONE
+        return Exit.OK
     decision = store.record_rollback(target.artifact_id, reason=reason, requested_by=requested_by)
     result.update(status="rolled back", promotion_id=decision.promotion_id, wandb="pending `mnist-pipeline sync`")
-    code = RB.EXIT_DONE
+    code = Exit.OK
     if _online(ns.wandb_mode):
         try:
             _move_alias_online(store, target, decision, backend)
             result["wandb"] = "production alias moved"
         except Exception as e:  # recorded either way; sync applies it later
             result["wandb"] = f"failed ({type(e).__name__}: {e}); `mnist-pipeline sync` applies it later"
-            code = RB.EXIT_ERROR
+            code = Exit.WANDB_UNAVAILABLE
     _rollback_out(ns, result)
     return code
 
@@ -370,16 +333,16 @@ def _rollback_out(ns, result: dict) -> None:
 
 def gc_main(ns: argparse.Namespace) -> int:
     store = open_store(ns.lineage_db, "gc", readonly=False)
-    if isinstance(store, int):
+    if isinstance(store, Exit):
         return store
     if ns.keep_last < 1 or ns.older_than < 0:
-        _err("gc", "--keep-last must be at least 1 and --older-than at least 0")
-        return 2
+        err("gc", "--keep-last must be at least 1 and --older-than at least 0")
+        return Exit.USAGE
     artifacts_dir = Path(ns.artifacts_dir).expanduser().resolve() if ns.artifacts_dir else \
         Path(store.path).parent / "artifacts"
     if not artifacts_dir.is_dir():
-        _err("gc", f"no artifact folder at {artifacts_dir} (give --artifacts-dir)")
-        return 2
+        err("gc", f"no artifact folder at {artifacts_dir} (give --artifacts-dir)")
+        return Exit.USAGE
     from mnist_pipeline.lineage.environment import process_gone
 
     store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever
@@ -412,7 +375,7 @@ def gc_main(ns: argparse.Namespace) -> int:
         if trash.is_dir() and not any(trash.iterdir()):
             trash.rmdir()
     _gc_out(ns, result)
-    return 1 if result["failed"] else 0
+    return Exit.FAILED if result["failed"] else Exit.OK
 
 
 def _gc_identity() -> str:

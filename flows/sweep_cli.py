@@ -1,9 +1,8 @@
 """`mnist-pipeline sweep`: a hyperparameter sweep on Dask (a local cluster, or --dask-address).
 
-The sweep file and every trial's config are checked before anything starts (exit 2, one line). Exit codes:
-0 every trial finished and the winner went through the gate, 1 the sweep failed or some trial failed (the summary
-says which), 2 invalid sweep file, configuration or flags, 128 + N ended by signal N (the temporary Prefect server
-and the local Dask cluster it started stop with it).
+The sweep file and every trial's config are checked before anything starts (exit 2, one line). 0: every trial
+finished and the winner went through the gate; 1: the sweep failed or some trial failed (the summary says which);
+128 + N: ended by signal N (Prefect's temporary server and the local Dask cluster it started stop with it).
 """
 
 from __future__ import annotations
@@ -11,20 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from contextlib import ExitStack
 from typing import Any, cast
 
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.flows.common_args import Parents, add_command, err, load_config, prefect_defaults, setup_logging
+from mnist_pipeline.flows.exit_codes import Exit, from_signal
 
-COMMANDS = ("sweep",)
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
-
-def add_parsers(sub, add_config_flags) -> None:
-    p = sub.add_parser("sweep", help="hyperparameter sweep on Dask: one trial (train + evaluate) per configuration "
-                       "of a W&B-format sweep file, the best exported, validated and promoted; JSON summary")
+def add_parsers(sub, parents: Parents) -> None:
+    p = add_command(sub, "sweep", parents=[parents.config], help="hyperparameter sweep on Dask: one trial (train + "
+                    "evaluate) per configuration of a W&B-format sweep file, the best exported, validated and "
+                    "promoted; JSON summary")
     p.add_argument("--sweep", required=True, metavar="FILE",
                    help="sweep file (YAML or JSON, W&B sweep-config format: method grid|random, metric, "
                    "parameters, run_cap)")
@@ -33,41 +31,40 @@ def add_parsers(sub, add_config_flags) -> None:
     p.add_argument("--workers", type=int, metavar="N",
                    help="local cluster: N worker processes (default: one per core); with --dask-address: wait "
                    "for N workers before starting")
-    p.add_argument("--config", help="JSON or YAML file with the base PipelineConfig; flags override it")
-    add_config_flags(p)
+    p.set_defaults(handler=main)
 
 
 def _prefect_api(stack: ExitStack) -> None:
     """Trials run in other processes: they must reach the same Prefect API as the flow. Without a configured
-    server, start Prefect's temporary one here (on loopback) and put its URL in the settings the trials get."""
+    server, a Prefect client starts Prefect's own temporary server (as the flow itself would; it stops at exit)
+    and its URL goes into the settings the trials get."""
+    from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if PREFECT_API_URL.value():
         return
-    from prefect.logging.handlers import APILogWorker
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start(timeout=120)
-    stack.callback(server.stop)
-    # runs first: the flow's last logs reach the server before it stops
-    stack.callback(APILogWorker.drain_all, timeout=5)
-    stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
 
 
-def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
+def main(ns: argparse.Namespace) -> int:
+    setup_logging()
+    prefect_defaults()
+    cfg = load_config(ns)
+    if isinstance(cfg, Exit):
+        return cfg
     from mnist_pipeline.sweep import SweepError, expand, load_sweep
 
     try:
         spec = load_sweep(ns.sweep)
         trials = expand(spec, cfg.resolved())
     except SweepError as e:
-        print(f"mnist-pipeline: invalid sweep: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        err("", f"invalid sweep: {e}")
+        return Exit.USAGE
     if ns.workers is not None and ns.workers < 1:
-        print(f"mnist-pipeline: --workers must be at least 1, got {ns.workers}", file=sys.stderr)
-        return EXIT_CONFIG
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        err("", f"--workers must be at least 1, got {ns.workers}")
+        return Exit.USAGE
     logging.getLogger("distributed").setLevel(logging.WARNING)  # Dask's own INFO chatter: scheduler/worker life
     from mnist_pipeline.sweep_workers import wait_for_scheduler
 
@@ -75,21 +72,21 @@ def main(ns: argparse.Namespace, cfg: PipelineConfig) -> int:
         try:
             wait_for_scheduler(ns.dask_address)
         except (ConnectionError, ValueError) as e:
-            print(f"mnist-pipeline: {e}", file=sys.stderr)
-            return EXIT_FAILED
+            err("", str(e))
+            return Exit.FAILED
     print(f"mnist-pipeline: sweep of {len(trials)} trial(s) ({spec.method}, by {spec.metric.name} "
           f"{spec.metric.goal})", file=sys.stderr)
     from mnist_pipeline.flows import console
 
     try:
-        # SIGTERM / Ctrl-C raise here, so the stack below unwinds: the Dask cluster and the temporary Prefect server
-        # this command started go with it (the default action left the server running, an orphan)
+        # SIGTERM / Ctrl-C raise here, so the stack below unwinds (the local Dask cluster closes) and the process
+        # exits normally, which stops Prefect's temporary server (the default action left it running, an orphan)
         with console.signals_raise():
             return _sweep(spec, cfg, ns)
     except console.Terminated as e:
         print(f"mnist-pipeline: {e}: the sweep's Prefect flow run is marked crashed; trials finished so far stay in "
               "the lineage store", file=sys.stderr)
-        return 128 + e.signal
+        return from_signal(e.signal)
 
 
 def _sweep(spec, cfg: PipelineConfig, ns: argparse.Namespace) -> int:
@@ -109,10 +106,10 @@ def _sweep(spec, cfg: PipelineConfig, ns: argparse.Namespace) -> int:
             except Exception as e:
                 print(f"mnist-pipeline: sweep {(state.name or 'failed').lower()}: {type(e).__name__}: {e}",
                       file=sys.stderr)
-            return EXIT_FAILED
+            return Exit.FAILED
         summary = state.result()
     print(json.dumps(summary, indent=2, default=str))
     if summary["failed"]:
-        print(f"mnist-pipeline: {len(summary['failed'])} trial(s) failed: {summary['failed']}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        err("", f"{len(summary['failed'])} trial(s) failed: {summary['failed']}")
+        return Exit.FAILED
+    return Exit.OK

@@ -9,6 +9,7 @@ import pytest
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.cli import main
+from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.lineage.store import LineageStore
 from tests.helpers import write_mnist
@@ -118,7 +119,7 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
     assert store.promotions()[-2].reason.endswith("requested by ops: drift seen")
     assert store.promotions()[-2].requested_by == "ops"
     code, _, err = _cli(capsys, "rollback", "--to", "convnet:v3", "--lineage-db", db)
-    assert code == 3 and "REFUSED convnet:v3" in err and "failed onnxruntime validation" in err
+    assert code == Exit.REFUSED and "REFUSED convnet:v3" in err and "failed onnxruntime validation" in err
     assert store.alias("convnet", "production").version == 0  # unmoved
     # offline, the rollback waits in the store for `sync`, which moves production alone (not candidate)
     from mnist_pipeline.lineage.sync import plan_sync
@@ -150,7 +151,7 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
     code, out, err = _cli(capsys, "reproduce", "convnet-onnx:v2", "--lineage-db", db)
     assert code == 0 and "IDENTICAL" in out, err
     code, _, err = _cli(capsys, "rollback", "--to", "convnet:v2", "--lineage-db", db)
-    assert code == 3 and "deleted by gc" in err
+    assert code == Exit.REFUSED and "deleted by gc" in err
     # a second gc finds nothing more to remove
     code, out, _ = _cli(capsys, "gc", "--keep-last", "1", "--lineage-db", db, "--artifacts-dir", str(art), "--json")
     assert code == 0 and not [r for r in json.loads(out)["removals"] if r["kind"] == "artifact"]

@@ -275,8 +275,8 @@ def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync
 def test_the_operators_commands_on_an_empty_or_damaged_store_say_so_in_one_line(tmp_path, capsys, content):
     """reproduce, impact, rollback and gc open the store as audit and sync do: one line naming the file, exit 6,
     and the read-only ones (impact, reproduce) leave the file as it was."""
-    from mnist_pipeline.flows.audit_cli import EXIT_STORE
     from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.flows.exit_codes import Exit
 
     db = tmp_path / "lineage.db"
     art = tmp_path / "artifacts"
@@ -284,7 +284,7 @@ def test_the_operators_commands_on_an_empty_or_damaged_store_say_so_in_one_line(
     for argv in (["impact", "convnet:v0"], ["reproduce", "convnet:v0"], ["rollback", "--dry-run"],
                  ["gc", "--artifacts-dir", str(art)]):
         db.write_bytes(content)
-        assert main([*argv, "--lineage-db", str(db)]) == EXIT_STORE, argv
+        assert main([*argv, "--lineage-db", str(db)]) == Exit.STORE, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and str(db) in err and "Traceback" not in err, err
         if argv[0] in ("impact", "reproduce"):

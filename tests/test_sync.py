@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.flows.audit_cli import SYNC_OK, SYNC_PARTIAL, SYNC_UNAVAILABLE, sync_main
+from mnist_pipeline.flows.audit_cli import sync_main
 from mnist_pipeline.flows.cli import _parser, main
+from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.lineage.audit import audit
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
@@ -120,7 +121,7 @@ def test_moved_run_folders_are_found_with_wandb_dir(e2e, db, capsys):
     con.commit()
     con.close()
     fake = RecordingWandb()
-    assert _sync(db, fake) == SYNC_PARTIAL
+    assert _sync(db, fake) == Exit.FAILED
     out = capsys.readouterr()
     assert "upload /nonexistent/" in out.out and "missing (offline run folder not found" in out.out
     assert "blocked (the run itself is not in W&B)" in out.out and "some steps failed or were blocked" in out.err
@@ -128,7 +129,7 @@ def test_moved_run_folders_are_found_with_wandb_dir(e2e, db, capsys):
     assert LineageStore(db).sync_log() == []
 
     fake = RecordingWandb()
-    assert _sync(db, fake, "--wandb-dir", str(e2e["base"] / "wandb")) == SYNC_OK
+    assert _sync(db, fake, "--wandb-dir", str(e2e["base"] / "wandb")) == Exit.OK
     uploads = [c[1] for c in fake.calls if c[0] == "upload"]
     assert len(uploads) == len(LineageStore(db).runs())
     assert all(Path(u).parent.parent == e2e["base"] / "wandb" for u in uploads)
@@ -141,7 +142,7 @@ def test_sync_sends_uploads_then_inputs_then_promotions_with_exact_refs(e2e, db,
     store = LineageStore(db)
     expected = _expected_calls(store)
     fake = RecordingWandb()
-    assert _sync(db, fake) == SYNC_OK
+    assert _sync(db, fake) == Exit.OK
     assert fake.calls == expected
     kinds = [c[0] for c in fake.calls]
     assert max(i for i, k in enumerate(kinds) if k == "upload") < kinds.index("declare_inputs")
@@ -174,11 +175,11 @@ def test_sync_sends_uploads_then_inputs_then_promotions_with_exact_refs(e2e, db,
 
 def test_a_second_sync_sends_nothing_and_creates_no_duplicates(db, capsys):
     first = RecordingWandb()
-    assert _sync(db, first) == SYNC_OK
+    assert _sync(db, first) == Exit.OK
     log = LineageStore(db).sync_log()
     capsys.readouterr()
     second = RecordingWandb()
-    assert _sync(db, second) == SYNC_OK
+    assert _sync(db, second) == Exit.OK
     assert second.calls == [("check",)]
     assert LineageStore(db).sync_log() == log
     out = capsys.readouterr().out
@@ -190,14 +191,14 @@ def test_sync_does_not_duplicate_what_wandb_already_holds(e2e, db):
     machine, or by hand): no upload (wandb issue #3962: re-syncing duplicates artifact versions), no second
     input edge, no alias change."""
     done = RecordingWandb()
-    assert _sync(db, done) == SYNC_OK
+    assert _sync(db, done) == Exit.OK
     fresh = db.parent / "fresh.db"
     src, dst = sqlite3.connect(e2e["db"]), sqlite3.connect(fresh)
     src.backup(dst)
     src.close()
     dst.close()
     again = RecordingWandb(runs=done.runs, inputs=done.inputs, artifacts=done.artifacts)
-    assert _sync(fresh, again) == SYNC_OK
+    assert _sync(fresh, again) == Exit.OK
     assert {c[0] for c in again.calls} == {"check", "run_exists", "run_inputs", "add_aliases"}
     assert all(r["detail"] in ("already in W&B: not uploaded again (no duplicate versions)",
                                "already declared in W&B") for r in LineageStore(fresh).sync_log())
@@ -209,7 +210,7 @@ def test_runs_already_uploaded_by_wandb_sync_are_not_uploaded_again(e2e, db):
     marker.touch()  # what `wandb sync` leaves beside a run file it uploaded
     try:
         fake = RecordingWandb()
-        assert _sync(db, fake) == SYNC_OK
+        assert _sync(db, fake) == Exit.OK
     finally:
         marker.unlink()
     assert not [c for c in fake.calls if c[0] in ("run_exists", "upload") and run.run_id in str(c[1])]
@@ -219,7 +220,7 @@ def test_runs_already_uploaded_by_wandb_sync_are_not_uploaded_again(e2e, db):
 
 def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, db, capsys):
     fake = RecordingWandb(fail={"declare_inputs": RuntimeError("W&B said 500")})
-    assert _sync(db, fake) == SYNC_PARTIAL
+    assert _sync(db, fake) == Exit.FAILED
     captured = capsys.readouterr()
     assert "failed (RuntimeError: W&B said 500)" in captured.out and "INCOMPLETE" in captured.out
     store = LineageStore(db)
@@ -227,7 +228,7 @@ def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, 
     assert all(p.wandb_applied_at for p in store.promotions())  # the model version itself was uploaded
 
     retry = RecordingWandb(runs=fake.runs, artifacts=fake.artifacts)
-    assert _sync(db, retry) == SYNC_OK
+    assert _sync(db, retry) == Exit.OK
     assert {c[0] for c in retry.calls} == {"check", "run_inputs", "declare_inputs"}
 
     failing_uploads = RecordingWandb(fail={"upload": RuntimeError("disk full")})
@@ -236,7 +237,7 @@ def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, 
     src.backup(dst)
     src.close()
     dst.close()
-    assert _sync(other, failing_uploads) == SYNC_PARTIAL
+    assert _sync(other, failing_uploads) == Exit.FAILED
     out = capsys.readouterr().out
     assert "blocked (the run itself is not in W&B)" in out and "blocked (its producing run" in out
     assert LineageStore(other).sync_log() == []
@@ -245,13 +246,13 @@ def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, 
 
 def test_dry_run_lists_the_calls_in_order_and_changes_nothing(db, capsys):
     before = _dump(db)
-    assert main(["sync", "--lineage-db", str(db), "--dry-run", "--json"]) == SYNC_OK
+    assert main(["sync", "--lineage-db", str(db), "--dry-run", "--json"]) == Exit.OK
     result = json.loads(capsys.readouterr().out)
     assert result["dry_run"] is True
     calls = [tuple(tuple(x) if isinstance(x, list) else x for x in c) for c in result["calls"]]
     assert calls == _expected_calls(LineageStore(db))
     assert _dump(db) == before
-    assert main(["sync", "--lineage-db", str(db), "--dry-run"]) == SYNC_OK
+    assert main(["sync", "--lineage-db", str(db), "--dry-run"]) == Exit.OK
     out = capsys.readouterr().out
     assert out.startswith("DRY RUN (nothing sent, nothing recorded)") and "calls that would be sent, in order:" in out
     assert "would be done" in out and _dump(db) == before
@@ -276,7 +277,7 @@ def _unchanged(db: Path, e2e) -> tuple:
 
 def test_without_an_api_key_sync_fails_clearly_and_changes_nothing(e2e, db, no_netrc, capsys):
     before = _unchanged(db, e2e)
-    assert main(["sync", "--lineage-db", str(db)]) == SYNC_UNAVAILABLE
+    assert main(["sync", "--lineage-db", str(db)]) == Exit.WANDB_UNAVAILABLE
     err = capsys.readouterr().err
     assert err.startswith("mnist-pipeline sync: no W&B API key for ") and err.count("\n") == 1
     assert "nothing was sent or changed" in err and "Traceback" not in err
@@ -290,12 +291,12 @@ def test_with_an_unreachable_host_sync_fails_clearly_and_changes_nothing(e2e, db
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
     before = _unchanged(db, e2e)
-    assert main(["sync", "--lineage-db", str(db)]) == SYNC_UNAVAILABLE
+    assert main(["sync", "--lineage-db", str(db)]) == Exit.WANDB_UNAVAILABLE
     err = capsys.readouterr().err
     assert err.startswith(f"mnist-pipeline sync: W&B at http://127.0.0.1:{port} is unreachable (")
     assert err.count("\n") == 1 and _unchanged(db, e2e) == before
-    # audit --online says the same, with its own exit code, and no partial report
-    assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(db), "--online"]) == 1
+    # audit --online says the same, with the same exit code (W&B unreachable), and no partial report
+    assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(db), "--online"]) == Exit.WANDB_UNAVAILABLE
     captured = capsys.readouterr()
     assert "--online: W&B at" in captured.err and captured.out == ""
 
@@ -305,7 +306,7 @@ def test_with_an_unreachable_host_sync_fails_clearly_and_changes_nothing(e2e, db
 
 def test_after_a_sync_the_audit_shows_it_and_the_online_cross_check_agrees(e2e, db, capsys):
     fake = RecordingWandb()
-    assert _sync(db, fake) == SYNC_OK
+    assert _sync(db, fake) == Exit.OK
     capsys.readouterr()
     store = LineageStore(db)
     report = audit(store, str(e2e["onnx"]))

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.audit_cli import SYNC_DIFFERENT, SYNC_OK, SYNC_UNAVAILABLE, sync_main
+from mnist_pipeline.flows.audit_cli import sync_main
 from mnist_pipeline.flows.cli import _parser, main
+from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
 from mnist_pipeline.lineage.stage import open_stage
@@ -60,7 +61,7 @@ def verify(db: Path, backend, *args) -> int:
 def test_a_complete_wandb_verifies(lineage, capsys):
     wb = synced_wandb(lineage)
     before = sqlite3.connect(lineage["db"]).execute("SELECT count(*) FROM sync_log").fetchone()
-    assert verify(lineage["db"], wb) == SYNC_OK
+    assert verify(lineage["db"], wb) == Exit.OK
     out = capsys.readouterr().out
     assert "2 artifact version(s) compared" in out and out.rstrip().endswith("recorded")
     assert {c[0] for c in wb.calls} == {"check", "lookup_artifact"}  # read-only: nothing sent
@@ -68,7 +69,7 @@ def test_a_complete_wandb_verifies(lineage, capsys):
 
 
 def test_an_empty_wandb_lists_every_version_missing(lineage, capsys):
-    assert verify(lineage["db"], RecordingWandb()) == SYNC_DIFFERENT
+    assert verify(lineage["db"], RecordingWandb()) == Exit.VERIFY_FAILED
     out, err = capsys.readouterr()
     assert out.count("missing ") == 2 and "`mnist-pipeline sync`" in err
 
@@ -115,7 +116,7 @@ def test_wandb_errors_in_verify_are_one_line_and_exit_5(lineage, capsys, monkeyp
         monkeypatch.setenv("WANDB_BASE_URL", w.url)
         code = verify(lineage["db"], WandbClient(timeout=3, timeouts=WandbTimeouts(http=2, retries=1)))
     out, err = capsys.readouterr()
-    assert code == SYNC_UNAVAILABLE, err
+    assert code == Exit.WANDB_UNAVAILABLE, err
     assert err.count("\n") == 1 and err.startswith("mnist-pipeline sync: --verify: ") and "Traceback" not in err
     assert API_KEY not in err + out
 
@@ -124,12 +125,12 @@ def test_no_wandb_is_one_line_and_exit_5_for_verify_and_audit_online(lineage, ca
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)
     monkeypatch.setenv("WANDB_BASE_URL", closed_port())
-    assert verify(lineage["db"], None) == SYNC_UNAVAILABLE
+    assert verify(lineage["db"], None) == Exit.WANDB_UNAVAILABLE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unreachable" in err
     code = main(["audit", "model:production", "--online", "--lineage-db", str(lineage["db"])])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("mnist-pipeline audit: --online: ") and "Traceback" not in err
+    assert code == Exit.WANDB_UNAVAILABLE and err.startswith("mnist-pipeline audit: --online: ") and "Traceback" not in err
 
 
 def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
@@ -140,4 +141,4 @@ def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
     code = audit_main(_parser().parse_args(["audit", "model:production", "--online", "--lineage-db",
                                             str(lineage["db"])]), backend=wb)
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and "schema changed" in err
+    assert code == Exit.WANDB_UNAVAILABLE and err.count("\n") == 1 and "schema changed" in err

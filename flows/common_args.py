@@ -1,0 +1,150 @@
+"""What the `mnist-pipeline` commands share: parent parsers for the common flags, the config flags, one error line.
+
+A command's parser takes the parents it needs (`sub.add_parser(..., parents=[P.store, P.json])`) instead of
+declaring `--lineage-db` or `--json` again, and ends with `set_defaults(handler=...)`: a function of the parsed
+namespace that returns an `Exit` member (flows/exit_codes.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from mnist_pipeline.config import ConfigError, PipelineConfig
+from mnist_pipeline.flows.exit_codes import EPILOG, Exit
+
+DEFAULT_DB = "mnist-runs/lineage.db"
+UNPREFIXED = {"data", "train"}  # their fields are plain flags (--epochs); other sections prefixed (--wandb-mode)
+FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def err(cmd: str, msg: str) -> None:
+    """The one line a command prints when it stops (never a traceback)."""
+    print(f"mnist-pipeline {cmd}: {msg}" if cmd else f"mnist-pipeline: {msg}", file=sys.stderr)  # noqa: T201
+
+
+def setup_logging() -> None:
+    """Our own progress at INFO; libraries (httpx logs every API call at INFO) only when they warn. Prefect prints
+    its flow and task run logs through its own console handler."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mnist_pipeline").setLevel(logging.INFO)
+
+
+def prefect_defaults() -> None:
+    """Before Prefect is imported, defaults for the temporary server Prefect starts when no API is configured (the
+    user's own settings win): no telemetry from a tool that points nowhere but where it is told, and more than
+    Prefect's 20 s to start on a small, busy machine."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+
+def _flags(model: type[BaseModel], prefix: str = "") -> list[tuple[str, tuple[str, ...], typing.Any]]:
+    """(flag, path into the config, field info) for every leaf field of the config model."""
+    out = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            sub = "" if name in UNPREFIXED else f"{name}-"
+            out += [(flag, (name, *path), f) for flag, path, f in _flags(ann, sub)]
+        else:
+            out.append((f"--{prefix}{name.replace('_', '-')}", (name,), field))
+    return out
+
+
+def _config_parent() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--config", help="JSON or YAML file with a PipelineConfig; flags override it")
+    group = p.add_argument_group("pipeline config (defaults are the W&B tutorial's)")
+    for flag, path, field in _flags(PipelineConfig):
+        args = typing.get_args(field.annotation)
+        origin = typing.get_origin(field.annotation)
+        kw: dict = {"dest": "cfg:" + ".".join(path), "default": argparse.SUPPRESS, "metavar": path[-1].upper(),
+                    "help": f"{field.description} (default: {field.get_default(call_default_factory=True)})"}
+        if field.annotation is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif origin is list or any(typing.get_origin(a) is list for a in args):
+            kw["nargs"] = "+"
+        if origin is typing.Literal:
+            kw["choices"] = list(args)
+        group.add_argument(flag, **kw)
+    return p
+
+
+@dataclass(frozen=True)
+class Parents:
+    """The parent parsers: `store` (--lineage-db), `json` (--json), `config` (--config and every config flag)."""
+
+    store: argparse.ArgumentParser
+    json: argparse.ArgumentParser
+    config: argparse.ArgumentParser
+
+
+def parents() -> Parents:
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--lineage-db", default=DEFAULT_DB, help="the lineage store (default: %(default)s)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print the result as JSON")
+    return Parents(store=store, json=as_json, config=_config_parent())
+
+
+def add_command(sub, name: str, *, help: str, parents: Sequence[argparse.ArgumentParser] = (), epilog: str = "",
+                **kw) -> argparse.ArgumentParser:
+    """A sub-command whose --help ends with its own notes (if any) and the exit-code table."""
+    return sub.add_parser(name, help=help, parents=list(parents), formatter_class=FORMATTER,
+                          epilog=(epilog + "\n" if epilog else "") + EPILOG, **kw)
+
+
+def build_config(ns: argparse.Namespace) -> PipelineConfig:
+    base: dict = {}
+    if ns.config:
+        text = Path(ns.config).read_text()
+        if ns.config.endswith((".yaml", ".yml")):
+            import yaml
+
+            base = yaml.safe_load(text) or {}
+        else:
+            base = json.loads(text)
+    for key, value in vars(ns).items():
+        if key.startswith("cfg:"):
+            node = base
+            *parents, leaf = key[4:].split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = value
+    return PipelineConfig.model_validate(base)
+
+
+def format_validation_error(e: ValidationError) -> str:
+    parts = []
+    for error in e.errors():
+        where = ".".join(str(x) for x in error["loc"]) or "config"
+        got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+        parts.append(f"{where}: {error['msg']}{got}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_config(ns: argparse.Namespace) -> PipelineConfig | Exit:
+    """The resolved config (defaults + file + flags, paths checked against $MNIST_PIPELINE_ALLOWED_ROOTS as the
+    flow will), or Exit.USAGE after one line."""
+    try:
+        cfg = build_config(ns)
+        cfg.resolved()
+    except ValidationError as e:
+        err("", format_validation_error(e))
+        return Exit.USAGE
+    except ConfigError as e:
+        err("", f"invalid configuration: {e}")
+        return Exit.USAGE
+    except (OSError, ValueError) as e:
+        err("", f"cannot read --config: {e}")
+        return Exit.USAGE
+    return cfg

@@ -1,0 +1,69 @@
+"""One CLI: every command is dispatched the same way, shares the common flags, and its --help ends with the one
+exit-code table, whose numbers mean one thing for every command."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from mnist_pipeline.flows.cli import _parser, main
+from mnist_pipeline.flows.exit_codes import EPILOG, MEANING, Exit, from_signal, markdown
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_command_has_a_handler_and_the_exit_code_table_in_its_help():
+    commands = _commands()
+    assert {"run", "show-config", "serve", "sweep", "audit", "sync", "reproduce", "impact", "rollback",
+            "gc"} <= set(commands)
+    for name, parser in commands.items():
+        assert callable(parser.get_default("handler")), name
+        assert parser.format_help().rstrip().endswith(EPILOG.rstrip()), name
+    assert _parser().format_help().rstrip().endswith(EPILOG.rstrip())
+
+
+def test_the_store_commands_share_lineage_db_and_json():
+    for name in ("audit", "sync", "reproduce", "impact", "rollback", "gc"):
+        flags = {o for a in _commands()[name]._actions for o in a.option_strings}
+        assert {"--lineage-db", "--json"} <= flags, name
+        assert _commands()[name].get_default("lineage_db") == "mnist-runs/lineage.db", name
+
+
+def test_one_table_every_number_one_meaning():
+    assert [int(c) for c in Exit] == list(range(len(Exit)))  # no gaps, no aliases
+    assert set(MEANING) == set(Exit)
+    assert from_signal(15) == 143 and from_signal(2) == 130
+    for code in Exit:
+        assert f"| {int(code)} | {MEANING[code]} |" in markdown()
+        assert f"  {int(code):<7}" in EPILOG
+
+
+def test_the_audit_s_recorded_exit_codes_are_the_table_s():
+    """The audit report records its exit code (in its JSON and report file); it must be the one the CLI returns."""
+    from mnist_pipeline.flows.audit_cli import AUDIT_EXIT
+    from mnist_pipeline.lineage import audit
+
+    assert AUDIT_EXIT == {"verified": audit.EXIT_VERIFIED, "tampered": audit.EXIT_TAMPERED,
+                          "unknown": audit.EXIT_UNKNOWN}
+    assert (AUDIT_EXIT["tampered"], AUDIT_EXIT["unknown"]) == (Exit.VERIFY_FAILED, Exit.NOT_FOUND)
+
+
+@pytest.mark.parametrize("argv", [["audit", "x"], ["sync"], ["impact", "x"], ["reproduce", "x"], ["rollback"],
+                                  ["gc"]])
+def test_no_lineage_store_is_a_usage_error_for_every_store_command(tmp_path, capsys, argv):
+    assert main([*argv, "--lineage-db", str(tmp_path / "none.db")]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no lineage store at" in err, err
+
+
+def test_a_bad_flag_is_a_usage_error_with_argparse_s_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "audit", "--no-such-flag"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == Exit.USAGE, r.stderr
+    assert "the following arguments are required: target" in r.stderr and "Traceback" not in r.stderr
