@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import re
@@ -155,10 +156,9 @@ def _check_one(file: Path, loc: Located, public_key: Path) -> VerifyResult:
             subject_digest = statement.subject(st)[1]
         except (dsse.EnvelopeError, ValueError) as e:
             out.checks.append(Check("statement signature", False, f"{loc.envelope.name}: {e}"))
-            try:  # unverified, only to say whether the file matches what it claims
+            # unverified, only to say whether the file matches what it claims
+            with contextlib.suppress(KeyError, TypeError, ValueError, binascii.Error):
                 subject_digest = statement.subject(statement.parse(base64.b64decode(envelope["payload"])))[1]
-            except (KeyError, TypeError, ValueError, binascii.Error):
-                pass
     actual = sha256_file(file)
     if subject_digest is None:
         out.checks.append(Check("subject digest", False, f"{file.name}: no attested subject digest to compare with"))
