@@ -74,7 +74,7 @@ def _export(tmp_path: Path, provenance: dict | None) -> Path:
     return out
 
 
-POINTERS = {"producer_run_id": "run123", "flow_run_id": "flow-1", "model_artifact": "convnet", "model_digest": "m" * 64,
+POINTERS = {"train_run_id": "run123", "train_flow_run_id": "flow-1", "model_artifact": "convnet", "model_digest": "m" * 64,
             "model_file_sha256": "f" * 64, "dataset_digest": "d" * 64, "git_commit": "c" * 40, "git_dirty": "false"}
 
 

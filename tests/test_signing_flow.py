@@ -120,7 +120,9 @@ def test_a_signed_run_verifies_offline_and_with_the_model_signing_cli(signed_run
 
     meta = read_metadata(Path(s["onnx_file"]))
     onnx_rec = store.require_artifact("convnet-onnx", s["artifacts"]["onnx"]["digest"])
-    assert meta["producer_run_id"] == onnx_rec.producer_run_id
+    model_rec = store.require_artifact("convnet", s["artifacts"]["model"]["digest"])
+    assert meta["train_run_id"] == model_rec.producer_run_id and store.run(meta["train_run_id"]).job_type == "train"
+    assert meta["train_flow_run_id"] == sign_run.flow_run_id and onnx_rec.producer_run_id != meta["train_run_id"]
     assert meta["dataset_digest"] == dataset.digest
     assert meta["model_digest"] == s["artifacts"]["model"]["digest"]
     assert json.loads(meta["input_contract"])["shape"] == ["batch", 1, 28, 28]
