@@ -148,3 +148,25 @@ def test_verify_usage_and_missing_attestation(tmp_path, capsys):
     assert main(["verify", str(out / "model.onnx"), "--public-key", str(out / "export.json")]) == 2
     assert "not a PEM public key" in capsys.readouterr().err
     assert main(["verify", str(out / "model.onnx")]) == 2  # --public-key is required
+
+
+def test_the_signing_key_comes_from_the_config_else_the_environment_and_a_bad_one_fails_first(tmp_path, monkeypatch):
+    from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
+    from mnist_pipeline.tasks.sign import check_key
+
+    key = keys.generate(tmp_path / "k")[0]
+    monkeypatch.delenv(SIGN_KEY_ENV, raising=False)
+    assert check_key(PipelineConfig()) is None  # no key: the run is not signed
+    monkeypatch.setenv(SIGN_KEY_ENV, str(key))
+    assert check_key(PipelineConfig()) == key.resolve()
+    other = keys.generate(tmp_path / "o")[0]
+    given = PipelineConfig.model_validate({"sign": {"private_key": str(other)}}).resolved()
+    assert check_key(given) == other.resolve()  # the config wins over the environment
+    (tmp_path / "junk.key").write_text("not a key")
+    with pytest.raises(keys.KeyFileError, match=r"junk.key: not an unencrypted PEM private key"):
+        check_key(PipelineConfig.model_validate({"sign": {"private_key": str(tmp_path / "junk.key")}}))
+    with pytest.raises(keys.KeyFileError, match="cannot read signing key"):
+        check_key(PipelineConfig.model_validate({"sign": {"private_key": str(tmp_path / "missing.key")}}))
+    pub = tmp_path / "k" / keys.PUBLIC_NAME  # a public key where the private one belongs
+    with pytest.raises(keys.KeyFileError, match="not an unencrypted PEM private key"):
+        check_key(PipelineConfig.model_validate({"sign": {"private_key": str(pub)}}))

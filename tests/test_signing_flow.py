@@ -127,6 +127,14 @@ def test_a_signed_run_verifies_offline_and_with_the_model_signing_cli(signed_run
     assert meta["model_digest"] == s["artifacts"]["model"]["digest"]
     assert json.loads(meta["input_contract"])["shape"] == ["batch", 1, 28, 28]
 
+    # the signed copy does not trouble the audit: the file is found in both artifacts, and both verify
+    from mnist_pipeline.flows.cli import main as cli_main
+
+    db = str(signed_run["tmp"] / "lineage.db")
+    assert cli_main(["audit", s["onnx_file"], "--lineage-db", db, "--json"]) == 0
+    audit = json.loads(capsys.readouterr().out)
+    assert {"convnet-onnx:v0", "convnet-onnx-attestation:v0"} <= set(audit["subjects"]), audit["subjects"]
+
     size = sum(p.stat().st_size for p in folder.iterdir() if p.name != "model.onnx")
     print(f"\nsign stage {sign_run.summary['sign_seconds']:.3f} s (signing itself "
           f"{sign_run.summary['signing_seconds']:.3f} s) of a {signed_run['wall']:.1f} s run; attestation "
@@ -242,3 +250,45 @@ def test_the_private_key_is_nowhere_the_run_wrote(signed_run):
     assert b"signed convnet-onnx:v0" in logs, logs[-2000:]  # the sign stage's own line is here
     for what, needle in needles.items():
         assert needle not in logs, f"the private key ({what}) is in the logs"
+
+
+def test_the_sweeps_winner_is_signed_the_same_way(prefect_server, wandb_offline, tiny_mnist, tmp_path, monkeypatch,
+                                                  capsys):
+    from typing import Any, cast
+
+    from mnist_pipeline.flows.sweep import mnist_sweep, task_runner
+
+    key, pub = keys.generate(tmp_path / "keys")
+    monkeypatch.setenv(SIGN_KEY_ENV, str(key))  # the deployments' way: the key from the environment
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 1, "batch_size": 16}, "wandb": {"mode": "offline"},
+        "onnx": {"latency_samples": 20, "throughput_batch": 32},
+        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+    sweep = {"method": "grid", "metric": {"name": "test_accuracy", "goal": "maximize"},
+             "parameters": {"train.learning_rate": {"values": [0.005, 0.01]}}}
+    summary = mnist_sweep.with_options(task_runner=cast(Any, task_runner(None, 1)))(config=cfg, sweep=sweep)
+    winner = summary["winner"]
+    store = LineageStore(tmp_path / "lineage.db")
+    [sign_run] = [r for r in store.runs() if r.job_type == "sign"]
+    used = {u.type: u for u in store.edges(sign_run.run_id)["used"]}
+    assert f"{used['onnx'].name}:v{used['onnx'].version}" == winner["onnx"]
+    assert f"{used['model'].name}:v{used['model'].version}" == winner["model"]
+    onnx_file = Path(winner["onnx_path"]) / "model.onnx"
+    assert sign_main(["verify", str(onnx_file), "--public-key", str(pub)]) == 0
+    assert sign_main(["verify", str(Path(winner["attestation_path"]) / "model.onnx"), "--public-key", str(pub)]) == 0
+    assert "├─ dataset" in capsys.readouterr().out
+
+
+def test_an_unusable_key_fails_the_run_before_any_stage(prefect_server, wandb_offline, tiny_mnist, tmp_path):
+    (tmp_path / "junk.key").write_text("-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----\n")
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 1}, "wandb": {"mode": "offline"}, "sign": {"private_key": str(tmp_path / "junk.key")},
+        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+    state = mnist_pipeline(config=cfg, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(keys.KeyFileError, match="junk.key: not an unencrypted PEM private key"):
+        state.result()
+    assert not (tmp_path / "lineage.db").exists() or not LineageStore(tmp_path / "lineage.db").runs()
+    assert not (tmp_path / "art").exists() or not any((tmp_path / "art").iterdir())
