@@ -119,7 +119,8 @@ def test_attestation_folder_verifies_here_and_with_the_model_signing_cli(tmp_pat
     index = attest.write(out / "model.onnx", key, att, _inputs(out / "model.onnx"),
                          onnx_artifact={"name": "convnet-onnx", "digest": "e" * 64})
     assert sorted(p.name for p in att.iterdir()) == ["attestation.json", "model.onnx", "model.onnx.intoto.json",
-                                                     "model.onnx.sig"]
+                                                     "model.onnx.sig", "signer.pub"]
+    assert (att / "signer.pub").read_bytes() == pub.read_bytes()
     r = verify(att / "model.onnx", pub)
     assert r.status == "verified", r.checks
     assert r.key_fingerprint == index["public_key_fingerprint"]

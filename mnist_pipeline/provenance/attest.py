@@ -10,6 +10,8 @@ from pathlib import Path
 from mnist_pipeline.provenance import bundle, dsse, keys, statement
 from mnist_pipeline.provenance.verify import INDEX, bundle_name, envelope_name, sha256_file
 
+SIGNER_PUB = "signer.pub"
+
 
 def write(onnx_file: Path, private_key: Path, out: Path, inputs: statement.ProvenanceInputs,
           onnx_artifact: dict) -> dict:
@@ -30,8 +32,12 @@ def write(onnx_file: Path, private_key: Path, out: Path, inputs: statement.Prove
     bundle.sign(copy, private_key, out / bundle_name(name))
     envelope = dsse.sign(statement.to_bytes(statement.build(inputs)), key)
     (out / envelope_name(name)).write_text(json.dumps(envelope, indent=1) + "\n")
+    # the signer's public key, for checks of the folder's own consistency (the audit): trust comes from the key a
+    # verifier already holds (`verify --public-key`), never from this copy
+    (out / SIGNER_PUB).write_bytes(keys.public_pem(key.public_key()))
     index = {"subject": {"name": name, "sha256": inputs.subject_sha256}, "public_key_fingerprint": fp,
-             "bundle": bundle_name(name), "envelope": envelope_name(name), "onnx_artifact": dict(onnx_artifact),
+             "bundle": bundle_name(name), "envelope": envelope_name(name), "signer_public_key": SIGNER_PUB,
+             "onnx_artifact": dict(onnx_artifact),
              "payload_type": dsse.IN_TOTO, "predicate_type": statement.SLSA_PROVENANCE,
              "verify": f"mnist-pipeline verify {name} --public-key mnist-signing.pub",
              "verify_bundle": f"model_signing verify key {name} --signature {bundle_name(name)} "
