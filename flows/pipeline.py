@@ -1,7 +1,7 @@
 """The flow, which only orchestrates:
 
 prepare-data -> check-for-changes -> (skip, or) train -> (evaluate | export-onnx) -> validate-onnx ->
-promote -> report,
+(sign, when a signing key is given) -> promote -> report,
 then a Prefect artifact on the flow run that lists what was produced and why.
 """
 
@@ -30,6 +30,7 @@ from mnist_pipeline.tasks import (
     validate_onnx,
 )
 from mnist_pipeline.tasks.report import REPORT_FILE
+from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -63,6 +64,7 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
     # folders: all checked before any task (flows/preflight.py)
     cfg, config_sources = effective_config(config, logger)
+    sign_key = check_key(cfg)  # an unreadable key fails here, before any work
     dataset = ensure_dataset(cfg, logger)
 
     check = check_for_changes(cfg, dataset)
@@ -85,12 +87,13 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     onnx_model = export_onnx(cfg, model)
     metrics = metrics_future.result()
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
+    store = LineageStore(cfg.lineage_db)
+    v = store.require_artifact(validation.name, validation.digest).metadata
+    attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v["passed"] else None
     decision = promote(cfg, model, metrics, validation)
     report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
-    store = LineageStore(cfg.lineage_db)
     m = store.require_artifact(metrics.name, metrics.digest).metadata
-    v = store.require_artifact(validation.name, validation.digest).metadata
     summary = {
         "status": "completed",
         "reason": f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
@@ -110,6 +113,10 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
         "report": str(Path(report.path) / REPORT_FILE),
         "onnx_file": str(Path(onnx_model.path) / "model.onnx"),
     }
+    if attestation is not None:
+        summary["artifacts"]["attestation"] = {"ref": attestation.label, "digest": attestation.digest,
+                                               "path": attestation.path}
+        summary["signed_onnx_file"] = str(Path(attestation.path) / "model.onnx")
     summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
     failure = parity_failure(cfg, v, validation.label)
     if failure:

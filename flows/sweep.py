@@ -30,6 +30,7 @@ from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
 from mnist_pipeline.sweep_workers import check_workers, core_shares
 from mnist_pipeline.tasks import export_onnx, promote, validate_onnx
+from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
@@ -83,6 +84,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     spec: Sweep = parse_sweep(sweep)
     cfg = pin_for_workers(config.resolved())
     trials = expand(spec, cfg)  # every trial's config validated before any work
+    sign_key = check_key(cfg)  # the winner is signed with it; an unusable key fails here, before any trial
     flow_run_id = _flow_run_id()
     client = _dask_client()
     assert cfg.wandb.dir is not None  # pinned above
@@ -155,12 +157,17 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     wcfg = pin_for_workers(by_index[best.index].config)
     onnx_model = export_onnx(wcfg, best.model, selected_by=sweep_ref)
     validation = validate_onnx(wcfg, onnx_model, best.model, dataset, best.metrics)
-    decision = promote(wcfg, best.model, best.metrics, validation)
     v = store.require_artifact(validation.name, validation.digest).metadata
+    attestation = sign(wcfg, sign_key, onnx_model, best.model, dataset, validation) if sign_key and v["passed"] \
+        else None
+    decision = promote(wcfg, best.model, best.metrics, validation)
     summary["winner"] = {"trial": best.index, "params": best.params, **(best.values or {}),
                          "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
                          "onnx_path": onnx_model.path, "validation": validation.label,
                          "onnx_max_abs_diff": v["max_abs_diff"], "onnx_argmax_agreement": v["argmax_agreement"]}
+    if attestation is not None:
+        summary["winner"]["attestation"] = attestation.label
+        summary["winner"]["attestation_path"] = attestation.path
     summary["promotion"] = {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
                                                              "production_accuracy")}
     failure = parity_failure(wcfg, v, validation.label)

@@ -178,6 +178,15 @@ class PromotionConfig(_Section):
     )
 
 
+SIGN_KEY_ENV = "MNIST_PIPELINE_SIGN_KEY"  # a deployment's signing key, set in the environment of its worker
+
+
+class SignConfig(_Section):
+    private_key: Path | None = Field(
+        None, description="EC private key (PEM, from `mnist-pipeline keygen`) to sign the validated ONNX file and "
+        f"its provenance with; default ${SIGN_KEY_ENV}, else no signing. Only the path is recorded, never the key.")
+
+
 class PipelineConfig(_Section):
     force: bool = Field(
         False, description="Retrain even when the data and training config are those of the production model.",
@@ -190,6 +199,7 @@ class PipelineConfig(_Section):
     onnx: OnnxConfig = Field(default_factory=OnnxConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    sign: SignConfig = Field(default_factory=SignConfig)
     artifacts_dir: Path = Field(Path("mnist-runs/artifacts"), description="Where artifact files are stored.")
     lineage_db: Path = Field(Path("mnist-runs/lineage.db"), description="SQLite lineage store.")
 
@@ -212,10 +222,21 @@ class PipelineConfig(_Section):
                 "wandb": self.wandb.model_copy(
                     update={"dir": self.wandb.dir.expanduser().resolve() if self.wandb.dir else None}
                 ),
+                "sign": self.sign.model_copy(
+                    update={"private_key": self.sign.private_key.expanduser().resolve()
+                            if self.sign.private_key else None}
+                ),
             }
         )
         out.check_roots()
         return out
+
+    def signing_key(self) -> Path | None:
+        """The key this run signs with: `sign.private_key`, else $MNIST_PIPELINE_SIGN_KEY, else None (unsigned)."""
+        if self.sign.private_key is not None:
+            return self.sign.private_key
+        env = os.environ.get(SIGN_KEY_ENV, "").strip()
+        return Path(env).expanduser().resolve() if env else None
 
     def paths(self) -> dict[str, Path]:
         """Every path field, by its dotted name."""

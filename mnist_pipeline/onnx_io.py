@@ -27,6 +27,7 @@ if typing.TYPE_CHECKING:
     from mnist_pipeline.model import ConvNet
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
+METADATA_PREFIX = "mnist_pipeline."  # the keys this pipeline writes into an ONNX file's metadata_props
 
 
 class ParityError(RuntimeError):
@@ -42,10 +43,34 @@ class ExportInfo:
     ir_version: int
     producer: str
     exporter: str
+    input_contract: dict  # what a caller must feed the model (see `input_contract`)
+    provenance: dict  # the pointers written into the file's metadata_props (without the prefix)
 
 
-def export(model: ConvNet, path: Path, opset: int = 18, exporter: str = "torchscript") -> ExportInfo:
+def input_contract(model: ConvNet) -> dict:
+    """What the exported graph expects, as `data.to_float` prepares it for training, evaluation and validation:
+    uint8 pixels divided by 255 (so [0, 1]), no mean/std normalisation, NCHW with a dynamic batch axis."""
+    return {"input_name": INPUT_NAME, "shape": ["batch", *model.cfg.input_shape], "dtype": "float32",
+            "layout": "NCHW", "scaling": "pixel / 255 (uint8 0..255 to float 0..1)", "normalization": None,
+            "output_name": OUTPUT_NAME, "output": f"float32 [batch, {model.cfg.classes}] logits (no softmax)"}
+
+
+def metadata_props(provenance: dict, contract: dict) -> dict[str, str]:
+    """metadata_props entries (strings) for the provenance pointers and the input contract."""
+    import json
+
+    out = {f"{METADATA_PREFIX}{k}": v if isinstance(v, str) else json.dumps(v) for k, v in provenance.items()}
+    out[f"{METADATA_PREFIX}input_contract"] = json.dumps(contract, sort_keys=True)
+    return out
+
+
+def export(model: ConvNet, path: Path, opset: int = 18, exporter: str = "torchscript",
+           provenance: dict | None = None) -> ExportInfo:
     """torch.onnx.export with a dynamic batch axis, then onnx.checker.
+
+    `provenance`: pointers to where the file came from (producing run, dataset and model digests, git commit),
+    written with the input contract into the file's metadata_props before anything hashes it: they travel with
+    the file wherever it is copied.
 
     exporter="dynamo" is torch.export-based (PyTorch's default since 2.9; needs onnxscript); "torchscript" is the
     older tracer, deprecated in PyTorch but about 20x quicker to start for a model this small."""
@@ -66,7 +91,15 @@ def export(model: ConvNet, path: Path, opset: int = 18, exporter: str = "torchsc
     import onnx  # here, not at the top: the flow imports this module, and most of its runs export nothing
 
     proto = onnx.load(str(path))
-    if _strip_provenance(proto):
+    contract = input_contract(model)
+    props = metadata_props(provenance or {}, contract)
+    changed = _strip_provenance(proto)
+    if provenance is not None:
+        del proto.metadata_props[:]
+        for k, v in sorted(props.items()):
+            proto.metadata_props.add(key=k, value=v)
+        changed = True
+    if changed:
         onnx.save(proto, str(path))
     onnx.checker.check_model(proto, full_check=True)
     dims = proto.graph.input[0].type.tensor_type.shape.dim
@@ -76,7 +109,16 @@ def export(model: ConvNet, path: Path, opset: int = 18, exporter: str = "torchsc
     opset_found = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     return ExportInfo(opset=opset_found, input_name=proto.graph.input[0].name,
                       output_name=proto.graph.output[0].name, input_shape=shape, ir_version=proto.ir_version,
-                      producer=f"{proto.producer_name} {proto.producer_version}", exporter=exporter)
+                      producer=f"{proto.producer_name} {proto.producer_version}", exporter=exporter,
+                      input_contract=contract, provenance=dict(provenance or {}))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """This pipeline's metadata_props of an ONNX file (keys without the prefix)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key[len(METADATA_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(METADATA_PREFIX)}
 
 
 def _strip_graph(graph) -> bool:

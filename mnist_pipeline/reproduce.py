@@ -80,7 +80,9 @@ def run(plan: ReproductionPlan, scratch: Path, *, threads: int | None = None) ->
         d = scratch / step.output.type
         d.mkdir(parents=True)
         if step.job_type == "export-onnx":
-            stage_files.export_onnx_files(model_dir / "model.pt", d, opset=scfg.onnx.opset, exporter=scfg.onnx.exporter)
+            # the provenance pointers in the file are the recorded export's (its run, not this reproduction)
+            stage_files.export_onnx_files(model_dir / "model.pt", d, opset=scfg.onnx.opset, exporter=scfg.onnx.exporter,
+                                          provenance=step.output.metadata.get("provenance"))
         elif step.job_type == "evaluate":
             test = load_split(Path(step.inputs["dataset"].path) / "test.pt")
             stage_files.evaluate_files(model_dir / "model.pt", test, d, batch_size=scfg.evaluate.batch_size,

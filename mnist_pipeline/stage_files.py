@@ -50,9 +50,13 @@ def model_file_metadata(model: ConvNet, settings: training.LoopSettings, fingerp
             "batches": result.batches, "final_loss": result.final_loss}
 
 
-def export_onnx_files(model_path: Path, out: Path, *, opset: int, exporter: str) -> onnx_io.ExportInfo:
-    """`model.onnx` and `export.json` from a model file."""
-    info = onnx_io.export(load_model(model_path), Path(out) / "model.onnx", opset=opset, exporter=exporter)
+def export_onnx_files(model_path: Path, out: Path, *, opset: int, exporter: str,
+                      provenance: dict | None = None) -> onnx_io.ExportInfo:
+    """`model.onnx` and `export.json` (with the input contract) from a model file; `provenance`: the pointers
+    written into the file's metadata_props (`onnx_io.export`), part of its bytes: a reproduction passes the
+    recorded ones."""
+    info = onnx_io.export(load_model(model_path), Path(out) / "model.onnx", opset=opset, exporter=exporter,
+                          provenance=provenance)
     write_json(Path(out) / "export.json", asdict(info))
     return info
 

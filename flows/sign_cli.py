@@ -1,0 +1,88 @@
+"""`mnist-pipeline keygen` and `mnist-pipeline verify`: the key pair a run signs with, and the offline check of a
+signed ONNX file. Nothing heavy is imported (no torch, Prefect, wandb, lineage store): `verify` runs on any host
+that has the file, its attestation and the public key.
+
+Exit codes of verify: 0 verified, 3 a signature or the digest does not match (the line names which), 4 no
+attestation for this file, 2 usage (a missing file, an unreadable key). keygen: 0, or 2 when a key file exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_USAGE, EXIT_MISMATCH, EXIT_MISSING = 0, 2, 3, 4
+
+
+def _keygen(ns: argparse.Namespace) -> int:
+    from mnist_pipeline.provenance import keys
+
+    try:
+        key_path, pub_path = keys.generate(Path(ns.out))
+    except FileExistsError as e:
+        print(f"mnist-pipeline keygen: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"mnist-pipeline keygen: cannot write into {ns.out}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
+    pub = keys.load_public(pub_path)
+    print(f"private key {key_path} (mode 0600: keep it secret; runs sign with --sign-private-key {key_path})")
+    print(f"public key  {pub_path} (fingerprint {keys.fingerprint(pub)}: give it to whoever verifies)")
+    return EXIT_OK
+
+
+def _verify(ns: argparse.Namespace) -> int:
+    from mnist_pipeline.provenance import keys
+    from mnist_pipeline.provenance.verify import MISSING, VERIFIED, tree, verify
+
+    file = Path(ns.model)
+    if not file.is_file():
+        print(f"mnist-pipeline verify: {file}: no such file", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = verify(file, Path(ns.public_key), Path(ns.attestation) if ns.attestation else None)
+    except keys.KeyFileError as e:
+        print(f"mnist-pipeline verify: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if result.status == MISSING:
+        print(f"mnist-pipeline verify: {result.note}", file=sys.stderr)
+        return EXIT_MISSING
+    assert result.attestation is not None
+    if result.status != VERIFIED:
+        for c in result.failed:
+            print(f"mnist-pipeline verify: FAILED {c.name}: {c.detail}", file=sys.stderr)
+        return EXIT_MISMATCH
+    print(f"verified {file} with key {result.key_fingerprint[:16]} (attestation {result.attestation.folder})")
+    for c in result.checks:
+        print(f"  ok  {c.name}: {c.detail}")
+    assert result.statement is not None
+    print("\n".join(tree(result.statement)))
+    return EXIT_OK
+
+
+def add_commands(subparsers) -> None:
+    """Register `keygen` and `verify` on an argparse subparsers object (each sets `handler(args) -> int`)."""
+    kg = subparsers.add_parser("keygen", help="make an EC P-256 signing key pair (DIR/mnist-signing.key, .pub)")
+    kg.add_argument("--out", required=True, metavar="DIR", help="folder for the key pair (never overwritten)")
+    kg.set_defaults(handler=_keygen)
+    v = subparsers.add_parser("verify", help="check a signed ONNX file offline: both signatures and its digest")
+    v.add_argument("model", metavar="MODEL.onnx", help="the ONNX file")
+    v.add_argument("--public-key", required=True, metavar="PUB", help="the signer's public key (PEM)")
+    v.add_argument("--attestation", metavar="FILE", help="the attestation folder, its attestation.json or its "
+                   "<name>.intoto.json (default: beside the file, or its artifact's attestation)")
+    v.set_defaults(handler=_verify)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mnist-pipeline")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:  # argparse's usage errors exit 2 already; --help exits 0
+        return int(e.code or 0)
+    return int(ns.handler(ns))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

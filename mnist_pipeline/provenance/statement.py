@@ -1,0 +1,115 @@
+"""The in-toto Statement (v1) with a SLSA Provenance v1 predicate for an exported model, from explicit inputs.
+
+Every resolved dependency carries `annotations.role` (dataset, raw-file, model, code, package) so a reader, and
+`verify`'s tree, can tell them apart without guessing from names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "https://mnist-lineage-pipeline.dev/build/onnx-export/v1"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A SLSA ResourceDescriptor: at least a uri or a digest."""
+
+    name: str
+    digest: dict[str, str] = field(default_factory=dict)
+    uri: str | None = None
+    annotations: dict = field(default_factory=dict)
+
+    def to_dict(self, role: str) -> dict:
+        if not self.digest and not self.uri:
+            raise ValueError(f"resource {self.name!r} has neither a digest nor a uri")
+        out: dict = {"name": self.name}
+        if self.uri:
+            out["uri"] = self.uri
+        if self.digest:
+            out["digest"] = dict(self.digest)
+        out["annotations"] = {"role": role, **self.annotations}
+        return out
+
+
+@dataclass(frozen=True)
+class ProvenanceInputs:
+    subject_name: str  # the file name, e.g. model.onnx
+    subject_sha256: str
+    external_parameters: dict  # the flow's config
+    internal_parameters: dict  # seed, threads, device
+    dataset: Resource
+    raw_files: list[Resource]
+    model_file: Resource
+    code: Resource
+    packages: dict[str, str | None]
+    builder_id: str
+    invocation_id: str | None
+    started_on: datetime
+    finished_on: datetime
+    byproducts: list[Resource] = field(default_factory=list)
+    builder_version: dict[str, str] = field(default_factory=dict)
+
+
+def _time(t: datetime) -> str:
+    if t.tzinfo is None:
+        raise ValueError("provenance times must be timezone-aware")
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def build(p: ProvenanceInputs) -> dict:
+    if len(p.subject_sha256) != 64:
+        raise ValueError(f"subject sha256 {p.subject_sha256!r} is not a sha256 hex digest")
+    deps = [p.dataset.to_dict("dataset"), *(r.to_dict("raw-file") for r in p.raw_files),
+            p.model_file.to_dict("model"), p.code.to_dict("code")]
+    deps += [Resource(name=n, uri=f"pkg:pypi/{n}@{v}", annotations={"version": v}).to_dict("package")
+             for n, v in sorted(p.packages.items()) if v]
+    metadata: dict = {"startedOn": _time(p.started_on), "finishedOn": _time(p.finished_on)}
+    if p.invocation_id:
+        metadata["invocationId"] = p.invocation_id
+    builder: dict = {"id": p.builder_id}
+    if p.builder_version:
+        builder["version"] = dict(p.builder_version)
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": p.subject_name, "digest": {"sha256": p.subject_sha256}}],
+        "predicateType": SLSA_PROVENANCE,
+        "predicate": {
+            "buildDefinition": {"buildType": BUILD_TYPE, "externalParameters": p.external_parameters,
+                                "internalParameters": p.internal_parameters, "resolvedDependencies": deps},
+            "runDetails": {"builder": builder, "metadata": metadata,
+                           "byproducts": [b.to_dict("byproduct") for b in p.byproducts]},
+        },
+    }
+
+
+def to_bytes(statement: dict) -> bytes:
+    """The payload that is signed: sorted keys, so equal Statements give equal bytes."""
+    return json.dumps(statement, sort_keys=True, indent=1).encode("utf-8")
+
+
+def parse(payload: bytes) -> dict:
+    """The Statement of a verified payload; ValueError if it is not an in-toto v1 SLSA Provenance v1 Statement."""
+    try:
+        st = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"the payload is not JSON ({e})") from None
+    if not isinstance(st, dict) or st.get("_type") != STATEMENT_TYPE or st.get("predicateType") != SLSA_PROVENANCE:
+        raise ValueError(f"the payload is not an in-toto Statement with predicate {SLSA_PROVENANCE}")
+    subjects = st.get("subject")
+    if not isinstance(subjects, list) or not subjects or "sha256" not in (subjects[0].get("digest") or {}):
+        raise ValueError("the Statement names no subject with a sha256 digest")
+    return st
+
+
+def subject(statement: dict) -> tuple[str, str]:
+    s = statement["subject"][0]
+    return s.get("name", ""), s["digest"]["sha256"]
+
+
+def dependencies(statement: dict, role: str) -> list[dict]:
+    deps = statement.get("predicate", {}).get("buildDefinition", {}).get("resolvedDependencies", [])
+    return [d for d in deps if (d.get("annotations") or {}).get("role") == role]
