@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import cast
 
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, PipelineConfig
-from mnist_pipeline.flows import audit_cli, ops_cli, sweep_cli
+from mnist_pipeline.flows import audit_cli, ops_cli, sign_cli, sweep_cli
 from mnist_pipeline.flows.common_args import (
     FORMATTER,
     Parents,
@@ -36,9 +36,8 @@ from mnist_pipeline.report.closing_lines import where_things_went
 
 # The modules that add sub-commands, in --help order. Each has `add_parsers(sub, parents: Parents)`, which adds its
 # parsers (`common_args.add_command`, the shared parents) and sets `handler=` on each: a function of the parsed
-# namespace returning an `Exit` member. A new front end (e.g. flows/sign_cli.py for keygen and verify) is one more
-# entry here.
-COMMAND_MODULES = (audit_cli, ops_cli, sweep_cli)
+# namespace returning an `Exit` member. A new front end is one more entry here.
+COMMAND_MODULES = (audit_cli, ops_cli, sweep_cli, sign_cli)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from mnist_pipeline.flows.exit_codes import EPILOG, Exit
 
 DEFAULT_DB = "mnist-runs/lineage.db"
 UNPREFIXED = {"data", "train"}  # their fields are plain flags (--epochs); other sections prefixed (--wandb-mode)
+SHORT_FLAGS = {"--sign-private-key": ("--sign-key",)}  # the names the docs use, beside the generated ones
 FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
@@ -75,7 +76,7 @@ def _config_parent() -> argparse.ArgumentParser:
             kw["nargs"] = "+"
         if origin is typing.Literal:
             kw["choices"] = list(args)
-        group.add_argument(flag, **kw)
+        group.add_argument(flag, *SHORT_FLAGS.get(flag, ()), **kw)
     return p
 
 

@@ -32,9 +32,10 @@ MEANING: dict[Exit, str] = {
     Exit.USAGE: "usage or invalid configuration: bad flags or config, a target that is neither a file nor an "
                 "artifact reference, no lineage store at --lineage-db, a folder that cannot be written",
     Exit.VERIFY_FAILED: "verification failed: TAMPERED (a file differs from its recorded digest), reproduce "
-                        "DIFFERS, W&B differs from the lineage store (sync --verify)",
+                        "DIFFERS, W&B differs from the lineage store (sync --verify, audit --online), a signature or signed "
+                        "digest does not match (verify, audit)",
     Exit.NOT_FOUND: "not found: not produced by any recorded run, no such artifact version, no production model, "
-                    "or the recorded inputs are gone (deleted by gc, missing)",
+                    "the recorded inputs are gone (deleted by gc, missing), no attestation for a file (verify)",
     Exit.WANDB_UNAVAILABLE: "W&B unreachable or refused: no API key, host unreachable, key refused, a W&B call "
                             "failed (the decision stays recorded; sync retries it)",
     Exit.STORE: "the lineage store is empty, damaged or not a lineage store, or missing beside artifacts it "

@@ -2,8 +2,9 @@
 signed ONNX file. Nothing heavy is imported (no torch, Prefect, wandb, lineage store): `verify` runs on any host
 that has the file, its attestation and the public key.
 
-Exit codes of verify: 0 verified, 3 a signature or the digest does not match (the line names which), 4 no
-attestation for this file, 2 usage (a missing file, an unreadable key). keygen: 0, or 2 when a key file exists.
+Exit codes (the CLI's one table, `flows/exit_codes.py`): verify 0 verified, 3 a signature or the digest does not
+match (the line names which), 4 no attestation for this file, 2 usage (a missing file, an unreadable key);
+keygen 0, or 2 when a key file exists.
 """
 
 from __future__ import annotations
@@ -12,61 +13,63 @@ import argparse
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_USAGE, EXIT_MISMATCH, EXIT_MISSING = 0, 2, 3, 4
+from mnist_pipeline.flows.common_args import Parents, add_command, parents
+from mnist_pipeline.flows.exit_codes import Exit
 
 
-def _keygen(ns: argparse.Namespace) -> int:
+def _keygen(ns: argparse.Namespace) -> Exit:
     from mnist_pipeline.provenance import keys
 
     try:
         key_path, pub_path = keys.generate(Path(ns.out))
     except FileExistsError as e:
         print(f"mnist-pipeline keygen: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except OSError as e:
         print(f"mnist-pipeline keygen: cannot write into {ns.out}: {e.strerror or e}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     pub = keys.load_public(pub_path)
     print(f"private key {key_path} (mode 0600: keep it secret; runs sign with --sign-private-key {key_path})")
     print(f"public key  {pub_path} (fingerprint {keys.fingerprint(pub)}: give it to whoever verifies)")
-    return EXIT_OK
+    return Exit.OK
 
 
-def _verify(ns: argparse.Namespace) -> int:
+def _verify(ns: argparse.Namespace) -> Exit:
     from mnist_pipeline.provenance import keys
     from mnist_pipeline.provenance.verify import MISSING, VERIFIED, tree, verify
 
     file = Path(ns.model)
     if not file.is_file():
         print(f"mnist-pipeline verify: {file}: no such file", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     try:
         result = verify(file, Path(ns.public_key), Path(ns.attestation) if ns.attestation else None)
     except keys.KeyFileError as e:
         print(f"mnist-pipeline verify: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     if result.status == MISSING:
         print(f"mnist-pipeline verify: {result.note}", file=sys.stderr)
-        return EXIT_MISSING
+        return Exit.NOT_FOUND
     assert result.attestation is not None
     if result.status != VERIFIED:
         for c in result.failed:
             print(f"mnist-pipeline verify: FAILED {c.name}: {c.detail}", file=sys.stderr)
-        return EXIT_MISMATCH
+        return Exit.VERIFY_FAILED
     print(f"verified {file} with key {result.key_fingerprint[:16]} (attestation {result.attestation.folder})")
     for c in result.checks:
         print(f"  ok  {c.name}: {c.detail}")
     assert result.statement is not None
     print("\n".join(tree(result.statement)))
-    return EXIT_OK
+    return Exit.OK
 
 
-def add_commands(subparsers) -> None:
-    """Register `keygen` and `verify` on an argparse subparsers object (each sets `handler(args) -> int`)."""
-    kg = subparsers.add_parser("keygen", help="make an EC P-256 signing key pair (DIR/mnist-signing.key, .pub)")
+def add_parsers(sub, parents: Parents) -> None:
+    """Add `keygen` and `verify` to the CLI's sub-command parsers."""
+    kg = add_command(sub, "keygen", help="make an EC P-256 signing key pair (DIR/mnist-signing.key, .pub)")
     kg.add_argument("--out", required=True, metavar="DIR", help="folder for the key pair (never overwritten)")
     kg.set_defaults(handler=_keygen)
-    v = subparsers.add_parser("verify", help="check a signed ONNX file offline: both signatures and its digest")
+    v = add_command(sub, "verify", help="check a signed ONNX file offline: both signatures and its digest "
+                    "(exit 0 verified, 3 mismatch, 4 no attestation); needs no store, network, torch or Prefect")
     v.add_argument("model", metavar="MODEL.onnx", help="the ONNX file")
     v.add_argument("--public-key", required=True, metavar="PUB", help="the signer's public key (PEM)")
     v.add_argument("--attestation", metavar="FILE", help="the attestation folder, its attestation.json or its "
@@ -76,7 +79,7 @@ def add_commands(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-pipeline")
-    add_commands(parser.add_subparsers(dest="command", required=True))
+    add_parsers(parser.add_subparsers(dest="command", required=True), parents())
     try:
         ns = parser.parse_args(argv)
     except SystemExit as e:  # argparse's usage errors exit 2 already; --help exits 0

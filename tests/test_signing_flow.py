@@ -215,7 +215,7 @@ def test_verify_needs_neither_torch_prefect_nor_wandb(signed_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
     proof = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=60)
     assert proof.returncode != 0 and "blocked in this process" in proof.stderr  # the blocker works
-    run = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.sign_cli", "verify",
+    run = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "verify",
                           signed_run["summary"]["onnx_file"], "--public-key", str(signed_run["pub"])], env=env,
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
