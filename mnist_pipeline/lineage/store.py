@@ -143,9 +143,13 @@ class LineageStore:
                  json.dumps(config, sort_keys=True), json.dumps(env, sort_keys=True), now()))
 
     def finish_run(self, run_id: str, *, used: list[int], produced: list[NewArtifact], summary: dict,
-                   wandb_url: str | None, wandb_mode: str) -> list[ArtifactRecord]:
-        """Record the outputs, the edges and the 'finished' status in one transaction."""
+                   wandb_url: str | None, wandb_mode: str, wandb_pending=()) -> list[ArtifactRecord]:
+        """Record the outputs, the edges and the 'finished' status in one transaction; `wandb_pending`: the
+        W&B gaps (`wandb.stage_run.WandbGap`) that stand until W&B confirms the outputs (`settle_wandb_gaps`),
+        in the same transaction, so a process killed before W&B has them leaves them to `sync`."""
         with self.transaction() as con:
+            con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in wandb_pending])
             ids: list[int] = []
             for art in produced:
                 row = con.execute("SELECT artifact_id FROM artifacts WHERE name = ? AND digest = ?",
@@ -382,6 +386,17 @@ class LineageStore:
         """What an online run could not record in W&B because a W&B call failed (`wandb.stage_run.WandbGap`s): `sync`
         completes it. The first record of a (run, action, ref) is kept."""
         with self.transaction() as con:
+            con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in gaps])
+
+    def settle_wandb_gaps(self, run_id: str, confirmed, gaps) -> None:
+        """W&B answered for a committed run: the pending gaps (call 'unconfirmed') of the `confirmed` refs, and
+        of the refs a real gap in `gaps` now names, give way to those gaps."""
+        gaps = list(gaps)
+        refs = sorted(set(confirmed) | {g.ref for g in gaps})
+        with self.transaction() as con:
+            con.executemany("DELETE FROM wandb_gaps WHERE run_id = ? AND ref = ? AND call = 'unconfirmed'",
+                            [(run_id, r) for r in refs])
             con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in gaps])
 
