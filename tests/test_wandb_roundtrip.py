@@ -1,0 +1,154 @@
+"""The lineage round trip, end to end, against the stateful W&B stand-in (tests/wandb_standin): the real flow on a
+real Prefect server, the real wandb SDK online, and the real CLI (`run`, `sync`, `sync --verify`, `audit --online`,
+`rollback`), each in its own process (wandb's process-wide settings keep the first host a process saw). What W&B
+holds is read back through W&B's own public API (`wandb.Api()`), and compared with the lineage store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_pipeline.lineage.refs import digest_alias
+from mnist_pipeline.lineage.store import LineageStore
+from tests.helpers import write_mnist
+from tests.wandb_standin import Standin
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT = "mnist-lineage"
+FAST = ["--wandb-init-timeout", "20", "--wandb-http-timeout", "10", "--wandb-http-retries", "2",
+        "--wandb-artifact-wait-timeout", "30", "--wandb-finish-timeout", "30"]
+
+
+def env_for(base: Path, w: Standin, **extra: str) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PREFECT_")) and k != "NETRC"}
+    for d in ("home", "tmp", "wandb"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(base / "home"), TMPDIR=str(base / "tmp"), WANDB_DIR=str(base / "wandb"),
+               WANDB_SILENT="true", PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO), WANDB_BASE_URL=w.url, WANDB_API_KEY=w.api_key)
+    env.update(extra)
+    return env
+
+
+def cli(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", *args], cwd=env["HOME"], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_args(base: Path, src: Path, mode: str, *extra: str) -> list[str]:
+    return ["run", "--source", "local", "--local-dir", str(src), "--slice", "1", "--epochs", "1",
+            "--batch-size", "16", "--root", str(base / "data"), "--artifacts-dir", str(base / "art"),
+            "--lineage-db", str(base / "lineage.db"), "--onnx-latency-samples", "10", "--onnx-throughput-batch",
+            "16", "--evaluate-misclassified-table-rows", "4", "--threads", "1", "--no-watch",
+            "--wandb-mode", mode, *FAST, *extra]
+
+
+def api(w: Standin):
+    import wandb
+
+    return wandb.Api(api_key=w.api_key, overrides={"base_url": w.url}, timeout=30)
+
+
+def ref_of(art) -> str:
+    return f"{PROJECT}/{art.name}:{digest_alias(art.digest)}"
+
+
+def wandb_graph(w: Standin, store: LineageStore) -> dict:
+    """What W&B holds for every version of the store, keyed by `name:vN` of the store, with run ids replaced by
+    job types: {"version", "aliases" (sha256 alias as 'sha256'), "logged_by", "used_by"}."""
+    a = api(w)
+    jobs = {r.run_id: r.job_type for r in store.runs()}
+    out = {}
+    for art in store.artifacts():
+        got = a.artifact(ref_of(art))
+        assert digest_alias(art.digest) in got.aliases, (art.label, got.aliases)
+        out[art.label] = {"version": got.version,
+                          "aliases": sorted("sha256" if x.startswith("sha256-") else x for x in got.aliases),
+                          "logged_by": jobs.get(got.logged_by().id, got.logged_by().id),
+                          "used_by": sorted(jobs.get(r.id, r.id) for r in got.used_by())}
+    return out
+
+
+def store_graph(store: LineageStore) -> dict:
+    jobs = {r.run_id: r.job_type for r in store.runs()}
+    return {a.label: {"logged_by": jobs[a.producer_run_id],
+                      "used_by": sorted(jobs[r] for r in store.consumers(a.artifact_id)
+                                        if store.run(r).status == "finished")}
+            for a in store.artifacts()}
+
+
+@pytest.fixture(scope="module")
+def online_flow(prefect_server, tmp_path_factory):
+    """One flow run recorded online (`run --wandb-mode online`) into one stand-in, shared by the scenarios that
+    read it."""
+    base = tmp_path_factory.mktemp("online")
+    src = base / "src"
+    write_mnist(src)
+    with Standin() as w:
+        env = env_for(base, w)
+        proc = cli(env, *run_args(base, src, "online"))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        yield {"base": base, "src": src, "w": w, "env": env, "proc": proc, "db": base / "lineage.db"}
+
+
+def test_an_online_run_puts_the_whole_lineage_graph_in_wandb(online_flow):
+    w, store = online_flow["w"], LineageStore(online_flow["db"])
+    runs = store.runs()
+    assert runs and all(r.wandb_mode == "online" and r.status == "finished" for r in runs)
+    assert store.wandb_gaps() == []
+    a = api(w)
+    # every version: its sha256 alias, `latest` on the newest, logged by the run that produced it
+    graph, expected = wandb_graph(w, store), store_graph(store)
+    for label, want in expected.items():
+        assert graph[label]["logged_by"] == want["logged_by"], label
+        assert graph[label]["used_by"] == want["used_by"], label
+        assert graph[label]["version"] == "v" + label.rsplit(":v", 1)[1], label
+    for name in {x.name for x in store.artifacts()}:
+        newest = max((x for x in store.artifacts() if x.name == name), key=lambda x: x.version)
+        assert "latest" in a.artifact(ref_of(newest)).aliases
+    # every stage run's inputs, as W&B's run says
+    for r in runs:
+        used = sorted(f"{u.name}:v{u.version}" for u in store.edges(r.run_id)["used"])
+        assert sorted(x.name for x in a.run(f"{PROJECT}/{r.run_id}").used_artifacts()) == used, r.job_type
+        made = sorted(f"{u.name}:v{u.version}" for u in store.edges(r.run_id)["produced"])
+        logged = a.run(f"{PROJECT}/{r.run_id}").logged_artifacts()  # and wandb's own tables of logged plots
+        assert sorted(x.name for x in logged if x.type != "run_table") == made, r.job_type
+    # candidate and production on the promoted model version
+    [model] = store.artifacts("model")
+    assert store.alias(model.name, "production").artifact_id == model.artifact_id
+    assert {"candidate", "production"} <= set(a.artifact(ref_of(model)).aliases)
+    # from the ONNX version back to the dataset, through W&B's own API
+    [onnx] = store.artifacts("onnx")
+    chain, art = [], a.artifact(ref_of(onnx))
+    while art.type != "dataset":
+        producer = art.logged_by()
+        chain.append((art.type, producer.job_type))
+        art = next(x for x in producer.used_artifacts() if x.type in ("model", "dataset"))
+    chain.append((art.type, art.logged_by().job_type))
+    assert chain == [("onnx", "export-onnx"), ("model", "train"), ("dataset", "prepare-data")]
+    [ds] = store.artifacts("dataset")
+    assert art.digest and digest_alias(ds.digest) in art.aliases
+
+    # the CLI reads the same graph back: sync --verify and audit --online say VERIFIED
+    env, db = online_flow["env"], str(online_flow["db"])
+    v = cli(env, "sync", "--verify", "--lineage-db", db)
+    assert v.returncode == 0, v.stdout + v.stderr
+    assert f"{len(store.artifacts())} artifact version(s) compared" in v.stdout and "OK:" in v.stdout
+    onnx_file = next(Path(onnx.path).glob("*.onnx"))
+    au = cli(env, "audit", "--online", "--json", "--lineage-db", db, str(onnx_file))
+    assert au.returncode == 0, au.stdout[-3000:] + au.stderr
+    report = json.loads(au.stdout)
+    facts = report["wandb_online"]
+    assert facts and all(f["found"] for f in facts.values())
+    assert facts[onnx.label]["logged_by"] == onnx.producer_run_id
+    assert digest_alias(onnx.digest) in facts[onnx.label]["aliases"]
+    assert not (Path(env["HOME"]) / "wandb").exists()  # no wandb debug folder left where the commands ran
