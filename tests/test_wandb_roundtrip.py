@@ -152,3 +152,66 @@ def test_an_online_run_puts_the_whole_lineage_graph_in_wandb(online_flow):
     assert facts[onnx.label]["logged_by"] == onnx.producer_run_id
     assert digest_alias(onnx.digest) in facts[onnx.label]["aliases"]
     assert not (Path(env["HOME"]) / "wandb").exists()  # no wandb debug folder left where the commands ran
+
+
+WRITES = ("UpsertBucket", "CreateArtifact", "CreateArtifactManifest", "CreateArtifactFiles", "CommitArtifact",
+          "UseArtifact", "AddAliases", "DeleteAliases", "UpdateArtifact", "LinkArtifact", "file_stream", "upload")
+
+
+def writes(w: Standin) -> dict[str, int]:
+    return {op: w.count(op) for op in WRITES if w.count(op)}
+
+
+def versions_of(w: Standin) -> dict[str, list[str]]:
+    """Every artifact collection of the stand-in and its versions, as W&B numbers them."""
+    return {k.rsplit("/", 1)[1]: [v["version"] for v in c["versions"]]
+            for k, c in w.state()["collections"].items() if c["kind"] != "portfolio"}
+
+
+def test_an_offline_run_synced_is_the_same_graph_and_a_second_sync_sends_nothing(online_flow, tmp_path):
+    write_mnist(tmp_path / "src")
+    with Standin() as w:
+        env = env_for(tmp_path, w)
+        proc = cli(env, *run_args(tmp_path, tmp_path / "src", "offline"))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert w.state()["runs"] == {}  # offline: nothing sent yet
+        db = str(tmp_path / "lineage.db")
+        s = cli(env, "sync", "--lineage-db", db)
+        assert s.returncode == 0, s.stdout + s.stderr
+        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        assert v.returncode == 0, v.stdout + v.stderr
+        store = LineageStore(db)
+        assert wandb_graph(w, store) == wandb_graph(online_flow["w"], LineageStore(online_flow["db"]))
+        before, n_versions = writes(w), versions_of(w)
+        again = cli(env, "sync", "--lineage-db", db)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert writes(w) == before  # a second sync sends nothing
+        assert versions_of(w) == n_versions
+        assert not (tmp_path / "home" / "wandb").exists()  # `wandb sync` left no debug folder where sync ran
+
+
+def test_an_upload_that_failed_mid_way_is_completed_by_sync_without_a_duplicate(prefect_server, tmp_path):
+    write_mnist(tmp_path / "src")
+    with Standin() as w:
+        w.fail("CommitArtifact", "graphql-error", nth=2)  # the second version the flow logs is not committed
+        env = env_for(tmp_path, w)
+        proc = cli(env, *run_args(tmp_path, tmp_path / "src", "online"))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        db = str(tmp_path / "lineage.db")
+        store = LineageStore(db)
+        assert store.wandb_gaps(), "the failed commit is recorded for sync"
+        pending = [v for c in w.state()["collections"].values() for v in c["versions"] if v["state"] != "COMMITTED"]
+        assert len(pending) == 1
+        failing_verify = cli(env, "sync", "--verify", "--lineage-db", db)
+        assert failing_verify.returncode == 3, failing_verify.stdout + failing_verify.stderr
+        s = cli(env, "sync", "--lineage-db", db)
+        assert s.returncode == 0, s.stdout + s.stderr
+        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        assert v.returncode == 0, v.stdout + v.stderr
+        committed = {k: [x["version"] for x in c["versions"] if x["state"] == "COMMITTED"]
+                     for k, c in w.state()["collections"].items() if c["kind"] != "portfolio"}
+        for art in store.artifacts():  # one committed version per stored version: none logged twice
+            assert committed[f"{w.entity}/{PROJECT}/{art.name}"].count(f"v{art.version}") == 1
+        before = writes(w)
+        assert cli(env, "sync", "--lineage-db", db).returncode == 0
+        assert writes(w) == before
