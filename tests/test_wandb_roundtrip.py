@@ -215,3 +215,52 @@ def test_an_upload_that_failed_mid_way_is_completed_by_sync_without_a_duplicate(
         before = writes(w)
         assert cli(env, "sync", "--lineage-db", db).returncode == 0
         assert writes(w) == before
+
+
+CRASH = """
+import os, sys
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage import store as store_mod
+from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.lineage.wandb.stage_run import StageRun
+
+where = sys.argv[1]
+if where == "after-store":  # killed right after the store's commit, before W&B is told anything
+    StageRun.log_artifacts = lambda self, arts, summary: os._exit(9)
+else:  # killed after W&B took the version, before the store heard back
+    store_mod.LineageStore.settle_wandb_gaps = lambda self, *a: os._exit(9)
+cfg = PipelineConfig.model_validate({"artifacts_dir": sys.argv[2] + "/art", "lineage_db": sys.argv[2] + "/lineage.db",
+                                     "wandb": {"mode": "online", "dir": sys.argv[2] + "/wandb", "project": "PROJECT"}})
+with open_stage(cfg, "prepare-data") as stage:
+    d = stage.staging("data")
+    (d / "data.txt").write_text("hello " + where)
+    stage.produce("data", "dataset", d, {})
+""".replace("PROJECT", PROJECT)
+
+
+@pytest.mark.parametrize("where", ["after-store", "after-wandb"])
+def test_a_process_killed_between_the_store_and_wandb_is_completed_by_sync(tmp_path, where):
+    """The store first, W&B second: kill -9 right after the store's commit; the next `sync` completes W&B, and
+    never logs a version twice."""
+    with Standin() as w:
+        env = env_for(tmp_path, w, PREFECT_API_URL="")
+        proc = subprocess.run([sys.executable, "-c", CRASH, where, str(tmp_path)], cwd=env["HOME"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 9, proc.stderr[-3000:]
+        store = LineageStore(tmp_path / "lineage.db")
+        [run] = store.runs()
+        [art] = store.artifacts()
+        assert run.status == "finished" and (Path(art.path) / "data.txt").is_file()  # the record of truth stands
+        ref = f"{PROJECT}/data:{digest_alias(art.digest)}"
+        assert [(g["action"], g["ref"], g["call"]) for g in store.wandb_gaps()] == [("upload", ref, "unconfirmed")]
+        committed = [v for c in w.state()["collections"].values() for v in c["versions"] if v["state"] == "COMMITTED"]
+        assert len(committed) == (0 if where == "after-store" else 1)
+        s = cli(env, "sync", "--lineage-db", str(tmp_path / "lineage.db"))
+        assert s.returncode == 0, s.stdout + s.stderr
+        v = cli(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))
+        assert v.returncode == 0, v.stdout + v.stderr
+        assert versions_of(w) == {"data": ["v0"]}
+        assert api(w).artifact(ref).logged_by().id == run.run_id
+        before = writes(w)
+        assert cli(env, "sync", "--lineage-db", str(tmp_path / "lineage.db")).returncode == 0
+        assert writes(w) == before
