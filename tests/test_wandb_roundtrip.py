@@ -264,3 +264,60 @@ def test_a_process_killed_between_the_store_and_wandb_is_completed_by_sync(tmp_p
         before = writes(w)
         assert cli(env, "sync", "--lineage-db", str(tmp_path / "lineage.db")).returncode == 0
         assert writes(w) == before
+
+
+def registry(w: Standin) -> dict[str, list[str]]:
+    """The stand-in's registry collections: per collection, the version digests with their aliases there."""
+    state = w.state()
+    out = {}
+    for key, c in state["collections"].items():
+        if c["kind"] == "portfolio":
+            out[key.rsplit("/", 1)[1]] = sorted((v["digest"], tuple(sorted(v["aliases"]))) for v in c["versions"])
+    return out
+
+
+def test_promotion_and_rollback_move_production_in_wandb_and_sync_replays_a_failed_registry_link(
+        prefect_server, tmp_path):
+    write_mnist(tmp_path / "src")
+    reg = ["--promotion-registry-path", "wandb-registry-model/mnist"]
+    with Standin() as w:
+        env = env_for(tmp_path, w)
+        db = str(tmp_path / "lineage.db")
+        first = cli(env, *run_args(tmp_path, tmp_path / "src", "online", "--learning-rate", "1e-6", *reg))
+        assert first.returncode == 0, first.stderr[-4000:]
+        store = LineageStore(db)
+        [v0] = store.artifacts("model")
+        a = api(w)
+        assert "production" in a.artifact(ref_of(v0)).aliases
+        # linked into the registry with its aliases, not only `latest`
+        [(digest, aliases)] = registry(w)["mnist"]
+        assert "production" in aliases and digest == a.artifact(ref_of(v0)).digest
+
+        w.fail("LinkArtifact", "graphql-error")  # the next promotion's link fails; its aliases reach W&B
+        second = cli(env, *run_args(tmp_path, tmp_path / "src", "online", "--learning-rate", "0.01", "--epochs",
+                                    "4", *reg))
+        assert second.returncode == 0, second.stderr[-4000:]
+        v1 = next(m for m in store.artifacts("model") if m.version == 1)
+        assert store.alias(v1.name, "production").artifact_id == v1.artifact_id
+        a = api(w)
+        assert "production" in a.artifact(ref_of(v1)).aliases  # moved off the old version
+        assert "production" not in a.artifact(ref_of(v0)).aliases
+        assert [g["call"] for g in store.wandb_gaps() if g["action"] == "aliases"] == ["registry link"]
+        assert len(registry(w)["mnist"]) == 1  # the link did not happen
+
+        s = cli(env, "sync", "--lineage-db", db)
+        assert s.returncode == 0, s.stdout + s.stderr
+        assert "linked into wandb-registry-model/mnist" in s.stdout
+        linked = dict(registry(w)["mnist"])
+        assert "production" in linked[a.artifact(ref_of(v1)).digest]
+        assert "production" not in linked[a.artifact(ref_of(v0)).digest]
+        before = writes(w)
+        assert cli(env, "sync", "--lineage-db", db).returncode == 0 and writes(w) == before  # replayed once
+
+        rb = cli(env, "rollback", "--wandb-mode", "online", "--lineage-db", db, "--reason", "round trip")
+        assert rb.returncode == 0, rb.stdout + rb.stderr
+        a = api(w)
+        assert "production" in a.artifact(ref_of(v0)).aliases
+        assert "production" not in a.artifact(ref_of(v1)).aliases
+        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        assert v.returncode == 0, v.stdout + v.stderr
