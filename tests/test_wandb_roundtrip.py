@@ -321,3 +321,63 @@ def test_promotion_and_rollback_move_production_in_wandb_and_sync_replays_a_fail
         assert "production" not in a.artifact(ref_of(v1)).aliases
         v = cli(env, "sync", "--verify", "--lineage-db", db)
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+def standin_version(w: Standin, art) -> dict:
+    """The stand-in's own record of a stored version (W&B numbers versions as the store does, scenario 1)."""
+    c = w.model.collection(w.entity, PROJECT, art.name, "sequence") or w.model.collection(w.entity, PROJECT, art.name)
+    return w.model.data["artifacts"][c["members"][art.version]]
+
+
+def _other_bytes(w: Standin, store: LineageStore):
+    [onnx] = store.artifacts("onnx")
+    a = standin_version(w, onnx)
+    path = next(p for p in a["files"] if p.endswith(".onnx"))
+    w.model.data["manifests"][str(a["n"])]["contents"][path]["digest"] = "AAAAAAAAAAAAAAAAAAAAAA=="
+    a["files"][path]["digest"] = "AAAAAAAAAAAAAAAAAAAAAA=="
+    return onnx, "content", f"{path}: W&B's md5 AAAAAAAAAAAAAAAAAAAAAA== differs", "differs from W&B's copy"
+
+
+def _other_producer(w: Standin, store: LineageStore):
+    [model] = store.artifacts("model")
+    [prep] = [r for r in store.runs() if r.job_type == "prepare-data"]
+    standin_version(w, model)["created_by"] = f"{w.entity}/{PROJECT}/{prep.run_id}"
+    return (model, "producer", f"logged by run {prep.run_id} in W&B, by {model.producer_run_id} in the lineage store",
+            f"W&B says it was logged by run {prep.run_id}")
+
+
+def _missing_input(w: Standin, store: LineageStore):
+    [ds] = store.artifacts("dataset")
+    [train] = [r for r in store.runs() if r.job_type == "train"]
+    a = standin_version(w, ds)
+    key = f"{w.entity}/{PROJECT}/{train.run_id}"
+    a["used_by"].remove(key)
+    w.model.data["runs"][key]["inputs"].remove(a["id"])
+    return (ds, "input", f"run {train.run_id} used it, but W&B does not list it",
+            f"run {train.run_id} used {ds.label} in the lineage store; W&B does not list it")
+
+
+@pytest.mark.parametrize("edit", [_other_bytes, _other_producer, _missing_input])
+def test_wandb_disagreeing_with_the_store_fails_verify_and_the_online_audit(online_flow, edit):
+    import copy
+
+    w, env, db = online_flow["w"], online_flow["env"], str(online_flow["db"])
+    store = LineageStore(db)
+    [onnx] = store.artifacts("onnx")
+    onnx_file = str(next(Path(onnx.path).glob("*.onnx")))
+    with w.lock:
+        saved = copy.deepcopy(w.model.data)
+        art, kind, verify_says, audit_says = edit(w, store)
+    try:
+        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        assert v.returncode == 3, v.stdout + v.stderr
+        [line] = [x for x in v.stdout.splitlines() if x.strip().startswith(kind)]
+        assert art.label in line and verify_says in line, v.stdout
+        au = cli(env, "audit", "--online", "--json", "--lineage-db", db, onnx_file)
+        assert au.returncode == 3, au.stdout[-3000:] + au.stderr
+        failures = json.loads(au.stdout)["failures"]
+        assert [f["artifact"] for f in failures if audit_says in f["detail"]] == [art.label], failures
+    finally:
+        with w.lock:
+            w.model.data = saved
+    assert cli(env, "sync", "--verify", "--lineage-db", db).returncode == 0  # W&B agrees again
