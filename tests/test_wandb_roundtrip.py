@@ -322,6 +322,21 @@ def test_promotion_and_rollback_move_production_in_wandb_and_sync_replays_a_fail
         v = cli(env, "sync", "--verify", "--lineage-db", db)
         assert v.returncode == 0, v.stdout + v.stderr
 
+        # W&B disagreeing: `production` on the other version there
+        c = w.model.collection(w.entity, PROJECT, v0.name)
+        with w.lock:
+            c["aliases"]["production"] = c["members"][1]
+        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        assert v.returncode == 3, v.stdout + v.stderr
+        [line] = [x for x in v.stdout.splitlines() if x.strip().startswith("alias")]
+        assert v0.label in line and "alias 'production' is on this version in the lineage store" in line
+        onnx = next(o for o in store.artifacts("onnx")
+                    if v0.artifact_id in [u.artifact_id for u in store.edges(o.producer_run_id)["used"]])
+        au = cli(env, "audit", "--online", "--json", "--lineage-db", db, str(next(Path(onnx.path).glob("*.onnx"))))
+        assert au.returncode == 3, au.stdout[-3000:] + au.stderr
+        [failure] = json.loads(au.stdout)["failures"]
+        assert failure["artifact"] == v0.label and "alias 'production' is on" in failure["detail"]
+
 
 def standin_version(w: Standin, art) -> dict:
     """The stand-in's own record of a stored version (W&B numbers versions as the store does, scenario 1)."""
@@ -381,3 +396,31 @@ def test_wandb_disagreeing_with_the_store_fails_verify_and_the_online_audit(onli
         with w.lock:
             w.model.data = saved
     assert cli(env, "sync", "--verify", "--lineage-db", db).returncode == 0  # W&B agrees again
+
+
+def test_two_flows_online_at_once_log_each_version_once_and_aliases_end_where_the_store_says(prefect_server, tmp_path):
+    write_mnist(tmp_path / "src")
+    with Standin() as w:
+        env = env_for(tmp_path, w)
+        procs = [subprocess.Popen([sys.executable, "-m", "mnist_pipeline.flows.cli",
+                                   *run_args(tmp_path, tmp_path / "src", "online", "--seed", str(seed))],
+                                  cwd=env["HOME"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for seed in (1, 2)]
+        outs = [p.communicate(timeout=600) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+        store = LineageStore(tmp_path / "lineage.db")
+        assert len(store.artifacts("model")) == 2 and len(store.artifacts("dataset")) == 1
+        # every stored version is one W&B version, numbered as in the store; nothing logged twice
+        names = {art.name for art in store.artifacts()}
+        held = {n: vs for n, vs in versions_of(w).items() if n in names}
+        assert held == {n: [f"v{a.version}" for a in store.artifacts() if a.name == n] for n in names}
+        for n in names:  # and no two W&B versions of the same bytes
+            c = w.model.collection(w.entity, PROJECT, n)
+            digests = [w.model.data["artifacts"][aid]["digest"] for aid in c["members"]]
+            assert len(digests) == len(set(digests)), n
+        a = api(w)
+        for alias in ("candidate", "production"):
+            held = store.alias("convnet", alias)
+            assert held is not None and alias in a.artifact(ref_of(held)).aliases, alias
+        v = cli(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))
+        assert v.returncode == 0, v.stdout + v.stderr
