@@ -424,3 +424,46 @@ def test_two_flows_online_at_once_log_each_version_once_and_aliases_end_where_th
             assert held is not None and alias in a.artifact(ref_of(held)).aliases, alias
         v = cli(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+SWEEP = """
+method: grid
+metric: {name: test_accuracy, goal: maximize}
+parameters:
+  train.learning_rate: {values: [0.001, 0.01]}
+name: tiny-grid
+"""
+
+
+def test_a_sweep_online_puts_every_trial_and_the_winners_chain_in_wandb(prefect_server, tmp_path):
+    write_mnist(tmp_path / "src")
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    with Standin() as w:
+        env = env_for(tmp_path, w)
+        args = run_args(tmp_path, tmp_path / "src", "online")
+        proc = cli(env, "sweep", "--sweep", str(tmp_path / "sweep.yaml"), "--workers", "1", *args[1:], timeout=900)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        store = LineageStore(tmp_path / "lineage.db")
+        runs = store.runs()
+        trains = [r for r in runs if r.job_type == "train"]
+        assert len(trains) == 2 and all(r.wandb_mode == "online" and r.status == "finished" for r in runs)
+        a = api(w)
+        # the trial runs, grouped in W&B as in the store
+        for r in runs:
+            assert a.run(f"{PROJECT}/{r.run_id}").group == r.run_group, r.job_type
+        assert len({r.run_group for r in trains}) == 1
+        # every trial's artifacts and edges
+        graph, expected = wandb_graph(w, store), store_graph(store)
+        assert {k: {x: v[x] for x in ("logged_by", "used_by")} for k, v in graph.items()} == expected
+        # the winner: production in W&B, and its chain from the ONNX back to the dataset
+        prod = store.alias("convnet", "production")
+        assert prod is not None and "production" in a.artifact(ref_of(prod)).aliases
+        onnx = next(o for o in store.artifacts("onnx")
+                    if prod.artifact_id in [u.artifact_id for u in store.edges(o.producer_run_id)["used"]])
+        exporter = a.artifact(ref_of(onnx)).logged_by()
+        model = next(x for x in exporter.used_artifacts() if x.type == "model")
+        assert digest_alias(prod.digest) in model.aliases
+        ds = next(x for x in model.logged_by().used_artifacts() if x.type == "dataset")
+        assert ds.logged_by().job_type == "prepare-data"
+        v = cli(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))
+        assert v.returncode == 0, v.stdout + v.stderr
