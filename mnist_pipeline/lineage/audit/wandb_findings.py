@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.hashing import md5_b64
-from mnist_pipeline.lineage.audit.report import AuditReport, finish
+from mnist_pipeline.lineage.audit.report import AuditReport, RunEntry, finish
 from mnist_pipeline.lineage.refs import wandb_ref
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> 
     return report
 
 
-def _in_wandb(run: dict | None) -> bool:
+def _in_wandb(run: RunEntry | None) -> bool:
     """A finished run W&B holds: recorded online, or uploaded by `sync` (its inputs are then declared there)."""
     if run is None or run.get("status") != "finished":
         return False
