@@ -103,10 +103,11 @@ def _signature_line(e: SignatureEntry) -> str:
     """One line under the attested artifact; the checks are listed under Signatures."""
     if e["status"] == "unsigned":
         return "unsigned (no attestation on record)"
-    key = {"given": "the given key", "signer": "its own signer.pub, not a trusted key"}.get(e["key"] or "", "")
-    by = f" with {key} {_short(e['key_fingerprint'])}" if key and e["key_fingerprint"] else ""
+    key = {"given": "the given key", "signer": "the attestation's own signer.pub, not a trusted key"}.get(
+        e["key"] or "", "")
+    by = f"key {_short(e['key_fingerprint'])}: {key}; " if key and e["key_fingerprint"] else ""
     failed = f": {', '.join(e['failed'])} failed" if e["failed"] else ""
-    return f"{SIGNATURE_WORDS[e['status']]}{by}{failed} ({e['relpath']}, attestation {e['attestation']})"
+    return f"{SIGNATURE_WORDS[e['status']]}{failed} ({e['relpath']}; {by}attestation {e['attestation']})"
 
 
 def _signatures(report: AuditReport) -> list[str]:

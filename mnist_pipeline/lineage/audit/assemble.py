@@ -28,7 +28,8 @@ from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
 def _summary(rec: ArtifactRecord) -> dict:
     """The scalar facts of an artifact's metadata (lists only when short), for the tree."""
-    skip = {"inputs", "files", "producer", "raw_files", "notes", "confusion_matrix", "mirrors", "train"}
+    skip = {"inputs", "files", "producer", "raw_files", "notes", "confusion_matrix", "mirrors", "train",
+            "verify", "verify_bundle"}
     out: dict[str, Any] = {}
     for k, v in rec.metadata.items():
         if k in skip or v is None:
