@@ -116,7 +116,7 @@ def test_a_signed_onnx_audits_with_its_signature_verified(signed, capsys):
     # the attestation's own copy of the file: the same subject, and that copy is the file verified
     rc, out, _ = _audit(signed, capsys, signed["copy"], "--public-key", signed["pub"])
     assert rc == Exit.OK and "identified as convnet-onnx:v0 (by sha256)" in out
-    assert f"same content as convnet-onnx:v0/model.onnx" in json.dumps(
+    assert "same content as convnet-onnx:v0/model.onnx" in json.dumps(
         json.loads(_audit(signed, capsys, signed["copy"], "--json")[1])["checks"])
     assert f"signature verified\n    file {signed['copy']}" in _signatures(out)
 
@@ -178,7 +178,7 @@ def test_a_flipped_byte_in_the_statement_or_the_bundle_fails_the_audit(signed, c
             rc, out, err = _audit(signed, capsys, signed["onnx"], *key)
         assert rc == Exit.VERIFY_FAILED, out
         sig = _signatures(out)
-        assert f"convnet-onnx:v0/model.onnx: SIGNATURE NOT VERIFIED" in sig and f"FAILED {check}: " in sig
+        assert "convnet-onnx:v0/model.onnx: SIGNATURE NOT VERIFIED" in sig and f"FAILED {check}: " in sig
         others = {"statement signature", "model-signing bundle"} - {check}
         assert all(f"ok     {o}: " in sig for o in others), sig
         assert f"MISMATCH {target}: sha256" in out  # its recorded digest no longer matches either
