@@ -453,6 +453,36 @@ def prepare(source: str, root: Path, *, local_dir: Path | None = None, mirrors: 
     return PreparedData(train=train, test=test, source=source, raw_files=raw_files, notes=notes, folder=folder)
 
 
+# What a raw file's record in `dataset.json` holds: its content, never where it was found or stored.
+RAW_CONTENT_FIELDS = ("name", "sha256", "size", "md5", "stored_sha256", "stored_size")
+
+
+def dataset_record(prepared: PreparedData, slice_step: int, classes: int = 10) -> dict:
+    """What `dataset.json` holds, a part of the dataset's content address: the raw files' digests and sizes, the
+    settings and the splits' sizes and class counts, and nothing that depends on where the files were found or
+    stored (paths, mirror URLs, whether the download cache already held them). The same raw files and settings
+    give the same record, in any folder; where they came from is the artifact's metadata (`provenance`)."""
+    return {
+        "source": prepared.source,
+        "slice": slice_step,
+        "raw_files": [{k: getattr(f, k) for k in RAW_CONTENT_FIELDS} for f in prepared.raw_files],
+        "sizes": {"train": len(prepared.train), "test": len(prepared.test)},
+        "class_counts": {"train": prepared.train.class_counts(classes), "test": prepared.test.class_counts(classes)},
+    }
+
+
+def provenance(prepared: PreparedData, source_location: Path | str | None, mirrors: list[str] | None) -> dict:
+    """Where the raw files came from and where their read-only copy is: the dataset's metadata (lineage store,
+    W&B), shown by the audit, outside the files its digest is computed from."""
+    return {
+        "source_location": str(source_location) if source_location is not None else None,
+        "mirrors": mirrors,
+        "raw_store": str(prepared.folder) if prepared.folder else None,
+        "raw_files": [vars(f) for f in prepared.raw_files],  # with origin and stored paths, and each file's note
+        "notes": prepared.notes,
+    }
+
+
 def save_split(split: Split, path: Path) -> None:
     storage.save_torch({"images": split.images, "labels": split.labels}, path)
 

@@ -211,3 +211,26 @@ def test_other_data_settings_never_rewrite_the_files_an_earlier_dataset_was_read
     assert third.folder == first.folder
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == first.raw_files[0].stored_sha256
     assert len(list((tmp_path / "root" / "sha256").glob(f"{first.folder.name}.corrupt-*"))) == 1
+
+
+def test_the_dataset_record_is_the_same_for_the_same_raw_files_in_another_folder(tmp_path):
+    """dataset.json is part of the dataset's content address: no path, mirror or cache state in it."""
+    import json
+
+    import shutil
+
+    records, blobs = [], []
+    write_mnist(tmp_path / "made", gz=True)
+    for where in ("a", "b/deeper"):
+        shutil.copytree(tmp_path / "made", tmp_path / where / "src")  # the same bytes, in another folder
+        prepared = data.prepare("local", tmp_path / where / "root", local_dir=tmp_path / where / "src")
+        records.append(data.dataset_record(prepared, 1))
+        data.save_split(prepared.train, tmp_path / where / "train.pt")
+        blobs.append((tmp_path / where / "train.pt").read_bytes())
+        meta = data.provenance(prepared, tmp_path / where / "src", None)  # where it came from: the metadata
+        raw = tmp_path / where / "src" / "MNIST" / "raw"
+        assert {f["origin"] for f in meta["raw_files"]} == {str(raw / f.name) for f in prepared.raw_files}
+        assert meta["raw_store"] == str(prepared.folder)
+    assert records[0] == records[1] and blobs[0] == blobs[1]
+    assert str(tmp_path) not in json.dumps(records[0])
+    assert records[0]["raw_files"][0].keys() == set(data.RAW_CONTENT_FIELDS)
