@@ -216,7 +216,6 @@ def test_other_data_settings_never_rewrite_the_files_an_earlier_dataset_was_read
 def test_the_dataset_record_is_the_same_for_the_same_raw_files_in_another_folder(tmp_path):
     """dataset.json is part of the dataset's content address: no path, mirror or cache state in it."""
     import json
-
     import shutil
 
     records, blobs = [], []
