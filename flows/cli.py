@@ -21,6 +21,7 @@ from typing import cast
 
 from pydantic import BaseModel, ValidationError
 
+from mnist_pipeline import config as config_file
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, ConfigError, PipelineConfig
 from mnist_pipeline.flows import audit_cli, ops_cli, sweep_cli
 from mnist_pipeline.report.console import where_things_went
@@ -63,15 +64,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_config(ns: argparse.Namespace) -> PipelineConfig:
-    base: dict = {}
-    if ns.config:
-        text = Path(ns.config).read_text()
-        if ns.config.endswith((".yaml", ".yml")):
-            import yaml
-
-            base = yaml.safe_load(text) or {}
-        else:
-            base = json.loads(text)
+    base = config_file.load_config_file(ns.config) if ns.config else {}
     for key, value in vars(ns).items():
         if key.startswith("cfg:"):
             node = base

@@ -64,3 +64,25 @@ def test_cli_show_config_merges_file_and_flags(tmp_path, capsys):
     assert main(["show-config", "--config", str(f), "--epochs", "3", "--kernels", "8", "4"]) == 0
     out = PipelineConfig.model_validate_json(capsys.readouterr().out)
     assert (out.train.epochs, out.train.batch_size, out.train.kernels, out.data.slice) == (3, 64, [8, 4], 3)
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("c.yaml", "train:\n  epochs: 2\n batch_size: [64\n", r"c\.yaml: not valid YAML at line \d+, column \d+: "),
+    ("c.yml", "train: {epochs: 2\n", r"c\.yml: not valid YAML at line \d+, column \d+: "),
+    ("c.json", '{"train": {"epochs": 2,}}', r"c\.json: not valid JSON at line 1, column \d+: "),
+    ("c.yaml", "- 1\n- 2\n", r"c\.yaml: holds a list, not a mapping"),
+])
+def test_a_malformed_config_file_is_one_line_naming_the_file_and_the_position(tmp_path, capsys, name, text,
+                                                                              fragment):
+    import re
+
+    f = tmp_path / name
+    f.write_text(text)
+    db = tmp_path / "lineage.db"
+    code = main(["run", "--config", str(f), "--lineage-db", str(db), "--artifacts-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err  # one clear line, no traceback
+    assert re.search(r"^mnist-pipeline: cannot read --config: .*" + fragment, err), err
+    assert str(f) in err
+    assert not db.exists() and not (tmp_path / "a").exists()
