@@ -1,5 +1,6 @@
-"""What decides an artifact's version is its content: not the folder it was made in, not whether training was
-resumed. Real Prefect flow runs of the real tasks, wandb offline."""
+"""What an operator meets, through real Prefect flow runs of the real tasks (wandb offline): an artifact's version
+is decided by its content (not the folder it was made in, not whether training was resumed); a mirror that has
+no such file is not retried."""
 
 from __future__ import annotations
 
@@ -103,6 +104,31 @@ def test_a_train_killed_right_after_its_final_checkpoint_reruns_to_the_same_mode
     assert points == uninterrupted.summary["loss_points"]
     assert [p[0] for p in points] == [32, 80, 120, 168, 216]
     assert resumer.summary["final_loss"] == meta["final_loss"]
+
+
+def test_a_404_mirror_fails_prepare_data_once_with_its_http_status(prefect_server, wandb_offline, tmp_path):
+    from mnist_pipeline.tasks.prepare_data import for_config
+    from tests.test_data import _CountingMirror
+
+    empty = _CountingMirror(tmp_path / "empty")
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "download", "mirrors": [empty.url], "root": str(tmp_path / "data"), "retries": 2,
+                 "retry_delay": 0},
+        "wandb": {"mode": "offline"}, "artifacts_dir": str(tmp_path / "art"),
+        "lineage_db": str(tmp_path / "lineage.db")}).resolved()
+
+    @flow(name="prepare-with-retries")
+    def prepare(cfg: PipelineConfig):
+        return for_config(cfg)(cfg)
+
+    try:
+        state = prepare(cfg, return_state=True)
+    finally:
+        empty.close()
+    assert state.is_failed()
+    assert f"{empty.url}train-images-idx3-ubyte.gz: HTTP 404 Not Found" in state.message, state.message
+    assert empty.gets == {"train-images-idx3-ubyte.gz": 1}  # one attempt: Prefect's two retries were not spent
+    assert [(r.job_type, r.status) for r in LineageStore(cfg.lineage_db).runs()] == [("prepare-data", "failed")]
 
 
 @pytest.fixture(autouse=True)
