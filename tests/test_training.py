@@ -175,3 +175,13 @@ def test_json_the_pipeline_writes_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         storage.write_json(tmp_path / "x.json", {"final_loss": float("nan")})
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_loss_that_is_not_a_number_fails_training_with_one_line_instead_of_recording_it():
+    model = ConvNet(ModelConfig(kernels=(4, 8)))
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # weights gone bad: every loss from here on is NaN
+    settings = training.LoopSettings(epochs=1, batch_size=32, log_every=5, progress=False)
+    with pytest.raises(training.TrainingDiverged, match=r"^training diverged: the loss after 13 batches is nan "
+                       r"\(train.learning_rate 0.005 may be too large\)$"):
+        training.train(model, _split(), settings, torch.device("cpu"))
