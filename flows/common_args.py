@@ -67,7 +67,7 @@ def _config_parent() -> argparse.ArgumentParser:
         args = typing.get_args(field.annotation)
         origin = typing.get_origin(field.annotation)
         kw: dict = {"dest": "cfg:" + ".".join(path), "default": argparse.SUPPRESS, "metavar": path[-1].upper(),
-                    "help": f"{field.description} (default: {field.get_default(call_default_factory=True)})"}
+                    "help": f"{field.description} (default: {field.get_default(call_default_factory=True)})".replace("%", "%%")}
         if field.annotation is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif origin is list or any(typing.get_origin(a) is list for a in args):

@@ -119,7 +119,7 @@ def test_a_run_killed_right_after_its_final_checkpoint_resumes_to_the_same_model
                                                                                        caplog):
     """The last checkpoint (after the last batch) is all a rerun has: it trains no batch, and must still write the
     files, and so the digest, of an uninterrupted run, and the same loss record."""
-    from mnist_pipeline import recipes
+    from mnist_pipeline import stage_files
     from mnist_pipeline.lineage.refs import manifest, manifest_digest
 
     settings = training.LoopSettings(epochs=2, batch_size=32, learning_rate=0.005, seed=3, log_every=5,
@@ -129,7 +129,7 @@ def test_a_run_killed_right_after_its_final_checkpoint_resumes_to_the_same_model
     def files(out, ckpt=None):
         training.seed_everything(3)
         out.mkdir()
-        _, result = recipes.train_model_files(out, _split(), kernels=(4, 8), classes=10, settings=settings,
+        _, result = stage_files.train_model_files(out, _split(), kernels=(4, 8), classes=10, settings=settings,
                                               fingerprint=fingerprint, device=torch.device("cpu"), checkpoint=ckpt,
                                               checkpoint_lineage=LINEAGE)
         return result
@@ -152,7 +152,7 @@ def test_a_run_killed_right_after_its_final_checkpoint_resumes_to_the_same_model
 
     assert resumed.resumed_from == {"epoch": 2, "batch": 0, "examples_seen": 800}
     assert "written after the last batch (2 epoch(s), 800 examples): nothing left to train" in caplog.text
-    for name in recipes.MODEL_FILES:
+    for name in stage_files.MODEL_FILES:
         assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
     assert manifest_digest(manifest(tmp_path / "resumed")) == manifest_digest(manifest(tmp_path / "straight"))
     meta = _no_nan((tmp_path / "resumed" / "model_config.json").read_text())
