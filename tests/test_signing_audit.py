@@ -181,8 +181,9 @@ def test_a_flipped_byte_in_the_statement_or_the_bundle_fails_the_audit(signed, c
         assert "convnet-onnx:v0/model.onnx: SIGNATURE NOT VERIFIED" in sig and f"FAILED {check}: " in sig
         others = {"statement signature", "model-signing bundle"} - {check}
         assert all(f"ok     {o}: " in sig for o in others), sig
-        assert f"MISMATCH {target}: sha256" in out  # its recorded digest no longer matches either
-        assert f"SIGNATURE NOT VERIFIED: {signed['onnx']}: " in out and f"{check} failed" in out
+        # both failures listed; its recorded digest no longer matching comes first in the verdict
+        assert f"MISMATCH {target}: sha256" in out and f"mnist-pipeline audit: TAMPERED: {target}: sha256" in err
+        assert f"MISMATCH {signed['onnx']}: {signed['att'].label} does not verify model.onnx: {check} failed" in out
     assert _audit(signed, capsys, signed["onnx"])[0] == Exit.OK  # put back: verifies again
 
 
