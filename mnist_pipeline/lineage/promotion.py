@@ -75,16 +75,16 @@ def _decide(*, candidate_id, accuracy, validation_passed, production_id, product
         return Decision("candidate", "onnxruntime validation did not pass", production_accuracy)
     if accuracy is None:
         return Decision("candidate", "no test accuracy recorded", production_accuracy)
+    # the rows that rest on no comparison carry no production accuracy: `earlier_verdict` reuses only comparisons
     if rejection:
         return Decision("candidate", f"{rejection}; `mnist-pipeline unreject {candidate_label}` lets the gate "
-                                     "consider it again", production_accuracy)
+                                     "consider it again")
     if signature is not None and not signature.verified:
-        return Decision("candidate", f"promotion.require_signature and no verified attestation ({signature.detail})",
-                        production_accuracy)
+        return Decision("candidate", f"promotion.require_signature and no verified attestation ({signature.detail})")
     if production_id == candidate_id:
         return Decision("promoted", "already the production model", production_accuracy)
     if earlier:
-        return Decision("candidate", f"{earlier}; the gate's record stands (force re-decides)", production_accuracy)
+        return Decision("candidate", f"{earlier}; the gate's record stands (force re-decides)")
     if production_id is None:
         return Decision("promoted", "first validated model")
     prod = f"production {production_label}" if production_label else "production"
@@ -102,10 +102,14 @@ def _decide(*, candidate_id, accuracy, validation_passed, production_id, product
 
 
 def earlier_verdict(store: LineageStore, model_id: int, test_set: tuple[str, str] | None) -> str | None:
-    """The gate's newest verdict about this model on this test set, when it kept it candidate (None otherwise)."""
+    """The gate's newest verdict on the merits about this model on this test set, when it kept it candidate (None
+    otherwise). On the merits: a promotion, or an accuracy comparison with production; not a verdict that rested on
+    circumstances (a rejection, a missing signature or accuracy, a failed validation)."""
     if test_set is None:
         return None
-    mine = [p for p in store.promotions(model_id) if p.kind is None and p.test_set == test_set[1]]
+    mine = [p for p in store.promotions(model_id) if p.kind is None and p.test_set == test_set[1] and (
+        p.decision == "promoted" or (p.validation_passed and p.candidate_accuracy is not None
+                                     and p.production_accuracy is not None))]
     if not mine or mine[-1].decision != "candidate":
         return None
     return f"the gate kept it candidate on {test_set[0]} at {mine[-1].decided_at}: {mine[-1].reason}"
@@ -229,7 +233,10 @@ def made_models(store: LineageStore, model_name: str) -> list[MadeModel]:
         if rejected is not None:
             decided = rejected.describe()
         else:
-            verdicts = [p for p in store.promotions(a.artifact_id) if p.kind is None]
+            # an unreject lets the gate consider the model afresh: what it said while it was rejected is not the answer
+            lifted = max((r.at for r in rejections.history(store, a.artifact_id) if r.action == "unreject"),
+                         default="")
+            verdicts = [p for p in store.promotions(a.artifact_id) if p.kind is None and p.decided_at > lifted]
             if verdicts:
                 v, is_prod = verdicts[-1], prod is not None and prod.artifact_id == a.artifact_id
                 decided = (f"kept candidate by the gate at {v.decided_at}: {v.reason}" if v.decision == "candidate"
