@@ -267,3 +267,85 @@ def test_require_signature_without_a_key_is_refused_before_any_work(tmp_path, mo
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "require_signature" in err, err
     assert not (tmp_path / "l.db").exists() and not (tmp_path / "art").exists()
+
+
+# ------------------------------------------------------------------------------------------- the operator's scenarios
+
+
+def _cfg(tmp_path, src, force=False, **train):
+    return PipelineConfig.model_validate({
+        "force": force,
+        "data": {"source": "local", "local_dir": str(src), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 1, "batch_size": 16, **train}, "wandb": {"mode": "offline"},
+        "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
+        "evaluate": {"misclassified_table_rows": 4},
+        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+
+
+def _trained(store):
+    return sum(r.job_type == "train" for r in store.runs())
+
+
+@pytest.mark.slow
+def test_a_rollback_sticks_across_reruns_and_an_unchanged_run_after_another_winner_does_not_retrain(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path, capsys):
+    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as flow
+
+    store = LineageStore(tmp_path / "lineage.db")
+    weak = dict(learning_rate=1e-6)
+    good = dict(learning_rate=0.01, epochs=3)
+    assert flow(config=_cfg(tmp_path, tiny_mnist, **weak))["promotion"]["decision"] == "promoted"  # convnet:v0
+    first_good = flow(config=_cfg(tmp_path, tiny_mnist, **good))
+    assert first_good["promotion"]["decision"] == "promoted"  # convnet:v1
+    v1_digest = first_good["artifacts"]["model"]["digest"]
+
+    # the weak config again, now that v1 is production: its model v0 exists and was decided, so no training
+    again = flow(config=_cfg(tmp_path, tiny_mnist, **weak), return_state=True).result()
+    assert again["status"] == "skipped", again["reason"]
+    assert "already made convnet:v0, and it was decided: promoted by the gate at" in again["reason"]
+    assert "since replaced as production" in again["reason"] and _trained(store) == 2
+
+    assert main(["rollback", "--lineage-db", str(store.path), "--reason", "bad in canary",
+                 "--wandb-mode", "offline"]) == Exit.OK
+    assert "convnet:v1 is rejected" in capsys.readouterr().out
+    # the same run again: v1 is what these inputs made, and an operator rejected it
+    rerun = flow(config=_cfg(tmp_path, tiny_mnist, **good), return_state=True).result()
+    assert rerun["status"] == "skipped" and "it was decided: rejected by rollback at" in rerun["reason"]
+    assert "bad in canary" in rerun["reason"] and _trained(store) == 2
+    # forced: trained again (the same bits), and the gate still keeps it candidate, saying how to undo that
+    forced = flow(config=_cfg(tmp_path, tiny_mnist, force=True, **good))
+    assert forced["artifacts"]["model"]["digest"] == v1_digest
+    assert forced["promotion"]["decision"] == "candidate"
+    assert forced["promotion"]["reason"].startswith("rejected by rollback at ")
+    assert "`mnist-pipeline unreject convnet:v1` lets the gate consider it again" in forced["promotion"]["reason"]
+    assert store.alias("convnet", "production").version == 0
+
+    assert main(["unreject", "convnet:v1", "--lineage-db", str(store.path), "--reason", "canary fixed"]) == Exit.OK
+    capsys.readouterr()
+    # considered again: not retrained, straight to the gate, which compares it with production v0
+    back = flow(config=_cfg(tmp_path, tiny_mnist, **good))
+    assert back["reason"].startswith("not retrained: ") and "already made convnet:v1" in back["reason"]
+    assert back["promotion"]["decision"] == "promoted" and _trained(store) == 3
+    assert store.alias("convnet", "production").digest == v1_digest
+
+
+@pytest.mark.slow
+def test_a_model_whose_run_died_before_the_gate_is_reused_not_retrained(prefect_server, wandb_offline, tiny_mnist,
+                                                                        tmp_path, monkeypatch):
+    from mnist_pipeline.flows import pipeline
+
+    store = LineageStore(tmp_path / "lineage.db")
+
+    def dies(*a, **kw):
+        raise RuntimeError("worker lost before the gate")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "promote", dies)
+        state = pipeline.mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist), return_state=True)
+        assert state.is_failed()
+    assert _trained(store) == 1 and store.promotions() == []
+    out = pipeline.mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist))
+    assert "already made convnet:v0, never decided by the gate" in out["reason"]
+    assert _trained(store) == 1 and out["artifacts"]["model"]["ref"] == "convnet:v0"
+    assert out["promotion"]["decision"] == "promoted"
