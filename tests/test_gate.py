@@ -349,3 +349,37 @@ def test_a_model_whose_run_died_before_the_gate_is_reused_not_retrained(prefect_
     assert "already made convnet:v0, never decided by the gate" in out["reason"]
     assert _trained(store) == 1 and out["artifacts"]["model"]["ref"] == "convnet:v0"
     assert out["promotion"]["decision"] == "promoted"
+
+
+@pytest.mark.slow
+def test_require_signature_promotes_only_a_verified_attestation_and_says_so(prefect_server, wandb_offline,
+                                                                             tiny_mnist, tmp_path, monkeypatch):
+    from mnist_pipeline.config import SIGN_KEY_ENV
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as flow
+    from mnist_pipeline.provenance import keys
+    from tasks.promote import _signature
+
+    monkeypatch.delenv(SIGN_KEY_ENV, raising=False)
+    key, pub = keys.generate(tmp_path / "keys")
+    cfg = PipelineConfig.model_validate({**_cfg(tmp_path, tiny_mnist).model_dump(mode="json"),
+                                         "promotion": {"require_signature": True}, "sign": {"private_key": str(key)}})
+    out = flow(config=cfg)
+    fp = keys.fingerprint(keys.load_public(pub))
+    assert out["promotion"]["decision"] == "promoted"
+    assert out["promotion"]["reason"] == f"first validated model; signature verified (key {fp[:16]})"
+    store = LineageStore(cfg.lineage_db)
+    promote_run = next(r for r in store.runs() if r.job_type == "promote")
+    assert "attestation" in {a.type for a in store.edges(promote_run.run_id)["used"]}  # the decision rests on it
+
+    # the same check, with no attestation, and with another key than the one that signed
+    resolved = cfg.resolved()
+    val, att_ref = store.artifacts("validation")[-1].ref(), store.artifacts("attestation")[-1].ref()
+    assert _signature(resolved, store, val, None) == Signature(False, "this run's sign stage made none")
+    other, _ = keys.generate(tmp_path / "other")
+    no = _signature(resolved.model_copy(update={"sign": resolved.sign.model_copy(update={"private_key": other})}),
+                    store, val, att_ref)
+    assert not no.verified and "does not verify convnet-onnx:v0" in no.detail
+    got = decide(candidate_id=1, accuracy=0.9, validation_passed=True, production_id=None, production_accuracy=None,
+                 margin=0.0, signature=no)
+    assert got.decision == "candidate"
+    assert got.reason.startswith("promotion.require_signature and no verified attestation (convnet-onnx-attestation")
