@@ -110,8 +110,9 @@ class Gated(Lineage):
         return model, acc
 
     def gate(self, model, acc, dataset, force=False):
+        forced = {"force": True} if force else {}
         return promotion.promote(self.store, model.artifact_id, accuracy=acc, validation_passed=True, margin=0.0,
-                                 flow_run_id=None, test_set=(dataset.label, dataset.digest), force=force)
+                                 flow_run_id=None, test_set=(dataset.label, dataset.digest), **forced)
 
 
 @pytest.fixture
@@ -182,7 +183,7 @@ def test_a_forced_rerun_of_the_production_model_keeps_production_since(gated):
     v0, a0 = gated.pipeline_acc(d, "a", 0.90)
     gated.gate(v0, a0, d)
     since = {a["alias"]: a["set_at"] for a in gated.store.aliases_of(v0.artifact_id)}
-    again = gated.gate(v0, a0, d, force=True)
+    again = gated.gate(v0, a0, d)  # as a forced rerun of the same run would
     assert again.reason == "already the production model"
     assert {a["alias"]: a["set_at"] for a in gated.store.aliases_of(v0.artifact_id)} == since
 
@@ -212,7 +213,7 @@ def test_sync_plans_an_alias_move_once_and_marks_every_decision_it_applies(gated
     _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     v0, a0 = gated.pipeline_acc(d, "a", 0.90)
     gated.gate(v0, a0, d)
-    gated.gate(v0, a0, d, force=True)  # "already the production model": the same move again
+    gated.gate(v0, a0, d)  # "already the production model" (a forced rerun): the same move again
     plan = plan_sync(gated.store)
     assert [(p["artifact"], p["aliases"]) for p in plan["promotions"]] == [("convnet:v0", ["candidate", "production"])]
     assert plan["promotions"][0]["promotion_ids"] == [1, 2]
