@@ -8,17 +8,17 @@ is only appended to: a model is rejected while its newest row says 'reject'.
 from __future__ import annotations
 
 import sqlite3
+from typing import Literal
 
 from mnist_pipeline.lineage.records import RejectionRecord
 
 
-def add(con: sqlite3.Connection, artifact_id: int, action: str, *, source: str, reason: str, requested_by: str,
-        at: str) -> RejectionRecord:
+def add(con: sqlite3.Connection, artifact_id: int, action: Literal["reject", "unreject"], *, source: str, reason: str,
+        requested_by: str, at: str) -> RejectionRecord:
     """Append one row, inside the caller's write transaction."""
     cur = con.execute("INSERT INTO rejections (artifact_id, action, source, reason, requested_by, at)"
                       " VALUES (?, ?, ?, ?, ?, ?)", (artifact_id, action, source, reason, requested_by, at))
-    return RejectionRecord(int(cur.lastrowid or 0), artifact_id, action,  # type: ignore[arg-type]
-                           source, reason, requested_by, at)
+    return RejectionRecord(int(cur.lastrowid or 0), artifact_id, action, source, reason, requested_by, at)
 
 
 def current_in(con: sqlite3.Connection, artifact_id: int) -> RejectionRecord | None:
