@@ -31,6 +31,7 @@ from mnist_pipeline.tasks import (
 )
 from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
+from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -68,9 +69,11 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     dataset = ensure_dataset(cfg, logger)
 
     check = check_for_changes(cfg, dataset)
-    if not check.changed and not cfg.force:
+    store = LineageStore(cfg.lineage_db)
+    reuse = not check.changed and not cfg.force and check.model != check.production and not check.decided
+    if not check.changed and not cfg.force and not reuse:
         summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (run with --force to retrain)",
-                   "production": check.production,
+                   "production": check.production, **({"model": check.model} if check.decided else {}),
                    "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
                    "lineage_db": str(cfg.lineage_db), "config_sources": config_sources}
         summary["wandb"] = wandb_records(cfg, logger)
@@ -79,7 +82,8 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
         # A Completed state named Skipped: run lists show it, and callers still get the summary as the result.
         return Completed(name="Skipped", message=summary["reason"], data=summary)
 
-    model = train(cfg, dataset)
+    # a finished model of these very inputs that the gate never saw is not made again: it goes on from here
+    model = store.require_artifact(MODEL_NAME, str(check.model_digest)).ref() if reuse else train(cfg, dataset)
     # Evaluation and export only share the model: side by side. The ONNX check then compares onnxruntime with the
     # logits the evaluation recorded (no second torch pass over the test split) and runs alone, so its latency
     # and throughput are timed on a quiet machine.
@@ -87,16 +91,16 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     onnx_model = export_onnx(cfg, model)
     metrics = metrics_future.result()
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
-    store = LineageStore(cfg.lineage_db)
     v = store.require_artifact(validation.name, validation.digest).metadata
     attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v["passed"] else None
-    decision = promote(cfg, model, metrics, validation)
+    decision = promote(cfg, model, metrics, validation, attestation)
     report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
     m = store.require_artifact(metrics.name, metrics.digest).metadata
     summary = {
         "status": "completed",
-        "reason": f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
+        "reason": f"not retrained: {check.reason}" if reuse else
+                  f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
         "artifacts": {r.type: {"ref": r.label, "digest": r.digest, "path": r.path}
                       for r in (dataset, model, metrics, onnx_model, validation, report)},
         "test_accuracy": m["test_accuracy"],

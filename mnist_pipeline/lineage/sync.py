@@ -50,6 +50,7 @@ class RunPlan(TypedDict):
 
 class PromotionPlan(TypedDict, total=False):
     promotion_id: int
+    promotion_ids: list[int]  # every unapplied decision this one step applies (equal steps are planned once)
     artifact: str
     decision: str
     ref: str
@@ -220,7 +221,25 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         if ref in links and "production" in p.aliases:
             item["registry_path"] = links[ref]
         promotions.append(item)
-    return {"runs": runs, "promotions": promotions}
+    return {"runs": runs, "promotions": _once(promotions)}
+
+
+def _once(promotions: list[PromotionPlan]) -> list[PromotionPlan]:
+    """One step per distinct (ref, aliases): the last of equal steps stays (an alias ends where its last move puts
+    it, so dropping an earlier equal move changes nothing), carrying the ids of the decisions it applies (and a
+    registry link any of them left to replay)."""
+    last = {(p["ref"], tuple(p["aliases"])): i for i, p in enumerate(promotions)}
+    out: list[PromotionPlan] = []
+    for i, p in enumerate(promotions):
+        key = (p["ref"], tuple(p["aliases"]))
+        if last[key] == i:
+            same = [q for q in promotions if (q["ref"], tuple(q["aliases"])) == key]
+            p["promotion_ids"] = [q["promotion_id"] for q in same]
+            link = next((q["registry_path"] for q in same if q.get("registry_path")), None)
+            if link:
+                p["registry_path"] = link
+            out.append(p)
+    return out
 
 
 def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_run: bool = False,
@@ -326,7 +345,8 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
                 detail += f"; linked into {p['registry_path']}"
             _set(p, "done", detail)
             if not dry_run:
-                store.mark_promotion_applied(p["promotion_id"])
+                for pid in p.get("promotion_ids") or [p["promotion_id"]]:
+                    store.mark_promotion_applied(pid)
         except Exception as e:
             _set(p, "failed", f"{type(e).__name__}: {e}")
 
