@@ -228,7 +228,9 @@ where = sys.argv[1]
 if where == "after-store":  # killed right after the store's commit, before W&B is told anything
     StageRun.log_artifacts = lambda self, arts, summary: os._exit(9)
 else:  # killed after W&B took the version, before the store heard back
-    store_mod.LineageStore.settle_wandb_gaps = lambda self, *a: os._exit(9)
+    real = store_mod.LineageStore.record_wandb_gaps
+    store_mod.LineageStore.record_wandb_gaps = lambda self, rid, gaps, confirmed=(): (
+        os._exit(9) if confirmed else real(self, rid, gaps, confirmed))
 cfg = PipelineConfig.model_validate({"artifacts_dir": sys.argv[2] + "/art", "lineage_db": sys.argv[2] + "/lineage.db",
                                      "wandb": {"mode": "online", "dir": sys.argv[2] + "/wandb", "project": "PROJECT"}})
 with open_stage(cfg, "prepare-data") as stage:

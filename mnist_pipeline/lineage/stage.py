@@ -160,11 +160,14 @@ class Stage:
     def _commit(self) -> None:
         """The store first, W&B second: the record of truth never waits on the observer, and W&B never holds a
         version the store does not. Until W&B confirms an output, a pending gap for it stands in the store
-        (committed in the same transaction), so a process killed in between leaves it to `sync`."""
+        (recorded just before the commit), so a process killed in between leaves it to `sync`; the gaps of a
+        run that never committed are not planned (`sync` sends only what the store holds)."""
         arts = self._finalize()
+        pending = self.wandb.pending_gaps(arts)
+        if pending:  # before the commit: a process killed after it leaves them; one killed before, a failed run
+            self.store.record_wandb_gaps(self.run_id, pending)
         records = self.store.finish_run(self.run_id, used=[r.artifact_id for r in self.used], produced=arts,
-                                        summary=self.summary, wandb_url=self.wandb.url, wandb_mode=self.mode,
-                                        wandb_pending=self.wandb.pending_gaps(arts))
+                                        summary=self.summary, wandb_url=self.wandb.url, wandb_mode=self.mode)
         self.committed = True
         for r in records:
             self.outputs[r.type] = r.ref()
@@ -234,7 +237,7 @@ def _record_gaps(store: LineageStore | JournalStore, wb: StageRun, committed: bo
     """W&B is an observer: what it missed is recorded for `mnist-pipeline sync`, never raised. A committed run's
     pending gaps give way to what W&B answered."""
     if committed:
-        store.settle_wandb_gaps(wb.run_id, wb.confirmed, wb.gaps)
+        store.record_wandb_gaps(wb.run_id, wb.gaps, confirmed=wb.confirmed)
     elif wb.gaps:
         store.record_wandb_gaps(wb.run_id, wb.gaps)
 

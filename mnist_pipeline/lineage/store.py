@@ -27,7 +27,7 @@ from mnist_pipeline.lineage.records import (
     PromotionRecord,
     RunRecord,
 )
-from mnist_pipeline.lineage.schema import SCHEMA, upgrade
+from mnist_pipeline.lineage.schema import DROP_PENDING_GAP, SCHEMA, upgrade
 from mnist_pipeline.storage import StorageError
 
 if TYPE_CHECKING:
@@ -144,13 +144,9 @@ class LineageStore:
                  json.dumps(config, sort_keys=True), json.dumps(env, sort_keys=True), now()))
 
     def finish_run(self, run_id: str, *, used: list[int], produced: list[NewArtifact], summary: dict,
-                   wandb_url: str | None, wandb_mode: str, wandb_pending=()) -> list[ArtifactRecord]:
-        """Record the outputs, the edges and the 'finished' status in one transaction; `wandb_pending`: the
-        W&B gaps (`wandb.stage_run.WandbGap`) that stand until W&B confirms the outputs (`settle_wandb_gaps`),
-        in the same transaction, so a process killed before W&B has them leaves them to `sync`."""
+                   wandb_url: str | None, wandb_mode: str) -> list[ArtifactRecord]:
+        """Record the outputs, the edges and the 'finished' status in one transaction."""
         with self.transaction() as con:
-            con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in wandb_pending])
             ids: list[int] = []
             for art in produced:
                 row = con.execute("SELECT artifact_id FROM artifacts WHERE name = ? AND digest = ?",
@@ -387,21 +383,10 @@ class LineageStore:
             q = "SELECT * FROM sync_log" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY done_at, rowid"
             return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
 
-    def record_wandb_gaps(self, run_id: str, gaps) -> None:
-        """What an online run could not record in W&B because a W&B call failed (`wandb.stage_run.WandbGap`s): `sync`
-        completes it. The first record of a (run, action, ref) is kept."""
+    def record_wandb_gaps(self, run_id: str, gaps: list, confirmed=()) -> None:
+        """W&B's gaps of a run (first kept), for `sync`; a pending one gives way to a new gap or a `confirmed` ref."""
         with self.transaction() as con:
-            con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in gaps])
-
-    def settle_wandb_gaps(self, run_id: str, confirmed, gaps) -> None:
-        """W&B answered for a committed run: the pending gaps (call 'unconfirmed') of the `confirmed` refs, and
-        of the refs a real gap in `gaps` now names, give way to those gaps."""
-        gaps = list(gaps)
-        refs = sorted(set(confirmed) | {g.ref for g in gaps})
-        with self.transaction() as con:
-            con.executemany("DELETE FROM wandb_gaps WHERE run_id = ? AND ref = ? AND call = 'unconfirmed'",
-                            [(run_id, r) for r in refs])
+            con.executemany(DROP_PENDING_GAP, [(run_id, r) for r in {*confirmed, *(g.ref for g in gaps)}])
             con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in gaps])
 
