@@ -11,6 +11,7 @@ from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.results import ModelInfo, TrainingResult
 from mnist_pipeline.tasks._common import current_flow_run_id, unless_permanent
 
 MODEL_NAME = "convnet"
@@ -72,13 +73,12 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
             checkpoint_lineage=lineage)
         if math.isfinite(result.final_loss) and (not loss_points or loss_points[-1][0] != result.examples_seen):
             loss_points.append((result.examples_seen, t.epochs - 1, round(result.final_loss, 5)))  # the last batch
-        meta = json.loads((out / "model_config.json").read_text())
-        stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
-                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None,
-                         "resumed_from_checkpoint": result.resumed_from,
-                         "checkpoint_written_by": result.checkpoint_written_by, "threads": threads,
-                         "device": str(device), "torch_deterministic": torch.are_deterministic_algorithms_enabled(),
-                         "loss_points": loss_points}
+        meta = ModelInfo.from_metadata(json.loads((out / "model_config.json").read_text())).to_metadata()
+        stage.summary = TrainingResult(
+            train_seconds=result.seconds, final_loss=result.final_loss, examples_seen=result.examples_seen,
+            resumed=result.resumed_from is not None, resumed_from_checkpoint=result.resumed_from,
+            checkpoint_written_by=result.checkpoint_written_by, threads=threads, device=str(device),
+            torch_deterministic=torch.are_deterministic_algorithms_enabled(), loss_points=loss_points).to_metadata()
         stage.produce(MODEL_NAME, "model", out, meta)
     training.discard_checkpoint(ckpt)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]
