@@ -45,7 +45,7 @@ class TrainingResult(_Record):
     final_loss: float | None = None
     examples_seen: int | None = None
     resumed: bool = False
-    resumed_from_checkpoint: str | None = None
+    resumed_from_checkpoint: dict | None = None  # {epoch, batch, examples_seen} when a checkpoint was picked up
     checkpoint_written_by: str | None = None
     threads: int | None = None
     device: str | None = None
