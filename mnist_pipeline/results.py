@@ -53,7 +53,7 @@ class TrainingResult(_Record):
     loss_points: list = field(default_factory=list)  # (examples seen, epoch, loss), every logged point
 
     def loss_curve(self) -> list[tuple[int, int, float]]:
-        return [(int(p[0]), int(p[1]), float(p[2])) for p in self.loss_points]
+        return [(p[0], p[1], p[2]) for p in self.loss_points]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from mnist_pipeline.report.page import (
     write_report,
 )
 from mnist_pipeline.report.picture import lineage_graph
-from mnist_pipeline.results import MetricsResult, PromotionOutcome, TrainingResult, ValidationResult
+from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 
 REPORT_NAME = "run-report"
@@ -44,15 +44,18 @@ def _as_dict(promotion) -> dict | None:
     return PromotionOutcome.of(promotion).to_metadata()
 
 
-def _loss_points(store: LineageStore, metrics_rec: ArtifactRecord) -> list[tuple[int, int, float]]:
+def _loss_points(store: LineageStore, metrics_rec: ArtifactRecord) -> tuple[list[tuple[int, int, float]], int | None]:
     """The training run's logged loss, found through the model the metrics were measured on (kept in that run's
-    record, not in the model's files)."""
+    record, not in the model's files), and the examples of one epoch (the model's examples seen / its epochs)."""
     for inp in metrics_rec.inputs("model"):
         model = store.find_artifact(inp["name"], inp["digest"])
         run = store.run(model.producer_run_id) if model else None
-        if run is not None:
-            return TrainingResult.from_metadata(run.summary).loss_curve()
-    return []
+        if model is not None and run is not None:
+            info = ModelInfo.from_metadata(model.metadata)
+            epochs, seen = info.fingerprint.get("epochs"), info.examples_seen
+            per_epoch = seen // epochs if isinstance(seen, int) and isinstance(epochs, int) and epochs else None
+            return TrainingResult.from_metadata(run.summary).loss_curve(), per_epoch
+    return [], None
 
 
 def _input(rec: ArtifactRecord, type_: str) -> dict | None:
@@ -82,9 +85,11 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_rec: Art
              ("ONNX file", str(Path(onnx_rec.path) / "model.onnx") if onnx_rec else "n/a"),
              ("Prefect flow run", flow_run_id or "n/a"),
              ("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))]
-    return RunReport(title=f"MNIST run report: {model_label}", facts=facts, loss_points=_loss_points(store, metrics_rec),
-                     metrics=metrics.to_metadata(), misclassified=mis, misclassified_total=metrics.misclassified_count,
-                     validation=validation.to_metadata(), promotion=promotion, lineage=graph, artifacts=artifacts)
+    points, per_epoch = _loss_points(store, metrics_rec)
+    return RunReport(title=f"MNIST run report: {model_label}", facts=facts, loss_points=points,
+                     examples_per_epoch=per_epoch, metrics=metrics.to_metadata(), misclassified=mis,
+                     misclassified_total=metrics.misclassified_count, validation=validation.to_metadata(),
+                     promotion=promotion, lineage=graph, artifacts=artifacts)
 
 
 def _metrics(rec: ArtifactRecord) -> MetricsResult:

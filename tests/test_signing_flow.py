@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
-from mnist_pipeline.flows.pipeline import mnist_pipeline
+from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.flows.sign_cli import main as sign_main
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb_io import offline_records
+from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.provenance import dsse, keys
 from mnist_pipeline.provenance.verify import verify
 from tests.helpers import write_mnist
@@ -61,7 +61,7 @@ def signed_run(prefect_server, tmp_path_factory):
             "sign": {"private_key": str(key)},
             "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})
         t0 = time.perf_counter()
-        summary = mnist_pipeline(config=cfg).to_dict()
+        summary = mnist_lineage_pipeline(config=cfg).to_dict()
         wall = time.perf_counter() - t0
     for lg in loggers:
         lg.removeHandler(collect)
@@ -287,7 +287,7 @@ def test_an_unusable_key_fails_the_run_before_any_stage(prefect_server, wandb_of
         "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
         "train": {"epochs": 1}, "wandb": {"mode": "offline"}, "sign": {"private_key": str(tmp_path / "junk.key")},
         "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
-    state = mnist_pipeline(config=cfg, return_state=True)
+    state = mnist_lineage_pipeline(config=cfg, return_state=True)
     assert state.is_failed()
     with pytest.raises(keys.KeyFileError, match="junk.key: not an unencrypted PEM private key"):
         state.result()
