@@ -217,3 +217,15 @@ def test_no_consumer_reads_another_stages_metadata_by_string_key():
                 if BY_KEY.search(line):
                     found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_the_records_are_pure_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, mnist_pipeline.results;"
+            "print([m for m in ('prefect', 'wandb', 'torch') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
