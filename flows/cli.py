@@ -161,8 +161,8 @@ def _run(cfg: PipelineConfig) -> int:
     except console.Terminated as e:
         return _say(last, [f"mnist-pipeline: {e}: the Prefect flow run is marked crashed and the running step failed "
                            "(recorded in the lineage store)"], from_signal(e.signal))
-    summary = cast(RunSummary, state.result()).to_dict()  # a skipped run: a Completed state, the summary its data
-    print(json.dumps(summary, indent=2, default=str))
+    summary = cast(RunSummary, state.result())  # a skipped run: a Completed state whose data is the summary
+    print(json.dumps(summary.to_dict(), indent=2, default=str))
     return _say(last, list(where_things_went(summary)), Exit.OK)  # the report, the ONNX file, the W&B records
 
 
