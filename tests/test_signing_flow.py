@@ -127,13 +127,15 @@ def test_a_signed_run_verifies_offline_and_with_the_model_signing_cli(signed_run
     assert meta["model_digest"] == s["artifacts"]["model"]["digest"]
     assert json.loads(meta["input_contract"])["shape"] == ["batch", 1, 28, 28]
 
-    # the signed copy does not trouble the audit: the file is found in both artifacts, and both verify
+    # the signed copy does not trouble the audit: the ONNX artifact is the subject, the attestation its signature
     from mnist_pipeline.flows.cli import main as cli_main
 
     db = str(signed_run["tmp"] / "lineage.db")
     assert cli_main(["audit", s["onnx_file"], "--lineage-db", db, "--json"]) == 0
     audit = json.loads(capsys.readouterr().out)
-    assert {"convnet-onnx:v0", "convnet-onnx-attestation:v0"} <= set(audit["subjects"]), audit["subjects"]
+    assert audit["subjects"] == ["convnet-onnx:v0"], audit["subjects"]
+    assert [(e["attestation"], e["status"]) for e in audit["signatures"]] == [("convnet-onnx-attestation:v0",
+                                                                              "verified")]
 
     size = sum(p.stat().st_size for p in folder.iterdir() if p.name != "model.onnx")
     print(f"\nsign stage {sign_run.summary['sign_seconds']:.3f} s (signing itself "
