@@ -32,6 +32,7 @@ from mnist_pipeline.tasks import (
 )
 from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
+from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -69,17 +70,20 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
     dataset = ensure_dataset(cfg, logger)
 
     check = check_for_changes(cfg, dataset)
-    if not check.changed and not cfg.force:
+    store = LineageStore(cfg.lineage_db)
+    reuse = not check.changed and not cfg.force and check.model != check.production and not check.decided
+    if not check.changed and not cfg.force and not reuse:
         skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (run with --force to retrain)",
-                             production=check.production, artifacts={"dataset": ArtifactLocation.of(dataset)},
-                             lineage_db=str(cfg.lineage_db), config_sources=config_sources,
-                             wandb=wandb_records(cfg, logger))
+                             production=check.production, model=check.model if check.decided else None,
+                             artifacts={"dataset": ArtifactLocation.of(dataset)}, lineage_db=str(cfg.lineage_db),
+                             config_sources=config_sources, wandb=wandb_records(cfg, logger))
         publish_flow_artifact(cfg, skipped)
         logger.info(skipped.reason)
         # A Completed state named Skipped: run lists show it, and callers still get the summary as the result.
         return Completed(name="Skipped", message=skipped.reason, data=skipped)
 
-    model = train(cfg, dataset)
+    # a finished model of these very inputs that the gate never saw is not made again: it goes on from here
+    model = store.require_artifact(MODEL_NAME, str(check.model_digest)).ref() if reuse else train(cfg, dataset)
     # Evaluation and export only share the model: side by side. The ONNX check then compares onnxruntime with the
     # logits the evaluation recorded (no second torch pass over the test split) and runs alone, so its latency
     # and throughput are timed on a quiet machine.
@@ -87,10 +91,9 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
     onnx_model = export_onnx(cfg, model)
     metrics = metrics_future.result()
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
-    store = LineageStore(cfg.lineage_db)
     v = ValidationResult.from_metadata(store.require_artifact(validation.name, validation.digest).metadata)
     attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v.passed else None
-    decision = promote(cfg, model, metrics, validation)
+    decision = promote(cfg, model, metrics, validation, attestation)
     report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
     m = MetricsResult.from_metadata(store.require_artifact(metrics.name, metrics.digest).metadata)
@@ -98,7 +101,8 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
     failure = parity_failure(cfg, v, validation.label)
     summary = RunSummary(
         status="failed" if failure else "completed",
-        reason=f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
+        reason=f"not retrained: {check.reason}" if reuse else
+               f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
         artifacts={r.type: ArtifactLocation.of(r) for r in outputs},
         test_accuracy=m.test_accuracy, test_loss=m.test_loss, onnx_accuracy=v.ort_accuracy,
         onnx_max_abs_diff=v.max_abs_diff, onnx_argmax_agreement=v.argmax_agreement,

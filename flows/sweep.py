@@ -166,7 +166,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     v = ValidationResult.from_metadata(store.require_artifact(validation.name, validation.digest).metadata)
     attestation = sign(wcfg, sign_key, onnx_model, best.model, dataset, validation) if sign_key and v.passed \
         else None
-    decision = promote(wcfg, best.model, best.metrics, validation)
+    decision = promote(wcfg, best.model, best.metrics, validation, attestation)
     winner = {"trial": best.index, "params": best.params, **(best.values or {}),
               "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
               "onnx_path": onnx_model.path, "validation": validation.label,

@@ -203,6 +203,7 @@ class RunSummary(_Record):
     lineage_db: str
     config_sources: dict = field(default_factory=dict)
     production: str | None = _optional()  # skipped: the production model that stays
+    model: str | None = _optional()  # skipped: the model of these inputs the gate already decided about
     artifacts: dict[str, ArtifactLocation] = field(default_factory=dict)  # by artifact type
     test_accuracy: float | None = _optional()
     test_loss: float | None = _optional()
@@ -218,7 +219,7 @@ class RunSummary(_Record):
     wandb: dict | None = _optional()  # where the W&B records went (`queries.where_records_went`)
 
     # the order of the keys in the JSON: as `mnist-pipeline run` has always printed them
-    _SKIPPED = ("status", "reason", "production", "artifacts", "lineage_db", "config_sources", "wandb")
+    _SKIPPED = ("status", "reason", "production", "model", "artifacts", "lineage_db", "config_sources", "wandb")
     _COMPLETED = ("status", "reason", "artifacts", "test_accuracy", "test_loss", "onnx_accuracy", "onnx_max_abs_diff",
                   "onnx_argmax_agreement", "onnx_latency_ms_p50", "onnx_throughput_per_s", "promotion", "lineage_db",
                   "config_sources", "report", "onnx_file", "signed_onnx_file", "wandb")
