@@ -137,6 +137,8 @@ def test_the_summary_has_the_keys_and_order_the_cli_has_always_printed():
                                          "onnx_accuracy", "onnx_max_abs_diff", "onnx_argmax_agreement",
                                          "onnx_latency_ms_p50", "onnx_throughput_per_s", "promotion", "lineage_db",
                                          "config_sources", "report", "onnx_file", "wandb"]
+    decided = dataclasses.replace(SKIPPED, model="convnet:v3")  # a model of these inputs the gate already decided
+    assert list(decided.to_dict())[:5] == ["status", "reason", "production", "model", "artifacts"]
     signed = dataclasses.replace(COMPLETED, signed_onnx_file="/s/model.onnx")
     assert list(signed.to_dict())[-3:] == ["onnx_file", "signed_onnx_file", "wandb"]
     assert COMPLETED.to_dict()["artifacts"]["dataset"] == {"ref": "mnist:v0", "digest": "d" * 64,
