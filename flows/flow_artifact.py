@@ -8,14 +8,14 @@ from prefect.artifacts import create_markdown_artifact
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.report import markdown
+from mnist_pipeline.results import PromotionOutcome, RunSummary
 from mnist_pipeline.tasks._common import current_flow_run_id
 
 
-def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | None = None) -> list[dict]:
+def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, promotion: PromotionOutcome | None = None) -> list[dict]:
     """One row per output artifact of this flow run's stages, and one per stage run without an output (promote:
     its decision), with the run that made it."""
     store = LineageStore(cfg.lineage_db)
-    promotion = (summary or {}).get("promotion")
     rows = []
     for run in store.runs(flow_run_id):
         edges = store.edges(run.run_id)
@@ -26,7 +26,7 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | N
             rows.append({**row, "output": f"{art.label} ({art.type})", "sha256": art.digest[:16],
                          "path": art.path})
         if not edges["produced"]:
-            out = (f"decision: {promotion['decision']}" if run.job_type == "promote" and promotion
+            out = (f"decision: {promotion.decision}" if run.job_type == "promote" and promotion
                    else run.error or "no artifact")
             rows.append({**row, "output": out, "sha256": "", "path": ""})
     return rows
@@ -51,11 +51,12 @@ def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
     return out
 
 
-def publish_flow_artifact(cfg: PipelineConfig, summary: dict) -> str:
+def publish_flow_artifact(cfg: PipelineConfig, summary: RunSummary) -> str:
     """A Prefect artifact on the flow run: what was produced, its digests, the W&B runs, where the report is.
 
     A plain function called by the flow, not a task: it only reports, and a task run would cost an unchanged
     (skipped) run a tenth of its time."""
-    text = markdown.lineage_markdown(summary, lineage_rows(cfg, current_flow_run_id(), summary), cfg.lineage_db)
+    rows = lineage_rows(cfg, current_flow_run_id(), summary.promotion)
+    text = markdown.lineage_markdown(summary, rows, cfg.lineage_db)
     create_markdown_artifact(markdown=text, key="mnist-lineage", description="Artifacts and lineage of this run")
     return text

@@ -20,6 +20,7 @@ from mnist_pipeline.flows.dataset import ensure_dataset
 from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
 from mnist_pipeline.flows.preflight import effective_config
 from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.results import ArtifactLocation, MetricsResult, PromotionOutcome, RunSummary, ValidationResult
 from mnist_pipeline.tasks import (
     check_for_changes,
     evaluate,
@@ -60,7 +61,7 @@ _library_warnings_to_prefect()
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
       "training config changed since the production model (unless force is set).")
-def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
+def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummary | State:
     logger = get_run_logger()
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
     # folders: all checked before any task (flows/preflight.py)
@@ -72,15 +73,14 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     store = LineageStore(cfg.lineage_db)
     reuse = not check.changed and not cfg.force and check.model != check.production and not check.decided
     if not check.changed and not cfg.force and not reuse:
-        summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (run with --force to retrain)",
-                   "production": check.production, **({"model": check.model} if check.decided else {}),
-                   "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
-                   "lineage_db": str(cfg.lineage_db), "config_sources": config_sources}
-        summary["wandb"] = wandb_records(cfg, logger)
-        publish_flow_artifact(cfg, summary)
-        logger.info(summary["reason"])
+        skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (run with --force to retrain)",
+                             production=check.production, model=check.model if check.decided else None,
+                             artifacts={"dataset": ArtifactLocation.of(dataset)}, lineage_db=str(cfg.lineage_db),
+                             config_sources=config_sources, wandb=wandb_records(cfg, logger))
+        publish_flow_artifact(cfg, skipped)
+        logger.info(skipped.reason)
         # A Completed state named Skipped: run lists show it, and callers still get the summary as the result.
-        return Completed(name="Skipped", message=summary["reason"], data=summary)
+        return Completed(name="Skipped", message=skipped.reason, data=skipped)
 
     # a finished model of these very inputs that the gate never saw is not made again: it goes on from here
     model = store.require_artifact(MODEL_NAME, str(check.model_digest)).ref() if reuse else train(cfg, dataset)
@@ -91,45 +91,31 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     onnx_model = export_onnx(cfg, model)
     metrics = metrics_future.result()
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
-    v = store.require_artifact(validation.name, validation.digest).metadata
-    attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v["passed"] else None
+    v = ValidationResult.from_metadata(store.require_artifact(validation.name, validation.digest).metadata)
+    attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v.passed else None
     decision = promote(cfg, model, metrics, validation, attestation)
     report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
-    m = store.require_artifact(metrics.name, metrics.digest).metadata
-    summary = {
-        "status": "completed",
-        "reason": f"not retrained: {check.reason}" if reuse else
-                  f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
-        "artifacts": {r.type: {"ref": r.label, "digest": r.digest, "path": r.path}
-                      for r in (dataset, model, metrics, onnx_model, validation, report)},
-        "test_accuracy": m["test_accuracy"],
-        "test_loss": m["test_loss"],
-        "onnx_accuracy": v["ort_accuracy"],
-        "onnx_max_abs_diff": v["max_abs_diff"],
-        "onnx_argmax_agreement": v["argmax_agreement"],
-        "onnx_latency_ms_p50": v["latency_ms_p50"],
-        "onnx_throughput_per_s": v["ort_throughput_per_s"],
-        "promotion": {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
-                                                        "production_accuracy")},
-        "lineage_db": str(cfg.lineage_db),
-        "config_sources": config_sources,
-        "report": str(Path(report.path) / REPORT_FILE),
-        "onnx_file": str(Path(onnx_model.path) / "model.onnx"),
-    }
-    if attestation is not None:
-        summary["artifacts"]["attestation"] = {"ref": attestation.label, "digest": attestation.digest,
-                                               "path": attestation.path}
-        summary["signed_onnx_file"] = str(Path(attestation.path) / "model.onnx")
-    summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
+    m = MetricsResult.from_metadata(store.require_artifact(metrics.name, metrics.digest).metadata)
+    outputs = (dataset, model, metrics, onnx_model, validation, report) + ((attestation,) if attestation else ())
     failure = parity_failure(cfg, v, validation.label)
-    if failure:
-        summary["status"] = "failed"
+    summary = RunSummary(
+        status="failed" if failure else "completed",
+        reason=f"not retrained: {check.reason}" if reuse else
+               f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
+        artifacts={r.type: ArtifactLocation.of(r) for r in outputs},
+        test_accuracy=m.test_accuracy, test_loss=m.test_loss, onnx_accuracy=v.ort_accuracy,
+        onnx_max_abs_diff=v.max_abs_diff, onnx_argmax_agreement=v.argmax_agreement,
+        onnx_latency_ms_p50=v.latency_ms_p50, onnx_throughput_per_s=v.ort_throughput_per_s,
+        promotion=PromotionOutcome.of(decision), lineage_db=str(cfg.lineage_db), config_sources=config_sources,
+        report=str(Path(report.path) / REPORT_FILE), onnx_file=str(Path(onnx_model.path) / "model.onnx"),
+        signed_onnx_file=str(Path(attestation.path) / "model.onnx") if attestation else None,
+        wandb=wandb_records(cfg, logger))  # where the records went, in one line
     publish_flow_artifact(cfg, summary)
     if failure:
         from mnist_pipeline.onnx_io import ParityError
 
         raise ParityError(failure)
-    logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary["test_accuracy"],
-                onnx_model.label, summary["onnx_max_abs_diff"], decision.decision)
+    logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary.test_accuracy,
+                onnx_model.label, summary.onnx_max_abs_diff, decision.decision)
     return summary

@@ -12,6 +12,7 @@ from mnist_pipeline.lineage.promotion import promote as apply_gate
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
+from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import MODEL_NAME
@@ -101,8 +102,8 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
     test_set, reevaluated, note = _like_for_like(cfg, model, metrics, logger)
     with open_stage(cfg, "promote", current_flow_run_id()) as stage:
         model_id = stage.record(model).artifact_id
-        acc = stage.record(metrics).metadata.get("test_accuracy")
-        passed = bool(stage.record(validation).metadata.get("passed"))
+        acc = MetricsResult.from_metadata(stage.record(metrics).metadata).test_accuracy
+        passed = bool(ValidationResult.from_metadata(stage.record(validation).metadata).passed)
         # production's evaluation on the candidate's test set: the decision rests on it, so it is an input too
         measured = {stage.record(reevaluated).artifact_id: reevaluated.label} if reevaluated is not None else None
         store = stage.store

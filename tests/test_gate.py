@@ -296,13 +296,13 @@ def test_a_rollback_sticks_across_reruns_and_an_unchanged_run_after_another_winn
     store = LineageStore(tmp_path / "lineage.db")
     weak = dict(learning_rate=1e-6)
     good = dict(learning_rate=0.01, epochs=3)
-    assert flow(config=_cfg(tmp_path, tiny_mnist, **weak))["promotion"]["decision"] == "promoted"  # convnet:v0
-    first_good = flow(config=_cfg(tmp_path, tiny_mnist, **good))
+    assert flow(config=_cfg(tmp_path, tiny_mnist, **weak)).to_dict()["promotion"]["decision"] == "promoted"  # convnet:v0
+    first_good = flow(config=_cfg(tmp_path, tiny_mnist, **good)).to_dict()
     assert first_good["promotion"]["decision"] == "promoted"  # convnet:v1
     v1_digest = first_good["artifacts"]["model"]["digest"]
 
     # the weak config again, now that v1 is production: its model v0 exists and was decided, so no training
-    again = flow(config=_cfg(tmp_path, tiny_mnist, **weak), return_state=True).result()
+    again = flow(config=_cfg(tmp_path, tiny_mnist, **weak), return_state=True).result().to_dict()
     assert again["status"] == "skipped", again["reason"]
     assert "already made convnet:v0, and it was decided: promoted by the gate at" in again["reason"]
     assert "since replaced as production" in again["reason"] and _trained(store) == 2
@@ -311,11 +311,11 @@ def test_a_rollback_sticks_across_reruns_and_an_unchanged_run_after_another_winn
                  "--wandb-mode", "offline"]) == Exit.OK
     assert "convnet:v1 is rejected" in capsys.readouterr().out
     # the same run again: v1 is what these inputs made, and an operator rejected it
-    rerun = flow(config=_cfg(tmp_path, tiny_mnist, **good), return_state=True).result()
+    rerun = flow(config=_cfg(tmp_path, tiny_mnist, **good), return_state=True).result().to_dict()
     assert rerun["status"] == "skipped" and "it was decided: rejected by rollback at" in rerun["reason"]
     assert "bad in canary" in rerun["reason"] and _trained(store) == 2
     # forced: trained again (the same bits), and the gate still keeps it candidate, saying how to undo that
-    forced = flow(config=_cfg(tmp_path, tiny_mnist, force=True, **good))
+    forced = flow(config=_cfg(tmp_path, tiny_mnist, force=True, **good)).to_dict()
     assert forced["artifacts"]["model"]["digest"] == v1_digest
     assert forced["promotion"]["decision"] == "candidate"
     assert forced["promotion"]["reason"].startswith("rejected by rollback at ")
@@ -325,7 +325,7 @@ def test_a_rollback_sticks_across_reruns_and_an_unchanged_run_after_another_winn
     assert main(["unreject", "convnet:v1", "--lineage-db", str(store.path), "--reason", "canary fixed"]) == Exit.OK
     capsys.readouterr()
     # considered again: not retrained, straight to the gate, which compares it with production v0
-    back = flow(config=_cfg(tmp_path, tiny_mnist, **good))
+    back = flow(config=_cfg(tmp_path, tiny_mnist, **good)).to_dict()
     assert back["reason"].startswith("not retrained: ") and "already made convnet:v1" in back["reason"]
     assert back["promotion"]["decision"] == "promoted" and _trained(store) == 3
     assert store.alias("convnet", "production").digest == v1_digest
@@ -346,7 +346,7 @@ def test_a_model_whose_run_died_before_the_gate_is_reused_not_retrained(prefect_
         state = pipeline.mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist), return_state=True)
         assert state.is_failed()
     assert _trained(store) == 1 and store.promotions() == []
-    out = pipeline.mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist))
+    out = pipeline.mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist)).to_dict()
     assert "already made convnet:v0, never decided by the gate" in out["reason"]
     assert _trained(store) == 1 and out["artifacts"]["model"]["ref"] == "convnet:v0"
     assert out["promotion"]["decision"] == "promoted"
@@ -364,7 +364,7 @@ def test_require_signature_promotes_only_a_verified_attestation_and_says_so(pref
     key, pub = keys.generate(tmp_path / "keys")
     cfg = PipelineConfig.model_validate({**_cfg(tmp_path, tiny_mnist).model_dump(mode="json"),
                                          "promotion": {"require_signature": True}, "sign": {"private_key": str(key)}})
-    out = flow(config=cfg)
+    out = flow(config=cfg).to_dict()
     fp = keys.fingerprint(keys.load_public(pub))
     assert out["promotion"]["decision"] == "promoted"
     assert out["promotion"]["reason"] == f"first validated model; signature verified (key {fp[:16]})"
