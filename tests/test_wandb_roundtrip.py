@@ -412,6 +412,10 @@ def test_two_flows_online_at_once_log_each_version_once_and_aliases_end_where_th
         assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
         store = LineageStore(tmp_path / "lineage.db")
         assert len(store.artifacts("model")) == 2 and len(store.artifacts("dataset")) == 1
+        # on a loaded machine a stage of either flow may have missed its W&B init timeout and recorded offline
+        # (W&B is an observer): `sync` sends what W&B missed, and must not log anything twice either
+        s = cli(env, "sync", "--lineage-db", str(tmp_path / "lineage.db"))
+        assert s.returncode == 0, s.stdout + s.stderr
         # every stored version is one W&B version, numbered as in the store; nothing logged twice
         names = {art.name for art in store.artifacts()}
         held = {n: vs for n, vs in versions_of(w).items() if n in names}
