@@ -16,7 +16,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed, State
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.dataset import ensure_dataset
+from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
 from mnist_pipeline.flows.preflight import effective_config
 from mnist_pipeline.lineage.store import LineageStore
@@ -58,7 +58,9 @@ _library_warnings_to_prefect()
 @flow(name=FLOW_NAME, description="Train the W&B tutorial ConvNet on MNIST, evaluate it, export and validate "
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
-      "training config changed since the production model (unless force is set).")
+      "training config changed since the production model (unless force is set).",
+      on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
+      on_cancellation=[release_holds])
 def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
     logger = get_run_logger()
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable

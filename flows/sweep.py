@@ -19,7 +19,7 @@ from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.dataset import ensure_dataset
+from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.lineage.journal import commit_journal
 from mnist_pipeline.lineage.queries import finished_trial, train_seconds
 from mnist_pipeline.lineage.stage import record_lost_run
@@ -78,7 +78,9 @@ def _dask_client():
 
 
 @flow(name=FLOW_NAME, description="Hyperparameter sweep of the MNIST ConvNet on Dask: every trial trains and "
-      "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.")
+      "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.",
+      on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
+      on_cancellation=[release_holds])
 def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = None, min_workers: int = 1) -> dict:
     logger = get_run_logger()
     spec: Sweep = parse_sweep(sweep)

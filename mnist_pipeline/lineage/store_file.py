@@ -1,0 +1,102 @@
+"""The lineage store's file on disk, looked at before and after SQLite opens it.
+
+- `header_problem`: why a file cannot be a whole SQLite database (not one, or shorter than its header says), read
+  from its first 100 bytes, so a read-only command refuses a damaged store without SQLite creating `-wal`/`-shm`
+  files beside it.
+- `sidecars_created`: removes the `-wal`/`-shm` files an open that failed has left (SQLite makes them even for a
+  `mode=ro` connection to a WAL database), so a refused store is left exactly as it was found.
+- `out_of_space`: SQLite reports a full disk under its WAL or shared-memory file as "disk I/O error"; the free
+  space of the folder tells the two apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+MAGIC = b"SQLite format 3\x00"
+SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def header_problem(path: Path) -> str | None:
+    """Why `path` is not a whole SQLite database, from its header (None: it may be one)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(100)
+        size = path.stat().st_size
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if len(head) < 100 or head[:16] != MAGIC:
+        return "file is not a database"
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(head[28:32], "big")
+    # the in-header size counts only when it is valid: its change counter matches "version-valid-for"
+    if pages and head[24:28] == head[92:96] and size < pages * page_size:
+        return (f"truncated: {size} bytes where its header records {pages} pages of {page_size} bytes; restore it "
+                "from a backup")
+    if size % page_size:
+        return f"truncated or damaged: {size} bytes is not a whole number of {page_size}-byte pages"
+    return None
+
+
+@contextmanager
+def sidecars_created(path: Path) -> Iterator[None]:
+    """On an error inside, remove the `-wal`, `-shm` and `-journal` files that were not beside `path` before
+    (and `path` itself when it was not there before and is still empty)."""
+    before = {s for s in SIDECARS if Path(f"{path}{s}").exists()}
+    existed = path.exists()
+    try:
+        yield
+    except BaseException:
+        for s in SIDECARS:
+            if s not in before:
+                with contextlib.suppress(OSError):
+                    Path(f"{path}{s}").unlink()
+        if not existed:
+            with contextlib.suppress(OSError):
+                if path.stat().st_size == 0:
+                    path.unlink()
+        raise
+
+
+def out_of_space(path: Path) -> bool:
+    """True when the file system holding `path` has no block left for an ordinary user."""
+    folder = path if path.is_dir() else path.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024  # less than a few SQLite pages: a write cannot go through
+
+
+def readonly_problem(path: Path) -> str | None:
+    """Why `path` cannot be opened as a lineage store by a read-only command (None: it can). Nothing is created or
+    written: a missing, empty, truncated or foreign file is refused, never given a fresh schema."""
+    if not path.is_file():
+        return "no lineage store there"
+    if path.stat().st_size == 0:
+        return ("the lineage store is empty (0 bytes), so it records nothing; if it was truncated, restore it from "
+                "a backup")
+    problem = header_problem(path)  # refused before SQLite opens it (and creates -wal/-shm)
+    if problem:
+        return f"not a readable lineage store ({problem})"
+    try:
+        with sidecars_created(path):
+            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                check = con.execute("PRAGMA quick_check").fetchone()[0]
+            finally:
+                con.close()
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"damaged: {check}")
+    except sqlite3.DatabaseError as e:
+        return f"not a readable lineage store ({e})"
+    if not {"runs", "artifacts", "artifact_files", "edges"} <= tables:
+        return "an SQLite database, but not a lineage store (no runs/artifacts tables)"
+    return None
