@@ -17,9 +17,8 @@ from pathlib import Path
 from mnist_pipeline.flows.audit_cli import open_store
 from mnist_pipeline.flows.common_args import Parents, add_command, err
 from mnist_pipeline.flows.exit_codes import Exit
-from mnist_pipeline.lineage import holds
+from mnist_pipeline.lineage import holds, reproduction_plan, retention
 from mnist_pipeline.lineage import impact as impact_mod
-from mnist_pipeline.lineage import reproduction_plan, retention
 from mnist_pipeline.lineage import rollback as rollback_mod
 from mnist_pipeline.lineage.layout import TRASH
 

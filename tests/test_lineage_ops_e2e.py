@@ -245,9 +245,8 @@ def test_gc_between_a_cached_prepare_data_and_train_leaves_the_flows_dataset_alo
         prefect_server, wandb_offline, tiny_mnist, tmp_path, capsys, monkeypatch):
     """prepare-data a Prefect cache hit: no stage of the flow has declared the dataset when gc runs, right before
     train opens its stage. The flow holds it from the moment it resolved it, and lets go when it ends."""
-    from contextlib import contextmanager
-
     import importlib
+    from contextlib import contextmanager
 
     from mnist_pipeline.lineage import holds
 
