@@ -648,3 +648,40 @@ def test_a_full_disk_under_the_store_is_one_line_naming_it(tmp_path):
             assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
             con.close()
+
+
+def _damaged_stores(tmp_path: Path) -> dict[str, Path]:
+    """An empty lineage.db, and one cut to half its size (a copy that stopped half-way), in folders of their own."""
+    full = tmp_path / "full" / "lineage.db"
+    store = LineageStore(full)
+    for i in range(300):
+        store.start_run(f"r{i}", "train", config={"pad": "x" * 500}, env={}, flow_run_id=None, run_group=None,
+                        wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
+    con = sqlite3.connect(full)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    out = {}
+    for kind, blob in (("empty", b""), ("half", full.read_bytes()[: full.stat().st_size // 2])):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "lineage.db").write_bytes(blob)
+        out[kind] = tmp_path / kind / "lineage.db"
+    return out
+
+
+@pytest.mark.parametrize("argv", [["sync", "--dry-run"], ["sync"], ["sync", "--verify"], ["audit", "convnet:v0"],
+                                  ["gc"]])
+def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(tmp_path, capsys, monkeypatch, argv):
+    from mnist_pipeline.flows.cli import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # plain sync must say the store, not "no W&B key"
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    for kind, db in _damaged_stores(tmp_path).items():
+        before = db.read_bytes()
+        capsys.readouterr()
+        rc = main([*argv, "--lineage-db", str(db)])
+        err = capsys.readouterr().err
+        assert rc == 6, (kind, rc, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (kind, err)
+        assert str(db) in err, err
+        assert db.read_bytes() == before, kind  # no schema written into it
+        assert sorted(p.name for p in db.parent.iterdir()) == ["lineage.db"], kind  # no -wal, -shm
