@@ -28,11 +28,11 @@ from mnist_pipeline.lineage.wandb.credentials import resolve_mode
 from mnist_pipeline.lineage.wandb.folder import wandb_dir
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
-from mnist_pipeline.sweep_workers import check_workers, core_shares
+from mnist_pipeline.sweep_workers import check_workers, checkpoint_writer, core_shares, trial_threads
 from mnist_pipeline.tasks import export_onnx, promote, validate_onnx
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
-from mnist_pipeline.tasks.train import MODEL_NAME
+from mnist_pipeline.tasks.train import MODEL_NAME, checkpoint_path
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-sweep"
@@ -41,8 +41,8 @@ DEFAULT_CONFIG = PipelineConfig.model_validate({})
 
 def task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
     """An existing cluster at `address`, or a local one: `workers` processes (default one per core), each running
-    one trial at a time (torch's thread count and wandb.watch's global run are per process), with its share of the
-    cores as torch threads (see `core_shares`)."""
+    one trial at a time (torch's thread count and wandb.watch's global run are per process); every trial trains
+    with the same torch thread count, the smallest share of the cores (see `trial_threads`)."""
     if address:
         return DaskTaskRunner(address=address, client_kwargs={"timeout": 30})
     n = workers or usable_cores()
@@ -91,9 +91,9 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     client = _dask_client()
     assert cfg.wandb.dir is not None  # pinned above
     workers = check_workers(client, [cfg.artifacts_dir, cfg.wandb.dir], min_workers)
-    shares = core_shares(workers, client.nthreads())
-    logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %s)", spec.name or "",
-                len(trials), spec.method, len(workers), client.scheduler.address, sorted(set(shares.values())))
+    threads = trial_threads(core_shares(workers, client.nthreads()), cfg.train.threads)
+    logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %d)", spec.name or "",
+                len(trials), spec.method, len(workers), client.scheduler.address, threads)
 
     dataset = ensure_dataset(cfg, logger)
     store = LineageStore(cfg.lineage_db)
@@ -110,7 +110,10 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
             logger.info("trial %d reuses %s (%s): same dataset and training fingerprint", t.index,
                         model.label, metrics.label)
         else:
-            futures[t.index] = run_trial.submit(pin_for_workers(t.config), ds, t.index, t.params, shares)
+            tcfg = t.config.model_copy(update={"train": t.config.train.model_copy(update={"threads": threads})})
+            writer = checkpoint_writer(checkpoint_path(tcfg, ds.ref()))  # resumable only when the store knows it
+            futures[t.index] = run_trial.submit(pin_for_workers(tcfg), ds, t.index, t.params,
+                                                writer if writer and store.run(writer) else None)
 
     by_index = {t.index: t for t in trials}
     for index, future in futures.items():  # committed one by one: a flow that dies later keeps what finished
