@@ -685,3 +685,25 @@ def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(
         assert str(db) in err, err
         assert db.read_bytes() == before, kind  # no schema written into it
         assert sorted(p.name for p in db.parent.iterdir()) == ["lineage.db"], kind  # no -wal, -shm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["160k", "280k"])  # full before the store exists; full part-way through the run
+def test_a_run_with_its_store_on_a_full_disk_ends_with_the_disk_named_and_leaves_no_store_behind(
+        prefect_server, tmp_path, size):
+    db = tmp_path / "store" / "lineage.db"
+    with _tmpfs(tmp_path / "store", size=size):
+        argv = [a if a != str(tmp_path / "lineage.db") else str(db) for a in _argv(
+            tmp_path, "--source", "synthetic", "--synthetic-train", "200", "--synthetic-test", "50", "--slice", "1",
+            "--epochs", "1")]
+        proc = subprocess.run(argv, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        line = _last_line(proc.stderr)
+        assert line == f"mnist-pipeline: pipeline failed: StorageError: No space left on device while writing {db} " \
+                       "(not retried: it would fail the same way)", line
+        if db.exists():  # full part-way: what was recorded is whole, and no run is left 'running'
+            assert db.stat().st_size > 0
+            assert all(status != "running" for _, status, _ in _store_state(db))
+        else:
+            assert sorted(p.name for p in db.parent.iterdir()) == []  # no 0-byte store, no -wal/-shm

@@ -35,6 +35,9 @@ def header_problem(path: Path) -> str | None:
     page_size = int.from_bytes(head[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(head[28:32], "big")
+    wal = Path(f"{path}-wal")
+    if wal.is_file() and wal.stat().st_size:  # a checkpoint cut short: the WAL still holds the pages it was copying
+        return None
     # the in-header size counts only when it is valid: its change counter matches "version-valid-for"
     if pages and head[24:28] == head[92:96] and size < pages * page_size:
         return (f"truncated: {size} bytes where its header records {pages} pages of {page_size} bytes; restore it "
@@ -47,7 +50,7 @@ def header_problem(path: Path) -> str | None:
 @contextmanager
 def sidecars_created(path: Path) -> Iterator[None]:
     """On an error inside, remove the `-wal`, `-shm` and `-journal` files that were not beside `path` before
-    (and `path` itself when it was not there before and is still empty)."""
+    (and `path` itself when this open created it)."""
     before = {s for s in SIDECARS if Path(f"{path}{s}").exists()}
     existed = path.exists()
     try:
@@ -57,10 +60,9 @@ def sidecars_created(path: Path) -> Iterator[None]:
             if s not in before:
                 with contextlib.suppress(OSError):
                     Path(f"{path}{s}").unlink()
-        if not existed:
+        if not existed:  # created by this open, which failed (a full disk): it records nothing, not even a schema
             with contextlib.suppress(OSError):
-                if path.stat().st_size == 0:
-                    path.unlink()
+                path.unlink()
         raise
 
 
