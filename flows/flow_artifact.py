@@ -29,6 +29,27 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | N
             out = (f"decision: {promotion['decision']}" if run.job_type == "promote" and promotion
                    else run.error or "no artifact")
             rows.append({**row, "output": out, "sha256": "", "path": ""})
+    if not rows and (summary or {}).get("status") == "skipped":
+        rows = _reused_rows(store, summary or {})
+    return rows
+
+
+def _reused_rows(store: LineageStore, summary: dict) -> list[dict]:
+    """A skipped run made nothing (its prepare-data was a cache hit, training was skipped): the table shows what
+    it relied on instead, the dataset and the production model, each with the earlier run that made it."""
+    from mnist_pipeline.tasks.train import MODEL_NAME
+
+    recs = [store.find_artifact(ref["ref"].split(":")[0], ref["digest"])
+            for ref in summary.get("artifacts", {}).values()]
+    recs.append(store.alias(MODEL_NAME, "production"))
+    rows = []
+    for art in (r for r in recs if r is not None):
+        run = store.run(art.producer_run_id)
+        rows.append({"stage": f"{run.job_type if run else '?'} (earlier run, reused)",
+                     "status": run.status if run else "", "inputs": ", ".join(
+                         u.label for u in store.edges(art.producer_run_id)["used"]),
+                     "W&B run": (run.wandb_url or f"{run.run_id} ({run.wandb_mode}: {run.wandb_dir})") if run else "",
+                     "output": f"{art.label} ({art.type})", "sha256": art.digest[:16], "path": art.path})
     return rows
 
 

@@ -38,9 +38,20 @@ def test_a_forced_retrain_makes_the_same_model_and_onnx_and_a_skip_is_a_skipped_
     store = LineageStore(tmp_path / "lineage.db")
     first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist))
     state = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist), return_state=True)
-    assert state.is_completed() and state.name == "Skipped"  # visibly skipped in run lists
+    # a plain Completed state (Prefect's run filters go by state name: a custom one hides the run), saying why
+    assert state.is_completed() and state.name == "Completed" and state.message.startswith("training skipped: ")
     skipped = state.result()
     assert skipped["status"] == "skipped" and "--force" in skipped["reason"] and "set force" not in skipped["reason"]
+    assert "the force field in the Prefect form" in skipped["reason"]  # what a UI user has instead of --force
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-lineage"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert "mnist:v0 (dataset)" in table.data and "convnet:v0 (model)" in table.data  # not an empty header
+    assert "(earlier run, reused)" in table.data
     forced = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist).model_copy(update={"force": True}))
     for kind in ("model", "onnx", "metrics"):
         assert forced["artifacts"][kind]["digest"] == first["artifacts"][kind]["digest"], kind
