@@ -3,7 +3,8 @@
 prepare-data (once) -> one `trial` task per configuration on Dask (train + evaluate, each its own lineage stage;
 a trial already in the store is reused) -> select (consumes every finished trial's metrics, records the
 sweep-result) -> the winner alone: export-onnx (which also consumes the sweep-result, so an audit of the ONNX file
-walks through select) -> validate-onnx -> promote.
+walks through select) -> validate-onnx -> (sign) -> promote -> report, and the closing lines `run` prints (the
+report, the ONNX file to audit, where the W&B records went).
 
 Dask workers write artifact files into the shared artifacts folder; only this flow's process writes the lineage
 store (a trial hands back a journal of its runs, committed here). At start, every worker must see the artifacts
@@ -12,6 +13,7 @@ and W&B folders at the same paths as this process, or the flow fails with one li
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -20,6 +22,7 @@ from prefect_dask import DaskTaskRunner
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
+from mnist_pipeline.flows.flow_artifact import wandb_records
 from mnist_pipeline.lineage.journal import commit_journal
 from mnist_pipeline.lineage.queries import finished_trial, train_seconds
 from mnist_pipeline.lineage.stage import record_lost_run
@@ -29,7 +32,8 @@ from mnist_pipeline.lineage.wandb.folder import wandb_dir
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
 from mnist_pipeline.sweep_workers import check_workers, checkpoint_writer, core_shares, trial_threads
-from mnist_pipeline.tasks import export_onnx, promote, validate_onnx
+from mnist_pipeline.tasks import export_onnx, promote, run_report, validate_onnx
+from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
 from mnist_pipeline.tasks.train import MODEL_NAME, checkpoint_path
@@ -166,15 +170,19 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
     attestation = sign(wcfg, sign_key, onnx_model, best.model, dataset, validation) if sign_key and v["passed"] \
         else None
     decision = promote(wcfg, best.model, best.metrics, validation)
+    report = run_report(wcfg, dataset, best.metrics, validation, decision)  # the winner's, as `run` makes one
     summary["winner"] = {"trial": best.index, "params": best.params, **(best.values or {}),
                          "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
-                         "onnx_path": onnx_model.path, "validation": validation.label,
+                         "onnx_file": str(Path(onnx_model.path) / "model.onnx"), "validation": validation.label,
                          "onnx_max_abs_diff": v["max_abs_diff"], "onnx_argmax_agreement": v["argmax_agreement"]}
     if attestation is not None:
         summary["winner"]["attestation"] = attestation.label
         summary["winner"]["attestation_path"] = attestation.path
     summary["promotion"] = {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
                                                              "production_accuracy")}
+    summary["report"] = str(Path(report.path) / REPORT_FILE)
+    summary["onnx_file"] = summary["winner"]["onnx_file"]  # the file to deploy and audit, under run's key
+    summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
     failure = parity_failure(wcfg, v, validation.label)
     if failure:
         raise ParityError(failure)

@@ -103,7 +103,14 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     runs = store.runs()
     assert all(r.status == "finished" for r in runs), [(r.job_type, r.status, r.error) for r in runs]
     assert Counter(r.job_type for r in runs) == {"prepare-data": 1, "train": 4, "evaluate": 4, "select": 1,
-                                                    "export-onnx": 1, "validate-onnx": 1, "promote": 1}
+                                                    "export-onnx": 1, "validate-onnx": 1, "promote": 1, "report": 1}
+    # it ends as `run` does: the winner's run report, the ONNX file to audit (a file, under run's key), the W&B line
+    assert Path(summary["report"]).is_file() and summary["onnx_file"] == summary["winner"]["onnx_file"]
+    assert Path(summary["onnx_file"]).name == "model.onnx" and Path(summary["onnx_file"]).is_file()
+    closing = out.err.splitlines()
+    assert f"report: {summary['report']}" in closing
+    assert any(ln.startswith(f"ONNX model: {summary['onnx_file']} (audit it: mnist-pipeline audit ") for ln in closing)
+    assert any(ln.startswith("W&B: ") for ln in closing)
     [dataset] = store.artifacts("dataset")
     models = store.artifacts("model")
     assert len(models) == 4 and [m.version for m in models] == [0, 1, 2, 3]  # no duplicate model versions
