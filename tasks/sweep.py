@@ -83,7 +83,7 @@ def _unknown_checkpoint(cfg: PipelineConfig, dataset: ArtifactRecord, resume_fro
     from mnist_pipeline.tasks.train import checkpoint_path
 
     ckpt = checkpoint_path(cfg, dataset.ref())
-    if not (ckpt.exists() or training.sidecar(ckpt).exists()):
+    if not (ckpt.is_file() or training.sidecar(ckpt).is_file()):  # nothing to resume (or no file: train says so)
         return
     writer = checkpoint_writer(ckpt)
     if writer is None or writer != resume_from:
