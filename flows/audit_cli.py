@@ -25,12 +25,14 @@ AUDIT_EXIT = {"verified": Exit.OK, "tampered": Exit.VERIFY_FAILED, "unknown": Ex
 
 AUDIT_EPILOG = """\
 verdicts: 0 VERIFIED (identified, and every digest it could reach matches the files on disk), 3 TAMPERED (a file
-or a lineage record differs from its recorded digest; the file is named), 4 unknown (not produced by any recorded
-run); --online: 5 when W&B is unreachable, refuses the key or a W&B read fails.
+or a lineage record differs from its recorded digest, or an attested file's signature does not verify; the file and
+the failed check are named), 4 unknown (not produced by any recorded run); --online: 5 when W&B is unreachable,
+refuses the key or a W&B read fails. A file without an attestation is "unsigned": shown, not a failure.
 
 examples:
   mnist-pipeline audit /srv/models/model.onnx --lineage-db mnist-runs/lineage.db
   mnist-pipeline audit convnet:production --json
+  mnist-pipeline audit model.onnx --public-key keys/mnist-signing.pub   (its signature against a trusted key)
   mnist-pipeline audit convnet-onnx:v3 --report audit.html     (or .md with a Mermaid graph, or .svg)
 """
 
@@ -64,6 +66,8 @@ def add_parsers(sub, parents: Parents) -> None:
                    "(outside the artifact store; absent ones are never a failure)")
     a.add_argument("--online", action="store_true", help="also look every artifact version up in W&B "
                    "(wandb.Api: logged_by, used_by, file md5s) and fail if W&B holds other content")
+    a.add_argument("--public-key", metavar="PUB", help="the signer's public key (PEM) to verify attested files "
+                   "with (default: each attestation's own signer.pub, which shows consistency, not trust)")
     a.set_defaults(handler=audit_main)
     s = add_command(sub, "sync", parents=[parents.store, parents.json], epilog=SYNC_EPILOG,
                     help="upload offline W&B runs and complete W&B's lineage graph (input edges, promotions); "
@@ -107,8 +111,17 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
     store = open_store(ns.lineage_db, "audit")
     if isinstance(store, Exit):
         return store
+    public_key = Path(ns.public_key) if getattr(ns, "public_key", None) else None
+    if public_key is not None:  # a bad key is a usage error before the audit starts, not a failed signature
+        from mnist_pipeline.provenance.keys import KeyFileError, load_public
+
+        try:
+            load_public(public_key)
+        except KeyFileError as e:
+            err("audit", f"--public-key: {e}")
+            return Exit.USAGE
     try:
-        report = audit(store, ns.target, check_raw_files=not ns.skip_raw_files)
+        report = audit(store, ns.target, check_raw_files=not ns.skip_raw_files, public_key=public_key)
     except AuditError as e:
         err("audit", str(e))
         return Exit.USAGE

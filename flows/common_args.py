@@ -8,18 +8,16 @@ namespace that returns an `Exit` member (flows/exit_codes.py).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from mnist_pipeline.config import ConfigError, PipelineConfig
+from mnist_pipeline.config import ConfigError, PipelineConfig, load_config_file
 from mnist_pipeline.flows.exit_codes import EPILOG, Exit
 
 DEFAULT_DB = "mnist-runs/lineage.db"
@@ -69,7 +67,7 @@ def _config_parent() -> argparse.ArgumentParser:
         args = typing.get_args(field.annotation)
         origin = typing.get_origin(field.annotation)
         kw: dict = {"dest": "cfg:" + ".".join(path), "default": argparse.SUPPRESS, "metavar": path[-1].upper(),
-                    "help": f"{field.description} (default: {field.get_default(call_default_factory=True)})"}
+                    "help": f"{field.description} (default: {field.get_default(call_default_factory=True)})".replace("%", "%%")}
         if field.annotation is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif origin is list or any(typing.get_origin(a) is list for a in args):
@@ -105,15 +103,7 @@ def add_command(sub, name: str, *, help: str, parents: Sequence[argparse.Argumen
 
 
 def build_config(ns: argparse.Namespace) -> PipelineConfig:
-    base: dict = {}
-    if ns.config:
-        text = Path(ns.config).read_text()
-        if ns.config.endswith((".yaml", ".yml")):
-            import yaml
-
-            base = yaml.safe_load(text) or {}
-        else:
-            base = json.loads(text)
+    base = load_config_file(ns.config) if ns.config else {}
     for key, value in vars(ns).items():
         if key.startswith("cfg:"):
             node = base

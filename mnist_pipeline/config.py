@@ -33,6 +33,41 @@ class ConfigError(ValueError):
     """A config that is well-formed but not allowed here (a path outside the allowed roots); names the field."""
 
 
+class ConfigFileError(ValueError):
+    """A --config file that cannot be read or parsed; names the file and, for a syntax error, the position."""
+
+
+def load_config_file(path: str | Path) -> dict:
+    """The mapping in a JSON or YAML (`.yaml`, `.yml`) config file; ConfigFileError, one line, otherwise."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigFileError(f"{path}: {getattr(e, 'strerror', None) or e}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigFileError(f"{path}: not valid YAML{where}: {problem}") from None
+    else:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigFileError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigFileError(f"{path}: holds a {type(raw).__name__}, not a mapping of config sections and fields")
+    return raw
+
+
 def allowed_roots() -> list[Path] | None:
     raw = os.environ.get(ALLOWED_ROOTS_ENV, "")
     roots = [Path(r).expanduser().resolve() for r in raw.split(os.pathsep) if r.strip()]
@@ -187,9 +222,34 @@ class OnnxConfig(_Section):
     timing_seconds: float = Field(TIMING_SECONDS, gt=0, le=60, description="Minimum seconds each throughput is timed for.")
 
 
+# W&B's rules for a project name (wandb.sdk.artifacts._validators, not a public API: restated here), applied to
+# the entity too, which is a segment of the same URLs and artifact paths: at most 128 characters, none of these.
+WANDB_NAME_MAXLEN = 128
+WANDB_NAME_FORBIDDEN = frozenset("/\\#?%:")
+
+
+def check_wandb_name(kind: str, name: str) -> str:
+    """`name` if W&B would accept it as a project or entity name, else ValueError saying why (one line)."""
+    if not name:
+        raise ValueError(f"a W&B {kind} name cannot be empty")
+    if len(name) > WANDB_NAME_MAXLEN:
+        raise ValueError(f"a W&B {kind} name is at most {WANDB_NAME_MAXLEN} characters, this one {len(name)}")
+    bad = sorted(WANDB_NAME_FORBIDDEN.intersection(name))
+    if bad:
+        raise ValueError(f"a W&B {kind} name cannot contain {' '.join(bad)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"a W&B {kind} name cannot contain control characters (newlines, tabs...)")
+    if name.strip(".") == "":  # '.' and '..' would name a path, not a project, in W&B's URLs
+        raise ValueError(f"a W&B {kind} name cannot be only dots")
+    return name
+
+
 class WandbConfig(_Section):
-    project: str = Field("mnist-lineage", min_length=1, description="W&B project.")
-    entity: str | None = Field(None, description="W&B entity (user or team); None uses your default.")
+    project: str = Field("mnist-lineage", min_length=1, max_length=WANDB_NAME_MAXLEN,
+                         description="W&B project (at most 128 characters, none of / \\ # ? % :).")
+    entity: str | None = Field(None, max_length=WANDB_NAME_MAXLEN,
+                               description="W&B entity (user or team; W&B's name rules, as for the project); "
+                               "None uses your default.")
     mode: WandbMode = Field(
         "auto", description="'auto' is online exactly when wandb.init() would be: wandb's mode is online and "
         "an API key is configured for wandb's host (WANDB_API_KEY, netrc from `wandb login`, a settings file)."
@@ -207,6 +267,11 @@ class WandbConfig(_Section):
         "next stage can use it; on timeout the artifact is left to `mnist-pipeline sync`.")
     finish_timeout: float = Field(
         120, gt=0, le=3600, description="Seconds run.finish() may spend uploading; the rest stays on disk.")
+
+    @field_validator("project", "entity")
+    @classmethod
+    def _wandb_name(cls, v: str | None, info) -> str | None:
+        return v if v is None else check_wandb_name(info.field_name, v)
 
 
 class PromotionConfig(_Section):
@@ -281,9 +346,13 @@ class PipelineConfig(_Section):
         return Path(env).expanduser().resolve() if env else None
 
     def paths(self) -> dict[str, Path]:
-        """Every path field, by its dotted name."""
+        """Every path field, by its dotted name; W&B's folder as wandb will take it (wandb.dir, else $WANDB_DIR
+        from this process's environment, else beside the store), so the roots confine it whichever way it is set."""
+        env_dir = os.environ.get("WANDB_DIR")
         fields = {"data.root": self.data.root, "data.local_dir": self.data.local_dir,
                   "artifacts_dir": self.artifacts_dir, "lineage_db": self.lineage_db, "wandb.dir": self.wandb.dir}
+        if self.wandb.dir is None and env_dir:
+            fields["$WANDB_DIR (wandb.dir unset)"] = Path(env_dir)
         return {k: v for k, v in fields.items() if v is not None}
 
     def check_roots(self, roots: list[Path] | None = None, why: str = f"${ALLOWED_ROOTS_ENV}") -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http
 import http.client
 import logging
 import os
 import shutil
 import socket
 import struct
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -64,6 +66,18 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(DataError):
     """A mirror delivered a file whose md5 is not the published one: a retry would fetch the same bytes."""
+
+
+class MirrorRefused(DataError):
+    """A mirror answered with an HTTP client error (404 Not Found, 403 Forbidden...): a retry gets the same answer."""
+
+
+# HTTP client errors that say "not now" rather than "not here": worth a retry like a network error.
+TRANSIENT_HTTP = frozenset({408, 425, 429})
+# A mirror that sent a file with the wrong md5 is not downloaded again for this long in this process (a retry of
+# prepare-data after another mirror's network error would fetch the same wrong bytes again).
+REFUSED_FOR_S = 3600.0
+_refused: dict[tuple[str, str], tuple[float, str]] = {}  # (url, expected md5) -> (monotonic time, why)
 
 
 DEFAULT_TIMEOUT = 30.0  # seconds a mirror may take to connect or to send the next bytes
@@ -210,11 +224,16 @@ def stage_local(local_dir: Path, incoming: Path) -> list[RawFileInfo]:
 
 
 def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
-    """Download `url` to `dest` (atomically), or raise: ChecksumError when the md5 is not `md5` (nothing is kept),
-    DownloadError when the mirror cannot be reached or stops answering for `timeout` seconds (a retry may help).
+    """Download `url` to `dest` (atomically), or raise: ChecksumError when the md5 is not `md5` (nothing is kept,
+    and the URL is not downloaded again for REFUSED_FOR_S), MirrorRefused on an HTTP client error (404...),
+    DownloadError when the mirror cannot be reached, answers 5xx or stops answering for `timeout` seconds (a retry
+    may help).
 
     urllib handles http(s):// and file:// alike; `timeout` bounds the connect and every read (torchvision's
     helper has none, and reads `response.length`, which a file:// response lacks)."""
+    seen = _refused.get((url, md5))
+    if seen is not None and time.monotonic() - seen[0] < REFUSED_FOR_S:
+        raise ChecksumError(f"{seen[1]} (refused {time.monotonic() - seen[0]:.0f} s ago: not downloaded again)")
     tmp = storage.tmp_name(dest)
     h = hashlib.md5()
     try:
@@ -225,17 +244,32 @@ def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
                     f.write(chunk)
         except storage.StorageError:
             raise
+        except urllib.error.HTTPError as e:
+            status = f"HTTP {e.code} {_phrase(e.code, e.reason)}"
+            if 400 <= e.code < 500 and e.code not in TRANSIENT_HTTP:
+                raise MirrorRefused(f"{url}: {status}") from None
+            raise DownloadError(f"{url}: {status}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", None) or e
             if isinstance(reason, TimeoutError | socket.timeout) or "timed out" in str(reason):
                 reason = f"no answer within {timeout:g} s (data.timeout)"
             raise DownloadError(f"{url}: {reason}") from e
         if h.hexdigest() != md5:
-            raise ChecksumError(f"{url}: md5 {h.hexdigest()} expected {md5} (the published file); the download was "
-                                "refused and not kept, and is not retried (the mirror would send the same bytes)")
+            why = (f"{url}: md5 {h.hexdigest()} expected {md5} (the published file); the download was refused and "
+                   "not kept, and is not retried (the mirror would send the same bytes)")
+            _refused[(url, md5)] = (time.monotonic(), why)
+            raise ChecksumError(why)
         tmp.replace(dest)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _phrase(code: int, reason: object) -> str:
+    """The standard reason phrase of an HTTP status (a server's own, e.g. "File not found", when it has none)."""
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return str(reason or "")
 
 
 def download(root: Path, mirrors: list[str] | None, incoming: Path,
@@ -262,7 +296,7 @@ def download(root: Path, mirrors: list[str] | None, incoming: Path,
                 url = f"{mirror.rstrip('/')}/{name}"
                 try:
                     _fetch(url, gz, published, timeout)
-                except (DownloadError, ChecksumError) as e:
+                except (DownloadError, ChecksumError, MirrorRefused) as e:
                     log.warning("%s", e)
                     errors.append(e)
                     continue
@@ -272,6 +306,8 @@ def download(root: Path, mirrors: list[str] | None, incoming: Path,
                 text = "; ".join(str(e) for e in errors)
                 if all(isinstance(e, ChecksumError) for e in errors):
                     raise ChecksumError(f"{name}: no mirror has the published file: {text}")
+                if all(isinstance(e, DataError) for e in errors):  # refused or wrong, nowhere a network error
+                    raise MirrorRefused(f"{name}: no mirror has it (not retried): {text}")
                 raise DownloadError(f"{name}: no mirror delivered it: {text}")
         sha, md5 = _digests(gz)
         _copy_idx(gz, dest / stem, gz=True)
@@ -445,6 +481,36 @@ def prepare(source: str, root: Path, *, local_dir: Path | None = None, mirrors: 
     for n in notes:
         log.info(n)
     return PreparedData(train=train, test=test, source=source, raw_files=raw_files, notes=notes, folder=folder)
+
+
+# What a raw file's record in `dataset.json` holds: its content, never where it was found or stored.
+RAW_CONTENT_FIELDS = ("name", "sha256", "size", "md5", "stored_sha256", "stored_size")
+
+
+def dataset_record(prepared: PreparedData, slice_step: int, classes: int = 10) -> dict:
+    """What `dataset.json` holds, a part of the dataset's content address: the raw files' digests and sizes, the
+    settings and the splits' sizes and class counts, and nothing that depends on where the files were found or
+    stored (paths, mirror URLs, whether the download cache already held them). The same raw files and settings
+    give the same record, in any folder; where they came from is the artifact's metadata (`provenance`)."""
+    return {
+        "source": prepared.source,
+        "slice": slice_step,
+        "raw_files": [{k: getattr(f, k) for k in RAW_CONTENT_FIELDS} for f in prepared.raw_files],
+        "sizes": {"train": len(prepared.train), "test": len(prepared.test)},
+        "class_counts": {"train": prepared.train.class_counts(classes), "test": prepared.test.class_counts(classes)},
+    }
+
+
+def provenance(prepared: PreparedData, source_location: Path | str | None, mirrors: list[str] | None) -> dict:
+    """Where the raw files came from and where their read-only copy is: the dataset's metadata (lineage store,
+    W&B), shown by the audit, outside the files its digest is computed from."""
+    return {
+        "source_location": str(source_location) if source_location is not None else None,
+        "mirrors": mirrors,
+        "raw_store": str(prepared.folder) if prepared.folder else None,
+        "raw_files": [vars(f) for f in prepared.raw_files],  # with origin and stored paths, and each file's note
+        "notes": prepared.notes,
+    }
 
 
 def save_split(split: Split, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +23,10 @@ class Evaluation:
     logits: torch.Tensor  # float32 [N, classes], on CPU
 
     def summary(self) -> dict:
+        """The JSON view: a class absent from the test split has no accuracy (null; NaN is not JSON)."""
+        per_class = [None if math.isnan(a) else a for a in self.per_class_accuracy]
         return {"test_loss": self.loss, "test_accuracy": self.accuracy, "test_count": self.count,
-                "per_class_accuracy": self.per_class_accuracy, "confusion_matrix": self.confusion}
+                "per_class_accuracy": per_class, "confusion_matrix": self.confusion}
 
 
 @torch.no_grad()

@@ -91,5 +91,7 @@ def check_writable(path: Path, what: str) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     """Sorted keys, fixed indent, a final newline: the same dict always gives the same bytes (an artifact's digest
-    depends on nothing else); written atomically, naming the path on a full or read-only disk."""
-    write_bytes_atomic(Path(path), (json.dumps(data, indent=2, sort_keys=True, default=str) + "\n").encode())
+    depends on nothing else); written atomically, naming the path on a full or read-only disk. NaN and infinity
+    are refused (ValueError): they are not JSON, and other readers (W&B, browsers, jq) reject the file."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str, allow_nan=False)
+    write_bytes_atomic(Path(path), (text + "\n").encode())

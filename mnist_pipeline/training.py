@@ -10,11 +10,12 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from mnist_pipeline.model import ConvNet
 log = logging.getLogger(__name__)
 
 LogFn = Callable[[int, int, float], None]  # (examples seen, epoch, loss)
+LossPoint = tuple[int, int, float]  # (examples seen, epoch, loss): one logged point
 
 
 _TRAIN = TrainConfig.model_fields
@@ -62,6 +64,12 @@ class TrainResult:
     final_loss: float
     resumed_from: dict | None  # {"epoch", "batch", "examples_seen"} when a checkpoint was picked up
     checkpoint_written_by: str | None = None  # the run that wrote that checkpoint
+    # Every point logged over the whole training, those before a resume included (a checkpoint carries them)
+    loss_points: list[LossPoint] = field(default_factory=list)
+
+
+class TrainingDiverged(ArithmeticError):
+    """The training loss ended as NaN or infinity: the weights are not a model."""
 
 
 def seed_everything(seed: int) -> None:
@@ -136,7 +144,7 @@ def _write_checkpoint(path: Path, state: dict, lineage: CheckpointLineage | None
               "position": {"epoch": state["epoch"], "batch": state["batch"], "examples_seen": state["examples_seen"]}}
     # The sidecar first: a kill between the two writes leaves a sidecar that does not match the checkpoint,
     # which is then discarded (never resumed unchecked). Both are atomic (temporary name, fsync, rename).
-    storage.write_bytes_atomic(sidecar(path), json.dumps(record, sort_keys=True).encode(), fsync=True)
+    storage.write_bytes_atomic(sidecar(path), json.dumps(record, sort_keys=True, allow_nan=False).encode(), fsync=True)
     storage.write_bytes_atomic(path, blob, fsync=True)
 
 
@@ -182,9 +190,13 @@ class _CheckpointWriter:
         except BaseException as e:  # handed to the training thread by flush()
             self._error = e
 
-    def save(self, model: nn.Module, optimizer, epoch: int, batch: int, examples: int, batches: int) -> None:
+    def save(self, model: nn.Module, optimizer, epoch: int, batch: int, examples: int, batches: int,
+             last_loss: float, points: list[LossPoint]) -> None:
+        # Everything the model's files and the run's record take from the loop, not only the weights: a run
+        # resumed from the very last checkpoint trains no batch, and must still end as an uninterrupted one.
         state = {"model": _snapshot(model.state_dict()), "optimizer": _snapshot(optimizer.state_dict()),
-                 "epoch": epoch, "batch": batch, "examples_seen": examples, "batches": batches}
+                 "epoch": epoch, "batch": batch, "examples_seen": examples, "batches": batches,
+                 "last_loss": last_loss, "loss_points": [list(p) for p in points]}
         self.flush()
         self._thread = threading.Thread(target=self._run, args=(state,), name="checkpoint-writer", daemon=True)
         self._thread.start()
@@ -219,6 +231,8 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
     per_epoch = (n + settings.batch_size - 1) // settings.batch_size
 
     start_epoch, start_batch, examples, batches, resumed, written_by = 0, 0, 0, 0, None, None
+    points: list[LossPoint] = []
+    last_loss: float | None = None  # of the last batch trained, by this run or before the resume
     state = None
     if checkpoint is not None and checkpoint.exists():
         problem = _checkpoint_problem(checkpoint, checkpoint_lineage)
@@ -231,19 +245,30 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
             except Exception as e:  # unreadable (e.g. from another code version): start over rather than fail
                 log.warning("ignoring unreadable checkpoint %s (%s: %s); training from the start", checkpoint,
                             type(e).__name__, e)
+            if state is not None and not {"last_loss", "loss_points"} <= set(state):
+                log.warning("ignoring checkpoint %s: written by an older version, without its loss record; "
+                            "training from the start", checkpoint)
+                state = None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, start_batch = state["epoch"], state["batch"]
         examples, batches = state["examples_seen"], state["batches"]
+        last_loss = float(state["last_loss"])
+        points = [(int(e), int(ep), float(v)) for e, ep, v in state["loss_points"]]
         resumed = {"epoch": start_epoch, "batch": start_batch, "examples_seen": examples}
         if checkpoint_lineage is not None and checkpoint is not None:
             written_by = json.loads(sidecar(checkpoint).read_text())["lineage"].get("run_id")
-        log.info("resuming from checkpoint %s at epoch %d, batch %d", checkpoint, start_epoch, start_batch)
+        if start_epoch >= settings.epochs:
+            log.info("resuming from checkpoint %s written after the last batch (%d epoch(s), %d examples): nothing "
+                     "left to train", checkpoint, settings.epochs, examples)
+        else:
+            log.info("resuming from checkpoint %s at epoch %d, batch %d (%d examples seen)", checkpoint,
+                     start_epoch, start_batch, examples)
 
     writer = _CheckpointWriter(checkpoint, checkpoint_lineage) if checkpoint is not None else None
     t0 = time.perf_counter()
-    loss_value, loss = float("nan"), None
+    loss = None
     bar = tqdm(total=settings.epochs * per_epoch, initial=start_epoch * per_epoch + start_batch,
                desc="train", unit="batch", disable=not settings.progress, leave=False)
     try:
@@ -263,19 +288,25 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
                 # The tutorial reports when (batch_ct + 1) % 25 == 0; kept as is so curves line up.
                 if (batches + 1) % settings.log_every == 0:
                     loss_value = loss.item()
+                    points.append((examples, epoch, loss_value))
                     bar.set_postfix(loss=f"{loss_value:.3f}", epoch=epoch)
                     if on_log:
                         on_log(examples, epoch, loss_value)
                 done_epoch = b + 1 == per_epoch
                 if writer is not None and (done_epoch or batches % settings.checkpoint_every == 0):
                     nxt = (epoch + 1, 0) if done_epoch else (epoch, b + 1)
-                    writer.save(model, optimizer, *nxt, examples, batches)
+                    writer.save(model, optimizer, *nxt, examples, batches, loss.item(), points)
         if loss is not None:
-            loss_value = loss.item()
+            last_loss = loss.item()
     finally:
         bar.close()
         if writer is not None:
             writer.flush()
     model.eval()
+    if last_loss is None or not math.isfinite(last_loss):
+        # a model whose loss is not a number has diverged: not worth recording (and NaN is not JSON)
+        raise TrainingDiverged(f"training diverged: the loss after {batches} batches is {last_loss} "
+                               f"(train.learning_rate {settings.learning_rate:g} may be too large)")
     return TrainResult(examples_seen=examples, batches=batches, seconds=time.perf_counter() - t0,
-                       final_loss=loss_value, resumed_from=resumed, checkpoint_written_by=written_by)
+                       final_loss=last_loss, resumed_from=resumed, checkpoint_written_by=written_by,
+                       loss_points=points)

@@ -89,19 +89,11 @@ def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
         out = stage.staging(DATASET_NAME)
         data.save_split(prepared.train, out / "train.pt")
         data.save_split(prepared.test, out / "test.pt")
-        meta = {
-            "source": d.source,
-            "source_location": str(d.local_dir if d.source == "local" else data.raw_folder(root)),
-            "mirrors": d.mirrors,
-            "raw_store": str(prepared.folder),  # the read-only, content-addressed copy the splits were read from
-            "slice": d.slice,
-            "raw_files": [vars(f) for f in prepared.raw_files],
-            "notes": prepared.notes,
-            "sizes": {"train": len(prepared.train), "test": len(prepared.test)},
-            "class_counts": {"train": prepared.train.class_counts(cfg.train.classes),
-                             "test": prepared.test.class_counts(cfg.train.classes)},
-        }
-        write_json(out / "dataset.json", meta)
+        # The file is content only (its digest is the dataset's version); the metadata adds where it came from.
+        record = data.dataset_record(prepared, d.slice, cfg.train.classes)
+        write_json(out / "dataset.json", record)
+        location = d.local_dir if d.source == "local" else data.raw_folder(root)
+        meta = {**record, **data.provenance(prepared, location, d.mirrors)}
         stage.summary = {"train_size": len(prepared.train), "test_size": len(prepared.test)}
         stage.produce(DATASET_NAME, "dataset", out, meta)
     ref = stage.outputs["dataset"]

@@ -40,16 +40,19 @@ def _as_dict(promotion) -> dict | None:
     return dict(promotion)
 
 
-def _loss_points(store: LineageStore, metrics_meta: dict) -> list[tuple[int, int, float]]:
+def _loss_points(store: LineageStore, metrics_meta: dict) -> tuple[list[tuple[int, int, float]], int | None]:
     """The training run's logged loss, found through the model the metrics were measured on (kept in that run's
-    record, not in the model's files)."""
+    record, not in the model's files), and the examples of one epoch (the model's examples seen / its epochs)."""
     for inp in metrics_meta.get("inputs", []):
         if inp.get("type") == "model":
             model = store.find_artifact(inp["name"], inp["digest"])
             run = store.run(model.producer_run_id) if model else None
-            if run is not None:
-                return [tuple(p) for p in run.summary.get("loss_points", [])]
-    return []
+            if model is not None and run is not None:
+                epochs = (model.metadata.get("fingerprint") or {}).get("epochs")
+                seen = model.metadata.get("examples_seen")
+                per_epoch = seen // epochs if isinstance(seen, int) and isinstance(epochs, int) and epochs else None
+                return [tuple(p) for p in run.summary.get("loss_points", [])], per_epoch
+    return [], None
 
 
 def _input(meta: dict, type_: str) -> dict | None:
@@ -77,8 +80,9 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_meta: di
              ("ONNX file", str(Path(onnx_rec.path) / "model.onnx") if onnx_rec else "n/a"),
              ("Prefect flow run", flow_run_id or "n/a"),
              ("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))]
-    return RunReport(title=f"MNIST run report: {model_label}", facts=facts, loss_points=_loss_points(store, metrics_meta),
-                     metrics=metrics_meta, misclassified=mis, misclassified_total=metrics_meta.get("misclassified_count"),
+    points, per_epoch = _loss_points(store, metrics_meta)
+    return RunReport(title=f"MNIST run report: {model_label}", facts=facts, loss_points=points,
+                     examples_per_epoch=per_epoch, metrics=metrics_meta, misclassified=mis, misclassified_total=metrics_meta.get("misclassified_count"),
                      validation=validation_meta, promotion=promotion, lineage=graph, artifacts=artifacts)
 
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 
 from prefect import get_run_logger, task
 
@@ -54,10 +53,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
         ckpt = checkpoint_path(cfg, dataset)
         logger.info("training on %d images for %d epoch(s) on %s (%d threads)", len(split), t.epochs, device, threads)
 
-        loss_points: list[tuple[int, int, float]] = []  # for the run report: in this run's record, not the model
-
         def on_log(examples: int, epoch: int, loss: float) -> None:
-            loss_points.append((examples, epoch, round(loss, 5)))
             stage.log({"epoch": epoch, "loss": loss}, step=examples)
             logger.info("loss after %05d examples: %.3f (epoch %d)", examples, loss, epoch)
 
@@ -70,8 +66,9 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
             out, split, kernels=t.kernels, classes=t.classes, settings=loop_settings(cfg),
             fingerprint=cfg.training_fingerprint(), device=device, model=model, on_log=on_log, checkpoint=ckpt,
             checkpoint_lineage=lineage)
-        if math.isfinite(result.final_loss) and (not loss_points or loss_points[-1][0] != result.examples_seen):
-            loss_points.append((result.examples_seen, t.epochs - 1, round(result.final_loss, 5)))  # the last batch
+        # For the run report: the points logged to W&B (every log_every batches, those before a resume included,
+        # which the checkpoint carried), in this run's record, not the model's files.
+        loss_points = [(examples, epoch, round(loss, 5)) for examples, epoch, loss in result.loss_points]
         meta = json.loads((out / "model_config.json").read_text())
         stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
                          "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None,

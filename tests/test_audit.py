@@ -181,6 +181,21 @@ def test_artifact_references_resolve_like_wandb_refs(e2e, capsys):
     assert rc == EXIT_VERIFIED and "identified as convnet-onnx:v0 (by location)" in out
 
 
+def test_an_unsigned_onnx_says_unsigned_and_still_verifies(e2e, capsys):
+    rc, out, err = _audit(e2e, capsys, e2e["onnx"])
+    assert rc == EXIT_VERIFIED, err
+    lineage = out[out.index("Lineage"):out.index("Forward")]
+    assert "unsigned (no attestation on record)" in lineage  # on the ONNX artifact
+    assert "convnet-onnx:v0: unsigned (no attestation on record; not a failure)" in out[out.index("\nSignatures"):]
+    assert "signature:" not in out[out.index("Verification"):]  # nothing to check is no check, and no failure
+    rc, out, _ = _audit(e2e, capsys, e2e["onnx"], "--json")
+    report = json.loads(out)
+    assert [(e["artifact"], e["status"], e["attestation"]) for e in report["signatures"]] == \
+        [("convnet-onnx:v0", "unsigned", None)]
+    assert report["artifacts"]["convnet-onnx:v0"]["signature"] == "unsigned"
+    assert "signature" not in report["artifacts"]["convnet:v0"]  # only what the sign stage signs says so
+
+
 # --------------------------------------------------------------------------------------------- tampering
 
 

@@ -89,3 +89,79 @@ def test_the_ui_form_shows_every_fields_bounds_in_its_description_and_they_are_t
     PipelineConfig.model_validate({"train": {"epochs": 1000}})  # the bound said is the bound checked
     with pytest.raises(pydantic.ValidationError):
         PipelineConfig.model_validate({"train": {"epochs": 1001}})
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("c.yaml", "train:\n  epochs: 2\n batch_size: [64\n", r"c\.yaml: not valid YAML at line \d+, column \d+: "),
+    ("c.yml", "train: {epochs: 2\n", r"c\.yml: not valid YAML at line \d+, column \d+: "),
+    ("c.json", '{"train": {"epochs": 2,}}', r"c\.json: not valid JSON at line 1, column \d+: "),
+    ("c.yaml", "- 1\n- 2\n", r"c\.yaml: holds a list, not a mapping"),
+])
+def test_a_malformed_config_file_is_one_line_naming_the_file_and_the_position(tmp_path, capsys, name, text,
+                                                                              fragment):
+    import re
+
+    f = tmp_path / name
+    f.write_text(text)
+    db = tmp_path / "lineage.db"
+    code = main(["run", "--config", str(f), "--lineage-db", str(db), "--artifacts-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err  # one clear line, no traceback
+    assert re.search(r"^mnist-pipeline: cannot read --config: .*" + fragment, err), err
+    assert str(f) in err
+    assert not db.exists() and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("flag, value, why", [
+    ("--wandb-project", "../../evil", "a W&B project name cannot contain /"),
+    ("--wandb-entity", "../evil", "a W&B entity name cannot contain /"),
+    ("--wandb-project", "..", "a W&B project name cannot be only dots"),
+    ("--wandb-entity", "team#1", "a W&B entity name cannot contain #"),
+    ("--wandb-project", "what?", "a W&B project name cannot contain ?"),
+    ("--wandb-project", "a:b%c", "a W&B project name cannot contain % :"),
+    ("--wandb-project", "back\\slash", "a W&B project name cannot contain \\"),
+    ("--wandb-project", "two\nlines", "a W&B project name cannot contain control characters"),
+    ("--wandb-project", "p" * 129, "wandb.project: String should have at most 128 characters"),
+    ("--wandb-entity", "e" * 129, "wandb.entity: String should have at most 128 characters"),
+])
+def test_w_and_b_names_are_checked_at_the_door_as_w_and_b_would(tmp_path, capsys, flag, value, why):
+    db = tmp_path / "lineage.db"
+    code = main(["run", flag, value, "--lineage-db", str(db), "--artifacts-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("mnist-pipeline: invalid configuration: wandb.") and why in err, err
+    assert len(err.strip().splitlines()) == 1  # one clear line, no traceback
+    assert not db.exists() and not (tmp_path / "a").exists()
+
+
+def test_w_and_b_names_w_and_b_accepts_are_accepted():
+    for name in ("mnist-lineage", "My Project_2.0", "p" * 128, "wandb-registry-model", "équipe"):
+        assert PipelineConfig.model_validate({"wandb": {"project": name}}).wandb.project == name
+    for name in ("my-team", "ml_team2", "e" * 128):
+        assert PipelineConfig.model_validate({"wandb": {"entity": name}}).wandb.entity == name
+
+
+def test_wandb_dir_from_the_environment_is_confined_to_the_allowed_roots_like_the_flag(tmp_path, monkeypatch,
+                                                                                         capsys):
+    from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError
+
+    allowed = tmp_path / "allowed"
+    inside = {"data": {"root": str(allowed / "data"), "source": "synthetic"}, "artifacts_dir": str(allowed / "art"),
+              "lineage_db": str(allowed / "lineage.db")}
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(allowed))
+    monkeypatch.setenv("WANDB_DIR", str(allowed / ".." / "evil"))
+    with pytest.raises(ConfigError, match=r"^\$WANDB_DIR \(wandb.dir unset\): .* outside the allowed roots"):
+        PipelineConfig.model_validate(inside).resolved()
+    # the flag wins over the environment, as in wandb: a wandb.dir inside the roots is fine
+    PipelineConfig.model_validate({**inside, "wandb": {"dir": str(allowed / "wandb")}}).resolved()
+    monkeypatch.setenv("WANDB_DIR", str(allowed / "wandb"))
+    PipelineConfig.model_validate(inside).resolved()
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "evil"))
+    code = main(["run", "--source", "synthetic", "--root", str(allowed / "data"), "--lineage-db",
+                 str(allowed / "lineage.db"), "--artifacts-dir", str(allowed / "art")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "invalid configuration: $WANDB_DIR (wandb.dir unset):" in err and str(tmp_path / "evil") in err
+    assert not allowed.exists() and not (tmp_path / "evil").exists()

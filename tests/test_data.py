@@ -11,6 +11,11 @@ from mnist_pipeline import data
 from tests.helpers import STEMS, idx_bytes, tiny_digits, write_mnist
 
 
+@pytest.fixture(autouse=True)
+def _no_refused_mirrors(monkeypatch):
+    monkeypatch.setattr(data, "_refused", {}, raising=False)  # an earlier test's mirror port may come back here
+
+
 def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):
     prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
     assert len(prepared.train) == 120 and len(prepared.test) == 40
@@ -213,3 +218,121 @@ def test_other_data_settings_never_rewrite_the_files_an_earlier_dataset_was_read
     assert third.folder == first.folder
     assert hashlib.sha256(victim.read_bytes()).hexdigest() == first.raw_files[0].stored_sha256
     assert len(list((tmp_path / "root" / "sha256").glob(f"{first.folder.name}.corrupt-*"))) == 1
+
+
+def test_the_dataset_record_is_the_same_for_the_same_raw_files_in_another_folder(tmp_path):
+    """dataset.json is part of the dataset's content address: no path, mirror or cache state in it."""
+    import json
+    import shutil
+
+    records, blobs = [], []
+    write_mnist(tmp_path / "made", gz=True)
+    for where in ("a", "b/deeper"):
+        shutil.copytree(tmp_path / "made", tmp_path / where / "src")  # the same bytes, in another folder
+        prepared = data.prepare("local", tmp_path / where / "root", local_dir=tmp_path / where / "src")
+        records.append(data.dataset_record(prepared, 1))
+        data.save_split(prepared.train, tmp_path / where / "train.pt")
+        blobs.append((tmp_path / where / "train.pt").read_bytes())
+        meta = data.provenance(prepared, tmp_path / where / "src", None)  # where it came from: the metadata
+        raw = tmp_path / where / "src" / "MNIST" / "raw"
+        assert {f["origin"] for f in meta["raw_files"]} == {str(raw / f.name) for f in prepared.raw_files}
+        assert meta["raw_store"] == str(prepared.folder)
+    assert records[0] == records[1] and blobs[0] == blobs[1]
+    assert str(tmp_path) not in json.dumps(records[0])
+    assert records[0]["raw_files"][0].keys() == set(data.RAW_CONTENT_FIELDS)
+
+
+class _CountingMirror:
+    """A loopback HTTP mirror of its own that counts the GET requests per file: `files` served, others 404."""
+
+    def __init__(self, directory: Path):
+        self.gets: dict[str, int] = {}
+        counts = self.gets
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(directory), **kw)
+
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                counts[name] = counts.get(name, 0) + 1
+                super().do_GET()
+
+            def log_message(self, *a):
+                pass
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _State:
+    """What Prefect hands a retry condition: a state whose result() raises the task's error."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def result(self):
+        raise self.error
+
+
+def _attempts(root, mirrors, retries=2, timeout=30.0):
+    """prepare-data's download as its task runs it: retried while the task's retry condition says so."""
+    from mnist_pipeline.tasks.prepare_data import network_error_only
+
+    errors = []
+    for _ in range(retries + 1):
+        try:
+            data.prepare("download", root, mirrors=mirrors, timeout=timeout)
+        except Exception as e:
+            errors.append(e)
+            if not network_error_only(None, None, _State(e)):
+                break
+    return errors
+
+
+def test_a_404_mirror_is_not_retried_and_says_its_http_status(tmp_path):
+    empty = _CountingMirror(tmp_path / "empty")
+    try:
+        errors = _attempts(tmp_path / "root", [empty.url])
+    finally:
+        empty.close()
+    assert len(errors) == 1  # one attempt, not three
+    [e] = errors
+    assert isinstance(e, data.MirrorRefused) and not isinstance(e, data.DownloadError)
+    assert str(e) == (f"train-images-idx3-ubyte.gz: no mirror has it (not retried): "
+                      f"{empty.url}train-images-idx3-ubyte.gz: HTTP 404 Not Found")
+    assert empty.gets == {"train-images-idx3-ubyte.gz": 1}
+
+
+def test_a_wrong_md5_mirror_is_downloaded_once_though_another_mirror_s_network_error_is_retried(tmp_path):
+    import socket
+
+    write_mnist(tmp_path / "m", gz=True)  # tiny files: not the published md5
+    wrong = _CountingMirror(tmp_path / "m" / "MNIST" / "raw")
+    silent = socket.socket()  # accepts connections and never answers: a network error, worth a retry
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    dead = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    try:
+        errors = _attempts(tmp_path / "root", [wrong.url, dead], timeout=0.3)
+        assert len(errors) == 3 and all(isinstance(e, data.DownloadError) for e in errors)
+        assert wrong.gets == {"train-images-idx3-ubyte.gz": 1}  # really not retried
+        assert "not retried" in str(errors[0]) and "not downloaded again" in str(errors[1])
+        # a 404 and a wrong md5, no network error: nothing worth a retry
+        empty = _CountingMirror(tmp_path / "empty")
+        try:
+            errors = _attempts(tmp_path / "root2", [empty.url, wrong.url])
+        finally:
+            empty.close()
+        assert len(errors) == 1 and isinstance(errors[0], data.MirrorRefused)
+        assert "HTTP 404 Not Found" in str(errors[0]) and "not downloaded again" in str(errors[0])
+        assert wrong.gets == {"train-images-idx3-ubyte.gz": 1}
+    finally:
+        wrong.close()
+        silent.close()

@@ -18,7 +18,7 @@ JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx"
 
 def _argv(tiny_mnist, tmp_path):
     return ["--source", "local", "--local-dir", str(tiny_mnist), "--slice", "1", "--epochs", "1",
-            "--batch-size", "16", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
+            "--batch-size", "16", "--log-every", "4", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
             "--lineage-db", str(tmp_path / "lineage.db"), "--wandb-mode", "offline", "--onnx-latency-samples", "20",
             "--onnx-throughput-batch", "32"]
 
@@ -84,6 +84,12 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     assert all(f">{job}</text>" in page for job in JOB_TYPES) and page.count("data:image/png;base64,") == 4
     # the loss curve's points live in the training run's record, not in the model's files or metadata
     assert len(train_run.summary["loss_points"]) >= 1 and "loss_points" not in json.dumps(model.metadata)
+    # ... and they are what W&B got (8 batches, logged every 4: after batches 3 and 7), not the final partial batch
+    [train_file] = wandb_offline.rglob(f"offline-run-*-{train_run.run_id}/run-*.wandb")
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+               for r in offline_records(train_file) if r.WhichOneof("record_type") == "history"]
+    logged = [(h["_step"], h["epoch"], round(h["loss"], 5)) for h in history if "loss" in h]
+    assert [tuple(p) for p in train_run.summary["loss_points"]] == logged and [p[0] for p in logged] == [48, 112]
     # each output's metadata names its inputs with their sha256s
     assert {i["digest"] for i in onnx_art.metadata["inputs"]} == {model.digest}
     assert onnx_art.metadata["inputs"][0]["files"]["model.pt"] == next(

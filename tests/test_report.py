@@ -100,7 +100,7 @@ def sample_report(**kw) -> RunReport:
     mis = [Misclassified(i * 7, (i + 1) % 10, i % 10, img) for i, img in enumerate(digits(12))]
     base = RunReport(
         title="MNIST run report: convnet:v0", facts=[("model", "convnet:v0"), ("flow run", "0000-flow")],
-        loss_points=[(b * 640, b * 640 // 2000, 2.3 * 0.85 ** b) for b in range(1, 13)],
+        loss_points=[(b * 640, b * 640 // 2000, 2.3 * 0.85 ** b) for b in range(1, 13)], examples_per_epoch=2000,
         metrics={"test_loss": 0.31, "test_accuracy": 0.9123, "test_count": 430,
                  "per_class_accuracy": [0.9, 0.95, 0.88, 0.91, 0.93, 0.87, 0.96, 0.9, 0.89, 0.92],
                  "confusion_matrix": cm},
@@ -125,7 +125,7 @@ def test_numbers_are_rounded_to_four_significant_digits():
 
 
 @pytest.mark.parametrize("draw", [
-    lambda: plots.loss_curve([(128, 0, 2.3), (256, 0, 1.9), (384, 1, 1.2)]),
+    lambda: plots.loss_curve([(128, 0, 2.3), (256, 0, 1.9), (384, 1, 1.2)], 300),
     lambda: plots.per_class_accuracy([0.5, 1.0, float("nan")], 0.7),
     lambda: plots.confusion_matrix([[5, 1], [2, 7]]),
     lambda: plots.misclassified_grid(digits(3), [1, 2, 3], [4, 5, 6]),
@@ -138,11 +138,44 @@ def test_every_plot_is_a_png_with_content(draw):
 
 def test_plots_refuse_what_they_cannot_draw():
     with pytest.raises(ValueError, match="no logged loss points"):
-        plots.loss_curve([])
+        plots.loss_curve([], 100)
     with pytest.raises(ValueError, match="square"):
         plots.confusion_matrix([[1, 2, 3]])
     with pytest.raises(ValueError, match="differ in length"):
         plots.misclassified_grid(digits(2), [1], [1, 2])
+
+
+def test_epoch_markers_sit_where_each_epoch_starts_not_at_its_first_logged_point(monkeypatch):
+    from matplotlib.axes import Axes
+
+    real, lines = Axes.axvline, []
+
+    def axvline(self, x=0, *a, **kw):
+        lines.append(x)
+        return real(self, x, *a, **kw)
+
+    monkeypatch.setattr(Axes, "axvline", axvline)
+    # 500 examples an epoch, logged every 4 batches of 32: the first point of epoch 1 is at 512, of epoch 2 at 1024
+    plots.loss_curve([(128, 0, 2.3), (256, 0, 2.0), (384, 0, 1.8), (512, 1, 1.5), (1024, 2, 1.1)], 500)
+    assert lines == [0, 500, 1000]
+
+
+def test_a_class_absent_from_the_test_split_is_null_in_metrics_and_n_a_in_the_report():
+    import json
+
+    import torch
+
+    from mnist_pipeline.data import Split
+    from mnist_pipeline.metrics import evaluate
+    from mnist_pipeline.model import ConvNet, ModelConfig
+
+    torch.manual_seed(0)
+    split = Split(torch.zeros(6, 28, 28, dtype=torch.uint8), torch.tensor([0, 1, 0, 1, 0, 1]))  # no class 2
+    summary = evaluate(ConvNet(ModelConfig(kernels=(2, 2), classes=3)), split, 3).summary()
+    assert summary["per_class_accuracy"][2] is None
+    json.dumps(summary, allow_nan=False)  # valid JSON: NaN is not
+    assert markdown.per_class_rows(summary)[2]["accuracy"] is None
+    assert png_pixels(plots.per_class_accuracy(summary["per_class_accuracy"], 0.5)).shape[0] > 100
 
 
 def test_importing_the_report_costs_no_plotting_library():

@@ -16,10 +16,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
-from mnist_pipeline.flows.pipeline import mnist_pipeline
+from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.flows.sign_cli import main as sign_main
 from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb_io import offline_records
+from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.provenance import dsse, keys
 from mnist_pipeline.provenance.verify import verify
 from tests.helpers import write_mnist
@@ -61,7 +61,7 @@ def signed_run(prefect_server, tmp_path_factory):
             "sign": {"private_key": str(key)},
             "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})
         t0 = time.perf_counter()
-        summary = mnist_pipeline(config=cfg)
+        summary = mnist_lineage_pipeline(config=cfg)
         wall = time.perf_counter() - t0
     for lg in loggers:
         lg.removeHandler(collect)
@@ -127,13 +127,15 @@ def test_a_signed_run_verifies_offline_and_with_the_model_signing_cli(signed_run
     assert meta["model_digest"] == s["artifacts"]["model"]["digest"]
     assert json.loads(meta["input_contract"])["shape"] == ["batch", 1, 28, 28]
 
-    # the signed copy does not trouble the audit: the file is found in both artifacts, and both verify
+    # the signed copy does not trouble the audit: the ONNX artifact is the subject, the attestation its signature
     from mnist_pipeline.flows.cli import main as cli_main
 
     db = str(signed_run["tmp"] / "lineage.db")
     assert cli_main(["audit", s["onnx_file"], "--lineage-db", db, "--json"]) == 0
     audit = json.loads(capsys.readouterr().out)
-    assert {"convnet-onnx:v0", "convnet-onnx-attestation:v0"} <= set(audit["subjects"]), audit["subjects"]
+    assert audit["subjects"] == ["convnet-onnx:v0"], audit["subjects"]
+    assert [(e["attestation"], e["status"]) for e in audit["signatures"]] == [("convnet-onnx-attestation:v0",
+                                                                              "verified")]
 
     size = sum(p.stat().st_size for p in folder.iterdir() if p.name != "model.onnx")
     print(f"\nsign stage {sign_run.summary['sign_seconds']:.3f} s (signing itself "
@@ -286,7 +288,7 @@ def test_an_unusable_key_fails_the_run_before_any_stage(prefect_server, wandb_of
         "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
         "train": {"epochs": 1}, "wandb": {"mode": "offline"}, "sign": {"private_key": str(tmp_path / "junk.key")},
         "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
-    state = mnist_pipeline(config=cfg, return_state=True)
+    state = mnist_lineage_pipeline(config=cfg, return_state=True)
     assert state.is_failed()
     with pytest.raises(keys.KeyFileError, match="junk.key: not an unencrypted PEM private key"):
         state.result()

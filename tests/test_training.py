@@ -107,3 +107,84 @@ def test_a_checkpoint_that_fails_its_check_is_discarded_with_a_warning_and_train
         _, result = _run(ckpt=ckpt, lineage=expect)
     assert re.search(rf"discarding checkpoint .*ckpt.pt: {reason}; training from the start", caplog.text), caplog.text
     assert result.resumed_from is None and result.examples_seen == 800 and result.batches == 26
+
+
+def _no_nan(text: str):
+    def refuse(constant):
+        raise AssertionError(f"{constant} in JSON: not valid JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_a_run_killed_right_after_its_final_checkpoint_resumes_to_the_same_model_files(tmp_path, monkeypatch,
+                                                                                       caplog):
+    """The last checkpoint (after the last batch) is all a rerun has: it trains no batch, and must still write the
+    files, and so the digest, of an uninterrupted run, and the same loss record."""
+    from mnist_pipeline import stage_files
+    from mnist_pipeline.lineage.refs import manifest, manifest_digest
+
+    settings = training.LoopSettings(epochs=2, batch_size=32, learning_rate=0.005, seed=3, log_every=5,
+                                     checkpoint_every=4, progress=False)
+    fingerprint = {"epochs": 2, "seed": 3}
+
+    def files(out, ckpt=None):
+        training.seed_everything(3)
+        out.mkdir()
+        _, result = stage_files.train_model_files(out, _split(), kernels=(4, 8), classes=10, settings=settings,
+                                              fingerprint=fingerprint, device=torch.device("cpu"), checkpoint=ckpt,
+                                              checkpoint_lineage=LINEAGE)
+        return result
+
+    straight = files(tmp_path / "straight")
+    real = training._write_checkpoint
+
+    def killed_after_the_last(path, state, lineage):
+        real(path, state, lineage)
+        if state["epoch"] == settings.epochs:  # the end-of-training checkpoint is on disk: the process dies
+            raise InterruptedError("killed right after the final checkpoint")
+
+    ckpt = tmp_path / "ckpt.pt"
+    monkeypatch.setattr(training, "_write_checkpoint", killed_after_the_last)
+    with pytest.raises(InterruptedError):
+        files(tmp_path / "killed", ckpt)
+    monkeypatch.setattr(training, "_write_checkpoint", real)
+    with caplog.at_level("INFO", logger="mnist_pipeline.training"):
+        resumed = files(tmp_path / "resumed", ckpt)
+
+    assert resumed.resumed_from == {"epoch": 2, "batch": 0, "examples_seen": 800}
+    assert "written after the last batch (2 epoch(s), 800 examples): nothing left to train" in caplog.text
+    for name in stage_files.MODEL_FILES:
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    assert manifest_digest(manifest(tmp_path / "resumed")) == manifest_digest(manifest(tmp_path / "straight"))
+    meta = _no_nan((tmp_path / "resumed" / "model_config.json").read_text())
+    assert meta["final_loss"] == straight.final_loss > 0 and meta["batches"] == 26
+    assert resumed.loss_points == straight.loss_points and len(straight.loss_points) == 5
+    _no_nan(training.sidecar(ckpt).read_text())
+
+
+def test_a_run_resumed_mid_way_keeps_the_loss_points_logged_before_the_kill(tmp_path):
+    ckpt, logged = tmp_path / "ckpt.pt", []
+    _, straight = _run()
+    with pytest.raises(InterruptedError):
+        _run(stop=17, ckpt=ckpt, log=lambda *p: logged.append(p))
+    _, resumed = _run(ckpt=ckpt)
+    assert resumed.loss_points == straight.loss_points
+    assert [p[0] for p in straight.loss_points] == [128, 288, 432, 592, 752]  # logged every 5 batches, as W&B has them
+    assert resumed.loss_points[:3] == logged[:3]  # batches 4, 9, 14: before the checkpoint at batch 16
+
+
+def test_json_the_pipeline_writes_refuses_nan(tmp_path):
+    from mnist_pipeline import storage
+
+    with pytest.raises(ValueError):
+        storage.write_json(tmp_path / "x.json", {"final_loss": float("nan")})
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_loss_that_is_not_a_number_fails_training_with_one_line_instead_of_recording_it():
+    model = ConvNet(ModelConfig(kernels=(4, 8)))
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))  # weights gone bad: every loss from here on is NaN
+    settings = training.LoopSettings(epochs=1, batch_size=32, log_every=5, progress=False)
+    with pytest.raises(training.TrainingDiverged, match=r"^training diverged: the loss after 13 batches is nan "
+                       r"\(train.learning_rate 0.005 may be too large\)$"):
+        training.train(model, _split(), settings, torch.device("cpu"))

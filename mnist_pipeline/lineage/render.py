@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from mnist_pipeline.lineage.audit import FAILED, ArtifactEntry, AuditError, AuditReport, RunEntry
+from mnist_pipeline.lineage.audit import FAILED, ArtifactEntry, AuditError, AuditReport, RunEntry, SignatureEntry
 from mnist_pipeline.report import picture
 from mnist_pipeline.report.picture import Graph, Node
 
@@ -85,9 +85,44 @@ def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
         if c["artifact"] == art["label"] and c["status"] in FAILED and not (
                 c["kind"] == "artifact-file" and c["path"] in shown):
             out.append(f"{c['status'].upper()}: {c['path']}: {c['detail']}")
+    for e in report.get("signatures", []):
+        if e["artifact"] == art["label"]:
+            out.append(_signature_line(e))
     if art["aliases"]:
         out.append("aliases " + ", ".join(f"{a['alias']} (since {a['set_at']})" for a in art["aliases"]))
     out.append(f"path {art['path']}")
+    return out
+
+
+SIGNATURE_WORDS = {"verified": "signature verified", "mismatch": "SIGNATURE NOT VERIFIED", "missing": "SIGNATURE "
+                   "NOT CHECKED (files missing)", "deleted": "signature not checked (deleted by gc)",
+                   "unsigned": "unsigned"}
+
+
+def _signature_line(e: SignatureEntry) -> str:
+    """One line under the attested artifact; the checks are listed under Signatures."""
+    if e["status"] == "unsigned":
+        return "unsigned (no attestation on record)"
+    key = {"given": "the given key", "signer": "the attestation's own signer.pub, not a trusted key"}.get(
+        e["key"] or "", "")
+    by = f"key {_short(e['key_fingerprint'])}: {key}; " if key and e["key_fingerprint"] else ""
+    failed = f": {', '.join(e['failed'])} failed" if e["failed"] else ""
+    return f"{SIGNATURE_WORDS[e['status']]}{failed} ({e['relpath']}; {by}attestation {e['attestation']})"
+
+
+def _signatures(report: AuditReport) -> list[str]:
+    out = ["", "Signatures"]
+    for e in report["signatures"]:
+        if e["status"] == "unsigned":
+            out.append(f"  {e['artifact']}: unsigned (no attestation on record; not a failure)")
+            continue
+        out.append(f"  {e['artifact']}/{e['relpath']}: {SIGNATURE_WORDS[e['status']]}")
+        out.append(f"    file {e['path']}")
+        out.append(f"    attestation {e['attestation']} (sign run {e['sign_run']}): {e['attestation_path']}")
+        if e["status"] == "verified" or not e["checks"]:
+            out.append(f"    {e['detail']}")
+        for c in e["checks"]:
+            out.append(f"    {'ok    ' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}")
     return out
 
 
@@ -161,6 +196,8 @@ def render_tree(report: AuditReport) -> str:
                     if e.get("missing_input_edges") else ""
                 out.append(f"  {lab}: {e['ref']} = W&B {e['version']} logged by {e['logged_by']}, used by "
                            f"{', '.join(e['used_by'] or []) or 'no run'}{miss}")
+    if report.get("signatures"):
+        out += _signatures(report)
     checks = report["checks"]
     counts: dict[str, dict[str, int]] = {}
     for c in checks:
@@ -213,7 +250,8 @@ def render_mermaid(report: AuditReport) -> str:
     subj = [ids[f"artifact:{s}"] for s in report["subjects"]]
     if subj:
         lines.append(f"    class {','.join(subj)} subject")
-    bad = [ids[f"artifact:{lab}"] for lab, a in report["artifacts"].items() if a["status"] == "tampered"]
+    bad = [ids[f"artifact:{lab}"] for lab, a in report["artifacts"].items()
+           if a["status"] == "tampered" or a.get("signature") == "mismatch"]
     if bad:
         lines.append(f"    class {','.join(bad)} tampered")
     return "\n".join(lines) + "\n"
@@ -227,7 +265,8 @@ def lineage_picture(report: AuditReport) -> Graph:
     for key in _node_ids(report):
         top, sub = _node_text(report, key)
         kind, _, name = key.partition(":")
-        bad = kind == "artifact" and report["artifacts"][name]["status"] == "tampered"
+        bad = kind == "artifact" and (report["artifacts"][name]["status"] == "tampered"
+                                      or report["artifacts"][name].get("signature") == "mismatch")
         nodes.append(Node(key, "artifact" if kind == "artifact" else "run", top, sub, bad=bad, highlight=key in subjects))
     by_flow: dict[tuple, list[str]] = {}  # the report stage reads promote's decision: laid out below it
     for run_id, r in report["runs"].items():
@@ -249,12 +288,28 @@ def _check_rows(report: AuditReport) -> list[tuple]:
     return [(c["status"], c["kind"], c["artifact"] or "", c["path"], c["detail"]) for c in report["checks"]]
 
 
+def _signature_rows(report: AuditReport) -> list[tuple[str, str, str, str, str]]:
+    rows = []
+    for e in report.get("signatures", []):
+        key = {"given": f"given {_short(e['key_fingerprint'])}",
+               "signer": f"its own signer.pub {_short(e['key_fingerprint'])} (not a trusted key)"}.get(e["key"] or "",
+                                                                                                   "-")
+        failed = "; ".join(f"{c['name']}: {c['detail']}" for c in e["checks"] if not c["ok"])
+        rows.append((f"{e['artifact']}/{e['relpath'] or ''}".rstrip("/"), SIGNATURE_WORDS[e["status"]], key,
+                     e["attestation"] or "-", failed or ("" if e["status"] in ("verified", "unsigned") else e["detail"])))
+    return rows
+
+
 def render_markdown(report: AuditReport) -> str:
     out = [f"# Provenance audit: {', '.join(report['subjects']) or report['query']}", "",
            f"**{report['message']}** (exit {report['exit_code']})", ""]
     if report["status"] != "unknown":
         out += ["## Lineage graph", "", "```mermaid", render_mermaid(report).rstrip(), "```", ""]
     out += ["## Audit", "", "```text", render_tree(report).rstrip(), "```", ""]
+    if report.get("signatures"):
+        out += ["## Signatures", "", "| file | signature | key | attestation | failed checks |", "|---|---|---|---|---|"]
+        out += [f"| {f} | {st} | {k} | {a} | {d.replace('|', '/')} |" for f, st, k, a, d in _signature_rows(report)]
+        out.append("")
     if report["checks"]:
         out += ["## Digests re-checked", "", "| status | kind | artifact | file | detail |", "|---|---|---|---|---|"]
         out += [f"| {s} | {k} | {a} | `{p}` | {d.replace('|', '/')} |" for s, k, a, p, d in _check_rows(report)]
@@ -269,6 +324,10 @@ def render_html(report: AuditReport) -> str:
                    f"<td><code>{html.escape(p)}</code></td><td>{html.escape(d)}</td></tr>"
                    for s, k, a, p, d in _check_rows(report))
     graph = render_svg(report) if report["status"] != "unknown" else ""
+    sig = ("<h2>Signatures</h2>\n<table><tr><th>file</th><th>signature</th><th>key</th><th>attestation</th>"
+           "<th>failed checks</th></tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) +
+                                                  "</tr>" for row in _signature_rows(report)) + "</table>\n"
+           if report.get("signatures") else "")
     mermaid = (f"<details><summary>Mermaid source</summary><pre>{html.escape(render_mermaid(report))}</pre>"
                "</details>") if report["status"] != "unknown" else ""
     return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>"
@@ -277,7 +336,7 @@ def render_html(report: AuditReport) -> str:
             f"</style></head><body>\n<h1>{title}</h1>\n"
             f"<p style=\"color:{color};font-weight:bold\">{html.escape(report['message'])} "
             f"(exit {report['exit_code']})</p>\n{graph}{mermaid}\n"
-            f"<h2>Audit</h2>\n<pre>{html.escape(render_tree(report))}</pre>\n"
+            f"{sig}<h2>Audit</h2>\n<pre>{html.escape(render_tree(report))}</pre>\n"
             "<h2>Digests re-checked</h2>\n<table><tr><th>status</th><th>kind</th><th>artifact</th><th>file</th>"
             f"<th>detail</th></tr>{rows}</table>\n</body></html>\n")
 

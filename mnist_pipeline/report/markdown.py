@@ -56,7 +56,7 @@ def per_class_rows(metrics: dict) -> list[dict]:
     rows = []
     for c, a in enumerate(acc):
         support = sum(cm[c]) if c < len(cm) else None
-        rows.append({"class": str(c), "accuracy": None if math.isnan(a) else round4(a), "test images": support,
+        rows.append({"class": str(c), "accuracy": None if a is None or math.isnan(a) else round4(a), "test images": support,
                      "correct": cm[c][c] if c < len(cm) else None})
     return rows
 

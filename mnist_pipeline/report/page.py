@@ -47,6 +47,7 @@ class RunReport:
     title: str
     facts: Sequence[tuple[str, str]] = ()  # (what, value) shown at the top: model, dataset, flow run, ...
     loss_points: Sequence[tuple[int, int, float]] = ()  # (examples seen, epoch, loss), every logged point
+    examples_per_epoch: int | None = None  # the training split's size: where each epoch starts on the loss curve
     metrics: dict = field(default_factory=dict)  # metrics.json: test_loss, test_accuracy, per_class..., confusion
     misclassified: Sequence[Misclassified] = ()
     misclassified_total: int | None = None  # all misclassified test images (the grid shows the first ones)
@@ -81,13 +82,19 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def _per_epoch(r: RunReport) -> int:
+    if r.examples_per_epoch is None:
+        raise ValueError("loss curve: the training run recorded no epoch length")
+    return r.examples_per_epoch
+
+
 def draw_figures(r: RunReport) -> dict[str, bytes | str]:
     """Every plot of the report, by name (FIGURES): PNG bytes, or why it could not be drawn (no data).
 
     Drawn once and shared: the HTML page and the Prefect markdown artifact show the same images."""
     m = r.metrics
     draw: dict[str, Callable[[], bytes]] = {
-        "loss curve": lambda: plots.loss_curve(r.loss_points),
+        "loss curve": lambda: plots.loss_curve(r.loss_points, _per_epoch(r)),
         "per-class accuracy": lambda: plots.per_class_accuracy(m["per_class_accuracy"], m.get("test_accuracy")),
         "confusion matrix": lambda: plots.confusion_matrix(m["confusion_matrix"]),
         "misclassified digits": lambda: plots.misclassified_grid(

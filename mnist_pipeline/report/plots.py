@@ -37,35 +37,39 @@ def warm_up() -> None:
     _png(fig)
 
 
-def loss_curve(points: Sequence[tuple[int, int, float]]) -> bytes:
-    """Every logged (examples seen, epoch, loss) point; a dotted line where each epoch starts."""
+def loss_curve(points: Sequence[tuple[int, int, float]], examples_per_epoch: int) -> bytes:
+    """Every logged (examples seen, epoch, loss) point, as W&B has them; a dotted line where each epoch starts
+    (at epoch * examples_per_epoch examples seen, not at the epoch's first logged point)."""
     if not points:
         raise ValueError("loss curve: no logged loss points")
+    if examples_per_epoch <= 0:
+        raise ValueError(f"loss curve: examples per epoch must be positive, got {examples_per_epoch}")
     fig = _figure(7.5, 3.4)
     ax = fig.add_subplot()
     xs, epochs, ys = zip(*points, strict=True)
     ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, color="#1a5fb4", label="training loss")
-    starts: dict[int, int] = {}  # epoch -> examples seen at its first logged point
-    for x, e in zip(xs, epochs, strict=True):
-        starts.setdefault(e, x)
-    for e, x in sorted(starts.items()):
+    for e in range(max(epochs) + 1):
+        x = e * examples_per_epoch
         ax.axvline(x, color="#999999", linestyle=":", linewidth=1)
         ax.annotate(f"epoch {e}", (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
                     textcoords="offset points", fontsize=8, color="#555555")
     ax.set_xlabel("examples seen")
     ax.set_ylabel("cross-entropy loss")
     ax.set_title("Training loss (every logged batch)")
+    ax.set_xlim(left=0)
     ax.grid(alpha=0.3)
     return _png(fig)
 
 
-def per_class_accuracy(accuracy: Sequence[float], overall: float | None = None) -> bytes:
+def per_class_accuracy(accuracy: Sequence[float | None], overall: float | None = None) -> bytes:
     fig = _figure(7.5, 3.0)
     ax = fig.add_subplot()
     classes = [str(c) for c in range(len(accuracy))]
-    vals = [0.0 if math.isnan(a) else a for a in accuracy]  # NaN (a class absent from the test split) drawn as 0
+    absent = [a is None or math.isnan(a) for a in accuracy]  # a class absent from the test split: None (or NaN)
+    vals = [0.0 if no else a for a, no in zip(accuracy, absent, strict=True)]  # drawn as 0
     bars = ax.bar(classes, vals, color="#62a0ea", edgecolor="#1a5fb4")
-    ax.bar_label(bars, labels=["n/a" if math.isnan(a) else f"{a:.3f}" for a in accuracy], fontsize=8, padding=2)
+    ax.bar_label(bars, labels=["n/a" if no else f"{a:.3f}" for a, no in zip(accuracy, absent, strict=True)],
+                 fontsize=8, padding=2)
     if overall is not None:
         ax.axhline(overall, color="#c01c28", linestyle="--", linewidth=1, label=f"overall {overall:.4f}")
         ax.legend(loc="lower right", fontsize=8)

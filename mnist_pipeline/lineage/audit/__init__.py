@@ -10,7 +10,10 @@ Pure: it reads the store and the files on disk; no Prefect, no wandb. The W&B cr
 asks a `WandbBackend` (the W&B boundary's `lineage/wandb/client.WandbClient`, or the in-memory
 `recording.RecordingWandb`) and folds its answers in as plain data (`wandb_findings`, `apply_wandb_findings`).
 
-The parts: `report` (types, exit codes, conclusion), `identify`, `walk`, `checks` (verification),
+Attested files (an `attestation` artifact made from them by a `sign` run) have their signatures verified
+offline (`signatures`); a signature that does not verify fails the audit like a changed digest.
+
+The parts: `report` (types, exit codes, conclusion), `identify`, `walk`, `checks` (verification), `signatures`,
 `wandb_findings`, and `assemble` (`audit`); this module is their public surface.
 """
 
@@ -33,11 +36,12 @@ from mnist_pipeline.lineage.audit.report import (
     Check,
     FileEntry,
     RunEntry,
+    SignatureEntry,
     WandbEntry,
 )
 from mnist_pipeline.lineage.audit.wandb_findings import apply_wandb_findings, wandb_findings
 
 __all__ = ["CONFIG_SECTION", "EXIT_ERROR", "EXIT_TAMPERED", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VERIFIED", "FAILED",
            "REF_RE", "STATUS_EXIT", "ArtifactEntry", "AuditError", "AuditReport", "Check", "FileEntry",
-           "Identification", "RunEntry", "WandbEntry", "apply_wandb_findings", "audit", "identify", "resolve_ref",
+           "Identification", "RunEntry", "SignatureEntry", "WandbEntry", "apply_wandb_findings", "audit", "identify", "resolve_ref",
            "wandb_findings"]

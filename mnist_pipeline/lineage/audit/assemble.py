@@ -20,6 +20,7 @@ from mnist_pipeline.lineage.audit.report import (
     conclude,
     finish,
 )
+from mnist_pipeline.lineage.audit.signatures import SIGNATURE_ORDER, check_signatures
 from mnist_pipeline.lineage.audit.walk import Walk
 from mnist_pipeline.lineage.refs import digest_alias
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
@@ -27,7 +28,8 @@ from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
 def _summary(rec: ArtifactRecord) -> dict:
     """The scalar facts of an artifact's metadata (lists only when short), for the tree."""
-    skip = {"inputs", "files", "producer", "raw_files", "notes", "confusion_matrix", "mirrors", "train"}
+    skip = {"inputs", "files", "producer", "raw_files", "notes", "confusion_matrix", "mirrors", "train",
+            "verify", "verify_bundle"}
     out: dict[str, Any] = {}
     for k, v in rec.metadata.items():
         if k in skip or v is None:
@@ -73,14 +75,17 @@ def _graph_edges(w: Walk) -> list[list[str]]:
     return edges
 
 
-def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> AuditReport:
-    """The whole audit of `target` as one JSON-ready dict; `report["exit_code"]` is the CLI's exit code."""
+def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
+          public_key: Path | None = None) -> AuditReport:
+    """The whole audit of `target` as one JSON-ready dict; `report["exit_code"]` is the CLI's exit code.
+
+    `public_key`: the trusted key attested files are verified with (else each attestation's own signer.pub)."""
     ident = identify(store, target)
     report: AuditReport = {
         "schema": 1, "query": target, "query_kind": ident.kind, "query_path": str(ident.path) if ident.path else None,
         "query_sha256": ident.sha256 if ident.kind == "file" else None, "identified_by": ident.how,
         "lineage_db": str(store.path), "subjects": [], "artifacts": {}, "runs": {}, "upstream": [],
-        "downstream": [], "promotions": [], "checks": [], "failures": [], "edges": [],
+        "downstream": [], "promotions": [], "checks": [], "failures": [], "edges": [], "signatures": [],
     }
     if not ident.matches:
         if ident.kind == "ref":
@@ -112,6 +117,9 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
         v.artifact(rec, w.runs, w.used)
         if check_raw_files:
             v.raw_files(rec)
+    queried = (ident.matches[0].artifact_id, ident.path) if ident.kind == "file" and ident.how == "sha256" and \
+        ident.path is not None else None
+    report["signatures"] = check_signatures(store, w.arts, v, public_key=public_key, query=queried)
     # the queried file was named: make sure it is checked
     if ident.kind == "file" and ident.how == "location" and not any(c["path"] == str(ident.path) for c in v.checks):
         v.add("query-file", ident.matches[0].label, str(ident.path), "unrecorded", None, ident.sha256,
@@ -120,7 +128,9 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
     by_label: dict[str, ArtifactEntry] = {}
     for aid, rec in sorted(w.arts.items()):
         lab = rec.label
-        checks = [c for c in v.checks if c["artifact"] == lab]
+        # its own files and record; a signature that does not verify is shown as such ("signature"), not as a
+        # changed file
+        checks = [c for c in v.checks if c["artifact"] == lab and c["kind"] != "signature"]
         files: list[FileEntry] = []
         for f in rec.files:
             where = str(Path(rec.path) / f.relpath)
@@ -143,6 +153,9 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True) -> 
         }
         if aid in deleted:
             by_label[lab]["deleted"] = asdict(deleted[aid])
+        sig = [e["status"] for e in report["signatures"] if e["artifact"] == lab]
+        if sig:  # the worst of its attestations' verdicts
+            by_label[lab]["signature"] = next(s for s in SIGNATURE_ORDER if s in sig)
     report["artifacts"] = by_label
     for run_id in w.upstream_runs + w.downstream_runs:
         report["runs"][run_id] = _run_entry(w.runs[run_id], w.used[run_id], w.produced[run_id],

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mnist_pipeline.hashing import sha256_file
 from mnist_pipeline.lineage.audit.report import AuditError
+from mnist_pipeline.lineage.audit.signatures import is_signature_of
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 
@@ -33,6 +34,12 @@ def _by_location(store: LineageStore, path: Path) -> tuple[ArtifactRecord, str] 
         if path == base or base in path.parents:
             return rec, path.relative_to(base).as_posix()
     return None
+
+
+def _without_signatures(matches: list[ArtifactRecord]) -> list[ArtifactRecord]:
+    """An attestation holds a copy of the file it signs: when the signed artifact matches too, that one is the
+    subject and the attestation its signature (the audit shows it there), not a second subject."""
+    return [m for m in matches if not any(is_signature_of(m, o) for o in matches)]
 
 
 def resolve_ref(store: LineageStore, ref: str) -> list[ArtifactRecord]:
@@ -63,7 +70,7 @@ def identify(store: LineageStore, target: str) -> Identification:
     if path.is_file():
         path = path.resolve()
         sha = sha256_file(path)
-        matches = store.artifacts_with_file(sha)
+        matches = _without_signatures(store.artifacts_with_file(sha))
         if matches:
             relpath = next(f.relpath for f in matches[0].files if f.sha256 == sha)
             return Identification(target, "file", matches, "sha256", sha, path, relpath)

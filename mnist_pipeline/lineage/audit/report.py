@@ -9,7 +9,8 @@ from typing import Any, NotRequired, TypedDict
 EXIT_VERIFIED = 0  # identified, and every reachable digest matches
 EXIT_ERROR = 1  # could not complete (e.g. --online and W&B unreachable)
 EXIT_USAGE = 2  # bad arguments: no such file, no lineage store
-EXIT_TAMPERED = 3  # a file (or a record) does not match its recorded digest: the mismatching file is named
+EXIT_TAMPERED = 3  # a file (or a record) does not match its recorded digest, or an attestation does not verify:
+# the file is named (and the failed signature check)
 EXIT_UNKNOWN = 4  # not produced by any recorded run
 
 STATUS_EXIT = {"verified": EXIT_VERIFIED, "tampered": EXIT_TAMPERED, "unknown": EXIT_UNKNOWN}
@@ -27,7 +28,7 @@ class AuditError(Exception):
 class Check(TypedDict):
     """One re-verified fact: a file's sha256, a record's consistency, or (online) W&B's copy."""
 
-    kind: str  # query-file, artifact-file, raw-file, record, wandb
+    kind: str  # query-file, artifact-file, raw-file, record, signature, wandb
     artifact: str | None  # label, e.g. convnet:v0
     path: str | None
     status: str  # ok, or one of FAILED, or 'unreachable' (a raw file not on this machine: not a failure), or
@@ -65,6 +66,28 @@ class ArtifactEntry(TypedDict):
     metadata: dict[str, Any]
     status: str  # ok, tampered, or deleted (by gc: its files are gone on purpose)
     deleted: NotRequired[dict[str, Any]]  # gc's deletion record (deleted_at, deleted_by, reason, bytes)
+    signature: NotRequired[str]  # of a signable or attested artifact: verified, mismatch, missing, deleted, unsigned
+
+
+class SignatureEntry(TypedDict):
+    """One attested file's signature status (or an unsigned ONNX artifact's "unsigned")."""
+
+    artifact: str  # the attested artifact's label, e.g. convnet-onnx:v0
+    relpath: str | None  # the signed file in it (model.onnx)
+    path: str | None  # the file verified: the queried copy, or the artifact's own
+    status: str  # verified, mismatch, missing (files gone), deleted (by gc), unsigned (no attestation: no failure)
+    attestation: str | None  # the attestation artifact's label
+    attestation_path: str | None
+    sign_run: str | None
+    key: str | None  # "given" (--public-key) or "signer" (the attestation's own signer.pub)
+    public_key: str | None
+    key_fingerprint: str | None  # of the key verified with
+    recorded_fingerprint: str | None  # the attestation artifact's metadata
+    trusted: bool  # verified against a key the auditor gave, not the folder's own copy
+    checks: list[dict[str, Any]]  # {"name", "ok", "detail"}: the signer key, statement signature, subject digest,
+    # model-signing bundle
+    failed: list[str]  # names of the failed checks
+    detail: str
 
 
 class WandbEntry(TypedDict):
@@ -119,6 +142,7 @@ class AuditReport(TypedDict, total=False):
     failures: list[Check]
     edges: list[list[str]]  # ["artifact:<label>", "run:<id>"] pairs, in the direction of the data
     near_misses: list[dict[str, Any]]
+    signatures: list[SignatureEntry]
     wandb_online: dict[str, dict[str, Any]]
     status: str  # verified, tampered, unknown
     exit_code: int
@@ -136,14 +160,23 @@ def finish(report: AuditReport) -> None:
     report["failures"] = failures
     subjects = ", ".join(report["subjects"])
     if failures:
-        first = failures[0]
+        # a changed digest says more than the signature it breaks: it comes first
+        first = next((c for c in failures if c["kind"] != "signature"), failures[0])
+        what = "SIGNATURE NOT VERIFIED" if first["kind"] == "signature" else "TAMPERED"
         conclude(report, "tampered", EXIT_TAMPERED,
-                 f"TAMPERED: {first['path']}: {first['detail'] or first['status']}"
+                 f"{what}: {first['path']}: {first['detail'] or first['status']}"
                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     else:
-        n = sum(1 for c in report["checks"] if c["status"] == "ok")
-        gone = sorted({c["artifact"] for c in report["checks"] if c["status"] == "deleted" and c["artifact"]})
+        n = sum(1 for c in report["checks"] if c["status"] == "ok" and c["kind"] != "signature")
+        gone = sorted({c["artifact"] for c in report["checks"]
+                       if c["status"] == "deleted" and c["artifact"] and c["kind"] != "signature"})
         tail = f"; {', '.join(gone)} deleted by gc (on record, files removed)" if gone else ""
+        signed = [c for c in report["checks"] if c["kind"] == "signature" and c["status"] == "ok"]
+        if signed:
+            trusted = all(e["trusted"] for e in report.get("signatures", []) if e["status"] == "verified")
+            tail += f"; {len(signed)} signature(s) " + ("verified with the given key" if trusted else
+                                                        "consistent with the key they name, not proven against a "
+                                                        "trusted key")
         conclude(report, "verified", EXIT_VERIFIED, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
 
 
