@@ -51,10 +51,11 @@ class ArtifactDeleted(RuntimeError):
     """An input was deleted by gc: its record stays, its files are gone."""
 
 
-def _disk_full(e: sqlite3.DatabaseError, path: Path) -> bool:
+def _disk_full(e: BaseException, path: Path) -> bool:
     """A full disk, as SQLite says it ("database or disk is full"), or as "disk I/O error" when the WAL or
-    shared-memory file could not grow."""
-    return "disk is full" in str(e) or ("disk I/O error" in str(e) and out_of_space(path))
+    shared-memory file could not grow. An open that fails so leaves nothing it created (no 0-byte store)."""
+    return isinstance(e, sqlite3.DatabaseError) and (
+        "disk is full" in str(e) or ("disk I/O error" in str(e) and out_of_space(path)))
 
 
 class LineageStore:
@@ -74,7 +75,7 @@ class LineageStore:
         if problem:
             raise StoreError(f"{self.path}: not a readable lineage store ({problem})")
         try:
-            with sidecars_created(self.path), self._connect() as con:  # a failed open leaves no 0-byte store
+            with sidecars_created(self.path, lambda e: _disk_full(e, self.path)), self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
                 upgrade(con)

@@ -3,8 +3,7 @@
 - `header_problem`: why a file cannot be a whole SQLite database (not one, or shorter than its header says), read
   from its first 100 bytes, so a read-only command refuses a damaged store without SQLite creating `-wal`/`-shm`
   files beside it.
-- `sidecars_created`: removes the `-wal`/`-shm` files an open that failed has left (SQLite makes them even for a
-  `mode=ro` connection to a WAL database), so a refused store is left exactly as it was found.
+- `sidecars_created`: removes the `-wal`/`-shm` files (and the store) an open that failed on a full disk created.
 - `out_of_space`: SQLite reports a full disk under its WAL or shared-memory file as "disk I/O error"; the free
   space of the folder tells the two apart.
 """
@@ -14,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -48,14 +47,17 @@ def header_problem(path: Path) -> str | None:
 
 
 @contextmanager
-def sidecars_created(path: Path) -> Iterator[None]:
-    """On an error inside, remove the `-wal`, `-shm` and `-journal` files that were not beside `path` before
-    (and `path` itself when this open created it)."""
+def sidecars_created(path: Path, when: Callable[[BaseException], bool]) -> Iterator[None]:
+    """On an error inside for which `when(error)` holds (a damaged store, a full disk: never a busy or locked one,
+    whose files another process is using), remove the `-wal`, `-shm` and `-journal` files that were not beside
+    `path` before (and `path` itself when this open created it)."""
     before = {s for s in SIDECARS if Path(f"{path}{s}").exists()}
     existed = path.exists()
     try:
         yield
-    except BaseException:
+    except BaseException as e:
+        if not when(e):
+            raise
         for s in SIDECARS:
             if s not in before:
                 with contextlib.suppress(OSError):
@@ -87,16 +89,16 @@ def readonly_problem(path: Path) -> str | None:
     problem = header_problem(path)  # refused before SQLite opens it (and creates -wal/-shm)
     if problem:
         return f"not a readable lineage store ({problem})"
+    # no clean-up of -wal/-shm after a failure here: they may be another process's, creating the store this moment
     try:
-        with sidecars_created(path):
-            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-            try:
-                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                check = con.execute("PRAGMA quick_check").fetchone()[0]
-            finally:
-                con.close()
-            if check != "ok":
-                raise sqlite3.DatabaseError(f"damaged: {check}")
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            check = con.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            con.close()
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"damaged: {check}")
     except sqlite3.DatabaseError as e:
         return f"not a readable lineage store ({e})"
     if not {"runs", "artifacts", "artifact_files", "edges"} <= tables:
