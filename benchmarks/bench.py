@@ -89,7 +89,7 @@ def part_pipeline(a: dict) -> dict:
 
     cfg = _pipeline_config(a)
     t0 = time.perf_counter()
-    summary = mnist_lineage_pipeline(config=cfg)
+    summary = mnist_lineage_pipeline(config=cfg).to_dict()  # the JSON `mnist-pipeline run` prints
     wall = time.perf_counter() - t0
     store = LineageStore(cfg.resolved().lineage_db)
     out = {"wall_s": wall, "status": summary.get("status"), "test_accuracy": summary.get("test_accuracy"),

@@ -50,10 +50,12 @@ def _config(work: Path, a: argparse.Namespace):
 
 def run_once(workers: int, work: Path, a: argparse.Namespace) -> dict:
     from mnist_pipeline.flows.sweep import mnist_sweep, task_runner
+    from mnist_pipeline.sweep import parse_sweep
 
     cfg = _config(work, a)
     t0 = time.perf_counter()
-    summary = mnist_sweep.with_options(task_runner=task_runner(None, workers))(config=cfg, sweep=SWEEP)
+    summary = mnist_sweep.with_options(task_runner=task_runner(None, workers))(config=cfg,
+                                                                               sweep=parse_sweep(SWEEP)).to_dict()
     wall = time.perf_counter() - t0
     trials = summary["trials"]
     assert all(t["status"] == "finished" for t in trials), [t["error"] for t in trials]

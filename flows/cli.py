@@ -33,6 +33,7 @@ from mnist_pipeline.flows.common_args import (
 )
 from mnist_pipeline.flows.exit_codes import EPILOG, Exit, from_signal
 from mnist_pipeline.report.closing_lines import where_things_went
+from mnist_pipeline.results import RunSummary
 
 # The modules that add sub-commands, in --help order. Each has `add_parsers(sub, parents: Parents)`, which adds its
 # parsers (`common_args.add_command`, the shared parents) and sets `handler=` on each: a function of the parsed
@@ -160,8 +161,8 @@ def _run(cfg: PipelineConfig) -> int:
     except console.Terminated as e:
         return _say(last, [f"mnist-pipeline: {e}: the Prefect flow run is marked crashed and the running step failed "
                            "(recorded in the lineage store)"], from_signal(e.signal))
-    summary = cast(dict, state.result())  # a skipped run returns a Completed state whose data is the summary
-    print(json.dumps(summary, indent=2, default=str))
+    summary = cast(RunSummary, state.result())  # a skipped run: a Completed state whose data is the summary
+    print(json.dumps(summary.to_dict(), indent=2, default=str))
     return _say(last, list(where_things_went(summary)), Exit.OK)  # the report, the ONNX file, the W&B records
 
 

@@ -8,14 +8,15 @@ from prefect.artifacts import create_markdown_artifact
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.report import markdown
+from mnist_pipeline.results import RunSummary
 from mnist_pipeline.tasks._common import current_flow_run_id
 
 
-def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | None = None) -> list[dict]:
+def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: RunSummary | None = None) -> list[dict]:
     """One row per output artifact of this flow run's stages, and one per stage run without an output (promote:
     its decision), with the run that made it."""
     store = LineageStore(cfg.lineage_db)
-    promotion = (summary or {}).get("promotion")
+    promotion = summary.promotion if summary is not None else None
     rows = []
     for run in store.runs(flow_run_id):
         edges = store.edges(run.run_id)
@@ -26,21 +27,20 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: dict | N
             rows.append({**row, "output": f"{art.label} ({art.type})", "sha256": art.digest[:16],
                          "path": art.path})
         if not edges["produced"]:
-            out = (f"decision: {promotion['decision']}" if run.job_type == "promote" and promotion
+            out = (f"decision: {promotion.decision}" if run.job_type == "promote" and promotion
                    else run.error or "no artifact")
             rows.append({**row, "output": out, "sha256": "", "path": ""})
-    if not rows and (summary or {}).get("status") == "skipped":
-        rows = _reused_rows(store, summary or {})
+    if not rows and summary is not None and summary.status == "skipped":
+        rows = _reused_rows(store, summary)
     return rows
 
 
-def _reused_rows(store: LineageStore, summary: dict) -> list[dict]:
+def _reused_rows(store: LineageStore, summary: RunSummary) -> list[dict]:
     """A skipped run made nothing (its prepare-data was a cache hit, training was skipped): the table shows what
     it relied on instead, the dataset and the production model, each with the earlier run that made it."""
     from mnist_pipeline.tasks.train import MODEL_NAME
 
-    recs = [store.find_artifact(ref["ref"].split(":")[0], ref["digest"])
-            for ref in summary.get("artifacts", {}).values()]
+    recs = [store.find_artifact(loc.ref.split(":")[0], loc.digest) for loc in summary.artifacts.values()]
     recs.append(store.alias(MODEL_NAME, "production"))
     rows = []
     for art in (r for r in recs if r is not None):
@@ -72,11 +72,12 @@ def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
     return out
 
 
-def publish_flow_artifact(cfg: PipelineConfig, summary: dict) -> str:
+def publish_flow_artifact(cfg: PipelineConfig, summary: RunSummary) -> str:
     """A Prefect artifact on the flow run: what was produced, its digests, the W&B runs, where the report is.
 
     A plain function called by the flow, not a task: it only reports, and a task run would cost an unchanged
     (skipped) run a tenth of its time."""
-    text = markdown.lineage_markdown(summary, lineage_rows(cfg, current_flow_run_id(), summary), cfg.lineage_db)
+    rows = lineage_rows(cfg, current_flow_run_id(), summary)
+    text = markdown.lineage_markdown(summary, rows, cfg.lineage_db)
     create_markdown_artifact(markdown=text, key="mnist-lineage", description="Artifacts and lineage of this run")
     return text

@@ -1,4 +1,4 @@
-"""`mnist-pipeline reproduce | impact | rollback | gc`: the operator's commands on the lineage store.
+"""`mnist-pipeline reproduce | impact | rollback | unreject | gc`: the operator's commands on the lineage store.
 
 No Prefect import. reproduce imports torch (it re-runs training); the others read the store and the disk only.
 """
@@ -33,9 +33,19 @@ Bit-identity holds on CPU with the same torch and onnx versions, the recorded in
 default), the same dataset artifact, config and seed, and the same CPU instruction-set family.
 """
 ROLLBACK_EPILOG = """\
+The model rolled back from is marked rejected (with the reason): the promotion gate keeps it candidate, also when
+the sweep or run that made it runs again, until `mnist-pipeline unreject REF`.
+
 0 production moved (or --dry-run: it would move); 7 REFUSED (the target failed validation, no longer verifies, or
 was deleted by gc); 4 no production model, no previous one, or --to names no recorded model; 5 online and the
 W&B alias could not be moved (the decision is recorded; `sync` retries it).
+"""
+UNREJECT_EPILOG = """\
+Only the rejection ends: production does not move. The next run or sweep that makes this model again takes it to
+the gate, which compares it with production as any candidate (a candidate verdict of the gate itself on the same
+test set stands until a run with --force).
+
+0 done; 4 no such model, or it is not rejected; 2 usage; 6 the lineage store is damaged.
 """
 GC_EPILOG = """\
 Never removed: what an alias (production, candidate) or one of the newest --keep-last models came from or made,
@@ -76,6 +86,12 @@ def add_parsers(sub, parents: Parents) -> None:
                    "(auto: online when a W&B API key is configured)")
     b.add_argument("--dry-run", action="store_true", help="say what would happen; record nothing")
     b.set_defaults(handler=rollback_main)
+    u = add_command(sub, "unreject", parents=common, epilog=UNREJECT_EPILOG, help="let the promotion gate consider "
+                    "a model again that a rollback rejected")
+    u.add_argument("target", metavar="REF", help="the rejected model (convnet:v5, a model.pt file)")
+    u.add_argument("--reason", default="", help="why, recorded with it")
+    u.add_argument("--requested-by", default=None, help="who or what asked (default: user@host)")
+    u.set_defaults(handler=unreject_main)
     g = add_command(sub, "gc", parents=common, epilog=GC_EPILOG, help="remove artifact folders, staging leftovers "
                     "and checkpoints that no alias or recent model needs (dry run unless --apply)")
     g.add_argument("--keep-last", type=int, default=3, metavar="N", help="also keep the newest N models of each "
@@ -233,14 +249,14 @@ def _reproduce_out(ns, result: dict, message: str | None) -> int:
 # --------------------------------------------------------------------------------------------- rollback
 
 
-def _requested_by(ns) -> str:
+def _requested_by(ns, command: str = "rollback") -> str:
     if ns.requested_by:
         return ns.requested_by
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = "unknown"
-    return f"{user}@{socket.gethostname()} (mnist-pipeline rollback)"
+    return f"{user}@{socket.gethostname()} (mnist-pipeline {command})"
 
 
 def rollback_main(ns: argparse.Namespace, backend=None) -> int:
@@ -274,7 +290,7 @@ def rollback_main(ns: argparse.Namespace, backend=None) -> int:
     requested_by = _requested_by(ns)
     reason = (f"rollback from {current.label} to {target.label}, requested by {requested_by}"
               + (f": {ns.reason}" if ns.reason else ""))
-    result.update(reason=reason, requested_by=requested_by)
+    result.update(reason=reason, requested_by=requested_by, rejected=current.label)
     if ns.dry_run:
         result["status"] = "would roll back"
         _rollback_out(ns, result)
@@ -324,8 +340,40 @@ def _rollback_out(ns, result: dict) -> None:
         print(f"  refused: {p}")
     if result.get("reason"):
         print(f"  reason: {result['reason']}")
+    if result.get("rejected"):
+        print(f"  {result['rejected']} {'would be' if result.get('dry_run') else 'is'} rejected: the promotion gate "
+              f"keeps it candidate until `mnist-pipeline unreject {result['rejected']}`")
     if result.get("wandb"):
         print(f"  W&B: {result['wandb']}")
+
+
+# --------------------------------------------------------------------------------------------- unreject
+
+
+def unreject_main(ns: argparse.Namespace) -> int:
+    from mnist_pipeline.lineage import rejections
+
+    store = open_store(ns.lineage_db, "unreject", readonly=False)
+    if isinstance(store, Exit):
+        return store
+    recs, code = _identify(store, ns.target, "unreject")
+    if recs is None:
+        return code
+    model = recs[0]
+    requested_by = _requested_by(ns, "unreject")
+    lifted = rejections.unreject(store, model.artifact_id, reason=ns.reason or "no reason given",
+                                 requested_by=requested_by) if model.type == "model" else None
+    if lifted is None:
+        err("unreject", f"{model.label} is not rejected" if model.type == "model" else
+            f"{model.label} is a {model.type}, not a model")
+        return Exit.NOT_FOUND
+    result = {"model": model.label, "status": "unrejected", "was": lifted.describe(), "requested_by": requested_by,
+              "reason": ns.reason}
+    if ns.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"UNREJECTED {model.label}: the promotion gate considers it again (it was {lifted.describe()})")
+    return Exit.OK
 
 
 # --------------------------------------------------------------------------------------------- gc

@@ -20,6 +20,7 @@ from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
 from mnist_pipeline.flows.preflight import effective_config
 from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.results import ArtifactLocation, MetricsResult, PromotionOutcome, RunSummary, ValidationResult
 from mnist_pipeline.tasks import (
     check_for_changes,
     evaluate,
@@ -31,6 +32,7 @@ from mnist_pipeline.tasks import (
 )
 from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
+from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-lineage-pipeline"
@@ -61,7 +63,7 @@ _library_warnings_to_prefect()
       "training config changed since the production model (unless force is set).",
       on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
       on_cancellation=[release_holds])
-def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | State:
+def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummary | State:
     logger = get_run_logger()
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
     # folders: all checked before any task (flows/preflight.py)
@@ -70,20 +72,22 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     dataset = ensure_dataset(cfg, logger)
 
     check = check_for_changes(cfg, dataset)
-    if not check.changed and not cfg.force:
-        summary = {"status": "skipped", "reason": f"training skipped: {check.reason} (to retrain: run with "
-                   "--force, or tick the force field in the Prefect form)",
-                   "production": check.production,
-                   "artifacts": {"dataset": {"ref": dataset.label, "digest": dataset.digest, "path": dataset.path}},
-                   "lineage_db": str(cfg.lineage_db), "config_sources": config_sources}
-        summary["wandb"] = wandb_records(cfg, logger)
-        publish_flow_artifact(cfg, summary)
-        logger.info(summary["reason"])
+    store = LineageStore(cfg.lineage_db)
+    reuse = not check.changed and not cfg.force and check.model != check.production and not check.decided
+    if not check.changed and not cfg.force and not reuse:
+        skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (to retrain: run with "
+                             "--force, or tick the force field in the Prefect form)",
+                             production=check.production, model=check.model if check.decided else None,
+                             artifacts={"dataset": ArtifactLocation.of(dataset)}, lineage_db=str(cfg.lineage_db),
+                             config_sources=config_sources, wandb=wandb_records(cfg, logger))
+        publish_flow_artifact(cfg, skipped)
+        logger.info(skipped.reason)
         # A plain Completed state, its message saying why it skipped: Prefect's run filters go by state name, so a
         # custom name ("Skipped") hides the run under "Completed" and under a deployment's default Runs filter.
-        return Completed(message=summary["reason"], data=summary)
+        return Completed(message=skipped.reason, data=skipped)
 
-    model = train(cfg, dataset)
+    # a finished model of these very inputs that the gate never saw is not made again: it goes on from here
+    model = store.require_artifact(MODEL_NAME, str(check.model_digest)).ref() if reuse else train(cfg, dataset)
     # Evaluation and export only share the model: side by side. The ONNX check then compares onnxruntime with the
     # logits the evaluation recorded (no second torch pass over the test split) and runs alone, so its latency
     # and throughput are timed on a quiet machine.
@@ -91,45 +95,31 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> dict | St
     onnx_model = export_onnx(cfg, model)
     metrics = metrics_future.result()
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
-    store = LineageStore(cfg.lineage_db)
-    v = store.require_artifact(validation.name, validation.digest).metadata
-    attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v["passed"] else None
-    decision = promote(cfg, model, metrics, validation)
+    v = ValidationResult.from_metadata(store.require_artifact(validation.name, validation.digest).metadata)
+    attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v.passed else None
+    decision = promote(cfg, model, metrics, validation, attestation)
     report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
-    m = store.require_artifact(metrics.name, metrics.digest).metadata
-    summary = {
-        "status": "completed",
-        "reason": f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
-        "artifacts": {r.type: {"ref": r.label, "digest": r.digest, "path": r.path}
-                      for r in (dataset, model, metrics, onnx_model, validation, report)},
-        "test_accuracy": m["test_accuracy"],
-        "test_loss": m["test_loss"],
-        "onnx_accuracy": v["ort_accuracy"],
-        "onnx_max_abs_diff": v["max_abs_diff"],
-        "onnx_argmax_agreement": v["argmax_agreement"],
-        "onnx_latency_ms_p50": v["latency_ms_p50"],
-        "onnx_throughput_per_s": v["ort_throughput_per_s"],
-        "promotion": {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
-                                                        "production_accuracy")},
-        "lineage_db": str(cfg.lineage_db),
-        "config_sources": config_sources,
-        "report": str(Path(report.path) / REPORT_FILE),
-        "onnx_file": str(Path(onnx_model.path) / "model.onnx"),
-    }
-    if attestation is not None:
-        summary["artifacts"]["attestation"] = {"ref": attestation.label, "digest": attestation.digest,
-                                               "path": attestation.path}
-        summary["signed_onnx_file"] = str(Path(attestation.path) / "model.onnx")
-    summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
+    m = MetricsResult.from_metadata(store.require_artifact(metrics.name, metrics.digest).metadata)
+    outputs = (dataset, model, metrics, onnx_model, validation, report) + ((attestation,) if attestation else ())
     failure = parity_failure(cfg, v, validation.label)
-    if failure:
-        summary["status"] = "failed"
+    summary = RunSummary(
+        status="failed" if failure else "completed",
+        reason=f"not retrained: {check.reason}" if reuse else
+               f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
+        artifacts={r.type: ArtifactLocation.of(r) for r in outputs},
+        test_accuracy=m.test_accuracy, test_loss=m.test_loss, onnx_accuracy=v.ort_accuracy,
+        onnx_max_abs_diff=v.max_abs_diff, onnx_argmax_agreement=v.argmax_agreement,
+        onnx_latency_ms_p50=v.latency_ms_p50, onnx_throughput_per_s=v.ort_throughput_per_s,
+        promotion=PromotionOutcome.of(decision), lineage_db=str(cfg.lineage_db), config_sources=config_sources,
+        report=str(Path(report.path) / REPORT_FILE), onnx_file=str(Path(onnx_model.path) / "model.onnx"),
+        signed_onnx_file=str(Path(attestation.path) / "model.onnx") if attestation else None,
+        wandb=wandb_records(cfg, logger))  # where the records went, in one line
     publish_flow_artifact(cfg, summary)
     if failure:
         from mnist_pipeline.onnx_io import ParityError
 
         raise ParityError(failure)
-    logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary["test_accuracy"],
-                onnx_model.label, summary["onnx_max_abs_diff"], decision.decision)
+    logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary.test_accuracy,
+                onnx_model.label, summary.onnx_max_abs_diff, decision.decision)
     return summary

@@ -14,7 +14,6 @@ and W&B folders at the same paths as this process, or the flow fails with one li
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
@@ -30,7 +29,15 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb.credentials import resolve_mode
 from mnist_pipeline.lineage.wandb.folder import wandb_dir
 from mnist_pipeline.onnx_io import ParityError
-from mnist_pipeline.sweep import Sweep, expand, parse_sweep, usable_cores
+from mnist_pipeline.results import (
+    ArtifactLocation,
+    MetricsResult,
+    PromotionOutcome,
+    SweepResult,
+    SweepSummary,
+    ValidationResult,
+)
+from mnist_pipeline.sweep import Sweep, SweepError, expand, usable_cores
 from mnist_pipeline.sweep_workers import check_workers, checkpoint_writer, core_shares, trial_threads
 from mnist_pipeline.tasks import export_onnx, promote, run_report, validate_onnx
 from mnist_pipeline.tasks.report import REPORT_FILE
@@ -62,7 +69,7 @@ def pin_for_workers(cfg: PipelineConfig) -> PipelineConfig:
 
 
 def _values(metadata: dict) -> dict:
-    return {k: metadata[k] for k in ("test_accuracy", "test_loss") if k in metadata}
+    return MetricsResult.from_metadata(metadata).values()
 
 
 def _flow_run_id() -> str:
@@ -85,9 +92,13 @@ def _dask_client():
       "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.",
       on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
       on_cancellation=[release_holds])
-def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = None, min_workers: int = 1) -> dict:
+def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = None,
+                min_workers: int = 1) -> SweepSummary:
+    """`sweep`: a checked sweep (`mnist_pipeline.sweep.load_sweep` or `parse_sweep` of a W&B-style mapping)."""
     logger = get_run_logger()
-    spec: Sweep = parse_sweep(sweep)
+    if sweep is None:
+        raise SweepError("no sweep given: pass one (mnist_pipeline.sweep.load_sweep or parse_sweep)")
+    spec = sweep
     cfg = pin_for_workers(config.resolved())
     trials = expand(spec, cfg)  # every trial's config validated before any work
     sign_key = check_key(cfg)  # the winner is signed with it; an unusable key fails here, before any trial
@@ -144,50 +155,45 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: dict | None = No
                                     ended=outcome.ended)
 
     ordered = [results[t.index] for t in trials]
-    sweep_ref = select(cfg, spec.to_dict(), ordered)
+    sweep_ref = select(cfg, spec, ordered)
     result = store.find_artifact(sweep_ref.name, sweep_ref.digest)
     assert result is not None  # select committed it
-    chosen = result.metadata["winner"]
+    chosen = SweepResult.from_metadata(result.metadata).winner_trial
     failed = [r.index for r in ordered if r.status == "failed"]
-    summary: dict[str, Any] = {"status": "completed", "sweep": spec.to_dict(), "flow_run_id": flow_run_id,
-               "workers": len(workers), "sweep_result": {"ref": sweep_ref.label, "digest": sweep_ref.digest,
-                                                         "path": sweep_ref.path},
-               "trials": [{"trial": r.index, "params": r.params, "status": r.status, **(r.values or {}),
-                           "model": r.model.label if r.model else None, "worker": r.worker,
-                           "seconds": round(r.seconds, 3), "train_seconds": r.train_seconds, "started": r.started,
-                           "ended": r.ended, "error": r.error}
-                          for r in ordered],
-               "failed": failed, "lineage_db": str(cfg.lineage_db)}
+    trial_rows = [{"trial": r.index, "params": r.params, "status": r.status, **(r.values or {}),
+                   "model": r.model.label if r.model else None, "worker": r.worker,
+                   "seconds": round(r.seconds, 3), "train_seconds": r.train_seconds, "started": r.started,
+                   "ended": r.ended, "error": r.error}
+                  for r in ordered]
     if chosen is None:
         raise RuntimeError(f"no trial of the sweep finished ({len(failed)} failed): nothing to select; "
                            f"first error: {ordered[0].error}")
-    best = results[chosen["trial"]]
+    best = results[chosen]
     assert best.model is not None and best.metrics is not None  # the winner finished
     wcfg = pin_for_workers(by_index[best.index].config)
     onnx_model = export_onnx(wcfg, best.model, selected_by=sweep_ref)
     validation = validate_onnx(wcfg, onnx_model, best.model, dataset, best.metrics)
-    v = store.require_artifact(validation.name, validation.digest).metadata
-    attestation = sign(wcfg, sign_key, onnx_model, best.model, dataset, validation) if sign_key and v["passed"] \
+    v = ValidationResult.from_metadata(store.require_artifact(validation.name, validation.digest).metadata)
+    attestation = sign(wcfg, sign_key, onnx_model, best.model, dataset, validation) if sign_key and v.passed \
         else None
-    decision = promote(wcfg, best.model, best.metrics, validation)
+    decision = promote(wcfg, best.model, best.metrics, validation, attestation)
     report = run_report(wcfg, dataset, best.metrics, validation, decision)  # the winner's, as `run` makes one
-    summary["winner"] = {"trial": best.index, "params": best.params, **(best.values or {}),
-                         "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
-                         "onnx_file": str(Path(onnx_model.path) / "model.onnx"), "validation": validation.label,
-                         "onnx_max_abs_diff": v["max_abs_diff"], "onnx_argmax_agreement": v["argmax_agreement"]}
+    onnx_file = str(Path(onnx_model.path) / "model.onnx")  # the file to deploy and audit, under run's key
+    winner = {"trial": best.index, "params": best.params, **(best.values or {}),
+              "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
+              "onnx_path": onnx_model.path, "onnx_file": onnx_file, "validation": validation.label,
+              "onnx_max_abs_diff": v.max_abs_diff, "onnx_argmax_agreement": v.argmax_agreement}
     if attestation is not None:
-        summary["winner"]["attestation"] = attestation.label
-        summary["winner"]["attestation_path"] = attestation.path
-    summary["promotion"] = {k: getattr(decision, k) for k in ("decision", "reason", "candidate_accuracy",
-                                                             "production_accuracy")}
-    summary["report"] = str(Path(report.path) / REPORT_FILE)
-    summary["onnx_file"] = summary["winner"]["onnx_file"]  # the file to deploy and audit, under run's key
-    summary["wandb"] = wandb_records(cfg, logger)  # where the records went, in one line
+        winner["attestation"] = attestation.label
+        winner["attestation_path"] = attestation.path
     failure = parity_failure(wcfg, v, validation.label)
     if failure:
         raise ParityError(failure)
-    if failed:
-        summary["status"] = "completed_with_failures"
+    summary = SweepSummary(status="completed_with_failures" if failed else "completed", sweep=spec.to_dict(),
+                           flow_run_id=flow_run_id, workers=len(workers), sweep_result=ArtifactLocation.of(sweep_ref),
+                           trials=trial_rows, failed=failed, lineage_db=str(cfg.lineage_db), winner=winner,
+                           promotion=PromotionOutcome.of(decision), report=str(Path(report.path) / REPORT_FILE),
+                           onnx_file=onnx_file, wandb=wandb_records(cfg, logger))
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
                 best.model.label, decision.decision, len(failed))
     return summary

@@ -96,10 +96,9 @@ def _sweep(spec, cfg: PipelineConfig, ns: argparse.Namespace) -> int:
         _prefect_api(stack)
         runner = task_runner(ns.dask_address, ns.workers)
         min_workers = ns.workers if ns.dask_address and ns.workers else 1
-        raw = json.loads(json.dumps(spec.to_dict()))
         # prefect-dask's runner is typed over its own future class, which Flow.with_options does not accept
         sweep_flow = mnist_sweep.with_options(task_runner=cast(Any, runner))
-        state = sweep_flow(config=cfg, sweep=raw, min_workers=min_workers, return_state=True)
+        state = sweep_flow(config=cfg, sweep=spec, min_workers=min_workers, return_state=True)
         if not state.is_completed():
             try:
                 state.result()
@@ -108,12 +107,12 @@ def _sweep(spec, cfg: PipelineConfig, ns: argparse.Namespace) -> int:
                       file=sys.stderr)
             return Exit.FAILED
         summary = state.result()
-    print(json.dumps(summary, indent=2, default=str))
+    print(json.dumps(summary.to_dict(), indent=2, default=str))
     from mnist_pipeline.report.closing_lines import where_things_went
 
     for line in where_things_went(summary):  # as `run` ends: the report, the ONNX file to audit, the W&B records
         print(line, file=sys.stderr)
-    if summary["failed"]:
-        err("", f"{len(summary['failed'])} trial(s) failed: {summary['failed']}")
+    if summary.failed:
+        err("", f"{len(summary.failed)} trial(s) failed: {summary.failed}")
         return Exit.FAILED
     return Exit.OK

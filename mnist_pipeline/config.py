@@ -283,6 +283,10 @@ class PromotionConfig(_Section):
         None, description="Online only: also link a promoted model into this W&B registry collection, "
         "e.g. 'wandb-registry-model/mnist-convnet'.",
     )
+    require_signature: bool = Field(
+        False, description="Promote only a model whose ONNX file has a verified attestation from this run's sign "
+        "stage (needs a signing key: sign.private_key or $MNIST_PIPELINE_SIGN_KEY).",
+    )
 
 
 SIGN_KEY_ENV = "MNIST_PIPELINE_SIGN_KEY"  # a deployment's signing key, set in the environment of its worker
@@ -336,6 +340,9 @@ class PipelineConfig(_Section):
             }
         )
         out.check_roots()
+        if out.promotion.require_signature and out.signing_key() is None:
+            raise ConfigError(f"promotion.require_signature is set but there is no signing key (give --sign-key, "
+                              f"sign.private_key or ${SIGN_KEY_ENV}): no model could be promoted")
         return out
 
     def signing_key(self) -> Path | None:

@@ -7,6 +7,7 @@ from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.results import MetricsResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 
 METRICS_NAME = "convnet-metrics"
@@ -31,6 +32,7 @@ def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef,
         stage.log_images("misclassified", [test.images[w["index"]].numpy() for w in wrong_list],
                          [f"pred {w['prediction']} / label {w['label']} (test image {w['index']})" for w in wrong_list])
         stage.summary = {"test_accuracy": ev.accuracy, "test_loss": ev.loss, "misclassified": wrong_count}
-        stage.produce(METRICS_NAME, "metrics", out, {**ev.summary(), "misclassified_count": wrong_count})
+        stage.produce(METRICS_NAME, "metrics", out,
+                      MetricsResult.from_metadata({**ev.summary(), "misclassified_count": wrong_count}).to_metadata())
     logger.info("test accuracy %.4f, loss %.4f on %d images", ev.accuracy, ev.loss, ev.count)
     return stage.outputs["metrics"]

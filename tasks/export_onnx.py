@@ -28,7 +28,7 @@ def provenance_pointers(store, model: ArtifactRecord) -> dict:
     return {"train_run_id": model.producer_run_id,
             "train_flow_run_id": (trained_by.flow_run_id if trained_by else None) or "",
             "model_artifact": model.name, "model_digest": model.digest,
-            "model_file_sha256": model.metadata.get("files", {}).get("model.pt", ""),
+            "model_file_sha256": next((f.sha256 for f in model.files if f.relpath == "model.pt"), ""),
             "dataset_digest": datasets[0]["digest"] if datasets else "", "git_commit": code["git_commit"] or "",
             "git_dirty": "" if code["git_dirty"] is None else str(code["git_dirty"]).lower()}
 

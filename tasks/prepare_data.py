@@ -12,6 +12,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.results import DatasetInfo
 from mnist_pipeline.tasks._common import current_flow_run_id, write_json
 
 DATASET_NAME = "mnist"
@@ -95,7 +96,7 @@ def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
         location = d.local_dir if d.source == "local" else data.raw_folder(root)
         meta = {**record, **data.provenance(prepared, location, d.mirrors)}
         stage.summary = {"train_size": len(prepared.train), "test_size": len(prepared.test)}
-        stage.produce(DATASET_NAME, "dataset", out, meta)
+        stage.produce(DATASET_NAME, "dataset", out, DatasetInfo.from_metadata(meta).to_metadata())
     ref = stage.outputs["dataset"]
     logger.info("dataset %s: %d train / %d test images, digest %s", ref.label, len(prepared.train),
                 len(prepared.test), ref.digest[:16])

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.promotion import ChangeCheck, accuracy_on, compare_with_production
+from mnist_pipeline.lineage.promotion import ChangeCheck, Signature, accuracy_on, compare_with_production
 from mnist_pipeline.lineage.promotion import promote as apply_gate
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
+from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import MODEL_NAME
@@ -18,19 +20,48 @@ from mnist_pipeline.tasks.train import MODEL_NAME
 
 @task(name="check-for-changes")
 def check_for_changes(cfg: PipelineConfig, dataset: ArtifactRef) -> ChangeCheck:
-    """Compare the dataset digest and training config with those that made the production model."""
+    """Compare the dataset digest and training config with those of every finished model (production's first)."""
     store = LineageStore(cfg.lineage_db)
     check = compare_with_production(store, MODEL_NAME, dataset.digest, dataset.label, cfg.training_fingerprint())
-    if not check.changed:  # a skip vouches for the production model's files (the dataset's: see the flow)
-        prod = store.alias(MODEL_NAME, "production")
+    if not check.changed and check.model_digest:  # a skip or a reuse vouches for that model's files
+        made = store.find_artifact(MODEL_NAME, check.model_digest)
         try:
-            if prod is not None:
-                verify_files(Path(prod.path), prod.files)
+            if made is not None:
+                verify_files(Path(made.path), made.files)
         except DigestMismatch as e:
-            check = ChangeCheck(True, f"production {check.production}'s files no longer match their record ({e}); "
-                                      "retraining makes a verified copy", check.production)
-    get_run_logger().info("%s: %s", "changed" if check.changed else "unchanged", check.reason)
+            whose = f"production {check.production}" if check.model == check.production else check.model
+            check = ChangeCheck(True, f"{whose}'s files no longer match their record ({e}); retraining makes a "
+                                      "verified copy", check.production)
+    state = "changed" if check.changed else "unchanged" if check.decided or check.model == check.production \
+        else "reusing " + str(check.model)
+    get_run_logger().info("%s: %s", state, check.reason)
     return check
+
+
+def _signature(cfg: PipelineConfig, store: LineageStore, validation: ArtifactRef,
+               attestation: ArtifactRef | None) -> Signature | None:
+    """With `promotion.require_signature`: does the candidate's ONNX file verify against this run's attestation,
+    with the public half of this run's signing key? (None: not required.)"""
+    if not cfg.promotion.require_signature:
+        return None
+    key = cfg.signing_key()
+    if attestation is None or key is None:
+        return Signature(False, "this run's sign stage made none" + ("" if key else ": no signing key"))
+    from mnist_pipeline.provenance import keys
+    from mnist_pipeline.provenance.verify import VERIFIED, verify
+
+    onnx = next(iter(store.require_artifact(validation.name, validation.digest).inputs("onnx")), None)
+    rec = store.find_artifact(onnx["name"], onnx["digest"]) if onnx else None
+    if rec is None:
+        return Signature(False, f"{validation.label} names no recorded ONNX file")
+    with tempfile.TemporaryDirectory(prefix="mnist-gate-") as tmp:
+        pub = Path(tmp) / "signing.pub"
+        pub.write_bytes(keys.public_pem(keys.load_private(key).public_key()))
+        result = verify(Path(rec.path) / "model.onnx", pub, attestation=Path(attestation.path))
+    if result.status == VERIFIED:
+        return Signature(True, result.key_fingerprint)
+    why = result.note or "; ".join(c.detail for c in result.failed)
+    return Signature(False, f"{attestation.label} does not verify {rec.label}: {why}")
 
 
 def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, logger):
@@ -60,23 +91,27 @@ def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef
 
 
 @task(name="promote")
-def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, validation: ArtifactRef) -> PromotionRecord:
+def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, validation: ArtifactRef,
+            attestation: ArtifactRef | None = None) -> PromotionRecord:
     """Alias the model `candidate`, and `production` if it validated and beats production by the margin.
 
     The decision is one transaction in the lineage store (two racing flow runs cannot both win); online, the
     aliases are also moved in W&B (and the model linked into the registry if configured), offline they wait
-    for `mnist-pipeline sync`."""
+    for `mnist-pipeline sync`. `attestation`: this run's sign stage's, which `promotion.require_signature` needs."""
     logger = get_run_logger()
     test_set, reevaluated, note = _like_for_like(cfg, model, metrics, logger)
     with open_stage(cfg, "promote", current_flow_run_id()) as stage:
         model_id = stage.record(model).artifact_id
-        acc = stage.record(metrics).metadata.get("test_accuracy")
-        passed = bool(stage.record(validation).metadata.get("passed"))
+        acc = MetricsResult.from_metadata(stage.record(metrics).metadata).test_accuracy
+        passed = bool(ValidationResult.from_metadata(stage.record(validation).metadata).passed)
         # production's evaluation on the candidate's test set: the decision rests on it, so it is an input too
         measured = {stage.record(reevaluated).artifact_id: reevaluated.label} if reevaluated is not None else None
         store = stage.store
+        if attestation is not None and cfg.promotion.require_signature:  # the decision rests on it
+            stage.record(attestation)
         decision = apply_gate(store, model_id, accuracy=acc, validation_passed=passed, margin=cfg.promotion.margin,
-                              flow_run_id=current_flow_run_id(), test_set=test_set, note=note, reevaluated=measured)
+                              flow_run_id=current_flow_run_id(), test_set=test_set, note=note, reevaluated=measured,
+                              force=cfg.force, signature=_signature(cfg, store, validation, attestation))
         promoted = decision.decision == "promoted"
         if stage.set_aliases(model, decision.aliases, registry_path=cfg.promotion.registry_path if promoted else None):
             store.mark_promotion_applied(decision.promotion_id)

@@ -17,7 +17,7 @@ from mnist_pipeline import data
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 from mnist_pipeline.report import markdown
 from mnist_pipeline.report.page import (
     Misclassified,
@@ -26,6 +26,7 @@ from mnist_pipeline.report.page import (
     write_report,
 )
 from mnist_pipeline.report.picture import lineage_graph
+from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 
 REPORT_NAME = "run-report"
@@ -33,40 +34,44 @@ REPORT_FILE = "report.html"
 
 
 def _as_dict(promotion) -> dict | None:
+    """The decision as the page shows it (a `PromotionRecord`, a `PromotionOutcome` or its dict)."""
     if promotion is None:
         return None
+    if isinstance(promotion, dict):
+        return dict(promotion)
     if dataclasses.is_dataclass(promotion) and not isinstance(promotion, type):
         return dataclasses.asdict(promotion)
-    return dict(promotion)
+    return PromotionOutcome.of(promotion).to_metadata()
 
 
-def _loss_points(store: LineageStore, metrics_meta: dict) -> tuple[list[tuple[int, int, float]], int | None]:
+def _loss_points(store: LineageStore, metrics_rec: ArtifactRecord) -> tuple[list[tuple[int, int, float]], int | None]:
     """The training run's logged loss, found through the model the metrics were measured on (kept in that run's
     record, not in the model's files), and the examples of one epoch (the model's examples seen / its epochs)."""
-    for inp in metrics_meta.get("inputs", []):
-        if inp.get("type") == "model":
-            model = store.find_artifact(inp["name"], inp["digest"])
-            run = store.run(model.producer_run_id) if model else None
-            if model is not None and run is not None:
-                epochs = (model.metadata.get("fingerprint") or {}).get("epochs")
-                seen = model.metadata.get("examples_seen")
-                per_epoch = seen // epochs if isinstance(seen, int) and isinstance(epochs, int) and epochs else None
-                return [tuple(p) for p in run.summary.get("loss_points", [])], per_epoch
+    for inp in metrics_rec.inputs("model"):
+        model = store.find_artifact(inp["name"], inp["digest"])
+        run = store.run(model.producer_run_id) if model else None
+        if model is not None and run is not None:
+            info = ModelInfo.from_metadata(model.metadata)
+            epochs, seen = info.fingerprint.get("epochs"), info.examples_seen
+            per_epoch = seen // epochs if isinstance(seen, int) and isinstance(epochs, int) and epochs else None
+            return TrainingResult.from_metadata(run.summary).loss_curve(), per_epoch
     return [], None
 
 
-def _input(meta: dict, type_: str) -> dict | None:
-    return next((i for i in meta.get("inputs", []) if i.get("type") == type_), None)
+def _input(rec: ArtifactRecord, type_: str) -> dict | None:
+    return next(iter(rec.inputs(type_)), None)
 
 
-def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_meta: dict, validation_meta: dict,
-                 promotion: dict | None, flow_run_id: str | None) -> RunReport:
+def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_rec: ArtifactRecord,
+                 validation_rec: ArtifactRecord, promotion: dict | None, flow_run_id: str | None) -> RunReport:
     """Everything the page shows, as plain data, from the lineage store and the stage's verified inputs."""
     test = data.load_split(dataset_dir / "test.pt")
-    wrong = metrics_meta.get("misclassified", [])
+    metrics = _metrics(metrics_rec)
+    validation = ValidationResult.from_metadata(validation_rec.metadata)
+    wrong = metrics.misclassified or []
     mis = [Misclassified(w["index"], w["prediction"], w["label"], test.images[w["index"]].numpy()) for w in wrong]
-    model = _input(metrics_meta, "model") or {}
-    onnx = _input(validation_meta, "onnx") or {}
+    model = _input(metrics_rec, "model") or {}
+    onnx = _input(validation_rec, "onnx") or {}
     onnx_rec = store.find_artifact(onnx["name"], onnx["digest"]) if onnx else None
     model_label = f"{model.get('name')}:v{model.get('version')}" if model else "?"
     runs = store.runs(flow_run_id) if flow_run_id else [r for r in [store.run(stage.run_id)] if r is not None]
@@ -80,15 +85,16 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_meta: di
              ("ONNX file", str(Path(onnx_rec.path) / "model.onnx") if onnx_rec else "n/a"),
              ("Prefect flow run", flow_run_id or "n/a"),
              ("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))]
-    points, per_epoch = _loss_points(store, metrics_meta)
+    points, per_epoch = _loss_points(store, metrics_rec)
     return RunReport(title=f"MNIST run report: {model_label}", facts=facts, loss_points=points,
-                     examples_per_epoch=per_epoch, metrics=metrics_meta, misclassified=mis, misclassified_total=metrics_meta.get("misclassified_count"),
-                     validation=validation_meta, promotion=promotion, lineage=graph, artifacts=artifacts)
+                     examples_per_epoch=per_epoch, metrics=metrics.to_metadata(), misclassified=mis,
+                     misclassified_total=metrics.misclassified_count, validation=validation.to_metadata(),
+                     promotion=promotion, lineage=graph, artifacts=artifacts)
 
 
-def _metrics(rec) -> dict:
+def _metrics(rec: ArtifactRecord) -> MetricsResult:
     """The metrics record's metadata and its file (which alone lists the misclassified images)."""
-    return {**rec.metadata, **json.loads((Path(rec.path) / "metrics.json").read_text())}
+    return MetricsResult.from_metadata({**rec.metadata, **json.loads((Path(rec.path) / "metrics.json").read_text())})
 
 
 @task(name="report")
@@ -103,8 +109,8 @@ def run_report(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef, 
     t0 = time.perf_counter()
     with open_stage(cfg, "report", flow_run_id) as stage:
         dataset_dir = stage.use(dataset)
-        m = _metrics(stage.record(metrics))  # the files as verified by `record`
-        v = stage.record(validation).metadata
+        m = stage.record(metrics)  # its files as verified by `record`
+        v = stage.record(validation)
         report = build_report(stage.store, stage, dataset_dir, m, v, _as_dict(promotion), flow_run_id)
         t1 = time.perf_counter()
         figs = draw_figures(report)  # matplotlib is imported here, the first time a report is drawn

@@ -20,6 +20,7 @@ from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import ArtifactRecord
 from mnist_pipeline.provenance import attest
 from mnist_pipeline.provenance.statement import ProvenanceInputs, Resource
+from mnist_pipeline.results import AttestationInfo, DatasetInfo, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 
 ATTESTATION_NAME = "convnet-onnx-attestation"
@@ -50,24 +51,21 @@ def provenance_inputs(cfg: PipelineConfig, stage, onnx_rec: ArtifactRecord, mode
                       dataset_rec: ArtifactRecord, validation_rec: ArtifactRecord) -> ProvenanceInputs:
     store = stage.store
     train_run, export_run = store.run(model_rec.producer_run_id), store.run(onnx_rec.producer_run_id)
-    summary = train_run.summary if train_run else {}
+    training = TrainingResult.from_metadata(train_run.summary if train_run else None)
     env = export_run.env if export_run else {}
     files = {f.relpath: f.sha256 for f in onnx_rec.files}
-    d = dataset_rec.metadata
+    d = DatasetInfo.from_metadata(dataset_rec.metadata)
     raw = [Resource(name=f["name"], digest={"sha256": f["sha256"]},
-                    annotations={"size": f.get("size"), "md5": f.get("md5")}) for f in d.get("raw_files") or []]
+                    annotations={"size": f.get("size"), "md5": f.get("md5")}) for f in d.raw_files or []]
     model_files = {f.relpath: f.sha256 for f in model_rec.files}
-    v = validation_rec.metadata
-    figures = {k: v.get(k) for k in ("passed", "max_abs_diff", "tolerance", "argmax_agreement", "ort_accuracy",
-                                     "torch_accuracy", "count")}
+    figures = ValidationResult.from_metadata(validation_rec.metadata).figures()
     return ProvenanceInputs(
         subject_name=SUBJECT, subject_sha256=files[SUBJECT],
         external_parameters={"config": cfg.model_dump(mode="json")},
-        internal_parameters={"seed": cfg.train.seed, "threads": summary.get("threads"),
-                             "device": summary.get("device")},
+        internal_parameters={"seed": cfg.train.seed, "threads": training.threads, "device": training.device},
         dataset=Resource(name=f"{dataset_rec.name}:v{dataset_rec.version}", digest={"sha256": dataset_rec.digest},
                          uri=_artifact_uri(dataset_rec),
-                         annotations={"source": d.get("source"), "slice": d.get("slice"), "sizes": d.get("sizes"),
+                         annotations={"source": d.source, "slice": d.slice, "sizes": d.sizes,
                                       "files": {f.relpath: f.sha256 for f in dataset_rec.files}}),
         raw_files=raw,
         model_file=Resource(name="model.pt", digest={"sha256": model_files["model.pt"]}, uri=_artifact_uri(model_rec),
@@ -106,7 +104,7 @@ def sign(cfg: PipelineConfig, key: Path, onnx_model: ArtifactRef, model: Artifac
     with open_stage(cfg, "sign", current_flow_run_id()) as stage:
         onnx_rec = stage.record(onnx_model)
         model_rec, dataset_rec, validation_rec = stage.record(model), stage.record(dataset), stage.record(validation)
-        if not validation_rec.metadata.get("passed"):
+        if not ValidationResult.from_metadata(validation_rec.metadata).passed:
             raise ValueError(f"{validation.label} failed: an ONNX file that did not validate is not attested")
         if onnx_model.digest not in {i["digest"] for i in validation_rec.inputs("onnx")}:
             raise ValueError(f"{validation.label} is not the validation of {onnx_model.label}")
@@ -117,12 +115,13 @@ def sign(cfg: PipelineConfig, key: Path, onnx_model: ArtifactRef, model: Artifac
                              onnx_artifact={"name": onnx_rec.name, "digest": onnx_rec.digest})
         now = time.perf_counter()
         seconds = now - t0  # the whole stage but its commit: inputs checked, W&B run started, signed
-        stage.summary = {"public_key_fingerprint": index["public_key_fingerprint"], "sign_seconds": seconds,
+        info = AttestationInfo.from_metadata(index)
+        stage.summary = {"public_key_fingerprint": info.public_key_fingerprint, "sign_seconds": seconds,
                          "signing_seconds": now - t1,
                          "attestation_bytes": sum(p.stat().st_size for p in out.iterdir() if p.name != SUBJECT)}
         stage.log({"sign_seconds": seconds})
-        stage.produce(ATTESTATION_NAME, "attestation", out, index)
+        stage.produce(ATTESTATION_NAME, "attestation", out, info.to_metadata())
     ref = stage.outputs["attestation"]
     logger.info("signed %s (sha256 %s) with key %s in %.2f s: %s", onnx_model.label, inputs.subject_sha256[:16],
-                index["public_key_fingerprint"][:16], seconds, ref.path)
+                info.public_key_fingerprint[:16], seconds, ref.path)
     return ref

@@ -19,7 +19,8 @@ from mnist_pipeline.lineage.journal import Entry, JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import ArtifactRecord
-from mnist_pipeline.sweep import Metric, TrialResult, rank
+from mnist_pipeline.results import SweepResult
+from mnist_pipeline.sweep import Sweep, TrialResult, rank
 from mnist_pipeline.tasks._common import current_flow_run_id, write_json
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import train
@@ -119,10 +120,10 @@ def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: 
 
 
 @task(name="select")
-def select(cfg: PipelineConfig, sweep: dict, trials: list[SweepTrial]) -> ArtifactRef:
+def select(cfg: PipelineConfig, sweep: Sweep, trials: list[SweepTrial]) -> ArtifactRef:
     """Consume every finished trial's metrics, rank them by the sweep's metric, record the table and the winner."""
     logger = get_run_logger()
-    metric = Metric(sweep["metric"]["name"], sweep["metric"]["goal"])
+    metric = sweep.metric
     ranked = rank([t.result() for t in trials], metric)
     place = {r.index: i + 1 for i, r in enumerate(ranked)}
     by_index = {t.index: t for t in trials}
@@ -146,8 +147,8 @@ def select(cfg: PipelineConfig, sweep: dict, trials: list[SweepTrial]) -> Artifa
                 "metrics": {"name": best.metrics.name, "version": best.metrics.version,
                             "digest": best.metrics.digest}}
         failed = [t.index for t in trials if t.status == "failed"]
-        result = {"sweep": sweep, "metric": {"name": metric.name, "goal": metric.goal}, "trials": rows,
-                  "winner": winner, "failed": failed}
+        result = SweepResult(sweep=sweep.to_dict(), metric={"name": metric.name, "goal": metric.goal}, trials=rows,
+                             winner=winner, failed=failed).to_metadata()
         out = stage.staging(SWEEP_RESULT_NAME)
         write_json(out / "sweep.json", result)
         stage.summary = {"trials": len(trials), "finished": len(ranked), "failed": len(failed),
@@ -157,7 +158,7 @@ def select(cfg: PipelineConfig, sweep: dict, trials: list[SweepTrial]) -> Artifa
     ref = stage.outputs["sweep-result"]
     create_table_artifact(
         key="sweep-results", table=rows,
-        description=f"Sweep {sweep.get('name') or ''} ({sweep['method']}, {len(trials)} trials) ranked by "
+        description=f"Sweep {sweep.name or ''} ({sweep.method}, {len(trials)} trials) ranked by "
                     f"{metric.name} ({metric.goal}); winner: "
                     + (f"trial {best.index} {best.params}" if best else "none (no trial finished)"))
     logger.info("sweep result %s: %d finished, %d failed, winner %s", ref.label, len(ranked), len(failed),

@@ -10,6 +10,7 @@ from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import LineageStore
+from mnist_pipeline.results import ModelInfo, TrainingResult
 from mnist_pipeline.tasks._common import current_flow_run_id, unless_permanent
 
 MODEL_NAME = "convnet"
@@ -69,13 +70,12 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
         # For the run report: the points logged to W&B (every log_every batches, those before a resume included,
         # which the checkpoint carried), in this run's record, not the model's files.
         loss_points = [(examples, epoch, round(loss, 5)) for examples, epoch, loss in result.loss_points]
-        meta = json.loads((out / "model_config.json").read_text())
-        stage.summary = {"train_seconds": result.seconds, "final_loss": result.final_loss,
-                         "examples_seen": result.examples_seen, "resumed": result.resumed_from is not None,
-                         "resumed_from_checkpoint": result.resumed_from,
-                         "checkpoint_written_by": result.checkpoint_written_by, "threads": threads,
-                         "device": str(device), "torch_deterministic": torch.are_deterministic_algorithms_enabled(),
-                         "loss_points": loss_points}
+        meta = ModelInfo.from_metadata(json.loads((out / "model_config.json").read_text())).to_metadata()
+        stage.summary = TrainingResult(
+            train_seconds=result.seconds, final_loss=result.final_loss, examples_seen=result.examples_seen,
+            resumed=result.resumed_from is not None, resumed_from_checkpoint=result.resumed_from,
+            checkpoint_written_by=result.checkpoint_written_by, threads=threads, device=str(device),
+            torch_deterministic=torch.are_deterministic_algorithms_enabled(), loss_points=loss_points).to_metadata()
         stage.produce(MODEL_NAME, "model", out, meta)
     training.discard_checkpoint(ckpt)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]

@@ -7,6 +7,7 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.results import ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id, write_json
 
 VALIDATION_NAME = "convnet-onnx-validation"
@@ -41,7 +42,7 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
         stage.summary = report.to_dict()
         stage.log({k: v for k, v in report.to_dict().items() if isinstance(v, (int, float))})
         # The report is recorded whether or not parity holds, so a failed validation is on file too.
-        stage.produce(VALIDATION_NAME, "validation", out, report.to_dict())
+        stage.produce(VALIDATION_NAME, "validation", out, ValidationResult.from_report(report).to_metadata())
     ref = stage.outputs["validation"]
     logger.info("onnxruntime: max |diff| %.3g, argmax agreement %.4f, accuracy %.4f, p50 %.3f ms, "
                 "%.0f img/s at batch %d (torch %.0f img/s)", report.max_abs_diff, report.argmax_agreement,
@@ -50,11 +51,11 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
     return ref
 
 
-def parity_failure(cfg: PipelineConfig, report: dict, label: str) -> str | None:
+def parity_failure(cfg: PipelineConfig, report: ValidationResult, label: str) -> str | None:
     """The message a failed validation ends the flow run with (None when parity holds)."""
-    if report["passed"]:
+    if report.passed:
         return None
     o = cfg.onnx
-    return (f"onnxruntime parity failed: max |torch - onnxruntime| logit difference {report['max_abs_diff']:.3g} "
-            f"(tolerance {o.parity_atol:.3g}, {report['max_abs_diff'] / o.parity_atol:.2f}x the tolerance), argmax "
-            f"agreement {report['argmax_agreement']:.4%} (minimum {o.min_argmax_agreement:.4%}); report {label}")
+    return (f"onnxruntime parity failed: max |torch - onnxruntime| logit difference {report.max_abs_diff:.3g} "
+            f"(tolerance {o.parity_atol:.3g}, {report.max_abs_diff / o.parity_atol:.2f}x the tolerance), argmax "
+            f"agreement {report.argmax_agreement:.4%} (minimum {o.min_argmax_agreement:.4%}); report {label}")

@@ -373,7 +373,7 @@ def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deploym
     # a partial payload: only the seed; everything else is the deployment's, not the code's defaults
     fr, state = _deployment_run(MANUAL, {"train": {"seed": 7}})
     assert state.is_completed(), state.message
-    summary = state.result()
+    summary = state.result().to_dict()
     assert summary["config_sources"]["train.seed"] == "run parameters"
     assert summary["config_sources"]["data.source"] == "deployment defaults"
     assert summary["config_sources"]["artifacts_dir"] == "deployment defaults"
@@ -500,7 +500,7 @@ def _flow(cfg: PipelineConfig) -> dict:
 
     state = mnist_lineage_pipeline(config=cfg, return_state=True)
     assert state.is_completed(), state.message
-    return state.result()
+    return state.result().to_dict()
 
 
 def _audit(db: Path, target: str, capsys, *more: str) -> tuple[int, str, str]:

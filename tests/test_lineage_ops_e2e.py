@@ -36,11 +36,11 @@ def _cli(capsys, *argv):
 def test_a_forced_retrain_makes_the_same_model_and_onnx_and_a_skip_is_a_skipped_state(
         prefect_server, wandb_offline, tiny_mnist, tmp_path):
     store = LineageStore(tmp_path / "lineage.db")
-    first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist))
+    first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist)).to_dict()
     state = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist), return_state=True)
     # a plain Completed state (Prefect's run filters go by state name: a custom one hides the run), saying why
     assert state.is_completed() and state.name == "Completed" and state.message.startswith("training skipped: ")
-    skipped = state.result()
+    skipped = state.result().to_dict()
     assert skipped["status"] == "skipped" and "--force" in skipped["reason"] and "set force" not in skipped["reason"]
     assert "the force field in the Prefect form" in skipped["reason"]  # what a UI user has instead of --force
     from prefect.client.orchestration import get_client
@@ -52,7 +52,7 @@ def test_a_forced_retrain_makes_the_same_model_and_onnx_and_a_skip_is_a_skipped_
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     assert "mnist:v0 (dataset)" in table.data and "convnet:v0 (model)" in table.data  # not an empty header
     assert "(earlier run, reused)" in table.data
-    forced = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist).model_copy(update={"force": True}))
+    forced = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist).model_copy(update={"force": True})).to_dict()
     for kind in ("model", "onnx", "metrics"):
         assert forced["artifacts"][kind]["digest"] == first["artifacts"][kind]["digest"], kind
     assert [a.version for a in store.artifacts("model")] == [0]  # no new version for the same bytes
@@ -63,10 +63,10 @@ def test_a_forced_retrain_makes_the_same_model_and_onnx_and_a_skip_is_a_skipped_
 
 def test_reproduce_impact_of_real_runs(prefect_server, wandb_offline, tiny_mnist, tmp_path, capsys):
     db = str(tmp_path / "lineage.db")
-    first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist))
+    first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist)).to_dict()
     other_src = tmp_path / "other"
     write_mnist(other_src, n_train=100, n_test=40)
-    second = mnist_lineage_pipeline(config=_cfg(tmp_path, other_src, learning_rate=0.01))
+    second = mnist_lineage_pipeline(config=_cfg(tmp_path, other_src, learning_rate=0.01)).to_dict()
     store = LineageStore(db)
 
     # reproduce the ONNX file: train and export again, bit for bit
@@ -111,7 +111,7 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
     store = LineageStore(db)
     # three models, each better than the last: three production models in turn (v0, v1, v2)
     for train in ({"learning_rate": 1e-6}, {"learning_rate": 0.01}, {"learning_rate": 0.01, "epochs": 4}):
-        assert mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, **train))["promotion"]["decision"] == "promoted"
+        assert mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, **train)).to_dict()["promotion"]["decision"] == "promoted"
     # a fourth whose ONNX fails validation: it stays candidate and the flow fails
     bad = _cfg(tmp_path, tiny_mnist, learning_rate=0.005, epochs=2)
     bad = bad.model_copy(update={"onnx": bad.onnx.model_copy(update={"parity_atol": 1e-12})})
@@ -170,10 +170,10 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
 
 def test_promotion_compares_accuracies_on_the_same_test_set_only(prefect_server, wandb_offline, tiny_mnist, tmp_path):
     store = LineageStore(tmp_path / "lineage.db")
-    first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=0.01, epochs=4))
+    first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=0.01, epochs=4)).to_dict()
     other = tmp_path / "other"
     write_mnist(other, n_train=100, n_test=70)  # another test set: 70 images, not the same 40
-    second = mnist_lineage_pipeline(config=_cfg(tmp_path, other, learning_rate=1e-6))
+    second = mnist_lineage_pipeline(config=_cfg(tmp_path, other, learning_rate=1e-6)).to_dict()
     d0, d1 = (store.find_artifact("mnist", r["artifacts"]["dataset"]["digest"]) for r in (first, second))
     assert d0.digest != d1.digest
     # production (convnet:v0) was evaluated again, on the candidate's test set, in an evaluate stage of its own
@@ -191,7 +191,7 @@ def test_promotion_compares_accuracies_on_the_same_test_set_only(prefect_server,
         "producer"]["flow_run_id"]]
     assert reeval.artifact_id in {u.artifact_id for u in store.edges(promote_run.run_id)["used"]}
     # a third model on that same dataset: production already has a measurement there; no second re-evaluation
-    third = mnist_lineage_pipeline(config=_cfg(tmp_path, other, learning_rate=0.01, epochs=2))
+    third = mnist_lineage_pipeline(config=_cfg(tmp_path, other, learning_rate=0.01, epochs=2)).to_dict()
     reevals = [a for a in store.artifacts("metrics") if ("convnet", first["artifacts"]["model"]["digest"]) in
                {(i["name"], i["digest"]) for i in a.metadata["inputs"]}]
     assert len(reevals) == 2  # its own evaluation on mnist:v0 and the one on mnist:v1, no third

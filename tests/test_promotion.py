@@ -36,19 +36,19 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
         prefect_server, wandb_offline, tiny_mnist, tmp_path):
     store = LineageStore(tmp_path / "lineage.db")
     # 1. a weak first model (tiny learning rate): validated, so promoted as the first production model
-    weak = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=1e-6))
+    weak = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=1e-6)).to_dict()
     assert weak["promotion"]["decision"] == "promoted"
     v0 = store.alias("convnet", "production")
 
     # 2. the same data and config again, as the schedule would: skipped, reported, nothing new
     state = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=1e-6), return_state=True)
-    skipped = state.result()
+    skipped = state.result().to_dict()
     assert skipped["status"] == "skipped" and f"unchanged since production convnet:v{v0.version}" in skipped["reason"]
     assert [a.version for a in store.artifacts("model")] == [v0.version]
     assert "training skipped" in _prefect_markdown(state.state_details.flow_run_id)
 
     # 3. a changed config retrains; the better model wins the gate
-    good = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=0.01, epochs=4))
+    good = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=0.01, epochs=4)).to_dict()
     assert "training config changed" in good["reason"] and "learning_rate" in good["reason"]
     assert good["test_accuracy"] > weak["test_accuracy"]
     assert good["promotion"]["decision"] == "promoted"
@@ -58,7 +58,7 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
     # 4. changed data retrains too; a worse model stays candidate and production keeps its model
     changed = tmp_path / "changed"
     write_mnist(changed, n_train=100, n_test=40)
-    worse = mnist_lineage_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6))
+    worse = mnist_lineage_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6)).to_dict()
     assert "dataset" in worse["reason"] and "is not mnist:v0" in worse["reason"]
     assert worse["promotion"]["decision"] == "candidate"
     assert store.alias("convnet", "production").version == 1
@@ -71,7 +71,7 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
     assert store.promotions(v0.artifact_id)[0].decision == "promoted"
 
     # 5. force retrains even when nothing changed
-    forced = mnist_lineage_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6).model_copy(update={"force": True}))
+    forced = mnist_lineage_pipeline(config=_cfg(tmp_path, changed, learning_rate=1e-6).model_copy(update={"force": True})).to_dict()
     # ... and makes the very same model: same bytes, same digest, no new version (honest digests)
     assert forced["status"] == "completed" and len(store.artifacts("model")) == 3
     assert forced["artifacts"]["model"] == worse["artifacts"]["model"]

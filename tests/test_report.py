@@ -30,6 +30,7 @@ from mnist_pipeline.report.picture import (
     lineage_graph,
     render_svg,
 )
+from mnist_pipeline.results import RunSummary
 from tests.browser import chromium, console_errors, data_uri_png, png_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,10 +325,11 @@ def test_lineage_graph_from_records_lays_report_below_promote_and_marks_failures
 
 
 def test_the_lineage_markdown_rounds_and_has_a_row_per_stage():
-    summary = {"status": "completed", "reason": "retrained: first run", "test_accuracy": 0.09553699987918662,
-               "onnx_max_abs_diff": 7.62939453125e-06, "report": "/runs/report.html", "onnx_file": "/runs/model.onnx",
-               "promotion": {"decision": "promoted", "reason": "first validated model", "candidate_accuracy": 0.9,
-                             "production_accuracy": None}}
+    summary = RunSummary.from_metadata(
+        {"status": "completed", "reason": "retrained: first run", "test_accuracy": 0.09553699987918662,
+         "onnx_max_abs_diff": 7.62939453125e-06, "report": "/runs/report.html", "onnx_file": "/runs/model.onnx",
+         "promotion": {"decision": "promoted", "reason": "first validated model", "candidate_accuracy": 0.9,
+                       "production_accuracy": None}, "lineage_db": "/runs/lineage.db"})
     rows = [{"stage": s, "status": "finished", "output": "", "sha256": "", "inputs": "", "W&B run": "x" * 200}
             for s in STAGES]
     md = markdown.lineage_markdown(summary, rows, "/runs/lineage.db")
@@ -336,13 +338,17 @@ def test_the_lineage_markdown_rounds_and_has_a_row_per_stage():
     assert all(f">{s}</td>" in md.replace("<wbr>", "") for s in STAGES) and "|---" not in md
 
 
+def _summary(**kw) -> RunSummary:
+    return RunSummary(**{"status": "completed", "reason": "", "lineage_db": "/s/lineage.db", **kw})
+
+
 def test_the_console_names_the_report_and_the_onnx_file():
     from mnist_pipeline.report.closing_lines import where_things_went
 
-    lines = where_things_went({"report": "/r/report.html", "onnx_file": "/a b/model.onnx"})
+    lines = where_things_went(_summary(report="/r/report.html", onnx_file="/a b/model.onnx"))
     assert lines == ["report: /r/report.html",
                      "ONNX model: /a b/model.onnx (audit it: mnist-pipeline audit '/a b/model.onnx')"]
-    assert where_things_went({"status": "skipped"}) == []
+    assert where_things_went(_summary(status="skipped")) == []
     # where the W&B records went: the one line the lineage layer wrote, as it is (it names itself once)
     line = "W&B: offline in /w (no W&B API key); `mnist-pipeline sync --lineage-db /s/lineage.db` uploads it"
-    assert where_things_went({"wandb": {"line": line}}) == [line]
+    assert where_things_went(_summary(wandb={"line": line})) == [line]

@@ -45,7 +45,7 @@ def signed(prefect_server, tmp_path_factory):
             "train": {"epochs": 1, "batch_size": 16}, "wandb": {"mode": "offline"},
             "onnx": {"latency_samples": 20, "throughput_batch": 32}, "sign": {"private_key": str(key)},
             "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})
-        summary = mnist_lineage_pipeline(config=cfg)
+        summary = mnist_lineage_pipeline(config=cfg).to_dict()
     store = LineageStore(tmp / "lineage.db")
     arts = {a.type: a for a in store.artifacts()}
     runs = {r.job_type: r for r in store.runs()}

@@ -61,7 +61,7 @@ def signed_run(prefect_server, tmp_path_factory):
             "sign": {"private_key": str(key)},
             "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})
         t0 = time.perf_counter()
-        summary = mnist_lineage_pipeline(config=cfg)
+        summary = mnist_lineage_pipeline(config=cfg).to_dict()
         wall = time.perf_counter() - t0
     for lg in loggers:
         lg.removeHandler(collect)
@@ -259,6 +259,7 @@ def test_the_sweeps_winner_is_signed_the_same_way(prefect_server, wandb_offline,
     from typing import Any, cast
 
     from mnist_pipeline.flows.sweep import mnist_sweep, task_runner
+    from mnist_pipeline.sweep import parse_sweep
 
     key, pub = keys.generate(tmp_path / "keys")
     monkeypatch.setenv(SIGN_KEY_ENV, str(key))  # the deployments' way: the key from the environment
@@ -269,8 +270,8 @@ def test_the_sweeps_winner_is_signed_the_same_way(prefect_server, wandb_offline,
         "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
     sweep = {"method": "grid", "metric": {"name": "test_accuracy", "goal": "maximize"},
              "parameters": {"train.learning_rate": {"values": [0.005, 0.01]}}}
-    summary = mnist_sweep.with_options(task_runner=cast(Any, task_runner(None, 1)))(config=cfg, sweep=sweep)
-    winner = summary["winner"]
+    summary = mnist_sweep.with_options(task_runner=cast(Any, task_runner(None, 1)))(config=cfg, sweep=parse_sweep(sweep))
+    winner = summary.to_dict()["winner"]
     store = LineageStore(tmp_path / "lineage.db")
     [sign_run] = [r for r in store.runs() if r.job_type == "sign"]
     used = {u.type: u for u in store.edges(sign_run.run_id)["used"]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
+from mnist_pipeline.results import ModelInfo, TrainingResult
 
 
 def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str | None = None) -> list[ArtifactRecord]:
@@ -26,7 +27,7 @@ def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str
 def train_seconds(store: LineageStore, model: ArtifactRecord) -> float | None:
     """How long a model's training loop took: a fact of its train run (its summary), not of the model's files."""
     run = store.run(model.producer_run_id)
-    return run.summary.get("train_seconds") if run is not None else None
+    return TrainingResult.from_metadata(run.summary).train_seconds if run is not None else None
 
 
 def finished_trial(store: LineageStore, model_name: str, dataset_digest: str,
@@ -34,7 +35,7 @@ def finished_trial(store: LineageStore, model_name: str, dataset_digest: str,
     """(model, metrics) of the newest finished training of `model_name` on this dataset with this training
     fingerprint that has a finished evaluation; or None."""
     for model in reversed(store.artifacts("model")):
-        if model.name != model_name or model.metadata.get("fingerprint") != fingerprint:
+        if model.name != model_name or ModelInfo.from_metadata(model.metadata).fingerprint != fingerprint:
             continue
         if [i["digest"] for i in model.inputs("dataset")] != [dataset_digest]:
             continue

@@ -111,6 +111,7 @@ class PromotionRecord:
     wandb_applied_at: str | None = field(default=None)
     kind: str | None = None  # None: the promotion gate; 'rollback': `mnist-pipeline rollback`
     requested_by: str | None = None  # who or what asked for a rollback
+    test_set: str | None = None  # digest of the dataset the candidate's accuracy was measured on (None: unknown)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
@@ -123,6 +124,24 @@ class PromotionRecord:
         if self.kind == "rollback":  # only production moves back; the candidate stays what it was
             return ["production"]
         return ["candidate"] + (["production"] if self.decision == "promoted" else [])
+
+
+@dataclass(frozen=True)
+class RejectionRecord:
+    """An operator's word about a model the gate must respect (a row of `rejections`): 'reject' (by `rollback`)
+    keeps it from being promoted again, 'unreject' (by `mnist-pipeline unreject`) lets the gate consider it."""
+
+    rejection_id: int
+    artifact_id: int
+    action: Literal["reject", "unreject"]
+    source: str  # 'rollback', 'unreject'
+    reason: str
+    requested_by: str
+    at: str
+
+    def describe(self) -> str:
+        """'rejected by rollback at <time> (<reason>)', how the gate and the skip rule name it."""
+        return f"rejected by {self.source} at {self.at} ({self.reason})"
 
 
 @dataclass(frozen=True)

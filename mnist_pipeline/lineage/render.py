@@ -184,7 +184,8 @@ def render_tree(report: AuditReport) -> str:
         out.append("  (no promotion decision recorded)")
     for p in report["promotions"]:
         applied = f"applied in W&B {p['wandb_applied_at']}" if p.get("wandb_applied_at") else "not in W&B yet"
-        out.append(f"  {p['decided_at']} {p['artifact']} {p['decision'].upper()} ({p['role']}): {p['reason']}; "
+        label = "ROLLBACK" if p.get("kind") == "rollback" else p["decision"].upper()
+        out.append(f"  {p['decided_at']} {p['artifact']} {label} ({p['role']}): {p['reason']}; "
                    f"validation {'passed' if p['validation_passed'] else 'failed'}; {applied}")
     if "wandb_online" in report:
         out += ["", "W&B (online)"]

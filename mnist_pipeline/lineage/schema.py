@@ -97,6 +97,15 @@ CREATE TABLE IF NOT EXISTS holds (
     taken_at     TEXT NOT NULL,
     PRIMARY KEY (flow_run_id, artifact_id)
 );
+CREATE TABLE IF NOT EXISTS rejections (
+    rejection_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    artifact_id  INTEGER NOT NULL REFERENCES artifacts(artifact_id),
+    action       TEXT NOT NULL CHECK (action IN ('reject', 'unreject')),
+    source       TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    at           TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sync_log (
     run_id  TEXT NOT NULL,
     action  TEXT NOT NULL CHECK (action IN ('upload', 'use')),
@@ -109,8 +118,12 @@ CREATE TABLE IF NOT EXISTS sync_log (
 
 
 # Columns that SCHEMA has but a store created by an older release lacks: (table, column, SQL type). Each is added
-# empty, which reads as the older meaning (`promotions.kind` NULL: a decision of the promotion gate).
-ADDED_COLUMNS = (("promotions", "kind", "TEXT"), ("promotions", "requested_by", "TEXT"))
+# empty, which reads as the older meaning (`promotions.kind` NULL: a decision of the promotion gate;
+# `promotions.test_set` NULL: the test set it was decided on is unknown, so that decision is never reused).
+# A table SCHEMA has and an older store lacks (`rejections`) is created by SCHEMA's CREATE TABLE IF NOT EXISTS,
+# which every writable open runs before `upgrade`; read-only readers treat it as empty (`rejections.py`).
+ADDED_COLUMNS = (("promotions", "kind", "TEXT"), ("promotions", "requested_by", "TEXT"),
+                 ("promotions", "test_set", "TEXT"))
 
 
 def upgrade(con: sqlite3.Connection) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mnist_pipeline.lineage import rejections
 from mnist_pipeline.lineage.records import (
     ALIASES,
     ArtifactRecord,
@@ -201,7 +202,8 @@ class LineageStore:
         return list(dead)
 
     def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Decision], *, accuracy: float | None,
-                         validation_passed: bool, margin: float, flow_run_id: str | None) -> PromotionRecord:
+                         validation_passed: bool, margin: float, flow_run_id: str | None,
+                         test_set: str | None = None) -> PromotionRecord:
         """Alias a model `candidate`, and `production` if `gate(current production artifact id)` says so.
 
         One BEGIN IMMEDIATE transaction reads the current production model, asks the gate, moves the aliases and
@@ -212,15 +214,16 @@ class LineageStore:
                               (name,)).fetchone()
             decision = gate(row[0] if row else None)
             ts = now()
-            con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'candidate', ?, ?)", (name, artifact_id, ts))
-            if decision.decision == "promoted":
-                con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'production', ?, ?)", (name, artifact_id, ts))
+            for alias in ["candidate"] + (["production"] if decision.decision == "promoted" else []):  # unmoved: same date
+                con.execute("INSERT INTO aliases VALUES (?, ?, ?, ?) ON CONFLICT (name, alias) DO UPDATE SET"
+                            " artifact_id = excluded.artifact_id, set_at = excluded.set_at"
+                            " WHERE aliases.artifact_id != excluded.artifact_id", (name, alias, artifact_id, ts))
             cur = con.execute(
                 "INSERT INTO promotions (artifact_id, decision, reason, candidate_accuracy, validation_passed,"
-                " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at, test_set)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (artifact_id, decision.decision, decision.reason, accuracy, int(validation_passed),
-                 row[0] if row else None, decision.production_accuracy, margin, flow_run_id, ts))
+                 row[0] if row else None, decision.production_accuracy, margin, flow_run_id, ts, test_set))
             return PromotionRecord.from_row(con.execute("SELECT * FROM promotions WHERE promotion_id = ?",
                                                         (cur.lastrowid,)).fetchone())
 
@@ -229,8 +232,8 @@ class LineageStore:
             con.execute("UPDATE promotions SET wandb_applied_at = ? WHERE promotion_id = ?", (now(), promotion_id))
 
     def record_rollback(self, artifact_id: int, *, reason: str, requested_by: str) -> PromotionRecord:
-        """Move `production` to `artifact_id` and record it as a promotion decision of kind 'rollback', in one
-        transaction (the candidate alias stays where it is)."""
+        """Move `production` to `artifact_id`, recorded as a promotion of kind 'rollback', rejecting the model rolled
+        back from, in one transaction (the candidate alias stays where it is)."""
         with self.transaction() as con:
             name = con.execute("SELECT name FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()[0]
             row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = 'production'",
@@ -242,6 +245,8 @@ class LineageStore:
                 " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at, kind, requested_by)"
                 " VALUES (?, 'promoted', ?, NULL, 1, ?, NULL, 0, NULL, ?, 'rollback', ?)",
                 (artifact_id, reason, row[0] if row else None, ts, requested_by))
+            rejections.on_rollback(con, rolled_back=row[0] if row else None, target=artifact_id, reason=reason,
+                                   requested_by=requested_by, at=ts)
             return PromotionRecord.from_row(con.execute("SELECT * FROM promotions WHERE promotion_id = ?",
                                                         (cur.lastrowid,)).fetchone())
 

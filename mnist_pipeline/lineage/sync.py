@@ -50,6 +50,7 @@ class RunPlan(TypedDict):
 
 class PromotionPlan(TypedDict, total=False):
     promotion_id: int
+    promotion_ids: list[int]  # every unapplied decision this one step applies (equal steps are planned once)
     artifact: str
     decision: str
     ref: str
@@ -190,7 +191,20 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
                              (producer.wandb_project if producer else None) or "", art.name, art.digest),
             "aliases": p.aliases,
             "producer_run_id": art.producer_run_id, "status": "pending", "detail": ""})
-    return {"runs": runs, "promotions": promotions}
+    return {"runs": runs, "promotions": _once(promotions)}
+
+
+def _once(promotions: list[PromotionPlan]) -> list[PromotionPlan]:
+    """One step per distinct (ref, aliases): the last of equal steps stays (an alias ends where its last move puts
+    it, so dropping an earlier equal move changes nothing), carrying the ids of the decisions it applies."""
+    last = {(p["ref"], tuple(p["aliases"])): i for i, p in enumerate(promotions)}
+    out: list[PromotionPlan] = []
+    for i, p in enumerate(promotions):
+        key = (p["ref"], tuple(p["aliases"]))
+        if last[key] == i:
+            p["promotion_ids"] = [q["promotion_id"] for q in promotions if (q["ref"], tuple(q["aliases"])) == key]
+            out.append(p)
+    return out
 
 
 def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_run: bool = False,
@@ -292,7 +306,8 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
             added = backend.add_aliases(p["ref"], p["aliases"])
             _set(p, "done", f"added {', '.join(added)}" if added else "aliases already set")
             if not dry_run:
-                store.mark_promotion_applied(p["promotion_id"])
+                for pid in p.get("promotion_ids") or [p["promotion_id"]]:
+                    store.mark_promotion_applied(pid)
         except Exception as e:
             _set(p, "failed", f"{type(e).__name__}: {e}")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mnist_pipeline.report.page import RunReport, fmt
 from mnist_pipeline.report.picture import render_svg
+from mnist_pipeline.results import RunSummary
 
 # The plots a person wants first, in order (names of page.draw_figures).
 UI_FIGURES = ("loss curve", "confusion matrix", "misclassified digits", "per-class accuracy")
@@ -92,27 +93,29 @@ def run_markdown(r: RunReport, figs: dict[str, bytes | str], report_path: Path |
 STAGE_COLUMNS = ("stage", "status", "output", "sha256", "inputs", "W&B run")
 
 
-def lineage_markdown(summary: dict, rows: Sequence[dict], lineage_db: str | Path) -> str:
+def lineage_markdown(summary: RunSummary, rows: Sequence[dict], lineage_db: str | Path) -> str:
     """The flow run's `mnist-lineage` artifact: status, decision, rounded figures, where the report is, and one
     row per stage run (promote and report included) in a table whose long cells wrap."""
-    lines = [f"# MNIST lineage pipeline: {summary.get('status', 'completed')}", ""]
-    if summary.get("reason"):
-        lines += [summary["reason"], ""]
-    p = summary.get("promotion")
+    lines = [f"# MNIST lineage pipeline: {summary.status}", ""]
+    if summary.reason:
+        lines += [summary.reason, ""]
+    p = summary.promotion
     if p:
-        lines.append(f"- **promotion**: {p['decision']} ({p['reason']}); test accuracy {fmt(p.get('candidate_accuracy'))}"
-                     f", production's before {fmt(p.get('production_accuracy'))}")
-    for key in ("test_accuracy", "onnx_max_abs_diff", "onnx_argmax_agreement", "onnx_latency_ms_p50"):
-        if key in summary:
-            lines.append(f"- **{key}**: {fmt(summary[key])}")
-    if summary.get("report"):
-        uri = Path(summary["report"]).as_uri()
-        lines.append(f"- **run report**: [{Path(summary['report']).name}]({uri}) `{summary['report']}` (plots in the "
+        lines.append(f"- **promotion**: {p.decision} ({p.reason}); test accuracy {fmt(p.candidate_accuracy)}"
+                     f", production's before {fmt(p.production_accuracy)}")
+    for key, value in (("test_accuracy", summary.test_accuracy), ("onnx_max_abs_diff", summary.onnx_max_abs_diff),
+                       ("onnx_argmax_agreement", summary.onnx_argmax_agreement),
+                       ("onnx_latency_ms_p50", summary.onnx_latency_ms_p50)):
+        if value is not None:
+            lines.append(f"- **{key}**: {fmt(value)}")
+    if summary.report:
+        uri = Path(summary.report).as_uri()
+        lines.append(f"- **run report**: [{Path(summary.report).name}]({uri}) `{summary.report}` (plots in the "
                      "`mnist-run-report` artifact; browsers do not open file links from a web page: copy the path)")
-    if summary.get("onnx_file"):
-        lines.append(f"- **ONNX file** (the one to audit): `{summary['onnx_file']}`")
-    if summary.get("wandb"):
-        lines.append(f"- **W&B**: {summary['wandb']['line'].removeprefix('W&B: ')}")
+    if summary.onnx_file:
+        lines.append(f"- **ONNX file** (the one to audit): `{summary.onnx_file}`")
+    if summary.wandb:
+        lines.append(f"- **W&B**: {summary.wandb['line'].removeprefix('W&B: ')}")
     lines += ["", html_table(STAGE_COLUMNS, [[r.get(c, "") for c in STAGE_COLUMNS] for r in rows]), "",
               f"Lineage store: `{lineage_db}`"]
     return "\n".join(lines) + "\n"

@@ -173,6 +173,7 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
             continue
         report["promotions"].append({**asdict(p), "artifact": store.artifact(p.artifact_id).label,
                                      "role": f"compared against {w.arts[p.production_artifact_id].label}"})
+    report["promotions"].sort(key=lambda p: p["promotion_id"])  # the history in the order it was decided
     report["checks"] = v.checks
     report["edges"] = _graph_edges(w)
     finish(report)

@@ -1,0 +1,386 @@
+"""The promotion gate and the skip rule as an operator meets them: a rollback that sticks until `unreject`, the
+gate's own verdict that stands on the same test set, a skip rule that knows every finished model it made, the
+promotion history in time order, and `promotion.require_signature`. Pure tables for the rules; the real lineage
+store for the records; real Prefect, wandb offline and the real CLI for the operator scenarios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+
+import pytest
+
+from mnist_pipeline.config import ConfigError, PipelineConfig
+from mnist_pipeline.flows import ops_cli
+from mnist_pipeline.flows.exit_codes import Exit
+from mnist_pipeline.lineage import promotion, rejections
+from mnist_pipeline.lineage.promotion import MadeModel, Signature, decide, skip_rule
+from mnist_pipeline.lineage.store import LineageStore
+from tests.test_operations import Lineage
+
+FP = {"learning_rate": 0.01, "epochs": 1}
+
+# ------------------------------------------------------------------------------------------- the gate, as a table
+
+# (rejection, earlier verdict, signature, production, decision, reason starts with / contains)
+GATE_ROWS = [
+    ("rejected by rollback at T1 (rollback from convnet:v5 to convnet:v0)", None, None, 0.5, "candidate",
+     "rejected by rollback at T1 (rollback from convnet:v5 to convnet:v0); `mnist-pipeline unreject convnet:v5` "
+     "lets the gate consider it again"),
+    ("rejected by rollback at T1 (r)", None, None, None, "candidate", "rejected by rollback at T1 (r)"),
+    (None, "the gate kept it candidate on mnist:v0 at T0: accuracy 0.9000 < production", None, 0.5, "candidate",
+     "the gate kept it candidate on mnist:v0 at T0: accuracy 0.9000 < production; the gate's record stands"),
+    (None, "the gate kept it candidate", None, "self", "promoted", "already the production model"),
+    (None, None, Signature(False, "this run's sign stage made none"), None, "candidate",
+     "promotion.require_signature and no verified attestation (this run's sign stage made none)"),
+    (None, None, Signature(True, "ab" * 32), None, "promoted",
+     "first validated model; signature verified (key abababababababab)"),
+    (None, None, Signature(True, "cd" * 32), 0.99, "candidate", "accuracy 0.7000 < production 0.9900 + margin 0.0000"
+     "; signature verified (key cdcdcdcdcdcdcdcd)"),
+]
+
+
+@pytest.mark.parametrize("rejection, earlier, signature, production, decision, reason", GATE_ROWS)
+def test_gate_rows_for_rejections_earlier_verdicts_and_signatures(rejection, earlier, signature, production,
+                                                                  decision, reason):
+    production_id = None if production is None else 7 if production == "self" else 3
+    got = decide(candidate_id=7, accuracy=0.7, validation_passed=True, production_id=production_id,
+                 production_accuracy=production if isinstance(production, float) else None, margin=0.0,
+                 candidate_label="convnet:v5", rejection=rejection, earlier=earlier, signature=signature)
+    assert (got.decision, got.reason[: len(reason)]) == (decision, reason)
+
+
+def test_without_the_new_inputs_the_gate_decides_as_before():
+    got = decide(candidate_id=7, accuracy=0.7, validation_passed=True, production_id=3, production_accuracy=0.6,
+                 margin=0.0)
+    assert (got.decision, got.reason) == ("promoted", "accuracy 0.7000 >= production 0.6000 + margin 0.0000")
+
+
+# ------------------------------------------------------------------------------------------- the skip rule, as a table
+
+def _m(label, dataset="d1", fp=None, production=False, decided=None):
+    return MadeModel(label, f"digest-{label}", dataset, f"mnist:{dataset}", dict(fp or FP), production, decided)
+
+
+# (models, dataset digest, changed, model to use, decided, reason contains)
+SKIP_ROWS = [
+    ([], "d1", True, None, None, "no production convnet model yet"),
+    ([_m("convnet:v0", production=True)], "d1", False, "convnet:v0", None, "unchanged since production convnet:v0"),
+    ([_m("convnet:v0", dataset="d0", production=True)], "d1", True, None, None,
+     "is not mnist:d0, which trained production convnet:v0"),
+    ([_m("convnet:v0", fp={"learning_rate": 1.0, "epochs": 1}, production=True)], "d1", True, None, None,
+     "training config changed since production convnet:v0: learning_rate 1.0 -> 0.01"),
+    # production was made from other inputs, but these inputs already made v0: it is not trained again
+    ([_m("convnet:v0", decided="kept candidate by the gate at T: accuracy low"),
+      _m("convnet:v5", dataset="d9", production=True)], "d1", False, "convnet:v0",
+     "kept candidate by the gate at T: accuracy low", "already made convnet:v0, and it was decided: kept candidate"),
+    ([_m("convnet:v0"), _m("convnet:v5", dataset="d9", production=True)], "d1", False, "convnet:v0", None,
+     "already made convnet:v0, never decided by the gate: it goes to the gate without retraining"),
+    ([_m("convnet:v0")], "d1", False, "convnet:v0", None, "never decided by the gate"),
+    ([_m("convnet:v5", decided="rejected by rollback at T (why)"), _m("convnet:v0", dataset="d0", production=True)],
+     "d1", False, "convnet:v5", "rejected by rollback at T (why)", "it was decided: rejected by rollback at T"),
+]
+
+
+@pytest.mark.parametrize("models, digest, changed, model, decided, reason", SKIP_ROWS)
+def test_skip_rule_knows_every_finished_model(models, digest, changed, model, decided, reason):
+    got = skip_rule(models, "convnet", digest, f"mnist:{digest}", dict(FP))
+    assert (got.changed, got.model, got.decided) == (changed, model, decided)
+    assert reason in got.reason, got.reason
+    assert got.production == next((m.label for m in models if m.production), None)
+
+
+# ------------------------------------------------------------------------------------------- on the real store
+
+
+class Gated(Lineage):
+    def pipeline_acc(self, dataset, tag: str, acc: float):
+        """train -> evaluate (this accuracy) -> export -> validate, like one flow run on `dataset`."""
+        flow = f"flow-{tag}"
+        meta = {"fingerprint": {"tag": tag},
+                "inputs": [{"type": "dataset", "name": dataset.name, "version": dataset.version,
+                            "digest": dataset.digest}]}
+        _, [model] = self.run("train", [dataset], [("convnet", "model", f"weights {tag}", meta)], flow=flow)
+        _, [metrics] = self.run("evaluate", [model, dataset], [("convnet-metrics", "metrics", f"m {tag}",
+                                                                 {"test_accuracy": acc})], flow=flow)
+        _, [onnx] = self.run("export-onnx", [model], [("convnet-onnx", "onnx", f"onnx {tag}", {})], flow=flow)
+        self.run("validate-onnx", [onnx, model, dataset],
+                 [("convnet-onnx-validation", "validation", f"v {tag}", {"passed": True})], flow=flow)
+        return model, acc
+
+    def gate(self, model, acc, dataset, force=False):
+        forced = {"force": True} if force else {}
+        return promotion.promote(self.store, model.artifact_id, accuracy=acc, validation_passed=True, margin=0.0,
+                                 flow_run_id=None, test_set=(dataset.label, dataset.digest), **forced)
+
+
+@pytest.fixture
+def gated(tmp_path):
+    return Gated(tmp_path)
+
+
+def _ns(db, **kw):
+    base = {"to": None, "name": "convnet", "reason": "", "requested_by": "ops", "lineage_db": str(db),
+            "wandb_mode": "offline", "dry_run": False, "json": True}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_a_rollback_rejects_the_model_it_leaves_until_unreject(gated, capsys):
+    _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    v0, a0 = gated.pipeline_acc(d, "a", 0.90)
+    v1, a1 = gated.pipeline_acc(d, "b", 0.95)
+    gated.gate(v0, a0, d)
+    assert gated.gate(v1, a1, d).decision == "promoted"
+    assert ops_cli.rollback_main(_ns(gated.store.path, reason="bad in canary")) == Exit.OK
+    out = json.loads(capsys.readouterr().out)
+    assert (out["to"], out["rejected"]) == ("convnet:v0", "convnet:v1")
+    # the same sweep or run makes v1 again: the gate does not promote it, and says why and what to do
+    again = gated.gate(v1, a1, d)
+    assert again.decision == "candidate", again.reason
+    assert again.reason.startswith("rejected by rollback at ") and "bad in canary" in again.reason
+    assert again.reason.endswith("`mnist-pipeline unreject convnet:v1` lets the gate consider it again")
+    assert gated.store.alias("convnet", "production").artifact_id == v0.artifact_id
+    assert gated.gate(v1, a1, d, force=True).decision == "candidate"  # force does not lift an operator's rejection
+    # the skip rule knows it too: these inputs made v1, which was decided
+    check = promotion.compare_with_production(gated.store, "convnet", d.digest, d.label, {"tag": "b"})
+    assert (check.changed, check.model) == (False, "convnet:v1") and "rejected by rollback" in check.decided
+
+    u = argparse.Namespace(target="convnet:v1", reason="fixed upstream", requested_by="ops",
+                           lineage_db=str(gated.store.path), json=False)
+    assert ops_cli.unreject_main(u) == Exit.OK
+    assert capsys.readouterr().out.startswith("UNREJECTED convnet:v1: the promotion gate considers it again")
+    assert rejections.current(gated.store, v1.artifact_id) is None
+    assert [r.action for r in rejections.history(gated.store, v1.artifact_id)] == ["reject", "unreject"]
+    check = promotion.compare_with_production(gated.store, "convnet", d.digest, d.label, {"tag": "b"})
+    assert (check.changed, check.model, check.decided) == (False, "convnet:v1", None)  # to the gate again
+    assert gated.gate(v1, a1, d).decision == "promoted"
+    assert ops_cli.unreject_main(u) == Exit.NOT_FOUND  # not rejected (any more)
+    assert "convnet:v1 is not rejected" in capsys.readouterr().err
+    assert ops_cli.unreject_main(argparse.Namespace(**{**vars(u), "target": "convnet:v9"})) == Exit.NOT_FOUND
+    assert ops_cli.unreject_main(argparse.Namespace(**{**vars(u), "target": "mnist:v0"})) == Exit.NOT_FOUND
+
+
+def test_the_gates_own_candidate_verdict_stands_on_the_same_test_set_unless_forced(gated):
+    _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    v0, a0 = gated.pipeline_acc(d, "a", 0.90)
+    v1, a1 = gated.pipeline_acc(d, "b", 0.91)
+    v2, a2 = gated.pipeline_acc(d, "c", 0.92)
+    gated.gate(v0, a0, d)
+    gated.gate(v2, a2, d)
+    first = gated.gate(v1, a1, d)
+    assert first.decision == "candidate"  # 0.91 < v2's 0.92
+    gated.store.record_rollback(v0.artifact_id, reason="rollback from convnet:v2 to convnet:v0", requested_by="ops")
+    # against v0 (0.90), re-deciding would promote v1; the gate's record is the answer on the same test set
+    again = gated.gate(v1, a1, d)
+    assert again.decision == "candidate", again.reason
+    assert again.reason.startswith(f"the gate kept it candidate on {d.label} at {first.decided_at}: ")
+    assert gated.gate(v1, a1, d, force=True).decision == "promoted"
+
+
+def test_a_forced_rerun_of_the_production_model_keeps_production_since(gated):
+    _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    v0, a0 = gated.pipeline_acc(d, "a", 0.90)
+    gated.gate(v0, a0, d)
+    since = {a["alias"]: a["set_at"] for a in gated.store.aliases_of(v0.artifact_id)}
+    again = gated.gate(v0, a0, d)  # as a forced rerun of the same run would
+    assert again.reason == "already the production model"
+    assert {a["alias"]: a["set_at"] for a in gated.store.aliases_of(v0.artifact_id)} == since
+
+
+def test_the_audit_lists_promotions_by_time_and_labels_a_rollback(gated):
+    from mnist_pipeline.lineage.audit import audit
+    from mnist_pipeline.lineage.render import render_tree
+
+    _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    v0, a0 = gated.pipeline_acc(d, "a", 0.90)
+    v1, a1 = gated.pipeline_acc(d, "b", 0.95)
+    gated.gate(v0, a0, d)
+    gated.gate(v1, a1, d)
+    gated.store.record_rollback(v0.artifact_id, reason="rollback from convnet:v1 to convnet:v0", requested_by="ops")
+    report = audit(gated.store, "convnet:v0")
+    assert [p["promotion_id"] for p in report["promotions"]] == [1, 2, 3]
+    text = render_tree(report)
+    lines = [ln for ln in text[text.index("\nPromotions\n"):].splitlines() if ln.startswith("  20")]
+    assert [ln.split()[1:3] for ln in lines] == [["convnet:v0", "PROMOTED"], ["convnet:v1", "PROMOTED"],
+                                                ["convnet:v0", "ROLLBACK"]], lines
+
+
+def test_sync_plans_an_alias_move_once_and_marks_every_decision_it_applies(gated):
+    from mnist_pipeline.lineage.recording import RecordingWandb
+    from mnist_pipeline.lineage.sync import plan_sync, run_sync
+
+    _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    v0, a0 = gated.pipeline_acc(d, "a", 0.90)
+    gated.gate(v0, a0, d)
+    gated.gate(v0, a0, d)  # "already the production model" (a forced rerun): the same move again
+    plan = plan_sync(gated.store)
+    assert [(p["artifact"], p["aliases"]) for p in plan["promotions"]] == [("convnet:v0", ["candidate", "production"])]
+    assert plan["promotions"][0]["promotion_ids"] == [1, 2]
+    backend = RecordingWandb(artifacts={f"convnet:sha256-{v0.digest[:16]}": {
+        "version": "v0", "aliases": ["latest"], "logged_by": "r", "used_by": []}})
+    for r in gated.store.runs():  # the runs are in W&B already: only the promotions are left
+        gated.store.mark_synced(r.run_id, "upload", f"run-{r.run_id}")
+    run_sync(gated.store, plan_sync(gated.store), backend)
+    assert all(p.wandb_applied_at for p in gated.store.promotions())
+    assert sum(c[0] == "add_aliases" for c in backend.calls) == 1
+
+
+def test_an_older_store_gains_the_rejections_and_opens_read_only_without_them(tmp_path):
+    db = tmp_path / "lineage.db"
+    LineageStore(db)
+    with sqlite3.connect(db) as con:  # as an older release left it
+        con.execute("DROP TABLE rejections")
+    ro = LineageStore(db, readonly=True)
+    assert rejections.current(ro, 1) is None and rejections.history(ro) == []
+    LineageStore(db)  # a writable open brings it up to date
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT count(*) FROM rejections").fetchone() == (0,)
+        assert "test_set" in {r[1] for r in con.execute("PRAGMA table_info(promotions)")}
+
+
+def test_unreject_on_a_damaged_store_is_exit_6_and_a_usage_error_exit_2(tmp_path, capsys):
+    from mnist_pipeline.flows.cli import main
+
+    db = tmp_path / "lineage.db"
+    db.write_bytes(b"this is not an SQLite database" * 100)
+    assert main(["unreject", "convnet:v0", "--lineage-db", str(db)]) == Exit.STORE
+    assert capsys.readouterr().err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        main(["unreject", "--lineage-db", str(db)])
+    assert e.value.code == Exit.USAGE
+
+
+# ------------------------------------------------------------------------------------------- require_signature
+
+
+def test_require_signature_without_a_key_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from mnist_pipeline.flows.cli import main
+
+    monkeypatch.delenv("MNIST_PIPELINE_SIGN_KEY", raising=False)
+    with pytest.raises(ConfigError, match="promotion.require_signature is set but there is no signing key"):
+        PipelineConfig.model_validate({"promotion": {"require_signature": True},
+                                       "lineage_db": str(tmp_path / "l.db")}).resolved()
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"promotion": {"require_signature": True}, "lineage_db": str(tmp_path / "l.db"),
+                               "artifacts_dir": str(tmp_path / "art")}))
+    assert main(["run", "--config", str(cfg)]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "require_signature" in err, err
+    assert not (tmp_path / "l.db").exists() and not (tmp_path / "art").exists()
+
+
+# ------------------------------------------------------------------------------------------- the operator's scenarios
+
+
+def _cfg(tmp_path, src, force=False, **train):
+    return PipelineConfig.model_validate({
+        "force": force,
+        "data": {"source": "local", "local_dir": str(src), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 1, "batch_size": 16, **train}, "wandb": {"mode": "offline"},
+        "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
+        "evaluate": {"misclassified_table_rows": 4},
+        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+
+
+def _trained(store):
+    return sum(r.job_type == "train" for r in store.runs())
+
+
+@pytest.mark.slow
+def test_a_rollback_sticks_across_reruns_and_an_unchanged_run_after_another_winner_does_not_retrain(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path, capsys):
+    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as flow
+
+    store = LineageStore(tmp_path / "lineage.db")
+    weak = dict(learning_rate=1e-6)
+    good = dict(learning_rate=0.01, epochs=3)
+    assert flow(config=_cfg(tmp_path, tiny_mnist, **weak)).to_dict()["promotion"]["decision"] == "promoted"  # convnet:v0
+    first_good = flow(config=_cfg(tmp_path, tiny_mnist, **good)).to_dict()
+    assert first_good["promotion"]["decision"] == "promoted"  # convnet:v1
+    v1_digest = first_good["artifacts"]["model"]["digest"]
+
+    # the weak config again, now that v1 is production: its model v0 exists and was decided, so no training
+    again = flow(config=_cfg(tmp_path, tiny_mnist, **weak), return_state=True).result().to_dict()
+    assert again["status"] == "skipped", again["reason"]
+    assert "already made convnet:v0, and it was decided: promoted by the gate at" in again["reason"]
+    assert "since replaced as production" in again["reason"] and _trained(store) == 2
+
+    assert main(["rollback", "--lineage-db", str(store.path), "--reason", "bad in canary",
+                 "--wandb-mode", "offline"]) == Exit.OK
+    assert "convnet:v1 is rejected" in capsys.readouterr().out
+    # the same run again: v1 is what these inputs made, and an operator rejected it
+    rerun = flow(config=_cfg(tmp_path, tiny_mnist, **good), return_state=True).result().to_dict()
+    assert rerun["status"] == "skipped" and "it was decided: rejected by rollback at" in rerun["reason"]
+    assert "bad in canary" in rerun["reason"] and _trained(store) == 2
+    # forced: trained again (the same bits), and the gate still keeps it candidate, saying how to undo that
+    forced = flow(config=_cfg(tmp_path, tiny_mnist, force=True, **good)).to_dict()
+    assert forced["artifacts"]["model"]["digest"] == v1_digest
+    assert forced["promotion"]["decision"] == "candidate"
+    assert forced["promotion"]["reason"].startswith("rejected by rollback at ")
+    assert "`mnist-pipeline unreject convnet:v1` lets the gate consider it again" in forced["promotion"]["reason"]
+    assert store.alias("convnet", "production").version == 0
+
+    assert main(["unreject", "convnet:v1", "--lineage-db", str(store.path), "--reason", "canary fixed"]) == Exit.OK
+    capsys.readouterr()
+    # considered again: not retrained, straight to the gate, which compares it with production v0
+    back = flow(config=_cfg(tmp_path, tiny_mnist, **good)).to_dict()
+    assert back["reason"].startswith("not retrained: ") and "already made convnet:v1" in back["reason"]
+    assert back["promotion"]["decision"] == "promoted" and _trained(store) == 3
+    assert store.alias("convnet", "production").digest == v1_digest
+
+
+@pytest.mark.slow
+def test_a_model_whose_run_died_before_the_gate_is_reused_not_retrained(prefect_server, wandb_offline, tiny_mnist,
+                                                                        tmp_path, monkeypatch):
+    from mnist_pipeline.flows import pipeline
+
+    store = LineageStore(tmp_path / "lineage.db")
+
+    def dies(*a, **kw):
+        raise RuntimeError("worker lost before the gate")
+
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "promote", dies)
+        state = pipeline.mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist), return_state=True)
+        assert state.is_failed()
+    assert _trained(store) == 1 and store.promotions() == []
+    out = pipeline.mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist)).to_dict()
+    assert "already made convnet:v0, never decided by the gate" in out["reason"]
+    assert _trained(store) == 1 and out["artifacts"]["model"]["ref"] == "convnet:v0"
+    assert out["promotion"]["decision"] == "promoted"
+
+
+@pytest.mark.slow
+def test_require_signature_promotes_only_a_verified_attestation_and_says_so(prefect_server, wandb_offline,
+                                                                             tiny_mnist, tmp_path, monkeypatch):
+    from mnist_pipeline.config import SIGN_KEY_ENV
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as flow
+    from mnist_pipeline.provenance import keys
+    from tasks.promote import _signature
+
+    monkeypatch.delenv(SIGN_KEY_ENV, raising=False)
+    key, pub = keys.generate(tmp_path / "keys")
+    cfg = PipelineConfig.model_validate({**_cfg(tmp_path, tiny_mnist).model_dump(mode="json"),
+                                         "promotion": {"require_signature": True}, "sign": {"private_key": str(key)}})
+    out = flow(config=cfg).to_dict()
+    fp = keys.fingerprint(keys.load_public(pub))
+    assert out["promotion"]["decision"] == "promoted"
+    assert out["promotion"]["reason"] == f"first validated model; signature verified (key {fp[:16]})"
+    store = LineageStore(cfg.lineage_db)
+    promote_run = next(r for r in store.runs() if r.job_type == "promote")
+    assert "attestation" in {a.type for a in store.edges(promote_run.run_id)["used"]}  # the decision rests on it
+
+    # the same check, with no attestation, and with another key than the one that signed
+    resolved = cfg.resolved()
+    val, att_ref = store.artifacts("validation")[-1].ref(), store.artifacts("attestation")[-1].ref()
+    assert _signature(resolved, store, val, None) == Signature(False, "this run's sign stage made none")
+    other, _ = keys.generate(tmp_path / "other")
+    no = _signature(resolved.model_copy(update={"sign": resolved.sign.model_copy(update={"private_key": other})}),
+                    store, val, att_ref)
+    assert not no.verified and "does not verify convnet-onnx:v0" in no.detail
+    got = decide(candidate_id=1, accuracy=0.9, validation_passed=True, production_id=None, production_accuracy=None,
+                 margin=0.0, signature=no)
+    assert got.decision == "candidate"
+    assert got.reason.startswith("promotion.require_signature and no verified attestation (convnet-onnx-attestation")
