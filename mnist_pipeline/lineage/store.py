@@ -29,7 +29,7 @@ from mnist_pipeline.lineage.records import (
     RunRecord,
 )
 from mnist_pipeline.lineage.schema import SCHEMA, upgrade
-from mnist_pipeline.lineage.store_file import header_problem, out_of_space, readonly_problem, sidecars_created
+from mnist_pipeline.lineage.store_file import out_of_space, readonly_problem, sidecars_created
 from mnist_pipeline.storage import StorageError
 
 if TYPE_CHECKING:
@@ -72,9 +72,6 @@ class LineageStore:
                 raise StoreError(f"{self.path}: {problem}")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        problem = header_problem(self.path) if self.path.is_file() and self.path.stat().st_size else None
-        if problem:
-            raise StoreError(f"{self.path}: not a readable lineage store ({problem})")
         try:
             with sidecars_created(self.path, lambda e: _disk_full(e, self.path)), self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")

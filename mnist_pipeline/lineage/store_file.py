@@ -1,8 +1,8 @@
 """The lineage store's file on disk, looked at before and after SQLite opens it.
 
-- `header_problem`: why a file cannot be a whole SQLite database (not one, or shorter than its header says), read
-  from its first 100 bytes, so a read-only command refuses a damaged store without SQLite creating `-wal`/`-shm`
-  files beside it.
+- `header_problem`: why a file cannot be a whole SQLite database (not one, or shorter than its header says), asked
+  of SQLite opened `immutable`, so a read-only command refuses a damaged store without SQLite creating
+  `-wal`/`-shm` files beside it.
 - `sidecars_created`: removes the `-wal`/`-shm` files (and the store) an open that failed on a full disk created.
 - `out_of_space`: SQLite reports a full disk under its WAL or shared-memory file as "disk I/O error"; the free
   space of the folder tells the two apart.
@@ -17,31 +17,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-MAGIC = b"SQLite format 3\x00"
 SIDECARS = ("-wal", "-shm", "-journal")
 
 
 def header_problem(path: Path) -> str | None:
-    """Why `path` is not a whole SQLite database, from its header (None: it may be one)."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(100)
-        size = path.stat().st_size
-    except OSError as e:
-        return f"cannot be read ({e.strerror or e})"
-    if len(head) < 100 or head[:16] != MAGIC:
-        return "file is not a database"
-    page_size = int.from_bytes(head[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(head[28:32], "big")
+    """Why `path` is not a whole SQLite database (None: it may be one), asked of SQLite without -wal/-shm files.
+
+    Never read with a Python file object: closing any descriptor of the database file drops every POSIX lock this
+    process holds on it, so another process's connection would think itself the last one and checkpoint and delete
+    the WAL under this process's open connections (a malformed database). SQLite's own descriptors keep the locks.
+    `immutable=1` (no locks, no -wal/-shm) sees only the main file, which changes only when a checkpoint copies
+    the WAL into it: with a WAL that holds pages, the main file may legitimately be behind, and is left alone."""
     wal = Path(f"{path}-wal")
-    if wal.is_file() and wal.stat().st_size:  # a checkpoint cut short: the WAL still holds the pages it was copying
+    if wal.is_file() and wal.stat().st_size:
         return None
-    # the in-header size counts only when it is valid: its change counter matches "version-valid-for"
-    if pages and head[24:28] == head[92:96] and size < pages * page_size:
-        return (f"truncated: {size} bytes where its header records {pages} pages of {page_size} bytes; restore it "
-                "from a backup")
-    if size % page_size:
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
+        try:
+            page_size = int(con.execute("PRAGMA page_size").fetchone()[0])
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a header longer than the file: malformed
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    size = path.stat().st_size
+    if page_size and size % page_size:
         return f"truncated or damaged: {size} bytes is not a whole number of {page_size}-byte pages"
     return None
 
@@ -86,7 +86,7 @@ def readonly_problem(path: Path) -> str | None:
     if path.stat().st_size == 0:
         return ("the lineage store is empty (0 bytes), so it records nothing; if it was truncated, restore it from "
                 "a backup")
-    problem = header_problem(path)  # refused before SQLite opens it (and creates -wal/-shm)
+    problem = header_problem(path)  # refused before SQLite opens it for real (and creates -wal/-shm)
     if problem:
         return f"not a readable lineage store ({problem})"
     # no clean-up of -wal/-shm after a failure here: they may be another process's, creating the store this moment
