@@ -83,3 +83,21 @@ def interrupt_training(monkeypatch, after_batches: int) -> None:
         return real(self, x)
 
     monkeypatch.setattr(ConvNet, "forward", forward)
+
+
+def signed_tiny_run_config(mp, tmp: Path, key: Path):
+    """The config of a tiny offline run signed with `key` (wandb offline in tmp/wandb, no key from the
+    environment), for the signing tests' module-scoped runs; `write_mnist(tmp / "src")` first."""
+    from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
+
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_DIR", str(tmp / "wandb"))
+    mp.setenv("WANDB_SILENT", "true")
+    mp.delenv("WANDB_API_KEY", raising=False)
+    mp.delenv(SIGN_KEY_ENV, raising=False)
+    (tmp / "wandb").mkdir()
+    return PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": str(tmp / "src"), "slice": 1, "root": str(tmp / "data")},
+        "train": {"epochs": 1, "batch_size": 16}, "wandb": {"mode": "offline"},
+        "onnx": {"latency_samples": 20, "throughput_batch": 32}, "sign": {"private_key": str(key)},
+        "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})

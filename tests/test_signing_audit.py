@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
 from mnist_pipeline.flows.cli import main
 from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.provenance import keys
-from tests.helpers import write_mnist
+from tests.helpers import signed_tiny_run_config, write_mnist
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,17 +33,7 @@ def signed(prefect_server, tmp_path_factory):
     key, pub = keys.generate(tmp / "keys")
     other = keys.generate(tmp / "other")[1]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_DIR", str(tmp / "wandb"))
-        mp.setenv("WANDB_SILENT", "true")
-        mp.delenv("WANDB_API_KEY", raising=False)
-        mp.delenv(SIGN_KEY_ENV, raising=False)
-        (tmp / "wandb").mkdir()
-        cfg = PipelineConfig.model_validate({
-            "data": {"source": "local", "local_dir": str(tmp / "src"), "slice": 1, "root": str(tmp / "data")},
-            "train": {"epochs": 1, "batch_size": 16}, "wandb": {"mode": "offline"},
-            "onnx": {"latency_samples": 20, "throughput_batch": 32}, "sign": {"private_key": str(key)},
-            "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})
+        cfg = signed_tiny_run_config(mp, tmp, key)
         summary = mnist_lineage_pipeline(config=cfg).to_dict()
     store = LineageStore(tmp / "lineage.db")
     arts = {a.type: a for a in store.artifacts()}

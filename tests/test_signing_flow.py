@@ -22,7 +22,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.provenance import dsse, keys
 from mnist_pipeline.provenance.verify import verify
-from tests.helpers import write_mnist
+from tests.helpers import signed_tiny_run_config, write_mnist
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -48,18 +48,7 @@ def signed_run(prefect_server, tmp_path_factory):
     for lg in loggers:
         lg.addHandler(collect)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_DIR", str(tmp / "wandb"))
-        mp.setenv("WANDB_SILENT", "true")
-        mp.delenv("WANDB_API_KEY", raising=False)
-        mp.delenv(SIGN_KEY_ENV, raising=False)
-        (tmp / "wandb").mkdir()
-        cfg = PipelineConfig.model_validate({
-            "data": {"source": "local", "local_dir": str(tmp / "src"), "slice": 1, "root": str(tmp / "data")},
-            "train": {"epochs": 1, "batch_size": 16}, "wandb": {"mode": "offline"},
-            "onnx": {"latency_samples": 20, "throughput_batch": 32},
-            "sign": {"private_key": str(key)},
-            "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})
+        cfg = signed_tiny_run_config(mp, tmp, key)
         t0 = time.perf_counter()
         summary = mnist_lineage_pipeline(config=cfg).to_dict()
         wall = time.perf_counter() - t0

@@ -195,7 +195,7 @@ def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypa
                     return None
 
             monkeypatch.setattr(stage.wandb.run, "use_artifact", lambda ref: Art())
-            monkeypatch.setattr(stage.wandb.run, "link_artifact", lambda *a: (_ for _ in ()).throw(
+            monkeypatch.setattr(stage.wandb.run, "link_artifact", lambda *a, **k: (_ for _ in ()).throw(
                 RuntimeError("registry wandb-registry-model not found")))
             from mnist_pipeline.lineage.refs import ArtifactRef
             ref = ArtifactRef(name="m", type="model", version=0, digest="ab" * 32, path=str(cfg.artifacts_dir))

@@ -71,8 +71,8 @@ class JournalStore:
     def record_use(self, run_id: str, artifact_id: int) -> None:
         self.entries.append(Entry("use", run_id, {"artifact_id": artifact_id}))
 
-    def record_wandb_gaps(self, run_id: str, gaps) -> None:
-        self.entries.append(Entry("gaps", run_id, {"gaps": list(gaps)}))
+    def record_wandb_gaps(self, run_id: str, gaps: list, confirmed=()) -> None:
+        self.entries.append(Entry("gaps", run_id, {"gaps": list(gaps), "confirmed": list(confirmed)}))
 
     def fail_run(self, run_id: str, *, used: list[int], error: str) -> None:
         self.entries.append(Entry("fail", run_id, {"used": list(used), "error": error}))
@@ -100,7 +100,7 @@ def commit_journal(store: LineageStore, entries: list[Entry]) -> dict[tuple[str,
             store.record_use(e.run_id, ids.get(aid, aid))
             continue
         if e.kind == "gaps":
-            store.record_wandb_gaps(e.run_id, kw["gaps"])
+            store.record_wandb_gaps(e.run_id, kw["gaps"], kw.get("confirmed", ()))
             continue
         used = [ids[a] if a < 0 else a for a in kw.pop("used")]
         if e.kind == "fail":

@@ -27,6 +27,7 @@ class RecordingWandb:
         self.inputs: dict[str, set[str]] = {k: set(v) for k, v in (inputs or {}).items()}
         self.artifacts: dict[str, dict] = dict(artifacts or {})  # "name:sha256-…" -> lookup_artifact's answer
         self.fail = dict(fail or {})
+        self.links: dict[str, str] = {}  # registry path -> ref
 
     def _call(self, *call):
         self.calls.append(call)
@@ -93,6 +94,12 @@ class RecordingWandb:
                     other["aliases"].remove(a)
             art["aliases"].append(a)
         return missing
+
+    def link_artifact(self, ref, registry_path, aliases) -> None:
+        self._call("link_artifact", ref, registry_path, tuple(aliases))
+        if self._key(ref) not in self.artifacts:
+            raise ValueError(f"artifact {ref} not found")
+        self.links[registry_path] = ref
 
     def lookup_artifact(self, ref) -> dict | None:
         self._call("lookup_artifact", ref)

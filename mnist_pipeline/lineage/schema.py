@@ -122,6 +122,9 @@ CREATE TABLE IF NOT EXISTS sync_log (
 # `promotions.test_set` NULL: the test set it was decided on is unknown, so that decision is never reused).
 # A table SCHEMA has and an older store lacks (`rejections`) is created by SCHEMA's CREATE TABLE IF NOT EXISTS,
 # which every writable open runs before `upgrade`; read-only readers treat it as empty (`rejections.py`).
+# a W&B gap recorded before W&B was asked (call 'unconfirmed'), dropped once W&B answered for that ref
+DROP_PENDING_GAP = "DELETE FROM wandb_gaps WHERE run_id = ? AND ref = ? AND call = 'unconfirmed'"
+
 ADDED_COLUMNS = (("promotions", "kind", "TEXT"), ("promotions", "requested_by", "TEXT"),
                  ("promotions", "test_set", "TEXT"))
 

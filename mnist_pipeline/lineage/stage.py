@@ -2,9 +2,10 @@
 
 `with open_stage(cfg, "train", flow_run_id) as stage:` starts both. Inside, `stage.use(ref)` declares an input
 (checked against its recorded sha256s), `stage.produce(...)` queues an output staged under `stage.staging(name)`.
-On success the outputs are moved into place (fsync, then rename), logged as W&B Artifacts and committed to the
-store with their edges in one transaction. On failure nothing is produced, the run is recorded as failed with the
-inputs it had declared, and the W&B run is finished with exit code 1. W&B is reached only through
+On success the outputs are moved into place (fsync, then rename) and committed to the store with their edges in
+one transaction, then logged as W&B Artifacts (the store first: see `Stage._commit`). On failure nothing is
+produced, the run is recorded as failed with the inputs it had declared, and the W&B run is finished with exit
+code 1. W&B is reached only through
 `wandb.stage_run.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
 alias) is recorded in the store's `wandb_gaps` for `mnist-pipeline sync`.
 """
@@ -63,6 +64,7 @@ class Stage:
         self._staging_root = staging_folder(cfg.artifacts_dir, self.run_id)
         self.summary: dict = {}
         self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
+        self.committed = False  # the store has the run as finished (W&B may still be told)
 
     @property
     def mode(self) -> str:
@@ -156,12 +158,20 @@ class Stage:
         return out
 
     def _commit(self) -> None:
+        """The store first, W&B second: the record of truth never waits on the observer, and W&B never holds a
+        version the store does not. Until W&B confirms an output, a pending gap for it stands in the store
+        (recorded just before the commit), so a process killed in between leaves it to `sync`; the gaps of a
+        run that never committed are not planned (`sync` sends only what the store holds)."""
         arts = self._finalize()
-        self.wandb.log_artifacts(arts, self.summary)
+        pending = self.wandb.pending_gaps(arts)
+        if pending:  # before the commit: a process killed after it leaves them; one killed before, a failed run
+            self.store.record_wandb_gaps(self.run_id, pending)
         records = self.store.finish_run(self.run_id, used=[r.artifact_id for r in self.used], produced=arts,
                                         summary=self.summary, wandb_url=self.wandb.url, wandb_mode=self.mode)
+        self.committed = True
         for r in records:
             self.outputs[r.type] = r.ref()
+        self.wandb.log_artifacts(arts, self.summary)
 
 
 def describe_failure(e: BaseException) -> str:
@@ -211,17 +221,25 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
         yield stage
         stage._commit()
     except BaseException as e:
-        store.fail_run(wb.run_id, used=[r.artifact_id for r in stage.used], error=describe_failure(e))
+        if not stage.committed:  # interrupted while telling W&B: the store's record stands, finished
+            store.fail_run(wb.run_id, used=[r.artifact_id for r in stage.used], error=describe_failure(e))
         wb.finish(failed=True)
-        if wb.gaps:
-            store.record_wandb_gaps(wb.run_id, wb.gaps)
+        _record_gaps(store, wb, stage.committed)
         raise
     else:
         wb.finish()
-        if wb.gaps:  # W&B is an observer: what it missed is recorded for `mnist-pipeline sync`, never raised
-            store.record_wandb_gaps(wb.run_id, wb.gaps)
+        _record_gaps(store, wb, True)
     finally:
         shutil.rmtree(stage._staging_root, ignore_errors=True)
+
+
+def _record_gaps(store: LineageStore | JournalStore, wb: StageRun, committed: bool) -> None:
+    """W&B is an observer: what it missed is recorded for `mnist-pipeline sync`, never raised. A committed run's
+    pending gaps give way to what W&B answered."""
+    if committed:
+        store.record_wandb_gaps(wb.run_id, wb.gaps, confirmed=wb.confirmed)
+    elif wb.gaps:
+        store.record_wandb_gaps(wb.run_id, wb.gaps)
 
 
 def record_lost_run(store: LineageStore, cfg: PipelineConfig, job_type: str, flow_run_id: str, *, used: list[int],

@@ -28,7 +28,7 @@ from mnist_pipeline.lineage.records import (
     PromotionRecord,
     RunRecord,
 )
-from mnist_pipeline.lineage.schema import SCHEMA, upgrade
+from mnist_pipeline.lineage.schema import DROP_PENDING_GAP, SCHEMA, upgrade
 from mnist_pipeline.lineage.store_file import out_of_space, readonly_problem, sidecars_created
 from mnist_pipeline.storage import StorageError
 
@@ -385,10 +385,10 @@ class LineageStore:
             q = "SELECT * FROM sync_log" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY done_at, rowid"
             return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
 
-    def record_wandb_gaps(self, run_id: str, gaps) -> None:
-        """What an online run could not record in W&B because a W&B call failed (`wandb.stage_run.WandbGap`s): `sync`
-        completes it. The first record of a (run, action, ref) is kept."""
+    def record_wandb_gaps(self, run_id: str, gaps: list, confirmed=()) -> None:
+        """W&B's gaps of a run (first kept), for `sync`; a pending one gives way to a new gap or a `confirmed` ref."""
         with self.transaction() as con:
+            con.executemany(DROP_PENDING_GAP, [(run_id, r) for r in {*confirmed, *(g.ref for g in gaps)}])
             con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
                             [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in gaps])
 

@@ -55,6 +55,7 @@ class PromotionPlan(TypedDict, total=False):
     decision: str
     ref: str
     aliases: list[str]
+    registry_path: str  # a registry link that failed online, replayed after the aliases
     producer_run_id: str
     status: Status
     detail: str
@@ -88,6 +89,7 @@ class WandbBackend(Protocol):
     def log_artifact(self, entity: str | None, project: str, run_id: str, *, name: str, type: str, path: str,
                      metadata: dict, digest: str) -> None: ...
     def add_aliases(self, ref: str, aliases: list[str]) -> list[str]: ...
+    def link_artifact(self, ref: str, registry_path: str, aliases: list[str]) -> None: ...
     def lookup_artifact(self, ref: str) -> dict | None: ...
 
 
@@ -133,6 +135,30 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
         # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
 
+def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict) -> None:
+    """An offline run killed after the store committed its outputs but before wandb wrote them to its run file:
+    its folder lacks them, so each is logged on the (uploaded) run after its upload."""
+    rid = run.run_id
+    produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a
+                for a in store.edges(rid)["produced"]}
+    for g in store.wandb_gaps(rid):
+        if g["action"] != "upload" or g["call"] != "unconfirmed" or g["ref"] not in produced:
+            continue
+        row = done.get((rid, "upload", g["ref"]))
+        a = produced[g["ref"]]
+        entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": a.label,
+                                 "artifact_id": a.artifact_id, "ref": g["ref"],
+                                 "status": "done" if row else "pending",
+                                 "detail": f"done {row['done_at']}" if row else g["error"]})
+
+
+def _registry_links(store: LineageStore) -> dict[str, str]:
+    """The registry links that failed online (a 'registry link' gap), by the model's W&B ref: `sync` replays
+    them with the promotion they belong to."""
+    return {g["ref"]: g["detail"].removeprefix("link to ") for g in store.wandb_gaps()
+            if g["action"] == "aliases" and g["call"] == "registry link" and g["detail"].startswith("link to ")}
+
+
 def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
               run_ids: Sequence[str] | None = None) -> SyncPlan:
     """What a sync has to do, from the store and the offline run folders alone (no network): per run an upload
@@ -170,6 +196,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         elif (synced_marker(d) or d / "missing").exists():
             up["marker"], up["detail"] = True, "already uploaded by `wandb sync` (its .synced marker)"
         entry["actions"].append(up)
+        _plan_unconfirmed(store, run, entry, done)
         for u in store.edges(rid)["used"]:
             ref = wandb_ref(run.wandb_entity, run.wandb_project or "", u.name, u.digest)
             use_row = done.get((rid, "use", ref))
@@ -178,6 +205,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
                                      "status": "done" if use_row else "pending",
                                      "detail": f"declared {use_row['done_at']}" if use_row else ""})
     promotions: list[PromotionPlan] = []
+    links = _registry_links(store)
     for p in store.promotions():
         if p.wandb_applied_at is not None:
             continue
@@ -185,24 +213,31 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         producer = store.run(art.producer_run_id)
         if run_ids and art.producer_run_id not in run_ids:
             continue
-        promotions.append({
-            "promotion_id": p.promotion_id, "artifact": art.label, "decision": p.decision,
-            "ref": wandb_ref(producer.wandb_entity if producer else None,
-                             (producer.wandb_project if producer else None) or "", art.name, art.digest),
-            "aliases": p.aliases,
-            "producer_run_id": art.producer_run_id, "status": "pending", "detail": ""})
+        ref = wandb_ref(producer.wandb_entity if producer else None,
+                        (producer.wandb_project if producer else None) or "", art.name, art.digest)
+        item: PromotionPlan = {"promotion_id": p.promotion_id, "artifact": art.label, "decision": p.decision,
+                               "ref": ref, "aliases": p.aliases, "producer_run_id": art.producer_run_id,
+                               "status": "pending", "detail": ""}
+        if ref in links and "production" in p.aliases:
+            item["registry_path"] = links[ref]
+        promotions.append(item)
     return {"runs": runs, "promotions": _once(promotions)}
 
 
 def _once(promotions: list[PromotionPlan]) -> list[PromotionPlan]:
     """One step per distinct (ref, aliases): the last of equal steps stays (an alias ends where its last move puts
-    it, so dropping an earlier equal move changes nothing), carrying the ids of the decisions it applies."""
+    it, so dropping an earlier equal move changes nothing), carrying the ids of the decisions it applies (and a
+    registry link any of them left to replay)."""
     last = {(p["ref"], tuple(p["aliases"])): i for i, p in enumerate(promotions)}
     out: list[PromotionPlan] = []
     for i, p in enumerate(promotions):
         key = (p["ref"], tuple(p["aliases"]))
         if last[key] == i:
-            p["promotion_ids"] = [q["promotion_id"] for q in promotions if (q["ref"], tuple(q["aliases"])) == key]
+            same = [q for q in promotions if (q["ref"], tuple(q["aliases"])) == key]
+            p["promotion_ids"] = [q["promotion_id"] for q in same]
+            link = next((q["registry_path"] for q in same if q.get("registry_path")), None)
+            if link:
+                p["registry_path"] = link
             out.append(p)
     return out
 
@@ -304,7 +339,11 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
             continue
         try:
             added = backend.add_aliases(p["ref"], p["aliases"])
-            _set(p, "done", f"added {', '.join(added)}" if added else "aliases already set")
+            detail = f"added {', '.join(added)}" if added else "aliases already set"
+            if p.get("registry_path"):
+                backend.link_artifact(p["ref"], p["registry_path"], p["aliases"])
+                detail += f"; linked into {p['registry_path']}"
+            _set(p, "done", detail)
             if not dry_run:
                 for pid in p.get("promotion_ids") or [p["promotion_id"]]:
                     store.mark_promotion_applied(pid)

@@ -53,32 +53,29 @@ def _check_curve(key, path: Path) -> None:
         raise KeyFileError(f"{path}: not an EC P-256, P-384 or P-521 key")
 
 
-def load_private(path: Path) -> ec.EllipticCurvePrivateKey:
+def _load(path: Path, what: str, load, kind: str):
     path = Path(path)
     try:
         blob = path.read_bytes()
     except OSError as e:
-        raise KeyFileError(f"cannot read signing key {path}: {e.strerror or e}") from None
+        raise KeyFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
     try:
-        key = serialization.load_pem_private_key(blob, password=None)
+        key = load(blob)
     except (ValueError, TypeError) as e:
-        raise KeyFileError(f"{path}: not an unencrypted PEM private key ({e})") from None
+        raise KeyFileError(f"{path}: not {kind} ({e})") from None
     _check_curve(key, path)
+    return key
+
+
+def load_private(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = _load(path, "signing key", lambda b: serialization.load_pem_private_key(b, password=None),
+                "an unencrypted PEM private key")
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return key
 
 
 def load_public(path: Path) -> ec.EllipticCurvePublicKey:
-    path = Path(path)
-    try:
-        blob = path.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"cannot read public key {path}: {e.strerror or e}") from None
-    try:
-        key = serialization.load_pem_public_key(blob)
-    except (ValueError, TypeError) as e:
-        raise KeyFileError(f"{path}: not a PEM public key ({e})") from None
-    _check_curve(key, path)
+    key = _load(path, "public key", serialization.load_pem_public_key, "a PEM public key")
     assert isinstance(key, ec.EllipticCurvePublicKey)
     return key
 

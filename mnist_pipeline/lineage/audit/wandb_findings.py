@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mnist_pipeline.hashing import md5_b64
-from mnist_pipeline.lineage.audit.report import AuditReport, finish
+from mnist_pipeline.lineage.audit.report import AuditReport, RunEntry, finish
 from mnist_pipeline.lineage.refs import wandb_ref
 
 if TYPE_CHECKING:
@@ -46,14 +46,36 @@ def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> 
                                      "status": "ok" if ok else "mismatch", "expected": remote, "actual": mine,
                                      "detail": "" if ok else f"md5 {mine} differs from W&B's copy "
                                                f"{info.get('ref')} ({remote})"})
-        missing = [r for r in art["consumers"] if r in report["runs"]
-                   and report["runs"][r]["wandb"]["synced_at"] is not None and r not in (info.get("used_by") or [])]
+        missing = [r for r in art["consumers"] if _in_wandb(report["runs"].get(r))
+                   and r not in (info.get("used_by") or [])]
         if missing:
             entry["missing_input_edges"] = missing
+        for r in missing:
+            report["checks"].append({"kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
+                                     "expected": r, "actual": ", ".join(info.get("used_by") or []) or "no run",
+                                     "detail": f"run {r} used {lab} in the lineage store; W&B does not list it "
+                                               "among the version's users"})
+        held = {a["alias"] for a in art.get("aliases") or []} if _in_wandb(report["runs"].get(
+            art["producer_run_id"])) else set()  # an offline run's promotion reaches W&B with its sync
+        for alias in sorted(held & {"candidate", "production"}):
+            if alias not in (info.get("aliases") or []):
+                report["checks"].append({
+                    "kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
+                    "expected": alias, "actual": ", ".join(info.get("aliases") or []),
+                    "detail": f"alias {alias!r} is on {lab} in the lineage store, not on W&B's version "
+                              f"{info.get('version')}"})
         online[lab] = entry
     report["wandb_online"] = online
     finish(report)
     return report
+
+
+def _in_wandb(run: RunEntry | None) -> bool:
+    """A finished run W&B holds: recorded online, or uploaded by `sync` (its inputs are then declared there)."""
+    if run is None or run.get("status") != "finished":
+        return False
+    w = run["wandb"]
+    return w["mode"] == "online" or w["synced_at"] is not None
 
 
 def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:

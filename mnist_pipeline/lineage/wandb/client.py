@@ -104,7 +104,9 @@ class WandbClient:
         env["WANDB_BASE_URL"] = self.creds.host  # where we checked, whatever the settings files say
         if self.creds.api_key:
             env["WANDB_API_KEY"] = self.creds.api_key
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
+        # in a folder of its own: wandb leaves a `./wandb/` debug folder in the directory it runs in
+        with tempfile.TemporaryDirectory(prefix="mnist-sync-") as cwd:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, cwd=cwd)
         marker = synced_marker(run_dir)
         if out.returncode != 0 or marker is None or not marker.exists():
             tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
@@ -154,6 +156,10 @@ class WandbClient:
             art.aliases.extend(missing)
             art.save()
         return missing
+
+    def link_artifact(self, ref: str, registry_path: str, aliases: list[str]) -> None:
+        """Link the version into a registry collection (`wandb-registry-model/<name>`), carrying `aliases`."""
+        self.api.artifact(ref).link(registry_path, aliases=list(aliases))
 
     def lookup_artifact(self, ref: str) -> dict | None:
         try:

@@ -72,6 +72,7 @@ class StageRun:
         self.timeouts = timeouts or WandbTimeouts.of(cfg)
         self._watched = None
         self.gaps: list[WandbGap] = []
+        self.confirmed: list[str] = []  # the versions W&B took (see `log_artifacts`)
         self.failed_call: str | None = None  # the first W&B call that failed, if any
         self._secret: str | None = None  # the API key in use, masked in every message
 
@@ -139,6 +140,7 @@ class StageRun:
         gap = [WandbGap("aliases", ref, "alias save", "", ",".join(aliases))]
 
         def save():
+            # the promote run uses the model in the lineage store too (`Stage.record`): the same input edge
             art = self.run.use_artifact(ref)
             art.aliases = sorted(set(art.aliases) | set(aliases))
             art.save()
@@ -148,7 +150,9 @@ class StageRun:
         if art is None:
             return False
         if registry_path:
-            linked = self._guard("registry link", lambda: self.run.link_artifact(art, registry_path) or True,
+            # the registry's copy carries the aliases too (`production`), not only the `latest` W&B gives it
+            linked = self._guard("registry link",
+                                 lambda: self.run.link_artifact(art, registry_path, aliases=list(aliases)) or True,
                                  [WandbGap("aliases", ref, "registry link", "", f"link to {registry_path}")])
             return bool(linked)
         return True
@@ -196,12 +200,22 @@ class StageRun:
                 wandb.Image(np.asarray(im, dtype=np.uint8), caption=c)
                 for im, c in zip(images, captions, strict=True)]}), network=False)
 
+    def pending_gaps(self, arts: Sequence[NewArtifact]) -> list[WandbGap]:
+        """The gaps that stand in the store, committed with the outputs, until W&B has them (`confirmed`): a
+        process killed between the store's commit and W&B's leaves them for `sync` to complete."""
+        if self.mode == "disabled":
+            return []
+        return [WandbGap("upload", self._path(a.name, a.digest), "unconfirmed", "the stage ended before W&B "
+                         "confirmed this version (the process was killed or crashed)") for a in arts]
+
     def log_artifacts(self, arts: Sequence[NewArtifact], summary: dict) -> None:
         """Each output as a W&B Artifact (aliases `latest` and `sha256-<digest16>`), then the run's summary.
 
-        Online, the stage then waits (at most `artifact_wait` seconds each) until W&B has committed every one, so
-        the next stage's `use_artifact` finds it; wandb logs artifacts in the background and reports a failed
-        upload nowhere else (`run.finish()` returns normally), so the wait is also how a failure is seen."""
+        Called after the lineage store committed them. Online, the stage then waits (at most `artifact_wait`
+        seconds each) until W&B has committed every one, so the next stage's `use_artifact` finds it; wandb logs
+        artifacts in the background and reports a failed upload nowhere else (`run.finish()` returns normally),
+        so the wait is also how a failure is seen. Each version W&B took is added to `confirmed` (offline: written
+        to the run's file)."""
         logged = []
         for a in arts:
             gap = [WandbGap("upload", self._path(a.name, a.digest), "log_artifact", "")]
@@ -217,7 +231,11 @@ class StageRun:
         if self.online:
             for a, art in logged:
                 gap = [WandbGap("upload", self._path(a.name, a.digest), "artifact wait", "")]
-                self._guard("artifact wait", partial(art.wait, timeout=self.timeouts.artifact_wait), gap)
+                if self._guard("artifact wait", partial(art.wait, timeout=self.timeouts.artifact_wait),
+                               gap) is not None:
+                    self.confirmed.append(self._path(a.name, a.digest))
+        else:
+            self.confirmed += [self._path(a.name, a.digest) for a, _ in logged]
         if summary:
             self._guard("summary", lambda: self.run.summary.update(summary), network=False)
 
