@@ -29,7 +29,7 @@ from mnist_pipeline.lineage.records import (
     RunRecord,
 )
 from mnist_pipeline.lineage.schema import DROP_PENDING_GAP, SCHEMA, upgrade
-from mnist_pipeline.lineage.store_file import out_of_space, readonly_problem, sidecars_created
+from mnist_pipeline.lineage.store_file import disk_full, readonly_problem, sidecars_created
 from mnist_pipeline.storage import StorageError
 
 if TYPE_CHECKING:
@@ -52,13 +52,6 @@ class ArtifactDeleted(RuntimeError):
     """An input was deleted by gc: its record stays, its files are gone."""
 
 
-def _disk_full(e: BaseException, path: Path) -> bool:
-    """A full disk, as SQLite says it ("database or disk is full"), or as "disk I/O error" when the WAL or
-    shared-memory file could not grow. An open that fails so leaves nothing it created (no 0-byte store)."""
-    return isinstance(e, sqlite3.DatabaseError) and (
-        "disk is full" in str(e) or ("disk I/O error" in str(e) and out_of_space(path)))
-
-
 class LineageStore:
     def __init__(self, path: Path | str, *, readonly: bool = False):
         """Open (or, unless `readonly`, create) the store at `path`.
@@ -73,14 +66,14 @@ class LineageStore:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with sidecars_created(self.path, lambda e: _disk_full(e, self.path)), self._connect() as con:
+            with sidecars_created(self.path, lambda e: disk_full(e, self.path)), self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
                 upgrade(con)
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
-            if _disk_full(e, self.path):
+            if disk_full(e, self.path):
                 raise StorageError(errno.ENOSPC, self.path) from None
             raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
 
@@ -117,7 +110,7 @@ class LineageStore:
                 if con.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
                     with contextlib.suppress(sqlite3.DatabaseError):
                         con.execute("ROLLBACK")
-                if isinstance(e, sqlite3.DatabaseError) and _disk_full(e, self.path):
+                if isinstance(e, sqlite3.DatabaseError) and disk_full(e, self.path):
                     raise StorageError(errno.ENOSPC, self.path) from None  # one line naming the store, not retried
                 raise
         finally:

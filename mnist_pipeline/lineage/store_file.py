@@ -78,6 +78,13 @@ def out_of_space(path: Path) -> bool:
     return st.f_bavail * st.f_frsize < 64 * 1024  # less than a few SQLite pages: a write cannot go through
 
 
+def disk_full(e: BaseException, path: Path) -> bool:
+    """A full disk, as SQLite says it ("database or disk is full"), or as "disk I/O error" when the WAL or
+    shared-memory file could not grow. An open that fails so leaves nothing it created (no 0-byte store)."""
+    return isinstance(e, sqlite3.DatabaseError) and (
+        "disk is full" in str(e) or ("disk I/O error" in str(e) and out_of_space(path)))
+
+
 def readonly_problem(path: Path) -> str | None:
     """Why `path` cannot be opened as a lineage store by a read-only command (None: it can). Nothing is created or
     written: a missing, empty, truncated or foreign file is refused, never given a fresh schema."""
