@@ -195,34 +195,32 @@ def render_sync(result: SyncPlan, calls: list[tuple] | None = None) -> str:
 
 
 def sync_main(ns: argparse.Namespace, backend=None) -> int:
-    db = Path(ns.lineage_db).expanduser()
-    if not db.is_file():
-        err("sync", f"no lineage store at {db} (give --lineage-db)")
-        return Exit.USAGE
+    # The store first, read-only (SQLite mode=ro): a missing one is exit 2, an empty or damaged one exit 6, before
+    # W&B is asked anything; --dry-run and --verify never open it any other way.
+    store = open_store(ns.lineage_db, "sync")
+    if isinstance(store, Exit):
+        return store
     from mnist_pipeline.lineage.recording import RecordingWandb
     from mnist_pipeline.lineage.sync import plan_sync, run_sync
     from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable, wandb_error_line
 
     if getattr(ns, "verify", False):
-        return verify_main(ns, backend or WandbClient())
+        return verify_main(ns, backend or WandbClient(), store)
     if backend is None and ns.dry_run:  # runs recorded online are in W&B; the rest is what the plan sends
-        from mnist_pipeline.lineage.store import LineageStore
-
-        online = [r.run_id for r in LineageStore(db.resolve()).runs() if r.wandb_mode == "online"]
-        backend = RecordingWandb(runs=online)
+        backend = RecordingWandb(runs=[r.run_id for r in store.runs() if r.wandb_mode == "online"])
     elif backend is None:
         backend = WandbClient()
     entity = None
     if not ns.dry_run:
-        try:  # before the store is even opened: without a usable W&B nothing is changed
+        try:  # before the store is opened for writing: without a usable W&B nothing is changed
             entity = backend.check()
         except Exception as e:  # WandbUnavailable or any other W&B error: one line
             err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`mnist-pipeline sync --dry-run` "
                  "shows the plan)")
             return Exit.WANDB_UNAVAILABLE
-    store = open_store(ns.lineage_db, "sync", readonly=ns.dry_run)  # --dry-run changes nothing, not even the store
-    if isinstance(store, Exit):
-        return store
+        store = open_store(ns.lineage_db, "sync", readonly=False)
+        if isinstance(store, Exit):
+            return store
     plan = plan_sync(store, search_dirs=[Path(d) for d in ns.wandb_dir], run_ids=ns.run or None)
     for item in [a for r in plan["runs"] for a in r["actions"]] + plan["promotions"]:
         item["was"] = "done" if item["status"] == "done" else item["status"]
@@ -241,14 +239,11 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
     return Exit.OK if result["ok"] else Exit.FAILED
 
 
-def verify_main(ns: argparse.Namespace, backend) -> int:
-    """`sync --verify`: read-only comparison of W&B with the lineage store."""
+def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
+    """`sync --verify`: read-only comparison of W&B with the lineage store (opened read-only)."""
     from mnist_pipeline.lineage.verify import render_verify, verify_wandb
     from mnist_pipeline.lineage.wandb.client import wandb_error_line
 
-    store = open_store(ns.lineage_db, "sync")
-    if isinstance(store, Exit):
-        return store
     try:
         result = verify_wandb(store, backend, run_ids=ns.run or None)
     except Exception as e:  # W&B unusable or a W&B read failed: one line, never a traceback

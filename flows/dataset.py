@@ -1,20 +1,53 @@
 """The dataset both flows start from: prepared (or taken from Prefect's cache), and prepared again from the source
-when the cached one cannot be used as stored (no longer recorded, deleted by gc, or its files changed)."""
+when the cached one cannot be used as stored (no longer recorded, deleted by gc, or its files changed).
+
+From the moment the flow has it, the flow holds it in the lineage store (`lineage/holds.py`), so gc leaves it alone
+although no stage of the flow has declared it yet (a cache hit); `release_holds` (the flows' end hooks) lets go."""
 
 from __future__ import annotations
 
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage import holds
 from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.store import ArtifactDeleted, LineageStore
+from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.prepare_data import for_config, stored_problem
+
+# flow run id -> the lineage store its holds are in (the hooks get the flow run, not the effective config)
+_HELD: dict[str, str] = {}
+
+
+def _hold(cfg: PipelineConfig, dataset: ArtifactRef) -> str | None:
+    """Hold `dataset` for this flow run; why it cannot be used (gc deleted it a moment ago), else None."""
+    flow_run_id = current_flow_run_id()
+    store = LineageStore(cfg.lineage_db)
+    rec = store.find_artifact(dataset.name, dataset.digest)
+    if flow_run_id is None or rec is None:
+        return None
+    _HELD[flow_run_id] = str(cfg.lineage_db)
+    try:
+        holds.hold(store, flow_run_id, rec.artifact_id)
+    except ArtifactDeleted:
+        return "gc deleted its files"
+    return None
 
 
 def ensure_dataset(cfg: PipelineConfig, logger) -> ArtifactRef:
-    """prepare-data with `cfg.data`'s retries and time limit; the dataset it returns is verified against its record
-    here, since the skip rule and training vouch for it."""
+    """prepare-data with `cfg.data`'s retries and time limit; the dataset it returns is held for the flow run and
+    verified against its record here, since the skip rule and training vouch for it."""
     prepare = for_config(cfg)
     dataset = prepare(cfg)
-    problem = stored_problem(cfg, dataset)
+    problem = _hold(cfg, dataset) or stored_problem(cfg, dataset)
     if problem:
         logger.warning("dataset %s: %s; preparing it again from the source", dataset.label, problem)
         dataset = prepare.with_options(refresh_cache=True)(cfg)
+        _hold(cfg, dataset)
     return dataset
+
+
+def release_holds(flow, flow_run, state) -> None:
+    """Prefect state hook of both flows (completed, failed, crashed, cancelled): the flow run's holds end with it
+    (a flow run killed before its hook runs is expired by gc: its process is gone)."""
+    db = _HELD.pop(str(flow_run.id), None)
+    if db is not None:
+        holds.release(LineageStore(db), str(flow_run.id))

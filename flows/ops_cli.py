@@ -17,8 +17,8 @@ from pathlib import Path
 from mnist_pipeline.flows.audit_cli import open_store
 from mnist_pipeline.flows.common_args import Parents, add_command, err
 from mnist_pipeline.flows.exit_codes import Exit
+from mnist_pipeline.lineage import holds, reproduction_plan, retention
 from mnist_pipeline.lineage import impact as impact_mod
-from mnist_pipeline.lineage import reproduction_plan, retention
 from mnist_pipeline.lineage import rollback as rollback_mod
 from mnist_pipeline.lineage.layout import TRASH
 
@@ -49,7 +49,7 @@ test set stands until a run with --force).
 """
 GC_EPILOG = """\
 Never removed: what an alias (production, candidate) or one of the newest --keep-last models came from or made,
-and whatever a running flow run uses or has produced. Deletions are recorded in the lineage store: `audit` says
+and whatever a running flow run holds, uses or has produced. Deletions are recorded in the lineage store: `audit` says
 "deleted by gc on <date>" and `reproduce` says the inputs are gone. Exit 1 when some removals failed (named; the
 others were done and recorded).
 """
@@ -394,6 +394,7 @@ def gc_main(ns: argparse.Namespace) -> int:
     from mnist_pipeline.lineage.environment import process_gone
 
     store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever
+    holds.expire(store, process_gone)  # nor a killed flow its dataset
     plan = retention.plan(store, artifacts_dir, keep_last=ns.keep_last, older_than_days=ns.older_than,
                           deleted=_deletions(store))
     result = {"apply": ns.apply, "artifacts_dir": str(artifacts_dir), "keep_last": ns.keep_last,

@@ -16,7 +16,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed, State
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.dataset import ensure_dataset
+from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
 from mnist_pipeline.flows.preflight import effective_config
 from mnist_pipeline.lineage.store import LineageStore
@@ -60,7 +60,9 @@ _library_warnings_to_prefect()
 @flow(name=FLOW_NAME, description="Train the W&B tutorial ConvNet on MNIST, evaluate it, export and validate "
       "ONNX, record the lineage of every artifact in W&B and the local lineage store, and promote the model to "
       "'production' when it validates and beats the current one. Skips training when neither the data nor the "
-      "training config changed since the production model (unless force is set).")
+      "training config changed since the production model (unless force is set).",
+      on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
+      on_cancellation=[release_holds])
 def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummary | State:
     logger = get_run_logger()
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
@@ -73,14 +75,16 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
     store = LineageStore(cfg.lineage_db)
     reuse = not check.changed and not cfg.force and check.model != check.production and not check.decided
     if not check.changed and not cfg.force and not reuse:
-        skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (run with --force to retrain)",
+        skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (to retrain: run with "
+                             "--force, or tick the force field in the Prefect form)",
                              production=check.production, model=check.model if check.decided else None,
                              artifacts={"dataset": ArtifactLocation.of(dataset)}, lineage_db=str(cfg.lineage_db),
                              config_sources=config_sources, wandb=wandb_records(cfg, logger))
         publish_flow_artifact(cfg, skipped)
         logger.info(skipped.reason)
-        # A Completed state named Skipped: run lists show it, and callers still get the summary as the result.
-        return Completed(name="Skipped", message=skipped.reason, data=skipped)
+        # A plain Completed state, its message saying why it skipped: Prefect's run filters go by state name, so a
+        # custom name ("Skipped") hides the run under "Completed" and under a deployment's default Runs filter.
+        return Completed(message=skipped.reason, data=skipped)
 
     # a finished model of these very inputs that the gate never saw is not made again: it goes on from here
     model = store.require_artifact(MODEL_NAME, str(check.model_digest)).ref() if reuse else train(cfg, dataset)

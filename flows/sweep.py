@@ -3,7 +3,8 @@
 prepare-data (once) -> one `trial` task per configuration on Dask (train + evaluate, each its own lineage stage;
 a trial already in the store is reused) -> select (consumes every finished trial's metrics, records the
 sweep-result) -> the winner alone: export-onnx (which also consumes the sweep-result, so an audit of the ONNX file
-walks through select) -> validate-onnx -> promote.
+walks through select) -> validate-onnx -> (sign) -> promote -> report, and the closing lines `run` prints (the
+report, the ONNX file to audit, where the W&B records went).
 
 Dask workers write artifact files into the shared artifacts folder; only this flow's process writes the lineage
 store (a trial hands back a journal of its runs, committed here). At start, every worker must see the artifacts
@@ -12,12 +13,15 @@ and W&B folders at the same paths as this process, or the flow fails with one li
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect_dask import DaskTaskRunner
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.dataset import ensure_dataset
+from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
+from mnist_pipeline.flows.flow_artifact import wandb_records
 from mnist_pipeline.lineage.journal import commit_journal
 from mnist_pipeline.lineage.queries import finished_trial, train_seconds
 from mnist_pipeline.lineage.stage import record_lost_run
@@ -34,11 +38,12 @@ from mnist_pipeline.results import (
     ValidationResult,
 )
 from mnist_pipeline.sweep import Sweep, SweepError, expand, usable_cores
-from mnist_pipeline.sweep_workers import check_workers, core_shares
-from mnist_pipeline.tasks import export_onnx, promote, validate_onnx
+from mnist_pipeline.sweep_workers import check_workers, checkpoint_writer, core_shares, trial_threads
+from mnist_pipeline.tasks import export_onnx, promote, run_report, validate_onnx
+from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
-from mnist_pipeline.tasks.train import MODEL_NAME
+from mnist_pipeline.tasks.train import MODEL_NAME, checkpoint_path
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 
 FLOW_NAME = "mnist-sweep"
@@ -47,8 +52,8 @@ DEFAULT_CONFIG = PipelineConfig.model_validate({})
 
 def task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
     """An existing cluster at `address`, or a local one: `workers` processes (default one per core), each running
-    one trial at a time (torch's thread count and wandb.watch's global run are per process), with its share of the
-    cores as torch threads (see `core_shares`)."""
+    one trial at a time (torch's thread count and wandb.watch's global run are per process); every trial trains
+    with the same torch thread count, the smallest share of the cores (see `trial_threads`)."""
     if address:
         return DaskTaskRunner(address=address, client_kwargs={"timeout": 30})
     n = workers or usable_cores()
@@ -84,7 +89,9 @@ def _dask_client():
 
 
 @flow(name=FLOW_NAME, description="Hyperparameter sweep of the MNIST ConvNet on Dask: every trial trains and "
-      "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.")
+      "evaluates with its own lineage; the best by the sweep's metric is exported to ONNX, validated and promoted.",
+      on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
+      on_cancellation=[release_holds])
 def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = None,
                 min_workers: int = 1) -> SweepSummary:
     """`sweep`: a checked sweep (`mnist_pipeline.sweep.load_sweep` or `parse_sweep` of a W&B-style mapping)."""
@@ -99,9 +106,9 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     client = _dask_client()
     assert cfg.wandb.dir is not None  # pinned above
     workers = check_workers(client, [cfg.artifacts_dir, cfg.wandb.dir], min_workers)
-    shares = core_shares(workers, client.nthreads())
-    logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %s)", spec.name or "",
-                len(trials), spec.method, len(workers), client.scheduler.address, sorted(set(shares.values())))
+    threads = trial_threads(core_shares(workers, client.nthreads()), cfg.train.threads)
+    logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %d)", spec.name or "",
+                len(trials), spec.method, len(workers), client.scheduler.address, threads)
 
     dataset = ensure_dataset(cfg, logger)
     store = LineageStore(cfg.lineage_db)
@@ -118,7 +125,10 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
             logger.info("trial %d reuses %s (%s): same dataset and training fingerprint", t.index,
                         model.label, metrics.label)
         else:
-            futures[t.index] = run_trial.submit(pin_for_workers(t.config), ds, t.index, t.params, shares)
+            tcfg = t.config.model_copy(update={"train": t.config.train.model_copy(update={"threads": threads})})
+            writer = checkpoint_writer(checkpoint_path(tcfg, ds.ref()))  # resumable only when the store knows it
+            futures[t.index] = run_trial.submit(pin_for_workers(tcfg), ds, t.index, t.params,
+                                                writer if writer and store.run(writer) else None)
 
     by_index = {t.index: t for t in trials}
     for index, future in futures.items():  # committed one by one: a flow that dies later keeps what finished
@@ -167,9 +177,11 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     attestation = sign(wcfg, sign_key, onnx_model, best.model, dataset, validation) if sign_key and v.passed \
         else None
     decision = promote(wcfg, best.model, best.metrics, validation, attestation)
+    report = run_report(wcfg, dataset, best.metrics, validation, decision)  # the winner's, as `run` makes one
+    onnx_file = str(Path(onnx_model.path) / "model.onnx")  # the file to deploy and audit, under run's key
     winner = {"trial": best.index, "params": best.params, **(best.values or {}),
               "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
-              "onnx_path": onnx_model.path, "validation": validation.label,
+              "onnx_path": onnx_model.path, "onnx_file": onnx_file, "validation": validation.label,
               "onnx_max_abs_diff": v.max_abs_diff, "onnx_argmax_agreement": v.argmax_agreement}
     if attestation is not None:
         winner["attestation"] = attestation.label
@@ -180,7 +192,8 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     summary = SweepSummary(status="completed_with_failures" if failed else "completed", sweep=spec.to_dict(),
                            flow_run_id=flow_run_id, workers=len(workers), sweep_result=ArtifactLocation.of(sweep_ref),
                            trials=trial_rows, failed=failed, lineage_db=str(cfg.lineage_db), winner=winner,
-                           promotion=PromotionOutcome.of(decision))
+                           promotion=PromotionOutcome.of(decision), report=str(Path(report.path) / REPORT_FILE),
+                           onnx_file=onnx_file, wandb=wandb_records(cfg, logger))
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
                 best.model.label, decision.decision, len(failed))
     return summary

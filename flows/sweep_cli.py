@@ -108,6 +108,10 @@ def _sweep(spec, cfg: PipelineConfig, ns: argparse.Namespace) -> int:
             return Exit.FAILED
         summary = state.result()
     print(json.dumps(summary.to_dict(), indent=2, default=str))
+    from mnist_pipeline.report.closing_lines import where_things_went
+
+    for line in where_things_went(summary):  # as `run` ends: the report, the ONNX file to audit, the W&B records
+        print(line, file=sys.stderr)
     if summary.failed:
         err("", f"{len(summary.failed)} trial(s) failed: {summary.failed}")
         return Exit.FAILED

@@ -74,9 +74,51 @@ def allowed_roots() -> list[Path] | None:
     return roots or None
 
 
+def bounds(field) -> str:
+    """A field's numeric and length limits in words ('1 to 1000', 'more than 0, at most 10', 'exactly 2 items'),
+    read from the constraints pydantic checks, so the text cannot disagree with the check; '' when it has none."""
+    c: dict[str, float] = {}
+    for m in field.metadata:
+        for attr in ("ge", "gt", "le", "lt", "min_length", "max_length"):
+            if getattr(m, attr, None) is not None:
+                c[attr] = getattr(m, attr)
+
+    def num(v) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    parts = []
+    if "ge" in c and "le" in c:
+        parts.append(f"{num(c['ge'])} to {num(c['le'])}")
+    else:
+        parts += [f"{w} {num(c[k])}" for k, w in (("ge", "at least"), ("gt", "more than"), ("le", "at most"),
+                                                   ("lt", "less than")) if k in c]
+    lo, hi = c.get("min_length"), c.get("max_length")
+    unit = "characters" if field.annotation is str else "items"
+    if lo is not None and lo == hi:
+        parts.append(f"exactly {lo} {unit}")
+    elif lo is not None or hi is not None:
+        parts.append(f"{lo} to {hi} {unit}" if lo is not None and hi is not None else
+                     f"at least {lo} {unit}" if lo is not None else f"at most {hi} {unit}")
+    return ", ".join(parts)
+
+
 class _Section(BaseModel):
     # Unknown keys are a typo in a payload or config file: reject them instead of silently ignoring them.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        """Each field's limits go into its description ("... (allowed: 1 to 1000)"): the Prefect UI's form and
+        `--help` show descriptions, not the schema's minimum and maximum."""
+        super().__pydantic_init_subclass__(**kwargs)
+        changed = False
+        for field in cls.model_fields.values():
+            limits = bounds(field)
+            if limits and field.description and "(allowed:" not in field.description:
+                field.description = f"{field.description} (allowed: {limits})"
+                changed = True
+        if changed:
+            cls.model_rebuild(force=True)
 
 
 class DataConfig(_Section):

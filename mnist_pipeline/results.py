@@ -257,6 +257,9 @@ class SweepSummary(_Record):
     lineage_db: str
     winner: dict | None = _optional()  # the winner's figures and its ONNX file, validation, attestation
     promotion: PromotionOutcome | None = _optional()
+    report: str | None = _optional()  # the winner's run report, as `run` makes one
+    onnx_file: str | None = _optional()  # the winner's ONNX file (the one to deploy and audit), under run's key
+    wandb: dict | None = _optional()  # where the W&B records went (`queries.where_records_went`)
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | None) -> Self:

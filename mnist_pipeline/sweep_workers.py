@@ -1,6 +1,6 @@
 """Can Dask run a sweep? A scheduler at the address given (`wait_for_scheduler`), workers that see and write the
 artifacts and W&B folders at the same paths as the flow's process (`check_workers`), and how many torch threads
-each trial gets on its worker (`core_shares`).
+every trial of a sweep gets (`core_shares`, `trial_threads`).
 
 Takes a `distributed.Client` as it is; `distributed` is imported only to reach a scheduler. No Prefect, no W&B."""
 
@@ -82,6 +82,27 @@ def core_shares(found: dict, nthreads: dict) -> dict[str, int]:
     for addr, info in found.items():
         slots[info["host"]] = slots.get(info["host"], 0) + int(nthreads.get(addr, 1))
     return {addr: max(1, info["cpus"] // slots[info["host"]]) for addr, info in found.items()}
+
+
+def trial_threads(shares: dict[str, int], asked: int = 0) -> int:
+    """The torch threads of every trial of a sweep: `asked` (train.threads) when set, else the smallest share of
+    the workers there at the start. A trial's settings belong to the trial, not to the worker that happens to run
+    it: a trial rerun on another worker (a lost one's, or one that joined later) trains with the same count, and
+    makes the model `reproduce` makes from its record."""
+    return asked if asked > 0 else min(shares.values(), default=1)
+
+
+def checkpoint_writer(checkpoint: Path) -> str | None:
+    """The run that wrote `checkpoint`, from its sidecar record (None: no checkpoint, or no readable record)."""
+    import json
+
+    try:
+        record = json.loads(checkpoint.with_name(checkpoint.name + ".json").read_text())
+    except (OSError, ValueError):
+        return None
+    lineage = record.get("lineage") if isinstance(record, dict) else None
+    run_id = lineage.get("run_id") if isinstance(lineage, dict) else None
+    return run_id if isinstance(run_id, str) else None
 
 
 def wait_for_scheduler(address: str, timeout: float = 10.0) -> None:

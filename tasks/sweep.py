@@ -20,7 +20,7 @@ from mnist_pipeline.lineage.refs import ArtifactRef
 from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.lineage.store import ArtifactRecord
 from mnist_pipeline.results import SweepResult
-from mnist_pipeline.sweep import Sweep, TrialResult, rank, usable_cores
+from mnist_pipeline.sweep import Sweep, TrialResult, rank
 from mnist_pipeline.tasks._common import current_flow_run_id, write_json
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import train
@@ -64,32 +64,48 @@ class SweepTrial:
         return TrialResult(self.index, self.params, self.status, self.values, self.error)
 
 
-def _worker(shares: dict[str, int]) -> tuple[str | None, int | None]:
-    """(this Dask worker's name, the torch threads of its share of the cores); (None, None) outside a worker.
-    A worker that joined after the flow's start gets its cores over its own task slots."""
+def _worker() -> str | None:
+    """This Dask worker's name; None outside a worker."""
     try:
         from distributed import get_worker
 
-        w = get_worker()
+        return str(get_worker().name)
     except (ImportError, ValueError):
-        return None, None
-    share = shares.get(w.address) or max(1, usable_cores() // max(1, int(w.state.nthreads)))
-    return str(w.name), share
+        return None
+
+
+def _unknown_checkpoint(cfg: PipelineConfig, dataset: ArtifactRecord, resume_from: str | None, logger) -> None:
+    """Discard this trial's checkpoint unless it was written by `resume_from`, the run the flow found in the
+    lineage store: one written by a run the store does not know (a worker lost mid-trial, whose journal never
+    came back) has no record to vouch for how it was made, and resuming it would make a model that `reproduce`
+    cannot make again."""
+    from mnist_pipeline import training
+    from mnist_pipeline.sweep_workers import checkpoint_writer
+    from mnist_pipeline.tasks.train import checkpoint_path
+
+    ckpt = checkpoint_path(cfg, dataset.ref())
+    if not (ckpt.is_file() or training.sidecar(ckpt).is_file()):  # nothing to resume (or no file: train says so)
+        return
+    writer = checkpoint_writer(ckpt)
+    if writer is None or writer != resume_from:
+        logger.warning("checkpoint %s was written by run %s, which the lineage store does not know (a trial "
+                       "attempt lost with its worker): discarded, training starts over", ckpt.name, writer)
+        training.discard_checkpoint(ckpt)
 
 
 @task(name="trial", task_run_name="trial-{index:03d}", retries=1, retry_delay_seconds=1)
 def run_trial(cfg: PipelineConfig, dataset: ArtifactRecord, index: int, params: dict,
-              shares: dict[str, int] | None = None):
-    """Train and evaluate one configuration on this worker, with the worker's share of the cores (`shares`:
-    torch threads by worker address, from the flow's look at the cluster)."""
+              resume_from: str | None = None):
+    """Train and evaluate one configuration on this worker, with the trial's own settings (its torch threads
+    included: decided by the flow for every trial, never by the worker). `resume_from`: the recorded run whose
+    checkpoint of this trial may be resumed; any other checkpoint is discarded."""
     logger = get_run_logger()
     start, started = time.monotonic(), time.time()
-    worker, threads = _worker(shares or {})
-    if threads:  # torch gets this worker's share of its machine's cores, not every core
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"threads": threads})})
+    worker, threads = _worker(), cfg.train.threads
     store = JournalStore(str(cfg.lineage_db), known=[dataset])
     logger.info("trial %d on %s (%s threads): %s", index, worker or "this process", threads or "all", params)
     try:
+        _unknown_checkpoint(cfg, dataset, resume_from, logger)
         model = train.fn(cfg, dataset.ref(), store=store)
         metrics = evaluate.fn(cfg, model, dataset.ref(), store=store)
     except Exception as e:

@@ -79,5 +79,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
         stage.produce(MODEL_NAME, "model", out, meta)
     training.discard_checkpoint(ckpt)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]
-    logger.info("model %s trained in %.1f s, digest %s", ref.label, result.seconds, ref.digest[:16])
+    # on a sweep worker the version is given when the flow commits the trial's journal: not known here
+    logger.info("model %s trained in %.1f s, digest %s", ref.label if ref.version >= 0 else ref.name,
+                result.seconds, ref.digest[:16])
     return ref

@@ -66,6 +66,31 @@ def test_cli_show_config_merges_file_and_flags(tmp_path, capsys):
     assert (out.train.epochs, out.train.batch_size, out.train.kernels, out.data.slice) == (3, 64, [8, 4], 3)
 
 
+def test_the_ui_form_shows_every_fields_bounds_in_its_description_and_they_are_the_checked_ones():
+    """Prefect's form renders a field's description, not its schema minimum/maximum: the limits are written there,
+    from the constraints themselves."""
+    import pydantic
+
+    from mnist_pipeline.config import PipelineConfig
+
+    defs = PipelineConfig.model_json_schema()["$defs"]
+    train = defs["TrainConfig"]["properties"]
+    assert train["epochs"]["description"].endswith("(allowed: 1 to 1000)")
+    assert train["learning_rate"]["description"].endswith("(allowed: more than 0, at most 10)")
+    assert train["kernels"]["description"].endswith("(allowed: exactly 2 items)")
+    assert defs["DataConfig"]["properties"]["slice"]["description"].endswith("(allowed: 1 to 10000)")
+    checked = 0
+    for section in defs.values():
+        for name, prop in section["properties"].items():
+            if "minimum" in prop or "maximum" in prop or "exclusiveMinimum" in prop or "exclusiveMaximum" in prop:
+                assert "(allowed: " in prop.get("description", ""), (name, prop)
+                checked += 1
+    assert checked > 20
+    PipelineConfig.model_validate({"train": {"epochs": 1000}})  # the bound said is the bound checked
+    with pytest.raises(pydantic.ValidationError):
+        PipelineConfig.model_validate({"train": {"epochs": 1001}})
+
+
 @pytest.mark.parametrize("name, text, fragment", [
     ("c.yaml", "train:\n  epochs: 2\n batch_size: [64\n", r"c\.yaml: not valid YAML at line \d+, column \d+: "),
     ("c.yml", "train: {epochs: 2\n", r"c\.yml: not valid YAML at line \d+, column \d+: "),

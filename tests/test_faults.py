@@ -648,3 +648,62 @@ def test_a_full_disk_under_the_store_is_one_line_naming_it(tmp_path):
             assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         finally:
             con.close()
+
+
+def _damaged_stores(tmp_path: Path) -> dict[str, Path]:
+    """An empty lineage.db, and one cut to half its size (a copy that stopped half-way), in folders of their own."""
+    full = tmp_path / "full" / "lineage.db"
+    store = LineageStore(full)
+    for i in range(300):
+        store.start_run(f"r{i}", "train", config={"pad": "x" * 500}, env={}, flow_run_id=None, run_group=None,
+                        wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
+    con = sqlite3.connect(full)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    out = {}
+    for kind, blob in (("empty", b""), ("half", full.read_bytes()[: full.stat().st_size // 2])):
+        (tmp_path / kind).mkdir()
+        (tmp_path / kind / "lineage.db").write_bytes(blob)
+        out[kind] = tmp_path / kind / "lineage.db"
+    return out
+
+
+@pytest.mark.parametrize("argv", [["sync", "--dry-run"], ["sync"], ["sync", "--verify"], ["audit", "convnet:v0"],
+                                  ["gc"]])
+def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(tmp_path, capsys, monkeypatch, argv):
+    from mnist_pipeline.flows.cli import main
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # plain sync must say the store, not "no W&B key"
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    for kind, db in _damaged_stores(tmp_path).items():
+        before = db.read_bytes()
+        capsys.readouterr()
+        rc = main([*argv, "--lineage-db", str(db)])
+        err = capsys.readouterr().err
+        assert rc == 6, (kind, rc, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (kind, err)
+        assert str(db) in err, err
+        assert db.read_bytes() == before, kind  # no schema written into it
+        assert sorted(p.name for p in db.parent.iterdir()) == ["lineage.db"], kind  # no -wal, -shm
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["160k", "280k"])  # full before the store exists; full part-way through the run
+def test_a_run_with_its_store_on_a_full_disk_ends_with_the_disk_named_and_leaves_no_store_behind(
+        prefect_server, tmp_path, size):
+    db = tmp_path / "store" / "lineage.db"
+    with _tmpfs(tmp_path / "store", size=size):
+        argv = [a if a != str(tmp_path / "lineage.db") else str(db) for a in _argv(
+            tmp_path, "--source", "synthetic", "--synthetic-train", "200", "--synthetic-test", "50", "--slice", "1",
+            "--epochs", "1")]
+        proc = subprocess.run(argv, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        line = _last_line(proc.stderr)
+        assert line == f"mnist-pipeline: pipeline failed: StorageError: No space left on device while writing {db} " \
+                       "(not retried: it would fail the same way)", line
+        if db.exists():  # full part-way: what was recorded is whole, and no run is left 'running'
+            assert db.stat().st_size > 0
+            assert all(status != "running" for _, status, _ in _store_state(db))
+        else:
+            assert sorted(p.name for p in db.parent.iterdir()) == []  # no 0-byte store, no -wal/-shm

@@ -60,3 +60,24 @@ def test_a_journal_replays_in_order_with_its_made_up_ids_mapped_to_the_stores(tm
     assert committed[("convnet", "a" * 64)].artifact_id == old_model.artifact_id  # same content, same version
     assert [a.artifact_id for a in store.edges("e2")["used"]] == [old_model.artifact_id]
     assert len(store.artifacts("model")) == 2
+
+
+def test_a_committed_run_keeps_the_times_it_ran_on_the_worker_not_the_commits(tmp_path):
+    import time
+
+    store = LineageStore(tmp_path / "lineage.db")
+    journal = JournalStore(str(store.path))
+    journal.start_run("t1", "train", config={}, env={}, flow_run_id="fr", run_group="g", wandb_mode="offline",
+                      wandb_dir="/w", wandb_project="p", wandb_entity=None)
+    time.sleep(0.05)
+    journal.finish_run("t1", used=[], summary={}, wandb_url=None, wandb_mode="offline",
+                       produced=[_art("convnet", "model", "b" * 64, tmp_path)])
+    journal.start_run("t2", "train", config={}, env={}, flow_run_id="fr", run_group="g", wandb_mode="offline",
+                      wandb_dir="/w", wandb_project="p", wandb_entity=None)
+    journal.fail_run("t2", used=[], error="boom")
+    ran = [(e.run_id, e.kind, e.at) for e in journal.entries]
+    time.sleep(0.3)  # the flow commits later (a trial takes its time; others are committed first)
+    commit_journal(store, journal.entries)
+    t1, t2 = store.run("t1"), store.run("t2")
+    assert (t1.started_at, t1.finished_at) == (ran[0][2], ran[1][2]) and t1.started_at < t1.finished_at
+    assert (t2.started_at, t2.finished_at) == (ran[2][2], ran[3][2])

@@ -38,9 +38,20 @@ def test_a_forced_retrain_makes_the_same_model_and_onnx_and_a_skip_is_a_skipped_
     store = LineageStore(tmp_path / "lineage.db")
     first = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist)).to_dict()
     state = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist), return_state=True)
-    assert state.is_completed() and state.name == "Skipped"  # visibly skipped in run lists
+    # a plain Completed state (Prefect's run filters go by state name: a custom one hides the run), saying why
+    assert state.is_completed() and state.name == "Completed" and state.message.startswith("training skipped: ")
     skipped = state.result().to_dict()
     assert skipped["status"] == "skipped" and "--force" in skipped["reason"] and "set force" not in skipped["reason"]
+    assert "the force field in the Prefect form" in skipped["reason"]  # what a UI user has instead of --force
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        [table] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["mnist-lineage"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert "mnist:v0 (dataset)" in table.data and "convnet:v0 (model)" in table.data  # not an empty header
+    assert "(earlier run, reused)" in table.data
     forced = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist).model_copy(update={"force": True})).to_dict()
     for kind in ("model", "onnx", "metrics"):
         assert forced["artifacts"][kind]["digest"] == first["artifacts"][kind]["digest"], kind
@@ -239,3 +250,74 @@ def test_gc_while_a_flow_runs_removes_nothing_it_uses_or_makes(prefect_server, w
         if a.version == 1 and a.type in ("dataset", "model", "onnx"):
             code, out, err = _cli(capsys, "audit", f"{a.name}:v1", "--lineage-db", str(db), "--skip-raw-files")
             assert code == 0, (a.name, err)
+
+
+def test_gc_between_a_cached_prepare_data_and_train_leaves_the_flows_dataset_alone(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path, capsys, monkeypatch):
+    """prepare-data a Prefect cache hit: no stage of the flow has declared the dataset when gc runs, right before
+    train opens its stage. The flow holds it from the moment it resolved it, and lets go when it ends."""
+    import importlib
+    from contextlib import contextmanager
+
+    from mnist_pipeline.lineage import holds
+
+    prepare_mod = importlib.import_module("mnist_pipeline.tasks.prepare_data")  # the modules, not their tasks
+    train_mod = importlib.import_module("mnist_pipeline.tasks.train")
+
+    db, art = tmp_path / "lineage.db", tmp_path / "art"
+    mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist))  # production convnet:v0 on mnist:v0
+    other = _cfg(tmp_path, tiny_mnist).model_copy(deep=True)
+    other = PipelineConfig.model_validate({**other.model_dump(mode="json"), "data": {
+        **other.data.model_dump(mode="json"), "slice": 2}})
+    prepared = prepare_mod.prepare_data(other)  # mnist:v1, in Prefect's cache, made by no model yet
+    assert prepared.label == "mnist:v1"
+    gc_results = []
+    real_open_stage = train_mod.open_stage
+
+    @contextmanager
+    def gc_first(cfg, job_type, *args, **kwargs):
+        code, out, err = _cli(capsys, "gc", "--keep-last", "1", "--lineage-db", str(db), "--artifacts-dir",
+                              str(art), "--apply", "--json")
+        gc_results.append((code, json.loads(out) if code == 0 else err))
+        with real_open_stage(cfg, job_type, *args, **kwargs) as stage:
+            yield stage
+
+    monkeypatch.setattr(train_mod, "open_stage", gc_first)
+    state = mnist_lineage_pipeline(config=other, return_state=True)
+    assert state.is_completed(), state.message
+    [(code, result)] = gc_results
+    assert code == 0, result
+    assert "held by running flow run" in result["kept"]["mnist:v1"]
+    assert not any("/mnist/" in p for p in result["removed"])
+    store = LineageStore(db)
+    assert [r.job_type for r in store.runs() if r.job_type == "prepare-data"] == ["prepare-data"] * 2  # a cache hit
+    assert store.deletions() == {}
+    assert holds.held(store) == {}  # released when the flow ended
+    code, _, err = _cli(capsys, "audit", "mnist:v1", "--lineage-db", str(db), "--skip-raw-files")
+    assert code == 0, err
+
+
+def test_a_hold_of_a_process_that_is_gone_expires_and_gc_may_then_remove_it(tmp_path, capsys):
+    from mnist_pipeline.lineage import holds
+    from mnist_pipeline.lineage.environment import process_gone, process_identity
+    from mnist_pipeline.lineage.store import NewArtifact
+
+    db, art = tmp_path / "lineage.db", tmp_path / "art"
+    store = LineageStore(db)
+    folder = art / "dataset" / "mnist" / ("ab" * 8)
+    folder.mkdir(parents=True)
+    (folder / "train.pt").write_bytes(b"x")
+    store.start_run("r1", "prepare-data", config={}, env={}, flow_run_id="f1", run_group=None, wandb_mode="offline",
+                    wandb_dir=None, wandb_project="p", wandb_entity=None)
+    [rec] = store.finish_run("r1", used=[], produced=[NewArtifact("mnist", "dataset", "ab" * 32, str(folder), {}, ())],
+                             summary={}, wandb_url=None, wandb_mode="offline")
+    holds.hold(store, "f2", rec.artifact_id)
+    assert not store.delete_artifact(rec.artifact_id, path=str(folder), bytes=1, reason="t", deleted_by="t",
+                                     remove=lambda: None)  # held: refused in gc's own transaction
+    assert holds.expire(store, process_gone) == []  # this process is alive
+    with store.transaction() as con:  # the holding process died (a pid that cannot exist on this host)
+        con.execute("UPDATE holds SET process_json = ?", (json.dumps({**process_identity(), "pid": 2 ** 22 + 7}),))
+    code, out, err = _cli(capsys, "gc", "--keep-last", "1", "--lineage-db", str(db), "--artifacts-dir", str(art),
+                          "--apply", "--json")
+    assert code == 0, err
+    assert json.loads(out)["removed"] == [str(folder)] and holds.held(store) == {}

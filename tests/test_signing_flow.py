@@ -266,7 +266,7 @@ def test_the_sweeps_winner_is_signed_the_same_way(prefect_server, wandb_offline,
     used = {u.type: u for u in store.edges(sign_run.run_id)["used"]}
     assert f"{used['onnx'].name}:v{used['onnx'].version}" == winner["onnx"]
     assert f"{used['model'].name}:v{used['model'].version}" == winner["model"]
-    onnx_file = Path(winner["onnx_path"]) / "model.onnx"
+    onnx_file = Path(winner["onnx_file"])
     assert sign_main(["verify", str(onnx_file), "--public-key", str(pub)]) == 0
     assert sign_main(["verify", str(Path(winner["attestation_path"]) / "model.onnx"), "--public-key", str(pub)]) == 0
     assert "├─ dataset" in capsys.readouterr().out

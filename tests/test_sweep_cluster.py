@@ -103,7 +103,14 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     runs = store.runs()
     assert all(r.status == "finished" for r in runs), [(r.job_type, r.status, r.error) for r in runs]
     assert Counter(r.job_type for r in runs) == {"prepare-data": 1, "train": 4, "evaluate": 4, "select": 1,
-                                                    "export-onnx": 1, "validate-onnx": 1, "promote": 1}
+                                                    "export-onnx": 1, "validate-onnx": 1, "promote": 1, "report": 1}
+    # it ends as `run` does: the winner's run report, the ONNX file to audit (a file, under run's key), the W&B line
+    assert Path(summary["report"]).is_file() and summary["onnx_file"] == summary["winner"]["onnx_file"]
+    assert Path(summary["onnx_file"]).name == "model.onnx" and Path(summary["onnx_file"]).is_file()
+    closing = out.err.splitlines()
+    assert f"report: {summary['report']}" in closing
+    assert any(ln.startswith(f"ONNX model: {summary['onnx_file']} (audit it: mnist-pipeline audit ") for ln in closing)
+    assert any(ln.startswith("W&B: ") for ln in closing)
     [dataset] = store.artifacts("dataset")
     models = store.artifacts("model")
     assert len(models) == 4 and [m.version for m in models] == [0, 1, 2, 3]  # no duplicate model versions
@@ -259,3 +266,59 @@ def test_each_worker_gets_its_share_of_its_machines_cores():
              "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}
     nthreads = {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 4}
     assert core_shares(found, nthreads) == {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 1}
+
+
+LOST = """
+method: grid
+metric: {name: test_accuracy, goal: maximize}
+parameters:
+  train.learning_rate: {values: [0.001, 0.01]}
+name: lost-worker
+"""
+
+
+@pytest.mark.slow
+def test_a_trial_rerun_after_a_lost_worker_keeps_its_settings_and_resumes_no_checkpoint_the_store_does_not_know(
+        prefect_server, wandb_offline, tmp_path, dask_cluster, capsys):
+    """worker0 is killed mid-training (its checkpoint on disk, its journal lost) and a new worker joins, one that
+    was not there when the flow looked at the cluster: the trial is rerun with the trial's thread count, trains
+    from scratch, and its model is the one `reproduce` makes from the record."""
+    from tests.helpers import write_mnist
+
+    src = write_mnist(tmp_path / "src", n_train=1500, n_test=40)
+    argv = _argv(src, tmp_path, LOST) + ["--dask-address", dask_cluster.address, "--epochs", "3",
+                                         "--checkpoint-every", "5", "--kernels", "4", "8"]
+    ckpts = tmp_path / "art" / ".checkpoints"
+    seen: dict = {}
+
+    def kill_when_checkpointed(timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(list(ckpts.glob("train-*.pt"))) >= 2:  # both trials are training, each has a checkpoint
+                dask_cluster.kill_worker(0)
+                seen["killed"] = True
+                dask_cluster.add_worker(2)  # a worker the flow's share table never saw
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_when_checkpointed, daemon=True)
+    killer.start()
+    rc = main(argv)
+    out = capsys.readouterr()
+    killer.join(timeout=30)
+    assert seen.get("killed"), "the test never caught both trials checkpointed"
+    assert rc == 0, out.err[-3000:]
+    summary = json.loads(out.out)
+    assert [t["status"] for t in summary["trials"]] == ["finished"] * 2
+    store = LineageStore(tmp_path / "lineage.db")
+    known = {r.run_id for r in store.runs()}
+    trains = [r for r in store.runs() if r.job_type == "train"]
+    assert len(trains) == 2
+    assert {r.summary["threads"] for r in trains} == {1} == {r.config["train"]["threads"] for r in trains}
+    for r in trains:  # a checkpoint is resumed only when its writer is on record
+        assert not r.summary["resumed"] or r.summary["checkpoint_written_by"] in known, r.summary
+    logs = "".join(dask_cluster.log(f"worker{i}") for i in (1, 2))  # the rerun's warning, on its worker
+    assert "which the lineage store does not know" in logs and "discarded, training starts over" in logs
+    for m in store.artifacts("model"):
+        assert main(["reproduce", f"{m.name}:v{m.version}", "--lineage-db", str(tmp_path / "lineage.db")]) == 0, \
+            capsys.readouterr().out[-2000:]

@@ -24,6 +24,7 @@ class Entry:
     kind: str  # start | use | gaps | finish | fail
     run_id: str
     kwargs: dict
+    at: str = field(default_factory=now)  # when it happened on the worker (the commit comes later)
 
 
 @dataclass
@@ -81,11 +82,15 @@ def commit_journal(store: LineageStore, entries: list[Entry]) -> dict[tuple[str,
     """Replay a journal into the store, in order; returns the committed records by (name, digest).
 
     Ids the journal made up (negative) are mapped to the store's as their producing run is committed; each
-    finish is one transaction, as it would have been on the worker.
+    finish is one transaction, as it would have been on the worker. A run's start and finish times are the
+    worker's, not those of the commit.
     """
     ids: dict[int, int] = {}
     committed: dict[tuple[str, str], ArtifactRecord] = {}
+    times: dict[str, dict[str, str]] = {}
     for e in entries:
+        if e.kind in ("start", "finish", "fail"):
+            times.setdefault(e.run_id, {})["started_at" if e.kind == "start" else "finished_at"] = e.at
         kw = dict(e.kwargs)
         if e.kind == "start":
             store.start_run(e.run_id, kw.pop("job_type"), **kw)
@@ -106,4 +111,8 @@ def commit_journal(store: LineageStore, entries: list[Entry]) -> dict[tuple[str,
         for made_up, rec in zip(pseudo, records, strict=True):
             ids[made_up] = rec.artifact_id
             committed[(rec.name, rec.digest)] = rec
+    with store.transaction() as con:
+        for run_id, at in times.items():
+            con.execute("UPDATE runs SET started_at = COALESCE(?, started_at), finished_at = COALESCE(?, "
+                        "finished_at) WHERE run_id = ?", (at.get("started_at"), at.get("finished_at"), run_id))
     return committed

@@ -6,6 +6,7 @@ Kept, always:
   made from it (its ONNX export, metrics, validation) with their own ancestry, so `audit` of a kept model still
   verifies every file it reaches;
 - everything a run still 'running' uses or produces, and every artifact of its flow run;
+- everything a running flow holds (`holds.py`: its dataset, from the moment it resolved it);
 - artifacts younger than `older_than_days`.
 Removable: the other recorded artifact folders, artifact folders no record points at, staging folders of runs that
 are no longer running, and training checkpoints when no training runs. Pure: the plan reads the store and the disk;
@@ -21,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from mnist_pipeline.lineage.holds import held
 from mnist_pipeline.lineage.layout import CHECKPOINTS, STAGING, candidate_folders
 from mnist_pipeline.lineage.store import ALIASES, LineageStore
 
@@ -121,6 +123,9 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
         e = store.edges(run_id)
         for a in e["used"] + e["produced"]:
             backwards(a.artifact_id, f"in use by run {run_id} (its flow run is still running)")
+    for aid, flow_runs in held(store).items():  # resolved by a running flow, not yet declared by any stage of it
+        if aid in arts:
+            backwards(aid, f"held by running flow run {', '.join(flow_runs)}")
     return why
 
 

@@ -90,6 +90,13 @@ CREATE TABLE IF NOT EXISTS deletions (
     deleted_by  TEXT NOT NULL,
     deleted_at  TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS holds (
+    flow_run_id  TEXT NOT NULL,
+    artifact_id  INTEGER NOT NULL REFERENCES artifacts(artifact_id),
+    process_json TEXT NOT NULL,
+    taken_at     TEXT NOT NULL,
+    PRIMARY KEY (flow_run_id, artifact_id)
+);
 CREATE TABLE IF NOT EXISTS rejections (
     rejection_id INTEGER PRIMARY KEY AUTOINCREMENT,
     artifact_id  INTEGER NOT NULL REFERENCES artifacts(artifact_id),

@@ -7,6 +7,7 @@ one store; a run's outputs and edges are committed together with its 'finished' 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import sqlite3
@@ -28,6 +29,7 @@ from mnist_pipeline.lineage.records import (
     RunRecord,
 )
 from mnist_pipeline.lineage.schema import DROP_PENDING_GAP, SCHEMA, upgrade
+from mnist_pipeline.lineage.store_file import disk_full, readonly_problem, sidecars_created
 from mnist_pipeline.storage import StorageError
 
 if TYPE_CHECKING:
@@ -58,30 +60,21 @@ class LineageStore:
         written, and a missing, empty or foreign file raises StoreError instead of being given a fresh schema."""
         self.path, self.readonly = Path(path), readonly
         if readonly:
-            if not self.path.is_file():
-                raise StoreError(f"{self.path}: no lineage store there")
-            if self.path.stat().st_size == 0:
-                raise StoreError(f"{self.path}: the lineage store is empty (0 bytes), so it records nothing; if it "
-                                 "was truncated, restore it from a backup")
-            try:
-                with self.reader() as con:
-                    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            except sqlite3.DatabaseError as e:
-                raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
-            if not {"runs", "artifacts", "artifact_files", "edges"} <= tables:
-                raise StoreError(f"{self.path}: an SQLite database, but not a lineage store (no runs/artifacts tables)")
+            problem = readonly_problem(self.path)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self._connect() as con:
+            with sidecars_created(self.path, lambda e: disk_full(e, self.path)), self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(SCHEMA)
                 upgrade(con)
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
-            if "disk is full" in str(e):
-                raise StorageError(errno.ENOSPC, self.path) from e
+            if disk_full(e, self.path):
+                raise StorageError(errno.ENOSPC, self.path) from None
             raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
 
     def _connect(self) -> sqlite3.Connection:
@@ -115,9 +108,10 @@ class LineageStore:
                 con.execute("COMMIT")
             except BaseException as e:
                 if con.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
-                    con.execute("ROLLBACK")
-                if isinstance(e, sqlite3.OperationalError) and "disk is full" in str(e):
-                    raise StorageError(errno.ENOSPC, self.path) from e  # one line naming the store, not retried
+                    with contextlib.suppress(sqlite3.DatabaseError):
+                        con.execute("ROLLBACK")
+                if isinstance(e, sqlite3.DatabaseError) and disk_full(e, self.path):
+                    raise StorageError(errno.ENOSPC, self.path) from None  # one line naming the store, not retried
                 raise
         finally:
             con.close()
@@ -261,13 +255,14 @@ class LineageStore:
     def delete_artifact(self, artifact_id: int, *, path: str, bytes: int, reason: str, deleted_by: str,
                         remove: Callable[[], None]) -> bool:
         """Record `artifact_id` as deleted and call `remove()` (which takes its folder away) in one transaction,
-        unless a run still 'running' uses or produced it, or a run of a flow run still running did: then nothing
-        happens and False. `remove` raising rolls the record back."""
+        unless a run still 'running' uses or produced it, a run of a flow run still running did, or a flow run
+        holds it (`holds.py`): then nothing happens and False. `remove` raising rolls the record back."""
         with self.transaction() as con:
             busy = con.execute(
                 "SELECT 1 FROM edges e JOIN runs r USING (run_id) WHERE e.artifact_id = ? AND (r.status = 'running'"
                 " OR r.flow_run_id IN (SELECT flow_run_id FROM runs WHERE status = 'running'"
-                " AND flow_run_id IS NOT NULL)) LIMIT 1", (artifact_id,)).fetchone()
+                " AND flow_run_id IS NOT NULL)) UNION SELECT 1 FROM holds WHERE artifact_id = ? LIMIT 1",
+                (artifact_id, artifact_id)).fetchone()
             if busy is not None:
                 return False
             con.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, ?, ?, ?, ?)",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import shlex
 
-from mnist_pipeline.results import RunSummary
+from mnist_pipeline.results import RunSummary, SweepSummary
 
 
-def where_things_went(summary: RunSummary) -> list[str]:
+def where_things_went(summary: RunSummary | SweepSummary) -> list[str]:
     """The run report to open, the ONNX file to deploy and audit, and where the W&B records went (online: the run
     group's URLs; offline or after a W&B failure: the folder and the `mnist-pipeline sync` to run)."""
     lines = []
