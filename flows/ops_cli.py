@@ -320,14 +320,20 @@ def _online(mode: str) -> bool:
 
 
 def _move_alias_online(store, target, decision, backend=None) -> None:
+    """`production` in W&B where the store has it now (`follow_store`: a flow may have promoted since)."""
+    from mnist_pipeline.lineage.alias_sync import follow_store
     from mnist_pipeline.lineage.refs import wandb_ref
     from mnist_pipeline.lineage.wandb.client import WandbClient
 
     backend = backend or WandbClient()
     entity = backend.check()
-    run = store.run(target.producer_run_id)
-    backend.add_aliases(wandb_ref(run.wandb_entity or entity, run.wandb_project or "", target.name, target.digest),
-                        ["production"])
+
+    def move(rec, aliases: list[str]) -> bool:
+        run = store.run(rec.producer_run_id)
+        backend.add_aliases(wandb_ref((run.wandb_entity if run else None) or entity,
+                                      (run.wandb_project if run else None) or "", rec.name, rec.digest), aliases)
+        return True
+    follow_store(store, target.name, ["production"], move)
     store.mark_promotion_applied(decision.promotion_id)
 
 

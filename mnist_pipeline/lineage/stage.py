@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.alias_sync import AliasesMoving, follow_store
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
 from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.layout import staging_folder, version_folder
@@ -88,8 +89,21 @@ class Stage:
         return rec
 
     def set_aliases(self, ref: ArtifactRef, aliases: list[str], registry_path: str | None = None) -> bool:
-        """Move `aliases` onto `ref` in W&B (online); False when offline (the store keeps it for `sync`)."""
-        return self.wandb.set_aliases(ref.name, ref.digest, aliases, registry_path)
+        """Move `aliases` onto `ref` in W&B (online), then wherever the store has them now (`follow_store`: a
+        racing flow's later decision may have reached W&B first). False when offline or a W&B call failed: the
+        store keeps the decision unapplied, and `sync` moves the aliases where the store has them."""
+        if not self.wandb.set_aliases(ref.name, ref.digest, aliases, registry_path):
+            return False
+
+        def move(rec: ArtifactRecord, some: list[str]) -> bool:
+            return self.wandb.move_aliases(rec.name, rec.digest, some,
+                                           registry_path if "production" in some else None)
+        try:
+            return follow_store(self.store, ref.name, aliases, move,
+                                moved=self.store.find_artifact(ref.name, ref.digest))
+        except AliasesMoving as e:
+            log.warning("%s", e)
+            return False
 
     # outputs -------------------------------------------------------------------------------------------
     def staging(self, name: str) -> Path:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, Protocol, TypedDict
 
+from mnist_pipeline.lineage.alias_sync import follow_store
 from mnist_pipeline.lineage.refs import wandb_ref
-from mnist_pipeline.lineage.store import LineageStore, RunRecord
+from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, RunRecord
 from mnist_pipeline.lineage.wandb.run_file import synced_marker
 
 Status = Literal["pending", "done", "failed", "blocked", "missing"]
@@ -51,6 +52,7 @@ class RunPlan(TypedDict):
 class PromotionPlan(TypedDict, total=False):
     promotion_id: int
     promotion_ids: list[int]  # every unapplied decision this one step applies (equal steps are planned once)
+    artifact_id: int
     artifact: str
     decision: str
     ref: str
@@ -210,18 +212,24 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         if p.wandb_applied_at is not None:
             continue
         art = store.artifact(p.artifact_id)
-        producer = store.run(art.producer_run_id)
         if run_ids and art.producer_run_id not in run_ids:
             continue
-        ref = wandb_ref(producer.wandb_entity if producer else None,
-                        (producer.wandb_project if producer else None) or "", art.name, art.digest)
-        item: PromotionPlan = {"promotion_id": p.promotion_id, "artifact": art.label, "decision": p.decision,
+        ref = artifact_ref(store, art)
+        item: PromotionPlan = {"promotion_id": p.promotion_id, "artifact_id": art.artifact_id,
+                               "artifact": art.label, "decision": p.decision,
                                "ref": ref, "aliases": p.aliases, "producer_run_id": art.producer_run_id,
                                "status": "pending", "detail": ""}
         if ref in links and "production" in p.aliases:
             item["registry_path"] = links[ref]
         promotions.append(item)
     return {"runs": runs, "promotions": _once(promotions)}
+
+
+def artifact_ref(store: LineageStore, art: ArtifactRecord) -> str:
+    """The W&B path of a stored version, in the entity and project of the run that produced it."""
+    producer = store.run(art.producer_run_id)
+    return wandb_ref(producer.wandb_entity if producer else None,
+                     (producer.wandb_project if producer else None) or "", art.name, art.digest)
 
 
 def _once(promotions: list[PromotionPlan]) -> list[PromotionPlan]:
@@ -240,6 +248,23 @@ def _once(promotions: list[PromotionPlan]) -> list[PromotionPlan]:
                 p["registry_path"] = link
             out.append(p)
     return out
+
+
+def _move_aliases(store: LineageStore, backend: WandbBackend, art: ArtifactRecord, aliases: list[str]) -> str:
+    """A decision's aliases in W&B where the store has them now (`follow_store`: a later decision may have moved
+    one off `art`); the step's detail line."""
+    added: list[str] = []
+    elsewhere: list[str] = []
+
+    def move(rec: ArtifactRecord, some: list[str]) -> bool:
+        missing = backend.add_aliases(artifact_ref(store, rec), some)
+        if rec.artifact_id == art.artifact_id:
+            added.extend(missing)
+        else:
+            elsewhere.append(f"{', '.join(some)} on {rec.label}, where the store has it now")
+        return True
+    follow_store(store, art.name, aliases, move)
+    return "; ".join([f"added {', '.join(added)}" if added else "aliases already set", *elsewhere])
 
 
 def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_run: bool = False,
@@ -338,9 +363,10 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
             _set(p, "blocked", f"its producing run {p['producer_run_id']} is not in W&B")
             continue
         try:
-            added = backend.add_aliases(p["ref"], p["aliases"])
-            detail = f"added {', '.join(added)}" if added else "aliases already set"
-            if p.get("registry_path"):
+            art = store.artifact(p["artifact_id"])
+            detail = _move_aliases(store, backend, art, p["aliases"])
+            held = store.alias(art.name, "production")
+            if p.get("registry_path") and held is not None and held.artifact_id == art.artifact_id:
                 backend.link_artifact(p["ref"], p["registry_path"], p["aliases"])
                 detail += f"; linked into {p['registry_path']}"
             _set(p, "done", detail)

@@ -75,6 +75,7 @@ class StageRun:
         self.confirmed: list[str] = []  # the versions W&B took (see `log_artifacts`)
         self.failed_call: str | None = None  # the first W&B call that failed, if any
         self._secret: str | None = None  # the API key in use, masked in every message
+        self._host: str | None = None  # the W&B host in use (online)
 
     @property
     def online(self) -> bool:
@@ -156,6 +157,27 @@ class StageRun:
                                  [WandbGap("aliases", ref, "registry link", "", f"link to {registry_path}")])
             return bool(linked)
         return True
+
+    def move_aliases(self, name: str, digest: str, aliases: list[str], registry_path: str | None = None) -> bool:
+        """Online: put `aliases` on a version other than the one this run decided about, through W&B's public API
+        and without an input edge: `alias_sync.follow_store`'s correction when another flow's later decision
+        reached W&B first. True when W&B took them; offline or failed, False (a gap, for `sync`)."""
+        if not self.online:
+            return False
+        ref = self._path(name, digest)
+
+        def save() -> bool:
+            art = wandb.Api(overrides={"base_url": self._host}, api_key=self._secret,
+                            timeout=int(self.timeouts.http)).artifact(ref)
+            missing = [a for a in aliases if a not in art.aliases]
+            if missing:
+                art.aliases.extend(missing)
+                art.save()
+            if registry_path:
+                art.link(registry_path, aliases=list(aliases))
+            return True
+
+        return bool(self._guard("alias save", save, [WandbGap("aliases", ref, "alias save", "", ",".join(aliases))]))
 
     def log(self, data: dict, step: int | None = None) -> None:
         self._guard("log", lambda: self.run.log(data, step=step), network=False)
@@ -284,7 +306,7 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
                 run = wandb.init(mode="online", settings=run_settings(creds, timeouts, **quiet), **kwargs(run_id))
                 _online_failures.pop(creds.host, None)
                 stage_run = StageRun(cfg, run, "online", run_id, job_type, timeouts)
-                stage_run._secret = creds.api_key
+                stage_run._secret, stage_run._host = creds.api_key, creds.host
                 return stage_run
             except Exception as e:  # unreachable host, bad key: keep every record offline for a later `sync`
                 reason = masked_line(e, creds.api_key)
