@@ -9,6 +9,7 @@ No Prefect, no W&B: this module only knows files and tensors.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http
@@ -261,7 +262,8 @@ def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
             raise ChecksumError(why)
         tmp.replace(dest)
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk refuses even to unlink what is not there
+            tmp.unlink(missing_ok=True)
 
 
 def _phrase(code: int, reason: object) -> str:

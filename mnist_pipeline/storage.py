@@ -55,15 +55,19 @@ def write_bytes_atomic(dest: Path, blob: bytes | memoryview, fsync: bool = False
     dest = Path(dest)
     tmp = tmp_name(dest)
     try:
-        with writing(dest):
-            with tmp.open("wb") as f:
-                f.write(blob)
-                if fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
-            tmp.replace(dest)
+        with tmp.open("wb") as f:
+            f.write(blob)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        tmp.replace(dest)
+    except OSError as e:  # named by the file meant, not by its temporary name
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(e.errno, dest) from e
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only disk refuses even to unlink what is not there
+            tmp.unlink(missing_ok=True)
 
 
 def save_torch(obj, dest: Path, fsync: bool = False) -> None:

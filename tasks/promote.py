@@ -5,13 +5,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from pydantic import ValidationError
 
-from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.config import PipelineConfig, TrainConfig
 from mnist_pipeline.lineage.promotion import ChangeCheck, Signature, accuracy_on, compare_with_production
 from mnist_pipeline.lineage.promotion import promote as apply_gate
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
 from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import LineageStore, PromotionRecord
+from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, PromotionRecord
 from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.evaluate import evaluate
@@ -64,6 +65,17 @@ def _signature(cfg: PipelineConfig, store: LineageStore, validation: ArtifactRef
     return Signature(False, f"{attestation.label} does not verify {rec.label}: {why}")
 
 
+def _trained_as(cfg: PipelineConfig, store: LineageStore, model: ArtifactRecord) -> PipelineConfig:
+    """`cfg` with the training settings of the run that made `model`: an evaluation of production is recorded (in
+    the store and in its W&B run's config) with the settings of the model it evaluates, not of this run."""
+    made_by = next((store.run(r) for r in store.producers(model.artifact_id)), None)
+    try:
+        train = TrainConfig.model_validate(made_by.config["train"]) if made_by else None
+    except (KeyError, TypeError, ValidationError):
+        train = None
+    return cfg.model_copy(update={"train": train}) if train is not None else cfg
+
+
 def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, logger):
     """The candidate's test set, as (label, digest), and, when the production model has never been evaluated on it,
     production's evaluation there: an evaluate stage of its own (a metrics artifact with its lineage), so that the
@@ -83,7 +95,7 @@ def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef
     try:
         if data is None:
             raise LookupError(f"{test_set[0]} is not in the lineage store")
-        out = evaluate.fn(cfg, prod.ref(), data.ref())
+        out = evaluate.fn(_trained_as(cfg, store, prod), prod.ref(), data.ref())
     except Exception as e:  # production's files gone or changed: no like-for-like comparison, said in the reason
         logger.warning("could not evaluate production %s:v%d on %s: %s", prod.name, prod.version, test_set[0], e)
         return test_set, None, f"evaluating production on {test_set[0]} failed: {type(e).__name__}: {e}"

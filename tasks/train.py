@@ -26,10 +26,10 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
     return path
 
 
-def loop_settings(cfg: PipelineConfig):
+def loop_settings(cfg: PipelineConfig, progress: bool = True):
     from mnist_pipeline import training
 
-    return training.LoopSettings.from_config(cfg.train)
+    return training.LoopSettings.from_config(cfg.train, progress=progress)
 
 
 @task(name="train", retries=1, retry_delay_seconds=1, retry_condition_fn=unless_permanent)
@@ -63,8 +63,10 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
                                              run_id=stage.run_id)
         # The files hold only what the weights are a function of (see mnist_pipeline.stage_files); how this run went
         # (time, threads, device, resume) is the run's record below.
+        # A sweep trial (on a Dask worker: a JournalStore) draws no bar: workers share one console, and the
+        # loss lines above are in the trial's Prefect logs.
         _, result = stage_files.train_model_files(
-            out, split, kernels=t.kernels, classes=t.classes, settings=loop_settings(cfg),
+            out, split, kernels=t.kernels, classes=t.classes, settings=loop_settings(cfg, progress=not isinstance(store, JournalStore)),
             fingerprint=cfg.training_fingerprint(), device=device, model=model, on_log=on_log, checkpoint=ckpt,
             checkpoint_lineage=lineage)
         # For the run report: the points logged to W&B (every log_every batches, those before a resume included,

@@ -209,6 +209,49 @@ def test_a_full_disk_is_named_in_one_line_not_retried_and_leaves_nothing_behind(
     assert _leftovers(tmp_path) == []
 
 
+def test_an_artifacts_folder_turned_read_only_mid_stage_names_the_file_and_leaves_no_staging_behind(
+        wandb_offline, tmp_path):
+    """The disk under the artifacts folder is remounted read-only while a stage (in a process of its own) writes its
+    outputs: the error names the file meant (not its temporary name), the run is failed, and the staging folder the
+    failed process could not delete is removed by a later process's stage once the disk is writable again."""
+    cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"),
+                                         "lineage_db": str(tmp_path / "lineage.db"),
+                                         "wandb": {"mode": "offline"}}).resolved()
+    stage_code = """import subprocess, sys
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.lineage.stage import open_stage
+from mnist_pipeline.storage import StorageError, write_json
+cfg = PipelineConfig.model_validate_json(sys.argv[1])
+try:
+    with open_stage(cfg, sys.argv[2]) as stage:
+        if sys.argv[2] == "train":
+            out = stage.staging("convnet")
+            subprocess.run(["mount", "-o", "remount,ro", str(cfg.artifacts_dir)], check=True)
+            write_json(out / "model_config.json", {"kernels": [4, 8]})
+except StorageError as e:
+    sys.exit(f"StorageError: {e}")
+"""
+
+    def stage(job_type: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", stage_code, cfg.model_dump_json(), job_type], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    staging = tmp_path / "art" / ".staging"
+    with _tmpfs(tmp_path / "art", size="1m"):
+        proc = stage("train")
+        [failed] = LineageStore(cfg.lineage_db).runs()
+        out = staging / failed.run_id / "convnet"
+        assert proc.returncode == 1 and _last_line(proc.stderr) == (
+            f"StorageError: Read-only file system while writing {out / 'model_config.json'}"), proc.stderr[-2000:]
+        assert failed.status == "failed" and "Read-only file system" in failed.error
+        assert [p.name for p in staging.iterdir()] == [failed.run_id]  # the failed process could not delete it
+        subprocess.run(["mount", "-o", "remount,rw", str(tmp_path / "art")], check=True)
+        proc = stage("evaluate")  # a later run's stage removes what the ended process left
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert list(staging.iterdir()) == []
+        assert [p for p in (tmp_path / "art").rglob("*") if p.is_file()] == []
+
+
 def test_an_unwritable_wandb_folder_fails_before_any_work_with_one_line(tmp_path):
     with _tmpfs(tmp_path / "wandb-ro", read_only=True):
         env = _env(tmp_path, api=False)

@@ -4,6 +4,7 @@
 import json
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -182,6 +183,15 @@ def test_promotion_compares_accuracies_on_the_same_test_set_only(prefect_server,
         ("convnet", first["artifacts"]["model"]["digest"]), ("mnist", d1.digest)}]
     assert reeval.metadata["producer"]["flow_run_id"] == store.run(
         store.find_artifact("convnet", second["artifacts"]["model"]["digest"]).producer_run_id).flow_run_id
+    # recorded (in the store and in its W&B run's config) with the settings of the model it evaluates
+    reeval_run = store.run(reeval.producer_run_id)
+    assert reeval_run.config["train"]["learning_rate"] == 0.01 and reeval_run.config["train"]["epochs"] == 4
+    from mnist_pipeline.lineage.wandb.run_file import offline_records
+
+    [run_file] = Path(reeval_run.wandb_dir).glob("run-*.wandb")
+    [wb_config] = [r.run.config for r in offline_records(run_file) if r.WhichOneof("record_type") == "run"]
+    wb = {item.key: json.loads(item.value_json) for item in wb_config.update}
+    assert wb["learning_rate"] == 0.01 and wb["epochs"] == 4
     decision = store.promotions()[-1]
     assert decision.production_artifact_id == prod_id
     assert decision.production_accuracy == pytest.approx(reeval.metadata["test_accuracy"])

@@ -131,6 +131,17 @@ def test_gc_keeps_what_a_running_flow_uses_and_has_made(lin):
     plan = retention.plan(lin.store, lin.root, keep_last=1)
     assert "mnist:v1" in plan.kept and "running" in plan.kept["mnist:v1"]
     assert not any(r.path.endswith(run_id) for r in plan.removals)
+    # a sweep trial at work on a worker: the store has not heard of its run yet, its folder's owner lives
+    from mnist_pipeline.lineage.leftovers import claim
+
+    claim(lin.root / ".staging" / "trial-at-work", "trial-at-work", None)
+    dead = lin.root / ".staging" / "trial-of-a-lost-worker"
+    claim(dead, "trial-of-a-lost-worker", None)
+    owner = json.loads((dead / ".owner.json").read_text())
+    (dead / ".owner.json").write_text(json.dumps({**owner, "process": {**owner["process"], "start": -1}}))
+    staged = {Path(r.path).name for r in retention.plan(lin.store, lin.root, keep_last=1).removals
+              if r.kind == "staging"}
+    assert "trial-at-work" not in staged and "trial-of-a-lost-worker" in staged
 
 
 def test_rollback_walks_the_production_history_back_and_refuses_a_model_that_failed_validation(lin):
@@ -289,3 +300,32 @@ def test_the_operators_commands_on_an_empty_or_damaged_store_say_so_in_one_line(
         assert err.count("\n") == 1 and str(db) in err and "Traceback" not in err, err
         if argv[0] in ("impact", "reproduce"):
             assert db.read_bytes() == content  # never written
+
+
+def _claim_dead(staging: Path, run_id: str, wandb_run_dir: Path | None) -> None:
+    """A staging folder claimed by a process that has ended (this pid, another start time: a reused pid)."""
+    from mnist_pipeline.lineage.leftovers import OWNER, claim
+
+    claim(staging, run_id, str(wandb_run_dir) if wandb_run_dir else None)
+    owner = json.loads((staging / OWNER).read_text())
+    (staging / OWNER).write_text(json.dumps({**owner, "process": {**owner["process"], "start": -1}}))
+
+
+def test_an_ended_stage_leaves_no_staging_folder_and_no_w_and_b_run_the_store_never_recorded(lin, tmp_path):
+    from mnist_pipeline.lineage.leftovers import claim, remove_abandoned
+
+    wandb_root = tmp_path / "wandb-root"
+    recorded, _ = lin.run("train", status="failed")
+    runs = {"lost": "a1b2c3d4e5f6", "recorded": recorded, "elsewhere": "0f0f0f0f0f0f"}
+    folders = {k: wandb_root / "wandb" / f"offline-run-20261203_070000-{rid}" for k, rid in runs.items()}
+    folders["elsewhere"] = tmp_path / "not-wandb" / f"offline-run-20261203_070000-{runs['elsewhere']}"
+    for k, rid in runs.items():
+        folders[k].mkdir(parents=True)
+        _claim_dead(lin.root / ".staging" / rid, rid, folders[k])
+    claim(lin.root / ".staging" / "alive0000000", "alive0000000", None)  # a stage at work in this process
+    removed = remove_abandoned(lin.root, lin.store, wandb_root)
+    assert sorted(removed) == sorted(runs.values())
+    assert [p.name for p in (lin.root / ".staging").iterdir()] == ["alive0000000"]
+    # the lost run's W&B folder went (`wandb sync` would upload a run the store has no record of); the recorded
+    # run's stays for `mnist-pipeline sync`; nothing outside the W&B folder is touched, whatever the owner file says
+    assert not folders["lost"].exists() and folders["recorded"].is_dir() and folders["elsewhere"].is_dir()

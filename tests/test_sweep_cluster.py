@@ -319,6 +319,10 @@ def test_a_trial_rerun_after_a_lost_worker_keeps_its_settings_and_resumes_no_che
         assert not r.summary["resumed"] or r.summary["checkpoint_written_by"] in known, r.summary
     logs = "".join(dask_cluster.log(f"worker{i}") for i in (1, 2))  # the rerun's warning, on its worker
     assert "which the lineage store does not know" in logs and "discarded, training starts over" in logs
+    # what the lost worker's trial left is gone: its staging folder, and its offline W&B run, which the store never
+    # recorded (`wandb sync` would have uploaded it); every recorded run keeps its own
+    assert list((tmp_path / "art" / ".staging").iterdir()) == []
+    assert {p.name.rsplit("-", 1)[1] for p in wandb_offline.rglob("offline-run-*")} == known
     for m in store.artifacts("model"):
         assert main(["reproduce", f"{m.name}:v{m.version}", "--lineage-db", str(tmp_path / "lineage.db")]) == 0, \
             capsys.readouterr().out[-2000:]

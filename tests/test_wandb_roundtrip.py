@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -445,10 +446,14 @@ def test_a_sweep_online_puts_every_trial_and_the_winners_chain_in_wandb(prefect_
     write_mnist(tmp_path / "src")
     (tmp_path / "sweep.yaml").write_text(SWEEP)
     with Standin() as w:
-        env = env_for(tmp_path, w)
+        env = env_for(tmp_path, w)  # TMPDIR: tmp_path / "tmp"
         args = run_args(tmp_path, tmp_path / "src", "online")
         proc = cli(env, "sweep", "--sweep", str(tmp_path / "sweep.yaml"), "--workers", "1", *args[1:], timeout=900)
         assert proc.returncode == 0, proc.stderr[-4000:]
+        # a normal end reads like `run`'s: no Dask chatter, no progress-bar frames, nothing left behind
+        assert not re.search(r"\bdistributed\.(scheduler|nanny|worker|core|http)", proc.stderr), proc.stderr[-4000:]
+        assert "\r" not in proc.stderr
+        assert not list((tmp_path / "tmp").glob("dask-*")) and list((tmp_path / "art" / ".staging").iterdir()) == []
         store = LineageStore(tmp_path / "lineage.db")
         runs = store.runs()
         trains = [r for r in runs if r.job_type == "train"]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from mnist_pipeline.lineage.holds import held
 from mnist_pipeline.lineage.layout import CHECKPOINTS, STAGING, candidate_folders
+from mnist_pipeline.lineage.leftovers import abandoned, owner
 from mnist_pipeline.lineage.store import ALIASES, LineageStore
 
 
@@ -179,8 +180,8 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
         staging = artifacts_dir / STAGING
         if staging.is_dir():
             for d in sorted(p for p in staging.iterdir() if p.is_dir()):
-                if d.name in running:
-                    continue
+                if d.name in running or (owner(d) is not None and not abandoned(d)):
+                    continue  # a stage at work: one the store knows, or a sweep trial's, whose process lives
                 state = runs[d.name].status if d.name in runs else "unknown"
                 out.removals.append(Removal("staging", str(d), folder_size(d),
                                             f"staging folder of a run that is {state}, not running"))

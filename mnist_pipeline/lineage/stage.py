@@ -28,8 +28,10 @@ from mnist_pipeline.lineage.alias_sync import AliasesMoving, follow_store
 from mnist_pipeline.lineage.environment import process_gone, process_identity, run_environment
 from mnist_pipeline.lineage.journal import JournalStore
 from mnist_pipeline.lineage.layout import staging_folder, version_folder
+from mnist_pipeline.lineage.leftovers import claim, remove_abandoned
 from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, NewArtifact
+from mnist_pipeline.lineage.wandb.folder import wandb_dir, wandb_folder
 
 if TYPE_CHECKING:
     from mnist_pipeline.lineage.wandb.stage_run import StageRun
@@ -212,16 +214,19 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     `store`: where the record goes, by default the lineage store of `cfg`; a sweep trial on a Dask worker passes
     a `journal.JournalStore`, whose records the flow's process commits."""
     store = LineageStore(cfg.lineage_db) if store is None else store
-    for dead in store.fail_dead_runs(process_gone):  # runs of killed processes: failed, staging removed
-        log.warning("run %s was left 'running' by a process that died; recorded as failed", dead)
-        shutil.rmtree(staging_folder(cfg.artifacts_dir, dead), ignore_errors=True)
+    dead = store.fail_dead_runs(process_gone)  # runs of killed processes: failed
+    for run in dead:
+        log.warning("run %s was left 'running' by a process that died; recorded as failed", run)
+    # what ended processes left (their staging folders; offline W&B runs the store never heard of): removed by
+    # the store's writer, which knows the runs (not by a sweep trial on a worker: its JournalStore cannot say)
+    if isinstance(store, LineageStore):
+        remove_abandoned(cfg.artifacts_dir, store, wandb_folder(cfg), dead_runs=dead)
     run_id = uuid.uuid4().hex[:12]
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(cfg.train.seed, flow_run_id)
     config = {**cfg.flat(), "lineage": env}
     # wandb: imported by the first stage, not by loading the flow
     from mnist_pipeline.lineage.wandb.credentials import resolve_mode
-    from mnist_pipeline.lineage.wandb.folder import wandb_dir
     from mnist_pipeline.lineage.wandb.stage_run import start_run
 
     wb = start_run(cfg, job_type, run_id, group, resolve_mode(cfg.wandb.mode, wandb_dir(cfg)), config)
@@ -232,6 +237,8 @@ def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = Non
     # A JournalStore answers every call a stage makes of its store (find_artifact, start/finish/fail_run).
     stage = Stage(cfg, job_type, flow_run_id, cast(LineageStore, store), wb)
     try:
+        # first: a process that dies from here on leaves a folder that says whose it was
+        claim(stage._staging_root, wb.run_id, wb.run_dir if wb.mode == "offline" else None)
         yield stage
         stage._commit()
     except BaseException as e:
