@@ -23,10 +23,11 @@ from mnist_pipeline.data import DataError, DownloadError
 from mnist_pipeline.lineage.refs import DigestMismatch
 from mnist_pipeline.lineage.store import StoreError
 
-# ParityError (onnx_io) is expected too; it is looked up by name, so this module does not import torch and onnx
-# (a skipped run needs neither).
+# ParityError (onnx_io) and TrainingDiverged (training: "the loss ... is nan (train.learning_rate 10 may be too
+# large)") are expected too; they are looked up by name, so this module does not import torch and onnx (a skipped
+# run needs neither).
 EXPECTED = (DataError, DownloadError, storage.StorageError, ConfigError, DigestMismatch, StoreError)
-EXPECTED_BY_NAME = ("ParityError", "TerminationSignal")
+EXPECTED_BY_NAME = ("ParityError", "TrainingDiverged", "TerminationSignal")
 
 
 class Terminated(BaseException):

@@ -13,13 +13,13 @@ def current_flow_run_id() -> str | None:
 
 def unless_permanent(task, task_run, state) -> bool:
     """Prefect retry condition: retry a crash mid-step (a retry resumes from the checkpoint), not a full or
-    read-only disk, which would fail the same way again."""
+    read-only disk, nor a diverged training (seeded: it diverges again), which would fail the same way again."""
     try:
         state.result()
     except storage.StorageError:
         return False
     except OSError as e:
         return not storage.is_storage_error(e)
-    except Exception:  # noqa: BLE001 - anything else may be transient
-        return True
+    except Exception as e:  # noqa: BLE001 - anything else may be transient
+        return type(e).__name__ != "TrainingDiverged"  # by name: importing training imports torch
     return True

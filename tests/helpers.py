@@ -85,10 +85,28 @@ def interrupt_training(monkeypatch, after_batches: int) -> None:
     monkeypatch.setattr(ConvNet, "forward", forward)
 
 
+def tiny_config(base: Path, src: Path | None = None, **over):
+    """The tests' tiny offline run, its files under `base`: the IDX files of `write_mnist(src)` (else synthetic
+    digits, 200 train / 50 test), slice 1, one epoch of batches of 16, short ONNX timings. `over`: a section's
+    fields merged over these (`train={"learning_rate": 0.01}`), anything else as given (`force=True`)."""
+    from mnist_pipeline.config import PipelineConfig
+
+    data = {"source": "local", "local_dir": str(src)} if src else {
+        "source": "synthetic", "synthetic_train": 200, "synthetic_test": 50}
+    cfg: dict = {"data": {**data, "slice": 1, "root": str(base / "data")},
+                 "train": {"epochs": 1, "batch_size": 16},
+                 "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
+                 "evaluate": {"misclassified_table_rows": 4}, "wandb": {"mode": "offline"},
+                 "artifacts_dir": str(base / "art"), "lineage_db": str(base / "lineage.db")}
+    for key, value in over.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) and isinstance(cfg.get(key), dict) else value
+    return PipelineConfig.model_validate(cfg)
+
+
 def signed_tiny_run_config(mp, tmp: Path, key: Path):
     """The config of a tiny offline run signed with `key` (wandb offline in tmp/wandb, no key from the
     environment), for the signing tests' module-scoped runs; `write_mnist(tmp / "src")` first."""
-    from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
+    from mnist_pipeline.config import SIGN_KEY_ENV
 
     mp.setenv("WANDB_MODE", "offline")
     mp.setenv("WANDB_DIR", str(tmp / "wandb"))
@@ -96,8 +114,4 @@ def signed_tiny_run_config(mp, tmp: Path, key: Path):
     mp.delenv("WANDB_API_KEY", raising=False)
     mp.delenv(SIGN_KEY_ENV, raising=False)
     (tmp / "wandb").mkdir()
-    return PipelineConfig.model_validate({
-        "data": {"source": "local", "local_dir": str(tmp / "src"), "slice": 1, "root": str(tmp / "data")},
-        "train": {"epochs": 1, "batch_size": 16}, "wandb": {"mode": "offline"},
-        "onnx": {"latency_samples": 20, "throughput_batch": 32}, "sign": {"private_key": str(key)},
-        "artifacts_dir": str(tmp / "art"), "lineage_db": str(tmp / "lineage.db")})
+    return tiny_config(tmp, tmp / "src", sign={"private_key": str(key)})

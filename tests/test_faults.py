@@ -28,7 +28,7 @@ import pytest
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from tests.helpers import interrupt_training, write_mnist
+from tests.helpers import interrupt_training, tiny_config, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT_TIMEOUT = float(os.environ.get("MNIST_TEST_FAULT_TIMEOUT", "0.5"))  # seconds a dead mirror is waited for
@@ -154,6 +154,9 @@ def test_an_unexpected_error_keeps_its_traceback_on_the_console():
     assert console.is_expected(ChecksumError("x")) and console.is_expected(StorageError(28, "/p"))
     assert console.is_expected(OSError(28, "No space left on device"))
     assert not console.is_expected(KeyError("x")) and not console.is_expected(OSError(5, "I/O error"))
+    from mnist_pipeline.training import TrainingDiverged
+
+    assert console.is_expected(TrainingDiverged("training diverged: the loss after 13 batches is nan"))
     wrapped = RuntimeError("wrapper")
     wrapped.__cause__ = ChecksumError("x")
     assert console.is_expected(wrapped)
@@ -403,13 +406,7 @@ def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deploym
 
     monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
     srv = tmp_path / "srv"
-    served = PipelineConfig.model_validate({
-        "data": {"source": "synthetic", "synthetic_train": 200, "synthetic_test": 50, "slice": 1,
-                 "root": str(srv / "data")},
-        "train": {"epochs": 1, "batch_size": 32, "threads": 1, "watch": False},
-        "onnx": {"latency_samples": 20, "throughput_batch": 32},
-        "wandb": {"mode": "offline", "dir": str(srv / "wandb")},
-        "artifacts_dir": str(srv / "art"), "lineage_db": str(srv / "lineage.db")})
+    served = tiny_config(srv, train={"batch_size": 32, "threads": 1, "watch": False}, wandb={"dir": str(srv / "wandb")})
     for dep in build_deployments(served, paused=True):
         dep.apply()
 
@@ -528,14 +525,9 @@ def test_a_tampered_checkpoint_is_discarded_with_a_warning_and_training_starts_o
 
 
 def _config(base: Path, train: int = 200, **over) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "data": {"source": "synthetic", "synthetic_train": train, "synthetic_test": 50, "slice": 1,
-                 "root": str(base / "data")},
-        "train": {"epochs": 1, "batch_size": 32, "threads": 1, "watch": False},
-        "onnx": {"latency_samples": 20, "throughput_batch": 32},
-        "evaluate": {"misclassified_table_rows": 4},
-        "wandb": {"mode": "offline"}, "artifacts_dir": str(base / "art"), "lineage_db": str(base / "lineage.db"),
-        **over})
+    data = {"synthetic_train": train, **over.pop("data", {})}
+    train_over = {"batch_size": 32, "threads": 1, "watch": False, **over.pop("train", {})}
+    return tiny_config(base, data=data, train=train_over, **over)
 
 
 def _flow(cfg: PipelineConfig) -> dict:

@@ -17,6 +17,7 @@ from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.lineage import promotion, rejections
 from mnist_pipeline.lineage.promotion import MadeModel, Signature, decide, skip_rule
 from mnist_pipeline.lineage.store import LineageStore
+from tests.helpers import tiny_config
 from tests.test_operations import Lineage
 
 FP = {"learning_rate": 0.01, "epochs": 1}
@@ -274,13 +275,7 @@ def test_require_signature_without_a_key_is_refused_before_any_work(tmp_path, mo
 
 
 def _cfg(tmp_path, src, force=False, **train):
-    return PipelineConfig.model_validate({
-        "force": force,
-        "data": {"source": "local", "local_dir": str(src), "slice": 1, "root": str(tmp_path / "data")},
-        "train": {"epochs": 1, "batch_size": 16, **train}, "wandb": {"mode": "offline"},
-        "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
-        "evaluate": {"misclassified_table_rows": 4},
-        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+    return tiny_config(tmp_path, src, force=force, train=train)
 
 
 def _trained(store):

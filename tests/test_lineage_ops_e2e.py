@@ -13,19 +13,13 @@ from mnist_pipeline.flows.cli import main
 from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.lineage.store import LineageStore
-from tests.helpers import write_mnist
+from tests.helpers import tiny_config, write_mnist
 
 pytestmark = pytest.mark.slow
 
 
 def _cfg(tmp_path, src, **train):
-    return PipelineConfig.model_validate({
-        "data": {"source": "local", "local_dir": str(src), "slice": 1, "root": str(tmp_path / "data")},
-        "train": {"epochs": 1, "batch_size": 16, "watch": False, "threads": 2, **train},
-        "wandb": {"mode": "offline"},
-        "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
-        "evaluate": {"misclassified_table_rows": 4},
-        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+    return tiny_config(tmp_path, src, train={"watch": False, "threads": 2, **train})
 
 
 def _cli(capsys, *argv):

@@ -5,21 +5,15 @@ import multiprocessing
 
 import pytest
 
-from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.lineage.promotion import decide
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
-from tests.helpers import write_mnist
+from tests.helpers import tiny_config, write_mnist
 
 
 def _cfg(tmp_path, src, **train):
-    return PipelineConfig.model_validate({
-        "data": {"source": "local", "local_dir": str(src), "slice": 1, "root": str(tmp_path / "data")},
-        "train": {"epochs": 1, "batch_size": 16, **train}, "wandb": {"mode": "offline"},
-        "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
-        "evaluate": {"misclassified_table_rows": 4},
-        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+    return tiny_config(tmp_path, src, train=train)
 
 
 def _prefect_markdown(flow_run_id):

@@ -22,7 +22,7 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.provenance import dsse, keys
 from mnist_pipeline.provenance.verify import verify
-from tests.helpers import signed_tiny_run_config, write_mnist
+from tests.helpers import signed_tiny_run_config, tiny_config, write_mnist
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -252,11 +252,7 @@ def test_the_sweeps_winner_is_signed_the_same_way(prefect_server, wandb_offline,
 
     key, pub = keys.generate(tmp_path / "keys")
     monkeypatch.setenv(SIGN_KEY_ENV, str(key))  # the deployments' way: the key from the environment
-    cfg = PipelineConfig.model_validate({
-        "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
-        "train": {"epochs": 1, "batch_size": 16}, "wandb": {"mode": "offline"},
-        "onnx": {"latency_samples": 20, "throughput_batch": 32},
-        "artifacts_dir": str(tmp_path / "art"), "lineage_db": str(tmp_path / "lineage.db")})
+    cfg = tiny_config(tmp_path, tiny_mnist)
     sweep = {"method": "grid", "metric": {"name": "test_accuracy", "goal": "maximize"},
              "parameters": {"train.learning_rate": {"values": [0.005, 0.01]}}}
     summary = mnist_sweep.with_options(task_runner=cast(Any, task_runner(None, 1)))(config=cfg, sweep=parse_sweep(sweep))

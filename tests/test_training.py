@@ -188,3 +188,17 @@ def test_a_loss_that_is_not_a_number_fails_training_with_one_line_instead_of_rec
     with pytest.raises(training.TrainingDiverged, match=r"^training diverged: the loss after 13 batches is nan "
                        r"\(train.learning_rate 0.005 may be too large\)$"):
         training.train(model, _split(), settings, torch.device("cpu"))
+
+
+def test_a_diverged_training_is_not_retried_it_would_diverge_again():
+    from prefect.states import Failed
+
+    from mnist_pipeline.storage import StorageError
+    from mnist_pipeline.tasks._common import unless_permanent
+
+    def retried(e: BaseException) -> bool:
+        return unless_permanent(None, None, Failed(data=e))
+
+    assert not retried(training.TrainingDiverged("training diverged: the loss after 13 batches is nan"))
+    assert not retried(StorageError(28, "/art/model.pt"))
+    assert retried(RuntimeError("a crash mid-step: the retry resumes from the checkpoint"))
