@@ -100,7 +100,10 @@ def test_cli_exit_codes_and_stdout_reach_the_shell(tmp_path):
 
 
 @pytest.mark.slow
-def test_gpu_check_script_runs_on_cpu(tmp_path):
+def test_gpu_check_script_runs_on_cpu_and_its_benchmark_writes_every_figure(tmp_path):
+    """The GPU check script on the CPU: the README command, cold, then `benchmarks.bench --smoke` (every part runs:
+    tutorial reference, flow, loop, onnx, rerun, the cold side-by-side) and the table. One test for both, as the
+    benchmark's smoke run is most of the script's time; it checks that they work, not the figures."""
     data = write_mnist(tmp_path / "mnist", n_train=600, n_test=200, gz=True)
     out = tmp_path / "out"
     r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", str(data)], cwd=tmp_path,
@@ -116,3 +119,12 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     res = json.loads((out / "results-cpu.json").read_text())
     assert res["device"] == "cpu" and res["cold"]["rerun"]["status"] == "skipped"
     assert res["cold"]["first"]["status"] == "completed"  # the first run on a fresh machine, reported beside
+    for part in ("tutorial", "pipeline", "loop"):
+        fig = res["figures"][part]
+        assert fig["wall_s"] > 0 and fig["peak_rss_mib"] > 100 and 0 <= fig["test_accuracy"] <= 1
+    assert res["rerun"]["status"] == "skipped"  # unchanged data and config: the cheap path
+    assert res["onnx"]["ort_throughput"] > 0 and res["onnx"]["ort_p50_ms"] > 0
+    assert set(res["ratios"]) >= {"pipeline_wall_over_tutorial_wall", "orchestration_overhead_share",
+                                  "onnxruntime_throughput_over_torch", "rerun_wall_over_full_wall"}
+    bench_log = (out / "bench.log").read_text()
+    assert "target" in bench_log and "ratio pipeline_wall_over_tutorial_wall" in bench_log
