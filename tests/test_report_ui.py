@@ -1,5 +1,6 @@
 """The run report as a person sees it: `mnist-pipeline run` against a real `prefect server start` (with its UI) on
-loopback, then the Prefect UI's artifact pages and the report file in headless Chromium.
+loopback, then the Prefect UI's artifact pages, the report file and the manual deployment's Run form in headless
+Chromium.
 
 Set MNIST_SCREENSHOTS_DIR to a folder (e.g. docs) to keep the screenshots the README shows.
 """
@@ -120,3 +121,19 @@ def test_a_run_shows_its_plots_and_lineage_in_the_prefect_ui_and_the_report(tiny
             assert all(s in text for s in STAGES)
             assert console_errors(driver) == []
             _shot(driver, "run-report.png", 4200)
+
+            # the manual deployment's Run form: typed fields, each description with the field's bounds
+            from mnist_pipeline.config import PipelineConfig
+            from mnist_pipeline.deployments.serve import MANUAL, build_deployments
+
+            with temporary_settings({PREFECT_API_URL: url}):
+                manual = next(d for d in build_deployments(PipelineConfig()) if d.name == MANUAL)
+                deployment_id = manual.apply()
+            driver.set_window_size(1400, 1000)
+            driver.get(f"{ui}/deployments/deployment/{deployment_id}/run")
+            text = wait_for(lambda: (lambda t: t if "Passes over the training split" in t else None)(
+                driver.execute_script("return document.body.innerText")), 60, "the Run form's fields")
+            for line in ("Passes over the training split. (allowed: 1 to 1000)",
+                         "Adam learning rate. (allowed: more than 0, at most 10)", "Retrain even when"):
+                assert line in text, line
+            _shot(driver, "prefect-ui-run-form.png", 2200)
