@@ -16,6 +16,7 @@ def _no_refused_mirrors(monkeypatch):
     monkeypatch.setattr(data, "_refused", {}, raising=False)  # an earlier test's mirror port may come back here
 
 
+@pytest.mark.slow
 def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):
     prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
     assert len(prepared.train) == 120 and len(prepared.test) == 40
@@ -180,6 +181,7 @@ def test_a_file_mirror_is_supported_and_leaves_no_partial_file(tmp_path, monkeyp
     assert again.folder == prepared.folder
 
 
+@pytest.mark.slow
 def test_a_mirror_that_never_answers_times_out_and_the_next_one_is_tried(tmp_path, monkeypatch, mirror_server):
     import socket
     import time

@@ -212,6 +212,7 @@ def test_a_full_disk_is_named_in_one_line_not_retried_and_leaves_nothing_behind(
     assert _leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_an_artifacts_folder_turned_read_only_mid_stage_names_the_file_and_leaves_no_staging_behind(
         wandb_offline, tmp_path):
     """The disk under the artifacts folder is remounted read-only while a stage (in a process of its own) writes its

@@ -35,6 +35,7 @@ def test_published_md5s_are_torchvision_s():
     assert dict(MNIST.resources) == data.PUBLISHED_MD5
 
 
+@pytest.mark.slow
 def test_loading_the_flow_imports_no_torch_onnx_torchvision_or_wandb():
     """An unchanged (skipped) run never trains, exports, reads IDX files or opens a W&B run, so it must not pay for
     those imports (several seconds on two cores); the stages import them when they run."""

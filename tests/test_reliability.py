@@ -445,6 +445,7 @@ class _StoreDown(RuntimeError):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["finish_run", "fsync_tree"])
 def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_partial_file(
         wandb_offline, tmp_path, monkeypatch, where):

@@ -73,6 +73,7 @@ def test_a_model_file_does_not_depend_on_its_file_name(tmp_path):
     assert (tmp_path / "model.pt").read_bytes() == (tmp_path / "model.pt.1234-tmp").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_an_onnx_export_holds_no_source_paths_or_stack_traces(tmp_path, exporter):
     torch.manual_seed(0)

@@ -111,6 +111,7 @@ def _inputs(onnx_file: Path) -> statement.ProvenanceInputs:
         started_on=t, finished_on=t)
 
 
+@pytest.mark.slow
 def test_attestation_folder_verifies_here_and_with_the_model_signing_cli(tmp_path):
     out = _export(tmp_path, POINTERS)
     key, pub = keys.generate(tmp_path / "keys")

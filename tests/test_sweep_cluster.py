@@ -242,6 +242,7 @@ def test_an_unreachable_scheduler_is_one_line_and_exit_1(tiny_mnist, tmp_path, c
     assert not (tmp_path / "lineage.db").exists()
 
 
+@pytest.mark.slow
 def test_the_cluster_fixture_runs_separate_single_threaded_workers_that_can_be_lost(dask_cluster):
     from distributed import Client
 

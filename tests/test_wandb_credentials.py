@@ -118,6 +118,7 @@ def test_settings_file_api_key_under_wandb_config_dir(home, tmp_path, monkeypatc
     assert c.key_source == f"settings file {cfg / 'settings'} (api_key)"
 
 
+@pytest.mark.slow
 def test_wandb_base_url_overrides_the_settings_file(home, monkeypatch):
     wandb_login("--no-verify", "--host", "http://127.0.0.1:8082", KEY)
     wandb_login("--no-verify", "--host", "http://127.0.0.1:8083", OTHER_KEY)  # settings file now says 8083

@@ -205,6 +205,7 @@ def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypa
     assert "registry wandb-registry-model not found" in warnings_naming(caplog, "registry link")[0]
 
 
+@pytest.mark.slow
 def test_registry_link_failure_at_the_network(online, caplog):
     """The stand-in fails only `LinkArtifact`: the alias save reaches W&B, the link is a gap for sync."""
     with failing() as w:
@@ -274,6 +275,7 @@ def test_init_failures_record_offline(online, where, caplog):
     assert API_KEY not in caplog.text
 
 
+@pytest.mark.slow
 def test_auto_mode_follows_wandb_login(online, tmp_path, monkeypatch):
     """`--wandb-mode auto` is online exactly when wandb has a key for its host: here from `wandb login --host`."""
     monkeypatch.delenv("WANDB_API_KEY")

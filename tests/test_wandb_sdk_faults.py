@@ -84,6 +84,7 @@ def test_artifact_calls_fail_after_a_good_init_and_only_wait_tells(loopback_env,
     assert "CreateArtifact" in w.operations() or fault == "hang"
 
 
+@pytest.mark.slow
 def test_connection_refused_fails_init_quickly(loopback_env, monkeypatch):
     t = time.monotonic()
     with pytest.raises(WANDB_ERRORS, match="connection refused"):
@@ -100,6 +101,7 @@ def test_a_host_that_never_answers_fails_init_at_init_timeout(loopback_env, monk
         assert time.monotonic() - t < FAST.init + 5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["http-401", "http-500", "graphql-error"])
 def test_init_itself_refused(loopback_env, monkeypatch, fault):
     with failing(fault, at=ANY) as w, pytest.raises(WANDB_ERRORS):

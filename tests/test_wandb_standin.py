@@ -77,6 +77,7 @@ def all_validated(w: Standin) -> dict[str, int]:
     return checked
 
 
+@pytest.mark.slow
 def test_two_runs_log_use_and_read_back_through_the_public_api(online, tmp_path):
     w = online
     a_files = {"a.txt": b"hello", "sub/b.bin": bytes(range(256))}
@@ -152,6 +153,7 @@ def test_two_runs_log_use_and_read_back_through_the_public_api(online, tmp_path)
     assert w.count("CommitArtifact") == 3 and w.count("CreateArtifact") == 4  # the de-duplicated log commits nothing
 
 
+@pytest.mark.slow
 def test_a_finished_run_resumes_and_declares_an_input(online, tmp_path):
     """What `sync` does for a run recorded offline: `resume="must"` on a run the server holds (wandb-core's
     RunResumeStatus), then `use_artifact`; a run the server does not hold is refused."""
@@ -202,6 +204,7 @@ def test_an_unimplemented_operation_gets_a_graphql_error_naming_it(online, tmp_p
         "COMMITTED"]
 
 
+@pytest.mark.slow
 def test_a_fault_by_name_fails_exactly_that_call(online, tmp_path):
     w = online
     w.fail("CommitArtifact", "graphql-error", nth=2)
