@@ -153,12 +153,14 @@ def part_onnx(a: dict) -> dict:
         lambda i: sess.run(None, {name: singles[i % len(singles)][None].numpy()}), n)
     with torch.inference_mode():
         out["torch_p50_ms"], out["torch_p99_ms"] = onnx_io.latency(lambda i: model(singles[i % len(singles)][None]), n)
-        out["torch_throughput"] = onnx_io.throughput(lambda b: model(b), big, min_seconds=2)
+        out["torch_throughput"] = onnx_io.throughput(lambda b: model(b), big, min_seconds=a["timing_seconds"])
         # the same model in the channels_last layout the pipeline itself evaluates in (faster on CPU)
         cl, big_cl = model.to(memory_format=torch.channels_last), big.contiguous(memory_format=torch.channels_last)
-        out["torch_channels_last_throughput"] = onnx_io.throughput(lambda b: cl(b), big_cl, min_seconds=2)
+        out["torch_channels_last_throughput"] = onnx_io.throughput(lambda b: cl(b), big_cl,
+                                                                   min_seconds=a["timing_seconds"])
     big_np = big.numpy()
-    out["ort_throughput"] = onnx_io.throughput(lambda b: sess.run(None, {name: big_np}), big, min_seconds=2)
+    out["ort_throughput"] = onnx_io.throughput(lambda b: sess.run(None, {name: big_np}), big,
+                                               min_seconds=a["timing_seconds"])
     out["throughput_ratio"] = out["ort_throughput"] / out["torch_throughput"]
     return out
 
@@ -425,7 +427,7 @@ def main(argv=None) -> int:
             base = {"data_dir": str(args.data_dir.resolve()), "epochs": args.epochs, "slice": args.slice,
                     "seed": args.seed, "staged_root": str(tmp / "tutorial-data"), "watch_log_freq": args.watch_log_freq,
                     "exporter": args.exporter, "device": args.device, "cold_slice": args.cold_slice,
-                    "latency_samples": 200 if not args.smoke else 20}
+                    "latency_samples": 200 if not args.smoke else 20, "timing_seconds": 2 if not args.smoke else 0.1}
             reps = []
             for i in range(args.repeats):
                 work = tmp / f"rep{i}"

@@ -57,29 +57,4 @@ timeout "$T_BENCH" "$PY" -m benchmarks.bench --data-dir "$DATA" "${BENCH_ARGS[@]
   >"$RESULTS/bench.log" 2>&1 || { tail -30 "$RESULTS/bench.log"; exit 1; }
 
 echo "== 3/3 summary"
-"$PY" - "$RESULTS" "$DEVICE" <<'EOF'
-import json, sys
-from pathlib import Path
-
-d, device = Path(sys.argv[1]), sys.argv[2]
-run = json.loads((d / "readme-run.json").read_text())
-res = json.loads((d / f"results-{device}.json").read_text())
-f, r, c = res["figures"], res["ratios"], res.get("cold") or {}
-rows = [("README command, cold (s)", (d / "readme-run.wall").read_text().strip()),
-        ("  its status / test accuracy", f"{run.get('status')} / {run.get('test_accuracy')}")]
-rows += [(f"{p} wall s (train s)", f"{f[p]['wall_s']:.2f} ({f[p]['train_s']:.2f})") for p in ("tutorial", "pipeline", "loop")]
-rows += [("train stage s", f"{f['pipeline']['stages_s'].get('train', float('nan')):.2f}"),
-         ("pipeline peak RSS MiB", f"{f['pipeline']['peak_rss_mib']:.0f}")]
-if c:
-    rows += [("cold tutorial / README cmd / rerun s",
-              f"{c['tutorial']['wall_s']:.2f} / {c['cli']['wall_s']:.2f} / {c['rerun']['wall_s']:.2f}")]
-    if "first" in c:
-        rows += [("first run on a fresh machine s", f"{c['first']['wall_s']:.2f}")]
-rows += [(k, f"{v:.3f}") for k, v in r.items()]
-rows += [(k, ("met" if ok else "MISSED") + (f" ({res['target_figures'][k]:.3f})" if res.get("target_figures", {}).get(k)
-                                            is not None else "")) for k, ok in res["targets"].items()]
-w = max(len(k) for k, _ in rows)
-print(f"gpu_check on {device}: {res['machine']}")
-for k, v in rows:
-    print(f"  {k:<{w}}  {v}")
-EOF
+"$PY" -m benchmarks.gpu_summary "$RESULTS" "$DEVICE"

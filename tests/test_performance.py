@@ -1,5 +1,5 @@
-"""Start-up costs: what the flow imports before its first line, the README command on a machine with no Prefect
-server (Prefect's own temporary one, gone at the end), and the GPU check script exercised on the CPU."""
+"""Start-up costs: what the flow imports before its first line, and the README command on a machine with no Prefect
+server (Prefect's own temporary one, gone at the end). The benchmarks' smoke tests are in tests/test_bench.py."""
 
 from __future__ import annotations
 
@@ -98,34 +98,3 @@ def test_cli_exit_codes_and_stdout_reach_the_shell(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "show-config", "--epochs", "3"], cwd=tmp_path,
                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and json.loads(ok.stdout)["train"]["epochs"] == 3  # stdout flushed before the exit
-
-
-@pytest.mark.slow
-def test_gpu_check_script_runs_on_cpu_and_its_benchmark_writes_every_figure(tmp_path):
-    """The GPU check script on the CPU: the README command, cold, then `benchmarks.bench --smoke` (every part runs:
-    tutorial reference, flow, loop, onnx, rerun, the cold side-by-side) and the table. One test for both, as the
-    benchmark's smoke run is most of the script's time; it checks that they work, not the figures."""
-    data = write_mnist(tmp_path / "mnist", n_train=600, n_test=200, gz=True)
-    out = tmp_path / "out"
-    r = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--cpu-smoke", str(data)], cwd=tmp_path,
-                       env={**_env(tmp_path), "OUT": str(out), "PYTHON": sys.executable}, capture_output=True,
-                       text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    last = r.stdout.strip().splitlines()
-    table = last[last.index(next(x for x in last if x.startswith("gpu_check on cpu"))):]
-    assert any("README command, cold" in x for x in table)
-    assert any(x.strip().startswith("CPU: overhead share <= 10%") for x in table)
-    assert any("cold: unchanged CLI rerun <= 0.3x" in x for x in table)
-    assert json.loads((out / "readme-run.json").read_text())["status"] == "completed"
-    res = json.loads((out / "results-cpu.json").read_text())
-    assert res["device"] == "cpu" and res["cold"]["rerun"]["status"] == "skipped"
-    assert res["cold"]["first"]["status"] == "completed"  # the first run on a fresh machine, reported beside
-    for part in ("tutorial", "pipeline", "loop"):
-        fig = res["figures"][part]
-        assert fig["wall_s"] > 0 and fig["peak_rss_mib"] > 100 and 0 <= fig["test_accuracy"] <= 1
-    assert res["rerun"]["status"] == "skipped"  # unchanged data and config: the cheap path
-    assert res["onnx"]["ort_throughput"] > 0 and res["onnx"]["ort_p50_ms"] > 0
-    assert set(res["ratios"]) >= {"pipeline_wall_over_tutorial_wall", "orchestration_overhead_share",
-                                  "onnxruntime_throughput_over_torch", "rerun_wall_over_full_wall"}
-    bench_log = (out / "bench.log").read_text()
-    assert "target" in bench_log and "ratio pipeline_wall_over_tutorial_wall" in bench_log
