@@ -14,10 +14,11 @@ import sys
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from mnist_pipeline.config import ConfigError, PipelineConfig, load_config_file
+from mnist_pipeline.config import ConfigError, PipelineConfig, confine, load_config_file
 from mnist_pipeline.flows.exit_codes import EPILOG, Exit
 
 DEFAULT_DB = "mnist-runs/lineage.db"
@@ -103,6 +104,8 @@ def add_command(sub, name: str, *, help: str, parents: Sequence[argparse.Argumen
 
 
 def build_config(ns: argparse.Namespace) -> PipelineConfig:
+    if ns.config:
+        confine("--config", Path(ns.config))  # read only from inside the allowed roots, when they are set
     base = load_config_file(ns.config) if ns.config else {}
     for key, value in vars(ns).items():
         if key.startswith("cfg:"):

@@ -18,8 +18,14 @@ from mnist_pipeline.flows.exit_codes import Exit
 
 
 def _keygen(ns: argparse.Namespace) -> Exit:
+    from mnist_pipeline.config import ConfigError, confine
     from mnist_pipeline.provenance import keys
 
+    try:
+        confine("--out", Path(ns.out))
+    except ConfigError as e:
+        print(f"mnist-pipeline keygen: {e}", file=sys.stderr)
+        return Exit.USAGE
     try:
         key_path, pub_path = keys.generate(Path(ns.out))
     except FileExistsError as e:

@@ -74,6 +74,18 @@ def allowed_roots() -> list[Path] | None:
     return roots or None
 
 
+def confine(name: str, path: Path, roots: list[Path] | None = None, why: str = f"${ALLOWED_ROOTS_ENV}") -> None:
+    """Refuse `path` (after '..' and symlinks) outside every root: `roots`, else $MNIST_PIPELINE_ALLOWED_ROOTS when
+    set (nothing is refused when neither is); `name` is what the error calls it, `why` where the roots come from."""
+    roots = roots if roots is not None else allowed_roots()
+    if roots is None:
+        return
+    real = Path(path).expanduser().resolve()
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise ConfigError(f"{name}: {str(path)!r} resolves to {str(real)!r}, outside the allowed roots "
+                          f"{[str(r) for r in roots]} ({why})")
+
+
 def bounds(field) -> str:
     """A field's numeric and length limits in words ('1 to 1000', 'more than 0, at most 10', 'exactly 2 items'),
     read from the constraints pydantic checks, so the text cannot disagree with the check; '' when it has none."""
@@ -353,26 +365,22 @@ class PipelineConfig(_Section):
         return Path(env).expanduser().resolve() if env else None
 
     def paths(self) -> dict[str, Path]:
-        """Every path field, by its dotted name; W&B's folder as wandb will take it (wandb.dir, else $WANDB_DIR
-        from this process's environment, else beside the store), so the roots confine it whichever way it is set."""
+        """Every path field, by its dotted name (the signing key given as a parameter or --sign-key included: a
+        caller of the Prefect API must not sign with any key the worker can read; $MNIST_PIPELINE_SIGN_KEY is the
+        worker's own setting); W&B's folder as wandb will take it (wandb.dir, else $WANDB_DIR from this process's
+        environment, else beside the store), so the roots confine it whichever way it is set."""
         env_dir = os.environ.get("WANDB_DIR")
         fields = {"data.root": self.data.root, "data.local_dir": self.data.local_dir,
-                  "artifacts_dir": self.artifacts_dir, "lineage_db": self.lineage_db, "wandb.dir": self.wandb.dir}
+                  "artifacts_dir": self.artifacts_dir, "lineage_db": self.lineage_db, "wandb.dir": self.wandb.dir,
+                  "sign.private_key": self.sign.private_key}
         if self.wandb.dir is None and env_dir:
             fields["$WANDB_DIR (wandb.dir unset)"] = Path(env_dir)
         return {k: v for k, v in fields.items() if v is not None}
 
     def check_roots(self, roots: list[Path] | None = None, why: str = f"${ALLOWED_ROOTS_ENV}") -> None:
-        """Refuse a path (after '..' and symlinks) outside every root: `roots`, else $MNIST_PIPELINE_ALLOWED_ROOTS
-        when set; `why` says where the roots come from."""
-        roots = roots if roots is not None else allowed_roots()
-        if roots is None:
-            return
+        """Refuse a path of `paths()` outside every root (`confine`)."""
         for name, path in self.paths().items():
-            real = path.expanduser().resolve()
-            if not any(real == r or real.is_relative_to(r) for r in roots):
-                raise ConfigError(f"{name}: {str(path)!r} resolves to {str(real)!r}, outside the allowed roots "
-                                  f"{[str(r) for r in roots]} ({why})")
+            confine(name, path, roots, why)
 
     def training_fingerprint(self) -> dict:
         """What decides the trained weights: equal fingerprints on equal data mean retraining changes nothing

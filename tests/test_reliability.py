@@ -217,6 +217,7 @@ def test_paths_from_parameters_cannot_escape_the_allowed_roots(prefect_server, t
         ({"data": {"root": str(allowed / "data"), "source": "local", "local_dir": str(allowed / "link" / "idx")}},
          "data.local_dir"),
         ({"wandb": {"dir": str(allowed / ".." / "w"), "mode": "offline"}}, "wandb.dir"),
+        ({"sign": {"private_key": str(outside / "signing.key")}}, "sign.private_key"),  # any PEM the worker reads
     ]
     for change, field in escapes:
         cfg = PipelineConfig.model_validate({**inside, **change})
@@ -228,12 +229,32 @@ def test_paths_from_parameters_cannot_escape_the_allowed_roots(prefect_server, t
                  str(allowed / "lineage.db"), "--artifacts-dir", str(allowed / ".." / "outside" / "art")])
     err = capsys.readouterr().err
     assert code == 2 and "invalid configuration: artifacts_dir:" in err and len(err.strip().splitlines()) == 1
+    # the signing key, a config file and keygen's folder are held to the roots too
+    from mnist_pipeline.provenance import keys
+
+    key, _pub = keys.generate(outside / "keys")
+    (outside / "cfg.yaml").write_text(f"lineage_db: {allowed / 'lineage.db'}\n")
+    inside_flags = ["--source", "synthetic", "--root", str(allowed / "data"), "--lineage-db", str(allowed / "lineage.db"),
+                    "--artifacts-dir", str(allowed / "art")]
+    for argv, says in ((["run", *inside_flags, "--sign-key", str(key)], "mnist-pipeline: invalid configuration: sign.private_key: "),
+                       (["run", *inside_flags, "--config", str(outside / "cfg.yaml")],
+                        "mnist-pipeline: invalid configuration: --config: "),
+                       (["keygen", "--out", str(outside / "new-keys")], "mnist-pipeline keygen: --out: ")):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(says) and "outside the allowed roots" in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (outside / "new-keys").exists()
     # a Prefect API payload: the flow run fails before any task, nothing is written
     fr, state = _run_payload({**inside, "lineage_db": str(outside / "lineage.db")})
     assert state.is_failed()
     with pytest.raises(ConfigError, match="lineage_db: .* outside the allowed roots"):
         state.result()
     assert _task_runs(fr.id) == []
+    fr, state = _run_payload({**inside, "sign": {"private_key": str(key)}})  # sign with the worker's other key
+    assert state.is_failed() and _task_runs(fr.id) == []
+    with pytest.raises(ConfigError, match="sign.private_key: .* outside the allowed roots"):
+        state.result()
     assert not (outside / "lineage.db").exists() and not (outside / "art").exists()
     assert not (allowed / "lineage.db").exists() and not (allowed / "art").exists()
 

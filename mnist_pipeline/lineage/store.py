@@ -29,7 +29,7 @@ from mnist_pipeline.lineage.records import (
     RunRecord,
 )
 from mnist_pipeline.lineage.schema import DROP_PENDING_GAP, SCHEMA, upgrade
-from mnist_pipeline.lineage.store_file import disk_full, readonly_problem, sidecars_created
+from mnist_pipeline.lineage.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
 from mnist_pipeline.storage import StorageError
 
 if TYPE_CHECKING:
@@ -56,13 +56,15 @@ class LineageStore:
     def __init__(self, path: Path | str, *, readonly: bool = False):
         """Open (or, unless `readonly`, create) the store at `path`.
 
-        Read-only (the auditor's commands): the file is opened with SQLite's `mode=ro`, nothing is created or
-        written, and a missing, empty or foreign file raises StoreError instead of being given a fresh schema."""
+        Read-only (the auditor's commands): the file is opened with SQLite's `mode=ro` (`immutable` on read-only
+        media or a full disk: `store_file.readonly_uri`), nothing is created or written, and a missing, empty or
+        foreign file raises StoreError instead of being given a fresh schema."""
         self.path, self.readonly = Path(path), readonly
         if readonly:
             problem = readonly_problem(self.path)
             if problem:
                 raise StoreError(f"{self.path}: {problem}")
+            self._readonly_uri = readonly_uri(self.path)  # decided once: immutable on read-only media
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -102,8 +104,7 @@ class LineageStore:
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN ourselves, so every write transaction is explicit.
         if self.readonly:  # SQLite refuses every write on this connection
-            con = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
-                                  isolation_level=None)
+            con = sqlite3.connect(self._readonly_uri, uri=True, timeout=30, isolation_level=None)
         else:
             con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         con.row_factory = sqlite3.Row

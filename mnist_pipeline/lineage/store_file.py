@@ -4,6 +4,7 @@
   of SQLite opened `immutable`, so a read-only command refuses a damaged store without SQLite creating
   `-wal`/`-shm` files beside it.
 - `sidecars_created`: removes the `-wal`/`-shm` files (and the store) an open that failed on a full disk created.
+- `readonly_uri`: how a read-only command opens the store, also from read-only media or a full disk.
 - `out_of_space`: SQLite reports a full disk under its WAL or shared-memory file as "disk I/O error"; the free
   space of the folder tells the two apart.
 """
@@ -85,6 +86,29 @@ def disk_full(e: BaseException, path: Path) -> bool:
         "disk is full" in str(e) or ("disk I/O error" in str(e) and out_of_space(path)))
 
 
+def _cannot_write_beside(path: Path) -> bool:
+    """True where nothing can be created beside `path`: a read-only file system or folder, or a full disk."""
+    folder = path.parent
+    try:
+        read_only_fs = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_fs = False
+    return read_only_fs or not os.access(folder, os.W_OK) or out_of_space(path)
+
+
+def readonly_uri(path: Path) -> str:
+    """The URI a read-only command opens the store with: SQLite's `mode=ro`, or, where nothing can be created
+    beside the file (read-only media such as a mounted backup, a read-only share, a full disk) and no WAL file holds
+    pages the main file lacks, `mode=ro&immutable=1`. A WAL database needs its `-shm` file, which SQLite creates
+    beside it, so a plain `mode=ro` open fails there ('unable to open database file', 'disk I/O error'); and there
+    no process can change the file under this one, which is what `immutable` asks of the caller."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    wal = Path(f"{path}-wal")
+    if not (wal.is_file() and wal.stat().st_size) and _cannot_write_beside(path):
+        return uri + "&immutable=1"
+    return uri
+
+
 def readonly_problem(path: Path) -> str | None:
     """Why `path` cannot be opened as a lineage store by a read-only command (None: it can). Nothing is created or
     written: a missing, empty, truncated or foreign file is refused, never given a fresh schema."""
@@ -98,7 +122,7 @@ def readonly_problem(path: Path) -> str | None:
         return f"not a readable lineage store ({problem})"
     # no clean-up of -wal/-shm after a failure here: they may be another process's, creating the store this moment
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        con = sqlite3.connect(readonly_uri(path), uri=True, timeout=30)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             check = con.execute("PRAGMA quick_check").fetchone()[0]
