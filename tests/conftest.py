@@ -39,6 +39,25 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def offline_run(prefect_server, tmp_path_factory) -> dict:
+    """One tiny offline run of `mnist-pipeline run` (`helpers.make_offline_run`), made once per session and read by
+    the flow's, audit's and sync's tests. A test never leaves it changed: it puts back what it tampers with, or
+    works on a copy (test_sync's `db`)."""
+    from tests.helpers import make_offline_run
+
+    return make_offline_run(tmp_path_factory.mktemp("offline-run"))
+
+
+@pytest.fixture(scope="session")
+def signed_run(prefect_server, tmp_path_factory) -> dict:
+    """One tiny offline run signed with a fresh key (`helpers.make_signed_run`), made once per session and read by
+    the signing flow's and the signed audit's tests; a test that tampers puts back what it changed."""
+    from tests.helpers import make_signed_run
+
+    return make_signed_run(tmp_path_factory.mktemp("signed-run"))
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that needs a real Prefect server (directly or through a module fixture) runs flows and takes
     seconds to minutes: it is `slow`, so `pytest -m "not slow"` is the sub-minute check."""

@@ -115,3 +115,88 @@ def signed_tiny_run_config(mp, tmp: Path, key: Path):
     mp.delenv(SIGN_KEY_ENV, raising=False)
     (tmp / "wandb").mkdir()
     return tiny_config(tmp, tmp / "src", sign={"private_key": str(key)})
+
+
+def offline_run_argv(src: Path, base: Path) -> list[str]:
+    """`mnist-pipeline run`'s flags for the tests' tiny offline run of the IDX files under `src`, into `base`."""
+    return ["run", "--source", "local", "--local-dir", str(src), "--slice", "1", "--epochs", "1", "--batch-size", "16",
+            "--log-every", "4", "--root", str(base / "data"), "--artifacts-dir", str(base / "art"), "--lineage-db",
+            str(base / "lineage.db"), "--wandb-mode", "offline", "--onnx-latency-samples", "20",
+            "--onnx-throughput-batch", "32"]
+
+
+def make_offline_run(base: Path) -> dict:
+    """One real `mnist-pipeline run` of the CLI, in this process, on tiny IDX data (120 train / 40 test images),
+    wandb offline in base/wandb: what it printed, its store, artifacts and runs by type, the files a user holds."""
+    import contextlib
+    import io
+    import json
+
+    import pytest
+
+    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.lineage.store import LineageStore
+
+    src = base / "src"
+    write_mnist(src)
+    (base / "wandb").mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_DIR", str(base / "wandb"))
+        mp.setenv("WANDB_SILENT", "true")
+        mp.delenv("WANDB_API_KEY", raising=False)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(offline_run_argv(src, base))
+        assert code == 0, printed.getvalue()[-3000:]
+    store = LineageStore(base / "lineage.db")
+    arts = {a.type: a for a in store.artifacts()}
+    runs = {r.job_type: r for r in store.runs()}
+    return {"base": base, "db": base / "lineage.db", "store": store, "arts": arts, "runs": runs, "src": src,
+            "wandb_dir": base / "wandb", "summary": json.loads(printed.getvalue()),
+            "onnx": Path(arts["onnx"].path) / "model.onnx", "model_pt": Path(arts["model"].path) / "model.pt"}
+
+
+def make_signed_run(tmp: Path) -> dict:
+    """A tiny offline run of the flow signed with a fresh key pair (`signed_tiny_run_config`), in this process: its
+    summary, wall time and log lines, its store's artifacts and runs, the key pair and another public key."""
+    import logging
+    import time
+
+    import pytest
+
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+    from mnist_pipeline.lineage.store import LineageStore
+    from mnist_pipeline.provenance import keys
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(level=logging.DEBUG)
+            self.lines: list[str] = []
+
+        def emit(self, record):
+            self.lines.append(self.format(record))
+
+    write_mnist(tmp / "src")
+    key, pub = keys.generate(tmp / "keys")
+    other = keys.generate(tmp / "other")[1]
+    collect = Collect()
+    loggers = [logging.getLogger(n) for n in ("", "prefect", "prefect.task_runs", "prefect.flow_runs",
+                                              "mnist_pipeline")]
+    for lg in loggers:
+        lg.addHandler(collect)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            cfg = signed_tiny_run_config(mp, tmp, key)
+            t0 = time.perf_counter()
+            summary = mnist_lineage_pipeline(config=cfg).to_dict()
+            wall = time.perf_counter() - t0
+    finally:
+        for lg in loggers:
+            lg.removeHandler(collect)
+    store = LineageStore(tmp / "lineage.db")
+    arts = {a.type: a for a in store.artifacts()}
+    return {"tmp": tmp, "db": tmp / "lineage.db", "key": key, "pub": pub, "other": other,
+            "fp": keys.fingerprint(keys.load_public(pub)), "summary": summary, "wall": wall, "logs": collect.lines,
+            "onnx": Path(summary["onnx_file"]), "copy": Path(summary["signed_onnx_file"]), "att": arts["attestation"],
+            "arts": arts, "runs": {r.job_type: r for r in store.runs()}}

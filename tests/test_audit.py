@@ -25,11 +25,10 @@ from mnist_pipeline.lineage.audit import (
     apply_wandb_findings,
     audit,
 )
-from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.refs import manifest, manifest_digest
 from mnist_pipeline.lineage.render import render_mermaid, render_tree
 from mnist_pipeline.lineage.store import LineageStore, NewArtifact
-from tests.helpers import STEMS, write_mnist
+from tests.helpers import STEMS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,38 +40,12 @@ def tree_chain(node: dict) -> list[str]:
     return [f"run:{node['run']}"] + [x for a in node["used"] for x in tree_chain(a)]
 
 
-def run_pipeline(base: Path) -> dict:
-    """One real run of the CLI on tiny IDX data, as tests/test_flow_e2e.py does, into `base`."""
-    src = base / "src"
-    write_mnist(src)
-    (base / "wandb").mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_DIR", str(base / "wandb"))
-        mp.setenv("WANDB_SILENT", "true")
-        mp.delenv("WANDB_API_KEY", raising=False)
-        argv = ["run", "--source", "local", "--local-dir", str(src), "--slice", "1", "--epochs", "1",
-                "--batch-size", "16", "--root", str(base / "data"), "--artifacts-dir", str(base / "art"),
-                "--lineage-db", str(base / "lineage.db"), "--wandb-mode", "offline",
-                "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32"]
-        assert main(argv) == 0
-    store = LineageStore(base / "lineage.db")
-    arts = {a.type: a for a in store.artifacts()}
-    runs = {r.job_type: r for r in store.runs()}
-    return {"base": base, "db": base / "lineage.db", "store": store, "arts": arts, "runs": runs, "src": src,
-            "onnx": Path(arts["onnx"].path) / "model.onnx", "model_pt": Path(arts["model"].path) / "model.pt"}
-
-
-@pytest.fixture(scope="module")
-def e2e(prefect_server, tmp_path_factory):
-    run = run_pipeline(tmp_path_factory.mktemp("audit-e2e"))
-    # a real promotion decision on the model, as the store records it (the flow makes it where it promotes)
-    store, model = run["store"], run["arts"]["model"]
-    if not store.promotions(model.artifact_id):
-        acc = run["arts"]["metrics"].metadata["test_accuracy"]
-        promote(store, model.artifact_id, accuracy=acc, validation_passed=True, margin=0.0,
-                               flow_run_id=run["runs"]["train"].flow_run_id)
-    return run
+@pytest.fixture
+def e2e(offline_run):
+    """The session's tiny offline run (conftest), whose flow promoted its model: a real promotion decision."""
+    [decision] = offline_run["store"].promotions(offline_run["arts"]["model"].artifact_id)
+    assert decision.decision == "promoted"
+    return offline_run
 
 
 def _audit(e2e, capsys, *args) -> tuple[int, str, str]:

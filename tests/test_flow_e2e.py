@@ -11,16 +11,9 @@ from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.lineage.refs import manifest_digest, verify_files
 from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb.run_file import offline_records
-from tests.helpers import STEMS
+from tests.helpers import STEMS, offline_run_argv
 
 JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}
-
-
-def _argv(tiny_mnist, tmp_path):
-    return ["--source", "local", "--local-dir", str(tiny_mnist), "--slice", "1", "--epochs", "1",
-            "--batch-size", "16", "--log-every", "4", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
-            "--lineage-db", str(tmp_path / "lineage.db"), "--wandb-mode", "offline", "--onnx-latency-samples", "20",
-            "--onnx-throughput-batch", "32"]
 
 
 def _wandb_runs(wandb_dir):
@@ -39,13 +32,13 @@ def _chain(store, artifact, direction):
     return [store.run(r) for r in (store.consumers if direction == "used" else store.producers)(artifact.artifact_id)]
 
 
-def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path, capsys):
-    assert main(["run", *_argv(tiny_mnist, tmp_path)]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    store = LineageStore(tmp_path / "lineage.db")
+def test_pipeline_end_to_end(offline_run, wandb_offline, capsys):
+    """The session's tiny offline run (`helpers.make_offline_run`: `mnist-pipeline run` in this process), then the
+    same command again."""
+    summary, store, wandb_dir = offline_run["summary"], offline_run["store"], offline_run["wandb_dir"]
 
     # the five stage runs (and the promotion decision's run) with the right job types, on disk for a later `wandb sync`, grouped by the flow run
-    runs = _wandb_runs(wandb_offline)
+    runs = _wandb_runs(wandb_dir)
     assert sorted(j for j, _, _ in runs.values()) == sorted(JOB_TYPES)
     assert len({g for _, g, _ in runs.values()}) == 1
     flow_runs = store.runs()
@@ -85,7 +78,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     # the loss curve's points live in the training run's record, not in the model's files or metadata
     assert len(train_run.summary["loss_points"]) >= 1 and "loss_points" not in json.dumps(model.metadata)
     # ... and they are what W&B got (8 batches, logged every 4: after batches 3 and 7), not the final partial batch
-    [train_file] = wandb_offline.rglob(f"offline-run-*-{train_run.run_id}/run-*.wandb")
+    [train_file] = wandb_dir.rglob(f"offline-run-*-{train_run.run_id}/run-*.wandb")
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                for r in offline_records(train_file) if r.WhichOneof("record_type") == "history"]
     logged = [(h["_step"], h["epoch"], round(h["loss"], 5)) for h in history if "loss" in h]
@@ -124,7 +117,7 @@ def test_pipeline_end_to_end(prefect_server, wandb_offline, tiny_mnist, tmp_path
     assert all(a.digest[:16] in pa.data for a in arts.values())
 
     # an unchanged second run reuses the cached data preparation and skips training: nothing new is made
-    assert main(["run", *_argv(tiny_mnist, tmp_path)]) == 0
+    assert main(offline_run_argv(offline_run["src"], offline_run["base"])) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["status"] == "skipped" and "unchanged since production convnet:v0" in second["reason"]
     assert second["artifacts"]["dataset"] == summary["artifacts"]["dataset"]

@@ -16,31 +16,15 @@ import pytest
 
 from mnist_pipeline.flows.cli import main
 from mnist_pipeline.flows.exit_codes import Exit
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.provenance import keys
-from tests.helpers import signed_tiny_run_config, write_mnist
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def signed(prefect_server, tmp_path_factory):
-    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-
-    tmp = tmp_path_factory.mktemp("audit-signed")
-    write_mnist(tmp / "src")
-    key, pub = keys.generate(tmp / "keys")
-    other = keys.generate(tmp / "other")[1]
-    with pytest.MonkeyPatch.context() as mp:
-        cfg = signed_tiny_run_config(mp, tmp, key)
-        summary = mnist_lineage_pipeline(config=cfg).to_dict()
-    store = LineageStore(tmp / "lineage.db")
-    arts = {a.type: a for a in store.artifacts()}
-    runs = {r.job_type: r for r in store.runs()}
-    return {"tmp": tmp, "db": tmp / "lineage.db", "pub": pub, "other": other, "fp": keys.fingerprint(
-        keys.load_public(pub)), "onnx": Path(summary["onnx_file"]), "copy": Path(summary["signed_onnx_file"]),
-        "att": arts["attestation"], "arts": arts, "runs": runs}
+@pytest.fixture
+def signed(signed_run):
+    """The session's signed tiny run (conftest)."""
+    return signed_run
 
 
 def _audit(signed, capsys, *args) -> tuple[int, str, str]:

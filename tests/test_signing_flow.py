@@ -4,12 +4,10 @@ process that cannot import torch, prefect or wandb; and the private key's bytes 
 
 import base64
 import json
-import logging
 import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,39 +20,11 @@ from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.lineage.wandb.run_file import offline_records
 from mnist_pipeline.provenance import dsse, keys
 from mnist_pipeline.provenance.verify import verify
-from tests.helpers import signed_tiny_run_config, tiny_config, write_mnist
+from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
-
-
-class _Collect(logging.Handler):
-    def __init__(self):
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record):
-        self.lines.append(self.format(record))
-
-
-@pytest.fixture(scope="module")
-def signed_run(prefect_server, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("signed")
-    write_mnist(tmp / "src")
-    key, pub = keys.generate(tmp / "keys")
-    collect = _Collect()
-    loggers = [logging.getLogger(n) for n in ("", "prefect", "prefect.task_runs", "prefect.flow_runs", "mnist_pipeline")]
-    for lg in loggers:
-        lg.addHandler(collect)
-    with pytest.MonkeyPatch.context() as mp:
-        cfg = signed_tiny_run_config(mp, tmp, key)
-        t0 = time.perf_counter()
-        summary = mnist_lineage_pipeline(config=cfg).to_dict()
-        wall = time.perf_counter() - t0
-    for lg in loggers:
-        lg.removeHandler(collect)
-    return {"tmp": tmp, "key": key, "pub": pub, "summary": summary, "wall": wall, "logs": collect.lines}
 
 
 def test_a_signed_run_verifies_offline_and_with_the_model_signing_cli(signed_run, capsys):

@@ -14,7 +14,6 @@ from mnist_pipeline.flows.audit_cli import sync_main
 from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.lineage.audit import audit
-from mnist_pipeline.lineage.promotion import promote
 from mnist_pipeline.lineage.recording import RecordingWandb
 from mnist_pipeline.lineage.refs import digest_alias, wandb_ref
 from mnist_pipeline.lineage.render import render_tree
@@ -23,17 +22,12 @@ from mnist_pipeline.lineage.sync import plan_sync
 from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable
 from mnist_pipeline.lineage.wandb.run_file import offline_records, synced_marker
 from tests.helpers import free_port
-from tests.test_audit import run_pipeline
 
 
-@pytest.fixture(scope="module")
-def e2e(prefect_server, tmp_path_factory):
-    run = run_pipeline(tmp_path_factory.mktemp("sync-e2e"))
-    store, model = run["store"], run["arts"]["model"]
-    if not store.promotions(model.artifact_id):  # the flow records one where it promotes; else record it here
-        promote(store, model.artifact_id, accuracy=0.9, validation_passed=True, margin=0.0,
-                               flow_run_id=run["runs"]["train"].flow_run_id)
-    return run
+@pytest.fixture
+def e2e(offline_run):
+    """The session's tiny offline run (conftest): its flow promoted its model."""
+    return offline_run
 
 
 @pytest.fixture
