@@ -260,7 +260,7 @@ def _requested_by(ns, command: str = "rollback") -> str:
 
 
 def rollback_main(ns: argparse.Namespace, backend=None) -> int:
-    store = open_store(ns.lineage_db, "rollback", readonly=False)
+    store = open_store(ns.lineage_db, "rollback", readonly=ns.dry_run)  # a dry run writes nothing
     if isinstance(store, Exit):
         return store
     current, previous = RB.previous_production(store, ns.name)
@@ -386,7 +386,7 @@ def unreject_main(ns: argparse.Namespace) -> int:
 
 
 def gc_main(ns: argparse.Namespace) -> int:
-    store = open_store(ns.lineage_db, "gc", readonly=False)
+    store = open_store(ns.lineage_db, "gc", readonly=not ns.apply)  # a plan writes nothing
     if isinstance(store, Exit):
         return store
     if ns.keep_last < 1 or ns.older_than < 0:
@@ -399,8 +399,9 @@ def gc_main(ns: argparse.Namespace) -> int:
         return Exit.USAGE
     from mnist_pipeline.lineage.environment import process_gone
 
-    store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever
-    holds.expire(store, process_gone)  # nor a killed flow its dataset
+    if ns.apply:  # a plan reads the store as it is (it may be a read-only copy)
+        store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever
+        holds.expire(store, process_gone)  # nor a killed flow its dataset
     plan = retention.plan(store, artifacts_dir, keep_last=ns.keep_last, older_than_days=ns.older_than,
                           deleted=_deletions(store))
     result = {"apply": ns.apply, "artifacts_dir": str(artifacts_dir), "keep_last": ns.keep_last,

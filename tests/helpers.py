@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import socket
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -54,6 +56,22 @@ def write_mnist(directory: Path, n_train: int = 120, n_test: int = 40, gz: bool 
             else:
                 (raw / STEMS[(split, kind)]).write_bytes(blob)
     return raw
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "256k", read_only: bool = False):
+    """A small tmpfs at `path` (a real full or read-only disk); skips where mounting is not allowed."""
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if read_only else "")
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):

@@ -28,7 +28,7 @@ import pytest
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lineage.refs import verify_files
 from mnist_pipeline.lineage.store import LineageStore
-from tests.helpers import interrupt_training, tiny_config, write_mnist
+from tests.helpers import interrupt_training, tiny_config, tmpfs, write_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FAULT_TIMEOUT = float(os.environ.get("MNIST_TEST_FAULT_TIMEOUT", "0.5"))  # seconds a dead mirror is waited for
@@ -86,20 +86,6 @@ def _leftovers(base: Path) -> list[Path]:
     """Temporary or half-written files anywhere under `base`."""
     return [p for p in base.rglob("*") if p.is_file() and (p.name.endswith((".partial", ".tmp"))
                                                            or ".incoming-" in str(p) or "/.staging/" in str(p))]
-
-
-@contextlib.contextmanager
-def _tmpfs(path: Path, size: str = "256k", read_only: bool = False):
-    """A small tmpfs at `path` (a real full or read-only disk); skips where mounting is not allowed."""
-    path.mkdir(parents=True, exist_ok=True)
-    opts = f"size={size}" + (",ro" if read_only else "")
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({out.stderr.strip()})")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def _flow_run_logs(flow_run_id: str, containing: str = "", timeout: float = 15) -> list[str]:
@@ -195,7 +181,7 @@ def test_a_mirror_that_accepts_and_never_answers_times_out_is_retried_and_fails_
 
 
 def test_a_full_disk_is_named_in_one_line_not_retried_and_leaves_nothing_behind(prefect_server, tmp_path):
-    with _tmpfs(tmp_path / "art", size="256k"):
+    with tmpfs(tmp_path / "art", size="256k"):
         proc = subprocess.run(_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "1000",
                                     "--synthetic-test", "100", "--slice", "1", "--epochs", "1"),
                               cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=180)
@@ -241,7 +227,7 @@ except StorageError as e:
                               capture_output=True, text=True, timeout=120)
 
     staging = tmp_path / "art" / ".staging"
-    with _tmpfs(tmp_path / "art", size="1m"):
+    with tmpfs(tmp_path / "art", size="1m"):
         proc = stage("train")
         [failed] = LineageStore(cfg.lineage_db).runs()
         out = staging / failed.run_id / "convnet"
@@ -257,7 +243,7 @@ except StorageError as e:
 
 
 def test_an_unwritable_wandb_folder_fails_before_any_work_with_one_line(tmp_path):
-    with _tmpfs(tmp_path / "wandb-ro", read_only=True):
+    with tmpfs(tmp_path / "wandb-ro", read_only=True):
         env = _env(tmp_path, api=False)
         proc = subprocess.run(_argv(tmp_path, "--source", "synthetic", "--wandb-dir", str(tmp_path / "wandb-ro")),
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
@@ -629,30 +615,6 @@ def test_a_tampered_dataset_is_caught_before_a_skip_and_rebuilt_from_the_source(
     assert rc == 6 and err.strip() == f"mnist-pipeline: {db}: not a readable lineage store (file is not a database)"
 
 
-def test_read_only_commands_never_write_the_store(tmp_path, capsys):
-    from mnist_pipeline.flows.cli import main
-    from mnist_pipeline.lineage.store import StoreError
-
-    db = tmp_path / "lineage.db"
-    LineageStore(db).start_run("r1", "prepare-data", config={}, env={}, flow_run_id=None, run_group=None,
-                               wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
-    con = sqlite3.connect(db)
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    con.close()
-    before = db.read_bytes()
-    ro = LineageStore(db, readonly=True)
-    assert [r.run_id for r in ro.runs()] == ["r1"]
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
-        ro.fail_run("r1", used=[], error="x")
-    rc, _, err = _audit(db, "convnet:production", capsys)
-    assert rc in (2, 4) and "Traceback" not in err
-    assert main(["sync", "--dry-run", "--lineage-db", str(db)]) == 0
-    assert db.read_bytes() == before
-    with pytest.raises(StoreError, match="no lineage store there"):
-        LineageStore(tmp_path / "nothing.db", readonly=True)
-    assert not (tmp_path / "nothing.db").exists()
-
-
 def test_prepare_data_gets_its_retries_and_a_prefect_time_limit_from_the_config(tmp_path):
     from mnist_pipeline.tasks.prepare_data import for_config, network_error_only
 
@@ -663,72 +625,12 @@ def test_prepare_data_gets_its_retries_and_a_prefect_time_limit_from_the_config(
     assert task.retry_condition_fn is network_error_only
 
 
-def test_a_full_disk_under_the_store_is_one_line_naming_it(tmp_path):
-    from mnist_pipeline.storage import StorageError
-
-    with _tmpfs(tmp_path / "store", size="512k"):
-        store = LineageStore(tmp_path / "store" / "lineage.db")
-        filler = tmp_path / "store" / "filler"
-        with contextlib.suppress(OSError), filler.open("wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-        with pytest.raises(StorageError, match=rf"^No space left on device while writing {tmp_path}/store/lineage.db$"):
-            for i in range(200):
-                store.start_run(f"r{i}", "train", config={"pad": "x" * 2000}, env={}, flow_run_id=None,
-                                run_group=None, wandb_mode="offline", wandb_dir=None, wandb_project="p",
-                                wandb_entity=None)
-        filler.unlink()
-        con = sqlite3.connect(tmp_path / "store" / "lineage.db")
-        try:
-            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        finally:
-            con.close()
-
-
-def _damaged_stores(tmp_path: Path) -> dict[str, Path]:
-    """An empty lineage.db, and one cut to half its size (a copy that stopped half-way), in folders of their own."""
-    full = tmp_path / "full" / "lineage.db"
-    store = LineageStore(full)
-    for i in range(300):
-        store.start_run(f"r{i}", "train", config={"pad": "x" * 500}, env={}, flow_run_id=None, run_group=None,
-                        wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
-    con = sqlite3.connect(full)
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    con.close()
-    out = {}
-    for kind, blob in (("empty", b""), ("half", full.read_bytes()[: full.stat().st_size // 2])):
-        (tmp_path / kind).mkdir()
-        (tmp_path / kind / "lineage.db").write_bytes(blob)
-        out[kind] = tmp_path / kind / "lineage.db"
-    return out
-
-
-@pytest.mark.parametrize("argv", [["sync", "--dry-run"], ["sync"], ["sync", "--verify"], ["audit", "convnet:v0"],
-                                  ["gc"]])
-def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(tmp_path, capsys, monkeypatch, argv):
-    from mnist_pipeline.flows.cli import main
-
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # plain sync must say the store, not "no W&B key"
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    for kind, db in _damaged_stores(tmp_path).items():
-        before = db.read_bytes()
-        capsys.readouterr()
-        rc = main([*argv, "--lineage-db", str(db)])
-        err = capsys.readouterr().err
-        assert rc == 6, (kind, rc, err)
-        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (kind, err)
-        assert str(db) in err, err
-        assert db.read_bytes() == before, kind  # no schema written into it
-        assert sorted(p.name for p in db.parent.iterdir()) == ["lineage.db"], kind  # no -wal, -shm
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["160k", "280k"])  # full before the store exists; full part-way through the run
 def test_a_run_with_its_store_on_a_full_disk_ends_with_the_disk_named_and_leaves_no_store_behind(
         prefect_server, tmp_path, size):
     db = tmp_path / "store" / "lineage.db"
-    with _tmpfs(tmp_path / "store", size=size):
+    with tmpfs(tmp_path / "store", size=size):
         argv = [a if a != str(tmp_path / "lineage.db") else str(db) for a in _argv(
             tmp_path, "--source", "synthetic", "--synthetic-train", "200", "--synthetic-test", "50", "--slice", "1",
             "--epochs", "1")]

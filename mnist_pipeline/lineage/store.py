@@ -118,15 +118,15 @@ class LineageStore:
         instead of failing half-way with 'database is locked'."""
         con = self._connect()
         try:
-            for attempt in range(50):
-                try:
-                    con.execute("BEGIN IMMEDIATE")
-                    break
-                except sqlite3.OperationalError as e:
-                    if "locked" not in str(e) or attempt == 49:
-                        raise
-                    time.sleep(0.1)
             try:
+                for attempt in range(50):
+                    try:
+                        con.execute("BEGIN IMMEDIATE")  # on a full disk: where SQLite cannot make its -wal/-shm
+                        break
+                    except sqlite3.OperationalError as e:
+                        if "locked" not in str(e) or attempt == 49:
+                            raise
+                        time.sleep(0.1)
                 yield con
                 con.execute("COMMIT")
             except BaseException as e:
