@@ -318,7 +318,7 @@ class _Endpoint:
         if self.fault == "closed-port":
             self._cm = None
             return closed_port()
-        self._cm = SilentServer() if self.fault == "never-answers" else failing(self.fault)
+        self._cm = failing(self.fault)
         return self._cm.__enter__().url
 
     def __exit__(self, *exc):
@@ -326,7 +326,10 @@ class _Endpoint:
             self._cm.__exit__(*exc)
 
 
-FLOW_FAULTS = ["graphql-error", "http-500", "http-401", "http-429", "hang", "never-answers", "closed-port"]
+# One flow-level run per behaviour, not one per fault (each fault is tested at the stage, in-process, above): W&B
+# failing after a good init (the first stage online, the rest offline), a host that hangs (finish runs out too),
+# and a W&B that cannot be reached at init (every stage offline).
+FLOW_FAULTS = ["http-500", "hang", "closed-port"]
 FAST_FLAGS = ["--wandb-init-timeout", "5", "--wandb-http-timeout", "2", "--wandb-http-retries", "1",
               "--wandb-artifact-wait-timeout", "3", "--wandb-finish-timeout", "3"]
 
@@ -358,7 +361,7 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
     arts = store.artifacts()
     assert {a.type for a in arts} == {"dataset", "model", "metrics", "onnx", "validation", "report"}
     online = [r for r in runs if r.wandb_mode == "online"]
-    init_fails = fault in ("never-answers", "closed-port")
+    init_fails = fault == "closed-port"
     assert len(online) == (0 if init_fails else 1)  # after the first failure the host is not tried again
 
     # where the records went: one line, in the summary and on the console
