@@ -83,6 +83,7 @@ def test_wandb_settings_loaders_keep_their_shape():
         assert {f"x_{part}_retry_max", f"x_{part}_retry_wait_min_seconds",
                 f"x_{part}_retry_wait_max_seconds"} <= fields, part
     assert {"x_graphql_timeout_seconds", "x_file_stream_timeout_seconds", "x_file_transfer_timeout_seconds"} <= fields
+    assert {"x_disable_stats", "x_save_requirements"} <= fields  # settings.QUIET
 
 
 def test_wandb_run_is_finished_flag_exists():

@@ -14,7 +14,7 @@ import wandb
 from mnist_pipeline.lineage.refs import digest_alias, wandb_path
 from mnist_pipeline.lineage.wandb.credentials import WandbCredentials, masked_line, resolve_credentials
 from mnist_pipeline.lineage.wandb.run_file import synced_marker
-from mnist_pipeline.lineage.wandb.settings import WandbTimeouts, run_settings
+from mnist_pipeline.lineage.wandb.settings import QUIET, WandbTimeouts, run_settings
 
 
 class WandbUnavailable(RuntimeError):
@@ -76,7 +76,7 @@ class WandbClient:
 
     def _resumed(self, entity: str | None, project: str, run_id: str, d: str):
         self.check()
-        settings = run_settings(self.creds, self.timeouts, silent=True, console="off", x_disable_stats=True)
+        settings = run_settings(self.creds, self.timeouts, **QUIET)
         return wandb.init(id=run_id, project=project, entity=entity, resume="must", mode="online", dir=d,
                           reinit="create_new", settings=settings)
 

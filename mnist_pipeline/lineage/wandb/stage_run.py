@@ -22,7 +22,7 @@ from mnist_pipeline.lineage.refs import digest_alias, wandb_ref
 from mnist_pipeline.lineage.store import NewArtifact
 from mnist_pipeline.lineage.wandb.credentials import masked_line, resolve_credentials
 from mnist_pipeline.lineage.wandb.folder import wandb_dir
-from mnist_pipeline.lineage.wandb.settings import WandbTimeouts, run_settings
+from mnist_pipeline.lineage.wandb.settings import QUIET, WandbTimeouts, run_settings, write_requirements
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,6 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
                     name=f"{job_type}-{run_id[:8]}", group=group, job_type=job_type, config=config,
                     reinit="create_new")
     timeouts = WandbTimeouts.of(cfg)
-    quiet = dict(silent=True, console="off", x_disable_stats=True)
     if mode == "online":
         creds = resolve_credentials(wandb_dir(cfg))
         failed = _online_failures.get(creds.host)
@@ -303,7 +302,8 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
             mode = "offline"
         else:
             try:
-                run = wandb.init(mode="online", settings=run_settings(creds, timeouts, **quiet), **kwargs(run_id))
+                run = wandb.init(mode="online", settings=run_settings(creds, timeouts, **QUIET), **kwargs(run_id))
+                write_requirements(run)
                 _online_failures.pop(creds.host, None)
                 stage_run = StageRun(cfg, run, "online", run_id, job_type, timeouts)
                 stage_run._secret, stage_run._host = creds.api_key, creds.host
@@ -318,7 +318,8 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
                     shutil.rmtree(d, ignore_errors=True)
                 mode, run_id = "offline", uuid.uuid4().hex[:12]
     run = wandb.init(mode=cast(Literal["online", "offline", "disabled"], mode),
-                     settings=wandb.Settings(init_timeout=timeouts.init, **quiet), **kwargs(run_id))
+                     settings=wandb.Settings(init_timeout=timeouts.init, **QUIET), **kwargs(run_id))
+    write_requirements(run)
     return StageRun(cfg, run, mode, run_id, job_type, timeouts)
 
 
