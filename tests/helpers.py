@@ -218,3 +218,191 @@ def make_signed_run(tmp: Path) -> dict:
             "fp": keys.fingerprint(keys.load_public(pub)), "summary": summary, "wall": wall, "logs": collect.lines,
             "onnx": Path(summary["onnx_file"]), "copy": Path(summary["signed_onnx_file"]), "att": arts["attestation"],
             "arts": arts, "runs": {r.job_type: r for r in store.runs()}}
+
+
+# ------------------------------------------- the fault and reliability tests' helpers: runs, stores, the Prefect API
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_KEY = "local-" + "5ec7e7f00dfacade0123456789abcdef0badc0de"  # planted: must be written nowhere
+JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}
+
+
+def api_url() -> str:
+    """The Prefect API the `prefect_server` fixture set up (asserted to be set)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the prefect_server fixture sets PREFECT_API_URL"
+    return url
+
+
+def _cli_env(base: Path, *, offline: bool, api: bool, extra: dict[str, str]) -> dict:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PREFECT_"))}
+    for d in ("home", "tmp", "wandb"):
+        (base / d).mkdir(parents=True, exist_ok=True)
+    env.update(HOME=str(base / "home"), TMPDIR=str(base / "tmp"), WANDB_DIR=str(base / "wandb"),
+               WANDB_SILENT="true", PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(REPO))
+    if offline:
+        env["WANDB_MODE"] = "offline"
+    if api:
+        env["PREFECT_API_URL"] = api_url()
+    else:
+        env["PREFECT_HOME"] = str(base / "home" / ".prefect")
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # 2 shared cores: it can be slow
+    env.update(extra)
+    return env
+
+
+def run_env(base: Path, **extra: str) -> dict:
+    """A clean environment for `mnist-pipeline run` against the test server; HOME and TMPDIR of its own,
+    so that everything the run writes, wherever wandb or Prefect put it, lies under `base`. wandb's mode is the
+    command's flags' (no WANDB_MODE)."""
+    return _cli_env(base, offline=False, api=True, extra=extra)
+
+
+def offline_run_env(base: Path, *, api: bool = True, **extra: str) -> dict:
+    """`mnist-pipeline run`'s environment: wandb offline, HOME/TMPDIR under `base`, the test server (or none:
+    then the CLI starts Prefect's temporary server, its database under `base/home`)."""
+    return _cli_env(base, offline=True, api=api, extra=extra)
+
+
+def run_command(*args: str) -> list[str]:
+    """`mnist-pipeline run *args` as a command line for this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", *args]
+
+
+def run_flags(base: Path, *, seed: int = 0) -> list[str]:
+    """A run's folders under `base`, its seed, one thread and short ONNX timings, as `mnist-pipeline run` flags."""
+    return ["--root", str(base / "data"), "--artifacts-dir", str(base / "art"), "--lineage-db",
+            str(base / "lineage.db"), "--seed", str(seed), "--onnx-latency-samples", "20",
+            "--onnx-throughput-batch", "32", "--evaluate-misclassified-table-rows", "8", "--threads", "1"]
+
+
+def run_argv(base: Path, *args: str) -> list[str]:
+    """`mnist-pipeline run` into `base` (data, art, lineage.db), one thread, no watch, short ONNX timings, `args`."""
+    return run_command("--root", str(base / "data"), "--artifacts-dir", str(base / "art"), "--lineage-db",
+                       str(base / "lineage.db"), "--threads", "1", "--no-watch", "--onnx-latency-samples", "20",
+                       "--onnx-throughput-batch", "32", "--evaluate-misclassified-table-rows", "4", *args)
+
+
+def last_line(text: str) -> str:
+    """The last line of `text` that is not blank."""
+    return [ln for ln in text.splitlines() if ln.strip()][-1]
+
+
+def _assert_sqlite_is_sound(db: Path) -> None:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        con.close()
+
+
+def _assert_files_are_sound(store) -> None:
+    from mnist_pipeline.lineage.refs import verify_files
+
+    for a in store.artifacts():
+        verify_files(Path(a.path), a.files)
+
+
+def assert_store_is_sound(store) -> None:
+    """SQLite integrity holds and every recorded artifact's files are there, complete and unchanged."""
+    _assert_sqlite_is_sound(store.path)
+    _assert_files_are_sound(store)
+
+
+def store_state(db: Path) -> list[tuple[str, str, str | None]]:
+    """(job_type, status, error) of every run, after checking SQLite's integrity and every artifact's files."""
+    from mnist_pipeline.lineage.store import LineageStore
+
+    _assert_sqlite_is_sound(db)
+    store = LineageStore(db)
+    _assert_files_are_sound(store)
+    return [(r.job_type, r.status, r.error) for r in store.runs()]
+
+
+def leftovers(base: Path) -> list[Path]:
+    """Temporary or half-written files anywhere under `base`."""
+    return [p for p in base.rglob("*") if p.is_file() and (p.name.endswith((".partial", ".tmp"))
+                                                           or ".incoming-" in str(p) or "/.staging/" in str(p))]
+
+
+def wandb_runs(wandb_dir: Path) -> dict:
+    """run id -> (job_type, group, [(artifact name, aliases)], history rows) of every offline run on disk."""
+    import json
+
+    from mnist_pipeline.lineage.wandb.run_file import offline_records
+
+    runs = {}
+    for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):
+        recs = list(offline_records(f))
+        run = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
+        arts = [(r.artifact.name, sorted(r.artifact.aliases)) for r in recs
+                if r.WhichOneof("record_type") == "artifact" and r.artifact.type != "run_table"]
+        history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+                   for r in recs if r.WhichOneof("record_type") == "history"]
+        runs[run.run_id] = (run.job_type, run.run_group, arts, history)
+    return runs
+
+
+def flow_run(flow_run_id: str):
+    """The flow run as the Prefect API holds it."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
+
+
+def task_runs(flow_run_id) -> list:
+    """The task runs of the flow run in the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def flow_run_logs(flow_run_id: str, containing: str | None = None, timeout: float = 15) -> list[str]:
+    """The flow run's logs in the Prefect API: as they are now, or, given `containing`, once one contains it (logs
+    are sent in batches; at most `timeout` s)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            logs = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))]
+        if containing is None or any(containing in m for m in logs) or time.monotonic() > deadline:
+            return logs
+        time.sleep(0.5)
+
+
+def run_payload(payload: dict):
+    """A flow run created through the Prefect API with this parameter payload (as the UI or
+    `run_deployment` would), then executed by the engine the way a worker does."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+
+    with get_client(sync_client=True) as client:
+        fr = client.create_flow_run(mnist_lineage_pipeline, parameters={"config": payload})
+    state = run_flow(mnist_lineage_pipeline, flow_run=fr, return_type="state")
+    return fr, state
+
+
+def synthetic_config(base: Path, train: int = 200, **over):
+    """`tiny_config(base)` with `train` synthetic training images, batches of 32, one thread and no watch; `over`
+    as for `tiny_config` (its `data` and `train` sections merged over these)."""
+    data = {"synthetic_train": train, **over.pop("data", {})}
+    train_over = {"batch_size": 32, "threads": 1, "watch": False, **over.pop("train", {})}
+    return tiny_config(base, data=data, train=train_over, **over)

@@ -1,8 +1,9 @@
 import pytest
 from pydantic import ValidationError
 
-from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
 from mnist_pipeline.flows.cli import main
+from tests.helpers import FAKE_KEY, flow_run, run_payload, task_runs, write_mnist
 
 
 def test_defaults_are_the_tutorials():
@@ -165,3 +166,109 @@ def test_wandb_dir_from_the_environment_is_confined_to_the_allowed_roots_like_th
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "invalid configuration: $WANDB_DIR (wandb.dir unset):" in err and str(tmp_path / "evil") in err
     assert not allowed.exists() and not (tmp_path / "evil").exists()
+
+
+# ------------------------------------------------------------------------------------ bad input: Prefect API payloads
+
+
+@pytest.mark.parametrize("section, key, value, field", [
+    ("train", "epochs", 0, "train.epochs"),
+    ("train", "epochs", -2, "train.epochs"),
+    ("train", "batch_size", 0, "train.batch_size"),
+    ("train", "learning_rate", 0.0, "train.learning_rate"),
+    ("train", "learning_rate", -0.01, "train.learning_rate"),
+    ("train", "kernels", [16], "train.kernels"),
+    ("train", "kernels", [16, -4], "train.kernels"),
+    ("train", "classes", 11, "train.classes"),
+    ("data", "source", "s3", "data.source"),
+    ("data", "slice", 0, "data.slice"),
+    ("wandb", "mode", "sometimes", "wandb.mode"),
+    ("train", "epoch", 2, "train.epoch"),  # a typo, not silently ignored
+])
+def test_a_bad_prefect_api_payload_fails_the_flow_run_before_any_task(prefect_server, tmp_path, section, key,
+                                                                      value, field):
+    payload = {section: {key: value}, "artifacts_dir": str(tmp_path / "art"),
+               "lineage_db": str(tmp_path / "lineage.db")}
+    fr, state = run_payload(payload)
+    assert state.is_failed()
+    assert "Validation of flow parameters failed" in state.message
+    with pytest.raises(Exception) as e:
+        state.result()
+    assert field.split(".")[-1] in str(e.value) and section in str(e.value)
+    assert flow_run(fr.id).state.is_failed()  # the server holds the failure, too
+    assert task_runs(fr.id) == []  # no task ran
+    assert not (tmp_path / "lineage.db").exists() and not (tmp_path / "art").exists()
+
+
+# ------------------------------------------------------------------------------------------ bad input: paths and URLs
+
+
+def test_paths_from_parameters_cannot_escape_the_allowed_roots(prefect_server, tiny_mnist, tmp_path, monkeypatch,
+                                                                capsys):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "link").symlink_to(outside, target_is_directory=True)
+    write_mnist(outside / "idx")
+    inside = {"data": {"root": str(allowed / "data"), "source": "synthetic"},
+              "artifacts_dir": str(allowed / "art"), "lineage_db": str(allowed / "lineage.db"),
+              "wandb": {"dir": str(allowed / "wandb"), "mode": "offline"}}
+    monkeypatch.setenv(ALLOWED_ROOTS_ENV, str(allowed))
+    PipelineConfig.model_validate(inside).resolved()  # all inside: accepted
+
+    escapes = [
+        ({"artifacts_dir": str(allowed / ".." / "outside" / "art")}, "artifacts_dir"),
+        ({"lineage_db": "/tmp/lineage.db"}, "lineage_db"),
+        ({"data": {"root": str(allowed / "link" / "data"), "source": "synthetic"}}, "data.root"),  # via a symlink
+        ({"data": {"root": str(allowed / "data"), "source": "local", "local_dir": str(allowed / "link" / "idx")}},
+         "data.local_dir"),
+        ({"wandb": {"dir": str(allowed / ".." / "w"), "mode": "offline"}}, "wandb.dir"),
+        ({"sign": {"private_key": str(outside / "signing.key")}}, "sign.private_key"),  # any PEM the worker reads
+    ]
+    for change, field in escapes:
+        cfg = PipelineConfig.model_validate({**inside, **change})
+        with pytest.raises(ConfigError, match=f"^{field}: .* outside the allowed roots"):
+            cfg.resolved()
+
+    # the CLI: exit 2, one line naming the field, nothing created
+    code = main(["run", "--source", "synthetic", "--root", str(allowed / "data"), "--lineage-db",
+                 str(allowed / "lineage.db"), "--artifacts-dir", str(allowed / ".." / "outside" / "art")])
+    err = capsys.readouterr().err
+    assert code == 2 and "invalid configuration: artifacts_dir:" in err and len(err.strip().splitlines()) == 1
+    # the signing key, a config file and keygen's folder are held to the roots too
+    from mnist_pipeline.provenance import keys
+
+    key, _pub = keys.generate(outside / "keys")
+    (outside / "cfg.yaml").write_text(f"lineage_db: {allowed / 'lineage.db'}\n")
+    inside_flags = ["--source", "synthetic", "--root", str(allowed / "data"), "--lineage-db", str(allowed / "lineage.db"),
+                    "--artifacts-dir", str(allowed / "art")]
+    for argv, says in ((["run", *inside_flags, "--sign-key", str(key)], "mnist-pipeline: invalid configuration: sign.private_key: "),
+                       (["run", *inside_flags, "--config", str(outside / "cfg.yaml")],
+                        "mnist-pipeline: invalid configuration: --config: "),
+                       (["keygen", "--out", str(outside / "new-keys")], "mnist-pipeline keygen: --out: ")):
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(says) and "outside the allowed roots" in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (outside / "new-keys").exists()
+    # a Prefect API payload: the flow run fails before any task, nothing is written
+    fr, state = run_payload({**inside, "lineage_db": str(outside / "lineage.db")})
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="lineage_db: .* outside the allowed roots"):
+        state.result()
+    assert task_runs(fr.id) == []
+    fr, state = run_payload({**inside, "sign": {"private_key": str(key)}})  # sign with the worker's other key
+    assert state.is_failed() and task_runs(fr.id) == []
+    with pytest.raises(ConfigError, match="sign.private_key: .* outside the allowed roots"):
+        state.result()
+    assert not (outside / "lineage.db").exists() and not (outside / "art").exists()
+    assert not (allowed / "lineage.db").exists() and not (allowed / "art").exists()
+
+
+def test_credentials_in_a_mirror_url_are_refused_before_they_are_recorded(capsys, tmp_path):
+    code = main(["run", "--mirrors", f"https://user:{FAKE_KEY}@mirror.example/mnist/", "--lineage-db",
+                 str(tmp_path / "l.db"), "--artifacts-dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.mirrors" in err and "credentials" in err and FAKE_KEY not in err
+    assert not (tmp_path / "l.db").exists()
+

@@ -1,14 +1,30 @@
 import functools
 import hashlib
 import http.server
+import os
+import re
+import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from mnist_pipeline import data
-from tests.helpers import STEMS, idx_bytes, tiny_digits, write_mnist
+from tests.helpers import (
+    REPO,
+    STEMS,
+    idx_bytes,
+    last_line,
+    leftovers,
+    offline_run_env,
+    run_argv,
+    store_state,
+    tiny_digits,
+    write_mnist,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -338,3 +354,36 @@ def test_a_wrong_md5_mirror_is_downloaded_once_though_another_mirror_s_network_e
     finally:
         wrong.close()
         silent.close()
+
+
+# ------------------------------------------------------------------------ a mirror that never answers, in a whole run
+
+
+FAULT_TIMEOUT = float(os.environ.get("MNIST_TEST_FAULT_TIMEOUT", "0.5"))  # seconds a dead mirror is waited for
+
+
+@pytest.mark.slow
+def test_a_mirror_that_accepts_and_never_answers_times_out_is_retried_and_fails_with_one_line(prefect_server,
+                                                                                            tmp_path):
+    silent = socket.socket()  # the kernel accepts connections into the backlog; nobody ever answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    mirror = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run(run_argv(tmp_path, "--source", "download", "--mirrors", mirror, "--timeout",
+                                       str(FAULT_TIMEOUT), "--retries", "1", "--retry-delay", "0"),
+                              cwd=REPO, env=offline_run_env(tmp_path), capture_output=True, text=True, timeout=180)
+        seconds = time.monotonic() - t0
+    finally:
+        silent.close()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert re.fullmatch(rf"mnist-pipeline: pipeline failed: DownloadError: train-images-idx3-ubyte.gz: no mirror "
+                        rf"delivered it: {mirror}train-images-idx3-ubyte.gz: no answer within {FAULT_TIMEOUT:g} s "
+                        r"\(data.timeout\)", last_line(proc.stderr)), last_line(proc.stderr)
+    runs = store_state(tmp_path / "lineage.db")
+    assert [(j, s) for j, s, _ in runs] == [("prepare-data", "failed")] * 2  # the documented retry, then no more
+    assert seconds < 60
+    assert leftovers(tmp_path) == [] and not list((tmp_path / "data").rglob("*.gz"))
+

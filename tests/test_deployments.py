@@ -3,6 +3,7 @@
 button does) is picked up by the serving process and completes, and its lineage lands in the store."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from mnist_pipeline.config import SCHEDULE_CRON
 from mnist_pipeline.flows.local_server import local_prefect_server, stop_group
 from mnist_pipeline.lineage.store import LineageStore
-from tests.helpers import wait_for
+from tests.helpers import flow_run_logs, store_state, task_runs, tiny_config, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # real `prefect server start` and `serve` subprocesses
@@ -100,3 +101,63 @@ def test_prefect_yaml_deploys_both_deployments_to_a_work_pool(server, client):
     assert [s.schedule.cron for s in deps["scheduled-retraining"].schedules] == [SCHEDULE_CRON]
     assert deps["manual"].enforce_parameter_schema
     assert deps["manual"].parameters["config"]["train"]["learning_rate"] == 0.005
+
+
+# ---------------------------------------------------------------------------- a deployment's run: merged and confined
+
+
+def _deployment_run(name: str, payload: dict):
+    """A flow run of deployment `name` created through the API with this `config` payload (as the UI's Run form
+    or `run_deployment` would), executed here the way a worker does."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(f"mnist-lineage-pipeline/{name}")
+        fr = client.create_flow_run_from_deployment(dep.id, parameters={"config": payload})
+    return fr, run_flow(mnist_lineage_pipeline, flow_run=fr, return_type="state")
+
+
+def test_a_deployment_run_merges_a_partial_config_and_is_confined_to_the_deployment_folders(
+        prefect_server, wandb_offline, tmp_path, monkeypatch):
+    from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError
+    from mnist_pipeline.deployments.serve import MANUAL, build_deployments
+
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    srv = tmp_path / "srv"
+    served = tiny_config(srv, train={"batch_size": 32, "threads": 1, "watch": False}, wandb={"dir": str(srv / "wandb")})
+    for dep in build_deployments(served, paused=True):
+        dep.apply()
+
+    # a partial payload: only the seed; everything else is the deployment's, not the code's defaults
+    fr, state = _deployment_run(MANUAL, {"train": {"seed": 7}})
+    assert state.is_completed(), state.message
+    summary = state.result().to_dict()
+    assert summary["config_sources"]["train.seed"] == "run parameters"
+    assert summary["config_sources"]["data.source"] == "deployment defaults"
+    assert summary["config_sources"]["artifacts_dir"] == "deployment defaults"
+    store = LineageStore(srv / "lineage.db")
+    [train] = [r for r in store.runs() if r.job_type == "train"]
+    assert train.config["train"]["seed"] == 7 and train.config["train"]["epochs"] == 1
+    assert train.config["data"]["source"] == "synthetic"  # not the code default 'download'
+    logs = flow_run_logs(fr.id, "config of deployment")
+    assert any("config of deployment 'manual': from the run parameters: train.seed=7; from the deployment "
+               "defaults:" in m for m in logs), logs
+
+    # a path outside the deployment's folders is refused before any task, naming the field
+    elsewhere = tmp_path / "elsewhere"
+    for payload, field in (({"artifacts_dir": str(elsewhere / "art")}, "artifacts_dir"),
+                           ({"wandb": {"dir": str(elsewhere / "w"), "mode": "offline"}}, "wandb.dir"),
+                           ({"data": {"source": "synthetic", "root": "/etc/mnist"}}, "data.root")):
+        fr, state = _deployment_run(MANUAL, payload)
+        assert state.is_failed()
+        with pytest.raises(ConfigError, match=rf"^{re.escape(field)}: .* outside the allowed roots .* \(the folders "
+                           r"deployment 'manual' was served with; "):
+            state.result()
+        assert task_runs(fr.id) == []
+    assert not elsewhere.exists() and not Path("/etc/mnist").exists()
+    assert {r.status for r in store.runs()} == {"finished"}  # the refused runs left no trace in the store
+    store_state(srv / "lineage.db")
+

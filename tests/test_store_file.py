@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from mnist_pipeline.flows.cli import main
 from mnist_pipeline.lineage.store import LineageStore
-from tests.helpers import tmpfs
+from tests.helpers import REPO, last_line, offline_run_env, run_argv, store_state, tmpfs
 
 
 def _audit(db: Path, target: str, capsys, *more: str) -> tuple[int, str, str]:
@@ -153,4 +154,26 @@ def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(
         assert db.read_bytes() == before, kind  # no schema written into it
         assert sorted(p.name for p in db.parent.iterdir()) == ["lineage.db"], kind  # no -wal, -shm
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["160k", "280k"])  # full before the store exists; full part-way through the run
+def test_a_run_with_its_store_on_a_full_disk_ends_with_the_disk_named_and_leaves_no_store_behind(
+        prefect_server, tmp_path, size):
+    db = tmp_path / "store" / "lineage.db"
+    with tmpfs(tmp_path / "store", size=size):
+        argv = [a if a != str(tmp_path / "lineage.db") else str(db) for a in run_argv(
+            tmp_path, "--source", "synthetic", "--synthetic-train", "200", "--synthetic-test", "50", "--slice", "1",
+            "--epochs", "1")]
+        proc = subprocess.run(argv, cwd=REPO, env=offline_run_env(tmp_path), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        line = last_line(proc.stderr)
+        assert line == f"mnist-pipeline: pipeline failed: StorageError: No space left on device while writing {db} " \
+                       "(not retried: it would fail the same way)", line
+        if db.exists():  # full part-way: what was recorded is whole, and no run is left 'running'
+            assert db.stat().st_size > 0
+            assert all(status != "running" for _, status, _ in store_state(db))
+        else:
+            assert sorted(p.name for p in db.parent.iterdir()) == []  # no 0-byte store, no -wal/-shm
 

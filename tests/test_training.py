@@ -1,15 +1,23 @@
 import contextlib
+import hashlib
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
+from prefect import flow
 
 from mnist_pipeline import training
+from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.data import Split
+from mnist_pipeline.lineage.refs import ArtifactRef
+from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.metrics import evaluate
 from mnist_pipeline.model import ConvNet, ModelConfig
-from tests.helpers import interrupt_training, tiny_digits
+from mnist_pipeline.tasks import train
+from tests.helpers import flow_run_logs, interrupt_training, store_state, tiny_digits
 
 
 def _split(n=400, seed=0):
@@ -202,3 +210,125 @@ def test_a_diverged_training_is_not_retried_it_would_diverge_again():
     assert not retried(training.TrainingDiverged("training diverged: the loss after 13 batches is nan"))
     assert not retried(StorageError(28, "/art/model.pt"))
     assert retried(RuntimeError("a crash mid-step: the retry resumes from the checkpoint"))
+
+
+# -------------------------------------------------------------------------------------- checkpoints in the train task
+
+
+def test_a_prefect_retry_of_train_resumes_from_the_checkpoint(prefect_server, wandb_offline, tiny_mnist, tmp_path,
+                                                             monkeypatch):
+    """The train task fails mid-training (once); Prefect's retry resumes from the checkpoint, and says so."""
+    real, attempts = training.train, []
+
+    def crash_first_attempt(*a, **kw):
+        attempts.append(1)
+        if len(attempts) == 1:
+            interrupt_training(monkeypatch, 11)  # InterruptedError after batch 11: checkpoints at 4, 8 (every 4)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "train", crash_first_attempt)
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 2, "batch_size": 16, "checkpoint_every": 4, "log_every": 3},
+        "wandb": {"mode": "offline"}, "artifacts_dir": str(tmp_path / "art"),
+        "lineage_db": str(tmp_path / "lineage.db")}).resolved()
+
+    from mnist_pipeline.tasks import prepare_data
+
+    @flow(name="train-with-a-crash")
+    def train_flow(cfg: PipelineConfig) -> ArtifactRef:
+        return train(cfg, prepare_data(cfg))
+
+    state = train_flow(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    assert len(attempts) == 2
+    store = LineageStore(cfg.lineage_db)
+    trains = [r for r in store.runs() if r.job_type == "train"]
+    assert [r.status for r in trains] == ["failed", "finished"]
+    assert "InterruptedError" in trains[0].error
+    [model] = store.artifacts("model")
+    # 120 images / 16 = 8 batches an epoch; the last checkpoint before batch 11 was at batch 8 = end of epoch 0
+    # where it resumed is the run's record (the model file is the same as an uninterrupted run's)
+    assert trains[1].summary["resumed_from_checkpoint"] == {"epoch": 1, "batch": 0, "examples_seen": 120}
+    assert model.metadata["examples_seen"] == 240 and model.metadata["batches"] == 16
+    assert trains[1].summary["resumed"] is True
+    assert not list((tmp_path / "art" / ".checkpoints").glob("*.pt"))  # done with once the model is recorded
+
+
+def test_a_tampered_checkpoint_is_discarded_with_a_warning_and_training_starts_over(prefect_server, wandb_offline,
+                                                                                   tiny_mnist, tmp_path, monkeypatch):
+    from prefect import flow
+
+    import mnist_pipeline.flows.pipeline  # noqa: F401 - puts the pipeline's warnings into the flow run's logs
+    from mnist_pipeline import training
+    from mnist_pipeline.tasks import prepare_data, train
+
+    real, calls = training.train, []
+
+    def crash_first(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            interrupt_training(monkeypatch, 6)  # a checkpoint at batch 4 (every 4), then a crash
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "train", crash_first)
+    cfg = PipelineConfig.model_validate({
+        "data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1, "root": str(tmp_path / "data")},
+        "train": {"epochs": 1, "batch_size": 16, "checkpoint_every": 4, "watch": False, "threads": 1},
+        "wandb": {"mode": "offline"}, "artifacts_dir": str(tmp_path / "art"),
+        "lineage_db": str(tmp_path / "lineage.db")}).resolved()
+
+    @flow(name="train-once")
+    def train_flow(cfg: PipelineConfig):
+        return train.with_options(retries=0)(cfg, prepare_data(cfg))
+
+    assert train_flow(cfg, return_state=True).is_failed()
+    [ckpt] = (tmp_path / "art" / ".checkpoints").glob("train-*.pt")
+    assert json.loads(training.sidecar(ckpt).read_text())["position"]["examples_seen"] == 64
+    blob = bytearray(ckpt.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # a flipped bit: the file still loads
+    ckpt.write_bytes(bytes(blob))
+
+    state = train_flow(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    logs = flow_run_logs(state.state_details.flow_run_id, "discarding checkpoint")
+    assert any(re.search(r"discarding checkpoint .*train-\w+\.pt: sha256 \w{16} does not match the recorded \w{16}: "
+                         r"changed since it was written; training from the start", m) for m in logs), logs
+    store = LineageStore(cfg.lineage_db)
+    [model] = store.artifacts("model")
+    [trained] = [r for r in store.runs() if r.job_type == "train" and r.status == "finished"]
+    assert trained.summary["resumed_from_checkpoint"] is None  # how the run went is the run's record
+    assert model.metadata["examples_seen"] == 120 and model.metadata["batches"] == 8  # the whole epoch, again
+    assert [(j, s) for j, s, _ in store_state(cfg.lineage_db) if j == "train"] == [("train", "failed"),
+                                                                                    ("train", "finished")]
+    assert not list((tmp_path / "art" / ".checkpoints").iterdir())  # checkpoint and record gone once recorded
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)  # what unpickling would do, if it were allowed to run code
+
+
+def test_a_checkpoint_that_would_run_code_is_not_loaded_and_training_starts_over(tmp_path, caplog):
+    from mnist_pipeline.data import Split
+    from mnist_pipeline.model import ConvNet, ModelConfig
+    from tests.helpers import tiny_digits
+
+    marker, ckpt = tmp_path / "code-ran", tmp_path / "train-x.pt"
+    torch.save({"model": _RunsCode(marker), "epoch": 1, "batch": 0, "examples_seen": 1, "batches": 1}, ckpt)
+    # with a record that vouches for it (its digest), so that only weights_only stands in the way
+    training.sidecar(ckpt).write_text(json.dumps({"sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+                                                  "lineage": None}))
+    images, labels = tiny_digits(64, 0)
+    settings = training.LoopSettings(epochs=1, batch_size=16, checkpoint_every=2, progress=False)
+    with caplog.at_level("WARNING"):
+        result = training.train(ConvNet(ModelConfig(kernels=(4, 8))), Split(torch.from_numpy(images),
+                                torch.from_numpy(labels).long()), settings, torch.device("cpu"), checkpoint=ckpt)
+    assert not marker.exists()  # no code ran
+    assert result.resumed_from is None and result.examples_seen == 64  # started over, did not fail
+    assert "ignoring unreadable checkpoint" in caplog.text
+    assert torch.load(ckpt, weights_only=True)["batches"] == 4  # replaced by a real checkpoint
+

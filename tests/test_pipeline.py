@@ -1,0 +1,145 @@
+"""The whole flow (`flows/pipeline.py`) killed and run again, or run twice at once: a training process killed with
+SIGKILL is resumed from its checkpoint by the rerun, and two flow runs sharing one lineage store and W&B folder
+neither mix their records nor overwrite each other's files. Real `mnist-pipeline run` processes against the Prefect
+test server, wandb offline, SQLite, the W&B offline run files read back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+
+import torch
+
+from mnist_pipeline.lineage.store import LineageStore
+from tests.helpers import (
+    JOB_TYPES,
+    REPO,
+    assert_store_is_sound,
+    run_command,
+    run_env,
+    run_flags,
+    wandb_runs,
+    write_mnist,
+)
+
+# -------------------------------------------------------------------------------------------------- retries and kills
+
+
+def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_path):
+    n_train, epochs, batch = 6000, 3, 50  # 360 batches, several seconds of training: time to kill it
+    per_epoch = n_train // batch
+    base = tmp_path
+    argv = run_command("--source", "synthetic", "--synthetic-train", str(n_train), "--synthetic-test", "100",
+                       "--slice", "1", "--epochs", str(epochs), "--batch-size", str(batch), "--checkpoint-every", "7",
+                       "--log-every", "10", "--no-watch", "--wandb-mode", "offline", *run_flags(base))
+    env = run_env(base)
+    ckpt_dir = base / "art" / ".checkpoints"
+    first = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(ckpt_dir.glob("train-*.pt")):  # wait for training to be under way ...
+            assert first.poll() is None, first.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        [ckpt] = ckpt_dir.glob("train-*.pt")
+        seen = torch.load(ckpt, weights_only=True)["batches"]
+        while torch.load(ckpt, weights_only=True)["batches"] < seen + 14:  # ... and two checkpoints further
+            assert first.poll() is None, "training ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGKILL)  # mid-epoch, no chance to clean up
+        assert first.wait(30) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(first.pid, signal.SIGKILL)  # whatever it had started (wandb's service) goes with it
+        first.stdout.close()
+
+    last = torch.load(ckpt, weights_only=True)
+    assert 0 < last["batches"] < epochs * per_epoch
+    store = LineageStore(base / "lineage.db")
+    killed = [r for r in store.runs() if r.job_type == "train"]
+    assert [r.status for r in killed] == ["running"]  # it never got to say otherwise
+    assert store.artifacts("model") == []
+    # ... but the input it had declared is on record (edges are written when declared, not only at the end)
+    assert [a.type for a in store.edges(killed[0].run_id)["used"]] == ["dataset"]
+    assert_store_is_sound(store)  # the store points at no missing or partial file
+
+    second = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    [model] = store.artifacts("model")
+    [resumer] = [r for r in store.runs() if r.job_type == "train" and r.status == "finished"]
+    resumed = resumer.summary["resumed_from_checkpoint"]
+    assert resumed == {"epoch": last["epoch"], "batch": last["batch"], "examples_seen": last["examples_seen"]}
+    assert resumed["epoch"] * per_epoch + resumed["batch"] > 0
+    # the examples seen in all are those of an uninterrupted run, not more (no batch trained twice in the count)
+    assert model.metadata["examples_seen"] == epochs * n_train and model.metadata["batches"] == epochs * per_epoch
+    trains = {r.run_id: r for r in store.runs() if r.job_type == "train"}
+    dead = trains[killed[0].run_id]
+    assert dead.status == "failed" and dead.error.startswith("process died")
+    assert [r.status for r in trains.values()].count("finished") == 1
+    assert all(r.status in ("finished", "failed") for r in store.runs())
+    assert len(store.artifacts("dataset")) == 1  # the rerun used the same dataset, so the checkpoint applied
+    assert not list(ckpt_dir.glob("train-*.pt"))
+    assert_store_is_sound(store)
+
+
+# ---------------------------------------------------------------------------------------------------- concurrent runs
+
+
+def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tmp_path):
+    write_mnist(tmp_path / "src", gz=True)
+    procs = {}
+    for seed in (1, 2):
+        argv = run_command("--source", "local", "--local-dir", str(tmp_path / "src"), "--slice", "1", "--epochs",
+                           "1", "--batch-size", "16", "--log-every", "2", "--wandb-mode", "offline",
+                           *run_flags(tmp_path, seed=seed))
+        procs[seed] = subprocess.Popen(argv, cwd=REPO, env=run_env(tmp_path), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+    outs = {seed: p.communicate(timeout=300) for seed, p in procs.items()}
+    for seed, p in procs.items():
+        assert p.returncode == 0, outs[seed][1][-3000:]
+
+    store = LineageStore(tmp_path / "lineage.db")
+    assert_store_is_sound(store)  # integrity ok, every artifact's files verify: nothing overwritten
+    runs = store.runs()
+    assert all(r.status == "finished" for r in runs)
+    by_flow: dict[str, list[dict]] = {}
+    for r in runs:
+        by_flow.setdefault(r.flow_run_id, []).append(r)
+    assert len(by_flow) == 2
+    for flow_runs in by_flow.values():
+        jobs = sorted(r.job_type for r in flow_runs)
+        assert jobs in (sorted(JOB_TYPES), sorted(JOB_TYPES - {"prepare-data"}))  # prepare-data may be cached
+        assert {r.run_group for r in flow_runs} == {f"flow-{flow_runs[0].flow_run_id}"}
+        assert {r.config["train"]["seed"] for r in flow_runs} in ({1}, {2})
+    assert len(runs) >= 9
+
+    models = store.artifacts("model")
+    assert sorted(m.version for m in models) == [0, 1] and len({m.digest for m in models}) == 2
+    assert {m.metadata["fingerprint"]["seed"] for m in models} == {1, 2}
+    assert len(store.artifacts("dataset")) == 1  # same data, one version, even if both prepared it
+    for kind in ("metrics", "onnx", "validation"):
+        assert len(store.artifacts(kind)) == 2
+    # each W&B run holds only its own flow run's records and artifacts
+    on_disk = wandb_runs(tmp_path / "wandb")
+    assert set(on_disk) == {r.run_id for r in runs}
+    for r in runs:
+        job, group, logged, history = on_disk[r.run_id]
+        assert (job, group) == (r.job_type, r.run_group)
+        produced = store.edges(r.run_id)["produced"]
+        assert sorted(logged) == sorted((a.name, sorted(["latest", f"sha256-{a.digest[:16]}"])) for a in produced)
+        keys = {k for row in history for k in row}
+        assert ("loss" in keys) == (job == "train") and ("test_accuracy" in keys) == (job == "evaluate")
+        if job == "train":  # its own 8 batches' loss rows, not the other training's
+            assert [row["_step"] for row in history if "loss" in row] == [16, 48, 80, 112]
+    # the promotion gate saw both models, one after the other: one production model
+    assert len(store.promotions()) == 2 and store.alias("convnet", "production").type == "model"
+    for m in models:  # and each model's inputs and consumers stay within its own flow run
+        [producer] = [r for r in runs if r.run_id == m.producer_run_id]
+        for consumer in store.consumers(m.artifact_id):
+            assert store.run(consumer).flow_run_id == producer.flow_run_id
+
