@@ -41,28 +41,8 @@ def env_for(base: Path, w: Standin, **extra: str) -> dict:
 
 
 def cli(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """The CLI with `env`, from `env["HOME"]`: `run` and `sweep` in a process of their own (a flow run as a
-    scheduler starts it), the operator's commands (`sync`, `sync --verify`, `audit --online`, `rollback`) in this
-    process through `main()` (each reads W&B's host and key from the environment when it runs)."""
-    if args[0] in ("run", "sweep"):
-        return subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", *args], cwd=env["HOME"], env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    import contextlib
-    import io
-
-    from mnist_pipeline.flows.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with pytest.MonkeyPatch.context() as mp:
-        for name in [n for n in os.environ if n.startswith(("WANDB_", "PREFECT_")) or n == "NETRC"]:
-            mp.delenv(name)
-        for name, value in env.items():
-            if name != "TMPDIR":  # this process's temporary folder stays as it is
-                mp.setenv(name, value)
-        mp.chdir(env["HOME"])
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    return subprocess.CompletedProcess(["mnist-pipeline", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", *args], cwd=env["HOME"], env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def run_args(base: Path, src: Path, mode: str, *extra: str) -> list[str]:
