@@ -21,6 +21,15 @@ def _artifact(tmp_path, name, content):
                        files=files)
 
 
+def _in_threads(target, n: int) -> None:
+    """`target(i)` for i in 0..n-1, each in a thread of its own, all started before any is joined."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_versions_edges_and_dedup(tmp_path):
     store = LineageStore(tmp_path / "l.db")
     _start(store, "r1")
@@ -67,11 +76,7 @@ def test_concurrent_writers_do_not_corrupt_the_store(tmp_path):
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(worker, 4)
     assert not errors
     versions = sorted(a.version for a in LineageStore(path).artifacts())
     assert versions == list(range(60))  # every version number once: no lost or doubled write
@@ -107,10 +112,6 @@ def test_processes_creating_a_new_store_at_the_same_moment_all_get_it(tmp_path):
             except Exception as e:  # pragma: no cover - reported below
                 errors.append(e)
 
-        threads = [threading.Thread(target=opener, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _in_threads(opener, 2)
         assert errors == [], f"round {round_}"
         assert len(LineageStore(path).runs()) == 4
