@@ -1,8 +1,11 @@
-"""The lineage store's SQLite schema, and the one migration an older store needs (`upgrade`)."""
+"""The lineage store's SQLite schema, how a file gets it (`ensure_schema`, also when two processes create the store
+at once), and the one migration an older store needs (`upgrade`)."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -139,3 +142,28 @@ def upgrade(con: sqlite3.Connection) -> None:
         except sqlite3.OperationalError as e:  # another process added it a moment ago
             if "duplicate column" not in str(e):
                 raise
+
+
+def ensure_schema(connect: Callable[[], sqlite3.Connection], patience: float = 30.0) -> None:
+    """Make the store's file a WAL database with SCHEMA, upgraded (`connect()` opens it). Two processes creating a
+    new store at once: one may have begun its switch to WAL while the file was still in rollback mode, and the
+    other's WAL connections then hold the lock that switch waits for, whatever SQLite's busy handler does ('database
+    is locked', at once). So the switch is tried on a short timeout, and on 'locked' the connection is closed and a
+    new one looks again (and finds the file already WAL), for at most `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        con = connect()
+        try:
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA busy_timeout=250")
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA busy_timeout=30000")
+            con.executescript(SCHEMA)
+            upgrade(con)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        finally:
+            con.close()
+        time.sleep(0.05)

@@ -28,7 +28,7 @@ from mnist_pipeline.lineage.records import (
     PromotionRecord,
     RunRecord,
 )
-from mnist_pipeline.lineage.schema import DROP_PENDING_GAP, SCHEMA, upgrade
+from mnist_pipeline.lineage.schema import DROP_PENDING_GAP, ensure_schema
 from mnist_pipeline.lineage.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
 from mnist_pipeline.storage import StorageError
 
@@ -69,37 +69,13 @@ class LineageStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with sidecars_created(self.path, lambda e: disk_full(e, self.path)):
-                self._create_schema()
+                ensure_schema(self._connect)
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
             if disk_full(e, self.path):
                 raise StorageError(errno.ENOSPC, self.path) from None
             raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
-
-    def _create_schema(self, patience: float = 30.0) -> None:
-        """Make the file a WAL database with SCHEMA, upgraded. Two processes creating a new store at once: one may
-        have begun its switch to WAL while the file was still in rollback mode, and the other's WAL connections then
-        hold the lock that switch waits for, whatever SQLite's busy handler does ('database is locked'). So the
-        switch is tried on a short timeout, and on 'locked' the connection is closed and a new one looks again
-        (and finds the file already WAL), for at most `patience` seconds."""
-        deadline = time.monotonic() + patience
-        while True:
-            con = self._connect()
-            try:
-                if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    con.execute("PRAGMA busy_timeout=250")
-                    con.execute("PRAGMA journal_mode=WAL")
-                    con.execute("PRAGMA busy_timeout=30000")
-                con.executescript(SCHEMA)
-                upgrade(con)
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
-            finally:
-                con.close()
-            time.sleep(0.05)
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN ourselves, so every write transaction is explicit.
