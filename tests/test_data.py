@@ -328,6 +328,7 @@ def test_a_404_mirror_is_not_retried_and_says_its_http_status(tmp_path):
     assert empty.gets == {"train-images-idx3-ubyte.gz": 1}
 
 
+@pytest.mark.slow  # waits out a real retry delay
 def test_a_wrong_md5_mirror_is_downloaded_once_though_another_mirror_s_network_error_is_retried(tmp_path):
     import socket
 
