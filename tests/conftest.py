@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_mnist
+from tests.helpers import use_offline_wandb, write_mnist
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -21,13 +21,7 @@ def tiny_mnist(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "wandb"
-    d.mkdir()
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(d))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    return d
+    return use_offline_wandb(monkeypatch, tmp_path / "wandb")
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""Test helpers: tiny real-format MNIST IDX files (as torchvision's own MNIST test writes them)."""
+"""Test helpers: tiny real-format MNIST IDX files (as torchvision's own MNIST test writes them), tiny configs and the
+session's shared runs, wandb offline in a folder, and the environments, command lines and store checks of the tests
+that run `mnist-pipeline run` as a process."""
 
 from __future__ import annotations
 
@@ -121,17 +123,23 @@ def tiny_config(base: Path, src: Path | None = None, **over):
     return PipelineConfig.model_validate(cfg)
 
 
+def use_offline_wandb(mp, directory: Path) -> Path:
+    """wandb offline in `directory` (made), silent, with no API key from the environment, set on `mp`."""
+    directory.mkdir(exist_ok=True)
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_DIR", str(directory))
+    mp.setenv("WANDB_SILENT", "true")
+    mp.delenv("WANDB_API_KEY", raising=False)
+    return directory
+
+
 def signed_tiny_run_config(mp, tmp: Path, key: Path):
     """The config of a tiny offline run signed with `key` (wandb offline in tmp/wandb, no key from the
     environment), for the signing tests' module-scoped runs; `write_mnist(tmp / "src")` first."""
     from mnist_pipeline.config import SIGN_KEY_ENV
 
-    mp.setenv("WANDB_MODE", "offline")
-    mp.setenv("WANDB_DIR", str(tmp / "wandb"))
-    mp.setenv("WANDB_SILENT", "true")
-    mp.delenv("WANDB_API_KEY", raising=False)
+    use_offline_wandb(mp, tmp / "wandb")
     mp.delenv(SIGN_KEY_ENV, raising=False)
-    (tmp / "wandb").mkdir()
     return tiny_config(tmp, tmp / "src", sign={"private_key": str(key)})
 
 
@@ -157,12 +165,8 @@ def make_offline_run(base: Path) -> dict:
 
     src = base / "src"
     write_mnist(src)
-    (base / "wandb").mkdir()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WANDB_MODE", "offline")
-        mp.setenv("WANDB_DIR", str(base / "wandb"))
-        mp.setenv("WANDB_SILENT", "true")
-        mp.delenv("WANDB_API_KEY", raising=False)
+        use_offline_wandb(mp, base / "wandb")
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             code = main(offline_run_argv(src, base))

@@ -61,10 +61,10 @@ class LineageStore:
         foreign file raises StoreError instead of being given a fresh schema."""
         self.path, self.readonly = Path(path), readonly
         if readonly:
-            problem = readonly_problem(self.path)
+            self._readonly_uri = readonly_uri(self.path)  # decided once: immutable on read-only media
+            problem = readonly_problem(self.path, self._readonly_uri)
             if problem:
                 raise StoreError(f"{self.path}: {problem}")
-            self._readonly_uri = readonly_uri(self.path)  # decided once: immutable on read-only media
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:

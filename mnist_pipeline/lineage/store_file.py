@@ -109,9 +109,10 @@ def readonly_uri(path: Path) -> str:
     return uri
 
 
-def readonly_problem(path: Path) -> str | None:
-    """Why `path` cannot be opened as a lineage store by a read-only command (None: it can). Nothing is created or
-    written: a missing, empty, truncated or foreign file is refused, never given a fresh schema."""
+def readonly_problem(path: Path, uri: str) -> str | None:
+    """Why `path` cannot be opened as a lineage store by a read-only command through `uri` (`readonly_uri`; None:
+    it can). Nothing is created or written: a missing, empty, truncated or foreign file is refused, never given a
+    fresh schema."""
     if not path.is_file():
         return "no lineage store there"
     if path.stat().st_size == 0:
@@ -122,7 +123,7 @@ def readonly_problem(path: Path) -> str | None:
         return f"not a readable lineage store ({problem})"
     # no clean-up of -wal/-shm after a failure here: they may be another process's, creating the store this moment
     try:
-        con = sqlite3.connect(readonly_uri(path), uri=True, timeout=30)
+        con = sqlite3.connect(uri, uri=True, timeout=30)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             check = con.execute("PRAGMA quick_check").fetchone()[0]

@@ -59,7 +59,6 @@ def run_settings(creds: WandbCredentials | None, timeouts: WandbTimeouts, **extr
     return wandb.Settings(**where, **timeouts.settings(), **extra)
 
 
-
 # What every stage's `wandb.init` gets on top of its own settings: no terminal output or system metrics, and no
 # requirements scan of its own. wandb reads every installed distribution's metadata at each `wandb.init` to write
 # the run's requirements.txt (about 0.15 s a stage here, a third of a warm tiny flow); the list cannot change
