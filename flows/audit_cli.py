@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from mnist_pipeline.flows.common_args import Parents, add_command, err
 from mnist_pipeline.flows.exit_codes import Exit
-from mnist_pipeline.lineage.audit import AuditError, apply_wandb_findings, audit
-from mnist_pipeline.lineage.render import render_tree, write_report
+from prefect_wandb.audit import AuditError, apply_wandb_findings, audit
+from prefect_wandb.render import render_tree, write_report
 
 if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
-    from mnist_pipeline.lineage.store import LineageStore
-    from mnist_pipeline.lineage.sync import Action, PromotionPlan, SyncPlan
+    from prefect_wandb.store import LineageStore
+    from prefect_wandb.sync import Action, PromotionPlan, SyncPlan
 
 # The audit's verdict (report["status"], also in its JSON and report file) as the command's exit code.
 AUDIT_EXIT = {"verified": Exit.OK, "tampered": Exit.VERIFY_FAILED, "unknown": Exit.NOT_FOUND}
@@ -90,7 +90,7 @@ def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | Exi
     damaged. Read-only by default (SQLite mode=ro): a read-only command never writes. Every sub-command that works
     on an existing store opens it here (audit, sync, and flows/ops_cli.py); the file is checked read-only first,
     so not even a writing command (rollback, gc) turns an empty or foreign file into a new store."""
-    from mnist_pipeline.lineage.store import LineageStore, StoreError
+    from prefect_wandb.store import LineageStore, StoreError
 
     db = Path(path).expanduser()
     if not db.is_file():
@@ -113,7 +113,7 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         return store
     public_key = Path(ns.public_key) if getattr(ns, "public_key", None) else None
     if public_key is not None:  # a bad key is a usage error before the audit starts, not a failed signature
-        from mnist_pipeline.provenance.keys import KeyFileError, load_public
+        from prefect_wandb.provenance.keys import KeyFileError, load_public
 
         try:
             load_public(public_key)
@@ -126,8 +126,8 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         err("audit", str(e))
         return Exit.USAGE
     if ns.online and report["status"] != "unknown":
-        from mnist_pipeline.lineage.audit.wandb_findings import wandb_findings
-        from mnist_pipeline.lineage.wandb.client import WandbClient, wandb_error_line
+        from prefect_wandb.audit.wandb_findings import wandb_findings
+        from prefect_wandb.wandb.client import WandbClient, wandb_error_line
 
         try:
             apply_wandb_findings(report, wandb_findings(report, backend or WandbClient()))
@@ -200,9 +200,9 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
     store = open_store(ns.lineage_db, "sync")
     if isinstance(store, Exit):
         return store
-    from mnist_pipeline.lineage.recording import RecordingWandb
-    from mnist_pipeline.lineage.sync import plan_sync, run_sync
-    from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable, wandb_error_line
+    from prefect_wandb.recording import RecordingWandb
+    from prefect_wandb.sync import plan_sync, run_sync
+    from prefect_wandb.wandb.client import WandbClient, WandbUnavailable, wandb_error_line
 
     if getattr(ns, "verify", False):
         return verify_main(ns, backend or WandbClient(), store)
@@ -241,8 +241,8 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 
 def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
     """`sync --verify`: read-only comparison of W&B with the lineage store (opened read-only)."""
-    from mnist_pipeline.lineage.verify import render_verify, verify_wandb
-    from mnist_pipeline.lineage.wandb.client import wandb_error_line
+    from prefect_wandb.verify import render_verify, verify_wandb
+    from prefect_wandb.wandb.client import wandb_error_line
 
     try:
         result = verify_wandb(store, backend, run_ids=ns.run or None)

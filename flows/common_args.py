@@ -36,7 +36,8 @@ def setup_logging() -> None:
     """Our own progress at INFO; libraries (httpx logs every API call at INFO) only when they warn. Prefect prints
     its flow and task run logs through its own console handler."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mnist_pipeline").setLevel(logging.INFO)
+    for name in ("mnist_pipeline", "prefect_wandb"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def prefect_defaults() -> None:

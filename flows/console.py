@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from mnist_pipeline import storage
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data import DataError, DownloadError
-from mnist_pipeline.lineage.refs import DigestMismatch
-from mnist_pipeline.lineage.store import StoreError
+from prefect_wandb.refs import DigestMismatch
+from prefect_wandb.store import StoreError
 
 # ParityError (onnx_io) and TrainingDiverged (training: "the loss ... is nan (train.learning_rate 10 may be too
 # large)") are expected too; they are looked up by name, so this module does not import torch and onnx (a skipped

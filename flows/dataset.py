@@ -7,11 +7,11 @@ although no stage of the flow has declared it yet (a cache hit); `release_holds`
 from __future__ import annotations
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage import holds
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.store import ArtifactDeleted, LineageStore
 from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.prepare_data import for_config, stored_problem
+from prefect_wandb import holds
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.store import ArtifactDeleted, LineageStore
 
 # flow run id -> the lineage store its holds are in (the hooks get the flow run, not the effective config)
 _HELD: dict[str, str] = {}

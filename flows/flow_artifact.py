@@ -6,10 +6,10 @@ from __future__ import annotations
 from prefect.artifacts import create_markdown_artifact
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.report import markdown
 from mnist_pipeline.results import RunSummary
 from mnist_pipeline.tasks._common import current_flow_run_id
+from prefect_wandb.store import LineageStore
 
 
 def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: RunSummary | None = None) -> list[dict]:
@@ -55,9 +55,9 @@ def _reused_rows(store: LineageStore, summary: RunSummary) -> list[dict]:
 
 def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
     """Where this flow run's W&B records went (`queries.where_records_went`), said in one line on `logger`."""
-    from mnist_pipeline.lineage.queries import where_records_went
-    from mnist_pipeline.lineage.wandb.credentials import resolve_credentials
-    from mnist_pipeline.lineage.wandb.stage_run import recent_failure
+    from prefect_wandb.queries import where_records_went
+    from prefect_wandb.wandb.credentials import resolve_credentials
+    from prefect_wandb.wandb.stage_run import recent_failure
 
     reason = None
     if cfg.wandb.mode == "offline":

@@ -17,10 +17,10 @@ from pathlib import Path
 from mnist_pipeline.flows.audit_cli import open_store
 from mnist_pipeline.flows.common_args import Parents, add_command, err
 from mnist_pipeline.flows.exit_codes import Exit
-from mnist_pipeline.lineage import holds, reproduction_plan, retention
-from mnist_pipeline.lineage import impact as impact_mod
-from mnist_pipeline.lineage import rollback as rollback_mod
-from mnist_pipeline.lineage.layout import TRASH
+from prefect_wandb import holds, reproduction_plan, retention
+from prefect_wandb import impact as impact_mod
+from prefect_wandb import rollback as rollback_mod
+from prefect_wandb.layout import TRASH
 
 R = reproduction_plan
 RB = rollback_mod
@@ -106,7 +106,7 @@ def add_parsers(sub, parents: Parents) -> None:
 
 def _identify(store, target: str, cmd: str):
     """(records, exit code): the artifact versions a file, folder or reference names."""
-    from mnist_pipeline.lineage.audit import AuditError, identify
+    from prefect_wandb.audit import AuditError, identify
 
     try:
         ident = identify(store, target)
@@ -151,7 +151,7 @@ def impact_main(ns: argparse.Namespace) -> int:
 
 
 def write_picture(report: dict, path: Path) -> Path:
-    from mnist_pipeline.lineage.impact import render_html, render_svg
+    from prefect_wandb.impact import render_html, render_svg
 
     if path.suffix not in (".html", ".svg"):
         raise ValueError(f"{path}: give a .html or .svg file")
@@ -165,7 +165,7 @@ def write_picture(report: dict, path: Path) -> Path:
 def _environment() -> dict:
     import platform
 
-    from mnist_pipeline.lineage.environment import code_state, package_versions
+    from prefect_wandb.environment import code_state, package_versions
 
     return {**code_state(), "packages": package_versions(), "python": platform.python_version()}
 
@@ -314,16 +314,16 @@ def _online(mode: str) -> bool:
         return False
     if mode == "online":
         return True
-    from mnist_pipeline.lineage.wandb.credentials import has_api_key
+    from prefect_wandb.wandb.credentials import has_api_key
 
     return has_api_key()
 
 
 def _move_alias_online(store, target, decision, backend=None) -> None:
     """`production` in W&B where the store has it now (`follow_store`: a flow may have promoted since)."""
-    from mnist_pipeline.lineage.alias_sync import follow_store
-    from mnist_pipeline.lineage.refs import wandb_ref
-    from mnist_pipeline.lineage.wandb.client import WandbClient
+    from prefect_wandb.alias_sync import follow_store
+    from prefect_wandb.refs import wandb_ref
+    from prefect_wandb.wandb.client import WandbClient
 
     backend = backend or WandbClient()
     entity = backend.check()
@@ -357,7 +357,7 @@ def _rollback_out(ns, result: dict) -> None:
 
 
 def unreject_main(ns: argparse.Namespace) -> int:
-    from mnist_pipeline.lineage import rejections
+    from prefect_wandb import rejections
 
     store = open_store(ns.lineage_db, "unreject", readonly=False)
     if isinstance(store, Exit):
@@ -397,7 +397,7 @@ def gc_main(ns: argparse.Namespace) -> int:
     if not artifacts_dir.is_dir():
         err("gc", f"no artifact folder at {artifacts_dir} (give --artifacts-dir)")
         return Exit.USAGE
-    from mnist_pipeline.lineage.environment import process_gone
+    from prefect_wandb.environment import process_gone
 
     if ns.apply:  # a plan reads the store as it is (it may be a read-only copy)
         store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever

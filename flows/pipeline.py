@@ -19,7 +19,6 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
 from mnist_pipeline.flows.preflight import effective_config
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.results import ArtifactLocation, MetricsResult, PromotionOutcome, RunSummary, ValidationResult
 from mnist_pipeline.tasks import (
     check_for_changes,
@@ -34,6 +33,7 @@ from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
+from prefect_wandb.store import LineageStore
 
 FLOW_NAME = "mnist-lineage-pipeline"
 DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)
@@ -47,11 +47,12 @@ class _InRunsOnly(logging.Filter):
 def _library_warnings_to_prefect() -> None:
     """Warnings of the pipeline's own code (W&B fell back offline, a dead run was recorded as failed) reach the
     flow run's logs in the Prefect UI too, not only the stderr of whatever process ran it."""
-    lib = logging.getLogger("mnist_pipeline")
-    if not any(isinstance(h, APILogHandler) for h in lib.handlers):
-        handler = APILogHandler(level=logging.WARNING)
-        handler.addFilter(_InRunsOnly())
-        lib.addHandler(handler)
+    for name in ("mnist_pipeline", "prefect_wandb"):
+        lib = logging.getLogger(name)
+        if not any(isinstance(h, APILogHandler) for h in lib.handlers):
+            handler = APILogHandler(level=logging.WARNING)
+            handler.addFilter(_InRunsOnly())
+            lib.addHandler(handler)
 
 
 _library_warnings_to_prefect()

@@ -20,9 +20,9 @@ from pydantic import BaseModel
 
 from mnist_pipeline import storage
 from mnist_pipeline.config import PipelineConfig, allowed_roots
-from mnist_pipeline.lineage.layout import stored_folders
-from mnist_pipeline.lineage.store import LineageStore, StoreError
-from mnist_pipeline.lineage.wandb.folder import wandb_folder
+from prefect_wandb.layout import stored_folders
+from prefect_wandb.store import LineageStore, StoreError
+from prefect_wandb.wandb.folder import wandb_folder
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from mnist_pipeline.flows.exit_codes import Exit
 
 def _keygen(ns: argparse.Namespace) -> Exit:
     from mnist_pipeline.config import ConfigError, confine
-    from mnist_pipeline.provenance import keys
+    from prefect_wandb.provenance import keys
 
     try:
         confine("--out", Path(ns.out))
@@ -41,8 +41,8 @@ def _keygen(ns: argparse.Namespace) -> Exit:
 
 
 def _verify(ns: argparse.Namespace) -> Exit:
-    from mnist_pipeline.provenance import keys
-    from mnist_pipeline.provenance.verify import MISSING, VERIFIED, tree, verify
+    from prefect_wandb.provenance import keys
+    from prefect_wandb.provenance.verify import MISSING, VERIFIED, tree, verify
 
     file = Path(ns.model)
     if not file.is_file():

@@ -16,8 +16,8 @@ import torch
 from mnist_pipeline import stage_files, training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.data import load_split
-from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.reproduction_plan import (
+from prefect_wandb.refs import manifest, manifest_digest
+from prefect_wandb.reproduction_plan import (
     CannotReproduce,
     Comparison,
     ReproductionPlan,

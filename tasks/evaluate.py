@@ -3,12 +3,12 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.journal import JournalStore
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.results import MetricsResult
 from mnist_pipeline.tasks._common import current_flow_run_id
+from prefect_wandb.journal import JournalStore
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import LineageStore
 
 METRICS_NAME = "convnet-metrics"
 

@@ -6,11 +6,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.environment import code_state
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import ArtifactRecord
 from mnist_pipeline.tasks._common import current_flow_run_id
+from prefect_wandb.environment import code_state
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import ArtifactRecord
 
 ONNX_NAME = "convnet-onnx"
 

@@ -9,11 +9,11 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline import __version__, data, storage
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.results import DatasetInfo
 from mnist_pipeline.tasks._common import current_flow_run_id, write_json
+from prefect_wandb.refs import ArtifactRef, DigestMismatch, verify_files
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import LineageStore
 
 DATASET_NAME = "mnist"
 

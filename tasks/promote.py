@@ -8,15 +8,15 @@ from prefect import get_run_logger, task
 from pydantic import ValidationError
 
 from mnist_pipeline.config import PipelineConfig, TrainConfig
-from mnist_pipeline.lineage.promotion import ChangeCheck, Signature, accuracy_on, compare_with_production
-from mnist_pipeline.lineage.promotion import promote as apply_gate
-from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch, verify_files
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore, PromotionRecord
 from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import MODEL_NAME
+from prefect_wandb.promotion import ChangeCheck, Signature, accuracy_on, compare_with_production
+from prefect_wandb.promotion import promote as apply_gate
+from prefect_wandb.refs import ArtifactRef, DigestMismatch, verify_files
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import ArtifactRecord, LineageStore, PromotionRecord
 
 
 @task(name="check-for-changes")
@@ -48,8 +48,8 @@ def _signature(cfg: PipelineConfig, store: LineageStore, validation: ArtifactRef
     key = cfg.signing_key()
     if attestation is None or key is None:
         return Signature(False, "this run's sign stage made none" + ("" if key else ": no signing key"))
-    from mnist_pipeline.provenance import keys
-    from mnist_pipeline.provenance.verify import VERIFIED, verify
+    from prefect_wandb.provenance import keys
+    from prefect_wandb.provenance.verify import VERIFIED, verify
 
     onnx = next(iter(store.require_artifact(validation.name, validation.digest).inputs("onnx")), None)
     rec = store.find_artifact(onnx["name"], onnx["digest"]) if onnx else None

@@ -15,9 +15,6 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from mnist_pipeline import data
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import ArtifactRecord, LineageStore
 from mnist_pipeline.report import markdown
 from mnist_pipeline.report.page import (
     Misclassified,
@@ -28,6 +25,9 @@ from mnist_pipeline.report.page import (
 from mnist_pipeline.report.picture import lineage_graph
 from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import ArtifactRecord, LineageStore
 
 REPORT_NAME = "run-report"
 REPORT_FILE = "report.html"

@@ -1,6 +1,6 @@
 """sign: the validated ONNX file's model-signing bundle and its DSSE-signed SLSA Provenance v1 Statement, as one
 `attestation` artifact (a copy of the ONNX file beside them, so `mnist-pipeline verify` finds them in that folder;
-see `mnist_pipeline.provenance.verify` for where else it looks). The private key is read, never copied: only its
+see `prefect_wandb.provenance.verify` for where else it looks). The private key is read, never copied: only its
 public fingerprint goes into the artifact, the store and W&B."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from prefect.runtime import deployment, flow_run
 
 from mnist_pipeline import __version__
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import ArtifactRecord
-from mnist_pipeline.provenance import attest
-from mnist_pipeline.provenance.statement import ProvenanceInputs, Resource
 from mnist_pipeline.results import AttestationInfo, DatasetInfo, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id
+from prefect_wandb.provenance import attest
+from prefect_wandb.provenance.statement import ProvenanceInputs, Resource
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import ArtifactRecord
 
 ATTESTATION_NAME = "convnet-onnx-attestation"
 SUBJECT = "model.onnx"
@@ -87,7 +87,7 @@ def provenance_inputs(cfg: PipelineConfig, stage, onnx_rec: ArtifactRecord, mode
 def check_key(cfg: PipelineConfig) -> Path | None:
     """The signing key of this run (`sign.private_key`, else $MNIST_PIPELINE_SIGN_KEY), checked to be a usable EC
     private key (KeyFileError, one line, otherwise); None: the run is not signed."""
-    from mnist_pipeline.provenance import keys
+    from prefect_wandb.provenance import keys
 
     key = cfg.signing_key()
     if key is not None:

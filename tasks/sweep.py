@@ -15,15 +15,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.states import Failed
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.journal import Entry, JournalStore
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import ArtifactRecord
 from mnist_pipeline.results import SweepResult
 from mnist_pipeline.sweep import Sweep, TrialResult, rank
 from mnist_pipeline.tasks._common import current_flow_run_id, write_json
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import train
+from prefect_wandb.journal import Entry, JournalStore
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import ArtifactRecord
 
 SWEEP_RESULT_NAME = "convnet-sweep"
 

@@ -5,10 +5,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.stage import open_stage
 from mnist_pipeline.results import ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id, write_json
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.stage import open_stage
 
 VALIDATION_NAME = "convnet-onnx-validation"
 

@@ -161,7 +161,7 @@ def make_offline_run(base: Path) -> dict:
     import pytest
 
     from mnist_pipeline.flows.cli import main
-    from mnist_pipeline.lineage.store import LineageStore
+    from prefect_wandb.store import LineageStore
 
     src = base / "src"
     write_mnist(src)
@@ -188,8 +188,8 @@ def make_signed_run(tmp: Path) -> dict:
     import pytest
 
     from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-    from mnist_pipeline.lineage.store import LineageStore
-    from mnist_pipeline.provenance import keys
+    from prefect_wandb.provenance import keys
+    from prefect_wandb.store import LineageStore
 
     class Collect(logging.Handler):
         def __init__(self):
@@ -204,7 +204,7 @@ def make_signed_run(tmp: Path) -> dict:
     other = keys.generate(tmp / "other")[1]
     collect = Collect()
     loggers = [logging.getLogger(n) for n in ("", "prefect", "prefect.task_runs", "prefect.flow_runs",
-                                              "mnist_pipeline")]
+                                              "mnist_pipeline", "prefect_wandb")]
     for lg in loggers:
         lg.addHandler(collect)
     try:
@@ -311,7 +311,7 @@ def _assert_sqlite_is_sound(db: Path) -> None:
 
 
 def _assert_files_are_sound(store) -> None:
-    from mnist_pipeline.lineage.refs import verify_files
+    from prefect_wandb.refs import verify_files
 
     for a in store.artifacts():
         verify_files(Path(a.path), a.files)
@@ -325,7 +325,7 @@ def assert_store_is_sound(store) -> None:
 
 def store_state(db: Path) -> list[tuple[str, str, str | None]]:
     """(job_type, status, error) of every run, after checking SQLite's integrity and every artifact's files."""
-    from mnist_pipeline.lineage.store import LineageStore
+    from prefect_wandb.store import LineageStore
 
     _assert_sqlite_is_sound(db)
     store = LineageStore(db)
@@ -343,7 +343,7 @@ def wandb_runs(wandb_dir: Path) -> dict:
     """run id -> (job_type, group, [(artifact name, aliases)], history rows) of every offline run on disk."""
     import json
 
-    from mnist_pipeline.lineage.wandb.run_file import offline_records
+    from prefect_wandb.wandb.run_file import offline_records
 
     runs = {}
     for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):

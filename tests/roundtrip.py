@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_pipeline.lineage.refs import digest_alias
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.refs import digest_alias
+from prefect_wandb.store import LineageStore
 from tests.wandb_standin import Standin
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_pipeline.lineage.alias_sync import MAX_MOVES, AliasesMoving, follow_store
-from mnist_pipeline.lineage.recording import RecordingWandb
-from mnist_pipeline.lineage.refs import digest_alias, manifest, manifest_digest
-from mnist_pipeline.lineage.store import LineageStore, NewArtifact
-from mnist_pipeline.lineage.sync import artifact_ref, plan_sync, run_sync
+from prefect_wandb.alias_sync import MAX_MOVES, AliasesMoving, follow_store
+from prefect_wandb.recording import RecordingWandb
+from prefect_wandb.refs import digest_alias, manifest, manifest_digest
+from prefect_wandb.store import LineageStore, NewArtifact
+from prefect_wandb.sync import artifact_ref, plan_sync, run_sync
 from tests.test_promotion import _decide
 
 

@@ -1,4 +1,4 @@
-"""Aliases in W&B follow the lineage store (`mnist_pipeline/lineage/alias_sync.py`, the gate, rollback), against the
+"""Aliases in W&B follow the lineage store (`prefect_wandb/alias_sync.py`, the gate, rollback), against the
 stateful W&B stand-in: promotion and rollback move `production` (and its registry link, replayed by `sync`), two
 flows online at once leave each alias where the store has it. The real flow and CLI in processes of their own."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import write_mnist
 from tests.roundtrip import (
     PROJECT,

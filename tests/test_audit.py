@@ -18,7 +18,7 @@ import pytest
 from mnist_pipeline.flows.audit_cli import audit_main
 from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.hashing import md5_b64
-from mnist_pipeline.lineage.audit import (
+from prefect_wandb.audit import (
     EXIT_TAMPERED,
     EXIT_UNKNOWN,
     EXIT_USAGE,
@@ -26,9 +26,9 @@ from mnist_pipeline.lineage.audit import (
     apply_wandb_findings,
     audit,
 )
-from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.render import render_mermaid, render_tree
-from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+from prefect_wandb.refs import manifest, manifest_digest
+from prefect_wandb.render import render_mermaid, render_tree
+from prefect_wandb.store import LineageStore, NewArtifact
 from tests.helpers import STEMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -364,8 +364,8 @@ def test_the_audit_command_imports_neither_prefect_nor_wandb_nor_torch(e2e):
 
 
 def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
-    from mnist_pipeline.lineage.recording import RecordingWandb
-    from mnist_pipeline.lineage.refs import wandb_ref
+    from prefect_wandb.recording import RecordingWandb
+    from prefect_wandb.refs import wandb_ref
 
     report = audit(e2e["store"], str(e2e["onnx"]))
     artifacts = {}

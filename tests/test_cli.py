@@ -47,7 +47,7 @@ def test_one_table_every_number_one_meaning():
 def test_the_audit_s_recorded_exit_codes_are_the_table_s():
     """The audit report records its exit code (in its JSON and report file); it must be the one the CLI returns."""
     from mnist_pipeline.flows.audit_cli import AUDIT_EXIT
-    from mnist_pipeline.lineage import audit
+    from prefect_wandb import audit
 
     assert AUDIT_EXIT == {"verified": audit.EXIT_VERIFIED, "tampered": audit.EXIT_TAMPERED,
                           "unknown": audit.EXIT_UNKNOWN}

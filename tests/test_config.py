@@ -236,7 +236,7 @@ def test_paths_from_parameters_cannot_escape_the_allowed_roots(prefect_server, t
     err = capsys.readouterr().err
     assert code == 2 and "invalid configuration: artifacts_dir:" in err and len(err.strip().splitlines()) == 1
     # the signing key, a config file and keygen's folder are held to the roots too
-    from mnist_pipeline.provenance import keys
+    from prefect_wandb.provenance import keys
 
     key, _pub = keys.generate(outside / "keys")
     (outside / "cfg.yaml").write_text(f"lineage_db: {allowed / 'lineage.db'}\n")

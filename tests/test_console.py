@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import REPO, flow_run_logs, last_line, leftovers, offline_run_env, run_argv, store_state, write_mnist
 
 # ---------------------------------------------------------------------------------------- expected failures: one line

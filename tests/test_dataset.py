@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import store_state, synthetic_config
 
 

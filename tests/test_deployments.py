@@ -13,7 +13,7 @@ import pytest
 
 from mnist_pipeline.config import SCHEDULE_CRON
 from mnist_pipeline.flows.local_server import local_prefect_server, stop_group
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import flow_run_logs, store_state, task_runs, tiny_config, wait_for
 
 REPO = Path(__file__).resolve().parents[1]

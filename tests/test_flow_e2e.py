@@ -8,9 +8,9 @@ import pytest
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.cli import main
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-from mnist_pipeline.lineage.refs import manifest_digest, verify_files
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb.run_file import offline_records
+from prefect_wandb.refs import manifest_digest, verify_files
+from prefect_wandb.store import LineageStore
+from prefect_wandb.wandb.run_file import offline_records
 from tests.helpers import STEMS, offline_run_argv
 
 JOB_TYPES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}

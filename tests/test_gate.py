@@ -14,9 +14,9 @@ import pytest
 from mnist_pipeline.config import ConfigError, PipelineConfig
 from mnist_pipeline.flows import ops_cli
 from mnist_pipeline.flows.exit_codes import Exit
-from mnist_pipeline.lineage import promotion, rejections
-from mnist_pipeline.lineage.promotion import MadeModel, Signature, decide, skip_rule
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb import promotion, rejections
+from prefect_wandb.promotion import MadeModel, Signature, decide, skip_rule
+from prefect_wandb.store import LineageStore
 from tests.helpers import tiny_config
 from tests.test_operations import Lineage
 
@@ -190,8 +190,8 @@ def test_a_forced_rerun_of_the_production_model_keeps_production_since(gated):
 
 
 def test_the_audit_lists_promotions_by_time_and_labels_a_rollback(gated):
-    from mnist_pipeline.lineage.audit import audit
-    from mnist_pipeline.lineage.render import render_tree
+    from prefect_wandb.audit import audit
+    from prefect_wandb.render import render_tree
 
     _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     v0, a0 = gated.pipeline_acc(d, "a", 0.90)
@@ -208,8 +208,8 @@ def test_the_audit_lists_promotions_by_time_and_labels_a_rollback(gated):
 
 
 def test_sync_plans_an_alias_move_once_and_marks_every_decision_it_applies(gated):
-    from mnist_pipeline.lineage.recording import RecordingWandb
-    from mnist_pipeline.lineage.sync import plan_sync, run_sync
+    from prefect_wandb.recording import RecordingWandb
+    from prefect_wandb.sync import plan_sync, run_sync
 
     _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     v0, a0 = gated.pipeline_acc(d, "a", 0.90)
@@ -352,7 +352,7 @@ def test_require_signature_promotes_only_a_verified_attestation_and_says_so(pref
                                                                              tiny_mnist, tmp_path, monkeypatch):
     from mnist_pipeline.config import SIGN_KEY_ENV
     from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as flow
-    from mnist_pipeline.provenance import keys
+    from prefect_wandb.provenance import keys
     from tasks.promote import _signature
 
     monkeypatch.delenv(SIGN_KEY_ENV, raising=False)

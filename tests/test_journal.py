@@ -2,8 +2,8 @@
 
 import pickle
 
-from mnist_pipeline.lineage.journal import JournalStore, commit_journal
-from mnist_pipeline.lineage.store import FileRecord, LineageStore, NewArtifact
+from prefect_wandb.journal import JournalStore, commit_journal
+from prefect_wandb.store import FileRecord, LineageStore, NewArtifact
 
 
 def _art(name, type, digest, tmp_path):

@@ -12,7 +12,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.cli import main
 from mnist_pipeline.flows.exit_codes import Exit
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import tiny_config, write_mnist
 
 pytestmark = pytest.mark.slow
@@ -128,7 +128,7 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
     assert code == Exit.REFUSED and "REFUSED convnet:v3" in err and "failed onnxruntime validation" in err
     assert store.alias("convnet", "production").version == 0  # unmoved
     # offline, the rollback waits in the store for `sync`, which moves production alone (not candidate)
-    from mnist_pipeline.lineage.sync import plan_sync
+    from prefect_wandb.sync import plan_sync
 
     pending = [p for p in plan_sync(store)["promotions"] if p["status"] != "done"]
     assert pending[-1]["artifact"] == "convnet:v0" and pending[-1]["aliases"] == ["production"]
@@ -180,7 +180,7 @@ def test_promotion_compares_accuracies_on_the_same_test_set_only(prefect_server,
     # recorded (in the store and in its W&B run's config) with the settings of the model it evaluates
     reeval_run = store.run(reeval.producer_run_id)
     assert reeval_run.config["train"]["learning_rate"] == 0.01 and reeval_run.config["train"]["epochs"] == 4
-    from mnist_pipeline.lineage.wandb.run_file import offline_records
+    from prefect_wandb.wandb.run_file import offline_records
 
     [run_file] = Path(reeval_run.wandb_dir).glob("run-*.wandb")
     [wb_config] = [r.run.config for r in offline_records(run_file) if r.WhichOneof("record_type") == "run"]
@@ -263,7 +263,7 @@ def test_gc_between_a_cached_prepare_data_and_train_leaves_the_flows_dataset_alo
     import importlib
     from contextlib import contextmanager
 
-    from mnist_pipeline.lineage import holds
+    from prefect_wandb import holds
 
     prepare_mod = importlib.import_module("mnist_pipeline.tasks.prepare_data")  # the modules, not their tasks
     train_mod = importlib.import_module("mnist_pipeline.tasks.train")
@@ -302,9 +302,9 @@ def test_gc_between_a_cached_prepare_data_and_train_leaves_the_flows_dataset_alo
 
 
 def test_a_hold_of_a_process_that_is_gone_expires_and_gc_may_then_remove_it(tmp_path, capsys):
-    from mnist_pipeline.lineage import holds
-    from mnist_pipeline.lineage.environment import process_gone, process_identity
-    from mnist_pipeline.lineage.store import NewArtifact
+    from prefect_wandb import holds
+    from prefect_wandb.environment import process_gone, process_identity
+    from prefect_wandb.store import NewArtifact
 
     db, art = tmp_path / "lineage.db", tmp_path / "art"
     store = LineageStore(db)

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnist_pipeline.lineage import impact, promotion, reproduction_plan, retention, rollback
-from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.store import DeletionRecord, LineageStore, NewArtifact
+from prefect_wandb import impact, promotion, reproduction_plan, retention, rollback
+from prefect_wandb.refs import manifest, manifest_digest
+from prefect_wandb.store import DeletionRecord, LineageStore, NewArtifact
 
 
 class Lineage:
@@ -132,7 +132,7 @@ def test_gc_keeps_what_a_running_flow_uses_and_has_made(lin):
     assert "mnist:v1" in plan.kept and "running" in plan.kept["mnist:v1"]
     assert not any(r.path.endswith(run_id) for r in plan.removals)
     # a sweep trial at work on a worker: the store has not heard of its run yet, its folder's owner lives
-    from mnist_pipeline.lineage.leftovers import claim
+    from prefect_wandb.leftovers import claim
 
     claim(lin.root / ".staging" / "trial-at-work", "trial-at-work", None)
     dead = lin.root / ".staging" / "trial-of-a-lost-worker"
@@ -204,8 +204,8 @@ def test_a_rollback_is_a_recorded_decision_that_moves_production_alone_and_pops_
 
 
 def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_audited_as_deleted(lin):
-    from mnist_pipeline.lineage.audit import audit
-    from mnist_pipeline.lineage.store import ArtifactDeleted
+    from prefect_wandb.audit import audit
+    from prefect_wandb.store import ArtifactDeleted
 
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     _, [other] = lin.run("prepare-data", produce=[("mnist", "dataset", "other", {})])
@@ -247,7 +247,7 @@ def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync
     import argparse
 
     from mnist_pipeline.flows import ops_cli
-    from mnist_pipeline.lineage.recording import RecordingWandb
+    from prefect_wandb.recording import RecordingWandb
 
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     a, b = (lin.pipeline(d, t)[0] for t in "ab")
@@ -304,7 +304,7 @@ def test_the_operators_commands_on_an_empty_or_damaged_store_say_so_in_one_line(
 
 def _claim_dead(staging: Path, run_id: str, wandb_run_dir: Path | None) -> None:
     """A staging folder claimed by a process that has ended (this pid, another start time: a reused pid)."""
-    from mnist_pipeline.lineage.leftovers import OWNER, claim
+    from prefect_wandb.leftovers import OWNER, claim
 
     claim(staging, run_id, str(wandb_run_dir) if wandb_run_dir else None)
     owner = json.loads((staging / OWNER).read_text())
@@ -312,7 +312,7 @@ def _claim_dead(staging: Path, run_id: str, wandb_run_dir: Path | None) -> None:
 
 
 def test_an_ended_stage_leaves_no_staging_folder_and_no_w_and_b_run_the_store_never_recorded(lin, tmp_path):
-    from mnist_pipeline.lineage.leftovers import claim, remove_abandoned
+    from prefect_wandb.leftovers import claim, remove_abandoned
 
     wandb_root = tmp_path / "wandb-root"
     recorded, _ = lin.run("train", status="failed")

@@ -13,8 +13,8 @@ from prefect import flow
 
 from mnist_pipeline import training
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.audit import audit
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.audit import audit
+from prefect_wandb.store import LineageStore
 from tests.helpers import write_mnist
 
 

@@ -75,8 +75,8 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
     # the CLI's last lines come after Prefect's own "Stopping temporary server" line
     assert _last_line(r.stderr).startswith("W&B: offline in "), r.stderr[-2000:]
     # The exit lost nothing: every stage's offline W&B run was finished (its exit record is in the file).
-    from mnist_pipeline.lineage.store import LineageStore
-    from mnist_pipeline.lineage.wandb.run_file import offline_records, offline_run_file
+    from prefect_wandb.store import LineageStore
+    from prefect_wandb.wandb.run_file import offline_records, offline_run_file
 
     runs = LineageStore(folder / "mnist-runs" / "lineage.db").runs()
     assert sorted(r.job_type for r in runs) == sorted(["prepare-data", "train", "evaluate", "export-onnx",

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import (
     JOB_TYPES,
     REPO,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import run_payload, synthetic_config, task_runs
 
 

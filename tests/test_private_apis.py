@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "private-apis.md"
-PRODUCTION = ("mnist_pipeline", "flows", "tasks", "deployments", "benchmarks")
+PRODUCTION = ("prefect_wandb", "mnist_pipeline", "flows", "tasks", "deployments", "benchmarks")
 # modules of Prefect and wandb that their documentation does not present as public
 PRIVATE = re.compile(r"\b(wandb\.(?:sdk|proto|util|old|apis\.internal)(?:\.\w+)*|"
                      r"prefect\.(?:server|_internal|utilities\.asyncutils)(?:\.\w+)*)")

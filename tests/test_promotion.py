@@ -6,9 +6,9 @@ import multiprocessing
 import pytest
 
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-from mnist_pipeline.lineage.promotion import decide
-from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+from prefect_wandb.promotion import decide
+from prefect_wandb.refs import manifest, manifest_digest
+from prefect_wandb.store import LineageStore, NewArtifact
 from tests.helpers import tiny_config, write_mnist
 
 

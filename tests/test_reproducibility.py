@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     from pathlib import Path
     from mnist_pipeline import stage_files, training
     from mnist_pipeline.data import Split
-    from mnist_pipeline.lineage.refs import manifest, manifest_digest
+    from prefect_wandb.refs import manifest, manifest_digest
     out, threads = Path(sys.argv[1]), int(sys.argv[2])
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(160) % 10

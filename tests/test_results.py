@@ -15,10 +15,6 @@ import torch
 
 from mnist_pipeline import onnx_io
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage import queries
-from mnist_pipeline.lineage.records import NewArtifact
-from mnist_pipeline.lineage.refs import manifest, manifest_digest
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.results import (
     ArtifactLocation,
     AttestationInfo,
@@ -34,6 +30,10 @@ from mnist_pipeline.results import (
 )
 from mnist_pipeline.sweep import Sweep, parse_sweep
 from mnist_pipeline.tasks.validate_onnx import parity_failure
+from prefect_wandb import queries
+from prefect_wandb.records import NewArtifact
+from prefect_wandb.refs import manifest, manifest_digest
+from prefect_wandb.store import LineageStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,7 +205,7 @@ def test_the_sweep_flow_takes_a_typed_sweep_and_returns_a_summary():
 # Reading another stage's metadata (an artifact's, a run's summary) by string key, in the modules that consume it.
 BY_KEY = re.compile(r"""(\.metadata|\bsummary|\bmeta|\breport|\bv|\bm|\bd)(\[|\.get\()["'](?!inputs\b|files\b)""")
 CONSUMERS = ["tasks/*.py", "flows/pipeline.py", "flows/sweep.py",
-             "flows/flow_artifact.py", "mnist_pipeline/lineage/queries.py",
+             "flows/flow_artifact.py", "prefect_wandb/queries.py",
              "flows/sweep_cli.py", "flows/cli.py", "mnist_pipeline/report/closing_lines.py"]
 
 

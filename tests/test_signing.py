@@ -16,8 +16,8 @@ import torch
 from mnist_pipeline import onnx_io, stage_files
 from mnist_pipeline.flows.sign_cli import main
 from mnist_pipeline.model import ConvNet, ModelConfig, save_model
-from mnist_pipeline.provenance import attest, dsse, keys, statement
-from mnist_pipeline.provenance.verify import sha256_file, tree, verify
+from prefect_wandb.provenance import attest, dsse, keys, statement
+from prefect_wandb.provenance.verify import sha256_file, tree, verify
 
 MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
 

@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
 from mnist_pipeline.flows.sign_cli import main as sign_main
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.wandb.run_file import offline_records
-from mnist_pipeline.provenance import dsse, keys
-from mnist_pipeline.provenance.verify import verify
+from prefect_wandb.provenance import dsse, keys
+from prefect_wandb.provenance.verify import verify
+from prefect_wandb.store import LineageStore
+from prefect_wandb.wandb.run_file import offline_records
 from tests.helpers import tiny_config
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""A stage's outputs and their record (`mnist_pipeline/lineage/stage.py`): artifact names and recorded paths cannot
+"""A stage's outputs and their record (`prefect_wandb/stage.py`): artifact names and recorded paths cannot
 leave the artifact root, a crash between writing and recording leaves no record of a missing or partial file, two
 stages storing the same content at once overwrite nothing, and a disk turned read-only mid-stage is named in one
 line with no staging folder left behind. Real stages on real SQLite stores, wandb offline, a real (tmpfs) disk
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import DigestMismatch, verify_files
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import FileRecord, LineageStore
+from prefect_wandb.refs import DigestMismatch, verify_files
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import FileRecord, LineageStore
 from tests.helpers import REPO, assert_store_is_sound, last_line, tmpfs
 
 # ---------------------------------------------------------------------------------------------------- names and paths
@@ -60,7 +60,7 @@ class _StoreDown(RuntimeError):
 @pytest.mark.parametrize("where", ["finish_run", "fsync_tree"])
 def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_partial_file(
         wandb_offline, tmp_path, monkeypatch, where):
-    from mnist_pipeline.lineage import stage as stage_module
+    from prefect_wandb import stage as stage_module
 
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
@@ -113,7 +113,7 @@ def test_two_stages_storing_the_same_content_at_the_same_moment_overwrite_nothin
     wins, the other finds the folder whole and records the same version; neither fails, nothing is replaced."""
     import threading
 
-    from mnist_pipeline.lineage import stage as stage_module
+    from prefect_wandb import stage as stage_module
 
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
@@ -169,7 +169,7 @@ def test_an_artifacts_folder_turned_read_only_mid_stage_names_the_file_and_leave
                                          "wandb": {"mode": "offline"}}).resolved()
     stage_code = """import subprocess, sys
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.stage import open_stage
+from prefect_wandb.stage import open_stage
 from mnist_pipeline.storage import StorageError, write_json
 cfg = PipelineConfig.model_validate_json(sys.argv[1])
 try:

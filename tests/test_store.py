@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from mnist_pipeline.lineage.refs import DigestMismatch, manifest, manifest_digest, verify_files
-from mnist_pipeline.lineage.store import LineageStore, NewArtifact
+from prefect_wandb.refs import DigestMismatch, manifest, manifest_digest, verify_files
+from prefect_wandb.store import LineageStore, NewArtifact
 
 
 def _start(store, run_id, job="train"):

@@ -1,4 +1,4 @@
-"""The lineage store's file (`mnist_pipeline/lineage/store_file.py`): read-only commands write nothing beside it
+"""The lineage store's file (`prefect_wandb/store_file.py`): read-only commands write nothing beside it
 and read it from read-only media and a full disk; a damaged or truncated store is exit 6 in one line; a disk that
 fills under the store is named. Real SQLite on real (tmpfs) file systems."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.flows.cli import main
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.store import LineageStore
 from tests.helpers import REPO, last_line, offline_run_env, run_argv, store_state, tmpfs
 
 
@@ -73,7 +73,7 @@ def test_read_only_commands_read_a_store_on_read_only_media_or_a_full_disk_and_w
 
 def test_read_only_commands_never_write_the_store(tmp_path, capsys):
     from mnist_pipeline.flows.cli import main
-    from mnist_pipeline.lineage.store import StoreError
+    from prefect_wandb.store import StoreError
 
     db = tmp_path / "lineage.db"
     LineageStore(db).start_run("r1", "prepare-data", config={}, env={}, flow_run_id=None, run_group=None,

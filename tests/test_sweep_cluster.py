@@ -14,8 +14,8 @@ import pytest
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.cli import main
-from mnist_pipeline.lineage.refs import manifest_digest, verify_files
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.refs import manifest_digest, verify_files
+from prefect_wandb.store import LineageStore
 from tests.dask_cluster import DaskCluster
 from tests.helpers import free_port
 
@@ -48,7 +48,7 @@ def _argv(tiny_mnist, tmp_path, sweep_text: str, name: str = "sweep.yaml") -> li
 
 
 def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
-    from mnist_pipeline.lineage.wandb.run_file import offline_records
+    from prefect_wandb.wandb.run_file import offline_records
 
     runs = {}
     for f in wandb_dir.rglob("offline-run-*/run-*.wandb"):

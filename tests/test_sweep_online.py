@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from mnist_pipeline.lineage.refs import digest_alias
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.refs import digest_alias
+from prefect_wandb.store import LineageStore
 from tests.helpers import write_mnist
 from tests.roundtrip import (
     PROJECT,

@@ -13,14 +13,14 @@ import pytest
 from mnist_pipeline.flows.audit_cli import sync_main
 from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.flows.exit_codes import Exit
-from mnist_pipeline.lineage.audit import audit
-from mnist_pipeline.lineage.recording import RecordingWandb
-from mnist_pipeline.lineage.refs import digest_alias, wandb_ref
-from mnist_pipeline.lineage.render import render_tree
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.sync import plan_sync
-from mnist_pipeline.lineage.wandb.client import WandbClient, WandbUnavailable
-from mnist_pipeline.lineage.wandb.run_file import offline_records, synced_marker
+from prefect_wandb.audit import audit
+from prefect_wandb.recording import RecordingWandb
+from prefect_wandb.refs import digest_alias, wandb_ref
+from prefect_wandb.render import render_tree
+from prefect_wandb.store import LineageStore
+from prefect_wandb.sync import plan_sync
+from prefect_wandb.wandb.client import WandbClient, WandbUnavailable
+from prefect_wandb.wandb.run_file import offline_records, synced_marker
 from tests.helpers import free_port
 
 

@@ -1,4 +1,4 @@
-"""`mnist-pipeline sync` completing W&B after what it missed (`mnist_pipeline/lineage/sync.py`), against the
+"""`mnist-pipeline sync` completing W&B after what it missed (`prefect_wandb/sync.py`), against the
 stateful W&B stand-in: an upload that failed mid-way, a process killed between the store's commit and W&B; never a
 version logged twice. The real flow and CLI in processes of their own, W&B read back through `wandb.Api()`."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.lineage.refs import digest_alias
-from mnist_pipeline.lineage.store import LineageStore
+from prefect_wandb.refs import digest_alias
+from prefect_wandb.store import LineageStore
 from tests.helpers import write_mnist
 from tests.roundtrip import (
     PROJECT,
@@ -57,9 +57,9 @@ def test_an_upload_that_failed_mid_way_is_completed_by_sync_without_a_duplicate(
 CRASH = """
 import os, sys
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage import store as store_mod
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.wandb.stage_run import StageRun
+from prefect_wandb import store as store_mod
+from prefect_wandb.stage import open_stage
+from prefect_wandb.wandb.stage_run import StageRun
 
 where = sys.argv[1]
 if where == "after-store":  # killed right after the store's commit, before W&B is told anything

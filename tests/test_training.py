@@ -12,11 +12,11 @@ from prefect import flow
 from mnist_pipeline import training
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.data import Split
-from mnist_pipeline.lineage.refs import ArtifactRef
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.metrics import evaluate
 from mnist_pipeline.model import ConvNet, ModelConfig
 from mnist_pipeline.tasks import train
+from prefect_wandb.refs import ArtifactRef
+from prefect_wandb.store import LineageStore
 from tests.helpers import flow_run_logs, interrupt_training, store_state, tiny_digits
 
 
@@ -128,7 +128,7 @@ def test_a_run_killed_right_after_its_final_checkpoint_resumes_to_the_same_model
     """The last checkpoint (after the last batch) is all a rerun has: it trains no batch, and must still write the
     files, and so the digest, of an uninterrupted run, and the same loss record."""
     from mnist_pipeline import stage_files
-    from mnist_pipeline.lineage.refs import manifest, manifest_digest
+    from prefect_wandb.refs import manifest, manifest_digest
 
     settings = training.LoopSettings(epochs=2, batch_size=32, learning_rate=0.005, seed=3, log_every=5,
                                      checkpoint_every=4, progress=False)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import wandb
 
-from mnist_pipeline.lineage.wandb.credentials import resolve_credentials
+from prefect_wandb.wandb.credentials import resolve_credentials
 from tests.wandb_standin import API_KEY, Standin
 
 KEY = "k" * 40

@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.recording import RecordingWandb
-from mnist_pipeline.lineage.refs import wandb_ref
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.sync import plan_sync, run_sync
-from mnist_pipeline.lineage.wandb import stage_run
+from prefect_wandb.recording import RecordingWandb
+from prefect_wandb.refs import wandb_ref
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import LineageStore
+from prefect_wandb.sync import plan_sync, run_sync
+from prefect_wandb.wandb import stage_run
 from tests.helpers import write_mnist
 from tests.wandb_standin import ANY, API_KEY, SilentServer, closed_port, failing
 
@@ -197,7 +197,7 @@ def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypa
             monkeypatch.setattr(stage.wandb.run, "use_artifact", lambda ref: Art())
             monkeypatch.setattr(stage.wandb.run, "link_artifact", lambda *a, **k: (_ for _ in ()).throw(
                 RuntimeError("registry wandb-registry-model not found")))
-            from mnist_pipeline.lineage.refs import ArtifactRef
+            from prefect_wandb.refs import ArtifactRef
             ref = ArtifactRef(name="m", type="model", version=0, digest="ab" * 32, path=str(cfg.artifacts_dir))
             assert stage.set_aliases(ref, ["production"], registry_path="wandb-registry-model/m") is False
     gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
@@ -406,7 +406,7 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
 def test_where_the_records_went(online, tmp_path):
     """The end-of-run line: online with the group's W&B URL and nothing to sync; offline with the folder, the
     reason and the sync command."""
-    from mnist_pipeline.lineage.queries import where_records_went
+    from prefect_wandb.queries import where_records_went
 
     with failing() as w:
         cfg = online(w.url)

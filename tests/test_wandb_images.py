@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.wandb.run_file import offline_records, offline_run_file
+from prefect_wandb.stage import open_stage
+from prefect_wandb.wandb.run_file import offline_records, offline_run_file
 from tests.browser import png_pixels
 from tests.helpers import tiny_digits
 

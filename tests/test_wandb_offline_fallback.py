@@ -18,9 +18,9 @@ import pytest
 from prefect import flow
 
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lineage.refs import ArtifactRef, DigestMismatch
-from mnist_pipeline.lineage.store import LineageStore
 from mnist_pipeline.tasks import export_onnx, validate_onnx
+from prefect_wandb.refs import ArtifactRef, DigestMismatch
+from prefect_wandb.store import LineageStore
 from tests.helpers import (
     FAKE_KEY,
     JOB_TYPES,

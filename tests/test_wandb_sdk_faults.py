@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import wandb
 
-from mnist_pipeline.lineage.wandb.credentials import resolve_credentials
-from mnist_pipeline.lineage.wandb.settings import WandbTimeouts, run_settings
+from prefect_wandb.wandb.credentials import resolve_credentials
+from prefect_wandb.wandb.settings import WandbTimeouts, run_settings
 from tests.wandb_standin import ANY, API_KEY, SilentServer, closed_port, failing
 
 # what the SDK raised in these tests: wandb's own errors (CommError for API calls, Error for init), ValueError from

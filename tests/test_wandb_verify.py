@@ -14,14 +14,14 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.audit_cli import sync_main
 from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.flows.exit_codes import Exit
-from mnist_pipeline.lineage.promotion import promote
-from mnist_pipeline.lineage.recording import RecordingWandb
-from mnist_pipeline.lineage.stage import open_stage
-from mnist_pipeline.lineage.store import LineageStore
-from mnist_pipeline.lineage.sync import plan_sync, run_sync
-from mnist_pipeline.lineage.verify import verify_wandb
-from mnist_pipeline.lineage.wandb.client import WandbClient
-from mnist_pipeline.lineage.wandb.settings import WandbTimeouts
+from prefect_wandb.promotion import promote
+from prefect_wandb.recording import RecordingWandb
+from prefect_wandb.stage import open_stage
+from prefect_wandb.store import LineageStore
+from prefect_wandb.sync import plan_sync, run_sync
+from prefect_wandb.verify import verify_wandb
+from prefect_wandb.wandb.client import WandbClient
+from prefect_wandb.wandb.settings import WandbTimeouts
 from tests.wandb_standin import API_KEY, closed_port, failing
 
 

@@ -1,0 +1,90 @@
+"""The audit's walk: from the subject back to the data (producing runs, their inputs, recursively) and forward to
+the runs made only from what is already in the picture (evaluations, validations)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect_wandb.store import ArtifactRecord, LineageStore
+
+
+class Walk:
+    def __init__(self, store: LineageStore):
+        self.store = store
+        self.arts: dict[int, ArtifactRecord] = {}
+        self.roles: dict[int, str] = {}
+        self.runs: dict[str, dict] = {}
+        self.used: dict[str, list[ArtifactRecord]] = {}
+        self.produced: dict[str, list[ArtifactRecord]] = {}
+        self.upstream_runs: list[str] = []
+        self.downstream_runs: list[str] = []
+
+    def _run(self, run_id: str) -> dict:
+        if run_id not in self.runs:
+            rec = self.store.run(run_id)
+            self.runs[run_id] = asdict(rec) if rec else {"run_id": run_id, "job_type": "?", "status": "missing"}
+            edges = self.store.edges(run_id)
+            self.used[run_id], self.produced[run_id] = edges["used"], edges["produced"]
+        return self.runs[run_id]
+
+    def _add(self, rec: ArtifactRecord, role: str) -> None:
+        self.arts.setdefault(rec.artifact_id, rec)
+        self.roles.setdefault(rec.artifact_id, role)
+
+    def upstream(self, rec: ArtifactRecord, seen: set, role: str = "upstream") -> dict:
+        """The nested tree artifact -> producing runs -> their inputs -> ..., each node expanded once."""
+        self._add(rec, role)
+        node: dict[str, Any] = {"artifact": rec.label, "produced_by": []}
+        if ("a", rec.artifact_id) in seen:
+            node["repeat"] = True
+            return node
+        seen.add(("a", rec.artifact_id))
+        producers = self.store.producers(rec.artifact_id) or [rec.producer_run_id]
+        for run_id in producers:
+            self._run(run_id)
+            rnode: dict[str, Any] = {"run": run_id, "used": []}
+            if ("r", run_id) in seen:
+                rnode["repeat"] = True
+            else:
+                seen.add(("r", run_id))
+                if run_id not in self.upstream_runs:
+                    self.upstream_runs.append(run_id)
+                rnode["used"] = [self.upstream(u, seen) for u in self.used[run_id]]
+            node["produced_by"].append(rnode)
+        return node
+
+    def downstream(self, subjects: set[int]) -> None:
+        """Runs that consumed only what is already in the picture (the subject, its ancestors and what was made
+        from them): evaluations, ONNX validations. A run that merely shares the raw dataset (another training)
+        is not about this model, nor is one that made a sibling version of an artifact in the chain."""
+        closure = set(self.arts)
+        chain_names = {a.name: a.artifact_id for a in self.arts.values()}
+        sources = {aid for aid in closure
+                   if all(not self.used[r] for r in self.store.producers(aid) if r in self.used)}
+        changed = True
+        while changed:
+            changed = False
+            candidates = []
+            for aid in sorted(closure):
+                for run_id in self.store.consumers(aid):
+                    if run_id not in self.upstream_runs and run_id not in self.downstream_runs \
+                            and run_id not in candidates:
+                        candidates.append(run_id)
+            for run_id in candidates:
+                self._run(run_id)
+                used_ids = {u.artifact_id for u in self.used[run_id]}
+                if not used_ids <= closure:
+                    continue
+                if not any(a in subjects or a not in sources for a in used_ids):
+                    continue
+                if any(p.name in chain_names and p.artifact_id != chain_names[p.name]
+                       for p in self.produced[run_id]):
+                    continue
+                self.downstream_runs.append(run_id)
+                for p in self.produced[run_id]:
+                    self._add(p, "downstream")
+                    closure.add(p.artifact_id)
+                changed = True
+
+

@@ -1,0 +1,90 @@
+"""What W&B says about the audited artifacts (`audit --online`): read through a `WandbBackend`
+(`wandb_findings`), then folded into the report as more checks (`apply_wandb_findings`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mnist_pipeline.hashing import md5_b64
+from prefect_wandb.audit.report import AuditReport, RunEntry, finish
+from prefect_wandb.refs import wandb_ref
+
+if TYPE_CHECKING:
+    from prefect_wandb.sync import WandbBackend
+
+
+def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> AuditReport:
+    """Fold what W&B says about each artifact (from `wandb_findings`) into the report.
+
+    `found[label]` is None when W&B has no such version (an offline run not synced yet: noted, not a failure),
+    else {"ref", "version", "aliases", "logged_by", "used_by", "files": {relpath: md5 base64}}. W&B holding
+    other content for the same sha256 alias, or naming another producing run, is a mismatch."""
+    online = {}
+    for lab, info in found.items():
+        art = report["artifacts"][lab]
+        entry: dict[str, Any] = {"found": info is not None}
+        if info is None:
+            entry["note"] = "not in W&B (offline run not synced yet: `mnist-pipeline sync`)"
+            online[lab] = entry
+            continue
+        entry.update({k: info.get(k) for k in ("ref", "version", "aliases", "logged_by", "used_by")})
+        producers = set(art["producers"])
+        if info.get("logged_by") and info["logged_by"] not in producers:
+            report["checks"].append({"kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
+                                     "expected": ", ".join(sorted(producers)), "actual": info["logged_by"],
+                                     "detail": f"W&B says it was logged by run {info['logged_by']}, the lineage "
+                                               f"store by {', '.join(sorted(producers))}"})
+        for f in art["files"]:
+            remote = (info.get("files") or {}).get(f["relpath"])
+            local = Path(art["path"]) / f["relpath"]
+            if remote is None or not local.is_file():
+                continue
+            mine = md5_b64(local)
+            ok = remote == mine
+            report["checks"].append({"kind": "wandb", "artifact": lab, "path": str(local),
+                                     "status": "ok" if ok else "mismatch", "expected": remote, "actual": mine,
+                                     "detail": "" if ok else f"md5 {mine} differs from W&B's copy "
+                                               f"{info.get('ref')} ({remote})"})
+        missing = [r for r in art["consumers"] if _in_wandb(report["runs"].get(r))
+                   and r not in (info.get("used_by") or [])]
+        if missing:
+            entry["missing_input_edges"] = missing
+        for r in missing:
+            report["checks"].append({"kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
+                                     "expected": r, "actual": ", ".join(info.get("used_by") or []) or "no run",
+                                     "detail": f"run {r} used {lab} in the lineage store; W&B does not list it "
+                                               "among the version's users"})
+        held = {a["alias"] for a in art.get("aliases") or []} if _in_wandb(report["runs"].get(
+            art["producer_run_id"])) else set()  # an offline run's promotion reaches W&B with its sync
+        for alias in sorted(held & {"candidate", "production"}):
+            if alias not in (info.get("aliases") or []):
+                report["checks"].append({
+                    "kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
+                    "expected": alias, "actual": ", ".join(info.get("aliases") or []),
+                    "detail": f"alias {alias!r} is on {lab} in the lineage store, not on W&B's version "
+                              f"{info.get('version')}"})
+        online[lab] = entry
+    report["wandb_online"] = online
+    finish(report)
+    return report
+
+
+def _in_wandb(run: RunEntry | None) -> bool:
+    """A finished run W&B holds: recorded online, or uploaded by `sync` (its inputs are then declared there)."""
+    if run is None or run.get("status") != "finished":
+        return False
+    w = run["wandb"]
+    return w["mode"] == "online" or w["synced_at"] is not None
+
+
+def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
+    """What W&B holds for each artifact version of an audit report (None where it holds nothing), read as
+    `sync --verify` reads it (`verify.lookup_versions`)."""
+    from prefect_wandb.verify import lookup_versions
+
+    refs: dict[str, str] = {}
+    for lab, art in report["artifacts"].items():
+        run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
+        refs[lab] = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
+    return lookup_versions(backend, refs)

@@ -1,0 +1,58 @@
+"""Holds: what a running flow is about to use, on record in the lineage store from the moment it resolves it.
+
+A stage records its inputs as it opens them (`store.record_use`), but a flow knows its dataset earlier: when
+prepare-data is a Prefect cache hit, no stage of the flow has declared it yet, and a sweep's trials declare it only
+in journals the flow commits later. A hold closes that gap: `hold` (in the flow's process) puts a row in `holds`
+that gc respects (`retention.protected`, and `store.delete_artifact` in its own transaction), `release` takes it
+away when the flow ends, and `expire` drops the holds of processes that are gone (a flow killed with -9 never
+releases), the same test that marks their runs failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from prefect_wandb.environment import process_identity
+from prefect_wandb.store import ArtifactDeleted, LineageStore, now
+
+
+def hold(store: LineageStore, flow_run_id: str, artifact_id: int) -> None:
+    """Hold `artifact_id` for `flow_run_id`, unless gc has already deleted it (ArtifactDeleted: its files are
+    gone, the flow must make it again)."""
+    with store.transaction() as con:
+        gone = con.execute("SELECT deleted_at, deleted_by FROM deletions WHERE artifact_id = ?",
+                           (artifact_id,)).fetchone()
+        if gone is not None:
+            art = store._artifact(con, artifact_id)
+            raise ArtifactDeleted(f"{art.label} ({art.digest[:16]}) was deleted by gc on {gone['deleted_at'][:10]} "
+                                  f"({gone['deleted_by']}): its files are gone")
+        con.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?)",
+                    (flow_run_id, artifact_id, json.dumps(process_identity(), sort_keys=True), now()))
+
+
+def release(store: LineageStore, flow_run_id: str) -> int:
+    """Drop every hold of `flow_run_id`; how many there were."""
+    with store.transaction() as con:
+        return con.execute("DELETE FROM holds WHERE flow_run_id = ?", (flow_run_id,)).rowcount
+
+
+def held(store: LineageStore) -> dict[int, list[str]]:
+    """artifact_id -> the flow runs holding it."""
+    out: dict[int, list[str]] = {}
+    with store.reader() as con:
+        for r in con.execute("SELECT artifact_id, flow_run_id FROM holds ORDER BY taken_at"):
+            out.setdefault(r["artifact_id"], []).append(r["flow_run_id"])
+    return out
+
+
+def expire(store: LineageStore, is_dead: Callable[[dict], bool]) -> list[str]:
+    """Drop the holds whose process is gone (`is_dead(process)`, as `store.fail_dead_runs` asks); the flow runs."""
+    with store.reader() as con:
+        rows = [(r["flow_run_id"], json.loads(r["process_json"])) for r in con.execute(
+            "SELECT DISTINCT flow_run_id, process_json FROM holds")]
+    dead = sorted({fr for fr, proc in rows if is_dead(proc)})
+    if dead:
+        with store.transaction() as con:
+            con.executemany("DELETE FROM holds WHERE flow_run_id = ?", [(fr,) for fr in dead])
+    return dead

@@ -1,0 +1,81 @@
+"""What a stage whose process died leaves behind, and who removes it.
+
+A stage's process can end without its own clean-up: kill -9, a lost Dask worker, a disk that turned read-only
+under it (the clean-up cannot delete either). It leaves its staging folder and, offline, a W&B run folder that
+`wandb sync` would upload although the lineage store may never have heard of the run (a sweep trial's records come
+back with its journal; a lost worker's never do). So every stage `claim`s its staging folder first, writing who
+runs it, and the next stage on that host with the store open (not a sweep trial on a worker), and `gc`, remove
+the folders whose owner is gone (`remove_abandoned`), with the offline W&B run folder of a run the store does not
+know.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mnist_pipeline.storage import write_json
+from prefect_wandb.environment import process_gone, process_identity
+from prefect_wandb.layout import STAGING
+
+if TYPE_CHECKING:
+    from prefect_wandb.store import LineageStore
+
+log = logging.getLogger(__name__)
+
+OWNER = ".owner.json"  # not a possible output name: those start with a letter or digit
+
+
+def claim(staging_root: Path, run_id: str, wandb_run_dir: str | None) -> None:
+    """Create `staging_root` and write who owns it (this process), and its offline W&B run folder."""
+    staging_root.mkdir(parents=True, exist_ok=True)
+    write_json(staging_root / OWNER, {"run_id": run_id, "process": process_identity(),
+                                      "wandb_run_dir": wandb_run_dir})
+
+
+def owner(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / OWNER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def abandoned(folder: Path) -> bool:
+    """True only when sure: the folder's owner is a process of this host that has ended."""
+    who = owner(folder)
+    return who is not None and isinstance(who.get("process"), dict) and process_gone(who["process"])
+
+
+def remove_abandoned(artifacts_dir: Path, store: LineageStore, wandb_root: Path,
+                     dead_runs: Sequence[str] = ()) -> list[str]:
+    """Remove the staging folders of ended owners (and of `dead_runs`, which the store just marked failed), and the
+    offline W&B run folder (inside `wandb_root` only) of such a run that `store` has no record of. Returns the run
+    ids whose folders went; what cannot be removed now stays for later."""
+    root = Path(artifacts_dir) / STAGING
+    removed = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if not d.is_dir() or not (d.name in dead_runs or abandoned(d)):
+            continue
+        wb = (owner(d) or {}).get("wandb_run_dir")
+        if isinstance(wb, str) and store.run(d.name) is None:
+            _remove_unrecorded_wandb_run(Path(wb), d.name, wandb_root)
+        shutil.rmtree(d, ignore_errors=True)
+        if not d.exists():
+            removed.append(d.name)
+            log.info("removed the staging folder of run %s, whose process ended without removing it", d.name)
+    return removed
+
+
+def _remove_unrecorded_wandb_run(run_dir: Path, run_id: str, wandb_root: Path) -> None:
+    real = run_dir.resolve()
+    if not (real.name.startswith("offline-run-") and real.name.endswith(f"-{run_id}")
+            and real.is_relative_to(Path(wandb_root).resolve()) and real.is_dir()):
+        return  # only the offline run folder the owner named, of this run, under this W&B folder
+    shutil.rmtree(real, ignore_errors=True)
+    log.warning("removed W&B offline run %s (%s): its process ended before the lineage store recorded the run, "
+                "so `wandb sync` must not upload it", run_id, real)

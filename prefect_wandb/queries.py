@@ -1,0 +1,84 @@
+"""The read-side questions several commands ask of the lineage store (pure reads: no Prefect, no W&B)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnist_pipeline.results import ModelInfo, TrainingResult
+from prefect_wandb.store import ArtifactRecord, LineageStore
+
+
+def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str | None = None) -> list[ArtifactRecord]:
+    """The metrics artifacts of a model's finished evaluate runs, oldest first; with `dataset_digest`, only those
+    measured on that dataset. The newest finished evaluation is the last."""
+    out = []
+    for run_id in store.consumers(model_artifact_id):
+        run = store.run(run_id)
+        if run is None or run.job_type != "evaluate" or run.status != "finished":
+            continue
+        edges = store.edges(run_id)
+        if dataset_digest is not None and not any(u.type == "dataset" and u.digest == dataset_digest
+                                                  for u in edges["used"]):
+            continue
+        out += [a for a in edges["produced"] if a.type == "metrics"]
+    return out
+
+
+def train_seconds(store: LineageStore, model: ArtifactRecord) -> float | None:
+    """How long a model's training loop took: a fact of its train run (its summary), not of the model's files."""
+    run = store.run(model.producer_run_id)
+    return TrainingResult.from_metadata(run.summary).train_seconds if run is not None else None
+
+
+def finished_trial(store: LineageStore, model_name: str, dataset_digest: str,
+                   fingerprint: dict) -> tuple[ArtifactRecord, ArtifactRecord] | None:
+    """(model, metrics) of the newest finished training of `model_name` on this dataset with this training
+    fingerprint that has a finished evaluation; or None."""
+    for model in reversed(store.artifacts("model")):
+        if model.name != model_name or ModelInfo.from_metadata(model.metadata).fingerprint != fingerprint:
+            continue
+        if [i["digest"] for i in model.inputs("dataset")] != [dataset_digest]:
+            continue
+        evaluated = evaluations(store, model.artifact_id)
+        if evaluated:
+            return model, evaluated[-1]
+    return None
+
+
+def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:
+    """Where a flow run's W&B records went, from the store alone: per stage run its mode and W&B URL or folder, the
+    W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact."""
+    runs = store.runs(flow_run_id) if flow_run_id else []
+    sync_cmd = f"`mnist-pipeline sync --lineage-db {store.path}`"
+    entries, group_urls, folders, failed_calls = [], [], [], []
+    for r in runs:
+        gaps = store.wandb_gaps(r.run_id)
+        failed_calls += [g["call"] for g in gaps if not g["error"].startswith("not sent:")]
+        entries.append({"job_type": r.job_type, "run_id": r.run_id, "mode": r.wandb_mode,
+                        "url": r.wandb_url, "dir": r.wandb_dir,
+                        "missing": [f"{g['action']} {g['ref']}" for g in gaps]})
+        if r.wandb_mode == "online" and r.wandb_url and r.run_group:
+            url = r.wandb_url.split("/runs/")[0] + f"/groups/{r.run_group}"
+            if url not in group_urls:
+                group_urls.append(url)
+        elif r.wandb_mode == "offline" and r.wandb_dir:
+            folder = str(Path(r.wandb_dir).parent)
+            if folder not in folders:
+                folders.append(folder)
+    modes = {e["mode"] for e in entries}
+    needs_sync = bool(folders or any(e["missing"] for e in entries))
+    parts = []
+    if group_urls:
+        parts.append(f"online at {', '.join(group_urls)}")
+    if folders:
+        parts.append(f"offline in {', '.join(folders)}" + (f" ({offline_reason})" if offline_reason else ""))
+    if modes == {"disabled"}:
+        parts.append("disabled (nothing sent to W&B; the lineage store has every record)")
+    if failed_calls:
+        parts.append(f"W&B failed at {', '.join(dict.fromkeys(failed_calls))}; the lineage store has every record")
+    line = "W&B: " + ("; ".join(parts) if parts else "no stage runs recorded")
+    if needs_sync:
+        line += f"; {sync_cmd} uploads what W&B is missing"
+    mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else None)
+    return {"mode": mode, "line": line, "group_urls": group_urls, "offline_dirs": folders, "needs_sync": needs_sync,
+            "sync_command": sync_cmd.strip("`") if needs_sync else None, "runs": entries}

@@ -1,0 +1,156 @@
+"""What the lineage store holds, as frozen records: files, artifact versions, runs, promotion decisions,
+deletions by gc. Plain data: reading and writing them is `store.py`'s job."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from prefect_wandb.refs import ArtifactRef
+
+# The aliases the pipeline moves: `candidate` (the newest validated model) and `production` (the promoted one).
+ALIASES = ("production", "candidate")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    relpath: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    artifact_id: int
+    name: str
+    type: str
+    version: int
+    digest: str
+    path: str
+    metadata: dict
+    producer_run_id: str
+    created_at: str
+    files: tuple[FileRecord, ...]
+
+    @property
+    def label(self) -> str:
+        """`name:vN`, how every report and message names one version."""
+        return f"{self.name}:v{self.version}"
+
+    def ref(self) -> ArtifactRef:
+        """The reference tasks hand each other for this version."""
+        from prefect_wandb.refs import ArtifactRef  # refs imports this module
+
+        return ArtifactRef(name=self.name, type=self.type, version=self.version, digest=self.digest, path=self.path)
+
+    def inputs(self, type_: str) -> list[dict]:
+        """The artifacts of that type this one was made from, as the run that produced it recorded them in its
+        metadata (name, type, version, digest, files)."""
+        return [i for i in self.metadata.get("inputs", []) if i.get("type") == type_]
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """An output of a run, its files already in their final place, waiting to be recorded."""
+
+    name: str
+    type: str
+    digest: str
+    path: str
+    metadata: dict
+    files: tuple[FileRecord, ...]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One stage run: its job type, status, W&B whereabouts, the config and environment it ran with."""
+
+    run_id: str
+    job_type: str
+    status: Literal["running", "finished", "failed"]
+    flow_run_id: str | None
+    run_group: str | None
+    wandb_mode: str | None
+    wandb_url: str | None
+    wandb_dir: str | None
+    wandb_project: str | None
+    wandb_entity: str | None
+    config: dict
+    env: dict
+    summary: dict
+    started_at: str
+    finished_at: str | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> RunRecord:
+        d = dict(row)
+        for k in ("config_json", "env_json", "summary_json"):
+            d[k.removesuffix("_json")] = json.loads(d.pop(k))
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PromotionRecord:
+    """One promotion decision as recorded (a row of `promotions`)."""
+
+    promotion_id: int
+    artifact_id: int
+    decision: Literal["promoted", "candidate"]
+    reason: str
+    candidate_accuracy: float | None
+    validation_passed: bool
+    production_artifact_id: int | None
+    production_accuracy: float | None
+    margin: float
+    flow_run_id: str | None
+    decided_at: str
+    wandb_applied_at: str | None = field(default=None)
+    kind: str | None = None  # None: the promotion gate; 'rollback': `mnist-pipeline rollback`
+    requested_by: str | None = None  # who or what asked for a rollback
+    test_set: str | None = None  # digest of the dataset the candidate's accuracy was measured on (None: unknown)
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
+        d = dict(row)
+        d["validation_passed"] = bool(d["validation_passed"])
+        return cls(**d)
+
+    @property
+    def aliases(self) -> list[str]:
+        if self.kind == "rollback":  # only production moves back; the candidate stays what it was
+            return ["production"]
+        return ["candidate"] + (["production"] if self.decision == "promoted" else [])
+
+
+@dataclass(frozen=True)
+class RejectionRecord:
+    """An operator's word about a model the gate must respect (a row of `rejections`): 'reject' (by `rollback`)
+    keeps it from being promoted again, 'unreject' (by `mnist-pipeline unreject`) lets the gate consider it."""
+
+    rejection_id: int
+    artifact_id: int
+    action: Literal["reject", "unreject"]
+    source: str  # 'rollback', 'unreject'
+    reason: str
+    requested_by: str
+    at: str
+
+    def describe(self) -> str:
+        """'rejected by rollback at <time> (<reason>)', how the gate and the skip rule name it."""
+        return f"rejected by {self.source} at {self.at} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class DeletionRecord:
+    """An artifact version whose folder `mnist-pipeline gc` removed; its lineage records stay."""
+
+    artifact_id: int
+    path: str
+    bytes: int
+    reason: str
+    deleted_by: str
+    deleted_at: str

@@ -1,0 +1,276 @@
+"""The stage lifecycle: one pipeline stage is one W&B run and one run of the lineage store.
+
+`with open_stage(cfg, "train", flow_run_id) as stage:` starts both. Inside, `stage.use(ref)` declares an input
+(checked against its recorded sha256s), `stage.produce(...)` queues an output staged under `stage.staging(name)`.
+On success the outputs are moved into place (fsync, then rename) and committed to the store with their edges in
+one transaction, then logged as W&B Artifacts (the store first: see `Stage._commit`). On failure nothing is
+produced, the run is recorded as failed with the inputs it had declared, and the W&B run is finished with exit
+code 1. W&B is reached only through
+`wandb.stage_run.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
+alias) is recorded in the store's `wandb_gaps` for `mnist-pipeline sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import signal
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from mnist_pipeline.config import PipelineConfig
+from prefect_wandb.alias_sync import AliasesMoving, follow_store
+from prefect_wandb.environment import process_gone, process_identity, run_environment
+from prefect_wandb.journal import JournalStore
+from prefect_wandb.layout import staging_folder, version_folder
+from prefect_wandb.leftovers import claim, remove_abandoned
+from prefect_wandb.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
+from prefect_wandb.store import ArtifactRecord, LineageStore, NewArtifact
+from prefect_wandb.wandb.folder import wandb_dir, wandb_folder
+
+if TYPE_CHECKING:
+    from prefect_wandb.wandb.stage_run import StageRun
+
+log = logging.getLogger(__name__)
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe_name(kind: str, value: str) -> str:
+    """Artifact names and types become folder names under artifacts_dir: one plain path component only."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"artifact {kind} {value!r} is not a plain name ([A-Za-z0-9._-], no '/' or '..'): it "
+                         "would not stay inside artifacts_dir")
+    return value
+
+
+def _inside(path: Path, root: Path, what: str) -> Path:
+    real = Path(path).resolve()
+    if not real.is_relative_to(Path(root).resolve()):
+        raise ValueError(f"{what} {str(path)!r} resolves outside {str(root)!r}")
+    return real
+
+
+class Stage:
+    def __init__(self, cfg: PipelineConfig, job_type: str, flow_run_id: str | None, store: LineageStore,
+                 wb: StageRun):
+        self.cfg, self.job_type, self.flow_run_id = cfg, job_type, flow_run_id
+        self.store, self.wandb, self.run_id = store, wb, wb.run_id
+        self.used: list[ArtifactRecord] = []
+        self._pending: list[tuple[str, str, Path, dict]] = []
+        self._staging_root = staging_folder(cfg.artifacts_dir, self.run_id)
+        self.summary: dict = {}
+        self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
+        self.committed = False  # the store has the run as finished (W&B may still be told)
+
+    @property
+    def mode(self) -> str:
+        return self.wandb.mode
+
+    # inputs --------------------------------------------------------------------------------------------
+    def use(self, ref: ArtifactRef) -> Path:
+        """Declare `ref` as an input: it must be recorded, and its files must match their recorded sha256."""
+        return Path(self.record(ref).path)
+
+    def record(self, ref: ArtifactRef) -> ArtifactRecord:
+        """`use`, returning the artifact's lineage record (its metadata, files and version)."""
+        rec = self.store.find_artifact(ref.name, ref.digest)
+        if rec is None:
+            raise DigestMismatch(f"{ref.label} ({ref.digest[:16]}) is not in the lineage store {self.store.path}")
+        self.used.append(rec)  # kept on record even when refused below: the failed run names what it refused
+        # on record now, not at the end: a kill -9 keeps it, and gc leaves it alone (or it is already gone)
+        self.store.record_use(self.run_id, rec.artifact_id)
+        verify_files(Path(rec.path), rec.files)
+        self.wandb.use_artifact(ref.name, ref.digest)
+        return rec
+
+    def set_aliases(self, ref: ArtifactRef, aliases: list[str], registry_path: str | None = None) -> bool:
+        """Move `aliases` onto `ref` in W&B (online), then wherever the store has them now (`follow_store`: a
+        racing flow's later decision may have reached W&B first). False when offline or a W&B call failed: the
+        store keeps the decision unapplied, and `sync` moves the aliases where the store has them."""
+        if not self.wandb.set_aliases(ref.name, ref.digest, aliases, registry_path):
+            return False
+
+        def move(rec: ArtifactRecord, some: list[str]) -> bool:
+            return self.wandb.move_aliases(rec.name, rec.digest, some,
+                                           registry_path if "production" in some else None)
+        try:
+            return follow_store(self.store, ref.name, aliases, move,
+                                moved=self.store.find_artifact(ref.name, ref.digest))
+        except AliasesMoving as e:
+            log.warning("%s", e)
+            return False
+
+    # outputs -------------------------------------------------------------------------------------------
+    def staging(self, name: str) -> Path:
+        d = self._staging_root / _safe_name("name", name)
+        d.mkdir(parents=True, exist_ok=False)
+        return d
+
+    def produce(self, name: str, type: str, directory: Path, metadata: dict | None = None) -> None:
+        """Queue `directory` (from `staging`) as output `name`; it is moved into place only if the stage succeeds."""
+        _safe_name("name", name), _safe_name("type", type)
+        _inside(directory, self._staging_root, "output directory")  # only staged files are ever moved
+        self._pending.append((name, type, Path(directory), dict(metadata or {})))
+
+    # logging -------------------------------------------------------------------------------------------
+    def log(self, data: dict, step: int | None = None) -> None:
+        self.wandb.log(data, step=step)
+
+    def watch(self, model, criterion=None, log_freq: int = 10) -> None:
+        """wandb.watch(log="all") on this stage's run (see `StageRun.watch`)."""
+        self.wandb.watch(model, criterion, log_freq=log_freq)
+
+    def log_confusion_matrix(self, key: str, y_true: Sequence[int], preds: Sequence[int],
+                             class_names: Sequence[str]) -> None:
+        self.wandb.log_confusion_matrix(key, y_true, preds, class_names)
+
+    def log_images(self, key: str, images: Sequence, captions: Sequence[str]) -> None:
+        self.wandb.log_images(key, images, captions)
+
+    # lifecycle -----------------------------------------------------------------------------------------
+    def _inputs_metadata(self) -> list[dict]:
+        return [{"name": r.name, "type": r.type, "version": r.version, "digest": r.digest,
+                 "files": {f.relpath: f.sha256 for f in r.files}} for r in self.used]
+
+    def _finalize(self) -> list[NewArtifact]:
+        out = []
+        for name, type, staged, meta in self._pending:
+            files = manifest(staged)
+            if not files:
+                raise ValueError(f"output {name!r} has no files")
+            digest = manifest_digest(files)
+            final = version_folder(self.cfg.artifacts_dir, type, name, digest)
+            _inside(final, self.cfg.artifacts_dir, "artifact folder")
+            fsync_tree(staged)
+            if final.exists():  # identical content already stored: keep that copy, if it is still intact
+                try:
+                    verify_files(final, files)
+                except DigestMismatch as e:  # corrupted since: replace it with this new, verified copy
+                    aside = final.with_name(f"{final.name}.corrupt-{uuid.uuid4().hex[:8]}")
+                    os.replace(final, aside)
+                    os.replace(staged, final)
+                    event = {"artifact": name, "path": str(final), "problem": str(e), "moved_aside_to": str(aside)}
+                    log.warning("%s: stored copy at %s no longer matched its record (%s); moved aside to %s and "
+                                "replaced by this run's verified copy", name, final, e, aside.name)
+                    self.summary.setdefault("repaired", []).append(event)  # on the run's record
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(staged, final)  # never onto a non-empty folder: nothing stored is overwritten
+                except OSError:
+                    if not final.is_dir():
+                        raise
+                    verify_files(final, files)  # a concurrent run stored the same content a moment ago
+            meta = {**meta, "inputs": self._inputs_metadata(), "files": {f.relpath: f.sha256 for f in files},
+                    "producer": {"job_type": self.job_type, "run_id": self.run_id, "flow_run_id": self.flow_run_id}}
+            out.append(NewArtifact(name=name, type=type, digest=digest, path=str(final), metadata=meta, files=files))
+        return out
+
+    def _commit(self) -> None:
+        """The store first, W&B second: the record of truth never waits on the observer, and W&B never holds a
+        version the store does not. Until W&B confirms an output, a pending gap for it stands in the store
+        (recorded just before the commit), so a process killed in between leaves it to `sync`; the gaps of a
+        run that never committed are not planned (`sync` sends only what the store holds)."""
+        arts = self._finalize()
+        pending = self.wandb.pending_gaps(arts)
+        if pending:  # before the commit: a process killed after it leaves them; one killed before, a failed run
+            self.store.record_wandb_gaps(self.run_id, pending)
+        records = self.store.finish_run(self.run_id, used=[r.artifact_id for r in self.used], produced=arts,
+                                        summary=self.summary, wandb_url=self.wandb.url, wandb_mode=self.mode)
+        self.committed = True
+        for r in records:
+            self.outputs[r.type] = r.ref()
+        self.wandb.log_artifacts(arts, self.summary)
+
+
+def describe_failure(e: BaseException) -> str:
+    """The error recorded for a failed run; a signal (Prefect's TerminationSignal, the CLI's Terminated, Ctrl-C)
+    is named as such: 'terminated by SIGTERM'."""
+    sig = getattr(e, "signal", None)
+    if isinstance(sig, int) and isinstance(e, BaseException) and not isinstance(e, Exception):
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        text = str(e) if str(e).startswith("terminated by") else f"terminated by {name}"
+        return f"{type(e).__name__}: {text}"
+    if isinstance(e, KeyboardInterrupt):
+        return "KeyboardInterrupt: terminated by SIGINT (Ctrl-C)"
+    return f"{type(e).__name__}: {e}"
+
+
+@contextmanager
+def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None,
+               store: LineageStore | JournalStore | None = None) -> Iterator[Stage]:
+    """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success.
+
+    `store`: where the record goes, by default the lineage store of `cfg`; a sweep trial on a Dask worker passes
+    a `journal.JournalStore`, whose records the flow's process commits."""
+    store = LineageStore(cfg.lineage_db) if store is None else store
+    dead = store.fail_dead_runs(process_gone)  # runs of killed processes: failed
+    for run in dead:
+        log.warning("run %s was left 'running' by a process that died; recorded as failed", run)
+    # what ended processes left (their staging folders; offline W&B runs the store never heard of): removed by
+    # the store's writer, which knows the runs (not by a sweep trial on a worker: its JournalStore cannot say)
+    if isinstance(store, LineageStore):
+        remove_abandoned(cfg.artifacts_dir, store, wandb_folder(cfg), dead_runs=dead)
+    run_id = uuid.uuid4().hex[:12]
+    group = f"flow-{flow_run_id}" if flow_run_id else None
+    env = run_environment(cfg.train.seed, flow_run_id)
+    config = {**cfg.flat(), "lineage": env}
+    # wandb: imported by the first stage, not by loading the flow
+    from prefect_wandb.wandb.credentials import resolve_mode
+    from prefect_wandb.wandb.stage_run import start_run
+
+    wb = start_run(cfg, job_type, run_id, group, resolve_mode(cfg.wandb.mode, wandb_dir(cfg)), config)
+    store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
+                    env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
+                    wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,
+                    wandb_entity=cfg.wandb.entity)
+    # A JournalStore answers every call a stage makes of its store (find_artifact, start/finish/fail_run).
+    stage = Stage(cfg, job_type, flow_run_id, cast(LineageStore, store), wb)
+    try:
+        # first: a process that dies from here on leaves a folder that says whose it was
+        claim(stage._staging_root, wb.run_id, wb.run_dir if wb.mode == "offline" else None)
+        yield stage
+        stage._commit()
+    except BaseException as e:
+        if not stage.committed:  # interrupted while telling W&B: the store's record stands, finished
+            store.fail_run(wb.run_id, used=[r.artifact_id for r in stage.used], error=describe_failure(e))
+        wb.finish(failed=True)
+        _record_gaps(store, wb, stage.committed)
+        raise
+    else:
+        wb.finish()
+        _record_gaps(store, wb, True)
+    finally:
+        shutil.rmtree(stage._staging_root, ignore_errors=True)
+
+
+def _record_gaps(store: LineageStore | JournalStore, wb: StageRun, committed: bool) -> None:
+    """W&B is an observer: what it missed is recorded for `mnist-pipeline sync`, never raised. A committed run's
+    pending gaps give way to what W&B answered."""
+    if committed:
+        store.record_wandb_gaps(wb.run_id, wb.gaps, confirmed=wb.confirmed)
+    elif wb.gaps:
+        store.record_wandb_gaps(wb.run_id, wb.gaps)
+
+
+def record_lost_run(store: LineageStore, cfg: PipelineConfig, job_type: str, flow_run_id: str, *, used: list[int],
+                    error: str, env: dict | None = None) -> str:
+    """A failed run in the store for a stage that never came back (its worker kept dying), so the lineage shows
+    that it was tried; no W&B run (`wandb_mode` 'none')."""
+    run_id = uuid.uuid4().hex[:12]
+    store.start_run(run_id, job_type, config=cfg.model_dump(mode="json"),
+                    env={**run_environment(cfg.train.seed, flow_run_id), "process": process_identity(), **(env or {})},
+                    flow_run_id=flow_run_id, run_group=f"flow-{flow_run_id}", wandb_mode="none", wandb_dir=None,
+                    wandb_project=cfg.wandb.project, wandb_entity=cfg.wandb.entity)
+    store.fail_run(run_id, used=used, error=error)
+    return run_id

@@ -1,0 +1,112 @@
+"""`mnist-pipeline sync --verify` and `audit --online`: does W&B hold what the lineage store recorded? Read-only.
+
+For every artifact version of the store whose producing run recorded to W&B (online or offline, not disabled):
+- W&B has it under its `sha256-<digest[:16]>` alias, with the same files (W&B's md5 of each file equals the md5
+  of the stored file; W&B keeps md5s, the store sha256s, so the stored files are re-hashed);
+- it was logged by the run the store names as its producer;
+- every run the store records as using it is among W&B's `used_by` (the run's input is declared);
+- the aliases the store holds (`candidate`, `production`) are on this version in W&B.
+
+All W&B reads go through the `WandbBackend` (`lookup_artifact` only), so the same code runs against the real W&B
+(`wandb.client.WandbClient`) and the in-memory `recording.RecordingWandb`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from mnist_pipeline.hashing import md5_b64
+from prefect_wandb.refs import wandb_ref
+from prefect_wandb.store import ALIASES, ArtifactRecord, LineageStore
+
+
+def lookup_versions(backend, refs: dict[str, str]) -> dict[str, dict | None]:
+    """What W&B holds for each `label -> [entity/]project/name:sha256-…` (None where it holds nothing): the one
+    read of W&B that `sync --verify` and `audit --online` share. `backend.check()` first, so a W&B that cannot be
+    used fails before any lookup; any other W&B error propagates, for the CLI to print as one line."""
+    backend.check()
+    return {label: backend.lookup_artifact(ref) for label, ref in refs.items()}
+
+
+@dataclass(frozen=True)
+class Difference:
+    kind: str  # missing | content | producer | input | alias
+    artifact: str  # name:vN in the store
+    ref: str  # the W&B path checked
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.kind:8} {self.artifact} ({self.ref}): {self.detail}"
+
+
+def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, producer: str | None,
+                     consumers: list[str], aliases: list[str]) -> list[Difference]:
+    """What differs between one stored artifact version and W&B's answer for `ref` (None: W&B has no such version).
+    `consumers`: the runs the store records as using it that recorded to W&B; `aliases`: the store's aliases
+    (among candidate/production) on this version."""
+    lab = art.label
+    if info is None:
+        return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: "
+                           "`mnist-pipeline sync`)")]
+    out = []
+    remote = info.get("files") or {}
+    for f in art.files:
+        local = Path(art.path) / f.relpath
+        if f.relpath not in remote:
+            out.append(Difference("content", lab, ref, f"{f.relpath} is not in W&B's version"))
+        elif local.is_file() and remote[f.relpath] != md5_b64(local):
+            out.append(Difference("content", lab, ref, f"{f.relpath}: W&B's md5 {remote[f.relpath]} differs from "
+                                  f"the stored file's {md5_b64(local)}"))
+    for extra in sorted(set(remote) - {f.relpath for f in art.files}):
+        out.append(Difference("content", lab, ref, f"W&B's version has a file the store does not: {extra}"))
+    if producer and info.get("logged_by") and info["logged_by"] != producer:
+        out.append(Difference("producer", lab, ref, f"logged by run {info['logged_by']} in W&B, by {producer} "
+                              "in the lineage store"))
+    used_by = set(info.get("used_by") or [])
+    for run_id in consumers:
+        if run_id not in used_by:
+            out.append(Difference("input", lab, ref, f"run {run_id} used it, but W&B does not list it as an "
+                                  "input of that run"))
+    for alias in aliases:
+        if alias not in (info.get("aliases") or []):
+            out.append(Difference("alias", lab, ref, f"alias {alias!r} is on this version in the lineage store, "
+                                  "not in W&B"))
+    return out
+
+
+def _in_wandb_scope(run) -> bool:
+    return run is not None and run.wandb_mode in ("online", "offline") and bool(run.wandb_project)
+
+
+def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
+    """Compare the store with W&B, read-only. Raises what the backend raises (the caller makes it one line)."""
+    runs = {r.run_id: r for r in store.runs()}
+    todo = []
+    for art in store.artifacts():
+        producer = runs.get(art.producer_run_id)
+        if producer is None or not _in_wandb_scope(producer) or (run_ids and art.producer_run_id not in run_ids):
+            continue
+        ref = wandb_ref(producer.wandb_entity, producer.wandb_project or "", art.name, art.digest)
+        consumers = [r for r in store.consumers(art.artifact_id) if _in_wandb_scope(runs.get(r))
+                     and runs[r].status == "finished"]
+        aliases = [a for a in sorted(ALIASES) if (held := store.alias(art.name, a)) is not None
+                   and held.artifact_id == art.artifact_id]
+        todo.append((art, ref, consumers, aliases))
+    found = lookup_versions(backend, {ref: ref for _, ref, _, _ in todo})
+    checked, differences = [], []
+    for art, ref, consumers, aliases in todo:
+        checked.append(ref)
+        differences += compare_artifact(art, ref, found[ref], producer=art.producer_run_id, consumers=consumers,
+                                        aliases=aliases)
+    return {"checked": checked, "differences": [asdict(d) | {"line": d.line()} for d in differences],
+            "ok": not differences}
+
+
+def render_verify(result: dict) -> str:
+    out = [f"W&B verify: {len(result['checked'])} artifact version(s) compared with the lineage store"]
+    out += [f"  {d['line']}" for d in result["differences"]]
+    n = len(result["differences"])
+    out.append("OK: W&B holds what the lineage store recorded" if result["ok"]
+               else f"DIFFERENT: {n} difference(s); `mnist-pipeline sync` sends what is missing")
+    return "\n".join(out) + "\n"
