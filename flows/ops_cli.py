@@ -165,9 +165,10 @@ def write_picture(report: dict, path: Path) -> Path:
 def _environment() -> dict:
     import platform
 
+    from mnist_pipeline.config import PACKAGES, SOURCE_ROOT
     from prefect_wandb.environment import code_state, package_versions
 
-    return {**code_state(), "packages": package_versions(), "python": platform.python_version()}
+    return {**code_state(SOURCE_ROOT), "packages": package_versions(PACKAGES), "python": platform.python_version()}
 
 
 def reproduce_main(ns: argparse.Namespace) -> int:

@@ -22,7 +22,6 @@ from mnist_pipeline import storage
 from mnist_pipeline.config import PipelineConfig, allowed_roots
 from prefect_wandb.layout import stored_folders
 from prefect_wandb.store import LineageStore, StoreError
-from prefect_wandb.wandb.folder import wandb_folder
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def describe_sources(sources: dict[str, str], cfg: PipelineConfig) -> str:
 def locations(cfg: PipelineConfig) -> dict[str, Path]:
     """The folders a run of `cfg` reads or writes, by the field that names them."""
     out = {"data.root": cfg.data.root, "artifacts_dir": cfg.artifacts_dir, "lineage_db": cfg.lineage_db.parent,
-           "wandb.dir": wandb_folder(cfg)}
+           "wandb.dir": cfg.lineage().wandb_folder()}
     if cfg.data.local_dir is not None:
         out["data.local_dir"] = cfg.data.local_dir
     return out

@@ -65,7 +65,7 @@ def pin_for_workers(cfg: PipelineConfig) -> PipelineConfig:
     """Decide here what a worker would otherwise decide from its own environment: the W&B folder (WANDB_DIR of
     this process, else beside the store) and the W&B mode (auto: this process's API key)."""
     return cfg.model_copy(update={"wandb": cfg.wandb.model_copy(
-        update={"dir": wandb_dir(cfg).resolve(), "mode": resolve_mode(cfg.wandb.mode)})})
+        update={"dir": wandb_dir(cfg.lineage()).resolve(), "mode": resolve_mode(cfg.wandb.mode)})})
 
 
 def _values(metadata: dict) -> dict:
@@ -137,8 +137,8 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
         t = by_index[index]
         if not isinstance(outcome, TrialOutcome):  # never came back: lost workers (KilledWorker), a crash
             error = f"{type(outcome).__name__}: {outcome}" if isinstance(outcome, BaseException) else str(outcome)
-            record_lost_run(store, t.config, "train", flow_run_id, used=[ds.artifact_id], error=error,
-                            env={"sweep_trial": index})
+            record_lost_run(store, t.config.lineage(), "train", flow_run_id, used=[ds.artifact_id], error=error,
+                            config=t.config, seed=t.config.train.seed, env={"sweep_trial": index})
             results[index] = SweepTrial(index, t.params, "failed", error=error)
             logger.error("trial %d failed: %s", index, error)
             continue

@@ -14,8 +14,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from prefect_wandb import LineageSettings, WandbSettings
+
 DataSource = Literal["download", "local", "synthetic"]
-WandbMode = Literal["auto", "online", "offline", "disabled"]
 
 # Defaults shared by the config and the pure code that has them as keyword defaults: one source each.
 INFERENCE_BATCH = 256  # evaluation and ONNX validation (1024 holds ~150 MiB more for no speed on CPU)
@@ -23,6 +24,11 @@ THROUGHPUT_BATCH = 256
 LATENCY_SAMPLES = 200
 TIMING_SECONDS = 0.15  # minimum seconds each throughput figure is timed for
 SCHEDULE_CRON, SCHEDULE_TIMEZONE = "0 3 * * 1", "UTC"  # scheduled retraining: Mondays 03:00 UTC
+
+# What each run records of the code that made it: this repository's git state and these distributions' versions.
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("mnist-lineage-pipeline", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxscript",
+            "wandb", "prefect", "pydantic")
 
 # The operator's roots (os.pathsep-separated), set in the environment of the process that runs the flow, never
 # in a parameter: when set, every path of a PipelineConfig must resolve (symlinks followed) inside one of them.
@@ -234,56 +240,11 @@ class OnnxConfig(_Section):
     timing_seconds: float = Field(TIMING_SECONDS, gt=0, le=60, description="Minimum seconds each throughput is timed for.")
 
 
-# W&B's rules for a project name (wandb.sdk.artifacts._validators, not a public API: restated here), applied to
-# the entity too, which is a segment of the same URLs and artifact paths: at most 128 characters, none of these.
-WANDB_NAME_MAXLEN = 128
-WANDB_NAME_FORBIDDEN = frozenset("/\\#?%:")
+class WandbConfig(WandbSettings, _Section):
+    """The library's W&B settings, with this pipeline's project."""
 
-
-def check_wandb_name(kind: str, name: str) -> str:
-    """`name` if W&B would accept it as a project or entity name, else ValueError saying why (one line)."""
-    if not name:
-        raise ValueError(f"a W&B {kind} name cannot be empty")
-    if len(name) > WANDB_NAME_MAXLEN:
-        raise ValueError(f"a W&B {kind} name is at most {WANDB_NAME_MAXLEN} characters, this one {len(name)}")
-    bad = sorted(WANDB_NAME_FORBIDDEN.intersection(name))
-    if bad:
-        raise ValueError(f"a W&B {kind} name cannot contain {' '.join(bad)}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError(f"a W&B {kind} name cannot contain control characters (newlines, tabs...)")
-    if name.strip(".") == "":  # '.' and '..' would name a path, not a project, in W&B's URLs
-        raise ValueError(f"a W&B {kind} name cannot be only dots")
-    return name
-
-
-class WandbConfig(_Section):
-    project: str = Field("mnist-lineage", min_length=1, max_length=WANDB_NAME_MAXLEN,
+    project: str = Field("mnist-lineage", min_length=1, max_length=128,  # W&B's limit (WandbSettings checks it)
                          description="W&B project (at most 128 characters, none of / \\ # ? % :).")
-    entity: str | None = Field(None, max_length=WANDB_NAME_MAXLEN,
-                               description="W&B entity (user or team; W&B's name rules, as for the project); "
-                               "None uses your default.")
-    mode: WandbMode = Field(
-        "auto", description="'auto' is online exactly when wandb.init() would be: wandb's mode is online and "
-        "an API key is configured for wandb's host (WANDB_API_KEY, netrc from `wandb login`, a settings file)."
-    )
-    dir: Path | None = Field(None, description="wandb's run folder; default $WANDB_DIR, else beside the lineage store.")
-    init_timeout: float = Field(
-        60, gt=0, le=600,
-        description="Seconds an online wandb.init may take before the stage records offline instead.",
-    )
-    http_timeout: float = Field(
-        20, gt=0, le=600, description="Seconds one W&B API request may take (wandb-core's GraphQL and uploads).")
-    http_retries: int = Field(3, ge=0, le=50, description="Retries of one failing W&B API request.")
-    artifact_wait_timeout: float = Field(
-        120, gt=0, le=3600, description="Seconds a stage waits for W&B to commit each artifact it logged, so the "
-        "next stage can use it; on timeout the artifact is left to `mnist-pipeline sync`.")
-    finish_timeout: float = Field(
-        120, gt=0, le=3600, description="Seconds run.finish() may spend uploading; the rest stays on disk.")
-
-    @field_validator("project", "entity")
-    @classmethod
-    def _wandb_name(cls, v: str | None, info) -> str | None:
-        return v if v is None else check_wandb_name(info.field_name, v)
 
 
 class PromotionConfig(_Section):
@@ -388,6 +349,12 @@ class PipelineConfig(_Section):
         t = self.train
         return {"epochs": t.epochs, "classes": t.classes, "kernels": list(t.kernels), "batch_size": t.batch_size,
                 "learning_rate": t.learning_rate, "seed": t.seed, "slice": self.data.slice}
+
+    def lineage(self) -> LineageSettings:
+        """Where this run's lineage goes, in the library's terms: this repository's code and these packages on
+        record."""
+        return LineageSettings(store=self.lineage_db, artifacts=self.artifacts_dir, wandb=self.wandb,
+                               code_root=SOURCE_ROOT, packages=PACKAGES)
 
     def flat(self) -> dict:
         """The tutorial-shaped view for W&B run configs: hyperparameters at the top, sections nested."""

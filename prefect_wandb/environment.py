@@ -12,31 +12,39 @@ import platform
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-PACKAGES = ("mnist-lineage-pipeline", "torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxscript",
-            "wandb", "prefect", "pydantic")
-SOURCE_DIR = Path(__file__).resolve().parents[1]
 
-
-def _git(*args: str) -> str | None:
+def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(SOURCE_DIR), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def code_state() -> dict:
-    """The git commit of the code that ran and whether its tree had uncommitted changes (None outside git)."""
-    commit = _git("rev-parse", "HEAD")
-    dirty = None if commit is None else bool(_git("status", "--porcelain", "--untracked-files=no"))
-    return {"git_commit": commit, "git_dirty": dirty, "source_dir": str(SOURCE_DIR)}
+def code_state(root: Path | None = None) -> dict:
+    """The git commit of the code at `root` (default: the working directory) and whether its tree had uncommitted
+    changes (None outside git)."""
+    root = Path(root or Path.cwd()).resolve()
+    commit = _git(root, "rev-parse", "HEAD")
+    dirty = None if commit is None else bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+    return {"git_commit": commit, "git_dirty": dirty, "source_dir": str(root)}
 
 
-def package_versions() -> dict[str, str | None]:
+def imported_distributions() -> tuple[str, ...]:
+    """The distributions that provide a module this process has imported (the standard library has none)."""
+    providers = importlib.metadata.packages_distributions()
+    names = {d for top in {m.partition(".")[0] for m in list(sys.modules)} for d in providers.get(top, ())}
+    return tuple(sorted(names, key=str.lower))
+
+
+def package_versions(names: Iterable[str] | None = None) -> dict[str, str | None]:
+    """The installed version of each distribution of `names` (default: `imported_distributions()`); None when one
+    is not installed."""
     out: dict[str, str | None] = {}
-    for name in PACKAGES:
+    for name in imported_distributions() if names is None else names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -44,8 +52,10 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def run_environment(seed: int, flow_run_id: str | None) -> dict:
-    return {**code_state(), "packages": package_versions(), "python": sys.version.split()[0],
+def run_environment(flow_run_id: str | None, *, code_root: Path | None = None,
+                    packages: Iterable[str] | None = None, seed: int | None = None) -> dict:
+    """What a run records of where it ran: the code's git state, package versions, Python, platform, the seed."""
+    return {**code_state(code_root), "packages": package_versions(packages), "python": sys.version.split()[0],
             "platform": platform.platform(), "seed": seed, "flow_run_id": flow_run_id}
 
 

@@ -1,6 +1,6 @@
 """The stage lifecycle: one pipeline stage is one W&B run and one run of the lineage store.
 
-`with open_stage(cfg, "train", flow_run_id) as stage:` starts both. Inside, `stage.use(ref)` declares an input
+`with open_stage(settings, "train", config=...) as stage:` starts both. Inside, `stage.use(ref)` declares an input
 (checked against its recorded sha256s), `stage.produce(...)` queues an output staged under `stage.staging(name)`.
 On success the outputs are moved into place (fsync, then rename) and committed to the store with their edges in
 one transaction, then logged as W&B Artifacts (the store first: see `Stage._commit`). On failure nothing is
@@ -18,18 +18,18 @@ import re
 import shutil
 import signal
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from mnist_pipeline.config import PipelineConfig
 from prefect_wandb.alias_sync import AliasesMoving, follow_store
 from prefect_wandb.environment import process_gone, process_identity, run_environment
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.layout import staging_folder, version_folder
 from prefect_wandb.leftovers import claim, remove_abandoned
 from prefect_wandb.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
+from prefect_wandb.settings import LineageSettings
 from prefect_wandb.store import ArtifactRecord, LineageStore, NewArtifact
 from prefect_wandb.wandb.folder import wandb_dir, wandb_folder
 
@@ -58,13 +58,13 @@ def _inside(path: Path, root: Path, what: str) -> Path:
 
 
 class Stage:
-    def __init__(self, cfg: PipelineConfig, job_type: str, flow_run_id: str | None, store: LineageStore,
+    def __init__(self, settings: LineageSettings, job_type: str, flow_run_id: str | None, store: LineageStore,
                  wb: StageRun):
-        self.cfg, self.job_type, self.flow_run_id = cfg, job_type, flow_run_id
+        self.settings, self.job_type, self.flow_run_id = settings, job_type, flow_run_id
         self.store, self.wandb, self.run_id = store, wb, wb.run_id
         self.used: list[ArtifactRecord] = []
         self._pending: list[tuple[str, str, Path, dict]] = []
-        self._staging_root = staging_folder(cfg.artifacts_dir, self.run_id)
+        self._staging_root = staging_folder(settings.artifacts, self.run_id)
         self.summary: dict = {}
         self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
         self.committed = False  # the store has the run as finished (W&B may still be told)
@@ -146,8 +146,8 @@ class Stage:
             if not files:
                 raise ValueError(f"output {name!r} has no files")
             digest = manifest_digest(files)
-            final = version_folder(self.cfg.artifacts_dir, type, name, digest)
-            _inside(final, self.cfg.artifacts_dir, "artifact folder")
+            final = version_folder(self.settings.artifacts, type, name, digest)
+            _inside(final, self.settings.artifacts, "artifact folder")
             fsync_tree(staged)
             if final.exists():  # identical content already stored: keep that copy, if it is still intact
                 try:
@@ -206,36 +206,57 @@ def describe_failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-@contextmanager
-def open_stage(cfg: PipelineConfig, job_type: str, flow_run_id: str | None = None,
-               store: LineageStore | JournalStore | None = None) -> Iterator[Stage]:
-    """One pipeline stage: a W&B run of `job_type` and its lineage record, committed only on success.
+def _current_flow_run_id() -> str | None:
+    """The Prefect flow run this code runs in, if any."""
+    from prefect.runtime import flow_run
 
-    `store`: where the record goes, by default the lineage store of `cfg`; a sweep trial on a Dask worker passes
-    a `journal.JournalStore`, whose records the flow's process commits."""
-    store = LineageStore(cfg.lineage_db) if store is None else store
+    rid = flow_run.get_id()
+    return str(rid) if rid else None
+
+
+def _plain(config: Mapping[str, Any] | Any) -> dict:
+    """A run's config as JSON-ready data: a pydantic model is dumped, a mapping copied."""
+    dump = getattr(config, "model_dump", None)
+    return dump(mode="json") if callable(dump) else dict(config or {})
+
+
+@contextmanager
+def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str, Any] | Any = None,
+               wandb_config: Mapping[str, Any] | None = None, seed: int | None = None,
+               flow_run_id: str | None = None, store: LineageStore | JournalStore | None = None) -> Iterator[Stage]:
+    """One stage: a W&B run of `job_type` and its lineage record, committed only on success.
+
+    `config`: the run's configuration (a mapping or a pydantic model), recorded in the store; `wandb_config`: the
+    W&B run's config (default the same); `seed`: recorded with the environment; `flow_run_id`: default the Prefect
+    flow run this runs in; `store`: where the record goes, by default the store of `settings` (a sweep trial on a
+    Dask worker passes a `journal.JournalStore`, whose records the flow's process commits)."""
+    settings = settings.resolved()
+    record = _plain(config)
+    flow_run_id = flow_run_id if flow_run_id is not None else _current_flow_run_id()
+    store = LineageStore(settings.store) if store is None else store
     dead = store.fail_dead_runs(process_gone)  # runs of killed processes: failed
     for run in dead:
         log.warning("run %s was left 'running' by a process that died; recorded as failed", run)
     # what ended processes left (their staging folders; offline W&B runs the store never heard of): removed by
     # the store's writer, which knows the runs (not by a sweep trial on a worker: its JournalStore cannot say)
     if isinstance(store, LineageStore):
-        remove_abandoned(cfg.artifacts_dir, store, wandb_folder(cfg), dead_runs=dead)
+        remove_abandoned(settings.artifacts, store, wandb_folder(settings), dead_runs=dead)
     run_id = uuid.uuid4().hex[:12]
     group = f"flow-{flow_run_id}" if flow_run_id else None
-    env = run_environment(cfg.train.seed, flow_run_id)
-    config = {**cfg.flat(), "lineage": env}
+    env = run_environment(flow_run_id, code_root=settings.code_root, packages=settings.packages, seed=seed)
+    wb_config = {**(dict(wandb_config) if wandb_config is not None else record), "lineage": env}
     # wandb: imported by the first stage, not by loading the flow
     from prefect_wandb.wandb.credentials import resolve_mode
     from prefect_wandb.wandb.stage_run import start_run
 
-    wb = start_run(cfg, job_type, run_id, group, resolve_mode(cfg.wandb.mode, wandb_dir(cfg)), config)
-    store.start_run(wb.run_id, job_type, config=cfg.model_dump(mode="json"),
+    wb = start_run(settings, job_type, run_id, group, resolve_mode(settings.wandb.mode, wandb_dir(settings)),
+                   wb_config)
+    store.start_run(wb.run_id, job_type, config=record,
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
-                    wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=cfg.wandb.project,
-                    wandb_entity=cfg.wandb.entity)
+                    wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=settings.wandb.project,
+                    wandb_entity=settings.wandb.entity)
     # A JournalStore answers every call a stage makes of its store (find_artifact, start/finish/fail_run).
-    stage = Stage(cfg, job_type, flow_run_id, cast(LineageStore, store), wb)
+    stage = Stage(settings, job_type, flow_run_id, cast(LineageStore, store), wb)
     try:
         # first: a process that dies from here on leaves a folder that says whose it was
         claim(stage._staging_root, wb.run_id, wb.run_dir if wb.mode == "offline" else None)
@@ -263,14 +284,16 @@ def _record_gaps(store: LineageStore | JournalStore, wb: StageRun, committed: bo
         store.record_wandb_gaps(wb.run_id, wb.gaps)
 
 
-def record_lost_run(store: LineageStore, cfg: PipelineConfig, job_type: str, flow_run_id: str, *, used: list[int],
-                    error: str, env: dict | None = None) -> str:
+def record_lost_run(store: LineageStore, settings: LineageSettings, job_type: str, flow_run_id: str, *,
+                    used: list[int], error: str, config: Mapping[str, Any] | Any = None, seed: int | None = None,
+                    env: dict | None = None) -> str:
     """A failed run in the store for a stage that never came back (its worker kept dying), so the lineage shows
     that it was tried; no W&B run (`wandb_mode` 'none')."""
     run_id = uuid.uuid4().hex[:12]
-    store.start_run(run_id, job_type, config=cfg.model_dump(mode="json"),
-                    env={**run_environment(cfg.train.seed, flow_run_id), "process": process_identity(), **(env or {})},
+    store.start_run(run_id, job_type, config=_plain(config),
+                    env={**run_environment(flow_run_id, code_root=settings.code_root, packages=settings.packages,
+                                           seed=seed), "process": process_identity(), **(env or {})},
                     flow_run_id=flow_run_id, run_group=f"flow-{flow_run_id}", wandb_mode="none", wandb_dir=None,
-                    wandb_project=cfg.wandb.project, wandb_entity=cfg.wandb.entity)
+                    wandb_project=settings.wandb.project, wandb_entity=settings.wandb.entity)
     store.fail_run(run_id, used=used, error=error)
     return run_id

@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from prefect.runtime import flow_run
 
 from mnist_pipeline import storage
+from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.storage import write_json  # noqa: F401  (one writer for every stage: equal dicts, equal bytes)
+from prefect_wandb.stage import Stage, open_stage
 
 
 def current_flow_run_id() -> str | None:
     rid = flow_run.get_id()
     return str(rid) if rid else None
+
+
+def pipeline_stage(cfg: PipelineConfig, job_type: str, **kw) -> AbstractContextManager[Stage]:
+    """`prefect_wandb.open_stage` for this pipeline: its lineage settings, its config on record (W&B gets the
+    tutorial-shaped view), its seed."""
+    return open_stage(cfg.lineage(), job_type, config=cfg, wandb_config=cfg.flat(), seed=cfg.train.seed, **kw)
 
 
 def unless_permanent(task, task_run, state) -> bool:

@@ -4,10 +4,9 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import MetricsResult
-from mnist_pipeline.tasks._common import current_flow_run_id
+from mnist_pipeline.tasks._common import pipeline_stage
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import LineageStore
 
 METRICS_NAME = "convnet-metrics"
@@ -19,7 +18,7 @@ def evaluate(cfg: PipelineConfig, model: ArtifactRef, dataset: ArtifactRef,
     from mnist_pipeline import data, stage_files  # torch: imported when evaluating, not when the flow is loaded
 
     logger = get_run_logger()
-    with open_stage(cfg, "evaluate", current_flow_run_id(), store=store) as stage:
+    with pipeline_stage(cfg, "evaluate", store=store) as stage:
         model_path = stage.use(model) / "model.pt"
         test = data.load_split(stage.use(dataset) / "test.pt")
         out = stage.staging(METRICS_NAME)

@@ -5,11 +5,10 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.tasks._common import current_flow_run_id
+from mnist_pipeline.config import SOURCE_ROOT, PipelineConfig
+from mnist_pipeline.tasks._common import pipeline_stage
 from prefect_wandb.environment import code_state
 from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import ArtifactRecord
 
 ONNX_NAME = "convnet-onnx"
@@ -22,7 +21,7 @@ def provenance_pointers(store, model: ArtifactRecord) -> dict:
     Only what is a function of the model's record and the code: the same model exported by the same code gives
     the same bytes (a forced retrain that makes the same weights makes the same ONNX file), so the export run's own
     id and its flow run stay out; the attestation names those."""
-    code = code_state()
+    code = code_state(SOURCE_ROOT)
     datasets = model.inputs("dataset")
     trained_by = store.run(model.producer_run_id)
     return {"train_run_id": model.producer_run_id,
@@ -40,7 +39,7 @@ def export_onnx(cfg: PipelineConfig, model: ArtifactRef, selected_by: ArtifactRe
     from mnist_pipeline import stage_files  # torch and onnx: imported when exporting, not when the flow is loaded
 
     logger = get_run_logger()
-    with open_stage(cfg, "export-onnx", current_flow_run_id()) as stage:
+    with pipeline_stage(cfg, "export-onnx") as stage:
         model_rec = stage.record(model)
         model_path = Path(model_rec.path) / "model.pt"
         if selected_by is not None:

@@ -10,9 +10,8 @@ from prefect import get_run_logger, task
 from mnist_pipeline import __version__, data, storage
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import DatasetInfo
-from mnist_pipeline.tasks._common import current_flow_run_id, write_json
+from mnist_pipeline.tasks._common import pipeline_stage, write_json
 from prefect_wandb.refs import ArtifactRef, DigestMismatch, verify_files
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import LineageStore
 
 DATASET_NAME = "mnist"
@@ -82,7 +81,7 @@ def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
     logger = get_run_logger()
     d = cfg.data
     root = d.root / "local" if d.source == "local" else d.root  # never overwrite a downloaded copy
-    with open_stage(cfg, "prepare-data", current_flow_run_id()) as stage:
+    with pipeline_stage(cfg, "prepare-data") as stage:
         logger.info("preparing MNIST from %s (slice=%d)", d.source, d.slice)
         prepared = data.prepare(d.source, root, local_dir=d.local_dir, mirrors=d.mirrors, slice_step=d.slice,
                                 classes=cfg.train.classes, synthetic_sizes=(d.synthetic_train, d.synthetic_test),

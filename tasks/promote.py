@@ -9,13 +9,12 @@ from pydantic import ValidationError
 
 from mnist_pipeline.config import PipelineConfig, TrainConfig
 from mnist_pipeline.results import MetricsResult, ValidationResult
-from mnist_pipeline.tasks._common import current_flow_run_id
+from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import MODEL_NAME
 from prefect_wandb.promotion import ChangeCheck, Signature, accuracy_on, compare_with_production
 from prefect_wandb.promotion import promote as apply_gate
 from prefect_wandb.refs import ArtifactRef, DigestMismatch, verify_files
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import ArtifactRecord, LineageStore, PromotionRecord
 
 
@@ -112,7 +111,7 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
     for `mnist-pipeline sync`. `attestation`: this run's sign stage's, which `promotion.require_signature` needs."""
     logger = get_run_logger()
     test_set, reevaluated, note = _like_for_like(cfg, model, metrics, logger)
-    with open_stage(cfg, "promote", current_flow_run_id()) as stage:
+    with pipeline_stage(cfg, "promote") as stage:
         model_id = stage.record(model).artifact_id
         acc = MetricsResult.from_metadata(stage.record(metrics).metadata).test_accuracy
         passed = bool(ValidationResult.from_metadata(stage.record(validation).metadata).passed)

@@ -24,9 +24,8 @@ from mnist_pipeline.report.page import (
 )
 from mnist_pipeline.report.picture import lineage_graph
 from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
-from mnist_pipeline.tasks._common import current_flow_run_id
+from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
 from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
 REPORT_NAME = "run-report"
@@ -107,7 +106,7 @@ def run_report(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef, 
     logger = get_run_logger()
     flow_run_id = current_flow_run_id()
     t0 = time.perf_counter()
-    with open_stage(cfg, "report", flow_run_id) as stage:
+    with pipeline_stage(cfg, "report", flow_run_id=flow_run_id) as stage:
         dataset_dir = stage.use(dataset)
         m = stage.record(metrics)  # its files as verified by `record`
         v = stage.record(validation)

@@ -16,11 +16,10 @@ from prefect.runtime import deployment, flow_run
 from mnist_pipeline import __version__
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import AttestationInfo, DatasetInfo, TrainingResult, ValidationResult
-from mnist_pipeline.tasks._common import current_flow_run_id
+from mnist_pipeline.tasks._common import pipeline_stage
 from prefect_wandb.provenance import attest
 from prefect_wandb.provenance.statement import ProvenanceInputs, Resource
 from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import ArtifactRecord
 
 ATTESTATION_NAME = "convnet-onnx-attestation"
@@ -101,7 +100,7 @@ def sign(cfg: PipelineConfig, key: Path, onnx_model: ArtifactRef, model: Artifac
     """`key`: the private key's path (`PipelineConfig.signing_key()`)."""
     logger = get_run_logger()
     t0 = time.perf_counter()
-    with open_stage(cfg, "sign", current_flow_run_id()) as stage:
+    with pipeline_stage(cfg, "sign") as stage:
         onnx_rec = stage.record(onnx_model)
         model_rec, dataset_rec, validation_rec = stage.record(model), stage.record(dataset), stage.record(validation)
         if not ValidationResult.from_metadata(validation_rec.metadata).passed:

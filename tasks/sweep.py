@@ -17,12 +17,11 @@ from prefect.states import Failed
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import SweepResult
 from mnist_pipeline.sweep import Sweep, TrialResult, rank
-from mnist_pipeline.tasks._common import current_flow_run_id, write_json
+from mnist_pipeline.tasks._common import pipeline_stage, write_json
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import train
 from prefect_wandb.journal import Entry, JournalStore
 from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import ArtifactRecord
 
 SWEEP_RESULT_NAME = "convnet-sweep"
@@ -127,7 +126,7 @@ def select(cfg: PipelineConfig, sweep: Sweep, trials: list[SweepTrial]) -> Artif
     ranked = rank([t.result() for t in trials], metric)
     place = {r.index: i + 1 for i, r in enumerate(ranked)}
     by_index = {t.index: t for t in trials}
-    with open_stage(cfg, "select", current_flow_run_id()) as stage:
+    with pipeline_stage(cfg, "select") as stage:
         for t in trials:
             if t.metrics is not None:
                 stage.use(t.metrics)

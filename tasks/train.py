@@ -7,10 +7,9 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import ModelInfo, TrainingResult
-from mnist_pipeline.tasks._common import current_flow_run_id, unless_permanent
+from mnist_pipeline.tasks._common import pipeline_stage, unless_permanent
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.stage import open_stage
 from prefect_wandb.store import LineageStore
 
 MODEL_NAME = "convnet"
@@ -43,7 +42,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
 
     logger = get_run_logger()
     t = cfg.train
-    with open_stage(cfg, "train", current_flow_run_id(), store=store) as stage:
+    with pipeline_stage(cfg, "train", store=store) as stage:
         split = data.load_split(stage.use(dataset) / "train.pt")
         training.seed_everything(t.seed)
         threads = training.set_threads(t.threads)

@@ -6,9 +6,8 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import ValidationResult
-from mnist_pipeline.tasks._common import current_flow_run_id, write_json
+from mnist_pipeline.tasks._common import pipeline_stage, write_json
 from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.stage import open_stage
 
 VALIDATION_NAME = "convnet-onnx-validation"
 
@@ -24,7 +23,7 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
 
     logger = get_run_logger()
     o = cfg.onnx
-    with open_stage(cfg, "validate-onnx", current_flow_run_id()) as stage:
+    with pipeline_stage(cfg, "validate-onnx") as stage:
         onnx_path = stage.use(onnx_model) / "model.onnx"
         net = load_model(stage.use(model) / "model.pt")
         test = data.load_split(stage.use(dataset) / "test.pt")

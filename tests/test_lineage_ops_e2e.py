@@ -276,7 +276,7 @@ def test_gc_between_a_cached_prepare_data_and_train_leaves_the_flows_dataset_alo
     prepared = prepare_mod.prepare_data(other)  # mnist:v1, in Prefect's cache, made by no model yet
     assert prepared.label == "mnist:v1"
     gc_results = []
-    real_open_stage = train_mod.open_stage
+    real_open_stage = train_mod.pipeline_stage
 
     @contextmanager
     def gc_first(cfg, job_type, *args, **kwargs):
@@ -286,7 +286,7 @@ def test_gc_between_a_cached_prepare_data_and_train_leaves_the_flows_dataset_alo
         with real_open_stage(cfg, job_type, *args, **kwargs) as stage:
             yield stage
 
-    monkeypatch.setattr(train_mod, "open_stage", gc_first)
+    monkeypatch.setattr(train_mod, "pipeline_stage", gc_first)
     state = mnist_lineage_pipeline(config=other, return_state=True)
     assert state.is_completed(), state.message
     [(code, result)] = gc_results

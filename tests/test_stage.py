@@ -28,14 +28,14 @@ def test_artifact_names_and_recorded_file_paths_cannot_leave_the_artifact_root(w
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
     for bad in ("../evil", "a/b", "..", ""):
-        with pytest.raises(ValueError, match="not a plain name"), open_stage(cfg, "export-onnx") as stage:
+        with pytest.raises(ValueError, match="not a plain name"), open_stage(cfg.lineage(), "export-onnx", config=cfg) as stage:
             stage.staging(bad)
-    with pytest.raises(ValueError, match="not a plain name"), open_stage(cfg, "export-onnx") as stage:
+    with pytest.raises(ValueError, match="not a plain name"), open_stage(cfg.lineage(), "export-onnx", config=cfg) as stage:
         d = stage.staging("ok")
         (d / "f.txt").write_text("x")
         stage.produce("ok", "../../etc", d)
     # only a staged folder is ever moved into the store
-    with pytest.raises(ValueError, match="outside"), open_stage(cfg, "export-onnx") as stage:
+    with pytest.raises(ValueError, match="outside"), open_stage(cfg.lineage(), "export-onnx", config=cfg) as stage:
         (tmp_path / "elsewhere").mkdir()
         (tmp_path / "elsewhere" / "f.txt").write_text("x")
         stage.produce("ok", "onnx", tmp_path / "elsewhere")
@@ -81,7 +81,7 @@ def test_a_crash_between_writing_and_recording_leaves_no_record_of_a_missing_or_
         monkeypatch.setattr(stage_module, "fsync_tree", fails_once(stage_module.fsync_tree))
 
     def step():
-        with open_stage(cfg, "export-onnx") as stage:
+        with open_stage(cfg.lineage(), "export-onnx", config=cfg) as stage:
             out = stage.staging("convnet-onnx")
             (out / "model.onnx").write_bytes(b"onnx bytes" * 1000)
             (out / "export.json").write_text("{}")
@@ -134,7 +134,7 @@ def test_two_stages_storing_the_same_content_at_the_same_moment_overwrite_nothin
 
     def step():
         try:
-            with open_stage(cfg, "prepare-data") as stage:
+            with open_stage(cfg.lineage(), "prepare-data", config=cfg) as stage:
                 out = stage.staging("mnist")
                 (out / "train.pt").write_bytes(b"the same bytes" * 4096)
                 stage.produce("mnist", "dataset", out, {})
@@ -173,7 +173,7 @@ from prefect_wandb.stage import open_stage
 from mnist_pipeline.storage import StorageError, write_json
 cfg = PipelineConfig.model_validate_json(sys.argv[1])
 try:
-    with open_stage(cfg, sys.argv[2]) as stage:
+    with open_stage(cfg.lineage(), sys.argv[2], config=cfg) as stage:
         if sys.argv[2] == "train":
             out = stage.staging("convnet")
             subprocess.run(["mount", "-o", "remount,ro", str(cfg.artifacts_dir)], check=True)

@@ -70,7 +70,7 @@ else:  # killed after W&B took the version, before the store heard back
         os._exit(9) if confirmed else real(self, rid, gaps, confirmed))
 cfg = PipelineConfig.model_validate({"artifacts_dir": sys.argv[2] + "/art", "lineage_db": sys.argv[2] + "/lineage.db",
                                      "wandb": {"mode": "online", "dir": sys.argv[2] + "/wandb", "project": "PROJECT"}})
-with open_stage(cfg, "prepare-data") as stage:
+with open_stage(cfg.lineage(), "prepare-data", config=cfg) as stage:
     d = stage.staging("data")
     (d / "data.txt").write_text("hello " + where)
     stage.produce("data", "dataset", d, {})

@@ -58,7 +58,7 @@ def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def produce(cfg: PipelineConfig, job_type: str, text: str, inputs=()):
-    with open_stage(cfg, job_type) as stage:
+    with open_stage(cfg.lineage(), job_type, config=cfg) as stage:
         for ref in inputs:
             stage.use(ref)
         d = stage.staging(f"{job_type}-out")
@@ -174,7 +174,7 @@ def test_alias_save_failure_leaves_the_promotion_to_sync(online, caplog):
         cfg = online(w.url, mode="offline")
         producer = produce(cfg, "train", "model")
         cfg = online(w.url, mode="online")
-        with open_stage(cfg, "promote") as stage:
+        with open_stage(cfg.lineage(), "promote", config=cfg) as stage:
             applied = stage.set_aliases(producer.outputs["data"], ["candidate", "production"],
                                         registry_path="wandb-registry-model/x")
     assert applied is False and stage.mode == "online"
@@ -187,7 +187,7 @@ def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypa
     """Injected at the W&B boundary object (a version W&B does not hold, a link that raises)."""
     with failing() as w:
         cfg = online(w.url)
-        with open_stage(cfg, "promote") as stage:
+        with open_stage(cfg.lineage(), "promote", config=cfg) as stage:
             class Art:
                 aliases: list = []
 
@@ -212,7 +212,7 @@ def test_registry_link_failure_at_the_network(online, caplog):
         w.fail("LinkArtifact", "graphql-error")
         cfg = online(w.url)
         producer = produce(cfg, "train", "model")
-        with open_stage(cfg, "promote") as stage:
+        with open_stage(cfg.lineage(), "promote", config=cfg) as stage:
             applied = stage.set_aliases(producer.outputs["data"], ["production"],
                                         registry_path="wandb-registry-model/m")
     assert applied is False and w.count("LinkArtifact") == 1
@@ -230,7 +230,7 @@ def test_finish_that_raises_is_recorded_not_raised(online, caplog, monkeypatch):
     failures)."""
     with failing() as w:
         cfg = online(w.url)
-        with open_stage(cfg, "evaluate") as stage:
+        with open_stage(cfg.lineage(), "evaluate", config=cfg) as stage:
             real_finish = stage.wandb.run.finish
 
             def finish(*a, **k):
@@ -410,14 +410,14 @@ def test_where_the_records_went(online, tmp_path):
 
     with failing() as w:
         cfg = online(w.url)
-        with open_stage(cfg, "evaluate", "f1") as stage:  # no outputs: nothing the stand-in cannot store
+        with open_stage(cfg.lineage(), "evaluate", config=cfg, flow_run_id="f1") as stage:  # no outputs: nothing the stand-in cannot store
             stage.log({"x": 1})
     store = LineageStore(cfg.lineage_db)
     out = where_records_went(store, "f1")
     assert out["mode"] == "online" and not out["needs_sync"]
     assert out["line"] == f"W&B: online at {w.url}/{w.entity}/p/groups/flow-f1"
     cfg = online(w.url, mode="offline")
-    with open_stage(cfg, "evaluate", "f2"):
+    with open_stage(cfg.lineage(), "evaluate", config=cfg, flow_run_id="f2"):
         pass
     out = where_records_went(store, "f2", offline_reason="wandb mode offline was asked for")
     assert out["mode"] == "offline" and out["needs_sync"] and out["offline_dirs"] == [str(tmp_path / "wandb" / "wandb")]

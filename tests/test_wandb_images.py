@@ -42,7 +42,7 @@ def test_misclassified_images_are_kept_by_an_offline_run(wandb_offline, tmp_path
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
     images, _ = tiny_digits(3, seed=4)
     captions = [f"pred {p} / label {y} (test image {i})" for i, (p, y) in enumerate([(1, 7), (3, 8), (0, 6)])]
-    with open_stage(cfg, "evaluate") as stage:
+    with open_stage(cfg.lineage(), "evaluate", config=cfg) as stage:
         stage.log_images("misclassified", list(images), captions)
         run_dir = Path(stage.wandb.run_dir)
     assert run_dir.name.startswith("offline-run-")
@@ -66,5 +66,5 @@ def test_misclassified_images_are_kept_by_an_offline_run(wandb_offline, tmp_path
 def test_images_and_captions_must_pair_up(wandb_offline, tmp_path):
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()
-    with pytest.raises(ValueError, match="2 images but 1 captions"), open_stage(cfg, "evaluate") as stage:
+    with pytest.raises(ValueError, match="2 images but 1 captions"), open_stage(cfg.lineage(), "evaluate", config=cfg) as stage:
         stage.log_images("misclassified", list(tiny_digits(2, 0)[0]), ["only one"])

@@ -33,7 +33,7 @@ def lineage(tmp_path: Path, wandb_offline) -> dict:
                                          "wandb": {"mode": "offline", "project": "p"}})
     out = {}
     for job, name, inputs in (("prepare-data", "dataset", []), ("train", "model", ["dataset"])):
-        with open_stage(cfg, job) as stage:
+        with open_stage(cfg.lineage(), job, config=cfg) as stage:
             for i in inputs:
                 stage.use(out[i])
             d = stage.staging(name)

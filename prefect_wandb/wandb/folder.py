@@ -1,22 +1,19 @@
-"""Where wandb writes its run folders: the one rule, for the stages and for preflight. Imports no wandb."""
+"""Where wandb writes its run folders: the one rule (`LineageSettings.wandb_folder`), created. Imports no wandb."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from mnist_pipeline.config import PipelineConfig
+from prefect_wandb.settings import LineageSettings
 
 
-def wandb_folder(cfg: PipelineConfig) -> Path:
-    """`wandb.dir` of the config, else $WANDB_DIR, else the lineage store's folder."""
-    if cfg.wandb.dir:
-        return cfg.wandb.dir
-    return Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else cfg.lineage_db.parent
+def wandb_folder(settings: LineageSettings) -> Path:
+    """`wandb.dir` of the settings, else $WANDB_DIR, else the lineage store's folder."""
+    return settings.wandb_folder()
 
 
-def wandb_dir(cfg: PipelineConfig) -> Path:
-    """`wandb_folder(cfg)`, created."""
-    d = wandb_folder(cfg)
+def wandb_dir(settings: LineageSettings) -> Path:
+    """`wandb_folder(settings)`, created."""
+    d = wandb_folder(settings)
     d.mkdir(parents=True, exist_ok=True)
     return d

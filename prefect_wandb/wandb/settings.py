@@ -10,7 +10,7 @@ from pathlib import Path
 
 import wandb
 
-from mnist_pipeline.config import PipelineConfig
+from prefect_wandb.settings import WandbSettings
 from prefect_wandb.wandb.credentials import WandbCredentials
 
 
@@ -28,8 +28,7 @@ class WandbTimeouts:
     finish: float = 120.0
 
     @classmethod
-    def of(cls, cfg: PipelineConfig) -> WandbTimeouts:
-        w = cfg.wandb
+    def of(cls, w: WandbSettings) -> WandbTimeouts:
         return cls(init=w.init_timeout, http=w.http_timeout, retries=w.http_retries,
                    artifact_wait=w.artifact_wait_timeout, finish=w.finish_timeout)
 

@@ -17,8 +17,8 @@ from typing import Literal, cast
 import numpy as np
 import wandb
 
-from mnist_pipeline.config import PipelineConfig
 from prefect_wandb.refs import digest_alias, wandb_ref
+from prefect_wandb.settings import LineageSettings, WandbSettings
 from prefect_wandb.store import NewArtifact
 from prefect_wandb.wandb.credentials import masked_line, resolve_credentials
 from prefect_wandb.wandb.folder import wandb_dir
@@ -66,10 +66,10 @@ class StageRun:
     than each waiting out its timeouts, and the host is avoided by the next stages of this process
     (`ONLINE_RETRY_AFTER_S`), which then record offline."""
 
-    def __init__(self, cfg: PipelineConfig, run: wandb.Run, mode: str, run_id: str, job_type: str = "",
+    def __init__(self, wb: WandbSettings, run: wandb.Run, mode: str, run_id: str, job_type: str = "",
                  timeouts: WandbTimeouts | None = None):
-        self.cfg, self.run, self.mode, self.run_id, self.job_type = cfg, run, mode, run_id, job_type
-        self.timeouts = timeouts or WandbTimeouts.of(cfg)
+        self.settings, self.run, self.mode, self.run_id, self.job_type = wb, run, mode, run_id, job_type
+        self.timeouts = timeouts or WandbTimeouts.of(wb)
         self._watched = None
         self.gaps: list[WandbGap] = []
         self.confirmed: list[str] = []  # the versions W&B took (see `log_artifacts`)
@@ -95,7 +95,7 @@ class StageRun:
         return str(Path(self.run.dir).parent)
 
     def _path(self, name: str, digest: str) -> str:
-        return wandb_ref(self.cfg.wandb.entity, self.cfg.wandb.project, name, digest)
+        return wandb_ref(self.settings.entity, self.settings.project, name, digest)
 
     def _failed(self, call: str, e: BaseException, gaps: Sequence[WandbGap] = ()) -> None:
         """One warning line naming the failed call; the gaps it leaves recorded; the host avoided for a while."""
@@ -281,17 +281,18 @@ def _fall_back_offline(job_type: str, reason: str, what: str = "failed") -> None
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None, mode: str,
+def start_run(settings: LineageSettings, job_type: str, run_id: str, group: str | None, mode: str,
               config: dict) -> StageRun:
     """The stage's W&B run: online if asked and reachable, else offline under a fresh id (wandb keeps the
     failed online attempt's id "in use" for the life of the process)."""
     def kwargs(run_id: str) -> dict:
-        return dict(project=cfg.wandb.project, entity=cfg.wandb.entity, dir=str(wandb_dir(cfg)), id=run_id,
+        return dict(project=w.project, entity=w.entity, dir=str(wandb_dir(settings)), id=run_id,
                     name=f"{job_type}-{run_id[:8]}", group=group, job_type=job_type, config=config,
                     reinit="create_new")
-    timeouts = WandbTimeouts.of(cfg)
+    w = settings.wandb
+    timeouts = WandbTimeouts.of(w)
     if mode == "online":
-        creds = resolve_credentials(wandb_dir(cfg))
+        creds = resolve_credentials(wandb_dir(settings))
         failed = _online_failures.get(creds.host)
         if failed is not None and time.monotonic() - failed[0] < ONLINE_RETRY_AFTER_S:
             _fall_back_offline(job_type, f"W&B failed {time.monotonic() - failed[0]:.0f} s ago in this process: "
@@ -305,7 +306,7 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
                 run = wandb.init(mode="online", settings=run_settings(creds, timeouts, **QUIET), **kwargs(run_id))
                 write_requirements(run)
                 _online_failures.pop(creds.host, None)
-                stage_run = StageRun(cfg, run, "online", run_id, job_type, timeouts)
+                stage_run = StageRun(w, run, "online", run_id, job_type, timeouts)
                 stage_run._secret, stage_run._host = creds.api_key, creds.host
                 return stage_run
             except Exception as e:  # unreachable host, bad key: keep every record offline for a later `sync`
@@ -314,12 +315,12 @@ def start_run(cfg: PipelineConfig, job_type: str, run_id: str, group: str | None
                 _fall_back_offline(job_type, reason)
                 # The aborted online attempt left a folder under the same run id; `wandb sync --sync-all` must
                 # find only the offline run that holds the records.
-                for d in (wandb_dir(cfg) / "wandb").glob(f"run-*-{run_id}"):
+                for d in (wandb_dir(settings) / "wandb").glob(f"run-*-{run_id}"):
                     shutil.rmtree(d, ignore_errors=True)
                 mode, run_id = "offline", uuid.uuid4().hex[:12]
     run = wandb.init(mode=cast(Literal["online", "offline", "disabled"], mode),
                      settings=wandb.Settings(init_timeout=timeouts.init, **QUIET), **kwargs(run_id))
     write_requirements(run)
-    return StageRun(cfg, run, mode, run_id, job_type, timeouts)
+    return StageRun(w, run, mode, run_id, job_type, timeouts)
 
 
