@@ -130,7 +130,7 @@ def run_main(ns: argparse.Namespace) -> int:
 
 def _run(cfg: PipelineConfig) -> int:
     from mnist_pipeline.flows import console, preflight
-    from mnist_pipeline.storage import StorageError
+    from prefect_wandb.storage import StorageError
     from prefect_wandb.store import StoreError
 
     try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR

@@ -17,9 +17,9 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mnist_pipeline import storage
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data import DataError, DownloadError
+from prefect_wandb import storage
 from prefect_wandb.refs import DigestMismatch
 from prefect_wandb.store import StoreError
 

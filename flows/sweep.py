@@ -22,6 +22,7 @@ from prefect_dask import DaskTaskRunner
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import wandb_records
+from mnist_pipeline.lookups import finished_trial, train_seconds
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.results import (
     ArtifactLocation,
@@ -40,7 +41,6 @@ from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, sele
 from mnist_pipeline.tasks.train import MODEL_NAME, checkpoint_path
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 from prefect_wandb.journal import commit_journal
-from prefect_wandb.queries import finished_trial, train_seconds
 from prefect_wandb.stage import record_lost_run
 from prefect_wandb.store import LineageStore
 from prefect_wandb.wandb.credentials import resolve_mode

@@ -33,7 +33,7 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where tensors are made: a skipped run never needs it
     import torch
 
-from mnist_pipeline import storage
+from prefect_wandb import storage
 
 log = logging.getLogger(__name__)
 
@@ -516,7 +516,15 @@ def provenance(prepared: PreparedData, source_location: Path | str | None, mirro
 
 
 def save_split(split: Split, path: Path) -> None:
-    storage.save_torch({"images": split.images, "labels": split.labels}, path)
+    """torch.save, atomically: serialised in memory, so a full disk is a StorageError naming `path` (torch.save
+    itself reports one as `RuntimeError: [enforce fail at inline_container.cc] ...`)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"images": split.images, "labels": split.labels}, buf)
+    storage.write_bytes_atomic(path, buf.getbuffer())
 
 
 def load_split(path: Path) -> Split:

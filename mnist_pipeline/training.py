@@ -22,10 +22,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mnist_pipeline import storage
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split, to_float
 from mnist_pipeline.model import ConvNet
+from prefect_wandb import storage
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_pipeline.storage import write_json
 from prefect_wandb.environment import process_gone, process_identity
 from prefect_wandb.layout import STAGING
+from prefect_wandb.storage import write_json
 
 if TYPE_CHECKING:
     from prefect_wandb.store import LineageStore

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_pipeline.results import ModelInfo, TrainingResult
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
 
@@ -22,27 +21,6 @@ def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str
             continue
         out += [a for a in edges["produced"] if a.type == "metrics"]
     return out
-
-
-def train_seconds(store: LineageStore, model: ArtifactRecord) -> float | None:
-    """How long a model's training loop took: a fact of its train run (its summary), not of the model's files."""
-    run = store.run(model.producer_run_id)
-    return TrainingResult.from_metadata(run.summary).train_seconds if run is not None else None
-
-
-def finished_trial(store: LineageStore, model_name: str, dataset_digest: str,
-                   fingerprint: dict) -> tuple[ArtifactRecord, ArtifactRecord] | None:
-    """(model, metrics) of the newest finished training of `model_name` on this dataset with this training
-    fingerprint that has a finished evaluation; or None."""
-    for model in reversed(store.artifacts("model")):
-        if model.name != model_name or ModelInfo.from_metadata(model.metadata).fingerprint != fingerprint:
-            continue
-        if [i["digest"] for i in model.inputs("dataset")] != [dataset_digest]:
-            continue
-        evaluated = evaluations(store, model.artifact_id)
-        if evaluated:
-            return model, evaluated[-1]
-    return None
 
 
 def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_pipeline.hashing import md5_b64
+from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import digest_alias, wandb_path, wandb_ref
 from prefect_wandb.wandb.run_file import offline_records, offline_run_file
 

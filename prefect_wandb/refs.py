@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from mnist_pipeline.hashing import sha256_file
+from prefect_wandb.hashing import sha256_file
 from prefect_wandb.records import FileRecord
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from mnist_pipeline.hashing import sha256_file
+from prefect_wandb.hashing import sha256_file
 from prefect_wandb.store import ArtifactRecord, DeletionRecord, LineageStore
 
 EXIT_IDENTICAL, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERS, EXIT_UNKNOWN, EXIT_INPUTS_GONE = 0, 1, 2, 3, 4, 5

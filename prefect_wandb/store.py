@@ -18,7 +18,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_pipeline.storage import StorageError
 from prefect_wandb import rejections
 from prefect_wandb.records import (
     ALIASES,
@@ -30,6 +29,7 @@ from prefect_wandb.records import (
     RunRecord,
 )
 from prefect_wandb.schema import DROP_PENDING_GAP, ensure_schema
+from prefect_wandb.storage import StorageError
 from prefect_wandb.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
 
 if TYPE_CHECKING:

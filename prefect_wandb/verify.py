@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mnist_pipeline.hashing import md5_b64
+from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import wandb_ref
 from prefect_wandb.store import ALIASES, ArtifactRecord, LineageStore
 

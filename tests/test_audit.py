@@ -17,7 +17,6 @@ import pytest
 
 from mnist_pipeline.flows.audit_cli import audit_main
 from mnist_pipeline.flows.cli import _parser, main
-from mnist_pipeline.hashing import md5_b64
 from prefect_wandb.audit import (
     EXIT_TAMPERED,
     EXIT_UNKNOWN,
@@ -26,6 +25,7 @@ from prefect_wandb.audit import (
     apply_wandb_findings,
     audit,
 )
+from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.render import render_mermaid, render_tree
 from prefect_wandb.store import LineageStore, NewArtifact
@@ -204,7 +204,7 @@ def test_a_swapped_model_with_an_edited_record_still_fails(e2e, capsys, tmp_path
     src.backup(sqlite3.connect(db))
     onnx = e2e["onnx"]
     with flipped(onnx):
-        from mnist_pipeline.hashing import sha256_file
+        from prefect_wandb.hashing import sha256_file
 
         con = sqlite3.connect(db)
         con.execute("UPDATE artifact_files SET sha256 = ? WHERE relpath = 'model.onnx'", (sha256_file(onnx),))

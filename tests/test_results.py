@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_pipeline import onnx_io
+from mnist_pipeline import lookups, onnx_io
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import (
     ArtifactLocation,
@@ -30,7 +30,6 @@ from mnist_pipeline.results import (
 )
 from mnist_pipeline.sweep import Sweep, parse_sweep
 from mnist_pipeline.tasks.validate_onnx import parity_failure
-from prefect_wandb import queries
 from prefect_wandb.records import NewArtifact
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import LineageStore
@@ -180,10 +179,10 @@ def test_the_queries_read_an_old_store_through_the_records(tmp_path):
     m = _record(store, tmp_path, "train", "train", "model", {"fingerprint": fp, "model_config": {}},
                 {"train_seconds": 2.5, "threads": 1}, [d])
     e = _record(store, tmp_path, "eval", "evaluate", "metrics", {"test_accuracy": 0.7, "test_loss": 0.9}, {}, [m, d])
-    assert queries.train_seconds(store, m) == 2.5
-    found = queries.finished_trial(store, "convnet", d.digest, fp)
+    assert lookups.train_seconds(store, m) == 2.5
+    found = lookups.finished_trial(store, "convnet", d.digest, fp)
     assert found is not None and [r.artifact_id for r in found] == [m.artifact_id, e.artifact_id]
-    assert queries.finished_trial(store, "convnet", d.digest, {**fp, "seed": 1}) is None
+    assert lookups.finished_trial(store, "convnet", d.digest, {**fp, "seed": 1}) is None
     assert MetricsResult.from_metadata(found[1].metadata).values() == {"test_accuracy": 0.7, "test_loss": 0.9}
 
 
@@ -205,7 +204,7 @@ def test_the_sweep_flow_takes_a_typed_sweep_and_returns_a_summary():
 # Reading another stage's metadata (an artifact's, a run's summary) by string key, in the modules that consume it.
 BY_KEY = re.compile(r"""(\.metadata|\bsummary|\bmeta|\breport|\bv|\bm|\bd)(\[|\.get\()["'](?!inputs\b|files\b)""")
 CONSUMERS = ["tasks/*.py", "flows/pipeline.py", "flows/sweep.py",
-             "flows/flow_artifact.py", "prefect_wandb/queries.py",
+             "flows/flow_artifact.py", "prefect_wandb/queries.py", "mnist_pipeline/lookups.py",
              "flows/sweep_cli.py", "flows/cli.py", "mnist_pipeline/report/closing_lines.py"]
 
 

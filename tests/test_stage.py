@@ -170,7 +170,7 @@ def test_an_artifacts_folder_turned_read_only_mid_stage_names_the_file_and_leave
     stage_code = """import subprocess, sys
 from mnist_pipeline.config import PipelineConfig
 from prefect_wandb.stage import open_stage
-from mnist_pipeline.storage import StorageError, write_json
+from prefect_wandb.storage import StorageError, write_json
 cfg = PipelineConfig.model_validate_json(sys.argv[1])
 try:
     with open_stage(cfg.lineage(), sys.argv[2], config=cfg) as stage:

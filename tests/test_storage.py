@@ -1,4 +1,4 @@
-"""Writing the pipeline's files (`mnist_pipeline/storage.py`): a disk that fills up while a run writes its artifacts
+"""Writing the pipeline's files (`prefect_wandb/storage.py`): a disk that fills up while a run writes its artifacts
 is named in one line, the step is not retried (it would fail the same way), and no 0-byte, partial or staged file
 is left behind. A real `mnist-pipeline run` against the Prefect test server, its artifacts on a small real tmpfs.
 """

@@ -96,7 +96,7 @@ def test_read_only_commands_never_write_the_store(tmp_path, capsys):
 
 
 def test_a_full_disk_under_the_store_is_one_line_naming_it(tmp_path):
-    from mnist_pipeline.storage import StorageError
+    from prefect_wandb.storage import StorageError
 
     with tmpfs(tmp_path / "store", size="512k"):
         store = LineageStore(tmp_path / "store" / "lineage.db")

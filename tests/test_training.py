@@ -181,7 +181,7 @@ def test_a_run_resumed_mid_way_keeps_the_loss_points_logged_before_the_kill(tmp_
 
 
 def test_json_the_pipeline_writes_refuses_nan(tmp_path):
-    from mnist_pipeline import storage
+    from prefect_wandb import storage
 
     with pytest.raises(ValueError):
         storage.write_json(tmp_path / "x.json", {"final_loss": float("nan")})
@@ -201,8 +201,8 @@ def test_a_loss_that_is_not_a_number_fails_training_with_one_line_instead_of_rec
 def test_a_diverged_training_is_not_retried_it_would_diverge_again():
     from prefect.states import Failed
 
-    from mnist_pipeline.storage import StorageError
     from mnist_pipeline.tasks._common import unless_permanent
+    from prefect_wandb.storage import StorageError
 
     def retried(e: BaseException) -> bool:
         return unless_permanent(None, None, Failed(data=e))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mnist_pipeline.hashing import sha256_file
 from prefect_wandb.audit.report import Check
+from prefect_wandb.hashing import sha256_file
 from prefect_wandb.layout import folder_name
 from prefect_wandb.refs import manifest_digest
 from prefect_wandb.store import ArtifactRecord

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mnist_pipeline.hashing import md5_b64
 from prefect_wandb.audit.report import AuditReport, RunEntry, finish
+from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import wandb_ref
 
 if TYPE_CHECKING:

@@ -1,15 +1,13 @@
 """Writing files so that a full disk or a refused write says where and why, and leaves nothing half-written.
 
-torch.save reports a full disk as `RuntimeError: [enforce fail at inline_container.cc] unexpected pos ...`; so
-tensors are serialised in memory first and the bytes written here, where the OS error (errno) is kept.
-No Prefect, no W&B.
+A serialiser that hides the OS error (torch.save reports a full disk as `RuntimeError: [enforce fail ...]`) writes
+to memory first and hands the bytes to `write_bytes_atomic`, which keeps the errno. No Prefect, no W&B.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import json
 import os
 import uuid
@@ -68,15 +66,6 @@ def write_bytes_atomic(dest: Path, blob: bytes | memoryview, fsync: bool = False
     finally:
         with contextlib.suppress(OSError):  # a read-only disk refuses even to unlink what is not there
             tmp.unlink(missing_ok=True)
-
-
-def save_torch(obj, dest: Path, fsync: bool = False) -> None:
-    """torch.save, atomically, with a full disk reported as a StorageError naming `dest`."""
-    import torch  # here, not at the top: the store (and the auditor's quick commands) use this module too
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(dest, buf.getbuffer(), fsync=fsync)
 
 
 def check_writable(path: Path, what: str) -> None:
