@@ -1,7 +1,10 @@
 """Signing pieces without a flow: keygen, DSSE (PAE per the spec), the model-signing bundle, the ONNX file's
-provenance pointers and input contract."""
+provenance pointers and input contract; DSSE envelopes and Statements stay those of the hand-written code that
+securesystemslib and in-toto-attestation replaced (a frozen copy of it below)."""
 
 import base64
+import binascii
+import hashlib
 import json
 import stat
 import subprocess
@@ -12,6 +15,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from mnist_pipeline import onnx_io, stage_files
 from mnist_pipeline.flows.sign_cli import main
@@ -63,6 +69,197 @@ def test_dsse_round_trip_and_what_breaks_it(tmp_path):
         dsse.verify(edited, k1.public_key())
     with pytest.raises(dsse.EnvelopeError, match="payloadType"):
         dsse.verify({**env, "payloadType": "text/plain"}, k1.public_key())
+
+
+# ---- FROZEN REFERENCE IMPLEMENTATION of the old format: do not edit, do not import from the package. -------------
+# The hand-written DSSE code of prefect_wandb/provenance/dsse.py and the Statement builder of statement.py as of
+# commit 796abb5, before securesystemslib and in-toto-attestation replaced them; copied verbatim but for the names
+# (_old_*), the fingerprint and the constants, inlined (statement.Resource is only the inputs' container). The tests
+# below hold the new code to what these wrote and accepted.
+
+def _old_fingerprint(key):
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
+def _old_pae(payload_type, payload):
+    t = payload_type.encode("utf-8")
+    return b"DSSEv1 %d %s %d %s" % (len(t), t, len(payload), payload)
+
+
+def _old_hash_for(curve):
+    return {256: hashes.SHA256(), 384: hashes.SHA384()}.get(curve.key_size, hashes.SHA512())
+
+
+def _old_sign(payload, key, payload_type=dsse.IN_TOTO):
+    sig = key.sign(_old_pae(payload_type, payload), ec.ECDSA(_old_hash_for(key.curve)))
+    return {"payload": base64.b64encode(payload).decode(), "payloadType": payload_type,
+            "signatures": [{"keyid": _old_fingerprint(key.public_key()), "sig": base64.b64encode(sig).decode()}]}
+
+
+def _old_verify(envelope, key, payload_type=dsse.IN_TOTO):
+    EnvelopeError = dsse.EnvelopeError  # the exception class is the package's, so messages compare  # noqa: N806
+    try:
+        if envelope["payloadType"] != payload_type:
+            raise EnvelopeError(f"payloadType is {envelope['payloadType']!r}, expected {payload_type!r}")
+        payload = base64.b64decode(envelope["payload"], validate=True)
+        sigs = [(s.get("keyid", ""), base64.b64decode(s["sig"], validate=True)) for s in envelope["signatures"]]
+    except (KeyError, TypeError, binascii.Error, AttributeError) as e:
+        raise EnvelopeError(f"not a DSSE envelope ({type(e).__name__}: {e})") from None
+    if not sigs:
+        raise EnvelopeError("the envelope holds no signature")
+    message, algo = _old_pae(payload_type, payload), ec.ECDSA(_old_hash_for(key.curve))
+    for _, sig in sigs:
+        try:
+            key.verify(sig, message, algo)
+            return payload
+        except InvalidSignature:
+            continue
+    mine = _old_fingerprint(key)
+    ids = sorted({k for k, _ in sigs if k})
+    if ids and mine not in ids:
+        raise EnvelopeError(f"signed by key {', '.join(i[:16] for i in ids)}, not by the given key {mine[:16]}")
+    raise EnvelopeError("the signature does not match the payload: the Statement was changed after signing")
+
+
+def _old_resource(r, role):
+    if not r.digest and not r.uri:
+        raise ValueError(f"resource {r.name!r} has neither a digest nor a uri")
+    out = {"name": r.name}
+    if r.uri:
+        out["uri"] = r.uri
+    if r.digest:
+        out["digest"] = dict(r.digest)
+    out["annotations"] = {"role": role, **r.annotations}
+    return out
+
+
+def _old_time(t):
+    if t.tzinfo is None:
+        raise ValueError("provenance times must be timezone-aware")
+    return t.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _old_build(p):
+    if len(p.subject_sha256) != 64:
+        raise ValueError(f"subject sha256 {p.subject_sha256!r} is not a sha256 hex digest")
+    deps = [_old_resource(p.dataset, "dataset"), *(_old_resource(r, "raw-file") for r in p.raw_files),
+            _old_resource(p.model_file, "model"), _old_resource(p.code, "code")]
+    deps += [_old_resource(statement.Resource(name=n, uri=f"pkg:pypi/{n}@{v}", annotations={"version": v}), "package")
+             for n, v in sorted(p.packages.items()) if v]
+    metadata = {"startedOn": _old_time(p.started_on), "finishedOn": _old_time(p.finished_on)}
+    if p.invocation_id:
+        metadata["invocationId"] = p.invocation_id
+    builder = {"id": p.builder_id}
+    if p.builder_version:
+        builder["version"] = dict(p.builder_version)
+    return {
+        "_type": "https://in-toto.io/Statement/v1",
+        "subject": [{"name": p.subject_name, "digest": {"sha256": p.subject_sha256}}],
+        "predicateType": "https://slsa.dev/provenance/v1",
+        "predicate": {
+            "buildDefinition": {"buildType": "https://mnist-lineage-pipeline.dev/build/onnx-export/v1",
+                                "externalParameters": p.external_parameters,
+                                "internalParameters": p.internal_parameters, "resolvedDependencies": deps},
+            "runDetails": {"builder": builder, "metadata": metadata,
+                           "byproducts": [_old_resource(b, "byproduct") for b in p.byproducts]},
+        },
+    }
+
+
+def _old_to_bytes(st):
+    return json.dumps(st, sort_keys=True, indent=1).encode("utf-8")
+# ---- end of the frozen reference ---------------------------------------------------------------------------------
+
+
+def _statement_inputs() -> statement.ProvenanceInputs:
+    """Inputs that a protobuf Struct would change: ints (5 is not 5.0), integral floats (30.0 is not 30), an int past
+    2**53, None, non-ASCII, nested lists."""
+    t = datetime(2026, 1, 1, 12, 30, tzinfo=timezone.utc)
+    R = statement.Resource  # noqa: N806
+    return statement.ProvenanceInputs(
+        subject_name="model.onnx", subject_sha256="a" * 64,
+        external_parameters={"config": {"train": {"epochs": 5, "learning_rate": 0.005, "kernels": [8, 16]},
+                                        "data": {"timeout": 30.0, "slice": None}, "note": "café"}},
+        internal_parameters={"seed": 2**62 + 1, "threads": 1, "device": "cpu"},
+        dataset=R("mnist:v0", {"sha256": "d" * 64}, uri="file:///runs/dataset",
+                  annotations={"sizes": {"train": 600, "val": 100}, "slice": None, "files": {"a": "b"}}),
+        raw_files=[R("train-images-idx3-ubyte", {"sha256": "r" * 64}, annotations={"size": 9912422, "md5": "m"})],
+        model_file=R("model.pt", {"sha256": "f" * 64}, annotations={"artifact": "convnet:v0"}),
+        code=R("mnist-lineage-pipeline", {"gitCommit": "c" * 40}, uri="pkg:pypi/x@1", annotations={"dirty": False}),
+        packages={"torch": "2.14.0", "absent": None, "numpy": "2.4.1"}, builder_id="urn:test", invocation_id="flow-1",
+        started_on=t, finished_on=t, builder_version={"mnist-lineage-pipeline": "0.1.0"},
+        byproducts=[R("validation.json", {"sha256": "v" * 64}, annotations={"accuracy": 1.0, "n": 3})])
+
+
+def test_the_statement_is_byte_for_byte_the_hand_built_one_and_each_parser_reads_the_other():
+    inputs = _statement_inputs()
+    new, old = statement.build(inputs), _old_build(inputs)
+    assert statement.to_bytes(new) == _old_to_bytes(old)
+    assert json.dumps(new) == json.dumps(old)  # the same fields in the same order, unsorted too
+    assert statement.parse(_old_to_bytes(old)) == old
+    assert "5.0" not in statement.to_bytes(new).decode() and '"seed": 4611686018427387905' in \
+        statement.to_bytes(new).decode()
+    bad = {**old, "subject": [old["subject"][0], {"name": "x"}]}  # in-toto-attestation: every subject has a digest
+    with pytest.raises(ValueError, match="not a valid in-toto Statement.*At least one digest required"):
+        statement.parse(_old_to_bytes(bad))
+    with pytest.raises(ValueError, match="names no subject with a sha256 digest"):
+        statement.parse(_old_to_bytes({**old, "subject": ["model.onnx"]}))  # one line, not an AttributeError
+    with pytest.raises(ValueError, match="not a valid in-toto Statement"):  # a one-line refusal, not an OverflowError
+        statement.parse(_old_to_bytes({**old, "predicate": {**old["predicate"], "n": 10**400}}))
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1, ec.SECP384R1, ec.SECP521R1])
+def test_envelopes_of_the_old_and_the_new_code_verify_with_each_other(curve):
+    key = ec.generate_private_key(curve())
+    payload = statement.to_bytes(statement.build(_statement_inputs()))
+    new, old = dsse.sign(payload, key), _old_sign(payload, key)
+    assert dsse.verify(old, key.public_key()) == payload
+    assert _old_verify(new, key.public_key()) == payload
+    # as written to model.onnx.intoto.json: the same bytes but for the signature (ECDSA signatures are randomised)
+    swapped = {**new, "signatures": [{**new["signatures"][0], "sig": old["signatures"][0]["sig"]}]}
+    assert json.dumps(swapped, indent=1) == json.dumps(old, indent=1)
+    assert new["signatures"][0]["keyid"] == keys.fingerprint(key.public_key())
+    for env in (json.loads(json.dumps(new, indent=1)), json.loads(json.dumps(old, indent=1))):
+        assert dsse.verify(env, key.public_key()) == _old_verify(env, key.public_key()) == payload
+
+
+def test_tampered_envelopes_are_refused_by_both_with_the_same_messages():
+    k1, k2 = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    payload = b'{"x": 1}'
+    for sign in (dsse.sign, _old_sign):
+        env = sign(payload, k1)
+        raw = bytearray(payload)
+        raw[2] ^= 0x01  # one byte of the payload flipped
+        cases = {"changed after signing": {**env, "payload": base64.b64encode(bytes(raw)).decode()},
+                 "not by the given key": sign(payload, k2),
+                 "payloadType": {**env, "payloadType": "text/plain"},
+                 "holds no signature": {**env, "signatures": []},
+                 r"not a DSSE envelope \(KeyError: 'signatures'\)": {"payload": env["payload"],
+                                                                     "payloadType": env["payloadType"]},
+                 r"not a DSSE envelope \(Error: Only base64": {**env, "payload": "not base64!"}}
+        for expected, bad in cases.items():
+            messages = []
+            for verify_ in (dsse.verify, _old_verify):
+                with pytest.raises(dsse.EnvelopeError, match=expected) as e:
+                    verify_(bad, k1.public_key())
+                messages.append(str(e.value))
+            assert messages[0] == messages[1] and "\n" not in messages[0]
+        assert dsse.verify(env, k1.public_key()) == payload  # verify left the envelope it was given as it was
+
+
+def test_what_securesystemslib_refuses_that_the_old_code_took():
+    """Envelopes this tool never wrote: a signature whose keyid is not the key's fingerprint (securesystemslib tries
+    only the signatures that name the given key), without a keyid, or two under one keyid. Refused, one line."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    env = dsse.sign(b"{}", key)
+    sig = env["signatures"][0]
+    for sigs, expected in (([{"keyid": "b" * 64, "sig": sig["sig"]}], "signed by key bbbbbbbbbbbbbbbb, not by"),
+                           ([{"sig": sig["sig"]}], r"not a DSSE envelope \(KeyError: 'keyid'\)"),
+                           ([dict(sig), dict(sig)], "Multiple signatures found for keyid")):
+        assert _old_verify({**env, "signatures": sigs}, key.public_key()) == b"{}"
+        with pytest.raises(dsse.EnvelopeError, match=expected):
+            dsse.verify({**env, "signatures": sigs}, key.public_key())
 
 
 def _export(tmp_path: Path, provenance: dict | None) -> Path:
@@ -124,6 +321,8 @@ def test_attestation_folder_verifies_here_and_with_the_model_signing_cli(tmp_pat
     assert (att / "signer.pub").read_bytes() == pub.read_bytes()
     r = verify(att / "model.onnx", pub)
     assert r.status == "verified", r.checks
+    envelope = json.loads((att / "model.onnx.intoto.json").read_text())  # and with the hand-written verifier of old
+    assert json.loads(_old_verify(envelope, keys.load_public(pub))) == r.statement
     assert r.key_fingerprint == index["public_key_fingerprint"]
     st = r.statement
     assert st["predicateType"] == "https://slsa.dev/provenance/v1"
