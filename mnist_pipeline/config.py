@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from prefect_wandb import LineageSettings, WandbSettings
+from prefect_wandb import GatePolicy, LineageSettings, WandbSettings
 
 DataSource = Literal["download", "local", "synthetic"]
 
@@ -355,6 +355,10 @@ class PipelineConfig(_Section):
         record."""
         return LineageSettings(store=self.lineage_db, artifacts=self.artifacts_dir, wandb=self.wandb,
                                code_root=SOURCE_ROOT, packages=PACKAGES)
+
+    def gate(self) -> GatePolicy:
+        """The promotion gate of this pipeline: test accuracy, higher is better, by `promotion.margin`."""
+        return GatePolicy(metric="test_accuracy", label="accuracy", margin=self.promotion.margin)
 
     def flat(self) -> dict:
         """The tutorial-shaped view for W&B run configs: hyperparameters at the top, sections nested."""

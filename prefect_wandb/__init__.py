@@ -1,5 +1,86 @@
-"""prefect_wandb: traceable artifact lineage for Prefect flows, recorded in a lineage store and in W&B Artifacts."""
+"""prefect_wandb: traceable artifact lineage for Prefect flows, in a lineage store and in W&B Artifacts.
 
-from prefect_wandb.settings import LineageSettings, WandbSettings
+A stage is a Prefect task that is one W&B run and one run of the lineage store:
 
-__all__ = ["LineageSettings", "WandbSettings"]
+    from prefect import flow, task
+    from prefect_wandb import LineageSettings, open_stage
+
+    SETTINGS = LineageSettings(store="runs/lineage.db", artifacts="runs/artifacts")
+
+    @task
+    def fit(data):                                   # data: an ArtifactRef another stage produced
+        with open_stage(SETTINGS, "fit", config={"alpha": 0.1}) as stage:
+            rows = stage.use(data) / "rows.csv"      # re-verified by sha256 before use
+            out = stage.staging("model")             # staged: committed only if the stage succeeds
+            (out / "model.json").write_text(...)
+            stage.produce("model", "model", out, {"fingerprint": {"alpha": 0.1}})
+        return stage.outputs["model"]                # an ArtifactRef: name, version, digest, path
+
+Everything a caller uses is exported here (`__all__`); other modules are the implementation. The names load on
+first use, so that `import prefect_wandb` costs nothing (`verify` runs on a host with neither Prefect nor wandb).
+docs/library.md is the guide.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# public name -> the module that defines it
+_WHERE = {
+    # where lineage goes
+    "LineageSettings": "settings", "WandbSettings": "settings",
+    # a stage: one W&B run and one run of the store, inputs verified, outputs staged and committed on success
+    "open_stage": "stage", "Stage": "stage", "record_lost_run": "stage",
+    "ArtifactRef": "refs", "DigestMismatch": "refs", "manifest": "refs", "manifest_digest": "refs",
+    "verify_files": "refs",
+    # the store and its records
+    "LineageStore": "store", "StoreError": "store", "ArtifactDeleted": "store", "ArtifactRecord": "store",
+    "RunRecord": "store", "PromotionRecord": "store",
+    # stages on other processes (a sweep's trials on Dask workers): records journaled, committed by the flow
+    "JournalStore": "journal", "JournalEntry": "journal", "commit_journal": "journal",
+    # policy: the promotion gate and the skip rule
+    "GatePolicy": "promotion", "Decision": "promotion", "Signature": "promotion", "promote": "promotion",
+    "measured_on": "promotion", "ChangeCheck": "skip", "compare_with_production": "skip",
+    # reading the store back
+    "evaluations": "queries", "where_records_went": "queries", "code_state": "environment",
+    # files written so that a full disk says where, and nothing is half-written
+    "StorageError": "storage", "write_json": "storage", "write_bytes_atomic": "storage",
+}
+
+__all__ = sorted(_WHERE)
+
+if TYPE_CHECKING:
+    from prefect_wandb.environment import code_state
+    from prefect_wandb.journal import Entry as JournalEntry
+    from prefect_wandb.journal import JournalStore, commit_journal
+    from prefect_wandb.promotion import Decision, GatePolicy, Signature, measured_on, promote
+    from prefect_wandb.queries import evaluations, where_records_went
+    from prefect_wandb.refs import ArtifactRef, DigestMismatch, manifest, manifest_digest, verify_files
+    from prefect_wandb.settings import LineageSettings, WandbSettings
+    from prefect_wandb.skip import ChangeCheck, compare_with_production
+    from prefect_wandb.stage import Stage, open_stage, record_lost_run
+    from prefect_wandb.storage import StorageError, write_bytes_atomic, write_json
+    from prefect_wandb.store import (
+        ArtifactDeleted,
+        ArtifactRecord,
+        LineageStore,
+        PromotionRecord,
+        RunRecord,
+        StoreError,
+    )
+
+_ALIASES = {"JournalEntry": "Entry"}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'prefect_wandb' has no attribute {name!r}")
+    value = getattr(import_module(f"prefect_wandb.{where}"), _ALIASES.get(name, name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,21 +1,60 @@
-"""The pipeline's rules: retrain only if something changed, and the promotion gate (no Prefect, no W&B, no SQL).
-
-`decide` is the gate as a pure decision table; `promote` applies it inside the store's promotion transaction.
-"""
+"""The promotion gate (no Prefect, no W&B, no SQL): `GatePolicy` says what it compares, `decide` is the gate as a
+pure decision table, and `promote` applies it inside the store's promotion transaction."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from prefect_wandb import rejections
 from prefect_wandb.queries import evaluations
 from prefect_wandb.store import ArtifactRecord, LineageStore, PromotionRecord
 
 
+class GatePolicy(BaseModel):
+    """What the gate compares: the `metric` recorded in the metadata of the `metrics_type` artifacts that runs of job
+    type `measured_by` produce from a model (and from the `test_set_type` artifact they measured it on), better when
+    higher (`higher_is_better`) by at least `margin`. A promoted model gets `production_alias` (and every gated one
+    `candidate_alias`); `label` names the metric in the gate's reasons (default: `metric`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    metric: str = Field(min_length=1)
+    higher_is_better: bool = True
+    margin: float = Field(0.0, ge=0)
+    label: str | None = None
+    measured_by: str = "evaluate"
+    metrics_type: str = "metrics"
+    test_set_type: str = "dataset"
+    production_alias: str = "production"
+    candidate_alias: str = "candidate"
+
+    @property
+    def name(self) -> str:
+        return self.label or self.metric
+
+    def beats(self, value: float, production: float) -> bool:
+        """Does `value` beat `production` by the margin (equal to production plus the margin counts)?"""
+        return value >= production + self.margin if self.higher_is_better else value <= production - self.margin
+
+    def comparison(self, value: float, production: float | None, prod: str) -> str:
+        """'accuracy 0.9000 >= production 0.8000 + margin 0.0000' (or '<=' and '- margin' when lower is better)."""
+        shown = production if production is not None else math.nan
+        wins = production is None or self.beats(value, production)
+        if self.higher_is_better:
+            op, sign = (">=" if wins else "<"), "+"
+        else:
+            op, sign = ("<=" if wins else ">"), "-"
+        return f"{self.name} {value:.4f} {op} {prod} {shown:.4f} {sign} margin {self.margin:.4f}"
+
+
 @dataclass(frozen=True)
 class Decision:
-    """What the promotion gate decided about a candidate (see `decide`)."""
+    """What the promotion gate decided about a candidate (see `decide`); `production_accuracy` is production's value
+    of the policy's metric, when the decision rested on a comparison."""
 
     decision: Literal["promoted", "candidate"]
     reason: str
@@ -24,65 +63,66 @@ class Decision:
 
 @dataclass(frozen=True)
 class Signature:
-    """Whether the candidate's ONNX file has a verified attestation from this run's sign stage, when the gate
-    requires one (`promotion.require_signature`): `detail` is the key's fingerprint, or why not."""
+    """Whether the candidate's file has a verified attestation, when the gate requires one: `detail` is the key's
+    fingerprint, or why not."""
 
     verified: bool
     detail: str
 
 
-def decide(*, candidate_id: int, accuracy: float | None, validation_passed: bool, production_id: int | None,
-           production_accuracy: float | None, margin: float, test_set: str | None = None,
+def decide(*, candidate_id: int, value: float | None, validation_passed: bool, production_id: int | None,
+           production_value: float | None, policy: GatePolicy, test_set: str | None = None,
            production_label: str | None = None, basis: str = "", candidate_label: str = "",
-           rejection: str | None = None, earlier: str | None = None,
-           signature: Signature | None = None) -> Decision:
-    """The promotion gate, first matching row wins:
+           rejection: str | None = None, earlier: str | None = None, signature: Signature | None = None,
+           unreject_hint: str = "unreject") -> Decision:
+    """The promotion gate, first matching row wins (v: the candidate's metric, p: production's, m: the margin;
+    "beats" is v >= p + m when higher is better, v <= p - m when lower is):
 
-    | validation | candidate accuracy | the candidate / production                     | decision  |
-    |------------|--------------------|------------------------------------------------|-----------|
-    | failed     | any                | any                                            | candidate |
-    | passed     | none recorded      | any                                            | candidate |
-    | passed     | any                | rejected by an operator (a rollback)           | candidate |
-    | passed     | any                | signature required, none verified              | candidate |
-    | passed     | any                | is this very model                             | promoted  |
-    | passed     | any                | the gate kept it candidate on this test set    | candidate |
-    | passed     | any                | none                                           | promoted  |
-    | passed     | any                | not measured on the candidate's test set (*)   | candidate |
-    | passed     | a                  | no accuracy recorded, or a >= p+m              | promoted  |
-    | passed     | a < p + margin     | p                                              | candidate |
+    | validation | candidate metric | the candidate / production                     | decision  |
+    |------------|------------------|------------------------------------------------|-----------|
+    | failed     | any              | any                                            | candidate |
+    | passed     | none recorded    | any                                            | candidate |
+    | passed     | any              | rejected by an operator (a rollback)           | candidate |
+    | passed     | any              | signature required, none verified              | candidate |
+    | passed     | any              | is this very model                             | promoted  |
+    | passed     | any              | the gate kept it candidate on this test set    | candidate |
+    | passed     | any              | none                                           | promoted  |
+    | passed     | any              | not measured on the candidate's test set (*)   | candidate |
+    | passed     | v                | no metric recorded, or v beats p               | promoted  |
+    | passed     | v                | p, and v does not beat it                      | candidate |
 
-    (*) with `test_set` (the candidate's dataset, e.g. "mnist:v3"), `production_accuracy` is production's accuracy
-    on that same test set: accuracies measured on different data are never compared. `basis` says how it was
-    measured (e.g. re-evaluated for this decision) and ends the reason. `rejection` describes the rejection in
-    force ("rejected by rollback at <time> (<reason>)"); `earlier`, the gate's own earlier candidate verdict on this
-    test set, which stands (the caller leaves it None when forced). `signature`: None when not required; with one,
-    every reason says whether it verified.
+    (*) with `test_set` (the candidate's dataset, e.g. "mnist:v3"), `production_value` is production's metric on
+    that same test set: metrics measured on different data are never compared. `basis` says how it was measured
+    (e.g. re-evaluated for this decision) and ends the reason. `rejection` describes the rejection in force
+    ("rejected by rollback at <time> (<reason>)"); `earlier`, the gate's own earlier candidate verdict on this test
+    set, which stands (the caller leaves it None when forced). `signature`: None when not required; with one,
+    every reason says whether it verified. `unreject_hint`: the command a rejected model's reason names.
     """
-    d = _decide(candidate_id=candidate_id, accuracy=accuracy, validation_passed=validation_passed,
-                production_id=production_id, production_accuracy=production_accuracy, margin=margin,
+    d = _decide(candidate_id=candidate_id, value=value, validation_passed=validation_passed,
+                production_id=production_id, production_value=production_value, policy=policy,
                 test_set=test_set, production_label=production_label, basis=basis,
                 candidate_label=candidate_label or "this model", rejection=rejection, earlier=earlier,
-                signature=signature)
+                signature=signature, unreject_hint=unreject_hint)
     if signature is not None and signature.verified:
         return Decision(d.decision, f"{d.reason}; signature verified (key {signature.detail[:16]})",
                         d.production_accuracy)
     return d
 
 
-def _decide(*, candidate_id, accuracy, validation_passed, production_id, production_accuracy, margin, test_set,
-            production_label, basis, candidate_label, rejection, earlier, signature) -> Decision:
+def _decide(*, candidate_id, value, validation_passed, production_id, production_value, policy, test_set,
+            production_label, basis, candidate_label, rejection, earlier, signature, unreject_hint) -> Decision:
     if not validation_passed:
-        return Decision("candidate", "onnxruntime validation did not pass", production_accuracy)
-    if accuracy is None:
-        return Decision("candidate", "no test accuracy recorded", production_accuracy)
-    # the rows that rest on no comparison carry no production accuracy: `earlier_verdict` reuses only comparisons
+        return Decision("candidate", "onnxruntime validation did not pass", production_value)
+    if value is None:
+        return Decision("candidate", f"no test {policy.name} recorded", production_value)
+    # the rows that rest on no comparison carry no production value: `earlier_verdict` reuses only comparisons
     if rejection:
-        return Decision("candidate", f"{rejection}; `mnist-pipeline unreject {candidate_label}` lets the gate "
-                                     "consider it again")
+        return Decision("candidate", f"{rejection}; `{unreject_hint} {candidate_label}` lets the gate consider it "
+                                     "again")
     if signature is not None and not signature.verified:
         return Decision("candidate", f"promotion.require_signature and no verified attestation ({signature.detail})")
     if production_id == candidate_id:
-        return Decision("promoted", "already the production model", production_accuracy)
+        return Decision("promoted", "already the production model", production_value)
     if earlier:
         return Decision("candidate", f"{earlier}; the gate's record stands (force re-decides)")
     if production_id is None:
@@ -90,21 +130,18 @@ def _decide(*, candidate_id, accuracy, validation_passed, production_id, product
     prod = f"production {production_label}" if production_label else "production"
     on = f" on {test_set}" if test_set else ""
     tail = f" ({basis})" if basis else ""
-    if test_set and production_accuracy is None:
-        return Decision("candidate", f"{prod} has no accuracy on {test_set}, the candidate's test set: accuracies "
+    if test_set and production_value is None:
+        return Decision("candidate", f"{prod} has no {policy.name} on {test_set}, the candidate's test set: metrics "
                                      f"on different data are not compared, so it stays candidate{tail}")
-    if production_accuracy is None or accuracy >= production_accuracy + margin:
-        shown = production_accuracy if production_accuracy is not None else float("nan")
-        return Decision("promoted", f"accuracy {accuracy:.4f} >= {prod} {shown:.4f} + margin {margin:.4f}{on}{tail}",
-                        production_accuracy)
-    return Decision("candidate", f"accuracy {accuracy:.4f} < {prod} {production_accuracy:.4f} + margin "
-                                 f"{margin:.4f}{on}{tail}", production_accuracy)
+    wins = production_value is None or policy.beats(value, production_value)
+    return Decision("promoted" if wins else "candidate",
+                    f"{policy.comparison(value, production_value, prod)}{on}{tail}", production_value)
 
 
 def earlier_verdict(store: LineageStore, model_id: int, test_set: tuple[str, str] | None) -> str | None:
     """The gate's newest verdict on the merits about this model on this test set, when it kept it candidate (None
-    otherwise). On the merits: a promotion, or an accuracy comparison with production; not a verdict that rested on
-    circumstances (a rejection, a missing signature or accuracy, a failed validation)."""
+    otherwise). On the merits: a promotion, or a comparison with production; not a verdict that rested on
+    circumstances (a rejection, a missing signature or metric, a failed validation)."""
     if test_set is None:
         return None
     mine = [p for p in store.promotions(model_id) if p.kind is None and p.test_set == test_set[1] and (
@@ -115,13 +152,13 @@ def earlier_verdict(store: LineageStore, model_id: int, test_set: tuple[str, str
     return f"the gate kept it candidate on {test_set[0]} at {mine[-1].decided_at}: {mine[-1].reason}"
 
 
-def promote(store: LineageStore, model_id: int, *, accuracy: float | None, validation_passed: bool, margin: float,
-            flow_run_id: str | None, test_set: tuple[str, str] | None = None,
+def promote(store: LineageStore, model_id: int, *, value: float | None, validation_passed: bool,
+            policy: GatePolicy, flow_run_id: str | None, test_set: tuple[str, str] | None = None,
             reevaluated: dict[int, str] | None = None, note: str = "", force: bool = False,
-            signature: Signature | None = None) -> PromotionRecord:
+            signature: Signature | None = None, unreject_hint: str = "unreject") -> PromotionRecord:
     """Decide about model `model_id` against the current production model, in one store transaction.
 
-    With `test_set` = (label, digest) of the candidate's dataset, production's accuracy is the one measured on that
+    With `test_set` = (label, digest) of the candidate's dataset, production's metric is the one measured on that
     dataset (like for like); `reevaluated` maps the metrics artifacts made for this decision to their label. A
     rejection in force keeps the model candidate; so does the gate's earlier candidate verdict on the same test set,
     unless `force`."""
@@ -131,138 +168,45 @@ def promote(store: LineageStore, model_id: int, *, accuracy: float | None, valid
     def gate(production_id: int | None) -> Decision:
         label = basis = None
         if production_id is None:
-            prod_acc = None
+            prod_value = None
         elif test_set is None:
-            prod_acc = accuracy_of(store, production_id)
+            prod_value = measured(store, production_id, policy)
         else:
             rec = store.artifact(production_id)
             label = rec.label
-            found = accuracy_on(store, production_id, test_set[1])
-            prod_acc = found[0] if found else None
+            found = measured_on(store, production_id, test_set[1], policy)
+            prod_value = found[0] if found else None
             if found and found[1].artifact_id in reevaluated:
                 basis = (f"production re-evaluated on {test_set[0]}, the candidate's test set, for this decision: "
                          f"{reevaluated[found[1].artifact_id]}")
         rejected = rejections.current(store, model_id)
-        return decide(candidate_id=model_id, accuracy=accuracy, validation_passed=validation_passed,
-                      production_id=production_id, production_accuracy=prod_acc, margin=margin,
+        return decide(candidate_id=model_id, value=value, validation_passed=validation_passed,
+                      production_id=production_id, production_value=prod_value, policy=policy,
                       test_set=test_set[0] if test_set else None, production_label=label,
                       basis="; ".join(b for b in (basis, note) if b), candidate_label=candidate.label,
                       rejection=rejected.describe() if rejected else None,
-                      earlier=None if force else earlier_verdict(store, model_id, test_set), signature=signature)
-    return store.record_promotion(model_id, gate, accuracy=accuracy, validation_passed=validation_passed,
-                                  margin=margin, flow_run_id=flow_run_id, test_set=test_set[1] if test_set else None)
+                      earlier=None if force else earlier_verdict(store, model_id, test_set), signature=signature,
+                      unreject_hint=unreject_hint)
+    return store.record_promotion(model_id, gate, accuracy=value, validation_passed=validation_passed,
+                                  margin=policy.margin, flow_run_id=flow_run_id,
+                                  test_set=test_set[1] if test_set else None)
 
 
-@dataclass(frozen=True)
-class ChangeCheck:
-    changed: bool
-    reason: str
-    production: str | None  # "convnet:v3" when there is a production model
-    model: str | None = None  # a finished model these inputs already made (production's, when unchanged)
-    model_digest: str | None = None
-    decided: str | None = None  # what was decided about `model`, when anything was: the run stops there
+def measured(store: LineageStore, model_artifact_id: int, policy: GatePolicy) -> float | None:
+    """The policy's metric as recorded by the newest finished measuring run of a model."""
+    found = _measurements(store, model_artifact_id, policy, None)
+    return found[-1].metadata.get(policy.metric) if found else None
 
 
-@dataclass(frozen=True)
-class MadeModel:
-    """A finished model as the skip rule sees it."""
-
-    label: str
-    digest: str
-    dataset_digest: str | None
-    dataset_label: str | None
-    fingerprint: dict
-    production: bool = False
-    decided: str | None = None  # "rejected by rollback at ...", "the gate kept it candidate at ...: ..."
+def measured_on(store: LineageStore, model_artifact_id: int, dataset_digest: str,
+                policy: GatePolicy) -> tuple[float, ArtifactRecord] | None:
+    """(value, metrics artifact) of the newest finished measuring run of a model on the dataset with that digest."""
+    found = [a for a in _measurements(store, model_artifact_id, policy, dataset_digest)
+             if a.metadata.get(policy.metric) is not None]
+    return (found[-1].metadata[policy.metric], found[-1]) if found else None
 
 
-def skip_rule(models: list[MadeModel], model_name: str, dataset_digest: str, dataset_label: str,
-              fingerprint: dict) -> ChangeCheck:
-    """Train, or not? `models`: the finished models of that name, oldest first. First matching row wins:
-
-    | a finished model of these inputs (dataset digest + fingerprint) | production           | outcome         |
-    |-----------------------------------------------------------------|----------------------|-----------------|
-    | production's                                                    | -                    | skip            |
-    | another, already decided (by the gate or an operator)           | any                  | skip, saying so |
-    | another, never decided                                          | any                  | reuse: gate it  |
-    | none                                                            | none                 | train           |
-    | none                                                            | other dataset        | train           |
-    | none                                                            | other fingerprint    | train           |
-    """
-    prod = next((m for m in models if m.production), None)
-    same = [m for m in models if m.dataset_digest == dataset_digest and not _differences(m.fingerprint, fingerprint)]
-    inputs = f"dataset {dataset_label} ({dataset_digest[:16]}) and training config"
-    if prod is not None and prod in same:
-        return ChangeCheck(False, f"{inputs} are unchanged since production {prod.label}", prod.label, prod.label,
-                           prod.digest)
-    label = prod.label if prod else None
-    if same:
-        m = same[-1]
-        if m.decided:
-            return ChangeCheck(False, f"{inputs} already made {m.label}, and it was decided: {m.decided}", label,
-                               m.label, m.digest, m.decided)
-        return ChangeCheck(False, f"{inputs} already made {m.label}, never decided by the gate: it goes to the gate "
-                                  "without retraining", label, m.label, m.digest)
-    if prod is None:
-        return ChangeCheck(True, f"no production {model_name} model yet", None)
-    if prod.dataset_digest != dataset_digest:
-        was = prod.dataset_label or "an unrecorded dataset"
-        return ChangeCheck(True, f"dataset {dataset_label} ({dataset_digest[:16]}) is not {was}, which trained "
-                                 f"production {label}", label)
-    before = prod.fingerprint
-    diff = _differences(before, fingerprint)
-    changes = ", ".join(f"{k} {before.get(k)!r} -> {fingerprint.get(k)!r}" for k in diff)
-    return ChangeCheck(True, f"training config changed since production {label}: {changes}", label)
-
-
-def _differences(before: dict, now: dict) -> list[str]:
-    return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-
-
-def made_models(store: LineageStore, model_name: str) -> list[MadeModel]:
-    """The finished models of that name whose files gc has not deleted, as the skip rule sees them."""
-    prod = store.alias(model_name, "production")
-    deleted = store.deletions()
-    out = []
-    for a in store.artifacts("model"):
-        if a.name != model_name or a.artifact_id in deleted:
-            continue
-        used = a.inputs("dataset")
-        decided = None
-        rejected = rejections.current(store, a.artifact_id)
-        if rejected is not None:
-            decided = rejected.describe()
-        else:
-            # an unreject lets the gate consider the model afresh: what it said while it was rejected is not the answer
-            lifted = max((r.at for r in rejections.history(store, a.artifact_id) if r.action == "unreject"),
-                         default="")
-            verdicts = [p for p in store.promotions(a.artifact_id) if p.kind is None and p.decided_at > lifted]
-            if verdicts:
-                v, is_prod = verdicts[-1], prod is not None and prod.artifact_id == a.artifact_id
-                decided = (f"kept candidate by the gate at {v.decided_at}: {v.reason}" if v.decision == "candidate"
-                           else f"promoted by the gate at {v.decided_at} ({v.reason})"
-                           + ("" if is_prod else ", since replaced as production"))
-        out.append(MadeModel(a.label, a.digest, used[0]["digest"] if used else None,
-                             f"{used[0]['name']}:v{used[0]['version']}" if used else None,
-                             a.metadata.get("fingerprint") or {}, prod is not None and prod.artifact_id == a.artifact_id,
-                             decided))
-    return out
-
-
-def compare_with_production(store: LineageStore, model_name: str, dataset_digest: str, dataset_label: str,
-                            fingerprint: dict) -> ChangeCheck:
-    """Has anything that decides the weights changed since a finished model (production's or another) was made?"""
-    return skip_rule(made_models(store, model_name), model_name, dataset_digest, dataset_label, fingerprint)
-
-
-def accuracy_of(store: LineageStore, model_artifact_id: int) -> float | None:
-    """The test accuracy recorded by the newest finished evaluation of a model."""
-    evaluated = evaluations(store, model_artifact_id)
-    return evaluated[-1].metadata.get("test_accuracy") if evaluated else None
-
-
-def accuracy_on(store: LineageStore, model_artifact_id: int, dataset_digest: str) -> tuple[float, ArtifactRecord] | None:
-    """(accuracy, metrics artifact) of the newest finished evaluation of a model on the dataset with that digest."""
-    measured = [a for a in evaluations(store, model_artifact_id, dataset_digest)
-                if a.metadata.get("test_accuracy") is not None]
-    return (measured[-1].metadata["test_accuracy"], measured[-1]) if measured else None
+def _measurements(store: LineageStore, model_artifact_id: int, policy: GatePolicy,
+                  dataset_digest: str | None) -> list[ArtifactRecord]:
+    return evaluations(store, model_artifact_id, dataset_digest, job_type=policy.measured_by,
+                       metrics_type=policy.metrics_type, test_set_type=policy.test_set_type)

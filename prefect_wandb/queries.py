@@ -7,19 +7,21 @@ from pathlib import Path
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
 
-def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str | None = None) -> list[ArtifactRecord]:
-    """The metrics artifacts of a model's finished evaluate runs, oldest first; with `dataset_digest`, only those
-    measured on that dataset. The newest finished evaluation is the last."""
+def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str | None = None, *,
+                job_type: str = "evaluate", metrics_type: str = "metrics",
+                test_set_type: str = "dataset") -> list[ArtifactRecord]:
+    """The `metrics_type` artifacts of a model's finished `job_type` runs, oldest first; with `dataset_digest`, only
+    those measured on the `test_set_type` artifact with that digest. The newest finished evaluation is the last."""
     out = []
     for run_id in store.consumers(model_artifact_id):
         run = store.run(run_id)
-        if run is None or run.job_type != "evaluate" or run.status != "finished":
+        if run is None or run.job_type != job_type or run.status != "finished":
             continue
         edges = store.edges(run_id)
-        if dataset_digest is not None and not any(u.type == "dataset" and u.digest == dataset_digest
+        if dataset_digest is not None and not any(u.type == test_set_type and u.digest == dataset_digest
                                                   for u in edges["used"]):
             continue
-        out += [a for a in edges["produced"] if a.type == "metrics"]
+        out += [a for a in edges["produced"] if a.type == metrics_type]
     return out
 
 

@@ -12,9 +12,10 @@ from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import MODEL_NAME
-from prefect_wandb.promotion import ChangeCheck, Signature, accuracy_on, compare_with_production
+from prefect_wandb.promotion import Signature, measured_on
 from prefect_wandb.promotion import promote as apply_gate
 from prefect_wandb.refs import ArtifactRef, DigestMismatch, verify_files
+from prefect_wandb.skip import ChangeCheck, compare_with_production
 from prefect_wandb.store import ArtifactRecord, LineageStore, PromotionRecord
 
 
@@ -86,7 +87,7 @@ def _like_for_like(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef
         return None, None, ""
     test_set = (f"{ds['name']}:v{ds['version']}", ds["digest"])
     prod = store.alias(MODEL_NAME, "production")
-    if prod is None or prod.digest == model.digest or accuracy_on(store, prod.artifact_id, ds["digest"]):
+    if prod is None or prod.digest == model.digest or measured_on(store, prod.artifact_id, ds["digest"], cfg.gate()):
         return test_set, None, ""
     data = store.find_artifact(ds["name"], ds["digest"])
     logger.info("production %s:v%d was never evaluated on %s, the candidate's test set: evaluating it there",
@@ -120,9 +121,10 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
         store = stage.store
         if attestation is not None and cfg.promotion.require_signature:  # the decision rests on it
             stage.record(attestation)
-        decision = apply_gate(store, model_id, accuracy=acc, validation_passed=passed, margin=cfg.promotion.margin,
+        decision = apply_gate(store, model_id, value=acc, validation_passed=passed, policy=cfg.gate(),
                               flow_run_id=current_flow_run_id(), test_set=test_set, note=note, reevaluated=measured,
-                              force=cfg.force, signature=_signature(cfg, store, validation, attestation))
+                              force=cfg.force, signature=_signature(cfg, store, validation, attestation),
+                              unreject_hint="mnist-pipeline unreject")
         promoted = decision.decision == "promoted"
         if stage.set_aliases(model, decision.aliases, registry_path=cfg.promotion.registry_path if promoted else None):
             store.mark_promotion_applied(decision.promotion_id)

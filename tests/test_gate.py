@@ -14,8 +14,9 @@ import pytest
 from mnist_pipeline.config import ConfigError, PipelineConfig
 from mnist_pipeline.flows import ops_cli
 from mnist_pipeline.flows.exit_codes import Exit
-from prefect_wandb import promotion, rejections
-from prefect_wandb.promotion import MadeModel, Signature, decide, skip_rule
+from prefect_wandb import GatePolicy, promotion, rejections, skip
+from prefect_wandb.promotion import Signature, decide
+from prefect_wandb.skip import MadeModel, skip_rule
 from prefect_wandb.store import LineageStore
 from tests.helpers import tiny_config
 from tests.test_operations import Lineage
@@ -46,15 +47,16 @@ GATE_ROWS = [
 def test_gate_rows_for_rejections_earlier_verdicts_and_signatures(rejection, earlier, signature, production,
                                                                   decision, reason):
     production_id = None if production is None else 7 if production == "self" else 3
-    got = decide(candidate_id=7, accuracy=0.7, validation_passed=True, production_id=production_id,
-                 production_accuracy=production if isinstance(production, float) else None, margin=0.0,
+    got = decide(candidate_id=7, value=0.7, validation_passed=True, production_id=production_id,
+                 production_value=production if isinstance(production, float) else None, policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0),
+                 unreject_hint="mnist-pipeline unreject",
                  candidate_label="convnet:v5", rejection=rejection, earlier=earlier, signature=signature)
     assert (got.decision, got.reason[: len(reason)]) == (decision, reason)
 
 
 def test_without_the_new_inputs_the_gate_decides_as_before():
-    got = decide(candidate_id=7, accuracy=0.7, validation_passed=True, production_id=3, production_accuracy=0.6,
-                 margin=0.0)
+    got = decide(candidate_id=7, value=0.7, validation_passed=True, production_id=3, production_value=0.6,
+                 policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0))
     assert (got.decision, got.reason) == ("promoted", "accuracy 0.7000 >= production 0.6000 + margin 0.0000")
 
 
@@ -112,8 +114,9 @@ class Gated(Lineage):
 
     def gate(self, model, acc, dataset, force=False):
         forced = {"force": True} if force else {}
-        return promotion.promote(self.store, model.artifact_id, accuracy=acc, validation_passed=True, margin=0.0,
-                                 flow_run_id=None, test_set=(dataset.label, dataset.digest), **forced)
+        return promotion.promote(self.store, model.artifact_id, value=acc, validation_passed=True, policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0),
+                                 flow_run_id=None, test_set=(dataset.label, dataset.digest),
+                                 unreject_hint="mnist-pipeline unreject", **forced)
 
 
 @pytest.fixture
@@ -144,7 +147,7 @@ def test_a_rollback_rejects_the_model_it_leaves_until_unreject(gated, capsys):
     assert gated.store.alias("convnet", "production").artifact_id == v0.artifact_id
     assert gated.gate(v1, a1, d, force=True).decision == "candidate"  # force does not lift an operator's rejection
     # the skip rule knows it too: these inputs made v1, which was decided
-    check = promotion.compare_with_production(gated.store, "convnet", d.digest, d.label, {"tag": "b"})
+    check = skip.compare_with_production(gated.store, "convnet", d.digest, d.label, {"tag": "b"})
     assert (check.changed, check.model) == (False, "convnet:v1") and "rejected by rollback" in check.decided
 
     u = argparse.Namespace(target="convnet:v1", reason="fixed upstream", requested_by="ops",
@@ -153,7 +156,7 @@ def test_a_rollback_rejects_the_model_it_leaves_until_unreject(gated, capsys):
     assert capsys.readouterr().out.startswith("UNREJECTED convnet:v1: the promotion gate considers it again")
     assert rejections.current(gated.store, v1.artifact_id) is None
     assert [r.action for r in rejections.history(gated.store, v1.artifact_id)] == ["reject", "unreject"]
-    check = promotion.compare_with_production(gated.store, "convnet", d.digest, d.label, {"tag": "b"})
+    check = skip.compare_with_production(gated.store, "convnet", d.digest, d.label, {"tag": "b"})
     assert (check.changed, check.model, check.decided) == (False, "convnet:v1", None)  # to the gate again
     assert gated.gate(v1, a1, d).decision == "promoted"
     assert ops_cli.unreject_main(u) == Exit.NOT_FOUND  # not rejected (any more)
@@ -375,7 +378,7 @@ def test_require_signature_promotes_only_a_verified_attestation_and_says_so(pref
     no = _signature(resolved.model_copy(update={"sign": resolved.sign.model_copy(update={"private_key": other})}),
                     store, val, att_ref)
     assert not no.verified and "does not verify convnet-onnx:v0" in no.detail
-    got = decide(candidate_id=1, accuracy=0.9, validation_passed=True, production_id=None, production_accuracy=None,
-                 margin=0.0, signature=no)
+    got = decide(candidate_id=1, value=0.9, validation_passed=True, production_id=None, production_value=None,
+                 policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0), signature=no)
     assert got.decision == "candidate"
     assert got.reason.startswith("promotion.require_signature and no verified attestation (convnet-onnx-attestation")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from prefect_wandb import impact, promotion, reproduction_plan, retention, rollback
+from prefect_wandb import GatePolicy, impact, promotion, reproduction_plan, retention, rollback
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import DeletionRecord, LineageStore, NewArtifact
 
@@ -55,8 +55,8 @@ class Lineage:
         return model, metrics, onnx, val
 
     def promote(self, model):
-        return promotion.promote(self.store, model.artifact_id, accuracy=0.9 + model.version / 100,
-                                 validation_passed=True, margin=0.0, flow_run_id=None)
+        return promotion.promote(self.store, model.artifact_id, value=0.9 + model.version / 100,
+                                 validation_passed=True, policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0), flow_run_id=None)
 
 
 @pytest.fixture
@@ -84,6 +84,21 @@ def test_impact_of_a_dataset_names_its_models_their_exports_and_the_production_a
     assert other["derived"]["model"] == ["convnet:v1"] and other["production_affected"] is False
     # a leaf has nothing derived
     assert impact.impact(lin.store, [v1])["derived"] == {}
+
+
+def test_the_impact_page_escapes_what_the_records_say(lin):
+    """The subject's name and a decision's reason holding markup show as text (Jinja2's autoescape)."""
+    script, attr = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
+    _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
+    lin.promote(lin.pipeline(d1, "a")[0])
+    rep = impact.impact(lin.store, [d1])
+    rep["subjects"] = [script]
+    rep["tree"][0]["derived"][0]["produced"][0]["promotions"][0]["reason"] = attr
+    page = impact.render_html(rep)
+    assert "<script" not in page.lower() and "<img" not in page and "onerror=alert(1)>" not in page
+    assert "<title>Impact of &lt;script&gt;alert(1)&lt;/script&gt;</title>" in page
+    assert "derived from &lt;script&gt;alert(1)&lt;/script&gt;; PRODUCTION depends on it" in page
+    assert ": &#34;&gt;&lt;img src=x onerror=alert(1)&gt;\n" in page  # the decision's line in the tree
 
 
 def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_rest(lin):

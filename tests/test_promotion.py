@@ -6,6 +6,7 @@ import multiprocessing
 import pytest
 
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+from prefect_wandb import GatePolicy
 from prefect_wandb.promotion import decide
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import LineageStore, NewArtifact
@@ -91,8 +92,8 @@ def _seed_store(path, tmp_path, n):
 def _decide(store, artifact_id, accuracy, accuracies):
     """The real gate, with production's accuracy looked up in `accuracies` (these models have no evaluation)."""
     def gate(production_id):
-        return decide(candidate_id=artifact_id, accuracy=accuracy, validation_passed=True, production_id=production_id,
-                      production_accuracy=accuracies.get(production_id), margin=0.01)
+        return decide(candidate_id=artifact_id, value=accuracy, validation_passed=True, production_id=production_id,
+                      production_value=accuracies.get(production_id), policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.01))
     return store.record_promotion(artifact_id, gate, accuracy=accuracy, validation_passed=True, margin=0.01,
                                   flow_run_id=None)
 
@@ -147,7 +148,7 @@ def test_promotion_gate_decision_table(passed, acc, production, margin, decision
     candidate_id = 7
     production_id = {None: None, "self": candidate_id}.get(production, 3) if not isinstance(production, float) else 3
     production_accuracy = production if isinstance(production, float) else None
-    got = decide(candidate_id=candidate_id, accuracy=acc, validation_passed=passed, production_id=production_id,
-                 production_accuracy=production_accuracy, margin=margin)
+    got = decide(candidate_id=candidate_id, value=acc, validation_passed=passed, production_id=production_id,
+                 production_value=production_accuracy, policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=margin))
     assert (got.decision, got.reason[: len(reason)]) == (decision, reason)
     assert got.production_accuracy == production_accuracy

@@ -14,6 +14,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.audit_cli import sync_main
 from mnist_pipeline.flows.cli import _parser, main
 from mnist_pipeline.flows.exit_codes import Exit
+from prefect_wandb import GatePolicy
 from prefect_wandb.promotion import promote
 from prefect_wandb.recording import RecordingWandb
 from prefect_wandb.stage import open_stage
@@ -43,7 +44,8 @@ def lineage(tmp_path: Path, wandb_offline) -> dict:
         out[f"{name}_run"] = stage.run_id
     store = LineageStore(cfg.lineage_db)
     model = store.find_artifact("model", out["model"].digest)
-    promote(store, model.artifact_id, accuracy=0.9, validation_passed=True, margin=0.0, flow_run_id=None)
+    promote(store, model.artifact_id, value=0.9, validation_passed=True, policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0),
+            flow_run_id=None)
     return {**out, "db": cfg.lineage_db, "store": store}
 
 
