@@ -263,6 +263,25 @@ def test_missing_data_is_said_not_crashed_on():
     assert "No ONNX validation was recorded" in page and "No promotion decision" in page
 
 
+def test_what_the_records_say_is_escaped_not_markup(tmp_path):
+    """Names, facts, the decision, paths and notes go through Jinja2's autoescape: a record holding markup shows as
+    text, and no tag of its own reaches the page (the lineage SVG escapes its labels itself)."""
+    script, attr = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
+    r = sample_report(title=f"run {script}", facts=[("model", script), (attr, "x")],
+                      promotion={"decision": script, "reason": attr},
+                      lineage=Graph((Node("run:a", "run", script, attr),), ()),
+                      artifacts=[{"stage": script, "artifact": attr, "type": "model", "sha256": "0" * 64,
+                                  "path": f"/runs/{attr}"}])
+    figs: dict[str, bytes | str] = dict.fromkeys(
+        ["loss curve", "per-class accuracy", "confusion matrix", "misclassified digits"], f"not drawn ({script})")
+    path, _ = write_report(r, tmp_path / "report.html", figs)
+    page = path.read_text()
+    assert "<script" not in page.lower() and "<img" not in page and "onerror=alert(1)>" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 8  # title twice, facts, decision, notes, ...
+    assert "<title>run &lt;script&gt;alert(1)&lt;/script&gt;</title>" in page
+    assert "<td><code>/runs/&#34;&gt;&lt;img src=x onerror=alert(1)&gt;</code></td>" in page
+
+
 @pytest.mark.slow
 def test_the_report_opens_in_chromium_with_every_image_decoded_and_the_whole_lineage(tmp_path):
     path, _ = write_report(sample_report(), tmp_path / "report.html")

@@ -7,7 +7,6 @@ store and the artifacts; `render_html` draws it and `write_report` writes it. No
 from __future__ import annotations
 
 import base64
-import html
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -15,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from mnist_pipeline.report import plots
 from mnist_pipeline.report.picture import Graph, render_svg
+from prefect_wandb import templating
 
 
 def fmt(v: Any) -> str:
@@ -69,17 +71,13 @@ VALIDATION_ROWS = [
     ("test images", "count", None, ""),
 ]
 
-CSS = """body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1em 1.5em;color:#222}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-img{max-width:100%;height:auto}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:3px 8px;font-size:14px;text-align:left;vertical-align:top;
-overflow-wrap:anywhere}th{background:#f4f4f4}code{font-size:12px}
-.ok{color:#26a269;font-weight:bold}.bad{color:#c01c28;font-weight:bold}.note{color:#666}
-.grid{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}"""
-
-
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _figure(figs: dict[str, bytes | str], name: str) -> dict[str, Any]:
+    """One plot; a plot that cannot be drawn (no data) says why instead of failing the whole report."""
+    fig = figs[name]
+    if isinstance(fig, bytes):
+        # Markup on purpose: base64's alphabet (A-Z a-z 0-9 + / =) holds no character HTML gives a meaning to.
+        return {"name": name, "src": Markup(f"data:image/png;base64,{base64.b64encode(fig).decode()}"), "note": None}
+    return {"name": name, "src": None, "note": fig}
 
 
 def _per_epoch(r: RunReport) -> int:
@@ -110,81 +108,44 @@ def draw_figures(r: RunReport) -> dict[str, bytes | str]:
     return out
 
 
-def _figure(figs: dict[str, bytes | str], name: str) -> str:
-    """One plot; a plot that cannot be drawn (no data) says why instead of failing the whole report."""
-    fig = figs[name]
-    if isinstance(fig, bytes):
-        return _img(fig, name)
-    return f'<p class="note">{html.escape(name)}: {html.escape(fig)}</p>'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Cells are HTML already (escaped by the caller); an all-empty header is left out."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table>{f'<tr>{head}</tr>' if any(header) else ''}{body}</table>"
-
-
-def _promotion(p: dict | None) -> str:
+def _promotion(p: dict | None) -> dict[str, Any] | None:
     if not p:
-        return '<p class="note">No promotion decision was recorded for this run.</p>'
-    cls = "ok" if p.get("decision") == "promoted" else "bad"
-    rows = [("decision", f'<span class="{cls}">{html.escape(str(p.get("decision")))}</span>'),
-            ("reason", html.escape(str(p.get("reason", "")))),
-            ("this model's test accuracy", fmt(p.get("candidate_accuracy"))),
-            ("production's test accuracy before", fmt(p.get("production_accuracy")))]
-    return _table(["", ""], rows)
+        return None
+    return {"promoted": p.get("decision") == "promoted", "decision": str(p.get("decision")),
+            "reason": str(p.get("reason", "")), "candidate": fmt(p.get("candidate_accuracy")),
+            "production": fmt(p.get("production_accuracy"))}
 
 
-def _validation(v: dict) -> str:
+def _validation(v: dict) -> dict[str, Any] | None:
     if not v:
-        return '<p class="note">No ONNX validation was recorded for this run.</p>'
-    passed = v.get("passed")
-    verdict = (f'<p class="{"ok" if passed else "bad"}">onnxruntime parity '
-               f'{"passed" if passed else "FAILED"}</p>')
-    rows = []
-    for what, key, ref, rel in VALIDATION_ROWS:
-        if key in v:
-            bound = f"{rel} {fmt(v[ref])}" if ref and ref in v else ""
-            rows.append((html.escape(what), fmt(v[key]), html.escape(bound)))
-    return verdict + _table(["figure", "value", "bound / setting"], rows)
+        return None
+    rows = [[what, fmt(v[key]), f"{rel} {fmt(v[ref])}" if ref and ref in v else ""]
+            for what, key, ref, rel in VALIDATION_ROWS if key in v]
+    return {"passed": bool(v.get("passed")), "rows": rows}
+
+
+def page_context(r: RunReport, figs: dict[str, bytes | str]) -> dict[str, Any]:
+    """What report.html.j2 lays out: text and figures (formatted by `fmt`), the plots, the lineage picture."""
+    m = r.metrics
+    return {
+        "title": r.title,
+        "facts": [[k, v] for k, v in r.facts],
+        "promotion": _promotion(r.promotion),
+        "figures": {name: _figure(figs, name) for name in figs},
+        "summary": [["test accuracy", fmt(m.get("test_accuracy"))], ["test loss", fmt(m.get("test_loss"))],
+                    ["test images", fmt(m.get("test_count"))]],
+        "misclassified": [x.index for x in r.misclassified],
+        "misclassified_total": len(r.misclassified) if r.misclassified_total is None else r.misclassified_total,
+        "validation": _validation(r.validation),
+        # Markup on purpose: render_svg draws the SVG itself and escapes every text in it (titles, labels, notes).
+        "lineage": None if r.lineage is None else Markup(render_svg(r.lineage)),
+        "artifacts": [[a["stage"], a["artifact"], a["type"], a["sha256"][:16], str(a["path"])] for a in r.artifacts],
+    }
 
 
 def render_html(r: RunReport, figs: dict[str, bytes | str] | None = None) -> str:
-    m = r.metrics
-    figs = draw_figures(r) if figs is None else figs
-    parts = [(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-             f"<title>{html.escape(r.title)}</title><style>{CSS}</style></head><body>"),
-             f"<h1>{html.escape(r.title)}</h1>"]
-    if r.facts:
-        parts.append(_table(["", ""], [(html.escape(k), html.escape(v)) for k, v in r.facts]))
-    parts.append("<h2>Promotion</h2>" + _promotion(r.promotion))
-    parts.append("<h2>Training loss</h2>" + _figure(figs, "loss curve"))
-    summary = [("test accuracy", fmt(m.get("test_accuracy"))), ("test loss", fmt(m.get("test_loss"))),
-               ("test images", fmt(m.get("test_count")))]
-    parts.append("<h2>Test metrics</h2>" + _table(["", ""], summary))
-    parts.append('<div class="grid">')
-    parts += [_figure(figs, "per-class accuracy"), _figure(figs, "confusion matrix"), "</div>"]
-    shown = len(r.misclassified)
-    total = r.misclassified_total if r.misclassified_total is not None else shown
-    parts.append(f"<h2>Misclassified test digits ({shown} of {total} shown)</h2>")
-    if shown:
-        parts.append(_figure(figs, "misclassified digits"))
-        parts.append('<p class="note">Test-split indices: '
-                     + ", ".join(str(x.index) for x in r.misclassified) + "</p>")
-    else:
-        parts.append('<p class="note">None: every test image was classified correctly.</p>')
-    parts.append("<h2>ONNX validation (onnxruntime vs torch)</h2>" + _validation(r.validation))
-    if r.lineage is not None:
-        parts.append('<h2>Lineage of this run</h2><div class="lineage">' + render_svg(r.lineage) + "</div>")
-    if r.artifacts:
-        rows = [(html.escape(a["stage"]), html.escape(a["artifact"]), html.escape(a["type"]),
-                 f"<code>{html.escape(a['sha256'][:16])}</code>", f"<code>{html.escape(str(a['path']))}</code>")
-                for a in r.artifacts]
-        parts.append("<h2>Artifacts</h2>" + _table(["stage", "artifact", "type", "sha256", "path"], rows))
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    return templating.render("mnist_pipeline.report", "report.html.j2",
+                             **page_context(r, draw_figures(r) if figs is None else figs))
 
 
 def write_report(r: RunReport, path: Path, figs: dict[str, bytes | str] | None = None) -> tuple[Path, float]:
