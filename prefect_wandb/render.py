@@ -7,8 +7,11 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from markupsafe import Markup
+
 from mnist_pipeline.report import picture
 from mnist_pipeline.report.picture import Graph, Node
+from prefect_wandb import templating
 from prefect_wandb.audit import FAILED, ArtifactEntry, AuditError, AuditReport, RunEntry, SignatureEntry
 
 
@@ -318,28 +321,17 @@ def render_markdown(report: AuditReport) -> str:
 
 
 def render_html(report: AuditReport) -> str:
-    """One self-contained HTML page: the SVG graph, the tree and the table of re-checked digests."""
-    title = html.escape(f"Provenance audit: {', '.join(report['subjects']) or report['query']}")
-    color = {"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555")
-    rows = "".join(f"<tr><td>{html.escape(s)}</td><td>{html.escape(k)}</td><td>{html.escape(a)}</td>"
-                   f"<td><code>{html.escape(p)}</code></td><td>{html.escape(d)}</td></tr>"
-                   for s, k, a, p, d in _check_rows(report))
-    graph = render_svg(report) if report["status"] != "unknown" else ""
-    sig = ("<h2>Signatures</h2>\n<table><tr><th>file</th><th>signature</th><th>key</th><th>attestation</th>"
-           "<th>failed checks</th></tr>" + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) +
-                                                  "</tr>" for row in _signature_rows(report)) + "</table>\n"
-           if report.get("signatures") else "")
-    mermaid = (f"<details><summary>Mermaid source</summary><pre>{html.escape(render_mermaid(report))}</pre>"
-               "</details>") if report["status"] != "unknown" else ""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>"
-            "body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em;overflow:auto}"
-            "table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-            f"</style></head><body>\n<h1>{title}</h1>\n"
-            f"<p style=\"color:{color};font-weight:bold\">{html.escape(report['message'])} "
-            f"(exit {report['exit_code']})</p>\n{graph}{mermaid}\n"
-            f"{sig}<h2>Audit</h2>\n<pre>{html.escape(render_tree(report))}</pre>\n"
-            "<h2>Digests re-checked</h2>\n<table><tr><th>status</th><th>kind</th><th>artifact</th><th>file</th>"
-            f"<th>detail</th></tr>{rows}</table>\n</body></html>\n")
+    """One self-contained HTML page (templates/audit.html.j2): the SVG graph, the tree and the table of re-checked
+    digests."""
+    known = report["status"] != "unknown"
+    return templating.render(
+        "prefect_wandb", "audit.html.j2",
+        title=f"Provenance audit: {', '.join(report['subjects']) or report['query']}",
+        color={"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555"),
+        verdict=f"{report['message']} (exit {report['exit_code']})",
+        # Markup on purpose: picture.render_svg draws the SVG itself and escapes every text in it.
+        graph=Markup(render_svg(report)) if known else None, mermaid=render_mermaid(report) if known else None,
+        signatures=_signature_rows(report), tree=render_tree(report), checks=_check_rows(report))
 
 
 def write_report(report: AuditReport, path: Path) -> Path:

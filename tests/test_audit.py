@@ -350,6 +350,26 @@ def test_mermaid_markdown_html_and_svg_reports(e2e, capsys, tmp_path):
         == EXIT_USAGE
 
 
+def test_the_html_report_escapes_what_the_records_say(e2e, capsys, tmp_path):
+    """A message, a check's detail, a run's error or a signature holding markup shows as text (Jinja2's
+    autoescape): no tag of its own reaches the page."""
+    from prefect_wandb.render import write_report
+
+    script, attr = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
+    report = json.loads(_audit(e2e, capsys, e2e["onnx"], "--json")[1])
+    report["message"] += script
+    for c in report["checks"]:
+        c["detail"] += attr
+    next(iter(report["runs"].values()))["error"] = script
+    report["signatures"][0]["artifact"] += script
+    page = write_report(report, tmp_path / "audit.html").read_text()
+    assert "<script" not in page.lower() and "<img" not in page and "onerror=alert(1)>" not in page
+    assert f"{report['message'][:-len(script)]}&lt;script&gt;alert(1)&lt;/script&gt; (exit 0)</p>" in page
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;</td></tr>" in page
+    assert "error: &lt;script&gt;alert(1)&lt;/script&gt;" in page  # in the tree
+    assert "<td>convnet-onnx:v0&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page  # the signatures table
+
+
 def test_the_audit_command_imports_neither_prefect_nor_wandb_nor_torch(e2e):
     code = ("import sys; from mnist_pipeline.flows.cli import main; rc = main(['audit', sys.argv[1], '--lineage-db', sys.argv[2]]);"
             "heavy = [m for m in ('prefect', 'wandb', 'torch') if m in sys.modules];"
