@@ -183,13 +183,13 @@ def render_svg(report: dict) -> str:
 
 
 def render_html(report: dict) -> str:
-    """One self-contained page: the graph (the audit's picture style) and the tree."""
-    import html
+    """One self-contained page (templates/impact.html.j2): the graph (the audit's picture style) and the tree."""
+    from markupsafe import Markup
 
-    title = html.escape(f"Impact of {', '.join(report['subjects'])}")
-    color = "#c01c28" if report["production_affected"] else "#26a269"
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title><style>"
-            "body{font-family:sans-serif;margin:2em} pre{background:#f6f6f6;padding:1em;overflow:auto}"
-            f"</style></head><body>\n<h1>{title}</h1>\n"
-            f"<p style=\"color:{color};font-weight:bold\">{html.escape(message(report))}</p>\n{render_svg(report)}\n"
-            f"<h2>Derived</h2>\n<pre>{html.escape(render_tree(report))}</pre>\n</body></html>\n")
+    from prefect_wandb import templating
+
+    return templating.render(
+        "prefect_wandb", "impact.html.j2", title=f"Impact of {', '.join(report['subjects'])}",
+        color="#c01c28" if report["production_affected"] else "#26a269", verdict=message(report),
+        # Markup on purpose: picture.render_svg draws the SVG itself and escapes every text in it.
+        graph=Markup(render_svg(report)), tree=render_tree(report))
