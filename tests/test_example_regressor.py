@@ -1,0 +1,269 @@
+"""examples/regressor, a second pipeline on prefect_wandb's public API only: its flow run for real under Prefect
+(the test server), W&B offline in a temp dir or online against the stand-in, and the operator commands of
+`mnist-pipeline` (audit, gc, sync) working on its records, alone and beside the MNIST pipeline in one store."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import tomllib
+
+from tests.helpers import REPO, offline_run_env, tiny_config, use_offline_wandb
+
+EXAMPLE = REPO / "examples" / "regressor"
+
+
+def mnist_pipeline_cli(*args: str) -> tuple[int, str]:
+    """`mnist-pipeline *args` in this process, through the entry point pyproject.toml declares: (exit code, stdout
+    and stderr). The command is found where the project says it is, wherever its module lives now."""
+    import contextlib
+    import io
+
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["mnist-pipeline"]
+    module, func = target.split(":")
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        mp.setattr(sys, "argv", ["mnist-pipeline", *args])
+        try:
+            code = getattr(importlib.import_module(module), func)()
+        except SystemExit as e:
+            code = e.code
+    return int(code or 0), out.getvalue()
+
+
+def mnist_pipeline_process(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`mnist-pipeline *args` in a process of its own (wandb keeps the first W&B host a process saw)."""
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["mnist-pipeline"]
+    module, func = target.split(":")
+    code = f"import sys; sys.argv[0] = 'mnist-pipeline'; from {module} import {func}; sys.exit({func}())"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=env["HOME"], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def printed_json(stdout: str) -> dict:
+    """The summary the command prints last, as JSON, whatever logs came before it."""
+    lines = stdout.splitlines()
+    return json.loads("\n".join(lines[lines.index("{"):]))
+
+
+def replay_of(store, rec):
+    """What `reproduce` hands a rebuild function for `rec`: prefect_wandb.reproduce.Replay when the library has it,
+    else the same fields by name."""
+    run = store.run(rec.producer_run_id)
+    fields = dict(job_type=run.job_type, config=run.config, metadata=rec.metadata, summary=run.summary, env=run.env,
+                  inputs={i["type"]: Path(store.find_artifact(i["name"], i["digest"]).path)
+                          for i in rec.metadata["inputs"]})
+    try:
+        from prefect_wandb.reproduce import Replay  # type: ignore[attr-defined]
+    except ImportError:
+        return SimpleNamespace(threads=None, **fields)
+    return Replay(**fields)
+
+
+# ----------------------------------------------------------------------- no Prefect server: imports and the command
+
+def test_the_example_imports_only_public_names_of_prefect_wandb_and_nothing_of_mnist():
+    import prefect_wandb
+
+    for path in EXAMPLE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [a.name for a in node.names]
+                if node.module == "prefect_wandb":
+                    assert set(names) <= set(prefect_wandb.__all__), (path.name, names)
+                else:
+                    assert not node.module.startswith("prefect_wandb.") or node.module.startswith(
+                        "prefect_wandb.provenance"), (path.name, node.module)
+                modules = [node.module]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            else:
+                continue
+            for m in modules:
+                assert m.split(".")[0] not in {"mnist_pipeline", "flows", "tasks", "torch", "torchvision"}, \
+                    (path.name, m)
+    assert sum(len(p.read_text().splitlines()) for p in EXAMPLE.glob("*.py")) <= 300
+
+
+@pytest.mark.slow
+def test_importing_the_example_imports_neither_torch_nor_mnist_pipeline(tmp_path):
+    code = ("import sys, examples.regressor, examples.regressor.flow, examples.regressor.steps; "
+            "print([m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'mnist_pipeline')])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=offline_run_env(tmp_path, api=False),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_command_runs_from_another_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "examples.regressor", "--help"], cwd=tmp_path,
+                          env=offline_run_env(tmp_path, api=False), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--alpha" in proc.stdout and "--sign-key" in proc.stdout and "regressor-runs" in proc.stdout
+
+
+# ------------------------------------------------------------------------- one store, four runs of the flow, offline
+
+@pytest.fixture(scope="module")
+def runs(prefect_server, tmp_path_factory) -> dict:
+    """The first run is the command itself, from another folder (its files under ./regressor-runs), signed with a
+    key from $REGRESSOR_SIGN_KEY; then, in this process, an unchanged rerun, a worse alpha and a better one."""
+    from examples.regressor.flow import RegressorConfig, regressor_pipeline
+    from prefect_wandb import LineageStore
+    from prefect_wandb.provenance import keys
+
+    base = tmp_path_factory.mktemp("regressor")
+    key, pub = keys.generate(base / "keys")
+    (base / "work").mkdir()
+    env = offline_run_env(base, REGRESSOR_SIGN_KEY=str(key))
+    proc = subprocess.run([sys.executable, "-m", "examples.regressor", "--wandb-mode", "offline"],
+                          cwd=base / "work", env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    root = base / "work" / "regressor-runs"
+    with pytest.MonkeyPatch.context() as mp:
+        use_offline_wandb(mp, base / "wandb")
+        mp.delenv("REGRESSOR_SIGN_KEY", raising=False)
+        cfg = RegressorConfig(root=root, wandb_mode="offline")
+        skipped = regressor_pipeline(config=cfg, return_state=True)
+        worse = regressor_pipeline(config=cfg.model_copy(update={"alpha": 100.0}))
+        better = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0}))
+    return {"root": root, "db": root / "lineage.db", "store": LineageStore(root / "lineage.db"), "key": key,
+            "pub": pub, "first": printed_json(proc.stdout), "skipped": skipped, "worse": worse, "better": better}
+
+
+def test_every_stage_is_on_record_with_its_edges(runs):
+    store, first = runs["store"], runs["first"]
+    assert Path(first["lineage_db"]) == runs["db"].resolve() and (runs["root"] / "artifacts").is_dir()
+    assert first["status"] == "completed" and first["promotion"]["decision"] == "promoted"
+    assert set(first["artifacts"]) == {"dataset", "model", "metrics", "onnx", "validation", "attestation"}
+    assert all(r.status == "finished" for r in store.runs())
+    made_by = {}
+    for run in store.runs():
+        edges = store.edges(run.run_id)
+        for art in edges["produced"]:
+            made_by[art.type] = (run.job_type, sorted(a.type for a in edges["used"]))
+    assert made_by == {"dataset": ("generate-data", []), "features": ("features", ["dataset"]),
+                       "model": ("fit", ["dataset", "features"]), "metrics": ("evaluate", ["dataset", "model"]),
+                       "onnx": ("export-onnx", ["model"]),
+                       "validation": ("validate-onnx", ["dataset", "model", "onnx"]),
+                       "attestation": ("sign", ["dataset", "model", "onnx", "validation"])}
+    model = store.alias("ridge", "production")
+    assert model.metadata["fingerprint"] == {"alpha": 10.0, "degree": 2, "seed": 0, "n_rows": 400}
+    v = store.artifacts("validation")[0].metadata
+    assert v["passed"] is True and v["max_abs_diff"] < 1e-3
+
+
+def test_an_unchanged_rerun_is_skipped(runs):
+    state, store = runs["skipped"], runs["store"]
+    assert state.is_completed() and state.name == "Completed" and state.message.startswith("fit skipped: ")
+    summary = state.result()
+    assert summary["status"] == "skipped" and summary["production"] == "ridge:v0"
+    assert len([r for r in store.runs() if r.job_type == "fit"]) == 3  # the first, the worse, the better
+
+
+def test_the_gate_promotes_a_lower_rmse_and_keeps_a_higher_one_candidate(runs):
+    store, first, worse, better = runs["store"], runs["first"], runs["worse"], runs["better"]
+    rmse = {s["artifacts"]["model"]["label"]: store.find_artifact("ridge-metrics", s["artifacts"]["metrics"]["digest"])
+            .metadata["rmse"] for s in (first, worse, better)}
+    assert rmse["ridge:v1"] > rmse["ridge:v0"] > rmse["ridge:v2"]
+    assert worse["promotion"]["decision"] == "candidate" and "rmse" in worse["promotion"]["reason"]
+    assert better["promotion"]["decision"] == "promoted", better["promotion"]
+    assert store.alias("ridge", "production").label == "ridge:v2"
+    assert [p.decision for p in store.promotions()] == ["promoted", "candidate", "promoted"]
+
+
+def test_mnist_pipeline_audit_verifies_the_regressors_onnx_file(runs):
+    code, out = mnist_pipeline_cli("audit", "ridge-onnx:v0", "--lineage-db", str(runs["db"]))
+    assert code == 0, out[-3000:]
+    assert "VERIFIED: ridge-onnx:v0" in out and "houses:v0 (dataset)" in out
+
+
+def test_the_signed_onnx_file_verifies(runs):
+    from prefect_wandb.provenance.verify import VERIFIED, verify
+
+    att = runs["first"]["artifacts"]["attestation"]
+    assert att["label"] == "ridge-onnx-attestation:v0"
+    onnx_file = Path(runs["first"]["onnx_file"])
+    assert verify(onnx_file, runs["pub"], attestation=Path(att["path"])).status == VERIFIED
+    assert verify(onnx_file, runs["pub"]).status == VERIFIED  # found from the file's own artifact folder
+
+
+def test_the_rebuilders_remake_each_recorded_output_bit_for_bit(runs, tmp_path):
+    from examples.regressor.steps import REBUILDERS
+    from prefect_wandb import manifest, manifest_digest
+
+    store, seen = runs["store"], set()
+    for rec in store.artifacts():
+        job = rec.metadata["producer"]["job_type"]
+        if job in REBUILDERS:
+            out = tmp_path / rec.type / str(rec.version)
+            out.mkdir(parents=True)
+            REBUILDERS[job](replay_of(store, rec), out)
+            assert manifest_digest(manifest(out)) == rec.digest, rec.label
+            seen.add(job)
+    assert seen == set(REBUILDERS)
+
+
+# --------------------------------------------------------------------------------- beside MNIST, in one store, gc
+
+@pytest.mark.slow
+def test_the_mnist_pipeline_and_the_regressor_share_a_store_and_gc(prefect_server, tmp_path, monkeypatch):
+    from examples.regressor.flow import RegressorConfig, regressor_pipeline
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+    from prefect_wandb import LineageStore
+
+    use_offline_wandb(monkeypatch, tmp_path / "wandb")
+    root = tmp_path / "shared"
+    cfg = RegressorConfig(root=root, wandb_mode="offline")
+    regressor_pipeline(config=cfg)
+    mnist = mnist_lineage_pipeline(config=tiny_config(tmp_path, artifacts_dir=str(root / "artifacts"),
+                                                      lineage_db=str(root / "lineage.db"),
+                                                      train={"watch": False})).to_dict()
+    store = LineageStore(root / "lineage.db")
+    assert store.alias("ridge", "production").label == "ridge:v0"  # MNIST's gate left it alone
+    assert store.alias("convnet", "production").label == "convnet:v0"
+    better = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0}))
+    assert better["promotion"]["decision"] == "promoted"
+    assert store.alias("convnet", "production").label == "convnet:v0"  # and the regressor's gate MNIST's
+
+    code, out = mnist_pipeline_cli("gc", "--keep-last", "1", "--lineage-db", str(root / "lineage.db"),
+                                   "--artifacts-dir", str(root / "artifacts"), "--apply")
+    assert code == 0, out[-3000:]
+    deleted = {store.artifact(i).label for i in store.deletions()}
+    assert "ridge:v0" in deleted, out[-3000:]  # gc did remove something: the regressor's replaced model
+    assert not any(label.startswith(("convnet", "mnist")) for label in deleted), deleted
+    for onnx in (mnist["artifacts"]["onnx"]["path"], better["artifacts"]["onnx"]["path"]):
+        code, out = mnist_pipeline_cli("audit", str(Path(onnx) / "model.onnx"), "--lineage-db",
+                                       str(root / "lineage.db"))
+        assert code == 0, out[-3000:]  # each production's lineage is whole
+
+
+# ------------------------------------------------------------------------------------------ online, the stand-in
+
+@pytest.mark.slow
+def test_the_flow_records_online_and_sync_verify_agrees(prefect_server, tmp_path):
+    from prefect_wandb import LineageStore
+    from tests.roundtrip import env_for
+    from tests.wandb_standin import Standin
+
+    with Standin() as w:
+        env = env_for(tmp_path, w)
+        proc = subprocess.run([sys.executable, "-m", "examples.regressor", "--wandb-mode", "online", "--root",
+                               str(tmp_path / "runs")], cwd=env["HOME"], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        store = LineageStore(tmp_path / "runs" / "lineage.db")
+        assert {r.wandb_mode for r in store.runs()} == {"online"} and not store.wandb_gaps()
+        collections = w.state()["collections"]
+        for art in store.artifacts():
+            versions = collections[f"{w.entity}/regressor-lineage/{art.name}"]["versions"]
+            assert [v["state"] for v in versions] == ["COMMITTED"], art.label
+        v = mnist_pipeline_process(env, "sync", "--verify", "--lineage-db", str(tmp_path / "runs" / "lineage.db"))
+        assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
