@@ -237,7 +237,7 @@ def cold_repeat(i: int, a: dict, base_env: dict, tmp: Path, logs: Path, template
     out = {"tutorial": run_whole([sys.executable, str(REPO / "benchmarks" / "tutorial_reference.py"), "--root",
                                   a["staged_root"], "--wandb-dir", str(work / "tutorial"), *n],
                                  work / "tutorial", {**env, "WANDB_MODE": "offline"}, logs / f"cold-tutorial-{i}.log")}
-    cli = [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", "--source", "local", "--local-dir", a["data_dir"], *n,
+    cli = [sys.executable, "-m", "mnist_pipeline.cli.main", "run", "--source", "local", "--local-dir", a["data_dir"], *n,
            *(["--device", a["device"]] if a.get("device") else [])]
     env_cli = {**env, "PREFECT_HOME": str(homes["cli"])}
     env_first = {**env, "PREFECT_HOME": str(homes["first"])}
@@ -413,7 +413,7 @@ def main(argv=None) -> int:
     if not args.data_dir.is_dir():
         p.error(f"--data-dir {args.data_dir} is not a directory")
 
-    from mnist_pipeline.flows.local_server import local_prefect_server
+    from mnist_pipeline.cli.local_server import local_prefect_server
 
     with tempfile.TemporaryDirectory(prefix="mnist-bench-") as tmp:
         tmp = Path(tmp)

@@ -47,7 +47,7 @@ DATA="$(cd "$DATA" && pwd)"
 echo "== 1/3 the README's run command, cold, --device $DEVICE"
 mkdir -p "$WORK/readme"
 start=$(date +%s.%N)
-(cd "$WORK/readme" && timeout "$T_RUN" "$PY" -m mnist_pipeline.flows.cli run --source local --local-dir "$DATA" --device "$DEVICE" \
+(cd "$WORK/readme" && timeout "$T_RUN" "$PY" -m mnist_pipeline.cli.main run --source local --local-dir "$DATA" --device "$DEVICE" \
   "${RUN_SIZE[@]}" >"$RESULTS/readme-run.json" 2>"$RESULTS/readme-run.log")
 end=$(date +%s.%N)
 "$PY" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$start" "$end" >"$RESULTS/readme-run.wall"

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     from contextlib import ExitStack
 
-    from mnist_pipeline.flows.sweep_cli import _prefect_api
+    from mnist_pipeline.cli.sweep import _prefect_api
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
     runs: dict[int, list[dict]] = {1: [], 2: []}

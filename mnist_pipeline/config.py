@@ -14,7 +14,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from prefect_wandb import GatePolicy, LineageSettings, WandbSettings
+from prefect_wandb import ConfinementError, GatePolicy, LineageSettings, WandbSettings
+from prefect_wandb import allowed_roots as library_allowed_roots
+from prefect_wandb import confine as library_confine
 
 DataSource = Literal["download", "local", "synthetic"]
 
@@ -24,6 +26,8 @@ THROUGHPUT_BATCH = 256
 LATENCY_SAMPLES = 200
 TIMING_SECONDS = 0.15  # minimum seconds each throughput figure is timed for
 SCHEDULE_CRON, SCHEDULE_TIMEZONE = "0 3 * * 1", "UTC"  # scheduled retraining: Mondays 03:00 UTC
+
+MODEL_NAME = "convnet"  # the model's artifact name (its ONNX export: convnet-onnx)
 
 # What each run records of the code that made it: this repository's git state and these distributions' versions.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +41,7 @@ ALLOWED_ROOTS_ENV = "MNIST_PIPELINE_ALLOWED_ROOTS"
 
 class ConfigError(ValueError):
     """A config that is well-formed but not allowed here (a path outside the allowed roots); names the field."""
+
 
 
 class ConfigFileError(ValueError):
@@ -75,21 +80,16 @@ def load_config_file(path: str | Path) -> dict:
 
 
 def allowed_roots() -> list[Path] | None:
-    raw = os.environ.get(ALLOWED_ROOTS_ENV, "")
-    roots = [Path(r).expanduser().resolve() for r in raw.split(os.pathsep) if r.strip()]
-    return roots or None
+    return library_allowed_roots(ALLOWED_ROOTS_ENV)
 
 
 def confine(name: str, path: Path, roots: list[Path] | None = None, why: str = f"${ALLOWED_ROOTS_ENV}") -> None:
     """Refuse `path` (after '..' and symlinks) outside every root: `roots`, else $MNIST_PIPELINE_ALLOWED_ROOTS when
     set (nothing is refused when neither is); `name` is what the error calls it, `why` where the roots come from."""
-    roots = roots if roots is not None else allowed_roots()
-    if roots is None:
-        return
-    real = Path(path).expanduser().resolve()
-    if not any(real == r or real.is_relative_to(r) for r in roots):
-        raise ConfigError(f"{name}: {str(path)!r} resolves to {str(real)!r}, outside the allowed roots "
-                          f"{[str(r) for r in roots]} ({why})")
+    try:
+        library_confine(name, path, roots if roots is not None else allowed_roots(), why)
+    except ConfinementError as e:
+        raise ConfigError(str(e)) from None
 
 
 def bounds(field) -> str:

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 # public name -> the module that defines it
 _WHERE = {
     # where lineage goes
-    "LineageSettings": "settings", "WandbSettings": "settings",
+    "LineageSettings": "settings", "WandbSettings": "settings", "confine": "settings", "allowed_roots": "settings",
+    "ConfinementError": "settings",
     # a stage: one W&B run and one run of the store, inputs verified, outputs staged and committed on success
     "open_stage": "stage", "Stage": "stage", "record_lost_run": "stage",
     "ArtifactRef": "refs", "DigestMismatch": "refs", "manifest": "refs", "manifest_digest": "refs",
@@ -48,7 +49,12 @@ _WHERE = {
     "StorageError": "storage", "write_json": "storage", "write_bytes_atomic": "storage",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "ChangeCheck", "ConfinementError", "Decision",
+           "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageSettings", "LineageStore",
+           "PromotionRecord", "RunRecord", "Signature", "Stage", "StorageError", "StoreError", "WandbSettings",
+           "allowed_roots", "code_state", "commit_journal", "compare_with_production", "confine", "evaluations",
+           "manifest", "manifest_digest", "measured_on", "open_stage", "promote", "record_lost_run", "verify_files",
+           "where_records_went", "write_bytes_atomic", "write_json"]
 
 if TYPE_CHECKING:
     from prefect_wandb.environment import code_state
@@ -57,7 +63,7 @@ if TYPE_CHECKING:
     from prefect_wandb.promotion import Decision, GatePolicy, Signature, measured_on, promote
     from prefect_wandb.queries import evaluations, where_records_went
     from prefect_wandb.refs import ArtifactRef, DigestMismatch, manifest, manifest_digest, verify_files
-    from prefect_wandb.settings import LineageSettings, WandbSettings
+    from prefect_wandb.settings import ConfinementError, LineageSettings, WandbSettings, allowed_roots, confine
     from prefect_wandb.skip import ChangeCheck, compare_with_production
     from prefect_wandb.stage import Stage, open_stage, record_lost_run
     from prefect_wandb.storage import StorageError, write_bytes_atomic, write_json

@@ -1,26 +1,44 @@
-"""What `mnist-pipeline reproduce` re-runs, and how its files compare with the record (pure: no torch, no W&B).
+"""Reproduce: re-run the recorded stages that made an artifact, in a scratch folder, and compare the files bit for bit
+with the record (no Prefect, no W&B, no write to the store: a reproduction is a check, not a new version).
 
-`plan_reproduction(store, target)` walks back from a model, ONNX or metrics artifact to its dataset and lists the stages
-that made it, each with the recorded run (its config, seed, thread count, code and package versions) and inputs.
-`compare(recorded, directory)` is the file-by-file verdict. The stages themselves are re-run by
-`mnist_pipeline.reproduce`, with the same functions the pipeline's tasks call.
+The pipeline registers how each of its job types rebuilds its files: `rebuilders`, job type -> a pure function
+`rebuild(replay, out_dir)` that writes the output's files into `out_dir` from `replay` (the recorded run's config,
+summary and environment, and its inputs' folders) and may return notes. `plan_reproduction(store, target,
+rebuilders)` walks back from `target` through the runs whose job type is registered; the inputs of the first ones
+are used as recorded (their files re-checked). `run` re-runs the plan; `compare` is the file-by-file verdict.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect_wandb.hashing import sha256_file
+from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import ArtifactRecord, DeletionRecord, LineageStore
-
-EXIT_IDENTICAL, EXIT_ERROR, EXIT_USAGE, EXIT_DIFFERS, EXIT_UNKNOWN, EXIT_INPUTS_GONE = 0, 1, 2, 3, 4, 5
-REPRODUCIBLE = ("model", "onnx", "metrics")  # what re-running recorded stages can remake bit for bit
-JOB_OF = {"model": "train", "onnx": "export-onnx", "metrics": "evaluate"}
 
 
 class CannotReproduce(Exception):
-    """The target is not something reproduce can remake (a dataset, a validation report with timings)."""
+    """The target is not something reproduce can remake (no registered job type made it), or its record is short."""
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What a rebuild function gets: the recorded run (`config`, `summary`, `env`), the recorded output's
+    `metadata`, `inputs` (artifact type -> the folder of that input's files: the recorded one, or the one re-made
+    upstream in this reproduction) and `threads` (the operator's intra-op thread count, None: as recorded)."""
+
+    job_type: str
+    config: dict
+    inputs: dict[str, Path]
+    metadata: dict
+    summary: dict
+    env: dict
+    threads: int | None = None
+
+
+Rebuild = Callable[[Replay, Path], "list[str] | None"]
 
 
 @dataclass
@@ -41,11 +59,11 @@ class Step:
 @dataclass
 class ReproductionPlan:
     target: ArtifactRecord
-    steps: list[Step]  # in execution order: train first
-    dataset: ArtifactRecord
+    steps: list[Step]  # in execution order: upstream first, the target's last
+    roots: list[ArtifactRecord]  # the recorded inputs used as they are
 
     @property
-    def train(self) -> Step:
+    def first(self) -> Step:
         return self.steps[0]
 
 
@@ -55,41 +73,74 @@ def _step(store: LineageStore, rec: ArtifactRecord) -> Step:
     if run is None:
         raise CannotReproduce(f"{rec.label}: its producing run {run_id} is not in the lineage store")
     used = {u.type: u for u in store.edges(run_id)["used"]}
-    return Step(run.job_type, run_id, rec, used, run.config or {}, run.env or {},
-                run.summary or {})
+    return Step(run.job_type, run_id, rec, used, run.config or {}, run.env or {}, run.summary or {})
 
 
-def plan_reproduction(store: LineageStore, target: ArtifactRecord) -> ReproductionPlan:
-    """The recorded stages from the dataset to `target`: train, then export-onnx or evaluate."""
-    if target.type not in REPRODUCIBLE:
-        raise CannotReproduce(f"{target.label} is a {target.type}: reproduce remakes models, ONNX exports and "
-                              f"metrics ({', '.join(REPRODUCIBLE)}); a dataset is re-made by prepare-data from raw "
-                              "files, and a validation report holds timings that never repeat")
+def plan_reproduction(store: LineageStore, target: ArtifactRecord,
+                      rebuilders: Mapping[str, Rebuild]) -> ReproductionPlan:
+    """The recorded stages from `target`'s first non-rebuildable inputs (the roots) to `target`."""
     last = _step(store, target)
-    if last.job_type != JOB_OF[target.type]:
-        raise CannotReproduce(f"{target.label} was made by a {last.job_type} run, not {JOB_OF[target.type]}")
-    if target.type == "model":
-        steps = [last]
-    else:
-        model = last.inputs.get("model")
-        if model is None:
-            raise CannotReproduce(f"{target.label}: its {last.job_type} run {last.run_id} recorded no model input")
-        steps = [_step(store, model), last]
-    if steps[0].job_type != "train" or "dataset" not in steps[0].inputs:
-        raise CannotReproduce(f"{steps[0].output.label}: its training run {steps[0].run_id} recorded no dataset")
-    return ReproductionPlan(target, steps, steps[0].inputs["dataset"])
+    if last.job_type not in rebuilders:
+        raise CannotReproduce(f"{target.label} is a {target.type} made by a {last.job_type} run: reproduce re-runs "
+                              f"{', '.join(sorted(rebuilders))} stages only (the others read the outside world or "
+                              "record timings that never repeat)")
+    steps: list[Step] = []
+    roots: dict[int, ArtifactRecord] = {}
+
+    def visit(step: Step) -> None:
+        for rec in step.inputs.values():
+            if any(s.output.artifact_id == rec.artifact_id for s in steps):
+                continue
+            run = store.run(rec.producer_run_id)
+            if run is not None and run.job_type in rebuilders:
+                visit(_step(store, rec))
+            else:
+                roots[rec.artifact_id] = rec
+        steps.append(step)
+
+    visit(last)
+    if not roots:
+        raise CannotReproduce(f"{steps[0].output.label}: its {steps[0].job_type} run {steps[0].run_id} recorded no "
+                              "input")
+    return ReproductionPlan(target, steps, list(roots.values()))
+
+
+@dataclass
+class Reproduction:
+    comparisons: list[Comparison] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> Comparison:
+        return self.comparisons[-1]
+
+
+def run(plan: ReproductionPlan, rebuilders: Mapping[str, Rebuild], scratch: Path, *,
+        threads: int | None = None) -> Reproduction:
+    """Re-run `plan` in `scratch` (one folder per step, named by its output's type), each step on its recorded
+    inputs or on those re-made before it, and compare each output with its record."""
+    out, made = Reproduction(), dict[int, Path]()
+    for step in plan.steps:
+        d = Path(scratch) / step.output.type
+        if d.exists():
+            d = d.with_name(f"{d.name}-{step.run_id}")
+        d.mkdir(parents=True)
+        replay = Replay(step.job_type, dict(step.config), {t: made.get(r.artifact_id, Path(r.path))
+                                                            for t, r in step.inputs.items()},
+                        dict(step.output.metadata), dict(step.summary), dict(step.env), threads)
+        out.notes += rebuilders[step.job_type](replay, d) or []
+        made[step.output.artifact_id] = d
+        files = manifest(d)
+        out.comparisons.append(compare(step.output, d, manifest_digest(files) if files else None))
+    return out
 
 
 def missing_inputs(plan: ReproductionPlan, deleted: dict[int, DeletionRecord] | None = None) -> list[str]:
     """The recorded inputs that are gone (deleted by gc, or missing/changed on disk), one line each."""
     deleted = deleted or {}
     out = []
-    needed = {plan.dataset.artifact_id: plan.dataset}
-    for s in plan.steps[1:]:
-        for t, r in s.inputs.items():
-            if t == "dataset":
-                needed[r.artifact_id] = r
-    for aid, rec in needed.items():
+    for rec in plan.roots:
+        aid = rec.artifact_id
         if aid in deleted:
             d = deleted[aid]
             out.append(f"{rec.label}: deleted by gc on {d.deleted_at[:10]} by {d.deleted_by} ({rec.path})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -131,7 +132,7 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
 
 
 def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_than_days: float = 0,
-         now: datetime | None = None, deleted: dict[int, dict] | None = None) -> Plan:
+         now: datetime | None = None, deleted: Mapping[int, object] | None = None) -> Plan:
     """What `gc` would remove. `deleted`: artifact_id -> its deletion record (already removed: not again)."""
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=older_than_days)

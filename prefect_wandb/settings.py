@@ -26,6 +26,28 @@ WANDB_NAME_FORBIDDEN = frozenset("/\\#?%:")
 STORE_ENV, ARTIFACTS_ENV, CODE_ROOT_ENV = "PREFECT_WANDB_STORE", "PREFECT_WANDB_ARTIFACTS", "PREFECT_WANDB_CODE_ROOT"
 
 
+class ConfinementError(ValueError):
+    """A path outside the operator's allowed roots; names the path, where it resolves to, and the roots."""
+
+
+def allowed_roots(env: str) -> list[Path] | None:
+    """The operator's allowed roots: the folders (os.pathsep-separated) in the environment variable `env`."""
+    raw = os.environ.get(env, "")
+    roots = [Path(r).expanduser().resolve() for r in raw.split(os.pathsep) if r.strip()]
+    return roots or None
+
+
+def confine(name: str, path: Path, roots: list[Path] | None, why: str) -> None:
+    """Refuse `path` (after '..' and symlinks) outside every root of `roots` (nothing is refused when None); `name`
+    is what the error calls it, `why` where the roots come from."""
+    if roots is None:
+        return
+    real = Path(path).expanduser().resolve()
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise ConfinementError(f"{name}: {str(path)!r} resolves to {str(real)!r}, outside the allowed roots "
+                               f"{[str(r) for r in roots]} ({why})")
+
+
 def check_wandb_name(kind: str, name: str) -> str:
     """`name` if W&B would accept it as a project or entity name, else ValueError saying why (one line)."""
     if not name:

@@ -5,14 +5,12 @@ import json
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.config import MODEL_NAME, PipelineConfig
 from mnist_pipeline.results import ModelInfo, TrainingResult
 from mnist_pipeline.tasks._common import pipeline_stage, unless_permanent
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.refs import ArtifactRef
 from prefect_wandb.store import LineageStore
-
-MODEL_NAME = "convnet"
 
 
 def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):

@@ -160,7 +160,7 @@ def make_offline_run(base: Path) -> dict:
 
     import pytest
 
-    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.cli.main import main
     from prefect_wandb.store import LineageStore
 
     src = base / "src"
@@ -277,7 +277,7 @@ def run_command(*args: str) -> list[str]:
     """`mnist-pipeline run *args` as a command line for this interpreter."""
     import sys
 
-    return [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", *args]
+    return [sys.executable, "-m", "mnist_pipeline.cli.main", "run", *args]
 
 
 def run_flags(base: Path, *, seed: int = 0) -> list[str]:

@@ -33,7 +33,7 @@ def env_for(base: Path, w: Standin, **extra: str) -> dict:
 
 
 def cli(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", *args], cwd=env["HOME"], env=env,
+    return subprocess.run([sys.executable, "-m", "mnist_pipeline.cli.main", *args], cwd=env["HOME"], env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -95,7 +95,7 @@ def test_two_flows_online_at_once_log_each_version_once_and_aliases_end_where_th
     write_mnist(tmp_path / "src")
     with Standin() as w:
         env = env_for(tmp_path, w)
-        procs = [subprocess.Popen([sys.executable, "-m", "mnist_pipeline.flows.cli",
+        procs = [subprocess.Popen([sys.executable, "-m", "mnist_pipeline.cli.main",
                                    *run_args(tmp_path, tmp_path / "src", "online", "--seed", str(seed))],
                                   cwd=env["HOME"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for seed in (1, 2)]

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.flows.audit_cli import audit_main
-from mnist_pipeline.flows.cli import _parser, main
+from mnist_pipeline.cli.main import _parser, main
 from prefect_wandb.audit import (
     EXIT_TAMPERED,
     EXIT_UNKNOWN,
@@ -25,6 +24,7 @@ from prefect_wandb.audit import (
     apply_wandb_findings,
     audit,
 )
+from prefect_wandb.cli.audit import audit_main
 from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.render import render_mermaid, render_tree
@@ -371,7 +371,7 @@ def test_the_html_report_escapes_what_the_records_say(e2e, capsys, tmp_path):
 
 
 def test_the_audit_command_imports_neither_prefect_nor_wandb_nor_torch(e2e):
-    code = ("import sys; from mnist_pipeline.flows.cli import main; rc = main(['audit', sys.argv[1], '--lineage-db', sys.argv[2]]);"
+    code = ("import sys; from mnist_pipeline.cli.main import main; rc = main(['audit', sys.argv[1], '--lineage-db', sys.argv[2]]);"
             "heavy = [m for m in ('prefect', 'wandb', 'torch') if m in sys.modules];"
             "print('HEAVY', heavy); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(e2e["onnx"]), str(e2e["db"])], cwd=ROOT,

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from mnist_pipeline.flows.cli import _parser, main
-from mnist_pipeline.flows.exit_codes import EPILOG, MEANING, Exit, from_signal, markdown
+from mnist_pipeline.cli.main import _parser, main
+from prefect_wandb.cli.exit_codes import EPILOG, MEANING, Exit, from_signal, markdown
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -46,8 +46,8 @@ def test_one_table_every_number_one_meaning():
 
 def test_the_audit_s_recorded_exit_codes_are_the_table_s():
     """The audit report records its exit code (in its JSON and report file); it must be the one the CLI returns."""
-    from mnist_pipeline.flows.audit_cli import AUDIT_EXIT
     from prefect_wandb import audit
+    from prefect_wandb.cli.audit import AUDIT_EXIT
 
     assert AUDIT_EXIT == {"verified": audit.EXIT_VERIFIED, "tampered": audit.EXIT_TAMPERED,
                           "unknown": audit.EXIT_UNKNOWN}
@@ -63,7 +63,7 @@ def test_no_lineage_store_is_a_usage_error_for_every_store_command(tmp_path, cap
 
 
 def test_a_bad_flag_is_a_usage_error_with_argparse_s_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "audit", "--no-such-flag"], cwd=tmp_path,
+    r = subprocess.run([sys.executable, "-m", "mnist_pipeline.cli.main", "audit", "--no-such-flag"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == Exit.USAGE, r.stderr
     assert "the following arguments are required: target" in r.stderr and "Traceback" not in r.stderr

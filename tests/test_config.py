@@ -1,8 +1,8 @@
 import pytest
 from pydantic import ValidationError
 
+from mnist_pipeline.cli.main import main
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, ConfigError, PipelineConfig
-from mnist_pipeline.flows.cli import main
 from tests.helpers import FAKE_KEY, flow_run, run_payload, task_runs, write_mnist
 
 

@@ -1,4 +1,4 @@
-"""How `mnist-pipeline run` and `sweep` end on the console (`flows/console.py`): an expected failure is one last line
+"""How `mnist-pipeline run` and `sweep` end on the console (`mnist_pipeline/cli/console.py`): an expected failure is one last line
 (its traceback kept in the flow run's logs in Prefect), an unexpected error keeps its traceback, and SIGTERM or
 Ctrl-C ends a run or a sweep in seconds with one line, exit status 128 + the signal, and the temporary Prefect
 server, Dask cluster and wandb processes gone. Real `mnist-pipeline run`/`sweep` processes, the Prefect test server
@@ -54,8 +54,8 @@ def test_an_expected_failure_ends_with_one_line_and_its_traceback_stays_in_the_p
 
 
 def test_an_unexpected_error_keeps_its_traceback_on_the_console():
+    from mnist_pipeline.cli import console
     from mnist_pipeline.data import ChecksumError
-    from mnist_pipeline.flows import console
     from prefect_wandb.storage import StorageError
 
     assert console.is_expected(ChecksumError("x")) and console.is_expected(StorageError(28, "/p"))
@@ -160,7 +160,7 @@ def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_alo
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text("method: grid\nmetric: {name: test_accuracy, goal: maximize}\n"
                      "parameters:\n  train.learning_rate: {values: [0.001, 0.01]}\n")
-    argv = [sys.executable, "-m", "mnist_pipeline.flows.cli", "sweep", "--sweep", str(sweep), "--source", "synthetic",
+    argv = [sys.executable, "-m", "mnist_pipeline.cli.main", "sweep", "--sweep", str(sweep), "--source", "synthetic",
             "--synthetic-train", "20000", "--synthetic-test", "100", "--slice", "1", "--epochs", "5", "--workers", "1",
             "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
             "--lineage-db", str(tmp_path / "lineage.db")]

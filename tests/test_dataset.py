@@ -26,7 +26,7 @@ def _flow(cfg: PipelineConfig) -> dict:
 
 
 def _audit(db: Path, target: str, capsys, *more: str) -> tuple[int, str, str]:
-    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.cli.main import main
 
     capsys.readouterr()
     rc = main(["audit", target, "--lineage-db", str(db), *more])
@@ -93,7 +93,7 @@ def test_a_tampered_dataset_is_caught_before_a_skip_and_rebuilt_from_the_source(
     assert rc == 6 and err.strip() == (f"mnist-pipeline audit: {db}: the lineage store is empty (0 bytes), so it "
                                        "records nothing; if it was truncated, restore it from a backup")
     assert db.stat().st_size == 0 and not Path(f"{db}-wal").exists()  # never written
-    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.cli.main import main
 
     rc = main(["run", "--source", "synthetic", "--root", str(tmp_path / "data"), "--artifacts-dir",
                str(tmp_path / "art"), "--lineage-db", str(db), "--wandb-mode", "offline"])

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mnist_pipeline.cli.local_server import local_prefect_server, stop_group
 from mnist_pipeline.config import SCHEDULE_CRON
-from mnist_pipeline.flows.local_server import local_prefect_server, stop_group
 from prefect_wandb.store import LineageStore
 from tests.helpers import flow_run_logs, store_state, task_runs, tiny_config, wait_for
 

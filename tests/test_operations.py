@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from prefect_wandb import GatePolicy, impact, promotion, reproduction_plan, retention, rollback
+from prefect_wandb import GatePolicy, impact, promotion, retention, rollback
+from prefect_wandb import reproduce as reproduction_plan
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import DeletionRecord, LineageStore, NewArtifact
 
@@ -182,8 +183,10 @@ def test_rollback_walks_the_production_history_back_and_refuses_a_model_that_fai
 def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     _, _, onnx, _ = lin.pipeline(d, "a")
-    recipe = reproduction_plan.plan_reproduction(lin.store, onnx)
-    assert [s.job_type for s in recipe.steps] == ["train", "export-onnx"] and recipe.dataset.artifact_id == d.artifact_id
+    rebuild = dict.fromkeys(("train", "export-onnx", "evaluate"), lambda replay, out: None)
+    recipe = reproduction_plan.plan_reproduction(lin.store, onnx, rebuild)
+    assert [s.job_type for s in recipe.steps] == ["train", "export-onnx"]
+    assert [r.artifact_id for r in recipe.roots] == [d.artifact_id]
     same = tmp_path / "same"
     same.mkdir()
     (same / "f.bin").write_text("onnx a")
@@ -193,7 +196,7 @@ def test_reproduce_compare_names_the_files_that_differ(lin, tmp_path):
     c = reproduction_plan.compare(onnx, same, manifest_digest(manifest(same)))
     assert not c.identical and c.differing == ["extra.txt", "f.bin"]
     with pytest.raises(reproduction_plan.CannotReproduce, match="is a dataset"):
-        reproduction_plan.plan_reproduction(lin.store, d)
+        reproduction_plan.plan_reproduction(lin.store, d, rebuild)
     # a recorded input that is gone is named
     (Path(d.path) / "f.bin").unlink()
     assert "is missing" in reproduction_plan.missing_inputs(recipe)[0]
@@ -261,7 +264,7 @@ def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_au
 def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync(lin, capsys):
     import argparse
 
-    from mnist_pipeline.flows import ops_cli
+    from prefect_wandb.cli import aliases as ops_cli
     from prefect_wandb.recording import RecordingWandb
 
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
@@ -301,8 +304,8 @@ def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync
 def test_the_operators_commands_on_an_empty_or_damaged_store_say_so_in_one_line(tmp_path, capsys, content):
     """reproduce, impact, rollback and gc open the store as audit and sync do: one line naming the file, exit 6,
     and the read-only ones (impact, reproduce) leave the file as it was."""
-    from mnist_pipeline.flows.cli import main
-    from mnist_pipeline.flows.exit_codes import Exit
+    from mnist_pipeline.cli.main import main
+    from prefect_wandb.cli.exit_codes import Exit
 
     db = tmp_path / "lineage.db"
     art = tmp_path / "artifacts"

@@ -64,7 +64,7 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
     folder = tmp_path / "run"
     folder.mkdir()
     env = _env(tmp_path, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")  # 2 shared cores: it can be slow
-    cmd = [sys.executable, "-m", "mnist_pipeline.flows.cli", "run", "--source", "local", "--local-dir", str(data), "--epochs", "1",
+    cmd = [sys.executable, "-m", "mnist_pipeline.cli.main", "run", "--source", "local", "--local-dir", str(data), "--epochs", "1",
            "--slice", "1"]
     r = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -91,10 +91,10 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
 
 
 def test_cli_exit_codes_and_stdout_reach_the_shell(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "run", "--epochs", "0"], cwd=tmp_path, env=_env(tmp_path),
+    bad = subprocess.run([sys.executable, "-m", "mnist_pipeline.cli.main", "run", "--epochs", "0"], cwd=tmp_path, env=_env(tmp_path),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().startswith("mnist-pipeline: invalid configuration: train.epochs")
-    ok = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "show-config", "--epochs", "3"], cwd=tmp_path,
+    ok = subprocess.run([sys.executable, "-m", "mnist_pipeline.cli.main", "show-config", "--epochs", "3"], cwd=tmp_path,
                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and json.loads(ok.stdout)["train"]["epochs"] == 3  # stdout flushed before the exit

@@ -1,5 +1,5 @@
 """A shared Prefect server behind basic auth (the README's recipe, `docs/prefect.md`): a real `prefect server start`
-on loopback with PREFECT_SERVER_API_AUTH_STRING (`flows/local_server.py`) refuses a client without the credentials
+on loopback with PREFECT_SERVER_API_AUTH_STRING (`mnist_pipeline/cli/local_server.py`) refuses a client without the credentials
 or with wrong ones (401), and answers one with them.
 """
 
@@ -19,7 +19,7 @@ def test_a_shared_server_behind_basic_auth_refuses_an_unauthenticated_client(tmp
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from mnist_pipeline.flows.local_server import local_prefect_server
+    from mnist_pipeline.cli.local_server import local_prefect_server
 
     monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "admin:s3cret-for-tests")
     with local_prefect_server(home=tmp_path / "home") as url:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.flows.local_server import local_prefect_server
+from mnist_pipeline.cli.local_server import local_prefect_server
 from tests.browser import (
     chromium,
     console_errors,
@@ -56,7 +56,7 @@ def test_a_run_shows_its_plots_and_lineage_in_the_prefect_ui_and_the_report(tiny
                 "--batch-size", "16", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
                 "--lineage-db", str(tmp_path / "lineage.db"), "--wandb-mode", "offline",
                 "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32", "--log-every", "2"]
-        run = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "run", *argv], cwd=ROOT, capture_output=True,
+        run = subprocess.run([sys.executable, "-m", "mnist_pipeline.cli.main", "run", *argv], cwd=ROOT, capture_output=True,
                              text=True, timeout=600, env={**os.environ, "PREFECT_API_URL": url}, check=False)
         assert run.returncode == 0, run.stderr[-3000:]
         summary = json.loads(run.stdout)

@@ -205,7 +205,7 @@ def test_the_sweep_flow_takes_a_typed_sweep_and_returns_a_summary():
 BY_KEY = re.compile(r"""(\.metadata|\bsummary|\bmeta|\breport|\bv|\bm|\bd)(\[|\.get\()["'](?!inputs\b|files\b)""")
 CONSUMERS = ["tasks/*.py", "flows/pipeline.py", "flows/sweep.py",
              "flows/flow_artifact.py", "prefect_wandb/queries.py", "mnist_pipeline/lookups.py",
-             "flows/sweep_cli.py", "flows/cli.py", "mnist_pipeline/report/closing_lines.py"]
+             "mnist_pipeline/cli/sweep.py", "mnist_pipeline/cli/main.py", "mnist_pipeline/report/closing_lines.py"]
 
 
 def test_no_consumer_reads_another_stages_metadata_by_string_key():

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mnist_pipeline import onnx_io, stage_files
-from mnist_pipeline.flows.sign_cli import main
+from mnist_pipeline.cli.main import main
 from mnist_pipeline.model import ConvNet, ModelConfig, save_model
 from prefect_wandb.provenance import attest, dsse, keys, statement
 from prefect_wandb.provenance.verify import sha256_file, tree, verify

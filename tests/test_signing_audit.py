@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.flows.cli import main
-from mnist_pipeline.flows.exit_codes import Exit
+from mnist_pipeline.cli.main import main
+from prefect_wandb.cli.exit_codes import Exit
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_a_copy_of_the_store_without_the_attestation_folder_fails_as_missing(sig
 
 
 def test_a_signed_audit_imports_neither_prefect_nor_wandb_nor_torch(signed):
-    code = ("import sys; from mnist_pipeline.flows.cli import main; rc = main(['audit', sys.argv[1], '--lineage-db', "
+    code = ("import sys; from mnist_pipeline.cli.main import main; rc = main(['audit', sys.argv[1], '--lineage-db', "
             "sys.argv[2], '--public-key', sys.argv[3]]); heavy = [m for m in ('prefect', 'wandb', 'torch') "
             "if m in sys.modules]; print('HEAVY', heavy, 'provenance' in str(sorted(sys.modules))); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, str(signed["onnx"]), str(signed["db"]), str(signed["pub"])],

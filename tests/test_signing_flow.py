@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from mnist_pipeline.cli.main import main as sign_main
 from mnist_pipeline.config import SIGN_KEY_ENV, PipelineConfig
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-from mnist_pipeline.flows.sign_cli import main as sign_main
 from prefect_wandb.provenance import dsse, keys
 from prefect_wandb.provenance.verify import verify
 from prefect_wandb.store import LineageStore
@@ -87,7 +87,7 @@ def test_a_signed_run_verifies_offline_and_with_the_model_signing_cli(signed_run
     assert json.loads(meta["input_contract"])["shape"] == ["batch", 1, 28, 28]
 
     # the signed copy does not trouble the audit: the ONNX artifact is the subject, the attestation its signature
-    from mnist_pipeline.flows.cli import main as cli_main
+    from mnist_pipeline.cli.main import main as cli_main
 
     db = str(signed_run["tmp"] / "lineage.db")
     assert cli_main(["audit", s["onnx_file"], "--lineage-db", db, "--json"]) == 0
@@ -176,7 +176,7 @@ def test_verify_needs_neither_torch_prefect_nor_wandb(signed_run, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "block")}
     proof = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=60)
     assert proof.returncode != 0 and "blocked in this process" in proof.stderr  # the blocker works
-    run = subprocess.run([sys.executable, "-m", "mnist_pipeline.flows.cli", "verify",
+    run = subprocess.run([sys.executable, "-m", "mnist_pipeline.cli.main", "verify",
                           signed_run["summary"]["onnx_file"], "--public-key", str(signed_run["pub"])], env=env,
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr

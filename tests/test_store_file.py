@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.flows.cli import main
+from mnist_pipeline.cli.main import main
 from prefect_wandb.store import LineageStore
 from tests.helpers import REPO, last_line, offline_run_env, run_argv, store_state, tmpfs
 
@@ -72,7 +72,7 @@ def test_read_only_commands_read_a_store_on_read_only_media_or_a_full_disk_and_w
 
 
 def test_read_only_commands_never_write_the_store(tmp_path, capsys):
-    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.cli.main import main
     from prefect_wandb.store import StoreError
 
     db = tmp_path / "lineage.db"
@@ -139,7 +139,7 @@ def _damaged_stores(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("argv", [["sync", "--dry-run"], ["sync"], ["sync", "--verify"], ["audit", "convnet:v0"],
                                   ["gc"]])
 def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(tmp_path, capsys, monkeypatch, argv):
-    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.cli.main import main
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # plain sync must say the store, not "no W&B key"
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))

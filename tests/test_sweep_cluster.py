@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mnist_pipeline.cli.main import main
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.cli import main
 from prefect_wandb.refs import manifest_digest, verify_files
 from prefect_wandb.store import LineageStore
 from tests.dask_cluster import DaskCluster

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline.flows.audit_cli import sync_main
-from mnist_pipeline.flows.cli import _parser, main
-from mnist_pipeline.flows.exit_codes import Exit
+from mnist_pipeline.cli.main import _parser, main
 from prefect_wandb.audit import audit
+from prefect_wandb.cli.audit import sync_main
+from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.recording import RecordingWandb
 from prefect_wandb.refs import digest_alias, wandb_ref
 from prefect_wandb.render import render_tree
@@ -312,7 +312,7 @@ def test_after_a_sync_the_audit_shows_it_and_the_online_cross_check_agrees(e2e, 
 
     fake.calls.clear()
     ns = _parser().parse_args(["audit", str(e2e["onnx"]), "--lineage-db", str(db), "--online", "--json"])
-    from mnist_pipeline.flows.audit_cli import audit_main
+    from prefect_wandb.cli.audit import audit_main
 
     assert audit_main(ns, backend=fake) == 0
     online = json.loads(capsys.readouterr().out)["wandb_online"]

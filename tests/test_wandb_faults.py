@@ -305,7 +305,7 @@ def _env(base: Path, **extra: str) -> dict:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mnist_pipeline.flows.cli", *args]
+    return [sys.executable, "-m", "mnist_pipeline.cli.main", *args]
 
 
 class _Endpoint:
@@ -375,7 +375,7 @@ def test_flow_completes_and_sync_plans_exactly_what_wandb_missed(prefect_server,
         assert failed and all(f"W&B {c} failed" in proc.stderr for c in failed)
 
     # `sync --dry-run` plans exactly the missing pieces
-    from mnist_pipeline.flows.cli import main
+    from mnist_pipeline.cli.main import main
 
     capsys.readouterr()
     assert main(["sync", "--dry-run", "--json", "--lineage-db", str(db)]) == 0  # a dry run reaches no W&B

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from mnist_pipeline.cli.main import _parser, main
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.audit_cli import sync_main
-from mnist_pipeline.flows.cli import _parser, main
-from mnist_pipeline.flows.exit_codes import Exit
 from prefect_wandb import GatePolicy
+from prefect_wandb.cli.audit import sync_main
+from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.promotion import promote
 from prefect_wandb.recording import RecordingWandb
 from prefect_wandb.stage import open_stage
@@ -138,7 +138,7 @@ def test_no_wandb_is_one_line_and_exit_5_for_verify_and_audit_online(lineage, ca
 def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
     """Injected at the backend (the W&B boundary): a lookup raising an error that is not ours."""
     wb = RecordingWandb(fail={"lookup_artifact": KeyError("schema changed: field 'manifest' unknown")})
-    from mnist_pipeline.flows.audit_cli import audit_main
+    from prefect_wandb.cli.audit import audit_main
 
     code = audit_main(_parser().parse_args(["audit", "model:production", "--online", "--lineage-db",
                                             str(lineage["db"])]), backend=wb)

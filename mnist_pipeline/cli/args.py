@@ -1,8 +1,6 @@
-"""What the `mnist-pipeline` commands share: parent parsers for the common flags, the config flags, one error line.
-
-A command's parser takes the parents it needs (`sub.add_parser(..., parents=[P.store, P.json])`) instead of
-declaring `--lineage-db` or `--json` again, and ends with `set_defaults(handler=...)`: a function of the parsed
-namespace that returns an `Exit` member (flows/exit_codes.py).
+"""What the pipeline's own commands (run, show-config, serve, sweep) share: the config flags (`P.config`), the
+program the operator commands run in (`mnist_program`), logging and Prefect defaults. The parsers, the error line and the
+exit codes are the library's (`prefect_wandb.cli`): one table for every command.
 """
 
 from __future__ import annotations
@@ -10,26 +8,30 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import typing
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
 from mnist_pipeline.config import ConfigError, PipelineConfig, confine, load_config_file
-from mnist_pipeline.flows.exit_codes import EPILOG, Exit
+from prefect_wandb.cli import Exit, Program, add_command, err
 
 DEFAULT_DB = "mnist-runs/lineage.db"
 UNPREFIXED = {"data", "train"}  # their fields are plain flags (--epochs); other sections prefixed (--wandb-mode)
 SHORT_FLAGS = {"--sign-private-key": ("--sign-key",)}  # the names the docs use, beside the generated ones
-FORMATTER = argparse.RawDescriptionHelpFormatter
+__all__ = ["Parents", "add_command", "err", "load_config", "mnist_program", "parents", "prefect_defaults", "setup_logging"]
 
 
-def err(cmd: str, msg: str) -> None:
-    """The one line a command prints when it stops (never a traceback)."""
-    print(f"mnist-pipeline {cmd}: {msg}" if cmd else f"mnist-pipeline: {msg}", file=sys.stderr)  # noqa: T201
+def mnist_program() -> Program:
+    """The operator commands as `mnist-pipeline COMMAND`: this pipeline's store, rebuild functions, code, packages,
+    allowed roots, key file names and model."""
+    from mnist_pipeline.config import ALLOWED_ROOTS_ENV, MODEL_NAME, PACKAGES, SOURCE_ROOT
+    from mnist_pipeline.reproduce import REBUILDERS
+
+    return Program(prog="mnist-pipeline", default_store=DEFAULT_DB, rebuilders=REBUILDERS, code_root=SOURCE_ROOT,
+                   packages=PACKAGES, allowed_roots_env=ALLOWED_ROOTS_ENV, key_name="mnist-signing",
+                   model_name=MODEL_NAME)
 
 
 def setup_logging() -> None:
@@ -82,26 +84,13 @@ def _config_parent() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Parents:
-    """The parent parsers: `store` (--lineage-db), `json` (--json), `config` (--config and every config flag)."""
+    """The parent parsers of the pipeline's own commands: `config` (--config and every config flag)."""
 
-    store: argparse.ArgumentParser
-    json: argparse.ArgumentParser
     config: argparse.ArgumentParser
 
 
 def parents() -> Parents:
-    store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--lineage-db", default=DEFAULT_DB, help="the lineage store (default: %(default)s)")
-    as_json = argparse.ArgumentParser(add_help=False)
-    as_json.add_argument("--json", action="store_true", help="print the result as JSON")
-    return Parents(store=store, json=as_json, config=_config_parent())
-
-
-def add_command(sub, name: str, *, help: str, parents: Sequence[argparse.ArgumentParser] = (), epilog: str = "",
-                **kw) -> argparse.ArgumentParser:
-    """A sub-command whose --help ends with its own notes (if any) and the exit-code table."""
-    return sub.add_parser(name, help=help, parents=list(parents), formatter_class=FORMATTER,
-                          epilog=(epilog + "\n" if epilog else "") + EPILOG, **kw)
+    return Parents(config=_config_parent())
 
 
 def build_config(ns: argparse.Namespace) -> PipelineConfig:

@@ -19,35 +19,34 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, PipelineConfig
-from mnist_pipeline.flows import audit_cli, ops_cli, sign_cli, sweep_cli
-from mnist_pipeline.flows.common_args import (
-    FORMATTER,
+from mnist_pipeline.cli import sweep as sweep_cli
+from mnist_pipeline.cli.args import (
     Parents,
     add_command,
     err,
     load_config,
+    mnist_program,
     parents,
     prefect_defaults,
     setup_logging,
 )
-from mnist_pipeline.flows.exit_codes import EPILOG, Exit, from_signal
+from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, PipelineConfig
 from mnist_pipeline.report.closing_lines import where_things_went
 from mnist_pipeline.results import RunSummary
-
-# The modules that add sub-commands, in --help order. Each has `add_parsers(sub, parents: Parents)`, which adds its
-# parsers (`common_args.add_command`, the shared parents) and sets `handler=` on each: a function of the parsed
-# namespace returning an `Exit` member. A new front end is one more entry here.
-COMMAND_MODULES = (audit_cli, ops_cli, sweep_cli, sign_cli)
+from prefect_wandb.cli import EPILOG, FORMATTER, Exit, from_signal
+from prefect_wandb.cli import add_parsers as add_operator_parsers
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The pipeline's own commands (run, show-config, serve, sweep), then the library's operator commands (audit,
+    sync, impact, reproduce, rollback, unreject, gc, keygen, verify) as this program's. Each sets `handler=`: a
+    function of the parsed namespace returning an `Exit` member."""
     p = argparse.ArgumentParser(prog="mnist-pipeline", description=__doc__, formatter_class=FORMATTER, epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     P = parents()  # noqa: N806 - read as a namespace of parsers
     _add_parsers(sub, P)
-    for module in COMMAND_MODULES:
-        module.add_parsers(sub, P)
+    sweep_cli.add_parsers(sub, P)
+    add_operator_parsers(sub, mnist_program())
     return p
 
 
@@ -69,7 +68,12 @@ def _add_parsers(sub, P: Parents) -> None:  # noqa: N803
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    """Run one command (`argv`, default sys.argv[1:]) and return its exit code (argparse's 2 for a usage error,
+    0 after --help)."""
+    try:
+        ns = _parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
     return int(ns.handler(ns))
 
 
@@ -129,7 +133,8 @@ def run_main(ns: argparse.Namespace) -> int:
 
 
 def _run(cfg: PipelineConfig) -> int:
-    from mnist_pipeline.flows import console, preflight
+    from mnist_pipeline.cli import console
+    from mnist_pipeline.flows import preflight
     from prefect_wandb.storage import StorageError
     from prefect_wandb.store import StoreError
 

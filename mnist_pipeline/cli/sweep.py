@@ -14,9 +14,9 @@ import tempfile
 from contextlib import ExitStack
 from typing import Any, cast
 
+from mnist_pipeline.cli.args import Parents, add_command, err, load_config, prefect_defaults, setup_logging
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.flows.common_args import Parents, add_command, err, load_config, prefect_defaults, setup_logging
-from mnist_pipeline.flows.exit_codes import Exit, from_signal
+from prefect_wandb.cli import Exit, from_signal
 
 
 def add_parsers(sub, parents: Parents) -> None:
@@ -86,7 +86,7 @@ def main(ns: argparse.Namespace) -> int:
             return Exit.FAILED
     print(f"mnist-pipeline: sweep of {len(trials)} trial(s) ({spec.method}, by {spec.metric.name} "
           f"{spec.metric.goal})", file=sys.stderr)
-    from mnist_pipeline.flows import console
+    from mnist_pipeline.cli import console
 
     try:
         # SIGTERM / Ctrl-C raise here, so the stack below unwinds (the local Dask cluster closes) and the process

@@ -1,4 +1,4 @@
-"""`mnist-pipeline audit` and `mnist-pipeline sync`: the auditor's commands. No Prefect import, so they start fast.
+"""`audit` and `sync`: the auditor's commands. No Prefect import, so they start fast.
 
 audit: prove which data, code and settings made a file (an ONNX or weights file found anywhere, or an artifact
 reference), and that nothing was swapped since. sync: upload offline W&B runs and complete W&B's lineage graph.
@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_pipeline.flows.common_args import Parents, add_command, err
-from mnist_pipeline.flows.exit_codes import Exit
 from prefect_wandb.audit import AuditError, apply_wandb_findings, audit
+from prefect_wandb.cli.args import Parents, add_command, err, open_store, program
+from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.render import render_tree, write_report
 
 if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
@@ -30,10 +30,10 @@ the failed check are named), 4 unknown (not produced by any recorded run); --onl
 refuses the key or a W&B read fails. A file without an attestation is "unsigned": shown, not a failure.
 
 examples:
-  mnist-pipeline audit /srv/models/model.onnx --lineage-db mnist-runs/lineage.db
-  mnist-pipeline audit convnet:production --json
-  mnist-pipeline audit model.onnx --public-key keys/mnist-signing.pub   (its signature against a trusted key)
-  mnist-pipeline audit convnet-onnx:v3 --report audit.html     (or .md with a Mermaid graph, or .svg)
+  {prog} audit /srv/models/model.onnx --lineage-db runs/lineage.db
+  {prog} audit NAME:production --json
+  {prog} audit model.onnx --public-key keys/signing.pub   (its signature against a trusted key)
+  {prog} audit NAME-onnx:v3 --report audit.html     (or .md with a Mermaid graph, or .svg)
 """
 
 SYNC_EPILOG = """\
@@ -52,7 +52,7 @@ on the right version. Differences are printed; exit 3 when there are any, 5 when
 
 def add_parsers(sub, parents: Parents) -> None:
     """Add `audit` and `sync` to the CLI's sub-command parsers."""
-    a = add_command(sub, "audit", parents=[parents.store, parents.json], epilog=AUDIT_EPILOG,
+    a = add_command(sub, "audit", parents=[parents.store, parents.json], epilog=AUDIT_EPILOG.format(prog=program().prog),
                     help="prove which data, code and settings made a file or artifact, and re-check every digest "
                     "(exit 0 verified, 3 tampered, 4 unknown)",
                     description="Identify a file (by sha256) or an artifact reference in the lineage store, walk "
@@ -83,25 +83,6 @@ def add_parsers(sub, parents: Parents) -> None:
                    f"print what differs (exit {int(Exit.VERIFY_FAILED)} when anything does); sends and changes "
                    "nothing")
     s.set_defaults(handler=sync_main)
-
-
-def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | Exit:
-    """The store, or the exit code after one line: Exit.USAGE when there is none, Exit.STORE when it is empty or
-    damaged. Read-only by default (SQLite mode=ro): a read-only command never writes. Every sub-command that works
-    on an existing store opens it here (audit, sync, and flows/ops_cli.py); the file is checked read-only first,
-    so not even a writing command (rollback, gc) turns an empty or foreign file into a new store."""
-    from prefect_wandb.store import LineageStore, StoreError
-
-    db = Path(path).expanduser()
-    if not db.is_file():
-        err(cmd, f"no lineage store at {db} (give --lineage-db)")
-        return Exit.USAGE
-    try:
-        store = LineageStore(db.resolve(), readonly=True)
-        return store if readonly else LineageStore(db.resolve())
-    except StoreError as e:
-        err(cmd, str(e))
-        return Exit.STORE
 
 
 # --------------------------------------------------------------------------------------------- audit
@@ -215,7 +196,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
         try:  # before the store is opened for writing: without a usable W&B nothing is changed
             entity = backend.check()
         except Exception as e:  # WandbUnavailable or any other W&B error: one line
-            err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`mnist-pipeline sync --dry-run` "
+            err("sync", f"{wandb_error_line(e)}; nothing was sent or changed (`{program().prog} sync --dry-run` "
                  "shows the plan)")
             return Exit.WANDB_UNAVAILABLE
         store = open_store(ns.lineage_db, "sync", readonly=False)
@@ -252,5 +233,5 @@ def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
     print(json.dumps(result, indent=2, default=str) if ns.json else render_verify(result), end="\n" if ns.json else "")
     if not result["ok"]:
         err("sync", f"--verify: W&B differs from the lineage store in {len(result['differences'])} place(s); "
-             "`mnist-pipeline sync` sends what is missing")
+             f"`{program().prog} sync` sends what is missing")
     return Exit.OK if result["ok"] else Exit.VERIFY_FAILED

@@ -18,11 +18,11 @@ class KeyFileError(ValueError):
     """A key file that cannot be read or is not an EC P-256/384/521 key in PEM; names the file."""
 
 
-def generate(out_dir: Path) -> tuple[Path, Path]:
-    """A new EC P-256 key pair in `out_dir`: (private key, public key). FileExistsError if either file exists:
-    a signing key is never replaced by accident."""
+def generate(out_dir: Path, name: str = "mnist-signing") -> tuple[Path, Path]:
+    """A new EC P-256 key pair in `out_dir`, `<name>.key` and `<name>.pub`: (private key, public key).
+    FileExistsError if either file exists: a signing key is never replaced by accident."""
     out_dir = Path(out_dir)
-    key_path, pub_path = out_dir / PRIVATE_NAME, out_dir / PUBLIC_NAME
+    key_path, pub_path = out_dir / f"{name}.key", out_dir / f"{name}.pub"
     for p in (key_path, pub_path):
         if p.exists() or p.is_symlink():
             raise FileExistsError(f"{p} already exists; refusing to overwrite a signing key")

@@ -1,0 +1,3 @@
+from prefect_wandb.cli import entry
+
+entry()
