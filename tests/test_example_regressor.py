@@ -226,6 +226,23 @@ def test_the_rebuilders_remake_each_recorded_output_bit_for_bit(runs, tmp_path):
     assert seen == set(REBUILDERS)
 
 
+def test_reproduce_re_makes_the_onnx_file_through_its_chain_with_the_rebuilders(runs, tmp_path):
+    """The library's reproduction (its plan and run, the lead's `prefect_wandb.reproduce`) with the example's
+    REBUILDERS: features -> fit -> export-onnx from the recorded dataset, every step identical."""
+    reproduce = pytest.importorskip("prefect_wandb.reproduce")
+    if not hasattr(reproduce, "plan_reproduction"):
+        pytest.skip("prefect_wandb.reproduce has no plan_reproduction (yet)")
+    from examples.regressor.steps import REBUILDERS
+
+    store = runs["store"]
+    target = store.find_artifact("ridge-onnx", runs["first"]["artifacts"]["onnx"]["digest"])
+    plan = reproduce.plan_reproduction(store, target, REBUILDERS)
+    assert [s.job_type for s in plan.steps] == ["features", "fit", "export-onnx"]
+    result = reproduce.run(plan, REBUILDERS, tmp_path)
+    assert [(c.artifact, c.digest_reproduced == c.digest_recorded) for c in result.comparisons] == [
+        ("houses-features:v0", True), ("ridge:v0", True), ("ridge-onnx:v0", True)]
+
+
 # --------------------------------------------------------------------------------- beside MNIST, in one store, gc
 
 @pytest.mark.slow

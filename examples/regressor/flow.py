@@ -11,12 +11,13 @@ from types import SimpleNamespace
 
 import numpy as np
 from prefect import flow, task
-from prefect.states import Completed
+from prefect.states import Completed, State
 
 from examples.regressor import steps
 from examples.regressor.steps import RegressorConfig
 from prefect_wandb import (
     ArtifactRef,
+    ChangeCheck,
     GatePolicy,
     LineageStore,
     compare_with_production,
@@ -55,7 +56,7 @@ def generate_data(cfg: RegressorConfig) -> ArtifactRef:
 
 
 @task(name="check-for-changes")
-def check_for_changes(cfg: RegressorConfig, dataset: ArtifactRef):
+def check_for_changes(cfg: RegressorConfig, dataset: ArtifactRef) -> ChangeCheck:
     return compare_with_production(LineageStore(cfg.lineage().store), MODEL, dataset.digest, dataset.label,
                                    steps.fingerprint(cfg.model_dump()))
 
@@ -84,7 +85,8 @@ def export_onnx(cfg: RegressorConfig, model: ArtifactRef) -> ArtifactRef:
 
 
 @task(name="validate-onnx")
-def validate_onnx(cfg: RegressorConfig, onnx_model: ArtifactRef, model: ArtifactRef, dataset: ArtifactRef):
+def validate_onnx(cfg: RegressorConfig, onnx_model: ArtifactRef, model: ArtifactRef,
+                  dataset: ArtifactRef) -> ArtifactRef:
     import onnxruntime
 
     with _stage(cfg, "validate-onnx") as stage:
@@ -139,9 +141,8 @@ def promote_model(cfg: RegressorConfig, dataset: ArtifactRef, model: ArtifactRef
                                                                   margin=cfg.margin)
     prod, again = store.alias(MODEL, "production"), None
     if prod and prod.digest != model.digest and not measured_on(store, prod.artifact_id, dataset.digest, policy):
-        made_with = store.run(prod.producer_run_id).config  # on record: production's own settings
-        again = evaluate.fn(cfg.model_copy(update={k: made_with[k] for k in ("rows", "seed", "degree", "alpha")}),
-                            prod.ref(), dataset)
+        fp = prod.metadata["fingerprint"]  # on record: production's model settings, this run's data
+        again = evaluate.fn(cfg.model_copy(update={"alpha": fp["alpha"], "degree": fp["degree"]}), prod.ref(), dataset)
     with _stage(cfg, "promote") as stage:
         decision = promote(store, stage.record(model).artifact_id, value=stage.record(metrics).metadata["rmse"],
                            validation_passed=bool(stage.record(validation).metadata["passed"]), policy=policy,
@@ -155,7 +156,7 @@ def promote_model(cfg: RegressorConfig, dataset: ArtifactRef, model: ArtifactRef
 
 @flow(name="regressor-lineage", description="Fit a ridge regressor of synthetic house prices, export and validate "
       "ONNX, sign it given a key, promote it when its test RMSE beats production's; skip an unchanged rerun.")
-def regressor_pipeline(config: RegressorConfig = RegressorConfig()) -> dict:  # noqa: B008 - frozen
+def regressor_pipeline(config: RegressorConfig = RegressorConfig()) -> dict | State:  # noqa: B008 - frozen
     cfg = config.model_copy(update={"root": config.root.resolve()})  # on record as an absolute path
     store = LineageStore(cfg.lineage().store)
     key = cfg.sign_key or (Path(os.environ[SIGN_KEY_ENV]) if os.environ.get(SIGN_KEY_ENV) else None)
@@ -173,7 +174,8 @@ def regressor_pipeline(config: RegressorConfig = RegressorConfig()) -> dict:  # 
     v = store.require_artifact(validation.name, validation.digest).metadata
     signed = sign(cfg, key, onnx_model, model, dataset, validation) if key and v["passed"] else None
     decision = promote_model(cfg, dataset, model, metrics, validation)
-    return {"status": "completed", "reason": check.reason, "promotion": decision, "validation": v,
+    return {"status": "completed", "reason": check.reason, "promotion": decision,
+            "validation": {k: v[k] for k in ("passed", "max_abs_diff")},
             "rmse": store.require_artifact(metrics.name, metrics.digest).metadata["rmse"],
             "artifacts": {r.type: {"label": r.label, **r.model_dump()} for r in (dataset, model, metrics, onnx_model,
                                                                                  validation, signed) if r},
