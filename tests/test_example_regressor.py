@@ -297,5 +297,9 @@ def test_the_flow_records_online_and_sync_verify_agrees(prefect_server, tmp_path
         for art in store.artifacts():
             versions = collections[f"{w.entity}/regressor-lineage/{art.name}"]["versions"]
             assert [v["state"] for v in versions] == ["COMMITTED"], art.label
+        [decision] = store.promotions()  # the gate's aliases moved in W&B by the promote stage itself
+        assert decision.decision == "promoted" and decision.wandb_applied_at
+        assert {"production", "candidate"} <= set(collections[f"{w.entity}/regressor-lineage/ridge"]["versions"][0]
+                                                   ["aliases"])
         v = mnist_pipeline_process(env, "sync", "--verify", "--lineage-db", str(tmp_path / "runs" / "lineage.db"))
         assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
