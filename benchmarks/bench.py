@@ -78,7 +78,7 @@ def part_pipeline(a: dict) -> dict:
     import importlib
 
     from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-    from prefect_wandb.store import LineageStore
+    from prefect_wandb import LineageStore
 
     # The stages import torch, wandb, onnx... when they run (a skipped run needs none of them). Imported here,
     # outside the timer, as the tutorial's script imports its own before its timed part; wandb's service start and

@@ -1,7 +1,7 @@
 """The dataset both flows start from: prepared (or taken from Prefect's cache), and prepared again from the source
 when the cached one cannot be used as stored (no longer recorded, deleted by gc, or its files changed).
 
-From the moment the flow has it, the flow holds it in the lineage store (`lineage/holds.py`), so gc leaves it alone
+From the moment the flow has it, the flow holds it in the lineage store (`prefect_wandb.hold_artifact`), so gc leaves it alone
 although no stage of the flow has declared it yet (a cache hit); `release_holds` (the flows' end hooks) lets go."""
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.prepare_data import for_config, stored_problem
-from prefect_wandb import holds
-from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.store import ArtifactDeleted, LineageStore
+from prefect_wandb import ArtifactDeleted, ArtifactRef, LineageStore, hold_artifact
+from prefect_wandb import release_holds as release_flow_holds
 
 # flow run id -> the lineage store its holds are in (the hooks get the flow run, not the effective config)
 _HELD: dict[str, str] = {}
@@ -26,7 +25,7 @@ def _hold(cfg: PipelineConfig, dataset: ArtifactRef) -> str | None:
         return None
     _HELD[flow_run_id] = str(cfg.lineage_db)
     try:
-        holds.hold(store, flow_run_id, rec.artifact_id)
+        hold_artifact(store, flow_run_id, rec.artifact_id)
     except ArtifactDeleted:
         return "gc deleted its files"
     return None
@@ -50,4 +49,4 @@ def release_holds(flow, flow_run, state) -> None:
     (a flow run killed before its hook runs is expired by gc: its process is gone)."""
     db = _HELD.pop(str(flow_run.id), None)
     if db is not None:
-        holds.release(LineageStore(db), str(flow_run.id))
+        release_flow_holds(LineageStore(db), str(flow_run.id))

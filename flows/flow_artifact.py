@@ -9,7 +9,8 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.report import markdown
 from mnist_pipeline.results import RunSummary
 from mnist_pipeline.tasks._common import current_flow_run_id
-from prefect_wandb.store import LineageStore
+from prefect_wandb import LineageStore
+from prefect_wandb import wandb_records as library_wandb_records
 
 
 def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: RunSummary | None = None) -> list[dict]:
@@ -54,22 +55,8 @@ def _reused_rows(store: LineageStore, summary: RunSummary) -> list[dict]:
 
 
 def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
-    """Where this flow run's W&B records went (`queries.where_records_went`), said in one line on `logger`."""
-    from prefect_wandb.queries import where_records_went
-    from prefect_wandb.wandb.credentials import resolve_credentials
-    from prefect_wandb.wandb.stage_run import recent_failure
-
-    reason = None
-    if cfg.wandb.mode == "offline":
-        reason = "wandb mode offline was asked for"
-    elif cfg.wandb.mode == "auto" and not (creds := resolve_credentials(cfg.wandb.dir)).online:
-        reason = creds.why()
-    elif (failure := recent_failure()) is not None:
-        reason = f"W&B failed: {failure[:200]}"
-    out = where_records_went(LineageStore(cfg.lineage_db), current_flow_run_id(), offline_reason=reason)
-    if logger is not None:
-        (logger.warning if out["needs_sync"] else logger.info)(out["line"])
-    return out
+    """Where this flow run's W&B records went (`prefect_wandb.wandb_records`), said in one line on `logger`."""
+    return library_wandb_records(cfg.lineage(), current_flow_run_id(), logger)
 
 
 def publish_flow_artifact(cfg: PipelineConfig, summary: RunSummary) -> str:

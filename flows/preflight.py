@@ -19,9 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from mnist_pipeline.config import PipelineConfig, allowed_roots
-from prefect_wandb import storage
-from prefect_wandb.layout import stored_folders
-from prefect_wandb.store import LineageStore, StoreError
+from prefect_wandb import LineageStore, StoreError, storage, stored_folders
 
 log = logging.getLogger(__name__)
 

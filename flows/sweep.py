@@ -40,11 +40,7 @@ from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
 from mnist_pipeline.tasks.train import MODEL_NAME, checkpoint_path
 from mnist_pipeline.tasks.validate_onnx import parity_failure
-from prefect_wandb.journal import commit_journal
-from prefect_wandb.stage import record_lost_run
-from prefect_wandb.store import LineageStore
-from prefect_wandb.wandb.credentials import resolve_mode
-from prefect_wandb.wandb.folder import wandb_dir
+from prefect_wandb import LineageStore, commit_journal, record_lost_run
 
 FLOW_NAME = "mnist-sweep"
 DEFAULT_CONFIG = PipelineConfig.model_validate({})
@@ -64,8 +60,7 @@ def task_runner(address: str | None = None, workers: int | None = None) -> DaskT
 def pin_for_workers(cfg: PipelineConfig) -> PipelineConfig:
     """Decide here what a worker would otherwise decide from its own environment: the W&B folder (WANDB_DIR of
     this process, else beside the store) and the W&B mode (auto: this process's API key)."""
-    return cfg.model_copy(update={"wandb": cfg.wandb.model_copy(
-        update={"dir": wandb_dir(cfg.lineage()).resolve(), "mode": resolve_mode(cfg.wandb.mode)})})
+    return cfg.model_copy(update={"wandb": cfg.lineage().for_workers().wandb})
 
 
 def _values(metadata: dict) -> dict:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from mnist_pipeline.results import ModelInfo, TrainingResult
-from prefect_wandb.queries import evaluations
-from prefect_wandb.store import ArtifactRecord, LineageStore
+from prefect_wandb import ArtifactRecord, LineageStore, evaluations
 
 
 def train_seconds(store: LineageStore, model: ArtifactRecord) -> float | None:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from mnist_pipeline.config import PipelineConfig
-from prefect_wandb.reproduce import CannotReproduce, Rebuild, Replay
+from prefect_wandb import CannotReproduce, Rebuild, Replay
 
 
 def _config(replay: Replay) -> PipelineConfig:

@@ -22,7 +22,7 @@ import torch
 from mnist_pipeline import metrics, onnx_io, training
 from mnist_pipeline.data import Split
 from mnist_pipeline.model import ConvNet, ModelConfig, load_model, save_model
-from prefect_wandb.storage import write_bytes_atomic, write_json
+from prefect_wandb import write_bytes_atomic, write_json
 
 MODEL_FILES = ("model.pt", "model_config.json")
 LOGITS_FILE = "logits.npy"  # in the metrics artifact: the evaluated model's logits, float32 [test images, classes]

@@ -43,26 +43,43 @@ _WHERE = {
     # policy: the promotion gate and the skip rule
     "GatePolicy": "promotion", "Decision": "promotion", "Signature": "promotion", "promote": "promotion",
     "measured_on": "promotion", "ChangeCheck": "skip", "compare_with_production": "skip",
-    # reading the store back
+    # reading the store back; where a flow run's W&B records went
     "evaluations": "queries", "where_records_went": "queries", "code_state": "environment",
+    "wandb_records": "wandb.where", "stored_folders": "layout",
+    # a flow run holds what it uses (gc leaves it alone) until it ends
+    "hold_artifact": "holds", "release_holds": "holds",
+    # reproduce: job type -> the pure function that rebuilds that stage's files
+    "Replay": "reproduce", "Rebuild": "reproduce", "CannotReproduce": "reproduce",
+    # the lineage picture (Graphviz dot)
+    "lineage_graph": "picture", "render_svg": "picture", "LineageGraph": "picture",
+    # HTML pages: Jinja2, autoescaped, templates in a package's templates/ folder
+    "render_template": "templating",
     # files written so that a full disk says where, and nothing is half-written
     "StorageError": "storage", "write_json": "storage", "write_bytes_atomic": "storage",
 }
 
-__all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "ChangeCheck", "ConfinementError", "Decision",
-           "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageSettings", "LineageStore",
-           "PromotionRecord", "RunRecord", "Signature", "Stage", "StorageError", "StoreError", "WandbSettings",
-           "allowed_roots", "code_state", "commit_journal", "compare_with_production", "confine", "evaluations",
-           "manifest", "manifest_digest", "measured_on", "open_stage", "promote", "record_lost_run", "verify_files",
-           "where_records_went", "write_bytes_atomic", "write_json"]
+__all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "CannotReproduce", "ChangeCheck", "ConfinementError",
+           "Decision", "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageGraph",
+           "LineageSettings", "LineageStore", "PromotionRecord", "Rebuild", "Replay", "RunRecord", "Signature",
+           "Stage", "StorageError", "StoreError", "WandbSettings", "allowed_roots", "code_state", "commit_journal",
+           "compare_with_production", "confine", "evaluations", "hold_artifact", "lineage_graph", "manifest",
+           "manifest_digest", "measured_on", "open_stage", "promote", "record_lost_run", "release_holds",
+           "render_svg", "render_template", "stored_folders", "verify_files", "wandb_records", "where_records_went",
+           "write_bytes_atomic", "write_json"]
 
 if TYPE_CHECKING:
     from prefect_wandb.environment import code_state
+    from prefect_wandb.holds import hold as hold_artifact
+    from prefect_wandb.holds import release as release_holds
     from prefect_wandb.journal import Entry as JournalEntry
     from prefect_wandb.journal import JournalStore, commit_journal
+    from prefect_wandb.layout import stored_folders
+    from prefect_wandb.picture import Graph as LineageGraph
+    from prefect_wandb.picture import lineage_graph, render_svg
     from prefect_wandb.promotion import Decision, GatePolicy, Signature, measured_on, promote
     from prefect_wandb.queries import evaluations, where_records_went
     from prefect_wandb.refs import ArtifactRef, DigestMismatch, manifest, manifest_digest, verify_files
+    from prefect_wandb.reproduce import CannotReproduce, Rebuild, Replay
     from prefect_wandb.settings import ConfinementError, LineageSettings, WandbSettings, allowed_roots, confine
     from prefect_wandb.skip import ChangeCheck, compare_with_production
     from prefect_wandb.stage import Stage, open_stage, record_lost_run
@@ -75,8 +92,11 @@ if TYPE_CHECKING:
         RunRecord,
         StoreError,
     )
+    from prefect_wandb.templating import render as render_template
+    from prefect_wandb.wandb.where import wandb_records
 
-_ALIASES = {"JournalEntry": "Entry"}
+_ALIASES = {"JournalEntry": "Entry", "hold_artifact": "hold", "release_holds": "release", "LineageGraph": "Graph",
+            "render_template": "render"}
 
 
 def __getattr__(name: str) -> Any:

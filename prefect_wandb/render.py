@@ -9,10 +9,9 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from mnist_pipeline.report import picture
-from mnist_pipeline.report.picture import Graph, Node
-from prefect_wandb import templating
+from prefect_wandb import picture, templating
 from prefect_wandb.audit import FAILED, ArtifactEntry, AuditError, AuditReport, RunEntry, SignatureEntry
+from prefect_wandb.picture import Graph, Node
 
 
 def _short(d: str | None, n: int = 16) -> str:
@@ -262,7 +261,7 @@ def render_mermaid(report: AuditReport) -> str:
 
 
 def lineage_picture(report: AuditReport) -> Graph:
-    """The audit's graph for the shared lineage picture (`mnist_pipeline.report.picture`, laid out by Graphviz):
+    """The audit's graph for the shared lineage picture (`prefect_wandb.picture`, laid out by Graphviz):
     the audited artifact with a thick blue border, anything that failed verification red, the verdict under it."""
     subjects = {f"artifact:{s}" for s in report["subjects"]}
     nodes = []

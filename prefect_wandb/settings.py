@@ -133,6 +133,17 @@ class LineageSettings(_Frozen):
             return self.wandb.dir
         return Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else self.store.parent
 
+    def for_workers(self) -> LineageSettings:
+        """These settings with what a stage on another process would decide from its own environment decided here:
+        the W&B folder (this process's $WANDB_DIR, else beside the store) and the W&B mode ('auto': whether this
+        process has an API key). For stages on Dask workers (a sweep's trials)."""
+        from prefect_wandb.wandb.credentials import resolve_mode
+
+        folder = self.wandb_folder().expanduser().resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        return self.model_copy(update={"wandb": self.wandb.model_copy(
+            update={"dir": folder, "mode": resolve_mode(self.wandb.mode)})})
+
     @classmethod
     def from_env(cls, **overrides) -> LineageSettings:
         """Settings from the environment: $PREFECT_WANDB_STORE, $PREFECT_WANDB_ARTIFACTS, $PREFECT_WANDB_CODE_ROOT,

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # Errors of the place being written to, not of the moment: a retry fails the same way.
+__all__ = ["StorageError", "check_writable", "is_storage_error", "tmp_name", "write_bytes_atomic", "write_json", "writing"]
+
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 

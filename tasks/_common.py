@@ -5,9 +5,7 @@ from contextlib import AbstractContextManager
 from prefect.runtime import flow_run
 
 from mnist_pipeline.config import PipelineConfig
-from prefect_wandb import storage
-from prefect_wandb.stage import Stage, open_stage
-from prefect_wandb.storage import write_json  # noqa: F401  (one writer for every stage: equal dicts, equal bytes)
+from prefect_wandb import Stage, open_stage, storage
 
 
 def current_flow_run_id() -> str | None:

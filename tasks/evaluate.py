@@ -5,9 +5,7 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import MetricsResult
 from mnist_pipeline.tasks._common import pipeline_stage
-from prefect_wandb.journal import JournalStore
-from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.store import LineageStore
+from prefect_wandb import ArtifactRef, JournalStore, LineageStore
 
 METRICS_NAME = "convnet-metrics"
 

@@ -7,9 +7,7 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline.config import SOURCE_ROOT, PipelineConfig
 from mnist_pipeline.tasks._common import pipeline_stage
-from prefect_wandb.environment import code_state
-from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.store import ArtifactRecord
+from prefect_wandb import ArtifactRecord, ArtifactRef, code_state
 
 ONNX_NAME = "convnet-onnx"
 

@@ -10,10 +10,8 @@ from prefect import get_run_logger, task
 from mnist_pipeline import __version__, data
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import DatasetInfo
-from mnist_pipeline.tasks._common import pipeline_stage, write_json
-from prefect_wandb import storage
-from prefect_wandb.refs import ArtifactRef, DigestMismatch, verify_files
-from prefect_wandb.store import LineageStore
+from mnist_pipeline.tasks._common import pipeline_stage
+from prefect_wandb import ArtifactRef, DigestMismatch, LineageStore, storage, verify_files, write_json
 
 DATASET_NAME = "mnist"
 

@@ -12,11 +12,19 @@ from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import MODEL_NAME
-from prefect_wandb.promotion import Signature, measured_on
-from prefect_wandb.promotion import promote as apply_gate
-from prefect_wandb.refs import ArtifactRef, DigestMismatch, verify_files
-from prefect_wandb.skip import ChangeCheck, compare_with_production
-from prefect_wandb.store import ArtifactRecord, LineageStore, PromotionRecord
+from prefect_wandb import (
+    ArtifactRecord,
+    ArtifactRef,
+    ChangeCheck,
+    DigestMismatch,
+    LineageStore,
+    PromotionRecord,
+    Signature,
+    compare_with_production,
+    measured_on,
+    verify_files,
+)
+from prefect_wandb import promote as apply_gate
 
 
 @task(name="check-for-changes")

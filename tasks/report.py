@@ -22,11 +22,9 @@ from mnist_pipeline.report.page import (
     draw_figures,
     write_report,
 )
-from mnist_pipeline.report.picture import lineage_graph
 from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
-from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.store import ArtifactRecord, LineageStore
+from prefect_wandb import ArtifactRecord, ArtifactRef, LineageStore, lineage_graph
 
 REPORT_NAME = "run-report"
 REPORT_FILE = "report.html"

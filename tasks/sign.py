@@ -17,10 +17,9 @@ from mnist_pipeline import __version__
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import AttestationInfo, DatasetInfo, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import pipeline_stage
+from prefect_wandb import ArtifactRecord, ArtifactRef
 from prefect_wandb.provenance import attest
 from prefect_wandb.provenance.statement import ProvenanceInputs, Resource
-from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.store import ArtifactRecord
 
 ATTESTATION_NAME = "convnet-onnx-attestation"
 SUBJECT = "model.onnx"

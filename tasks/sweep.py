@@ -17,12 +17,10 @@ from prefect.states import Failed
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import SweepResult
 from mnist_pipeline.sweep import Sweep, TrialResult, rank
-from mnist_pipeline.tasks._common import pipeline_stage, write_json
+from mnist_pipeline.tasks._common import pipeline_stage
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import train
-from prefect_wandb.journal import Entry, JournalStore
-from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.store import ArtifactRecord
+from prefect_wandb import ArtifactRecord, ArtifactRef, JournalEntry, JournalStore, write_json
 
 SWEEP_RESULT_NAME = "convnet-sweep"
 
@@ -32,7 +30,7 @@ class TrialOutcome:
     """What a trial hands back from its worker: small records, never files."""
     index: int
     status: str  # finished | failed
-    journal: list[Entry]
+    journal: list[JournalEntry]
     model: tuple[str, str] | None = None  # (name, digest)
     metrics: tuple[str, str] | None = None
     error: str | None = None

@@ -8,9 +8,7 @@ from prefect import get_run_logger, task
 from mnist_pipeline.config import MODEL_NAME, PipelineConfig
 from mnist_pipeline.results import ModelInfo, TrainingResult
 from mnist_pipeline.tasks._common import pipeline_stage, unless_permanent
-from prefect_wandb.journal import JournalStore
-from prefect_wandb.refs import ArtifactRef
-from prefect_wandb.store import LineageStore
+from prefect_wandb import ArtifactRef, JournalStore, LineageStore
 
 
 def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):

@@ -6,8 +6,8 @@ from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import ValidationResult
-from mnist_pipeline.tasks._common import pipeline_stage, write_json
-from prefect_wandb.refs import ArtifactRef
+from mnist_pipeline.tasks._common import pipeline_stage
+from prefect_wandb import ArtifactRef, write_json
 
 VALIDATION_NAME = "convnet-onnx-validation"
 

@@ -21,7 +21,8 @@ from mnist_pipeline.report.page import (
     render_html,
     write_report,
 )
-from mnist_pipeline.report.picture import (
+from mnist_pipeline.results import RunSummary
+from prefect_wandb.picture import (
     NO_DOT_NOTE,
     Graph,
     Node,
@@ -30,7 +31,6 @@ from mnist_pipeline.report.picture import (
     lineage_graph,
     render_svg,
 )
-from mnist_pipeline.results import RunSummary
 from tests.browser import chromium, console_errors, data_uri_png, png_pixels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,7 @@ def test_a_class_absent_from_the_test_split_is_null_in_metrics_and_n_a_in_the_re
 
 
 def test_importing_the_report_costs_no_plotting_library():
-    code = ("import sys, mnist_pipeline.report.page, mnist_pipeline.report.picture;"
+    code = ("import sys, mnist_pipeline.report.page, prefect_wandb.picture;"
             "print([m for m in ('matplotlib', 'torch', 'prefect', 'wandb') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, check=False)

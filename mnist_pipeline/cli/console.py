@@ -19,9 +19,7 @@ from contextlib import contextmanager
 
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data import DataError, DownloadError
-from prefect_wandb import storage
-from prefect_wandb.refs import DigestMismatch
-from prefect_wandb.store import StoreError
+from prefect_wandb import DigestMismatch, StoreError, storage
 
 # ParityError (onnx_io) and TrainingDiverged (training: "the loss ... is nan (train.learning_rate 10 may be too
 # large)") are expected too; they are looked up by name, so this module does not import torch and onnx (a skipped

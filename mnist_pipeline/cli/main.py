@@ -135,8 +135,7 @@ def run_main(ns: argparse.Namespace) -> int:
 def _run(cfg: PipelineConfig) -> int:
     from mnist_pipeline.cli import console
     from mnist_pipeline.flows import preflight
-    from prefect_wandb.storage import StorageError
-    from prefect_wandb.store import StoreError
+    from prefect_wandb import StorageError, StoreError
 
     try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
         preflight.check_writable(cfg.resolved())

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_pipeline.report.page import RunReport, fmt
-from mnist_pipeline.report.picture import render_svg
 from mnist_pipeline.results import RunSummary
+from prefect_wandb import render_svg
 
 # The plots a person wants first, in order (names of page.draw_figures).
 UI_FIGURES = ("loss curve", "confusion matrix", "misclassified digits", "per-class accuracy")

@@ -17,8 +17,7 @@ from typing import Any
 from markupsafe import Markup
 
 from mnist_pipeline.report import plots
-from mnist_pipeline.report.picture import Graph, render_svg
-from prefect_wandb import templating
+from prefect_wandb import LineageGraph, render_svg, render_template
 
 
 def fmt(v: Any) -> str:
@@ -55,7 +54,7 @@ class RunReport:
     misclassified_total: int | None = None  # all misclassified test images (the grid shows the first ones)
     validation: dict = field(default_factory=dict)  # validation.json of the onnxruntime check
     promotion: dict | None = None  # decision, reason, candidate_accuracy, production_accuracy
-    lineage: Graph | None = None
+    lineage: LineageGraph | None = None
     artifacts: Sequence[dict] = ()  # {stage, artifact, type, sha256, path}
 
 
@@ -144,7 +143,7 @@ def page_context(r: RunReport, figs: dict[str, bytes | str]) -> dict[str, Any]:
 
 
 def render_html(r: RunReport, figs: dict[str, bytes | str] | None = None) -> str:
-    return templating.render("mnist_pipeline.report", "report.html.j2",
+    return render_template("mnist_pipeline.report", "report.html.j2",
                              **page_context(r, draw_figures(r) if figs is None else figs))
 
 

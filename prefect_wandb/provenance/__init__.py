@@ -3,3 +3,5 @@ envelope, a model-signing (Sigstore bundle) signature over the ONNX file, and th
 
 Pure: imports neither torch, prefect nor wandb, so `mnist-pipeline verify` runs on a host that has none of them.
 """
+
+__all__ = ["attest", "keys", "statement", "verify"]  # the signing namespace: each module lists its public names

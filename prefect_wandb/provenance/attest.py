@@ -10,6 +10,8 @@ from pathlib import Path
 from prefect_wandb.provenance import bundle, dsse, keys, statement
 from prefect_wandb.provenance.verify import INDEX, bundle_name, envelope_name, sha256_file
 
+__all__ = ["SIGNER_PUB", "write"]
+
 SIGNER_PUB = "signer.pub"
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+__all__ = ["KeyFileError", "fingerprint", "generate", "load_private", "load_public", "public_pem"]
+
 PRIVATE_NAME, PUBLIC_NAME = "mnist-signing.key", "mnist-signing.pub"
 CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)  # what model-signing's key signer accepts
 

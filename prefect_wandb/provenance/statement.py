@@ -19,6 +19,8 @@ from in_toto_attestation.v1 import statement_pb2
 from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
 from in_toto_attestation.v1.statement import STATEMENT_TYPE_URI, Statement
 
+__all__ = ["ProvenanceInputs", "Resource", "build", "dependencies", "parse", "subject"]
+
 STATEMENT_TYPE = STATEMENT_TYPE_URI  # "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://mnist-lineage-pipeline.dev/build/onnx-export/v1"

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from prefect_wandb.provenance import bundle, dsse, keys, statement
 
+__all__ = ["INDEX", "MISSING", "VERIFIED", "VerifyResult", "bundle_name", "envelope_name", "locate", "tree", "verify"]
+
 INDEX = "attestation.json"
 ENVELOPE_SUFFIX, BUNDLE_SUFFIX = ".intoto.json", ".sig"
 VERIFIED, MISMATCH, MISSING = "verified", "mismatch", "missing"

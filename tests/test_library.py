@@ -1,0 +1,114 @@
+"""prefect_wandb is a library: the applications (the MNIST pipeline, the regressor example) use only its public
+names, and it imports nothing of them, nor torch, torchvision or onnx, which a user of another framework lacks."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import prefect_wandb
+
+REPO = Path(__file__).resolve().parents[1]
+APPLICATIONS = ("flows", "tasks", "mnist_pipeline", "deployments", "examples", "benchmarks")
+# The public namespaces and what each exports: the package's own `__all__`, the operator CLI, the file writers and
+# the signing modules (each lists its public names in `__all__`).
+PUBLIC_MODULES = ("prefect_wandb", "prefect_wandb.cli", "prefect_wandb.storage", "prefect_wandb.provenance",
+                  "prefect_wandb.provenance.attest", "prefect_wandb.provenance.keys",
+                  "prefect_wandb.provenance.statement", "prefect_wandb.provenance.verify")
+FOREIGN = ("mnist_pipeline", "flows", "tasks", "deployments", "examples", "torch", "torchvision", "onnx",
+           "onnxruntime", "onnxscript")
+
+
+def _public() -> dict[str, set[str]]:
+    return {m: set(importlib.import_module(m).__all__) for m in PUBLIC_MODULES}
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.lineno, node.module, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name, []
+
+
+def _private_uses(files) -> list[str]:
+    public = _public()
+    bad = []
+    for f in files:
+        for line, module, names in _imports(f):
+            if module.split(".")[0] != "prefect_wandb":
+                continue
+            where = f"{f.relative_to(REPO)}:{line}"
+            if module not in public:
+                bad.append(f"{where}: {module}")
+                continue
+            # a name is public if the module exports it, or it is a public module itself (`from X import keys`)
+            bad += [f"{where}: {module}.{n}" for n in names
+                    if n not in public[module] and f"{module}.{n}" not in public]
+    return bad
+
+
+def _application_files() -> list[Path]:
+    return sorted(p for top in APPLICATIONS for p in (REPO / top).rglob("*.py"))
+
+
+def test_the_applications_use_only_public_names_of_prefect_wandb():
+    files = _application_files()
+    assert len(files) > 50
+    assert _private_uses(files) == []
+
+
+def test_the_check_finds_a_private_import(tmp_path):
+    sneaky = tmp_path / "sneaky.py"
+    sneaky.write_text("from prefect_wandb.store import LineageStore\nfrom prefect_wandb import open_stage, _WHERE\n"
+                      "import prefect_wandb.stage\nfrom prefect_wandb.provenance import keys\n")
+    sneaky = REPO / "tests" / sneaky.name
+    try:
+        sneaky.write_text((tmp_path / "sneaky.py").read_text())
+        assert _private_uses([sneaky]) == ["tests/sneaky.py:1: prefect_wandb.store",
+                                           "tests/sneaky.py:2: prefect_wandb._WHERE",
+                                           "tests/sneaky.py:3: prefect_wandb.stage"]
+    finally:
+        sneaky.unlink()
+
+
+def test_every_public_name_resolves_and_is_listed_once():
+    assert sorted(prefect_wandb.__all__) == sorted(prefect_wandb._WHERE)
+    for name in prefect_wandb.__all__:
+        assert getattr(prefect_wandb, name) is not None, name
+    with pytest.raises(AttributeError):
+        prefect_wandb.no_such_name  # noqa: B018
+
+
+def _library_modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.walk_packages(prefect_wandb.__path__, "prefect_wandb.")
+                  if ".migrations" not in m.name and not m.name.endswith("__main__"))
+
+
+def test_the_library_imports_nothing_of_the_applications_nor_torch_nor_onnx():
+    for f in sorted((REPO / "prefect_wandb").rglob("*.py")):
+        for line, module, _ in _imports(f):
+            assert module.split(".")[0] not in FOREIGN, f"{f.relative_to(REPO)}:{line} imports {module}"
+    # and at run time: every module of the library imported in a fresh interpreter pulls none of them in
+    code = ("import importlib, sys\n"
+            f"for m in {_library_modules()!r}: importlib.import_module(m)\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(FOREIGN)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_importing_the_library_costs_nothing_until_a_name_is_used():
+    code = ("import sys, prefect_wandb\n"
+            "heavy = {m.split('.')[0] for m in sys.modules} & {'prefect', 'wandb', 'sqlalchemy', 'pydantic'}\n"
+            "prefect_wandb.LineageSettings\n"
+            "print(sorted(heavy), 'pydantic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["[]", "True"], out.stderr
