@@ -354,7 +354,7 @@ class PipelineConfig(_Section):
         """Where this run's lineage goes, in the library's terms: this repository's code and these packages on
         record."""
         return LineageSettings(store=self.lineage_db, artifacts=self.artifacts_dir, wandb=self.wandb,
-                               code_root=SOURCE_ROOT, packages=PACKAGES)
+                               code_root=SOURCE_ROOT, packages=PACKAGES, command="mnist-pipeline")
 
     def gate(self) -> GatePolicy:
         """The promotion gate of this pipeline: test accuracy, higher is better, by `promotion.margin`."""

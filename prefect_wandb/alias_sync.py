@@ -42,4 +42,4 @@ def follow_store(store: LineageStore, name: str, aliases: Sequence[str],
                 return False
             last.update(dict.fromkeys(some, rec.artifact_id))
     raise AliasesMoving(f"{name}:{', '.join(aliases)} moved in the lineage store after each of {MAX_MOVES} moves "
-                        "in W&B; `mnist-pipeline sync` sets them where the store ends")
+                        "in W&B; `sync` sets them where the store ends")

@@ -41,7 +41,7 @@ class GatePolicy(BaseModel):
         return value >= production + self.margin if self.higher_is_better else value <= production - self.margin
 
     def comparison(self, value: float, production: float | None, prod: str) -> str:
-        """'accuracy 0.9000 >= production 0.8000 + margin 0.0000' (or '<=' and '- margin' when lower is better)."""
+        """'rmse 0.3100 <= production 0.3500 - margin 0.0000' (or '<=' and '- margin' when lower is better)."""
         shown = production if production is not None else math.nan
         wins = production is None or self.beats(value, production)
         if self.higher_is_better:
@@ -91,7 +91,7 @@ def decide(*, candidate_id: int, value: float | None, validation_passed: bool, p
     | passed     | v                | no metric recorded, or v beats p               | promoted  |
     | passed     | v                | p, and v does not beat it                      | candidate |
 
-    (*) with `test_set` (the candidate's dataset, e.g. "mnist:v3"), `production_value` is production's metric on
+    (*) with `test_set` (the candidate's dataset, e.g. "houses:v3"), `production_value` is production's metric on
     that same test set: metrics measured on different data are never compared. `basis` says how it was measured
     (e.g. re-evaluated for this decision) and ends the reason. `rejection` describes the rejection in force
     ("rejected by rollback at <time> (<reason>)"); `earlier`, the gate's own earlier candidate verdict on this test

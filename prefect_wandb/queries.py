@@ -25,11 +25,13 @@ def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str
     return out
 
 
-def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None) -> dict:
+def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None,
+                       command: str = "prefect-wandb") -> dict:
     """Where a flow run's W&B records went, from the store alone: per stage run its mode and W&B URL or folder, the
-    W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact."""
+    W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact (naming
+    `<command> sync` when W&B is missing something)."""
     runs = store.runs(flow_run_id) if flow_run_id else []
-    sync_cmd = f"`mnist-pipeline sync --lineage-db {store.path}`"
+    sync_cmd = f"`{command} sync --lineage-db {store.path}`"
     entries, group_urls, folders, failed_calls = [], [], [], []
     for r in runs:
         gaps = store.wandb_gaps(r.run_id)

@@ -1,6 +1,6 @@
 """`RecordingWandb`: an in-memory W&B behind the same `WandbBackend` Protocol as the real client.
 
-`mnist-pipeline sync --dry-run` sends its calls here (and prints them in order); the tests use it to rehearse a W&B
+`sync --dry-run` sends its calls here (and prints them in order); the tests use it to rehearse a W&B
 that already holds part of the lineage, or fails at one call.
 """
 

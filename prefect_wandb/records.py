@@ -109,9 +109,9 @@ class PromotionRecord:
     flow_run_id: str | None
     decided_at: str
     wandb_applied_at: str | None = field(default=None)
-    kind: str | None = None  # None: the promotion gate; 'rollback': `mnist-pipeline rollback`
+    kind: str | None = None  # None: the promotion gate; 'rollback': the `rollback` command
     requested_by: str | None = None  # who or what asked for a rollback
-    test_set: str | None = None  # digest of the dataset the candidate's accuracy was measured on (None: unknown)
+    test_set: str | None = None  # digest of the dataset the candidate's metric was measured on (None: unknown)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
@@ -129,7 +129,7 @@ class PromotionRecord:
 @dataclass(frozen=True)
 class RejectionRecord:
     """An operator's word about a model the gate must respect (a row of `rejections`): 'reject' (by `rollback`)
-    keeps it from being promoted again, 'unreject' (by `mnist-pipeline unreject`) lets the gate consider it."""
+    keeps it from being promoted again, 'unreject' (by the `unreject` command) lets the gate consider it."""
 
     rejection_id: int
     artifact_id: int
@@ -146,7 +146,7 @@ class RejectionRecord:
 
 @dataclass(frozen=True)
 class DeletionRecord:
-    """An artifact version whose folder `mnist-pipeline gc` removed; its lineage records stay."""
+    """An artifact version whose folder `gc` removed; its lineage records stay."""
 
     artifact_id: int
     path: str

@@ -1,7 +1,7 @@
 """Rejections: an operator's decision about a model that the promotion gate respects.
 
 `rollback` rejects the model it moves production away from (in the rollback's own transaction), so rerunning the
-sweep or run that made it does not promote it again; `mnist-pipeline unreject` lifts that. The table is a log that
+sweep or run that made it does not promote it again; the `unreject` command lifts that. The table is a log that
 is only appended to: a model is rejected while its newest row says 'reject'.
 """
 

@@ -1,4 +1,4 @@
-"""Retention that respects lineage: what `mnist-pipeline gc` may remove, and why everything else stays.
+"""Retention that respects lineage: what `gc` may remove, and why everything else stays.
 
 Kept, always:
 - every model an alias (`production`, `candidate`) points at, and the newest `keep_last` models of each name;

@@ -1,4 +1,4 @@
-"""Which model `mnist-pipeline rollback` moves `production` back to, and whether it may (pure: reads the store).
+"""Which model `rollback` moves `production` back to, and whether it may (pure: reads the store).
 
 The production history is replayed from the promotion decisions, as a stack: a promotion pushes its model, a
 rollback pops back to its target. So after A, B and C were promoted, a rollback goes to B and a second one to A.

@@ -117,6 +117,8 @@ class LineageSettings(_Frozen):
                                    "default the working directory.")
     packages: tuple[str, ...] | None = Field(None, description="Distributions whose versions each run records; "
                                              "default every distribution the process has imported.")
+    command: str = Field("prefect-wandb", description="The operator command the messages name (`<command> sync` "
+                         "uploads what W&B is missing): `prefect-wandb`, or a pipeline's own CLI.")
 
     def resolved(self) -> LineageSettings:
         """The same settings with every path absolute, so stages agree whatever their working directory."""

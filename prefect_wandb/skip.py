@@ -16,7 +16,7 @@ from prefect_wandb.store import LineageStore
 class ChangeCheck:
     changed: bool
     reason: str
-    production: str | None  # "convnet:v3" when there is a production model
+    production: str | None  # "model:v3" when there is a production model
     model: str | None = None  # a finished model these inputs already made (production's, when unchanged)
     model_digest: str | None = None
     decided: str | None = None  # what was decided about `model`, when anything was: the run stops there

@@ -7,7 +7,7 @@ one transaction, then logged as W&B Artifacts (the store first: see `Stage._comm
 produced, the run is recorded as failed with the inputs it had declared, and the W&B run is finished with exit
 code 1. W&B is reached only through
 `wandb.stage_run.StageRun`, which never raises after the run started: what W&B missed (a failed upload, input edge or
-alias) is recorded in the store's `wandb_gaps` for `mnist-pipeline sync`.
+alias) is recorded in the store's `wandb_gaps` for `sync`.
 """
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
 
 
 def _record_gaps(store: LineageStore | JournalStore, wb: StageRun, committed: bool) -> None:
-    """W&B is an observer: what it missed is recorded for `mnist-pipeline sync`, never raised. A committed run's
+    """W&B is an observer: what it missed is recorded for `sync`, never raised. A committed run's
     pending gaps give way to what W&B answered."""
     if committed:
         store.record_wandb_gaps(wb.run_id, wb.gaps, confirmed=wb.confirmed)

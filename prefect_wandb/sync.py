@@ -1,4 +1,4 @@
-"""`mnist-pipeline sync`: what to send to W&B, and sending it through a backend (`WandbBackend`, which
+"""`sync`: what to send to W&B, and sending it through a backend (`WandbBackend`, which
 `audit --online` reads through too).
 
 The plan comes from the lineage store and the offline run folders alone (no network); `run_sync` carries it out

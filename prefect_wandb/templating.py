@@ -1,4 +1,4 @@
-"""The Jinja2 environment every HTML page is drawn with: the audit and impact pages here, mnist_pipeline's run report.
+"""The Jinja2 environment every HTML page is drawn with: the audit and impact pages here, and a pipeline's own pages (`render_template`).
 
 A page's module builds a plain context (strings, numbers, lists, dicts) and its template, in the `templates/`
 folder of the module's package, lays it out. Autoescape is on for every template: a value from the data (an

@@ -1,4 +1,4 @@
-"""`mnist-pipeline sync --verify` and `audit --online`: does W&B hold what the lineage store recorded? Read-only.
+"""`sync --verify` and `audit --online`: does W&B hold what the lineage store recorded? Read-only.
 
 For every artifact version of the store whose producing run recorded to W&B (online or offline, not disabled):
 - W&B has it under its `sha256-<digest[:16]>` alias, with the same files (W&B's md5 of each file equals the md5
@@ -47,8 +47,7 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
     (among candidate/production) on this version."""
     lab = art.label
     if info is None:
-        return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: "
-                           "`mnist-pipeline sync`)")]
+        return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: `sync`)")]
     out = []
     remote = info.get("files") or {}
     for f in art.files:
@@ -103,10 +102,10 @@ def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
             "ok": not differences}
 
 
-def render_verify(result: dict) -> str:
+def render_verify(result: dict, command: str = "prefect-wandb") -> str:
     out = [f"W&B verify: {len(result['checked'])} artifact version(s) compared with the lineage store"]
     out += [f"  {d['line']}" for d in result["differences"]]
     n = len(result["differences"])
     out.append("OK: W&B holds what the lineage store recorded" if result["ok"]
-               else f"DIFFERENT: {n} difference(s); `mnist-pipeline sync` sends what is missing")
+               else f"DIFFERENT: {n} difference(s); `{command} sync` sends what is missing")
     return "\n".join(out) + "\n"

@@ -23,6 +23,7 @@ from prefect_wandb.provenance.statement import ProvenanceInputs, Resource
 
 ATTESTATION_NAME = "convnet-onnx-attestation"
 SUBJECT = "model.onnx"
+BUILD_TYPE = "https://mnist-lineage-pipeline.dev/build/onnx-export/v1"  # what this pipeline's signed build is
 
 
 def _artifact_uri(rec: ArtifactRecord) -> str:
@@ -72,7 +73,7 @@ def provenance_inputs(cfg: PipelineConfig, stage, onnx_rec: ArtifactRecord, mode
                       else {}, uri=f"pkg:pypi/mnist-lineage-pipeline@{__version__}",
                       annotations={"dirty": env.get("git_dirty")}),
         packages=dict(env.get("packages") or {}),
-        builder_id=_builder_id(), builder_version={"mnist-lineage-pipeline": __version__},
+        builder_id=_builder_id(), builder_version={"mnist-lineage-pipeline": __version__}, build_type=BUILD_TYPE,
         invocation_id=stage.flow_run_id,
         started_on=_started_on(train_run.started_at if train_run else datetime.now(timezone.utc).isoformat()),
         finished_on=datetime.now(timezone.utc),
@@ -109,7 +110,8 @@ def sign(cfg: PipelineConfig, key: Path, onnx_model: ArtifactRef, model: Artifac
         inputs = provenance_inputs(cfg, stage, onnx_rec, model_rec, dataset_rec, validation_rec)
         out = stage.staging(ATTESTATION_NAME)
         t1 = time.perf_counter()
-        index = attest.write(Path(onnx_rec.path) / SUBJECT, key, out, inputs,
+        index = attest.write(Path(onnx_rec.path) / SUBJECT, key, out, inputs, command="mnist-pipeline",
+                             public_key_name="mnist-signing.pub",
                              onnx_artifact={"name": onnx_rec.name, "digest": onnx_rec.digest})
         now = time.perf_counter()
         seconds = now - t0  # the whole stage but its commit: inputs checked, W&B run started, signed

@@ -31,7 +31,7 @@ MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
 def test_keygen_writes_a_p256_pair_private_0600_and_never_overwrites(tmp_path, capsys):
     out = tmp_path / "keys"
     assert main(["keygen", "--out", str(out)]) == 0
-    key, pub = out / keys.PRIVATE_NAME, out / keys.PUBLIC_NAME
+    key, pub = out / "mnist-signing.key", out / "mnist-signing.pub"  # `mnist-pipeline keygen` names them
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
     assert pub.read_bytes().startswith(b"-----BEGIN PUBLIC KEY-----")
@@ -189,7 +189,8 @@ def _statement_inputs() -> statement.ProvenanceInputs:
         code=R("mnist-lineage-pipeline", {"gitCommit": "c" * 40}, uri="pkg:pypi/x@1", annotations={"dirty": False}),
         packages={"torch": "2.14.0", "absent": None, "numpy": "2.4.1"}, builder_id="urn:test", invocation_id="flow-1",
         started_on=t, finished_on=t, builder_version={"mnist-lineage-pipeline": "0.1.0"},
-        byproducts=[R("validation.json", {"sha256": "v" * 64}, annotations={"accuracy": 1.0, "n": 3})])
+        byproducts=[R("validation.json", {"sha256": "v" * 64}, annotations={"accuracy": 1.0, "n": 3})],
+        build_type="https://mnist-lineage-pipeline.dev/build/onnx-export/v1")  # the frozen code's one build type
 
 
 def test_the_statement_is_byte_for_byte_the_hand_built_one_and_each_parser_reads_the_other():
@@ -368,6 +369,6 @@ def test_the_signing_key_comes_from_the_config_else_the_environment_and_a_bad_on
         check_key(PipelineConfig.model_validate({"sign": {"private_key": str(tmp_path / "junk.key")}}))
     with pytest.raises(keys.KeyFileError, match="cannot read signing key"):
         check_key(PipelineConfig.model_validate({"sign": {"private_key": str(tmp_path / "missing.key")}}))
-    pub = tmp_path / "k" / keys.PUBLIC_NAME  # a public key where the private one belongs
+    pub = tmp_path / "k" / "signing.pub"  # a public key where the private one belongs
     with pytest.raises(keys.KeyFileError, match="not an unencrypted PEM private key"):
         check_key(PipelineConfig.model_validate({"sign": {"private_key": str(pub)}}))

@@ -419,7 +419,7 @@ def test_where_the_records_went(online, tmp_path):
     cfg = online(w.url, mode="offline")
     with open_stage(cfg.lineage(), "evaluate", config=cfg, flow_run_id="f2"):
         pass
-    out = where_records_went(store, "f2", offline_reason="wandb mode offline was asked for")
+    out = where_records_went(store, "f2", offline_reason="wandb mode offline was asked for", command="mnist-pipeline")
     assert out["mode"] == "offline" and out["needs_sync"] and out["offline_dirs"] == [str(tmp_path / "wandb" / "wandb")]
     assert out["line"] == (f"W&B: offline in {tmp_path / 'wandb' / 'wandb'} (wandb mode offline was asked for); "
                            f"`mnist-pipeline sync --lineage-db {cfg.lineage_db}` uploads what W&B is missing")

@@ -1,7 +1,7 @@
 """Provenance audit: which data, code and settings made a file, and is every one of them still intact?
 
 `audit(store, target)` identifies a file (by its sha256, or by its place in the artifact folders), a directory
-or an artifact reference (`convnet-onnx:v0`, `convnet:production`, `convnet:sha256-0123abcd...`) in the lineage
+or an artifact reference (`model-onnx:v0`, `model:production`, `model:sha256-0123abcd...`) in the lineage
 store, walks the lineage back to the data (producing runs, their inputs, recursively) and forward (evaluations,
 onnxruntime validation, promotion decisions), and re-hashes every file it can reach. The result is one plain dict
 (the `--json` output); `render.py` draws it (tree, Mermaid/Markdown, HTML, SVG).

@@ -1,5 +1,5 @@
 """What an audit is about: a file (by its sha256, or by its place in the artifact folders), a directory or an
-artifact reference (`convnet-onnx:v0`, `convnet:production`, `convnet:sha256-0123abcd...`), found in the store."""
+artifact reference (`model-onnx:v0`, `model:production`, `model:sha256-0123abcd...`), found in the store."""
 
 from __future__ import annotations
 

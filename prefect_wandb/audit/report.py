@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
-# Exit codes of `mnist-pipeline audit` (also in its --help and the README).
+# Exit codes of `audit` (also in its --help and the README).
 EXIT_VERIFIED = 0  # identified, and every reachable digest matches
 EXIT_ERROR = 1  # could not complete (e.g. --online and W&B unreachable)
 EXIT_USAGE = 2  # bad arguments: no such file, no lineage store
@@ -29,10 +29,10 @@ class Check(TypedDict):
     """One re-verified fact: a file's sha256, a record's consistency, or (online) W&B's copy."""
 
     kind: str  # query-file, artifact-file, raw-file, record, signature, wandb
-    artifact: str | None  # label, e.g. convnet:v0
+    artifact: str | None  # label, e.g. model:v0
     path: str | None
     status: str  # ok, or one of FAILED, or 'unreachable' (a raw file not on this machine: not a failure), or
-    # 'deleted' (removed by `mnist-pipeline gc`, which recorded it: not a failure)
+    # 'deleted' (removed by `gc`, which recorded it: not a failure)
     expected: str | None
     actual: str | None
     detail: str
@@ -72,7 +72,7 @@ class ArtifactEntry(TypedDict):
 class SignatureEntry(TypedDict):
     """One attested file's signature status (or an unsigned ONNX artifact's "unsigned")."""
 
-    artifact: str  # the attested artifact's label, e.g. convnet-onnx:v0
+    artifact: str  # the attested artifact's label, e.g. model-onnx:v0
     relpath: str | None  # the signed file in it (model.onnx)
     path: str | None  # the file verified: the queried copy, or the artifact's own
     status: str  # verified, mismatch, missing (files gone), deleted (by gc), unsigned (no attestation: no failure)

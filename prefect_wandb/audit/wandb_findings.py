@@ -25,7 +25,7 @@ def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> 
         art = report["artifacts"][lab]
         entry: dict[str, Any] = {"found": info is not None}
         if info is None:
-            entry["note"] = "not in W&B (offline run not synced yet: `mnist-pipeline sync`)"
+            entry["note"] = "not in W&B (offline run not synced yet: `sync`)"
             online[lab] = entry
             continue
         entry.update({k: info.get(k) for k in ("ref", "version", "aliases", "logged_by", "used_by")})

@@ -29,7 +29,7 @@ FORMATTER = argparse.RawDescriptionHelpFormatter
 @dataclass(frozen=True)
 class Program:
     """The program the operator commands run in: `prefect-wandb` by default, or a pipeline's own CLI
-    (`mnist-pipeline audit ...`). `prog` names it in every message; `default_store` is `--lineage-db`'s default;
+    (`my-pipeline audit ...`). `prog` names it in every message; `default_store` is `--lineage-db`'s default;
     `rebuilders` (job type -> rebuild function) are what `reproduce` can re-run; `code_root` and `packages` are what
     `reproduce` compares with the recorded environment; `allowed_roots_env` names the variable of the operator's
     allowed folders (`keygen --out` must be inside them)."""

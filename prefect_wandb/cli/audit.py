@@ -62,7 +62,7 @@ def add_parsers(sub, parents: Parents) -> None:
                    "artifact reference: name:vN, name:sha256-<hex>, name:latest, name:production")
     a.add_argument("--report", metavar="FILE", help="also write a report a person can open: .md (Mermaid graph "
                    "+ tree), .html (self-contained SVG graph + tree) or .svg (the graph)")
-    a.add_argument("--skip-raw-files", action="store_true", help="do not re-hash the raw MNIST source files "
+    a.add_argument("--skip-raw-files", action="store_true", help="do not re-hash the raw source files "
                    "(outside the artifact store; absent ones are never a failure)")
     a.add_argument("--online", action="store_true", help="also look every artifact version up in W&B "
                    "(wandb.Api: logged_by, used_by, file md5s) and fail if W&B holds other content")
@@ -230,7 +230,7 @@ def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
     except Exception as e:  # W&B unusable or a W&B read failed: one line, never a traceback
         err("sync", f"--verify: {wandb_error_line(e)}; nothing was changed")
         return Exit.WANDB_UNAVAILABLE
-    print(json.dumps(result, indent=2, default=str) if ns.json else render_verify(result), end="\n" if ns.json else "")
+    print(json.dumps(result, indent=2, default=str) if ns.json else render_verify(result, program().prog), end="\n" if ns.json else "")
     if not result["ok"]:
         err("sync", f"--verify: W&B differs from the lineage store in {len(result['differences'])} place(s); "
              f"`{program().prog} sync` sends what is missing")

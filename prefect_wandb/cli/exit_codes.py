@@ -1,4 +1,4 @@
-"""The exit codes of every command (`prefect-wandb`, and a pipeline's own CLI such as `mnist-pipeline`): one table, so a number means one thing everywhere.
+"""The exit codes of every command (`prefect-wandb`, or a pipeline's own CLI): one table, so a number means one thing everywhere.
 
 Every command returns an `Exit` member (or 128 + N after signal N); `EPILOG` is the table as `--help` prints it and
 `markdown()` the same table for the README (`python -m prefect_wandb.cli.exit_codes` prints it). A new command

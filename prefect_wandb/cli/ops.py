@@ -32,15 +32,15 @@ def add_parsers(sub, parents: Parents) -> None:
                     "file's digest (exit 0 identical, 3 differs, 4 unknown or inputs gone)",
                     description="Re-run training (and export or evaluation) from the recorded dataset artifact, "
                     "config, seed and thread count, in a scratch folder, and compare the files bit for bit.")
-    r.add_argument("target", help="a model, ONNX or metrics file or folder, or a reference (convnet:production, "
-                   "convnet-onnx:v3)")
+    r.add_argument("target", help="a model, ONNX or metrics file or folder, or a reference (NAME:production, "
+                   "NAME:v3)")
     r.add_argument("--workdir", help="where to re-run (kept); default: a temporary folder, removed afterwards")
     r.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the recorded count; another "
                    "count gives other bits on CPU)")
     r.set_defaults(handler=reproduce_main)
     i = add_command(sub, "impact", parents=common, help="everything derived from an artifact: models, ONNX files, "
                     "metrics, validations, promotions and the aliases that depend on it")
-    i.add_argument("target", help="a file or folder anywhere on disk, or a reference (mnist:v0, convnet:v2)")
+    i.add_argument("target", help="a file or folder anywhere on disk, or a reference (NAME:v0, NAME:production)")
     i.add_argument("--report", metavar="FILE", help="also write the picture: .html (self-contained SVG graph + "
                    "tree) or .svg (the graph)")
     i.set_defaults(handler=impact_main)

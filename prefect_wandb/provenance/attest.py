@@ -16,11 +16,12 @@ SIGNER_PUB = "signer.pub"
 
 
 def write(onnx_file: Path, private_key: Path, out: Path, inputs: statement.ProvenanceInputs,
-          onnx_artifact: dict) -> dict:
+          onnx_artifact: dict, *, command: str = "prefect-wandb", public_key_name: str = "signing.pub") -> dict:
     """Sign `onnx_file` into the empty folder `out`; returns the index (also written as `attestation.json`).
 
     `onnx_artifact`: {"name", "digest"} of the ONNX file's artifact, by which `verify` finds this attestation
-    from the file's own (immutable) artifact folder."""
+    from the file's own (immutable) artifact folder. `command` and `public_key_name` word the index's hints on how
+    to verify it (`<command> verify FILE --public-key <public_key_name>`)."""
     key = keys.load_private(private_key)
     fp = keys.fingerprint(key.public_key())
     name = inputs.subject_name
@@ -41,8 +42,8 @@ def write(onnx_file: Path, private_key: Path, out: Path, inputs: statement.Prove
              "bundle": bundle_name(name), "envelope": envelope_name(name), "signer_public_key": SIGNER_PUB,
              "onnx_artifact": dict(onnx_artifact),
              "payload_type": dsse.IN_TOTO, "predicate_type": statement.SLSA_PROVENANCE,
-             "verify": f"mnist-pipeline verify {name} --public-key mnist-signing.pub",
+             "verify": f"{command} verify {name} --public-key {public_key_name}",
              "verify_bundle": f"model_signing verify key {name} --signature {bundle_name(name)} "
-                              "--public_key mnist-signing.pub"}
+                              f"--public_key {public_key_name}"}
     (out / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index

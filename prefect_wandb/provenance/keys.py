@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["KeyFileError", "fingerprint", "generate", "load_private", "load_public", "public_pem"]
 
-PRIVATE_NAME, PUBLIC_NAME = "mnist-signing.key", "mnist-signing.pub"
 CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)  # what model-signing's key signer accepts
 
 
@@ -20,7 +19,7 @@ class KeyFileError(ValueError):
     """A key file that cannot be read or is not an EC P-256/384/521 key in PEM; names the file."""
 
 
-def generate(out_dir: Path, name: str = "mnist-signing") -> tuple[Path, Path]:
+def generate(out_dir: Path, name: str = "signing") -> tuple[Path, Path]:
     """A new EC P-256 key pair in `out_dir`, `<name>.key` and `<name>.pub`: (private key, public key).
     FileExistsError if either file exists: a signing key is never replaced by accident."""
     out_dir = Path(out_dir)

@@ -23,7 +23,7 @@ __all__ = ["ProvenanceInputs", "Resource", "build", "dependencies", "parse", "su
 
 STATEMENT_TYPE = STATEMENT_TYPE_URI  # "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE = "https://slsa.dev/provenance/v1"
-BUILD_TYPE = "https://mnist-lineage-pipeline.dev/build/onnx-export/v1"
+BUILD_TYPE = "https://github.com/prefect-wandb/build/v1"  # a pipeline names its own (`ProvenanceInputs.build_type`)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class ProvenanceInputs:
     finished_on: datetime
     byproducts: list[Resource] = field(default_factory=list)
     builder_version: dict[str, str] = field(default_factory=dict)
+    build_type: str = BUILD_TYPE  # the URI of what the pipeline's build is (SLSA buildDefinition.buildType)
 
 
 def _time(t: datetime) -> str:
@@ -91,7 +92,7 @@ def build(p: ProvenanceInputs) -> dict:
     if p.builder_version:
         builder["version"] = dict(p.builder_version)
     predicate = {
-        "buildDefinition": {"buildType": BUILD_TYPE, "externalParameters": p.external_parameters,
+        "buildDefinition": {"buildType": p.build_type, "externalParameters": p.external_parameters,
                             "internalParameters": p.internal_parameters, "resolvedDependencies": deps},
         "runDetails": {"builder": builder, "metadata": metadata,
                        "byproducts": [b.to_dict("byproduct") for b in p.byproducts]},

@@ -7,9 +7,9 @@
 - `stage_run`: one stage's W&B run (`start_run` -> `StageRun`), online when asked and reachable, else offline with a
   warning, and the process-wide memory of a failed host. W&B is an observer: after `start_run`, no exception from
   W&B leaves `StageRun`; each failed call is one warning line and one `WandbGap`, which the stage records in the
-  lineage store for `mnist-pipeline sync`;
+  lineage store for `sync`;
 - `run_file`: the records of an offline run's `.wandb` file (what `wandb sync` uploads);
-- `client`: `WandbClient`, the real W&B for `mnist-pipeline sync` and `audit --online`, implementing the
+- `client`: `WandbClient`, the real W&B for `sync` and `audit --online`, implementing the
   `WandbBackend` Protocol of `sync.py` (`recording.RecordingWandb` implements it too, in memory).
 
 This file imports nothing: each caller imports the module it needs, so that asking where wandb writes or reading a

@@ -1,4 +1,4 @@
-"""`WandbClient`: the real W&B for `mnist-pipeline sync` and `audit --online` (the `WandbBackend` of `sync.py`)."""
+"""`WandbClient`: the real W&B for `sync` and `audit --online` (the `WandbBackend` of `sync.py`)."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ class WandbClient:
         if self.creds.api_key:
             env["WANDB_API_KEY"] = self.creds.api_key
         # in a folder of its own: wandb leaves a `./wandb/` debug folder in the directory it runs in
-        with tempfile.TemporaryDirectory(prefix="mnist-sync-") as cwd:
+        with tempfile.TemporaryDirectory(prefix="prefect-wandb-sync-") as cwd:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, cwd=cwd)
         marker = synced_marker(run_dir)
         if out.returncode != 0 or marker is None or not marker.exists():
@@ -128,7 +128,7 @@ class WandbClient:
 
     def declare_inputs(self, entity: str | None, project: str, run_id: str, refs: list[str]) -> None:
         """Resume the (uploaded) run and declare each input on its exact version."""
-        with tempfile.TemporaryDirectory(prefix="mnist-sync-") as d:
+        with tempfile.TemporaryDirectory(prefix="prefect-wandb-sync-") as d:
             run = self._resumed(entity, project, run_id, d)
             try:
                 for ref in refs:
@@ -140,7 +140,7 @@ class WandbClient:
                      metadata: dict, digest: str) -> None:
         """Resume the run that produced an artifact and log it (aliases `latest`, `sha256-…`), waiting for W&B to
         commit it: for an online run whose own upload failed."""
-        with tempfile.TemporaryDirectory(prefix="mnist-sync-") as d:
+        with tempfile.TemporaryDirectory(prefix="prefect-wandb-sync-") as d:
             run = self._resumed(entity, project, run_id, d)
             try:
                 art = wandb.Artifact(name, type=type, metadata=metadata)

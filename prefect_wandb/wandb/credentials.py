@@ -152,7 +152,7 @@ def resolve_mode(requested: str, root_dir: str | os.PathLike | None = None) -> s
         return requested
     creds = resolve_credentials(root_dir)
     if not creds.online:
-        log.debug("W&B: recording offline (`mnist-pipeline sync` uploads later): %s", creds.why())
+        log.debug("W&B: recording offline (`sync` uploads later): %s", creds.why())
     return "online" if creds.online else "offline"
 
 

@@ -67,8 +67,9 @@ class StageRun:
     (`ONLINE_RETRY_AFTER_S`), which then record offline."""
 
     def __init__(self, wb: WandbSettings, run: wandb.Run, mode: str, run_id: str, job_type: str = "",
-                 timeouts: WandbTimeouts | None = None):
+                 timeouts: WandbTimeouts | None = None, command: str = "prefect-wandb"):
         self.settings, self.run, self.mode, self.run_id, self.job_type = wb, run, mode, run_id, job_type
+        self.command = command  # the operator command the messages name (`<command> sync`)
         self.timeouts = timeouts or WandbTimeouts.of(wb)
         self._watched = None
         self.gaps: list[WandbGap] = []
@@ -103,7 +104,7 @@ class StageRun:
         self.gaps.extend(WandbGap(g.action, g.ref, g.call, err, g.detail) for g in gaps)
         what = "; W&B is missing " + ", ".join(f"{g.action} {g.ref}" for g in gaps) if gaps else ""
         log.warning("W&B %s failed in %s run %s (%s)%s; the stage goes on, the lineage store keeps everything, "
-                    "`mnist-pipeline sync` completes W&B", call, self.job_type or "stage", self.run_id, err, what)
+                    "`%s sync` completes W&B", call, self.job_type or "stage", self.run_id, err, what, self.command)
         if self.failed_call is None:
             self.failed_call = call
             _online_failures[_host_key()] = (time.monotonic(), f"{call} failed: {err}")
@@ -126,7 +127,7 @@ class StageRun:
 
     def use_artifact(self, name: str, digest: str) -> None:
         """Online: declare the exact version (`name:sha256-…`) as an input. Offline wandb refuses use_artifact:
-        the lineage store keeps the edge for `mnist-pipeline sync`."""
+        the lineage store keeps the edge for `sync`."""
         if self.online:
             ref = self._path(name, digest)
             self._guard("use_artifact", lambda: self.run.use_artifact(ref), [WandbGap("use", ref, "use_artifact", "")])
@@ -275,8 +276,8 @@ class StageRun:
                 log.warning("W&B finish failed for offline run %s (%s)", self.run_id, masked_line(e))
 
 
-def _fall_back_offline(job_type: str, reason: str, what: str = "failed") -> None:
-    msg = (f"W&B online init {what} ({reason}); recording {job_type} offline for a later `mnist-pipeline sync`")
+def _fall_back_offline(job_type: str, reason: str, what: str = "failed", command: str = "prefect-wandb") -> None:
+    msg = (f"W&B online init {what} ({reason}); recording {job_type} offline for a later `{command} sync`")
     log.warning(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
@@ -299,20 +300,20 @@ def start_run(settings: LineageSettings, job_type: str, run_id: str, group: str 
                                f"{failed[1]}", "skipped")
             mode = "offline"
         elif not creds.has_key:
-            _fall_back_offline(job_type, creds.why(), "skipped")
+            _fall_back_offline(job_type, creds.why(), "skipped", command=settings.command)
             mode = "offline"
         else:
             try:
                 run = wandb.init(mode="online", settings=run_settings(creds, timeouts, **QUIET), **kwargs(run_id))
                 write_requirements(run)
                 _online_failures.pop(creds.host, None)
-                stage_run = StageRun(w, run, "online", run_id, job_type, timeouts)
+                stage_run = StageRun(w, run, "online", run_id, job_type, timeouts, settings.command)
                 stage_run._secret, stage_run._host = creds.api_key, creds.host
                 return stage_run
             except Exception as e:  # unreachable host, bad key: keep every record offline for a later `sync`
                 reason = masked_line(e, creds.api_key)
                 _online_failures[creds.host] = (time.monotonic(), reason)
-                _fall_back_offline(job_type, reason)
+                _fall_back_offline(job_type, reason, command=settings.command)
                 # The aborted online attempt left a folder under the same run id; `wandb sync --sync-all` must
                 # find only the offline run that holds the records.
                 for d in (wandb_dir(settings) / "wandb").glob(f"run-*-{run_id}"):
@@ -321,6 +322,6 @@ def start_run(settings: LineageSettings, job_type: str, run_id: str, group: str 
     run = wandb.init(mode=cast(Literal["online", "offline", "disabled"], mode),
                      settings=wandb.Settings(init_timeout=timeouts.init, **QUIET), **kwargs(run_id))
     write_requirements(run)
-    return StageRun(w, run, mode, run_id, job_type, timeouts)
+    return StageRun(w, run, mode, run_id, job_type, timeouts, settings.command)
 
 

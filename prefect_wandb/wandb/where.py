@@ -22,7 +22,8 @@ def wandb_records(settings: LineageSettings, flow_run_id: str | None, logger=Non
         reason = creds.why()
     elif (failure := recent_failure()) is not None:
         reason = f"W&B failed: {failure[:200]}"
-    out = where_records_went(LineageStore(settings.store), flow_run_id, offline_reason=reason)
+    out = where_records_went(LineageStore(settings.store), flow_run_id, offline_reason=reason,
+                             command=settings.command)
     if logger is not None:
         (logger.warning if out["needs_sync"] else logger.info)(out["line"])
     return out
