@@ -34,6 +34,8 @@ from prefect_wandb.store import ArtifactRecord, LineageStore, NewArtifact
 from prefect_wandb.wandb.folder import wandb_dir, wandb_folder
 
 if TYPE_CHECKING:
+    from prefect_wandb.promotion import GatePolicy
+    from prefect_wandb.records import PromotionRecord
     from prefect_wandb.wandb.stage_run import StageRun
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,27 @@ class Stage:
         verify_files(Path(rec.path), rec.files)
         self.wandb.use_artifact(ref.name, ref.digest)
         return rec
+
+    def promote(self, model: ArtifactRef, *, value: float | None, validation_passed: bool, policy: GatePolicy,
+                test_set: ArtifactRef | tuple[str, str] | None = None, registry_path: str | None = None,
+                **gate: Any) -> PromotionRecord:
+        """The promotion gate for `model` (an input of this stage: declared here if it is not yet), in one store
+        transaction (`prefect_wandb.promote`; `test_set`: the dataset `value` was measured on, or its (label,
+        digest), so production is compared like for like; `gate`: its other keywords: reevaluated, note, force, signature, unreject_hint),
+        then the aliases it gave moved in W&B (and a promoted model linked into `registry_path`); offline or on a
+        failed W&B call they wait in the store for `sync`."""
+        from prefect_wandb.promotion import promote
+
+        rec = self.record(model) if all(u.digest != model.digest for u in self.used) else \
+            next(u for u in self.used if u.digest == model.digest)
+        decision = promote(self.store, rec.artifact_id, value=value, validation_passed=validation_passed,
+                           policy=policy, flow_run_id=self.flow_run_id,
+                           test_set=(test_set.label, test_set.digest) if isinstance(test_set, ArtifactRef) else test_set,
+                           **gate)
+        promoted = decision.decision == "promoted"
+        if self.set_aliases(model, decision.aliases, registry_path if promoted else None):
+            self.store.mark_promotion_applied(decision.promotion_id)
+        return decision
 
     def set_aliases(self, ref: ArtifactRef, aliases: list[str], registry_path: str | None = None) -> bool:
         """Move `aliases` onto `ref` in W&B (online), then wherever the store has them now (`follow_store`: a

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from mnist_pipeline.config import PipelineConfig, TrainConfig
 from mnist_pipeline.results import MetricsResult, ValidationResult
-from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
+from mnist_pipeline.tasks._common import pipeline_stage
 from mnist_pipeline.tasks.evaluate import evaluate
 from mnist_pipeline.tasks.train import MODEL_NAME
 from prefect_wandb import (
@@ -24,7 +24,6 @@ from prefect_wandb import (
     measured_on,
     verify_files,
 )
-from prefect_wandb import promote as apply_gate
 
 
 @task(name="check-for-changes")
@@ -121,7 +120,7 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
     logger = get_run_logger()
     test_set, reevaluated, note = _like_for_like(cfg, model, metrics, logger)
     with pipeline_stage(cfg, "promote") as stage:
-        model_id = stage.record(model).artifact_id
+        stage.record(model)  # the first input: the model the gate decides about
         acc = MetricsResult.from_metadata(stage.record(metrics).metadata).test_accuracy
         passed = bool(ValidationResult.from_metadata(stage.record(validation).metadata).passed)
         # production's evaluation on the candidate's test set: the decision rests on it, so it is an input too
@@ -129,13 +128,11 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
         store = stage.store
         if attestation is not None and cfg.promotion.require_signature:  # the decision rests on it
             stage.record(attestation)
-        decision = apply_gate(store, model_id, value=acc, validation_passed=passed, policy=cfg.gate(),
-                              flow_run_id=current_flow_run_id(), test_set=test_set, note=note, reevaluated=measured,
-                              force=cfg.force, signature=_signature(cfg, store, validation, attestation),
-                              unreject_hint="mnist-pipeline unreject")
+        decision = stage.promote(model, value=acc, validation_passed=passed, policy=cfg.gate(), test_set=test_set,
+                                 registry_path=cfg.promotion.registry_path, note=note, reevaluated=measured,
+                                 force=cfg.force, signature=_signature(cfg, store, validation, attestation),
+                                 unreject_hint="mnist-pipeline unreject")
         promoted = decision.decision == "promoted"
-        if stage.set_aliases(model, decision.aliases, registry_path=cfg.promotion.registry_path if promoted else None):
-            store.mark_promotion_applied(decision.promotion_id)
         stage.summary = {f"promotion_{k}": v for k, v in asdict(decision).items()}
     logger.info("%s %s: %s", model.label, "promoted to production" if promoted else "stays candidate",
                 decision.reason)
