@@ -46,6 +46,13 @@ class ArtifactRecord:
 
         return ArtifactRef(name=self.name, type=self.type, version=self.version, digest=self.digest, path=self.path)
 
+    def sha256(self, relpath: str) -> str:
+        """The recorded sha256 of one of its files (KeyError when it has none of that name)."""
+        for f in self.files:
+            if f.relpath == relpath:
+                return f.sha256
+        raise KeyError(f"{self.label} has no file {relpath!r}")
+
     def inputs(self, type_: str) -> list[dict]:
         """The artifacts of that type this one was made from, as the run that produced it recorded them in its
         metadata (name, type, version, digest, files)."""

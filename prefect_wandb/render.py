@@ -70,8 +70,12 @@ def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
     s = art["summary"]
     if art["type"] == "dataset":
         m = art["metadata"]
-        out.append(f"source {m.get('source')} ({m.get('source_location')}), slice {m.get('slice')}; "
-                   f"sizes {_fmt(m.get('sizes'))}")
+        # the facts a dataset records about itself, those it has (where it came from, how it was cut, its sizes)
+        facts = [f"source {m['source']}" + (f" ({m['source_location']})" if m.get("source_location") else "")
+                 if m.get("source") is not None else "", f"slice {m['slice']}" if m.get("slice") is not None else "",
+                 f"sizes {_fmt(m['sizes'])}" if m.get("sizes") is not None else ""]
+        if any(facts):
+            out.append("; ".join(f for f in facts if f))
         for split, counts in (m.get("class_counts") or {}).items():
             out.append(f"class counts {split} {_fmt(counts)}")
         for r in art["raw_files"]:

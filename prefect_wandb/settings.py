@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from prefect_wandb.store import LineageStore
 
 WandbMode = Literal["auto", "online", "offline", "disabled"]
 
@@ -128,6 +131,12 @@ class LineageSettings(_Frozen):
         return self.model_copy(update={
             "store": real(self.store), "artifacts": real(self.artifacts), "code_root": real(self.code_root),
             "wandb": self.wandb.model_copy(update={"dir": real(self.wandb.dir)})})
+
+    def open_store(self, readonly: bool = False) -> LineageStore:
+        """The lineage store of these settings (its path made absolute first)."""
+        from prefect_wandb.store import LineageStore
+
+        return LineageStore(self.store.expanduser().resolve(), readonly=readonly)
 
     def wandb_folder(self) -> Path:
         """Where wandb writes its run folders: `wandb.dir`, else $WANDB_DIR, else the store's folder."""

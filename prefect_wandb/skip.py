@@ -21,6 +21,15 @@ class ChangeCheck:
     model_digest: str | None = None
     decided: str | None = None  # what was decided about `model`, when anything was: the run stops there
 
+    @property
+    def action(self) -> str:
+        """What the flow does: 'train' (something changed), 'skip' (these inputs made production's model, or a
+        model the gate or an operator decided about) or 'reuse' (they made a model no one decided about: gate it
+        without training again). `force` is the flow's: it trains whatever this says."""
+        if self.changed:
+            return "train"
+        return "skip" if self.decided or self.model == self.production else "reuse"
+
 
 @dataclass(frozen=True)
 class MadeModel:

@@ -18,7 +18,7 @@ import re
 import shutil
 import signal
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -36,6 +36,7 @@ from prefect_wandb.wandb.folder import wandb_dir, wandb_folder
 if TYPE_CHECKING:
     from prefect_wandb.promotion import GatePolicy
     from prefect_wandb.records import PromotionRecord
+    from prefect_wandb.reproduce import Rebuild
     from prefect_wandb.wandb.stage_run import StageRun
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Stage:
         self.summary: dict = {}
         self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
         self.committed = False  # the store has the run as finished (W&B may still be told)
+        self.config: dict = {}  # the run's config as recorded (set by open_stage)
 
     @property
     def mode(self) -> str:
@@ -141,6 +143,25 @@ class Stage:
         _safe_name("name", name), _safe_name("type", type)
         _inside(directory, self._staging_root, "output directory")  # only staged files are ever moved
         self._pending.append((name, type, Path(directory), dict(metadata or {})))
+
+    def rebuild(self, rebuild: Rebuild, name: str, type: str, *inputs: ArtifactRef,
+                metadata: Mapping[str, Any] | Callable[[Path], Mapping[str, Any]] | None = None) -> Path:
+        """Make output `name` of `type` with `rebuild`, the pure function `reproduce` re-runs for this job type
+        (see `prefect_wandb.reproduce`), from `inputs` (declared here, their files re-checked) and this run's
+        config, so that a reproduction runs this very code; queue it as an output and return its staged folder.
+        `metadata`: the output's, or a function of the staged folder that returns it."""
+        from prefect_wandb.reproduce import Replay
+
+        given = metadata if isinstance(metadata, Mapping) else {}
+        replay = Replay(self.job_type, dict(self.config), {r.type: self.use(r) for r in inputs}, dict(given), {},
+                        {}, None)
+        out = self.staging(name)
+        notes = rebuild(replay, out) or []
+        if notes:
+            self.summary.setdefault("notes", []).extend(notes)
+        meta = metadata(out) if callable(metadata) else given
+        self.produce(name, type, out, dict(meta))
+        return out
 
     # logging -------------------------------------------------------------------------------------------
     def log(self, data: dict, step: int | None = None) -> None:
@@ -280,6 +301,7 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
                     wandb_entity=settings.wandb.entity)
     # A JournalStore answers every call a stage makes of its store (find_artifact, start/finish/fail_run).
     stage = Stage(settings, job_type, flow_run_id, cast(LineageStore, store), wb)
+    stage.config = record
     try:
         # first: a process that dies from here on leaves a folder that says whose it was
         claim(stage._staging_root, wb.run_id, wb.run_dir if wb.mode == "offline" else None)

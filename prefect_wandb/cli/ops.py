@@ -35,6 +35,9 @@ def add_parsers(sub, parents: Parents) -> None:
     r.add_argument("target", help="a model, ONNX or metrics file or folder, or a reference (NAME:production, "
                    "NAME:v3)")
     r.add_argument("--workdir", help="where to re-run (kept); default: a temporary folder, removed afterwards")
+    r.add_argument("--rebuilders", metavar="MODULE:NAME", default=None,
+                   help="the pipeline's mapping of job type -> rebuild function (e.g. examples.regressor.steps:"
+                   "REBUILDERS); default: this program's")
     r.add_argument("--threads", type=int, default=0, help="intra-op threads (default: the recorded count; another "
                    "count gives other bits on CPU)")
     r.set_defaults(handler=reproduce_main)
@@ -84,14 +87,33 @@ def write_picture(report: dict, path: Path) -> Path:
 # --------------------------------------------------------------------------------------------- reproduce
 
 
-def _environment() -> dict:
+def _environment(recorded: dict) -> dict:
+    """This host's code state (of this program's code root, else the folder the run recorded) and the installed
+    versions of the distributions the recorded run lists."""
     import platform
+    from pathlib import Path
 
     from prefect_wandb.environment import code_state, package_versions
 
-    prog = program()
-    return {**code_state(prog.code_root), "packages": package_versions(prog.packages),
+    root = program().code_root or (Path(recorded["source_dir"]) if recorded.get("source_dir") else None)
+    return {**code_state(root), "packages": package_versions(recorded.get("packages") or ()),
             "python": platform.python_version()}
+
+
+def _rebuilders(spec: str | None):
+    """The rebuild functions `--rebuilders MODULE:NAME` names, else this program's; CannotReproduce otherwise."""
+    if not spec:
+        return program().rebuilders
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), name or "REBUILDERS")
+    except (ImportError, AttributeError, ValueError) as e:
+        raise R.CannotReproduce(f"--rebuilders {spec}: {type(e).__name__}: {e}") from None
+    if not isinstance(found, dict) or not all(callable(f) for f in found.values()):
+        raise R.CannotReproduce(f"--rebuilders {spec} is not a mapping of job type -> rebuild function")
+    return found
 
 
 def reproduce_main(ns: argparse.Namespace) -> int:
@@ -102,8 +124,8 @@ def reproduce_main(ns: argparse.Namespace) -> int:
     if recs is None:
         return code
     target = recs[0]
-    rebuilders = program().rebuilders
     try:
+        rebuilders = _rebuilders(ns.rebuilders)
         recipe = R.plan_reproduction(store, target, rebuilders)
     except R.CannotReproduce as e:
         err("reproduce", str(e))
@@ -114,7 +136,7 @@ def reproduce_main(ns: argparse.Namespace) -> int:
     if gone:
         result.update(status="inputs-gone", exit_code=Exit.NOT_FOUND, inputs_gone=gone)
         return _reproduce_out(ns, result, f"the recorded inputs are gone: {'; '.join(gone)}")
-    warnings = R.environment_differences(recipe.first.env, _environment())
+    warnings = R.environment_differences(recipe.first.env, _environment(recipe.first.env))
     for w in warnings:
         err("reproduce", f"warning: {w}")
     result["warnings"] = warnings
