@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 from prefect import flow, task
@@ -19,11 +18,9 @@ from prefect_wandb import (
     ArtifactRef,
     ChangeCheck,
     GatePolicy,
-    LineageStore,
     compare_with_production,
     measured_on,
     open_stage,
-    promote,
     write_json,
 )
 
@@ -35,15 +32,12 @@ def _stage(cfg: RegressorConfig, job: str):
 
 
 def _made(cfg: RegressorConfig, job: str, name: str, kind: str, *inputs: ArtifactRef, meta=dict) -> ArtifactRef:
-    """A stage whose files are `steps.REBUILDERS[job]` of its inputs; `meta(out)`: the output's metadata."""
-    with _stage(cfg, job) as stage:  # until the library exports its Replay: the same fields, by name
-        replay = SimpleNamespace(job_type=job, config=cfg.model_dump(mode="json"), metadata={}, summary={}, env={},
-                                 inputs={r.type: stage.use(r) for r in inputs}, threads=None)
-        out = stage.staging(name)
-        steps.REBUILDERS[job](replay, out)
+    """A stage whose files are `steps.REBUILDERS[job]` of its inputs (what reproduce re-runs); `meta(out)`: the
+    output's metadata, also the run's summary and logged to W&B."""
+    with _stage(cfg, job) as stage:
+        out = stage.rebuild(steps.REBUILDERS[job], name, kind, *inputs, metadata=meta)
         stage.summary = meta(out)
         stage.log({k: v for k, v in stage.summary.items() if isinstance(v, float)})
-        stage.produce(name, kind, out, stage.summary)
     return stage.outputs[kind]
 
 
@@ -57,7 +51,7 @@ def generate_data(cfg: RegressorConfig) -> ArtifactRef:
 
 @task(name="check-for-changes")
 def check_for_changes(cfg: RegressorConfig, dataset: ArtifactRef) -> ChangeCheck:
-    return compare_with_production(LineageStore(cfg.lineage().store), MODEL, dataset.digest, dataset.label,
+    return compare_with_production(cfg.lineage().open_store(), MODEL, dataset.digest, dataset.label,
                                    steps.fingerprint(cfg.model_dump()))
 
 
@@ -108,7 +102,7 @@ def sign(cfg: RegressorConfig, key: Path, onnx_model: ArtifactRef, model: Artifa
     from prefect_wandb.provenance.statement import ProvenanceInputs, Resource
 
     def res(rec, file=None):
-        sha = {f.relpath: f.sha256 for f in rec.files}[file] if file else rec.digest
+        sha = rec.sha256(file) if file else rec.digest
         return Resource(name=file or rec.label, digest={"sha256": sha}, annotations={"artifact": rec.label},
                         uri=f"regressor-lineage:{rec.type}/{rec.name}@sha256:{rec.digest}")
     with _stage(cfg, "sign") as stage:
@@ -127,7 +121,7 @@ def sign(cfg: RegressorConfig, key: Path, onnx_model: ArtifactRef, model: Artifa
             started_on=datetime.fromisoformat(fitted.started_at).astimezone(timezone.utc),
             finished_on=datetime.now(timezone.utc), byproducts=[res(valid_rec, "validation.json")])
         out = stage.staging(f"{onnx_model.name}-attestation")
-        index = attest.write(Path(onnx_rec.path) / "model.onnx", key, out, inputs,
+        index = attest.write(Path(onnx_rec.path) / "model.onnx", key, out, inputs, command="prefect-wandb",
                              onnx_artifact={"name": onnx_rec.name, "digest": onnx_rec.digest})
         stage.produce(out.name, "attestation", out, index)
     return stage.outputs["attestation"]
@@ -137,19 +131,15 @@ def sign(cfg: RegressorConfig, key: Path, onnx_model: ArtifactRef, model: Artifa
 def promote_model(cfg: RegressorConfig, dataset: ArtifactRef, model: ArtifactRef, metrics: ArtifactRef,
                   validation: ArtifactRef) -> dict:
     """The RMSE gate, like for like: production never measured on this run's test set is evaluated there first."""
-    store, policy = LineageStore(cfg.lineage().store), GatePolicy(metric="rmse", higher_is_better=False,
-                                                                  margin=cfg.margin)
+    store, policy = cfg.lineage().open_store(), GatePolicy(metric="rmse", higher_is_better=False, margin=cfg.margin)
     prod, again = store.alias(MODEL, "production"), None
     if prod and prod.digest != model.digest and not measured_on(store, prod.artifact_id, dataset.digest, policy):
         fp = prod.metadata["fingerprint"]  # on record: production's model settings, this run's data
         again = evaluate.fn(cfg.model_copy(update={"alpha": fp["alpha"], "degree": fp["degree"]}), prod.ref(), dataset)
     with _stage(cfg, "promote") as stage:
-        decision = promote(store, stage.record(model).artifact_id, value=stage.record(metrics).metadata["rmse"],
-                           validation_passed=bool(stage.record(validation).metadata["passed"]), policy=policy,
-                           flow_run_id=stage.flow_run_id, test_set=(dataset.label, dataset.digest), force=cfg.force,
-                           reevaluated={stage.record(again).artifact_id: again.label} if again else None)
-        if stage.set_aliases(model, decision.aliases):
-            store.mark_promotion_applied(decision.promotion_id)
+        decision = stage.promote(model, value=stage.record(metrics).metadata["rmse"], policy=policy, test_set=dataset,
+                                 validation_passed=bool(stage.record(validation).metadata["passed"]), force=cfg.force,
+                                 reevaluated={stage.record(again).artifact_id: again.label} if again else None)
         stage.summary = {"decision": decision.decision, "reason": decision.reason}
     return stage.summary
 
@@ -158,11 +148,11 @@ def promote_model(cfg: RegressorConfig, dataset: ArtifactRef, model: ArtifactRef
       "ONNX, sign it given a key, promote it when its test RMSE beats production's; skip an unchanged rerun.")
 def regressor_pipeline(config: RegressorConfig = RegressorConfig()) -> dict | State:  # noqa: B008 - frozen
     cfg = config.model_copy(update={"root": config.root.resolve()})  # on record as an absolute path
-    store = LineageStore(cfg.lineage().store)
+    store = cfg.lineage().open_store()
     key = cfg.sign_key or (Path(os.environ[SIGN_KEY_ENV]) if os.environ.get(SIGN_KEY_ENV) else None)
     dataset = generate_data(cfg)
     check = check_for_changes(cfg, dataset)
-    if not check.changed and not cfg.force and (check.decided or check.model == check.production):
+    if check.action == "skip" and not cfg.force:
         reason = f"fit skipped: {check.reason} (to refit: --force)"  # a model never gated is refitted: same bytes
         return Completed(message=reason, data={"status": "skipped", "reason": reason, "production": check.production,
                                                "artifacts": {"dataset": dataset.label}})
