@@ -55,7 +55,7 @@ def previous_production(store: LineageStore, name: str) -> tuple[ArtifactRecord 
 
 
 def validations(store: LineageStore, model: ArtifactRecord) -> list[ArtifactRecord]:
-    """The onnxruntime validation reports of a model, oldest first."""
+    """The validation reports (artifacts of type 'validation') made from a model, oldest first."""
     out = []
     for run_id in store.consumers(model.artifact_id):
         for p in store.edges(run_id)["produced"]:
@@ -78,8 +78,13 @@ def refusals(store: LineageStore, target: ArtifactRecord, deleted: dict[int, Del
     if target.type != "model":
         return [f"{target.label} is a {target.type}, not a model"]
     vals = validations(store, target)
-    if not vals:
-        out.append(f"{target.label} has no onnxruntime validation on record")
+    if not vals:  # no validation report of its own: the gate's record of its validation, if it saw the model
+        gated = [p for p in store.promotions(target.artifact_id) if p.kind is None]
+        if not gated:
+            out.append(f"{target.label} has no validation on record (no validation report, never gated)")
+        elif not gated[-1].validation_passed:
+            out.append(f"{target.label} had not passed validation when the gate decided about it "
+                       f"({gated[-1].decided_at})")
     elif not vals[-1].metadata.get("passed"):
         v = vals[-1].metadata
         out.append(f"{target.label} failed onnxruntime validation ({vals[-1].label}: max |diff| "
