@@ -1,169 +1,114 @@
-"""The lineage store's SQLite schema, how a file gets it (`ensure_schema`, also when two processes create the store
-at once), and the one migration an older store needs (`upgrade`)."""
+"""How a database gets the lineage store's schema: Alembic's revisions (`prefect_wandb/migrations`), run when a
+writable store opens (`ensure_schema`), also when two processes create the store at once.
+
+A store already at `HEAD` with every table of `tables.py` is opened with two reads and without loading Alembic.
+Otherwise, in one write transaction (which a second opener waits for, then finds the store current):
+
+- no version table but the store's tables (a store written before Alembic): the hand-written code's own upgrade
+  (`migrations/legacy.py`, SQLite), then stamped at `BASELINE`;
+- at a revision this code does not know (a newer release's): UnknownRevision, nothing changed;
+- then `alembic upgrade head` (on an empty database: the baseline creates every table);
+- a table of head that is missing all the same (dropped by hand, or by a restore of part of a store) is created
+  empty, as the hand-written schema's CREATE TABLE IF NOT EXISTS did on every open.
+"""
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id        TEXT PRIMARY KEY,
-    job_type      TEXT NOT NULL,
-    status        TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
-    flow_run_id   TEXT,
-    run_group     TEXT,
-    wandb_mode    TEXT,
-    wandb_url     TEXT,
-    wandb_dir     TEXT,
-    wandb_project TEXT,
-    wandb_entity  TEXT,
-    config_json   TEXT NOT NULL,
-    env_json      TEXT NOT NULL,
-    summary_json  TEXT NOT NULL DEFAULT '{}',
-    started_at    TEXT NOT NULL,
-    finished_at   TEXT,
-    error         TEXT
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    artifact_id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    name            TEXT NOT NULL,
-    type            TEXT NOT NULL,
-    version         INTEGER NOT NULL,
-    digest          TEXT NOT NULL,
-    path            TEXT NOT NULL,
-    metadata_json   TEXT NOT NULL,
-    producer_run_id TEXT NOT NULL REFERENCES runs(run_id),
-    created_at      TEXT NOT NULL,
-    UNIQUE (name, digest),
-    UNIQUE (name, version)
-);
-CREATE TABLE IF NOT EXISTS artifact_files (
-    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    relpath     TEXT NOT NULL,
-    sha256      TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    PRIMARY KEY (artifact_id, relpath)
-);
-CREATE TABLE IF NOT EXISTS edges (
-    run_id      TEXT NOT NULL REFERENCES runs(run_id),
-    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    direction   TEXT NOT NULL CHECK (direction IN ('used', 'produced')),
-    PRIMARY KEY (run_id, artifact_id, direction)
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    name        TEXT NOT NULL,
-    alias       TEXT NOT NULL,
-    artifact_id INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    set_at      TEXT NOT NULL,
-    PRIMARY KEY (name, alias)
-);
-CREATE TABLE IF NOT EXISTS promotions (
-    promotion_id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    artifact_id            INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    decision               TEXT NOT NULL CHECK (decision IN ('promoted', 'candidate')),
-    reason                 TEXT NOT NULL,
-    candidate_accuracy     REAL,
-    validation_passed      INTEGER NOT NULL,
-    production_artifact_id INTEGER REFERENCES artifacts(artifact_id),
-    production_accuracy    REAL,
-    margin                 REAL NOT NULL,
-    flow_run_id            TEXT,
-    decided_at             TEXT NOT NULL,
-    wandb_applied_at       TEXT
-);
-CREATE INDEX IF NOT EXISTS files_by_sha ON artifact_files(sha256);
-CREATE INDEX IF NOT EXISTS edges_by_artifact ON edges(artifact_id, direction);
-CREATE TABLE IF NOT EXISTS wandb_gaps (
-    run_id      TEXT NOT NULL REFERENCES runs(run_id),
-    action      TEXT NOT NULL CHECK (action IN ('upload', 'use', 'aliases')),
-    ref         TEXT NOT NULL,
-    call        TEXT NOT NULL,
-    error       TEXT NOT NULL,
-    detail      TEXT NOT NULL DEFAULT '',
-    recorded_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, action, ref)
-);
-CREATE TABLE IF NOT EXISTS deletions (
-    artifact_id INTEGER PRIMARY KEY REFERENCES artifacts(artifact_id),
-    path        TEXT NOT NULL,
-    bytes       INTEGER NOT NULL,
-    reason      TEXT NOT NULL,
-    deleted_by  TEXT NOT NULL,
-    deleted_at  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS holds (
-    flow_run_id  TEXT NOT NULL,
-    artifact_id  INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    process_json TEXT NOT NULL,
-    taken_at     TEXT NOT NULL,
-    PRIMARY KEY (flow_run_id, artifact_id)
-);
-CREATE TABLE IF NOT EXISTS rejections (
-    rejection_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    artifact_id  INTEGER NOT NULL REFERENCES artifacts(artifact_id),
-    action       TEXT NOT NULL CHECK (action IN ('reject', 'unreject')),
-    source       TEXT NOT NULL,
-    reason       TEXT NOT NULL,
-    requested_by TEXT NOT NULL,
-    at           TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sync_log (
-    run_id  TEXT NOT NULL,
-    action  TEXT NOT NULL CHECK (action IN ('upload', 'use')),
-    ref     TEXT NOT NULL,
-    detail  TEXT,
-    done_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, action, ref)
-);
-"""
+from sqlalchemy import Connection, Engine, inspect, text
+
+from prefect_wandb import migrations
+from prefect_wandb.store_engine import driver_errors, is_locked, write_transaction
+from prefect_wandb.tables import metadata
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 
-# Columns that SCHEMA has but a store created by an older release lacks: (table, column, SQL type). Each is added
-# empty, which reads as the older meaning (`promotions.kind` NULL: a decision of the promotion gate;
-# `promotions.test_set` NULL: the test set it was decided on is unknown, so that decision is never reused).
-# A table SCHEMA has and an older store lacks (`rejections`) is created by SCHEMA's CREATE TABLE IF NOT EXISTS,
-# which every writable open runs before `upgrade`; read-only readers treat it as empty (`rejections.py`).
-# a W&B gap recorded before W&B was asked (call 'unconfirmed'), dropped once W&B answered for that ref
-DROP_PENDING_GAP = "DELETE FROM wandb_gaps WHERE run_id = ? AND ref = ? AND call = 'unconfirmed'"
-
-ADDED_COLUMNS = (("promotions", "kind", "TEXT"), ("promotions", "requested_by", "TEXT"),
-                 ("promotions", "test_set", "TEXT"))
+class UnknownRevision(RuntimeError):
+    """The store's schema is a revision this code does not have (a newer release wrote it): left as it is."""
 
 
-def upgrade(con: sqlite3.Connection) -> None:
-    """Bring an older store up to SCHEMA: the one migration the store knows, adding ADDED_COLUMNS."""
-    for table, col, sql_type in ADDED_COLUMNS:
-        if col in {r[1] for r in con.execute(f"PRAGMA table_info({table})")}:
-            continue
-        try:
-            con.execute(f"ALTER TABLE {table} ADD COLUMN {col} {sql_type}")
-        except sqlite3.OperationalError as e:  # another process added it a moment ago
-            if "duplicate column" not in str(e):
-                raise
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic's configuration, built here (no alembic.ini): the migrations inside the package, run on
+    `connection` (env.py uses it, inside its transaction)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations.FOLDER))
+    cfg.set_main_option("file_template", "rev%%(rev)s_%%(slug)s")  # an importable module name
+    cfg.attributes["connection"] = connection
+    return cfg
 
 
-def ensure_schema(connect: Callable[[], sqlite3.Connection], patience: float = 30.0) -> None:
-    """Make the store's file a WAL database with SCHEMA, upgraded (`connect()` opens it). Two processes creating a
-    new store at once: one may have begun its switch to WAL while the file was still in rollback mode, and the
-    other's WAL connections then hold the lock that switch waits for, whatever SQLite's busy handler does ('database
-    is locked', at once). So the switch is tried on a short timeout, and on 'locked' the connection is closed and a
-    new one looks again (and finds the file already WAL), for at most `patience` seconds."""
+def _state(conn: Connection) -> tuple[str | None, set[str]]:
+    """The store's revision (None: no version table) and its tables."""
+    tables = set(inspect(conn).get_table_names())
+    if "alembic_version" not in tables:
+        return None, tables
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar(), tables
+
+
+def current(conn: Connection) -> bool:
+    """True when the store needs nothing: at HEAD, no table missing."""
+    version, tables = _state(conn)
+    return version == migrations.HEAD and set(metadata.tables) <= tables
+
+
+def migrate(conn: Connection) -> None:
+    """Bring the store to HEAD, inside the caller's write transaction (which commits it)."""
+    version, tables = _state(conn)
+    if version != migrations.HEAD:
+        from alembic import command  # loaded only when there is something to do
+        from alembic.script import ScriptDirectory
+
+        cfg = alembic_config(conn)
+        if version is not None and version not in {s.revision for s in ScriptDirectory.from_config(cfg).walk_revisions()}:
+            raise UnknownRevision(f"its schema is revision {version}, which this release does not know (its newest "
+                                  f"is {migrations.HEAD}): written by a newer release?")
+        if version is None and "runs" in tables:  # written before Alembic
+            from prefect_wandb.migrations import legacy
+
+            legacy.to_baseline(conn)
+            command.stamp(cfg, migrations.BASELINE)
+        command.upgrade(cfg, "head")
+        tables = set(inspect(conn).get_table_names())
+    missing = [t for name, t in metadata.tables.items() if name not in tables]
+    if missing:
+        metadata.create_all(conn, tables=missing)
+
+
+def _wal(conn: Connection) -> None:
+    """Make an SQLite file a WAL database (readers never wait for the writer). Two processes creating a new store
+    at once: one may have begun its switch to WAL while the file was still in rollback mode, and the other's WAL
+    connections then hold the lock that switch waits for, whatever SQLite's busy handler does ('database is
+    locked', at once): so the switch is tried on a short timeout, and `ensure_schema` retries on 'locked'."""
+    if conn.exec_driver_sql("PRAGMA journal_mode").scalar() != "wal":
+        conn.exec_driver_sql("PRAGMA busy_timeout=250")
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        conn.exec_driver_sql("PRAGMA busy_timeout=30000")
+
+
+def ensure_schema(engine: Engine, patience: float = 30.0) -> None:
+    """Give the store at `engine` its schema at HEAD (SQLite: as a WAL database). On 'locked' (the switch to WAL
+    of two creators at once) the connection is closed and a new one looks again (and finds the file already WAL),
+    for at most `patience` seconds. Raises the driver's own errors (`sqlite3.DatabaseError` on a file that is not
+    a database)."""
     deadline = time.monotonic() + patience
     while True:
-        con = connect()
         try:
-            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                con.execute("PRAGMA busy_timeout=250")
-                con.execute("PRAGMA journal_mode=WAL")
-                con.execute("PRAGMA busy_timeout=30000")
-            con.executescript(SCHEMA)
-            upgrade(con)
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
+            with driver_errors():
+                with engine.connect() as conn:
+                    if engine.dialect.name == "sqlite":
+                        _wal(conn)
+                    if current(conn):
+                        return
+                with write_transaction(engine) as conn:  # a second creator waits here, then finds it current
+                    migrate(conn)
+                return
+        except Exception as e:
+            if not is_locked(e) or time.monotonic() > deadline:
                 raise
-        finally:
-            con.close()
         time.sleep(0.05)

@@ -1,24 +1,28 @@
-"""The lineage store: an embedded SQLite database with one row per run, artifact version, file and edge.
+"""The lineage store: a database with one row per run, artifact version, file and edge (an embedded SQLite file by
+default), written through SQLAlchemy Core (`tables.py`), its schema versions Alembic's (`schema.py`).
 
 It is the record that still holds when W&B is offline (where wandb refuses `use_artifact`), and the one the
-audit reads. Writes happen in short `BEGIN IMMEDIATE` transactions on a WAL database, so two flow runs can share
-one store; a run's outputs and edges are committed together with its 'finished' status, or not at all.
+audit reads. Writes happen in short transactions that hold the store's write lock from their start (SQLite: `BEGIN
+IMMEDIATE` on a WAL database, `store_engine.py`), so two flow runs can share one store; a run's outputs and edges
+are committed together with its 'finished' status, or not at all. The store raises the driver's own errors
+(`sqlite3.IntegrityError`, ...), as before SQLAlchemy; a full disk is one StorageError naming the store.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import sqlite3
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection, CursorResult, bindparam, delete, func, insert, literal, or_, select, update
+
 from prefect_wandb import rejections
+from prefect_wandb import tables as t
 from prefect_wandb.records import (
     ALIASES,
     ArtifactRecord,
@@ -28,9 +32,11 @@ from prefect_wandb.records import (
     PromotionRecord,
     RunRecord,
 )
-from prefect_wandb.schema import DROP_PENDING_GAP, ensure_schema
+from prefect_wandb.schema import UnknownRevision, ensure_schema
 from prefect_wandb.storage import StorageError
+from prefect_wandb.store_engine import driver_connection, driver_errors, engine_for, upsert, write_transaction
 from prefect_wandb.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
+from prefect_wandb.store_reads import StoreReads, _row
 
 if TYPE_CHECKING:
     from prefect_wandb.promotion import Decision
@@ -39,9 +45,16 @@ if TYPE_CHECKING:
 __all__ = ["ALIASES", "ArtifactDeleted", "ArtifactRecord", "DeletionRecord", "FileRecord", "LineageStore",
            "NewArtifact", "PromotionRecord", "RunRecord", "StoreError", "now"]
 
+A, R, P, AL, D, G = t.artifacts, t.runs, t.promotions, t.aliases, t.deletions, t.wandb_gaps
+
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _new_id(result: CursorResult) -> int:
+    """The id the database gave the row an INSERT made (SQLite: its rowid; PostgreSQL: RETURNING)."""
+    return int((result.inserted_primary_key or (0,))[0])
 
 
 class StoreError(RuntimeError):
@@ -52,24 +65,29 @@ class ArtifactDeleted(RuntimeError):
     """An input was deleted by gc: its record stays, its files are gone."""
 
 
-class LineageStore:
+class LineageStore(StoreReads):
     def __init__(self, path: Path | str, *, readonly: bool = False):
-        """Open (or, unless `readonly`, create) the store at `path`.
+        """Open (or, unless `readonly`, create and bring to the newest schema) the store at `path`.
 
         Read-only (the auditor's commands): the file is opened with SQLite's `mode=ro` (`immutable` on read-only
-        media or a full disk: `store_file.readonly_uri`), nothing is created or written, and a missing, empty or
-        foreign file raises StoreError instead of being given a fresh schema."""
+        media or a full disk: `store_file.readonly_uri`), nothing is created, written or migrated, and a missing,
+        empty or foreign file raises StoreError instead of being given a fresh schema."""
         self.path, self.readonly = Path(path), readonly
+        self._cores: dict[int, Connection] = {}
         if readonly:
-            self._readonly_uri = readonly_uri(self.path)  # decided once: immutable on read-only media
-            problem = readonly_problem(self.path, self._readonly_uri)
+            uri = readonly_uri(self.path)  # decided once: immutable on read-only media
+            problem = readonly_problem(self.path, uri)
             if problem:
                 raise StoreError(f"{self.path}: {problem}")
+            self._engine = engine_for(self.path, sqlite_uri=uri)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = engine_for(self.path)
         try:
             with sidecars_created(self.path, lambda e: disk_full(e, self.path)):
-                ensure_schema(self._connect)
+                ensure_schema(self._engine)
+        except UnknownRevision as e:
+            raise StoreError(f"{self.path}: {e}") from None
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
@@ -77,249 +95,193 @@ class LineageStore:
                 raise StorageError(errno.ENOSPC, self.path) from None
             raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
 
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN ourselves, so every write transaction is explicit.
-        if self.readonly:  # SQLite refuses every write on this connection
-            con = sqlite3.connect(self._readonly_uri, uri=True, timeout=30, isolation_level=None)
-        else:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute("PRAGMA busy_timeout=30000")
-        return con
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with driver_errors(), self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """One write transaction (`store_engine.write_transaction`); a full disk met anywhere in it (SQLite: at
+        BEGIN IMMEDIATE, where it cannot make its -wal/-shm) is one StorageError naming the store, not retried."""
+        try:
+            with driver_errors(), write_transaction(self._engine) as conn:
+                yield conn
+        except sqlite3.DatabaseError as e:
+            if disk_full(e, self.path):
+                raise StorageError(errno.ENOSPC, self.path) from None
+            raise
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. BEGIN IMMEDIATE takes the write lock up front, so two writers queue
-        instead of failing half-way with 'database is locked'."""
-        con = self._connect()
-        try:
+        """One write transaction on the driver's own connection (sqlite3, rows by name), for SQL written for it
+        (`holds.py`, `rejections.py`, the journal's replay)."""
+        with self._write() as conn:
+            raw = driver_connection(conn)
+            self._cores[id(raw)] = conn
             try:
-                for attempt in range(50):
-                    try:
-                        con.execute("BEGIN IMMEDIATE")  # on a full disk: where SQLite cannot make its -wal/-shm
-                        break
-                    except sqlite3.OperationalError as e:
-                        if "locked" not in str(e) or attempt == 49:
-                            raise
-                        time.sleep(0.1)
-                yield con
-                con.execute("COMMIT")
-            except BaseException as e:
-                if con.in_transaction:  # SQLite has already rolled back after some errors (a full disk)
-                    with contextlib.suppress(sqlite3.DatabaseError):
-                        con.execute("ROLLBACK")
-                if isinstance(e, sqlite3.DatabaseError) and disk_full(e, self.path):
-                    raise StorageError(errno.ENOSPC, self.path) from None  # one line naming the store, not retried
-                raise
-        finally:
-            con.close()
-
-    @contextmanager
-    def reader(self) -> Iterator[sqlite3.Connection]:
-        con = self._connect()
-        try:
-            yield con
-        finally:
-            con.close()
+                yield raw
+            finally:
+                del self._cores[id(raw)]
 
     # ------------------------------------------------------------------------------------------- writes
 
     def start_run(self, run_id: str, job_type: str, *, config: dict, env: dict, flow_run_id: str | None,
                   run_group: str | None, wandb_mode: str, wandb_dir: str | None, wandb_project: str | None,
                   wandb_entity: str | None) -> None:
-        with self.transaction() as con:
-            con.execute(
-                "INSERT INTO runs (run_id, job_type, status, flow_run_id, run_group, wandb_mode, wandb_dir,"
-                " wandb_project, wandb_entity, config_json, env_json, started_at)"
-                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, job_type, flow_run_id, run_group, wandb_mode, wandb_dir, wandb_project, wandb_entity,
-                 json.dumps(config, sort_keys=True), json.dumps(env, sort_keys=True), now()))
+        with self._write() as conn:
+            conn.execute(insert(R).values(
+                run_id=run_id, job_type=job_type, status="running", flow_run_id=flow_run_id, run_group=run_group,
+                wandb_mode=wandb_mode, wandb_dir=wandb_dir, wandb_project=wandb_project, wandb_entity=wandb_entity,
+                config_json=json.dumps(config, sort_keys=True), env_json=json.dumps(env, sort_keys=True),
+                started_at=now()))
+
+    @staticmethod
+    def _edges(conn: Connection, run_id: str, artifact_ids: list[int], direction: str) -> None:
+        """Edges of `run_id` to `artifact_ids` (one already there stays)."""
+        if artifact_ids:
+            conn.execute(upsert(conn, t.edges).on_conflict_do_nothing(),
+                         [{"run_id": run_id, "artifact_id": a, "direction": direction} for a in artifact_ids])
 
     def finish_run(self, run_id: str, *, used: list[int], produced: list[NewArtifact], summary: dict,
                    wandb_url: str | None, wandb_mode: str) -> list[ArtifactRecord]:
         """Record the outputs, the edges and the 'finished' status in one transaction."""
-        with self.transaction() as con:
+        with self._write() as conn:
             ids: list[int] = []
             for art in produced:
-                row = con.execute("SELECT artifact_id FROM artifacts WHERE name = ? AND digest = ?",
-                                  (art.name, art.digest)).fetchone()
-                if row is None:  # a new version; identical content reuses the version that holds it
-                    version = con.execute("SELECT COALESCE(MAX(version) + 1, 0) FROM artifacts WHERE name = ?",
-                                          (art.name,)).fetchone()[0]
-                    cur = con.execute(
-                        "INSERT INTO artifacts (name, type, version, digest, path, metadata_json,"
-                        " producer_run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (art.name, art.type, version, art.digest, art.path,
-                         json.dumps(art.metadata, sort_keys=True), run_id, now()))
-                    aid = int(cur.lastrowid or 0)
-                    con.executemany("INSERT INTO artifact_files VALUES (?, ?, ?, ?)",
-                                    [(aid, f.relpath, f.sha256, f.size) for f in art.files])
+                aid = conn.execute(select(A.c.artifact_id).where(A.c.name == art.name,
+                                                                 A.c.digest == art.digest)).scalar()
+                if aid is None:  # a new version; identical content reuses the version that holds it
+                    version = conn.execute(select(func.coalesce(func.max(A.c.version) + 1, 0)).where(
+                        A.c.name == art.name)).scalar_one()
+                    aid = _new_id(conn.execute(insert(A).values(
+                        name=art.name, type=art.type, version=version, digest=art.digest, path=art.path,
+                        metadata_json=json.dumps(art.metadata, sort_keys=True), producer_run_id=run_id,
+                        created_at=now())))
+                    if art.files:
+                        conn.execute(insert(t.artifact_files), [
+                            {"artifact_id": aid, "relpath": f.relpath, "sha256": f.sha256, "size": f.size}
+                            for f in art.files])
                 else:
-                    aid = row[0]
                     # the same content made again after gc removed it: its folder is back, so is the artifact
-                    con.execute("DELETE FROM deletions WHERE artifact_id = ?", (aid,))
+                    conn.execute(delete(D).where(D.c.artifact_id == aid))
                 ids.append(aid)
-            con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", [(run_id, a) for a in used])
-            con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'produced')", [(run_id, a) for a in ids])
-            con.execute("UPDATE runs SET status = 'finished', finished_at = ?, summary_json = ?, wandb_url = ?,"
-                        " wandb_mode = ? WHERE run_id = ?",
-                        (now(), json.dumps(summary, sort_keys=True, default=str), wandb_url, wandb_mode, run_id))
-            return [self._artifact(con, aid) for aid in ids]
+            self._edges(conn, run_id, used, "used")
+            self._edges(conn, run_id, ids, "produced")
+            conn.execute(update(R).where(R.c.run_id == run_id).values(
+                status="finished", finished_at=now(), summary_json=json.dumps(summary, sort_keys=True, default=str),
+                wandb_url=wandb_url, wandb_mode=wandb_mode))
+            return [self._artifact(conn, aid) for aid in ids]
 
     def fail_run(self, run_id: str, *, used: list[int], error: str) -> None:
         """A failed run keeps its inputs on record (for the audit) and produces nothing."""
-        with self.transaction() as con:
-            con.executemany("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", [(run_id, a) for a in used])
-            con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?",
-                        (now(), error[:4000], run_id))
+        with self._write() as conn:
+            self._edges(conn, run_id, used, "used")
+            conn.execute(update(R).where(R.c.run_id == run_id).values(status="failed", finished_at=now(),
+                                                                       error=error[:4000]))
 
     def fail_dead_runs(self, is_dead) -> list[str]:
         """Mark 'running' runs whose process is gone (`is_dead(env["process"])`) as failed: a run killed
         mid-step never reaches fail_run, and must not stay 'running' for ever. Returns their run ids."""
-        with self.reader() as con:
-            rows = con.execute("SELECT run_id, env_json FROM runs WHERE status = 'running'").fetchall()
-        dead = {r["run_id"]: json.loads(r["env_json"]).get("process") or {} for r in rows}
+        with self._read() as conn:
+            rows = conn.execute(select(R.c.run_id, R.c.env_json).where(R.c.status == "running")).all()
+        dead = {r.run_id: json.loads(r.env_json).get("process") or {} for r in rows}
         dead = {k: v for k, v in dead.items() if is_dead(v)}
         if dead:
-            with self.transaction() as con:
+            with self._write() as conn:
                 for run_id, proc in dead.items():
-                    con.execute("UPDATE runs SET status = 'failed', finished_at = ?, error = ? WHERE run_id = ?"
-                                " AND status = 'running'",
-                                (now(), f"process died: pid {proc.get('pid')} on {proc.get('host')} ended without "
-                                 "finishing the run (killed or crashed)", run_id))
+                    conn.execute(update(R).where(R.c.run_id == run_id, R.c.status == "running").values(
+                        status="failed", finished_at=now(),
+                        error=f"process died: pid {proc.get('pid')} on {proc.get('host')} ended without finishing "
+                              "the run (killed or crashed)"))
         return list(dead)
+
+    @staticmethod
+    def _production(conn: Connection, artifact_id: int) -> tuple[str, int | None]:
+        """The name of `artifact_id`, and the version of that name that is production now (None: none)."""
+        name = conn.execute(select(A.c.name).where(A.c.artifact_id == artifact_id)).scalar_one()
+        return name, conn.execute(select(AL.c.artifact_id).where(AL.c.name == name,
+                                                                   AL.c.alias == "production")).scalar()
+
+    @staticmethod
+    def _promotion(conn: Connection, values: dict) -> PromotionRecord:
+        pid = _new_id(conn.execute(insert(P).values(**values)))
+        return PromotionRecord.from_row(_row(conn.execute(select(P).where(P.c.promotion_id == pid)).mappings().one()))
 
     def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Decision], *, accuracy: float | None,
                          validation_passed: bool, margin: float, flow_run_id: str | None,
                          test_set: str | None = None) -> PromotionRecord:
         """Alias a model `candidate`, and `production` if `gate(current production artifact id)` says so.
 
-        One BEGIN IMMEDIATE transaction reads the current production model, asks the gate, moves the aliases and
-        records the decision: of two flow runs racing to promote, the second sees the first one's winner."""
-        with self.transaction() as con:
-            name = con.execute("SELECT name FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()[0]
-            row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = 'production'",
-                              (name,)).fetchone()
-            decision = gate(row[0] if row else None)
+        One write transaction reads the current production model, asks the gate, moves the aliases and records the
+        decision: it holds the store's write lock from its start, so of two flow runs racing to promote, the
+        second reads only after the first one's commit, and sees its winner."""
+        with self._write() as conn:
+            name, production = self._production(conn, artifact_id)
+            decision = gate(production)
             ts = now()
-            for alias in ["candidate"] + (["production"] if decision.decision == "promoted" else []):  # unmoved: same date
-                con.execute("INSERT INTO aliases VALUES (?, ?, ?, ?) ON CONFLICT (name, alias) DO UPDATE SET"
-                            " artifact_id = excluded.artifact_id, set_at = excluded.set_at"
-                            " WHERE aliases.artifact_id != excluded.artifact_id", (name, alias, artifact_id, ts))
-            cur = con.execute(
-                "INSERT INTO promotions (artifact_id, decision, reason, candidate_accuracy, validation_passed,"
-                " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at, test_set)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (artifact_id, decision.decision, decision.reason, accuracy, int(validation_passed),
-                 row[0] if row else None, decision.production_accuracy, margin, flow_run_id, ts, test_set))
-            return PromotionRecord.from_row(con.execute("SELECT * FROM promotions WHERE promotion_id = ?",
-                                                        (cur.lastrowid,)).fetchone())
+            for alias in ["candidate"] + (["production"] if decision.decision == "promoted" else []):
+                ins = upsert(conn, AL).values(name=name, alias=alias, artifact_id=artifact_id, set_at=ts)
+                conn.execute(ins.on_conflict_do_update(  # an alias already on this model keeps its date
+                    index_elements=[AL.c.name, AL.c.alias], where=AL.c.artifact_id != ins.excluded.artifact_id,
+                    set_={"artifact_id": ins.excluded.artifact_id, "set_at": ins.excluded.set_at}))
+            return self._promotion(conn, dict(
+                artifact_id=artifact_id, decision=decision.decision, reason=decision.reason,
+                candidate_accuracy=accuracy, validation_passed=int(validation_passed),
+                production_artifact_id=production, production_accuracy=decision.production_accuracy, margin=margin,
+                flow_run_id=flow_run_id, decided_at=ts, test_set=test_set))
 
     def mark_promotion_applied(self, promotion_id: int) -> None:
-        with self.transaction() as con:
-            con.execute("UPDATE promotions SET wandb_applied_at = ? WHERE promotion_id = ?", (now(), promotion_id))
+        with self._write() as conn:
+            conn.execute(update(P).where(P.c.promotion_id == promotion_id).values(wandb_applied_at=now()))
 
     def record_rollback(self, artifact_id: int, *, reason: str, requested_by: str) -> PromotionRecord:
         """Move `production` to `artifact_id`, recorded as a promotion of kind 'rollback', rejecting the model rolled
         back from, in one transaction (the candidate alias stays where it is)."""
-        with self.transaction() as con:
-            name = con.execute("SELECT name FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()[0]
-            row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = 'production'",
-                              (name,)).fetchone()
+        with self._write() as conn:
+            name, production = self._production(conn, artifact_id)
             ts = now()
-            con.execute("INSERT OR REPLACE INTO aliases VALUES (?, 'production', ?, ?)", (name, artifact_id, ts))
-            cur = con.execute(
-                "INSERT INTO promotions (artifact_id, decision, reason, candidate_accuracy, validation_passed,"
-                " production_artifact_id, production_accuracy, margin, flow_run_id, decided_at, kind, requested_by)"
-                " VALUES (?, 'promoted', ?, NULL, 1, ?, NULL, 0, NULL, ?, 'rollback', ?)",
-                (artifact_id, reason, row[0] if row else None, ts, requested_by))
-            rejections.on_rollback(con, rolled_back=row[0] if row else None, target=artifact_id, reason=reason,
-                                   requested_by=requested_by, at=ts)
-            return PromotionRecord.from_row(con.execute("SELECT * FROM promotions WHERE promotion_id = ?",
-                                                        (cur.lastrowid,)).fetchone())
+            ins = upsert(conn, AL).values(name=name, alias="production", artifact_id=artifact_id, set_at=ts)
+            conn.execute(ins.on_conflict_do_update(index_elements=[AL.c.name, AL.c.alias], set_={
+                "artifact_id": ins.excluded.artifact_id, "set_at": ins.excluded.set_at}))
+            record = self._promotion(conn, dict(
+                artifact_id=artifact_id, decision="promoted", reason=reason, candidate_accuracy=None,
+                validation_passed=1, production_artifact_id=production, production_accuracy=None, margin=0,
+                flow_run_id=None, decided_at=ts, kind="rollback", requested_by=requested_by))
+            rejections.on_rollback(driver_connection(conn), rolled_back=production, target=artifact_id,
+                                   reason=reason, requested_by=requested_by, at=ts)
+            return record
 
     def record_use(self, run_id: str, artifact_id: int) -> None:
         """Record a running run's input as it opens it (not only when it ends), unless gc has deleted it: gc checks
         these edges in its own transaction, so an input in use is never removed, and a removed one never used."""
-        with self.transaction() as con:
-            gone = con.execute("SELECT deleted_at, deleted_by FROM deletions WHERE artifact_id = ?",
-                               (artifact_id,)).fetchone()
+        with self._write() as conn:
+            gone = conn.execute(select(D.c.deleted_at, D.c.deleted_by).where(D.c.artifact_id == artifact_id)).first()
             if gone is not None:
-                art = self._artifact(con, artifact_id)
+                art = self._artifact(conn, artifact_id)
                 raise ArtifactDeleted(f"{art.label} ({art.digest[:16]}) was deleted by gc on "
-                                      f"{gone['deleted_at'][:10]} ({gone['deleted_by']}): its files are gone")
-            con.execute("INSERT OR IGNORE INTO edges VALUES (?, ?, 'used')", (run_id, artifact_id))
+                                      f"{gone.deleted_at[:10]} ({gone.deleted_by}): its files are gone")
+            self._edges(conn, run_id, [artifact_id], "used")
 
     def delete_artifact(self, artifact_id: int, *, path: str, bytes: int, reason: str, deleted_by: str,
                         remove: Callable[[], None]) -> bool:
         """Record `artifact_id` as deleted and call `remove()` (which takes its folder away) in one transaction,
         unless a run still 'running' uses or produced it, a run of a flow run still running did, or a flow run
         holds it (`holds.py`): then nothing happens and False. `remove` raising rolls the record back."""
-        with self.transaction() as con:
-            busy = con.execute(
-                "SELECT 1 FROM edges e JOIN runs r USING (run_id) WHERE e.artifact_id = ? AND (r.status = 'running'"
-                " OR r.flow_run_id IN (SELECT flow_run_id FROM runs WHERE status = 'running'"
-                " AND flow_run_id IS NOT NULL)) UNION SELECT 1 FROM holds WHERE artifact_id = ? LIMIT 1",
-                (artifact_id, artifact_id)).fetchone()
-            if busy is not None:
+        e, h = t.edges, t.holds
+        running_flows = select(R.c.flow_run_id).where(R.c.status == "running", R.c.flow_run_id.is_not(None))
+        touched = select(literal(1)).select_from(e.join(R, e.c.run_id == R.c.run_id)).where(
+            e.c.artifact_id == artifact_id, or_(R.c.status == "running", R.c.flow_run_id.in_(running_flows)))
+        held = select(literal(1)).select_from(h).where(h.c.artifact_id == artifact_id)
+        with self._write() as conn:
+            if conn.execute(touched.limit(1)).first() or conn.execute(held.limit(1)).first():
                 return False
-            con.execute("INSERT OR REPLACE INTO deletions VALUES (?, ?, ?, ?, ?, ?)",
-                        (artifact_id, path, bytes, reason, deleted_by, now()))
+            ins = upsert(conn, D).values(artifact_id=artifact_id, path=path, bytes=bytes, reason=reason,
+                                         deleted_by=deleted_by, deleted_at=now())
+            conn.execute(ins.on_conflict_do_update(index_elements=[D.c.artifact_id], set_={
+                c: ins.excluded[c] for c in ("path", "bytes", "reason", "deleted_by", "deleted_at")}))
             remove()
             return True
-
-    # ------------------------------------------------------------------------------------------- reads
-
-    def alias(self, name: str, alias: str) -> ArtifactRecord | None:
-        with self.reader() as con:
-            row = con.execute("SELECT artifact_id FROM aliases WHERE name = ? AND alias = ?", (name, alias)).fetchone()
-            return self._artifact(con, row[0]) if row else None
-
-    def promotions(self, artifact_id: int | None = None, *, production_artifact_ids: list[int] | None = None
-                   ) -> list[PromotionRecord]:
-        """Decisions about `artifact_id` (default: all), or those that compared against one of
-        `production_artifact_ids` as the production model."""
-        with self.reader() as con:
-            if production_artifact_ids is not None:
-                q = (f"SELECT * FROM promotions WHERE production_artifact_id IN "
-                     f"({','.join('?' * len(production_artifact_ids))})")
-                args: tuple = tuple(production_artifact_ids)
-            elif artifact_id is not None:
-                q, args = "SELECT * FROM promotions WHERE artifact_id = ?", (artifact_id,)
-            else:
-                q, args = "SELECT * FROM promotions", ()
-            return [PromotionRecord.from_row(r) for r in con.execute(q + " ORDER BY promotion_id", args)]
-
-    def deletions(self) -> dict[int, DeletionRecord]:
-        """Artifact versions gc has removed, by artifact id."""
-        with self.reader() as con:
-            return {r["artifact_id"]: DeletionRecord(**dict(r)) for r in con.execute("SELECT * FROM deletions")}
-
-    def aliases_of(self, artifact_id: int) -> list[dict]:
-        """The aliases an artifact version holds now, with when each was set."""
-        with self.reader() as con:
-            return [dict(r) for r in con.execute("SELECT alias, set_at FROM aliases WHERE artifact_id = ?"
-                                                 " ORDER BY alias", (artifact_id,))]
-
-    def _artifact(self, con: sqlite3.Connection, artifact_id: int) -> ArtifactRecord:
-        r = con.execute("SELECT * FROM artifacts WHERE artifact_id = ?", (artifact_id,)).fetchone()
-        files = tuple(FileRecord(f["relpath"], f["sha256"], f["size"]) for f in con.execute(
-            "SELECT relpath, sha256, size FROM artifact_files WHERE artifact_id = ? ORDER BY relpath",
-            (artifact_id,)))
-        return ArtifactRecord(artifact_id=r["artifact_id"], name=r["name"], type=r["type"], version=r["version"],
-                              digest=r["digest"], path=r["path"], metadata=json.loads(r["metadata_json"]),
-                              producer_run_id=r["producer_run_id"], created_at=r["created_at"], files=files)
-
-    def artifact(self, artifact_id: int) -> ArtifactRecord:
-        with self.reader() as con:
-            return self._artifact(con, artifact_id)
-
-    def find_artifact(self, name: str, digest: str) -> ArtifactRecord | None:
-        with self.reader() as con:
-            row = con.execute("SELECT artifact_id FROM artifacts WHERE name = ? AND digest = ?",
-                              (name, digest)).fetchone()
-            return self._artifact(con, row[0]) if row else None
 
     def require_artifact(self, name: str, digest: str) -> ArtifactRecord:
         """`find_artifact`, for a version this run has just recorded: its absence is a broken store."""
@@ -328,67 +290,21 @@ class LineageStore:
             raise StoreError(f"{self.path}: {name} {digest[:16]} was recorded by this run and is gone from the store")
         return rec
 
-    def artifacts(self, type: str | None = None) -> list[ArtifactRecord]:
-        with self.reader() as con:
-            q = "SELECT artifact_id FROM artifacts" + (" WHERE type = ?" if type else "") + " ORDER BY artifact_id"
-            return [self._artifact(con, r[0]) for r in con.execute(q, (type,) if type else ())]
-
-    def run(self, run_id: str) -> RunRecord | None:
-        with self.reader() as con:
-            r = con.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            return RunRecord.from_row(r) if r is not None else None
-
-    def runs(self, flow_run_id: str | None = None) -> list[RunRecord]:
-        with self.reader() as con:
-            q = "SELECT * FROM runs" + (" WHERE flow_run_id = ?" if flow_run_id else "") + " ORDER BY started_at"
-            return [RunRecord.from_row(r) for r in con.execute(q, (flow_run_id,) if flow_run_id else ())]
-
-    def edges(self, run_id: str) -> dict[str, list[ArtifactRecord]]:
-        with self.reader() as con:
-            out: dict[str, list[ArtifactRecord]] = {"used": [], "produced": []}
-            for r in con.execute("SELECT artifact_id, direction FROM edges WHERE run_id = ? ORDER BY artifact_id",
-                                 (run_id,)):
-                out[r["direction"]].append(self._artifact(con, r["artifact_id"]))
-            return out
-
-    def consumers(self, artifact_id: int) -> list[str]:
-        with self.reader() as con:
-            return [r[0] for r in con.execute(
-                "SELECT e.run_id FROM edges e JOIN runs r USING (run_id) WHERE e.artifact_id = ?"
-                " AND e.direction = 'used' ORDER BY r.started_at", (artifact_id,))]
-
-    def producers(self, artifact_id: int) -> list[str]:
-        with self.reader() as con:
-            return [r[0] for r in con.execute(
-                "SELECT e.run_id FROM edges e JOIN runs r USING (run_id) WHERE e.artifact_id = ?"
-                " AND e.direction = 'produced' ORDER BY r.started_at", (artifact_id,))]
-
-    def artifacts_with_file(self, sha256: str) -> list[ArtifactRecord]:
-        with self.reader() as con:
-            ids = [r[0] for r in con.execute(
-                "SELECT DISTINCT artifact_id FROM artifact_files WHERE sha256 = ? ORDER BY artifact_id", (sha256,))]
-            return [self._artifact(con, i) for i in ids]
-
     # ------------------------------------------------------------------------------------------- W&B sync
-
-    def sync_log(self, run_id: str | None = None) -> list[dict]:
-        """What `mnist-pipeline sync` has already done in W&B: one row per uploaded run and declared input."""
-        with self.reader() as con:
-            q = "SELECT * FROM sync_log" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY done_at, rowid"
-            return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
 
     def record_wandb_gaps(self, run_id: str, gaps: list, confirmed=()) -> None:
         """W&B's gaps of a run (first kept), for `sync`; a pending one gives way to a new gap or a `confirmed` ref."""
-        with self.transaction() as con:
-            con.executemany(DROP_PENDING_GAP, [(run_id, r) for r in {*confirmed, *(g.ref for g in gaps)}])
-            con.executemany("INSERT OR IGNORE INTO wandb_gaps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            [(run_id, g.action, g.ref, g.call, g.error, g.detail, now()) for g in gaps])
-
-    def wandb_gaps(self, run_id: str | None = None) -> list[dict]:
-        with self.reader() as con:
-            q = "SELECT * FROM wandb_gaps" + (" WHERE run_id = ?" if run_id else "") + " ORDER BY recorded_at, rowid"
-            return [dict(r) for r in con.execute(q, (run_id,) if run_id else ())]
+        refs = {*confirmed, *(g.ref for g in gaps)}
+        with self._write() as conn:
+            if refs:  # a gap recorded before W&B was asked (call 'unconfirmed'), dropped once W&B answered for it
+                conn.execute(delete(G).where(G.c.run_id == run_id, G.c.ref == bindparam("gap_ref"),
+                                             G.c.call == "unconfirmed"), [{"gap_ref": r} for r in refs])
+            if gaps:
+                conn.execute(upsert(conn, G).on_conflict_do_nothing(), [
+                    {"run_id": run_id, "action": g.action, "ref": g.ref, "call": g.call, "error": g.error,
+                     "detail": g.detail, "recorded_at": now()} for g in gaps])
 
     def mark_synced(self, run_id: str, action: str, ref: str, detail: str | None = None) -> None:
-        with self.transaction() as con:
-            con.execute("INSERT OR IGNORE INTO sync_log VALUES (?, ?, ?, ?, ?)", (run_id, action, ref, detail, now()))
+        with self._write() as conn:
+            conn.execute(upsert(conn, t.sync_log).values(run_id=run_id, action=action, ref=ref, detail=detail,
+                                                         done_at=now()).on_conflict_do_nothing())

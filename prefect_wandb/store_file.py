@@ -1,4 +1,5 @@
-"""The lineage store's file on disk, looked at before and after SQLite opens it.
+"""The lineage store's file on disk, looked at before and after SQLite opens it (SQLite only: a store in another
+database has no file).
 
 - `header_problem`: why a file cannot be a whole SQLite database (not one, or shorter than its header says), asked
   of SQLite opened `immutable`, so a read-only command refuses a damaged store without SQLite creating
@@ -17,6 +18,10 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from sqlalchemy import inspect
+
+from prefect_wandb.store_engine import driver_errors, engine_for
 
 SIDECARS = ("-wal", "-shm", "-journal")
 
@@ -123,12 +128,9 @@ def readonly_problem(path: Path, uri: str) -> str | None:
         return f"not a readable lineage store ({problem})"
     # no clean-up of -wal/-shm after a failure here: they may be another process's, creating the store this moment
     try:
-        con = sqlite3.connect(uri, uri=True, timeout=30)
-        try:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            check = con.execute("PRAGMA quick_check").fetchone()[0]
-        finally:
-            con.close()
+        with driver_errors(), engine_for(path, sqlite_uri=uri).connect() as conn:  # the engine the store reads with
+            tables = set(inspect(conn).get_table_names())
+            check = conn.exec_driver_sql("PRAGMA quick_check").scalar()
         if check != "ok":
             raise sqlite3.DatabaseError(f"damaged: {check}")
     except sqlite3.DatabaseError as e:
