@@ -343,3 +343,14 @@ def test_a_store_from_a_newer_release_is_refused_not_changed(tmp_path):
     with pytest.raises(StoreError, match="revision 9999"):
         LineageStore(db)
     assert _revision(db) == ["9999"]
+
+
+def test_one_engine_per_store_location_in_a_process(tmp_path):
+    from prefect_wandb.store_engine import engine_for
+
+    db = tmp_path / "lineage.db"
+    engine = engine_for(db)
+    assert engine_for(str(db)) is engine and engine_for(tmp_path / "." / "lineage.db") is engine
+    assert engine_for(f"sqlite:///{db.resolve()}") is engine  # a URL or a path, the same location
+    readonly = engine_for(db, sqlite_uri=f"{db.resolve().as_uri()}?mode=ro")  # opened another way: its own
+    assert readonly is not engine and engine_for(tmp_path / "other.db") is not engine
