@@ -19,6 +19,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
 from mnist_pipeline.flows.preflight import effective_config
+from mnist_pipeline.lookups import finished_model, recorded
 from mnist_pipeline.results import ArtifactLocation, MetricsResult, PromotionOutcome, RunSummary, ValidationResult
 from mnist_pipeline.tasks import (
     check_for_changes,
@@ -33,7 +34,6 @@ from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
-from prefect_wandb import LineageStore
 
 FLOW_NAME = "mnist-lineage-pipeline"
 DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)
@@ -73,9 +73,7 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
     dataset = ensure_dataset(cfg, logger)
 
     check = check_for_changes(cfg, dataset)
-    store = LineageStore(cfg.lineage_db)
-    reuse = not check.changed and not cfg.force and check.model != check.production and not check.decided
-    if not check.changed and not cfg.force and not reuse:
+    if check.action == "skip" and not cfg.force:
         skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (to retrain: run with "
                              "--force, or tick the force field in the Prefect form)",
                              production=check.production, model=check.model if check.decided else None,
@@ -88,7 +86,8 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
         return Completed(message=skipped.reason, data=skipped)
 
     # a finished model of these very inputs that the gate never saw is not made again: it goes on from here
-    model = store.require_artifact(MODEL_NAME, str(check.model_digest)).ref() if reuse else train(cfg, dataset)
+    reuse = check.action == "reuse" and not cfg.force
+    model = finished_model(cfg, MODEL_NAME, str(check.model_digest)) if reuse else train(cfg, dataset)
     # Evaluation and export only share the model: side by side. The ONNX check then compares onnxruntime with the
     # logits the evaluation recorded (no second torch pass over the test split) and runs alone, so its latency
     # and throughput are timed on a quiet machine.
@@ -96,12 +95,12 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
     onnx_model = export_onnx(cfg, model)
     metrics = metrics_future.result()
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
-    v = ValidationResult.from_metadata(store.require_artifact(validation.name, validation.digest).metadata)
+    v = recorded(cfg, validation, ValidationResult)
     attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v.passed else None
     decision = promote(cfg, model, metrics, validation, attestation)
     report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
-    m = MetricsResult.from_metadata(store.require_artifact(metrics.name, metrics.digest).metadata)
+    m = recorded(cfg, metrics, MetricsResult)
     outputs = (dataset, model, metrics, onnx_model, validation, report) + ((attestation,) if attestation else ())
     failure = parity_failure(cfg, v, validation.label)
     summary = RunSummary(

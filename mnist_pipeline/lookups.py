@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Protocol, TypeVar
+
+from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import ModelInfo, TrainingResult
-from prefect_wandb import ArtifactRecord, LineageStore, evaluations
+from prefect_wandb import ArtifactRecord, ArtifactRef, LineageStore, evaluations
+
+R = TypeVar("R", covariant=True)
+
+
+class FromMetadata(Protocol[R]):
+    def from_metadata(self, metadata: dict | None) -> R: ...
+
+
+def recorded(cfg: PipelineConfig, ref: ArtifactRef, kind: FromMetadata[R]) -> R:
+    """What a stage recorded about an artifact version, typed (`kind`: a record of results.py, e.g. MetricsResult)."""
+    return kind.from_metadata(cfg.lineage().open_store().require_artifact(ref.name, ref.digest).metadata)
+
+
+def finished_model(cfg: PipelineConfig, name: str, digest: str) -> ArtifactRef:
+    """The reference of a finished model already in the store (a reuse: the gate never saw it)."""
+    return cfg.lineage().open_store().require_artifact(name, digest).ref()
 
 
 def train_seconds(store: LineageStore, model: ArtifactRecord) -> float | None:
