@@ -152,7 +152,7 @@ def render_tree(report: dict) -> str:
 
 
 def _renderer():
-    from prefect_wandb import render
+    from prefect_wandb.audit import render
 
     return render
 

@@ -24,10 +24,10 @@ from prefect_wandb.audit import (
     apply_wandb_findings,
     audit,
 )
+from prefect_wandb.audit.render import render_mermaid, render_tree
 from prefect_wandb.cli.audit import audit_main
 from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import manifest, manifest_digest
-from prefect_wandb.render import render_mermaid, render_tree
 from prefect_wandb.store import LineageStore, NewArtifact
 from tests.helpers import STEMS
 
@@ -353,7 +353,7 @@ def test_mermaid_markdown_html_and_svg_reports(e2e, capsys, tmp_path):
 def test_the_html_report_escapes_what_the_records_say(e2e, capsys, tmp_path):
     """A message, a check's detail, a run's error or a signature holding markup shows as text (Jinja2's
     autoescape): no tag of its own reaches the page."""
-    from prefect_wandb.render import write_report
+    from prefect_wandb.audit.render import write_report
 
     script, attr = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
     report = json.loads(_audit(e2e, capsys, e2e["onnx"], "--json")[1])

@@ -194,7 +194,7 @@ def test_a_forced_rerun_of_the_production_model_keeps_production_since(gated):
 
 def test_the_audit_lists_promotions_by_time_and_labels_a_rollback(gated):
     from prefect_wandb.audit import audit
-    from prefect_wandb.render import render_tree
+    from prefect_wandb.audit.render import render_tree
 
     _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     v0, a0 = gated.pipeline_acc(d, "a", 0.90)

@@ -20,9 +20,9 @@ from prefect_wandb.recording import RecordingWandb
 from prefect_wandb.stage import open_stage
 from prefect_wandb.store import LineageStore
 from prefect_wandb.sync import plan_sync, run_sync
-from prefect_wandb.verify import verify_wandb
 from prefect_wandb.wandb.client import WandbClient
 from prefect_wandb.wandb.settings import WandbTimeouts
+from prefect_wandb.wandb_compare import verify_wandb
 from tests.wandb_standin import API_KEY, closed_port, failing
 
 

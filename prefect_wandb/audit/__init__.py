@@ -20,8 +20,7 @@ The parts: `report` (types, exit codes, conclusion), `identify`, `walk`, `checks
 from __future__ import annotations
 
 from prefect_wandb.audit.assemble import audit
-from prefect_wandb.audit.identify import REF_RE, Identification, identify, resolve_ref
-from prefect_wandb.audit.report import (
+from prefect_wandb.audit.entries import (
     CONFIG_SECTION,
     EXIT_ERROR,
     EXIT_TAMPERED,
@@ -39,6 +38,7 @@ from prefect_wandb.audit.report import (
     SignatureEntry,
     WandbEntry,
 )
+from prefect_wandb.audit.identify import REF_RE, Identification, identify, resolve_ref
 from prefect_wandb.audit.wandb_findings import apply_wandb_findings, wandb_findings
 
 __all__ = ["CONFIG_SECTION", "EXIT_ERROR", "EXIT_TAMPERED", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VERIFIED", "FAILED",

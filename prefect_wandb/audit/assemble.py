@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_wandb.audit.checks import Verifier
-from prefect_wandb.audit.identify import identify, near_misses
-from prefect_wandb.audit.report import (
+from prefect_wandb.audit.entries import (
     CONFIG_SECTION,
     EXIT_UNKNOWN,
     FAILED,
@@ -20,6 +19,7 @@ from prefect_wandb.audit.report import (
     conclude,
     finish,
 )
+from prefect_wandb.audit.identify import identify, near_misses
 from prefect_wandb.audit.signatures import SIGNATURE_ORDER, check_signatures
 from prefect_wandb.audit.walk import Walk
 from prefect_wandb.refs import digest_alias

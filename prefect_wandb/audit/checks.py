@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect_wandb.audit.report import Check
+from prefect_wandb.audit.entries import Check
 from prefect_wandb.hashing import sha256_file
 from prefect_wandb.layout import folder_name
 from prefect_wandb.refs import manifest_digest

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect_wandb.audit.report import AuditError
+from prefect_wandb.audit.entries import AuditError
 from prefect_wandb.audit.signatures import is_signature_of
 from prefect_wandb.hashing import sha256_file
 from prefect_wandb.refs import manifest, manifest_digest

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect_wandb.audit.checks import Verifier
-from prefect_wandb.audit.report import SignatureEntry
+from prefect_wandb.audit.entries import SignatureEntry
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
 ATTESTATION_TYPE = "attestation"

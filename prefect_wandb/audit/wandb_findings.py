@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect_wandb.audit.report import AuditReport, RunEntry, finish
+from prefect_wandb.audit.entries import AuditReport, RunEntry, finish
 from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import wandb_ref
 
@@ -81,7 +81,7 @@ def _in_wandb(run: RunEntry | None) -> bool:
 def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
     """What W&B holds for each artifact version of an audit report (None where it holds nothing), read as
     `sync --verify` reads it (`verify.lookup_versions`)."""
-    from prefect_wandb.verify import lookup_versions
+    from prefect_wandb.wandb_compare import lookup_versions
 
     refs: dict[str, str] = {}
     for lab, art in report["artifacts"].items():

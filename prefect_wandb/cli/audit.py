@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect_wandb.audit import AuditError, apply_wandb_findings, audit
+from prefect_wandb.audit.render import render_tree, write_report
 from prefect_wandb.cli.args import Parents, add_command, err, open_store, program
 from prefect_wandb.cli.exit_codes import Exit
-from prefect_wandb.render import render_tree, write_report
 
 if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
     from prefect_wandb.store import LineageStore
@@ -222,8 +222,8 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 
 def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
     """`sync --verify`: read-only comparison of W&B with the lineage store (opened read-only)."""
-    from prefect_wandb.verify import render_verify, verify_wandb
     from prefect_wandb.wandb.client import wandb_error_line
+    from prefect_wandb.wandb_compare import render_verify, verify_wandb
 
     try:
         result = verify_wandb(store, backend, run_ids=ns.run or None)
