@@ -160,8 +160,8 @@ class PromotionOutcome(_Record):
 
     @classmethod
     def of(cls, decision: Any) -> PromotionOutcome:
-        """From a `PromotionRecord` (or anything with these four attributes)."""
-        return cls(decision.decision, decision.reason, decision.candidate_accuracy, decision.production_accuracy)
+        """From a `PromotionRecord` (the gate's metric here is test accuracy)."""
+        return cls(decision.decision, decision.reason, decision.candidate_value, decision.production_value)
 
 
 @dataclass(frozen=True)

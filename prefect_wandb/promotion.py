@@ -53,12 +53,12 @@ class GatePolicy(BaseModel):
 
 @dataclass(frozen=True)
 class Decision:
-    """What the promotion gate decided about a candidate (see `decide`); `production_accuracy` is production's value
+    """What the promotion gate decided about a candidate (see `decide`); `production_value` is production's value
     of the policy's metric, when the decision rested on a comparison."""
 
     decision: Literal["promoted", "candidate"]
     reason: str
-    production_accuracy: float | None = None
+    production_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def decide(*, candidate_id: int, value: float | None, validation_passed: bool, p
                 signature=signature, unreject_hint=unreject_hint)
     if signature is not None and signature.verified:
         return Decision(d.decision, f"{d.reason}; signature verified (key {signature.detail[:16]})",
-                        d.production_accuracy)
+                        d.production_value)
     return d
 
 
@@ -145,8 +145,8 @@ def earlier_verdict(store: LineageStore, model_id: int, test_set: tuple[str, str
     if test_set is None:
         return None
     mine = [p for p in store.promotions(model_id) if p.kind is None and p.test_set == test_set[1] and (
-        p.decision == "promoted" or (p.validation_passed and p.candidate_accuracy is not None
-                                     and p.production_accuracy is not None))]
+        p.decision == "promoted" or (p.validation_passed and p.candidate_value is not None
+                                     and p.production_value is not None))]
     if not mine or mine[-1].decision != "candidate":
         return None
     return f"the gate kept it candidate on {test_set[0]} at {mine[-1].decided_at}: {mine[-1].reason}"
@@ -187,7 +187,8 @@ def promote(store: LineageStore, model_id: int, *, value: float | None, validati
                       rejection=rejected.describe() if rejected else None,
                       earlier=None if force else earlier_verdict(store, model_id, test_set), signature=signature,
                       unreject_hint=unreject_hint)
-    return store.record_promotion(model_id, gate, accuracy=value, validation_passed=validation_passed,
+    return store.record_promotion(model_id, gate, value=value, validation_passed=validation_passed,
+                                  metric=policy.metric, aliases=(policy.candidate_alias, policy.production_alias),
                                   margin=policy.margin, flow_run_id=flow_run_id,
                                   test_set=test_set[1] if test_set else None)
 

@@ -108,10 +108,10 @@ class PromotionRecord:
     artifact_id: int
     decision: Literal["promoted", "candidate"]
     reason: str
-    candidate_accuracy: float | None
+    candidate_value: float | None  # the candidate's value of the gate's metric
     validation_passed: bool
     production_artifact_id: int | None
-    production_accuracy: float | None
+    production_value: float | None  # production's value of it, when the decision compared them
     margin: float
     flow_run_id: str | None
     decided_at: str
@@ -119,15 +119,26 @@ class PromotionRecord:
     kind: str | None = None  # None: the promotion gate; 'rollback': the `rollback` command
     requested_by: str | None = None  # who or what asked for a rollback
     test_set: str | None = None  # digest of the dataset the candidate's metric was measured on (None: unknown)
+    metric: str | None = None  # the metric the gate compared (None: a rollback, or a record from before 0002)
+    moved: tuple[str, ...] | None = None  # the aliases this decision gave the model (None: before 0002)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
         d = dict(row)
+        for was, now_ in (("candidate_accuracy", "candidate_value"), ("production_accuracy", "production_value")):
+            if was in d:  # a store from before revision 0002, read as it is (read-only opens never migrate)
+                d[now_] = d.pop(was)
         d["validation_passed"] = bool(d["validation_passed"])
+        aliases = d.pop("aliases", None)
+        d["moved"] = tuple(json.loads(aliases)) if aliases else None
         return cls(**d)
 
     @property
     def aliases(self) -> list[str]:
+        """The aliases this decision gave the model (as recorded; a record from before they were recorded: the
+        gate's candidate and production, a rollback's production)."""
+        if self.moved is not None:
+            return list(self.moved)
         if self.kind == "rollback":  # only production moves back; the candidate stays what it was
             return ["production"]
         return ["candidate"] + (["production"] if self.decision == "promoted" else [])

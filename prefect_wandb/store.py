@@ -197,57 +197,63 @@ class LineageStore(StoreReads):
         return list(dead)
 
     @staticmethod
-    def _production(conn: Connection, artifact_id: int) -> tuple[str, int | None]:
-        """The name of `artifact_id`, and the version of that name that is production now (None: none)."""
+    def _production(conn: Connection, artifact_id: int, alias: str) -> tuple[str, int | None]:
+        """The name of `artifact_id`, and the version of that name that holds `alias` now (None: none)."""
         name = conn.execute(select(A.c.name).where(A.c.artifact_id == artifact_id)).scalar_one()
-        return name, conn.execute(select(AL.c.artifact_id).where(AL.c.name == name,
-                                                                   AL.c.alias == "production")).scalar()
+        return name, conn.execute(select(AL.c.artifact_id).where(AL.c.name == name, AL.c.alias == alias)).scalar()
 
     @staticmethod
     def _promotion(conn: Connection, values: dict) -> PromotionRecord:
         pid = _new_id(conn.execute(insert(P).values(**values)))
         return PromotionRecord.from_row(_row(conn.execute(select(P).where(P.c.promotion_id == pid)).mappings().one()))
 
-    def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Decision], *, accuracy: float | None,
+    def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Decision], *, value: float | None,
                          validation_passed: bool, margin: float, flow_run_id: str | None,
-                         test_set: str | None = None) -> PromotionRecord:
-        """Alias a model `candidate`, and `production` if `gate(current production artifact id)` says so.
+                         test_set: str | None = None, metric: str | None = None,
+                         aliases: tuple[str, str] = ("candidate", "production")) -> PromotionRecord:
+        """Give a model the first of `aliases` (candidate), and the second (production) if `gate(the artifact id
+        holding production now)` says so; `value` is the candidate's `metric`. The alias names are the caller's
+        policy (`GatePolicy`).
 
         One write transaction reads the current production model, asks the gate, moves the aliases and records the
         decision: it holds the store's write lock from its start, so of two flow runs racing to promote, the
         second reads only after the first one's commit, and sees its winner."""
+        candidate_alias, production_alias = aliases
         with self._write() as conn:
-            name, production = self._production(conn, artifact_id)
+            name, production = self._production(conn, artifact_id, production_alias)
             decision = gate(production)
             ts = now()
-            for alias in ["candidate"] + (["production"] if decision.decision == "promoted" else []):
+            moved = [candidate_alias] + ([production_alias] if decision.decision == "promoted" else [])
+            for alias in moved:
                 ins = upsert(conn, AL).values(name=name, alias=alias, artifact_id=artifact_id, set_at=ts)
                 conn.execute(ins.on_conflict_do_update(  # an alias already on this model keeps its date
                     index_elements=[AL.c.name, AL.c.alias], where=AL.c.artifact_id != ins.excluded.artifact_id,
                     set_={"artifact_id": ins.excluded.artifact_id, "set_at": ins.excluded.set_at}))
             return self._promotion(conn, dict(
                 artifact_id=artifact_id, decision=decision.decision, reason=decision.reason,
-                candidate_accuracy=accuracy, validation_passed=int(validation_passed),
-                production_artifact_id=production, production_accuracy=decision.production_accuracy, margin=margin,
-                flow_run_id=flow_run_id, decided_at=ts, test_set=test_set))
+                candidate_value=value, validation_passed=int(validation_passed),
+                production_artifact_id=production, production_value=decision.production_value, margin=margin,
+                flow_run_id=flow_run_id, decided_at=ts, test_set=test_set, metric=metric, aliases=json.dumps(moved)))
 
     def mark_promotion_applied(self, promotion_id: int) -> None:
         with self._write() as conn:
             conn.execute(update(P).where(P.c.promotion_id == promotion_id).values(wandb_applied_at=now()))
 
-    def record_rollback(self, artifact_id: int, *, reason: str, requested_by: str) -> PromotionRecord:
-        """Move `production` to `artifact_id`, recorded as a promotion of kind 'rollback', rejecting the model rolled
-        back from, in one transaction (the candidate alias stays where it is)."""
+    def record_rollback(self, artifact_id: int, *, reason: str, requested_by: str,
+                        alias: str = "production") -> PromotionRecord:
+        """Move `alias` (production) to `artifact_id`, recorded as a promotion of kind 'rollback', rejecting the model
+        rolled back from, in one transaction (the candidate alias stays where it is)."""
         with self._write() as conn:
-            name, production = self._production(conn, artifact_id)
+            name, production = self._production(conn, artifact_id, alias)
             ts = now()
-            ins = upsert(conn, AL).values(name=name, alias="production", artifact_id=artifact_id, set_at=ts)
+            ins = upsert(conn, AL).values(name=name, alias=alias, artifact_id=artifact_id, set_at=ts)
             conn.execute(ins.on_conflict_do_update(index_elements=[AL.c.name, AL.c.alias], set_={
                 "artifact_id": ins.excluded.artifact_id, "set_at": ins.excluded.set_at}))
             record = self._promotion(conn, dict(
-                artifact_id=artifact_id, decision="promoted", reason=reason, candidate_accuracy=None,
-                validation_passed=1, production_artifact_id=production, production_accuracy=None, margin=0,
-                flow_run_id=None, decided_at=ts, kind="rollback", requested_by=requested_by))
+                artifact_id=artifact_id, decision="promoted", reason=reason, candidate_value=None,
+                validation_passed=1, production_artifact_id=production, production_value=None, margin=0,
+                flow_run_id=None, decided_at=ts, kind="rollback", requested_by=requested_by,
+                aliases=json.dumps([alias])))
             rejections.on_rollback(driver_connection(conn), rolled_back=production, target=artifact_id,
                                    reason=reason, requested_by=requested_by, at=ts)
             return record

@@ -75,12 +75,13 @@ promotions = Table(
     "promotions", metadata,
     Column("promotion_id", Integer, primary_key=True, autoincrement=True),
     Column("artifact_id", Integer, ForeignKey("artifacts.artifact_id"), nullable=False),
-    _text("decision"), _text("reason"), Column("candidate_accuracy", Float),
+    _text("decision"), _text("reason"), Column("candidate_value", Float),
     Column("validation_passed", Integer, nullable=False),
     Column("production_artifact_id", Integer, ForeignKey("artifacts.artifact_id")),
-    Column("production_accuracy", Float), Column("margin", Float, nullable=False),
+    Column("production_value", Float), Column("margin", Float, nullable=False),
     _text("flow_run_id", nullable=True), _text("decided_at"), _text("wandb_applied_at", nullable=True),
     _text("kind", nullable=True), _text("requested_by", nullable=True), _text("test_set", nullable=True),
+    _text("metric", nullable=True), _text("aliases", nullable=True),  # 0002: what it compared, what it moved
     CheckConstraint("decision IN ('promoted', 'candidate')", name="decision"),
     sqlite_autoincrement=True)
 

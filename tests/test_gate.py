@@ -114,7 +114,8 @@ class Gated(Lineage):
 
     def gate(self, model, acc, dataset, force=False):
         forced = {"force": True} if force else {}
-        return promotion.promote(self.store, model.artifact_id, value=acc, validation_passed=True, policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0),
+        policy = GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0)
+        return promotion.promote(self.store, model.artifact_id, value=acc, validation_passed=True, policy=policy,
                                  flow_run_id=None, test_set=(dataset.label, dataset.digest),
                                  unreject_hint="mnist-pipeline unreject", **forced)
 
@@ -122,6 +123,24 @@ class Gated(Lineage):
 @pytest.fixture
 def gated(tmp_path):
     return Gated(tmp_path)
+
+
+def test_the_alias_names_and_the_metric_are_the_policy_s_and_on_the_record(gated):
+    _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    # lower is better here, on the value each evaluation recorded
+    policy = GatePolicy(metric="test_accuracy", higher_is_better=False, candidate_alias="staging",
+                        production_alias="live")
+    first, _ = gated.pipeline_acc(d, "a", 0.5)
+    better, _ = gated.pipeline_acc(d, "b", 0.4)
+    worse, _ = gated.pipeline_acc(d, "c", 0.6)
+    for model, rmse in ((first, 0.5), (better, 0.4), (worse, 0.6)):
+        got = promotion.promote(gated.store, model.artifact_id, value=rmse, validation_passed=True, policy=policy,
+                                flow_run_id=None)
+        assert got.metric == "test_accuracy" and got.candidate_value == rmse
+    assert [p.aliases for p in gated.store.promotions()] == [["staging", "live"], ["staging", "live"], ["staging"]]
+    assert gated.store.alias("convnet", "live").artifact_id == better.artifact_id
+    assert gated.store.alias("convnet", "staging").artifact_id == worse.artifact_id
+    assert gated.store.alias("convnet", "production") is None  # the store has no alias names of its own
 
 
 def _ns(db, **kw):

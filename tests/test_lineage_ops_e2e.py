@@ -188,7 +188,7 @@ def test_promotion_compares_accuracies_on_the_same_test_set_only(prefect_server,
     assert wb["learning_rate"] == 0.01 and wb["epochs"] == 4
     decision = store.promotions()[-1]
     assert decision.production_artifact_id == prod_id
-    assert decision.production_accuracy == pytest.approx(reeval.metadata["test_accuracy"])
+    assert decision.production_value == pytest.approx(reeval.metadata["test_accuracy"])
     assert "re-evaluated on mnist:v1" in decision.reason and "candidate's test set" in decision.reason
     assert second["promotion"]["reason"] == decision.reason
     [promote_run] = [r for r in store.runs() if r.job_type == "promote" and r.flow_run_id == reeval.metadata[

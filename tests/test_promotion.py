@@ -60,8 +60,8 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
     assert store.alias("convnet", "candidate").digest == worse["artifacts"]["model"]["digest"]
     decisions = store.promotions()
     assert [d.decision for d in decisions] == ["promoted", "promoted", "candidate"]
-    assert decisions[-1].production_accuracy == pytest.approx(good["test_accuracy"])
-    assert decisions[-1].candidate_accuracy == pytest.approx(worse["test_accuracy"])
+    assert decisions[-1].production_value == pytest.approx(good["test_accuracy"])
+    assert decisions[-1].candidate_value == pytest.approx(worse["test_accuracy"])
     # the previous production model keeps its history
     assert store.promotions(v0.artifact_id)[0].decision == "promoted"
 
@@ -94,7 +94,7 @@ def _decide(store, artifact_id, accuracy, accuracies):
     def gate(production_id):
         return decide(candidate_id=artifact_id, value=accuracy, validation_passed=True, production_id=production_id,
                       production_value=accuracies.get(production_id), policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.01))
-    return store.record_promotion(artifact_id, gate, accuracy=accuracy, validation_passed=True, margin=0.01,
+    return store.record_promotion(artifact_id, gate, value=accuracy, validation_passed=True, margin=0.01,
                                   flow_run_id=None)
 
 
@@ -151,4 +151,4 @@ def test_promotion_gate_decision_table(passed, acc, production, margin, decision
     got = decide(candidate_id=candidate_id, value=acc, validation_passed=passed, production_id=production_id,
                  production_value=production_accuracy, policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=margin))
     assert (got.decision, got.reason[: len(reason)]) == (decision, reason)
-    assert got.production_accuracy == production_accuracy
+    assert got.production_value == production_accuracy

@@ -19,4 +19,4 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent  # the script_location: works from a checkout and an installed copy
 BASELINE = "0001"  # the hand-written schema: a store without a version table is stamped here once adopted
-HEAD = "0001"
+HEAD = "0002"
