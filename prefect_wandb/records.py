@@ -125,8 +125,10 @@ class PromotionRecord:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PromotionRecord:
         d = dict(row)
-        for was, now_ in (("candidate_accuracy", "candidate_value"), ("production_accuracy", "production_value")):
-            if was in d:  # a store from before revision 0002, read as it is (read-only opens never migrate)
+        from prefect_wandb.migrations import RENAMED_COLUMNS
+
+        for was, now_ in RENAMED_COLUMNS["promotions"].items():
+            if was in d:  # a store from before the revision that renamed it, read as it is
                 d[now_] = d.pop(was)
         d["validation_passed"] = bool(d["validation_passed"])
         aliases = d.pop("aliases", None)

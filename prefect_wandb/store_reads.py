@@ -140,7 +140,7 @@ class StoreReads:
     # ------------------------------------------------------------------------------------------- W&B sync
 
     def sync_log(self, run_id: str | None = None) -> list[dict]:
-        """What `mnist-pipeline sync` has already done in W&B: one row per uploaded run and declared input."""
+        """What `sync` has already done in W&B: one row per uploaded run and declared input."""
         return self._log(t.sync_log, t.sync_log.c.done_at, run_id)
 
     def wandb_gaps(self, run_id: str | None = None) -> list[dict]:

@@ -132,3 +132,15 @@ def test_the_guide_s_flow_runs_as_documented(prefect_server, wandb_offline, tmp_
     assert [flow(), flow(), flow(shrink=0.2)] == printed
     assert main(["audit", "line:production", "--lineage-db", "runs/lineage.db"]) == 0
     assert main(["rollback", "--name", "line", "--to", "line:v1", "--dry-run", "--lineage-db", "runs/lineage.db"]) == 0
+
+
+def test_the_library_names_no_model_of_its_users():
+    """prefect_wandb is for any model: no MNIST, ConvNet or accuracy in its code, messages or templates (its
+    migrations keep the names old stores have)."""
+    import re
+
+    word = re.compile(r"mnist|convnet|accuracy", re.I)
+    found = [f"{p.relative_to(REPO)}:{n}" for p in sorted((REPO / "prefect_wandb").rglob("*"))
+             if p.suffix in (".py", ".j2") and "migrations" not in p.parts
+             for n, line in enumerate(p.read_text().splitlines(), 1) if word.search(line)]
+    assert found == []
