@@ -33,7 +33,7 @@ _WHERE = {
     "ConfinementError": "settings",
     # a stage: one W&B run and one run of the store, inputs verified, outputs staged and committed on success
     "open_stage": "stage", "Stage": "stage", "record_lost_run": "stage",
-    "ArtifactRef": "refs", "DigestMismatch": "refs", "manifest": "refs", "manifest_digest": "refs",
+    "ArtifactRef": "records", "DigestMismatch": "refs", "manifest": "refs", "manifest_digest": "refs",
     "verify_files": "refs",
     # the store and its records
     "LineageStore": "store", "StoreError": "store", "ArtifactDeleted": "store", "ArtifactRecord": "store",
@@ -78,7 +78,8 @@ if TYPE_CHECKING:
     from prefect_wandb.picture import lineage_graph, render_svg
     from prefect_wandb.promotion import Decision, GatePolicy, Signature, measured_on, promote
     from prefect_wandb.queries import evaluations, where_records_went
-    from prefect_wandb.refs import ArtifactRef, DigestMismatch, manifest, manifest_digest, verify_files
+    from prefect_wandb.records import ArtifactRef
+    from prefect_wandb.refs import DigestMismatch, manifest, manifest_digest, verify_files
     from prefect_wandb.reproduce import CannotReproduce, Rebuild, Replay
     from prefect_wandb.settings import ConfinementError, LineageSettings, WandbSettings, allowed_roots, confine
     from prefect_wandb.skip import ChangeCheck, compare_with_production

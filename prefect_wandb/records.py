@@ -1,15 +1,51 @@
 """What the lineage store holds, as frozen records: files, artifact versions, runs, promotion decisions,
-deletions by gc. Plain data: reading and writing them is `store.py`'s job."""
+deletions by gc, and the reference to one version that tasks hand each other (`ArtifactRef`). Plain data: reading
+and writing them is `store.py`'s job; imports nothing else of the library."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from datetime import datetime, timezone
+from typing import Literal, Protocol
 
-if TYPE_CHECKING:
-    from prefect_wandb.refs import ArtifactRef
+from pydantic import BaseModel, ConfigDict
+
+
+def now() -> str:
+    """The store's timestamps: UTC, ISO 8601 to the millisecond."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class ArtifactRef(BaseModel):
+    """What tasks hand each other: a small frozen reference to one exact artifact version, never its contents (a
+    pydantic model: Prefect passes it between tasks and shows it in the UI)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    type: str
+    version: int
+    digest: str  # sha256 over the artifact's (relpath, sha256) manifest
+    path: str  # directory holding the files
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+class Verdict(Protocol):
+    """What the store asks of a gate's answer (`promotion.Decision` is one)."""
+
+    @property
+    def decision(self) -> Literal["promoted", "candidate"]: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def production_value(self) -> float | None: ...
 
 # The aliases the pipeline moves: `candidate` (the newest validated model) and `production` (the promoted one).
 ALIASES = ("production", "candidate")
@@ -42,8 +78,6 @@ class ArtifactRecord:
 
     def ref(self) -> ArtifactRef:
         """The reference tasks hand each other for this version."""
-        from prefect_wandb.refs import ArtifactRef  # refs imports this module
-
         return ArtifactRef(name=self.name, type=self.type, version=self.version, digest=self.digest, path=self.path)
 
     def sha256(self, relpath: str) -> str:

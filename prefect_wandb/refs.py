@@ -1,4 +1,5 @@
-"""What tasks hand each other: a small frozen reference to one exact artifact version, never its contents."""
+"""Artifact versions by content: a folder's manifest and digest, its files verified against a record, the W&B names
+of a version. `ArtifactRef`, the reference tasks hand each other, is a record (records.py)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,11 @@ import hashlib
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from prefect_wandb.hashing import sha256_file
-from prefect_wandb.records import FileRecord
+from prefect_wandb.records import ArtifactRef, FileRecord
 
-
-class ArtifactRef(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    type: str
-    version: int
-    digest: str  # sha256 over the artifact's (relpath, sha256) manifest
-    path: str  # directory holding the files
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}:v{self.version}"
+__all__ = ["ArtifactRef", "DigestMismatch", "digest_alias", "fsync_tree", "manifest", "manifest_digest",
+           "verify_files", "wandb_path", "wandb_ref"]
 
 
 def digest_alias(digest: str) -> str:

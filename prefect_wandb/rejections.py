@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Literal
 
-from prefect_wandb.records import RejectionRecord
+from prefect_wandb.records import RejectionRecord, now
 
 
 def add(con: sqlite3.Connection, artifact_id: int, action: Literal["reject", "unreject"], *, source: str, reason: str,
@@ -52,8 +52,6 @@ def current(store, artifact_id: int) -> RejectionRecord | None:
 def unreject(store, artifact_id: int, *, reason: str, requested_by: str) -> RejectionRecord | None:
     """Lift the rejection of `artifact_id`, returning the rejection lifted (None: it was not rejected; nothing
     written)."""
-    from prefect_wandb.store import now
-
     with store.transaction() as con:
         was = current_in(con, artifact_id)
         if was is not None:

@@ -15,9 +15,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, CursorResult, bindparam, delete, func, insert, literal, or_, select, update
 
@@ -31,6 +29,8 @@ from prefect_wandb.records import (
     NewArtifact,
     PromotionRecord,
     RunRecord,
+    Verdict,
+    now,
 )
 from prefect_wandb.schema import UnknownRevision, ensure_schema
 from prefect_wandb.storage import StorageError
@@ -38,18 +38,11 @@ from prefect_wandb.store_engine import driver_connection, driver_errors, engine_
 from prefect_wandb.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
 from prefect_wandb.store_reads import StoreReads, _row
 
-if TYPE_CHECKING:
-    from prefect_wandb.promotion import Decision
-
 # The records are defined in `records.py`; callers import them from here, with the store that reads and writes them.
 __all__ = ["ALIASES", "ArtifactDeleted", "ArtifactRecord", "DeletionRecord", "FileRecord", "LineageStore",
            "NewArtifact", "PromotionRecord", "RunRecord", "StoreError", "now"]
 
 A, R, P, AL, D, G = t.artifacts, t.runs, t.promotions, t.aliases, t.deletions, t.wandb_gaps
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _new_id(result: CursorResult) -> int:
@@ -207,7 +200,7 @@ class LineageStore(StoreReads):
         pid = _new_id(conn.execute(insert(P).values(**values)))
         return PromotionRecord.from_row(_row(conn.execute(select(P).where(P.c.promotion_id == pid)).mappings().one()))
 
-    def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Decision], *, value: float | None,
+    def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Verdict], *, value: float | None,
                          validation_passed: bool, margin: float, flow_run_id: str | None,
                          test_set: str | None = None, metric: str | None = None,
                          aliases: tuple[str, str] = ("candidate", "production")) -> PromotionRecord:

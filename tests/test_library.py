@@ -144,3 +144,64 @@ def test_the_library_names_no_model_of_its_users():
              if p.suffix in (".py", ".j2") and "migrations" not in p.parts
              for n, line in enumerate(p.read_text().splitlines(), 1) if word.search(line)]
     assert found == []
+
+
+def _library_imports() -> dict[str, set[str]]:
+    """Module -> the library modules it imports, at any depth of its code (a deferred import inside a function
+    counts: it is still a dependency), but not under TYPE_CHECKING, and not a submodule's own package."""
+    lib = REPO / "prefect_wandb"
+    files = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in lib.rglob("*.py") if "migrations" not in p.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                       and "TYPE_CHECKING" in ast.dump(node.test) for n in ast.walk(node)}
+        deps = set()
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prefect_wandb"):
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                         for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("prefect_wandb")}
+        graph[name] = {d for d in deps if d in files and d != name and not name.startswith(d + ".")}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_library_has_no_import_circles():
+    graph = _library_imports()
+    assert len(graph) > 40
+    assert _cycles(graph) == []
+    # the check finds one: records <-> refs, as it was before ArtifactRef moved into records
+    assert _cycles({**graph, "prefect_wandb.records": graph["prefect_wandb.records"] | {"prefect_wandb.refs"}})
