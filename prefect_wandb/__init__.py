@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 # public name -> the module that defines it
 _WHERE = {
     # where lineage goes
-    "LineageSettings": "settings", "WandbSettings": "settings", "confine": "settings", "allowed_roots": "settings",
+    "LineageSettings": "settings", "WandbSettings": "settings", "LineageBlock": "block", "confine": "settings", "allowed_roots": "settings",
     "ConfinementError": "settings",
     # a stage: one W&B run and one run of the store, inputs verified, outputs staged and committed on success
     "open_stage": "stage", "Stage": "stage", "record_lost_run": "stage",
@@ -59,15 +59,16 @@ _WHERE = {
 }
 
 __all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "CannotReproduce", "ChangeCheck", "ConfinementError",
-           "Decision", "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageGraph",
-           "LineageSettings", "LineageStore", "PromotionRecord", "Rebuild", "Replay", "RunRecord", "Signature",
-           "Stage", "StorageError", "StoreError", "WandbSettings", "allowed_roots", "code_state", "commit_journal",
-           "compare_with_production", "confine", "evaluations", "hold_artifact", "lineage_graph", "manifest",
-           "manifest_digest", "measured_on", "open_stage", "promote", "record_lost_run", "release_holds",
+           "Decision", "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageBlock",
+           "LineageGraph", "LineageSettings", "LineageStore", "PromotionRecord", "Rebuild", "Replay", "RunRecord",
+           "Signature", "Stage", "StorageError", "StoreError", "WandbSettings", "allowed_roots", "code_state",
+           "commit_journal", "compare_with_production", "confine", "evaluations", "hold_artifact", "lineage_graph",
+           "manifest", "manifest_digest", "measured_on", "open_stage", "promote", "record_lost_run", "release_holds",
            "render_svg", "render_template", "stored_folders", "verify_files", "wandb_records", "where_records_went",
            "write_bytes_atomic", "write_json"]
 
 if TYPE_CHECKING:
+    from prefect_wandb.block import LineageBlock
     from prefect_wandb.environment import code_state
     from prefect_wandb.holds import hold as hold_artifact
     from prefect_wandb.holds import release as release_holds

@@ -205,3 +205,17 @@ def test_the_library_has_no_import_circles():
     assert _cycles(graph) == []
     # the check finds one: records <-> refs, as it was before ArtifactRef moved into records
     assert _cycles({**graph, "prefect_wandb.records": graph["prefect_wandb.records"] | {"prefect_wandb.refs"}})
+
+
+@pytest.mark.slow
+def test_the_settings_are_kept_in_a_prefect_block(prefect_server, tmp_path):
+    """Saved once by name on the real (test) Prefect server, loaded anywhere: the same settings, typed."""
+    from prefect_wandb import LineageBlock, LineageSettings, WandbSettings
+
+    settings = LineageSettings(store=tmp_path / "team.db", artifacts=tmp_path / "artifacts",
+                               wandb=WandbSettings(project="team-lineage", entity="ml-team", mode="offline"),
+                               command="team-pipeline")
+    LineageBlock(settings=settings).save("team-lineage-test", overwrite=True)
+    loaded = LineageBlock.load("team-lineage-test").settings
+    assert loaded == settings and isinstance(loaded.wandb, WandbSettings)
+    assert loaded.open_store().path == (tmp_path / "team.db").resolve()
