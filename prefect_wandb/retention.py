@@ -1,7 +1,9 @@
 """Retention that respects lineage: what `gc` may remove, and why everything else stays.
 
 Kept, always:
-- every model an alias (`production`, `candidate`) points at, and the newest `keep_last` models of each name;
+- every model an alias (`production`, `candidate`) points at, the model `rollback` would move production back to
+  (`rollback.previous_production`: the production before the current one), and the newest `keep_last` models of
+  each name;
 - for each of those, everything it was made from (backwards: producing run, its inputs, recursively) and everything
   made from it (its ONNX export, metrics, validation) with their own ancestry, so `audit` of a kept model still
   verifies every file it reaches;
@@ -26,6 +28,7 @@ from pathlib import Path
 from prefect_wandb.holds import held
 from prefect_wandb.layout import CHECKPOINTS, STAGING, candidate_folders
 from prefect_wandb.leftovers import abandoned, owner
+from prefect_wandb.rollback import previous_production
 from prefect_wandb.store import ALIASES, LineageStore
 
 
@@ -74,7 +77,8 @@ def _parse(ts: str | None) -> datetime | None:
 
 
 def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = frozenset()) -> dict[int, str]:
-    """artifact_id -> why it is kept (alias, newest-N, their ancestry and derivatives, in-flight runs)."""
+    """artifact_id -> why it is kept (alias, rollback target, newest-N, their ancestry and derivatives, in-flight
+    runs)."""
     arts = {a.artifact_id: a for a in store.artifacts()}
     why: dict[int, str] = {}
     roots: dict[int, str] = {}
@@ -84,6 +88,9 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
             rec = store.alias(name, alias)
             if rec is not None:
                 roots.setdefault(rec.artifact_id, f"{name}:{alias}")
+        current, target = previous_production(store, name)  # what `rollback` goes back to must still verify
+        if current is not None and target is not None and target.artifact_id not in deleted:
+            roots.setdefault(target.artifact_id, f"rollback target of production {current.label}")
         models = sorted((a for a in arts.values() if a.name == name and a.artifact_id not in deleted),
                         key=lambda a: a.version, reverse=True)
         for m in models[:keep_last]:

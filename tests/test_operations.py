@@ -136,6 +136,32 @@ def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_
                 if r.kind == "artifact"]
 
 
+def test_gc_keeps_the_model_rollback_would_go_back_to_and_says_so(lin, capsys):
+    """`gc --keep-last 1 --apply` once deleted the previous production, and `rollback` then refused (exit 7)."""
+    from mnist_pipeline.cli.main import main
+    from prefect_wandb.cli.exit_codes import Exit
+
+    _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    a, b, c = (lin.pipeline(d, t) for t in "abc")
+    lin.promote(a[0])
+    lin.promote(b[0])  # production b; before it a, what `rollback` goes back to; c is the newest model
+    db = ["--lineage-db", str(lin.store.path), "--artifacts-dir", str(lin.root)]
+    assert main(["gc", "--keep-last", "1", *db]) == Exit.OK
+    out = capsys.readouterr().out
+    assert "  keep convnet:v0: rollback target of production convnet:v1\n" in out, out
+    assert "would remove convnet" not in out  # a and its exports and validation stay; b (alias) and c (newest) too
+    assert main(["gc", "--keep-last", "1", "--apply", *db]) == Exit.OK
+    capsys.readouterr()
+    assert all(Path(r.path).is_dir() for r in a)
+    assert main(["rollback", "--name", "convnet", "--dry-run", "--wandb-mode", "offline",
+                 "--lineage-db", str(lin.store.path)]) == Exit.OK
+    assert "WOULD ROLL BACK: production convnet convnet:v1 -> convnet:v0" in capsys.readouterr().out
+    # after that rollback, the production before v0 is none: v0's predecessor gone from the stack, v1 may go
+    lin.store.record_rollback(a[0].artifact_id, reason="r", requested_by="t")
+    plan = retention.plan(lin.store, lin.root, keep_last=1)
+    assert not any("rollback target" in why for why in plan.kept.values())
+
+
 def test_gc_keeps_what_a_running_flow_uses_and_has_made(lin):
     _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
     m1, *_ = lin.pipeline(d1, "a")

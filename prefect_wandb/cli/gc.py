@@ -16,9 +16,10 @@ from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.layout import TRASH
 
 GC_EPILOG = """\
-Never removed: what an alias (production, candidate) or one of the newest --keep-last models came from or made,
-and whatever a running flow run holds, uses or has produced. Deletions are recorded in the lineage store: `audit` says
-"deleted by gc on <date>" and `reproduce` says the inputs are gone. Exit 1 when some removals failed (named; the
+Never removed: what an alias (production, candidate), the production before the current one (what `rollback`
+goes back to) or one of the newest --keep-last models came from or made, and whatever a running flow run holds,
+uses or has produced. Deletions are recorded in the lineage store: `audit` says "deleted by gc on <date>" and
+`reproduce` says the inputs are gone. Exit 1 when some removals failed (named; the
 others were done and recorded).
 """
 
@@ -27,7 +28,7 @@ others were done and recorded).
 def add_parsers(sub, parents: Parents) -> None:
     common = [parents.store, parents.json]
     g = add_command(sub, "gc", parents=common, epilog=GC_EPILOG, help="remove artifact folders, staging leftovers "
-                    "and checkpoints that no alias or recent model needs (dry run unless --apply)")
+                    "and checkpoints that no alias, rollback target or recent model needs (dry run unless --apply)")
     g.add_argument("--keep-last", type=int, default=3, metavar="N", help="also keep the newest N models of each "
                    "name and their lineage (default: %(default)s, at least 1)")
     g.add_argument("--older-than", type=float, default=0, metavar="DAYS", help="only remove what is older than "
