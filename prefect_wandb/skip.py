@@ -42,6 +42,9 @@ class MadeModel:
     fingerprint: dict
     production: bool = False
     decided: str | None = None  # "rejected by rollback at ...", "the gate kept it candidate at ...: ..."
+    # decided once, then sent back to the gate by an operator's `unreject`: what the record says, oldest first
+    # ("promoted by the gate at ... (...); rejected by rollback at ... (...); unrejected by ops at ... (...)")
+    reconsidered: str | None = None
 
 
 def skip_rule(models: list[MadeModel], model_name: str, dataset_digest: str, dataset_label: str,
@@ -52,6 +55,7 @@ def skip_rule(models: list[MadeModel], model_name: str, dataset_digest: str, dat
     |-----------------------------------------------------------------|----------------------|-----------------|
     | production's                                                    | -                    | skip            |
     | another, already decided (by the gate or an operator)           | any                  | skip, saying so |
+    | another, decided, then unrejected (`reconsidered`)              | any                  | reuse: gate it  |
     | another, never decided                                          | any                  | reuse: gate it  |
     | none                                                            | none                 | train           |
     | none                                                            | other dataset        | train           |
@@ -69,6 +73,10 @@ def skip_rule(models: list[MadeModel], model_name: str, dataset_digest: str, dat
         if m.decided:
             return ChangeCheck(False, f"{inputs} already made {m.label}, and it was decided: {m.decided}", label,
                                m.label, m.digest, m.decided)
+        if m.reconsidered:
+            return ChangeCheck(False, f"{inputs} already made {m.label}, decided before and unrejected since "
+                                      f"({m.reconsidered}): it goes to the gate again without retraining", label,
+                               m.label, m.digest)
         return ChangeCheck(False, f"{inputs} already made {m.label}, never decided by the gate: it goes to the gate "
                                   "without retraining", label, m.label, m.digest)
     if prod is None:
@@ -98,25 +106,37 @@ def made_models(store: LineageStore, model_name: str, *, model_type: str = "mode
         if a.name != model_name or a.artifact_id in deleted:
             continue
         used = a.inputs(input_type)
-        decided = None
+        decided = reconsidered = None
         rejected = rejections.current(store, a.artifact_id)
+        is_prod = prod is not None and prod.artifact_id == a.artifact_id
         if rejected is not None:
             decided = rejected.describe()
         else:
             # an unreject lets the gate consider the model afresh: what it said while it was rejected is not the answer
-            lifted = max((r.at for r in rejections.history(store, a.artifact_id) if r.action == "unreject"),
-                         default="")
-            verdicts = [p for p in store.promotions(a.artifact_id) if p.kind is None and p.decided_at > lifted]
+            history = rejections.history(store, a.artifact_id)
+            lifted = max((r.at for r in history if r.action == "unreject"), default="")
+            gated = [p for p in store.promotions(a.artifact_id) if p.kind is None]
+            verdicts = [p for p in gated if p.decided_at > lifted]
             if verdicts:
-                v, is_prod = verdicts[-1], prod is not None and prod.artifact_id == a.artifact_id
-                decided = (f"kept candidate by the gate at {v.decided_at}: {v.reason}" if v.decision == "candidate"
-                           else f"promoted by the gate at {v.decided_at} ({v.reason})"
-                           + ("" if is_prod else ", since replaced as production"))
+                decided = _verdict(verdicts[-1], is_prod)
+            elif lifted:  # decided before, and sent back to the gate: say so, not "never decided"
+                rejected_at = min((r.at for r in history if r.action == "reject"), default=lifted)
+                before = [p for p in gated if p.decided_at < rejected_at]  # not the verdicts while it was rejected
+                said = ([_verdict(before[-1], is_prod)] if before else []) + [
+                    r.describe() if r.action == "reject" else
+                    f"unrejected by {r.requested_by} at {r.at} ({r.reason})" for r in history]
+                reconsidered = "; ".join(said)
         out.append(MadeModel(a.label, a.digest, used[0]["digest"] if used else None,
                              f"{used[0]['name']}:v{used[0]['version']}" if used else None,
-                             a.metadata.get("fingerprint") or {}, prod is not None and prod.artifact_id == a.artifact_id,
-                             decided))
+                             a.metadata.get("fingerprint") or {}, is_prod, decided, reconsidered))
     return out
+
+
+def _verdict(v, is_prod: bool) -> str:
+    """The gate's decision `v` as the skip rule says it."""
+    if v.decision == "candidate":
+        return f"kept candidate by the gate at {v.decided_at}: {v.reason}"
+    return f"promoted by the gate at {v.decided_at} ({v.reason})" + ("" if is_prod else ", since replaced as production")
 
 
 def compare_with_production(store: LineageStore, model_name: str, dataset_digest: str, dataset_label: str,

@@ -233,20 +233,27 @@ class LineageStore(StoreReads):
             conn.execute(update(P).where(P.c.promotion_id == promotion_id).values(wandb_applied_at=now()))
 
     def record_rollback(self, artifact_id: int, *, reason: str, requested_by: str,
-                        alias: str = "production") -> PromotionRecord:
+                        alias: str = "production", candidate: str | None = "candidate") -> PromotionRecord:
         """Move `alias` (production) to `artifact_id`, recorded as a promotion of kind 'rollback', rejecting the model
-        rolled back from, in one transaction (the candidate alias stays where it is)."""
+        rolled back from, in one transaction. The `candidate` alias moves with it when it is on the model rolled
+        back from (a rejected model is nobody's candidate); elsewhere it stays. The decision's aliases are those
+        it moved, for W&B to follow."""
         with self._write() as conn:
             name, production = self._production(conn, artifact_id, alias)
+            moved = [alias]
+            if candidate is not None and production is not None and production != artifact_id and \
+                    self._production(conn, artifact_id, candidate)[1] == production:
+                moved.append(candidate)
             ts = now()
-            ins = upsert(conn, AL).values(name=name, alias=alias, artifact_id=artifact_id, set_at=ts)
-            conn.execute(ins.on_conflict_do_update(index_elements=[AL.c.name, AL.c.alias], set_={
-                "artifact_id": ins.excluded.artifact_id, "set_at": ins.excluded.set_at}))
+            for a in moved:
+                ins = upsert(conn, AL).values(name=name, alias=a, artifact_id=artifact_id, set_at=ts)
+                conn.execute(ins.on_conflict_do_update(index_elements=[AL.c.name, AL.c.alias], set_={
+                    "artifact_id": ins.excluded.artifact_id, "set_at": ins.excluded.set_at}))
             record = self._promotion(conn, dict(
                 artifact_id=artifact_id, decision="promoted", reason=reason, candidate_value=None,
                 validation_passed=1, production_artifact_id=production, production_value=None, margin=0,
                 flow_run_id=None, decided_at=ts, kind="rollback", requested_by=requested_by,
-                aliases=json.dumps([alias])))
+                aliases=json.dumps(moved)))
             rejections.on_rollback(driver_connection(conn), rolled_back=production, target=artifact_id,
                                    reason=reason, requested_by=requested_by, at=ts)
             return record

@@ -157,7 +157,10 @@ def test_a_rollback_rejects_the_model_it_leaves_until_unreject(gated, capsys):
     assert gated.gate(v1, a1, d).decision == "promoted"
     assert ops_cli.rollback_main(_ns(gated.store.path, reason="bad in canary")) == Exit.OK
     out = json.loads(capsys.readouterr().out)
-    assert (out["to"], out["rejected"]) == ("convnet:v0", "convnet:v1")
+    assert (out["to"], out["rejected"], out["candidate"]) == ("convnet:v0", "convnet:v1", "convnet:v0")
+    # candidate was on v1 (gated last): a rejected model is nobody's candidate, it follows production back to v0
+    assert gated.store.alias("convnet", "candidate").artifact_id == v0.artifact_id
+    assert gated.store.promotions()[-1].aliases == ["production", "candidate"]  # for W&B (sync) to follow
     # the same sweep or run makes v1 again: the gate does not promote it, and says why and what to do
     again = gated.gate(v1, a1, d)
     assert again.decision == "candidate", again.reason
@@ -176,7 +179,13 @@ def test_a_rollback_rejects_the_model_it_leaves_until_unreject(gated, capsys):
     assert rejections.current(gated.store, v1.artifact_id) is None
     assert [r.action for r in rejections.history(gated.store, v1.artifact_id)] == ["reject", "unreject"]
     check = skip.compare_with_production(gated.store, "convnet", d.digest, d.label, {"tag": "b"})
-    assert (check.changed, check.model, check.decided) == (False, "convnet:v1", None)  # to the gate again
+    assert (check.changed, check.model, check.decided, check.action) == (False, "convnet:v1", None, "reuse")
+    # to the gate again, and the reason says what the record says: decided, rejected, unrejected, not "never decided"
+    assert "never decided" not in check.reason, check.reason
+    assert "already made convnet:v1, decided before and unrejected since (promoted by the gate at " in check.reason
+    assert "; rejected by rollback at " in check.reason and "bad in canary" in check.reason
+    assert "; unrejected by ops at " in check.reason and "(fixed upstream)" in check.reason
+    assert check.reason.endswith("): it goes to the gate again without retraining")
     assert gated.gate(v1, a1, d).decision == "promoted"
     assert ops_cli.unreject_main(u) == Exit.NOT_FOUND  # not rejected (any more)
     assert "convnet:v1 is not rejected" in capsys.readouterr().err

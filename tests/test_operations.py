@@ -239,12 +239,20 @@ def test_a_rollback_is_a_recorded_decision_that_moves_production_alone_and_pops_
     for m in (a, b, c):
         lin.promote(m)
     rec = lin.store.record_rollback(b.artifact_id, reason="rollback from convnet:v2 to convnet:v1", requested_by="me")
-    assert (rec.kind, rec.requested_by, rec.aliases, rec.production_artifact_id) == ("rollback", "me", ["production"],
-                                                                                    c.artifact_id)
+    assert (rec.kind, rec.requested_by, rec.aliases, rec.production_artifact_id) == (
+        "rollback", "me", ["production", "candidate"], c.artifact_id)
     assert lin.store.alias("convnet", "production").artifact_id == b.artifact_id
-    assert lin.store.alias("convnet", "candidate").artifact_id == c.artifact_id  # untouched
+    # candidate was on c, now rejected: it follows production to the rollback's target
+    assert lin.store.alias("convnet", "candidate").artifact_id == b.artifact_id
     current, prev = rollback.previous_production(lin.store, "convnet")
     assert (current.artifact_id, prev.artifact_id) == (b.artifact_id, a.artifact_id)
+    # a candidate elsewhere (a newer model the gate kept candidate) stays where it is
+    d_ = lin.pipeline(d, "d")[0]
+    lin.store.record_promotion(d_.artifact_id, lambda _: SimpleNamespace(decision="candidate", reason="worse",
+                                                                         production_value=None),
+                               value=None, validation_passed=True, margin=0.0, flow_run_id=None)
+    assert lin.store.record_rollback(a.artifact_id, reason="r", requested_by="me").aliases == ["production"]
+    assert lin.store.alias("convnet", "candidate").artifact_id == d_.artifact_id
 
 
 def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_audited_as_deleted(lin):
@@ -312,11 +320,13 @@ def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync
                                             "logged_by": "r", "used_by": []}})
     assert ops_cli.rollback_main(ns(wandb_mode="online"), backend=backend) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["to"] == "convnet:v0" and out["wandb"] == "production alias moved"
-    assert ("add_aliases", f"(default entity)/p/convnet:sha256-{a.digest[:16]}", ("production",)) in backend.calls
+    assert out["to"] == "convnet:v0" and out["wandb"] == "production and candidate aliases moved"
+    assert out["candidate"] == "convnet:v0"  # it was on the model rolled back from, now rejected
+    assert ("add_aliases", f"(default entity)/p/convnet:sha256-{a.digest[:16]}",
+            ("production", "candidate")) in backend.calls
     arts = backend.artifacts
-    assert arts[f"convnet:sha256-{a.digest[:16]}"]["aliases"] == ["latest", "production"]
-    assert arts[f"convnet:sha256-{b.digest[:16]}"]["aliases"] == ["candidate"]  # moved off, candidate stays
+    assert arts[f"convnet:sha256-{a.digest[:16]}"]["aliases"] == ["latest", "production", "candidate"]
+    assert arts[f"convnet:sha256-{b.digest[:16]}"]["aliases"] == []  # both moved off the rejected model
     assert lin.store.promotions()[-1].wandb_applied_at is not None  # sync has nothing left to do for it
     # offline: recorded, and pending for sync; nothing before v0 to roll back to
     assert ops_cli.rollback_main(ns(to="convnet:v1")) == 0

@@ -14,9 +14,12 @@ from prefect_wandb import rollback as RB
 from prefect_wandb.cli.args import Parents, add_command, err, identify_target, open_store, program
 from prefect_wandb.cli.exit_codes import Exit
 
+PRODUCTION, CANDIDATE = "production", "candidate"  # the aliases a rollback moves (the gate's defaults)
+
 ROLLBACK_EPILOG = """\
 The model rolled back from is marked rejected (with the reason): the promotion gate keeps it candidate, also when
-the sweep or run that made it runs again, until `unreject REF`.
+the sweep or run that made it runs again, until `unreject REF`. The candidate alias, when it is on the model rolled
+back from, moves to the rollback's target with production (elsewhere it stays).
 
 0 production moved (or --dry-run: it would move); 7 REFUSED (the target failed validation, no longer verifies, or
 was deleted by gc); 4 no production model, no previous one, or --to names no recorded model; 5 online and the
@@ -99,17 +102,21 @@ def rollback_main(ns: argparse.Namespace, backend=None) -> int:
     reason = (f"rollback from {current.label} to {target.label}, requested by {requested_by}"
               + (f": {ns.reason}" if ns.reason else ""))
     result.update(reason=reason, requested_by=requested_by, rejected=current.label)
+    candidate = store.alias(ns.name, CANDIDATE)
+    if candidate is not None and candidate.artifact_id == current.artifact_id:
+        result["candidate"] = target.label  # a rejected model is nobody's candidate: it follows production
     if ns.dry_run:
         result["status"] = "would roll back"
         _rollback_out(ns, result)
         return Exit.OK
-    decision = store.record_rollback(target.artifact_id, reason=reason, requested_by=requested_by)
+    decision = store.record_rollback(target.artifact_id, reason=reason, requested_by=requested_by,
+                                     alias=PRODUCTION, candidate=CANDIDATE)
     result.update(status="rolled back", promotion_id=decision.promotion_id, wandb=f"pending `{program().prog} sync`")
     code = Exit.OK
     if _online(ns.wandb_mode):
         try:
             _move_alias_online(store, target, decision, backend)
-            result["wandb"] = "production alias moved"
+            result["wandb"] = f"{' and '.join(decision.aliases)} alias{'es' if len(decision.aliases) > 1 else ''} moved"
         except Exception as e:  # recorded either way; sync applies it later
             result["wandb"] = f"failed ({type(e).__name__}: {e}); `{program().prog} sync` applies it later"
             code = Exit.WANDB_UNAVAILABLE
@@ -128,7 +135,8 @@ def _online(mode: str) -> bool:
 
 
 def _move_alias_online(store, target, decision, backend=None) -> None:
-    """`production` in W&B where the store has it now (`follow_store`: a flow may have promoted since)."""
+    """The decision's aliases (production, and candidate when it moved) in W&B where the store has them now
+    (`follow_store`: a flow may have promoted since)."""
     from prefect_wandb.alias_sync import follow_store
     from prefect_wandb.refs import wandb_ref
     from prefect_wandb.wandb.client import WandbClient
@@ -141,7 +149,7 @@ def _move_alias_online(store, target, decision, backend=None) -> None:
         backend.add_aliases(wandb_ref((run.wandb_entity if run else None) or entity,
                                       (run.wandb_project if run else None) or "", rec.name, rec.digest), aliases)
         return True
-    follow_store(store, target.name, ["production"], move)
+    follow_store(store, target.name, decision.aliases, move)  # production, and candidate when it moved too
     store.mark_promotion_applied(decision.promotion_id)
 
 
@@ -157,6 +165,9 @@ def _rollback_out(ns, result: dict) -> None:
     if result.get("rejected"):
         print(f"  {result['rejected']} {'would be' if result.get('dry_run') else 'is'} rejected: the promotion gate "
               f"keeps it candidate until `{program().prog} unreject {result['rejected']}`")
+    if result.get("candidate"):
+        print(f"  candidate {'would move' if result.get('dry_run') else 'moved'} from {result['rejected']} to "
+              f"{result['candidate']} too")
     if result.get("wandb"):
         print(f"  W&B: {result['wandb']}")
 
