@@ -2,7 +2,9 @@
 
 For every artifact version of the store whose producing run recorded to W&B (online or offline, not disabled):
 - W&B has it under its `sha256-<digest[:16]>` alias, with the same files (W&B's md5 of each file equals the md5
-  of the stored file; W&B keeps md5s, the store sha256s, so the stored files are re-hashed);
+  of the stored file; W&B keeps md5s, the store sha256s, so the stored files are re-hashed). A stored file that no
+  longer has its recorded sha256 is the local copy's difference (`local`), not W&B's: it is named, and W&B's copy
+  of it is not judged;
 - it was logged by the run the store names as its producer;
 - every run the store records as using it is among W&B's `used_by` (the run's input is declared);
 - the aliases the store holds (`candidate`, `production`) are on this version in W&B.
@@ -13,10 +15,11 @@ All W&B reads go through the `WandbBackend` (`lookup_artifact` only), so the sam
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from prefect_wandb.hashing import md5_b64
+from prefect_wandb.hashing import file_hashes
 from prefect_wandb.refs import wandb_ref
 from prefect_wandb.store import ALIASES, ArtifactRecord, LineageStore
 
@@ -31,7 +34,7 @@ def lookup_versions(backend, refs: dict[str, str]) -> dict[str, dict | None]:
 
 @dataclass(frozen=True)
 class Difference:
-    kind: str  # missing | content | producer | input | alias
+    kind: str  # missing | content | producer | input | alias (W&B differs) | local (the stored file changed)
     artifact: str  # name:vN in the store
     ref: str  # the W&B path checked
     detail: str
@@ -54,9 +57,17 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
         local = Path(art.path) / f.relpath
         if f.relpath not in remote:
             out.append(Difference("content", lab, ref, f"{f.relpath} is not in W&B's version"))
-        elif local.is_file() and remote[f.relpath] != md5_b64(local):
+            continue
+        if not local.is_file():
+            continue  # deleted by gc or missing: `audit` says which; W&B's copy cannot be compared with nothing
+        hashes = file_hashes(local, "sha256", "md5")
+        sha256, md5 = hashes["sha256"].hexdigest(), base64.b64encode(hashes["md5"].digest()).decode()
+        if sha256 != f.sha256:
+            out.append(Difference("local", lab, ref, f"{local}: sha256 {sha256} does not match the recorded "
+                                  f"{f.sha256}: the stored file changed since it was recorded, not W&B's copy"))
+        elif remote[f.relpath] != md5:
             out.append(Difference("content", lab, ref, f"{f.relpath}: W&B's md5 {remote[f.relpath]} differs from "
-                                  f"the stored file's {md5_b64(local)}"))
+                                  f"the stored file's {md5}"))
     for extra in sorted(set(remote) - {f.relpath for f in art.files}):
         out.append(Difference("content", lab, ref, f"W&B's version has a file the store does not: {extra}"))
     if producer and info.get("logged_by") and info["logged_by"] != producer:
@@ -102,10 +113,30 @@ def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
             "ok": not differences}
 
 
+def verdict(result: dict, command: str = "prefect-wandb") -> str:
+    """One line: what differs and what to do. A stored file that changed (`local`) is named, as `audit` names it,
+    and `sync` is not offered for it (it would not help: W&B holds what was recorded); `sync` is offered for what W&B
+    itself lacks or holds otherwise."""
+    if result["ok"]:
+        return "OK: W&B holds what the lineage store recorded"
+    diffs = result["differences"]
+    local = [d for d in diffs if d["kind"] == "local"]
+    remote = [d for d in diffs if d["kind"] != "local"]
+    parts = []
+    if local:
+        first = local[0]
+        more = f" (and {len(local) - 1} more)" if len(local) > 1 else ""
+        parts.append(f"TAMPERED: {first['detail']}{more}; `{command} audit {first['artifact']}` names every "
+                     "changed file")
+    if remote:
+        parts.append(f"W&B differs from the lineage store in {len(remote)} place(s); `{command} sync` sends what is "
+                     "missing")
+    return "; ".join(parts)
+
+
 def render_verify(result: dict, command: str = "prefect-wandb") -> str:
     out = [f"W&B verify: {len(result['checked'])} artifact version(s) compared with the lineage store"]
     out += [f"  {d['line']}" for d in result["differences"]]
     n = len(result["differences"])
-    out.append("OK: W&B holds what the lineage store recorded" if result["ok"]
-               else f"DIFFERENT: {n} difference(s); `{command} sync` sends what is missing")
+    out.append(verdict(result, command) if result["ok"] else f"DIFFERENT: {n} difference(s): {verdict(result, command)}")
     return "\n".join(out) + "\n"

@@ -99,6 +99,31 @@ def test_other_content_or_producer_under_the_same_alias(lineage):
     assert kinds == {"content", "producer"}
 
 
+def test_a_locally_tampered_file_is_named_as_the_local_difference_not_blamed_on_wandb(lineage, capsys):
+    """W&B holds what was recorded; the stored file changed since: that file is named (as `audit` names it), exit 3,
+    and `sync` (which would change nothing) is not offered for it."""
+    wb = synced_wandb(lineage)
+    store = lineage["store"]
+    model = store.find_artifact("model", lineage["model"].digest)
+    stored = Path(model.path) / "model.bin"
+    stored.write_bytes(b"swapped" * 100)
+    assert verify(lineage["db"], wb) == Exit.VERIFY_FAILED
+    out, err = capsys.readouterr()
+    [diff] = verify_wandb(store, wb)["differences"]
+    assert (diff["kind"], diff["artifact"]) == ("local", model.label)
+    assert f"{stored}: sha256 " in diff["detail"] and f"does not match the recorded {model.files[0].sha256}" in \
+        diff["detail"] and "not W&B's copy" in diff["detail"]
+    assert f"local    {model.label} " in out and "W&B's md5" not in out
+    assert err.count("\n") == 1 and err.startswith(f"mnist-pipeline sync: --verify: TAMPERED: {stored}: sha256 ")
+    assert f"`mnist-pipeline audit {model.label}` names every changed file" in err
+    assert "sync` sends" not in err + out
+    # with something W&B itself lacks as well, sync is offered for that, and the tampered file is still named first
+    wb.artifacts[f"model:sha256-{lineage['model'].digest[:16]}"]["aliases"] = ["latest"]
+    assert verify(lineage["db"], wb) == Exit.VERIFY_FAILED
+    err = capsys.readouterr().err
+    assert "TAMPERED: " in err and "W&B differs from the lineage store in 2 place(s); `mnist-pipeline sync` sends" in err
+
+
 def test_one_version_missing_from_an_otherwise_complete_wandb(lineage):
     """A W&B that holds the lineage except one version (an online upload that failed): only that one differs."""
     wb = synced_wandb(lineage)

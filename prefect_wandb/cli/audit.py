@@ -46,7 +46,9 @@ recorded), 5 when W&B is not usable (no API key, host unreachable, key refused):
 
 --verify (read-only): every artifact version of the store is looked up in W&B under its `sha256-` alias: same
 files (md5), logged by the recorded run, every recorded consumer among its `used_by`, `candidate`/`production`
-on the right version. Differences are printed; exit 3 when there are any, 5 when a W&B read fails.
+on the right version. Differences are printed; exit 3 when there are any, 5 when a W&B read fails. A stored file
+that no longer has its recorded sha256 is named as the local difference (TAMPERED, as `audit` says it), not blamed
+on W&B, and `sync` is not offered for it.
 """
 
 
@@ -223,7 +225,7 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
     """`sync --verify`: read-only comparison of W&B with the lineage store (opened read-only)."""
     from prefect_wandb.wandb.client import wandb_error_line
-    from prefect_wandb.wandb_compare import render_verify, verify_wandb
+    from prefect_wandb.wandb_compare import render_verify, verdict, verify_wandb
 
     try:
         result = verify_wandb(store, backend, run_ids=ns.run or None)
@@ -232,6 +234,5 @@ def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
         return Exit.WANDB_UNAVAILABLE
     print(json.dumps(result, indent=2, default=str) if ns.json else render_verify(result, program().prog), end="\n" if ns.json else "")
     if not result["ok"]:
-        err("sync", f"--verify: W&B differs from the lineage store in {len(result['differences'])} place(s); "
-             f"`{program().prog} sync` sends what is missing")
+        err("sync", f"--verify: {verdict(result, program().prog)}")
     return Exit.OK if result["ok"] else Exit.VERIFY_FAILED
