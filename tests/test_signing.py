@@ -370,5 +370,97 @@ def test_the_signing_key_comes_from_the_config_else_the_environment_and_a_bad_on
     with pytest.raises(keys.KeyFileError, match="cannot read signing key"):
         check_key(PipelineConfig.model_validate({"sign": {"private_key": str(tmp_path / "missing.key")}}))
     pub = tmp_path / "k" / "signing.pub"  # a public key where the private one belongs
-    with pytest.raises(keys.KeyFileError, match="not an unencrypted PEM private key"):
+    with pytest.raises(keys.KeyFileError, match="signing.pub: a public key, not the private key to sign with"):
         check_key(PipelineConfig.model_validate({"sign": {"private_key": str(pub)}}))
+    key.chmod(0o644)  # readable by all: refused, as ssh refuses it
+    with pytest.raises(keys.KeyFileError, match=r"signing.key: permissions 0644 are too open .* `chmod 600 "):
+        check_key(PipelineConfig())
+
+
+def _bad_keys(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (a key file no run may sign with, the words that say why)."""
+    def private(name: str, mode: int, encryption=None, fmt=serialization.PrivateFormat.PKCS8) -> Path:
+        pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, fmt, encryption or serialization.NoEncryption())
+        path = tmp_path / name
+        path.write_bytes(pem)
+        path.chmod(mode)
+        return path
+
+    good, pub = keys.generate(tmp_path / "pair")
+    folder = tmp_path / "a-folder.key"
+    folder.mkdir()
+    return {
+        "world-readable": (private("open.key", 0o644), "permissions 0644 are too open for a private key"),
+        "group-readable": (private("group.key", 0o640), "permissions 0640 are too open for a private key"),
+        "missing": (tmp_path / "missing.key", "cannot read signing key"),
+        "unreadable": (folder, "cannot read signing key"),
+        "public": (pub, "a public key, not the private key to sign with"),
+        "encrypted": (private("enc.key", 0o600, serialization.BestAvailableEncryption(b"pw")),
+                      "an encrypted private key; signing runs unattended and takes no passphrase"),
+        "encrypted-traditional": (private("enc-trad.key", 0o600, serialization.BestAvailableEncryption(b"pw"),
+                                          serialization.PrivateFormat.TraditionalOpenSSL),
+                                  "an encrypted private key"),
+    }
+
+
+@pytest.mark.parametrize("case", ["world-readable", "group-readable", "missing", "unreadable", "public", "encrypted",
+                                  "encrypted-traditional"])
+def test_run_with_an_unusable_signing_key_is_one_line_and_exit_2_before_prefect_starts(tmp_path, monkeypatch,
+                                                                                        capsys, case):
+    from mnist_pipeline.cli import main as cli_main
+    from mnist_pipeline.config import SIGN_KEY_ENV
+
+    monkeypatch.delenv(SIGN_KEY_ENV, raising=False)
+
+    def no_prefect():
+        raise AssertionError("Prefect was set up before the key was checked")
+
+    monkeypatch.setattr(cli_main, "prefect_defaults", no_prefect)
+    key, words = _bad_keys(tmp_path)[case]
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"sign": {"private_key": str(key)}, "lineage_db": str(tmp_path / "l.db"),
+                               "artifacts_dir": str(tmp_path / "art"), "data": {"root": str(tmp_path / "data")}}))
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mnist-pipeline: cannot sign with this key: ") and words in err, err
+    assert str(key) in err and "Traceback" not in err
+    assert not (tmp_path / "l.db").exists() and not (tmp_path / "art").exists()  # no work was done
+    # the same key from the environment (a worker's own setting) is held to the same check
+    monkeypatch.setenv(SIGN_KEY_ENV, str(key))
+    cfg.write_text(json.dumps({"lineage_db": str(tmp_path / "l.db"), "artifacts_dir": str(tmp_path / "art"),
+                               "data": {"root": str(tmp_path / "data")}}))
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_verify_says_a_failed_bundle_in_words_and_a_signer_pub_that_is_another_key(tmp_path, capsys):
+    out = _export(tmp_path, POINTERS)
+    key, pub = keys.generate(tmp_path / "keys")
+    att = tmp_path / "att"
+    att.mkdir()
+    attest.write(out / "model.onnx", key, att, _inputs(out / "model.onnx"),
+                 onnx_artifact={"name": "convnet-onnx", "digest": "e" * 64})
+    signed = sha256_file(att / "model.onnx")
+    # the folder's signer.pub is the signing key: nothing to say
+    assert main(["verify", str(att / "model.onnx"), "--public-key", str(pub)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # another key given: both signatures fail, and the folder's own key, which is not the one given, is said
+    other = keys.generate(tmp_path / "other")[1]
+    assert main(["verify", str(att / "model.onnx"), "--public-key", str(other)]) == 3
+    err = capsys.readouterr().err.splitlines()
+    fp = keys.fingerprint(keys.load_public(pub))[:16]
+    assert err[0] == (f"mnist-pipeline verify: warning: {att / 'signer.pub'} in the attestation folder is key {fp}, "
+                      f"not the --public-key given (key {keys.fingerprint(keys.load_public(other))[:16]}); it was "
+                      "not used: trust comes from --public-key")
+    assert [line.split(":")[1] for line in err[1:]] == [" FAILED statement signature", " FAILED model-signing bundle"]
+    # a changed file: the bundle's failure in words (two digests), not model-signing's Python reprs of bytes
+    blob = bytearray((att / "model.onnx").read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    (att / "model.onnx").write_bytes(bytes(blob))
+    assert main(["verify", str(att / "model.onnx"), "--public-key", str(pub)]) == 3
+    err = capsys.readouterr().err
+    now = sha256_file(att / "model.onnx")
+    assert (f"FAILED model-signing bundle: model.onnx.sig does not verify {att / 'model.onnx'}: the file's sha256 "
+            f"{now[:16]}... is not the {signed[:16]}... the bundle signed (the file changed)") in err, err
+    assert "digest_value" not in err and "\\x" not in err and "b'" not in err and "warning" not in err

@@ -135,8 +135,15 @@ def run_main(ns: argparse.Namespace) -> int:
 def _run(cfg: PipelineConfig) -> int:
     from mnist_pipeline.cli import console
     from mnist_pipeline.flows import preflight
+    from mnist_pipeline.tasks.sign import check_key
     from prefect_wandb import StorageError, StoreError
+    from prefect_wandb.provenance.keys import KeyFileError
 
+    try:  # an unusable signing key is a usage error before any work, not a failed flow run after Prefect started
+        check_key(cfg.resolved())
+    except KeyFileError as e:
+        err("", f"cannot sign with this key: {e}")
+        return Exit.USAGE
     try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
         preflight.check_writable(cfg.resolved())
         preflight.check_store(cfg.resolved())

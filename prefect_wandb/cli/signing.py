@@ -3,7 +3,8 @@ signed ONNX file. Nothing heavy is imported (no torch, Prefect, wandb, lineage s
 that has the file, its attestation and the public key.
 
 Exit codes (the CLI's one table, `prefect_wandb/cli/exit_codes.py`): verify 0 verified, 3 a signature or the digest does not
-match (the line names which), 4 no attestation for this file, 2 usage (a missing file, an unreadable key);
+match (the line names which, in words), 4 no attestation for this file, 2 usage (a missing file, an unreadable key);
+a `signer.pub` in the attestation folder that is not the --public-key is said (a warning line), not a failure;
 keygen 0, or 2 when a key file exists.
 """
 
@@ -57,6 +58,8 @@ def _verify(ns: argparse.Namespace) -> Exit:
         err("verify", f"{result.note}")
         return Exit.NOT_FOUND
     assert result.attestation is not None
+    for w in result.warnings:  # said, not a failure: trust comes from --public-key
+        err("verify", f"warning: {w}")
     if result.status != VERIFIED:
         for c in result.failed:
             err("verify", f"FAILED {c.name}: {c.detail}")

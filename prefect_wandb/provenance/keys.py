@@ -69,9 +69,32 @@ def _load(path: Path, what: str, load, kind: str):
 
 
 def load_private(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = _load(path, "signing key", lambda b: serialization.load_pem_private_key(b, password=None),
-                "an unencrypted PEM private key")
+    """The signing key at `path`, or KeyFileError, one line naming the file and what is wrong: it cannot be read
+    (missing, a folder, no permission), it is a public key, it is encrypted (a run is unattended: no passphrase),
+    it is not an EC P-256/384/521 PEM private key, or group or others may access it (mode & 0o077: ssh refuses
+    such a key too; a leaked key signs anything)."""
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"cannot read signing key {path}: {e.strerror or e}") from None
+    if b"PUBLIC KEY-----" in blob and b"PRIVATE KEY-----" not in blob:
+        raise KeyFileError(f"{path}: a public key, not the private key to sign with (a public key is what "
+                           "`verify --public-key` takes)")
+    if b"ENCRYPTED" in blob:  # PKCS#8 'ENCRYPTED PRIVATE KEY', or a traditional PEM with 'Proc-Type: 4,ENCRYPTED'
+        raise KeyFileError(f"{path}: an encrypted private key; signing runs unattended and takes no passphrase: give "
+                           f"an unencrypted copy that only its owner can read (`openssl pkey -in {path} -out "
+                           "KEY`, then `chmod 600 KEY`)")
+    try:
+        key = serialization.load_pem_private_key(blob, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyFileError(f"{path}: not an unencrypted PEM private key ({e})") from None
+    _check_curve(key, path)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise KeyFileError(f"{path}: permissions {mode:04o} are too open for a private key (group or others may "
+                           f"access it): `chmod 600 {path}`")
     return key
 
 

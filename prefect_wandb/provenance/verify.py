@@ -8,6 +8,9 @@ Where an attestation is found (first match wins):
    once written, so nothing can be put beside it): the attestation artifacts under
    `<root>/attestation/<name>-attestation/*/` that name that ONNX artifact, newest first. A plain folder scan:
    no lineage store is read.
+
+Trust comes from the public key the verifier gives, never from the attestation folder's own `signer.pub`; a
+`signer.pub` there that is another key is said (a warning in `VerifyResult.warnings`), not used.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from prefect_wandb.provenance import bundle, dsse, keys, statement
 __all__ = ["INDEX", "MISSING", "VERIFIED", "VerifyResult", "bundle_name", "envelope_name", "locate", "tree", "verify"]
 
 INDEX = "attestation.json"
+SIGNER_PUB = "signer.pub"  # attest.SIGNER_PUB: the folder's own copy of the signer's public key
 ENVELOPE_SUFFIX, BUNDLE_SUFFIX = ".intoto.json", ".sig"
 VERIFIED, MISMATCH, MISSING = "verified", "mismatch", "missing"
 
@@ -63,6 +67,7 @@ class VerifyResult:
     statement: dict | None = None  # set only when its DSSE signature verified
     key_fingerprint: str = ""
     note: str = ""
+    warnings: list[str] = field(default_factory=list)  # said, not failures: a signer.pub that is another key
 
     @property
     def status(self) -> str:
@@ -176,8 +181,54 @@ def _check_one(file: Path, loc: Located, public_key: Path) -> VerifyResult:
             bundle.verify(file, loc.bundle, public_key)
             out.checks.append(Check("model-signing bundle", True, f"{loc.bundle.name} verifies {file.name}"))
         except bundle.BundleError as e:
-            out.checks.append(Check("model-signing bundle", False, f"{loc.bundle.name} does not verify {file}: {e}"))
+            out.checks.append(Check("model-signing bundle", False, f"{loc.bundle.name} does not verify {file}: "
+                                    f"{_in_words(str(e), loc.bundle, actual)}"))
     return out
+
+
+def _signed_digest(bundle_file: Path) -> str | None:
+    """The sha256 a model-signing bundle says it signed for a single file (read, not verified: only to word a
+    failure); None when it does not say one."""
+    try:
+        envelope = json.loads(bundle_file.read_text())["dsseEnvelope"]
+        resources = json.loads(base64.b64decode(envelope["payload"]))["predicate"]["resources"]
+        return str(resources[0]["digest"]) if len(resources) == 1 else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, binascii.Error):
+        return None
+
+
+def _in_words(text: str, bundle_file: Path, actual: str) -> str:
+    """model-signing's reason for a failed bundle, in words: its hash mismatch is a list of Python reprs of
+    `Digest(digest_value=b'\\x0e...')` objects, said here as the two sha256 hex digests."""
+    if "Hash mismatch" in text or "digest_value=b" in text:
+        signed = _signed_digest(bundle_file)
+        if signed is not None and signed != actual:
+            return f"the file's sha256 {actual[:16]}... is not the {signed[:16]}... the bundle signed (the file changed)"
+        return "the file's content is not what the bundle signed (the file changed)"
+    if re.search(r"(?<!\w)b['\"]|\\x[0-9a-f]{2}", text):  # some other Python bytes repr: no words in it
+        return "the bundle's signature does not verify this file with this key"
+    return text
+
+
+def _signer_pub_warning(loc: Located, given: Path) -> str | None:
+    """A line when the attestation folder's own public key (its index's `signer_public_key`, else `signer.pub`) is
+    not the key given: trust comes from the given key, but a folder naming another signer is worth saying."""
+    name = SIGNER_PUB
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        name = str(json.loads((loc.folder / INDEX).read_text()).get("signer_public_key") or SIGNER_PUB)
+    own = loc.folder / name
+    if not own.is_file() or own.resolve() == Path(given).resolve():
+        return None
+    mine = keys.fingerprint(keys.load_public(given))
+    try:
+        theirs = keys.fingerprint(keys.load_public(own))
+    except keys.KeyFileError as e:
+        return f"{own} in the attestation folder is not a usable public key ({e}); it was not used: trust comes " \
+               "from --public-key"
+    if theirs == mine:
+        return None
+    return (f"{own} in the attestation folder is key {theirs[:16]}, not the --public-key given (key {mine[:16]}); "
+            "it was not used: trust comes from --public-key")
 
 
 def verify(file: Path, public_key: Path, attestation: Path | None = None) -> VerifyResult:
@@ -193,9 +244,15 @@ def verify(file: Path, public_key: Path, attestation: Path | None = None) -> Ver
     for loc in candidates:
         r = _check_one(file, loc, public_key)
         if r.status == VERIFIED:
-            return r
+            results = [r]
+            break
         results.append(r)
-    return results[0]
+    out = results[0]
+    assert out.attestation is not None
+    warning = _signer_pub_warning(out.attestation, public_key)
+    if warning:
+        out.warnings.append(warning)
+    return out
 
 
 def _short(d: dict | None) -> str:
