@@ -6,14 +6,16 @@ although no stage of the flow has declared it yet (a cache hit); `release_holds`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.prepare_data import for_config, stored_problem
-from prefect_wandb import ArtifactDeleted, ArtifactRef, LineageStore, hold_artifact
+from prefect_wandb import ArtifactDeleted, ArtifactRef, LineageStore, StoreURL, hold_artifact
 from prefect_wandb import release_holds as release_flow_holds
 
 # flow run id -> the lineage store its holds are in (the hooks get the flow run, not the effective config)
-_HELD: dict[str, str] = {}
+_HELD: dict[str, Path | StoreURL] = {}
 
 
 def _hold(cfg: PipelineConfig, dataset: ArtifactRef) -> str | None:
@@ -23,7 +25,7 @@ def _hold(cfg: PipelineConfig, dataset: ArtifactRef) -> str | None:
     rec = store.find_artifact(dataset.name, dataset.digest)
     if flow_run_id is None or rec is None:
         return None
-    _HELD[flow_run_id] = str(cfg.lineage_db)
+    _HELD[flow_run_id] = cfg.lineage_db  # a URL with its password (str() would mask it)
     try:
         hold_artifact(store, flow_run_id, rec.artifact_id)
     except ArtifactDeleted:

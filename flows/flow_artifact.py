@@ -65,6 +65,6 @@ def publish_flow_artifact(cfg: PipelineConfig, summary: RunSummary) -> str:
     A plain function called by the flow, not a task: it only reports, and a task run would cost an unchanged
     (skipped) run a tenth of its time."""
     rows = lineage_rows(cfg, current_flow_run_id(), summary)
-    text = markdown.lineage_markdown(summary, rows, cfg.lineage_db)
+    text = markdown.lineage_markdown(summary, rows, str(cfg.lineage_db))  # a URL masked
     create_markdown_artifact(markdown=text, key="mnist-lineage", description="Artifacts and lineage of this run")
     return text

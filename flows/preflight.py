@@ -82,8 +82,10 @@ def describe_sources(sources: dict[str, str], cfg: PipelineConfig) -> str:
 
 def locations(cfg: PipelineConfig) -> dict[str, Path]:
     """The folders a run of `cfg` reads or writes, by the field that names them."""
-    out = {"data.root": cfg.data.root, "artifacts_dir": cfg.artifacts_dir, "lineage_db": cfg.lineage_db.parent,
-           "wandb.dir": cfg.lineage().wandb_folder()}
+    out = {"data.root": cfg.data.root, "artifacts_dir": cfg.artifacts_dir}
+    if isinstance(cfg.lineage_db, Path):  # a store in a database has no folder
+        out["lineage_db"] = cfg.lineage_db.parent
+    out["wandb.dir"] = cfg.lineage().wandb_folder()
     if cfg.data.local_dir is not None:
         out["data.local_dir"] = cfg.data.local_dir
     return out
@@ -111,6 +113,9 @@ def check_store(cfg: PipelineConfig) -> None:
     """A missing or empty store beside stored artifacts would silently restart history at v0 (and the audit
     would lose every earlier record): refuse. A damaged store is named. StoreError either way."""
     db = cfg.lineage_db
+    if not isinstance(db, Path):  # a database: reached and given its schema now (StoreError in one line if not)
+        LineageStore(db)
+        return
     if db.is_file() and db.stat().st_size > 0:
         LineageStore(db, readonly=True)  # StoreError if it is not a readable lineage store
         return

@@ -14,7 +14,15 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from prefect_wandb import ConfinementError, GatePolicy, LineageSettings, WandbSettings
+from prefect_wandb import (
+    ConfinementError,
+    GatePolicy,
+    LineageSettings,
+    StoreLocationField,
+    StoreURL,
+    WandbSettings,
+    path_only,
+)
 from prefect_wandb import allowed_roots as library_allowed_roots
 from prefect_wandb import confine as library_confine
 
@@ -272,6 +280,9 @@ class SignConfig(_Section):
 
 
 class PipelineConfig(_Section):
+    # a refused value is not echoed in pydantic's message (a store URL's password would be)
+    model_config = ConfigDict(hide_input_in_errors=True)
+
     force: bool = Field(
         False, description="Retrain even when the data and training config are those of the production model.",
     )
@@ -285,7 +296,15 @@ class PipelineConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     sign: SignConfig = Field(default_factory=SignConfig)
     artifacts_dir: Path = Field(Path("mnist-runs/artifacts"), description="Where artifact files are stored.")
-    lineage_db: Path = Field(Path("mnist-runs/lineage.db"), description="SQLite lineage store.")
+    lineage_db: StoreLocationField = Field(
+        Path("mnist-runs/lineage.db"), description="Lineage store: an SQLite file, or a PostgreSQL URL "
+        "postgresql+psycopg://user@host:port/db (its password from PGPASSWORD or ~/.pgpass; one in the URL is "
+        "masked wherever it is shown and never recorded).")
+
+    @field_validator("artifacts_dir", mode="before")
+    @classmethod
+    def _a_path(cls, v: object, info) -> object:
+        return path_only(v, info.field_name)
 
     def resolved(self) -> PipelineConfig:
         """The same config with every path made absolute, so tasks agree whatever their working directory.
@@ -302,7 +321,8 @@ class PipelineConfig(_Section):
             update={
                 "data": data,
                 "artifacts_dir": self.artifacts_dir.expanduser().resolve(),
-                "lineage_db": self.lineage_db.expanduser().resolve(),
+                "lineage_db": self.lineage_db if isinstance(self.lineage_db, StoreURL)
+                else self.lineage_db.expanduser().resolve(),
                 "wandb": self.wandb.model_copy(
                     update={"dir": self.wandb.dir.expanduser().resolve() if self.wandb.dir else None}
                 ),
@@ -332,8 +352,10 @@ class PipelineConfig(_Section):
         environment, else beside the store), so the roots confine it whichever way it is set."""
         env_dir = os.environ.get("WANDB_DIR")
         fields = {"data.root": self.data.root, "data.local_dir": self.data.local_dir,
-                  "artifacts_dir": self.artifacts_dir, "lineage_db": self.lineage_db, "wandb.dir": self.wandb.dir,
+                  "artifacts_dir": self.artifacts_dir, "wandb.dir": self.wandb.dir,
                   "sign.private_key": self.sign.private_key}
+        if isinstance(self.lineage_db, Path):  # a store in a database is no path to confine
+            fields["lineage_db"] = self.lineage_db
         if self.wandb.dir is None and env_dir:
             fields["$WANDB_DIR (wandb.dir unset)"] = Path(env_dir)
         return {k: v for k, v in fields.items() if v is not None}

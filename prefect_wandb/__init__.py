@@ -31,6 +31,10 @@ _WHERE = {
     # where lineage goes
     "LineageSettings": "settings", "WandbSettings": "settings", "LineageBlock": "block", "confine": "settings", "allowed_roots": "settings",
     "ConfinementError": "settings",
+    # a store location: a path (SQLite) or a PostgreSQL URL whose password never shows
+    "StoreURL": "locations", "StoreLocationField": "locations", "LocationError": "locations",
+    "store_location": "locations", "path_only": "locations", "masked_location": "locations", "redact": "locations",
+    "scrub_argv": "locations",
     # a stage: one W&B run and one run of the store, inputs verified, outputs staged and committed on success
     "open_stage": "stage", "Stage": "stage", "record_lost_run": "stage",
     "ArtifactRef": "records", "DigestMismatch": "refs", "manifest": "refs", "manifest_digest": "refs",
@@ -60,11 +64,12 @@ _WHERE = {
 
 __all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "CannotReproduce", "ChangeCheck", "ConfinementError",
            "Decision", "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageBlock",
-           "LineageGraph", "LineageSettings", "LineageStore", "PromotionRecord", "Rebuild", "Replay", "RunRecord",
-           "Signature", "Stage", "StorageError", "StoreError", "WandbSettings", "allowed_roots", "code_state",
+           "LineageGraph", "LineageSettings", "LineageStore", "LocationError", "PromotionRecord", "Rebuild", "Replay", "RunRecord",
+           "Signature", "Stage", "StorageError", "StoreError", "StoreLocationField", "StoreURL", "WandbSettings", "allowed_roots", "code_state",
            "commit_journal", "compare_with_production", "confine", "evaluations", "hold_artifact", "lineage_graph",
-           "manifest", "manifest_digest", "measured_on", "open_stage", "promote", "record_lost_run", "release_holds",
-           "render_svg", "render_template", "stored_folders", "verify_files", "wandb_records", "where_records_went",
+           "manifest", "manifest_digest", "masked_location", "measured_on", "open_stage", "path_only", "promote",
+           "record_lost_run", "redact", "release_holds", "render_svg", "render_template", "scrub_argv", "store_location",
+           "stored_folders", "verify_files", "wandb_records", "where_records_went",
            "write_bytes_atomic", "write_json"]
 
 if TYPE_CHECKING:
@@ -75,6 +80,16 @@ if TYPE_CHECKING:
     from prefect_wandb.journal import Entry as JournalEntry
     from prefect_wandb.journal import JournalStore, commit_journal
     from prefect_wandb.layout import stored_folders
+    from prefect_wandb.locations import (
+        LocationError,
+        StoreLocationField,
+        StoreURL,
+        path_only,
+        redact,
+        scrub_argv,
+        store_location,
+    )
+    from prefect_wandb.locations import masked as masked_location
     from prefect_wandb.picture import Graph as LineageGraph
     from prefect_wandb.picture import lineage_graph, render_svg
     from prefect_wandb.promotion import Decision, GatePolicy, Signature, measured_on, promote
@@ -98,7 +113,8 @@ if TYPE_CHECKING:
     from prefect_wandb.wandb.where import wandb_records
 
 _ALIASES = {"JournalEntry": "Entry", "hold_artifact": "hold", "release_holds": "release", "LineageGraph": "Graph",
-            "render_template": "render"}
+            "render_template": "render",
+            "masked_location": "masked"}
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,7 @@ prepare-data is a Prefect cache hit, no stage of the flow has declared it yet, a
 in journals the flow commits later. A hold closes that gap: `hold` (in the flow's process) puts a row in `holds`
 that gc respects (`retention.protected`, and `store.delete_artifact` in its own transaction), `release` takes it
 away when the flow ends, and `expire` drops the holds of processes that are gone (a flow killed with -9 never
-releases), the same test that marks their runs failed.
+releases), the same test that marks their runs failed. SQLAlchemy Core on `tables.holds`: any store database.
 """
 
 from __future__ import annotations
@@ -13,46 +13,54 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from sqlalchemy import delete, select
+
+from prefect_wandb import tables as t
 from prefect_wandb.environment import process_identity
 from prefect_wandb.store import ArtifactDeleted, LineageStore, now
+from prefect_wandb.store_engine import insertion_order, upsert
+
+H = t.holds
 
 
 def hold(store: LineageStore, flow_run_id: str, artifact_id: int) -> None:
     """Hold `artifact_id` for `flow_run_id`, unless gc has already deleted it (ArtifactDeleted: its files are
     gone, the flow must make it again)."""
     with store.transaction() as con:
-        gone = con.execute("SELECT deleted_at, deleted_by FROM deletions WHERE artifact_id = ?",
-                           (artifact_id,)).fetchone()
+        gone = con.execute(select(t.deletions.c.deleted_at, t.deletions.c.deleted_by).where(
+            t.deletions.c.artifact_id == artifact_id)).first()
         if gone is not None:
             art = store._artifact(con, artifact_id)
-            raise ArtifactDeleted(f"{art.label} ({art.digest[:16]}) was deleted by gc on {gone['deleted_at'][:10]} "
-                                  f"({gone['deleted_by']}): its files are gone")
-        con.execute("INSERT OR REPLACE INTO holds VALUES (?, ?, ?, ?)",
-                    (flow_run_id, artifact_id, json.dumps(process_identity(), sort_keys=True), now()))
+            raise ArtifactDeleted(f"{art.label} ({art.digest[:16]}) was deleted by gc on {gone.deleted_at[:10]} "
+                                  f"({gone.deleted_by}): its files are gone")
+        ins = upsert(con, H).values(flow_run_id=flow_run_id, artifact_id=artifact_id,
+                                    process_json=json.dumps(process_identity(), sort_keys=True), taken_at=now())
+        con.execute(ins.on_conflict_do_update(index_elements=[H.c.flow_run_id, H.c.artifact_id], set_={
+            "process_json": ins.excluded.process_json, "taken_at": ins.excluded.taken_at}))
 
 
 def release(store: LineageStore, flow_run_id: str) -> int:
     """Drop every hold of `flow_run_id`; how many there were."""
     with store.transaction() as con:
-        return con.execute("DELETE FROM holds WHERE flow_run_id = ?", (flow_run_id,)).rowcount
+        return con.execute(delete(H).where(H.c.flow_run_id == flow_run_id)).rowcount
 
 
 def held(store: LineageStore) -> dict[int, list[str]]:
     """artifact_id -> the flow runs holding it."""
     out: dict[int, list[str]] = {}
     with store.reader() as con:
-        for r in con.execute("SELECT artifact_id, flow_run_id FROM holds ORDER BY taken_at"):
-            out.setdefault(r["artifact_id"], []).append(r["flow_run_id"])
+        for r in con.execute(select(H.c.artifact_id, H.c.flow_run_id).order_by(H.c.taken_at, *insertion_order(con, H))):
+            out.setdefault(r.artifact_id, []).append(r.flow_run_id)
     return out
 
 
 def expire(store: LineageStore, is_dead: Callable[[dict], bool]) -> list[str]:
     """Drop the holds whose process is gone (`is_dead(process)`, as `store.fail_dead_runs` asks); the flow runs."""
     with store.reader() as con:
-        rows = [(r["flow_run_id"], json.loads(r["process_json"])) for r in con.execute(
-            "SELECT DISTINCT flow_run_id, process_json FROM holds")]
+        rows = [(r.flow_run_id, json.loads(r.process_json)) for r in con.execute(
+            select(H.c.flow_run_id, H.c.process_json).distinct())]
     dead = sorted({fr for fr, proc in rows if is_dead(proc)})
     if dead:
         with store.transaction() as con:
-            con.executemany("DELETE FROM holds WHERE flow_run_id = ?", [(fr,) for fr in dead])
+            con.execute(delete(H).where(H.c.flow_run_id.in_(dead)))
     return dead

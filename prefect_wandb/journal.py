@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sqlalchemy import Text, func, literal, update
+
+from prefect_wandb import tables as t
 from prefect_wandb.store import ArtifactRecord, LineageStore, NewArtifact, now
 
 
@@ -111,8 +114,10 @@ def commit_journal(store: LineageStore, entries: list[Entry]) -> dict[tuple[str,
         for made_up, rec in zip(pseudo, records, strict=True):
             ids[made_up] = rec.artifact_id
             committed[(rec.name, rec.digest)] = rec
+    R = t.runs
     with store.transaction() as con:
         for run_id, at in times.items():
-            con.execute("UPDATE runs SET started_at = COALESCE(?, started_at), finished_at = COALESCE(?, "
-                        "finished_at) WHERE run_id = ?", (at.get("started_at"), at.get("finished_at"), run_id))
+            con.execute(update(R).where(R.c.run_id == run_id).values(
+                started_at=func.coalesce(literal(at.get("started_at"), Text), R.c.started_at),
+                finished_at=func.coalesce(literal(at.get("finished_at"), Text), R.c.finished_at)))
     return committed

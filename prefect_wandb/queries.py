@@ -31,7 +31,9 @@ def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_
     W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact (naming
     `<command> sync` when W&B is missing something)."""
     runs = store.runs(flow_run_id) if flow_run_id else []
-    sync_cmd = f"`{command} sync --lineage-db {store.path}`"
+    # runnable as shown: a store URL without its password (libpq takes it from PGPASSWORD or ~/.pgpass)
+    where = store.url.without_password() if store.url is not None else store.path
+    sync_cmd = f"`{command} sync --lineage-db {where}`"
     entries, group_urls, folders, failed_calls = [], [], [], []
     for r in runs:
         gaps = store.wandb_gaps(r.run_id)

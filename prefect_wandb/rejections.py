@@ -2,7 +2,8 @@
 
 `rollback` rejects the model it moves production away from (in the rollback's own transaction), so rerunning the
 sweep or run that made it does not promote it again; the `unreject` command lifts that. The table is a log that
-is only appended to: a model is rejected while its newest row says 'reject'.
+is only appended to: a model is rejected while its newest row says 'reject'. SQLAlchemy Core on
+`tables.rejections`: any store database.
 """
 
 from __future__ import annotations
@@ -10,30 +11,42 @@ from __future__ import annotations
 import sqlite3
 from typing import Literal
 
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import DBAPIError
+
+from prefect_wandb import tables as t
 from prefect_wandb.records import RejectionRecord, now
 
+RJ = t.rejections
 
-def add(con: sqlite3.Connection, artifact_id: int, action: Literal["reject", "unreject"], *, source: str, reason: str,
+
+def _no_table(e: BaseException) -> bool:
+    """A store from before rejections, opened read-only (SQLite): the table is not there, so none is recorded."""
+    return "no such table" in str(e)
+
+
+def add(con: Connection, artifact_id: int, action: Literal["reject", "unreject"], *, source: str, reason: str,
         requested_by: str, at: str) -> RejectionRecord:
     """Append one row, inside the caller's write transaction."""
-    cur = con.execute("INSERT INTO rejections (artifact_id, action, source, reason, requested_by, at)"
-                      " VALUES (?, ?, ?, ?, ?, ?)", (artifact_id, action, source, reason, requested_by, at))
-    return RejectionRecord(int(cur.lastrowid or 0), artifact_id, action, source, reason, requested_by, at)
+    cur = con.execute(insert(RJ).values(artifact_id=artifact_id, action=action, source=source, reason=reason,
+                                        requested_by=requested_by, at=at))
+    return RejectionRecord(int((cur.inserted_primary_key or (0,))[0]), artifact_id, action, source, reason,
+                           requested_by, at)
 
 
-def current_in(con: sqlite3.Connection, artifact_id: int) -> RejectionRecord | None:
+def current_in(con: Connection, artifact_id: int) -> RejectionRecord | None:
     """The rejection in force for `artifact_id` (None: not rejected)."""
     try:
-        row = con.execute("SELECT * FROM rejections WHERE artifact_id = ? ORDER BY rejection_id DESC LIMIT 1",
-                          (artifact_id,)).fetchone()
-    except sqlite3.OperationalError as e:  # a store from before rejections, opened read-only: none recorded
-        if "no such table" in str(e):
+        row = con.execute(select(RJ).where(RJ.c.artifact_id == artifact_id).order_by(
+            RJ.c.rejection_id.desc()).limit(1)).mappings().first()
+    except (DBAPIError, sqlite3.OperationalError) as e:  # a store from before rejections, opened read-only
+        if _no_table(e):
             return None
         raise
     return RejectionRecord(**dict(row)) if row is not None and row["action"] == "reject" else None
 
 
-def on_rollback(con: sqlite3.Connection, *, rolled_back: int | None, target: int, reason: str, requested_by: str,
+def on_rollback(con: Connection, *, rolled_back: int | None, target: int, reason: str, requested_by: str,
                 at: str) -> None:
     """A rollback rejects the model it leaves; the model it makes production is the operator's choice, so a
     rejection of that one ends."""
@@ -61,12 +74,12 @@ def unreject(store, artifact_id: int, *, reason: str, requested_by: str) -> Reje
 
 def history(store, artifact_id: int | None = None) -> list[RejectionRecord]:
     """Every rejection and unrejection (of one model, or all), oldest first."""
-    q, args = ("SELECT * FROM rejections WHERE artifact_id = ?", (artifact_id,)) if artifact_id is not None \
-        else ("SELECT * FROM rejections", ())
+    q = select(RJ).order_by(RJ.c.rejection_id)
     with store.reader() as con:
         try:
-            return [RejectionRecord(**dict(r)) for r in con.execute(q + " ORDER BY rejection_id", args)]
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):
+            return [RejectionRecord(**dict(r)) for r in con.execute(
+                q.where(RJ.c.artifact_id == artifact_id) if artifact_id is not None else q).mappings()]
+        except (DBAPIError, sqlite3.OperationalError) as e:
+            if _no_table(e):
                 return []
             raise

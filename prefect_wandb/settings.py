@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prefect_wandb.locations import StoreLocationField, StoreURL, path_only
+
 if TYPE_CHECKING:
     from prefect_wandb.store import LineageStore
 
@@ -99,6 +101,11 @@ class WandbSettings(_Frozen):
     finish_timeout: float = Field(
         120, gt=0, le=3600, description="Seconds run.finish() may spend uploading; the rest stays on disk.")
 
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _a_path(cls, v: object, info) -> object:
+        return path_only(v, f"wandb.{info.field_name}")
+
     @field_validator("project", "entity")
     @classmethod
     def _wandb_name(cls, v: str | None, info) -> str | None:
@@ -108,12 +115,19 @@ class WandbSettings(_Frozen):
 class LineageSettings(_Frozen):
     """Where a flow's lineage goes and what is recorded of the code that made it.
 
-    `store`: the lineage store (a SQLite file); `artifacts`: the folder artifact versions are stored under
+    `store`: the lineage store: the path of an SQLite file, or a PostgreSQL URL
+    (`postgresql+psycopg://user@host:port/db`, shared by every worker; the password best from libpq's PGPASSWORD or
+    ~/.pgpass, since a URL's password is kept in memory only: it is masked wherever the URL is shown, and dropped
+    where the settings are serialised, a Prefect block or parameter included); `artifacts`: the folder artifact versions are stored under
     (content-addressed: `<type>/<name>/<digest>`); `wandb`: the W&B side; `code_root`: a folder of the repository
     whose commit and dirty flag each run records (default: the working directory); `packages`: the distributions
     whose versions each run records (default: those the process has imported)."""
 
-    store: Path = Field(Path("lineage/lineage.db"), description="The lineage store (SQLite file).")
+    # a refused value is not echoed in the error (a store URL's password would be)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True, hide_input_in_errors=True)
+
+    store: StoreLocationField = Field(Path("lineage/lineage.db"), description="The lineage store: an SQLite file, or "
+                                      "a postgresql+psycopg://user@host:port/db URL (password from PGPASSWORD).")
     artifacts: Path = Field(Path("lineage/artifacts"), description="Where artifact versions are stored.")
     wandb: WandbSettings = Field(default_factory=WandbSettings)
     code_root: Path | None = Field(None, description="A folder of the git repository whose state each run records; "
@@ -123,26 +137,39 @@ class LineageSettings(_Frozen):
     command: str = Field("prefect-wandb", description="The operator command the messages name (`<command> sync` "
                          "uploads what W&B is missing): `prefect-wandb`, or a pipeline's own CLI.")
 
+    @field_validator("artifacts", "code_root", mode="before")
+    @classmethod
+    def _a_path(cls, v: object, info) -> object:
+        return path_only(v, info.field_name)
+
     def resolved(self) -> LineageSettings:
         """The same settings with every path absolute, so stages agree whatever their working directory."""
         def real(p: Path | None) -> Path | None:
             return p.expanduser().resolve() if p is not None else None
 
+        store = self.store if isinstance(self.store, StoreURL) else real(self.store)
         return self.model_copy(update={
-            "store": real(self.store), "artifacts": real(self.artifacts), "code_root": real(self.code_root),
+            "store": store, "artifacts": real(self.artifacts), "code_root": real(self.code_root),
             "wandb": self.wandb.model_copy(update={"dir": real(self.wandb.dir)})})
 
     def open_store(self, readonly: bool = False) -> LineageStore:
-        """The lineage store of these settings (its path made absolute first)."""
+        """The lineage store of these settings (a path made absolute first)."""
         from prefect_wandb.store import LineageStore
 
-        return LineageStore(self.store.expanduser().resolve(), readonly=readonly)
+        store = self.store if isinstance(self.store, StoreURL) else self.store.expanduser().resolve()
+        return LineageStore(store, readonly=readonly)
+
+    def store_folder(self) -> Path:
+        """The folder "beside the store": an SQLite store's folder; a store in a database has none, so the folder
+        that holds the artifacts folder (for the default layout, `lineage/`, the same folder either way)."""
+        return self.artifacts.parent if isinstance(self.store, StoreURL) else self.store.parent
 
     def wandb_folder(self) -> Path:
-        """Where wandb writes its run folders: `wandb.dir`, else $WANDB_DIR, else the store's folder."""
+        """Where wandb writes its run folders: `wandb.dir`, else $WANDB_DIR, else beside the store (`store_folder`:
+        for a store in a database, beside the artifacts folder)."""
         if self.wandb.dir:
             return self.wandb.dir
-        return Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else self.store.parent
+        return Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else self.store_folder()
 
     def for_workers(self) -> LineageSettings:
         """These settings with what a stage on another process would decide from its own environment decided here:

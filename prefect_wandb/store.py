@@ -1,9 +1,11 @@
 """The lineage store: a database with one row per run, artifact version, file and edge (an embedded SQLite file by
-default), written through SQLAlchemy Core (`tables.py`), its schema versions Alembic's (`schema.py`).
+default, or a PostgreSQL database shared by many hosts), written through SQLAlchemy Core (`tables.py`), its schema
+versions Alembic's (`schema.py`).
 
 It is the record that still holds when W&B is offline (where wandb refuses `use_artifact`), and the one the
 audit reads. Writes happen in short transactions that hold the store's write lock from their start (SQLite: `BEGIN
-IMMEDIATE` on a WAL database, `store_engine.py`), so two flow runs can share one store; a run's outputs and edges
+IMMEDIATE` on a WAL database; PostgreSQL: a transaction-scoped advisory lock, `store_engine.py`), so flow runs on
+any number of processes and hosts can share one store; a run's outputs and edges
 are committed together with its 'finished' status, or not at all. The store raises the driver's own errors
 (`sqlite3.IntegrityError`, ...), as before SQLAlchemy; a full disk is one StorageError naming the store.
 """
@@ -17,10 +19,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, CursorResult, bindparam, delete, func, insert, literal, or_, select, update
+from sqlalchemy import Connection, CursorResult, bindparam, delete, func, insert, inspect, literal, or_, select, update
 
 from prefect_wandb import rejections
 from prefect_wandb import tables as t
+from prefect_wandb.locations import StoreURL, redact, store_location
 from prefect_wandb.records import (
     ALIASES,
     ArtifactRecord,
@@ -34,7 +37,7 @@ from prefect_wandb.records import (
 )
 from prefect_wandb.schema import UnknownRevision, ensure_schema
 from prefect_wandb.storage import StorageError
-from prefect_wandb.store_engine import driver_connection, driver_errors, engine_for, upsert, write_transaction
+from prefect_wandb.store_engine import driver_errors, engine_for, upsert, write_transaction
 from prefect_wandb.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
 from prefect_wandb.store_reads import StoreReads, _row
 
@@ -51,71 +54,127 @@ def _new_id(result: CursorResult) -> int:
 
 
 class StoreError(RuntimeError):
-    """The lineage store cannot be used: missing, empty, or not an SQLite database of ours. Names the file."""
+    """The lineage store cannot be used: missing, empty, not a lineage store of ours, or (PostgreSQL) not reachable.
+    Names the store (a URL with its password masked), in one line."""
 
 
 class ArtifactDeleted(RuntimeError):
     """An input was deleted by gc: its record stays, its files are gone."""
 
 
+def _first_line(e: BaseException) -> str:
+    return redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
 class LineageStore(StoreReads):
-    def __init__(self, path: Path | str, *, readonly: bool = False):
-        """Open (or, unless `readonly`, create and bring to the newest schema) the store at `path`.
+    def __init__(self, location: Path | str | StoreURL, *, readonly: bool = False):
+        """Open (or, unless `readonly`, create and bring to the newest schema) the store at `location`: the path
+        of an SQLite file, or a PostgreSQL URL (`postgresql+psycopg://user[:password]@host:port/db`; without a
+        password, libpq's PGPASSWORD or ~/.pgpass supplies it). An unknown scheme is a LocationError.
 
         Read-only (the auditor's commands): the file is opened with SQLite's `mode=ro` (`immutable` on read-only
         media or a full disk: `store_file.readonly_uri`), nothing is created, written or migrated, and a missing,
-        empty or foreign file raises StoreError instead of being given a fresh schema."""
-        self.path, self.readonly = Path(path), readonly
-        self._cores: dict[int, Connection] = {}
-        if readonly:
-            uri = readonly_uri(self.path)  # decided once: immutable on read-only media
-            problem = readonly_problem(self.path, uri)
-            if problem:
-                raise StoreError(f"{self.path}: {problem}")
-            self._engine = engine_for(self.path, sqlite_uri=uri)
+        empty or foreign file raises StoreError instead of being given a fresh schema; on PostgreSQL nothing is
+        migrated, and a database without the store's tables is a StoreError.
+
+        `path` is what messages show: the file's path, or the URL with its password masked (`url` is the
+        StoreURL, None for a file; `folder` the file's folder, None for a database)."""
+        loc = store_location(location, "lineage store")
+        self.readonly = readonly
+        self.url: StoreURL | None = loc if isinstance(loc, StoreURL) else None
+        self.path: Path | str = loc if isinstance(loc, Path) else loc.masked()
+        self.folder: Path | None = loc.parent if isinstance(loc, Path) else None
+        if self.url is not None:
+            self._open_database(self.url)
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = engine_for(self.path)
+        path = Path(self.path)
+        if readonly:
+            uri = readonly_uri(path)  # decided once: immutable on read-only media
+            problem = readonly_problem(path, uri)
+            if problem:
+                raise StoreError(f"{path}: {problem}")
+            self._engine = engine_for(path, sqlite_uri=uri)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._engine = engine_for(path)
         try:
-            with sidecars_created(self.path, lambda e: disk_full(e, self.path)):
+            with sidecars_created(path, lambda e: disk_full(e, path)):
                 ensure_schema(self._engine)
         except UnknownRevision as e:
-            raise StoreError(f"{self.path}: {e}") from None
+            raise StoreError(f"{path}: {e}") from None
         except sqlite3.DatabaseError as e:
             if "locked" in str(e):
                 raise
-            if disk_full(e, self.path):
-                raise StorageError(errno.ENOSPC, self.path) from None
-            raise StoreError(f"{self.path}: not a readable lineage store ({e})") from None
+            if disk_full(e, path):
+                raise StorageError(errno.ENOSPC, path) from None
+            raise StoreError(f"{path}: not a readable lineage store ({e})") from None
+
+    def _open_database(self, url: StoreURL) -> None:
+        """A store in a database server: reach it (one line when it cannot be reached), then, unless read-only,
+        bring its schema to head (two processes at once: one upgrades, the other waits for the write lock and finds
+        it current); read-only, it must already be a lineage store."""
+        self._engine = engine_for(url)
+        try:
+            with driver_errors():
+                if self.readonly:
+                    with self._engine.connect() as conn:
+                        tables = set(inspect(conn).get_table_names())
+                    if not {"runs", "artifacts", "artifact_files", "edges"} <= tables:
+                        raise StoreError(f"{self.path}: no lineage store in this database (no runs/artifacts tables)")
+                else:
+                    ensure_schema(self._engine)
+        except UnknownRevision as e:
+            raise StoreError(f"{self.path}: {e}") from None
+        except StoreError:
+            raise
+        except Exception as e:
+            if type(e).__module__.startswith("psycopg"):
+                raise StoreError(f"{self.path}: cannot open the lineage store ({_first_line(e)})") from None
+            raise
+
+    def _unreachable(self, e: BaseException) -> StoreError | None:
+        """A database that went away mid-use (PostgreSQL stopped or restarted, the network gone): one line naming
+        the store; None for anything else."""
+        if self.url is not None and type(e).__name__ in {"OperationalError", "AdminShutdown", "ConnectionTimeout"} \
+                and type(e).__module__.startswith("psycopg"):
+            return StoreError(f"{self.path}: the lineage store's database cannot be reached ({_first_line(e)})")
+        return None
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with driver_errors(), self._engine.connect() as conn:
-            yield conn
+        try:
+            with driver_errors(), self._engine.connect() as conn:
+                yield conn
+        except Exception as e:
+            gone = self._unreachable(e)
+            if gone is not None:
+                raise gone from None
+            raise
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction (`store_engine.write_transaction`); a full disk met anywhere in it (SQLite: at
-        BEGIN IMMEDIATE, where it cannot make its -wal/-shm) is one StorageError naming the store, not retried."""
+        BEGIN IMMEDIATE, where it cannot make its -wal/-shm) is one StorageError naming the store, not retried; a
+        database that cannot be reached is one StoreError."""
         try:
             with driver_errors(), write_transaction(self._engine) as conn:
                 yield conn
         except sqlite3.DatabaseError as e:
-            if disk_full(e, self.path):
+            if self.folder is not None and disk_full(e, Path(self.path)):
                 raise StorageError(errno.ENOSPC, self.path) from None
+            raise
+        except Exception as e:
+            gone = self._unreachable(e)
+            if gone is not None:
+                raise gone from None
             raise
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction on the driver's own connection (sqlite3, rows by name), for SQL written for it
-        (`holds.py`, `rejections.py`, the journal's replay)."""
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction (SQLAlchemy Core on `tables.py`, any database), for holds, rejections and the
+        journal's replay."""
         with self._write() as conn:
-            raw = driver_connection(conn)
-            self._cores[id(raw)] = conn
-            try:
-                yield raw
-            finally:
-                del self._cores[id(raw)]
+            yield conn
 
     # ------------------------------------------------------------------------------------------- writes
 
@@ -254,7 +313,7 @@ class LineageStore(StoreReads):
                 validation_passed=1, production_artifact_id=production, production_value=None, margin=0,
                 flow_run_id=None, decided_at=ts, kind="rollback", requested_by=requested_by,
                 aliases=json.dumps(moved)))
-            rejections.on_rollback(driver_connection(conn), rolled_back=production, target=artifact_id,
+            rejections.on_rollback(conn, rolled_back=production, target=artifact_id,
                                    reason=reason, requested_by=requested_by, at=ts)
             return record
 

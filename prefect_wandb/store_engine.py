@@ -9,14 +9,22 @@ transaction is `BEGIN IMMEDIATE`: the file's write lock taken up front, so two w
 half-way with 'database is locked', and a read-decide-write (the promotion gate, gc's check-then-delete) is
 serialised by the database.
 
-Another database (PostgreSQL, the next step) gets its engine from its URL; what it must add is marked here:
-its write lock (`_WRITE_LOCKS`: a transaction-scoped advisory lock, `pg_advisory_xact_lock`, the equivalent of
-BEGIN IMMEDIATE; until then a write on it raises NotImplementedError) and its tie-breaking order
-(`insertion_order`). `upsert` already picks its dialect's INSERT ... ON CONFLICT.
+PostgreSQL (a `postgresql+psycopg://` URL, `locations.py`): one engine per URL per process with a small pool whose
+connections are tested before use (`pool_pre_ping`: a server restarted since is reconnected to, not failed on),
+a bounded connect (`connect_timeout`: an unreachable server is an error after seconds, never a hang), and no
+connection shared with a forked child (the pools are forgotten in the child). Its write lock is a transaction-scoped
+advisory lock, `pg_advisory_xact_lock(WRITE_LOCK_KEY)`, taken by the first statement of every write transaction:
+the equivalent of BEGIN IMMEDIATE, one writer at a time per database, released by COMMIT or ROLLBACK (also when
+the client dies: the server ends its transaction). Chosen over SERIALIZABLE (which would need every writer to retry
+on serialization failures) and over row locks (a gate's read of "no production yet" has no row to lock): under
+READ COMMITTED each statement after the lock sees every commit made before it, so a read-decide-write (the
+promotion gate, gc's check-then-delete, the schema's upgrade) is serialised exactly as on SQLite; readers take
+no lock. `upsert` picks its dialect's INSERT ... ON CONFLICT; new ids come back through RETURNING.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -24,7 +32,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, create_engine, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,7 +39,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
+from prefect_wandb.locations import StoreURL
+
 BUSY_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: how long a connection attempt may take (libpq's connect_timeout)
+# the PostgreSQL write lock's key (pg_advisory_xact_lock's bigint; advisory locks are per database): "lineage"
+WRITE_LOCK_KEY = int.from_bytes(b"lineage", "big")
 _MAX_ENGINES = 32  # engines hold no connection (NullPool): the oldest is dropped beyond this many locations
 _engines: OrderedDict[str, Engine] = OrderedDict()
 _engines_lock = threading.Lock()
@@ -46,10 +58,23 @@ def _sqlite_connect(target: str, *, uri: bool) -> sqlite3.Connection:
     return con
 
 
-def engine_for(location: str | Path, *, sqlite_uri: str | None = None) -> Engine:
+def _forget_pools_in_child() -> None:
+    """In a forked child: the parent's pooled PostgreSQL connections are left to the parent (never used, never
+    closed here); the child opens its own."""
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
+
+
+def engine_for(location: str | Path | StoreURL, *, sqlite_uri: str | None = None) -> Engine:
     """The engine of the store at `location`: a database URL, or the path of an SQLite file (`sqlite_uri`: the
     `file:` URI to open that file with instead, a read-only command's `mode=ro`, `store_file.readonly_uri`). One per
     resolved location (and URI) in this process."""
+    if isinstance(location, StoreURL):
+        location = location.secret()
     if isinstance(location, Path) or "://" not in location:
         url = make_url(f"sqlite:///{Path(location).resolve()}")
     else:
@@ -62,8 +87,9 @@ def engine_for(location: str | Path, *, sqlite_uri: str | None = None) -> Engine
                 target = sqlite_uri or url.database or ""
                 engine = create_engine(url, poolclass=NullPool,
                                        creator=lambda: _sqlite_connect(target, uri=sqlite_uri is not None))
-            else:
-                engine = create_engine(url, pool_pre_ping=True)
+            else:  # PostgreSQL: a few pooled connections per process, checked before use
+                engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=8, pool_recycle=3600,
+                                       hide_parameters=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
             _engines[key] = engine
             while len(_engines) > _MAX_ENGINES:
                 _engines.popitem(last=False)[1].dispose()
@@ -74,12 +100,6 @@ def engine_for(location: str | Path, *, sqlite_uri: str | None = None) -> Engine
 def is_locked(e: BaseException | None) -> bool:
     """The database answered that another connection holds the lock (SQLite: 'database is locked')."""
     return isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
-
-
-def driver_connection(conn: Connection) -> Any:
-    """The driver's own connection under `conn` (on SQLite an `sqlite3.Connection`, rows by name), in the same
-    transaction: for SQL written for the driver (`holds.py`, `rejections.py`, the journal's replay)."""
-    return conn.connection.driver_connection
 
 
 @contextmanager
@@ -106,8 +126,12 @@ def _begin_immediate(conn: Connection) -> None:
             time.sleep(0.1)
 
 
+def _advisory_lock(conn: Connection) -> None:
+    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK_KEY})")  # begins the transaction, then waits
+
+
 # how each dialect begins a transaction that every other writer waits for (the whole store's write lock)
-_WRITE_LOCKS: dict[str, Callable[[Connection], None]] = {"sqlite": _begin_immediate}
+_WRITE_LOCKS: dict[str, Callable[[Connection], None]] = {"sqlite": _begin_immediate, "postgresql": _advisory_lock}
 
 
 @contextmanager

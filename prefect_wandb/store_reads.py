@@ -5,7 +5,6 @@ tables (`tables.py`); each read opens a connection of its own (autocommit: a rea
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -14,7 +13,7 @@ from sqlalchemy import Connection, RowMapping, Select, literal_column, select
 
 from prefect_wandb import tables as t
 from prefect_wandb.records import ArtifactRecord, DeletionRecord, FileRecord, PromotionRecord, RunRecord
-from prefect_wandb.store_engine import driver_connection, insertion_order
+from prefect_wandb.store_engine import insertion_order
 
 A, F, E, R, P = t.artifacts, t.artifact_files, t.edges, t.runs, t.promotions
 
@@ -25,28 +24,16 @@ def _row(mapping: RowMapping) -> Any:
 
 
 class StoreReads:
-    _cores: dict[int, Connection]  # the driver connection a `transaction()`/`reader()` block holds -> its Connection
-
     def _read(self) -> AbstractContextManager[Connection]:
         raise NotImplementedError
 
     @contextmanager
-    def reader(self) -> Iterator[sqlite3.Connection]:
-        """A read connection: the driver's own (sqlite3, rows by name), for SQL written for it."""
+    def reader(self) -> Iterator[Connection]:
+        """A read connection (SQLAlchemy Core on `tables.py`, any database), for holds and rejections."""
         with self._read() as conn:
-            raw = driver_connection(conn)
-            self._cores[id(raw)] = conn
-            try:
-                yield raw
-            finally:
-                del self._cores[id(raw)]
+            yield conn
 
-    def _core(self, con: Connection | sqlite3.Connection) -> Connection:
-        """`con`, or the Connection whose driver connection it is (a caller of `transaction()` or `reader()`)."""
-        return con if isinstance(con, Connection) else self._cores[id(con)]
-
-    def _artifact(self, con: Connection | sqlite3.Connection, artifact_id: int) -> ArtifactRecord:
-        conn = self._core(con)
+    def _artifact(self, conn: Connection, artifact_id: int) -> ArtifactRecord:
         r = conn.execute(select(A).where(A.c.artifact_id == artifact_id)).mappings().one()
         files = tuple(FileRecord(f.relpath, f.sha256, f.size) for f in conn.execute(
             select(F.c.relpath, F.c.sha256, F.c.size).where(F.c.artifact_id == artifact_id).order_by(F.c.relpath)))

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from mnist_pipeline.cli.main import main
 from mnist_pipeline.config import PipelineConfig
@@ -320,7 +321,7 @@ def test_a_hold_of_a_process_that_is_gone_expires_and_gc_may_then_remove_it(tmp_
                                      remove=lambda: None)  # held: refused in gc's own transaction
     assert holds.expire(store, process_gone) == []  # this process is alive
     with store.transaction() as con:  # the holding process died (a pid that cannot exist on this host)
-        con.execute("UPDATE holds SET process_json = ?", (json.dumps({**process_identity(), "pid": 2 ** 22 + 7}),))
+        con.execute(text("UPDATE holds SET process_json = :p"), {"p": json.dumps({**process_identity(), "pid": 2 ** 22 + 7})})
     code, out, err = _cli(capsys, "gc", "--keep-last", "1", "--lineage-db", str(db), "--artifacts-dir", str(art),
                           "--apply", "--json")
     assert code == 0, err

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from mnist_pipeline.config import ConfigError, PipelineConfig, confine, load_config_file
+from prefect_wandb import redact
 from prefect_wandb.cli import Exit, Program, add_command, err
 
 DEFAULT_DB = "mnist-runs/lineage.db"
@@ -111,7 +112,8 @@ def format_validation_error(e: ValidationError) -> str:
     parts = []
     for error in e.errors():
         where = ".".join(str(x) for x in error["loc"]) or "config"
-        got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+        got = f" (got {redact(repr(error['input']))})" if "input" in error and not isinstance(error["input"], dict) \
+            else ""
         parts.append(f"{where}: {error['msg']}{got}")
     return "invalid configuration: " + "; ".join(parts)
 

@@ -33,6 +33,7 @@ from mnist_pipeline.cli.args import (
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, PipelineConfig
 from mnist_pipeline.report.closing_lines import where_things_went
 from mnist_pipeline.results import RunSummary
+from prefect_wandb import scrub_argv
 from prefect_wandb.cli import EPILOG, FORMATTER, Exit, from_signal
 from prefect_wandb.cli import add_parsers as add_operator_parsers
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     0 after --help)."""
     try:
         ns = _parser().parse_args(argv)
+        scrub_argv()  # a --lineage-db password is not left where wandb (its run metadata) reads the command line
     except SystemExit as e:
         return int(e.code or 0)
     return int(ns.handler(ns))

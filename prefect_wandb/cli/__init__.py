@@ -15,6 +15,7 @@ import sys
 from prefect_wandb.cli import aliases, audit, gc, ops, signing
 from prefect_wandb.cli.args import FORMATTER, Parents, Program, add_command, err, parents, program, use_program
 from prefect_wandb.cli.exit_codes import EPILOG, Exit, from_signal
+from prefect_wandb.locations import scrub_argv
 
 __all__ = ["EPILOG", "FORMATTER", "Exit", "Parents", "Program", "add_command", "add_parsers", "entry", "err",
            "from_signal", "main", "parents", "program", "use_program"]
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None, program: Program | None = None) -> int:
     """Run one command (`argv`, default sys.argv[1:]) and return its exit code."""
     try:
         ns = _parser(program or Program()).parse_args(argv)
+        scrub_argv()  # a --lineage-db password is not left where wandb and loggers read the command line
     except SystemExit as e:  # argparse's 2 for a usage error, 0 after --help
         return int(e.code or 0)
     return int(ns.handler(ns))

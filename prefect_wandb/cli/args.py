@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prefect_wandb.cli.exit_codes import EPILOG, Exit
+from prefect_wandb.locations import LocationError, StoreURL, masked, store_location
 from prefect_wandb.reproduce import Rebuild
 from prefect_wandb.settings import STORE_ENV
 
@@ -72,8 +73,10 @@ class Parents:
 
 def parents(default_store: str | None = None) -> Parents:
     store = argparse.ArgumentParser(add_help=False)
-    store.add_argument("--lineage-db", default=default_store or program().default_store,
-                       help="the lineage store (default: %(default)s)")
+    default = default_store or program().default_store
+    store.add_argument("--lineage-db", default=default,
+                       help="the lineage store: an SQLite file, or a PostgreSQL URL postgresql+psycopg://USER@HOST:PORT/DB "
+                       f"(its password from PGPASSWORD or ~/.pgpass) (default: {masked(default)})".replace("%", "%%"))
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the result as JSON")
     return Parents(store=store, json=as_json)
@@ -87,13 +90,26 @@ def add_command(sub, name: str, *, help: str, parents: Sequence[argparse.Argumen
 
 
 def open_store(path: str, cmd: str, readonly: bool = True) -> LineageStore | Exit:
-    """The store, or the exit code after one line: Exit.USAGE when there is none, Exit.STORE when it is empty or
-    damaged. Read-only by default (SQLite mode=ro): a read-only command never writes. Every sub-command that works
-    on an existing store opens it here (audit, sync, and prefect_wandb/cli/ops.py); the file is checked read-only first,
-    so not even a writing command (rollback, gc) turns an empty or foreign file into a new store."""
+    """The store, or the exit code after one line: Exit.USAGE when there is none (or `path` is a URL of another
+    scheme), Exit.STORE when it is empty, damaged or cannot be reached. Read-only by default (SQLite mode=ro; on
+    PostgreSQL nothing migrated): a read-only command never writes. Every sub-command that works on an existing store
+    opens it here (audit, sync, and prefect_wandb/cli/ops.py); the store is checked read-only first, so not even a
+    writing command (rollback, gc) turns an empty or foreign file (or database) into a new store."""
     from prefect_wandb.store import LineageStore, StoreError
 
-    db = Path(path).expanduser()
+    try:
+        loc = store_location(path, "--lineage-db")
+    except LocationError as e:
+        err(cmd, str(e))
+        return Exit.USAGE
+    if isinstance(loc, StoreURL):
+        try:
+            store = LineageStore(loc, readonly=True)
+            return store if readonly else LineageStore(loc)
+        except StoreError as e:
+            err(cmd, str(e))
+            return Exit.STORE
+    db = loc.expanduser()
     if not db.is_file():
         err(cmd, f"no lineage store at {db} (give --lineage-db)")
         return Exit.USAGE

@@ -14,6 +14,7 @@ from prefect_wandb import holds, retention
 from prefect_wandb.cli.args import Parents, add_command, err, open_store
 from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.layout import TRASH
+from prefect_wandb.settings import ARTIFACTS_ENV
 
 GC_EPILOG = """\
 Never removed: what an alias (production, candidate), the production before the current one (what `rollback`
@@ -35,7 +36,7 @@ def add_parsers(sub, parents: Parents) -> None:
                    "DAYS days (default: %(default)s)")
     g.add_argument("--apply", action="store_true", help="remove them (default: only print the plan)")
     g.add_argument("--artifacts-dir", default=None, help="the artifact folder (default: beside the lineage store, "
-                   "artifacts/)")
+                   "artifacts/; for a store in PostgreSQL, $PREFECT_WANDB_ARTIFACTS)")
     g.set_defaults(handler=gc_main)
 
 
@@ -49,8 +50,13 @@ def gc_main(ns: argparse.Namespace) -> int:
     if ns.keep_last < 1 or ns.older_than < 0:
         err("gc", "--keep-last must be at least 1 and --older-than at least 0")
         return Exit.USAGE
+    if not ns.artifacts_dir and store.folder is None:  # a store in a database has no folder beside it
+        ns.artifacts_dir = os.environ.get(ARTIFACTS_ENV)
+        if not ns.artifacts_dir:
+            err("gc", f"the lineage store {store.path} is a database: give --artifacts-dir (or ${ARTIFACTS_ENV})")
+            return Exit.USAGE
     artifacts_dir = Path(ns.artifacts_dir).expanduser().resolve() if ns.artifacts_dir else \
-        Path(store.path).parent / "artifacts"
+        (store.folder or Path()) / "artifacts"
     if not artifacts_dir.is_dir():
         err("gc", f"no artifact folder at {artifacts_dir} (give --artifacts-dir)")
         return Exit.USAGE
