@@ -80,6 +80,9 @@ def plan_reproduction(store: LineageStore, target: ArtifactRecord,
                       rebuilders: Mapping[str, Rebuild]) -> ReproductionPlan:
     """The recorded stages from `target`'s first non-rebuildable inputs (the roots) to `target`."""
     last = _step(store, target)
+    if not rebuilders:
+        raise CannotReproduce(f"{target.label}: no rebuild functions to re-run its stages with (give the pipeline's "
+                              "mapping of job type -> rebuild function: --rebuilders MODULE:NAME)")
     if last.job_type not in rebuilders:
         raise CannotReproduce(f"{target.label} is a {target.type} made by a {last.job_type} run: reproduce re-runs "
                               f"{', '.join(sorted(rebuilders))} stages only (the others read the outside world or "

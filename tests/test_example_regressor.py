@@ -10,7 +10,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import tomllib
@@ -54,17 +53,13 @@ def printed_json(stdout: str) -> dict:
 
 
 def replay_of(store, rec):
-    """What `reproduce` hands a rebuild function for `rec`: prefect_wandb.reproduce.Replay when the library has it,
-    else the same fields by name."""
+    """What `reproduce` hands a rebuild function for `rec` (`prefect_wandb.Replay`)."""
+    from prefect_wandb import Replay
+
     run = store.run(rec.producer_run_id)
-    fields = dict(job_type=run.job_type, config=run.config, metadata=rec.metadata, summary=run.summary, env=run.env,
+    return Replay(job_type=run.job_type, config=run.config, metadata=rec.metadata, summary=run.summary, env=run.env,
                   inputs={i["type"]: Path(store.find_artifact(i["name"], i["digest"]).path)
                           for i in rec.metadata["inputs"]})
-    try:
-        from prefect_wandb.reproduce import Replay  # type: ignore[attr-defined]
-    except ImportError:
-        return SimpleNamespace(threads=None, **fields)
-    return Replay(**fields)
 
 
 # ----------------------------------------------------------------------- no Prefect server: imports and the command
@@ -194,10 +189,14 @@ def test_production_is_evaluated_on_a_new_test_set_before_the_gate_compares(runs
     assert len(again) == 1 and f"rmse {new['rmse']:.4f}" in reason
 
 
-def test_mnist_pipeline_audit_verifies_the_regressors_onnx_file(runs):
+def test_the_audit_verifies_the_regressors_onnx_file_from_either_command(runs, capsys):
+    from prefect_wandb.cli import main
+
     code, out = mnist_pipeline_cli("audit", "ridge-onnx:v0", "--lineage-db", str(runs["db"]))
     assert code == 0, out[-3000:]
     assert "VERIFIED: ridge-onnx:v0" in out and "houses:v0 (dataset)" in out
+    assert main(["audit", "ridge-onnx:v0", "--lineage-db", str(runs["db"])]) == 0  # the library's own command
+    assert "VERIFIED: ridge-onnx:v0" in capsys.readouterr().out
 
 
 def test_the_signed_onnx_file_verifies(runs):
@@ -226,21 +225,22 @@ def test_the_rebuilders_remake_each_recorded_output_bit_for_bit(runs, tmp_path):
     assert seen == set(REBUILDERS)
 
 
-def test_reproduce_re_makes_the_onnx_file_through_its_chain_with_the_rebuilders(runs, tmp_path):
-    """The library's reproduction (its plan and run, the lead's `prefect_wandb.reproduce`) with the example's
-    REBUILDERS: features -> fit -> export-onnx from the recorded dataset, every step identical."""
-    reproduce = pytest.importorskip("prefect_wandb.reproduce")
-    if not hasattr(reproduce, "plan_reproduction"):
-        pytest.skip("prefect_wandb.reproduce has no plan_reproduction (yet)")
-    from examples.regressor.steps import REBUILDERS
+def test_reproduce_re_makes_the_onnx_file_through_its_chain_with_the_rebuilders(runs, capsys):
+    """`prefect-wandb reproduce` with the example's REBUILDERS: features -> fit -> export-onnx from the recorded
+    dataset, every step IDENTICAL; without them, it says which stages it can re-run (none: exit 2)."""
+    from prefect_wandb.cli import main
 
-    store = runs["store"]
-    target = store.find_artifact("ridge-onnx", runs["first"]["artifacts"]["onnx"]["digest"])
-    plan = reproduce.plan_reproduction(store, target, REBUILDERS)
-    assert [s.job_type for s in plan.steps] == ["features", "fit", "export-onnx"]
-    result = reproduce.run(plan, REBUILDERS, tmp_path)
-    assert [(c.artifact, c.digest_reproduced == c.digest_recorded) for c in result.comparisons] == [
-        ("houses-features:v0", True), ("ridge:v0", True), ("ridge-onnx:v0", True)]
+    db = str(runs["db"])
+    assert main(["reproduce", "ridge-onnx:v0", "--rebuilders", "examples.regressor.steps:REBUILDERS",
+                 "--lineage-db", db, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [s["job_type"] for s in res["steps"]] == ["features", "fit", "export-onnx"]
+    assert res["status"] == "identical" and [c["artifact"] for c in res["comparisons"]] == [
+        "houses-features:v0", "ridge:v0", "ridge-onnx:v0"]
+    assert not [w for w in res["warnings"] if w.startswith("package ")]  # recorded packages = installed ones
+    assert main(["reproduce", "ridge-onnx:v0", "--lineage-db", db]) == 2
+    err = capsys.readouterr().err
+    assert "no rebuild functions" in err and "--rebuilders MODULE:NAME" in err
 
 
 # --------------------------------------------------------------------------------- beside MNIST, in one store, gc
