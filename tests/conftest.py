@@ -112,3 +112,13 @@ def s3_bucket(s3) -> str:
     import secrets
 
     return s3.bucket(f"test-{secrets.token_hex(6)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request, tmp_path):
+    """Where a fresh lineage store goes, once per database the store runs on: an SQLite file's path (`sqlite`), or
+    the URL of a fresh, empty database on the session's PostgreSQL server (`postgresql`, skipped, saying why, where
+    PostgreSQL is not installed)."""
+    if request.param == "sqlite":
+        return tmp_path / "lineage.db"
+    return request.getfixturevalue("postgres_db")

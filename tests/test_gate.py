@@ -121,8 +121,8 @@ class Gated(Lineage):
 
 
 @pytest.fixture
-def gated(tmp_path):
-    return Gated(tmp_path)
+def gated(tmp_path, store_at):
+    return Gated(tmp_path, store_at)
 
 
 def test_the_alias_names_and_the_metric_are_the_policy_s_and_on_the_record(gated):
@@ -155,7 +155,7 @@ def test_a_rollback_rejects_the_model_it_leaves_until_unreject(gated, capsys):
     v1, a1 = gated.pipeline_acc(d, "b", 0.95)
     gated.gate(v0, a0, d)
     assert gated.gate(v1, a1, d).decision == "promoted"
-    assert ops_cli.rollback_main(_ns(gated.store.path, reason="bad in canary")) == Exit.OK
+    assert ops_cli.rollback_main(_ns(gated.location, reason="bad in canary")) == Exit.OK
     out = json.loads(capsys.readouterr().out)
     assert (out["to"], out["rejected"], out["candidate"]) == ("convnet:v0", "convnet:v1", "convnet:v0")
     # candidate was on v1 (gated last): a rejected model is nobody's candidate, it follows production back to v0
@@ -173,7 +173,7 @@ def test_a_rollback_rejects_the_model_it_leaves_until_unreject(gated, capsys):
     assert (check.changed, check.model) == (False, "convnet:v1") and "rejected by rollback" in check.decided
 
     u = argparse.Namespace(target="convnet:v1", reason="fixed upstream", requested_by="ops",
-                           lineage_db=str(gated.store.path), json=False)
+                           lineage_db=gated.location, json=False)
     assert ops_cli.unreject_main(u) == Exit.OK
     assert capsys.readouterr().out.startswith("UNREJECTED convnet:v1: the promotion gate considers it again")
     assert rejections.current(gated.store, v1.artifact_id) is None

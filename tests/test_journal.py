@@ -16,8 +16,8 @@ def _start(store, run_id, job):
                     wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
 
 
-def test_a_journal_replays_in_order_with_its_made_up_ids_mapped_to_the_stores(tmp_path):
-    store = LineageStore(tmp_path / "lineage.db")
+def test_a_journal_replays_in_order_with_its_made_up_ids_mapped_to_the_stores(tmp_path, store_at):
+    store = LineageStore(store_at)
     _start(store, "prep", "prepare-data")
     [dataset] = store.finish_run("prep", used=[], produced=[_art("mnist", "dataset", "d" * 64, tmp_path)],
                                  summary={}, wandb_url=None, wandb_mode="offline")
@@ -62,10 +62,10 @@ def test_a_journal_replays_in_order_with_its_made_up_ids_mapped_to_the_stores(tm
     assert len(store.artifacts("model")) == 2
 
 
-def test_a_committed_run_keeps_the_times_it_ran_on_the_worker_not_the_commits(tmp_path):
+def test_a_committed_run_keeps_the_times_it_ran_on_the_worker_not_the_commits(tmp_path, store_at):
     import time
 
-    store = LineageStore(tmp_path / "lineage.db")
+    store = LineageStore(store_at)
     journal = JournalStore(str(store.path))
     journal.start_run("t1", "train", config={}, env={}, flow_run_id="fr", run_group="g", wandb_mode="offline",
                       wandb_dir="/w", wandb_project="p", wandb_entity=None)

@@ -15,9 +15,10 @@ from prefect_wandb.store import DeletionRecord, LineageStore, NewArtifact
 class Lineage:
     """Runs and artifacts recorded the way stages record them: files in <type>/<name>/<digest16>, then one row set."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, location: Path | str | None = None):
         self.root = tmp_path / "art"
-        self.store = LineageStore(tmp_path / "lineage.db")
+        self.location = str(location or tmp_path / "lineage.db")  # a PostgreSQL URL with its password (CLI tests)
+        self.store = LineageStore(self.location)
         self.n = 0
 
     def run(self, job_type: str, used=(), produce=(), status="finished", flow="f1", summary=None):
@@ -61,8 +62,8 @@ class Lineage:
 
 
 @pytest.fixture
-def lin(tmp_path):
-    return Lineage(tmp_path)
+def lin(tmp_path, store_at):
+    return Lineage(tmp_path, store_at)
 
 
 def test_impact_of_a_dataset_names_its_models_their_exports_and_the_production_alias(lin):
@@ -145,7 +146,7 @@ def test_gc_keeps_the_model_rollback_would_go_back_to_and_says_so(lin, capsys):
     a, b, c = (lin.pipeline(d, t) for t in "abc")
     lin.promote(a[0])
     lin.promote(b[0])  # production b; before it a, what `rollback` goes back to; c is the newest model
-    db = ["--lineage-db", str(lin.store.path), "--artifacts-dir", str(lin.root)]
+    db = ["--lineage-db", lin.location, "--artifacts-dir", str(lin.root)]
     assert main(["gc", "--keep-last", "1", *db]) == Exit.OK
     out = capsys.readouterr().out
     assert "  keep convnet:v0: rollback target of production convnet:v1\n" in out, out
@@ -154,7 +155,7 @@ def test_gc_keeps_the_model_rollback_would_go_back_to_and_says_so(lin, capsys):
     capsys.readouterr()
     assert all(Path(r.path).is_dir() for r in a)
     assert main(["rollback", "--name", "convnet", "--dry-run", "--wandb-mode", "offline",
-                 "--lineage-db", str(lin.store.path)]) == Exit.OK
+                 "--lineage-db", lin.location]) == Exit.OK
     assert "WOULD ROLL BACK: production convnet convnet:v1 -> convnet:v0" in capsys.readouterr().out
     # after that rollback, the production before v0 is none: v0's predecessor gone from the stack, v1 may go
     lin.store.record_rollback(a[0].artifact_id, reason="r", requested_by="t")
@@ -308,7 +309,7 @@ def test_rollback_cli_online_moves_the_wandb_alias_and_offline_leaves_it_to_sync
 
     def ns(**kw):
         base = {"command": "rollback", "to": None, "name": "convnet", "reason": "", "requested_by": "cron job 7",
-                "lineage_db": str(lin.store.path), "wandb_mode": "offline", "dry_run": False, "json": True}
+                "lineage_db": lin.location, "wandb_mode": "offline", "dry_run": False, "json": True}
         return argparse.Namespace(**{**base, **kw})
 
     assert ops_cli.rollback_main(ns(dry_run=True)) == 0  # says what it would do, records nothing

@@ -104,8 +104,10 @@ def _race(path, artifact_id, barrier, accuracies):
 
 
 @pytest.mark.parametrize("round_", range(3))
-def test_concurrent_promotions_have_exactly_one_winner(tmp_path, round_):
-    path = tmp_path / "lineage.db"
+def test_concurrent_promotions_have_exactly_one_winner(tmp_path, round_, store_at):
+    """Four processes (forked, each with its own connections) ask the gate at once: on SQLite and on PostgreSQL,
+    the write lock makes exactly one of them the winner, and the others compare themselves with it."""
+    path = store_at
     baseline, *candidates = _seed_store(path, tmp_path, 4)
     store = LineageStore(path)
     accuracies = {baseline: 0.8, **{c: 0.9 for c in candidates}}

@@ -1,6 +1,7 @@
 import sqlite3
 import threading
 
+import psycopg
 import pytest
 
 from prefect_wandb.refs import DigestMismatch, manifest, manifest_digest, verify_files
@@ -30,8 +31,8 @@ def _in_threads(target, n: int) -> None:
         t.join()
 
 
-def test_versions_edges_and_dedup(tmp_path):
-    store = LineageStore(tmp_path / "l.db")
+def test_versions_edges_and_dedup(tmp_path, store_at):
+    store = LineageStore(store_at)
     _start(store, "r1")
     [a] = store.finish_run("r1", used=[], produced=[_artifact(tmp_path, "m", "one")], summary={},
                            wandb_url=None, wandb_mode="offline")
@@ -49,19 +50,19 @@ def test_versions_edges_and_dedup(tmp_path):
     assert store.artifacts_with_file(a.files[0].sha256)[0].artifact_id == a.artifact_id
 
 
-def test_a_failed_commit_leaves_nothing_behind(tmp_path):
-    store = LineageStore(tmp_path / "l.db")
+def test_a_failed_commit_leaves_nothing_behind(tmp_path, store_at):
+    store = LineageStore(store_at)
     _start(store, "r1")
     bad = _artifact(tmp_path, "m", "one")
-    with pytest.raises(sqlite3.IntegrityError):  # an edge to an artifact id that does not exist
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):  # an edge to an artifact id that does not exist
         store.finish_run("r1", used=[999], produced=[bad], summary={}, wandb_url=None, wandb_mode="offline")
     assert store.artifacts() == [] and store.run("r1").status == "running"
     store.fail_run("r1", used=[], error="boom")
     assert store.run("r1").status == "failed"
 
 
-def test_concurrent_writers_do_not_corrupt_the_store(tmp_path):
-    path = tmp_path / "l.db"
+def test_concurrent_writers_do_not_corrupt_the_store(tmp_path, store_at):
+    path = store_at
     LineageStore(path)
     errors = []
 
@@ -80,7 +81,8 @@ def test_concurrent_writers_do_not_corrupt_the_store(tmp_path):
     assert not errors
     versions = sorted(a.version for a in LineageStore(path).artifacts())
     assert versions == list(range(60))  # every version number once: no lost or doubled write
-    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if not isinstance(path, str):
+        assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 def test_verify_files_names_the_changed_file(tmp_path):
