@@ -426,6 +426,12 @@ def test_run_with_an_unusable_signing_key_is_one_line_and_exit_2_before_prefect_
     assert err.count("\n") == 1 and err.startswith("mnist-pipeline: cannot sign with this key: ") and words in err, err
     assert str(key) in err and "Traceback" not in err
     assert not (tmp_path / "l.db").exists() and not (tmp_path / "art").exists()  # no work was done
+    # a sweep signs its winner with it: refused the same way, before any trial
+    sweep = Path(__file__).resolve().parents[1] / "examples" / "sweep.yaml"
+    assert main(["sweep", "--sweep", str(sweep), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("mnist-pipeline: cannot sign with this key: ") and words in err
+    assert not (tmp_path / "l.db").exists() and not (tmp_path / "art").exists()
     # the same key from the environment (a worker's own setting) is held to the same check
     monkeypatch.setenv(SIGN_KEY_ENV, str(key))
     cfg.write_text(json.dumps({"lineage_db": str(tmp_path / "l.db"), "artifacts_dir": str(tmp_path / "art"),
