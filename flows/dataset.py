@@ -48,7 +48,37 @@ def ensure_dataset(cfg: PipelineConfig, logger) -> ArtifactRef:
 
 def release_holds(flow, flow_run, state) -> None:
     """Prefect state hook of both flows (completed, failed, crashed, cancelled): the flow run's holds end with it
-    (a flow run killed before its hook runs is expired by gc: its process is gone)."""
-    db = _HELD.pop(str(flow_run.id), None)
+    (a flow run killed before its hook runs is expired by gc: its process is gone).
+
+    The hook may run in another process than the flow run's: a run cancelled from the UI is killed by the runner
+    (`mnist-pipeline serve`) or worker that started it, which then runs the flow's on_cancellation hooks itself,
+    with the flow run as the API holds it. There, the store is the one of the flow run's own config: its `config`
+    parameter over its deployment's defaults, as the flow run merged them (`flows/preflight.py`)."""
+    db = _HELD.pop(str(flow_run.id), None) or _store_of(flow_run)
     if db is not None:
         release_flow_holds(LineageStore(db), str(flow_run.id))
+
+
+def _store_of(flow_run) -> str | None:
+    """The lineage store a flow run's config names (its parameters over its deployment's defaults); None when it
+    cannot be told (then gc expires the holds: the run's process is gone)."""
+    import logging
+
+    from mnist_pipeline.flows.preflight import merge_with_defaults
+
+    try:
+        given = dict(getattr(flow_run, "parameters", None) or {}).get("config")
+        defaults = None
+        if getattr(flow_run, "deployment_id", None):
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                defaults = dict(client.read_deployment(flow_run.deployment_id).parameters or {}).get("config")
+        config = PipelineConfig.model_validate(given) if given is not None else PipelineConfig()
+        config, _ = merge_with_defaults(config, defaults)
+        db = config.resolved().lineage_db
+    except Exception as e:  # the hook never fails the run's end: gc expires what it cannot release
+        logging.getLogger(__name__).warning("flow run %s: its lineage store is unknown (%s: %s); its holds expire "
+                                            "at the next gc", flow_run.id, type(e).__name__, e)
+        return None
+    return str(db) if Path(db).exists() else None

@@ -173,6 +173,19 @@ def _checkpoint_problem(path: Path, lineage: CheckpointLineage | None) -> str | 
     return None
 
 
+def resume_point(path: Path, lineage: CheckpointLineage | None) -> dict | None:
+    """What a training with this checkpoint would resume from, as its record says (None: nothing to resume: no
+    checkpoint, or one `train` would discard): {run_id, epoch, batch, examples_seen}, `run_id` the run that wrote
+    it. For the line a stage logs before it trains ("resuming from checkpoint written by run X at epoch N")."""
+    if not path.exists() or _checkpoint_problem(path, lineage):
+        return None
+    try:
+        record = json.loads(sidecar(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return {"run_id": (record.get("lineage") or {}).get("run_id"), **(record.get("position") or {})}
+
+
 class _CheckpointWriter:
     """Checkpoints written off the training loop's path: the loop hands over a snapshot (a copy, so training goes
     on) and one background thread saves, fsyncs and renames it. At most one write is in flight (the next hand-over

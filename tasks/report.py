@@ -20,6 +20,7 @@ from mnist_pipeline.report.page import (
     Misclassified,
     RunReport,
     draw_figures,
+    resumed_from_words,
     write_report,
 )
 from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
@@ -55,6 +56,17 @@ def _loss_points(store: LineageStore, metrics_rec: ArtifactRecord) -> tuple[list
     return [], None
 
 
+def _training_note(store: LineageStore, flow_run_id: str | None) -> str | None:
+    """When this flow run's training resumed from a checkpoint another run wrote (a cancelled or killed one), the
+    page says so: its loss curve begins with that run's points."""
+    trains = [r for r in store.runs(flow_run_id) if r.job_type == "train" and r.status == "finished"] \
+        if flow_run_id else []
+    t = TrainingResult.from_metadata(trains[-1].summary) if trains else None
+    if t is None or not t.resumed_from_checkpoint:
+        return None
+    return resumed_from_words(t, store.run(t.checkpoint_written_by) if t.checkpoint_written_by else None)
+
+
 def _input(rec: ArtifactRecord, type_: str) -> dict | None:
     return next(iter(rec.inputs(type_)), None)
 
@@ -86,7 +98,8 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_rec: Art
     return RunReport(title=f"MNIST run report: {model_label}", facts=facts, loss_points=points,
                      examples_per_epoch=per_epoch, metrics=metrics.to_metadata(), misclassified=mis,
                      misclassified_total=metrics.misclassified_count, validation=validation.to_metadata(),
-                     promotion=promotion, lineage=graph, artifacts=artifacts)
+                     promotion=promotion, lineage=graph, artifacts=artifacts,
+                     training_note=_training_note(store, flow_run_id))
 
 
 def _metrics(rec: ArtifactRecord) -> MetricsResult:

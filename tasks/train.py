@@ -21,6 +21,17 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
     return path
 
 
+def _flow_run_of(cfg: PipelineConfig, store: LineageStore | JournalStore | None, run_id: str | None) -> str:
+    """" (flow run F, failed: ...)" for a run the lineage store knows (a sweep worker's journal cannot say: "")."""
+    if run_id is None or isinstance(store, JournalStore):
+        return ""
+    run = (store or LineageStore(cfg.lineage_db)).run(run_id)
+    if run is None:
+        return ""
+    how = run.status + (f": {run.error}" if run.error else "")
+    return f" (flow run {run.flow_run_id}, {how})" if run.flow_run_id else f" ({how})"
+
+
 def loop_settings(cfg: PipelineConfig, progress: bool = True):
     from mnist_pipeline import training
 
@@ -56,6 +67,11 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
         out = stage.staging(MODEL_NAME)
         lineage = training.CheckpointLineage(dataset_digest=dataset.digest, fingerprint=cfg.training_fingerprint(),
                                              run_id=stage.run_id)
+        resume = training.resume_point(ckpt, lineage)
+        if resume is not None:  # an earlier run of these inputs (cancelled, killed, failed) left it: said, not silent
+            logger.info("resuming from checkpoint written by run %s%s at epoch %s, batch %s (%s examples seen): %s",
+                        resume["run_id"], _flow_run_of(cfg, store, resume["run_id"]), resume.get("epoch"),
+                        resume.get("batch"), resume.get("examples_seen"), ckpt)
         # The files hold only what the weights are a function of (see mnist_pipeline.stage_files); how this run went
         # (time, threads, device, resume) is the run's record below.
         # A sweep trial (on a Dask worker: a JournalStore) draws no bar: workers share one console, and the

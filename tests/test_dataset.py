@@ -114,3 +114,41 @@ def test_a_tampered_dataset_is_caught_before_a_skip_and_rebuilt_from_the_source(
     err = capsys.readouterr().err
     assert rc == 6 and err.strip() == f"mnist-pipeline: {db}: not a readable lineage store (file is not a database)"
 
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_s_hold_is_released_by_the_hook_its_runner_runs_in_another_process(prefect_server, tmp_path,
+                                                                                          monkeypatch):
+    """A run cancelled from the UI is killed by the runner (`mnist-pipeline serve`) or worker that started it, which
+    then runs the flow's on_cancellation hooks itself, in its own process, with the flow run as the API holds it
+    (prefect.runner's HookRunner: `hook(flow=, flow_run=, state=)`). The hook finds the run's store from its config
+    (a partial payload over its deployment's defaults) and releases the run's hold on its dataset."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    from mnist_pipeline.config import ALLOWED_ROOTS_ENV
+    from mnist_pipeline.deployments.serve import MANUAL, build_deployments
+    from mnist_pipeline.flows import dataset as flow_dataset
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+    from prefect_wandb import hold_artifact
+    from prefect_wandb.holds import held
+    from tests.helpers import tiny_config
+    from tests.test_operations import Lineage
+
+    monkeypatch.delenv(ALLOWED_ROOTS_ENV, raising=False)
+    srv = tmp_path / "srv"
+    served = tiny_config(srv, train={"watch": False}, wandb={"dir": str(srv / "wandb")})
+    for dep in build_deployments(served, paused=True):
+        dep.apply()
+    lineage = Lineage(srv)  # the deployment's store, srv/lineage.db, with a dataset in it
+    _, [data] = lineage.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    with get_client(sync_client=True) as client:
+        dep = client.read_deployment_by_name(f"{mnist_lineage_pipeline.name}/{MANUAL}")
+        fr = client.create_flow_run_from_deployment(dep.id, parameters={"config": {"train": {"seed": 7}}})
+        hold_artifact(lineage.store, str(fr.id), data.artifact_id)  # what the run's process did before it was killed
+        assert str(fr.id) not in flow_dataset._HELD  # the runner's process never saw the run's own memory
+        as_the_api_holds_it = client.read_flow_run(fr.id)
+    assert held(lineage.store) == {data.artifact_id: [str(fr.id)]}
+    for hook in mnist_lineage_pipeline.on_cancellation_hooks:
+        hook(flow=mnist_lineage_pipeline, flow_run=as_the_api_holds_it, state=Cancelling())
+    assert held(lineage.store) == {}

@@ -56,6 +56,7 @@ class RunReport:
     promotion: dict | None = None  # decision, reason, candidate_accuracy, production_accuracy
     lineage: LineageGraph | None = None
     artifacts: Sequence[dict] = ()  # {stage, artifact, type, sha256, path}
+    training_note: str | None = None  # how the training went when a person should know (resumed from a checkpoint)
 
 
 VALIDATION_ROWS = [
@@ -77,6 +78,19 @@ def _figure(figs: dict[str, bytes | str], name: str) -> dict[str, Any]:
         # Markup on purpose: base64's alphabet (A-Z a-z 0-9 + / =) holds no character HTML gives a meaning to.
         return {"name": name, "src": Markup(f"data:image/png;base64,{base64.b64encode(fig).decode()}"), "note": None}
     return {"name": name, "src": None, "note": fig}
+
+
+def resumed_from_words(training: Any, writer: Any = None) -> str:
+    """How a training that picked up a checkpoint says so: 'training resumed from the checkpoint written by run X
+    (flow run F, that run failed: ...) at epoch N, batch B (E examples seen)'. `training`: a `TrainingResult`;
+    `writer`: the lineage store's record of the run that wrote the checkpoint (None: not on record)."""
+    at = training.resumed_from_checkpoint or {}
+    who = f"run {training.checkpoint_written_by}" if training.checkpoint_written_by else "an earlier run"
+    if writer is not None:
+        how = f"that run {writer.status}" + (f": {writer.error}" if writer.error else "")
+        who += f" (flow run {writer.flow_run_id}, {how})" if writer.flow_run_id else f" ({how})"
+    return (f"training resumed from the checkpoint written by {who} at epoch {at.get('epoch')}, batch "
+            f"{at.get('batch')} ({at.get('examples_seen')} examples seen)")
 
 
 def _per_epoch(r: RunReport) -> int:
@@ -129,6 +143,7 @@ def page_context(r: RunReport, figs: dict[str, bytes | str]) -> dict[str, Any]:
     return {
         "title": r.title,
         "facts": [[k, v] for k, v in r.facts],
+        "training_note": r.training_note,
         "promotion": _promotion(r.promotion),
         "figures": {name: _figure(figs, name) for name in figs},
         "summary": [["test accuracy", fmt(m.get("test_accuracy"))], ["test loss", fmt(m.get("test_loss"))],
