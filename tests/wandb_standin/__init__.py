@@ -21,14 +21,24 @@ What it models, with W&B's rules:
   outputs, recorded at commit), `LinkArtifact` into a portfolio (registry projects `wandb-registry-*` of the one
   organization `standin-org` are created on first link; a version keeps one index per portfolio, links are
   idempotent), `AddAliases` / `DeleteAliases` / `UpdateArtifact` (description, metadata, aliases);
+- what a user browses (`browse.py`): `wandb.Api().runs(path, filters=..., order=...)` (W&B's MongoDB-style
+  filters on run fields, `config.KEY`, `summary_metrics.KEY`; pages by cursor; `runCount`), a run's config and
+  summary, `run.history()` (full, by keys, `samples`), `run.scan_history()` (wandb-core's `RunParquetHistory`,
+  `HistoryPage`, `SampledHistoryPage`: every row live, no parquet export), `historyKeys` (`lastStep`),
+  `api.artifact_types()`, `ArtifactType.collections()`, `api.artifact_collections()`; the history is the rows the
+  file stream delivered, at their offsets (a resumed run appends);
 - an API key (`api_key`, generated unless given): GraphQL and the file stream without it get HTTP 401.
 
 What it does not model: permissions, teams, organizations beyond one, service accounts; TTL (every version says
 ttlDurationSeconds -1), deletion, tags, storage policies and regions, multipart uploads, reference artifacts' bytes,
 artifact-file de-duplication across manifests beyond MD5, incremental manifests, client-id mapping, sweeps,
-launch, reports, console logs, system metrics, history sampling, paging cursors beyond offsets, rate limits (429
-only by fault), and the speed or size limits of W&B. An operation it does not implement gets a GraphQL error
-naming it; a field it does not know comes back null and is listed in `missing_fields`.
+launch, reports, console logs, system metrics (the events stream is kept, not computed), W&B's own history sampling
+(the stand-in samples evenly, the first and last row kept), parquet history exports, filtering or ordering artifact
+collections, paging cursors beyond offsets, rate limits (429 only by fault), and the speed or size limits of W&B. An operation it does not implement gets a GraphQL error
+naming it; a field it does not know comes back null and is listed in `missing_fields`; a runs filter or order it does
+not know is a GraphQL error naming it. Answers are checked (`validate.py`) against wandb's generated models, or, for
+the queries the SDK writes by hand (`SCHEMA_CHECKED`, `Run`), against the generated fragments they spread and a
+partial W&B schema (`validate.SCHEMA`).
 
 Faults by operation name (`w.fail("CommitArtifact", "http-500", nth=2)`, `w.fail("UseArtifact", "hang")`,
 `w.fail(ANY, "http-401")`, `AFTER_INIT` for every operation but what `wandb.init` needs); also over HTTP
@@ -48,6 +58,7 @@ from tests.wandb_standin.server import (
     IMPLEMENTED,
     INIT_OPERATIONS,
     KINDS,
+    SCHEMA_CHECKED,
     Fault,
     SilentServer,
     Standin,
@@ -55,5 +66,5 @@ from tests.wandb_standin.server import (
     failing,
 )
 
-__all__ = ["AFTER_INIT", "ANY", "API_KEY", "IMPLEMENTED", "INIT_OPERATIONS", "KINDS", "Fault", "SilentServer", "Standin",
-           "closed_port", "failing"]
+__all__ = ["AFTER_INIT", "ANY", "API_KEY", "IMPLEMENTED", "INIT_OPERATIONS", "KINDS", "SCHEMA_CHECKED", "Fault",
+           "SilentServer", "Standin", "closed_port", "failing"]

@@ -21,6 +21,7 @@ from graphql import (
     parse,
 )
 from graphql.error import GraphQLSyntaxError
+from graphql.pyutils import Undefined
 from graphql.utilities import value_from_ast_untyped
 
 _MISSING = object()
@@ -108,7 +109,9 @@ class _Run:
                 self.missing.add(f"{obj.get('__typename', '?')}.{name}")
                 value = None
             if callable(value):
-                args = {a.name.value: value_from_ast_untyped(a.value, self.vars) for a in f.arguments or ()}
+                # an argument bound to a variable the request left out is absent, as GraphQL has it
+                args = {a.name.value: v for a in f.arguments or ()
+                        if (v := value_from_ast_untyped(a.value, self.vars)) is not Undefined}
                 value = value(**args)
             done = self.complete(value, f.selection_set)
             out[key] = _merge(out[key], done) if key in out else done

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.wandb_standin import browse
 from tests.wandb_standin.executor import GraphQLFailure
 
 ORG = "standin-org"
@@ -159,7 +160,26 @@ class Model:
                 "artifactType": lambda name, **_: self.v_type(e, n, name),
                 "artifactCollection": lambda name, **_: self.v_collection(self.collection(e, n, name)),
                 "artifactCollectionMembership": lambda name, **_: self._membership_by_name(e, n, name),
-                "artifact": lambda name, **_: self._artifact_by_name(e, n, name)}
+                "artifact": lambda name, **_: self._artifact_by_name(e, n, name),
+                "runCount": lambda filters=None, **_: len(self._runs(e, n, filters)),
+                "runs": lambda filters=None, order=None, **a: self._conn(
+                    [self.v_run(r) for r in self._runs(e, n, filters, order)], a),
+                "artifactTypes": lambda **a: self._conn(
+                    [self.v_type(e, n, t["name"]) for k, t in self.data["types"].items()
+                     if k.rsplit("/", 1)[0] == f"{e}/{n}"], a),
+                "artifactCollections": lambda filters=None, order=None, **a: self._conn(
+                    [self.v_collection(c) for c in self._collections(e, n, None, filters, order)], a)}
+
+    def _runs(self, e: str, p: str, filters: str | dict | None = None, order: str | None = None) -> list[dict]:
+        """The project's runs that `filters` selects, in `order` (creation order by default): `api.runs()`."""
+        runs = [r for r in self.data["runs"].values() if (r["entity"], r["project"]) == (e, p)]
+        return browse.select_runs(runs, self.entity, filters, order)
+
+    def _collections(self, e: str, p: str, type_name: str | None, filters: Any, order: Any) -> list[dict]:
+        if filters not in (None, "{}", {}) or order:  # the SDK sends them only when the server says it can
+            raise GraphQLFailure("W&B stand-in: filtering or ordering artifact collections is not modelled")
+        return [c for c in self.data["collections"].values()
+                if (c["entity"], c["project"]) == (e, p) and type_name in (None, c["type"])]
 
     def _split(self, name: str) -> tuple[str, str]:
         coll, _, alias = name.partition(":")
@@ -183,7 +203,9 @@ class Model:
             return None
         return {"__typename": "ArtifactType", "id": t["id"], "name": name, "description": None,
                 "createdAt": t["created"],
-                "artifactCollection": lambda name, **_: self.v_collection(self._typed(e, p, t["name"], name))}
+                "artifactCollection": lambda name, **_: self.v_collection(self._typed(e, p, t["name"], name)),
+                "artifactCollections": lambda filters=None, order=None, **a: self._conn(
+                    [self.v_collection(c) for c in self._collections(e, p, t["name"], filters, order)], a)}
 
     def _typed(self, e: str, p: str, type_name: str, name: str) -> dict | None:
         c = self.collection(e, p, name)
@@ -198,18 +220,28 @@ class Model:
                 "jobType": r.get("jobType"), "state": r["state"], "tags": r.get("tags") or [],
                 "config": json.dumps(r["config"]), "summaryMetrics": json.dumps(r["summary"]),
                 "systemMetrics": "{}", "historyLineCount": len(r["history"]), "logLineCount": 0,
-                "eventsLineCount": 0, "historyTail": json.dumps([json.dumps(h) for h in r["history"][-10:]]), "eventsTail": "[]",
+                "eventsLineCount": len(r.get("events") or []),
+                "historyTail": json.dumps([json.dumps(h) for h in r["history"][-10:]]),
+                "eventsTail": json.dumps([json.dumps(h) for h in (r.get("events") or [])[-10:]]),
                 "wandbConfig": lambda keys=None, **_: json.dumps(self._wandb_config(r, keys)),
                 "sweepName": r.get("sweep"), "createdAt": r["created"],
                 "heartbeatAt": r["updated"], "updatedAt": r["updated"],
                 "user": {"__typename": "User", "name": self.entity, "username": self.entity},
                 "projectId": str(self.data["projects"][f"{r['entity']}/{r['project']}"]["num"]), "host": r.get("host"),
-                "historyKeys": None, "commit": None, "readOnly": False, "exitcode": r.get("exitcode"),
+                "historyKeys": lambda **_: browse.history_keys(r["history"]), "commit": None, "readOnly": False,
+                "exitcode": r.get("exitcode"),
                 "project": lambda **_: self.v_project(self.project(r["entity"], r["project"])),
                 "outputArtifacts": lambda **a: self._conn([self.v_artifact(x) for x in r["outputs"]], a),
                 "inputArtifacts": lambda **a: self._conn([self.v_artifact(x) for x in r["inputs"]], a),
-                "history": lambda **_: [json.dumps(h) for h in r["history"]],
-                "sampledHistory": lambda **_: [r["history"]],
+                "history": lambda samples=None, minStep=None, maxStep=None, **_: browse.history(
+                    r["history"], samples, minStep, maxStep),
+                "events": lambda samples=None, **_: browse.history(r.get("events") or [], samples),
+                "sampledHistory": lambda specs, **_: [browse.sampled_history(r["history"], json.loads(x))
+                                                      for x in specs],
+                # W&B exports older history to parquet files; the stand-in keeps every row live
+                "parquetHistory": lambda liveKeys=(), **_: {
+                    "__typename": "ParquetHistory", "parquetUrls": [],
+                    "liveData": [{k: h[k] for k in liveKeys if k in h} for h in r["history"]]},
                 "_key": key}
 
     @staticmethod
@@ -362,10 +394,11 @@ class Model:
             raise GraphQLFailure(f"run {e}/{p}/{name} not found")
         for fname, chunk in (body.get("files") or {}).items():
             lines = [json.loads(x) for x in chunk.get("content") or []]
-            if fname == "wandb-history.jsonl":
+            if fname in ("wandb-history.jsonl", "wandb-events.jsonl"):  # lines at their offsets, as W&B keeps them
+                rows = r.setdefault("history" if fname == "wandb-history.jsonl" else "events", [])
                 off = int(chunk.get("offset") or 0)
-                r["history"][off:off + len(lines)] = lines
-                del r["history"][MAX_HISTORY_LINES:]
+                rows[off:off + len(lines)] = lines
+                del rows[MAX_HISTORY_LINES:]
             elif fname == "wandb-summary.json" and lines:
                 r["summary"] = lines[-1]
         if body.get("complete"):
