@@ -13,14 +13,27 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
-from mnist_pipeline.flows.flow_artifact import publish_flow_artifact, wandb_records
+from mnist_pipeline.flows.flow_artifact import (
+    outcome_message,
+    publish_flow_artifact,
+    publish_production_artifact,
+    wandb_records,
+)
 from mnist_pipeline.flows.preflight import effective_config
 from mnist_pipeline.lookups import finished_model, recorded
-from mnist_pipeline.results import ArtifactLocation, MetricsResult, PromotionOutcome, RunSummary, ValidationResult
+from mnist_pipeline.report.page import resumed_from_words
+from mnist_pipeline.results import (
+    ArtifactLocation,
+    MetricsResult,
+    PromotionOutcome,
+    RunSummary,
+    TrainingResult,
+    ValidationResult,
+)
 from mnist_pipeline.tasks import (
     check_for_changes,
     evaluate,
@@ -30,10 +43,12 @@ from mnist_pipeline.tasks import (
     train,
     validate_onnx,
 )
+from mnist_pipeline.tasks._common import current_flow_run_id
 from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
+from prefect_wandb import LineageStore
 
 FLOW_NAME = "mnist-lineage-pipeline"
 DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)
@@ -65,13 +80,55 @@ _library_warnings_to_prefect()
       on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
       on_cancellation=[release_holds])
 def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummary | State:
+    """Every run ends in a state whose message says its outcome, as the Prefect UI's runs list shows it: a plain
+    Completed state (Prefect's run filters go by state name: a custom name such as "Skipped" hides the run under
+    "Completed" and under a deployment's default Runs filter) saying "promoted: ...", "kept as candidate: ..." or
+    "training skipped: ...", or a Failed one saying "failed at <stage>: ..." (Prefect's own message names only the
+    exception)."""
     logger = get_run_logger()
+    at = _Progress()
+    try:
+        return _pipeline(config, logger, at)
+    except Exception as e:
+        # what Prefect's engine logs when a flow raises (traceback in the flow run's logs), then the state
+        logger.error("Encountered exception during execution at %s: %r", at.stage, e, exc_info=True)
+        if at.decided and at.cfg:  # the gate decided before the failure: production-model says so all the same
+            publish_production_artifact(at.cfg, at.decided, logger)
+        return Failed(message=f"failed at {at.stage}: {type(e).__name__}: {e}", data=e)
+
+
+class _Progress:
+    """Where a flow run is, for the message of the state it fails in; the gate's decision once made."""
+
+    def __init__(self) -> None:
+        self.stage = "preflight (config, folders, signing key)"
+        self.cfg: PipelineConfig | None = None
+        self.decided = None
+
+
+def _resume_note(cfg: PipelineConfig) -> str:
+    """"; training resumed from the checkpoint written by run X (flow run F) at epoch N, batch B" when this flow
+    run's training picked up an earlier run's checkpoint (a cancelled or killed run), else ""."""
+    store = LineageStore(cfg.lineage_db)
+    flow_run_id = current_flow_run_id()
+    train_runs = [r for r in store.runs(flow_run_id) if r.job_type == "train" and r.status == "finished"] \
+        if flow_run_id else []
+    t = TrainingResult.from_metadata(train_runs[-1].summary) if train_runs else None
+    if t is None or not t.resumed_from_checkpoint:
+        return ""
+    return "; " + resumed_from_words(t, store.run(t.checkpoint_written_by) if t.checkpoint_written_by else None)
+
+
+def _pipeline(config: PipelineConfig, logger, at: _Progress) -> State:
     # deployment defaults merged under a partial payload, confinement to the deployment's folders, writable
     # folders: all checked before any task (flows/preflight.py)
     cfg, config_sources = effective_config(config, logger)
+    at.cfg = cfg
     sign_key = check_key(cfg)  # an unreadable key fails here, before any work
+    at.stage = "prepare-data"
     dataset = ensure_dataset(cfg, logger)
 
+    at.stage = "check-for-changes"
     check = check_for_changes(cfg, dataset)
     if check.action == "skip" and not cfg.force:
         skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (to retrain: run with "
@@ -79,34 +136,43 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
                              production=check.production, model=check.model if check.decided else None,
                              artifacts={"dataset": ArtifactLocation.of(dataset)}, lineage_db=str(cfg.lineage_db),
                              config_sources=config_sources, wandb=wandb_records(cfg, logger))
+        at.stage = "publishing the run's artifact"
         publish_flow_artifact(cfg, skipped)
         logger.info(skipped.reason)
-        # A plain Completed state, its message saying why it skipped: Prefect's run filters go by state name, so a
-        # custom name ("Skipped") hides the run under "Completed" and under a deployment's default Runs filter.
         return Completed(message=skipped.reason, data=skipped)
 
     # a finished model of these very inputs that the gate never saw is not made again: it goes on from here
     reuse = check.action == "reuse" and not cfg.force
+    at.stage = "train"
     model = finished_model(cfg, MODEL_NAME, str(check.model_digest)) if reuse else train(cfg, dataset)
     # Evaluation and export only share the model: side by side. The ONNX check then compares onnxruntime with the
     # logits the evaluation recorded (no second torch pass over the test split) and runs alone, so its latency
     # and throughput are timed on a quiet machine.
+    at.stage = "evaluate"
     metrics_future = evaluate.submit(cfg, model, dataset)
+    at.stage = "export-onnx"
     onnx_model = export_onnx(cfg, model)
+    at.stage = "evaluate"
     metrics = metrics_future.result()
+    at.stage = "validate-onnx"
     validation = validate_onnx(cfg, onnx_model, model, dataset, metrics)
     v = recorded(cfg, validation, ValidationResult)
+    at.stage = "sign"
     attestation = sign(cfg, sign_key, onnx_model, model, dataset, validation) if sign_key and v.passed else None
+    at.stage = "promote"
     decision = promote(cfg, model, metrics, validation, attestation)
+    at.decided = decision
+    at.stage = "report"
     report = run_report(cfg, dataset, metrics, validation, decision)  # shows the decision
 
+    at.stage = "publishing the run's artifacts"
     m = recorded(cfg, metrics, MetricsResult)
     outputs = (dataset, model, metrics, onnx_model, validation, report) + ((attestation,) if attestation else ())
     failure = parity_failure(cfg, v, validation.label)
     summary = RunSummary(
         status="failed" if failure else "completed",
-        reason=f"not retrained: {check.reason}" if reuse else
-               f"retrained: {check.reason}" + (" (forced)" if not check.changed else ""),
+        reason=(f"not retrained: {check.reason}" if reuse else
+                f"retrained: {check.reason}" + (" (forced)" if not check.changed else "")) + _resume_note(cfg),
         artifacts={r.type: ArtifactLocation.of(r) for r in outputs},
         test_accuracy=m.test_accuracy, test_loss=m.test_loss, onnx_accuracy=v.ort_accuracy,
         onnx_max_abs_diff=v.max_abs_diff, onnx_argmax_agreement=v.argmax_agreement,
@@ -116,10 +182,13 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
         signed_onnx_file=str(Path(attestation.path) / "model.onnx") if attestation else None,
         wandb=wandb_records(cfg, logger))  # where the records went, in one line
     publish_flow_artifact(cfg, summary)
+    at.decided = None
+    publish_production_artifact(cfg, decision, logger)
     if failure:
         from mnist_pipeline.onnx_io import ParityError
 
+        at.stage = "validate-onnx"
         raise ParityError(failure)
     logger.info("done: %s accuracy %.4f, ONNX %s parity %.2g, %s", model.label, summary.test_accuracy,
                 onnx_model.label, summary.onnx_max_abs_diff, decision.decision)
-    return summary
+    return Completed(message=outcome_message(model.label, decision), data=summary)

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.states import Completed, State
 from prefect_dask import DaskTaskRunner
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
-from mnist_pipeline.flows.flow_artifact import wandb_records
+from mnist_pipeline.flows.flow_artifact import outcome_message, publish_production_artifact, wandb_records
 from mnist_pipeline.lookups import finished_trial, train_seconds
 from mnist_pipeline.onnx_io import ParityError
 from mnist_pipeline.results import (
@@ -88,7 +89,7 @@ def _dask_client():
       on_completion=[release_holds], on_failure=[release_holds], on_crashed=[release_holds],
       on_cancellation=[release_holds])
 def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = None,
-                min_workers: int = 1) -> SweepSummary:
+                min_workers: int = 1) -> SweepSummary | State:
     """`sweep`: a checked sweep (`mnist_pipeline.sweep.load_sweep` or `parse_sweep` of a W&B-style mapping)."""
     logger = get_run_logger()
     if sweep is None:
@@ -173,6 +174,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
         else None
     decision = promote(wcfg, best.model, best.metrics, validation, attestation)
     report = run_report(wcfg, dataset, best.metrics, validation, decision)  # the winner's, as `run` makes one
+    publish_production_artifact(wcfg, decision, logger)  # the production-model artifact's next version
     onnx_file = str(Path(onnx_model.path) / "model.onnx")  # the file to deploy and audit, under run's key
     winner = {"trial": best.index, "params": best.params, **(best.values or {}),
               "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
@@ -191,4 +193,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
                            onnx_file=onnx_file, wandb=wandb_records(cfg, logger))
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
                 best.model.label, decision.decision, len(failed))
-    return summary
+    # the runs list shows the outcome, as for a pipeline run: a plain Completed state saying it
+    trials_failed = f"; {len(failed)} of {len(trials)} trial(s) failed" if failed else ""
+    return Completed(message=f"winner trial {best.index}: {outcome_message(best.model.label, decision)}"
+                             f"{trials_failed}", data=summary)

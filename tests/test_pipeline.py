@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -143,3 +144,100 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
         for consumer in store.consumers(m.artifact_id):
             assert store.run(consumer).flow_run_id == producer.flow_run_id
 
+
+
+# ------------------------------------------------------------------------------------- what the Prefect UI shows of a run
+
+
+def _artifact_versions(key: str, flow_run_ids: list) -> list:
+    """The versions of the Prefect artifact `key` that these flow runs wrote, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=flow_run_ids)),
+                                     sort=ArtifactSort.CREATED_DESC)[::-1]
+
+
+def test_every_run_s_state_says_its_outcome_and_production_model_is_an_artifact_with_its_history(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path):
+    """Promoted, kept as candidate, skipped: three plain Completed states whose messages (as the Prefect API holds
+    them, what the UI's runs list shows) say which; every run that reached the gate wrote a new version of the
+    `production-model` artifact naming the production model, since when, the runs that made it and its report."""
+    from prefect.client.orchestration import get_client
+
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as pipeline
+    from tests.helpers import flow_run, tiny_config
+
+    def run(**train):
+        state = pipeline(config=tiny_config(tmp_path, tiny_mnist, train={"watch": False, **train}), return_state=True)
+        assert state.is_completed() and state.name == "Completed", state.message
+        fr = flow_run(state.state_details.flow_run_id)
+        assert fr.state.name == "Completed" and fr.state.message == state.message  # the server holds the message
+        return fr, state.result()
+
+    good = {"learning_rate": 0.01, "epochs": 3}
+    promoted, first = run(**good)
+    assert first.promotion.decision == "promoted"
+    assert promoted.state.message == f"promoted: convnet:v0 is production ({first.promotion.reason})"
+    kept, second = run(learning_rate=1e-6)
+    assert second.promotion.decision == "candidate"
+    assert kept.state.message.startswith("kept as candidate: convnet:v1 (accuracy ")
+    assert second.promotion.reason in kept.state.message and "< production" in kept.state.message
+    skipped, third = run(**good)
+    assert third.status == "skipped" and skipped.state.message.startswith("training skipped: ")
+
+    store = LineageStore(tmp_path / "lineage.db")
+    prod = store.alias("convnet", "production")
+    [train_run] = [r for r in store.runs(str(promoted.id)) if r.job_type == "train"]
+    versions = _artifact_versions("production-model", [promoted.id, kept.id, skipped.id])
+    assert [v.flow_run_id for v in versions] == [promoted.id, kept.id]  # the skipped run decided nothing
+    with get_client(sync_client=True) as client:
+        [latest] = [a for a in client.read_latest_artifacts() if a.key == "production-model"]
+    assert latest.latest_id == versions[-1].id  # the key's latest version is the second run's
+    for v in versions:  # both name the production model, the runs that made it, its figures and report
+        text = v.data.replace("<wbr>", "")  # where long cells may wrap (no character a copy would get)
+        assert text.startswith("# Production model: convnet:v0\n"), text[:200]
+        assert f"since {store.aliases_of(prod.artifact_id)[-1]['set_at']}" in text
+        assert str(promoted.id) in text and train_run.run_id in text and prod.digest in text
+        assert first.report in text and "test accuracy on mnist:v0" in text
+    assert "gated convnet:v0" in versions[0].data and "promoted it to production" in versions[0].data
+    assert f"flow run `{kept.id}` gated convnet:v1" in versions[1].data and "kept it candidate" in versions[1].data
+    assert second.promotion.reason in versions[1].data
+
+
+def test_a_failed_run_names_its_stage_and_the_next_run_says_it_resumed_from_its_checkpoint(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path, monkeypatch):
+    """A run whose training stops mid-way (as a run cancelled from the UI or killed does) fails with a message that
+    names the stage; the next run of the same inputs resumes from its checkpoint and says so in its log, its
+    summary and its run report."""
+    from mnist_pipeline.flows import pipeline
+    from mnist_pipeline.tasks import train
+    from tests.helpers import flow_run, flow_run_logs, interrupt_training, tiny_config
+
+    cfg = tiny_config(tmp_path, tiny_mnist, train={"watch": False, "checkpoint_every": 4})
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "train", train.with_options(retries=0))
+        interrupt_training(m, 6)  # a checkpoint after batch 4, then training stops
+        failed = pipeline.mnist_lineage_pipeline(config=cfg, return_state=True)
+    assert failed.is_failed()
+    message = flow_run(failed.state_details.flow_run_id).state.message
+    assert message == "failed at train: InterruptedError: stopped after 6 batches", message
+    store = LineageStore(cfg.lineage_db)
+    [stopped] = [r for r in store.runs() if r.job_type == "train"]
+
+    state = pipeline.mnist_lineage_pipeline(config=cfg, return_state=True)
+    assert state.is_completed(), state.message
+    said = (f"resuming from checkpoint written by run {stopped.run_id} (flow run {failed.state_details.flow_run_id}, "
+            "failed: InterruptedError")
+    logs = flow_run_logs(state.state_details.flow_run_id, "resuming from checkpoint written by run")
+    assert any(said in line and "at epoch 0, batch 4 (64 examples seen)" in line for line in logs), logs
+    summary = state.result()
+    note = (f"training resumed from the checkpoint written by run {stopped.run_id} (flow run "
+            f"{failed.state_details.flow_run_id}, that run failed: InterruptedError")
+    assert summary.reason.startswith("retrained: ") and note in summary.reason, summary.reason
+    assert "at epoch 0, batch 4 (64 examples seen)" in summary.reason
+    page = Path(summary.report).read_text(encoding="utf-8")
+    assert note in page and "the loss before that point is that run" in page

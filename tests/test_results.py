@@ -191,7 +191,8 @@ def test_the_sweep_flow_takes_a_typed_sweep_and_returns_a_summary():
     from mnist_pipeline.tasks.sweep import select
 
     hints = typing.get_type_hints(sweep.mnist_sweep.fn)
-    assert hints["sweep"] == Sweep | None and hints["return"] is SweepSummary
+    assert hints["sweep"] == Sweep | None
+    assert SweepSummary in typing.get_args(hints["return"])  # or the Completed state that says the outcome
     assert typing.get_type_hints(select.fn)["sweep"] is Sweep
     assert RunSummary in typing.get_args(typing.get_type_hints(pipeline.mnist_lineage_pipeline.fn)["return"])
     # Prefect validates the parameter: a checked Sweep goes through as it is

@@ -327,3 +327,31 @@ def test_a_trial_rerun_after_a_lost_worker_keeps_its_settings_and_resumes_no_che
     for m in store.artifacts("model"):
         assert main(["reproduce", f"{m.name}:v{m.version}", "--lineage-db", str(tmp_path / "lineage.db")]) == 0, \
             capsys.readouterr().out[-2000:]
+
+
+def test_a_sweep_run_s_state_says_its_winner_s_outcome_and_updates_production_model(prefect_server, wandb_offline,
+                                                                                     tiny_mnist, tmp_path):
+    """As a pipeline run's: a plain Completed state whose message is the gate's decision on the winner, and a new
+    version of the `production-model` artifact (on a local cluster of one worker process)."""
+    from typing import Any, cast
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    from mnist_pipeline.flows.sweep import mnist_sweep, task_runner
+    from mnist_pipeline.sweep import parse_sweep
+    from tests.helpers import flow_run, tiny_config
+
+    spec = parse_sweep({"method": "grid", "metric": {"name": "test_accuracy", "goal": "maximize"},
+                        "parameters": {"train.learning_rate": {"values": [0.01]}}})
+    state = mnist_sweep.with_options(task_runner=cast(Any, task_runner(None, 1)))(
+        config=tiny_config(tmp_path, tiny_mnist, train={"watch": False}), sweep=spec, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    summary = state.result()
+    message = flow_run(state.state_details.flow_run_id).state.message
+    assert message == f"winner trial 0: promoted: convnet:v0 is production ({summary.promotion.reason})"
+    with get_client(sync_client=True) as client:
+        [version] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["production-model"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert version.data.startswith("# Production model: convnet:v0\n")

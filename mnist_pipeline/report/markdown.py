@@ -16,6 +16,7 @@ import html
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_pipeline.report.page import RunReport, fmt
@@ -118,4 +119,76 @@ def lineage_markdown(summary: RunSummary, rows: Sequence[dict], lineage_db: str 
         lines.append(f"- **W&B**: {summary.wandb['line'].removeprefix('W&B: ')}")
     lines += ["", html_table(STAGE_COLUMNS, [[r.get(c, "") for c in STAGE_COLUMNS] for r in rows]), "",
               f"Lineage store: `{lineage_db}`"]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One gate decision, as the `production-model` artifact names the run that made it."""
+
+    model: str
+    decision: str  # promoted | candidate
+    reason: str
+    flow_run_id: str | None
+    at: str
+
+
+@dataclass(frozen=True)
+class ProductionModel:
+    """What the `production-model` artifact says (`flows.flow_artifact.production_facts` gathers it)."""
+
+    model: str | None  # None: no production model
+    lineage_db: str
+    decision: Decision
+    digest: str | None = None
+    path: str | None = None
+    since: str | None = None
+    made_production_by: str | None = None  # "the promotion gate", "rollback requested by ..."
+    made_production_in: str | None = None  # the flow run of that decision
+    why: str | None = None
+    trained_by_run: str | None = None
+    trained_in_flow_run: str | None = None
+    metrics: str | None = None  # the metrics artifact the figures come from
+    test_set: str | None = None
+    figures: dict = field(default_factory=dict)
+    report: str | None = None
+    wandb_run: str | None = None
+    wandb_artifact: str | None = None
+
+
+def production_markdown(p: ProductionModel) -> str:
+    """The `production-model` artifact: which model is production, since when, made by which run, its figures, its
+    run report and W&B pages; then the decision of the run that wrote this version (its history in the Prefect UI
+    is the promotion history)."""
+    d = p.decision
+    verdict = "promoted it to production" if d.decision == "promoted" else "kept it candidate"
+    this = (f"**This version**: flow run `{d.flow_run_id}` gated {d.model} at {d.at} and {verdict}: {d.reason}")
+    if p.model is None:
+        return "\n".join(["# Production model: none", "", "No model is in production in this lineage store.", "",
+                          this, "", f"Lineage store: `{p.lineage_db}`"]) + "\n"
+    rows = [("production since", p.since or "n/a"),
+            ("made production by", " ".join(x for x in (p.made_production_by,
+                                                          f"in flow run {p.made_production_in}" if p.made_production_in
+                                                          else "") if x) or "n/a"),
+            ("why", p.why or "n/a"),
+            ("trained by", f"run {p.trained_by_run}" + (f" in flow run {p.trained_in_flow_run}"
+                                                       if p.trained_in_flow_run else "")),
+            ("sha256", p.digest or ""), ("model files", p.path or "")]
+    rows += [(k.replace("_", " ") + (f" on {p.test_set}" if p.test_set else ""), fmt(v)) for k, v in p.figures.items()]
+    if p.metrics:
+        rows.append(("metrics", p.metrics))
+    rows.append(("run report", p.report or "n/a (no report of this model on record)"))
+    if p.wandb_run:
+        rows.append(("W&B run", p.wandb_run))
+    if p.wandb_artifact:
+        rows.append(("W&B artifact", p.wandb_artifact))
+    lines = [f"# Production model: {p.model}", "",
+             f"**{p.model}** is in production since {p.since or 'n/a'}.", "",
+             html_table(("", ""), rows), ""]
+    if p.report:
+        lines += [f"Run report: [{Path(p.report).name}]({Path(p.report).as_uri()}) `{p.report}` (browsers do not "
+                  "open file links from a web page: copy the path)", ""]
+    if p.wandb_run:
+        lines += [f"W&B: [run]({p.wandb_run})" + (f", [artifact]({p.wandb_artifact})" if p.wandb_artifact else ""), ""]
+    lines += [this, "", f"Lineage store: `{p.lineage_db}`"]
     return "\n".join(lines) + "\n"
