@@ -48,7 +48,7 @@ from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
-from prefect_wandb import LineageStore
+from prefect_wandb import ChangeCheck, LineageStore
 
 FLOW_NAME = "mnist-lineage-pipeline"
 DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)
@@ -106,6 +106,15 @@ class _Progress:
         self.decided = None
 
 
+def _skip_hint(check: ChangeCheck) -> str:
+    """How to make a skipped run train: `--force`, unless the model these inputs made was rejected by a rollback,
+    where a forced retrain makes the same model and the gate keeps it candidate: `unreject` is the remedy."""
+    if check.decided and check.decided.startswith("rejected by ") and check.model:
+        return (f"to let the gate consider {check.model} again: `mnist-pipeline unreject {check.model}`; a forced "
+                "retrain would make the same model, which stays rejected")
+    return "to retrain: run with --force, or tick the force field in the Prefect form"
+
+
 def _resume_note(cfg: PipelineConfig) -> str:
     """"; training resumed from the checkpoint written by run X (flow run F) at epoch N, batch B" when this flow
     run's training picked up an earlier run's checkpoint (a cancelled or killed run), else ""."""
@@ -131,8 +140,7 @@ def _pipeline(config: PipelineConfig, logger, at: _Progress) -> State:
     at.stage = "check-for-changes"
     check = check_for_changes(cfg, dataset)
     if check.action == "skip" and not cfg.force:
-        skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} (to retrain: run with "
-                             "--force, or tick the force field in the Prefect form)",
+        skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} ({_skip_hint(check)})",
                              production=check.production, model=check.model if check.decided else None,
                              artifacts={"dataset": ArtifactLocation.of(dataset)}, lineage_db=str(cfg.lineage_db),
                              config_sources=config_sources, wandb=wandb_records(cfg, logger))

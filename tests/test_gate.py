@@ -338,6 +338,8 @@ def test_a_rollback_sticks_across_reruns_and_an_unchanged_run_after_another_winn
     rerun = flow(config=_cfg(tmp_path, tiny_mnist, **good), return_state=True).result().to_dict()
     assert rerun["status"] == "skipped" and "it was decided: rejected by rollback at" in rerun["reason"]
     assert "bad in canary" in rerun["reason"] and _trained(store) == 2
+    # the remedy it names is unreject: --force would retrain the same bits and leave them rejected
+    assert "`mnist-pipeline unreject convnet:v1`" in rerun["reason"] and "--force" not in rerun["reason"]
     # forced: trained again (the same bits), and the gate still keeps it candidate, saying how to undo that
     forced = flow(config=_cfg(tmp_path, tiny_mnist, force=True, **good)).to_dict()
     assert forced["artifacts"]["model"]["digest"] == v1_digest
