@@ -198,6 +198,9 @@ def test_s3_stop_and_start_keep_the_objects_and_the_folder_goes_at_exit():
             fs.invalidate_cache()
             assert sorted(fs.ls("kept", detail=False)) == ["kept/a.txt", "kept/b.txt"]
             assert fs.cat("kept/b.txt") == b"after"
+            fs.pipe("kept/c.txt", b"after the crash")  # a new object does not take an old one's place
+            assert fs.cat(["kept/a.txt", "kept/b.txt", "kept/c.txt"]) == {
+                "kept/a.txt": b"before the restart", "kept/b.txt": b"after", "kept/c.txt": b"after the crash"}
         except Exception as e:  # what the server said, for a failure that is the server's
             raise AssertionError(f"{e!r}; the server's log:\n{s3.log_tail()}") from e
     assert not root.exists() and not _port_open(port)
