@@ -87,7 +87,8 @@ def check_key(cfg: PipelineConfig) -> Path | None:
     """The signing key of this run (`sign.private_key`, else $MNIST_PIPELINE_SIGN_KEY), checked to be a usable EC
     private key that only its owner can read (KeyFileError, one line, otherwise: missing or unreadable, a public key,
     encrypted, not EC P-256/384/521 PEM, mode & 0o077); None: the run is not signed. The flow calls it before any
-    task, and `mnist-pipeline run` before Prefect starts (exit 2)."""
+    task; `mnist-pipeline run` and `sweep` make the same check before Prefect is imported (exit 2:
+    `mnist_pipeline.cli.main.check_signing_key`)."""
     from prefect_wandb.provenance import keys
 
     key = cfg.signing_key()

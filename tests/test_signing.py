@@ -440,6 +440,19 @@ def test_run_with_an_unusable_signing_key_is_one_line_and_exit_2_before_prefect_
     assert words in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a process of its own: what the shell sees, and nothing written, Prefect's home included
+def test_a_world_readable_key_stops_the_command_before_prefect_is_imported(tmp_path):
+    from tests.helpers import REPO, offline_run_env, run_argv
+
+    key, words = _bad_keys(tmp_path)["world-readable"]
+    proc = subprocess.run(run_argv(tmp_path, "--source", "synthetic", "--sign-key", str(key)), cwd=REPO,
+                          env=offline_run_env(tmp_path, api=False), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"mnist-pipeline: cannot sign with this key: {key}: {words} (group or others may "
+                                   f"access it): `chmod 600 {key}`")
+    assert not (tmp_path / "lineage.db").exists() and not (tmp_path / "home" / ".prefect").exists()
+
+
 def test_verify_says_a_failed_bundle_in_words_and_a_signer_pub_that_is_another_key(tmp_path, capsys):
     out = _export(tmp_path, POINTERS)
     key, pub = keys.generate(tmp_path / "keys")

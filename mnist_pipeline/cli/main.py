@@ -134,18 +134,32 @@ def run_main(ns: argparse.Namespace) -> int:
     return _run(cfg)
 
 
-def _run(cfg: PipelineConfig) -> int:
-    from mnist_pipeline.cli import console
-    from mnist_pipeline.flows import preflight
-    from mnist_pipeline.tasks.sign import check_key
-    from prefect_wandb import StorageError, StoreError
-    from prefect_wandb.provenance.keys import KeyFileError
+def check_signing_key(cfg: PipelineConfig) -> Exit | None:
+    """The run's signing key checked as the flow's `tasks.sign.check_key` checks it before any task (the same
+    `keys.load_private`), here before Prefect is imported (its import writes its home folder, and
+    `prefect_defaults` must come first): Exit.USAGE after one line when no run may sign with it; None: usable, or
+    no key (not signed)."""
+    from prefect_wandb.provenance.keys import KeyFileError, load_private
 
-    try:  # an unusable signing key is a usage error before any work, not a failed flow run after Prefect started
-        check_key(cfg.resolved())
+    key = cfg.resolved().signing_key()
+    if key is None:
+        return None
+    try:
+        load_private(key)
     except KeyFileError as e:
         err("", f"cannot sign with this key: {e}")
         return Exit.USAGE
+    return None
+
+
+def _run(cfg: PipelineConfig) -> int:
+    from mnist_pipeline.cli import console
+    from mnist_pipeline.flows import preflight
+    from prefect_wandb import StorageError, StoreError
+
+    refused = check_signing_key(cfg)  # a usage error before any work, not a failed flow run after Prefect started
+    if refused is not None:
+        return refused
     try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
         preflight.check_writable(cfg.resolved())
         preflight.check_store(cfg.resolved())

@@ -72,14 +72,11 @@ def main(ns: argparse.Namespace) -> int:
     except SweepError as e:
         err("", f"invalid sweep: {e}")
         return Exit.USAGE
-    from mnist_pipeline.tasks.sign import check_key
-    from prefect_wandb.provenance.keys import KeyFileError
+    from mnist_pipeline.cli.main import check_signing_key
 
-    try:  # the winner is signed: an unusable key is a usage error before any trial, as for `run`
-        check_key(cfg.resolved())
-    except KeyFileError as e:
-        err("", f"cannot sign with this key: {e}")
-        return Exit.USAGE
+    refused = check_signing_key(cfg)  # the winner is signed: an unusable key is refused before any trial
+    if refused is not None:
+        return refused
     if ns.workers is not None and ns.workers < 1:
         err("", f"--workers must be at least 1, got {ns.workers}")
         return Exit.USAGE
