@@ -152,3 +152,48 @@ def test_a_cancelled_run_s_hold_is_released_by_the_hook_its_runner_runs_in_anoth
     for hook in mnist_lineage_pipeline.on_cancellation_hooks:
         hook(flow=mnist_lineage_pipeline, flow_run=as_the_api_holds_it, state=Cancelling())
     assert held(lineage.store) == {}
+
+
+@pytest.mark.slow
+def test_a_local_run_cancelled_through_the_api_mid_training_runs_its_cancellation_hook(prefect_server, wandb_offline,
+                                                                                       tmp_path):
+    """A flow run started in this process (as `mnist-pipeline run` starts one) and cancelled through the API while it
+    trains: Prefect signals no process it did not start, so the run goes on to its end and stays Cancelling; its
+    on_cancellation hook runs then, in this process, and ends the run's hold on its dataset."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Cancelling
+
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+    from prefect_wandb.holds import held
+    from tests.helpers import flow_run_logs, tiny_config
+
+    cfg = tiny_config(tmp_path, data={"synthetic_train": 2000},
+                      train={"epochs": 2, "batch_size": 32, "threads": 1, "watch": False, "checkpoint_every": 5})
+    checkpoints, cancelled, held_then = tmp_path / "art" / ".checkpoints", [], []
+
+    def cancel_mid_training():
+        deadline = time.monotonic() + 120
+        while not list(checkpoints.glob("train-*.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        store = LineageStore(cfg.lineage_db)
+        [training] = [r for r in store.runs() if r.job_type == "train"]
+        held_then.append(held(store))
+        with get_client(sync_client=True) as client:
+            cancelled.append(client.set_flow_run_state(training.flow_run_id, Cancelling(message="cancelled from the "
+                                                                                                 "UI")))
+
+    canceller = threading.Thread(target=cancel_mid_training, daemon=True)
+    canceller.start()
+    state = mnist_lineage_pipeline(config=cfg, return_state=True)
+    canceller.join(10)
+    assert cancelled and cancelled[0].state.name == "Cancelling"
+    assert [len(h) for h in held_then] == [1]  # mid-training, the run held its dataset
+    assert state.name == "Cancelling", state  # what Prefect does with a run it did not start: it ends as it was
+    assert FlowRunContext.get() is None
+    logs = flow_run_logs(state.state_details.flow_run_id, "Hook 'release_holds' finished")
+    assert "Running hook 'release_holds' in response to entering state 'Cancelling'" in logs, logs
+    assert held(LineageStore(cfg.lineage_db)) == {}
