@@ -371,3 +371,24 @@ def test_the_console_names_the_report_and_the_onnx_file():
     # where the W&B records went: the one line the lineage layer wrote, as it is (it names itself once)
     line = "W&B: offline in /w (no W&B API key); `mnist-pipeline sync --lineage-db /s/lineage.db` uploads it"
     assert where_things_went(_summary(wandb={"line": line})) == [line]
+
+
+def test_the_production_model_artifact_names_a_rollback_and_a_store_without_production():
+    """`production-model` as a rollback left it (no flow run made it production), and before any promotion."""
+    from mnist_pipeline.report.markdown import Decision, ProductionModel, production_markdown
+
+    kept = Decision("convnet:v2", "candidate", "accuracy 0.5 < production convnet:v0 0.9", None, "T2")
+    text = production_markdown(ProductionModel(
+        model="convnet:v0", lineage_db="/s/lineage.db", decision=kept, digest="ab" * 32, since="T1",
+        made_production_by="rollback requested by ops", why="bad in canary", trained_by_run="train-1",
+        trained_in_flow_run="f-0", figures={"test_accuracy": 0.912345}, test_set="mnist:v0",
+        wandb_run="https://wandb.example/e/p/runs/train-1",
+        wandb_artifact="https://wandb.example/e/p/artifacts/model/convnet/sha256-abababababababab"))
+    plain = text.replace("<wbr>", "")
+    assert plain.startswith("# Production model: convnet:v0\n") and "in production since T1" in plain
+    assert "<td>made production by</td><td>rollback requested by ops</td>" in plain
+    assert "<td>test accuracy on mnist:v0</td><td>0.9123</td>" in plain
+    assert "[artifact](https://wandb.example/e/p/artifacts/model/convnet/sha256-abababababababab)" in plain
+    assert "**This version**: a run outside Prefect gated convnet:v2 at T2 and kept it candidate: accuracy 0.5" in plain
+    none = production_markdown(ProductionModel(model=None, lineage_db="/s/lineage.db", decision=kept))
+    assert none.startswith("# Production model: none\n") and "kept it candidate" in none

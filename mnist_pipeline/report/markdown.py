@@ -162,7 +162,8 @@ def production_markdown(p: ProductionModel) -> str:
     is the promotion history)."""
     d = p.decision
     verdict = "promoted it to production" if d.decision == "promoted" else "kept it candidate"
-    this = (f"**This version**: flow run `{d.flow_run_id}` gated {d.model} at {d.at} and {verdict}: {d.reason}")
+    who = f"flow run `{d.flow_run_id}`" if d.flow_run_id else "a run outside Prefect"
+    this = f"**This version**: {who} gated {d.model} at {d.at} and {verdict}: {d.reason}"
     if p.model is None:
         return "\n".join(["# Production model: none", "", "No model is in production in this lineage store.", "",
                           this, "", f"Lineage store: `{p.lineage_db}`"]) + "\n"
@@ -184,7 +185,7 @@ def production_markdown(p: ProductionModel) -> str:
         rows.append(("W&B artifact", p.wandb_artifact))
     lines = [f"# Production model: {p.model}", "",
              f"**{p.model}** is in production since {p.since or 'n/a'}.", "",
-             html_table(("", ""), rows), ""]
+             html_table(("", p.model), rows), ""]
     if p.report:
         lines += [f"Run report: [{Path(p.report).name}]({Path(p.report).as_uri()}) `{p.report}` (browsers do not "
                   "open file links from a web page: copy the path)", ""]
