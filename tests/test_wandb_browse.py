@@ -21,9 +21,7 @@ from prefect_wandb.store import LineageStore
 from tests.helpers import tiny_config, write_mnist
 from tests.roundtrip import PROJECT, cli, env_for, run_args
 from tests.wandb_standin import IMPLEMENTED, SCHEMA_CHECKED, Standin
-from tests.wandb_standin.validate import SCHEMA_OPERATIONS, validate
-
-pytestmark = pytest.mark.slow
+from tests.wandb_standin.validate import SCHEMA_OPERATIONS, SchemaMismatch, check_fragments, check_schema, validate
 
 SETTINGS = {"mode": "online", "x_disable_stats": True, "console": "off", "silent": True}
 STAGES = {"prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"}
@@ -66,6 +64,7 @@ def init(w: Standin, project: str, job_type: str, **kwargs):
                       settings=wandb.Settings(base_url=w.url, api_key=w.api_key, **SETTINGS))
 
 
+@pytest.mark.slow
 def test_runs_filters_history_and_artifact_types_read_back_as_logged(online_env, tmp_path):
     """The stand-in's side, on runs logged here: `runs()` filters, order and pages; `history()` (full, by keys,
     sampled), `scan_history()` (all keys, some keys, small pages: wandb-core's own paging), a resumed run's history
@@ -158,6 +157,40 @@ def test_runs_filters_history_and_artifact_types_read_back_as_logged(online_env,
         assert done.get(op), (op, done)
 
 
+def test_an_answer_the_sdk_would_misread_is_caught_by_the_checks():
+    """The checks bite: a null where W&B's schema has a non-null list, a JSONString that is not JSON, an Int that
+    is a string, a run node missing a field the generated LightweightRunFragment requires."""
+    from wandb.apis.public.runs import _create_runs_query
+
+    history = ("query RunFullHistory($project: String!, $entity: String!, $name: String!, $samples: Int) "
+               "{ project(name: $project, entityName: $entity) { run(name: $name) { history(samples: $samples) } } }")
+    check_schema(history, {"project": {"run": {"history": ['{"_step": 1}']}}})
+    with pytest.raises(SchemaMismatch, match="non-null"):
+        check_schema(history, {"project": {"run": {"history": None}}})
+    with pytest.raises(SchemaMismatch, match="not a valid String"):
+        check_schema(history, {"project": {"run": {"history": [{"_step": 1}]}}})
+    full = ("query Run($project: String!, $entity: String!, $name: String!) { project(name: $project, "
+            "entityName: $entity) { run(name: $name) { config historyLineCount } } }")
+    with pytest.raises(SchemaMismatch, match="not a valid JSONString"):
+        check_schema(full, {"project": {"run": {"config": "{not json", "historyLineCount": 1}}})
+    with pytest.raises(SchemaMismatch, match="not a valid Int"):
+        check_schema(full, {"project": {"run": {"config": "{}", "historyLineCount": "1"}}})
+    with pytest.raises(SchemaMismatch, match="does not fit"):
+        check_schema(full.replace("historyLineCount", "noSuchField"), {})
+    runs = _create_runs_query(lazy=True)
+    node = {"id": "UnVuOjE=", "tags": [], "name": "r1", "displayName": "r1", "sweepName": None, "state": "finished",
+            "group": "g", "jobType": "train", "commit": None, "readOnly": False, "createdAt": "2026-12-06T00:00:00",
+            "heartbeatAt": None, "description": None, "notes": None, "historyLineCount": 0,
+            "user": {"name": "u", "username": "u"}, "projectId": "1"}
+    page = {"project": {"internalId": "1", "runCount": 1, "readOnly": False, "runs": {
+        "edges": [{"node": node, "cursor": "1"}], "pageInfo": {"endCursor": "1", "hasNextPage": False}}}}
+    assert check_fragments(runs, page) == ["LightweightRunFragment"]
+    check_schema(runs, page)
+    del node["createdAt"]
+    with pytest.raises(Exception, match="createdAt"):
+        check_fragments(runs, page)
+
+
 def test_what_each_answered_operation_is_called_in_the_installed_wandb():
     """The browse operations the stand-in answers are the ones this wandb sends, by these names: the public API's
     hand-written queries in its source, wandb-core's in its binary (a rename in a new wandb shows here)."""
@@ -172,6 +205,7 @@ def test_what_each_answered_operation_is_called_in_the_installed_wandb():
         assert re.search(rf"query {op}\s*\(", source) or re.search(rf"query {op} \(", core), op
 
 
+@pytest.mark.slow
 def test_the_dashboard_of_a_tiny_mnist_flow_recorded_online(prefect_server, standin, tmp_path):
     """The tutorial's dashboard, read through wandb.Api(): the flow's runs in one group `flow-<flow run id>`, each
     stage its job type; the train run's config and its loss curve, logged every 25 batches at step = examples

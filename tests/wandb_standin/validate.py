@@ -227,7 +227,7 @@ def _check_value(path: str, gtype, value: Any, selection_set, frags: dict) -> No
             except ValueError:
                 ok = False
         if not ok:
-            raise SchemaMismatch(f"{path}: {value!r:.80} is not a {name}")
+            raise SchemaMismatch(f"{path}: {value!r:.80} is not a valid {name}")
         return
     assert isinstance(gtype, GraphQLObjectType)
     if not isinstance(value, dict):
