@@ -135,8 +135,11 @@ class LineageStore(StoreReads):
     def _unreachable(self, e: BaseException) -> StoreError | None:
         """A database that went away mid-use (PostgreSQL stopped or restarted, the network gone): one line naming
         the store; None for anything else."""
-        if self.url is not None and type(e).__name__ in {"OperationalError", "AdminShutdown", "ConnectionTimeout"} \
-                and type(e).__module__.startswith("psycopg"):
+        if self.url is None:
+            return None
+        import psycopg
+
+        if isinstance(e, psycopg.OperationalError):  # connection lost or refused, server shut down or starting
             return StoreError(f"{self.path}: the lineage store's database cannot be reached ({_first_line(e)})")
         return None
 

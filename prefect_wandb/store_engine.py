@@ -11,7 +11,8 @@ serialised by the database.
 
 PostgreSQL (a `postgresql+psycopg://` URL, `locations.py`): one engine per URL per process with a small pool whose
 connections are tested before use (`pool_pre_ping`: a server restarted since is reconnected to, not failed on),
-a bounded connect (`connect_timeout`: an unreachable server is an error after seconds, never a hang), and no
+a bounded connect (`connect_timeout`: an unreachable server is an error after seconds, never a hang; TCP
+keepalives and `tcp_user_timeout` for a server that vanishes mid-query), and no
 connection shared with a forked child (the pools are forgotten in the child). Its write lock is a transaction-scoped
 advisory lock, `pg_advisory_xact_lock(WRITE_LOCK_KEY)`, taken by the first statement of every write transaction:
 the equivalent of BEGIN IMMEDIATE, one writer at a time per database, released by COMMIT or ROLLBACK (also when
@@ -43,6 +44,12 @@ from prefect_wandb.locations import StoreURL
 
 BUSY_TIMEOUT_S = 30
 CONNECT_TIMEOUT_S = 10  # PostgreSQL: how long a connection attempt may take (libpq's connect_timeout)
+# libpq's settings for every PostgreSQL connection: a bounded connect, and a server that vanishes mid-query (a host
+# gone, a network cut) noticed by TCP keepalives and the unacknowledged-data timeout in about half a minute, not
+# after the kernel's hours: a store call then fails in one line instead of hanging
+PG_CONNECT_ARGS = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepalives_idle": 10,
+                   "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000,
+                   "application_name": "prefect-wandb lineage store"}
 # the PostgreSQL write lock's key (pg_advisory_xact_lock's bigint; advisory locks are per database): "lineage"
 WRITE_LOCK_KEY = int.from_bytes(b"lineage", "big")
 _MAX_ENGINES = 32  # engines hold no connection (NullPool): the oldest is dropped beyond this many locations
@@ -89,7 +96,7 @@ def engine_for(location: str | Path | StoreURL, *, sqlite_uri: str | None = None
                                        creator=lambda: _sqlite_connect(target, uri=sqlite_uri is not None))
             else:  # PostgreSQL: a few pooled connections per process, checked before use
                 engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=8, pool_recycle=3600,
-                                       hide_parameters=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+                                       hide_parameters=True, connect_args=PG_CONNECT_ARGS)
             _engines[key] = engine
             while len(_engines) > _MAX_ENGINES:
                 _engines.popitem(last=False)[1].dispose()
