@@ -219,3 +219,27 @@ def test_a_run_on_a_url_store_writes_its_password_nowhere_and_audits_from_the_cl
     assert mnist_main(["audit", "convnet:production", "--lineage-db", postgres_db.replace(f":{secret}", "")]) == \
         Exit.OK
     assert "VERIFIED" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_prefect_block_keeps_the_url_without_its_password_and_pgpassword_completes_it(
+        prefect_server, postgres, postgres_db, monkeypatch, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from prefect_wandb import LineageBlock
+
+    LineageSettings(store=postgres_db).open_store()  # the store exists
+    LineageBlock(settings=LineageSettings(store=postgres_db, artifacts=tmp_path / "art")).save("pg-team",
+                                                                                              overwrite=True)
+    with get_client(sync_client=True) as client:  # what the Prefect server holds
+        doc = client.read_block_document_by_name("pg-team", block_type_slug="wandb-lineage", include_secrets=True)
+    assert postgres.password not in json.dumps(doc.data, default=str)
+    settings = LineageBlock.load("pg-team").settings
+    assert isinstance(settings.store, StoreURL) and not settings.store.has_password
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    with pytest.raises(StoreError, match="no password supplied") as e:
+        settings.open_store()
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("PGPASSWORD", postgres.password)  # a worker's environment
+    assert settings.open_store().runs() == []
