@@ -95,7 +95,8 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     if sweep is None:
         raise SweepError("no sweep given: pass one (mnist_pipeline.sweep.load_sweep or parse_sweep)")
     spec = sweep
-    cfg = pin_for_workers(config.resolved())
+    asked = config.resolved()  # what the caller asked for (W&B's mode as given: 'auto' stays 'auto')
+    cfg = pin_for_workers(asked)
     trials = expand(spec, cfg)  # every trial's config validated before any work
     sign_key = check_key(cfg)  # the winner is signed with it; an unusable key fails here, before any trial
     flow_run_id = _flow_run_id()
@@ -190,7 +191,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
                            flow_run_id=flow_run_id, workers=len(workers), sweep_result=ArtifactLocation.of(sweep_ref),
                            trials=trial_rows, failed=failed, lineage_db=str(cfg.lineage_db), winner=winner,
                            promotion=PromotionOutcome.of(decision), report=str(Path(report.path) / REPORT_FILE),
-                           onnx_file=onnx_file, wandb=wandb_records(cfg, logger))
+                           onnx_file=onnx_file, wandb=wandb_records(asked, logger))
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
                 best.model.label, decision.decision, len(failed))
     # the runs list shows the outcome, as for a pipeline run: a plain Completed state saying it

@@ -8,6 +8,7 @@ Defaults are those of W&B's PyTorch tutorial (epochs=5, kernels=[16, 32], batch_
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -119,7 +120,8 @@ def bounds(field) -> str:
         parts += [f"{w} {num(c[k])}" for k, w in (("ge", "at least"), ("gt", "more than"), ("le", "at most"),
                                                    ("lt", "less than")) if k in c]
     lo, hi = c.get("min_length"), c.get("max_length")
-    unit = "characters" if field.annotation is str else "items"
+    text = field.annotation is str or str in typing.get_args(field.annotation)  # `str | None` is text too
+    unit = "characters" if text else "items"
     if lo is not None and lo == hi:
         parts.append(f"exactly {lo} {unit}")
     elif lo is not None or hi is not None:
@@ -148,6 +150,8 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    model_config = ConfigDict(title="Data")  # the section's heading in the Prefect form
+
     source: DataSource = Field(
         "download",
         description="Where MNIST comes from: 'download' (torchvision's real download into root), "
@@ -197,6 +201,8 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
+    model_config = ConfigDict(title="Training")  # the section's heading in the Prefect form
+
     epochs: int = Field(5, ge=1, le=1000, description="Passes over the training split.")
     classes: int = Field(10, ge=2, le=10, description="Output classes of the ConvNet (MNIST has 10).")
     kernels: list[int] = Field(
@@ -225,6 +231,8 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    model_config = ConfigDict(title="Evaluation")  # the section's heading in the Prefect form
+
     misclassified_table_rows: int = Field(
         64, ge=0, le=10_000, description="Misclassified test images logged to W&B (as images, kept offline too) "
         "and shown in the run report.")
@@ -234,6 +242,8 @@ class EvalConfig(_Section):
 
 
 class OnnxConfig(_Section):
+    model_config = ConfigDict(title="ONNX export")  # the section's heading in the Prefect form
+
     opset: int = Field(18, ge=13, le=23, description="ONNX opset version.")
     exporter: Literal["torchscript", "dynamo"] = Field(
         "torchscript", description="torch.onnx exporter: 'torchscript' (the tracer: 0.1 s here; deprecated by PyTorch "
@@ -251,11 +261,15 @@ class OnnxConfig(_Section):
 class WandbConfig(WandbSettings, _Section):
     """The library's W&B settings, with this pipeline's project."""
 
+    model_config = ConfigDict(title="Weights & Biases")  # the section's heading in the Prefect form
+
     project: str = Field("mnist-lineage", min_length=1, max_length=128,  # W&B's limit (WandbSettings checks it)
                          description="W&B project (at most 128 characters, none of / \\ # ? % :).")
 
 
 class PromotionConfig(_Section):
+    model_config = ConfigDict(title="Promotion")  # the section's heading in the Prefect form
+
     margin: float = Field(
         0.0, ge=0, le=1,
         description="A new model becomes 'production' only if its test accuracy is at least production's plus this.",
@@ -274,6 +288,8 @@ SIGN_KEY_ENV = "MNIST_PIPELINE_SIGN_KEY"  # a deployment's signing key, set in t
 
 
 class SignConfig(_Section):
+    model_config = ConfigDict(title="Signing")  # the section's heading in the Prefect form
+
     private_key: Path | None = Field(
         None, description="EC private key (PEM, from `mnist-pipeline keygen`) to sign the validated ONNX file and "
         f"its provenance with; default ${SIGN_KEY_ENV}, else no signing. Only the path is recorded, never the key.")

@@ -283,7 +283,8 @@ def train(model: ConvNet, data: Split, settings: LoopSettings, device: torch.dev
     t0 = time.perf_counter()
     loss = None
     bar = tqdm(total=settings.epochs * per_epoch, initial=start_epoch * per_epoch + start_batch,
-               desc="train", unit="batch", disable=not settings.progress, leave=False)
+               desc="train", unit="batch", leave=False,
+               disable=None if settings.progress else True)  # None: no bar (no carriage returns) off a terminal
     try:
         for epoch in range(start_epoch, settings.epochs):
             order = _epoch_order(n, settings.seed, epoch).to(device)

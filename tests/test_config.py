@@ -272,3 +272,15 @@ def test_credentials_in_a_mirror_url_are_refused_before_they_are_recorded(capsys
     assert code == 2 and "data.mirrors" in err and "credentials" in err and FAKE_KEY not in err
     assert not (tmp_path / "l.db").exists()
 
+
+
+def test_the_form_s_sections_have_headings_and_a_text_field_counts_characters():
+    from mnist_pipeline.config import PipelineConfig
+
+    defs = PipelineConfig.model_json_schema()["$defs"]
+    assert {d["title"] for d in defs.values()} == {"Data", "Training", "Evaluation", "ONNX export",
+                                                    "Weights & Biases", "Promotion", "Signing"}
+    wandb = defs["WandbConfig"]["properties"]
+    assert wandb["entity"]["description"].endswith("(allowed: at most 128 characters)")  # `str | None` is text
+    assert wandb["project"]["description"].endswith("(allowed: 1 to 128 characters)")
+    assert defs["TrainConfig"]["properties"]["kernels"]["description"].endswith("(allowed: exactly 2 items)")

@@ -332,3 +332,20 @@ def test_a_checkpoint_that_would_run_code_is_not_loaded_and_training_starts_over
     assert "ignoring unreadable checkpoint" in caplog.text
     assert torch.load(ckpt, weights_only=True)["batches"] == 4  # replaced by a real checkpoint
 
+
+
+def test_the_progress_bar_writes_no_carriage_returns_off_a_terminal(capsys, monkeypatch):
+    """A log file or a CI console gets no '\\r'-redrawn bar (tqdm draws only on a terminal); on one, it draws."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    settings = training.LoopSettings(epochs=1, batch_size=100, log_every=5, progress=True)
+    training.train(ConvNet(ModelConfig(kernels=(4, 8))), _split(200), settings, torch.device("cpu"))
+    assert "\r" not in capsys.readouterr().err  # pytest's stderr is no terminal
+    tty = Terminal()
+    monkeypatch.setattr("sys.stderr", tty)
+    training.train(ConvNet(ModelConfig(kernels=(4, 8))), _split(200), settings, torch.device("cpu"))
+    assert "\r" in tty.getvalue() and "train" in tty.getvalue()
