@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -75,9 +76,14 @@ def process_identity() -> dict:
 
 
 def process_gone(proc: dict) -> bool:
-    """True only when sure: same host, and the pid is gone, a zombie, or now another process."""
+    """True only when sure: on this host, the pid is gone, a zombie, or now another process; on another host
+    (whose /proc is not ours), its lease (`proc["lease_expires_at"]`, which a live process keeps renewing) has
+    expired. Without a lease (a record from before leases), another host's process is never taken for dead."""
     pid = proc.get("pid")
-    if os.name != "posix" or not isinstance(pid, int) or proc.get("host") != socket.gethostname():
+    if proc.get("host") != socket.gethostname():
+        lease = proc.get("lease_expires_at")
+        return isinstance(lease, str) and lease < datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    if os.name != "posix" or not isinstance(pid, int):
         return False
     try:
         os.kill(pid, 0)

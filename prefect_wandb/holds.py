@@ -11,12 +11,14 @@ releases), the same test that marks their runs failed. SQLAlchemy Core on `table
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Callable
 
 from sqlalchemy import delete, select
 
 from prefect_wandb import tables as t
 from prefect_wandb.environment import process_identity
+from prefect_wandb.records import lease_until
 from prefect_wandb.store import ArtifactDeleted, LineageStore, now
 from prefect_wandb.store_engine import insertion_order, upsert
 
@@ -34,9 +36,11 @@ def hold(store: LineageStore, flow_run_id: str, artifact_id: int) -> None:
             raise ArtifactDeleted(f"{art.label} ({art.digest[:16]}) was deleted by gc on {gone.deleted_at[:10]} "
                                   f"({gone.deleted_by}): its files are gone")
         ins = upsert(con, H).values(flow_run_id=flow_run_id, artifact_id=artifact_id,
-                                    process_json=json.dumps(process_identity(), sort_keys=True), taken_at=now())
+                                    process_json=json.dumps(process_identity(), sort_keys=True), taken_at=now(),
+                                    lease_expires_at=lease_until())
         con.execute(ins.on_conflict_do_update(index_elements=[H.c.flow_run_id, H.c.artifact_id], set_={
-            "process_json": ins.excluded.process_json, "taken_at": ins.excluded.taken_at}))
+            "process_json": ins.excluded.process_json, "taken_at": ins.excluded.taken_at,
+            "lease_expires_at": ins.excluded.lease_expires_at}))
 
 
 def release(store: LineageStore, flow_run_id: str) -> int:
@@ -55,12 +59,20 @@ def held(store: LineageStore) -> dict[int, list[str]]:
 
 
 def expire(store: LineageStore, is_dead: Callable[[dict], bool]) -> list[str]:
-    """Drop the holds whose process is gone (`is_dead(process)`, as `store.fail_dead_runs` asks); the flow runs."""
+    """Drop the holds whose process is gone (`is_dead(process)`, the process with the hold's `lease_expires_at`,
+    as `store.fail_dead_runs` asks: on another host, an expired lease); the flow runs. A hold renewed meanwhile
+    (its lease no longer expired) stays."""
     with store.reader() as con:
-        rows = [(r.flow_run_id, json.loads(r.process_json)) for r in con.execute(
-            select(H.c.flow_run_id, H.c.process_json).distinct())]
-    dead = sorted({fr for fr, proc in rows if is_dead(proc)})
+        rows = [(r.flow_run_id, {**json.loads(r.process_json), "lease_expires_at": r.lease_expires_at})
+                for r in con.execute(select(H.c.flow_run_id, H.c.process_json, H.c.lease_expires_at).distinct())]
+    here = socket.gethostname()
+    dead = {fr: proc.get("host") == here for fr, proc in rows if is_dead(proc)}
     if dead:
+        ts = now()
         with store.transaction() as con:
-            con.execute(delete(H).where(H.c.flow_run_id.in_(dead)))
-    return dead
+            local = [fr for fr, on_this_host in dead.items() if on_this_host]
+            if local:
+                con.execute(delete(H).where(H.c.flow_run_id.in_(local)))
+            for fr in (fr for fr, on_this_host in dead.items() if not on_this_host):
+                con.execute(delete(H).where(H.c.flow_run_id == fr, H.c.lease_expires_at < ts))
+    return sorted(dead)

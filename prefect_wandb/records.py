@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -16,6 +16,17 @@ from pydantic import BaseModel, ConfigDict
 def now() -> str:
     """The store's timestamps: UTC, ISO 8601 to the millisecond."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# How long a running run's or a hold's lease lasts unless its process renews it (a stage renews every quarter of
+# it): another host's process that stops renewing is taken for dead after this long.
+LEASE_S = 120.0
+
+
+def lease_until(seconds: float | None = None) -> str:
+    """The end of a lease taken now (`LEASE_S`, or `seconds`), as the store's timestamps are written."""
+    return (datetime.now(timezone.utc) + timedelta(seconds=LEASE_S if seconds is None else seconds)).isoformat(
+        timespec="milliseconds")
 
 
 class ArtifactRef(BaseModel):
@@ -125,6 +136,7 @@ class RunRecord:
     started_at: str
     finished_at: str | None
     error: str | None
+    lease_expires_at: str | None = None  # while running: renewed by its process (a store from before: None)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> RunRecord:

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from prefect_wandb.environment import process_gone, process_identity, run_enviro
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.layout import staging_folder, version_folder
 from prefect_wandb.leftovers import claim, remove_abandoned
+from prefect_wandb.records import LEASE_S
 from prefect_wandb.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from prefect_wandb.settings import LineageSettings
 from prefect_wandb.store import ArtifactRecord, LineageStore, NewArtifact
@@ -299,6 +301,8 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
                     env={**env, "process": process_identity()}, flow_run_id=flow_run_id, run_group=group,
                     wandb_mode=wb.mode, wandb_dir=wb.run_dir, wandb_project=settings.wandb.project,
                     wandb_entity=settings.wandb.entity)
+    # its lease (and the flow run's holds) renewed while it runs: another host takes it for dead only once it stops
+    beat = _heartbeat(store, wb.run_id, flow_run_id) if isinstance(store, LineageStore) else None
     # A JournalStore answers every call a stage makes of its store (find_artifact, start/finish/fail_run).
     stage = Stage(settings, job_type, flow_run_id, cast(LineageStore, store), wb)
     stage.config = record
@@ -317,7 +321,26 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
         wb.finish()
         _record_gaps(store, wb, True)
     finally:
+        if beat is not None:
+            beat.set()
         shutil.rmtree(stage._staging_root, ignore_errors=True)
+
+
+def _heartbeat(store: LineageStore, run_id: str, flow_run_id: str | None) -> threading.Event:
+    """Renew the run's lease and its flow run's holds every quarter of `LEASE_S` until the event returned is set
+    (a daemon thread: it dies with the process, and so the lease runs out). A failed renewal is logged and tried
+    again at the next beat; the stage itself fails on the store if the store is gone."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(LEASE_S / 4):
+            try:
+                store.renew_lease(run_id, flow_run_id)
+            except Exception as e:
+                log.warning("run %s: its lease in the lineage store was not renewed (%s); trying again", run_id, e)
+
+    threading.Thread(target=beat, name=f"lease-{run_id}", daemon=True).start()
+    return stop
 
 
 def _record_gaps(store: LineageStore | JournalStore, wb: StageRun, committed: bool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import json
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ from prefect_wandb.records import (
     PromotionRecord,
     RunRecord,
     Verdict,
+    lease_until,
     now,
 )
 from prefect_wandb.schema import UnknownRevision, ensure_schema
@@ -184,12 +186,24 @@ class LineageStore(StoreReads):
     def start_run(self, run_id: str, job_type: str, *, config: dict, env: dict, flow_run_id: str | None,
                   run_group: str | None, wandb_mode: str, wandb_dir: str | None, wandb_project: str | None,
                   wandb_entity: str | None) -> None:
+        """A run 'running', its lease good for `LEASE_S` (its process renews it: `renew_lease`)."""
         with self._write() as conn:
             conn.execute(insert(R).values(
                 run_id=run_id, job_type=job_type, status="running", flow_run_id=flow_run_id, run_group=run_group,
                 wandb_mode=wandb_mode, wandb_dir=wandb_dir, wandb_project=wandb_project, wandb_entity=wandb_entity,
                 config_json=json.dumps(config, sort_keys=True), env_json=json.dumps(env, sort_keys=True),
-                started_at=now()))
+                started_at=now(), lease_expires_at=lease_until()))
+
+    def renew_lease(self, run_id: str | None = None, flow_run_id: str | None = None) -> None:
+        """Extend by `LEASE_S` the lease of a running run and of the holds of its flow run (a stage's heartbeat)."""
+        until = lease_until()
+        with self._write() as conn:
+            if run_id is not None:
+                conn.execute(update(R).where(R.c.run_id == run_id, R.c.status == "running").values(
+                    lease_expires_at=until))
+            if flow_run_id is not None:
+                conn.execute(update(t.holds).where(t.holds.c.flow_run_id == flow_run_id).values(
+                    lease_expires_at=until))
 
     @staticmethod
     def _edges(conn: Connection, run_id: str, artifact_ids: list[int], direction: str) -> None:
@@ -236,19 +250,30 @@ class LineageStore(StoreReads):
                                                                        error=error[:4000]))
 
     def fail_dead_runs(self, is_dead) -> list[str]:
-        """Mark 'running' runs whose process is gone (`is_dead(env["process"])`) as failed: a run killed
-        mid-step never reaches fail_run, and must not stay 'running' for ever. Returns their run ids."""
+        """Mark 'running' runs whose process is gone as failed: `is_dead(process)`, where `process` is the run's
+        env["process"] with its `lease_expires_at` (`environment.process_gone`: on this host, /proc; on another,
+        an expired lease). A run killed mid-step never reaches fail_run, and must not stay 'running' for ever.
+        Returns their run ids. A run whose lease was renewed meanwhile is left alone."""
         with self._read() as conn:
-            rows = conn.execute(select(R.c.run_id, R.c.env_json).where(R.c.status == "running")).all()
-        dead = {r.run_id: json.loads(r.env_json).get("process") or {} for r in rows}
-        dead = {k: v for k, v in dead.items() if is_dead(v)}
+            rows = conn.execute(select(R.c.run_id, R.c.env_json, R.c.lease_expires_at).where(
+                R.c.status == "running")).all()
+        procs = {r.run_id: {**(json.loads(r.env_json).get("process") or {}), "lease_expires_at": r.lease_expires_at}
+                 for r in rows}
+        dead = {k: v for k, v in procs.items() if is_dead(v)}
         if dead:
+            ts = now()
             with self._write() as conn:
                 for run_id, proc in dead.items():
-                    conn.execute(update(R).where(R.c.run_id == run_id, R.c.status == "running").values(
-                        status="failed", finished_at=now(),
-                        error=f"process died: pid {proc.get('pid')} on {proc.get('host')} ended without finishing "
-                              "the run (killed or crashed)"))
+                    q = update(R).where(R.c.run_id == run_id, R.c.status == "running")
+                    if proc.get("host") == socket.gethostname():
+                        error = (f"process died: pid {proc.get('pid')} on {proc.get('host')} ended without "
+                                 "finishing the run (killed or crashed)")
+                    else:  # judged by its lease: unless renewed since
+                        q = q.where(R.c.lease_expires_at < ts)
+                        error = (f"lease expired: pid {proc.get('pid')} on {proc.get('host')} stopped renewing it "
+                                 f"(killed, crashed or cut off); it ran out at {proc.get('lease_expires_at')}")
+                    if conn.execute(q.values(status="failed", finished_at=ts, error=error)).rowcount == 0:
+                        del dead[run_id]
         return list(dead)
 
     @staticmethod

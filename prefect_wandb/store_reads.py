@@ -91,11 +91,16 @@ class StoreReads:
 
     def run(self, run_id: str) -> RunRecord | None:
         with self._read() as conn:
-            r = conn.execute(select(R).where(R.c.run_id == run_id)).mappings().first()
+            r = conn.execute(self._runs_query().where(R.c.run_id == run_id)).mappings().first()
             return RunRecord.from_row(_row(r)) if r is not None else None
 
+    @staticmethod
+    def _runs_query() -> Select:
+        # every column the table has: a store from before leases, opened read-only, has no lease_expires_at
+        return select(literal_column("*")).select_from(R)
+
     def runs(self, flow_run_id: str | None = None) -> list[RunRecord]:
-        q = select(R).order_by(R.c.started_at)
+        q = self._runs_query().order_by(R.c.started_at)
         with self._read() as conn:
             return [RunRecord.from_row(_row(r)) for r in conn.execute(
                 q.where(R.c.flow_run_id == flow_run_id) if flow_run_id else q).mappings()]

@@ -42,6 +42,7 @@ runs = Table(
     _text("wandb_dir", nullable=True), _text("wandb_project", nullable=True), _text("wandb_entity", nullable=True),
     _text("config_json"), _text("env_json"), _text("summary_json", server_default="{}"), _text("started_at"),
     _text("finished_at", nullable=True), _text("error", nullable=True),
+    _text("lease_expires_at", nullable=True),  # 0003: renewed by its process while it runs
     CheckConstraint("status IN ('running', 'finished', 'failed')", name="status"))
 
 artifacts = Table(
@@ -102,7 +103,7 @@ holds = Table(
     "holds", metadata,
     _text("flow_run_id", primary_key=True),
     Column("artifact_id", Integer, ForeignKey("artifacts.artifact_id"), primary_key=True, autoincrement=False),
-    _text("process_json"), _text("taken_at"))
+    _text("process_json"), _text("taken_at"), _text("lease_expires_at", nullable=True))  # 0003
 
 rejections = Table(
     "rejections", metadata,

@@ -117,3 +117,77 @@ def test_processes_creating_a_new_store_at_the_same_moment_all_get_it(tmp_path):
         _in_threads(opener, 2)
         assert errors == [], f"round {round_}"
         assert len(LineageStore(path).runs()) == 4
+
+
+def _other_host_run(store, run_id, lease):
+    """A running run recorded by a process on another host (whose /proc this one cannot read), its lease `lease`."""
+    from sqlalchemy import update
+
+    from prefect_wandb import tables
+
+    store.start_run(run_id, "train", config={}, env={"process": {"pid": 1, "host": "another-host", "start": "1"}},
+                    flow_run_id="f-other", run_group=None, wandb_mode="offline", wandb_dir=None, wandb_project="p",
+                    wandb_entity=None)
+    with store.transaction() as con:
+        con.execute(update(tables.runs).where(tables.runs.c.run_id == run_id).values(lease_expires_at=lease))
+
+
+def test_another_host_s_run_is_failed_once_its_lease_expires_and_a_renewed_one_is_not(store_at):
+    from prefect_wandb.environment import process_gone
+    from prefect_wandb.records import lease_until
+
+    store = LineageStore(store_at)
+    _other_host_run(store, "expired", lease_until(-1))
+    _other_host_run(store, "renewed", lease_until(-1))
+    _other_host_run(store, "alive", lease_until())
+    _other_host_run(store, "old-record", None)  # written before leases: never judged from another host
+    store.renew_lease("renewed")
+    assert store.fail_dead_runs(process_gone) == ["expired"]
+    run = store.run("expired")
+    assert run.status == "failed" and run.error.startswith("lease expired: pid 1 on another-host stopped renewing")
+    assert {r.run_id: r.status for r in store.runs()} == {"expired": "failed", "renewed": "running",
+                                                          "alive": "running", "old-record": "running"}
+
+
+def test_another_host_s_hold_is_dropped_once_its_lease_expires_unless_renewed(tmp_path, store_at):
+    from sqlalchemy import update
+
+    from prefect_wandb import holds, tables
+    from prefect_wandb.environment import process_gone
+    from prefect_wandb.records import lease_until
+
+    store = LineageStore(store_at)
+    _start(store, "r1")
+    [a] = store.finish_run("r1", used=[], produced=[_artifact(tmp_path, "m", "one")], summary={}, wandb_url=None,
+                           wandb_mode="offline")
+    for flow in ("f-gone", "f-renewed", "f-here"):
+        holds.hold(store, flow, a.artifact_id)
+    with store.transaction() as con:  # the first two were taken on another host, and their leases ran out
+        con.execute(update(tables.holds).where(tables.holds.c.flow_run_id != "f-here").values(
+            process_json='{"host": "another-host", "pid": 1, "start": "1"}', lease_expires_at=lease_until(-1)))
+    store.renew_lease(flow_run_id="f-renewed")  # a stage of that flow run renewed them
+    assert holds.expire(store, process_gone) == ["f-gone"]
+    assert holds.held(store) == {a.artifact_id: ["f-renewed", "f-here"]}
+
+
+def test_a_stage_s_heartbeat_renews_its_lease_until_stopped(monkeypatch):
+    import time
+
+    from prefect_wandb import stage
+
+    calls = []
+
+    class Store:
+        def renew_lease(self, run_id, flow_run_id):
+            calls.append((run_id, flow_run_id))
+            if len(calls) == 2:
+                raise RuntimeError("the store is gone for a moment")  # logged, and tried again
+
+    monkeypatch.setattr(stage, "LEASE_S", 0.2)
+    stop = stage._heartbeat(Store(), "r1", "f1")
+    time.sleep(0.5)
+    stop.set()
+    n = len(calls)
+    assert n >= 3 and set(calls) == {("r1", "f1")}
+    time.sleep(0.2)
+    assert len(calls) == n  # stopped
