@@ -59,7 +59,7 @@ def release_holds(flow, flow_run, state) -> None:
         release_flow_holds(LineageStore(db), str(flow_run.id))
 
 
-def _store_of(flow_run) -> str | None:
+def _store_of(flow_run) -> str | StoreURL | None:
     """The lineage store a flow run's config names (its parameters over its deployment's defaults); None when it
     cannot be told (then gc expires the holds: the run's process is gone)."""
     import logging
@@ -81,4 +81,6 @@ def _store_of(flow_run) -> str | None:
         logging.getLogger(__name__).warning("flow run %s: its lineage store is unknown (%s: %s); its holds expire "
                                             "at the next gc", flow_run.id, type(e).__name__, e)
         return None
+    if isinstance(db, StoreURL):  # a database (its URL without the password: libpq's PGPASSWORD completes it)
+        return db
     return str(db) if Path(db).exists() else None
