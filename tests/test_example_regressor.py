@@ -261,7 +261,9 @@ def test_the_mnist_pipeline_and_the_regressor_share_a_store_and_gc(prefect_serve
     store = LineageStore(root / "lineage.db")
     assert store.alias("ridge", "production").label == "ridge:v0"  # MNIST's gate left it alone
     assert store.alias("convnet", "production").label == "convnet:v0"
-    better = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0}))
+    assert regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0}))["promotion"]["decision"] == "promoted"
+    # a third, better still (RMSE 0.2689 < 0.2695): ridge:v1 becomes what rollback would go back to, v0 nothing
+    better = regressor_pipeline(config=cfg.model_copy(update={"alpha": 5.0}))
     assert better["promotion"]["decision"] == "promoted"
     assert store.alias("convnet", "production").label == "convnet:v0"  # and the regressor's gate MNIST's
 
@@ -270,6 +272,7 @@ def test_the_mnist_pipeline_and_the_regressor_share_a_store_and_gc(prefect_serve
     assert code == 0, out[-3000:]
     deleted = {store.artifact(i).label for i in store.deletions()}
     assert "ridge:v0" in deleted, out[-3000:]  # gc did remove something: the regressor's replaced model
+    assert "keep ridge:v1: rollback target of production ridge:v2" in out and "ridge:v1" not in deleted
     assert not any(label.startswith(("convnet", "mnist")) for label in deleted), deleted
     for onnx in (mnist["artifacts"]["onnx"]["path"], better["artifacts"]["onnx"]["path"]):
         code, out = mnist_pipeline_cli("audit", str(Path(onnx) / "model.onnx"), "--lineage-db",

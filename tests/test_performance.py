@@ -39,7 +39,7 @@ def test_published_md5s_are_torchvision_s():
 def test_loading_the_flow_imports_no_torch_onnx_torchvision_or_wandb():
     """An unchanged (skipped) run never trains, exports, reads IDX files or opens a W&B run, so it must not pay for
     those imports (several seconds on two cores); the stages import them when they run."""
-    code = ("import sys, flows.pipeline, flows.cli; "
+    code = ("import sys, flows.pipeline, mnist_pipeline.cli.main; "
             "print(sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxruntime', 'wandb') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
