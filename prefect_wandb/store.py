@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, CursorResult, bindparam, delete, func, insert, inspect, literal, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, inspect, literal, or_, select, update
 
 from prefect_wandb import rejections
 from prefect_wandb import tables as t
-from prefect_wandb.locations import StoreURL, redact, store_location
+from prefect_wandb.locations import StoreURL, store_location
 from prefect_wandb.records import (
     ALIASES,
     ArtifactRecord,
@@ -39,7 +39,7 @@ from prefect_wandb.records import (
 )
 from prefect_wandb.schema import UnknownRevision, ensure_schema
 from prefect_wandb.storage import StorageError
-from prefect_wandb.store_engine import driver_errors, engine_for, upsert, write_transaction
+from prefect_wandb.store_engine import driver_errors, engine_for, first_line, new_id, upsert, write_transaction
 from prefect_wandb.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
 from prefect_wandb.store_reads import StoreReads, _row
 
@@ -50,11 +50,6 @@ __all__ = ["ALIASES", "ArtifactDeleted", "ArtifactRecord", "DeletionRecord", "Fi
 A, R, P, AL, D, G = t.artifacts, t.runs, t.promotions, t.aliases, t.deletions, t.wandb_gaps
 
 
-def _new_id(result: CursorResult) -> int:
-    """The id the database gave the row an INSERT made (SQLite: its rowid; PostgreSQL: RETURNING)."""
-    return int((result.inserted_primary_key or (0,))[0])
-
-
 class StoreError(RuntimeError):
     """The lineage store cannot be used: missing, empty, not a lineage store of ours, or (PostgreSQL) not reachable.
     Names the store (a URL with its password masked), in one line."""
@@ -62,10 +57,6 @@ class StoreError(RuntimeError):
 
 class ArtifactDeleted(RuntimeError):
     """An input was deleted by gc: its record stays, its files are gone."""
-
-
-def _first_line(e: BaseException) -> str:
-    return redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
 class LineageStore(StoreReads):
@@ -131,7 +122,7 @@ class LineageStore(StoreReads):
             raise
         except Exception as e:
             if type(e).__module__.startswith("psycopg"):
-                raise StoreError(f"{self.path}: cannot open the lineage store ({_first_line(e)})") from None
+                raise StoreError(f"{self.path}: cannot open the lineage store ({first_line(e)})") from None
             raise
 
     def _unreachable(self, e: BaseException) -> StoreError | None:
@@ -142,7 +133,7 @@ class LineageStore(StoreReads):
         import psycopg
 
         if isinstance(e, psycopg.OperationalError):  # connection lost or refused, server shut down or starting
-            return StoreError(f"{self.path}: the lineage store's database cannot be reached ({_first_line(e)})")
+            return StoreError(f"{self.path}: the lineage store's database cannot be reached ({first_line(e)})")
         return None
 
     @contextmanager
@@ -223,7 +214,7 @@ class LineageStore(StoreReads):
                 if aid is None:  # a new version; identical content reuses the version that holds it
                     version = conn.execute(select(func.coalesce(func.max(A.c.version) + 1, 0)).where(
                         A.c.name == art.name)).scalar_one()
-                    aid = _new_id(conn.execute(insert(A).values(
+                    aid = new_id(conn.execute(insert(A).values(
                         name=art.name, type=art.type, version=version, digest=art.digest, path=art.path,
                         metadata_json=json.dumps(art.metadata, sort_keys=True), producer_run_id=run_id,
                         created_at=now())))
@@ -284,7 +275,7 @@ class LineageStore(StoreReads):
 
     @staticmethod
     def _promotion(conn: Connection, values: dict) -> PromotionRecord:
-        pid = _new_id(conn.execute(insert(P).values(**values)))
+        pid = new_id(conn.execute(insert(P).values(**values)))
         return PromotionRecord.from_row(_row(conn.execute(select(P).where(P.c.promotion_id == pid)).mappings().one()))
 
     def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Verdict], *, value: float | None,

@@ -34,13 +34,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, create_engine, literal_column
+from sqlalchemy import Column, ColumnElement, Connection, CursorResult, Engine, Table, create_engine, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from prefect_wandb.locations import StoreURL
+from prefect_wandb.locations import StoreURL, redact
 
 BUSY_TIMEOUT_S = 30
 CONNECT_TIMEOUT_S = 10  # PostgreSQL: how long a connection attempt may take (libpq's connect_timeout)
@@ -174,3 +174,13 @@ def insertion_order(conn: Connection, table: Table) -> list[ColumnElement | Colu
     if conn.dialect.name == "sqlite":
         return [literal_column("rowid")]
     return list(table.primary_key.columns)
+
+
+def new_id(result: CursorResult) -> int:
+    """The id the database gave the row an INSERT made (SQLite: its rowid; PostgreSQL: RETURNING)."""
+    return int((result.inserted_primary_key or (0,))[0])
+
+
+def first_line(e: BaseException) -> str:
+    """An error's first line, any password in it masked."""
+    return redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

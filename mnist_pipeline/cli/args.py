@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from mnist_pipeline.config import ConfigError, PipelineConfig, confine, load_config_file
+from mnist_pipeline.config import ConfigError, PipelineConfig, confine
+from mnist_pipeline.config_file import load_config_file
 from prefect_wandb import redact
 from prefect_wandb.cli import Exit, Program, add_command, err
 
