@@ -347,6 +347,10 @@ def test_verify_usage_and_missing_attestation(tmp_path, capsys):
     assert main(["verify", str(out / "model.onnx"), "--public-key", str(pub)]) == 4
     assert "no attestation for model.onnx" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "nope.onnx"), "--public-key", str(pub)]) == 2
+    assert capsys.readouterr().err.strip().endswith("nope.onnx: no such file")
+    assert main(["verify", str(out), "--public-key", str(pub)]) == 2  # a folder is not "no such file"
+    assert capsys.readouterr().err.strip().endswith(f"{out} is a folder: verify checks one signed file "
+                                                    f"(give {out / 'model.onnx'})")
     assert main(["verify", str(out / "model.onnx"), "--public-key", str(out / "export.json")]) == 2
     assert "not a PEM public key" in capsys.readouterr().err
     assert main(["verify", str(out / "model.onnx")]) == 2  # --public-key is required

@@ -46,6 +46,11 @@ def _verify(ns: argparse.Namespace) -> Exit:
     from prefect_wandb.provenance.verify import MISSING, VERIFIED, tree, verify
 
     file = Path(ns.model)
+    if file.is_dir():  # an artifact or attestation folder: the signed file is inside it
+        inside = sorted(p.name for p in file.glob("*.onnx"))
+        hint = f" (give {file / inside[0]})" if len(inside) == 1 else ""
+        err("verify", f"{file} is a folder: verify checks one signed file{hint}")
+        return Exit.USAGE
     if not file.is_file():
         err("verify", f"{file}: no such file")
         return Exit.USAGE
