@@ -196,12 +196,17 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
         ckpts = artifacts_dir / CHECKPOINTS
         training_now = any(runs[r].job_type == "train" for r in running)
         if ckpts.is_dir() and not training_now:
-            for f in sorted(ckpts.glob("*.pt")):
+            # a checkpoint, its sidecar record, and a write of either that a killed process never finished
+            why = {".pt": "training checkpoint", ".json": "training checkpoint's record",
+                   ".partial": "unfinished checkpoint write"}
+            for f in sorted(ckpts.iterdir()):
+                if not f.is_file() or f.suffix not in why:
+                    continue
                 mtime = datetime.fromtimestamp(f.stat().st_mtime, timezone.utc)
                 if mtime > cutoff:
                     continue
                 out.removals.append(Removal("checkpoint", str(f), f.stat().st_size,
-                                            "training checkpoint with no training running (left by a crash)"))
+                                            f"{why[f.suffix]} with no training running (left by a crash)"))
     return out
 
 

@@ -118,6 +118,8 @@ def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_
     (orphan / "model.pt").write_bytes(b"y" * 10)
     (lin.root / ".checkpoints").mkdir()
     (lin.root / ".checkpoints" / "train-abc.pt").write_bytes(b"z" * 7)
+    (lin.root / ".checkpoints" / "train-abc.pt.json").write_text("{}")  # its record
+    (lin.root / ".checkpoints" / ".train-abc.pt.123-0a1b2c3d.partial").write_bytes(b"p")  # a write kill -9 cut
 
     plan = retention.plan(lin.store, lin.root, keep_last=1)
     gone = {r.artifact for r in plan.removals if r.kind == "artifact"}
@@ -127,7 +129,9 @@ def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_
     assert gone == {"convnet:v1", "convnet-metrics:v1", "convnet-onnx:v1", "convnet-onnx-validation:v1", "mnist:v2"}
     kinds = {r.kind: r for r in plan.removals}
     assert kinds["unrecorded-folder"].path == str(orphan)
-    assert kinds["staging"].path.endswith("dead-run") and kinds["checkpoint"].bytes == 7
+    assert kinds["staging"].path.endswith("dead-run")
+    assert sorted(Path(r.path).name for r in plan.removals if r.kind == "checkpoint") == [
+        ".train-abc.pt.123-0a1b2c3d.partial", "train-abc.pt", "train-abc.pt.json"]
     assert plan.bytes == sum(r.bytes for r in plan.removals) > 117
     # keep more models: the middle one and its outputs stay too
     assert {r.artifact for r in retention.plan(lin.store, lin.root, keep_last=2).removals
