@@ -197,16 +197,16 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
         training_now = any(runs[r].job_type == "train" for r in running)
         if ckpts.is_dir() and not training_now:
             # a checkpoint, its sidecar record, and a write of either that a killed process never finished
-            why = {".pt": "training checkpoint", ".json": "training checkpoint's record",
-                   ".partial": "unfinished checkpoint write"}
+            what = {".pt": "training checkpoint", ".json": "training checkpoint's record",
+                    ".partial": "unfinished checkpoint write"}
             for f in sorted(ckpts.iterdir()):
-                if not f.is_file() or f.suffix not in why:
+                if not f.is_file() or f.suffix not in what:
                     continue
                 mtime = datetime.fromtimestamp(f.stat().st_mtime, timezone.utc)
                 if mtime > cutoff:
                     continue
                 out.removals.append(Removal("checkpoint", str(f), f.stat().st_size,
-                                            f"{why[f.suffix]} with no training running (left by a crash)"))
+                                            f"{what[f.suffix]} with no training running (left by a crash)"))
     return out
 
 
