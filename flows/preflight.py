@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -117,8 +118,16 @@ def check_store(cfg: PipelineConfig) -> None:
         LineageStore(db)
         return
     if db.is_file() and db.stat().st_size > 0:
-        LineageStore(db, readonly=True)  # StoreError if it is not a readable lineage store
-        return
+        # StoreError if it is not a readable lineage store; a store without its tables yet may be one another run
+        # is creating this moment (its schema is written in one transaction after the file exists): wait for it
+        for attempt in range(50):
+            try:
+                LineageStore(db, readonly=True)
+                return
+            except StoreError as e:
+                if "no runs/artifacts tables" not in str(e) or attempt == 49:
+                    raise
+                time.sleep(0.2)
     found = artifact_folders(cfg.artifacts_dir)
     if found:
         state = "empty (0 bytes)" if db.is_file() else "missing"
