@@ -137,10 +137,10 @@ class LineageStore(StoreReads):
         return None
 
     @contextmanager
-    def _read(self) -> Iterator[Connection]:
+    def _reached(self) -> Iterator[None]:
+        """A database that cannot be reached, met anywhere inside, is one StoreError (`_unreachable`)."""
         try:
-            with driver_errors(), self._engine.connect() as conn:
-                yield conn
+            yield
         except Exception as e:
             gone = self._unreachable(e)
             if gone is not None:
@@ -148,22 +148,23 @@ class LineageStore(StoreReads):
             raise
 
     @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._reached(), driver_errors(), self._engine.connect() as conn:
+            yield conn
+
+    @contextmanager
     def _write(self) -> Iterator[Connection]:
         """One write transaction (`store_engine.write_transaction`); a full disk met anywhere in it (SQLite: at
         BEGIN IMMEDIATE, where it cannot make its -wal/-shm) is one StorageError naming the store, not retried; a
         database that cannot be reached is one StoreError."""
-        try:
-            with driver_errors(), write_transaction(self._engine) as conn:
-                yield conn
-        except sqlite3.DatabaseError as e:
-            if self.folder is not None and disk_full(e, Path(self.path)):
-                raise StorageError(errno.ENOSPC, self.path) from None
-            raise
-        except Exception as e:
-            gone = self._unreachable(e)
-            if gone is not None:
-                raise gone from None
-            raise
+        with self._reached():
+            try:
+                with driver_errors(), write_transaction(self._engine) as conn:
+                    yield conn
+            except sqlite3.DatabaseError as e:
+                if self.folder is not None and disk_full(e, Path(self.path)):
+                    raise StorageError(errno.ENOSPC, self.path) from None
+                raise
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
