@@ -78,8 +78,8 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _signal_mid_training(argv: list[str], env: dict, sig: int, *, before=None) -> tuple[int, str, float, Any]:
-    """Start `argv`, wait until its stderr says training on 20000 images is under way (and a second more), call
+def _signal_mid_training(argv: list[str], env: dict, sig: int, *, marker: str, before=None) -> tuple[int, str, float, Any]:
+    """Start `argv`, wait until its stderr says `marker` (training is under way), and a second more, call
     `before(pid)`, then send `sig` to the process only, as a scheduler or a shell's Ctrl-C would. Returns the exit
     code, the whole stderr, the seconds from the signal to the exit, and what `before` returned."""
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -89,7 +89,7 @@ def _signal_mid_training(argv: list[str], env: dict, sig: int, *, before=None) -
         deadline = time.monotonic() + 240
         for line in proc.stderr:
             err.append(line)
-            if "training on 20000 images" in line:
+            if marker in line:
                 break
             assert time.monotonic() < deadline
         time.sleep(1)
@@ -106,13 +106,17 @@ def _signal_mid_training(argv: list[str], env: dict, sig: int, *, before=None) -
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(tmp_path, sig):
-    """Against Prefect's own temporary server, which a run starts when none is configured (what a cron job gets):
-    the server must go too."""
-    argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "20000", "--synthetic-test", "100",
+def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(request, tmp_path, sig):
+    """SIGTERM against Prefect's own temporary server, which a run starts when none is configured (what a cron job
+    gets): the server must go too. Ctrl-C against the configured (test) server, which must hear that the flow run
+    ended."""
+    temporary = sig == signal.SIGTERM
+    if not temporary:
+        request.getfixturevalue("prefect_server")
+    argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "8000", "--synthetic-test", "100",
                     "--slice", "1", "--epochs", "5", "--batch-size", "32")
-    env = offline_run_env(tmp_path, api=False)
-    code, stderr, seconds, _ = _signal_mid_training(argv, env, sig)
+    env = offline_run_env(tmp_path, api=not temporary)
+    code, stderr, seconds, _ = _signal_mid_training(argv, env, sig, marker="training on 8000 images")
     name = signal.Signals(sig).name
     assert code == 128 + sig, stderr[-3000:]
     assert seconds < 20, seconds
@@ -122,6 +126,14 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
     assert ("prepare-data", "finished", None) in runs
     [train] = [r for r in runs if r[0] == "train"]
     assert train[1] == "failed" and train[2].endswith(f"terminated by {name}" + (" (Ctrl-C)" if sig == 2 else ""))
+    if not temporary:  # the configured server keeps running, and holds the flow run as ended
+        from prefect.client.orchestration import get_client
+
+        [flow_run_id] = {r.flow_run_id for r in LineageStore(tmp_path / "lineage.db").runs()}
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(flow_run_id).state
+        assert state.type.value in ("CRASHED", "CANCELLED"), state
+        return
     # the server is gone (Prefect stops it as the process exits), and its database says the flow run crashed
     found = re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", stderr)
     assert found, stderr[-3000:]
@@ -161,11 +173,11 @@ def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_alo
     sweep.write_text("method: grid\nmetric: {name: test_accuracy, goal: maximize}\n"
                      "parameters:\n  train.learning_rate: {values: [0.001, 0.01]}\n")
     argv = [sys.executable, "-m", "mnist_pipeline.cli.main", "sweep", "--sweep", str(sweep), "--source", "synthetic",
-            "--synthetic-train", "20000", "--synthetic-test", "100", "--slice", "1", "--epochs", "5", "--workers", "1",
+            "--synthetic-train", "8000", "--synthetic-test", "100", "--slice", "1", "--epochs", "5", "--workers", "1",
             "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
             "--lineage-db", str(tmp_path / "lineage.db")]
     code, stderr, seconds, ours = _signal_mid_training(argv, offline_run_env(tmp_path, api=False),
-                                                       signal.SIGTERM,
+                                                       signal.SIGTERM, marker="training on 8000 images",
                                                        before=_descendants)  # its server, Dask worker, wandb...
     assert ours
     assert code == 143, stderr[-3000:]
