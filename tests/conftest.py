@@ -52,11 +52,17 @@ def signed_run(prefect_server, tmp_path_factory) -> dict:
     return make_signed_run(tmp_path_factory.mktemp("signed-run"))
 
 
+# Real servers: a test that needs one (directly or through another fixture) takes seconds, and its worker pays the
+# server's start: it is `slow`.
+SERVER_FIXTURES = frozenset({"prefect_server", "postgres", "postgres_db", "s3", "s3_bucket"})
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every test that needs a real Prefect server (directly or through a module fixture) runs flows and takes
-    seconds to minutes: it is `slow`, so `pytest -m "not slow"` is the sub-minute check."""
+    """Every test that needs a real server (a Prefect server: flows; PostgreSQL or S3, `store_at`'s postgresql case
+    included) is `slow`, so `pytest -m "not slow"` is the quick check: Python, SQLite and files only."""
     for item in items:
-        if "prefect_server" in getattr(item, "fixturenames", ()):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("store_at") == "postgresql":
             item.add_marker(pytest.mark.slow)
 
 

@@ -92,6 +92,7 @@ def _library_modules() -> list[str]:
                   if ".migrations" not in m.name and not m.name.endswith("__main__"))
 
 
+@pytest.mark.slow  # two fresh interpreters
 def test_the_library_imports_nothing_of_the_applications_nor_torch_nor_onnx():
     for f in sorted((REPO / "prefect_wandb").rglob("*.py")):
         for line, module, _ in _imports(f):

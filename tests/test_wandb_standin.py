@@ -256,6 +256,7 @@ UPSERT = ("mutation UpsertBucket($name: String, $project: String) { upsertBucket
           "modelName: $project}) { bucket { id name } inserted } }")
 
 
+@pytest.mark.slow  # a process of its own
 def test_the_command_prints_two_lines_serves_faults_and_dumps_its_state(tmp_path):
     state = tmp_path / "state"
     proc = subprocess.Popen([sys.executable, "-m", "tests.wandb_standin", "--state", str(state)], cwd=REPO,
