@@ -221,8 +221,8 @@ def test_gc_while_a_flow_runs_removes_nothing_it_uses_or_makes(prefect_server, w
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_API_URL=_api_url(), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(
         Path(__file__).resolve().parents[1]))
-    argv = [sys.executable, "-m", "mnist_pipeline.cli.main", "run", "--source", "synthetic", "--synthetic-train", "6000",
-            "--synthetic-test", "100", "--slice", "1", "--epochs", "3", "--batch-size", "50", "--no-watch",
+    argv = [sys.executable, "-m", "mnist_pipeline.cli.main", "run", "--source", "synthetic", "--synthetic-train", "4000",
+            "--synthetic-test", "100", "--slice", "1", "--epochs", "2", "--batch-size", "50", "--no-watch",
             "--threads", "1", "--wandb-mode", "offline", "--root", str(tmp_path / "data"), "--artifacts-dir",
             str(art), "--lineage-db", str(db), "--onnx-latency-samples", "10", "--onnx-throughput-batch", "16"]
     flow = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
