@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -100,18 +101,45 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
 # ---------------------------------------------------------------------------------------------------- concurrent runs
 
 
-def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tmp_path):
+def _has_runs(db: Path) -> bool:
+    """Whether the store at `db` (perhaps being created this moment by another process) has a run on record."""
+    if not db.exists():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return con.execute("SELECT count(*) FROM runs").fetchone()[0] > 0
+    except sqlite3.Error:  # not created yet, or locked for a moment
+        return False
+
+
+def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tmp_path, monkeypatch, capsys):
+    """One flow run in a process of its own, the other in this one (`main`), started once the first is on record."""
+    from mnist_pipeline.cli.main import main
+
     write_mnist(tmp_path / "src", gz=True)
-    procs = {}
-    for seed in (1, 2):
-        argv = run_command("--source", "local", "--local-dir", str(tmp_path / "src"), "--slice", "1", "--epochs",
-                           "1", "--batch-size", "16", "--log-every", "2", "--wandb-mode", "offline",
-                           *run_flags(tmp_path, seed=seed))
-        procs[seed] = subprocess.Popen(argv, cwd=REPO, env=run_env(tmp_path), stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True)
-    outs = {seed: p.communicate(timeout=300) for seed, p in procs.items()}
-    for seed, p in procs.items():
-        assert p.returncode == 0, outs[seed][1][-3000:]
+    argvs = {seed: run_command("--source", "local", "--local-dir", str(tmp_path / "src"), "--slice", "1", "--epochs",
+                               "1", "--batch-size", "16", "--log-every", "2", "--wandb-mode", "offline",
+                               *run_flags(tmp_path, seed=seed)) for seed in (1, 2)}
+    env = run_env(tmp_path)
+    other = subprocess.Popen(argvs[1], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        db, deadline = tmp_path / "lineage.db", time.monotonic() + 240
+        while not _has_runs(db):  # the other flow run has begun its first stage
+            assert other.poll() is None, other.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the other flow run never started"
+            time.sleep(0.05)
+        for k in [k for k in os.environ if k.startswith("WANDB_") and k not in env]:
+            monkeypatch.delenv(k)
+        for k, v in env.items():
+            if k.startswith("WANDB_"):
+                monkeypatch.setenv(k, v)
+        assert main(argvs[2][3:]) == 0, capsys.readouterr().err[-3000:]
+        _, err = other.communicate(timeout=300)
+        assert other.returncode == 0, err[-3000:]
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.communicate()
 
     store = LineageStore(tmp_path / "lineage.db")
     assert_store_is_sound(store)  # integrity ok, every artifact's files verify: nothing overwritten
