@@ -1,5 +1,6 @@
 """W&B unreachable, with a planted fake API key: one `mnist-pipeline run --wandb-mode online` whose W&B host refuses
-connections (a module fixture) falls back to offline runs and loses nothing, writes the key nowhere, and its
+connections (a module fixture) falls back to offline runs and loses nothing, says where its records went, leaves
+`sync --dry-run` planning exactly what W&B is missing, writes the key nowhere, and its
 recorded artifacts still guard what uses them (a tampered model file is refused by export and validation; a
 reference that is not the evaluation of its model is refused by validation). Real components throughout: the
 Prefect test server, wandb (online against a dead loopback port, then offline), SQLite, `wandb sync --dry-run`.
@@ -8,6 +9,8 @@ Prefect test server, wandb (online against a dead loopback port, then offline), 
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +22,7 @@ from prefect import flow
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.tasks import export_onnx, validate_onnx
-from prefect_wandb.refs import ArtifactRef, DigestMismatch
+from prefect_wandb.refs import ArtifactRef, DigestMismatch, wandb_ref
 from prefect_wandb.store import LineageStore
 from tests.helpers import (
     FAKE_KEY,
@@ -39,17 +42,33 @@ from tests.helpers import (
 
 @pytest.fixture(scope="module")
 def dead_wandb_run(prefect_server, tmp_path_factory):
-    """One `mnist-pipeline run --wandb-mode online` whose W&B host refuses connections, with a fake key."""
+    """One `mnist-pipeline run --wandb-mode online` whose W&B host refuses connections, with a fake key; `pristine`:
+    a copy of its store as the run left it (SQLite's backup), before the tests below add their refused runs."""
     base = tmp_path_factory.mktemp("dead-wandb")
     write_mnist(base / "src")
-    env = run_env(base, WANDB_API_KEY=FAKE_KEY, WANDB_BASE_URL=f"http://127.0.0.1:{free_port()}")
+    url = f"http://127.0.0.1:{free_port()}"
+    env = run_env(base, WANDB_API_KEY=FAKE_KEY, WANDB_BASE_URL=url)
     t0 = time.monotonic()
     proc = subprocess.run(
         run_command("--source", "local", "--local-dir", str(base / "src"), "--slice", "1", "--epochs", "1",
                     "--batch-size", "16", "--log-every", "2", "--wandb-mode", "online", "--wandb-init-timeout", "4",
                     *run_flags(base)),
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    return {"base": base, "proc": proc, "seconds": time.monotonic() - t0, "store": LineageStore(base / "lineage.db")}
+    seconds = time.monotonic() - t0
+    pristine = tmp_path_factory.mktemp("dead-wandb-store") / "lineage.db"
+    if (base / "lineage.db").exists():
+        _backup(base / "lineage.db", pristine)
+    return {"base": base, "proc": proc, "seconds": seconds, "store": LineageStore(base / "lineage.db"), "url": url,
+            "pristine": pristine}
+
+
+def _backup(src: Path, dst: Path) -> None:
+    a, b = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        a.backup(b)
+    finally:
+        a.close()
+        b.close()
 
 
 def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
@@ -87,6 +106,45 @@ def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
                          env=run_env(base, WANDB_SILENT="false"), capture_output=True, text=True, timeout=60)
     assert "Would sync" in dry.stderr and "Skipped" not in dry.stderr, dry.stderr  # offline runs only, all
     assert all(f"run-{r.run_id}.wandb" in dry.stderr for r in runs), dry.stderr
+
+
+def test_where_the_records_went_and_sync_plans_exactly_what_wandb_missed(dead_wandb_run, tmp_path, capsys):
+    """W&B unreachable at init: every stage offline, the end-of-run line says so (the folder, no W&B URL) and names
+    the sync command, and `sync --dry-run` (in this process: a dry run reaches no W&B) plans exactly one upload per
+    offline run and one `use` per recorded input, the promotion, and nothing else. On a copy of the store as the run
+    left it."""
+    from mnist_pipeline.cli.main import main
+
+    proc, url = dead_wandb_run["proc"], dead_wandb_run["url"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    db = tmp_path / "lineage.db"
+    shutil.copyfile(dead_wandb_run["pristine"], db)
+    store = LineageStore(db)
+    runs = store.runs()
+    assert len(runs) == 7 and all(r.status == "finished" for r in runs)  # six stages and the run report
+    assert [r for r in runs if r.wandb_mode == "online"] == []
+
+    # where the records went: one line, in the summary and on the console
+    w = json.loads(proc.stdout[proc.stdout.index("{"):])["wandb"]
+    assert w["needs_sync"] and f"mnist-pipeline sync --lineage-db {dead_wandb_run['base'] / 'lineage.db'}" in w["line"]
+    assert w["line"] in proc.stderr
+    assert "offline in" in w["line"] and ("online at " + url) not in w["line"]
+
+    capsys.readouterr()
+    assert main(["sync", "--dry-run", "--json", "--lineage-db", str(db)]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    got = {(r["run_id"], a["action"], a.get("kind") or "", a["ref"]) for r in plan["runs"] for a in r["actions"]}
+    expected = set()
+    for r in runs:
+        run_dir = next(a["ref"] for x in plan["runs"] if x["run_id"] == r.run_id for a in x["actions"]
+                       if a["action"] == "upload")
+        expected.add((r.run_id, "upload", "", run_dir))
+        expected |= {(r.run_id, "use", "", wandb_ref(None, "mnist-lineage", u.name, u.digest))
+                     for u in store.edges(r.run_id)["used"]}
+    assert got == expected
+    assert len(plan["promotions"]) == 1 and plan["ok"]
+    sent = [c[0] for c in plan["calls"] if c[0] in ("upload", "log_artifact", "declare_inputs", "add_aliases")]
+    assert sent.count("log_artifact") == 0 and sent.count("upload") == len(runs)
 
 
 def _scan(path: Path, needle: bytes) -> tuple[int, list[Path]]:
