@@ -1,9 +1,9 @@
 """The lineage round trip, end to end, against the stateful W&B stand-in (tests/wandb_standin): the real flow on a
-real Prefect server, the real wandb SDK online, and the real CLI (`run`, `sync`, `sync --verify`, `audit --online`,
-`rollback`), each in its own process (wandb's process-wide settings keep the first host a process saw). What W&B
-holds is read back through W&B's own public API (`wandb.Api()`), and compared with the lineage store. The scenarios
-of sync, aliases and sweeps online are in test_sync_online, test_alias_sync_online and test_sweep_online; the shared
-helpers in tests/roundtrip.py."""
+real Prefect server, the real wandb SDK online, and the real CLI (`run`, `sync`, `sync --verify`, `audit --online`),
+called in this process (`tests.wandb_inprocess.cli_here`: every wandb call of the commands is handed the
+stand-in's host explicitly). What W&B holds is read back through W&B's own public API (`wandb.Api()`), and compared
+with the lineage store. The scenarios of sync, aliases and sweeps online are in test_sync_online,
+test_alias_sync_online and test_sweep_online; the shared helpers in tests/roundtrip.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from tests.helpers import write_mnist
 from tests.roundtrip import (
     PROJECT,
     api,
-    cli,
     env_for,
     ref_of,
     run_args,
@@ -28,6 +27,7 @@ from tests.roundtrip import (
     wandb_graph,
     writes,
 )
+from tests.wandb_inprocess import cli_here
 from tests.wandb_standin import Standin
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def online_flow(prefect_server, tmp_path_factory):
     write_mnist(src)
     with Standin() as w:
         env = env_for(base, w)
-        proc = cli(env, *run_args(base, src, "online"))
+        proc = cli_here(env, *run_args(base, src, "online"))
         assert proc.returncode == 0, proc.stderr[-4000:]
         yield {"base": base, "src": src, "w": w, "env": env, "proc": proc, "db": base / "lineage.db"}
 
@@ -87,11 +87,11 @@ def test_an_online_run_puts_the_whole_lineage_graph_in_wandb(online_flow):
 
     # the CLI reads the same graph back: sync --verify and audit --online say VERIFIED
     env, db = online_flow["env"], str(online_flow["db"])
-    v = cli(env, "sync", "--verify", "--lineage-db", db)
+    v = cli_here(env, "sync", "--verify", "--lineage-db", db)
     assert v.returncode == 0, v.stdout + v.stderr
     assert f"{len(store.artifacts())} artifact version(s) compared" in v.stdout and "OK:" in v.stdout
     onnx_file = next(Path(onnx.path).glob("*.onnx"))
-    au = cli(env, "audit", "--online", "--json", "--lineage-db", db, str(onnx_file))
+    au = cli_here(env, "audit", "--online", "--json", "--lineage-db", db, str(onnx_file))
     assert au.returncode == 0, au.stdout[-3000:] + au.stderr
     report = json.loads(au.stdout)
     facts = report["wandb_online"]
@@ -107,18 +107,18 @@ def test_an_offline_run_synced_is_the_same_graph_and_a_second_sync_sends_nothing
     write_mnist(tmp_path / "src")
     with Standin() as w:
         env = env_for(tmp_path, w)
-        proc = cli(env, *run_args(tmp_path, tmp_path / "src", "offline"))
+        proc = cli_here(env, *run_args(tmp_path, tmp_path / "src", "offline"))
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert w.state()["runs"] == {}  # offline: nothing sent yet
         db = str(tmp_path / "lineage.db")
-        s = cli(env, "sync", "--lineage-db", db)
+        s = cli_here(env, "sync", "--lineage-db", db)
         assert s.returncode == 0, s.stdout + s.stderr
-        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        v = cli_here(env, "sync", "--verify", "--lineage-db", db)
         assert v.returncode == 0, v.stdout + v.stderr
         store = LineageStore(db)
         assert wandb_graph(w, store) == wandb_graph(online_flow["w"], LineageStore(online_flow["db"]))
         before, n_versions = writes(w), versions_of(w)
-        again = cli(env, "sync", "--lineage-db", db)
+        again = cli_here(env, "sync", "--lineage-db", db)
         assert again.returncode == 0, again.stdout + again.stderr
         assert writes(w) == before  # a second sync sends nothing
         assert versions_of(w) == n_versions
@@ -165,17 +165,17 @@ def test_wandb_disagreeing_with_the_store_fails_verify_and_the_online_audit(onli
         saved = copy.deepcopy(w.model.data)
         art, kind, verify_says, audit_says = edit(w, store)
     try:
-        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        v = cli_here(env, "sync", "--verify", "--lineage-db", db)
         assert v.returncode == 3, v.stdout + v.stderr
         [line] = [x for x in v.stdout.splitlines() if x.strip().startswith(kind)]
         assert art.label in line and verify_says in line, v.stdout
-        au = cli(env, "audit", "--online", "--json", "--lineage-db", db, onnx_file)
+        au = cli_here(env, "audit", "--online", "--json", "--lineage-db", db, onnx_file)
         assert au.returncode == 3, au.stdout[-3000:] + au.stderr
         failures = json.loads(au.stdout)["failures"]
         assert [f["artifact"] for f in failures if audit_says in f["detail"]] == [art.label], failures
     finally:
         with w.lock:
             w.model.data = saved
-    assert cli(env, "sync", "--verify", "--lineage-db", db).returncode == 0  # W&B agrees again
+    assert cli_here(env, "sync", "--verify", "--lineage-db", db).returncode == 0  # W&B agrees again
 
 
