@@ -19,7 +19,8 @@ import wandb
 
 from prefect_wandb.store import LineageStore
 from tests.helpers import tiny_config, write_mnist
-from tests.roundtrip import PROJECT, cli, env_for, run_args
+from tests.roundtrip import PROJECT, env_for, run_args
+from tests.wandb_inprocess import cli_here
 from tests.wandb_standin import IMPLEMENTED, SCHEMA_CHECKED, Standin
 from tests.wandb_standin.validate import SCHEMA_OPERATIONS, SchemaMismatch, check_fragments, check_schema, validate
 
@@ -215,7 +216,7 @@ def test_the_dashboard_of_a_tiny_mnist_flow_recorded_online(prefect_server, stan
     write_mnist(src)  # 120 train images: batches of 4, 30 a epoch, two epochs: the loss is logged twice
     expect = tiny_config(tmp_path, src, train={"epochs": 2, "batch_size": 4}).train
     env = env_for(tmp_path, w)
-    proc = cli(env, *run_args(tmp_path, src, "online", "--epochs", "2", "--batch-size", "4"))
+    proc = cli_here(env, *run_args(tmp_path, src, "online", "--epochs", "2", "--batch-size", "4"))  # in this process
     assert proc.returncode == 0, proc.stderr[-4000:]
     group = re.search(r"W&B: online at \S+/groups/(flow-[0-9a-f-]+)", proc.stdout)
     assert group, proc.stdout[-2000:]
