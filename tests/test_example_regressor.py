@@ -37,15 +37,6 @@ def mnist_pipeline_cli(*args: str) -> tuple[int, str]:
     return int(code or 0), out.getvalue()
 
 
-def mnist_pipeline_process(env: dict, *args: str) -> subprocess.CompletedProcess:
-    """`mnist-pipeline *args` in a process of its own (wandb keeps the first W&B host a process saw)."""
-    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["mnist-pipeline"]
-    module, func = target.split(":")
-    code = f"import sys; sys.argv[0] = 'mnist-pipeline'; from {module} import {func}; sys.exit({func}())"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=env["HOME"], env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
 def printed_json(stdout: str) -> dict:
     """The summary the command prints last, as JSON, whatever logs came before it."""
     lines = stdout.splitlines()
@@ -105,37 +96,49 @@ def test_the_command_runs_from_another_folder(tmp_path):
     assert "--alpha" in proc.stdout and "--sign-key" in proc.stdout and "regressor-runs" in proc.stdout
 
 
-# ------------------------------------------------------------------------- one store, four runs of the flow, offline
+# ------------------------------------------- one store, five runs of the flow: the command online, then offline
 
 @pytest.fixture(scope="module")
 def runs(prefect_server, tmp_path_factory) -> dict:
     """The first run is the command itself, from another folder (its files under ./regressor-runs), signed with a
-    key from $REGRESSOR_SIGN_KEY; then, in this process, an unchanged rerun, a worse alpha and a better one."""
+    key from $REGRESSOR_SIGN_KEY, recording online into the W&B stand-in: what the store and W&B then hold, and
+    `mnist-pipeline sync --verify` of it (this process, the stand-in's host handed to wandb explicitly), are kept
+    for the online test. Then, in this process, offline: an unchanged rerun, a worse alpha and a better one. The
+    stand-in lives as long as this module."""
     from examples.regressor.flow import RegressorConfig, regressor_pipeline
     from prefect_wandb import LineageStore
     from prefect_wandb.provenance import keys
+    from tests.roundtrip import env_for
+    from tests.wandb_inprocess import wandb_env
+    from tests.wandb_standin import Standin
 
     base = tmp_path_factory.mktemp("regressor")
     key, pub = keys.generate(base / "keys")
     (base / "work").mkdir()
-    env = offline_run_env(base, REGRESSOR_SIGN_KEY=str(key))
-    proc = subprocess.run([sys.executable, "-m", "examples.regressor", "--wandb-mode", "offline"],
-                          cwd=base / "work", env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    root = base / "work" / "regressor-runs"
-    with pytest.MonkeyPatch.context() as mp:
-        use_offline_wandb(mp, base / "wandb")
-        mp.delenv("REGRESSOR_SIGN_KEY", raising=False)
-        cfg = RegressorConfig(root=root, wandb_mode="offline")
-        skipped = regressor_pipeline(config=cfg, return_state=True)
-        worse = regressor_pipeline(config=cfg.model_copy(update={"alpha": 100.0}))
-        better = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0}))
+    with Standin() as w:
+        env = env_for(base, w, REGRESSOR_SIGN_KEY=str(key))
+        proc = subprocess.run([sys.executable, "-m", "examples.regressor", "--wandb-mode", "online"],
+                              cwd=base / "work", env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        root = base / "work" / "regressor-runs"
         store = LineageStore(root / "lineage.db")
-        production = store.alias("ridge", "production").label
-        new_data = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0, "rows": 600}))
-    return {"root": root, "db": root / "lineage.db", "store": store, "key": key, "pub": pub,
-            "first": printed_json(proc.stdout), "skipped": skipped, "worse": worse, "better": better,
-            "production_after_better": production, "new_data": new_data}
+        with wandb_env(env):
+            verify = mnist_pipeline_cli("sync", "--verify", "--lineage-db", str(root / "lineage.db"))
+        online = {"runs": store.runs(), "gaps": store.wandb_gaps(), "artifacts": store.artifacts(),
+                  "promotions": store.promotions(), "collections": w.state()["collections"],
+                  "project": f"{w.entity}/regressor-lineage", "verify": verify}
+        with pytest.MonkeyPatch.context() as mp:
+            use_offline_wandb(mp, base / "wandb")
+            mp.delenv("REGRESSOR_SIGN_KEY", raising=False)
+            cfg = RegressorConfig(root=root, wandb_mode="offline")
+            skipped = regressor_pipeline(config=cfg, return_state=True)
+            worse = regressor_pipeline(config=cfg.model_copy(update={"alpha": 100.0}))
+            better = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0}))
+            production = store.alias("ridge", "production").label
+            new_data = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0, "rows": 600}))
+        yield {"root": root, "db": root / "lineage.db", "store": store, "key": key, "pub": pub,
+               "first": printed_json(proc.stdout), "online": online, "skipped": skipped, "worse": worse,
+               "better": better, "production_after_better": production, "new_data": new_data}
 
 
 def test_every_stage_is_on_record_with_its_edges(runs):
@@ -282,27 +285,16 @@ def test_the_mnist_pipeline_and_the_regressor_share_a_store_and_gc(prefect_serve
 
 # ------------------------------------------------------------------------------------------ online, the stand-in
 
-@pytest.mark.slow
-def test_the_flow_records_online_and_sync_verify_agrees(prefect_server, tmp_path):
-    from prefect_wandb import LineageStore
-    from tests.roundtrip import env_for
-    from tests.wandb_standin import Standin
-
-    with Standin() as w:
-        env = env_for(tmp_path, w)
-        proc = subprocess.run([sys.executable, "-m", "examples.regressor", "--wandb-mode", "online", "--root",
-                               str(tmp_path / "runs")], cwd=env["HOME"], env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        store = LineageStore(tmp_path / "runs" / "lineage.db")
-        assert {r.wandb_mode for r in store.runs()} == {"online"} and not store.wandb_gaps()
-        collections = w.state()["collections"]
-        for art in store.artifacts():
-            versions = collections[f"{w.entity}/regressor-lineage/{art.name}"]["versions"]
-            assert [v["state"] for v in versions] == ["COMMITTED"], art.label
-        [decision] = store.promotions()  # the gate's aliases moved in W&B by the promote stage itself
-        assert decision.decision == "promoted" and decision.wandb_applied_at
-        assert {"production", "candidate"} <= set(collections[f"{w.entity}/regressor-lineage/ridge"]["versions"][0]
-                                                   ["aliases"])
-        v = mnist_pipeline_process(env, "sync", "--verify", "--lineage-db", str(tmp_path / "runs" / "lineage.db"))
-        assert v.returncode == 0, v.stdout[-3000:] + v.stderr[-3000:]
+def test_the_flow_records_online_and_sync_verify_agrees(runs):
+    """The module's first run, the command recording online into the W&B stand-in (`runs`), as it stood then."""
+    online = runs["online"]
+    assert {r.wandb_mode for r in online["runs"]} == {"online"} and not online["gaps"]
+    collections = online["collections"]
+    for art in online["artifacts"]:
+        versions = collections[f"{online['project']}/{art.name}"]["versions"]
+        assert [v["state"] for v in versions] == ["COMMITTED"], art.label
+    [decision] = online["promotions"]  # the gate's aliases moved in W&B by the promote stage itself
+    assert decision.decision == "promoted" and decision.wandb_applied_at
+    assert {"production", "candidate"} <= set(collections[f"{online['project']}/ridge"]["versions"][0]["aliases"])
+    code, out = online["verify"]
+    assert code == 0, out[-3000:]
