@@ -69,16 +69,21 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> dict:
     tree = [walk(s, 0) for s in subjects]
     aliases = current_aliases(store, {a.name for a in arts.values()})
     promotions = []
-    for aid, rec in sorted(arts.items()):
-        for p in store.promotions(aid):
-            promotions.append({"artifact": rec.label, "decision": p.decision, "reason": p.reason,
+    # decisions about these, and those that compared a candidate with a value read from one of these (production's
+    # metrics: the deciding run used it)
+    for p in store.promotions():
+        if p.artifact_id in arts or p.production_metrics_id in arts:
+            about = arts.get(p.artifact_id) or store.artifact(p.artifact_id)
+            source = None if p.production_metrics_id is None else (
+                arts.get(p.production_metrics_id) or store.artifact(p.production_metrics_id))
+            promotions.append({"artifact": about.label, "decision": p.decision, "reason": p.reason,
                                "decided_at": p.decided_at, "promotion_id": p.promotion_id,
-                               "kind": p.kind or "gate"})
+                               "kind": p.kind or "gate", "compared_with": source.label if source else None})
 
     def annotate(node: dict) -> None:
         node["aliases"] = aliases.get(node["artifact_id"], [])
-        node["promotions"] = [p for p in promotions if p["artifact"] == node["artifact"]] if not node.get("repeat") \
-            else []
+        node["promotions"] = [p for p in promotions if node["artifact"] in (p["artifact"], p["compared_with"])] \
+            if not node.get("repeat") else []
         for r in node["derived"]:
             for p in r["produced"]:
                 annotate(p)
@@ -120,7 +125,10 @@ def render_tree(report: dict) -> str:
             last = i == len(children) - 1
             branch, cont = ("└─ ", "   ") if last else ("├─ ", "│  ")
             if kind == "promotion":
-                out.append(f"{prefix}{branch}decision {child['decision']} at {child['decided_at']}: {child['reason']}")
+                about = f" about {child['artifact']}, compared with this" if child["compared_with"] == \
+                    node["artifact"] and child["artifact"] != node["artifact"] else ""
+                out.append(f"{prefix}{branch}decision{about} {child['decision']} at {child['decided_at']}: "
+                           f"{child['reason']}")
                 continue
             status = "" if child["status"] == "finished" else f" ({child['status']})"
             tail = " (see above)" if child.get("repeat") else ""

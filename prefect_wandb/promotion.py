@@ -4,7 +4,7 @@ pure decision table, and `promote` applies it inside the store's promotion trans
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,11 +54,13 @@ class GatePolicy(BaseModel):
 @dataclass(frozen=True)
 class Decision:
     """What the promotion gate decided about a candidate (see `decide`); `production_value` is production's value
-    of the policy's metric, when the decision rested on a comparison."""
+    of the policy's metric, when the decision rested on a comparison, and `production_metrics_id` the artifact it
+    was read from (set by `promote`, which records it as an input of the deciding run)."""
 
     decision: Literal["promoted", "candidate"]
     reason: str
     production_value: float | None = None
+    production_metrics_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,48 +157,53 @@ def earlier_verdict(store: LineageStore, model_id: int, test_set: tuple[str, str
 def promote(store: LineageStore, model_id: int, *, value: float | None, validation_passed: bool,
             policy: GatePolicy, flow_run_id: str | None, test_set: tuple[str, str] | None = None,
             reevaluated: dict[int, str] | None = None, note: str = "", force: bool = False,
-            signature: Signature | None = None, unreject_hint: str = "unreject") -> PromotionRecord:
+            signature: Signature | None = None, unreject_hint: str = "unreject",
+            run_id: str | None = None) -> PromotionRecord:
     """Decide about model `model_id` against the current production model, in one store transaction.
 
     With `test_set` = (label, digest) of the candidate's dataset, production's metric is the one measured on that
     dataset (like for like); `reevaluated` maps the metrics artifacts made for this decision to their label. A
     rejection in force keeps the model candidate; so does the gate's earlier candidate verdict on the same test set,
-    unless `force`."""
+    unless `force`. The metrics artifact production's value was read from, whichever run made it (production's own
+    evaluation, an earlier re-evaluation, this decision's), is recorded with the decision
+    (`production_metrics_id`) and as an input of `run_id`, the deciding run, in the same transaction."""
     reevaluated = reevaluated or {}
     candidate = store.artifact(model_id)
 
     def gate(production_id: int | None) -> Decision:
         label = basis = None
-        if production_id is None:
-            prod_value = None
-        elif test_set is None:
-            prod_value = measured(store, production_id, policy)
-        else:
-            rec = store.artifact(production_id)
-            label = rec.label
+        found = None
+        if production_id is not None and test_set is None:
+            found = measured_with_source(store, production_id, policy)
+        elif production_id is not None and test_set is not None:
+            label = store.artifact(production_id).label
             found = measured_on(store, production_id, test_set[1], policy)
-            prod_value = found[0] if found else None
             if found and found[1].artifact_id in reevaluated:
                 basis = (f"production re-evaluated on {test_set[0]}, the candidate's test set, for this decision: "
                          f"{reevaluated[found[1].artifact_id]}")
         rejected = rejections.current(store, model_id)
-        return decide(candidate_id=model_id, value=value, validation_passed=validation_passed,
-                      production_id=production_id, production_value=prod_value, policy=policy,
-                      test_set=test_set[0] if test_set else None, production_label=label,
-                      basis="; ".join(b for b in (basis, note) if b), candidate_label=candidate.label,
-                      rejection=rejected.describe() if rejected else None,
-                      earlier=None if force else earlier_verdict(store, model_id, test_set), signature=signature,
-                      unreject_hint=unreject_hint)
+        d = decide(candidate_id=model_id, value=value, validation_passed=validation_passed,
+                   production_id=production_id, production_value=found[0] if found else None, policy=policy,
+                   test_set=test_set[0] if test_set else None, production_label=label,
+                   basis="; ".join(b for b in (basis, note) if b), candidate_label=candidate.label,
+                   rejection=rejected.describe() if rejected else None,
+                   earlier=None if force else earlier_verdict(store, model_id, test_set), signature=signature,
+                   unreject_hint=unreject_hint)
+        # a value on the record has its source on the record: the metrics artifact it was read from
+        return replace(d, production_metrics_id=found[1].artifact_id) if found and d.production_value is not None \
+            else d
     return store.record_promotion(model_id, gate, value=value, validation_passed=validation_passed,
                                   metric=policy.metric, aliases=(policy.candidate_alias, policy.production_alias),
                                   margin=policy.margin, flow_run_id=flow_run_id,
-                                  test_set=test_set[1] if test_set else None)
+                                  test_set=test_set[1] if test_set else None, run_id=run_id)
 
 
-def measured(store: LineageStore, model_artifact_id: int, policy: GatePolicy) -> float | None:
-    """The policy's metric as recorded by the newest finished measuring run of a model."""
-    found = _measurements(store, model_artifact_id, policy, None)
-    return found[-1].metadata.get(policy.metric) if found else None
+def measured_with_source(store: LineageStore, model_artifact_id: int,
+                         policy: GatePolicy) -> tuple[float, ArtifactRecord] | None:
+    """(value, metrics artifact) of the newest finished measuring run of a model that recorded the metric."""
+    found = [a for a in _measurements(store, model_artifact_id, policy, None)
+             if a.metadata.get(policy.metric) is not None]
+    return (found[-1].metadata[policy.metric], found[-1]) if found else None
 
 
 def measured_on(store: LineageStore, model_artifact_id: int, dataset_digest: str,

@@ -58,6 +58,8 @@ class Verdict(Protocol):
     @property
     def production_value(self) -> float | None: ...
 
+    # optional: `production_metrics_id`, the artifact `production_value` was read from (see `record_promotion`)
+
 # The aliases the pipeline moves: `candidate` (the newest validated model) and `production` (the promoted one).
 ALIASES = ("production", "candidate")
 
@@ -167,6 +169,7 @@ class PromotionRecord:
     test_set: str | None = None  # digest of the dataset the candidate's metric was measured on (None: unknown)
     metric: str | None = None  # the metric the gate compared (None: a rollback, or a record from before 0002)
     moved: tuple[str, ...] | None = None  # the aliases this decision gave the model (None: before 0002)
+    production_metrics_id: int | None = None  # the artifact production_value was read from (None: none, or before 0004)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> PromotionRecord:

@@ -101,17 +101,24 @@ class Stage:
                 **gate: Any) -> PromotionRecord:
         """The promotion gate for `model` (an input of this stage: declared here if it is not yet), in one store
         transaction (`prefect_wandb.promote`; `test_set`: the dataset `value` was measured on, or its (label,
-        digest), so production is compared like for like; `gate`: its other keywords: reevaluated, note, force, signature, unreject_hint),
-        then the aliases it gave moved in W&B (and a promoted model linked into `registry_path`); offline or on a
-        failed W&B call they wait in the store for `sync`."""
+        digest), so production is compared like for like; `gate`: its other keywords: reevaluated, note, force,
+        signature, unreject_hint), then the aliases it gave moved in W&B (and a promoted model linked into
+        `registry_path`); offline or on a failed W&B call they wait in the store for `sync`. The metrics artifact
+        production's value came from becomes an input of this stage (in the store with the decision, in W&B a
+        `use_artifact`): what the promotion was compared against is on the lineage graph."""
         from prefect_wandb.promotion import promote
 
         rec = self.record(model) if all(u.digest != model.digest for u in self.used) else \
             next(u for u in self.used if u.digest == model.digest)
         decision = promote(self.store, rec.artifact_id, value=value, validation_passed=validation_passed,
-                           policy=policy, flow_run_id=self.flow_run_id,
+                           policy=policy, flow_run_id=self.flow_run_id, run_id=self.run_id,
                            test_set=(test_set.label, test_set.digest) if isinstance(test_set, ArtifactRef) else test_set,
                            **gate)
+        source = decision.production_metrics_id
+        if source is not None and all(u.artifact_id != source for u in self.used):
+            compared = self.store.artifact(source)  # its recorded value was compared, not its files: no re-hash
+            self.used.append(compared)
+            self.wandb.use_artifact(compared.name, compared.digest)
         promoted = decision.decision == "promoted"
         if self.set_aliases(model, decision.aliases, registry_path if promoted else None):
             self.store.mark_promotion_applied(decision.promotion_id)

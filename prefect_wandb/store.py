@@ -282,18 +282,22 @@ class LineageStore(StoreReads):
     def record_promotion(self, artifact_id: int, gate: Callable[[int | None], Verdict], *, value: float | None,
                          validation_passed: bool, margin: float, flow_run_id: str | None,
                          test_set: str | None = None, metric: str | None = None,
-                         aliases: tuple[str, str] = ("candidate", "production")) -> PromotionRecord:
+                         aliases: tuple[str, str] = ("candidate", "production"), run_id: str | None = None
+                         ) -> PromotionRecord:
         """Give a model the first of `aliases` (candidate), and the second (production) if `gate(the artifact id
         holding production now)` says so; `value` is the candidate's `metric`. The alias names are the caller's
         policy (`GatePolicy`).
 
         One write transaction reads the current production model, asks the gate, moves the aliases and records the
         decision: it holds the store's write lock from its start, so of two flow runs racing to promote, the
-        second reads only after the first one's commit, and sees its winner."""
+        second reads only after the first one's commit, and sees its winner. A verdict's `production_metrics_id`
+        (where production's value came from) is recorded with it, and as an input of `run_id` (the deciding run)."""
         candidate_alias, production_alias = aliases
         with self._write() as conn:
             name, production = self._production(conn, artifact_id, production_alias)
             decision = gate(production)
+            if (source := getattr(decision, "production_metrics_id", None)) is not None and run_id is not None:
+                self._edges(conn, run_id, [source], "used")
             ts = now()
             moved = [candidate_alias] + ([production_alias] if decision.decision == "promoted" else [])
             for alias in moved:
@@ -305,7 +309,8 @@ class LineageStore(StoreReads):
                 artifact_id=artifact_id, decision=decision.decision, reason=decision.reason,
                 candidate_value=value, validation_passed=int(validation_passed),
                 production_artifact_id=production, production_value=decision.production_value, margin=margin,
-                flow_run_id=flow_run_id, decided_at=ts, test_set=test_set, metric=metric, aliases=json.dumps(moved)))
+                flow_run_id=flow_run_id, decided_at=ts, test_set=test_set, metric=metric, aliases=json.dumps(moved),
+                production_metrics_id=source))
 
     def mark_promotion_applied(self, promotion_id: int) -> None:
         with self._write() as conn:

@@ -83,6 +83,7 @@ promotions = Table(
     _text("flow_run_id", nullable=True), _text("decided_at"), _text("wandb_applied_at", nullable=True),
     _text("kind", nullable=True), _text("requested_by", nullable=True), _text("test_set", nullable=True),
     _text("metric", nullable=True), _text("aliases", nullable=True),  # 0002: what it compared, what it moved
+    Column("production_metrics_id", Integer, ForeignKey("artifacts.artifact_id")),  # 0004: production_value's source
     CheckConstraint("decision IN ('promoted', 'candidate')", name="decision"),
     sqlite_autoincrement=True)
 

@@ -123,9 +123,11 @@ def promote(cfg: PipelineConfig, model: ArtifactRef, metrics: ArtifactRef, valid
         stage.record(model)  # the first input: the model the gate decides about
         acc = MetricsResult.from_metadata(stage.record(metrics).metadata).test_accuracy
         passed = bool(ValidationResult.from_metadata(stage.record(validation).metadata).passed)
-        # production's evaluation on the candidate's test set: the decision rests on it, so it is an input too
-        measured = {stage.record(reevaluated).artifact_id: reevaluated.label} if reevaluated is not None else None
         store = stage.store
+        # production's evaluation made for this decision, named in the reason; whichever metrics production's value
+        # is read from (this one, or an earlier evaluation on the same test set), the gate makes it an input
+        measured = {store.require_artifact(reevaluated.name, reevaluated.digest).artifact_id: reevaluated.label} \
+            if reevaluated is not None else None
         if attestation is not None and cfg.promotion.require_signature:  # the decision rests on it
             stage.record(attestation)
         decision = stage.promote(model, value=acc, validation_passed=passed, policy=cfg.gate(), test_set=test_set,

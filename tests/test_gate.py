@@ -410,3 +410,53 @@ def test_require_signature_promotes_only_a_verified_attestation_and_says_so(pref
                  policy=GatePolicy(metric="test_accuracy", label="accuracy", margin=0.0), signature=no)
     assert got.decision == "candidate"
     assert got.reason.startswith("promotion.require_signature and no verified attestation (convnet-onnx-attestation")
+
+
+# ------------------------------------------------------------------------- what a promotion was compared against
+
+
+def test_the_metrics_production_was_compared_with_are_an_input_of_the_promote_run(gated, wandb_offline, tmp_path):
+    """Production's own evaluation on the candidate's test set (no re-evaluation needed): the promote stage did not
+    record it as an input, so audit, impact and W&B could not say what the decision compared against (issue 30,
+    item 5). Now the decision names it, the promote run used it (in the same transaction), and audit and impact
+    show it."""
+    from prefect_wandb import LineageSettings, WandbSettings, impact, open_stage
+    from prefect_wandb.audit import audit
+    from prefect_wandb.audit.render import render_tree
+    from prefect_wandb.queries import evaluations
+
+    _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
+    v0, a0 = gated.pipeline_acc(d, "a", 0.90)
+    v1, a1 = gated.pipeline_acc(d, "b", 0.95)
+    gated.gate(v0, a0, d)
+    [m0], [m1] = evaluations(gated.store, v0.artifact_id), evaluations(gated.store, v1.artifact_id)
+    settings = LineageSettings(store=gated.location, artifacts=gated.root,
+                               wandb=WandbSettings(project="gate", mode="offline", dir=str(wandb_offline)))
+    policy = GatePolicy(metric="test_accuracy", label="accuracy")
+    with open_stage(settings, "promote") as stage:
+        value = stage.record(m1.ref()).metadata["test_accuracy"]
+        decision = stage.promote(v1.ref(), value=value, validation_passed=True, policy=policy, test_set=d.ref())
+    assert decision.decision == "promoted" and decision.production_value == pytest.approx(0.90), decision.reason
+    assert decision.production_metrics_id == m0.artifact_id
+    assert m0.artifact_id in {u.artifact_id for u in stage.used}
+    used = {u.label for u in gated.store.edges(stage.run_id)["used"]}
+    assert used == {v1.label, m1.label, m0.label}
+    # the audit of the promoted model names what its promotion compared against
+    report = audit(gated.store, v1.label)
+    [mine] = [p for p in report["promotions"] if p["artifact"] == v1.label]
+    assert mine["compared_with"] == m0.label
+    assert f"; compared with {m0.label}; validation passed" in render_tree(report)
+    # the impact of production's metrics: the promote run that used it, and the decision it entered
+    rep = impact.impact(gated.store, [m0])
+    assert [r["job_type"] for r in rep["runs"].values()] == ["promote"]
+    assert [(p["artifact"], p["compared_with"]) for p in rep["promotions"]] == [(v1.label, m0.label)]
+    assert f"decision about {v1.label}, compared with this promoted at " in impact.render_tree(rep)
+    # without a test set, production's newest evaluation is the source, and the deciding run's input too
+    v2, a2 = gated.pipeline_acc(d, "c", 0.97)
+    run_id, _ = gated.run("promote", [v2], status="running")
+    got = promotion.promote(gated.store, v2.artifact_id, value=a2, validation_passed=True, policy=policy,
+                            flow_run_id=None, run_id=run_id)
+    assert got.production_metrics_id == m1.artifact_id and got.production_value == pytest.approx(0.95)
+    assert m1.artifact_id in {u.artifact_id for u in gated.store.edges(run_id)["used"]}
+    # a decision that compared nothing (the first model) names no source
+    assert gated.store.promotions()[0].production_metrics_id is None

@@ -164,15 +164,20 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
     report["downstream"] = [{"run": r, "job_type": w.runs[r].get("job_type"), "status": w.runs[r].get("status"),
                              "used": [a.label for a in w.used[r]], "produced": [a.label for a in w.produced[r]]}
                             for r in w.downstream_runs]
+    def compared_with(p) -> str | None:  # the metrics artifact production's value was read from
+        return store.artifact(p.production_metrics_id).label if p.production_metrics_id is not None else None
+
     for aid in sorted(w.arts):
         for p in store.promotions(aid):
-            report["promotions"].append({**asdict(p), "artifact": w.arts[aid].label, "role": "decision about it"})
+            report["promotions"].append({**asdict(p), "artifact": w.arts[aid].label, "role": "decision about it",
+                                         "compared_with": compared_with(p)})
     # decisions where one of these models was the production model compared against
     for p in store.promotions(production_artifact_ids=list(w.arts)):
         if p.production_artifact_id is None or p.artifact_id == p.production_artifact_id:
             continue
         report["promotions"].append({**asdict(p), "artifact": store.artifact(p.artifact_id).label,
-                                     "role": f"compared against {w.arts[p.production_artifact_id].label}"})
+                                     "role": f"compared against {w.arts[p.production_artifact_id].label}",
+                                     "compared_with": compared_with(p)})
     report["promotions"].sort(key=lambda p: p["promotion_id"])  # the history in the order it was decided
     report["checks"] = v.checks
     report["edges"] = _graph_edges(w)

@@ -137,7 +137,7 @@ class AuditReport(TypedDict, total=False):
     runs: dict[str, RunEntry]  # by run id
     upstream: list[dict[str, Any]]  # nested: artifact -> produced_by runs -> used artifacts -> ...
     downstream: list[dict[str, Any]]
-    promotions: list[dict[str, Any]]  # PromotionRecord fields + artifact label and role
+    promotions: list[dict[str, Any]]  # PromotionRecord fields + artifact label, role and compared_with
     checks: list[Check]
     failures: list[Check]
     edges: list[list[str]]  # ["artifact:<label>", "run:<id>"] pairs, in the direction of the data

@@ -191,7 +191,8 @@ def render_tree(report: AuditReport) -> str:
     for p in report["promotions"]:
         applied = f"applied in W&B {p['wandb_applied_at']}" if p.get("wandb_applied_at") else "not in W&B yet"
         label = "ROLLBACK" if p.get("kind") == "rollback" else p["decision"].upper()
-        out.append(f"  {p['decided_at']} {p['artifact']} {label} ({p['role']}): {p['reason']}; "
+        compared = f"; compared with {p['compared_with']}" if p.get("compared_with") else ""
+        out.append(f"  {p['decided_at']} {p['artifact']} {label} ({p['role']}): {p['reason']}{compared}; "
                    f"validation {'passed' if p['validation_passed'] else 'failed'}; {applied}")
     if "wandb_online" in report:
         out += ["", "W&B (online)"]

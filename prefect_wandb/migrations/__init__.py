@@ -19,7 +19,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).resolve().parent  # the script_location: works from a checkout and an installed copy
 BASELINE = "0001"  # the hand-written schema: a store without a version table is stamped here once adopted
-HEAD = "0003"
+HEAD = "0004"
 # columns a revision renamed: old name -> new name, for reading a store as it is (read-only opens never migrate)
 RENAMED_COLUMNS = {"promotions": {"candidate_" + "accuracy": "candidate_value",  # 0002
                                   "production_" + "accuracy": "production_value"}}
