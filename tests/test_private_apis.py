@@ -39,11 +39,12 @@ def test_prefect_is_used_through_its_public_api_only():
 
 def test_wandb_credential_helpers_keep_their_shape():
     from wandb.errors import AuthenticationError  # noqa: F401 - raised by the netrc reader on a malformed key
-    from wandb.sdk.lib.wbauth import AuthApiKey, HostUrl
+    from wandb.sdk.lib.wbauth import AuthApiKey, HostUrl, session_credentials
     from wandb.sdk.lib.wbauth.validation import check_api_key
     from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth_with_source
 
     assert list(inspect.signature(read_netrc_auth_with_source).parameters) == ["host"]
+    assert list(inspect.signature(session_credentials).parameters) == ["host"]
     assert list(inspect.signature(check_api_key).parameters) == ["key"]
     assert check_api_key("k" * 40) is None and "40" in (check_api_key("short") or "")
     host = HostUrl("https://api.wandb.ai/")

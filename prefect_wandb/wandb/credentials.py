@@ -26,7 +26,7 @@ from wandb.errors import AuthenticationError
 # private wandb API: wandb has no public reader of its host URL rules, key format check or netrc entry; these are
 # the objects `wandb login` and `wandb.init` themselves use, so we resolve exactly as they do. Only this module
 # imports them.
-from wandb.sdk.lib.wbauth import AuthApiKey, HostUrl
+from wandb.sdk.lib.wbauth import AuthApiKey, HostUrl, session_credentials
 from wandb.sdk.lib.wbauth.validation import check_api_key
 from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth_with_source
 
@@ -141,6 +141,22 @@ def resolve_credentials(root_dir: str | os.PathLike | None = None) -> WandbCrede
                             problem=f"no W&B API key for {host}: set WANDB_API_KEY or run `{login}`", **common)
 
 
+def key_to_pass(creds: WandbCredentials) -> str | None:
+    """The API key to hand `wandb.init` explicitly, or None where wandb finds this very key itself: in its session
+    credentials for the host when it has some, else in WANDB_API_KEY or the netrc entry (which it reads as
+    `resolve_credentials` did). A key passed to every `wandb.init` makes wandb 0.31 print "Changing session
+    credentials" at every stage after the first: it compares the new `AuthApiKey` with the session's by identity
+    (the class has no `__eq__`). Passed: a key from a settings file (wandb reads its process-wide settings, loaded
+    once), and a key other than the session's (the environment changed since)."""
+    if not creds.api_key:
+        return None
+    session = session_credentials(host=creds.host)
+    if session is not None:
+        return None if isinstance(session, AuthApiKey) and session.api_key == creds.api_key else creds.api_key
+    found_by_wandb = creds.key_source == "WANDB_API_KEY" or (creds.key_source or "").startswith("netrc ")
+    return None if found_by_wandb else creds.api_key
+
+
 def has_api_key() -> bool:
     """Whether wandb has an API key for its host."""
     return resolve_credentials().has_key
@@ -164,3 +180,25 @@ def masked_line(e: BaseException, secret: str | None = None) -> str:
             text = text.replace(s, "<API key>")  # an error that echoes the key must not put it in the logs
     return text[:500]
 
+
+# What wandb (Python, or wandb-core's Go HTTP client, inside whatever error wraps it, even an AuthenticationError
+# "Failed to verify credentials") says when the host cannot be reached, or did not answer, in the console's words.
+_UNREACHABLE = (("connection refused", "connection refused"), ("no such host", "host not found"),
+                ("name or service not known", "host not found"), ("connection reset", "connection reset"),
+                ("network is unreachable", "network unreachable"), ("connecttimeout", "connection timed out"),
+                ("failed to establish a new connection", "no connection"))
+_NO_ANSWER = ("did not respond in time", "i/o timeout", "deadline exceeded", "timed out", "timeout")
+
+
+def plain_line(e: BaseException, host: str | None, secret: str | None = None) -> str:
+    """The console's words for an error out of W&B: "W&B at <host> is unreachable (connection refused)" when the
+    host could not be reached, "W&B at <host> did not answer in time" when it stopped answering, whatever wandb
+    wrapped that in; else `masked_line` (the full error stays in the lineage store's record of what W&B missed)."""
+    text = masked_line(e, secret)
+    low, at = text.lower(), f"W&B at {host}" if host else "W&B"
+    cause = next((words for needle, words in _UNREACHABLE if needle in low), None)
+    if cause is not None:
+        return f"{at} is unreachable ({cause})"
+    if any(needle in low for needle in _NO_ANSWER):
+        return f"{at} did not answer in time"
+    return text

@@ -3,6 +3,7 @@ and for the client of sync and audit --online."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
@@ -11,7 +12,7 @@ from pathlib import Path
 import wandb
 
 from prefect_wandb.settings import WandbSettings
-from prefect_wandb.wandb.credentials import WandbCredentials
+from prefect_wandb.wandb.credentials import WandbCredentials, key_to_pass
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,28 @@ class WandbTimeouts:
 
 
 def run_settings(creds: WandbCredentials | None, timeouts: WandbTimeouts, **extra) -> wandb.Settings:
-    """The `wandb.Settings` of a run bounded by `timeouts`, on `creds.host` with `creds`' key when given. The same
-    bounds go to wandb's process-wide settings, which `Run.use_artifact` and `wandb.Api` read."""
+    """The `wandb.Settings` of a run bounded by `timeouts`, on `creds.host` with `creds`' key where wandb would
+    not find that key itself (`key_to_pass`). The same bounds go to wandb's process-wide settings, which
+    `Run.use_artifact` and `wandb.Api` read."""
+    quiet_terminal()
     bounds = {k: v for k, v in timeouts.settings().items() if k.startswith("x_")}
     wandb.setup(settings=wandb.Settings(**bounds))
     where = {}
     if creds is not None:
         where["base_url"] = creds.host
-        if creds.api_key:
-            where["api_key"] = creds.api_key
+        if key := key_to_pass(creds):
+            where["api_key"] = key
     return wandb.Settings(**where, **timeouts.settings(), **extra)
+
+
+def quiet_terminal() -> None:
+    """No wandb lines on the terminal: the stages say in one line each what happened to W&B. wandb prints its
+    own (login notes, "Adding directory to artifact", wandb-core's "Fatal error while uploading data ... use
+    `wandb sync`") by its process-wide settings, which the first `wandb.setup` of the process fixes; a run's
+    `silent` (`QUIET`) does not reach them. So the library's first W&B call sets up wandb silent, unless
+    WANDB_SILENT says what the user wants (and a process that set wandb up before keeps its choice)."""
+    if "WANDB_SILENT" not in os.environ:
+        wandb.setup(settings=wandb.Settings(silent=True))
 
 
 # What every stage's `wandb.init` gets on top of its own settings: no terminal output or system metrics, and no

@@ -7,7 +7,6 @@ import logging
 import shutil
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -20,9 +19,9 @@ import wandb
 from prefect_wandb.refs import digest_alias, wandb_ref
 from prefect_wandb.settings import LineageSettings, WandbSettings
 from prefect_wandb.store import NewArtifact
-from prefect_wandb.wandb.credentials import masked_line, resolve_credentials
+from prefect_wandb.wandb.credentials import masked_line, plain_line, resolve_credentials
 from prefect_wandb.wandb.folder import wandb_dir
-from prefect_wandb.wandb.settings import QUIET, WandbTimeouts, run_settings, write_requirements
+from prefect_wandb.wandb.settings import QUIET, WandbTimeouts, quiet_terminal, run_settings, write_requirements
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +98,19 @@ class StageRun:
         return wandb_ref(self.settings.entity, self.settings.project, name, digest)
 
     def _failed(self, call: str, e: BaseException, gaps: Sequence[WandbGap] = ()) -> None:
-        """One warning line naming the failed call; the gaps it leaves recorded; the host avoided for a while."""
+        """The first failure of the run: one warning line naming the call and, in plain words, why (the host
+        unreachable, whatever wandb wrapped that in); the gaps it leaves recorded with the full error; the host
+        avoided for a while. A later failure of the same run (its `finish`) adds its gaps without another line."""
         err = masked_line(e, self._secret)
         self.gaps.extend(WandbGap(g.action, g.ref, g.call, err, g.detail) for g in gaps)
+        if self.failed_call is not None:
+            return
+        said = plain_line(e, self._host, self._secret)
         what = "; W&B is missing " + ", ".join(f"{g.action} {g.ref}" for g in gaps) if gaps else ""
         log.warning("W&B %s failed in %s run %s (%s)%s; the stage goes on, the lineage store keeps everything, "
-                    "`%s sync` completes W&B", call, self.job_type or "stage", self.run_id, err, what, self.command)
-        if self.failed_call is None:
-            self.failed_call = call
-            _online_failures[_host_key()] = (time.monotonic(), f"{call} failed: {err}")
+                    "`%s sync` completes W&B", call, self.job_type or "stage", self.run_id, said, what, self.command)
+        self.failed_call = call
+        _online_failures[_host_key()] = (time.monotonic(), f"{call} failed: {said}")
 
     def _skip(self, gaps: Sequence[WandbGap]) -> None:
         """After a failure, later calls are not sent: recorded as gaps, without another warning per call."""
@@ -277,9 +280,9 @@ class StageRun:
 
 
 def _fall_back_offline(job_type: str, reason: str, what: str = "failed", command: str = "prefect-wandb") -> None:
-    msg = (f"W&B online init {what} ({reason}); recording {job_type} offline for a later `{command} sync`")
-    log.warning(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    """One line, once: the stage's W&B run is offline, and why."""
+    log.warning("W&B online init %s (%s); recording %s offline for a later `%s sync`", what, reason, job_type,
+                command)
 
 
 def start_run(settings: LineageSettings, job_type: str, run_id: str, group: str | None, mode: str,
@@ -292,6 +295,7 @@ def start_run(settings: LineageSettings, job_type: str, run_id: str, group: str 
                     reinit="create_new")
     w = settings.wandb
     timeouts = WandbTimeouts.of(w)
+    quiet_terminal()
     if mode == "online":
         creds = resolve_credentials(wandb_dir(settings))
         failed = _online_failures.get(creds.host)
@@ -311,7 +315,7 @@ def start_run(settings: LineageSettings, job_type: str, run_id: str, group: str 
                 stage_run._secret, stage_run._host = creds.api_key, creds.host
                 return stage_run
             except Exception as e:  # unreachable host, bad key: keep every record offline for a later `sync`
-                reason = masked_line(e, creds.api_key)
+                reason = plain_line(e, creds.host, creds.api_key)
                 _online_failures[creds.host] = (time.monotonic(), reason)
                 _fall_back_offline(job_type, reason, command=settings.command)
                 # The aborted online attempt left a folder under the same run id; `wandb sync --sync-all` must
