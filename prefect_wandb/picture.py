@@ -4,8 +4,9 @@ Graphviz's `dot` does the layout (layers, crossing minimisation, edge routing); 
 graph to it (`dot -Tplain`: node centres and edge splines) and draws the SVG itself, so that every caller (the run
 report, `audit --report`, the impact report) gets the same boxes, colours and arrows. The SVG has a viewBox and
 `width="100%"` with its natural width as `max-width`: it scales down in a narrow window and never grows blurry in a
-wide one. Where `dot` is not installed, a simple layered picture (one row per layer, straight edges that may
-cross) is drawn instead, with a visible note saying so.
+wide one. Where `dot` is not installed, a simpler layered picture is drawn instead (`simple_layout`: one row per
+layer, an edge that spans rows passing through a gap kept for it in each row between, so that no edge crosses a
+box; edges may cross each other), with a visible note saying so, wrapped to the picture's width.
 
 Pure: no Prefect, no wandb, no plotting library; `dot` is called with a timeout.
 """
@@ -16,6 +17,7 @@ import html
 import shlex
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -23,7 +25,8 @@ from typing import Literal
 RED, BLUE, GREY = "#c01c28", "#1a5fb4", "#777777"
 FILL = {"artifact": "#dbe8f7", "run": "#eeeeee", "bad": "#f8d0d0"}
 DOT_TIMEOUT_S = 20
-NO_DOT_NOTE = "Graphviz 'dot' is not installed: a simple layered picture (edges may cross); install graphviz for the full layout."
+NO_DOT_NOTE = ("Graphviz 'dot' is not installed: a simpler layered picture (edges may cross each other, never a box); "
+               "install graphviz for the full layout.")
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,10 @@ def dot_layout(g: Graph) -> tuple[float, float, dict[str, tuple[float, float]], 
 
 
 def _layers(g: Graph) -> dict[str, int]:
-    """Layer = longest path from a root (cycles, which lineage never has, are cut)."""
+    """Layer = longest path from a root over the edges and the order hints (cycles, which lineage never has, are
+    cut)."""
     preds: dict[str, list[str]] = {n.id: [] for n in g.nodes}
-    for s, d in g.edges:
+    for s, d in g.edges + g.order:
         preds[d].append(s)
     rank: dict[str, int] = {}
 
@@ -120,29 +124,79 @@ def _layers(g: Graph) -> dict[str, int]:
     return {n.id: r(n.id) for n in g.nodes}
 
 
+CHANNEL, GAP, ROW_GAP = 12.0, 20.0, 36.0  # a passing edge's slot in a row; between boxes; between rows
+
+
 def simple_layout(g: Graph):
-    """The fallback without `dot`: one row per layer, boxes side by side, straight edges."""
+    """The fallback without `dot`: one row per layer. An edge that spans rows gets a slot (`CHANNEL` wide) in each
+    row it passes, so it runs between boxes, never through one; the order in each row is improved by a few
+    barycentre sweeps (fewer crossings). Edges leave a box's bottom and enter the next row's top vertically."""
     layer = _layers(g)
-    rows: dict[int, list[Node]] = {}
+    rows: dict[int, list[str]] = {}
+    wide: dict[str, float] = {}
     for n in g.nodes:
-        rows.setdefault(layer[n.id], []).append(n)
-    gap, dy = 20, H_BOX + 36
-    widths = {r: sum(_box_width(n) for n in ns) + gap * (len(ns) - 1) for r, ns in rows.items()}
+        rows.setdefault(layer[n.id], []).append(n.id)
+        wide[n.id] = _box_width(n)
+    chains: list[list[str]] = []  # per edge: source, its slots in the rows between, destination
+    for k, (s, d) in enumerate(g.edges):
+        via = [f"\0{k}:{r}" for r in range(layer[s] + 1, layer[d])]
+        for r, v in zip(range(layer[s] + 1, layer[d]), via, strict=True):
+            rows[r].append(v)
+            wide[v] = CHANNEL
+        chains.append([s, *via, d])
+    up: dict[str, list[str]] = {}
+    down: dict[str, list[str]] = {}
+    for chain in chains:
+        for a, b in zip(chain, chain[1:], strict=False):
+            down.setdefault(a, []).append(b)
+            up.setdefault(b, []).append(a)
+    order = sorted(rows)
+
+    def sweep(seq: list[int], near: dict[str, list[str]], ref_of) -> None:
+        for r in seq:
+            ref = ref_of(r)
+            if ref not in rows:
+                continue
+            at = {v: i for i, v in enumerate(rows[ref])}
+            now = {v: i for i, v in enumerate(rows[r])}
+
+            def key(v: str, at=at, now=now) -> float:
+                ns = [at[u] for u in near.get(v, ()) if u in at]
+                return sum(ns) / len(ns) if ns else float(now[v])
+            rows[r].sort(key=key)  # stable: ties keep their order
+
+    for _ in range(4):
+        sweep(order[1:], up, lambda r: r - 1)
+        sweep(order[::-1][1:], down, lambda r: r + 1)
+    dy = H_BOX + ROW_GAP
+    widths = {r: sum(wide[v] for v in vs) + GAP * (len(vs) - 1) for r, vs in rows.items()}
     width = max(widths.values(), default=0)
-    centres = {}
-    for r, ns in rows.items():
+    x_of: dict[str, float] = {}
+    for r, vs in rows.items():
         x = (width - widths[r]) / 2
-        for n in ns:
-            w = _box_width(n)
-            centres[n.id] = (x + w / 2, r * dy + H_BOX / 2)
-            x += w + gap
-    height = (max(rows, default=0) + 1) * dy - 36
+        for v in vs:
+            x_of[v] = x + wide[v] / 2
+            x += wide[v] + GAP
+    centres = {n.id: (x_of[n.id], layer[n.id] * dy + H_BOX / 2) for n in g.nodes}
+    height = (max(rows, default=0) + 1) * dy - ROW_GAP
     splines = []
-    for s, d in g.edges:
-        (x1, y1), (x2, y2) = centres[s], centres[d]
-        a, b = (x1, y1 + H_BOX / 2), (x2, y2 - H_BOX / 2)
-        splines.append([a, a, b, b])
+    for (s, d), chain in zip(g.edges, chains, strict=True):
+        # down the slots: a straight piece through each row passed, a curve with vertical ends in each gap
+        stops = [(x_of[s], layer[s] * dy + H_BOX)]
+        for r, v in zip(range(layer[s] + 1, layer[d]), chain[1:-1], strict=True):
+            stops += [(x_of[v], r * dy), (x_of[v], r * dy + H_BOX)]
+        stops.append((x_of[d], layer[d] * dy))
+        pts = [stops[0]]
+        for (x1, y1), (x2, y2) in zip(stops, stops[1:], strict=False):
+            bend = (y2 - y1) / 2 if x1 != x2 else 0
+            pts += [(x1, y1 + bend), (x2, y2 - bend), (x2, y2)]
+        splines.append(pts)
     return width, height, centres, splines
+
+
+def _lines(text: str, width: float) -> list[str]:
+    """`text` wrapped to `width` units of 12 px sans-serif (a generous 7 units a character): shown whole."""
+    return textwrap.wrap(text, max(20, int(width // 7))) if text else []
 
 
 def render_svg(g: Graph, *, use_dot: bool | None = None) -> str:
@@ -154,19 +208,21 @@ def render_svg(g: Graph, *, use_dot: bool | None = None) -> str:
             width, height, centres, splines = dot_layout(g)
         except (OSError, subprocess.SubprocessError, ValueError, KeyError) as e:
             width, height, centres, splines = simple_layout(g)
-            note = f"Graphviz 'dot' failed ({type(e).__name__}): a simple layered picture (edges may cross)."
+            note = (f"Graphviz 'dot' failed ({type(e).__name__}): a simpler layered picture (edges may cross each "
+                    "other, never a box).")
     else:
         width, height, centres, splines = simple_layout(g)
         note = NO_DOT_NOTE
-    extra = sum(1 for t in (note, g.footer) if t) * 20
-    vw, vh = width + 2 * PAD, height + 2 * PAD + extra
+    inner = max(width, 360.0) if (note or g.footer) else width  # room for a readable line under a narrow graph
+    notes, footers = _lines(note, inner), _lines(g.footer, inner)
+    vw, vh = inner + 2 * PAD, height + 2 * PAD + 20 * (len(notes) + len(footers))
     out = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {vw:.0f} {vh:.0f}" width="100%" '
            f'style="max-width:{vw:.0f}px;height:auto" font-family="sans-serif" font-size="{FONT}" '
            f'role="img" data-layout="{"dot" if not note else "simple"}">'),
            f"<title>{html.escape(g.title)}</title>",
            ('<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="8" markerHeight="8" '
            'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#555"/></marker></defs>'),
-           f'<g transform="translate({PAD} {PAD})">']
+           f'<g transform="translate({PAD + (inner - width) / 2:.1f} {PAD})">']
     for pts in splines:
         (x0, y0), rest = pts[0], pts[1:]
         d = f"M {x0:.1f} {y0:.1f}" + "".join(
@@ -188,12 +244,13 @@ def render_svg(g: Graph, *, use_dot: bool | None = None) -> str:
                    f'<text x="{cx:.1f}" y="{y + 35:.1f}" text-anchor="middle">{html.escape(n.subtitle)}</text></g>')
     out.append("</g>")
     y = height + 2 * PAD + 14
-    if note:
-        out.append(f'<text x="{PAD}" y="{y:.0f}" fill="#9c6500">{html.escape(note)}</text>')
+    for line in notes:
+        out.append(f'<text x="{PAD}" y="{y:.0f}" fill="#9c6500">{html.escape(line)}</text>')
         y += 20
-    if g.footer:
+    for line in footers:
         out.append(f'<text x="{PAD}" y="{y:.0f}" fill="{g.footer_color}" font-weight="bold">'
-                   f"{html.escape(g.footer)}</text>")
+                   f"{html.escape(line)}</text>")
+        y += 20
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

@@ -217,13 +217,50 @@ def test_the_picture_scales_to_the_window_and_names_every_node():
     assert NO_DOT_NOTE not in texts
 
 
+def _note(svg) -> str:
+    return " ".join(t.text for t in svg.iter(f"{SVG}text") if t.get("fill") == "#9c6500")
+
+
 def test_without_dot_a_layered_picture_with_a_note(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     assert not dot_available()
     svg = ET.fromstring(render_svg(standard_graph()))
     texts = {t.text for t in svg.iter(f"{SVG}text")}
-    assert NO_DOT_NOTE in texts and set(STAGES) <= texts and svg.get("data-layout") == "simple"
+    assert _note(svg) == NO_DOT_NOTE and set(STAGES) <= texts and svg.get("data-layout") == "simple"
     assert len(list(svg.iter(f"{SVG}path"))) == len(standard_graph().edges) + 1
+
+
+def _inside(p, box, margin=0.5) -> bool:
+    (x, y), (x0, y0, x1, y1) = p, box
+    return x0 + margin < x < x1 - margin and y0 + margin < y < y1 - margin
+
+
+def test_without_dot_no_edge_crosses_a_box_and_the_note_is_whole(monkeypatch):
+    """The fallback layout once drew the edges that span rows (the dataset to validate-onnx and report) straight
+    through the boxes between, and its one-line note ran past a narrow picture's right edge (issue 30, item 10)."""
+    from prefect_wandb.picture import H_BOX, _box_width, simple_layout
+
+    monkeypatch.setenv("PATH", "/nonexistent")  # `dot` hidden
+    g = standard_graph()
+    width, height, centres, splines = simple_layout(g)
+    boxes = {n.id: (centres[n.id][0] - _box_width(n) / 2, centres[n.id][1] - H_BOX / 2,
+                    centres[n.id][0] + _box_width(n) / 2, centres[n.id][1] + H_BOX / 2) for n in g.nodes}
+    for (s, d), pts in zip(g.edges, splines, strict=True):
+        line = _bezier_polyline(pts)
+        through = [n for n, box in boxes.items() if any(_inside(p, box) for p in line)]
+        assert through == [], f"{s} -> {d} passes through {through}"
+        assert line[0][1] == pytest.approx(boxes[s][3]) and line[-1][1] == pytest.approx(boxes[d][1])
+    # the report is drawn below promote (its order hint), as dot draws it
+    assert centres["run:report"][1] > centres["run:promote"][1]
+    # the note, whole, on lines that fit the picture, also under a graph narrower than the note
+    for graph in (g, Graph((Node("run:a", "run", "a"), Node("artifact:b", "artifact", "b:v0")),
+                           (("run:a", "artifact:b"),))):
+        svg = ET.fromstring(render_svg(graph))
+        view_w = float(svg.get("viewBox").split()[2])
+        lines = [t for t in svg.iter(f"{SVG}text") if t.get("fill") == "#9c6500"]
+        assert " ".join(t.text for t in lines) == NO_DOT_NOTE
+        assert all(float(t.get("x")) + 7 * len(t.text) <= view_w for t in lines)  # 7 units a glyph: generous
+        assert all(float(t.get("y")) <= float(svg.get("viewBox").split()[3]) for t in lines)
 
 
 def test_bad_and_highlighted_nodes_are_drawn_so():
