@@ -1,19 +1,25 @@
 """What a stage whose process died leaves behind, and who removes it.
 
 A stage's process can end without its own clean-up: kill -9, a lost Dask worker, a disk that turned read-only
-under it (the clean-up cannot delete either). It leaves its staging folder and, offline, a W&B run folder that
-`wandb sync` would upload although the lineage store may never have heard of the run (a sweep trial's records come
-back with its journal; a lost worker's never do). So every stage `claim`s its staging folder first, writing who
-runs it, and the next stage on that host with the store open (not a sweep trial on a worker), and `gc`, remove
-the folders whose owner is gone (`remove_abandoned`), with the offline W&B run folder of a run the store does not
-know.
+under it (the clean-up cannot delete either). It leaves its staging folder, wandb's temporary folders in $TMPDIR
+(`tmp…wandb-media`, `tmp…wandb-artifacts`: made when wandb is imported, removed by its exit handler) and, offline,
+a W&B run folder that `wandb sync` would upload although the lineage store may never have heard of the run (a
+sweep trial's records come back with its journal; a lost worker's never do). So every stage `claim`s its staging
+folder first, writing who runs it and which of those temporary folders are its process's own, and the next stage
+on that host with the store open (not a sweep trial on a worker), and `gc`, remove the folders whose owner is gone
+(`remove_abandoned`), with the offline W&B run folder of a run the store does not know and the temporary folders
+still there as the owner recorded them (`wandb_temp_left`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,13 +34,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OWNER = ".owner.json"  # not a possible output name: those start with a letter or digit
+# wandb's temporary folders (tempfile.TemporaryDirectory("wandb-media" / "wandb-artifacts")): nothing else is removed
+WANDB_TEMP = re.compile(r"tmp[A-Za-z0-9_]{8}wandb-(media|artifacts)")
+# wandb makes them when imported. They are this process's own only if wandb was imported here, after this module:
+# not in a parent before a fork (a forked child has another pid, and one that imports this module finds wandb
+# imported already); a parent's folders are never claimed by its child.
+_PID, _WANDB_BEFORE = os.getpid(), "wandb" in sys.modules
 
 
-def claim(staging_root: Path, run_id: str, wandb_run_dir: str | None) -> None:
-    """Create `staging_root` and write who owns it (this process), and its offline W&B run folder."""
+def claim(staging_root: Path, run_id: str, wandb_run_dir: str | None, wandb_temp: Sequence[Path] = ()) -> None:
+    """Create `staging_root` and write who owns it (this process), its offline W&B run folder, and wandb's
+    temporary folders (`wandb_temp`) as they are now (device, inode), when they are this process's own."""
     staging_root.mkdir(parents=True, exist_ok=True)
+    temp = []
+    if os.getpid() == _PID and not _WANDB_BEFORE:
+        for p in wandb_temp:
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            temp.append({"path": str(p), "dev": st.st_dev, "ino": st.st_ino})
     write_json(staging_root / OWNER, {"run_id": run_id, "process": process_identity(),
-                                      "wandb_run_dir": wandb_run_dir})
+                                      "wandb_run_dir": wandb_run_dir, "wandb_temp": temp})
 
 
 def owner(folder: Path) -> dict | None:
@@ -51,11 +72,32 @@ def abandoned(folder: Path) -> bool:
     return who is not None and isinstance(who.get("process"), dict) and process_gone(who["process"])
 
 
+def wandb_temp_left(folder: Path) -> list[Path]:
+    """wandb's temporary folders that the owner of staging `folder` recorded, when that owner is provably gone (a
+    process of this host that has ended: `abandoned`) and each folder is still the one it recorded (wandb's name,
+    a folder, not a link, the same device and inode); else none."""
+    who = owner(folder)
+    if who is None or not abandoned(folder) or (who.get("process") or {}).get("host") != socket.gethostname():
+        return []
+    out = []
+    for t in who.get("wandb_temp") or ():
+        try:
+            p = Path(t["path"])
+            st = os.lstat(p)
+        except (OSError, KeyError, TypeError):
+            continue
+        if WANDB_TEMP.fullmatch(p.name) and p.is_absolute() and os.path.isdir(p) and not p.is_symlink() \
+                and (st.st_dev, st.st_ino) == (t.get("dev"), t.get("ino")):
+            out.append(p)
+    return out
+
+
 def remove_abandoned(artifacts_dir: Path, store: LineageStore, wandb_root: Path,
                      dead_runs: Sequence[str] = ()) -> list[str]:
-    """Remove the staging folders of ended owners (and of `dead_runs`, which the store just marked failed), and the
-    offline W&B run folder (inside `wandb_root` only) of such a run that `store` has no record of. Returns the run
-    ids whose folders went; what cannot be removed now stays for later."""
+    """Remove the staging folders of ended owners (and of `dead_runs`, which the store just marked failed), the
+    offline W&B run folder (inside `wandb_root` only) of such a run that `store` has no record of, and the wandb
+    temporary folders a provably ended owner left (`wandb_temp_left`). Returns the run ids whose folders went; what
+    cannot be removed now stays for later."""
     root = Path(artifacts_dir) / STAGING
     removed = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
@@ -64,6 +106,9 @@ def remove_abandoned(artifacts_dir: Path, store: LineageStore, wandb_root: Path,
         wb = (owner(d) or {}).get("wandb_run_dir")
         if isinstance(wb, str) and store.run(d.name) is None:
             _remove_unrecorded_wandb_run(Path(wb), d.name, wandb_root)
+        for t in wandb_temp_left(d):
+            shutil.rmtree(t, ignore_errors=True)
+            log.info("removed wandb's temporary folder %s, left by the ended process of run %s", t, d.name)
         shutil.rmtree(d, ignore_errors=True)
         if not d.exists():
             removed.append(d.name)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from prefect_wandb.holds import held
 from prefect_wandb.layout import CHECKPOINTS, STAGING, candidate_folders
-from prefect_wandb.leftovers import abandoned, owner
+from prefect_wandb.leftovers import abandoned, owner, wandb_temp_left
 from prefect_wandb.rollback import previous_production
 from prefect_wandb.store import ALIASES, LineageStore
 
@@ -43,7 +43,7 @@ def folder_size(path: Path) -> int:
 
 @dataclass
 class Removal:
-    kind: str  # 'artifact', 'unrecorded-folder', 'staging', 'checkpoint'
+    kind: str  # 'artifact', 'unrecorded-folder', 'staging', 'wandb-temp', 'checkpoint'
     path: str
     bytes: int
     reason: str
@@ -193,6 +193,10 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
                 state = runs[d.name].status if d.name in runs else "unknown"
                 out.removals.append(Removal("staging", str(d), folder_size(d),
                                             f"staging folder of a run that is {state}, not running"))
+                for t in wandb_temp_left(d):  # its process ended without wandb's exit handler (kill -9)
+                    if all(r.path != str(t) for r in out.removals):
+                        out.removals.append(Removal("wandb-temp", str(t), folder_size(t), "wandb's temporary "
+                                                    f"folder, left by the ended process of run {d.name}"))
         ckpts = artifacts_dir / CHECKPOINTS
         training_now = any(runs[r].job_type == "train" for r in running)
         if ckpts.is_dir() and not training_now:

@@ -301,6 +301,7 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
     # wandb: imported by the first stage, not by loading the flow
     from prefect_wandb.wandb.credentials import resolve_mode
     from prefect_wandb.wandb.stage_run import start_run
+    from prefect_wandb.wandb.temp import temp_folders
 
     wb = start_run(settings, job_type, run_id, group, resolve_mode(settings.wandb.mode, wandb_dir(settings)),
                    wb_config)
@@ -315,7 +316,7 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
     stage.config = record
     try:
         # first: a process that dies from here on leaves a folder that says whose it was
-        claim(stage._staging_root, wb.run_id, wb.run_dir if wb.mode == "offline" else None)
+        claim(stage._staging_root, wb.run_id, wb.run_dir if wb.mode == "offline" else None, temp_folders())
         yield stage
         stage._commit()
     except BaseException as e:

@@ -388,3 +388,83 @@ def test_an_ended_stage_leaves_no_staging_folder_and_no_w_and_b_run_the_store_ne
     # the lost run's W&B folder went (`wandb sync` would upload a run the store has no record of); the recorded
     # run's stays for `mnist-pipeline sync`; nothing outside the W&B folder is touched, whatever the owner file says
     assert not folders["lost"].exists() and folders["recorded"].is_dir() and folders["elsewhere"].is_dir()
+
+
+def _owner_file(staging: Path, run_id: str, process: dict, temp: list[Path]) -> None:
+    """A staging folder whose owner recorded wandb's temporary folders `temp` as they are now."""
+    import os
+
+    staging.mkdir(parents=True)
+    rec = [{"path": str(p), "dev": os.lstat(p).st_dev, "ino": os.lstat(p).st_ino} for p in temp]
+    (staging / ".owner.json").write_text(json.dumps({"run_id": run_id, "process": process, "wandb_run_dir": None,
+                                                     "wandb_temp": rec}))
+
+
+def test_wandb_temporary_folders_of_an_ended_process_go_and_nobody_elses(lin, tmp_path):
+    """wandb's `tmp…wandb-media` / `tmp…wandb-artifacts` of a stage's process killed -9 stayed in $TMPDIR forever
+    (issue 30, item 9): the owner's record of them lets the next stage and gc remove them, only them, only when that
+    process has provably ended, and only while they are the very folders it recorded."""
+    from prefect_wandb.environment import process_identity
+    from prefect_wandb.leftovers import remove_abandoned
+
+    tmp = tmp_path / "tmp"
+    dead_media, dead_art, alive_media = (tmp / n for n in ("tmpdead0001wandb-media", "tmpdead0002wandb-artifacts",
+                                                            "tmpalive001wandb-media"))
+    renewed, other = tmp / "tmpdead0003wandb-media", tmp / "precious"  # another folder by that name; not wandb's
+    for d in (dead_media, dead_art, alive_media, renewed, other):
+        d.mkdir(parents=True)
+        (d / "f").write_bytes(b"x" * 10)
+    me = process_identity()
+    ended = {**me, "start": -1}  # this pid, another start time: a process that has ended (the pid reused)
+    _owner_file(lin.root / ".staging" / "deadrun00001", "deadrun00001", ended, [dead_media, dead_art, renewed,
+                                                                                other])
+    _owner_file(lin.root / ".staging" / "deadrun00002", "deadrun00002", ended, [dead_media])  # its other stage
+    _owner_file(lin.root / ".staging" / "alive0000001", "alive0000001", me, [alive_media])
+    _owner_file(lin.root / ".staging" / "elsewhere001", "elsewhere001", {**ended, "host": "another-host",
+                                                                         "lease_expires_at": "2000-01-01"}, [])
+    rec = json.loads((lin.root / ".staging" / "deadrun00001" / ".owner.json").read_text())
+    rec["wandb_temp"][2]["ino"] += 1  # what it recorded by that name was another folder (device, inode)
+    (lin.root / ".staging" / "deadrun00001" / ".owner.json").write_text(json.dumps(rec))
+    # gc's plan names them, with the staging folders that recorded them
+    plan = retention.plan(lin.store, lin.root, keep_last=1)
+    assert sorted(r.path for r in plan.removals if r.kind == "wandb-temp") == [str(dead_media), str(dead_art)]
+    # the next stage removes them
+    removed = remove_abandoned(lin.root, lin.store, tmp_path / "wandb")
+    assert sorted(removed) == ["deadrun00001", "deadrun00002", "elsewhere001"]
+    assert not dead_media.exists() and not dead_art.exists()
+    assert alive_media.is_dir() and renewed.is_dir() and (other / "f").is_file()
+
+
+@pytest.mark.slow  # a stage in a process of its own, killed -9
+def test_a_stage_killed_minus_9_leaves_no_wandb_temporary_folder_after_the_next_clean_up(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from prefect_wandb.leftovers import remove_abandoned
+
+    tmp, art = tmp_path / "tmp", tmp_path / "art"
+    tmp.mkdir()
+    code = ("import sys, time; from prefect_wandb import LineageSettings, WandbSettings, open_stage\n"
+            f"s = LineageSettings(store={str(tmp_path / 'lineage.db')!r}, artifacts={str(art)!r}, "
+            f"wandb=WandbSettings(project='p', mode='offline', dir={str(tmp_path / 'wandb')!r}))\n"
+            "with open_stage(s, 'train'):\n    print('in', flush=True); time.sleep(120)\n")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "TMPDIR": str(tmp),
+           "WANDB_SILENT": "true", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "in\n"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    left = sorted(p.name for p in tmp.iterdir() if "wandb-" in p.name and p.name.startswith("tmp"))
+    assert sorted(n[11:] for n in left) == ["wandb-artifacts", "wandb-media"]  # what kill -9 leaves
+    deadline = time.monotonic() + 30  # wandb-core, watching its parent, ends by itself
+    while [p for p in tmp.iterdir() if p.name.startswith("wandb-")] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [run] = remove_abandoned(art, LineageStore(tmp_path / "lineage.db"), tmp_path / "wandb")
+    assert not [p for p in tmp.iterdir()], sorted(p.name for p in tmp.iterdir())  # nothing of it in $TMPDIR
+    assert not (art / ".staging" / run).exists()

@@ -87,6 +87,20 @@ def test_wandb_settings_loaders_keep_their_shape():
     assert {"x_disable_stats", "x_save_requirements"} <= fields  # settings.QUIET
 
 
+def test_wandb_temporary_folders_keep_their_shape():
+    import tempfile
+
+    from wandb.sdk.artifacts.artifact import Artifact
+    from wandb.sdk.data_types._private import MEDIA_TMP
+
+    from prefect_wandb.leftovers import WANDB_TEMP
+    from prefect_wandb.wandb.temp import temp_folders
+
+    assert isinstance(MEDIA_TMP, tempfile.TemporaryDirectory) and isinstance(Artifact._TMP_DIR, tempfile.TemporaryDirectory)
+    media, art = temp_folders()
+    assert media.is_dir() and art.is_dir() and WANDB_TEMP.fullmatch(media.name) and WANDB_TEMP.fullmatch(art.name)
+
+
 def test_wandb_run_is_finished_flag_exists():
     from wandb.sdk.wandb_run import Run
 

@@ -9,6 +9,7 @@
   W&B leaves `StageRun`; each failed call is one warning line and one `WandbGap`, which the stage records in the
   lineage store for `sync`;
 - `run_file`: the records of an offline run's `.wandb` file (what `wandb sync` uploads);
+- `temp`: wandb's temporary folders of this process (which a process killed -9 leaves, `leftovers.py`);
 - `client`: `WandbClient`, the real W&B for `sync` and `audit --online`, implementing the
   `WandbBackend` Protocol of `sync.py` (`recording.RecordingWandb` implements it too, in memory).
 
