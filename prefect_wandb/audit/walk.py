@@ -56,12 +56,18 @@ class Walk:
 
     def downstream(self, subjects: set[int]) -> None:
         """Runs that consumed only what is already in the picture (the subject, its ancestors and what was made
-        from them): evaluations, ONNX validations. A run that merely shares the raw dataset (another training)
-        is not about this model, nor is one that made a sibling version of an artifact in the chain."""
+        from them): evaluations, ONNX validations, the promotion, whose one input from outside may be the metrics
+        its decision about a model in the picture compared with (production's, `production_metrics_id`). A run
+        that merely shares the raw dataset (another training) is not about this model, nor is one that made a
+        sibling version of an artifact in the chain."""
         closure = set(self.arts)
         chain_names = {a.name: a.artifact_id for a in self.arts.values()}
         sources = {aid for aid in closure
                    if all(not self.used[r] for r in self.store.producers(aid) if r in self.used)}
+        compared: dict[int, set[int]] = {}  # production's metrics -> the models whose decisions compared with them
+        for decision in self.store.promotions():
+            if decision.production_metrics_id is not None:
+                compared.setdefault(decision.production_metrics_id, set()).add(decision.artifact_id)
         changed = True
         while changed:
             changed = False
@@ -74,9 +80,10 @@ class Walk:
             for run_id in candidates:
                 self._run(run_id)
                 used_ids = {u.artifact_id for u in self.used[run_id]}
-                if not used_ids <= closure:
+                inside, outside = used_ids & closure, used_ids - closure
+                if not all(compared.get(a, set()) & closure for a in outside):
                     continue
-                if not any(a in subjects or a not in sources for a in used_ids):
+                if not any(a in subjects or a not in sources for a in inside):
                     continue
                 if any(p.name in chain_names and p.artifact_id != chain_names[p.name]
                        for p in self.produced[run_id]):
