@@ -61,42 +61,47 @@ def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
     return runs
 
 
-def _kill_when_busy(cluster: DaskCluster, index: int, seen: dict, delay: float = 1.0, timeout: float = 240) -> None:
-    """Wait until worker `index` runs a trial, let it get going, then SIGKILL it (a lost machine)."""
-    from distributed import Client
-
-    name = f"worker{index}"
-    with Client(cluster.address, timeout=10) as client:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            workers = client.scheduler_info()["workers"]
-            addr = next((a for a, w in workers.items() if w.get("name") == name), None)
-            busy = client.processing().get(addr) if addr else None
-            if busy:
-                time.sleep(delay)
-                seen["busy_with"] = list(busy)
-                cluster.kill_worker(index)
-                seen["killed"] = name
-                return
-            time.sleep(0.05)
+def _kill_when_checkpointed(cluster: DaskCluster, ckpts: Path, seen: dict, timeout: float = 240) -> None:
+    """Once two trials are training at once, each with a checkpoint on disk, SIGKILL worker0 mid-training (a lost
+    machine: its checkpoint stays, its journal is lost) and start worker2, one the flow never saw at its start."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(list(ckpts.glob("train-*.pt"))) >= 2:  # a finished trial's checkpoint is gone: both are training
+            cluster.kill_worker(0)
+            seen["killed"] = "worker0"
+            cluster.add_worker(2)  # a worker the flow's share table never saw
+            return
+        time.sleep(0.02)
 
 
 @pytest.mark.slow
 def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_once_and_reruns_from_the_store(
-        prefect_server, wandb_offline, tiny_mnist, tmp_path, dask_cluster, capsys):
-    argv = _argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dask_cluster.address, "--workers", "2"]
+        prefect_server, wandb_offline, tmp_path, dask_cluster, capsys):
+    """worker0 is killed mid-training (its checkpoint on disk, its journal lost) and a new worker joins, one that
+    was not there when the flow looked at the cluster: every trial is recorded once, the lost one rerun with the
+    trial's thread count, trained from scratch (the checkpoint of a run the store does not know is discarded), and
+    every model is the one `reproduce` makes from the record. Then the run's state and production-model artifact,
+    the audit, a rerun that reuses every trial, and a trial that fails."""
+    from tests.helpers import flow_run, write_mnist
+
+    # enough batches (1500 images, 3 epochs: 282 batches) that two trials are caught training at once, each past
+    # its first checkpoint (batch 25; a checkpoint costs a write, so not every few batches)
+    src = write_mnist(tmp_path / "src", n_train=1500, n_test=40)
+    sized = ["--epochs", "3", "--checkpoint-every", "25"]
+    argv = _argv(src, tmp_path, GRID) + ["--dask-address", dask_cluster.address, "--workers", "2", *sized]
     seen: dict = {}
-    killer = threading.Thread(target=_kill_when_busy, args=(dask_cluster, 0, seen), daemon=True)
+    killer = threading.Thread(target=_kill_when_checkpointed,
+                              args=(dask_cluster, tmp_path / "art" / ".checkpoints", seen), daemon=True)
     killer.start()
     rc = main(argv)
     out = capsys.readouterr()
     killer.join(timeout=30)
+    assert seen.get("killed") == "worker0", "the test never caught two trials checkpointed"
     assert rc == 0, out.err[-3000:]
     summary = json.loads(out.out)
-    assert seen.get("killed") == "worker0", "the test never caught worker0 running a trial"
     assert dask_cluster.workers[0].poll() is not None
 
-    # every trial finished once; the one the lost worker held was rerun on the other worker
+    # every trial finished once; the one the lost worker held was rerun on another worker
     assert [t["status"] for t in summary["trials"]] == ["finished"] * 4 and summary["failed"] == []
     assert summary["workers"] == 2
     store = LineageStore(tmp_path / "lineage.db")
@@ -116,8 +121,19 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     assert len(models) == 4 and [m.version for m in models] == [0, 1, 2, 3]  # no duplicate model versions
     assert sorted(json.dumps(m.metadata["fingerprint"], sort_keys=True) for m in models) == sorted(
         {json.dumps(m.metadata["fingerprint"], sort_keys=True) for m in models})
-    # each trial used its worker's one thread (how a run went is in its record, not in the model's files)
-    assert {r.summary["threads"] for r in runs if r.job_type == "train"} == {1}
+    # each trial used its worker's one thread, the rerun too (how a run went is in its record, not in the model's
+    # files); a checkpoint is resumed only when its writer is on record
+    trains = [r for r in runs if r.job_type == "train"]
+    assert {r.summary["threads"] for r in trains} == {1} == {r.config["train"]["threads"] for r in trains}
+    known = {r.run_id for r in runs}
+    for r in trains:
+        assert not r.summary["resumed"] or r.summary["checkpoint_written_by"] in known, r.summary
+    logs = "".join(dask_cluster.log(f"worker{i}") for i in (1, 2))  # the rerun's warning, on its worker
+    assert "which the lineage store does not know" in logs and "discarded, training starts over" in logs
+    # what the lost worker's trial left is gone: its staging folder, and its offline W&B run, which the store never
+    # recorded (`wandb sync` would have uploaded it); every recorded run keeps its own
+    assert list((tmp_path / "art" / ".staging").iterdir()) == []
+    assert {p.name.rsplit("-", 1)[1] for p in wandb_offline.rglob("offline-run-*")} == known
     for a in store.artifacts():
         verify_files(a.path, a.files)
         assert manifest_digest(a.files) == a.digest
@@ -172,9 +188,25 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
             name=TaskRunFilterName(any_=[f"trial-{i:03d}" for i in range(4)])))
         [table] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sweep-results"])),
                                         flow_run_filter=flow_filter)
+        [version] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["production-model"])),
+            flow_run_filter=flow_filter)
     assert sorted(t.name for t in trials) == [f"trial-{i:03d}" for i in range(4)]
     assert all(t.state.is_completed() for t in trials)
     assert table.type == "table" and len(json.loads(table.data)) == 4
+    # as a pipeline run's: a plain Completed state whose message is the gate's decision on the winner, and a new
+    # version of the `production-model` artifact
+    state = flow_run(summary["flow_run_id"]).state
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert state.message == (f"winner trial {summary['winner']['trial']}: promoted: {summary['winner']['model']} is "
+                             f"production ({summary['promotion']['reason']})")
+    assert version.data.startswith(f"# Production model: {summary['winner']['model']}\n")
+
+    # every model, the rerun trial's included, is the one `reproduce` makes from its record
+    for m in models:
+        assert main(["reproduce", f"{m.name}:v{m.version}", "--lineage-db", str(tmp_path / "lineage.db")]) == 0, \
+            capsys.readouterr().out[-2000:]
+    capsys.readouterr()
 
     # the audit of the winner's ONNX file walks through select back to the sweep's data
     assert main(["audit", str(Path(onnx.path) / "model.onnx"),
@@ -184,7 +216,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     assert "produced by prepare-data run" in report and "VERIFIED" in report
 
     # a rerun reuses all four trials: nothing is trained again, no new model version
-    rc = main(_argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dask_cluster.address])
+    rc = main(_argv(src, tmp_path, GRID) + ["--dask-address", dask_cluster.address, *sized])
     out = capsys.readouterr()
     assert rc == 0, out.err[-3000:]
     again = json.loads(out.out)
@@ -197,13 +229,13 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     from mnist_pipeline.tasks.train import checkpoint_path
 
     partial = GRID.replace("[0.001, 0.01]", "[0.001, 0.003]").replace("[[4, 8], [8, 16]]", "[[4, 8]]")
-    base = PipelineConfig.model_validate({"data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1},
-                                          "train": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003,
+    base = PipelineConfig.model_validate({"data": {"source": "local", "local_dir": str(src), "slice": 1},
+                                          "train": {"epochs": 3, "batch_size": 16, "learning_rate": 0.003,
                                                     "kernels": [4, 8]},
                                           "artifacts_dir": str(tmp_path / "art")})
     blocker = checkpoint_path(base, dataset.ref())
     (blocker / "occupied").mkdir(parents=True)
-    rc = main(_argv(tiny_mnist, tmp_path, partial, "partial.yaml") + ["--dask-address", dask_cluster.address])
+    rc = main(_argv(src, tmp_path, partial, "partial.yaml") + ["--dask-address", dask_cluster.address, *sized])
     out = capsys.readouterr()
     assert rc == 1
     third = json.loads(out.out)
@@ -233,8 +265,14 @@ def test_a_bad_sweep_file_is_refused_with_one_line_before_any_work(tiny_mnist, t
     assert not (tmp_path / "lineage.db").exists() and not (tmp_path / "art").exists()
 
 
-@pytest.mark.slow  # waits out real timeouts against a loopback endpoint
-def test_an_unreachable_scheduler_is_one_line_and_exit_1(tiny_mnist, tmp_path, capsys):
+def test_an_unreachable_scheduler_is_one_line_and_exit_1(tiny_mnist, tmp_path, capsys, monkeypatch):
+    import functools
+
+    from mnist_pipeline import sweep_workers
+
+    # a refused connection is retried until the wait's timeout (10 s by default): its length is not what is tested
+    monkeypatch.setattr(sweep_workers, "wait_for_scheduler",
+                        functools.partial(sweep_workers.wait_for_scheduler, timeout=1.0))
     dead = f"tcp://127.0.0.1:{free_port()}"
     assert main(_argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dead]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -267,91 +305,3 @@ def test_each_worker_gets_its_share_of_its_machines_cores():
              "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}
     nthreads = {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 4}
     assert core_shares(found, nthreads) == {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 1}
-
-
-LOST = """
-method: grid
-metric: {name: test_accuracy, goal: maximize}
-parameters:
-  train.learning_rate: {values: [0.001, 0.01]}
-name: lost-worker
-"""
-
-
-@pytest.mark.slow
-def test_a_trial_rerun_after_a_lost_worker_keeps_its_settings_and_resumes_no_checkpoint_the_store_does_not_know(
-        prefect_server, wandb_offline, tmp_path, dask_cluster, capsys):
-    """worker0 is killed mid-training (its checkpoint on disk, its journal lost) and a new worker joins, one that
-    was not there when the flow looked at the cluster: the trial is rerun with the trial's thread count, trains
-    from scratch, and its model is the one `reproduce` makes from the record."""
-    from tests.helpers import write_mnist
-
-    src = write_mnist(tmp_path / "src", n_train=1500, n_test=40)
-    argv = _argv(src, tmp_path, LOST) + ["--dask-address", dask_cluster.address, "--epochs", "3",
-                                         "--checkpoint-every", "5", "--kernels", "4", "8"]
-    ckpts = tmp_path / "art" / ".checkpoints"
-    seen: dict = {}
-
-    def kill_when_checkpointed(timeout: float = 240) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(list(ckpts.glob("train-*.pt"))) >= 2:  # both trials are training, each has a checkpoint
-                dask_cluster.kill_worker(0)
-                seen["killed"] = True
-                dask_cluster.add_worker(2)  # a worker the flow's share table never saw
-                return
-            time.sleep(0.02)
-
-    killer = threading.Thread(target=kill_when_checkpointed, daemon=True)
-    killer.start()
-    rc = main(argv)
-    out = capsys.readouterr()
-    killer.join(timeout=30)
-    assert seen.get("killed"), "the test never caught both trials checkpointed"
-    assert rc == 0, out.err[-3000:]
-    summary = json.loads(out.out)
-    assert [t["status"] for t in summary["trials"]] == ["finished"] * 2
-    store = LineageStore(tmp_path / "lineage.db")
-    known = {r.run_id for r in store.runs()}
-    trains = [r for r in store.runs() if r.job_type == "train"]
-    assert len(trains) == 2
-    assert {r.summary["threads"] for r in trains} == {1} == {r.config["train"]["threads"] for r in trains}
-    for r in trains:  # a checkpoint is resumed only when its writer is on record
-        assert not r.summary["resumed"] or r.summary["checkpoint_written_by"] in known, r.summary
-    logs = "".join(dask_cluster.log(f"worker{i}") for i in (1, 2))  # the rerun's warning, on its worker
-    assert "which the lineage store does not know" in logs and "discarded, training starts over" in logs
-    # what the lost worker's trial left is gone: its staging folder, and its offline W&B run, which the store never
-    # recorded (`wandb sync` would have uploaded it); every recorded run keeps its own
-    assert list((tmp_path / "art" / ".staging").iterdir()) == []
-    assert {p.name.rsplit("-", 1)[1] for p in wandb_offline.rglob("offline-run-*")} == known
-    for m in store.artifacts("model"):
-        assert main(["reproduce", f"{m.name}:v{m.version}", "--lineage-db", str(tmp_path / "lineage.db")]) == 0, \
-            capsys.readouterr().out[-2000:]
-
-
-def test_a_sweep_run_s_state_says_its_winner_s_outcome_and_updates_production_model(prefect_server, wandb_offline,
-                                                                                     tiny_mnist, tmp_path):
-    """As a pipeline run's: a plain Completed state whose message is the gate's decision on the winner, and a new
-    version of the `production-model` artifact (on a local cluster of one worker process)."""
-    from typing import Any, cast
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
-
-    from mnist_pipeline.flows.sweep import mnist_sweep, task_runner
-    from mnist_pipeline.sweep import parse_sweep
-    from tests.helpers import flow_run, tiny_config
-
-    spec = parse_sweep({"method": "grid", "metric": {"name": "test_accuracy", "goal": "maximize"},
-                        "parameters": {"train.learning_rate": {"values": [0.01]}}})
-    state = mnist_sweep.with_options(task_runner=cast(Any, task_runner(None, 1)))(
-        config=tiny_config(tmp_path, tiny_mnist, train={"watch": False}), sweep=spec, return_state=True)
-    assert state.is_completed() and state.name == "Completed", state.message
-    summary = state.result()
-    message = flow_run(state.state_details.flow_run_id).state.message
-    assert message == f"winner trial 0: promoted: convnet:v0 is production ({summary.promotion.reason})"
-    with get_client(sync_client=True) as client:
-        [version] = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["production-model"])),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    assert version.data.startswith("# Production model: convnet:v0\n")
