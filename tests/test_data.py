@@ -50,6 +50,7 @@ def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):
     assert [p.name for p in (tmp_path / "root" / "sha256").iterdir()] == [prepared.folder.name]  # no leftovers
 
 
+@pytest.mark.slow  # torchvision reads the files
 def test_slice_keeps_every_nth_image(tiny_mnist, tmp_path):
     prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=5)
     assert len(prepared.train) == 24 and len(prepared.test) == 8

@@ -415,6 +415,7 @@ def test_require_signature_promotes_only_a_verified_attestation_and_says_so(pref
 # ------------------------------------------------------------------------- what a promotion was compared against
 
 
+@pytest.mark.slow  # stages with W&B offline, twice
 def test_the_metrics_production_was_compared_with_are_an_input_of_the_promote_run(gated, wandb_offline, tmp_path):
     """Production's own evaluation on the candidate's test set (no re-evaluation needed): the promote stage did not
     record it as an input, so audit, impact and W&B could not say what the decision compared against (issue 30,

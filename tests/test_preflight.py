@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from tests.helpers import REPO, offline_run_env, run_argv, tmpfs
 
 
+@pytest.mark.slow  # a process of its own
 def test_an_unwritable_wandb_folder_fails_before_any_work_with_one_line(tmp_path):
     with tmpfs(tmp_path / "wandb-ro", read_only=True):
         env = offline_run_env(tmp_path, api=False)

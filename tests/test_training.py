@@ -48,6 +48,7 @@ def test_training_is_repeatable_and_learns():
     assert evaluate(a, _split(200, 9), 10).accuracy > 0.5  # far above chance on the learnable toy
 
 
+@pytest.mark.slow  # real training
 def test_loss_is_logged_every_n_batches_with_examples_as_step():
     calls = []
     _run(log=lambda step, epoch, loss: calls.append((step, epoch, loss)))
@@ -96,6 +97,7 @@ def test_a_checkpoint_resumes_with_its_lineage_and_names_the_run_that_wrote_it(t
     ("other-data", r"written for dataset dddddddddddddddd, not eeeeeeeeeeeeeeee"),
     ("other-settings", r"written for training settings \{'epochs': 2, 'seed': 3\}, not \{'epochs': 2, 'seed': 4\}"),
 ])
+@pytest.mark.slow  # real training, twice
 def test_a_checkpoint_that_fails_its_check_is_discarded_with_a_warning_and_training_starts_over(
         tmp_path, caplog, fault, reason):
     ckpt = tmp_path / "ckpt.pt"

@@ -115,6 +115,7 @@ def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
     assert [c for c in again.calls if c[0] not in ("check", "run_exists")] == []
 
 
+@pytest.mark.slow  # the wandb SDK online
 def test_after_a_failure_the_next_stage_records_offline_and_sync_plans_both(online, caplog):
     with failing("graphql-error") as w:
         cfg = online(w.url)

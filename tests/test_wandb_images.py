@@ -37,6 +37,7 @@ def _finished(run_dir) -> bool:
         return False
 
 
+@pytest.mark.slow  # a wandb run
 def test_misclassified_images_are_kept_by_an_offline_run(wandb_offline, tmp_path):
     cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "wandb": {"mode": "offline"},
                                          "lineage_db": str(tmp_path / "lineage.db")}).resolved()

@@ -175,6 +175,7 @@ def test_a_finished_run_resumes_and_declares_an_input(online, tmp_path):
     assert online.missing_fields == set()
 
 
+@pytest.mark.slow  # reads wandb's generated models
 def test_every_implemented_python_operation_has_its_generated_model_or_is_named_unmodelled():
     """The stand-in claims to answer these Python-SDK operations: each of them exists in wandb's generated
     operations, so its answers are checked by the model (a rename in a new wandb shows here)."""
