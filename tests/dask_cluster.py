@@ -19,8 +19,11 @@ START_TIMEOUT_S = 90.0
 
 
 class DaskCluster:
-    def __init__(self, root: Path, n_workers: int = 2, nthreads: int = 1, env: dict | None = None):
+    def __init__(self, root: Path, n_workers: int = 2, nthreads: int = 1, env: dict | None = None,
+                 worker_args: dict[int, list[str]] | None = None):
+        """`worker_args`: more `dask worker` arguments for worker i (e.g. a `--preload` file)."""
         self.root, self.n_workers, self.nthreads = Path(root), n_workers, nthreads
+        self.worker_args = worker_args or {}
         self.env = {**os.environ, **(env or {})}
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
@@ -53,7 +56,8 @@ class DaskCluster:
         name = f"worker{i}"
         proc = self._spawn(name, ["distributed.cli.dask_worker", self.address, "--name", name, "--nthreads",
                                   str(self.nthreads), "--no-nanny", "--host", "127.0.0.1", "--no-dashboard",
-                                  "--local-directory", str(self.root / name / "dask-scratch")])
+                                  "--local-directory", str(self.root / name / "dask-scratch"),
+                                  *self.worker_args.get(i, [])])
         self.workers.append(proc)
         return proc
 

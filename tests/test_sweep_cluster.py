@@ -29,13 +29,27 @@ name: tiny-grid
 """
 
 
-@pytest.fixture
-def dask_cluster(tmp_path, wandb_offline):
-    cluster = DaskCluster(tmp_path / "dask", n_workers=2, nthreads=1)
+STALL = Path(__file__).with_name("sweep_cluster_stall.py")
+
+
+def _cluster(tmp_path, **kwargs):
+    cluster = DaskCluster(tmp_path / "dask", n_workers=2, nthreads=1, **kwargs)
     try:
         yield cluster.start()
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def dask_cluster(tmp_path, wandb_offline):
+    yield from _cluster(tmp_path)
+
+
+@pytest.fixture
+def dask_cluster_worker0_stalls(tmp_path, wandb_offline):
+    """The same cluster, but worker0's first checkpoint is its last act (`tests/sweep_cluster_stall.py`): its trial
+    waits there, checkpoint on disk, until the test kills the worker."""
+    yield from _cluster(tmp_path, worker_args={0: ["--preload", str(STALL)]})
 
 
 def _argv(tiny_mnist, tmp_path, sweep_text: str, name: str = "sweep.yaml") -> list[str]:
@@ -61,45 +75,54 @@ def _wandb_runs(wandb_dir) -> dict[str, tuple[str, str]]:
     return runs
 
 
-def _kill_when_checkpointed(cluster: DaskCluster, ckpts: Path, seen: dict, timeout: float = 240) -> None:
-    """Once two trials are training at once, each with a checkpoint on disk, SIGKILL worker0 mid-training (a lost
-    machine: its checkpoint stays, its journal is lost) and start worker2, one the flow never saw at its start."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(list(ckpts.glob("train-*.pt"))) >= 2:  # a finished trial's checkpoint is gone: both are training
-            cluster.kill_worker(0)
-            seen["killed"] = "worker0"
+def _kill_when_stalled(cluster: DaskCluster, seen: dict, flow_done: threading.Event, timeout: float = 240) -> None:
+    """Once worker0's trial stalls after its first checkpoint, SIGKILL worker0 (a lost machine: its checkpoint stays,
+    its journal is lost) and start worker2, one the flow never saw at its start. worker0 is killed whatever happens
+    (the flow must not wait on it for good); no worker is started once the flow is over."""
+    marker = cluster.root / "worker0" / "stalled"
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.is_file() and not flow_done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if marker.is_file():
+            seen["checkpoint"] = Path(marker.read_text())
+            seen["checkpoint_on_disk"] = seen["checkpoint"].is_file()
+    finally:
+        cluster.kill_worker(0)
+        seen["killed"] = "worker0"
+        if not flow_done.is_set():
             cluster.add_worker(2)  # a worker the flow's share table never saw
-            return
-        time.sleep(0.02)
 
 
 @pytest.mark.slow
 def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_once_and_reruns_from_the_store(
-        prefect_server, wandb_offline, tmp_path, dask_cluster, capsys):
+        prefect_server, wandb_offline, tiny_mnist, tmp_path, dask_cluster_worker0_stalls, capsys):
     """worker0 is killed mid-training (its checkpoint on disk, its journal lost) and a new worker joins, one that
     was not there when the flow looked at the cluster: every trial is recorded once, the lost one rerun with the
     trial's thread count, trained from scratch (the checkpoint of a run the store does not know is discarded), and
     every model is the one `reproduce` makes from the record. Then the run's state and production-model artifact,
     the audit, a rerun that reuses every trial, and a trial that fails."""
-    from tests.helpers import flow_run, write_mnist
+    from tests.helpers import flow_run
 
-    # enough batches (1500 images, 3 epochs: 282 batches) that two trials are caught training at once, each past
-    # its first checkpoint (batch 25; a checkpoint costs a write, so not every few batches)
-    src = write_mnist(tmp_path / "src", n_train=1500, n_test=40)
-    sized = ["--epochs", "3", "--checkpoint-every", "25"]
-    argv = _argv(src, tmp_path, GRID) + ["--dask-address", dask_cluster.address, "--workers", "2", *sized]
+    dask_cluster = dask_cluster_worker0_stalls
+    sized = ["--checkpoint-every", "2"]  # 8 batches a trial: worker0 stalls after its second
+    argv = _argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dask_cluster.address, "--workers", "2", *sized]
     seen: dict = {}
-    killer = threading.Thread(target=_kill_when_checkpointed,
-                              args=(dask_cluster, tmp_path / "art" / ".checkpoints", seen), daemon=True)
+    flow_done = threading.Event()
+    killer = threading.Thread(target=_kill_when_stalled, args=(dask_cluster, seen, flow_done), daemon=True)
     killer.start()
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    finally:
+        flow_done.set()
+        killer.join(timeout=30)
     out = capsys.readouterr()
-    killer.join(timeout=30)
-    assert seen.get("killed") == "worker0", "the test never caught two trials checkpointed"
+    assert seen.get("checkpoint_on_disk"), f"worker0 never stalled on a checkpoint on disk: {seen}"
+    assert seen.get("killed") == "worker0"
     assert rc == 0, out.err[-3000:]
     summary = json.loads(out.out)
     assert dask_cluster.workers[0].poll() is not None
+    assert not seen["checkpoint"].exists()  # no checkpoint outlives the sweep (the rerun discarded the lost one: below)
 
     # every trial finished once; the one the lost worker held was rerun on another worker
     assert [t["status"] for t in summary["trials"]] == ["finished"] * 4 and summary["failed"] == []
@@ -216,7 +239,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     assert "produced by prepare-data run" in report and "VERIFIED" in report
 
     # a rerun reuses all four trials: nothing is trained again, no new model version
-    rc = main(_argv(src, tmp_path, GRID) + ["--dask-address", dask_cluster.address, *sized])
+    rc = main(_argv(tiny_mnist, tmp_path, GRID) + ["--dask-address", dask_cluster.address, *sized])
     out = capsys.readouterr()
     assert rc == 0, out.err[-3000:]
     again = json.loads(out.out)
@@ -229,13 +252,14 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     from mnist_pipeline.tasks.train import checkpoint_path
 
     partial = GRID.replace("[0.001, 0.01]", "[0.001, 0.003]").replace("[[4, 8], [8, 16]]", "[[4, 8]]")
-    base = PipelineConfig.model_validate({"data": {"source": "local", "local_dir": str(src), "slice": 1},
-                                          "train": {"epochs": 3, "batch_size": 16, "learning_rate": 0.003,
+    base = PipelineConfig.model_validate({"data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1},
+                                          "train": {"epochs": 1, "batch_size": 16, "learning_rate": 0.003,
                                                     "kernels": [4, 8]},
                                           "artifacts_dir": str(tmp_path / "art")})
     blocker = checkpoint_path(base, dataset.ref())
     (blocker / "occupied").mkdir(parents=True)
-    rc = main(_argv(src, tmp_path, partial, "partial.yaml") + ["--dask-address", dask_cluster.address, *sized])
+    rc = main(_argv(tiny_mnist, tmp_path, partial, "partial.yaml") + ["--dask-address", dask_cluster.address,
+                                                                       *sized])
     out = capsys.readouterr()
     assert rc == 1
     third = json.loads(out.out)
