@@ -2,11 +2,12 @@
 
     python -m benchmarks.sweep_bench --data-dir ../shared/datasets/mnist-subset     # slice=1, 1 epoch, 4 trials
     python -m benchmarks.sweep_bench --smoke                                         # seconds: checks it works
+    python -m benchmarks.sweep_bench --smoke --trials 2                              # the suite's smoke test
 
 Each configuration runs the real `mnist-sweep` flow (the default local cluster: N worker processes, each with
 cores // N threads), wandb offline, against one Prefect server started beforehand, each with a fresh lineage store
 and artifacts folder (nothing is reused). The 4 trials cost the same (learning rate x seed, same network), so the
-comparison is one of scheduling, not of work. Per configuration:
+comparison is one of scheduling, not of work (--trials 2: the two learning rates, seed 0 only). Per configuration:
 
   wall_s            the flow call: local cluster start, prepare-data, the trials, select, export, validate, promote
   trial_phase_s     first trial start to last trial end, on the workers' clocks
@@ -34,17 +35,27 @@ DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mnist-subset"
 SWEEP = {"name": "bench", "method": "grid", "metric": {"name": "test_accuracy", "goal": "maximize"},
          "parameters": {"train.learning_rate": {"values": [0.003, 0.005]}, "train.seed": {"values": [0, 1]}}}
 TARGET_SCALING = 1.6
+SMOKE_IMAGES = (96, 32)  # --smoke: synthetic train / test images
+
+
+def _sweep(trials: int) -> dict:
+    """The benchmark's grid: 4 trials, or 2 (its two learning rates, seed 0 only)."""
+    seeds = SWEEP["parameters"]["train.seed"]["values"][: trials // 2]
+    return {**SWEEP, "parameters": {**SWEEP["parameters"], "train.seed": {"values": seeds}}}
 
 
 def _config(work: Path, a: argparse.Namespace):
     from mnist_pipeline.config import PipelineConfig
 
-    data = ({"source": "synthetic", "synthetic_train": 600, "synthetic_test": 200, "slice": 1} if a.smoke else
-            {"source": "local", "local_dir": str(a.data_dir), "slice": a.slice})
+    data = ({"source": "synthetic", "synthetic_train": SMOKE_IMAGES[0], "synthetic_test": SMOKE_IMAGES[1], "slice": 1}
+            if a.smoke else {"source": "local", "local_dir": str(a.data_dir), "slice": a.slice})
+    # the smoke's stages do the least that still runs them: batches of 16, short ONNX timings, a 4-row table
+    smoke = {"train": {"batch_size": 16, "watch": False},
+             "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.02},
+             "evaluate": {"misclassified_table_rows": 4}} if a.smoke else {"onnx": {"latency_samples": 200}}
     return PipelineConfig.model_validate({
-        "data": {**data, "root": str(work / "data")}, "train": {"epochs": a.epochs},
+        **smoke, "data": {**data, "root": str(work / "data")}, "train": {**smoke.get("train", {}), "epochs": a.epochs},
         "wandb": {"mode": "offline", "dir": str(work / "wandb")},
-        "onnx": {"latency_samples": 50 if a.smoke else 200},
         "artifacts_dir": str(work / "artifacts"), "lineage_db": str(work / "lineage.db")})
 
 
@@ -54,8 +65,8 @@ def run_once(workers: int, work: Path, a: argparse.Namespace) -> dict:
 
     cfg = _config(work, a)
     t0 = time.perf_counter()
-    summary = mnist_sweep.with_options(task_runner=task_runner(None, workers))(config=cfg,
-                                                                               sweep=parse_sweep(SWEEP)).to_dict()
+    sweep = parse_sweep(_sweep(a.trials))
+    summary = mnist_sweep.with_options(task_runner=task_runner(None, workers))(config=cfg, sweep=sweep).to_dict()
     wall = time.perf_counter() - t0
     trials = summary["trials"]
     assert all(t["status"] == "finished" for t in trials), [t["error"] for t in trials]
@@ -78,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slice", type=int, default=1)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--smoke", action="store_true", help="synthetic 600/200 images: checks the benchmark works")
+    p.add_argument("--smoke", action="store_true", help=f"synthetic {SMOKE_IMAGES[0]}/{SMOKE_IMAGES[1]} images, "
+                   "batches of 16, short ONNX timings: checks the benchmark works, in seconds")
+    p.add_argument("--trials", type=int, choices=(2, 4), default=4,
+                   help="trials per sweep: the 4 of the grid, or 2 (seed 0 only; still one per worker with 2 workers)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results-sweep.json")
     a = p.parse_args(argv)
 
@@ -108,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     wall_scaling = round(med(1, "wall_s") / med(2, "wall_s"), 3)
     result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": {
                   "cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
-              "settings": {"trials": 4, "slice": a.slice, "epochs": a.epochs, "repeats": a.repeats,
-                           "smoke": a.smoke, "sweep": SWEEP},
+              "settings": {"trials": a.trials, "slice": a.slice, "epochs": a.epochs, "repeats": a.repeats,
+                           "smoke": a.smoke, "sweep": _sweep(a.trials)},
               "figures": figures, "runs": runs,
               "ratios": {"scaling_trials_per_min_2_over_1": scaling, "scaling_wall_1_over_2": wall_scaling},
               "target": {"scaling_trials_per_min_2_over_1": TARGET_SCALING}}

@@ -98,7 +98,7 @@ def test_the_sweep_benchmark_runs_both_cluster_sizes_and_writes_every_figure(pre
     from benchmarks import sweep_bench
 
     out = tmp_path / "sweep-bench.json"
-    assert sweep_bench.main(["--smoke", "--out", str(out)]) == 0
+    assert sweep_bench.main(["--smoke", "--trials", "2", "--out", str(out)]) == 0  # tiny data, one trial per worker
     res = json.loads(out.read_text())
     for key in ("1_worker", "2_workers"):
         fig = res["figures"][key]
