@@ -1,6 +1,7 @@
 """A sweep online (`flows/sweep.py`) against the stateful W&B stand-in: every trial's run grouped as in the store,
 every artifact and edge, the winner's chain from the ONNX file back to the dataset; a normal end with no Dask
-chatter and nothing left behind. The real `mnist-pipeline sweep` in a process of its own."""
+chatter and nothing left behind. The real `mnist-pipeline sweep` in a process of its own (what its Dask workers print
+reaches its stderr); `sync --verify` in this process (`tests.wandb_inprocess.cli_here`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.roundtrip import (
     store_graph,
     wandb_graph,
 )
+from tests.wandb_inprocess import cli_here
 from tests.wandb_standin import Standin
 
 pytestmark = pytest.mark.slow
@@ -69,5 +71,5 @@ def test_a_sweep_online_puts_every_trial_and_the_winners_chain_in_wandb(prefect_
         assert digest_alias(prod.digest) in model.aliases
         ds = next(x for x in model.logged_by().used_artifacts() if x.type == "dataset")
         assert ds.logged_by().job_type == "prepare-data"
-        v = cli(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))
+        v = cli_here(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))  # in this process
         assert v.returncode == 0, v.stdout + v.stderr
