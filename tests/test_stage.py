@@ -201,3 +201,19 @@ except StorageError as e:
         assert list(staging.iterdir()) == []
         assert [p for p in (tmp_path / "art").rglob("*") if p.is_file()] == []
 
+
+
+def test_a_stage_with_wandb_disabled_records_its_output_in_the_store_only(tmp_path, monkeypatch):
+    """`--wandb-mode disabled`: wandb's no-op run has no files folder; the stage still commits, W&B hears nothing."""
+    from prefect_wandb import LineageSettings, WandbSettings
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    settings = LineageSettings(store=tmp_path / "lineage.db", artifacts=tmp_path / "art",
+                               wandb=WandbSettings(project="p", mode="disabled"))
+    with open_stage(settings, "fit") as stage:
+        out = stage.staging("model")
+        (out / "w.txt").write_text("1")
+        stage.produce("model", "model", out)
+    [run] = LineageStore(tmp_path / "lineage.db").runs()
+    assert run.status == "finished" and run.wandb_mode == "disabled" and stage.outputs["model"].version == 0
+    assert not list((tmp_path / "wandb").rglob("requirements.txt"))

@@ -92,5 +92,8 @@ def _requirements() -> str:
 
 
 def write_requirements(run: wandb.Run) -> None:
-    """The run's requirements.txt in its files folder (uploaded with the run, online or by `wandb sync`)."""
+    """The run's requirements.txt in its files folder (uploaded with the run, online or by `wandb sync`); a disabled
+    run (`--wandb-mode disabled`) has no files folder and gets none."""
+    if run.disabled:
+        return
     Path(run.dir, "requirements.txt").write_text(_requirements())
