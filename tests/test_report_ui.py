@@ -1,5 +1,5 @@
-"""The run report as a person sees it: `mnist-pipeline run` (called in-process) against a real `prefect server start`
-(with its UI) on loopback, then the Prefect UI's artifact pages, the report file and the manual deployment's Run form in headless
+"""The run report as a person sees it: `mnist-pipeline run` against a real `prefect server start` (with its UI) on
+loopback, then the Prefect UI's artifact pages, the report file and the manual deployment's Run form in headless
 Chromium.
 
 Set MNIST_SCREENSHOTS_DIR to a folder (e.g. docs) to keep the screenshots the README shows.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ from tests.browser import (
 )
 from tests.helpers import free_port, wait_for
 
+ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"]
 SHOTS = os.environ.get("MNIST_SCREENSHOTS_DIR")
 
@@ -43,7 +46,7 @@ def _shot(driver, name: str, height: int | None = None) -> None:
 
 @pytest.mark.slow
 def test_a_run_shows_its_plots_and_lineage_in_the_prefect_ui_and_the_report(tiny_mnist, wandb_offline, tmp_path,
-                                                                           monkeypatch, capsys):
+                                                                           monkeypatch):
     require_chromium()
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -53,20 +56,17 @@ def test_a_run_shows_its_plots_and_lineage_in_the_prefect_ui_and_the_report(tiny
                 "--batch-size", "16", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
                 "--lineage-db", str(tmp_path / "lineage.db"), "--wandb-mode", "offline",
                 "--onnx-latency-samples", "20", "--onnx-throughput-batch", "32", "--log-every", "2"]
-        from prefect.client.orchestration import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        from mnist_pipeline.cli.main import main
-
-        with temporary_settings({PREFECT_API_URL: url}):  # the command, in this process, against that server
-            code = main(["run", *argv])
-        out, err = capsys.readouterr()
-        assert code == 0, err[-3000:]
-        summary = json.loads(out)
+        run = subprocess.run([sys.executable, "-m", "mnist_pipeline.cli.main", "run", *argv], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "PREFECT_API_URL": url}, check=False)
+        assert run.returncode == 0, run.stderr[-3000:]
+        summary = json.loads(run.stdout)
         report = Path(summary["report"])
         assert report.is_file() and report.name == "report.html"
         # the console says where the report and the ONNX file to audit are
-        assert f"report: {report}" in err and f"ONNX model: {summary['onnx_file']}" in err
+        assert f"report: {report}" in run.stderr and f"ONNX model: {summary['onnx_file']}" in run.stderr
+
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
             arts = {a.key: a for a in client.read_artifacts() if a.key}
