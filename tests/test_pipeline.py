@@ -27,11 +27,12 @@ from tests.helpers import (
     wandb_runs,
     write_mnist,
 )
+from tests.wandb_inprocess import wandb_env
 
 # -------------------------------------------------------------------------------------------------- retries and kills
 
 
-def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_path, monkeypatch, capsys):
+def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_path, capsys):
     """The killed run is a process of its own (kill -9 is the point); the rerun runs in this one (`main`), with
     the same flags and environment."""
     n_train, epochs, batch = 4000, 2, 50  # 160 batches, seconds of training: time to kill it
@@ -72,14 +73,10 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     assert [a.type for a in store.edges(killed[0].run_id)["used"]] == ["dataset"]
     assert_store_is_sound(store)  # the store points at no missing or partial file
 
-    for k in [k for k in os.environ if k.startswith("WANDB_") and k not in env]:
-        monkeypatch.delenv(k)
-    for k, v in env.items():
-        if k.startswith("WANDB_"):
-            monkeypatch.setenv(k, v)
     from mnist_pipeline.cli.main import main
 
-    code = main(argv[3:])
+    with wandb_env(env):  # the rerun in this process, in the same W&B environment
+        code = main(argv[3:])
     assert code == 0, capsys.readouterr().err[-3000:]
     [model] = store.artifacts("model")
     [resumer] = [r for r in store.runs() if r.job_type == "train" and r.status == "finished"]
@@ -112,7 +109,7 @@ def _has_runs(db: Path) -> bool:
         return False
 
 
-def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tmp_path, monkeypatch, capsys):
+def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tmp_path, capsys):
     """One flow run in a process of its own, the other in this one (`main`), started once the first is on record."""
     from mnist_pipeline.cli.main import main
 
@@ -128,12 +125,8 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
             assert other.poll() is None, other.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "the other flow run never started"
             time.sleep(0.05)
-        for k in [k for k in os.environ if k.startswith("WANDB_") and k not in env]:
-            monkeypatch.delenv(k)
-        for k, v in env.items():
-            if k.startswith("WANDB_"):
-                monkeypatch.setenv(k, v)
-        assert main(argvs[2][3:]) == 0, capsys.readouterr().err[-3000:]
+        with wandb_env(env):
+            assert main(argvs[2][3:]) == 0, capsys.readouterr().err[-3000:]
         _, err = other.communicate(timeout=300)
         assert other.returncode == 0, err[-3000:]
     finally:
