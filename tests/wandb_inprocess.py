@@ -1,7 +1,8 @@
 """The W&B round-trip tests' `mnist-pipeline` commands called in this process (`main([...])`), as
 `tests.roundtrip.cli` runs them in a process of their own, with the same environment (`roundtrip.env_for`).
 
-This is sound because every wandb call of the commands is handed W&B's host and key explicitly: `WandbClient`
+This is sound because every wandb call of the commands is handed W&B's host explicitly (and the key wherever wandb
+would not find that key itself: `key_to_pass`): `WandbClient`
 (`sync`, `sync --verify`, `audit --online`, `rollback`) makes a `wandb.Api(overrides={"base_url": ...})` and
 `run_settings` a run's `wandb.Settings(base_url=...)` from `resolve_credentials()`, so the hosts this process used
 before (another module's stand-in) do not matter. The one process-wide memory of the commands, the stage runs'
