@@ -27,7 +27,7 @@ from pathlib import Path
 
 from prefect_wandb.holds import held
 from prefect_wandb.layout import CHECKPOINTS, STAGING, candidate_folders
-from prefect_wandb.leftovers import abandoned, owner, wandb_temp_left
+from prefect_wandb.leftovers import abandoned, ended_here, owner, process_records, wandb_temp_left
 from prefect_wandb.rollback import previous_production
 from prefect_wandb.store import ALIASES, LineageStore
 
@@ -193,10 +193,12 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
                 state = runs[d.name].status if d.name in runs else "unknown"
                 out.removals.append(Removal("staging", str(d), folder_size(d),
                                             f"staging folder of a run that is {state}, not running"))
-                for t in wandb_temp_left(d):  # its process ended without wandb's exit handler (kill -9)
-                    if all(r.path != str(t) for r in out.removals):
-                        out.removals.append(Removal("wandb-temp", str(t), folder_size(t), "wandb's temporary "
-                                                    f"folder, left by the ended process of run {d.name}"))
+                _plan_wandb_temp(out, owner(d), f"run {d.name}")
+        for record, who in process_records():  # a process killed -9, in a stage or between two
+            if ended_here(who):
+                _plan_wandb_temp(out, who, f"pid {who['process'].get('pid')}")
+                out.removals.append(Removal("wandb-temp", str(record), folder_size(record),
+                                            "record of the wandb temporary folders of a process that ended"))
         ckpts = artifacts_dir / CHECKPOINTS
         training_now = any(runs[r].job_type == "train" for r in running)
         if ckpts.is_dir() and not training_now:
@@ -220,3 +222,10 @@ def human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _plan_wandb_temp(out: Plan, who: dict | None, whose: str) -> None:
+    for t in wandb_temp_left(who):  # its process ended without wandb's exit handler (kill -9)
+        if all(r.path != str(t) for r in out.removals):
+            out.removals.append(Removal("wandb-temp", str(t), folder_size(t),
+                                        f"wandb's temporary folder, left by the ended process of {whose}"))

@@ -1,6 +1,7 @@
 """The pure logic of impact, gc, rollback and reproduce's comparison, on a lineage store built with its own API."""
 
 import json
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -400,10 +401,12 @@ def _owner_file(staging: Path, run_id: str, process: dict, temp: list[Path]) -> 
                                                      "wandb_temp": rec}))
 
 
-def test_wandb_temporary_folders_of_an_ended_process_go_and_nobody_elses(lin, tmp_path):
+def test_wandb_temporary_folders_of_an_ended_process_go_and_nobody_elses(lin, tmp_path, monkeypatch):
     """wandb's `tmp…wandb-media` / `tmp…wandb-artifacts` of a stage's process killed -9 stayed in $TMPDIR forever
     (issue 30, item 9): the owner's record of them lets the next stage and gc remove them, only them, only when that
     process has provably ended, and only while they are the very folders it recorded."""
+    import os
+
     from prefect_wandb.environment import process_identity
     from prefect_wandb.leftovers import remove_abandoned
 
@@ -425,18 +428,30 @@ def test_wandb_temporary_folders_of_an_ended_process_go_and_nobody_elses(lin, tm
     rec = json.loads((lin.root / ".staging" / "deadrun00001" / ".owner.json").read_text())
     rec["wandb_temp"][2]["ino"] += 1  # what it recorded by that name was another folder (device, inode)
     (lin.root / ".staging" / "deadrun00001" / ".owner.json").write_text(json.dumps(rec))
-    # gc's plan names them, with the staging folders that recorded them
+    # a process killed between two stages: no staging folder of it is left, only its record in $TMPDIR
+    between, alive_art = tmp / "tmpdead0004wandb-artifacts", tmp / "tmpalive002wandb-artifacts"
+    for d in (between, alive_art):
+        d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    dead_rec, live_rec = tmp / "prefect-wandb-process-1-dead.json", tmp / "prefect-wandb-process-2-live.json"
+    for rec_file, proc, folders in ((dead_rec, ended, [between]), (live_rec, me, [alive_art])):
+        rec_file.write_text(json.dumps({"process": proc, "wandb_temp": [
+            {"path": str(p), "dev": os.lstat(p).st_dev, "ino": os.lstat(p).st_ino} for p in folders]}))
+    # gc's plan names them, with the staging folders and the record that recorded them
     plan = retention.plan(lin.store, lin.root, keep_last=1)
-    assert sorted(r.path for r in plan.removals if r.kind == "wandb-temp") == [str(dead_media), str(dead_art)]
+    assert sorted(r.path for r in plan.removals if r.kind == "wandb-temp") == sorted(
+        [str(dead_media), str(dead_art), str(between), str(dead_rec)])
     # the next stage removes them
     removed = remove_abandoned(lin.root, lin.store, tmp_path / "wandb")
     assert sorted(removed) == ["deadrun00001", "deadrun00002", "elsewhere001"]
-    assert not dead_media.exists() and not dead_art.exists()
-    assert alive_media.is_dir() and renewed.is_dir() and (other / "f").is_file()
+    assert not dead_media.exists() and not dead_art.exists() and not between.exists()
+    assert alive_media.is_dir() and renewed.is_dir() and (other / "f").is_file() and alive_art.is_dir()
+    assert not dead_rec.exists() and live_rec.is_file()
 
 
 @pytest.mark.slow  # a stage in a process of its own, killed -9
-def test_a_stage_killed_minus_9_leaves_no_wandb_temporary_folder_after_the_next_clean_up(tmp_path):
+@pytest.mark.parametrize("when", ["in a stage", "between stages"])
+def test_a_process_killed_minus_9_leaves_no_wandb_temporary_folder_after_the_next_clean_up(tmp_path, when):
     import os
     import signal
     import subprocess
@@ -450,7 +465,8 @@ def test_a_stage_killed_minus_9_leaves_no_wandb_temporary_folder_after_the_next_
     code = ("import sys, time; from prefect_wandb import LineageSettings, WandbSettings, open_stage\n"
             f"s = LineageSettings(store={str(tmp_path / 'lineage.db')!r}, artifacts={str(art)!r}, "
             f"wandb=WandbSettings(project='p', mode='offline', dir={str(tmp_path / 'wandb')!r}))\n"
-            "with open_stage(s, 'train'):\n    print('in', flush=True); time.sleep(120)\n")
+            + ("with open_stage(s, 'train'):\n    print('in', flush=True); time.sleep(120)\n" if when == "in a stage"
+               else "with open_stage(s, 'train'):\n    pass\nprint('in', flush=True); time.sleep(120)\n"))
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "TMPDIR": str(tmp),
            "WANDB_SILENT": "true", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
@@ -465,6 +481,10 @@ def test_a_stage_killed_minus_9_leaves_no_wandb_temporary_folder_after_the_next_
     deadline = time.monotonic() + 30  # wandb-core, watching its parent, ends by itself
     while [p for p in tmp.iterdir() if p.name.startswith("wandb-")] and time.monotonic() < deadline:
         time.sleep(0.2)
-    [run] = remove_abandoned(art, LineageStore(tmp_path / "lineage.db"), tmp_path / "wandb")
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("prefect-wandb-process-")]  # its record of them
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(tmp))  # the next stage on this host, with the same $TMPDIR
+        removed = remove_abandoned(art, LineageStore(tmp_path / "lineage.db"), tmp_path / "wandb")
     assert not [p for p in tmp.iterdir()], sorted(p.name for p in tmp.iterdir())  # nothing of it in $TMPDIR
-    assert not (art / ".staging" / run).exists()
+    assert len(removed) == (1 if when == "in a stage" else 0)  # a finished stage's folder went with the stage
+    assert not list((art / ".staging").iterdir())

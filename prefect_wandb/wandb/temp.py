@@ -1,7 +1,7 @@
 """wandb's temporary folders of this process: made in $TMPDIR when wandb is imported (`tmp…wandb-media`, where
 media is encoded before it is copied into a run, and `tmp…wandb-artifacts`, where artifact files are staged), and
-removed by wandb's exit handler, so a process killed -9 leaves them. A stage records them (`leftovers.claim`) for
-the clean-up of what ended processes left."""
+removed by wandb's exit handler, so a process killed -9 leaves them. A process's first stage records them
+(`leftovers.claim`) for the clean-up of what ended processes left."""
 
 from __future__ import annotations
 
