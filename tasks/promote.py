@@ -11,7 +11,7 @@ from mnist_pipeline.config import PipelineConfig, TrainConfig
 from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import pipeline_stage
 from mnist_pipeline.tasks.evaluate import evaluate
-from mnist_pipeline.tasks.train import MODEL_NAME
+from mnist_pipeline.tasks.train import MODEL_NAME, discard_done_checkpoint
 from prefect_wandb import (
     ArtifactRecord,
     ArtifactRef,
@@ -40,6 +40,8 @@ def check_for_changes(cfg: PipelineConfig, dataset: ArtifactRef) -> ChangeCheck:
             whose = f"production {check.production}" if check.model == check.production else check.model
             check = ChangeCheck(True, f"{whose}'s files no longer match their record ({e}); retraining makes a "
                                       "verified copy", check.production)
+    if not check.changed and check.model_digest:
+        discard_done_checkpoint(cfg, dataset)
     state = "changed" if check.changed else "unchanged" if check.decided or check.model == check.production \
         else "reusing " + str(check.model)
     get_run_logger().info("%s: %s", state, check.reason)

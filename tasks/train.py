@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from prefect import get_run_logger, task
 
@@ -11,14 +12,24 @@ from mnist_pipeline.tasks._common import pipeline_stage, unless_permanent
 from prefect_wandb import ArtifactRef, JournalStore, LineageStore
 
 
-def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef):
+def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef, create: bool = True) -> Path:
     # Keyed by what determines the weights (the dataset and the training fingerprint, as the skip rule uses
     # them), so a rerun with the same inputs resumes and any change starts over.
     key = hashlib.sha256(json.dumps([dataset.digest, cfg.training_fingerprint()],
                                     sort_keys=True).encode()).hexdigest()[:20]
     path = cfg.artifacts_dir / ".checkpoints" / f"train-{key}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def discard_done_checkpoint(cfg: PipelineConfig, dataset: ArtifactRef) -> None:
+    """A model of these very inputs is on record, so their checkpoint has done its job: a training killed after its
+    commit, before it discarded the checkpoint, left it (with its record, `training.sidecar`'s name; not imported
+    here: `training` imports torch, which a skipped run never needs)."""
+    path = checkpoint_path(cfg, dataset, create=False)
+    for p in (path, path.with_name(path.name + ".json")):
+        p.unlink(missing_ok=True)
 
 
 def _flow_run_of(cfg: PipelineConfig, store: LineageStore | JournalStore | None, run_id: str | None) -> str:

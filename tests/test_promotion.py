@@ -35,11 +35,19 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
     assert weak["promotion"]["decision"] == "promoted"
     v0 = store.alias("convnet", "production")
 
-    # 2. the same data and config again, as the schedule would: skipped, reported, nothing new
+    # 2. the same data and config again, as the schedule would: skipped, reported, nothing new; the checkpoint
+    #    a training killed -9 after its commit left (before it could discard it) goes: its model is on record
+    from mnist_pipeline.tasks.train import checkpoint_path
+    from mnist_pipeline.training import sidecar
+
+    ckpt = checkpoint_path(_cfg(tmp_path, tiny_mnist, learning_rate=1e-6), store.artifacts("dataset")[0].ref())
+    ckpt.write_bytes(b"weights")
+    sidecar(ckpt).write_text("{}")
     state = mnist_lineage_pipeline(config=_cfg(tmp_path, tiny_mnist, learning_rate=1e-6), return_state=True)
     skipped = state.result().to_dict()
     assert skipped["status"] == "skipped" and f"unchanged since production convnet:v{v0.version}" in skipped["reason"]
     assert [a.version for a in store.artifacts("model")] == [v0.version]
+    assert not ckpt.exists() and not sidecar(ckpt).exists() and ckpt.parent.is_dir()
     assert "training skipped" in _prefect_markdown(state.state_details.flow_run_id)
 
     # 3. a changed config retrains; the better model wins the gate
