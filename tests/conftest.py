@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -59,11 +60,18 @@ SERVER_FIXTURES = frozenset({"prefect_server", "postgres", "postgres_db", "s3", 
 
 def pytest_collection_modifyitems(config, items):
     """Every test that needs a real server (a Prefect server: flows; PostgreSQL or S3, `store_at`'s postgresql case
-    included) is `slow`, so `pytest -m "not slow"` is the quick check: Python, SQLite and files only."""
+    included) is `slow`, so `pytest -m "not slow"` is the quick check: Python, SQLite and files only.
+
+    The modules then go longest first (`module_seconds.json`: seconds per module, from a `--durations=0` run;
+    others after them, in their order): xdist hands each worker a whole module (`--dist loadfile`, its own
+    reordering off in `addopts`), so a long module handed out last would run on alone while the other workers idle.
+    The table only orders: a stale one costs time, never a test (the sort is stable, a module stays together)."""
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) or params.get("store_at") == "postgresql":
             item.add_marker(pytest.mark.slow)
+    seconds = json.loads((Path(__file__).parent / "module_seconds.json").read_text())
+    items.sort(key=lambda item: -seconds.get(item.nodeid.split("::")[0], 0))
 
 
 @pytest.fixture
