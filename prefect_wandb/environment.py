@@ -6,13 +6,14 @@ No Prefect, no wandb: these facts go into each run's record in the lineage store
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,9 +35,25 @@ def code_state(root: Path | None = None) -> dict:
     return {"git_commit": commit, "git_dirty": dirty, "source_dir": str(root)}
 
 
+# What is installed is read once per process: each lookup scans the installed distributions' metadata (about 0.1 s
+# a stage for ten packages, 0.3 s for the module -> distribution map), and a process's imported code does not change
+# when a package is reinstalled under it.
+@functools.cache
+def _providers() -> Mapping[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+@functools.cache
+def _version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def imported_distributions() -> tuple[str, ...]:
     """The distributions that provide a module this process has imported (the standard library has none)."""
-    providers = importlib.metadata.packages_distributions()
+    providers = _providers()
     names = {d for top in {m.partition(".")[0] for m in list(sys.modules)} for d in providers.get(top, ())}
     return tuple(sorted(names, key=str.lower))
 
@@ -44,13 +61,7 @@ def imported_distributions() -> tuple[str, ...]:
 def package_versions(names: Iterable[str] | None = None) -> dict[str, str | None]:
     """The installed version of each distribution of `names` (default: `imported_distributions()`); None when one
     is not installed."""
-    out: dict[str, str | None] = {}
-    for name in imported_distributions() if names is None else names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: _version(name) for name in (imported_distributions() if names is None else names)}
 
 
 def run_environment(flow_run_id: str | None, *, code_root: Path | None = None,
