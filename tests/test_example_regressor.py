@@ -100,11 +100,16 @@ def test_the_command_runs_from_another_folder(tmp_path):
 
 @pytest.fixture(scope="module")
 def runs(prefect_server, tmp_path_factory) -> dict:
-    """The first run is the command itself, from another folder (its files under ./regressor-runs), signed with a
-    key from $REGRESSOR_SIGN_KEY, recording online into the W&B stand-in: what the store and W&B then hold, and
-    `mnist-pipeline sync --verify` of it (this process, the stand-in's host handed to wandb explicitly), are kept
-    for the online test. Then, in this process, offline: an unchanged rerun, a worse alpha and a better one. The
+    """The first run is the command (`python -m examples.regressor`'s `main`, in this process: the process itself
+    is `test_the_command_runs_from_another_folder`'s), from another folder (its files under ./regressor-runs),
+    signed with a key from $REGRESSOR_SIGN_KEY, recording online into the W&B stand-in (its host handed to wandb
+    explicitly, `tests.wandb_inprocess`): what the store and W&B then hold, and `mnist-pipeline sync --verify` of
+    it, are kept for the online test. Then offline: an unchanged rerun, a worse alpha and a better one. The
     stand-in lives as long as this module."""
+    import contextlib
+    import io
+
+    from examples.regressor.__main__ import main as regressor_command
     from examples.regressor.flow import RegressorConfig, regressor_pipeline
     from prefect_wandb import LineageStore
     from prefect_wandb.provenance import keys
@@ -116,10 +121,13 @@ def runs(prefect_server, tmp_path_factory) -> dict:
     key, pub = keys.generate(base / "keys")
     (base / "work").mkdir()
     with Standin() as w:
-        env = env_for(base, w, REGRESSOR_SIGN_KEY=str(key))
-        proc = subprocess.run([sys.executable, "-m", "examples.regressor", "--wandb-mode", "online"],
-                              cwd=base / "work", env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        env = env_for(base, w)
+        printed = io.StringIO()
+        with wandb_env(env), pytest.MonkeyPatch.context() as mp:
+            mp.setenv("REGRESSOR_SIGN_KEY", str(key))
+            mp.chdir(base / "work")
+            with contextlib.redirect_stdout(printed):
+                assert regressor_command(["--wandb-mode", "online"]) == 0, printed.getvalue()[-4000:]
         root = base / "work" / "regressor-runs"
         store = LineageStore(root / "lineage.db")
         with wandb_env(env):
@@ -137,7 +145,7 @@ def runs(prefect_server, tmp_path_factory) -> dict:
             production = store.alias("ridge", "production").label
             new_data = regressor_pipeline(config=cfg.model_copy(update={"alpha": 10.0, "rows": 600}))
         yield {"root": root, "db": root / "lineage.db", "store": store, "key": key, "pub": pub,
-               "first": printed_json(proc.stdout), "online": online, "skipped": skipped, "worse": worse,
+               "first": printed_json(printed.getvalue()), "online": online, "skipped": skipped, "worse": worse,
                "better": better, "production_after_better": production, "new_data": new_data}
 
 
