@@ -39,7 +39,18 @@ from prefect_wandb.records import (
 )
 from prefect_wandb.schema import UnknownRevision, ensure_schema
 from prefect_wandb.storage import StorageError
-from prefect_wandb.store_engine import driver_errors, engine_for, first_line, new_id, upsert, write_transaction
+from prefect_wandb.store_engine import (
+    STORE_TIMEOUT_ENV,
+    STORE_TIMEOUT_S,
+    TimeoutSettingError,
+    driver_errors,
+    engine_for,
+    first_line,
+    new_id,
+    store_timeout,
+    upsert,
+    write_transaction,
+)
 from prefect_wandb.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
 from prefect_wandb.store_reads import StoreReads, _row
 
@@ -60,6 +71,8 @@ class ArtifactDeleted(RuntimeError):
 
 
 class LineageStore(StoreReads):
+    _timeout: float = STORE_TIMEOUT_S  # PostgreSQL: $PREFECT_WANDB_STORE_TIMEOUT when it was opened
+
     def __init__(self, location: Path | str | StoreURL, *, readonly: bool = False):
         """Open (or, unless `readonly`, create and bring to the newest schema) the store at `location`: the path
         of an SQLite file, or a PostgreSQL URL (`postgresql+psycopg://user[:password]@host:port/db`; without a
@@ -106,7 +119,11 @@ class LineageStore(StoreReads):
         """A store in a database server: reach it (one line when it cannot be reached), then, unless read-only,
         bring its schema to head (two processes at once: one upgrades, the other waits for the write lock and finds
         it current); read-only, it must already be a lineage store."""
-        self._engine = engine_for(url)
+        try:
+            self._timeout = store_timeout()  # the bound its engine was made with, for messages
+            self._engine = engine_for(url)
+        except TimeoutSettingError as e:
+            raise StoreError(f"{self.path}: {e}") from None
         try:
             with driver_errors():
                 if self.readonly:
@@ -132,7 +149,15 @@ class LineageStore(StoreReads):
             return None
         import psycopg
 
-        if isinstance(e, psycopg.OperationalError):  # connection lost or refused, server shut down or starting
+        bound = f"${STORE_TIMEOUT_ENV} sets the bound, {self._timeout:g} s"
+        if isinstance(e, psycopg.errors.LockNotAvailable):  # lock_timeout: the write lock held by another too long
+            return StoreError(f"{self.path}: another writer held the lineage store's write lock too long "
+                              f"({first_line(e)}; {bound})")
+        if isinstance(e, psycopg.errors.QueryCanceled):  # statement_timeout, or a cancel from outside
+            return StoreError(f"{self.path}: the lineage store's database did not finish in time ({first_line(e)}; "
+                              f"{bound})")
+        if isinstance(e, psycopg.OperationalError):  # connection lost or refused, server shut down, starting or
+            # frozen (no answer within the bound: store_engine's watchdog)
             return StoreError(f"{self.path}: the lineage store's database cannot be reached ({first_line(e)})")
         return None
 
