@@ -3,11 +3,13 @@
 still completes TCP handshakes and acknowledges every packet, so neither the server's timeouts nor TCP keepalives
 fire), fails each call within the bound set by $PREFECT_WANDB_STORE_TIMEOUT, in one line naming the store with its
 password masked; after SIGCONT the next call works. The write lock still waits for another writer's transaction,
-and one held past the bound is one line too. (A stopped server: `test_postgres_store.py`'s restart and refused-port
+and one held past the bound is one line too; a writer frozen while it holds the lock loses it to the server's
+idle-in-transaction timeout. (A stopped server: `test_postgres_store.py`'s restart and refused-port
 tests, which fail in seconds.)"""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -151,6 +153,39 @@ def test_the_write_lock_waits_for_another_writer_and_past_the_bound_fails_in_one
         finally:
             holder.join(30)
     assert [r.run_id for r in store.runs()] == ["waited"]
+
+
+def _hold_the_lock(url: str, holding) -> None:
+    os.environ[STORE_TIMEOUT_ENV] = "0.5"  # this writer's bounds: idle in transaction for 5 s at most
+    with LineageStore(url).transaction() as conn:
+        conn.execute(text("SELECT 1"))
+        holding.set()
+        time.sleep(120)
+
+
+def test_a_writer_frozen_while_it_holds_the_write_lock_loses_it_and_the_others_go_on(bounded, postgres, postgres_db):
+    store = LineageStore(postgres_db)
+    ctx = multiprocessing.get_context("fork")
+    holding = ctx.Event()
+    holder = ctx.Process(target=_hold_the_lock, args=(postgres_db, holding))
+    holder.start()
+    try:
+        assert holding.wait(30)
+        t0 = time.monotonic()
+        os.kill(holder.pid, signal.SIGSTOP)  # a worker frozen inside its transaction (or cut off: the same)
+        with pytest.raises(StoreError, match="write lock too long"):
+            _start(store, "blocked")  # meanwhile: one line after T, as with any writer holding the lock
+        while True:  # the server ends the frozen writer's session after its idle-in-transaction timeout (5 s)
+            try:
+                _start(store, "after")
+                break
+            except StoreError:
+                assert time.monotonic() - t0 < 15
+        assert 4 < time.monotonic() - t0 < 15
+    finally:
+        holder.kill()
+        holder.join(10)
+    assert [r.run_id for r in store.runs()] == ["after"]
 
 
 def test_a_bad_timeout_setting_is_one_line_naming_the_variable(monkeypatch):
