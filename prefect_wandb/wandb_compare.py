@@ -5,7 +5,8 @@ For every artifact version of the store whose producing run recorded to W&B (onl
   of the stored file; W&B keeps md5s, the store sha256s, so the stored files are re-hashed). A stored file that no
   longer has its recorded sha256 is the local copy's difference (`local`), not W&B's: it is named, and W&B's copy
   of it is not judged;
-- it was logged by the run the store names as its producer;
+- it was logged by a run the store records as producing it (its producer; or another run that made the very same
+  content at the same moment, whose commit found the version already stored and which W&B may have heard first);
 - every run the store records as using it is among W&B's `used_by` (the run's input is declared);
 - the aliases the store holds (`candidate`, `production`) are on this version in W&B.
 
@@ -16,6 +17,7 @@ All W&B reads go through the `WandbBackend` (`lookup_artifact` only), so the sam
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,11 +45,12 @@ class Difference:
         return f"{self.kind:8} {self.artifact} ({self.ref}): {self.detail}"
 
 
-def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, producer: str | None,
+def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, producers: Sequence[str],
                      consumers: list[str], aliases: list[str]) -> list[Difference]:
     """What differs between one stored artifact version and W&B's answer for `ref` (None: W&B has no such version).
-    `consumers`: the runs the store records as using it that recorded to W&B; `aliases`: the store's aliases
-    (among candidate/production) on this version."""
+    `producers`: the runs the store records as producing it, its producer first; `consumers`: the runs the store
+    records as using it that recorded to W&B; `aliases`: the store's aliases (among candidate/production) on this
+    version."""
     lab = art.label
     if info is None:
         return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: `sync`)")]
@@ -70,9 +73,9 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
                                   f"the stored file's {md5}"))
     for extra in sorted(set(remote) - {f.relpath for f in art.files}):
         out.append(Difference("content", lab, ref, f"W&B's version has a file the store does not: {extra}"))
-    if producer and info.get("logged_by") and info["logged_by"] != producer:
-        out.append(Difference("producer", lab, ref, f"logged by run {info['logged_by']} in W&B, by {producer} "
-                              "in the lineage store"))
+    if producers and info.get("logged_by") and info["logged_by"] not in producers:
+        out.append(Difference("producer", lab, ref, f"logged by run {info['logged_by']} in W&B, by "
+                              f"{' or '.join(producers)} in the lineage store"))
     used_by = set(info.get("used_by") or [])
     for run_id in consumers:
         if run_id not in used_by:
@@ -107,7 +110,8 @@ def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
     checked, differences = [], []
     for art, ref, consumers, aliases in todo:
         checked.append(ref)
-        differences += compare_artifact(art, ref, found[ref], producer=art.producer_run_id, consumers=consumers,
+        producers = [art.producer_run_id, *(r for r in store.producers(art.artifact_id) if r != art.producer_run_id)]
+        differences += compare_artifact(art, ref, found[ref], producers=producers, consumers=consumers,
                                         aliases=aliases)
     return {"checked": checked, "differences": [asdict(d) | {"line": d.line()} for d in differences],
             "ok": not differences}

@@ -99,6 +99,29 @@ def test_other_content_or_producer_under_the_same_alias(lineage):
     assert kinds == {"content", "producer"}
 
 
+def test_a_version_two_runs_made_at_once_may_be_logged_by_either_of_them(lineage, tmp_path):
+    """Two flow runs preparing the same data at the same moment: the store keeps the version once, with its first
+    committer as producer and a `produced` edge from the other; W&B may have heard the other first. Either run is
+    the version's producer (as `audit --online` already said); a third run is not."""
+    store = lineage["store"]
+    cfg = PipelineConfig.model_validate({"artifacts_dir": str(tmp_path / "art"), "lineage_db": str(lineage["db"]),
+                                         "wandb": {"mode": "offline", "project": "p"}})
+    with open_stage(cfg.lineage(), "prepare-data", config=cfg) as stage:
+        d = stage.staging("dataset")
+        (d / "dataset.bin").write_bytes(b"dataset" * 100)  # the same bytes as the fixture's dataset
+        stage.produce("dataset", "dataset", d)
+    assert stage.outputs["dataset"].digest == lineage["dataset"].digest
+    rec = store.find_artifact("dataset", lineage["dataset"].digest)
+    assert rec.producer_run_id == lineage["dataset_run"] and stage.run_id in store.producers(rec.artifact_id)
+    wb = synced_wandb(lineage)
+    key = f"dataset:sha256-{lineage['dataset'].digest[:16]}"
+    wb.artifacts[key]["logged_by"] = stage.run_id
+    assert not [d for d in verify_wandb(store, wb)["differences"] if d["kind"] == "producer"]
+    wb.artifacts[key]["logged_by"] = "someone-else"
+    [diff] = [d for d in verify_wandb(store, wb)["differences"] if d["kind"] == "producer"]
+    assert f"{lineage['dataset_run']} or {stage.run_id}" in diff["detail"]
+
+
 def test_a_locally_tampered_file_is_named_as_the_local_difference_not_blamed_on_wandb(lineage, capsys):
     """W&B holds what was recorded; the stored file changed since: that file is named (as `audit` names it), exit 3,
     and `sync` (which would change nothing) is not offered for it."""
