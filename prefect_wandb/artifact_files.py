@@ -21,7 +21,8 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -250,27 +251,31 @@ def local_folder(path: str | Path, files: tuple[FileRecord, ...] | None = None) 
     return folder
 
 
-def remote_folders(root: str) -> Iterator[str]:
-    """The URL of every folder under `root` at the place of a version folder (`<type>/<name>/<digest16>`, type
-    not hidden), whether or not a store record claims it; RemoteError when S3 fails."""
+def remote_folders(root: str) -> dict[str, tuple[int, datetime | None]]:
+    """Every folder under `root` at the place of a version folder (`<type>/<name>/<digest16>`, type not hidden),
+    whether or not a store record claims it: its URL -> (its bytes, its newest object's time); RemoteError when S3
+    fails."""
     fs = _fs()
     bucket, key = _split(root)
     base = f"{bucket}/{key}" if key else bucket
     try:
-        found = fs.find(base, withdirs=False)
+        found = fs.find(base, withdirs=False, detail=True)
     except FileNotFoundError:
-        return
+        return {}
     except Exception as e:
         raise RemoteError(f"listing {root} failed ({_why(e)})") from None
-    seen: set[str] = set()
-    for obj in found:
+    out: dict[str, tuple[int, datetime | None]] = {}
+    for obj, info in sorted(found.items()):
         rel = obj[len(base):].strip("/").split("/")
         if len(rel) < 4 or rel[0].startswith(".") or not _FOLDER_NAME.fullmatch(rel[2]):
             continue
         folder = f"{root}/{'/'.join(rel[:3])}"
-        if folder not in seen:
-            seen.add(folder)
-            yield folder
+        size, newest = out.get(folder, (0, None))
+        when = info.get("LastModified")
+        if isinstance(when, datetime) and (newest is None or when > newest):
+            newest = when
+        out[folder] = (size + int(info.get("size") or 0), newest)
+    return out
 
 
 def remote_size(url: str) -> int:
