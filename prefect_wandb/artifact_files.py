@@ -43,6 +43,8 @@ CACHE_ENV = "PREFECT_WANDB_ARTIFACTS_CACHE"
 # S3's bucket names: 3-63 lower-case letters, digits, '-' and '.'
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _FOLDER_NAME = re.compile(r"[0-9a-f]{16}")
+# `user[:password]@` before the bucket (the password may hold '/')
+_USERINFO = re.compile(r"[^@/]*(:[^@]*)?@")
 # one request's bounds: a stopped endpoint fails a stage in seconds, not after botocore's default minute of retries
 _CLIENT = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
 
@@ -76,8 +78,8 @@ def artifacts_location(value: object, field: str = "artifacts") -> Path | str:
                             "s3://bucket/prefix")
     rest = value[len(scheme) + 3:]
     bucket, _, prefix = rest.partition("/")
-    if "@" in bucket:
-        raise LocationError(f"{field}: {shown} has credentials in it: put keys in AWS_ACCESS_KEY_ID/"
+    if _USERINFO.match(rest):  # not shown: a secret key may hold '/', which `redact` would not mask
+        raise LocationError(f"{field}: an {scheme}:// URL with credentials in it: put keys in AWS_ACCESS_KEY_ID/"
                             "AWS_SECRET_ACCESS_KEY, not in the URL")
     if any(c in rest for c in "?#\\") or any(ord(c) < 33 or ord(c) == 127 for c in rest):
         raise LocationError(f"{field}: {shown} is not a plain s3://bucket/prefix URL (no query, fragment, spaces)")

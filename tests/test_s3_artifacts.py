@@ -1,0 +1,226 @@
+"""Artifacts in S3 (`prefect_wandb/artifact_files.py`), on a real SeaweedFS server (`tests/servers.py`): two stages
+of the library's public API with `artifacts=s3://bucket/team` record S3 URLs whose objects hold the recorded
+sha256s at content-addressed keys; a second worker with an empty cache reads a committed version (downloaded,
+verified) and audits it; a tampered object is refused on download; the server stopped mid-upload fails the stage
+in one line and commits nothing; gc removes the upload no record claims and keeps the claimed ones; keys in the
+URL and other schemes are refused at the door; no secret key in anything the run wrote. wandb offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from prefect_wandb import DigestMismatch, LineageSettings, LineageStore, WandbSettings, local_folder, open_stage
+from prefect_wandb.artifact_files import CACHE_ENV, RemoteError, cache_root
+from prefect_wandb.cli import main as ops_main
+from prefect_wandb.cli.exit_codes import Exit
+from tests.helpers import use_offline_wandb
+
+
+def _settings(root: Path, url: str) -> LineageSettings:
+    return LineageSettings(store=root / "lineage.db", artifacts=url, code_root=root,
+                           wandb=WandbSettings(mode="offline", dir=root / "wandb"))
+
+
+def _prepare(settings: LineageSettings, rows: str = "x,y\n1,2\n3,4\n"):
+    with open_stage(settings, "prepare", config={"rows": 2}) as stage:
+        out = stage.staging("table")
+        (out / "rows.csv").write_text(rows)
+        (out / "notes").mkdir()
+        (out / "notes" / "source.txt").write_text("made by a test\n")
+        stage.produce("table", "dataset", out)
+    return stage.outputs["dataset"]
+
+
+def _fit(settings: LineageSettings, data):
+    with open_stage(settings, "fit", config={"alpha": 0.1}) as stage:
+        rows = (stage.use(data) / "rows.csv").read_text().splitlines()
+        out = stage.staging("line")
+        (out / "model.json").write_text(json.dumps({"alpha": 0.1, "rows": len(rows) - 1}) + "\n")
+        stage.produce("line", "model", out)
+    return stage.outputs["model"]
+
+
+def _key(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def _get(s3, url: str) -> bytes:
+    bucket, key = _key(url)
+    c = s3.client()
+    try:
+        return c.get_object(Bucket=bucket, Key=key)["Body"].read()
+    finally:
+        c.close()
+
+
+def _put(s3, url: str, body: bytes) -> None:
+    bucket, key = _key(url)
+    c = s3.client()
+    try:
+        c.put_object(Bucket=bucket, Key=key, Body=body)
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def s3run(s3, tmp_path_factory):
+    """One run of two stages (prepare -> fit) with its artifacts in a fresh bucket's `team/` prefix, wandb
+    offline, the cache of "worker 1" in its own folder: the store, the URL, the settings, the refs."""
+    root = tmp_path_factory.mktemp("s3run")
+    url = s3.bucket(f"run-{root.name[-8:].lower().replace('_', '-')}x") + "/team"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3.env().items():
+            mp.setenv(k, v)
+        mp.setenv(CACHE_ENV, str(root / "cache1"))
+        use_offline_wandb(mp, root / "wandb")
+        settings = _settings(root, url)
+        data = _prepare(settings)
+        model = _fit(settings, data)
+        yield {"root": root, "url": url, "settings": settings, "data": data, "model": model, "mp": mp}
+
+
+def test_every_recorded_version_is_an_s3_url_whose_objects_hold_the_recorded_sha256(s3, s3run):
+    store = LineageStore(s3run["settings"].store)
+    arts = store.artifacts()
+    assert {a.type for a in arts} == {"dataset", "model"}
+    for a in arts:
+        assert a.path == f"{s3run['url']}/{a.type}/{a.name}/{a.digest[:16]}", a.path
+        for f in a.files:
+            body = _get(s3, f"{a.path}/{f.relpath}")
+            assert hashlib.sha256(body).hexdigest() == f.sha256 and len(body) == f.size
+        # the stage staged and finalized into worker 1's cache, with the layout of an artifacts folder
+        assert local_folder(a.path) == s3run["root"] / "cache1" / _key(a.path)[0] / _key(a.path)[1]
+        assert (local_folder(a.path) / a.files[0].relpath).is_file()
+    assert s3run["model"].path.startswith("s3://") and s3run["data"].path.startswith("s3://")
+    assert not (s3run["root"] / "cache1" / _key(s3run["url"])[0] / "team" / ".staging").exists() or not any(
+        (s3run["root"] / "cache1" / _key(s3run["url"])[0] / "team" / ".staging").iterdir())
+
+
+def test_a_second_worker_with_an_empty_cache_downloads_verifies_and_audits_a_committed_version(
+        s3run, monkeypatch, capsys):
+    monkeypatch.setenv(CACHE_ENV, str(s3run["root"] / "cache2"))
+    settings, model = s3run["settings"], s3run["model"]
+    with open_stage(settings, "evaluate", config={}) as stage:
+        folder = stage.use(model)
+        assert folder.is_relative_to(s3run["root"] / "cache2")
+        assert json.loads((folder / "model.json").read_text())["rows"] == 2
+        out = stage.staging("score")
+        (out / "score.json").write_text('{"score": 1}\n')
+        stage.produce("score", "metrics", out)
+    assert stage.outputs["metrics"].path.startswith(s3run["url"] + "/metrics/")
+    # the same content again: verified in S3, not uploaded again, the same URL
+    again = _fit(settings, s3run["data"])
+    assert again.digest == model.digest and again.path == model.path
+    # audit from this worker: every file of the model's lineage fetched (the dataset too) and verified
+    code = ops_main(["audit", model.label, "--lineage-db", str(settings.store)])
+    out_text = capsys.readouterr().out
+    assert code == Exit.OK, out_text
+    assert (cache_root(s3run["data"].path) / "rows.csv").is_file()
+
+
+def test_a_tampered_object_is_refused_by_sha256_on_download_in_one_line(s3, s3run, monkeypatch):
+    monkeypatch.setenv(CACHE_ENV, str(s3run["root"] / "cache3"))
+    data = s3run["data"]
+    obj = f"{data.path}/rows.csv"
+    original = _get(s3, obj)
+    _put(s3, obj, original.replace(b"3,4", b"3,5"))
+    try:
+        with pytest.raises(DigestMismatch) as e, open_stage(s3run["settings"], "fit", config={}) as stage:
+            stage.use(data)
+        assert "\n" not in str(e.value) and obj in str(e.value) and "does not match the recorded" in str(e.value)
+        assert not cache_root(data.path).exists()  # nothing unverified is left in the cache
+        store = LineageStore(s3run["settings"].store)
+        assert store.runs()[-1].status == "failed"
+    finally:
+        _put(s3, obj, original)
+
+
+def test_the_server_stopped_mid_upload_fails_the_stage_in_one_line_and_commits_nothing(s3, s3run, monkeypatch):
+    import prefect_wandb.artifact_files as af
+
+    real = af._fs
+
+    def stopping():  # the first object of the upload goes through, then the server is gone
+        fs = real()
+        put = fs.put_file
+
+        def put_file(*a, **kw):
+            put(*a, **kw)
+            if s3.running:
+                s3.stop()
+        fs.put_file = put_file
+        return fs
+
+    monkeypatch.setattr(af, "_fs", stopping)
+    store = LineageStore(s3run["settings"].store)
+    try:
+        with pytest.raises(RemoteError) as e:
+            _prepare(s3run["settings"], rows="x,y\n9,9\n")
+    finally:
+        if not s3.running:
+            s3.start()
+    assert str(e.value).startswith("uploading s3://") and "nothing was recorded" in str(e.value)
+    assert "\n" not in str(e.value)
+    run = store.runs()[-1]
+    assert run.status == "failed" and "uploading" in (run.error or "")
+    assert [a.type for a in store.artifacts()].count("dataset") == 1  # only the first run's
+
+
+def test_gc_removes_an_upload_no_record_claims_and_keeps_the_claimed_versions(s3, s3run, capsys):
+    url, store_path = s3run["url"], s3run["settings"].store
+    stray = f"{url}/dataset/table/{'f' * 16}"
+    _put(s3, f"{stray}/rows.csv", b"an upload whose commit never came\n")
+    args = ["gc", "--lineage-db", str(store_path), "--artifacts-dir", url, "--json"]
+    assert ops_main(args) == Exit.OK
+    plan = json.loads(capsys.readouterr().out)
+    assert stray in [r["path"] for r in plan["removals"] if r["kind"] == "unrecorded-upload"]
+    assert ops_main([*args, "--apply"]) == Exit.OK
+    done = json.loads(capsys.readouterr().out)
+    assert stray in done["removed"]
+    c = s3.client()
+    try:
+        bucket, key = _key(url)
+        keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix=key + "/").get("Contents", [])]
+    finally:
+        c.close()
+    assert not any("f" * 16 in k for k in keys)
+    for a in LineageStore(store_path).artifacts():  # every claimed version stays, in S3
+        assert all(f"{_key(a.path)[1]}/{f.relpath}" in keys for f in a.files), a.label
+
+
+def test_keys_in_the_url_and_other_schemes_are_refused_at_the_door_in_one_line(tmp_path, capsys):
+    secret = "wJalrXUtnFEMI/K7MDENG"
+    LineageStore(tmp_path / "l.db")
+    for value, words in ((f"s3://AKIAEXAMPLE:{secret}@bucket/team", "put keys in AWS_ACCESS_KEY_ID"),
+                         ("ftp://host/x", "is not an artifacts location"), ("gs://bucket/x", "scheme gs://"),
+                         ("http://example.com/a", "scheme http://"), ("s3://Bad_Bucket/x", "not an S3 bucket name")):
+        with pytest.raises(ValueError) as e:
+            LineageSettings(artifacts=value)
+        text = str(e.value)
+        assert "artifacts: " in text and words in text and secret not in text, text
+        code = ops_main(["gc", "--lineage-db", str(tmp_path / "l.db"), "--artifacts-dir", value])
+        err = capsys.readouterr().err
+        assert code == Exit.USAGE and err.count("\n") == 1 and secret not in err, err
+
+
+def test_a_missing_bucket_is_named_in_one_line_before_the_stage_starts(s3, s3run, monkeypatch):
+    root = s3run["root"]
+    settings = _settings(root, "s3://no-such-bucket-here/team")
+    runs = len(LineageStore(s3run["settings"].store).runs())
+    with pytest.raises(RemoteError, match=r"^artifacts: s3://no-such-bucket-here/team: no bucket") as e:
+        _prepare(settings)
+    assert "\n" not in str(e.value)
+    assert len(LineageStore(s3run["settings"].store).runs()) == runs  # no run started
+
+
+def test_no_secret_key_in_anything_the_run_wrote(s3, s3run):
+    secret = s3.secret_key.encode()
+    written = [p for p in s3run["root"].rglob("*") if p.is_file()]
+    assert any(p.name == "lineage.db" for p in written) and any("wandb" in p.parts for p in written)
+    assert [str(p) for p in written if secret in p.read_bytes()] == []
