@@ -100,7 +100,9 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     flow_run_id = _flow_run_id()
     client = _dask_client()
     assert cfg.wandb.dir is not None  # pinned above
-    workers = check_workers(client, [cfg.artifacts_dir, cfg.wandb.dir], min_workers)
+    # an S3 artifacts location is shared through S3: each worker stages in its own cache, only W&B's folder is shared
+    shared = [cfg.wandb.dir] if isinstance(cfg.artifacts_dir, str) else [cfg.artifacts_dir, cfg.wandb.dir]
+    workers = check_workers(client, shared, min_workers)
     threads = trial_threads(core_shares(workers, client.nthreads()), cfg.train.threads)
     logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %d)", spec.name or "",
                 len(trials), spec.method, len(workers), client.scheduler.address, threads)

@@ -33,7 +33,7 @@ from prefect_wandb.locations import LocationError, redact, scheme_of
 from prefect_wandb.records import FileRecord
 from prefect_wandb.refs import DigestMismatch
 
-__all__ = ["ARTIFACT_SCHEMES", "CACHE_ENV", "ArtifactsLocationField", "RemoteError", "artifacts_location",
+__all__ = ["ARTIFACT_SCHEMES", "CACHE_ENV", "ArtifactsLocationField", "RemoteArtifactsError", "artifacts_location",
            "cache_root", "check_remote", "is_remote", "local_folder", "publish", "readable_folder", "remote_folders",
            "remote_size", "remove_remote",
            "version_url"]
@@ -49,7 +49,7 @@ _USERINFO = re.compile(r"[^@/]*(:[^@]*)?@")
 _CLIENT = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
 
 
-class RemoteError(RuntimeError):
+class RemoteArtifactsError(RuntimeError):
     """The artifacts' S3 location cannot be used (no such bucket, an unreachable endpoint, refused credentials, an
     upload that failed or read back different): one line naming the URL, never a key."""
 
@@ -141,17 +141,17 @@ def _why(e: BaseException) -> str:
 
 def check_remote(root: str) -> None:
     """The preflight of an S3 artifacts location: its bucket exists and answers with these credentials (one
-    listing of the prefix); RemoteError in one line otherwise, before any work starts."""
+    listing of the prefix); RemoteArtifactsError in one line otherwise, before any work starts."""
     bucket, key = _split(root)
     fs = _fs()
     try:
         fs.call_s3("head_bucket", Bucket=bucket)
         fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{key}/" if key else "", MaxKeys=1)
     except FileNotFoundError:
-        raise RemoteError(f"artifacts: {root}: no bucket {bucket!r} at the S3 endpoint "
+        raise RemoteArtifactsError(f"artifacts: {root}: no bucket {bucket!r} at the S3 endpoint "
                           f"({os.environ.get('AWS_ENDPOINT_URL') or 'AWS'}): create it, or give another") from None
     except Exception as e:  # unreachable endpoint, refused credentials, a timeout
-        raise RemoteError(f"artifacts: {root} cannot be reached ({_why(e)}): check AWS_ENDPOINT_URL and the "
+        raise RemoteArtifactsError(f"artifacts: {root} cannot be reached ({_why(e)}): check AWS_ENDPOINT_URL and the "
                           "AWS credentials") from None
 
 
@@ -179,7 +179,7 @@ def _remote_mismatch(fs: Any, url: str, files: Iterable[FileRecord]) -> str | No
 def publish(local: Path, url: str, files: tuple[FileRecord, ...]) -> None:
     """Make the objects under `url` hold exactly `local`'s files (`files`, its manifest), read back and compared by
     sha256 before returning: a version already there (its key is its content) is verified, not uploaded again;
-    one that differs (a partial or tampered upload) is uploaded again. RemoteError in one line when S3 fails."""
+    one that differs (a partial or tampered upload) is uploaded again. RemoteArtifactsError in one line when S3 fails."""
     fs = _fs()
     try:
         if _remote_mismatch(fs, url, files) is None:
@@ -188,9 +188,9 @@ def publish(local: Path, url: str, files: tuple[FileRecord, ...]) -> None:
             fs.put_file(str(Path(local) / f.relpath), f"{url[len('s3://'):]}/{f.relpath}")
         problem = _remote_mismatch(fs, url, files)
     except Exception as e:
-        raise RemoteError(f"uploading {url} failed ({_why(e)}): nothing was recorded") from None
+        raise RemoteArtifactsError(f"uploading {url} failed ({_why(e)}): nothing was recorded") from None
     if problem:
-        raise RemoteError(f"uploading {url}: read back different ({problem}): nothing was recorded")
+        raise RemoteArtifactsError(f"uploading {url}: read back different ({problem}): nothing was recorded")
 
 
 def _download(fs: Any, url: str, files: tuple[FileRecord, ...], into: Path) -> None:
@@ -226,7 +226,7 @@ def local_folder(path: str | Path, files: tuple[FileRecord, ...] | None = None) 
     always); a URL is mapped to this host's cache (`cache_root`), downloaded there if missing or incomplete (to a
     temporary folder, every file's sha256 checked against `files`, then renamed into place), so a cache copy was
     verified when it came. `files`: the record's (None: return the cache folder, whatever it holds).
-    DigestMismatch (one line) when S3 holds other bytes than the record says; RemoteError when S3 fails."""
+    DigestMismatch (one line) when S3 holds other bytes than the record says; RemoteArtifactsError when S3 fails."""
     if not is_remote(path):
         return Path(path)
     url = str(path)
@@ -240,7 +240,7 @@ def local_folder(path: str | Path, files: tuple[FileRecord, ...] | None = None) 
         except DigestMismatch:
             raise
         except Exception as e:
-            raise RemoteError(f"downloading {url} failed ({_why(e)})") from None
+            raise RemoteArtifactsError(f"downloading {url} failed ({_why(e)})") from None
         if folder.exists():  # an incomplete copy (sizes differ): this verified one replaces it
             shutil.rmtree(folder, ignore_errors=True)
         try:
@@ -255,7 +255,7 @@ def local_folder(path: str | Path, files: tuple[FileRecord, ...] | None = None) 
 
 def remote_folders(root: str) -> dict[str, tuple[int, datetime | None]]:
     """Every folder under `root` at the place of a version folder (`<type>/<name>/<digest16>`, type not hidden),
-    whether or not a store record claims it: its URL -> (its bytes, its newest object's time); RemoteError when S3
+    whether or not a store record claims it: its URL -> (its bytes, its newest object's time); RemoteArtifactsError when S3
     fails."""
     fs = _fs()
     bucket, key = _split(root)
@@ -265,7 +265,7 @@ def remote_folders(root: str) -> dict[str, tuple[int, datetime | None]]:
     except FileNotFoundError:
         return {}
     except Exception as e:
-        raise RemoteError(f"listing {root} failed ({_why(e)})") from None
+        raise RemoteArtifactsError(f"listing {root} failed ({_why(e)})") from None
     out: dict[str, tuple[int, datetime | None]] = {}
     for obj, info in sorted(found.items()):
         rel = obj[len(base):].strip("/").split("/")
@@ -286,18 +286,18 @@ def remote_size(url: str) -> int:
     try:
         return sum(int(v.get("size") or 0) for v in fs.find(url[len("s3://"):], detail=True).values())
     except Exception as e:
-        raise RemoteError(f"listing {url} failed ({_why(e)})") from None
+        raise RemoteArtifactsError(f"listing {url} failed ({_why(e)})") from None
 
 
 def remove_remote(url: str) -> None:
-    """Delete every object under `url` (a version folder); RemoteError when S3 refuses."""
+    """Delete every object under `url` (a version folder); RemoteArtifactsError when S3 refuses."""
     fs = _fs()
     try:
         fs.rm(url[len("s3://"):], recursive=True)
     except FileNotFoundError:
         return
     except Exception as e:
-        raise RemoteError(f"removing {url} failed ({_why(e)})") from None
+        raise RemoteArtifactsError(f"removing {url} failed ({_why(e)})") from None
 
 
 def readable_folder(path: str | Path, files: tuple[FileRecord, ...]) -> Path:
@@ -306,5 +306,5 @@ def readable_folder(path: str | Path, files: tuple[FileRecord, ...]) -> Path:
     its cache folder as it is, whose missing or differing files that reader then names."""
     try:
         return local_folder(path, files)
-    except (DigestMismatch, RemoteError):
+    except (DigestMismatch, RemoteArtifactsError):
         return local_folder(path)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from prefect_wandb.artifact_files import ArtifactsLocationField, cache_root
+from prefect_wandb.artifact_files import ArtifactsLocationField, cache_root, check_remote
 from prefect_wandb.locations import StoreLocationField, StoreURL, path_only
 
 if TYPE_CHECKING:
@@ -172,6 +172,12 @@ class LineageSettings(_Frozen):
     def remote_artifacts(self) -> str | None:
         """The S3 location versions are uploaded to, None for a local artifacts folder."""
         return None if isinstance(self.artifacts, Path) else self.artifacts
+
+    def check_artifacts(self) -> None:
+        """The preflight of an S3 artifacts location (its bucket exists and answers): RemoteArtifactsError in one
+        line before any work starts; nothing to check for a folder (its writability is checked where it is made)."""
+        if not isinstance(self.artifacts, Path):
+            check_remote(self.artifacts)
 
     def store_folder(self) -> Path:
         """The folder "beside the store": an SQLite store's folder; a store in a database has none, so the folder

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from prefect_wandb.alias_sync import AliasesMoving, follow_store
-from prefect_wandb.artifact_files import check_remote, is_remote, local_folder, publish, version_url
+from prefect_wandb.artifact_files import is_remote, local_folder, publish, version_url
 from prefect_wandb.environment import process_gone, process_identity, run_environment
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.layout import staging_folder, version_folder
@@ -303,9 +303,7 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
     flow run this runs in; `store`: where the record goes, by default the store of `settings` (a sweep trial on a
     Dask worker passes a `journal.JournalStore`, whose records the flow's process commits)."""
     settings = settings.resolved()
-    remote = settings.remote_artifacts()
-    if remote is not None:  # no bucket, no endpoint: one line before any work starts
-        check_remote(remote)
+    settings.check_artifacts()  # S3: no bucket, no endpoint: one line before any work starts
     record = _plain(config)
     flow_run_id = flow_run_id if flow_run_id is not None else _current_flow_run_id()
     store = LineageStore(settings.store) if store is None else store

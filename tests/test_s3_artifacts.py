@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prefect_wandb import DigestMismatch, LineageSettings, LineageStore, WandbSettings, local_folder, open_stage
-from prefect_wandb.artifact_files import CACHE_ENV, RemoteError, cache_root
+from prefect_wandb.artifact_files import CACHE_ENV, RemoteArtifactsError, cache_root
 from prefect_wandb.cli import main as ops_main
 from prefect_wandb.cli.exit_codes import Exit
 from tests.helpers import use_offline_wandb
@@ -160,7 +160,7 @@ def test_the_server_stopped_mid_upload_fails_the_stage_in_one_line_and_commits_n
     monkeypatch.setattr(af, "_fs", stopping)
     store = LineageStore(s3run["settings"].store)
     try:
-        with pytest.raises(RemoteError) as e:
+        with pytest.raises(RemoteArtifactsError) as e:
             _prepare(s3run["settings"], rows="x,y\n9,9\n")
     finally:
         if not s3.running:
@@ -213,7 +213,7 @@ def test_a_missing_bucket_is_named_in_one_line_before_the_stage_starts(s3, s3run
     root = s3run["root"]
     settings = _settings(root, "s3://no-such-bucket-here/team")
     runs = len(LineageStore(s3run["settings"].store).runs())
-    with pytest.raises(RemoteError, match=r"^artifacts: s3://no-such-bucket-here/team: no bucket") as e:
+    with pytest.raises(RemoteArtifactsError, match=r"^artifacts: s3://no-such-bucket-here/team: no bucket") as e:
         _prepare(settings)
     assert "\n" not in str(e.value)
     assert len(LineageStore(s3run["settings"].store).runs()) == runs  # no run started

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect_wandb.artifact_files import RemoteError, local_folder
+from prefect_wandb.artifact_files import RemoteArtifactsError, local_folder
 from prefect_wandb.audit.entries import Check
 from prefect_wandb.hashing import sha256_file
 from prefect_wandb.layout import folder_name
@@ -52,7 +52,7 @@ class Verifier:
         gone = self.deleted.get(rec.artifact_id)
         try:  # a version in S3: this host's cache copy, fetched and verified by sha256 if it is not there yet
             base = local_folder(rec.path, None if gone is not None else rec.files)
-        except (DigestMismatch, RemoteError) as e:
+        except (DigestMismatch, RemoteArtifactsError) as e:
             base = local_folder(rec.path)
             self.add("artifact-file", lab, rec.path, "mismatch" if isinstance(e, DigestMismatch) else "unreadable",
                      detail=str(e))

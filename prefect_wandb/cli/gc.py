@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prefect_wandb import holds, retention
 from prefect_wandb.artifact_files import (
-    RemoteError,
+    RemoteArtifactsError,
     artifacts_location,
     cache_root,
     check_remote,
@@ -71,7 +71,7 @@ def gc_main(ns: argparse.Namespace) -> int:
             (store.folder or Path()) / "artifacts"
         if isinstance(where, str):
             check_remote(where)
-    except (LocationError, RemoteError) as e:
+    except (LocationError, RemoteArtifactsError) as e:
         err("gc", str(e))
         return Exit.USAGE
     # a folder, or an S3 location whose cache on this host holds the staging, checkpoints and trash
@@ -114,7 +114,7 @@ def gc_main(ns: argparse.Namespace) -> int:
                     done = True
                 else:
                     done = _remove_path(r)
-            except (OSError, RemoteError) as e:
+            except (OSError, RemoteArtifactsError) as e:
                 result["failed"].append({"path": r.path, "error": str(e)})
                 continue
             (result["removed"] if done else result["skipped"]).append(r.path)
