@@ -224,3 +224,40 @@ def test_no_secret_key_in_anything_the_run_wrote(s3, s3run):
     written = [p for p in s3run["root"].rglob("*") if p.is_file()]
     assert any(p.name == "lineage.db" for p in written) and any("wandb" in p.parts for p in written)
     assert [str(p) for p in written if secret in p.read_bytes()] == []
+
+
+def test_the_mnist_pipeline_with_its_artifacts_in_s3_records_urls_audits_and_writes_no_key(
+        prefect_server, s3, s3_bucket, wandb_offline, tiny_mnist, tmp_path, monkeypatch, capsys):
+    from mnist_pipeline.cli.main import main as mnist_main
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as pipeline
+    from tests.helpers import tiny_config
+
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    url = f"{s3_bucket}/mnist"
+    cfg = tiny_config(tmp_path, tiny_mnist, artifacts_dir=url, train={"watch": False})
+    state = pipeline(config=cfg, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result().promotion.decision == "promoted"
+    store = LineageStore(tmp_path / "lineage.db")
+    arts = store.artifacts()
+    assert {"dataset", "model", "onnx", "metrics", "report"} <= {a.type for a in arts}
+    for a in arts:
+        assert a.path == f"{url}/{a.type}/{a.name}/{a.digest[:16]}", a.path
+        for f in a.files:
+            assert hashlib.sha256(_get(s3, f"{a.path}/{f.relpath}")).hexdigest() == f.sha256
+    # checkpoints and staging in the cache, never in S3 or beside the config's URL
+    assert not (tmp_path / "art").exists() and not any("s3:" in p.name for p in tmp_path.rglob("*"))
+    # another host's cache: the audit downloads and verifies every file of the production model's lineage
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache-2"))
+    capsys.readouterr()
+    assert mnist_main(["audit", "convnet:production", "--lineage-db", str(tmp_path / "lineage.db")]) == Exit.OK
+    assert "VERIFIED" in capsys.readouterr().out
+    secret = s3.secret_key.encode()
+    assert [str(p) for p in tmp_path.rglob("*") if p.is_file() and secret in p.read_bytes()] == []
+    # an unreachable bucket: the CLI says so in one line before any work
+    assert mnist_main(["run", "--artifacts-dir", "s3://no-such-bucket-here/x", "--source", "synthetic",
+                       "--lineage-db", str(tmp_path / "other.db"), "--root", str(tmp_path / "d2")]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no bucket 'no-such-bucket-here'" in err, err
