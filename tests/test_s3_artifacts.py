@@ -172,25 +172,36 @@ def test_the_server_stopped_mid_upload_fails_the_stage_in_one_line_and_commits_n
     assert [a.type for a in store.artifacts()].count("dataset") == 1  # only the first run's
 
 
-def test_gc_removes_an_upload_no_record_claims_and_keeps_the_claimed_versions(s3, s3run, capsys):
+def test_gc_removes_an_unclaimed_upload_and_a_deleted_version_and_keeps_the_claimed_ones(s3, s3run, capsys):
     url, store_path = s3run["url"], s3run["settings"].store
     stray = f"{url}/dataset/table/{'f' * 16}"
     _put(s3, f"{stray}/rows.csv", b"an upload whose commit never came\n")
+    with open_stage(s3run["settings"], "scribble", config={}) as stage:  # no model's lineage: gc's to remove
+        out = stage.staging("scratch")
+        (out / "s.txt").write_text("scratch\n")
+        stage.produce("scratch", "scratch", out)
+    scratch = stage.outputs["scratch"]
+    assert (local_folder(scratch.path) / "s.txt").is_file()
     args = ["gc", "--lineage-db", str(store_path), "--artifacts-dir", url, "--json"]
     assert ops_main(args) == Exit.OK
     plan = json.loads(capsys.readouterr().out)
     assert stray in [r["path"] for r in plan["removals"] if r["kind"] == "unrecorded-upload"]
     assert ops_main([*args, "--apply"]) == Exit.OK
     done = json.loads(capsys.readouterr().out)
-    assert stray in done["removed"]
+    assert stray in done["removed"] and scratch.path in done["removed"], done
+    assert not local_folder(scratch.path).exists()  # its cache copy went with it
+    deleted = LineageStore(store_path).deletions()
+    assert [LineageStore(store_path).artifact(i).label for i in deleted] == [scratch.label]
     c = s3.client()
     try:
         bucket, key = _key(url)
         keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix=key + "/").get("Contents", [])]
     finally:
         c.close()
-    assert not any("f" * 16 in k for k in keys)
+    assert not any("f" * 16 in k or f"/scratch/{scratch.digest[:16]}/" in k for k in keys)
     for a in LineageStore(store_path).artifacts():  # every claimed version stays, in S3
+        if a.artifact_id in deleted:
+            continue
         assert all(f"{_key(a.path)[1]}/{f.relpath}" in keys for f in a.files), a.label
 
 
