@@ -265,9 +265,15 @@ def test_the_mnist_pipeline_with_its_artifacts_in_s3_records_urls_audits_and_wri
     capsys.readouterr()
     assert mnist_main(["audit", "convnet:production", "--lineage-db", str(tmp_path / "lineage.db")]) == Exit.OK
     assert "VERIFIED" in capsys.readouterr().out
+    # a third host, its cache empty: the unchanged rerun finds the dataset and model in S3 (verified) and skips
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache-3"))
+    again = pipeline(config=cfg, return_state=True)
+    assert again.is_completed() and again.result().status == "skipped", again.result()
+    assert len(store.artifacts()) == len(arts)
     secret = s3.secret_key.encode()
     assert [str(p) for p in tmp_path.rglob("*") if p.is_file() and secret in p.read_bytes()] == []
     # an unreachable bucket: the CLI says so in one line before any work
+    capsys.readouterr()
     assert mnist_main(["run", "--artifacts-dir", "s3://no-such-bucket-here/x", "--source", "synthetic",
                        "--lineage-db", str(tmp_path / "other.db"), "--root", str(tmp_path / "d2")]) == Exit.USAGE
     err = capsys.readouterr().err
