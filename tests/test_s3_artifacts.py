@@ -278,3 +278,24 @@ def test_the_mnist_pipeline_with_its_artifacts_in_s3_records_urls_audits_and_wri
                        "--lineage-db", str(tmp_path / "other.db"), "--root", str(tmp_path / "d2")]) == Exit.USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no bucket 'no-such-bucket-here'" in err, err
+
+
+def test_an_s3_location_is_normalised_and_its_cache_is_a_folder_every_host_derives_alike(tmp_path, monkeypatch):
+    assert LineageSettings(artifacts="s3://bucket/team/").artifacts == "s3://bucket/team"
+    assert LineageSettings(artifacts="s3://bucket//a/b").artifacts == "s3://bucket/a/b"
+    assert LineageSettings(artifacts="runs/art").artifacts == Path("runs/art")
+    with pytest.raises(ValueError, match="'.' and '..' are not prefix segments"):
+        LineageSettings(artifacts="s3://bucket/a/../b")
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    s = LineageSettings(artifacts="s3://bucket/team")
+    assert s.local_artifacts() == (tmp_path / "xdg" / "prefect-wandb" / "artifacts" / "bucket" / "team").resolve()
+    assert s.remote_artifacts() == "s3://bucket/team" and LineageSettings().remote_artifacts() is None
+    version = "s3://bucket/team/model/m/0123456789abcdef"
+    assert local_folder(version) == s.local_artifacts() / "model" / "m" / "0123456789abcdef"  # no files: no fetch
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    assert s.local_artifacts() == (tmp_path / "c" / "bucket" / "team").resolve()
+    # JSON (a Prefect parameter, a block) keeps the URL as it is, and reads back the same settings
+    assert json.loads(s.model_dump_json())["artifacts"] == "s3://bucket/team"
+    assert LineageSettings.model_validate_json(s.model_dump_json()) == s
+    assert local_folder(tmp_path / "here") == tmp_path / "here"  # a folder is returned as it is
