@@ -35,8 +35,7 @@ from prefect_wandb.refs import DigestMismatch
 
 __all__ = ["ARTIFACT_SCHEMES", "CACHE_ENV", "ArtifactsLocationField", "RemoteArtifactsError", "artifacts_location",
            "cache_root", "check_remote", "is_remote", "local_folder", "publish", "readable_folder", "remote_folders",
-           "remote_size", "remove_remote",
-           "version_url"]
+           "remove_remote", "version_url"]
 
 ARTIFACT_SCHEMES = ("s3",)
 CACHE_ENV = "PREFECT_WANDB_ARTIFACTS_CACHE"
@@ -116,8 +115,10 @@ def cache_root(url: str) -> Path:
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "prefect-wandb" / "artifacts"
     bucket, key = _split(url)
-    return (base.expanduser() / bucket).joinpath(*key.split("/")).resolve() if key else \
-        (base.expanduser() / bucket).resolve()
+    parts = key.split("/") if key else []
+    if not _BUCKET.fullmatch(bucket) or any(p in ("", ".", "..") for p in parts):  # a record's path, not our own
+        raise LocationError(f"{redact(url)} is not an s3://bucket/prefix URL this cache can hold")
+    return (base.expanduser() / bucket).joinpath(*parts).resolve()
 
 
 def version_url(root: str, type: str, name: str, digest: str) -> str:
@@ -149,10 +150,11 @@ def check_remote(root: str) -> None:
         fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=f"{key}/" if key else "", MaxKeys=1)
     except FileNotFoundError:
         raise RemoteArtifactsError(f"artifacts: {root}: no bucket {bucket!r} at the S3 endpoint "
-                          f"({os.environ.get('AWS_ENDPOINT_URL') or 'AWS'}): create it, or give another") from None
+                                   f"({os.environ.get('AWS_ENDPOINT_URL') or 'AWS'}): create it, or give another"
+                                   ) from None
     except Exception as e:  # unreachable endpoint, refused credentials, a timeout
-        raise RemoteArtifactsError(f"artifacts: {root} cannot be reached ({_why(e)}): check AWS_ENDPOINT_URL and the "
-                          "AWS credentials") from None
+        raise RemoteArtifactsError(f"artifacts: {root} cannot be reached ({_why(e)}): check AWS_ENDPOINT_URL and "
+                                   "the AWS credentials") from None
 
 
 def _sha256_remote(fs: Any, path: str) -> str:
@@ -278,15 +280,6 @@ def remote_folders(root: str) -> dict[str, tuple[int, datetime | None]]:
             newest = when
         out[folder] = (size + int(info.get("size") or 0), newest)
     return out
-
-
-def remote_size(url: str) -> int:
-    """The bytes of every object under `url`."""
-    fs = _fs()
-    try:
-        return sum(int(v.get("size") or 0) for v in fs.find(url[len("s3://"):], detail=True).values())
-    except Exception as e:
-        raise RemoteArtifactsError(f"listing {url} failed ({_why(e)})") from None
 
 
 def remove_remote(url: str) -> None:
