@@ -115,8 +115,19 @@ def test_a_second_worker_with_an_empty_cache_downloads_verifies_and_audits_a_com
         stage.produce("score", "metrics", out)
     assert stage.outputs["metrics"].path.startswith(s3run["url"] + "/metrics/")
     # the same content again: verified in S3, not uploaded again, the same URL
+    import prefect_wandb.artifact_files as af
+
+    real, puts = af._fs, []
+
+    def counting():
+        fs = real()
+        put = fs.put_file
+        fs.put_file = lambda *a, **kw: (puts.append(a[1]), put(*a, **kw))
+        return fs
+
+    monkeypatch.setattr(af, "_fs", counting)
     again = _fit(settings, s3run["data"])
-    assert again.digest == model.digest and again.path == model.path
+    assert again.digest == model.digest and again.path == model.path and puts == []
     # audit from this worker: every file of the model's lineage fetched (the dataset too) and verified
     code = ops_main(["audit", model.label, "--lineage-db", str(settings.store)])
     out_text = capsys.readouterr().out
