@@ -135,7 +135,7 @@ def test_a_second_worker_with_an_empty_cache_downloads_verifies_and_audits_a_com
     assert (cache_root(s3run["data"].path) / "rows.csv").is_file()
 
 
-def test_a_tampered_object_is_refused_by_sha256_on_download_in_one_line(s3, s3run, monkeypatch):
+def test_a_tampered_object_is_refused_by_sha256_on_download_in_one_line(s3, s3run, monkeypatch, capsys):
     monkeypatch.setenv(CACHE_ENV, str(s3run["root"] / "cache3"))
     data = s3run["data"]
     obj = f"{data.path}/rows.csv"
@@ -148,6 +148,11 @@ def test_a_tampered_object_is_refused_by_sha256_on_download_in_one_line(s3, s3ru
         assert not cache_root(data.path).exists()  # nothing unverified is left in the cache
         store = LineageStore(s3run["settings"].store)
         assert store.runs()[-1].status == "failed"
+        # the audit from an empty cache says so (the object's sha256), and fails, without a traceback
+        capsys.readouterr()
+        assert ops_main(["audit", data.label, "--lineage-db", str(s3run["settings"].store)]) == Exit.VERIFY_FAILED
+        out, err = capsys.readouterr()
+        assert "does not match the recorded" in out and "Traceback" not in out + err, out + err
     finally:
         _put(s3, obj, original)
 
