@@ -114,6 +114,12 @@ def test_a_second_worker_with_an_empty_cache_downloads_verifies_and_audits_a_com
         (out / "score.json").write_text('{"score": 1}\n')
         stage.produce("score", "metrics", out)
     assert stage.outputs["metrics"].path.startswith(s3run["url"] + "/metrics/")
+    # a cache copy changed since (same size, other bytes): refused by sha256, fetched again from S3
+    cached = folder / "model.json"
+    text = cached.read_text()
+    cached.write_text(text.replace("0.1", "0.2"))
+    with open_stage(settings, "evaluate", config={}) as stage:
+        assert (stage.use(model) / "model.json").read_text() == text
     # the same content again: verified in S3, not uploaded again, the same URL
     import prefect_wandb.artifact_files as af
 
