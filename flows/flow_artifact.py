@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact
 
@@ -12,7 +11,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.report import markdown
 from mnist_pipeline.results import RunSummary
 from mnist_pipeline.tasks._common import current_flow_run_id
-from prefect_wandb import LineageStore
+from prefect_wandb import LineageStore, local_folder
 from prefect_wandb import wandb_records as library_wandb_records
 
 
@@ -105,7 +104,7 @@ def production_facts(cfg: PipelineConfig, decision) -> markdown.ProductionModel:
         reports = [a for run_id in store.consumers(m.artifact_id) if (r := store.run(run_id)) is not None
                    and r.job_type == "report" and r.status == "finished" for a in store.edges(run_id)["produced"]]
         if reports:
-            report = str(Path(reports[-1].path) / REPORT_FILE)
+            report = str(local_folder(reports[-1].path, reports[-1].files) / REPORT_FILE)
             break
     wandb_run = trained.wandb_url if trained is not None and trained.wandb_mode == "online" else None
     wandb_artifact = (f"{wandb_run.split('/runs/')[0]}/artifacts/{prod.type}/{prod.name}/sha256-{prod.digest[:16]}"

@@ -8,7 +8,6 @@ then a Prefect artifact on the flow run that lists what was produced and why.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext, TaskRunContext
@@ -48,7 +47,7 @@ from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
-from prefect_wandb import ChangeCheck, LineageStore
+from prefect_wandb import ChangeCheck, LineageStore, local_folder
 
 FLOW_NAME = "mnist-lineage-pipeline"
 DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)
@@ -186,8 +185,8 @@ def _pipeline(config: PipelineConfig, logger, at: _Progress) -> State:
         onnx_max_abs_diff=v.max_abs_diff, onnx_argmax_agreement=v.argmax_agreement,
         onnx_latency_ms_p50=v.latency_ms_p50, onnx_throughput_per_s=v.ort_throughput_per_s,
         promotion=PromotionOutcome.of(decision), lineage_db=str(cfg.lineage_db), config_sources=config_sources,
-        report=str(Path(report.path) / REPORT_FILE), onnx_file=str(Path(onnx_model.path) / "model.onnx"),
-        signed_onnx_file=str(Path(attestation.path) / "model.onnx") if attestation else None,
+        report=str(local_folder(report.path) / REPORT_FILE), onnx_file=str(local_folder(onnx_model.path) / "model.onnx"),
+        signed_onnx_file=str(local_folder(attestation.path) / "model.onnx") if attestation else None,
         wandb=wandb_records(cfg, logger))  # where the records went, in one line
     publish_flow_artifact(cfg, summary)
     at.decided = None

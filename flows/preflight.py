@@ -8,7 +8,8 @@
    or else inside the folders of the deployment's own default config (data, artifacts, store, W&B).
 3. Every folder the run will write to (data, artifacts, the store's folder, W&B's folder) is writable: an
    unwritable one fails here with one line, instead of wandb quietly writing to $TMPDIR.
-4. The lineage store is readable, and is not missing or empty beside artifact folders it once recorded.
+4. The lineage store is readable, and is not missing or empty beside artifact folders it once recorded; an S3
+   artifacts location's bucket exists and answers.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def describe_sources(sources: dict[str, str], cfg: PipelineConfig) -> str:
 
 def locations(cfg: PipelineConfig) -> dict[str, Path]:
     """The folders a run of `cfg` reads or writes, by the field that names them."""
-    out = {"data.root": cfg.data.root, "artifacts_dir": cfg.artifacts_dir}
+    out = {"data.root": cfg.data.root, "artifacts_dir": cfg.artifacts_folder()}  # S3: its cache on this host
     if isinstance(cfg.lineage_db, Path):  # a store in a database has no folder
         out["lineage_db"] = cfg.lineage_db.parent
     out["wandb.dir"] = cfg.lineage().wandb_folder()
@@ -128,13 +129,13 @@ def check_store(cfg: PipelineConfig) -> None:
                 if "no runs/artifacts tables" not in str(e) or attempt == 49:
                     raise
                 time.sleep(0.2)
-    found = artifact_folders(cfg.artifacts_dir)
+    found = artifact_folders(cfg.artifacts_folder())  # S3: the versions this host's cache holds
     if found:
         state = "empty (0 bytes)" if db.is_file() else "missing"
         raise StoreError(
-            f"the lineage store {db} is {state}, but {cfg.artifacts_dir} holds {len(found)} artifact folder(s) "
+            f"the lineage store {db} is {state}, but {cfg.artifacts_folder()} holds {len(found)} artifact folder(s) "
             f"that an earlier store recorded (e.g. {found[0]}): restore {db.name} from a backup; to start a new "
-            f"history deliberately, move {cfg.artifacts_dir} aside (or give another --artifacts-dir)")
+            f"history deliberately, move {cfg.artifacts_folder()} aside (or give another --artifacts-dir)")
 
 
 def _deployment() -> tuple[str, dict] | None:
@@ -167,5 +168,6 @@ def effective_config(config: PipelineConfig, logger: logging.Logger | logging.Lo
         cfg.check_roots(roots, why=f"the folders deployment {dep[0]!r} was served with; an operator widens them "
                                    "with $MNIST_PIPELINE_ALLOWED_ROOTS or `serve --allowed-roots`")
     check_writable(cfg)
+    cfg.lineage().check_artifacts()
     check_store(cfg)
     return cfg, {k: o for k, o in sorted(sources.items()) if o != DEFAULT}

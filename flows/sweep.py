@@ -13,8 +13,6 @@ and W&B folders at the same paths as this process, or the flow fails with one li
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.states import Completed, State
@@ -41,7 +39,7 @@ from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
 from mnist_pipeline.tasks.train import MODEL_NAME, checkpoint_path
 from mnist_pipeline.tasks.validate_onnx import parity_failure
-from prefect_wandb import LineageStore, commit_journal, record_lost_run
+from prefect_wandb import LineageStore, commit_journal, local_folder, record_lost_run
 
 FLOW_NAME = "mnist-sweep"
 DEFAULT_CONFIG = PipelineConfig.model_validate({})
@@ -102,7 +100,9 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     flow_run_id = _flow_run_id()
     client = _dask_client()
     assert cfg.wandb.dir is not None  # pinned above
-    workers = check_workers(client, [cfg.artifacts_dir, cfg.wandb.dir], min_workers)
+    # an S3 artifacts location is shared through S3: each worker stages in its own cache, only W&B's folder is shared
+    shared = [cfg.wandb.dir] if isinstance(cfg.artifacts_dir, str) else [cfg.artifacts_dir, cfg.wandb.dir]
+    workers = check_workers(client, shared, min_workers)
     threads = trial_threads(core_shares(workers, client.nthreads()), cfg.train.threads)
     logger.info("sweep %s: %d %s trial(s) on %d Dask worker(s) at %s (torch threads per trial: %d)", spec.name or "",
                 len(trials), spec.method, len(workers), client.scheduler.address, threads)
@@ -176,7 +176,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     decision = promote(wcfg, best.model, best.metrics, validation, attestation)
     report = run_report(wcfg, dataset, best.metrics, validation, decision)  # the winner's, as `run` makes one
     publish_production_artifact(wcfg, decision, logger)  # the production-model artifact's next version
-    onnx_file = str(Path(onnx_model.path) / "model.onnx")  # the file to deploy and audit, under run's key
+    onnx_file = str(local_folder(onnx_model.path) / "model.onnx")  # the file to deploy and audit, under run's key
     winner = {"trial": best.index, "params": best.params, **(best.values or {}),
               "model": best.model.label, "metrics": best.metrics.label, "onnx": onnx_model.label,
               "onnx_path": onnx_model.path, "onnx_file": onnx_file, "validation": validation.label,
@@ -190,7 +190,7 @@ def mnist_sweep(config: PipelineConfig = DEFAULT_CONFIG, sweep: Sweep | None = N
     summary = SweepSummary(status="completed_with_failures" if failed else "completed", sweep=spec.to_dict(),
                            flow_run_id=flow_run_id, workers=len(workers), sweep_result=ArtifactLocation.of(sweep_ref),
                            trials=trial_rows, failed=failed, lineage_db=str(cfg.lineage_db), winner=winner,
-                           promotion=PromotionOutcome.of(decision), report=str(Path(report.path) / REPORT_FILE),
+                           promotion=PromotionOutcome.of(decision), report=str(local_folder(report.path) / REPORT_FILE),
                            onnx_file=onnx_file, wandb=wandb_records(asked, logger))
     logger.info("sweep done: winner trial %d %s (%s), %s; %d trial(s) failed", best.index, best.params,
                 best.model.label, decision.decision, len(failed))

@@ -16,13 +16,13 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from prefect_wandb import (
+    ArtifactsLocationField,
     ConfinementError,
     GatePolicy,
     LineageSettings,
     StoreLocationField,
     StoreURL,
     WandbSettings,
-    path_only,
 )
 from prefect_wandb import allowed_roots as library_allowed_roots
 from prefect_wandb import confine as library_confine
@@ -276,16 +276,14 @@ class PipelineConfig(_Section):
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     sign: SignConfig = Field(default_factory=SignConfig)
-    artifacts_dir: Path = Field(Path("mnist-runs/artifacts"), description="Where artifact files are stored.")
+    artifacts_dir: ArtifactsLocationField = Field(
+        Path("mnist-runs/artifacts"), description="Where artifact files are stored: a folder, or s3://bucket/prefix "
+        "(keys and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL; a local cache holds "
+        "staging and checkpoints).")
     lineage_db: StoreLocationField = Field(
         Path("mnist-runs/lineage.db"), description="Lineage store: an SQLite file, or a PostgreSQL URL "
         "postgresql+psycopg://user@host:port/db (its password from PGPASSWORD or ~/.pgpass; one in the URL is "
         "masked wherever it is shown and never recorded).")
-
-    @field_validator("artifacts_dir", mode="before")
-    @classmethod
-    def _a_path(cls, v: object, info) -> object:
-        return path_only(v, info.field_name)
 
     def resolved(self) -> PipelineConfig:
         """The same config with every path made absolute, so tasks agree whatever their working directory.
@@ -301,7 +299,8 @@ class PipelineConfig(_Section):
         out = self.model_copy(
             update={
                 "data": data,
-                "artifacts_dir": self.artifacts_dir.expanduser().resolve(),
+                "artifacts_dir": self.artifacts_dir.expanduser().resolve() if isinstance(self.artifacts_dir, Path)
+                else self.artifacts_dir,
                 "lineage_db": self.lineage_db if isinstance(self.lineage_db, StoreURL)
                 else self.lineage_db.expanduser().resolve(),
                 "wandb": self.wandb.model_copy(
@@ -333,7 +332,7 @@ class PipelineConfig(_Section):
         environment, else beside the store), so the roots confine it whichever way it is set."""
         env_dir = os.environ.get("WANDB_DIR")
         fields = {"data.root": self.data.root, "data.local_dir": self.data.local_dir,
-                  "artifacts_dir": self.artifacts_dir, "wandb.dir": self.wandb.dir,
+                  "artifacts_dir": self.artifacts_folder(), "wandb.dir": self.wandb.dir,
                   "sign.private_key": self.sign.private_key}
         if isinstance(self.lineage_db, Path):  # a store in a database is no path to confine
             fields["lineage_db"] = self.lineage_db
@@ -352,6 +351,11 @@ class PipelineConfig(_Section):
         t = self.train
         return {"epochs": t.epochs, "classes": t.classes, "kernels": list(t.kernels), "batch_size": t.batch_size,
                 "learning_rate": t.learning_rate, "seed": t.seed, "slice": self.data.slice}
+
+    def artifacts_folder(self) -> Path:
+        """The local folder the stages write in: `artifacts_dir`, or for an S3 location its cache on this host
+        (staging and training checkpoints included)."""
+        return self.lineage().local_artifacts()
 
     def lineage(self) -> LineageSettings:
         """Where this run's lineage goes, in the library's terms: this repository's code and these packages on

@@ -37,6 +37,9 @@ _WHERE = {
     "scrub_argv": "locations",
     # a stage: one W&B run and one run of the store, inputs verified, outputs staged and committed on success
     "open_stage": "stage", "Stage": "stage", "record_lost_run": "stage",
+    # where a recorded version's files are on this host (a folder, or an S3 version's verified cache copy)
+    "local_folder": "artifact_files", "ArtifactsLocationField": "artifact_files",
+    "RemoteArtifactsError": "artifact_files",
     "ArtifactRef": "records", "DigestMismatch": "refs", "manifest": "refs", "manifest_digest": "refs",
     "verify_files": "refs",
     # the store and its records
@@ -62,17 +65,18 @@ _WHERE = {
     "StorageError": "storage", "write_json": "storage", "write_bytes_atomic": "storage",
 }
 
-__all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "CannotReproduce", "ChangeCheck", "ConfinementError",
+__all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "ArtifactsLocationField", "CannotReproduce", "ChangeCheck", "ConfinementError",
            "Decision", "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageBlock",
-           "LineageGraph", "LineageSettings", "LineageStore", "LocationError", "PromotionRecord", "Rebuild", "Replay", "RunRecord",
+           "LineageGraph", "LineageSettings", "LineageStore", "LocationError", "PromotionRecord", "Rebuild", "RemoteArtifactsError", "Replay", "RunRecord",
            "Signature", "Stage", "StorageError", "StoreError", "StoreLocationField", "StoreURL", "WandbSettings", "allowed_roots", "code_state",
            "commit_journal", "compare_with_production", "confine", "evaluations", "hold_artifact", "lineage_graph",
-           "manifest", "manifest_digest", "masked_location", "measured_on", "open_stage", "path_only", "promote",
+           "local_folder", "manifest", "manifest_digest", "masked_location", "measured_on", "open_stage", "path_only", "promote",
            "record_lost_run", "redact", "release_holds", "render_svg", "render_template", "scrub_argv", "store_location",
            "stored_folders", "verify_files", "wandb_records", "where_records_went",
            "write_bytes_atomic", "write_json"]
 
 if TYPE_CHECKING:
+    from prefect_wandb.artifact_files import ArtifactsLocationField, RemoteArtifactsError, local_folder
     from prefect_wandb.block import LineageBlock
     from prefect_wandb.environment import code_state
     from prefect_wandb.holds import hold as hold_artifact

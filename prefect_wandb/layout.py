@@ -4,6 +4,9 @@
     <artifacts_dir>/.staging/<run_id>/<name>/      a running stage's outputs, before they are recorded
     <artifacts_dir>/.checkpoints/                  training checkpoints a rerun resumes from
     <artifacts_dir>/.trash/                        what gc moves aside before deleting it
+
+With artifacts in S3 (`artifact_files`), `<artifacts_dir>` is the local cache of `s3://bucket/prefix`, and each
+version is also at `s3://bucket/prefix/<type>/<name>/<digest[:16]>/` (the same keys remotely).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from prefect_wandb.artifact_files import local_folder, readable_folder
 from prefect_wandb.hashing import sha256_file
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import ArtifactRecord, DeletionRecord, LineageStore
@@ -128,7 +129,7 @@ def run(plan: ReproductionPlan, rebuilders: Mapping[str, Rebuild], scratch: Path
         if d.exists():
             d = d.with_name(f"{d.name}-{step.run_id}")
         d.mkdir(parents=True)
-        replay = Replay(step.job_type, dict(step.config), {t: made.get(r.artifact_id, Path(r.path))
+        replay = Replay(step.job_type, dict(step.config), {t: made.get(r.artifact_id, local_folder(r.path, r.files))
                                                             for t, r in step.inputs.items()},
                         dict(step.output.metadata), dict(step.summary), dict(step.env), threads)
         out.notes += rebuilders[step.job_type](replay, d) or []
@@ -148,8 +149,9 @@ def missing_inputs(plan: ReproductionPlan, deleted: dict[int, DeletionRecord] | 
             d = deleted[aid]
             out.append(f"{rec.label}: deleted by gc on {d.deleted_at[:10]} by {d.deleted_by} ({rec.path})")
             continue
+        base = readable_folder(rec.path, rec.files)
         for f in rec.files:
-            p = Path(rec.path) / f.relpath
+            p = base / f.relpath
             if not p.is_file():
                 out.append(f"{rec.label}: {p} is missing")
             elif sha256_file(p) != f.sha256:

@@ -11,7 +11,9 @@ Kept, always:
 - everything a running flow holds (`holds.py`: its dataset, from the moment it resolved it);
 - artifacts younger than `older_than_days`.
 Removable: the other recorded artifact folders, artifact folders no record points at, staging folders of runs that
-are no longer running, and training checkpoints when no training runs. Pure: the plan reads the store and the disk;
+are no longer running, and training checkpoints when no training runs. With artifacts in S3 (`artifact_files`),
+the recorded versions are S3 folders (removed with their cache copies), the folders no record points at include
+uploads whose commit never came, and staging, checkpoints and cache copies are in the local cache. Pure: the plan reads the store and the disk;
 `prefect_wandb.store` records what is then deleted.
 """
 
@@ -25,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from prefect_wandb.artifact_files import cache_root, is_remote, local_folder, remote_folders
 from prefect_wandb.holds import held
 from prefect_wandb.layout import CHECKPOINTS, STAGING, candidate_folders
 from prefect_wandb.leftovers import abandoned, ended_here, owner, process_records, wandb_temp_left
@@ -43,7 +46,7 @@ def folder_size(path: Path) -> int:
 
 @dataclass
 class Removal:
-    kind: str  # 'artifact', 'unrecorded-folder', 'staging', 'wandb-temp', 'checkpoint'
+    kind: str  # 'artifact', 'unrecorded-folder', 'unrecorded-upload', 'staging', 'wandb-temp', 'checkpoint'
     path: str
     bytes: int
     reason: str
@@ -138,20 +141,24 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
     return why
 
 
-def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_than_days: float = 0,
+def plan(store: LineageStore, artifacts: Path | str, *, keep_last: int = 3, older_than_days: float = 0,
          now: datetime | None = None, deleted: Mapping[int, object] | None = None) -> Plan:
-    """What `gc` would remove. `deleted`: artifact_id -> its deletion record (already removed: not again)."""
+    """What `gc` would remove from `artifacts` (a folder, or an S3 location and its cache on this host).
+    `deleted`: artifact_id -> its deletion record (already removed: not again)."""
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=older_than_days)
     deleted = deleted or {}
-    artifacts_dir = Path(artifacts_dir)
+    remote = str(artifacts) if is_remote(artifacts) else None
+    artifacts_dir = cache_root(remote) if remote is not None else Path(artifacts)
+    uploads = remote_folders(remote) if remote is not None else {}
     out = Plan()
     keep = protected(store, keep_last, set(deleted))
     runs = {r.run_id: r for r in store.runs()}
     running = {rid for rid, r in runs.items() if r.status == "running"}
     recorded_paths = set()
+    recorded_urls = {a.path for a in store.artifacts() if is_remote(a.path)}
     for a in store.artifacts():
-        recorded_paths.add(Path(a.path).resolve())
+        recorded_paths.add(local_folder(a.path).resolve())  # a version in S3: its cache copy here
         lab = a.label
         if a.artifact_id in deleted:
             out.already_deleted.append(lab)
@@ -162,6 +169,16 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
         created = _parse(a.created_at)
         if created is not None and created > cutoff:
             out.kept[lab] = f"younger than {older_than_days:g} day(s)"
+            continue
+        if is_remote(a.path) or remote is not None:
+            if remote is None or not a.path.startswith(f"{remote}/"):
+                out.kept[lab] = f"outside {remote or artifacts_dir}: not gc's to remove"
+                continue
+            if a.path not in uploads:
+                out.kept[lab] = "S3 folder already gone (not removed by gc): audit reports it missing"
+                continue
+            out.removals.append(Removal("artifact", a.path, uploads[a.path][0], "no alias and not among the newest "
+                                        "models, nor in the ancestry or derivatives of one", lab, a.artifact_id))
             continue
         path = Path(a.path)
         if not path.resolve().is_relative_to(artifacts_dir.resolve()):
@@ -175,7 +192,14 @@ def plan(store: LineageStore, artifacts_dir: Path, *, keep_last: int = 3, older_
         if not consumers:
             why = "unreferenced: " + why
         out.removals.append(Removal("artifact", str(path), folder_size(path), why, lab, a.artifact_id))
-    # folders under <type>/<name>/<digest16> that no record points at (a crash between rename and record)
+    # S3 folders no record points at: an upload whose stage failed or was killed before the store committed it
+    for url, (size, newest) in uploads.items():
+        if url in recorded_urls or running or newest is None or newest > cutoff:
+            continue  # a running stage may be about to record it
+        out.removals.append(Removal("unrecorded-upload", url, size, "an S3 folder no lineage record points at "
+                                    "(an upload whose commit never came)"))
+    # folders under <type>/<name>/<digest16> that no record points at (a crash between rename and record; in a
+    # cache, the copy of a version gc deleted)
     if artifacts_dir.is_dir():
         for folder in candidate_folders(artifacts_dir):
             if folder.resolve() in recorded_paths:

@@ -7,8 +7,7 @@ A target must have passed onnxruntime validation, and its model and ONNX files m
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from prefect_wandb.artifact_files import readable_folder
 from prefect_wandb.refs import DigestMismatch, verify_files
 from prefect_wandb.store import ArtifactRecord, DeletionRecord, LineageStore
 
@@ -94,7 +93,7 @@ def refusals(store: LineageStore, target: ArtifactRecord, deleted: dict[int, Del
             out.append(f"{rec.label} was deleted by gc on {str(deleted[rec.artifact_id].deleted_at)[:10]}")
             continue
         try:
-            verify_files(Path(rec.path), rec.files)
+            verify_files(readable_folder(rec.path, rec.files), rec.files)
         except DigestMismatch as e:
             out.append(f"{rec.label} no longer verifies: {e}")
     return out

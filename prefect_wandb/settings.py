@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from prefect_wandb.artifact_files import ArtifactsLocationField, cache_root, check_remote
 from prefect_wandb.locations import StoreLocationField, StoreURL, path_only
 
 if TYPE_CHECKING:
@@ -119,7 +120,8 @@ class LineageSettings(_Frozen):
     (`postgresql+psycopg://user@host:port/db`, shared by every worker; the password best from libpq's PGPASSWORD or
     ~/.pgpass, since a URL's password is kept in memory only: it is masked wherever the URL is shown, and dropped
     where the settings are serialised, a Prefect block or parameter included); `artifacts`: the folder artifact versions are stored under
-    (content-addressed: `<type>/<name>/<digest>`); `wandb`: the W&B side; `code_root`: a folder of the repository
+    (content-addressed: `<type>/<name>/<digest>`), or an `s3://bucket/prefix` URL they are uploaded to from a local
+    cache (`artifact_files`; keys from the AWS variables, never in the URL); `wandb`: the W&B side; `code_root`: a folder of the repository
     whose commit and dirty flag each run records (default: the working directory); `packages`: the distributions
     whose versions each run records (default: those the process has imported)."""
 
@@ -128,7 +130,9 @@ class LineageSettings(_Frozen):
 
     store: StoreLocationField = Field(Path("lineage/lineage.db"), description="The lineage store: an SQLite file, or "
                                       "a postgresql+psycopg://user@host:port/db URL (password from PGPASSWORD).")
-    artifacts: Path = Field(Path("lineage/artifacts"), description="Where artifact versions are stored.")
+    artifacts: ArtifactsLocationField = Field(
+        Path("lineage/artifacts"), description="Where artifact versions are stored: a folder, or s3://bucket/prefix "
+        "(credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL).")
     wandb: WandbSettings = Field(default_factory=WandbSettings)
     code_root: Path | None = Field(None, description="A folder of the git repository whose state each run records; "
                                    "default the working directory.")
@@ -137,7 +141,7 @@ class LineageSettings(_Frozen):
     command: str = Field("prefect-wandb", description="The operator command the messages name (`<command> sync` "
                          "uploads what W&B is missing): `prefect-wandb`, or a pipeline's own CLI.")
 
-    @field_validator("artifacts", "code_root", mode="before")
+    @field_validator("code_root", mode="before")
     @classmethod
     def _a_path(cls, v: object, info) -> object:
         return path_only(v, info.field_name)
@@ -148,8 +152,9 @@ class LineageSettings(_Frozen):
             return p.expanduser().resolve() if p is not None else None
 
         store = self.store if isinstance(self.store, StoreURL) else real(self.store)
+        artifacts = real(self.artifacts) if isinstance(self.artifacts, Path) else self.artifacts
         return self.model_copy(update={
-            "store": store, "artifacts": real(self.artifacts), "code_root": real(self.code_root),
+            "store": store, "artifacts": artifacts, "code_root": real(self.code_root),
             "wandb": self.wandb.model_copy(update={"dir": real(self.wandb.dir)})})
 
     def open_store(self, readonly: bool = False) -> LineageStore:
@@ -159,10 +164,25 @@ class LineageSettings(_Frozen):
         store = self.store if isinstance(self.store, StoreURL) else self.store.expanduser().resolve()
         return LineageStore(store, readonly=readonly)
 
+    def local_artifacts(self) -> Path:
+        """The local folder stages stage and finalize into: the artifacts folder, or for an S3 location its cache
+        on this host (`artifact_files.cache_root`)."""
+        return self.artifacts if isinstance(self.artifacts, Path) else cache_root(self.artifacts)
+
+    def remote_artifacts(self) -> str | None:
+        """The S3 location versions are uploaded to, None for a local artifacts folder."""
+        return None if isinstance(self.artifacts, Path) else self.artifacts
+
+    def check_artifacts(self) -> None:
+        """The preflight of an S3 artifacts location (its bucket exists and answers): RemoteArtifactsError in one
+        line before any work starts; nothing to check for a folder (its writability is checked where it is made)."""
+        if not isinstance(self.artifacts, Path):
+            check_remote(self.artifacts)
+
     def store_folder(self) -> Path:
         """The folder "beside the store": an SQLite store's folder; a store in a database has none, so the folder
-        that holds the artifacts folder (for the default layout, `lineage/`, the same folder either way)."""
-        return self.artifacts.parent if isinstance(self.store, StoreURL) else self.store.parent
+        that holds the (local) artifacts folder (for the default layout, `lineage/`, the same folder either way)."""
+        return self.local_artifacts().parent if isinstance(self.store, StoreURL) else self.store.parent
 
     def wandb_folder(self) -> Path:
         """Where wandb writes its run folders: `wandb.dir`, else $WANDB_DIR, else beside the store (`store_folder`:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from prefect_wandb.alias_sync import AliasesMoving, follow_store
+from prefect_wandb.artifact_files import is_remote, local_folder, publish, version_url
 from prefect_wandb.environment import process_gone, process_identity, run_environment
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.layout import staging_folder, version_folder
@@ -69,7 +70,8 @@ class Stage:
         self.store, self.wandb, self.run_id = store, wb, wb.run_id
         self.used: list[ArtifactRecord] = []
         self._pending: list[tuple[str, str, Path, dict]] = []
-        self._staging_root = staging_folder(settings.artifacts, self.run_id)
+        self._local = settings.local_artifacts()  # the artifacts folder, or an S3 location's cache on this host
+        self._staging_root = staging_folder(self._local, self.run_id)
         self.summary: dict = {}
         self.outputs: dict[str, ArtifactRef] = {}  # artifact type -> committed ref, filled on success
         self.committed = False  # the store has the run as finished (W&B may still be told)
@@ -81,8 +83,10 @@ class Stage:
 
     # inputs --------------------------------------------------------------------------------------------
     def use(self, ref: ArtifactRef) -> Path:
-        """Declare `ref` as an input: it must be recorded, and its files must match their recorded sha256."""
-        return Path(self.record(ref).path)
+        """Declare `ref` as an input: it must be recorded, and its files must match their recorded sha256. The
+        folder returned is local: for a version stored in S3, this host's verified cache copy."""
+        rec = self.record(ref)
+        return local_folder(rec.path, rec.files)
 
     def record(self, ref: ArtifactRef) -> ArtifactRecord:
         """`use`, returning the artifact's lineage record (its metadata, files and version)."""
@@ -92,7 +96,14 @@ class Stage:
         self.used.append(rec)  # kept on record even when refused below: the failed run names what it refused
         # on record now, not at the end: a kill -9 keeps it, and gc leaves it alone (or it is already gone)
         self.store.record_use(self.run_id, rec.artifact_id)
-        verify_files(Path(rec.path), rec.files)
+        folder = local_folder(rec.path, rec.files)  # a version in S3: fetched (and verified) if not cached yet
+        try:
+            verify_files(folder, rec.files)
+        except DigestMismatch:
+            if not is_remote(rec.path):
+                raise
+            shutil.rmtree(folder, ignore_errors=True)  # a cache copy changed since: fetched again from S3
+            verify_files(local_folder(rec.path, rec.files), rec.files)
         self.wandb.use_artifact(ref.name, ref.digest)
         return rec
 
@@ -193,14 +204,18 @@ class Stage:
                  "files": {f.relpath: f.sha256 for f in r.files}} for r in self.used]
 
     def _finalize(self) -> list[NewArtifact]:
+        """Each staged output moved into its version folder (locally: the artifacts folder, or the S3 location's
+        cache) and, for an S3 location, uploaded and read back by sha256 (`artifact_files.publish`): a failure
+        raises before the store hears of any output, so nothing is committed."""
         out = []
+        remote = self.settings.remote_artifacts()
         for name, type, staged, meta in self._pending:
             files = manifest(staged)
             if not files:
                 raise ValueError(f"output {name!r} has no files")
             digest = manifest_digest(files)
-            final = version_folder(self.settings.artifacts, type, name, digest)
-            _inside(final, self.settings.artifacts, "artifact folder")
+            final = version_folder(self._local, type, name, digest)
+            _inside(final, self._local, "artifact folder")
             fsync_tree(staged)
             if final.exists():  # identical content already stored: keep that copy, if it is still intact
                 try:
@@ -221,9 +236,13 @@ class Stage:
                     if not final.is_dir():
                         raise
                     verify_files(final, files)  # a concurrent run stored the same content a moment ago
+            path = str(final)
+            if remote is not None:  # the store records the host-independent URL, once S3 holds the very bytes
+                path = version_url(remote, type, name, digest)
+                publish(final, path, files)
             meta = {**meta, "inputs": self._inputs_metadata(), "files": {f.relpath: f.sha256 for f in files},
                     "producer": {"job_type": self.job_type, "run_id": self.run_id, "flow_run_id": self.flow_run_id}}
-            out.append(NewArtifact(name=name, type=type, digest=digest, path=str(final), metadata=meta, files=files))
+            out.append(NewArtifact(name=name, type=type, digest=digest, path=path, metadata=meta, files=files))
         return out
 
     def _commit(self) -> None:
@@ -284,6 +303,7 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
     flow run this runs in; `store`: where the record goes, by default the store of `settings` (a sweep trial on a
     Dask worker passes a `journal.JournalStore`, whose records the flow's process commits)."""
     settings = settings.resolved()
+    settings.check_artifacts()  # S3: no bucket, no endpoint: one line before any work starts
     record = _plain(config)
     flow_run_id = flow_run_id if flow_run_id is not None else _current_flow_run_id()
     store = LineageStore(settings.store) if store is None else store
@@ -293,7 +313,7 @@ def open_stage(settings: LineageSettings, job_type: str, *, config: Mapping[str,
     # what ended processes left (their staging folders; offline W&B runs the store never heard of): removed by
     # the store's writer, which knows the runs (not by a sweep trial on a worker: its JournalStore cannot say)
     if isinstance(store, LineageStore):
-        remove_abandoned(settings.artifacts, store, wandb_folder(settings), dead_runs=dead)
+        remove_abandoned(settings.local_artifacts(), store, wandb_folder(settings), dead_runs=dead)
     run_id = uuid.uuid4().hex[:12]
     group = f"flow-{flow_run_id}" if flow_run_id else None
     env = run_environment(flow_run_id, code_root=settings.code_root, packages=settings.packages, seed=seed)

@@ -19,8 +19,8 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
+from prefect_wandb.artifact_files import readable_folder
 from prefect_wandb.hashing import file_hashes
 from prefect_wandb.refs import wandb_ref
 from prefect_wandb.store import ALIASES, ArtifactRecord, LineageStore
@@ -56,8 +56,9 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
         return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: `sync`)")]
     out = []
     remote = info.get("files") or {}
+    folder = readable_folder(art.path, art.files)  # a version in S3: this host's cache copy
     for f in art.files:
-        local = Path(art.path) / f.relpath
+        local = folder / f.relpath
         if f.relpath not in remote:
             out.append(Difference("content", lab, ref, f"{f.relpath} is not in W&B's version"))
             continue

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from pathlib import Path
 
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import SOURCE_ROOT, PipelineConfig
 from mnist_pipeline.tasks._common import pipeline_stage
-from prefect_wandb import ArtifactRecord, ArtifactRef, code_state
+from prefect_wandb import ArtifactRecord, ArtifactRef, code_state, local_folder
 
 ONNX_NAME = "convnet-onnx"
 
@@ -39,7 +38,7 @@ def export_onnx(cfg: PipelineConfig, model: ArtifactRef, selected_by: ArtifactRe
     logger = get_run_logger()
     with pipeline_stage(cfg, "export-onnx") as stage:
         model_rec = stage.record(model)
-        model_path = Path(model_rec.path) / "model.pt"
+        model_path = local_folder(model_rec.path, model_rec.files) / "model.pt"
         if selected_by is not None:
             stage.use(selected_by)
         out = stage.staging(ONNX_NAME)

@@ -11,7 +11,7 @@ from mnist_pipeline import __version__, data
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import DatasetInfo
 from mnist_pipeline.tasks._common import pipeline_stage
-from prefect_wandb import ArtifactRef, DigestMismatch, LineageStore, storage, verify_files, write_json
+from prefect_wandb import ArtifactRef, DigestMismatch, LineageStore, local_folder, storage, verify_files, write_json
 
 DATASET_NAME = "mnist"
 
@@ -60,7 +60,7 @@ def stored_problem(cfg: PipelineConfig, ref: ArtifactRef) -> str | None:
     if rec.artifact_id in store.deletions():
         return "gc deleted its files"
     try:
-        verify_files(Path(rec.path), rec.files)
+        verify_files(local_folder(rec.path, rec.files), rec.files)
     except DigestMismatch as e:
         return f"its stored files no longer match their record ({e})"
     return None

@@ -21,6 +21,7 @@ from prefect_wandb import (
     PromotionRecord,
     Signature,
     compare_with_production,
+    local_folder,
     measured_on,
     verify_files,
 )
@@ -35,7 +36,7 @@ def check_for_changes(cfg: PipelineConfig, dataset: ArtifactRef) -> ChangeCheck:
         made = store.find_artifact(MODEL_NAME, check.model_digest)
         try:
             if made is not None:
-                verify_files(Path(made.path), made.files)
+                verify_files(local_folder(made.path, made.files), made.files)
         except DigestMismatch as e:
             whose = f"production {check.production}" if check.model == check.production else check.model
             check = ChangeCheck(True, f"{whose}'s files no longer match their record ({e}); retraining makes a "
@@ -67,7 +68,7 @@ def _signature(cfg: PipelineConfig, store: LineageStore, validation: ArtifactRef
     with tempfile.TemporaryDirectory(prefix="mnist-gate-") as tmp:
         pub = Path(tmp) / "signing.pub"
         pub.write_bytes(keys.public_pem(keys.load_private(key).public_key()))
-        result = verify(Path(rec.path) / "model.onnx", pub, attestation=Path(attestation.path))
+        result = verify(local_folder(rec.path, rec.files) / "model.onnx", pub, attestation=local_folder(attestation.path))
     if result.status == VERIFIED:
         return Signature(True, result.key_fingerprint)
     why = result.note or "; ".join(c.detail for c in result.failed)

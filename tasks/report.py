@@ -25,7 +25,7 @@ from mnist_pipeline.report.page import (
 )
 from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
-from prefect_wandb import ArtifactRecord, ArtifactRef, LineageStore, lineage_graph
+from prefect_wandb import ArtifactRecord, ArtifactRef, LineageStore, lineage_graph, local_folder
 
 REPORT_NAME = "run-report"
 REPORT_FILE = "report.html"
@@ -91,7 +91,7 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_rec: Art
     artifacts = [{"stage": r.job_type, "artifact": a.label, "type": a.type, "sha256": a.digest,
                   "path": a.path} for r in runs for a in edges[r.run_id]["produced"]]
     facts = [("model", f"{model_label} (sha256 {model.get('digest', '')[:16]})"),
-             ("ONNX file", str(Path(onnx_rec.path) / "model.onnx") if onnx_rec else "n/a"),
+             ("ONNX file", str(local_folder(onnx_rec.path, onnx_rec.files) / "model.onnx") if onnx_rec else "n/a"),
              ("Prefect flow run", flow_run_id or "n/a"),
              ("written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"))]
     points, per_epoch = _loss_points(store, metrics_rec)
@@ -104,7 +104,7 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_rec: Art
 
 def _metrics(rec: ArtifactRecord) -> MetricsResult:
     """The metrics record's metadata and its file (which alone lists the misclassified images)."""
-    return MetricsResult.from_metadata({**rec.metadata, **json.loads((Path(rec.path) / "metrics.json").read_text())})
+    return MetricsResult.from_metadata({**rec.metadata, **json.loads((local_folder(rec.path, rec.files) / "metrics.json").read_text())})
 
 
 @task(name="report")
@@ -134,7 +134,7 @@ def run_report(cfg: PipelineConfig, dataset: ArtifactRef, metrics: ArtifactRef, 
         stage.produce(REPORT_NAME, "report", out, {"title": report.title, "figures": sorted(
             k for k, f in figs.items() if isinstance(f, bytes))})
     ref = stage.outputs["report"]
-    final = Path(ref.path) / REPORT_FILE
+    final = local_folder(ref.path) / REPORT_FILE
     create_markdown_artifact(markdown=markdown.run_markdown(report, figs, final), key="mnist-run-report",
                              description="Loss curve, confusion matrix, misclassified digits and lineage of this run")
     if report.metrics.get("per_class_accuracy"):

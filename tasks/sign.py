@@ -17,7 +17,7 @@ from mnist_pipeline import __version__
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import AttestationInfo, DatasetInfo, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import pipeline_stage
-from prefect_wandb import ArtifactRecord, ArtifactRef
+from prefect_wandb import ArtifactRecord, ArtifactRef, local_folder
 from prefect_wandb.provenance import attest
 from prefect_wandb.provenance.statement import ProvenanceInputs, Resource
 
@@ -113,7 +113,7 @@ def sign(cfg: PipelineConfig, key: Path, onnx_model: ArtifactRef, model: Artifac
         inputs = provenance_inputs(cfg, stage, onnx_rec, model_rec, dataset_rec, validation_rec)
         out = stage.staging(ATTESTATION_NAME)
         t1 = time.perf_counter()
-        index = attest.write(Path(onnx_rec.path) / SUBJECT, key, out, inputs, command="mnist-pipeline",
+        index = attest.write(local_folder(onnx_rec.path, onnx_rec.files) / SUBJECT, key, out, inputs, command="mnist-pipeline",
                              public_key_name="mnist-signing.pub",
                              onnx_artifact={"name": onnx_rec.name, "digest": onnx_rec.digest})
         now = time.perf_counter()

@@ -17,7 +17,7 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef, create: bool = Tr
     # them), so a rerun with the same inputs resumes and any change starts over.
     key = hashlib.sha256(json.dumps([dataset.digest, cfg.training_fingerprint()],
                                     sort_keys=True).encode()).hexdigest()[:20]
-    path = cfg.artifacts_dir / ".checkpoints" / f"train-{key}.pt"
+    path = cfg.artifacts_folder() / ".checkpoints" / f"train-{key}.pt"
     if create:
         path.parent.mkdir(parents=True, exist_ok=True)
     return path

@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import get_run_logger, task
 
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.results import ValidationResult
 from mnist_pipeline.tasks._common import pipeline_stage
-from prefect_wandb import ArtifactRef, write_json
+from prefect_wandb import ArtifactRef, local_folder, write_json
 
 VALIDATION_NAME = "convnet-onnx-validation"
 
@@ -31,7 +29,7 @@ def validate_onnx(cfg: PipelineConfig, onnx_model: ArtifactRef, model: ArtifactR
         if not all(ref.digest in {i["digest"] for i in evaluation.inputs(ref.type)} for ref in (model, dataset)):
             raise ValueError(f"{metrics.label} is not the evaluation of {model.label} on {dataset.label}: its logits "
                              "cannot be the reference for this ONNX file")
-        reference = stage_files.load_logits(Path(evaluation.path))
+        reference = stage_files.load_logits(local_folder(evaluation.path, evaluation.files))
         report = onnx_io.validate(onnx_path, net, test, atol=o.parity_atol, min_agreement=o.min_argmax_agreement,
                                   latency_samples=o.latency_samples, throughput_batch=o.throughput_batch,
                                   timing_seconds=o.timing_seconds, batch_size=cfg.evaluate.batch_size,

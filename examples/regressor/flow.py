@@ -19,6 +19,7 @@ from prefect_wandb import (
     ChangeCheck,
     GatePolicy,
     compare_with_production,
+    local_folder,
     measured_on,
     open_stage,
     write_json,
@@ -121,7 +122,7 @@ def sign(cfg: RegressorConfig, key: Path, onnx_model: ArtifactRef, model: Artifa
             started_on=datetime.fromisoformat(fitted.started_at).astimezone(timezone.utc),
             finished_on=datetime.now(timezone.utc), byproducts=[res(valid_rec, "validation.json")])
         out = stage.staging(f"{onnx_model.name}-attestation")
-        index = attest.write(Path(onnx_rec.path) / "model.onnx", key, out, inputs, command="prefect-wandb",
+        index = attest.write(local_folder(onnx_rec.path, onnx_rec.files) / "model.onnx", key, out, inputs, command="prefect-wandb",
                              onnx_artifact={"name": onnx_rec.name, "digest": onnx_rec.digest})
         stage.produce(out.name, "attestation", out, index)
     return stage.outputs["attestation"]
@@ -169,4 +170,4 @@ def regressor_pipeline(config: RegressorConfig = RegressorConfig()) -> dict | St
             "rmse": store.require_artifact(metrics.name, metrics.digest).metadata["rmse"],
             "artifacts": {r.type: {"label": r.label, **r.model_dump()} for r in (dataset, model, metrics, onnx_model,
                                                                                  validation, signed) if r},
-            "onnx_file": str(Path(onnx_model.path) / "model.onnx"), "lineage_db": str(store.path)}
+            "onnx_file": str(local_folder(onnx_model.path) / "model.onnx"), "lineage_db": str(store.path)}

@@ -19,12 +19,13 @@ from contextlib import contextmanager
 
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.data import DataError, DownloadError
-from prefect_wandb import DigestMismatch, StoreError, storage
+from prefect_wandb import DigestMismatch, RemoteArtifactsError, StoreError, storage
 
 # ParityError (onnx_io) and TrainingDiverged (training: "the loss ... is nan (train.learning_rate 10 may be too
 # large)") are expected too; they are looked up by name, so this module does not import torch and onnx (a skipped
 # run needs neither).
-EXPECTED = (DataError, DownloadError, storage.StorageError, ConfigError, DigestMismatch, StoreError)
+EXPECTED = (DataError, DownloadError, storage.StorageError, ConfigError, DigestMismatch, StoreError,
+            RemoteArtifactsError)
 EXPECTED_BY_NAME = ("ParityError", "TrainingDiverged", "TerminationSignal")
 
 

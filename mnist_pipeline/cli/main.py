@@ -155,15 +155,16 @@ def check_signing_key(cfg: PipelineConfig) -> Exit | None:
 def _run(cfg: PipelineConfig) -> int:
     from mnist_pipeline.cli import console
     from mnist_pipeline.flows import preflight
-    from prefect_wandb import StorageError, StoreError
+    from prefect_wandb import RemoteArtifactsError, StorageError, StoreError
 
     refused = check_signing_key(cfg)  # a usage error before any work, not a failed flow run after Prefect started
     if refused is not None:
         return refused
     try:  # an unwritable folder (W&B's, the store's...) fails before any work, not after wandb chose $TMPDIR
         preflight.check_writable(cfg.resolved())
+        cfg.resolved().lineage().check_artifacts()
         preflight.check_store(cfg.resolved())
-    except StorageError as e:
+    except (StorageError, RemoteArtifactsError) as e:
         err("", f"cannot run here: {e}")
         return Exit.USAGE
     except StoreError as e:

@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from prefect_wandb.artifact_files import local_folder
 from prefect_wandb.audit.checks import Verifier
 from prefect_wandb.audit.entries import (
     CONFIG_SECTION,
@@ -133,7 +134,7 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
         checks = [c for c in v.checks if c["artifact"] == lab and c["kind"] != "signature"]
         files: list[FileEntry] = []
         for f in rec.files:
-            where = str(Path(rec.path) / f.relpath)
+            where = str(local_folder(rec.path) / f.relpath)
             c = next((c for c in checks if c["kind"] == "artifact-file" and c["path"] == where), None)
             files.append({"relpath": f.relpath, "sha256": f.sha256, "size": f.size,
                           "status": c["status"] if c else "unchecked", "actual": c["actual"] if c else None})

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect_wandb.artifact_files import RemoteArtifactsError, local_folder
 from prefect_wandb.audit.entries import Check
 from prefect_wandb.hashing import sha256_file
 from prefect_wandb.layout import folder_name
-from prefect_wandb.refs import manifest_digest
+from prefect_wandb.refs import DigestMismatch, manifest_digest
 from prefect_wandb.store import ArtifactRecord
 
 
@@ -48,8 +49,13 @@ class Verifier:
 
     def artifact(self, rec: ArtifactRecord, runs: dict, used: dict) -> None:
         lab = rec.label
-        base = Path(rec.path)
         gone = self.deleted.get(rec.artifact_id)
+        try:  # a version in S3: this host's cache copy, fetched and verified by sha256 if it is not there yet
+            base = local_folder(rec.path, None if gone is not None else rec.files)
+        except (DigestMismatch, RemoteArtifactsError) as e:
+            base = local_folder(rec.path)
+            self.add("artifact-file", lab, rec.path, "mismatch" if isinstance(e, DigestMismatch) else "unreadable",
+                     detail=str(e))
         for f in rec.files:
             if gone is not None and not (base / f.relpath).exists():
                 self.add("artifact-file", lab, str(base / f.relpath), "deleted", f.sha256,

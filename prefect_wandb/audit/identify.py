@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefect_wandb.artifact_files import local_folder
 from prefect_wandb.audit.entries import AuditError
 from prefect_wandb.audit.signatures import is_signature_of
 from prefect_wandb.hashing import sha256_file
@@ -30,7 +31,7 @@ class Identification:
 def _by_location(store: LineageStore, path: Path) -> tuple[ArtifactRecord, str] | None:
     """The artifact whose folder holds `path` (how a file edited in place is still recognised)."""
     for rec in store.artifacts():
-        base = Path(rec.path)
+        base = local_folder(rec.path)  # for a version in S3, this host's cache copy
         if path == base or base in path.parents:
             return rec, path.relative_to(base).as_posix()
     return None

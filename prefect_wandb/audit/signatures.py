@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect_wandb.artifact_files import local_folder, readable_folder
 from prefect_wandb.audit.checks import Verifier
 from prefect_wandb.audit.entries import SignatureEntry
 from prefect_wandb.store import ArtifactRecord, LineageStore
@@ -62,7 +63,7 @@ def _verify(e: SignatureEntry, file: Path, att: ArtifactRecord, public_key: Path
     from prefect_wandb.provenance import keys
     from prefect_wandb.provenance.verify import MISSING, VERIFIED, verify
 
-    folder = Path(att.path)
+    folder = readable_folder(att.path, att.files)
     recorded = e["recorded_fingerprint"]
     checks = e["checks"]
     if public_key is not None:
@@ -119,15 +120,15 @@ def check_signatures(store: LineageStore, arts: dict[int, ArtifactRecord], v: Ve
                 entries.append(_entry(rec, None, None, "unsigned", "unsigned: no attestation on record"))
             continue
         for run_id, att, relpath in found:
-            file = query[1] if query and query[0] == aid else Path(rec.path) / relpath
+            file = query[1] if query and query[0] == aid else readable_folder(rec.path, rec.files) / relpath
             e = _entry(rec, relpath, file, "missing", "", att, run_id)
             gone = v.deleted.get(att.artifact_id) or v.deleted.get(aid)
-            if gone is not None and not (Path(att.path).is_dir() and file.is_file()):
+            if gone is not None and not (local_folder(att.path).is_dir() and file.is_file()):
                 e["status"] = "deleted"
                 e["detail"] = f"not checked: deleted by gc on {gone.deleted_at[:10]} ({gone.reason})"
             elif not file.is_file():
                 e["detail"] = f"{file}: missing, its signature cannot be checked"
-            elif not Path(att.path).is_dir():
+            elif not readable_folder(att.path, att.files).is_dir():
                 e["detail"] = f"{att.label}: its folder {att.path} is missing"
             else:
                 _verify(e, file, att, public_key)

@@ -11,9 +11,19 @@ import socket
 from pathlib import Path
 
 from prefect_wandb import holds, retention
+from prefect_wandb.artifact_files import (
+    RemoteArtifactsError,
+    artifacts_location,
+    cache_root,
+    check_remote,
+    is_remote,
+    local_folder,
+    remove_remote,
+)
 from prefect_wandb.cli.args import Parents, add_command, err, open_store
 from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.layout import TRASH
+from prefect_wandb.locations import LocationError
 from prefect_wandb.settings import ARTIFACTS_ENV
 
 GC_EPILOG = """\
@@ -35,8 +45,9 @@ def add_parsers(sub, parents: Parents) -> None:
     g.add_argument("--older-than", type=float, default=0, metavar="DAYS", help="only remove what is older than "
                    "DAYS days (default: %(default)s)")
     g.add_argument("--apply", action="store_true", help="remove them (default: only print the plan)")
-    g.add_argument("--artifacts-dir", default=None, help="the artifact folder (default: beside the lineage store, "
-                   "artifacts/; for a store in PostgreSQL, $PREFECT_WANDB_ARTIFACTS)")
+    g.add_argument("--artifacts-dir", default=None, help="the artifact folder, or s3://bucket/prefix (its cache on "
+                   "this host too) (default: beside the lineage store, artifacts/; for a store in PostgreSQL, "
+                   "$PREFECT_WANDB_ARTIFACTS)")
     g.set_defaults(handler=gc_main)
 
 
@@ -55,9 +66,17 @@ def gc_main(ns: argparse.Namespace) -> int:
         if not ns.artifacts_dir:
             err("gc", f"the lineage store {store.path} is a database: give --artifacts-dir (or ${ARTIFACTS_ENV})")
             return Exit.USAGE
-    artifacts_dir = Path(ns.artifacts_dir).expanduser().resolve() if ns.artifacts_dir else \
-        (store.folder or Path()) / "artifacts"
-    if not artifacts_dir.is_dir():
+    try:
+        where = artifacts_location(ns.artifacts_dir, "--artifacts-dir") if ns.artifacts_dir else \
+            (store.folder or Path()) / "artifacts"
+        if isinstance(where, str):
+            check_remote(where)
+    except (LocationError, RemoteArtifactsError) as e:
+        err("gc", str(e))
+        return Exit.USAGE
+    # a folder, or an S3 location whose cache on this host holds the staging, checkpoints and trash
+    artifacts_dir = where.expanduser().resolve() if isinstance(where, Path) else cache_root(where)
+    if isinstance(where, Path) and not artifacts_dir.is_dir():
         err("gc", f"no artifact folder at {artifacts_dir} (give --artifacts-dir)")
         return Exit.USAGE
     from prefect_wandb.environment import process_gone
@@ -65,9 +84,9 @@ def gc_main(ns: argparse.Namespace) -> int:
     if ns.apply:  # a plan reads the store as it is (it may be a read-only copy)
         store.fail_dead_runs(process_gone)  # a killed run must not keep its staging folder (or everything) forever
         holds.expire(store, process_gone)  # nor a killed flow its dataset
-    plan = retention.plan(store, artifacts_dir, keep_last=ns.keep_last, older_than_days=ns.older_than,
+    plan = retention.plan(store, where if isinstance(where, str) else artifacts_dir, keep_last=ns.keep_last, older_than_days=ns.older_than,
                           deleted=store.deletions())
-    result = {"apply": ns.apply, "artifacts_dir": str(artifacts_dir), "keep_last": ns.keep_last,
+    result = {"apply": ns.apply, "artifacts_dir": str(where if isinstance(where, str) else artifacts_dir), "keep_last": ns.keep_last,
               "older_than_days": ns.older_than, **plan.to_dict(), "removed": [], "failed": [], "skipped": []}
     if ns.apply:
         by = _gc_identity()
@@ -75,9 +94,14 @@ def gc_main(ns: argparse.Namespace) -> int:
         for r in plan.removals:
             try:
                 if r.kind == "artifact" and r.artifact_id is not None:
-                    moved = trash / f"{r.artifact_id}-{os.getpid()}-{Path(r.path).name}"
+                    local, url = local_folder(r.path), r.path if is_remote(r.path) else None
+                    moved = trash / f"{r.artifact_id}-{os.getpid()}-{local.name}"
 
-                    def remove(src=Path(r.path), dst=moved) -> None:
+                    def remove(src=local, dst=moved, url=url) -> None:
+                        if url is not None:  # S3 first: refused, the record rolls back and the cache copy stays
+                            remove_remote(url)
+                            if not src.exists():
+                                return
                         dst.parent.mkdir(parents=True, exist_ok=True)
                         src.rename(dst)  # atomic, inside the store's transaction; the bytes go after it
 
@@ -85,9 +109,12 @@ def gc_main(ns: argparse.Namespace) -> int:
                                                  deleted_by=by, remove=remove)
                     if done:
                         shutil.rmtree(moved, ignore_errors=True)
+                elif r.kind == "unrecorded-upload":
+                    remove_remote(r.path)
+                    done = True
                 else:
                     done = _remove_path(r)
-            except OSError as e:
+            except (OSError, RemoteArtifactsError) as e:
                 result["failed"].append({"path": r.path, "error": str(e)})
                 continue
             (result["removed"] if done else result["skipped"]).append(r.path)

@@ -16,6 +16,7 @@ from typing import Literal, cast
 import numpy as np
 import wandb
 
+from prefect_wandb.artifact_files import local_folder
 from prefect_wandb.refs import digest_alias, wandb_ref
 from prefect_wandb.settings import LineageSettings, WandbSettings
 from prefect_wandb.store import NewArtifact
@@ -241,14 +242,19 @@ class StageRun:
         seconds each) until W&B has committed every one, so the next stage's `use_artifact` finds it; wandb logs
         artifacts in the background and reports a failed upload nowhere else (`run.finish()` returns normally),
         so the wait is also how a failure is seen. Each version W&B took is added to `confirmed` (offline: written
-        to the run's file)."""
+        to the run's file).
+
+        The files are logged as copies (`add_dir` of the local folder: for a version in S3, this host's cache), not
+        as `add_reference`s to S3: W&B's servers usually cannot reach a private S3 endpoint, a reference is
+        checksummed by its ETag where the store has sha256, and so `audit --online` verifies a version the same way
+        wherever its files are stored."""
         logged = []
         for a in arts:
             gap = [WandbGap("upload", self._path(a.name, a.digest), "log_artifact", "")]
 
             def send(a=a):
                 art = wandb.Artifact(a.name, type=a.type, metadata=a.metadata)
-                art.add_dir(a.path)
+                art.add_dir(str(local_folder(a.path, a.files)))
                 return self.run.log_artifact(art, aliases=["latest", digest_alias(a.digest)])
 
             art = self._guard("log_artifact", send, gap)

@@ -1,0 +1,323 @@
+"""Artifacts in S3 (`prefect_wandb/artifact_files.py`), on a real SeaweedFS server (`tests/servers.py`): two stages
+of the library's public API with `artifacts=s3://bucket/team` record S3 URLs whose objects hold the recorded
+sha256s at content-addressed keys; a second worker with an empty cache reads a committed version (downloaded,
+verified) and audits it; a tampered object is refused on download; the server stopped mid-upload fails the stage
+in one line and commits nothing; gc removes the upload no record claims and keeps the claimed ones; keys in the
+URL and other schemes are refused at the door; no secret key in anything the run wrote. wandb offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from prefect_wandb import DigestMismatch, LineageSettings, LineageStore, WandbSettings, local_folder, open_stage
+from prefect_wandb.artifact_files import CACHE_ENV, RemoteArtifactsError, cache_root
+from prefect_wandb.cli import main as ops_main
+from prefect_wandb.cli.exit_codes import Exit
+from tests.helpers import use_offline_wandb
+
+
+def _settings(root: Path, url: str) -> LineageSettings:
+    return LineageSettings(store=root / "lineage.db", artifacts=url, code_root=root,
+                           wandb=WandbSettings(mode="offline", dir=root / "wandb"))
+
+
+def _prepare(settings: LineageSettings, rows: str = "x,y\n1,2\n3,4\n"):
+    with open_stage(settings, "prepare", config={"rows": 2}) as stage:
+        out = stage.staging("table")
+        (out / "rows.csv").write_text(rows)
+        (out / "notes").mkdir()
+        (out / "notes" / "source.txt").write_text("made by a test\n")
+        stage.produce("table", "dataset", out)
+    return stage.outputs["dataset"]
+
+
+def _fit(settings: LineageSettings, data):
+    with open_stage(settings, "fit", config={"alpha": 0.1}) as stage:
+        rows = (stage.use(data) / "rows.csv").read_text().splitlines()
+        out = stage.staging("line")
+        (out / "model.json").write_text(json.dumps({"alpha": 0.1, "rows": len(rows) - 1}) + "\n")
+        stage.produce("line", "model", out)
+    return stage.outputs["model"]
+
+
+def _key(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def _get(s3, url: str) -> bytes:
+    bucket, key = _key(url)
+    c = s3.client()
+    try:
+        return c.get_object(Bucket=bucket, Key=key)["Body"].read()
+    finally:
+        c.close()
+
+
+def _put(s3, url: str, body: bytes) -> None:
+    bucket, key = _key(url)
+    c = s3.client()
+    try:
+        c.put_object(Bucket=bucket, Key=key, Body=body)
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def s3run(s3, tmp_path_factory):
+    """One run of two stages (prepare -> fit) with its artifacts in a fresh bucket's `team/` prefix, wandb
+    offline, the cache of "worker 1" in its own folder: the store, the URL, the settings, the refs."""
+    root = tmp_path_factory.mktemp("s3run")
+    url = s3.bucket(f"run-{root.name[-8:].lower().replace('_', '-')}x") + "/team"
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3.env().items():
+            mp.setenv(k, v)
+        mp.setenv(CACHE_ENV, str(root / "cache1"))
+        use_offline_wandb(mp, root / "wandb")
+        settings = _settings(root, url)
+        data = _prepare(settings)
+        model = _fit(settings, data)
+        yield {"root": root, "url": url, "settings": settings, "data": data, "model": model, "mp": mp}
+
+
+def test_every_recorded_version_is_an_s3_url_whose_objects_hold_the_recorded_sha256(s3, s3run):
+    store = LineageStore(s3run["settings"].store)
+    arts = store.artifacts()
+    assert {a.type for a in arts} == {"dataset", "model"}
+    for a in arts:
+        assert a.path == f"{s3run['url']}/{a.type}/{a.name}/{a.digest[:16]}", a.path
+        for f in a.files:
+            body = _get(s3, f"{a.path}/{f.relpath}")
+            assert hashlib.sha256(body).hexdigest() == f.sha256 and len(body) == f.size
+        # the stage staged and finalized into worker 1's cache, with the layout of an artifacts folder
+        assert local_folder(a.path) == s3run["root"] / "cache1" / _key(a.path)[0] / _key(a.path)[1]
+        assert (local_folder(a.path) / a.files[0].relpath).is_file()
+    assert s3run["model"].path.startswith("s3://") and s3run["data"].path.startswith("s3://")
+    assert not (s3run["root"] / "cache1" / _key(s3run["url"])[0] / "team" / ".staging").exists() or not any(
+        (s3run["root"] / "cache1" / _key(s3run["url"])[0] / "team" / ".staging").iterdir())
+
+
+def test_a_second_worker_with_an_empty_cache_downloads_verifies_and_audits_a_committed_version(
+        s3run, monkeypatch, capsys):
+    monkeypatch.setenv(CACHE_ENV, str(s3run["root"] / "cache2"))
+    settings, model = s3run["settings"], s3run["model"]
+    with open_stage(settings, "evaluate", config={}) as stage:
+        folder = stage.use(model)
+        assert folder.is_relative_to(s3run["root"] / "cache2")
+        assert json.loads((folder / "model.json").read_text())["rows"] == 2
+        out = stage.staging("score")
+        (out / "score.json").write_text('{"score": 1}\n')
+        stage.produce("score", "metrics", out)
+    assert stage.outputs["metrics"].path.startswith(s3run["url"] + "/metrics/")
+    # a cache copy changed since (same size, other bytes): refused by sha256, fetched again from S3
+    cached = folder / "model.json"
+    text = cached.read_text()
+    cached.write_text(text.replace("0.1", "0.2"))
+    with open_stage(settings, "evaluate", config={}) as stage:
+        assert (stage.use(model) / "model.json").read_text() == text
+    # the same content again: verified in S3, not uploaded again, the same URL
+    import prefect_wandb.artifact_files as af
+
+    real, puts = af._fs, []
+
+    def counting():
+        fs = real()
+        put = fs.put_file
+        fs.put_file = lambda *a, **kw: (puts.append(a[1]), put(*a, **kw))
+        return fs
+
+    monkeypatch.setattr(af, "_fs", counting)
+    again = _fit(settings, s3run["data"])
+    assert again.digest == model.digest and again.path == model.path and puts == []
+    # audit from this worker: every file of the model's lineage fetched (the dataset too) and verified
+    code = ops_main(["audit", model.label, "--lineage-db", str(settings.store)])
+    out_text = capsys.readouterr().out
+    assert code == Exit.OK, out_text
+    assert (cache_root(s3run["data"].path) / "rows.csv").is_file()
+
+
+def test_a_tampered_object_is_refused_by_sha256_on_download_in_one_line(s3, s3run, monkeypatch, capsys):
+    monkeypatch.setenv(CACHE_ENV, str(s3run["root"] / "cache3"))
+    data = s3run["data"]
+    obj = f"{data.path}/rows.csv"
+    original = _get(s3, obj)
+    _put(s3, obj, original.replace(b"3,4", b"3,5"))
+    try:
+        with pytest.raises(DigestMismatch) as e, open_stage(s3run["settings"], "fit", config={}) as stage:
+            stage.use(data)
+        assert "\n" not in str(e.value) and obj in str(e.value) and "does not match the recorded" in str(e.value)
+        assert not cache_root(data.path).exists()  # nothing unverified is left in the cache
+        store = LineageStore(s3run["settings"].store)
+        assert store.runs()[-1].status == "failed"
+        # the audit from an empty cache says so (the object's sha256), and fails, without a traceback
+        capsys.readouterr()
+        assert ops_main(["audit", data.label, "--lineage-db", str(s3run["settings"].store)]) == Exit.VERIFY_FAILED
+        out, err = capsys.readouterr()
+        assert "does not match the recorded" in out and "Traceback" not in out + err, out + err
+    finally:
+        _put(s3, obj, original)
+
+
+def test_the_server_stopped_mid_upload_fails_the_stage_in_one_line_and_commits_nothing(s3, s3run, monkeypatch):
+    import prefect_wandb.artifact_files as af
+
+    real = af._fs
+
+    def stopping():  # the first object of the upload goes through, then the server is gone
+        fs = real()
+        put = fs.put_file
+
+        def put_file(*a, **kw):
+            put(*a, **kw)
+            if s3.running:
+                s3.stop()
+        fs.put_file = put_file
+        return fs
+
+    monkeypatch.setattr(af, "_fs", stopping)
+    store = LineageStore(s3run["settings"].store)
+    try:
+        with pytest.raises(RemoteArtifactsError) as e:
+            _prepare(s3run["settings"], rows="x,y\n9,9\n")
+    finally:
+        if not s3.running:
+            s3.start()
+    assert str(e.value).startswith("uploading s3://") and "nothing was recorded" in str(e.value)
+    assert "\n" not in str(e.value)
+    run = store.runs()[-1]
+    assert run.status == "failed" and "uploading" in (run.error or "")
+    assert [a.type for a in store.artifacts()].count("dataset") == 1  # only the first run's
+
+
+def test_gc_removes_an_unclaimed_upload_and_a_deleted_version_and_keeps_the_claimed_ones(s3, s3run, capsys):
+    url, store_path = s3run["url"], s3run["settings"].store
+    stray = f"{url}/dataset/table/{'f' * 16}"
+    _put(s3, f"{stray}/rows.csv", b"an upload whose commit never came\n")
+    with open_stage(s3run["settings"], "scribble", config={}) as stage:  # no model's lineage: gc's to remove
+        out = stage.staging("scratch")
+        (out / "s.txt").write_text("scratch\n")
+        stage.produce("scratch", "scratch", out)
+    scratch = stage.outputs["scratch"]
+    assert (local_folder(scratch.path) / "s.txt").is_file()
+    args = ["gc", "--lineage-db", str(store_path), "--artifacts-dir", url, "--json"]
+    assert ops_main(args) == Exit.OK
+    plan = json.loads(capsys.readouterr().out)
+    assert stray in [r["path"] for r in plan["removals"] if r["kind"] == "unrecorded-upload"]
+    assert ops_main([*args, "--apply"]) == Exit.OK
+    done = json.loads(capsys.readouterr().out)
+    assert stray in done["removed"] and scratch.path in done["removed"], done
+    assert not local_folder(scratch.path).exists()  # its cache copy went with it
+    deleted = LineageStore(store_path).deletions()
+    assert [LineageStore(store_path).artifact(i).label for i in deleted] == [scratch.label]
+    c = s3.client()
+    try:
+        bucket, key = _key(url)
+        keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix=key + "/").get("Contents", [])]
+    finally:
+        c.close()
+    assert not any("f" * 16 in k or f"/scratch/{scratch.digest[:16]}/" in k for k in keys)
+    for a in LineageStore(store_path).artifacts():  # every claimed version stays, in S3
+        if a.artifact_id in deleted:
+            continue
+        assert all(f"{_key(a.path)[1]}/{f.relpath}" in keys for f in a.files), a.label
+
+
+def test_keys_in_the_url_and_other_schemes_are_refused_at_the_door_in_one_line(tmp_path, capsys):
+    secret = "wJalrXUtnFEMI/K7MDENG"
+    LineageStore(tmp_path / "l.db")
+    for value, words in ((f"s3://AKIAEXAMPLE:{secret}@bucket/team", "put keys in AWS_ACCESS_KEY_ID"),
+                         ("ftp://host/x", "is not an artifacts location"), ("gs://bucket/x", "scheme gs://"),
+                         ("http://example.com/a", "scheme http://"), ("s3://Bad_Bucket/x", "not an S3 bucket name")):
+        with pytest.raises(ValueError) as e:
+            LineageSettings(artifacts=value)
+        text = str(e.value)
+        assert "artifacts: " in text and words in text and secret not in text, text
+        code = ops_main(["gc", "--lineage-db", str(tmp_path / "l.db"), "--artifacts-dir", value])
+        err = capsys.readouterr().err
+        assert code == Exit.USAGE and err.count("\n") == 1 and secret not in err, err
+
+
+def test_a_missing_bucket_is_named_in_one_line_before_the_stage_starts(s3, s3run, monkeypatch):
+    root = s3run["root"]
+    settings = _settings(root, "s3://no-such-bucket-here/team")
+    runs = len(LineageStore(s3run["settings"].store).runs())
+    with pytest.raises(RemoteArtifactsError, match=r"^artifacts: s3://no-such-bucket-here/team: no bucket") as e:
+        _prepare(settings)
+    assert "\n" not in str(e.value)
+    assert len(LineageStore(s3run["settings"].store).runs()) == runs  # no run started
+
+
+def test_no_secret_key_in_anything_the_run_wrote(s3, s3run):
+    secret = s3.secret_key.encode()
+    written = [p for p in s3run["root"].rglob("*") if p.is_file()]
+    assert any(p.name == "lineage.db" for p in written) and any("wandb" in p.parts for p in written)
+    assert [str(p) for p in written if secret in p.read_bytes()] == []
+
+
+def test_the_mnist_pipeline_with_its_artifacts_in_s3_records_urls_audits_and_writes_no_key(
+        prefect_server, s3, s3_bucket, wandb_offline, tiny_mnist, tmp_path, monkeypatch, capsys):
+    from mnist_pipeline.cli.main import main as mnist_main
+    from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline as pipeline
+    from tests.helpers import tiny_config
+
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    url = f"{s3_bucket}/mnist"
+    cfg = tiny_config(tmp_path, tiny_mnist, artifacts_dir=url, train={"watch": False})
+    state = pipeline(config=cfg, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result().promotion.decision == "promoted"
+    store = LineageStore(tmp_path / "lineage.db")
+    arts = store.artifacts()
+    assert {"dataset", "model", "onnx", "metrics", "report"} <= {a.type for a in arts}
+    for a in arts:
+        assert a.path == f"{url}/{a.type}/{a.name}/{a.digest[:16]}", a.path
+        for f in a.files:
+            assert hashlib.sha256(_get(s3, f"{a.path}/{f.relpath}")).hexdigest() == f.sha256
+    # checkpoints and staging in the cache, never in S3 or beside the config's URL
+    assert not (tmp_path / "art").exists() and not any("s3:" in p.name for p in tmp_path.rglob("*"))
+    # another host's cache: the audit downloads and verifies every file of the production model's lineage
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache-2"))
+    capsys.readouterr()
+    assert mnist_main(["audit", "convnet:production", "--lineage-db", str(tmp_path / "lineage.db")]) == Exit.OK
+    assert "VERIFIED" in capsys.readouterr().out
+    # a third host, its cache empty: the unchanged rerun finds the dataset and model in S3 (verified) and skips
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache-3"))
+    again = pipeline(config=cfg, return_state=True)
+    assert again.is_completed() and again.result().status == "skipped", again.result()
+    assert len(store.artifacts()) == len(arts)
+    secret = s3.secret_key.encode()
+    assert [str(p) for p in tmp_path.rglob("*") if p.is_file() and secret in p.read_bytes()] == []
+    # an unreachable bucket: the CLI says so in one line before any work
+    capsys.readouterr()
+    assert mnist_main(["run", "--artifacts-dir", "s3://no-such-bucket-here/x", "--source", "synthetic",
+                       "--lineage-db", str(tmp_path / "other.db"), "--root", str(tmp_path / "d2")]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no bucket 'no-such-bucket-here'" in err, err
+
+
+def test_an_s3_location_is_normalised_and_its_cache_is_a_folder_every_host_derives_alike(tmp_path, monkeypatch):
+    assert LineageSettings(artifacts="s3://bucket/team/").artifacts == "s3://bucket/team"
+    assert LineageSettings(artifacts="s3://bucket//a/b").artifacts == "s3://bucket/a/b"
+    assert LineageSettings(artifacts="runs/art").artifacts == Path("runs/art")
+    with pytest.raises(ValueError, match="'.' and '..' are not prefix segments"):
+        LineageSettings(artifacts="s3://bucket/a/../b")
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    s = LineageSettings(artifacts="s3://bucket/team")
+    assert s.local_artifacts() == (tmp_path / "xdg" / "prefect-wandb" / "artifacts" / "bucket" / "team").resolve()
+    assert s.remote_artifacts() == "s3://bucket/team" and LineageSettings().remote_artifacts() is None
+    version = "s3://bucket/team/model/m/0123456789abcdef"
+    assert local_folder(version) == s.local_artifacts() / "model" / "m" / "0123456789abcdef"  # no files: no fetch
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "c"))
+    assert s.local_artifacts() == (tmp_path / "c" / "bucket" / "team").resolve()
+    # JSON (a Prefect parameter, a block) keeps the URL as it is, and reads back the same settings
+    assert json.loads(s.model_dump_json())["artifacts"] == "s3://bucket/team"
+    assert LineageSettings.model_validate_json(s.model_dump_json()) == s
+    assert local_folder(tmp_path / "here") == tmp_path / "here"  # a folder is returned as it is
