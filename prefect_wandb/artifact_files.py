@@ -35,7 +35,7 @@ from prefect_wandb.refs import DigestMismatch
 
 __all__ = ["ARTIFACT_SCHEMES", "CACHE_ENV", "ArtifactsLocationField", "RemoteArtifactsError", "artifacts_location",
            "cache_root", "check_remote", "is_remote", "local_folder", "publish", "readable_folder", "remote_folders",
-           "remove_remote", "version_url"]
+           "remote_problem", "remove_remote", "version_url"]
 
 ARTIFACT_SCHEMES = ("s3",)
 CACHE_ENV = "PREFECT_WANDB_ARTIFACTS_CACHE"
@@ -126,12 +126,23 @@ def version_url(root: str, type: str, name: str, digest: str) -> str:
     return f"{root}/{type}/{name}/{folder_name(digest)}"
 
 
+# the AWS variables botocore reads: a filesystem is made again when one of them changes (a rotated key, another
+# endpoint), else reused (making one, its botocore session and client, takes about 0.1 s a call)
+_AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+            "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+_made: dict[tuple, Any] = {}
+
+
 def _fs() -> Any:
-    """s3fs's filesystem, configured by botocore from the standard AWS variables only (nothing passed here); a
-    fresh instance, so a changed environment (a test's server, a rotated key) is what it uses."""
+    """s3fs's filesystem, configured by botocore from the standard AWS variables only (nothing passed here); one
+    per process and value of those variables, so a changed environment is what it uses."""
     import fsspec
 
-    return fsspec.filesystem("s3", skip_instance_cache=True, config_kwargs=dict(_CLIENT))
+    key = (os.getpid(), *(os.environ.get(v) for v in _AWS_ENV))
+    if key not in _made:
+        _made.clear()  # the previous environment's, or a forked parent's
+        _made[key] = fsspec.filesystem("s3", skip_instance_cache=True, config_kwargs=dict(_CLIENT))
+    return _made[key]
 
 
 def _why(e: BaseException) -> str:
@@ -157,7 +168,12 @@ def check_remote(root: str) -> None:
                                    "the AWS credentials") from None
 
 
-def _sha256_remote(fs: Any, path: str) -> str:
+_ONE_GET = 64 << 20  # objects up to this size are read back in one GET (no HEAD first), larger ones streamed
+
+
+def _sha256_remote(fs: Any, path: str, size: int) -> str:
+    if size <= _ONE_GET:
+        return hashlib.sha256(fs.cat_file(path)).hexdigest()
     h = hashlib.sha256()
     with fs.open(path, "rb", cache_type="none") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -170,7 +186,7 @@ def _remote_mismatch(fs: Any, url: str, files: Iterable[FileRecord]) -> str | No
     for f in files:
         path = f"{url[len('s3://'):]}/{f.relpath}"
         try:
-            actual = _sha256_remote(fs, path)
+            actual = _sha256_remote(fs, path, f.size)
         except FileNotFoundError:
             return f"{url}/{f.relpath} is missing"
         if actual != f.sha256:
@@ -178,14 +194,15 @@ def _remote_mismatch(fs: Any, url: str, files: Iterable[FileRecord]) -> str | No
     return None
 
 
-def publish(local: Path, url: str, files: tuple[FileRecord, ...]) -> None:
+def publish(local: Path, url: str, files: tuple[FileRecord, ...]) -> bool:
     """Make the objects under `url` hold exactly `local`'s files (`files`, its manifest), read back and compared by
     sha256 before returning: a version already there (its key is its content) is verified, not uploaded again;
-    one that differs (a partial or tampered upload) is uploaded again. RemoteArtifactsError in one line when S3 fails."""
+    one that differs (a partial or tampered upload) is uploaded again. True when it uploaded, False when S3 held the
+    version already. RemoteArtifactsError in one line when S3 fails."""
     fs = _fs()
     try:
         if _remote_mismatch(fs, url, files) is None:
-            return
+            return False
         for f in files:
             fs.put_file(str(Path(local) / f.relpath), f"{url[len('s3://'):]}/{f.relpath}")
         problem = _remote_mismatch(fs, url, files)
@@ -193,6 +210,16 @@ def publish(local: Path, url: str, files: tuple[FileRecord, ...]) -> None:
         raise RemoteArtifactsError(f"uploading {url} failed ({_why(e)}): nothing was recorded") from None
     if problem:
         raise RemoteArtifactsError(f"uploading {url}: read back different ({problem}): nothing was recorded")
+    return True
+
+
+def remote_problem(url: str, files: tuple[FileRecord, ...]) -> str | None:
+    """Why the objects under `url` are not `files` (each read from S3, no cache, and hashed: the first one missing or
+    with another sha256), None when every one matches; RemoteArtifactsError in one line when S3 fails."""
+    try:
+        return _remote_mismatch(_fs(), url, files)
+    except Exception as e:
+        raise RemoteArtifactsError(f"reading {url} failed ({_why(e)})") from None
 
 
 def _download(fs: Any, url: str, files: tuple[FileRecord, ...], into: Path) -> None:

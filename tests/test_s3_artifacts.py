@@ -123,15 +123,10 @@ def test_a_second_worker_with_an_empty_cache_downloads_verifies_and_audits_a_com
     # the same content again: verified in S3, not uploaded again, the same URL
     import prefect_wandb.artifact_files as af
 
-    real, puts = af._fs, []
-
-    def counting():
-        fs = real()
-        put = fs.put_file
-        fs.put_file = lambda *a, **kw: (puts.append(a[1]), put(*a, **kw))
-        return fs
-
-    monkeypatch.setattr(af, "_fs", counting)
+    fs, puts = af._fs(), []  # the process's filesystem, handed to every caller: patched for this test only
+    put = fs.put_file
+    monkeypatch.setattr(fs, "put_file", lambda *a, **kw: (puts.append(a[1]), put(*a, **kw)))
+    monkeypatch.setattr(af, "_fs", lambda: fs)
     again = _fit(settings, s3run["data"])
     assert again.digest == model.digest and again.path == model.path and puts == []
     # audit from this worker: every file of the model's lineage fetched (the dataset too) and verified
@@ -166,20 +161,16 @@ def test_a_tampered_object_is_refused_by_sha256_on_download_in_one_line(s3, s3ru
 def test_the_server_stopped_mid_upload_fails_the_stage_in_one_line_and_commits_nothing(s3, s3run, monkeypatch):
     import prefect_wandb.artifact_files as af
 
-    real = af._fs
+    fs = af._fs()  # the process's filesystem, handed to every caller: patched for this test only
+    put = fs.put_file
 
-    def stopping():  # the first object of the upload goes through, then the server is gone
-        fs = real()
-        put = fs.put_file
+    def put_file(*a, **kw):  # the first object of the upload goes through, then the server is gone
+        put(*a, **kw)
+        if s3.running:
+            s3.stop()
 
-        def put_file(*a, **kw):
-            put(*a, **kw)
-            if s3.running:
-                s3.stop()
-        fs.put_file = put_file
-        return fs
-
-    monkeypatch.setattr(af, "_fs", stopping)
+    monkeypatch.setattr(fs, "put_file", put_file)
+    monkeypatch.setattr(af, "_fs", lambda: fs)
     store = LineageStore(s3run["settings"].store)
     try:
         with pytest.raises(RemoteArtifactsError) as e:
