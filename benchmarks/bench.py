@@ -71,7 +71,8 @@ def _pipeline_config(a: dict):
                   "device": a.get("device", "auto")},
         "wandb": {"mode": "offline", "dir": a["wandb_dir"]},
         "onnx": {"latency_samples": a["latency_samples"], "exporter": a["exporter"]},
-        "artifacts_dir": a["work"] + "/artifacts", "lineage_db": a["work"] + "/lineage.db"})
+        "artifacts_dir": a.get("artifacts_dir") or a["work"] + "/artifacts",
+        "lineage_db": a.get("lineage_db") or a["work"] + "/lineage.db"})
 
 
 def part_pipeline(a: dict) -> dict:
