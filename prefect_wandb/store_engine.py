@@ -79,6 +79,9 @@ PG_CONNECT_ARGS = {"connect_timeout": CONNECT_TIMEOUT_S, "keepalives": 1, "keepa
                    "keepalives_interval": 5, "keepalives_count": 3, "tcp_user_timeout": 30_000,
                    "application_name": "prefect-wandb lineage store"}
 STORE_TIMEOUT_ENV = "PREFECT_WANDB_STORE_TIMEOUT"
+# the name of a Prefect Secret block holding the password of a store URL that has none, where libpq has none either
+# (no PGPASSWORD; ~/.pgpass is libpq's own and comes after)
+PASSWORD_BLOCK_ENV = "PREFECT_WANDB_STORE_PASSWORD_BLOCK"
 STORE_TIMEOUT_S = 60.0  # T: PostgreSQL's lock timeout (the write lock's wait); the other bounds follow from it
 IDLE_IN_TRANSACTION_FACTOR = 10  # idle_in_transaction_session_timeout = 10 T
 # the PostgreSQL write lock's key (pg_advisory_xact_lock's bigint; advisory locks are per database): "lineage"
@@ -248,6 +251,22 @@ def _bounded_connection_class():
     return _bounded_class
 
 
+def _block_password(name: str) -> str:
+    """The store's password from the Prefect Secret block `name` (read at each new connection: a rotated secret is
+    used from the next one); a block that cannot be read is the connection's failure, in one line."""
+    import psycopg
+
+    try:
+        from prefect.blocks.system import Secret
+
+        value = Secret.load(name, _sync=True).get()  # type: ignore[call-arg,union-attr]  # sync in a loop too
+    except Exception as e:  # no such block, no Prefect server: the store cannot be opened, said as such
+        raise psycopg.OperationalError(f"no password: the Prefect Secret block {name!r} (${PASSWORD_BLOCK_ENV}) "
+                                       f"cannot be read ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                                       ) from None
+    return str(value)
+
+
 def _postgresql_engine(url, timeout: float) -> Engine:
     """A PostgreSQL engine whose connections are `_bounded_connection_class()`'s, with `pg_connect_args(timeout)`;
     a URL's own `options` come after ours (the last `-c` of a setting wins)."""
@@ -261,6 +280,8 @@ def _postgresql_engine(url, timeout: float) -> Engine:
     def connect(dialect, conn_rec, cargs, cparams):
         theirs = url.query.get("options")
         cparams["options"] = f"{ours} {theirs}" if isinstance(theirs, str) and theirs else ours
+        if url.password is None and not os.environ.get("PGPASSWORD") and os.environ.get(PASSWORD_BLOCK_ENV):
+            cparams["password"] = _block_password(os.environ[PASSWORD_BLOCK_ENV])
         conn = cls.connect(*cargs, **cparams)
         conn.answer_within = bound
         return conn

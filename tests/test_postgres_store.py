@@ -242,5 +242,17 @@ def test_a_prefect_block_keeps_the_url_without_its_password_and_pgpassword_compl
     with pytest.raises(StoreError, match="no password supplied") as e:
         settings.open_store()
     assert "\n" not in str(e.value)
+    # or a Prefect Secret block named by the worker's environment: one line while it cannot be read ...
+    from prefect.blocks.system import Secret
+
+    from prefect_wandb.store_engine import PASSWORD_BLOCK_ENV
+
+    monkeypatch.setenv(PASSWORD_BLOCK_ENV, "pg-team-password")
+    with pytest.raises(StoreError, match="Secret block 'pg-team-password'") as e:
+        settings.open_store()
+    assert "\n" not in str(e.value) and postgres.password not in str(e.value)
+    Secret(value=postgres.password).save("pg-team-password", overwrite=True)  # ... and the store opens once it can
+    assert settings.open_store().runs() == []
+    monkeypatch.delenv(PASSWORD_BLOCK_ENV)
     monkeypatch.setenv("PGPASSWORD", postgres.password)  # a worker's environment
     assert settings.open_store().runs() == []
