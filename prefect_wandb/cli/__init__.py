@@ -1,5 +1,5 @@
 """The operator's commands on any pipeline's lineage records: `audit`, `sync` (`--dry-run`, `--verify`),
-`impact`, `reproduce`, `rollback`, `unreject`, `gc`, `keygen` and `verify`.
+`impact`, `reproduce`, `rollback`, `unreject`, `gc`, `move`, `keygen` and `verify`.
 
 `prefect-wandb COMMAND ...` runs them (`python -m prefect_wandb.cli`); a pipeline's own CLI adds them to its
 parser with `add_parsers(sub, program=Program(prog="my-pipeline", rebuilders=..., ...))`, so that its operators
@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from prefect_wandb.cli import aliases, audit, gc, ops, signing
+from prefect_wandb.cli import aliases, audit, gc, move, ops, signing
 from prefect_wandb.cli.args import FORMATTER, Parents, Program, add_command, err, parents, program, use_program
 from prefect_wandb.cli.exit_codes import EPILOG, Exit, from_signal
 from prefect_wandb.locations import scrub_argv
@@ -21,7 +21,7 @@ __all__ = ["EPILOG", "FORMATTER", "Exit", "Parents", "Program", "add_command", "
            "from_signal", "main", "parents", "program", "use_program"]
 
 # The modules that add sub-commands, in --help order: each has `add_parsers(sub, parents: Parents)`.
-COMMAND_MODULES = (audit, ops, aliases, gc, signing)
+COMMAND_MODULES = (audit, ops, aliases, gc, move, signing)
 
 
 def add_parsers(sub, program: Program | None = None, parents_: Parents | None = None) -> None:
