@@ -274,3 +274,15 @@ def test_a_source_written_to_during_the_move_is_not_committed_and_a_rerun_takes_
     assert _move(source, postgres_db, f"{s3_bucket}/team", db=db) == Exit.OK
     capsys.readouterr()
     assert "late-1" in {r.run_id for r in LineageStore(postgres_db, readonly=True).runs()}
+
+
+def test_the_pipeline_s_cli_has_move_with_its_own_store_default_and_name(tmp_path, capsys, monkeypatch):
+    from mnist_pipeline.cli.main import main as pipeline_main
+
+    monkeypatch.chdir(tmp_path)
+
+    assert pipeline_main(["move", "--to-lineage-db", "postgresql+psycopg://u:hunter2@h/db", "--to-artifacts-dir",
+                          "s3://bucket-x/p", "--dry-run"]) == Exit.USAGE  # no mnist-runs/lineage.db here
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-pipeline move: no lineage store at ") and "mnist-runs/lineage.db" in err
+    assert err.count("\n") == 1 and "hunter2" not in err

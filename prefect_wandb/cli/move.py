@@ -27,8 +27,9 @@ Refused while a run is `running` in the source and its process is not provably g
 from PGPASSWORD or ~/.pgpass, S3's credentials from the AWS_* variables; neither is ever shown.
 
 0 moved (or --dry-run: it would move), and checked; 2 usage, a target that is not empty, a live run in the source,
-a version outside --artifacts-dir; 1 an upload failed or a version folder differs from its record (nothing
-committed); 6 a store cannot be opened or reached; 3 the check at the new location found a difference (named).
+a version outside --artifacts-dir, an S3 location that cannot be reached, a source written to during the move
+(nothing committed); 1 an upload failed or a version folder differs from its record (nothing committed); 6 a store
+cannot be opened or reached; 3 the check at the new location found a difference (named).
 """
 
 
