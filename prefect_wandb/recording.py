@@ -29,6 +29,22 @@ class RecordingWandb:
         self.fail = dict(fail or {})
         self.links: dict[str, str] = {}  # registry path -> ref
 
+    @classmethod
+    def as_the_store_left_it(cls, store) -> RecordingWandb:
+        """The W&B a dry run of `sync` starts from: the runs recorded online, and the versions they produced that W&B
+        committed (no upload gap stands for them), so that the plan's alias moves onto such a version (a promotion
+        recorded offline later) are rehearsed against it instead of failing as 'not found'."""
+        runs = {r.run_id: r for r in store.runs()}
+        unsent = {cls._key(g["ref"]) for g in store.wandb_gaps() if g["action"] == "upload"}
+        artifacts = {}
+        for art in store.artifacts():
+            producer = runs.get(art.producer_run_id)
+            key = f"{art.name}:{digest_alias(art.digest)}"
+            if producer is not None and producer.wandb_mode == "online" and key not in unsent:
+                artifacts[key] = {"version": f"v{art.version}", "aliases": ["latest", digest_alias(art.digest)],
+                                  "logged_by": producer.run_id, "used_by": [], "files": {}}
+        return cls(runs=[r for r, run in runs.items() if run.wandb_mode == "online"], artifacts=artifacts)
+
     def _call(self, *call):
         self.calls.append(call)
         if call[0] in self.fail:

@@ -122,6 +122,20 @@ def test_a_version_two_runs_made_at_once_may_be_logged_by_either_of_them(lineage
     assert f"{lineage['dataset_run']} or {stage.run_id}" in diff["detail"]
 
 
+def test_a_dry_run_rehearses_a_promotion_of_a_version_committed_online(lineage, capsys):
+    """The model committed in W&B by an online run, the promotion recorded while W&B was away (its alias move waits
+    for `sync`): the dry run plans the move onto the version W&B has, instead of calling it 'not found'."""
+    import json
+
+    with sqlite3.connect(lineage["db"]) as con:  # as the stages' records read when they ran online
+        con.execute("UPDATE runs SET wandb_mode = 'online'")
+    capsys.readouterr()
+    assert main(["sync", "--dry-run", "--json", "--lineage-db", str(lineage["db"])]) == Exit.OK
+    [move] = json.loads(capsys.readouterr().out)["promotions"]
+    assert move["artifact"] == "model:v0" and move["status"] == "done", move
+    assert move["aliases"] == ["candidate", "production"]
+
+
 def test_a_locally_tampered_file_is_named_as_the_local_difference_not_blamed_on_wandb(lineage, capsys):
     """W&B holds what was recorded; the stored file changed since: that file is named (as `audit` names it), exit 3,
     and `sync` (which would change nothing) is not offered for it."""

@@ -189,8 +189,8 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
 
     if getattr(ns, "verify", False):
         return verify_main(ns, backend or WandbClient(), store)
-    if backend is None and ns.dry_run:  # runs recorded online are in W&B; the rest is what the plan sends
-        backend = RecordingWandb(runs=[r.run_id for r in store.runs() if r.wandb_mode == "online"])
+    if backend is None and ns.dry_run:  # what was recorded online is in W&B; the rest is what the plan sends
+        backend = RecordingWandb.as_the_store_left_it(store)
     elif backend is None:
         backend = WandbClient()
     entity = None
