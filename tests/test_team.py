@@ -4,7 +4,9 @@ only in PGPASSWORD, S3's keys only in AWS_*), one lineage store in PostgreSQL an
 (real servers, `tests/servers.py`). Runs of one deployment land on both workers (one work queue each, a run sent
 to a queue); an unchanged run on the other worker is skipped; two changed runs at once, one per worker, both
 complete and the gate ends with exactly one production; audit, impact, reproduce and gc from a third folder with
-an empty cache; no secret in any file of the three folders nor in any row of the store; a worker killed mid-training
+an empty cache; no secret in any file of the three folders nor in any row of the store; PostgreSQL stopped while a
+worker trains: the flow run fails at train in one line, and with the server back the next run completes; a worker
+killed mid-training
 (kill -9 of its flow run and of the worker): its run is failed by the next stage on the other worker once its lease
 ran out, nothing it made is recorded, the next run completes. Where the test runs as root, each worker has a host
 name of its own (a UTS namespace), so the library judges the other worker's runs by their lease, as across hosts.
@@ -17,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -293,6 +296,43 @@ def test_audit_impact_reproduce_and_gc_from_a_third_folder_and_no_secret_anywher
     assert [str(p) for p in files if password in p.read_bytes() or key in p.read_bytes()] == []
     dump = _dump(team["url"])
     assert "convnet" in dump and team["password"] not in dump and team["s3"].secret_key not in dump
+
+
+def test_postgresql_stopped_mid_training_fails_the_stage_in_one_line_and_the_next_run_completes(team, postgres):
+    from prefect.deployments import run_deployment
+
+    if team.get("scenario") != "done":
+        pytest.skip("the runs of the scenario did not complete")
+    store = LineageStore(team["url"])
+    b = QUEUES[1]
+    models = len(store.artifacts("model"))
+    # a training of some seconds on worker b; the database server goes down while it runs
+    params = {"config": _config(team["bare"], team["artifacts"], learning_rate=0.05, epochs=150)}
+    hit = run_deployment(f"mnist-lineage-pipeline/{DEPLOYMENT}", parameters=params, work_queue_name=b, timeout=0)
+    [train] = wait_for(lambda: [r for r in store.runs(str(hit.id)) if r.job_type == "train" and r.status == "running"],
+                       RUN_TIMEOUT_S, "the training on worker b to start", interval=0.2)
+    postgres.stop()
+    try:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            final = wait_for(lambda: (lambda r: r if r.state and r.state.is_final() else None)(
+                client.read_flow_run(hit.id)), RUN_TIMEOUT_S, "the flow run to end with the store down", interval=1)
+    finally:
+        postgres.start()
+    message = final.state.message or ""
+    assert final.state.is_failed(), (final.state, _logs(team))
+    assert message.startswith("failed at train: StoreError: ") and "\n" not in message, message
+    assert re.search(r"cannot (open the lineage store|be reached)", message), message
+    assert "lineage@" in message and team["password"] not in message, message  # the URL, without its password
+    # the server is back: the next run (the same settings) completes on the same worker; the stranded run is failed
+    after = _run(team, b, learning_rate=0.05, epochs=150)
+    assert after.state.is_completed(), (after.state, _logs(team))
+    stranded = store.run(train.run_id)
+    assert stranded.status == "failed" and stranded.error.startswith("process died: "), stranded
+    assert not [x for x in store.artifacts() if x.producer_run_id == train.run_id]
+    assert len(store.artifacts("model")) == models + 1
+    assert [name for name, _ in _productions(team["url"])] == ["convnet"]
 
 
 def test_a_worker_killed_mid_training_its_run_is_failed_once_its_lease_expires_and_the_next_run_completes(team):
