@@ -324,6 +324,20 @@ class PostgresServer:
         return str(row[0])
 
 
+def database_dump(url: str) -> str:
+    """Every row of every table of the database at `url`, as text (what a pg_dump of the data would hold)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = sa.inspect(conn).get_table_names()
+            return "\n".join(f"{name}: {row!r}" for name in sorted(names)
+                             for row in conn.execute(sa.text(f'SELECT * FROM "{name}"')))
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
 def postgres_server(user: str = "lineage", dbname: str = "lineage") -> Iterator[PostgresServer]:
     """A fresh PostgreSQL cluster on a free loopback port, stopped (`pg_ctl stop -m fast`) and its folder removed

@@ -19,23 +19,12 @@ from prefect_wandb.cli import main as ops_main
 from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.store import LineageStore, NewArtifact
 from prefect_wandb.tables import metadata
+from tests.servers import database_dump
 
 
 def _start(store, run_id, job="train"):
     store.start_run(run_id, job, config={"a": 1}, env={}, flow_run_id="f1", run_group=None, wandb_mode="offline",
                     wandb_dir=None, wandb_project="p", wandb_entity=None)
-
-
-def _dump(url: str) -> str:
-    """Every row of every table of the database, as text (what a pg_dump of the data would hold)."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            names = sa.inspect(conn).get_table_names()
-            return "\n".join(f"{name}: {row!r}" for name in sorted(names)
-                             for row in conn.execute(sa.text(f'SELECT * FROM "{name}"')))
-    finally:
-        engine.dispose()
 
 
 # --------------------------------------------------------------------------------------------- at the door
@@ -199,7 +188,7 @@ def test_a_run_on_a_url_store_writes_its_password_nowhere_and_audits_from_the_cl
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) > 30 and any("wandb" in p.parts for p in files)
     assert [p for p in files if secret.encode() in p.read_bytes() or secret in str(p)] == []
-    dump = _dump(postgres_db)
+    dump = database_dump(postgres_db)
     assert "convnet" in dump and secret not in dump
     # the URL is on record where the config is (W&B's run config): without its password
     nopw = postgres_db.replace(f":{secret}", "").encode()

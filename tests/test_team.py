@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from prefect_wandb.store import LineageStore
 from tests.helpers import wait_for
+from tests.servers import database_dump
 
 pytestmark = pytest.mark.slow  # a Prefect server, PostgreSQL, S3, two `prefect worker` processes
 
@@ -106,18 +107,6 @@ def _kill_flow_runs(root: Path) -> None:
         with contextlib.suppress(OSError):
             if marker in (proc / "environ").read_bytes() and int(proc.name) != os.getpid():
                 os.kill(int(proc.name), signal.SIGKILL)
-
-
-def _dump(url: str) -> str:
-    """Every row of every table of the store's database, as text."""
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            names = sa.inspect(conn).get_table_names()
-            return "\n".join(f"{name}: {row!r}" for name in sorted(names)
-                             for row in conn.execute(sa.text(f'SELECT * FROM "{name}"')))
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +283,7 @@ def test_audit_impact_reproduce_and_gc_from_a_third_folder_and_no_secret_anywher
     files = [p for p in team["root"].rglob("*") if p.is_file()]
     assert len(files) > 20
     assert [str(p) for p in files if password in p.read_bytes() or key in p.read_bytes()] == []
-    dump = _dump(team["url"])
+    dump = database_dump(team["url"])
     assert "convnet" in dump and team["password"] not in dump and team["s3"].secret_key not in dump
 
 
