@@ -58,6 +58,20 @@ def signed_run(prefect_server, tmp_path_factory) -> dict:
 SERVER_FIXTURES = frozenset({"prefect_server", "postgres", "postgres_db", "s3", "s3_bucket"})
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_auto_num_workers(config) -> int | None:
+    """`-n auto` (`addopts`): one worker more than cores (at most `--maxprocesses`) for a run with the slow tests,
+    where much of a test's time is a server's or a subprocess's start, a timeout or a poll and a core would wait;
+    one per core for the quick check (`-m "not slow"`), which computes (its time is mostly each worker's imports).
+    Measured on this 2-core VM, quiet, back to back on one commit: the whole suite 570 s with 3 workers, 679 s with
+    2; the quick check 42.5-48.7 s with 3, 37.3-42.6 s with 2 (docs/testing.md). $PYTEST_XDIST_AUTO_NUM_WORKERS
+    still wins (xdist's own hook reads it)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if "not slow" in (config.option.markexpr or "") else cores + 1
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test that needs a real server (a Prefect server: flows; PostgreSQL or S3, `store_at`'s postgresql case
     included) is `slow`, so `pytest -m "not slow"` is the quick check: Python, SQLite and files only.
