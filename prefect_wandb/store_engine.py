@@ -213,7 +213,7 @@ if hasattr(os, "register_at_fork"):
 _bounded_class = None
 
 
-def _bounded_connection_class():
+def _bounded_connection_class() -> type:
     """psycopg's Connection, each of whose waits for the server is watched (`_Watchdog`): made on first use, so that
     SQLite-only use never imports psycopg."""
     global _bounded_class
