@@ -410,3 +410,31 @@ def synthetic_config(base: Path, train: int = 200, **over):
     data = {"synthetic_train": train, **over.pop("data", {})}
     train_over = {"batch_size": 32, "threads": 1, "watch": False, **over.pop("train", {})}
     return tiny_config(base, data=data, train=train_over, **over)
+
+
+def prepare_table(settings, rows: str = "x,y\n1,2\n3,4\n"):
+    """A `prepare` stage of the library (no Prefect) that produces a small dataset: `rows.csv` and a note in a
+    subfolder; its ArtifactRef."""
+    from prefect_wandb import open_stage
+
+    with open_stage(settings, "prepare", config={"rows": rows}) as stage:
+        out = stage.staging("table")
+        (out / "rows.csv").write_text(rows)
+        (out / "notes").mkdir()
+        (out / "notes" / "source.txt").write_text("made by a test\n")
+        stage.produce("table", "dataset", out)
+    return stage.outputs["dataset"]
+
+
+def fit_line(settings, data):
+    """A `fit` stage that uses `data` (`prepare_table`'s) and produces a small model, `model.json`; its ArtifactRef."""
+    import json
+
+    from prefect_wandb import open_stage
+
+    with open_stage(settings, "fit", config={"alpha": 0.1}) as stage:
+        rows = (stage.use(data) / "rows.csv").read_text().splitlines()
+        out = stage.staging("line")
+        (out / "model.json").write_text(json.dumps({"alpha": 0.1, "rows": len(rows) - 1}) + "\n")
+        stage.produce("line", "model", out)
+    return stage.outputs["model"]

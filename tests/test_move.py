@@ -19,32 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from prefect_wandb import GatePolicy, LineageSettings, LineageStore, WandbSettings, open_stage, promotion
+from prefect_wandb import GatePolicy, LineageSettings, LineageStore, WandbSettings, promotion
 from prefect_wandb.artifact_files import CACHE_ENV
 from prefect_wandb.cli import main
 from prefect_wandb.cli.exit_codes import Exit
 from prefect_wandb.locations import StoreURL
 from prefect_wandb.move import target_rows
-from tests.helpers import use_offline_wandb
-
-
-def _prepare(settings: LineageSettings, rows: str):
-    with open_stage(settings, "prepare", config={"rows": rows}) as stage:
-        out = stage.staging("table")
-        (out / "rows.csv").write_text(rows)
-        (out / "notes").mkdir()
-        (out / "notes" / "source.txt").write_text("made by a test\n")
-        stage.produce("table", "dataset", out)
-    return stage.outputs["dataset"]
-
-
-def _fit(settings: LineageSettings, data):
-    with open_stage(settings, "fit", config={"alpha": 0.1}) as stage:
-        rows = (stage.use(data) / "rows.csv").read_text().splitlines()
-        out = stage.staging("line")
-        (out / "model.json").write_text(json.dumps({"alpha": 0.1, "rows": len(rows) - 1}) + "\n")
-        stage.produce("line", "model", out)
-    return stage.outputs["model"]
+from tests.helpers import fit_line, prepare_table, use_offline_wandb
 
 
 def _tree_digest(*paths: Path) -> str:
@@ -71,9 +52,9 @@ def source(tmp_path_factory):
         settings = LineageSettings(store=root / "lineage.db", artifacts=root / "artifacts", code_root=root,
                                    wandb=WandbSettings(mode="offline", dir=root / "wandb"))
         store = LineageStore(settings.store)
-        old = store.require_artifact(*_name_digest(_prepare(settings, "x,y\n0,0\n")))
-        data = _prepare(settings, "x,y\n1,2\n3,4\n")
-        model = store.require_artifact(*_name_digest(_fit(settings, data)))
+        old = store.require_artifact(*_name_digest(prepare_table(settings, "x,y\n0,0\n")))
+        data = prepare_table(settings, "x,y\n1,2\n3,4\n")
+        model = store.require_artifact(*_name_digest(fit_line(settings, data)))
         promotion.promote(store, model.artifact_id, value=0.9, validation_passed=True, flow_run_id=None,
                           policy=GatePolicy(metric="accuracy", label="accuracy", margin=0.0))
         assert store.alias("line", "production").artifact_id == model.artifact_id
@@ -165,7 +146,7 @@ def test_move_copies_every_record_uploads_every_version_and_audit_passes_at_the_
     use_offline_wandb(monkeypatch, tmp_path / "wandb")
     settings = LineageSettings(store=postgres_db, artifacts=to, code_root=tmp_path,
                                wandb=WandbSettings(mode="offline", dir=tmp_path / "wandb"))
-    data = LineageStore(postgres_db).require_artifact(*_name_digest(_prepare(settings, "x,y\n5,6\n")))
+    data = LineageStore(postgres_db).require_artifact(*_name_digest(prepare_table(settings, "x,y\n5,6\n")))
     assert data.artifact_id > max(a.artifact_id for a, _ in pairs) and data.version == 2
 
     # moving again into it: refused, one line

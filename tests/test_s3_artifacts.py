@@ -18,31 +18,12 @@ from prefect_wandb import DigestMismatch, LineageSettings, LineageStore, WandbSe
 from prefect_wandb.artifact_files import CACHE_ENV, RemoteArtifactsError, cache_root
 from prefect_wandb.cli import main as ops_main
 from prefect_wandb.cli.exit_codes import Exit
-from tests.helpers import use_offline_wandb
+from tests.helpers import fit_line, prepare_table, use_offline_wandb
 
 
 def _settings(root: Path, url: str) -> LineageSettings:
     return LineageSettings(store=root / "lineage.db", artifacts=url, code_root=root,
                            wandb=WandbSettings(mode="offline", dir=root / "wandb"))
-
-
-def _prepare(settings: LineageSettings, rows: str = "x,y\n1,2\n3,4\n"):
-    with open_stage(settings, "prepare", config={"rows": 2}) as stage:
-        out = stage.staging("table")
-        (out / "rows.csv").write_text(rows)
-        (out / "notes").mkdir()
-        (out / "notes" / "source.txt").write_text("made by a test\n")
-        stage.produce("table", "dataset", out)
-    return stage.outputs["dataset"]
-
-
-def _fit(settings: LineageSettings, data):
-    with open_stage(settings, "fit", config={"alpha": 0.1}) as stage:
-        rows = (stage.use(data) / "rows.csv").read_text().splitlines()
-        out = stage.staging("line")
-        (out / "model.json").write_text(json.dumps({"alpha": 0.1, "rows": len(rows) - 1}) + "\n")
-        stage.produce("line", "model", out)
-    return stage.outputs["model"]
 
 
 def _key(url: str) -> tuple[str, str]:
@@ -80,8 +61,8 @@ def s3run(s3, tmp_path_factory):
         mp.setenv(CACHE_ENV, str(root / "cache1"))
         use_offline_wandb(mp, root / "wandb")
         settings = _settings(root, url)
-        data = _prepare(settings)
-        model = _fit(settings, data)
+        data = prepare_table(settings)
+        model = fit_line(settings, data)
         yield {"root": root, "url": url, "settings": settings, "data": data, "model": model, "mp": mp}
 
 
@@ -127,7 +108,7 @@ def test_a_second_worker_with_an_empty_cache_downloads_verifies_and_audits_a_com
     put = fs.put_file
     monkeypatch.setattr(fs, "put_file", lambda *a, **kw: (puts.append(a[1]), put(*a, **kw)))
     monkeypatch.setattr(af, "_fs", lambda: fs)
-    again = _fit(settings, s3run["data"])
+    again = fit_line(settings, s3run["data"])
     assert again.digest == model.digest and again.path == model.path and puts == []
     # audit from this worker: every file of the model's lineage fetched (the dataset too) and verified
     code = ops_main(["audit", model.label, "--lineage-db", str(settings.store)])
@@ -174,7 +155,7 @@ def test_the_server_stopped_mid_upload_fails_the_stage_in_one_line_and_commits_n
     store = LineageStore(s3run["settings"].store)
     try:
         with pytest.raises(RemoteArtifactsError) as e:
-            _prepare(s3run["settings"], rows="x,y\n9,9\n")
+            prepare_table(s3run["settings"], rows="x,y\n9,9\n")
     finally:
         if not s3.running:
             s3.start()
@@ -238,7 +219,7 @@ def test_a_missing_bucket_is_named_in_one_line_before_the_stage_starts(s3, s3run
     settings = _settings(root, "s3://no-such-bucket-here/team")
     runs = len(LineageStore(s3run["settings"].store).runs())
     with pytest.raises(RemoteArtifactsError, match=r"^artifacts: s3://no-such-bucket-here/team: no bucket") as e:
-        _prepare(settings)
+        prepare_table(settings)
     assert "\n" not in str(e.value)
     assert len(LineageStore(s3run["settings"].store).runs()) == runs  # no run started
 
