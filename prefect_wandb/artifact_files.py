@@ -29,7 +29,7 @@ from typing import Annotated, Any
 from pydantic import PlainSerializer, PlainValidator, ValidationInfo, WithJsonSchema
 
 from prefect_wandb.layout import folder_name
-from prefect_wandb.locations import LocationError, redact, scheme_of
+from prefect_wandb.locations import LocationError, one_line_url, redact, scheme_of
 from prefect_wandb.records import FileRecord
 from prefect_wandb.refs import DigestMismatch
 
@@ -71,7 +71,7 @@ def artifacts_location(value: object, field: str = "artifacts") -> Path | str:
         if not value.strip():
             raise LocationError(f"{field}: an empty location")
         return Path(value)
-    shown = redact(value.splitlines()[0] if value else value)
+    shown = one_line_url(value)
     if scheme not in ARTIFACT_SCHEMES:
         raise LocationError(f"{field}: {shown} is not an artifacts location (scheme {scheme}://): give a folder or "
                             "s3://bucket/prefix")

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from pydantic import GetCoreSchemaHandler, PlainSerializer, PlainValidator, ValidationInfo, WithJsonSchema
 from pydantic_core import core_schema
 
-__all__ = ["STORE_SCHEMES", "LocationError", "StoreLocation", "StoreLocationField", "StoreURL", "is_url", "masked", "path_only", "redact", "scrub_argv",
+__all__ = ["STORE_SCHEMES", "LocationError", "StoreLocation", "StoreLocationField", "StoreURL", "is_url", "masked", "one_line_url", "path_only", "redact", "scrub_argv",
            "store_location"]
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
@@ -114,7 +114,8 @@ class StoreURL:
         return core_schema.is_instance_schema(cls)
 
 
-def _one_line_url(value: str) -> str:
+def one_line_url(value: str) -> str:
+    """How a given location is quoted in a message: its first line, any password masked."""
     return redact(value.splitlines()[0] if value else value)
 
 
@@ -131,7 +132,7 @@ def store_location(value: object, field: str = "store") -> Path | StoreURL:
             raise LocationError(f"{field}: an empty location")
         return Path(value)
     if scheme not in STORE_SCHEMES:
-        raise LocationError(f"{field}: {_one_line_url(value)} is not a lineage store location (scheme {scheme}://): "
+        raise LocationError(f"{field}: {one_line_url(value)} is not a lineage store location (scheme {scheme}://): "
                             "give a path (an SQLite file) or postgresql+psycopg://user@host:port/database")
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -139,7 +140,7 @@ def store_location(value: object, field: str = "store") -> Path | StoreURL:
     try:
         url = make_url(value)
     except (ArgumentError, ValueError):
-        raise LocationError(f"{field}: {_one_line_url(value)} is not a valid database URL") from None
+        raise LocationError(f"{field}: {one_line_url(value)} is not a valid database URL") from None
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     if not url.database or not url.host and not url.query.get("host"):
@@ -152,7 +153,7 @@ def path_only(value: object, field: str) -> object:
     """`value` unless it is a URL: a field that takes a folder or file refuses one (LocationError naming
     `field`), instead of taking `scheme:/...` as a relative folder."""
     if is_url(value):
-        raise LocationError(f"{field}: {_one_line_url(str(value))} is a URL, and {field} is a path here")
+        raise LocationError(f"{field}: {one_line_url(str(value))} is a URL, and {field} is a path here")
     return value
 
 
