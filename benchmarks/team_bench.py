@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results-team.json")
     args = p.parse_args(argv)
     from mnist_pipeline.cli.local_server import local_prefect_server
+    from prefect_wandb import StoreURL
     from tests.servers import postgres_server, s3_server
 
     if args.smoke:
@@ -64,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                      "wandb_dir": str(work / "wandb"), "repeat": f"{where}-{i}"}
                 (work / "wandb").mkdir(parents=True)
                 if where == "team":  # a fresh database and prefix: a full run, never a skip
-                    url = pg.new_database()
-                    a["lineage_db"] = url.replace(f":{pg.password}@", "@")  # the password from PGPASSWORD
+                    a["lineage_db"] = StoreURL(pg.new_database()).without_password()  # password: PGPASSWORD
                     a["artifacts_dir"] = f"{bucket}/run-{i}"
                 res = run_part("pipeline", a, env, logs)
                 if res.get("status") != "completed":
