@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+from mnist_pipeline.checkpoint_files import sidecar
 from mnist_pipeline.sweep import usable_cores
 
 WORKERS_TIMEOUT_S = 60.0
@@ -97,7 +98,7 @@ def checkpoint_writer(checkpoint: Path) -> str | None:
     import json
 
     try:
-        record = json.loads(checkpoint.with_name(checkpoint.name + ".json").read_text())
+        record = json.loads(sidecar(checkpoint).read_text())
     except (OSError, ValueError):
         return None
     lineage = record.get("lineage") if isinstance(record, dict) else None

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mnist_pipeline.checkpoint_files import discard_checkpoint, sidecar
 from mnist_pipeline.config import TrainConfig
 from mnist_pipeline.data import Split, to_float
 from mnist_pipeline.model import ConvNet
@@ -131,10 +132,6 @@ class CheckpointLineage:
         return None
 
 
-def sidecar(checkpoint: Path) -> Path:
-    return checkpoint.with_name(checkpoint.name + ".json")
-
-
 def _write_checkpoint(path: Path, state: dict, lineage: CheckpointLineage | None) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -146,11 +143,6 @@ def _write_checkpoint(path: Path, state: dict, lineage: CheckpointLineage | None
     # which is then discarded (never resumed unchecked). Both are atomic (temporary name, fsync, rename).
     storage.write_bytes_atomic(sidecar(path), json.dumps(record, sort_keys=True, allow_nan=False).encode(), fsync=True)
     storage.write_bytes_atomic(path, blob, fsync=True)
-
-
-def discard_checkpoint(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    sidecar(path).unlink(missing_ok=True)
 
 
 def _checkpoint_problem(path: Path, lineage: CheckpointLineage | None) -> str | None:

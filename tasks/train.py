@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from mnist_pipeline.checkpoint_files import discard_checkpoint
 from mnist_pipeline.config import MODEL_NAME, PipelineConfig
 from mnist_pipeline.results import ModelInfo, TrainingResult
 from mnist_pipeline.tasks._common import pipeline_stage, unless_permanent
@@ -25,11 +26,8 @@ def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef, create: bool = Tr
 
 def discard_done_checkpoint(cfg: PipelineConfig, dataset: ArtifactRef) -> None:
     """A model of these very inputs is on record, so their checkpoint has done its job: a training killed after its
-    commit, before it discarded the checkpoint, left it (with its record, `training.sidecar`'s name; not imported
-    here: `training` imports torch, which a skipped run never needs)."""
-    path = checkpoint_path(cfg, dataset, create=False)
-    for p in (path, path.with_name(path.name + ".json")):
-        p.unlink(missing_ok=True)
+    commit, before it discarded the checkpoint, left it (with its record)."""
+    discard_checkpoint(checkpoint_path(cfg, dataset, create=False))
 
 
 def _flow_run_of(cfg: PipelineConfig, store: LineageStore | JournalStore | None, run_id: str | None) -> str:
