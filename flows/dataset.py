@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mnist_pipeline.changes import stored_problem
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.tasks._common import current_flow_run_id
-from mnist_pipeline.tasks.prepare_data import for_config, stored_problem
+from mnist_pipeline.tasks.prepare_data import for_config
 from prefect_wandb import ArtifactDeleted, ArtifactRef, LineageStore, StoreURL, hold_artifact
 from prefect_wandb import release_holds as release_flow_holds
 
@@ -38,7 +39,7 @@ def ensure_dataset(cfg: PipelineConfig, logger) -> ArtifactRef:
     verified against its record here, since the skip rule and training vouch for it."""
     prepare = for_config(cfg)
     dataset = prepare(cfg)
-    problem = _hold(cfg, dataset) or stored_problem(cfg, dataset)
+    problem = _hold(cfg, dataset) or stored_problem(LineageStore(cfg.lineage_db), dataset)
     if problem:
         logger.warning("dataset %s: %s; preparing it again from the source", dataset.label, problem)
         dataset = prepare.with_options(refresh_cache=True)(cfg)

@@ -14,6 +14,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed, Failed, State
 
+from mnist_pipeline import changes
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import (
@@ -47,7 +48,7 @@ from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
-from prefect_wandb import ChangeCheck, LineageStore, local_folder
+from prefect_wandb import LineageStore, local_folder
 
 FLOW_NAME = "mnist-lineage-pipeline"
 DEFAULT_CONFIG = PipelineConfig()  # frozen: safe to share as the default (the UI form shows its values)
@@ -105,15 +106,6 @@ class _Progress:
         self.decided = None
 
 
-def _skip_hint(check: ChangeCheck) -> str:
-    """How to make a skipped run train: `--force`, unless the model these inputs made was rejected by a rollback,
-    where a forced retrain makes the same model and the gate keeps it candidate: `unreject` is the remedy."""
-    if check.decided and check.decided.startswith("rejected by ") and check.model:
-        return (f"to let the gate consider {check.model} again: `mnist-pipeline unreject {check.model}`; a forced "
-                "retrain would make the same model, which stays rejected")
-    return "to retrain: run with --force, or tick the force field in the Prefect form"
-
-
 def _resume_note(cfg: PipelineConfig) -> str:
     """"; training resumed from the checkpoint written by run X (flow run F) at epoch N, batch B" when this flow
     run's training picked up an earlier run's checkpoint (a cancelled or killed run), else ""."""
@@ -139,10 +131,7 @@ def _pipeline(config: PipelineConfig, logger, at: _Progress) -> State:
     at.stage = "check-for-changes"
     check = check_for_changes(cfg, dataset)
     if check.action == "skip" and not cfg.force:
-        skipped = RunSummary(status="skipped", reason=f"training skipped: {check.reason} ({_skip_hint(check)})",
-                             production=check.production, model=check.model if check.decided else None,
-                             artifacts={"dataset": ArtifactLocation.of(dataset)}, lineage_db=str(cfg.lineage_db),
-                             config_sources=config_sources, wandb=wandb_records(cfg, logger))
+        skipped = changes.skipped(cfg, check, dataset, config_sources, wandb_records(cfg, logger))
         at.stage = "publishing the run's artifact"
         publish_flow_artifact(cfg, skipped)
         logger.info(skipped.reason)

@@ -18,6 +18,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed, State
 from prefect_dask import DaskTaskRunner
 
+from mnist_pipeline.checkpoint_files import checkpoint_path
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import outcome_message, publish_production_artifact, wandb_records
@@ -37,7 +38,7 @@ from mnist_pipeline.tasks import export_onnx, promote, run_report, validate_onnx
 from mnist_pipeline.tasks.report import REPORT_FILE
 from mnist_pipeline.tasks.sign import check_key, sign
 from mnist_pipeline.tasks.sweep import SweepTrial, TrialOutcome, run_trial, select
-from mnist_pipeline.tasks.train import MODEL_NAME, checkpoint_path
+from mnist_pipeline.tasks.train import MODEL_NAME
 from mnist_pipeline.tasks.validate_onnx import parity_failure
 from prefect_wandb import LineageStore, commit_journal, local_folder, record_lost_run
 

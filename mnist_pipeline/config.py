@@ -37,6 +37,7 @@ TIMING_SECONDS = 0.15  # minimum seconds each throughput figure is timed for
 SCHEDULE_CRON, SCHEDULE_TIMEZONE = "0 3 * * 1", "UTC"  # scheduled retraining: Mondays 03:00 UTC
 
 MODEL_NAME = "convnet"  # the model's artifact name (its ONNX export: convnet-onnx)
+DATASET_NAME = "mnist"  # the dataset's artifact name
 
 # What each run records of the code that made it: this repository's git state and these distributions' versions.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]

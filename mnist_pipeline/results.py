@@ -81,6 +81,7 @@ class DatasetInfo(_Record):
     notes: list = field(default_factory=list)
     sizes: dict | None = None  # {train, test}
     class_counts: dict = field(default_factory=dict)
+    prepared_from: str | None = _optional()  # `changes.source_key`: the sources and settings it was prepared from
 
 
 @dataclass(frozen=True)

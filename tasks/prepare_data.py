@@ -1,39 +1,20 @@
 from __future__ import annotations
 
-import hashlib
-import json
 import urllib.error
-from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline import __version__, data
-from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline import data
+from mnist_pipeline.changes import source_key
+from mnist_pipeline.config import DATASET_NAME, PipelineConfig
 from mnist_pipeline.results import DatasetInfo
 from mnist_pipeline.tasks._common import pipeline_stage
-from prefect_wandb import ArtifactRef, DigestMismatch, LineageStore, local_folder, storage, verify_files, write_json
-
-DATASET_NAME = "mnist"
-
-
-def _source_files(cfg: PipelineConfig) -> list[Path]:
-    d = cfg.data
-    if d.source == "local" and d.local_dir is not None:
-        return sorted(p for base in (d.local_dir, data.raw_folder(d.local_dir)) if base.is_dir()
-                      for p in base.iterdir() if p.is_file())
-    if d.source == "download":
-        raw = data.raw_folder(d.root)
-        return sorted(p for p in raw.iterdir() if p.is_file()) if raw.is_dir() else []
-    return []  # synthetic data is a pure function of its settings
+from prefect_wandb import ArtifactRef, storage, write_json
 
 
 def cache_key(context, parameters) -> str:
     """Same data settings, same source files (path, size, mtime), same stores: the same dataset artifact."""
-    cfg: PipelineConfig = parameters["cfg"]
-    files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _source_files(cfg)]
-    blob = json.dumps([__version__, cfg.data.model_dump(mode="json"), cfg.train.classes, str(cfg.artifacts_dir),
-                       str(cfg.lineage_db), files], sort_keys=True)
-    return "prepare-data-" + hashlib.sha256(blob.encode()).hexdigest()
+    return source_key(parameters["cfg"])
 
 
 def network_error_only(task, task_run, state) -> bool:
@@ -49,21 +30,6 @@ def network_error_only(task, task_run, state) -> bool:
     except Exception:
         return False
     return False
-
-
-def stored_problem(cfg: PipelineConfig, ref: ArtifactRef) -> str | None:
-    """Why the dataset `ref` cannot be used as it is stored (not recorded, or its files changed), else None."""
-    store = LineageStore(cfg.lineage_db)
-    rec = store.find_artifact(ref.name, ref.digest)
-    if rec is None:
-        return "it is no longer in the lineage store"
-    if rec.artifact_id in store.deletions():
-        return "gc deleted its files"
-    try:
-        verify_files(local_folder(rec.path, rec.files), rec.files)
-    except DigestMismatch as e:
-        return f"its stored files no longer match their record ({e})"
-    return None
 
 
 def for_config(cfg: PipelineConfig):
@@ -92,7 +58,7 @@ def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
         record = data.dataset_record(prepared, d.slice, cfg.train.classes)
         write_json(out / "dataset.json", record)
         location = d.local_dir if d.source == "local" else data.raw_folder(root)
-        meta = {**record, **data.provenance(prepared, location, d.mirrors)}
+        meta = {**record, **data.provenance(prepared, location, d.mirrors), "prepared_from": source_key(cfg)}
         stage.summary = {"train_size": len(prepared.train), "test_size": len(prepared.test)}
         stage.produce(DATASET_NAME, "dataset", out, DatasetInfo.from_metadata(meta).to_metadata())
     ref = stage.outputs["dataset"]

@@ -7,42 +7,28 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from pydantic import ValidationError
 
+from mnist_pipeline import changes
 from mnist_pipeline.config import PipelineConfig, TrainConfig
 from mnist_pipeline.results import MetricsResult, ValidationResult
 from mnist_pipeline.tasks._common import pipeline_stage
 from mnist_pipeline.tasks.evaluate import evaluate
-from mnist_pipeline.tasks.train import MODEL_NAME, discard_done_checkpoint
+from mnist_pipeline.tasks.train import MODEL_NAME
 from prefect_wandb import (
     ArtifactRecord,
     ArtifactRef,
     ChangeCheck,
-    DigestMismatch,
     LineageStore,
     PromotionRecord,
     Signature,
-    compare_with_production,
     local_folder,
     measured_on,
-    verify_files,
 )
 
 
 @task(name="check-for-changes")
 def check_for_changes(cfg: PipelineConfig, dataset: ArtifactRef) -> ChangeCheck:
     """Compare the dataset digest and training config with those of every finished model (production's first)."""
-    store = LineageStore(cfg.lineage_db)
-    check = compare_with_production(store, MODEL_NAME, dataset.digest, dataset.label, cfg.training_fingerprint())
-    if not check.changed and check.model_digest:  # a skip or a reuse vouches for that model's files
-        made = store.find_artifact(MODEL_NAME, check.model_digest)
-        try:
-            if made is not None:
-                verify_files(local_folder(made.path, made.files), made.files)
-        except DigestMismatch as e:
-            whose = f"production {check.production}" if check.model == check.production else check.model
-            check = ChangeCheck(True, f"{whose}'s files no longer match their record ({e}); retraining makes a "
-                                      "verified copy", check.production)
-    if not check.changed and check.model_digest:
-        discard_done_checkpoint(cfg, dataset)
+    check = changes.check(cfg, LineageStore(cfg.lineage_db), dataset)
     state = "changed" if check.changed else "unchanged" if check.decided or check.model == check.production \
         else "reusing " + str(check.model)
     get_run_logger().info("%s: %s", state, check.reason)

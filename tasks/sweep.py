@@ -77,8 +77,8 @@ def _unknown_checkpoint(cfg: PipelineConfig, dataset: ArtifactRecord, resume_fro
     came back) has no record to vouch for how it was made, and resuming it would make a model that `reproduce`
     cannot make again."""
     from mnist_pipeline import training
+    from mnist_pipeline.checkpoint_files import checkpoint_path
     from mnist_pipeline.sweep_workers import checkpoint_writer
-    from mnist_pipeline.tasks.train import checkpoint_path
 
     ckpt = checkpoint_path(cfg, dataset.ref())
     if not (ckpt.is_file() or training.sidecar(ckpt).is_file()):  # nothing to resume (or no file: train says so)

@@ -1,33 +1,14 @@
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline.checkpoint_files import discard_checkpoint
+from mnist_pipeline.checkpoint_files import checkpoint_path
 from mnist_pipeline.config import MODEL_NAME, PipelineConfig
 from mnist_pipeline.results import ModelInfo, TrainingResult
 from mnist_pipeline.tasks._common import pipeline_stage, unless_permanent
 from prefect_wandb import ArtifactRef, JournalStore, LineageStore
-
-
-def checkpoint_path(cfg: PipelineConfig, dataset: ArtifactRef, create: bool = True) -> Path:
-    # Keyed by what determines the weights (the dataset and the training fingerprint, as the skip rule uses
-    # them), so a rerun with the same inputs resumes and any change starts over.
-    key = hashlib.sha256(json.dumps([dataset.digest, cfg.training_fingerprint()],
-                                    sort_keys=True).encode()).hexdigest()[:20]
-    path = cfg.artifacts_folder() / ".checkpoints" / f"train-{key}.pt"
-    if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def discard_done_checkpoint(cfg: PipelineConfig, dataset: ArtifactRef) -> None:
-    """A model of these very inputs is on record, so their checkpoint has done its job: a training killed after its
-    commit, before it discarded the checkpoint, left it (with its record)."""
-    discard_checkpoint(checkpoint_path(cfg, dataset, create=False))
 
 
 def _flow_run_of(cfg: PipelineConfig, store: LineageStore | JournalStore | None, run_id: str | None) -> str:

@@ -71,7 +71,8 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
            "--onnx-timing-seconds", "0.02", "--evaluate-misclassified-table-rows", "4"]
     r = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads(r.stdout)["status"] == "completed"
+    ran = json.loads(r.stdout)
+    assert ran["status"] == "completed"
     found = re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", r.stderr)
     assert found, r.stderr[-3000:]
     assert not _port_open(int(found.group(1)))  # stopped with the run, not left behind
@@ -91,6 +92,16 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
         # the installed-package list, read once per process, still reaches every run's requirements file
         reqs = (Path(r.wandb_dir) / "files" / "requirements.txt").read_text()
         assert "torch==" in reqs and "prefect==" in reqs, r.job_type
+
+    # The same command again, nothing changed: told from the lineage store, no temporary server started for it
+    again = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    skipped = json.loads(again.stdout)
+    assert skipped["status"] == "skipped" and skipped["production"] == ran["artifacts"]["model"]["ref"]
+    assert "Starting temporary server" not in again.stderr, again.stderr[-3000:]
+    assert "without starting Prefect" in _last_line(again.stderr), again.stderr[-2000:]
+    assert sorted(x.run_id for x in LineageStore(folder / "mnist-runs" / "lineage.db").runs()) == \
+        sorted(x.run_id for x in runs)  # nothing recorded: no flow run, no stage
 
 
 def test_cli_exit_codes_and_stdout_reach_the_shell(tmp_path):

@@ -37,7 +37,7 @@ def test_unchanged_rerun_skips_changed_data_or_config_retrains_and_the_gate_keep
 
     # 2. the same data and config again, as the schedule would: skipped, reported, nothing new; the checkpoint
     #    a training killed -9 after its commit left (before it could discard it) goes: its model is on record
-    from mnist_pipeline.tasks.train import checkpoint_path
+    from mnist_pipeline.checkpoint_files import checkpoint_path
     from mnist_pipeline.training import sidecar
 
     ckpt = checkpoint_path(_cfg(tmp_path, tiny_mnist, learning_rate=1e-6), store.artifacts("dataset")[0].ref())

@@ -249,7 +249,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
 
     # a trial that fails (its checkpoint path is taken by a folder: the disk refuses the write) is recorded as
     # failed; the sweep goes on with the others, reports it and exits 1
-    from mnist_pipeline.tasks.train import checkpoint_path
+    from mnist_pipeline.checkpoint_files import checkpoint_path
 
     partial = GRID.replace("[0.001, 0.01]", "[0.001, 0.003]").replace("[[4, 8], [8, 16]]", "[[4, 8]]")
     base = PipelineConfig.model_validate({"data": {"source": "local", "local_dir": str(tiny_mnist), "slice": 1},

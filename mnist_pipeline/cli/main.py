@@ -171,7 +171,10 @@ def _run(cfg: PipelineConfig) -> int:
         err("", str(e))
         return Exit.STORE
     prefect_defaults()
-    last = last_lines_after_prefect() if _temporary_server_ahead() else None
+    temporary_server = _temporary_server_ahead()
+    if temporary_server and (done := _unchanged_before_prefect(cfg.resolved())) is not None:
+        return done
+    last = last_lines_after_prefect() if temporary_server else None
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
             from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline  # imported late: Prefect's import is slow
@@ -192,6 +195,27 @@ def _run(cfg: PipelineConfig) -> int:
     summary = cast(RunSummary, state.result())  # a skipped run: a Completed state whose data is the summary
     print(json.dumps(summary.to_dict(), indent=2, default=str))
     return _say(last, list(where_things_went(summary)), Exit.OK)  # the report, the ONNX file, the W&B records
+
+
+def _unchanged_before_prefect(cfg: PipelineConfig) -> int | None:
+    """Without a configured Prefect API, a run that would only find that nothing changed is told from the lineage
+    store before Prefect's temporary server is started for it (most of such a run's time): the skip's summary, as
+    the flow prints it, and a line saying that no flow run was made. None: the run goes ahead as a flow run."""
+    from mnist_pipeline import changes
+    from prefect_wandb import LineageStore, where_records_went
+
+    quick = changes.unchanged_before_prefect(cfg)
+    if quick is None:
+        return None
+    found, dataset = quick
+    # no stage run, so nothing went to W&B (as in a skipped flow run): said without importing wandb
+    wandb = where_records_went(LineageStore(cfg.lineage_db), None, command=cfg.lineage().command)
+    summary = changes.skipped(cfg, found, dataset, {}, wandb)
+    print(json.dumps(summary.to_dict(), indent=2, default=str))
+    return _say(None, [f"mnist-pipeline: {summary.reason}",
+                       "mnist-pipeline: decided from the lineage store without starting Prefect (no Prefect API is "
+                       "configured): no flow run was made; against a Prefect server (PREFECT_API_URL) every run is a "
+                       "flow run"], Exit.OK)
 
 
 def _say(deferred: list[str] | None, lines: list[str], code: int) -> int:
