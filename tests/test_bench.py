@@ -52,7 +52,7 @@ def test_every_part_of_the_benchmark_runs_and_the_gpu_check_prints_its_table(pre
     assert res["ratios"]["rerun_wall_over_full_wall"] == pytest.approx(rerun["wall_s"] / p["wall_s"])
     bench.print_report(res)
     report = capsys.readouterr().out
-    assert "ratio pipeline_wall_over_tutorial_wall" in report and "target CPU: overhead share <= 10%" in report
+    assert "ratio pipeline_wall_over_tutorial_wall" in report and "target CPU: overhead share <= 20%" in report
 
     # the GPU check's last step reads what its first two wrote
     out = tmp_path / "out"
@@ -64,7 +64,7 @@ def test_every_part_of_the_benchmark_runs_and_the_gpu_check_prints_its_table(pre
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "gpu_check on cpu: this machine"
     assert any(x.split() == ["README", "command,", "cold", "(s)", "12.34"] for x in table)
-    assert any(x.strip().startswith("CPU: overhead share <= 10%") for x in table)
+    assert any(x.strip().startswith("CPU: overhead share <= 20%") for x in table)
     assert any(x.strip().startswith("rerun_wall_over_full_wall") for x in table)
 
 
