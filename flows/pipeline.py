@@ -15,6 +15,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import Completed, Failed, State
 
 from mnist_pipeline import changes
+from mnist_pipeline.collector import fewer_collections
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.dataset import ensure_dataset, release_holds
 from mnist_pipeline.flows.flow_artifact import (
@@ -85,6 +86,7 @@ def mnist_lineage_pipeline(config: PipelineConfig = DEFAULT_CONFIG) -> RunSummar
     "Completed" and under a deployment's default Runs filter) saying "promoted: ...", "kept as candidate: ..." or
     "training skipped: ...", or a Failed one saying "failed at <stage>: ..." (Prefect's own message names only the
     exception)."""
+    fewer_collections()  # a flow run's process, wherever it runs (the CLI, a worker, `serve`)
     logger = get_run_logger()
     at = _Progress()
     try:
