@@ -58,6 +58,14 @@ def signed_run(prefect_server, tmp_path_factory) -> dict:
 SERVER_FIXTURES = frozenset({"prefect_server", "postgres", "postgres_db", "s3", "s3_bucket"})
 
 
+def pytest_configure(config):
+    """The tests' processes collect garbage as the pipeline's do (`mnist_pipeline.collector`: every flow run sets
+    it in its process anyway; set from the start, a worker's first module runs as its later ones)."""
+    from mnist_pipeline.collector import fewer_collections
+
+    fewer_collections()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_auto_num_workers(config) -> int | None:
     """`-n auto` (`addopts`): one worker more than cores (at most `--maxprocesses`) for a run with the slow tests,
