@@ -76,18 +76,17 @@ def _unknown_checkpoint(cfg: PipelineConfig, dataset: ArtifactRecord, resume_fro
     lineage store: one written by a run the store does not know (a worker lost mid-trial, whose journal never
     came back) has no record to vouch for how it was made, and resuming it would make a model that `reproduce`
     cannot make again."""
-    from mnist_pipeline import training
-    from mnist_pipeline.checkpoint_files import checkpoint_path
+    from mnist_pipeline.checkpoint_files import checkpoint_path, discard_checkpoint, sidecar
     from mnist_pipeline.sweep_workers import checkpoint_writer
 
     ckpt = checkpoint_path(cfg, dataset.ref())
-    if not (ckpt.is_file() or training.sidecar(ckpt).is_file()):  # nothing to resume (or no file: train says so)
+    if not (ckpt.is_file() or sidecar(ckpt).is_file()):  # nothing to resume (or no file: train says so)
         return
     writer = checkpoint_writer(ckpt)
     if writer is None or writer != resume_from:
         logger.warning("checkpoint %s was written by run %s, which the lineage store does not know (a trial "
                        "attempt lost with its worker): discarded, training starts over", ckpt.name, writer)
-        training.discard_checkpoint(ckpt)
+        discard_checkpoint(ckpt)
 
 
 @task(name="trial", task_run_name="trial-{index:03d}", retries=1, retry_delay_seconds=1)

@@ -4,7 +4,7 @@ import json
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline.checkpoint_files import checkpoint_path
+from mnist_pipeline.checkpoint_files import checkpoint_path, discard_checkpoint
 from mnist_pipeline.config import MODEL_NAME, PipelineConfig
 from mnist_pipeline.results import ModelInfo, TrainingResult
 from mnist_pipeline.tasks._common import pipeline_stage, unless_permanent
@@ -80,7 +80,7 @@ def train(cfg: PipelineConfig, dataset: ArtifactRef,
             checkpoint_written_by=result.checkpoint_written_by, threads=threads, device=str(device),
             torch_deterministic=torch.are_deterministic_algorithms_enabled(), loss_points=loss_points).to_metadata()
         stage.produce(MODEL_NAME, "model", out, meta)
-    training.discard_checkpoint(ckpt)  # the model is on record; the checkpoint has done its job
+    discard_checkpoint(ckpt)  # the model is on record; the checkpoint has done its job
     ref = stage.outputs["model"]
     # on a sweep worker the version is given when the flow commits the trial's journal: not known here
     logger.info("model %s trained in %.1f s, digest %s", ref.label if ref.version >= 0 else ref.name,
