@@ -194,7 +194,9 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
             up["ref"] = row["ref"]
             _set(up, "done", f"uploaded {row['done_at']}")
         elif d is None:
-            _set(up, "missing", f"offline run folder not found (recorded at {run.wandb_dir})")
+            host = ((run.env or {}).get("process") or {}).get("host")
+            where = f" on {host}: run `sync` there" if host else ""
+            _set(up, "missing", f"offline run folder not found (recorded at {run.wandb_dir}{where})")
         elif (synced_marker(d) or d / "missing").exists():
             up["marker"], up["detail"] = True, "already uploaded by `wandb sync` (its .synced marker)"
         entry["actions"].append(up)

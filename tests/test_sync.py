@@ -5,6 +5,7 @@ idempotency through the store, and the 'no reachable W&B' failure for real."""
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -118,6 +119,7 @@ def test_moved_run_folders_are_found_with_wandb_dir(e2e, db, capsys):
     assert _sync(db, fake) == Exit.FAILED
     out = capsys.readouterr()
     assert "upload /nonexistent/" in out.out and "missing (offline run folder not found" in out.out
+    assert f"on {socket.gethostname()}: run `sync` there)" in out.out  # the host whose folder it was
     assert "blocked (the run itself is not in W&B)" in out.out and "some steps failed or were blocked" in out.err
     assert [c[0] for c in fake.calls] == ["check"]
     assert LineageStore(db).sync_log() == []

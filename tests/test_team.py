@@ -10,7 +10,9 @@ killed mid-training
 (kill -9 of its flow run and of the worker): its run is failed by the next stage on the other worker once its lease
 ran out, nothing it made is recorded, the next run completes. Where the test runs as root, each worker has a host
 name of its own (a UTS namespace), so the library judges the other worker's runs by their lease, as across hosts.
-wandb offline (each worker's run folders stay on that worker; `sync` from another host is not part of this test).
+W&B online on both workers (the W&B stand-in, `tests/wandb_standin`; its key only in each worker's WANDB_API_KEY),
+as docs/team.md advises: from the third folder `sync` finds nothing to send, `sync --verify` finds W&B and the store
+in agreement, `audit --online` verifies, and the W&B key is in no file either.
 The S3 server stopped mid-upload is tested at the stage level in tests/test_s3_artifacts.py."""
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import sqlalchemy as sa
 
 from prefect_wandb.store import LineageStore
 from tests.helpers import wait_for
+from tests.roundtrip import writes
 from tests.servers import database_dump
+from tests.wandb_standin import Standin
 
 pytestmark = pytest.mark.slow  # a Prefect server, PostgreSQL, S3, two `prefect worker` processes
 
@@ -61,11 +65,12 @@ def _own_hostname() -> bool:
 
 def _config(lineage_db: str, artifacts: str, **train) -> dict:
     """The deployment's config: tiny synthetic data under a relative root (in the worker's working folder), one
-    epoch, no wandb.watch, short ONNX timings, W&B offline, the store's URL without its password, S3."""
+    epoch, no wandb.watch, short ONNX timings, W&B online (the host and key: each worker's environment), the store's
+    URL without its password, S3."""
     return {"data": {"source": "synthetic", "synthetic_train": 200, "synthetic_test": 50, "slice": 1, "root": "data"},
             "train": {"epochs": 1, "batch_size": 16, "threads": 1, "watch": False, **train},
             "onnx": {"latency_samples": 10, "throughput_batch": 16, "timing_seconds": 0.05},
-            "evaluate": {"misclassified_table_rows": 4}, "wandb": {"mode": "offline", "project": "mnist-lineage"},
+            "evaluate": {"misclassified_table_rows": 4}, "wandb": {"mode": "online", "project": "mnist-lineage"},
             "artifacts_dir": artifacts, "lineage_db": lineage_db}
 
 
@@ -76,7 +81,7 @@ def _folder(base: Path) -> dict[str, Path]:
     return dirs
 
 
-def _worker_env(dirs: dict[str, Path], api_url: str, password: str, s3env: dict, site: Path) -> dict:
+def _worker_env(dirs: dict[str, Path], api_url: str, password: str, s3env: dict, site: Path, w) -> dict:
     """A worker's whole environment: what any host has (PATH, locale), and the team's URLs and secrets."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("WANDB_", "PREFECT_", "AWS_", "PG", "MNIST_PIPELINE_")) and k not in {"NETRC", "HOME",
@@ -85,7 +90,7 @@ def _worker_env(dirs: dict[str, Path], api_url: str, password: str, s3env: dict,
                PREFECT_API_URL=api_url, PREFECT_WORKER_QUERY_SECONDS="1", PREFECT_WORKER_PREFETCH_SECONDS="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_WANDB_ARTIFACTS_CACHE=str(dirs["cache"]),
                PGPASSWORD=password, WANDB_SILENT="true", PYTHONUNBUFFERED="1", PYTHONPATH=str(site),
-               TEAM_TEST_LEASE_S=str(LEASE_S), **s3env)
+               TEAM_TEST_LEASE_S=str(LEASE_S), WANDB_BASE_URL=w.url, WANDB_API_KEY=w.api_key, **s3env)
     return env
 
 
@@ -111,7 +116,8 @@ def _kill_flow_runs(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def team(prefect_server, postgres, s3, tmp_path_factory):
-    """The pool, the deployment, two workers (their folders, their processes), the store's URLs, the bucket."""
+    """The pool, the deployment, two workers (their folders, their processes), the store's URLs, the bucket, the
+    W&B stand-in."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.deployments.runner import EntrypointType
@@ -138,10 +144,12 @@ def team(prefect_server, postgres, s3, tmp_path_factory):
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
     own_host = _own_hostname()
     workers, procs = {}, []
+    standin = contextlib.ExitStack()
     try:
+        w = standin.enter_context(Standin())
         for name in QUEUES:
             dirs = _folder(root / name)
-            env = _worker_env(dirs, api_url, postgres.password, s3.env(), site)
+            env = _worker_env(dirs, api_url, postgres.password, s3.env(), site, w)
             log = open(root / f"{name}.log", "wb")  # noqa: SIM115 - the worker writes it until it is stopped
             host = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', name] if own_host else []
             proc = subprocess.Popen(
@@ -151,11 +159,12 @@ def team(prefect_server, postgres, s3, tmp_path_factory):
             procs.append(proc)
             workers[name] = {"dirs": dirs, "proc": proc, "log": root / f"{name}.log", "base": root / name}
         yield {"root": root, "url": url, "bare": bare, "artifacts": artifacts, "dep_id": dep_id, "workers": workers,
-               "password": postgres.password, "s3": s3, "own_host": own_host}
+               "password": postgres.password, "s3": s3, "own_host": own_host, "wandb": w}
     finally:
         for proc in procs:
             _stop(proc)
         _kill_flow_runs(root)
+        standin.close()
 
 
 def _run(team: dict, queue: str, **train):
@@ -208,7 +217,8 @@ def _operator(team: dict):
         mp.setenv("PGPASSWORD", team["password"])
         mp.setenv("HOME", str(dirs["home"]))
         mp.setenv("PREFECT_WANDB_ARTIFACTS_CACHE", str(dirs["cache"]))
-        mp.setenv("WANDB_MODE", "offline")
+        mp.setenv("WANDB_BASE_URL", team["wandb"].url)
+        mp.setenv("WANDB_API_KEY", team["wandb"].api_key)
         mp.chdir(dirs["cwd"])
 
         def cli(*argv: str) -> str:
@@ -254,6 +264,7 @@ def test_runs_land_on_both_workers_skip_an_unchanged_run_and_two_at_once_end_wit
     assert set(decisions) == {str(first.id), str(third.id), str(fourth.id)}, decisions
     assert [name for name, _ in _productions(team["url"])] == ["convnet"]
     assert {r.status for r in store.runs()} == {"finished"}
+    assert {r.wandb_mode for r in store.runs()} == {"online"} and store.wandb_gaps() == []
     team["scenario"] = "done"
 
 
@@ -273,18 +284,28 @@ def test_audit_impact_reproduce_and_gc_from_a_third_folder_and_no_secret_anywher
         assert all(m.label in impacted for m in store.artifacts("model")), impacted
         assert "IDENTICAL" in cli("reproduce", *onnx)
         plan = json.loads(cli("gc", "--keep-last", "1", "--artifacts-dir", team["artifacts"], "--json"))
+        # W&B: both workers recorded online, so from here `sync` has nothing to send (W&B is not written to), and
+        # W&B's lineage is the store's
+        sync_plan = json.loads(cli("sync", "--dry-run", "--json"))
+        assert sync_plan["ok"] and not [a for r in sync_plan["runs"] for a in r["actions"]
+                                        if a["status"] != "done"], sync_plan["runs"]
+        before = writes(team["wandb"])
+        cli("sync")
+        assert writes(team["wandb"]) == before
+        cli("sync", "--verify")
+        assert "VERIFIED" in cli("audit", "convnet:production", "--online")
     assert plan["apply"] is False and plan["artifacts_dir"] == team["artifacts"]
     assert production.label in plan["kept"], plan["kept"]
     assert production.path not in {r["path"] for r in plan["removals"]}
     assert store.deletions() == {} and all(store.artifact(a.artifact_id) for a in store.artifacts())
 
     # the secrets: in no file of the three folders, no row of the store
-    password, key = team["password"].encode(), team["s3"].secret_key.encode()
+    secrets_ = (team["password"], team["s3"].secret_key, team["wandb"].api_key)
     files = [p for p in team["root"].rglob("*") if p.is_file()]
     assert len(files) > 20
-    assert [str(p) for p in files if password in p.read_bytes() or key in p.read_bytes()] == []
+    assert [str(p) for p in files if any(s.encode() in p.read_bytes() for s in secrets_)] == []
     dump = database_dump(team["url"])
-    assert "convnet" in dump and team["password"] not in dump and team["s3"].secret_key not in dump
+    assert "convnet" in dump and not [s for s in secrets_ if s in dump]
 
 
 def test_postgresql_stopped_mid_training_fails_the_stage_in_one_line_and_the_next_run_completes(team, postgres):
