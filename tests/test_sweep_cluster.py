@@ -1,5 +1,5 @@
 """Sweeps on a real Dask cluster: a scheduler and two worker processes started by the test, on loopback; real
-Prefect (test server), real wandb (offline, temp dir), SQLite, onnxruntime."""
+Prefect (test server), real wandb (offline, temp dir), SQLite (PostgreSQL and S3 in one test), onnxruntime."""
 
 from __future__ import annotations
 
@@ -329,3 +329,42 @@ def test_each_worker_gets_its_share_of_its_machines_cores():
              "tcp://b:1": {"host": "b", "cpus": 16}, "tcp://c:1": {"host": "c", "cpus": 2}}
     nthreads = {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 4}
     assert core_shares(found, nthreads) == {"tcp://a:1": 1, "tcp://a:2": 1, "tcp://b:1": 4, "tcp://c:1": 1}
+
+
+@pytest.mark.slow
+def test_a_sweep_on_dask_keeps_its_records_in_postgresql_and_its_files_in_s3(
+        prefect_server, wandb_offline, tiny_mnist, tmp_path, postgres, postgres_db, s3, s3_bucket, monkeypatch,
+        capsys):
+    """The team's locations on a Dask cluster: the flow and both workers reach the store and S3 with the password
+    only in PGPASSWORD and S3's keys only in AWS_*; each trial is recorded in PostgreSQL by a worker process, every
+    version's files are in S3 (none in a local artifacts folder), the winner is promoted and its ONNX file audits
+    VERIFIED from S3."""
+    secrets_env = {"PGPASSWORD": postgres.password, **s3.env()}
+    for k, v in secrets_env.items():
+        monkeypatch.setenv(k, v)
+    bare = postgres_db.replace(f":{postgres.password}@", "@")
+    artifacts = s3_bucket + "/sweep"
+    grid = GRID.replace("[[4, 8], [8, 16]]", "[[4, 8]]")  # two trials
+    argv = _argv(tiny_mnist, tmp_path, grid)
+    argv[argv.index("--artifacts-dir") + 1], argv[argv.index("--lineage-db") + 1] = artifacts, bare
+    cluster = DaskCluster(tmp_path / "dask", n_workers=2, nthreads=1, env=secrets_env)
+    try:
+        rc = main([*argv, "--dask-address", cluster.start().address, "--workers", "2"])
+    finally:
+        cluster.close()
+    out = capsys.readouterr()
+    assert rc == 0, out.err[-3000:]
+    summary = json.loads(out.out)
+    assert [t["status"] for t in summary["trials"]] == ["finished"] * 2
+    store = LineageStore(postgres_db)
+    runs = store.runs()
+    assert all(r.status == "finished" for r in runs), [(r.job_type, r.status, r.error) for r in runs]
+    trains = [r for r in runs if r.job_type == "train"]
+    assert len(trains) == 2 and os.getpid() not in {r.env["process"]["pid"] for r in trains}
+    assert all(a.path.startswith(f"{artifacts}/{a.type}/") for a in store.artifacts())
+    assert not (tmp_path / "art").exists()
+    production = store.alias("convnet", "production")
+    assert production is not None and summary["winner"]["model"] == f"convnet:v{production.version}"
+    [onnx] = store.artifacts("onnx")
+    assert main(["audit", f"{onnx.name}:v{onnx.version}", "--lineage-db", bare]) == 0
+    assert "VERIFIED" in capsys.readouterr().out
