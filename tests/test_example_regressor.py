@@ -75,8 +75,8 @@ def test_the_example_imports_only_public_names_of_prefect_wandb_and_nothing_of_m
             for m in modules:
                 assert m.split(".")[0] not in {"mnist_pipeline", "flows", "tasks", "torch", "torchvision"}, \
                     (path.name, m)
-    # small: a pipeline of another shape is a few hundred lines on the library (not blank)
-    assert sum(1 for p in EXAMPLE.glob("*.py") for line in p.read_text().splitlines() if line.strip()) <= 300
+    # small: a pipeline of another shape is at most about 250 lines on the library (not blank; issue 28)
+    assert sum(1 for p in EXAMPLE.glob("*.py") for line in p.read_text().splitlines() if line.strip()) <= 250
 
 
 @pytest.mark.slow

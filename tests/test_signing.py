@@ -4,6 +4,7 @@ securesystemslib and in-toto-attestation replaced (a frozen copy of it below).""
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import json
 import stat
@@ -339,6 +340,77 @@ def test_attestation_folder_verifies_here_and_with_the_model_signing_cli(tmp_pat
                           str(att / "model.onnx.sig"), "--public_key", str(other)], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode != 0
+
+
+def _recorded(folder: Path, artifact_id: int, name: str, type_: str, metadata: dict | None = None):
+    """A version as the store records it, of the files in `folder` (`prefect_wandb.ArtifactRecord`)."""
+    from prefect_wandb import ArtifactRecord
+    from prefect_wandb.records import FileRecord
+
+    files = tuple(FileRecord(p.name, sha256_file(p), p.stat().st_size) for p in sorted(folder.iterdir()))
+    return ArtifactRecord(artifact_id, name, type_, 0, f"{artifact_id}" * 64, str(folder), metadata or {},
+                          f"run-{type_}", "2026-01-01T00:00:00+00:00", files)
+
+
+def test_an_attestation_is_built_from_the_sign_stage_s_records_and_verifies(tmp_path):
+    """`attest.Attestation.of` the records of the ONNX file, its model, dataset and validation (what both pipelines'
+    sign stages use): each a resolved dependency at `<scheme>:<type>/<name>@sha256:<digest>`, the code and packages
+    of the run that exported the file, started when the model's run did; refused for a failed validation, or one of
+    another file; `write` signs the recorded file into a folder that verifies."""
+    from types import SimpleNamespace
+
+    for name, files in {"onnx": {"model.onnx": b"onnx bytes"}, "model": {"model.json": b"{}"},
+                        "dataset": {"train.npy": b"rows"}, "validation": {"validation.json": b"{}"}}.items():
+        (tmp_path / name).mkdir()
+        for f, data in files.items():
+            (tmp_path / name / f).write_bytes(data)
+    onnx_rec = _recorded(tmp_path / "onnx", 1, "net-onnx", "onnx")
+    model = _recorded(tmp_path / "model", 2, "net", "model")
+    dataset = _recorded(tmp_path / "dataset", 3, "d", "dataset")
+    passed = {"passed": True, "inputs": [{"type": "onnx", "digest": onnx_rec.digest}]}
+    validation = _recorded(tmp_path / "validation", 4, "net-onnx-validation", "validation", passed)
+    env = {"git_commit": "c" * 40, "git_dirty": False, "packages": {"numpy": "2.4.1", "absent": None}}
+    runs = {"run-onnx": SimpleNamespace(env=env, started_at="2026-01-01T10:00:00+00:00"),
+            "run-model": SimpleNamespace(env={}, started_at="2026-01-01T09:00:00.250+00:00")}
+    stage = SimpleNamespace(store=SimpleNamespace(run=runs.get), flow_run_id="flow-1", config={"alpha": 0.5})
+
+    def of(*records, **kw):
+        return attest.Attestation.of(stage, *records, scheme="my-lineage", code="mine", model_file="model.json",
+                                     internal_parameters={"seed": 3}, **kw)
+
+    p = of(onnx_rec, model, dataset, validation).inputs
+    assert (p.subject_name, p.subject_sha256) == ("model.onnx", onnx_rec.sha256("model.onnx"))
+    assert p.external_parameters == {"config": {"alpha": 0.5}} and p.internal_parameters == {"seed": 3}
+    assert p.dataset == statement.Resource("d:v0", {"sha256": dataset.digest},
+                                           f"my-lineage:dataset/d@sha256:{dataset.digest}", {"artifact": "d:v0"})
+    assert p.model_file == statement.Resource("model.json", {"sha256": model.sha256("model.json")},
+                                              f"my-lineage:model/net@sha256:{model.digest}", {"artifact": "net:v0"})
+    assert p.code == statement.Resource("mine", {"gitCommit": "c" * 40}, "urn:prefect-wandb:mine", {"dirty": False})
+    assert (p.builder_id, p.builder_version, p.build_type) == ("urn:prefect-wandb:mine", {}, statement.BUILD_TYPE)
+    assert p.packages == env["packages"] and p.raw_files == [] and p.invocation_id == "flow-1"
+    assert p.started_on == datetime(2026, 1, 1, 9, 0, 0, 250000, tzinfo=timezone.utc) <= p.finished_on
+    [v] = p.byproducts
+    assert (v.name, v.digest, v.annotations) == ("validation.json", {"sha256": validation.sha256("validation.json")},
+                                                 {"artifact": "net-onnx-validation:v0"})
+    # what a pipeline adds: its annotations, builder, start (a naive time is UTC)
+    p = of(onnx_rec, model, dataset, validation, dataset_annotations={"source": "x"}, builder_id="urn:b",
+           validation_annotations={"passed": True}, started_on=datetime(2026, 2, 1)).inputs
+    assert (p.dataset.annotations, p.byproducts[0].annotations) == ({"source": "x"}, {"passed": True})
+    assert (p.builder_id, p.code.uri, p.started_on) == ("urn:b", "urn:prefect-wandb:mine",
+                                                        datetime(2026, 2, 1, tzinfo=timezone.utc))
+    with pytest.raises(ValueError, match="net-onnx-validation:v0 failed: an ONNX file that did not validate"):
+        of(onnx_rec, model, dataset, dataclasses.replace(validation, metadata={**passed, "passed": False}))
+    with pytest.raises(ValueError, match="net-onnx-validation:v0 is not the validation of net:v0"):
+        of(model, model, dataset, validation)
+
+    key, pub = keys.generate(tmp_path / "keys")
+    (tmp_path / "att").mkdir()
+    index = of(onnx_rec, model, dataset, validation).write(key, tmp_path / "att")
+    assert index["onnx_artifact"] == {"name": "net-onnx", "digest": onnx_rec.digest}
+    assert index["verify"] == "prefect-wandb verify model.onnx --public-key signing.pub"
+    r = verify(tmp_path / "onnx" / "model.onnx", pub, attestation=tmp_path / "att")
+    assert r.status == "verified", r.checks
+    assert statement.dependencies(r.statement, "model")[0]["uri"] == f"my-lineage:model/net@sha256:{model.digest}"
 
 
 def test_verify_usage_and_missing_attestation(tmp_path, capsys):

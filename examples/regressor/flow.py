@@ -5,7 +5,6 @@ fit, evaluate and export-onnx write their files with `steps.REBUILDERS`, which `
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from prefect_wandb import (
     open_stage,
     write_json,
 )
+from prefect_wandb.provenance import attest
 
 MODEL, SIGN_KEY_ENV = "ridge", "REGRESSOR_SIGN_KEY"
 
@@ -99,32 +99,12 @@ def validate_onnx(cfg: RegressorConfig, onnx_model: ArtifactRef, model: Artifact
 @task(name="sign")
 def sign(cfg: RegressorConfig, key: Path, onnx_model: ArtifactRef, model: ArtifactRef, dataset: ArtifactRef,
          validation: ArtifactRef) -> ArtifactRef:
-    from prefect_wandb.provenance import attest
-    from prefect_wandb.provenance.statement import ProvenanceInputs, Resource
-
-    def res(rec, file=None):
-        sha = rec.sha256(file) if file else rec.digest
-        return Resource(name=file or rec.label, digest={"sha256": sha}, annotations={"artifact": rec.label},
-                        uri=f"regressor-lineage:{rec.type}/{rec.name}@sha256:{rec.digest}")
     with _stage(cfg, "sign") as stage:
-        onnx_rec, model_rec, data_rec, valid_rec = (stage.record(r) for r in (onnx_model, model, dataset, validation))
-        if not valid_rec.metadata["passed"]:
-            raise ValueError(f"{validation.label} failed: an ONNX file that did not validate is not attested")
-        env, fitted = stage.store.run(onnx_rec.producer_run_id).env, stage.store.run(model_rec.producer_run_id)
-        commit, me = env.get("git_commit"), "urn:prefect-wandb:examples.regressor"
-        inputs = ProvenanceInputs(
-            subject_name="model.onnx", subject_sha256=res(onnx_rec, "model.onnx").digest["sha256"],
-            external_parameters={"config": cfg.model_dump(mode="json")}, internal_parameters={"seed": cfg.seed},
-            dataset=res(data_rec), raw_files=[], model_file=res(model_rec, "model.json"),
-            code=Resource(name="examples.regressor", digest={"gitCommit": commit} if commit else {}, uri=me,
-                          annotations={"dirty": env.get("git_dirty")}),
-            packages=dict(env.get("packages") or {}), builder_id=me, invocation_id=stage.flow_run_id,
-            started_on=datetime.fromisoformat(fitted.started_at).astimezone(timezone.utc),
-            finished_on=datetime.now(timezone.utc), byproducts=[res(valid_rec, "validation.json")])
+        records = (stage.record(r) for r in (onnx_model, model, dataset, validation))
+        signing = attest.Attestation.of(stage, *records, scheme="regressor-lineage", code="examples.regressor",
+                                        model_file="model.json", internal_parameters={"seed": cfg.seed})
         out = stage.staging(f"{onnx_model.name}-attestation")
-        index = attest.write(local_folder(onnx_rec.path, onnx_rec.files) / "model.onnx", key, out, inputs, command="prefect-wandb",
-                             onnx_artifact={"name": onnx_rec.name, "digest": onnx_rec.digest})
-        stage.produce(out.name, "attestation", out, index)
+        stage.produce(out.name, "attestation", out, signing.write(key, out))
     return stage.outputs["attestation"]
 
 
