@@ -4,7 +4,7 @@ The source (an SQLite file and its artifacts folder) is only read. The target is
 the store's tables) and an S3 location (`s3://bucket/prefix`):
 
 1. `plan`: every table of `tables.py` read from the source (the columns both have: a new table or column is never
-   forgotten), each artifact version's URL at the target (`artifact_files.version_url`, the content-addressed key a
+   forgotten; a column a revision renamed is read under its old name in a source from before it), each artifact version's URL at the target (`artifact_files.version_url`, the content-addressed key a
    stage writes), its folder under the old artifacts folder; refused (`MoveRefused`) while a run is `running` in
    the source and its process is not provably gone (`environment.process_gone`), or when a recorded path is
    neither under the artifacts folder nor already that URL;
@@ -29,12 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Table, func, insert, inspect, select, text
+from sqlalchemy import Table, func, insert, inspect, literal_column, select, text
 
 from prefect_wandb import tables as t
 from prefect_wandb.artifact_files import publish, remote_problem, version_url
 from prefect_wandb.environment import process_gone
 from prefect_wandb.locations import StoreURL
+from prefect_wandb.migrations import RENAMED_COLUMNS
 from prefect_wandb.records import ArtifactRecord
 from prefect_wandb.refs import verify_files
 from prefect_wandb.store import LineageStore, StoreError
@@ -115,10 +116,16 @@ def _read_rows(source: LineageStore) -> tuple[dict[str, list[dict]], dict[str, i
                 out[table.name] = []
                 continue
             have = {c["name"] for c in insp.get_columns(table.name)}
-            cols = [c for c in table.columns if c.name in have]
+            # a source from before a revision that renamed a column (read-only opens never migrate): read under
+            # the old name
+            was = {now: old for old, now in RENAMED_COLUMNS.get(table.name, {}).items() if old in have}
+            cols = [c if c.name in have else literal_column(was[c.name], c.type).label(c.name)
+                    for c in table.columns if c.name in have or c.name in was]
             order = list(table.primary_key.columns)
             out[table.name] = [dict(r) for r in conn.execute(select(*cols).order_by(*order)).mappings()]
-        if conn.dialect.name == "sqlite" and "sqlite_sequence" in present:
+        # (the inspector lists no sqlite_* table)
+        if conn.dialect.name == "sqlite" and conn.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'").first():
             sequences = {name: int(seq) for name, seq in conn.exec_driver_sql("SELECT name, seq FROM sqlite_sequence")}
     return out, sequences
 

@@ -4,8 +4,11 @@ moved to a real PostgreSQL database and a real S3 bucket (SeaweedFS): the same r
 target, paths rewritten to the content-addressed S3 URLs, `audit` of the production model from an empty cache
 passes, a new stage on the target gets new ids; `--dry-run` changes nothing; a target that is not empty is refused;
 the S3 server stopped mid-move commits nothing and a rerun completes; the source is never written; no password or
-secret key in any output. Refusals at the door (a URL where a path is expected and the reverse, a live run in the
-source) need no server. wandb offline.
+secret key in any output; a store from before Alembic keeps its gate's values and never has an id handed out twice;
+a target filled by another writer after the door's check is refused at commit; the check at the new location names
+each difference (exit 3 from the CLI); an unreachable target database, or one that refuses the schema, commits
+nothing (exit 6). Refusals at the door (a URL where a path is expected and the reverse, a live run in the source, an
+artifacts folder that is missing or not the versions') need no server. wandb offline.
 """
 
 from __future__ import annotations
@@ -267,3 +270,206 @@ def test_the_pipeline_s_cli_has_move_with_its_own_store_default_and_name(tmp_pat
     err = capsys.readouterr().err
     assert err.startswith("mnist-pipeline move: no lineage store at ") and "mnist-runs/lineage.db" in err
     assert err.count("\n") == 1 and "hunter2" not in err
+
+
+_NOWHERE = ["postgresql+psycopg://u:hunter2@127.0.0.1:1/db", "s3://bucket-x/p"]  # never reached by these refusals
+
+
+def test_an_artifacts_folder_that_is_missing_or_not_the_one_the_versions_are_in_is_refused_before_s3(
+        source, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # had it got as far as S3, S3 would be the error
+    db, _ = _copy(source, tmp_path)
+    args = ["move", "--lineage-db", str(db), "--to-lineage-db", _NOWHERE[0], "--to-artifacts-dir", _NOWHERE[1]]
+    assert main(args) == Exit.USAGE  # no --artifacts-dir, and none beside the copy
+    err = capsys.readouterr().err
+    assert err == f"prefect-wandb move: no artifacts folder at {db.parent / 'artifacts'} (give --artifacts-dir)\n"
+
+    (tmp_path / "elsewhere").mkdir()
+    assert main([*args, "--artifacts-dir", str(tmp_path / "elsewhere")]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("prefect-wandb move: table:v0 is recorded at ") and err.count("\n") == 1, err
+    assert f"not under the artifacts folder {tmp_path / 'elsewhere'}: give the --artifacts-dir" in err
+    assert "hunter2" not in err
+
+
+def test_a_running_run_whose_recorded_process_cannot_be_read_is_taken_for_alive(source, tmp_path):
+    """A 'running' run whose env is not JSON (a hand-edited store): its process cannot be shown to be gone, so the
+    move is refused as for a live one, naming it."""
+    import sqlite3
+
+    from prefect_wandb import move as M
+
+    db, _ = _copy(source, tmp_path)
+    LineageStore(db).start_run("odd-1", "fit", config={}, env={}, flow_run_id=None, run_group=None,
+                               wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE runs SET env_json = '{not json' WHERE run_id = 'odd-1'")
+    with pytest.raises(M.MoveRefused, match=r"^1 run is still running in the source \(odd-1 \(fit, pid None on "
+                                            r"None\)\): let it finish or stop it"):
+        M.plan(LineageStore(db, readonly=True), source["artifacts"], StoreURL(_NOWHERE[0]), _NOWHERE[1])
+
+
+def test_a_store_from_before_the_gate_s_columns_were_renamed_moves_with_its_values_and_no_id_is_given_twice(
+        postgres_db, tmp_path):
+    """A store written before Alembic (opened read-only, as `move` does: never migrated) keeps its gate's values
+    (`candidate_accuracy`, renamed `candidate_value` by revision 0002) at the target; the tables it lacks are empty
+    there; and an id SQLite's AUTOINCREMENT handed out once (a promotion removed by hand) is not handed out again
+    by PostgreSQL."""
+    import sqlite3
+
+    from prefect_wandb import move as M
+    from tests.test_store_migrations import DDL_FC2AC42, _old_store
+
+    db = _old_store(tmp_path, DDL_FC2AC42)
+    with sqlite3.connect(db) as con:
+        con.execute("INSERT INTO promotions (artifact_id, decision, reason, validation_passed, margin, decided_at)"
+                    " VALUES (2, 'candidate', 'by hand', 0, 0, 'now')")
+        con.execute("DELETE FROM promotions WHERE reason = 'by hand'")
+    src = LineageStore(db, readonly=True)
+    assert [(p.promotion_id, p.candidate_value) for p in src.promotions()] == [(1, 0.97)]
+
+    p = M.plan(src, tmp_path / "art", StoreURL(postgres_db), "s3://bucket-x/team")
+    assert p.sequences == {"artifacts": 2, "promotions": 2}
+    assert p.counts()["wandb_gaps"] == 0 and p.counts()["holds"] == 0 and p.counts()["runs"] == 3
+    target = M.commit(p)
+    assert [(r.promotion_id, r.candidate_value, r.margin) for r in target.promotions()] == [(1, 0.97, 0.002)]
+    assert target.promotions()[0] == src.promotions()[0]
+    assert [a.path for a in target.artifacts()] == [v.url for v in p.versions]
+    # the next promotion at the target: past the highest id SQLite ever gave, not past the highest row only
+    assert target.record_rollback(2, reason="test", requested_by="me").promotion_id == 3
+
+
+def test_a_target_another_writer_filled_after_the_door_check_is_refused_at_commit_and_keeps_its_rows(
+        source, postgres_db, tmp_path):
+    from prefect_wandb import move as M
+
+    p = M.plan(LineageStore(source["db"], readonly=True), source["artifacts"], StoreURL(postgres_db),
+               "s3://bucket-x/team")
+    assert M.not_empty(M.target_rows(StoreURL(postgres_db)), StoreURL(postgres_db)) is None  # the door's check
+    other = LineageStore(postgres_db)  # another writer, meanwhile
+    other.start_run("theirs", "fit", config={}, env={}, flow_run_id=None, run_group=None, wandb_mode="offline",
+                    wandb_dir=None, wandb_project="p", wandb_entity=None)
+    with pytest.raises(M.MoveRefused, match=r"is not empty \(1 runs\): a move goes into a fresh database$"):
+        M.commit(p)
+    assert [r.run_id for r in other.runs()] == ["theirs"] and other.artifacts() == []
+
+
+def test_the_check_at_the_new_location_names_every_difference(source, aws, postgres_db, s3_bucket):
+    """`check` after a move finds nothing; then each difference it exists for, made at the target by hand: an
+    object gone from S3; then a version's rows gone (its record, files, edges, deletion), a record that is not the
+    source's, one at another path."""
+    import sqlalchemy as sa
+
+    from prefect_wandb import move as M
+
+    to = f"{s3_bucket}/team"
+    p = M.plan(LineageStore(source["db"], readonly=True), source["artifacts"], StoreURL(postgres_db), to)
+    assert M.upload(p) == (2, 0)
+    target = M.commit(p)
+    assert M.check(p, target) == []
+
+    old, data, model = (LineageStore(source["db"], readonly=True).require_artifact(*_name_digest(source[k]))
+                        for k in ("old", "data", "model"))
+    m = next(v.url for v in p.versions if v.record.artifact_id == model.artifact_id)
+    c = aws.client()
+    try:
+        c.delete_object(Bucket=s3_bucket[len("s3://"):], Key=f"{m[len(s3_bucket) + 1:]}/model.json")
+    finally:
+        c.close()
+    assert M.check(p, target) == [f"{model.label}: {m}/model.json is missing"]
+
+    engine = sa.create_engine(postgres_db)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE artifacts SET digest = :d WHERE artifact_id = :a"),
+                         {"d": "e" * 64, "a": data.artifact_id})
+            conn.execute(sa.text("UPDATE artifacts SET path = path || '-elsewhere' WHERE artifact_id = :a"),
+                         {"a": model.artifact_id})
+            for table in ("artifact_files", "edges", "deletions", "artifacts"):
+                conn.execute(sa.text(f"DELETE FROM {table} WHERE artifact_id = :a"), {"a": old.artifact_id})
+    finally:
+        engine.dispose()
+    assert M.check(p, target) == [
+        "table artifacts: 2 rows at the target, 3 in the source",
+        "table artifact_files: 3 rows at the target, 5 in the source",
+        "table deletions: 0 rows at the target, 1 in the source",
+        "table edges: 3 rows at the target, 4 in the source",
+        f"{old.label}: no record at the target",
+        f"{data.label}: the target's record differs from the source's (digest {'e' * 16}, source {data.digest[:16]})",
+        f"{model.label}: recorded at {m}-elsewhere at the target, not {m}"]
+
+
+def test_a_version_already_at_its_target_url_is_not_uploaded_and_the_check_names_its_missing_objects(
+        source, aws, postgres_db, s3_bucket, tmp_path, capsys):
+    """A source that recorded a version at the target's key already (a store that half-used it) but whose objects
+    S3 does not hold: nothing to upload for it, the move commits, and the check says what is missing (exit 3).
+    A 'running' run whose process is gone is copied as it is, and said so."""
+    import sqlite3
+
+    from prefect_wandb.artifact_files import version_url
+
+    to = f"{s3_bucket}/team"
+    db, _ = _copy(source, tmp_path)
+    model = source["model"]
+    at = version_url(to, "model", model.name, model.digest)
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE artifacts SET path = ? WHERE name = ? AND digest = ?", (at, model.name, model.digest))
+    LineageStore(db).start_run("dead-1", "fit", config={}, env={"process": {"pid": 2 ** 22 + 7,
+                               "host": socket.gethostname()}}, flow_run_id=None, run_group=None,
+                               wandb_mode="offline", wandb_dir=None, wandb_project="p", wandb_entity=None)
+
+    assert _move(source, postgres_db, to, "--dry-run", db=db) == Exit.OK
+    out = capsys.readouterr().out
+    assert out.startswith("WOULD MOVE: ") and "to upload: 1 (" in out
+    assert "runs left 'running' by a process that is gone (copied as they are; `prefect-wandb gc --apply` marks " \
+           "them failed): dead-1 (fit, pid 4194311" in out
+
+    assert _move(source, postgres_db, to, db=db) == Exit.VERIFY_FAILED
+    got = capsys.readouterr()
+    assert "uploaded now 1, already there 0" in got.out and "check at the new location: FAILED, 3 versions" in got.out
+    assert f"    line:v0: {at}/model.json is missing\n" in got.out and "from now on" not in got.out
+    assert got.err.splitlines()[-1] == (f"prefect-wandb move: moved, but the check at {StoreURL(postgres_db)} found 1 "
+                                        f"difference(s): line:v0: {at}/model.json is missing")
+    assert LineageStore(postgres_db, readonly=True).run("dead-1").status == "running"  # copied as it was
+
+
+def test_an_unreachable_target_database_is_one_line_and_nothing_is_uploaded(source, aws, s3_bucket, capsys):
+    from tests.helpers import free_port
+
+    to = f"{s3_bucket}/team"
+    assert _move(source, f"postgresql+psycopg://u:hunter2@127.0.0.1:{free_port()}/db", to) == Exit.STORE
+    err = capsys.readouterr().err
+    assert err.startswith("prefect-wandb move: postgresql+psycopg://u:***@127.0.0.1:") and err.count("\n") == 1
+    assert "cannot open the lineage store (connection failed" in err and "hunter2" not in err, err
+    assert _objects(aws, to) == []
+
+
+def test_a_target_database_that_refuses_the_schema_commits_nothing_and_says_so(
+        source, aws, postgres, postgres_db, s3_bucket, capsys):
+    """The target's user may connect but not create tables (a role without CREATE on the schema): the uploads are
+    done, the commit fails in one line (exit 6), no table is made, and a rerun by its owner completes."""
+    import secrets
+
+    import sqlalchemy as sa
+
+    role, password = f"r_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    admin = sa.create_engine(postgres_db, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+            conn.execute(sa.text("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        as_role = f"postgresql+psycopg://{role}:{password}@{postgres.host}:{postgres.port}/{postgres_db.rsplit('/', 1)[1]}"
+        to = f"{s3_bucket}/team"
+        assert _move(source, as_role, to) == Exit.STORE
+        got = capsys.readouterr()
+        last = got.err.splitlines()[-1]
+        assert last.startswith(f"prefect-wandb move: postgresql+psycopg://{role}:***@") and password not in got.err
+        assert last.endswith("cannot open the lineage store (permission denied for schema public); nothing was "
+                             "committed")
+        assert target_rows(StoreURL(postgres_db)) == {} and len(_objects(aws, to)) == 3
+        assert _move(source, postgres_db, to) == Exit.OK  # its owner: what S3 holds is verified, not uploaded again
+        assert "already there 2" in capsys.readouterr().out
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
+        admin.dispose()

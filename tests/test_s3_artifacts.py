@@ -3,7 +3,10 @@ of the library's public API with `artifacts=s3://bucket/team` record S3 URLs who
 sha256s at content-addressed keys; a second worker with an empty cache reads a committed version (downloaded,
 verified) and audits it; a tampered object is refused on download; the server stopped mid-upload fails the stage
 in one line and commits nothing; gc removes the upload no record claims and keeps the claimed ones; keys in the
-URL and other schemes are refused at the door; no secret key in anything the run wrote. wandb offline.
+URL and other schemes are refused at the door; no secret key in anything the run wrote; refused credentials are one
+line naming the URL for every S3 operation; a differing object is uploaded again, a folder changed after its manifest
+refused; a cache copy missing a file is fetched again, an object missing in S3 refused; a record's URL or file path
+that leaves the cache is refused before anything is written. wandb offline.
 """
 
 from __future__ import annotations
@@ -204,7 +207,10 @@ def test_keys_in_the_url_and_other_schemes_are_refused_at_the_door_in_one_line(t
     LineageStore(tmp_path / "l.db")
     for value, words in ((f"s3://AKIAEXAMPLE:{secret}@bucket/team", "put keys in AWS_ACCESS_KEY_ID"),
                          ("ftp://host/x", "is not an artifacts location"), ("gs://bucket/x", "scheme gs://"),
-                         ("http://example.com/a", "scheme http://"), ("s3://Bad_Bucket/x", "not an S3 bucket name")):
+                         ("http://example.com/a", "scheme http://"), ("s3://Bad_Bucket/x", "not an S3 bucket name"),
+                         ("s3://bucket/team?versionId=3", "no query, fragment, spaces"),
+                         ("s3://bucket/my team", "no query, fragment, spaces"),
+                         ("s3://bucket/team#top", "no query, fragment, spaces")):
         with pytest.raises(ValueError) as e:
             LineageSettings(artifacts=value)
         text = str(e.value)
@@ -293,3 +299,162 @@ def test_an_s3_location_is_normalised_and_its_cache_is_a_folder_every_host_deriv
     assert json.loads(s.model_dump_json())["artifacts"] == "s3://bucket/team"
     assert LineageSettings.model_validate_json(s.model_dump_json()) == s
     assert local_folder(tmp_path / "here") == tmp_path / "here"  # a folder is returned as it is
+
+
+def test_an_artifacts_location_that_is_neither_text_nor_a_path_or_is_blank_is_refused_naming_the_field():
+    from prefect_wandb.artifact_files import artifacts_location
+
+    with pytest.raises(ValueError, match="artifacts: a folder or an s3://bucket/prefix URL, not int"):
+        LineageSettings(artifacts=5)
+    for blank in ("", "   "):
+        with pytest.raises(ValueError, match="--artifacts-dir: an empty location"):
+            artifacts_location(blank, "--artifacts-dir")
+
+
+def _record(s3run, which: str):
+    """The store's record (with its files) of s3run's `which` ("data", "model")."""
+    ref = s3run[which]
+    return LineageStore(s3run["settings"].store).require_artifact(ref.name, ref.digest)
+
+
+# a loopback port nothing listens on: nothing below may reach an S3 server
+_NO_S3 = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
+          "AWS_SECRET_ACCESS_KEY": "not/a/real/secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def test_a_recorded_url_or_file_path_that_leaves_the_cache_is_refused_and_nothing_is_written(tmp_path, monkeypatch):
+    """A store's record is read as it is (a hand-edited or foreign store): a version URL with '..' in it, or a file
+    path that climbs out of its version folder, is refused in one line before anything is fetched or written."""
+    from prefect_wandb import LocationError
+    from prefect_wandb.records import FileRecord
+
+    for k, v in _NO_S3.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    sha = "0" * 64
+    with pytest.raises(LocationError, match=r"^s3://bucket-x/team/\.\./\.\./etc is not an s3://bucket/prefix URL"):
+        local_folder("s3://bucket-x/team/../../etc", (FileRecord("passwd", sha, 3),))
+    url = "s3://bucket-x/team/dataset/t/0123456789abcdef"
+    with pytest.raises(DigestMismatch) as e:
+        local_folder(url, (FileRecord("../../../../../../escaped.txt", sha, 3),))
+    assert str(e.value) == f"{url}/../../../../../../escaped.txt: recorded file path escapes its artifact folder"
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no escaped.txt, no half-made cache copy
+
+
+def test_refused_credentials_are_one_line_naming_the_url_for_every_s3_operation_and_change_nothing(
+        s3, s3run, tmp_path, monkeypatch, capsys):
+    from prefect_wandb import artifact_files as af
+
+    data, url = _record(s3run, "data"), s3run["url"]
+    wrong = "wrong/" + "k" * 34
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)  # a new filesystem: the environment changed
+    calls = {"check_remote": (lambda: af.check_remote(url), f"artifacts: {url} cannot be reached ("),
+             "remote_problem": (lambda: af.remote_problem(data.path, data.files), f"reading {data.path} failed ("),
+             "local_folder": (lambda: local_folder(data.path, data.files), f"downloading {data.path} failed ("),
+             "remote_folders": (lambda: af.remote_folders(url), f"listing {url} failed ("),
+             "remove_remote": (lambda: af.remove_remote(data.path), f"removing {data.path} failed ("),
+             "publish": (lambda: af.publish(tmp_path, data.path, data.files), f"uploading {data.path} failed (")}
+    for name, (call, says) in calls.items():
+        with pytest.raises(RemoteArtifactsError) as e:
+            call()
+        text = str(e.value)
+        assert text.startswith(says) and "PermissionError" in text and "\n" not in text, (name, text)
+        assert wrong not in text and s3.secret_key not in text, name
+    assert "check AWS_ENDPOINT_URL and the AWS credentials" in str(
+        pytest.raises(RemoteArtifactsError, af.check_remote, url).value)
+    # a reader that reports rather than fails gets the (empty) cache folder, whose missing files it then names
+    assert af.readable_folder(data.path, data.files) == cache_root(data.path)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() or p.name.startswith(".download-")]
+    # the CLI: one line, the usage exit code, before any work
+    assert ops_main(["gc", "--lineage-db", str(s3run["settings"].store), "--artifacts-dir", url]) == Exit.USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be reached (PermissionError" in err and wrong not in err, err
+    # nothing was removed or changed: with the right key, every object is there with its recorded sha256
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
+    assert af.remote_problem(data.path, data.files) is None
+
+
+def test_a_differing_object_in_s3_is_uploaded_again_and_a_folder_changed_after_its_manifest_is_refused(
+        s3, s3_bucket, tmp_path, monkeypatch):
+    """`publish`: a version S3 holds (same key, same content) is verified, not uploaded again; one whose object
+    differs (a partial or tampered upload) is uploaded again; a local folder whose bytes are no longer its
+    manifest's (changed after it was taken) reads back different: refused in one line, nothing recorded."""
+    from prefect_wandb import artifact_files as af
+    from prefect_wandb.refs import manifest, manifest_digest
+
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    folder = tmp_path / "version"
+    (folder / "b").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha\n")
+    (folder / "b" / "c.txt").write_text("gamma\n")
+    files = manifest(folder)
+    url = af.version_url(f"{s3_bucket}/team", "dataset", "t", manifest_digest(files))
+    assert af.publish(folder, url, files) is True
+    assert af.publish(folder, url, files) is False  # held already: verified by sha256, not uploaded again
+
+    _put(s3, f"{url}/b/c.txt", b"gamma, cut shor")  # a partial upload
+    problem = af.remote_problem(url, files)
+    assert problem is not None and problem.startswith(f"{url}/b/c.txt: sha256 ") and "does not match the recorded" \
+        in problem
+    with monkeypatch.context() as mp:  # objects over the one-GET size are streamed: the same sha256, verdict
+        mp.setattr(af, "_ONE_GET", 0)
+        assert af.remote_problem(url, files) == problem
+    assert af.publish(folder, url, files) is True  # uploaded again
+    assert af.remote_problem(url, files) is None and _get(s3, f"{url}/b/c.txt") == b"gamma\n"
+
+    (folder / "a.txt").write_text("ALPHA\n")  # changed after its manifest was taken
+    other = af.version_url(f"{s3_bucket}/team", "dataset", "t", "f" * 64)
+    with pytest.raises(RemoteArtifactsError) as e:
+        af.publish(folder, other, files)
+    text = str(e.value)
+    assert text.startswith(f"uploading {other}: read back different ({other}/a.txt: sha256 ") and "\n" not in text
+    assert text.endswith("): nothing was recorded")
+
+
+def test_a_cache_copy_missing_a_file_is_fetched_again_and_an_object_missing_in_s3_is_refused(
+        s3, s3run, tmp_path, monkeypatch):
+    data = _record(s3run, "data")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    folder = local_folder(data.path, data.files)
+    note = folder / "notes" / "source.txt"
+    good = note.read_bytes()
+    note.unlink()  # an incomplete copy (a cleaner, a crash): its sizes no longer match the record
+    assert local_folder(data.path, data.files) == folder and note.read_bytes() == good
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache2"))
+    obj = f"{data.path}/rows.csv"
+    body = _get(s3, obj)
+    bucket, key = _key(obj)
+    c = s3.client()
+    try:
+        c.delete_object(Bucket=bucket, Key=key)
+        with pytest.raises(DigestMismatch) as e:
+            local_folder(data.path, data.files)
+    finally:
+        c.put_object(Bucket=bucket, Key=key, Body=body)
+        c.close()
+    rows = next(f for f in data.files if f.relpath == "rows.csv")
+    assert str(e.value) == f"{obj}: missing (recorded sha256 {rows.sha256})"
+    assert not cache_root(data.path).exists()  # nothing unverified is left in the cache
+    assert not [p for p in (tmp_path / "cache2").rglob("*") if p.is_file()]
+
+
+def test_only_folders_at_a_version_s_place_are_listed_and_removing_one_twice_is_no_error(s3, s3_bucket, monkeypatch):
+    from prefect_wandb import artifact_files as af
+
+    for k, v in s3.env().items():
+        monkeypatch.setenv(k, v)
+    root = f"{s3_bucket}/team"
+    version = f"{root}/model/m/{'a' * 16}"
+    for obj, body in ((f"{version}/w.bin", b"12345"), (f"{version}/sub/x.json", b"{}"),
+                      (f"{root}/.staging/model/{'b' * 16}/w.bin", b"staged"),  # hidden: the cache's own
+                      (f"{root}/model/m/not-a-digest/w.bin", b"x"), (f"{root}/README", b"x")):
+        _put(s3, obj, body)
+    found = af.remote_folders(root)
+    assert list(found) == [version] and found[version][0] == 7 and found[version][1] is not None
+    assert af.remote_folders("s3://no-such-bucket-anywhere/team") == {}
+    af.remove_remote(version)
+    af.remove_remote(version)  # already gone: nothing to do
+    assert af.remote_folders(root) == {}

@@ -354,3 +354,36 @@ def test_one_engine_per_store_location_in_a_process(tmp_path):
     assert engine_for(f"sqlite:///{db.resolve()}") is engine  # a URL or a path, the same location
     readonly = engine_for(db, sqlite_uri=f"{db.resolve().as_uri()}?mode=ro")  # opened another way: its own
     assert readonly is not engine and engine_for(tmp_path / "other.db") is not engine
+
+
+def test_alembic_s_own_command_line_takes_a_store_down_to_the_baseline_and_up_again_keeping_its_rows(tmp_path):
+    """`alembic downgrade` / `upgrade` as an operator runs them (env.py on `sqlalchemy.url`, no connection handed
+    in): each revision's downgrade undoes its upgrade, the rows stay readable at every step, and up again the store
+    reads back as it did; down to nothing leaves no table of the store, and the next open makes them again."""
+    from alembic import command
+
+    db = _old_store(tmp_path, DDL_796ABB5)
+    head = _read_back(LineageStore(db))
+    at_head = _columns(db)
+    cfg = schema.alembic_config()
+    cfg.set_main_option("sqlalchemy.url", f"sqlite:///{db}")
+
+    command.downgrade(cfg, migrations.BASELINE)
+    assert _revision(db) == [migrations.BASELINE]
+    promotions = _columns(db)["promotions"]
+    assert "candidate_accuracy" in promotions and "candidate_value" not in promotions
+    assert not {"metric", "aliases", "production_metrics_id"} & set(promotions)
+    assert "lease_expires_at" not in _columns(db)["runs"] + _columns(db)["holds"]
+    assert _read_back(LineageStore(db, readonly=True)) == head  # read as it is, the old column names mapped
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("PRAGMA foreign_key_check").fetchall() == []
+
+    command.upgrade(cfg, "head")
+    assert _revision(db) == [migrations.HEAD] and _columns(db) == at_head
+    assert _read_back(LineageStore(db)) == head
+
+    command.downgrade(cfg, "base")
+    assert set(_columns(db)) == {"alembic_version"} and _revision(db) == []
+    LineageStore(db)  # an empty database again: the next open creates every table
+    assert _columns(db) == at_head and _revision(db) == [migrations.HEAD]
