@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, inspect, literal, or_, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, literal, or_, select, update
 
 from prefect_wandb import rejections
 from prefect_wandb import tables as t
@@ -37,21 +37,16 @@ from prefect_wandb.records import (
     lease_until,
     now,
 )
-from prefect_wandb.schema import UnknownRevision, ensure_schema
 from prefect_wandb.storage import StorageError
 from prefect_wandb.store_engine import (
-    STORE_TIMEOUT_ENV,
     STORE_TIMEOUT_S,
-    TimeoutSettingError,
     driver_errors,
-    engine_for,
-    first_line,
     new_id,
-    store_timeout,
     upsert,
     write_transaction,
 )
-from prefect_wandb.store_file import disk_full, readonly_problem, readonly_uri, sidecars_created
+from prefect_wandb.store_file import disk_full
+from prefect_wandb.store_open import StoreError, open_database, open_file, unreachable
 from prefect_wandb.store_reads import StoreReads, _row
 
 # The records are defined in `records.py`; callers import them from here, with the store that reads and writes them.
@@ -59,11 +54,6 @@ __all__ = ["ALIASES", "ArtifactDeleted", "ArtifactRecord", "DeletionRecord", "Fi
            "NewArtifact", "PromotionRecord", "RunRecord", "StoreError", "now"]
 
 A, R, P, AL, D, G = t.artifacts, t.runs, t.promotions, t.aliases, t.deletions, t.wandb_gaps
-
-
-class StoreError(RuntimeError):
-    """The lineage store cannot be used: missing, empty, not a lineage store of ours, or (PostgreSQL) not reachable.
-    Names the store (a URL with its password masked), in one line."""
 
 
 class ArtifactDeleted(RuntimeError):
@@ -90,76 +80,14 @@ class LineageStore(StoreReads):
         self.url: StoreURL | None = loc if isinstance(loc, StoreURL) else None
         self.path: Path | str = loc if isinstance(loc, Path) else loc.masked()
         self.folder: Path | None = loc.parent if isinstance(loc, Path) else None
-        if self.url is not None:
-            self._open_database(self.url)
-            return
-        path = Path(self.path)
-        if readonly:
-            uri = readonly_uri(path)  # decided once: immutable on read-only media
-            problem = readonly_problem(path, uri)
-            if problem:
-                raise StoreError(f"{path}: {problem}")
-            self._engine = engine_for(path, sqlite_uri=uri)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._engine = engine_for(path)
-        try:
-            with sidecars_created(path, lambda e: disk_full(e, path)):
-                ensure_schema(self._engine)
-        except UnknownRevision as e:
-            raise StoreError(f"{path}: {e}") from None
-        except sqlite3.DatabaseError as e:
-            if "locked" in str(e):
-                raise
-            if disk_full(e, path):
-                raise StorageError(errno.ENOSPC, path) from None
-            raise StoreError(f"{path}: not a readable lineage store ({e})") from None
-
-    def _open_database(self, url: StoreURL) -> None:
-        """A store in a database server: reach it (one line when it cannot be reached), then, unless read-only,
-        bring its schema to head (two processes at once: one upgrades, the other waits for the write lock and finds
-        it current); read-only, it must already be a lineage store."""
-        try:
-            self._timeout = store_timeout()  # the bound its engine was made with, for messages
-            self._engine = engine_for(url)
-        except TimeoutSettingError as e:
-            raise StoreError(f"{self.path}: {e}") from None
-        try:
-            with driver_errors():
-                if self.readonly:
-                    with self._engine.connect() as conn:
-                        tables = set(inspect(conn).get_table_names())
-                    if not {"runs", "artifacts", "artifact_files", "edges"} <= tables:
-                        raise StoreError(f"{self.path}: no lineage store in this database (no runs/artifacts tables)")
-                else:
-                    ensure_schema(self._engine)
-        except UnknownRevision as e:
-            raise StoreError(f"{self.path}: {e}") from None
-        except StoreError:
-            raise
-        except Exception as e:
-            if type(e).__module__.startswith("psycopg"):
-                raise StoreError(f"{self.path}: cannot open the lineage store ({first_line(e)})") from None
-            raise
+        if isinstance(loc, Path):
+            self._engine = open_file(loc, readonly)
+        else:
+            self._engine, self._timeout = open_database(loc, loc.masked(), readonly)
 
     def _unreachable(self, e: BaseException) -> StoreError | None:
-        """A database that went away mid-use (PostgreSQL stopped or restarted, the network gone): one line naming
-        the store; None for anything else."""
-        if self.url is None:
-            return None
-        import psycopg
-
-        bound = f"${STORE_TIMEOUT_ENV} sets the bound, {self._timeout:g} s"
-        if isinstance(e, psycopg.errors.LockNotAvailable):  # lock_timeout: the write lock held by another too long
-            return StoreError(f"{self.path}: another writer held the lineage store's write lock too long "
-                              f"({first_line(e)}; {bound})")
-        if isinstance(e, psycopg.errors.QueryCanceled):  # statement_timeout, or a cancel from outside
-            return StoreError(f"{self.path}: the lineage store's database did not finish in time ({first_line(e)}; "
-                              f"{bound})")
-        if isinstance(e, psycopg.OperationalError):  # connection lost or refused, server shut down, starting or
-            # frozen (no answer within the bound: store_engine's watchdog)
-            return StoreError(f"{self.path}: the lineage store's database cannot be reached ({first_line(e)})")
-        return None
+        """A database that went away mid-use: one StoreError (`store_open.unreachable`); None for a file."""
+        return None if self.url is None else unreachable(str(self.path), self._timeout, e)
 
     @contextmanager
     def _reached(self) -> Iterator[None]:
