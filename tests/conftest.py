@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ import pytest
 from tests.helpers import use_offline_wandb, write_mnist
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Where PYTHONDONTWRITEBYTECODE is set (some images set it), every test process would compile this project's modules
+# and rewrite every test module's asserts again at each start: 1.6 s of CPU a process, paid by each xdist worker of
+# every run. The suite keeps them in __pycache__ (ignored by git); subprocesses then read them. docs/testing.md
+sys.dont_write_bytecode = False
 
 
 @pytest.fixture
