@@ -242,7 +242,7 @@ def cold_repeat(i: int, a: dict, base_env: dict, tmp: Path, logs: Path, template
            *(["--device", a["device"]] if a.get("device") else [])]
     env_cli = {**env, "PREFECT_HOME": str(homes["cli"])}
     env_first = {**env, "PREFECT_HOME": str(homes["first"])}
-    # each run starts Prefect's temporary server and stops it at its end
+    # each run starts a Prefect server for itself (no API configured) and stops it at its end
     out["cli"] = run_whole(cli, work / "run", env_cli, logs / f"cold-cli-{i}.log")
     out["rerun"] = run_whole(cli, work / "run", env_cli, logs / f"cold-rerun-{i}.log")
     out["first"] = run_whole(cli, work / "run-first", env_first, logs / f"cold-first-{i}.log")

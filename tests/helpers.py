@@ -269,7 +269,7 @@ def run_env(base: Path, **extra: str) -> dict:
 
 def offline_run_env(base: Path, *, api: bool = True, **extra: str) -> dict:
     """`mnist-pipeline run`'s environment: wandb offline, HOME/TMPDIR under `base`, the test server (or none:
-    then the CLI starts Prefect's temporary server, its database under `base/home`)."""
+    then the CLI starts a Prefect server for the run, its database under `base/home`)."""
     return _cli_env(base, offline=True, api=api, extra=extra)
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +59,9 @@ def _port_open(port: int) -> bool:
 
 @pytest.mark.slow
 def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tmp_path):
-    """The README's one command on a fresh machine (no PREFECT_API_URL, a new PREFECT_HOME): Prefect's own temporary
-    server, stopped at the end of the run."""
+    """The README's one command on a fresh machine (no PREFECT_API_URL, a new PREFECT_HOME): a Prefect server for
+    the run (`prefect server start`, started as the run begins), stopped at the end of the run, which lost none of
+    its Prefect logs on the way."""
     data = write_mnist(tmp_path / "mnist", gz=True)
     folder = tmp_path / "run"
     folder.mkdir()
@@ -73,11 +75,21 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
     assert r.returncode == 0, r.stderr[-3000:]
     ran = json.loads(r.stdout)
     assert ran["status"] == "completed"
-    found = re.search(r"Starting temporary server on http://127.0.0.1:(\d+)", r.stderr)
+    found = re.search(r"a Prefect server for this run on http://127.0.0.1:(\d+)/api", r.stderr)
     assert found, r.stderr[-3000:]
     assert not _port_open(int(found.group(1)))  # stopped with the run, not left behind
-    # the CLI's last lines come after Prefect's own "Stopping temporary server" line
     assert _last_line(r.stderr).startswith("W&B: offline in "), r.stderr[-2000:]
+    assert "Error logging to API" not in r.stderr  # the server outlived Prefect's last logs: every one arrived
+    con = sqlite3.connect(tmp_path / "prefect-home" / "prefect.db")
+    try:
+        [(state, logs, task_runs)] = con.execute(
+            "SELECT state_type, (SELECT count(*) FROM log WHERE flow_run_id = f.id), "
+            "(SELECT count(*) FROM task_run WHERE flow_run_id = f.id) FROM flow_run f").fetchall()
+    finally:
+        con.close()
+    assert state == "COMPLETED" and task_runs >= 7, (state, task_runs)
+    assert logs >= sum(1 for ln in r.stderr.splitlines() if " INFO prefect.flow_runs: " in ln
+                       or " INFO prefect.task_runs: " in ln), logs
     # The exit lost nothing: every stage's offline W&B run was finished (its exit record is in the file).
     from prefect_wandb.store import LineageStore
     from prefect_wandb.wandb.run_file import offline_records, offline_run_file
@@ -93,13 +105,13 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
         reqs = (Path(r.wandb_dir) / "files" / "requirements.txt").read_text()
         assert "torch==" in reqs and "prefect==" in reqs, r.job_type
 
-    # The same command again, nothing changed: told from the lineage store, no temporary server started for it
+    # The same command again, nothing changed: told from the lineage store, no flow run (its server is stopped)
     again = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     skipped = json.loads(again.stdout)
     assert skipped["status"] == "skipped" and skipped["production"] == ran["artifacts"]["model"]["ref"]
-    assert "Starting temporary server" not in again.stderr, again.stderr[-3000:]
-    assert "without starting Prefect" in _last_line(again.stderr), again.stderr[-2000:]
+    assert "a Prefect server for this run" not in again.stderr, again.stderr[-3000:]
+    assert "before any Prefect flow run" in _last_line(again.stderr), again.stderr[-2000:]
     assert sorted(x.run_id for x in LineageStore(folder / "mnist-runs" / "lineage.db").runs()) == \
         sorted(x.run_id for x in runs)  # nothing recorded: no flow run, no stage
 

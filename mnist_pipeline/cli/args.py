@@ -45,9 +45,10 @@ def setup_logging() -> None:
 
 
 def prefect_defaults() -> None:
-    """Before Prefect is imported, defaults for the temporary server Prefect starts when no API is configured (the
-    user's own settings win): no telemetry from a tool that points nowhere but where it is told, and more than
-    Prefect's 20 s to start on a small, busy machine."""
+    """Before Prefect is imported, defaults for the Prefect server a run starts when no API is configured (the
+    user's own settings win): no telemetry from a tool that points nowhere but where it is told, and 90 s to start
+    on a small, busy machine (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, Prefect's own 20 s for its
+    temporary server)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 

@@ -5,9 +5,9 @@
   (kept there), but not on the console, where the CLI prints the message as the last line.
 - An unexpected error keeps its traceback on the console too.
 - SIGTERM and Ctrl-C (SIGINT) end the run within seconds: Prefect marks the flow run crashed, the running step is
-  recorded as failed ("terminated by SIGTERM"), Prefect's temporary server stops with the process (as after any
-  run), and the last line says so; the exit status is 128 + the signal's number, as a shell reports a killed
-  command.
+  recorded as failed ("terminated by SIGTERM"), the Prefect server the run started stops with the process (as
+  after any run), and the last line says so; the exit status is 128 + the signal's number, as a shell reports a
+  killed command.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """A real Prefect server on loopback, started as `prefect server start` in a subprocess.
 
-Used by the benchmark and the deployment tests (and by anyone who wants one from Python): SQLite under a
-temporary PREFECT_HOME, a free port on 127.0.0.1, torn down on exit.
+`run` starts one for itself where no Prefect API is configured (`mnist_pipeline.cli.main`); the benchmark and the
+deployment tests use `local_prefect_server` (SQLite under a temporary PREFECT_HOME, a free port on 127.0.0.1, torn
+down on exit).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -36,40 +39,116 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float
         proc.wait()
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the process that started it dies, even by kill -9."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class PrefectServer:
+    """`prefect server start` (Prefect's own command: its API on 127.0.0.1, no UI), in a process session of its own
+    (a Ctrl-C or SIGTERM sent to the caller's process group does not reach it), started at once and waited for by
+    `ready()`, so the caller goes on with its own work while it starts. `with_parent`: it ends when the process that
+    started it ends, however that ends (Linux). Its output goes to `log` (or nowhere)."""
+
+    def __init__(self, home: Path, port: int | None = None, log: Path | None = None, ui: bool = False,
+                 with_parent: bool = False, env: dict | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.log = log
+        env = {**(env if env is not None else os.environ), "PREFECT_HOME": str(home),
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": self.url,
+               "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(self.port),
+               "PREFECT_UI_ENABLED": str(ui).lower()}
+        self._out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the server writes it until stopped
+        prefect = Path(sys.executable).with_name("prefect")
+        self.proc = subprocess.Popen(
+            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off",
+             "--ui" if ui else "--no-ui"], env=env, stdin=subprocess.DEVNULL, stdout=self._out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent if with_parent and sys.platform == "linux" else None)
+
+    def ready(self, timeout: float = 120) -> str:
+        """The API URL once the server answers its health check; RuntimeError (the server's last line of output,
+        where there is a log) when it exits first or does not answer within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"`prefect server start` exited with {self.proc.returncode} before it was ready"
+                                   + self._last_line())
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return self.url
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Prefect server on {self.url} did not answer within {timeout:.0f} s"
+                                   + self._last_line())
+            time.sleep(0.1)
+
+    def _last_line(self) -> str:
+        if self.log is None or not self.log.is_file():
+            return ""
+        lines = [ln for ln in self.log.read_text(errors="replace").splitlines() if ln.strip()]
+        return f" ({lines[-1].strip()})" if lines else ""
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM to its session, SIGKILL after `timeout` seconds; idempotent."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                stop_group(self.proc, timeout=timeout)
+        if not isinstance(self._out, int):
+            self._out.close()
+
+
 @contextmanager
 def local_prefect_server(home: Path | None = None, port: int | None = None, timeout: float = 120,
                          log: Path | None = None, ui: bool = False) -> Iterator[str]:
     """Yield the API URL of a fresh server; its environment for clients is PREFECT_API_URL=<url>."""
     own_home = home is None
     home = Path(home or tempfile.mkdtemp(prefix="prefect-home-"))
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": url, "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port),
-           "PREFECT_UI_ENABLED": str(ui).lower()}
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the server process holds it open
-    prefect = Path(sys.executable).with_name("prefect")
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                             "--analytics-off", "--ui" if ui else "--no-ui"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    server = PrefectServer(home, port, log, ui)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited with {proc.returncode} before it was ready")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prefect server on {url} not ready after {timeout:.0f} s")
-            time.sleep(0.3)
-        yield url
+        yield server.ready(timeout)
     finally:
-        stop_group(proc)
-        if not isinstance(out, int):
-            out.close()
+        server.stop()
         if own_home:
             shutil.rmtree(home, ignore_errors=True)
+
+
+class ServerNotReady(RuntimeError):
+    """The Prefect server started for this run did not come up."""
+
+
+def server_for_this_run() -> PrefectServer:
+    """No Prefect API is configured: a Prefect server for this run alone (`prefect server start`, API only, on a
+    free loopback port, on PREFECT_HOME's database), started now so that it comes up while the run imports and
+    checks what it needs (Prefect's own temporary server would start only at the flow call). It stops at exit after
+    Prefect's own exit hooks, which send the flow run's last logs and events to it (registered later, they run
+    first), as Prefect's temporary server does; and with the process however it ends (kill -9: `with_parent`)."""
+    from prefect.settings import PREFECT_HOME
+
+    log = Path(tempfile.mkstemp(prefix="mnist-pipeline-prefect-server-", suffix=".log")[1])
+    atexit.register(log.unlink, missing_ok=True)
+    server = PrefectServer(Path(PREFECT_HOME.value()), log=log, with_parent=True)
+    atexit.register(server.stop)
+    return server
+
+
+@contextmanager
+def api_of(server: PrefectServer | None) -> Iterator[None]:
+    """The flow's Prefect API: the configured one, or `server` once it answers."""
+    if server is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    print(f"mnist-pipeline: no Prefect API is configured: a Prefect server for this run on {server.url} (stopped "
+          "when the run ends; `prefect server start --background` keeps one for the UI and later runs)",
+          file=sys.stderr)
+    try:
+        url = server.ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
+    except RuntimeError as e:
+        raise ServerNotReady(f"the Prefect server for this run did not start: {e}") from None
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield

@@ -4,15 +4,15 @@ Every field of PipelineConfig is a flag of run, show-config, serve and sweep (da
 --epochs; other sections prefixed, e.g. --wandb-mode, --onnx-parity-atol); --config loads a JSON or YAML file
 first and flags override it.
 
-Without a configured Prefect API (PREFECT_API_URL, or a profile that sets it) `run` and `sweep` use Prefect's own
-temporary server, started and stopped by the command. To keep one for repeated runs and the UI:
+Without a configured Prefect API (PREFECT_API_URL, or a profile that sets it) `run` and `sweep` start a Prefect
+server of their own (`prefect server start` on a free loopback port, started as the command begins and stopped as
+it ends: `cli/local_server.py`). To keep one for repeated runs and the UI:
 `prefect server start --background`, then PREFECT_API_URL=http://127.0.0.1:4200/api (`prefect server stop` ends it).
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import gc
 import json
 import os
@@ -31,6 +31,7 @@ from mnist_pipeline.cli.args import (
     prefect_defaults,
     setup_logging,
 )
+from mnist_pipeline.cli.local_server import ServerNotReady, api_of, server_for_this_run
 from mnist_pipeline.collector import fewer_collections
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, PipelineConfig
 from mnist_pipeline.report.closing_lines import where_things_went
@@ -108,20 +109,6 @@ def serve_main(ns: argparse.Namespace) -> int:
     return Exit.OK
 
 
-def last_lines_after_prefect() -> list[str]:
-    """A list whose lines go to stderr last, after Prefect's temporary server (if one runs) has stopped and logged
-    so: Prefect stops it in an exit hook registered when the server starts, after this one; exit hooks run in
-    reverse order. With a configured server nothing is logged at exit, and the caller prints them itself."""
-    lines: list[str] = []
-
-    def say() -> None:
-        for line in lines:
-            print(line, file=sys.stderr)
-
-    atexit.register(say)
-    return lines
-
-
 def _temporary_server_ahead() -> bool:
     from prefect.settings import PREFECT_API_URL
 
@@ -173,16 +160,16 @@ def _run(cfg: PipelineConfig) -> int:
         err("", str(e))
         return Exit.STORE
     prefect_defaults()
-    temporary_server = _temporary_server_ahead()
-    if temporary_server and (done := _unchanged_before_prefect(cfg.resolved())) is not None:
+    server = server_for_this_run() if _temporary_server_ahead() else None  # starts beside what follows
+    if server and (done := _unchanged_before_prefect(cfg.resolved())) is not None:
         return done
-    last = last_lines_after_prefect() if temporary_server else None
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
             from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline  # imported late: Prefect's import is slow
 
             console.quiet_expected_tracebacks()
-            state = mnist_lineage_pipeline(config=cfg, return_state=True)
+            with api_of(server):
+                state = mnist_lineage_pipeline(config=cfg, return_state=True)
             if not state.is_completed():
                 try:
                     state.result()
@@ -190,18 +177,20 @@ def _run(cfg: PipelineConfig) -> int:
                     line = f"mnist-pipeline: pipeline {(state.name or 'failed').lower()}: {type(e).__name__}: {e}"
                     if isinstance(e, StorageError):
                         line += " (not retried: it would fail the same way)"
-                    return _say(last, [line], Exit.FAILED)
+                    return _say([line], Exit.FAILED)
     except console.Terminated as e:
-        return _say(last, [f"mnist-pipeline: {e}: the Prefect flow run is marked crashed and the running step failed "
-                           "(recorded in the lineage store)"], from_signal(e.signal))
+        return _say([f"mnist-pipeline: {e}: the Prefect flow run is marked crashed and the running step failed "
+                    "(recorded in the lineage store)"], from_signal(e.signal))
+    except ServerNotReady as e:
+        return _say([f"mnist-pipeline: {e}"], Exit.FAILED)
     summary = cast(RunSummary, state.result())  # a skipped run: a Completed state whose data is the summary
     print(json.dumps(summary.to_dict(), indent=2, default=str))
-    return _say(last, list(where_things_went(summary)), Exit.OK)  # the report, the ONNX file, the W&B records
+    return _say(list(where_things_went(summary)), Exit.OK)  # the report, the ONNX file, the W&B records
 
 
 def _unchanged_before_prefect(cfg: PipelineConfig) -> int | None:
     """Without a configured Prefect API, a run that would only find that nothing changed is told from the lineage
-    store before Prefect's temporary server is started for it (most of such a run's time): the skip's summary, as
+    store before any flow run (which would wait for the run's Prefect server to start): the skip's summary, as
     the flow prints it, and a line saying that no flow run was made. None: the run goes ahead as a flow run."""
     from mnist_pipeline import changes
     from prefect_wandb import LineageStore, where_records_went
@@ -214,19 +203,15 @@ def _unchanged_before_prefect(cfg: PipelineConfig) -> int | None:
     wandb = where_records_went(LineageStore(cfg.lineage_db), None, command=cfg.lineage().command)
     summary = changes.skipped(cfg, found, dataset, {}, wandb)
     print(json.dumps(summary.to_dict(), indent=2, default=str))
-    return _say(None, [f"mnist-pipeline: {summary.reason}",
-                       "mnist-pipeline: decided from the lineage store without starting Prefect (no Prefect API is "
+    return _say([f"mnist-pipeline: {summary.reason}",
+                       "mnist-pipeline: decided from the lineage store before any Prefect flow run (no Prefect API is "
                        "configured): no flow run was made; against a Prefect server (PREFECT_API_URL) every run is a "
                        "flow run"], Exit.OK)
 
 
-def _say(deferred: list[str] | None, lines: list[str], code: int) -> int:
-    """Print `lines` now, or at exit after Prefect's temporary server has stopped (`deferred`)."""
-    if deferred is None:
-        for line in lines:
-            print(line, file=sys.stderr)
-    else:
-        deferred += lines
+def _say(lines: list[str], code: int) -> int:
+    for line in lines:
+        print(line, file=sys.stderr)
     return code
 
 
@@ -241,7 +226,7 @@ def entry() -> None:
         code = Exit.OK
     # Everything this process made lives until it exits: the cyclic garbage collector's last pass over it at exit
     # (torch, Prefect, wandb and pydantic objects by the hundred thousand) took 2.4 s of a 22 s cold run, with
-    # nothing left to free. Frozen objects are skipped by that pass; exit hooks (Prefect's temporary server, W&B,
+    # nothing left to free. Frozen objects are skipped by that pass; exit hooks (the run's Prefect server, W&B,
     # the last lines) still run, and memory goes back to the OS with the process.
     gc.freeze()
     sys.exit(code)

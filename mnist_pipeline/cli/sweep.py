@@ -2,7 +2,7 @@
 
 The sweep file and every trial's config are checked before anything starts (exit 2, one line). 0: every trial
 finished and the winner went through the gate; 1: the sweep failed or some trial failed (the summary says which);
-128 + N: ended by signal N (Prefect's temporary server and the local Dask cluster it started stop with it).
+128 + N: ended by signal N (the Prefect server and the local Dask cluster it started stop with it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from typing import Any, cast
 
 from mnist_pipeline.cli.args import Parents, add_command, err, load_config, prefect_defaults, setup_logging
+from mnist_pipeline.cli.local_server import ServerNotReady, api_of, server_for_this_run
 from mnist_pipeline.config import PipelineConfig
 from prefect_wandb.cli import Exit, from_signal
 
@@ -36,16 +37,12 @@ def add_parsers(sub, parents: Parents) -> None:
 
 def _prefect_api(stack: ExitStack) -> None:
     """Trials run in other processes: they must reach the same Prefect API as the flow. Without a configured
-    server, a Prefect client starts Prefect's own temporary server (as the flow itself would; it stops at exit)
-    and its URL goes into the settings the trials get."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    server, the sweep starts a Prefect server for itself, as `run` does (`local_server.server_for_this_run`; it
+    stops at exit), and its URL goes into the settings the trials get."""
+    from prefect.settings import PREFECT_API_URL
 
-    if PREFECT_API_URL.value():
-        return
-    with get_client(sync_client=True) as client:
-        url = str(client.api_url).rstrip("/")
-    stack.enter_context(temporary_settings({PREFECT_API_URL: url}))
+    if not PREFECT_API_URL.value():
+        stack.enter_context(api_of(server_for_this_run()))
 
 
 def quiet_dask() -> None:
@@ -95,13 +92,16 @@ def main(ns: argparse.Namespace) -> int:
 
     try:
         # SIGTERM / Ctrl-C raise here, so the stack below unwinds (the local Dask cluster closes) and the process
-        # exits normally, which stops Prefect's temporary server (the default action left it running, an orphan)
+        # exits normally, which stops the Prefect server it started (the default action left it running, an orphan)
         with console.signals_raise():
             return _sweep(spec, cfg, ns)
     except console.Terminated as e:
         print(f"mnist-pipeline: {e}: the sweep's Prefect flow run is marked crashed; trials finished so far stay in "
               "the lineage store", file=sys.stderr)
         return from_signal(e.signal)
+    except ServerNotReady as e:
+        err("", str(e))
+        return Exit.FAILED
 
 
 def _sweep(spec, cfg: PipelineConfig, ns: argparse.Namespace) -> int:
