@@ -150,6 +150,24 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
     assert states in (["CRASHED"], ["CANCELLED"]), states
 
 
+@pytest.mark.slow
+def test_the_prefect_server_a_run_started_goes_with_it_when_the_run_is_killed_minus_9(tmp_path):
+    """kill -9 of `mnist-pipeline run` (no Prefect API configured: it started a Prefect server for itself, in a
+    session of its own, which the test does not signal) while it trains: no exit hook runs, and still the server
+    ends with it (Linux: the parent-death signal), not left listening."""
+    argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "8000", "--synthetic-test", "100",
+                    "--slice", "1", "--epochs", "5", "--batch-size", "32")
+    code, stderr, _, _ = _signal_mid_training(argv, offline_run_env(tmp_path, api=False), signal.SIGKILL,
+                                              marker="training on 8000 images")
+    assert code == -signal.SIGKILL, stderr[-3000:]
+    found = re.search(r"a Prefect server for this run on http://127.0.0.1:(\d+)/api", stderr)
+    assert found, stderr[-3000:]
+    port, deadline = int(found.group(1)), time.monotonic() + 20
+    while _port_open(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _port_open(port)
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, set[int]] = {}
     for d in os.listdir("/proc"):
