@@ -76,17 +76,14 @@ def _pipeline_config(a: dict):
 
 
 def part_pipeline(a: dict) -> dict:
-    import importlib
-
     from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
+    from mnist_pipeline.tasks import import_stage_modules
     from prefect_wandb import LineageStore
 
     # The stages import torch, wandb, onnx... when they run (a skipped run needs none of them). Imported here,
     # outside the timer, as the tutorial's script imports its own before its timed part; wandb's service start and
     # first-run imports stay inside, as in the tutorial's timed wandb.init.
-    for name in ("torch", "torchvision.datasets", "wandb", "mnist_pipeline.training", "mnist_pipeline.metrics", "onnx",
-                 "onnxruntime", "mnist_pipeline.onnx_io", "mnist_pipeline.report.plots"):
-        importlib.import_module(name)
+    import_stage_modules()
 
     cfg = _pipeline_config(a)
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,8 +136,9 @@ def server_for_this_run() -> PrefectServer:
 
 
 @contextmanager
-def api_of(server: PrefectServer | None) -> Iterator[None]:
-    """The flow's Prefect API: the configured one, or `server` once it answers."""
+def api_of(server: PrefectServer | None, meanwhile: Callable[[], None] | None = None) -> Iterator[None]:
+    """The flow's Prefect API: the configured one, or `server` once it answers (`meanwhile()` is called first: what
+    the run would do later anyway, done while the server starts)."""
     if server is None:
         yield
         return
@@ -146,6 +147,8 @@ def api_of(server: PrefectServer | None) -> Iterator[None]:
     print(f"mnist-pipeline: no Prefect API is configured: a Prefect server for this run on {server.url} (stopped "
           "when the run ends; `prefect server start --background` keeps one for the UI and later runs)",
           file=sys.stderr)
+    if meanwhile is not None:
+        meanwhile()
     try:
         url = server.ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
     except RuntimeError as e:

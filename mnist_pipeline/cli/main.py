@@ -166,9 +166,10 @@ def _run(cfg: PipelineConfig) -> int:
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
             from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline  # imported late: Prefect's import is slow
+            from mnist_pipeline.tasks import import_stage_modules
 
             console.quiet_expected_tracebacks()
-            with api_of(server):
+            with api_of(server, meanwhile=import_stage_modules):
                 state = mnist_lineage_pipeline(config=cfg, return_state=True)
             if not state.is_completed():
                 try:
