@@ -105,13 +105,13 @@ def test_readme_command_without_a_server_completes_and_leaves_nothing_running(tm
         reqs = (Path(r.wandb_dir) / "files" / "requirements.txt").read_text()
         assert "torch==" in reqs and "prefect==" in reqs, r.job_type
 
-    # The same command again, nothing changed: told from the lineage store, no flow run (its server is stopped)
+    # The same command again, nothing changed: told from the lineage store, no Prefect server started for it
     again = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     skipped = json.loads(again.stdout)
     assert skipped["status"] == "skipped" and skipped["production"] == ran["artifacts"]["model"]["ref"]
     assert "a Prefect server for this run" not in again.stderr, again.stderr[-3000:]
-    assert "before any Prefect flow run" in _last_line(again.stderr), again.stderr[-2000:]
+    assert "without starting Prefect" in _last_line(again.stderr), again.stderr[-2000:]
     assert sorted(x.run_id for x in LineageStore(folder / "mnist-runs" / "lineage.db").runs()) == \
         sorted(x.run_id for x in runs)  # nothing recorded: no flow run, no stage
 

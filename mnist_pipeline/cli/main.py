@@ -160,9 +160,10 @@ def _run(cfg: PipelineConfig) -> int:
         err("", str(e))
         return Exit.STORE
     prefect_defaults()
-    server = server_for_this_run() if _temporary_server_ahead() else None  # starts beside what follows
-    if server and (done := _unchanged_before_prefect(cfg.resolved())) is not None:
+    temporary = _temporary_server_ahead()
+    if temporary and (done := _unchanged_before_prefect(cfg.resolved())) is not None:
         return done
+    server = server_for_this_run() if temporary else None  # it starts beside what follows
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
             from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline  # imported late: Prefect's import is slow
@@ -191,7 +192,7 @@ def _run(cfg: PipelineConfig) -> int:
 
 def _unchanged_before_prefect(cfg: PipelineConfig) -> int | None:
     """Without a configured Prefect API, a run that would only find that nothing changed is told from the lineage
-    store before any flow run (which would wait for the run's Prefect server to start): the skip's summary, as
+    store before a Prefect server is started for the run (most of such a run's time): the skip's summary, as
     the flow prints it, and a line saying that no flow run was made. None: the run goes ahead as a flow run."""
     from mnist_pipeline import changes
     from prefect_wandb import LineageStore, where_records_went
@@ -205,7 +206,7 @@ def _unchanged_before_prefect(cfg: PipelineConfig) -> int | None:
     summary = changes.skipped(cfg, found, dataset, {}, wandb)
     print(json.dumps(summary.to_dict(), indent=2, default=str))
     return _say([f"mnist-pipeline: {summary.reason}",
-                       "mnist-pipeline: decided from the lineage store before any Prefect flow run (no Prefect API is "
+                       "mnist-pipeline: decided from the lineage store without starting Prefect (no Prefect API is "
                        "configured): no flow run was made; against a Prefect server (PREFECT_API_URL) every run is a "
                        "flow run"], Exit.OK)
 
