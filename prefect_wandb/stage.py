@@ -24,13 +24,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from prefect_wandb import records
 from prefect_wandb.alias_sync import AliasesMoving, follow_store
 from prefect_wandb.artifact_files import is_remote, local_folder, publish, version_url
 from prefect_wandb.environment import process_gone, process_identity, run_environment
 from prefect_wandb.journal import JournalStore
 from prefect_wandb.layout import staging_folder, version_folder
 from prefect_wandb.leftovers import claim, remove_abandoned
-from prefect_wandb.records import LEASE_S
 from prefect_wandb.refs import ArtifactRef, DigestMismatch, fsync_tree, manifest, manifest_digest, verify_files
 from prefect_wandb.settings import LineageSettings
 from prefect_wandb.store import ArtifactRecord, LineageStore, NewArtifact
@@ -361,7 +361,7 @@ def _heartbeat(store: LineageStore, run_id: str, flow_run_id: str | None) -> thr
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(LEASE_S / 4):
+        while not stop.wait(records.LEASE_S / 4):  # read at each beat, as `records.lease_until` reads it
             try:
                 store.renew_lease(run_id, flow_run_id)
             except Exception as e:

@@ -22,7 +22,17 @@ from typing import Any
 import pytest
 
 from prefect_wandb.store import LineageStore
-from tests.helpers import REPO, flow_run_logs, last_line, leftovers, offline_run_env, run_argv, store_state, write_mnist
+from tests.helpers import (
+    REPO,
+    flow_run_logs,
+    last_line,
+    leftovers,
+    offline_run_env,
+    run_argv,
+    store_state,
+    wait_for,
+    write_mnist,
+)
 
 # ---------------------------------------------------------------------------------------- expected failures: one line
 
@@ -153,19 +163,28 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
 @pytest.mark.slow
 def test_the_prefect_server_a_run_started_goes_with_it_when_the_run_is_killed_minus_9(tmp_path):
     """kill -9 of `mnist-pipeline run` (no Prefect API configured: it started a Prefect server for itself, in a
-    session of its own, which the test does not signal) while it trains: no exit hook runs, and still the server
-    ends with it (Linux: the parent-death signal), not left listening."""
-    argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "8000", "--synthetic-test", "100",
-                    "--slice", "1", "--epochs", "5", "--batch-size", "32")
-    code, stderr, _, _ = _signal_mid_training(argv, offline_run_env(tmp_path, api=False), signal.SIGKILL,
-                                              marker="training on 8000 images")
-    assert code == -signal.SIGKILL, stderr[-3000:]
-    found = re.search(r"a Prefect server for this run on http://127.0.0.1:(\d+)/api", stderr)
-    assert found, stderr[-3000:]
-    port, deadline = int(found.group(1)), time.monotonic() + 20
-    while _port_open(port) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _port_open(port)
+    session of its own, which the test does not signal) once that server answers: no exit hook runs, and still the
+    server ends with it (Linux: the parent-death signal), not left listening."""
+    argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "200", "--synthetic-test", "50",
+                    "--slice", "1", "--epochs", "1")
+    proc = subprocess.Popen(argv, cwd=REPO, env=offline_run_env(tmp_path, api=False), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        found = None
+        for line in proc.stderr:
+            found = re.search(r"a Prefect server for this run on http://127.0.0.1:(\d+)/api", line)
+            if found:
+                break
+        assert found, "the run never said where its Prefect server is"
+        port = int(found.group(1))
+        wait_for(lambda: _port_open(port), 120, "the run's Prefect server to answer", interval=0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+    wait_for(lambda: not _port_open(port), 20, "the server to go with the run", interval=0.2)
 
 
 def _descendants(pid: int) -> set[int]:

@@ -173,7 +173,7 @@ def test_another_host_s_hold_is_dropped_once_its_lease_expires_unless_renewed(tm
 def test_a_stage_s_heartbeat_renews_its_lease_until_stopped(monkeypatch):
     import time
 
-    from prefect_wandb import stage
+    from prefect_wandb import records, stage
 
     calls = []
 
@@ -183,7 +183,7 @@ def test_a_stage_s_heartbeat_renews_its_lease_until_stopped(monkeypatch):
             if len(calls) == 2:
                 raise RuntimeError("the store is gone for a moment")  # logged, and tried again
 
-    monkeypatch.setattr(stage, "LEASE_S", 0.2)
+    monkeypatch.setattr(records, "LEASE_S", 0.2)  # the beat reads it each time, as the lease does
     stop = stage._heartbeat(Store(), "r1", "f1")
     time.sleep(0.5)
     stop.set()

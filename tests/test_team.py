@@ -48,7 +48,7 @@ QUEUES = ("worker-a", "worker-b")
 RUN_TIMEOUT_S = 240
 # The workers' lease (prefect_wandb.records.LEASE_S, 120 s) shortened for this test by a sitecustomize on their
 # PYTHONPATH (the library has no setting for it): a killed worker's run is taken for dead after this long.
-LEASE_S = 15
+LEASE_S = 10
 SITECUSTOMIZE = """import os
 import prefect_wandb.records as records
 records.LEASE_S = float(os.environ["TEAM_TEST_LEASE_S"])
