@@ -39,12 +39,15 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float
         proc.wait()
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec (Linux): SIGTERM when the process that started it dies, even by kill -9."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Run as `python -c WITH_PARENT PARENT_PID PROGRAM ARGS...` (Linux): asks the kernel for SIGTERM when the parent
+# ends, even by kill -9 (prctl PR_SET_PDEATHSIG, kept across exec), then becomes PROGRAM. Done in a process of its
+# own rather than in a `preexec_fn`, which is not safe where the parent has threads.
+WITH_PARENT = """import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):  # the parent ended before the request: end too
+    sys.exit(0)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 class PrefectServer:
@@ -64,11 +67,12 @@ class PrefectServer:
                "PREFECT_UI_ENABLED": str(ui).lower()}
         self._out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - the server writes it until stopped
         prefect = Path(sys.executable).with_name("prefect")
-        self.proc = subprocess.Popen(
-            [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off",
-             "--ui" if ui else "--no-ui"], env=env, stdin=subprocess.DEVNULL, stdout=self._out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent if with_parent and sys.platform == "linux" else None)
+        argv = [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off",
+                "--ui" if ui else "--no-ui"]
+        if with_parent and sys.platform == "linux":
+            argv = [sys.executable, "-c", WITH_PARENT, str(os.getpid()), *argv]
+        self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=self._out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
     def ready(self, timeout: float = 120) -> str:
         """The API URL once the server answers its health check; RuntimeError (the server's last line of output,
