@@ -4,8 +4,9 @@ The source (an SQLite file and its artifacts folder) is only read. The target is
 the store's tables) and an S3 location (`s3://bucket/prefix`):
 
 1. `plan`: every table of `tables.py` read from the source (the columns both have: a new table or column is never
-   forgotten; a column a revision renamed is read under its old name in a source from before it), each artifact version's URL at the target (`artifact_files.version_url`, the content-addressed key a
-   stage writes), its folder under the old artifacts folder; refused (`MoveRefused`) while a run is `running` in
+   forgotten; a column a revision renamed is read under its old name in a source from before it), each artifact
+   version's URL at the target (`artifact_files.version_url`, the content-addressed key a stage writes), its
+   folder under the old artifacts folder; refused (`MoveRefused`) while a run is `running` in
    the source and its process is not provably gone (`environment.process_gone`), or when a recorded path is
    neither under the artifacts folder nor already that URL;
 2. `upload`: every version folder that exists (a version deleted by gc keeps its record and gets its URL, with

@@ -57,11 +57,11 @@ class PrefectServer:
     started it ends, however that ends (Linux). Its output goes to `log` (or nowhere)."""
 
     def __init__(self, home: Path, port: int | None = None, log: Path | None = None, ui: bool = False,
-                 with_parent: bool = False, env: dict | None = None):
+                 with_parent: bool = False):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.log = log
-        env = {**(env if env is not None else os.environ), "PREFECT_HOME": str(home),
+        env = {**os.environ, "PREFECT_HOME": str(home),
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": self.url,
                "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(self.port),
                "PREFECT_UI_ENABLED": str(ui).lower()}
@@ -120,6 +120,14 @@ def local_prefect_server(home: Path | None = None, port: int | None = None, time
             shutil.rmtree(home, ignore_errors=True)
 
 
+def no_prefect_api() -> bool:
+    """Whether no Prefect API is configured (PREFECT_API_URL, in the environment or the active profile): then
+    `run` and `sweep` start a server for themselves, and `serve` refuses."""
+    from prefect.settings import PREFECT_API_URL
+
+    return not PREFECT_API_URL.value()
+
+
 class ServerNotReady(RuntimeError):
     """The Prefect server started for this run did not come up."""
 
@@ -132,7 +140,9 @@ def server_for_this_run() -> PrefectServer:
     first), as Prefect's temporary server does; and with the process however it ends (kill -9: `with_parent`)."""
     from prefect.settings import PREFECT_HOME
 
-    log = Path(tempfile.mkstemp(prefix="mnist-pipeline-prefect-server-", suffix=".log")[1])
+    fd, name = tempfile.mkstemp(prefix="mnist-pipeline-prefect-server-", suffix=".log")
+    os.close(fd)  # the server's process writes it (`PrefectServer` opens it for that)
+    log = Path(name)
     atexit.register(log.unlink, missing_ok=True)
     server = PrefectServer(Path(PREFECT_HOME.value()), log=log, with_parent=True)
     atexit.register(server.stop)

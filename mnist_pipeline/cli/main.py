@@ -31,7 +31,7 @@ from mnist_pipeline.cli.args import (
     prefect_defaults,
     setup_logging,
 )
-from mnist_pipeline.cli.local_server import ServerNotReady, api_of, server_for_this_run
+from mnist_pipeline.cli.local_server import ServerNotReady, api_of, no_prefect_api, server_for_this_run
 from mnist_pipeline.collector import fewer_collections
 from mnist_pipeline.config import ALLOWED_ROOTS_ENV, SCHEDULE_CRON, SCHEDULE_TIMEZONE, PipelineConfig
 from mnist_pipeline.report.closing_lines import where_things_went
@@ -95,9 +95,7 @@ def serve_main(ns: argparse.Namespace) -> int:
     cfg = load_config(ns)
     if isinstance(cfg, Exit):
         return cfg
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
+    if no_prefect_api():
         err("", "serve needs a running Prefect server: start one with `prefect server start --background` and set "
             "PREFECT_API_URL=http://127.0.0.1:4200/api")
         return Exit.USAGE
@@ -107,12 +105,6 @@ def serve_main(ns: argparse.Namespace) -> int:
 
     serve_deployments(cfg, cron=ns.cron, timezone=ns.timezone)
     return Exit.OK
-
-
-def _temporary_server_ahead() -> bool:
-    from prefect.settings import PREFECT_API_URL
-
-    return not PREFECT_API_URL.value()
 
 
 def run_main(ns: argparse.Namespace) -> int:
@@ -160,10 +152,10 @@ def _run(cfg: PipelineConfig) -> int:
         err("", str(e))
         return Exit.STORE
     prefect_defaults()
-    temporary = _temporary_server_ahead()
-    if temporary and (done := _unchanged_before_prefect(cfg.resolved())) is not None:
+    without_api = no_prefect_api()
+    if without_api and (done := _unchanged_before_prefect(cfg.resolved())) is not None:
         return done
-    server = server_for_this_run() if temporary else None  # it starts beside what follows
+    server = server_for_this_run() if without_api else None  # it starts beside what follows
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
             from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline  # imported late: Prefect's import is slow

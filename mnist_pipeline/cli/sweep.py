@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from typing import Any, cast
 
 from mnist_pipeline.cli.args import Parents, add_command, err, load_config, prefect_defaults, setup_logging
-from mnist_pipeline.cli.local_server import ServerNotReady, api_of, server_for_this_run
+from mnist_pipeline.cli.local_server import ServerNotReady, api_of, no_prefect_api, server_for_this_run
 from mnist_pipeline.config import PipelineConfig
 from prefect_wandb.cli import Exit, from_signal
 
@@ -39,9 +39,7 @@ def _prefect_api(stack: ExitStack) -> None:
     """Trials run in other processes: they must reach the same Prefect API as the flow. Without a configured
     server, the sweep starts a Prefect server for itself, as `run` does (`local_server.server_for_this_run`; it
     stops at exit), and its URL goes into the settings the trials get."""
-    from prefect.settings import PREFECT_API_URL
-
-    if not PREFECT_API_URL.value():
+    if no_prefect_api():
         stack.enter_context(api_of(server_for_this_run()))
 
 
