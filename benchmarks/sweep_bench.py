@@ -2,7 +2,7 @@
 
     python -m benchmarks.sweep_bench --data-dir ../shared/datasets/mnist-subset     # slice=1, 1 epoch, 4 trials
     python -m benchmarks.sweep_bench --smoke                                         # seconds: checks it works
-    python -m benchmarks.sweep_bench --smoke --trials 2                              # the suite's smoke test
+    python -m benchmarks.sweep_bench --smoke --trials 2 --sizes 2                    # the suite's smoke test
 
 Each configuration runs the real `mnist-sweep` flow (the default local cluster: N worker processes, each with
 cores // N threads), wandb offline, against one Prefect server started beforehand, each with a fresh lineage store
@@ -15,6 +15,8 @@ comparison is one of scheduling, not of work (--trials 2: the two learning rates
   sum_train_s       the trials' own training loops (train_seconds), summed
   overhead_s        wall_s - sum_train_s / workers: everything beyond perfectly parallel training
 With --repeats > 1 the two configurations alternate and the medians are reported. Results go to --out (JSON).
+`--sizes 2` runs the 2-worker configuration alone (no scaling ratio): the suite's smoke test, where the 1-worker
+sweep would add nothing that the 2-worker one does not run.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SWEEP = {"name": "bench", "method": "grid", "metric": {"name": "test_accuracy", 
          "parameters": {"train.learning_rate": {"values": [0.003, 0.005]}, "train.seed": {"values": [0, 1]}}}
 TARGET_SCALING = 1.6
 SMOKE_IMAGES = (96, 32)  # --smoke: synthetic train / test images
+KEYS = ("wall_s", "trial_phase_s", "trials_per_min", "sum_train_s", "sum_trial_s", "overhead_s")
 
 
 def _sweep(trials: int) -> dict:
@@ -83,6 +86,21 @@ def run_once(workers: int, work: Path, a: argparse.Namespace) -> dict:
             "trials_on": sorted({str(t["worker"]) for t in trials})}
 
 
+def summarize(runs: dict[int, list[dict]], settings: dict) -> dict:
+    """The results document: per configuration the medians of its runs, and the scaling ratios where both sizes
+    ran."""
+    def med(workers: int, key: str) -> float:
+        return round(statistics.median(x[key] for x in runs[workers]), 2)
+
+    figures = {f"{w}_worker{'s' if w > 1 else ''}": {k: med(w, k) for k in KEYS} for w in sorted(runs)}
+    ratios = ({"scaling_trials_per_min_2_over_1": round(med(2, "trials_per_min") / med(1, "trials_per_min"), 3),
+               "scaling_wall_1_over_2": round(med(1, "wall_s") / med(2, "wall_s"), 3)} if set(runs) == {1, 2} else {})
+    return {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": {
+                "cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+            "settings": settings, "figures": figures, "runs": runs, "ratios": ratios,
+            "target": {"scaling_trials_per_min_2_over_1": TARGET_SCALING}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
@@ -93,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                    "batches of 16, short ONNX timings: checks the benchmark works, in seconds")
     p.add_argument("--trials", type=int, choices=(2, 4), default=4,
                    help="trials per sweep: the 4 of the grid, or 2 (seed 0 only; still one per worker with 2 workers)")
+    p.add_argument("--sizes", type=int, nargs="+", choices=(1, 2), default=[1, 2],
+                   help="the cluster sizes to run (default both, side by side: the scaling ratio needs both)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results-sweep.json")
     a = p.parse_args(argv)
 
@@ -104,35 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     from mnist_pipeline.cli.sweep import _prefect_api
 
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    runs: dict[int, list[dict]] = {1: [], 2: []}
+    sizes = sorted(set(a.sizes))
+    runs: dict[int, list[dict]] = {w: [] for w in sizes}
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="sweep-bench-") as tmp:
         _prefect_api(stack)  # one Prefect server for every measured sweep, started before any timing
         for r in range(a.repeats):
-            for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for workers in (sizes if r % 2 == 0 else sizes[::-1]):
                 res = run_once(workers, Path(tmp) / f"r{r}-w{workers}", a)
                 runs[workers].append(res)
                 print(f"repeat {r} workers {workers}: {json.dumps(res)}", file=sys.stderr)
 
-    def med(workers: int, key: str) -> float:
-        return round(statistics.median(x[key] for x in runs[workers]), 2)
-
-    keys = ("wall_s", "trial_phase_s", "trials_per_min", "sum_train_s", "sum_trial_s", "overhead_s")
-    figures = {f"{w}_worker{'s' if w > 1 else ''}": {k: med(w, k) for k in keys} for w in (1, 2)}
-    scaling = round(med(2, "trials_per_min") / med(1, "trials_per_min"), 3)
-    wall_scaling = round(med(1, "wall_s") / med(2, "wall_s"), 3)
-    result = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": {
-                  "cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
-              "settings": {"trials": a.trials, "slice": a.slice, "epochs": a.epochs, "repeats": a.repeats,
-                           "smoke": a.smoke, "sweep": _sweep(a.trials)},
-              "figures": figures, "runs": runs,
-              "ratios": {"scaling_trials_per_min_2_over_1": scaling, "scaling_wall_1_over_2": wall_scaling},
-              "target": {"scaling_trials_per_min_2_over_1": TARGET_SCALING}}
+    result = summarize(runs, {"trials": a.trials, "slice": a.slice, "epochs": a.epochs, "repeats": a.repeats,
+                              "smoke": a.smoke, "sweep": _sweep(a.trials)})
     a.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'':24}{'1 worker':>12}{'2 workers':>12}")
-    for k in keys:
-        print(f"{k:24}{figures['1_worker'][k]:>12}{figures['2_workers'][k]:>12}")
-    print(f"ratio scaling (trials/min, 2 over 1): {scaling} (target >= {TARGET_SCALING}); wall 1 over 2: "
-          f"{wall_scaling}")
+    figures = result["figures"]
+    print(f"{'':24}" + "".join(f"{k.replace('_', ' '):>12}" for k in figures))
+    for k in KEYS:
+        print(f"{k:24}" + "".join(f"{fig[k]:>12}" for fig in figures.values()))
+    if result["ratios"]:
+        print(f"ratio scaling (trials/min, 2 over 1): {result['ratios']['scaling_trials_per_min_2_over_1']} (target >= "
+              f"{TARGET_SCALING}); wall 1 over 2: {result['ratios']['scaling_wall_1_over_2']}")
     print(f"results: {a.out}")
     return 0
 

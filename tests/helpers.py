@@ -240,6 +240,16 @@ def api_url() -> str:
     return url
 
 
+def seed_prefect_home(home: Path, prefect_db: Path) -> Path:
+    """Put the `prefect_db` fixture's database where a `prefect server start` with PREFECT_HOME=`home` looks for
+    its own (`home/prefect.db`, Prefect's default): that server then skips the migrations. Returns `home`."""
+    import shutil
+
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(prefect_db, home / "prefect.db")
+    return home
+
+
 def _cli_env(base: Path, *, offline: bool, api: bool, extra: dict[str, str]) -> dict:
     import os
 

@@ -94,16 +94,34 @@ def test_the_cold_ratios_are_medians_of_ratios_within_a_repeat():
 
 
 @pytest.mark.slow
-def test_the_sweep_benchmark_runs_both_cluster_sizes_and_writes_every_figure(prefect_server, tmp_path, capsys):
+def test_the_sweep_benchmark_runs_a_sweep_on_a_two_worker_cluster_and_writes_its_figures(prefect_server, tmp_path,
+                                                                                         capsys):
+    """The 2-worker configuration on tiny data (the 1-worker one runs the same code with one worker: its figures
+    and the ratios are the summary's, below)."""
     from benchmarks import sweep_bench
 
     out = tmp_path / "sweep-bench.json"
-    assert sweep_bench.main(["--smoke", "--trials", "2", "--out", str(out)]) == 0  # tiny data, one trial per worker
+    assert sweep_bench.main(["--smoke", "--trials", "2", "--sizes", "2", "--out", str(out)]) == 0  # a trial a worker
     res = json.loads(out.read_text())
-    for key in ("1_worker", "2_workers"):
-        fig = res["figures"][key]
-        assert fig["wall_s"] > fig["trial_phase_s"] > 0 and fig["trials_per_min"] > 0 and fig["sum_train_s"] > 0
-    assert res["runs"]["1"][0]["trials_on"] == ["0"] and res["runs"]["2"][0]["trials_on"] == ["0", "1"]
-    assert res["runs"]["1"][0]["threads_per_worker"] >= 1
-    assert res["ratios"]["scaling_trials_per_min_2_over_1"] > 0
-    assert "ratio scaling (trials/min, 2 over 1)" in capsys.readouterr().out
+    fig = res["figures"]["2_workers"]
+    assert fig["wall_s"] > fig["trial_phase_s"] > 0 and fig["trials_per_min"] > 0 and fig["sum_train_s"] > 0
+    assert set(res["figures"]) == {"2_workers"} and res["ratios"] == {}
+    [run] = res["runs"]["2"]
+    assert run["trials_on"] == ["0", "1"] and run["threads_per_worker"] >= 1 and run["winner_test_accuracy"] >= 0
+    assert "2 workers" in capsys.readouterr().out
+
+
+def test_the_sweep_benchmark_reports_medians_per_cluster_size_and_the_scaling_ratios():
+    from benchmarks import sweep_bench
+
+    def run(workers: int, wall: float, per_min: float) -> dict:
+        return {"workers": workers, "wall_s": wall, "trial_phase_s": wall - 2, "trials_per_min": per_min,
+                "sum_train_s": 4.0, "sum_trial_s": 6.0, "overhead_s": wall - 4.0 / workers}
+
+    runs = {1: [run(1, 30.0, 8.0), run(1, 20.0, 12.0), run(1, 40.0, 6.0)],
+            2: [run(2, 15.0, 16.0), run(2, 12.0, 24.0), run(2, 50.0, 3.0)]}
+    got = sweep_bench.summarize(runs, {"trials": 4})
+    assert got["figures"]["1_worker"]["wall_s"] == 30.0 and got["figures"]["2_workers"]["trials_per_min"] == 16.0
+    assert got["ratios"] == {"scaling_trials_per_min_2_over_1": 2.0, "scaling_wall_1_over_2": 2.0}
+    assert got["settings"] == {"trials": 4} and got["runs"] is runs
+    assert sweep_bench.summarize({2: runs[2]}, {})["ratios"] == {}

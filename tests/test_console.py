@@ -29,6 +29,7 @@ from tests.helpers import (
     leftovers,
     offline_run_env,
     run_argv,
+    seed_prefect_home,
     store_state,
     wait_for,
     write_mnist,
@@ -121,11 +122,12 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
     the server must go too, after it heard that the flow run ended. Ctrl-C against the configured (test) server, which must hear that the flow run
     ended."""
     temporary = sig == signal.SIGTERM
-    if not temporary:
-        request.getfixturevalue("prefect_server")
+    prefect_db = request.getfixturevalue("prefect_db")  # the test server's, or a copy of its new database
     argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "8000", "--synthetic-test", "100",
                     "--slice", "1", "--epochs", "5", "--batch-size", "32")
     env = offline_run_env(tmp_path, api=not temporary)
+    if temporary:
+        seed_prefect_home(Path(env["PREFECT_HOME"]), prefect_db)
     code, stderr, seconds, _ = _signal_mid_training(argv, env, sig, marker="training on 8000 images")
     name = signal.Signals(sig).name
     assert code == 128 + sig, stderr[-3000:]
@@ -161,13 +163,15 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
 
 
 @pytest.mark.slow
-def test_the_prefect_server_a_run_started_goes_with_it_when_the_run_is_killed_minus_9(tmp_path):
+def test_the_prefect_server_a_run_started_goes_with_it_when_the_run_is_killed_minus_9(tmp_path, prefect_db):
     """kill -9 of `mnist-pipeline run` (no Prefect API configured: it started a Prefect server for itself, in a
     session of its own, which the test does not signal) once that server answers: no exit hook runs, and still the
     server ends with it (Linux: the parent-death signal), not left listening."""
     argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "200", "--synthetic-test", "50",
                     "--slice", "1", "--epochs", "1")
-    proc = subprocess.Popen(argv, cwd=REPO, env=offline_run_env(tmp_path, api=False), stdout=subprocess.DEVNULL,
+    env = offline_run_env(tmp_path, api=False)
+    seed_prefect_home(Path(env["PREFECT_HOME"]), prefect_db)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         found = None
@@ -203,7 +207,7 @@ def _descendants(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_along(tmp_path):
+def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_along(tmp_path, prefect_db):
     """`mnist-pipeline sweep` with no configured server starts Prefect's temporary one and a local Dask cluster;
     SIGTERM in the middle of a trial must end it in seconds, exit 143, and leave none of its processes behind."""
     sweep = tmp_path / "sweep.yaml"
@@ -213,8 +217,9 @@ def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_alo
             "--synthetic-train", "8000", "--synthetic-test", "100", "--slice", "1", "--epochs", "5", "--workers", "1",
             "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
             "--lineage-db", str(tmp_path / "lineage.db")]
-    code, stderr, seconds, ours = _signal_mid_training(argv, offline_run_env(tmp_path, api=False),
-                                                       signal.SIGTERM, marker="training on 8000 images",
+    env = offline_run_env(tmp_path, api=False)
+    seed_prefect_home(Path(env["PREFECT_HOME"]), prefect_db)
+    code, stderr, seconds, ours = _signal_mid_training(argv, env, signal.SIGTERM, marker="training on 8000 images",
                                                        before=_descendants)  # its server, Dask worker, wandb...
     assert ours
     assert code == 143, stderr[-3000:]

@@ -14,15 +14,15 @@ import pytest
 from mnist_pipeline.cli.local_server import local_prefect_server, stop_group
 from mnist_pipeline.config import SCHEDULE_CRON
 from prefect_wandb.store import LineageStore
-from tests.helpers import flow_run_logs, store_state, task_runs, tiny_config, wait_for
+from tests.helpers import flow_run_logs, seed_prefect_home, store_state, task_runs, tiny_config, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # real `prefect server start` and `serve` subprocesses
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
+def server(tmp_path_factory, prefect_db):
+    home = seed_prefect_home(tmp_path_factory.mktemp("prefect-home"), prefect_db)
     with local_prefect_server(home=home) as url:
         yield url
 
@@ -39,7 +39,8 @@ def client(server):
 def test_serve_registers_deployments_and_runs_a_manual_run(server, client, tiny_mnist, tmp_path):
     db, art = tmp_path / "lineage.db", tmp_path / "artifacts"
     env = {**os.environ, "PREFECT_API_URL": server, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path),
-           "WANDB_SILENT": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "WANDB_SILENT": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1"}  # the Run button's flow run picked up within a second, not ten
     env.pop("WANDB_API_KEY", None)
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the serve process writes it until it is stopped
     proc = subprocess.Popen(

@@ -13,16 +13,17 @@ import pytest
 
 
 @pytest.mark.slow
-def test_a_shared_server_behind_basic_auth_refuses_an_unauthenticated_client(tmp_path, monkeypatch):
+def test_a_shared_server_behind_basic_auth_refuses_an_unauthenticated_client(tmp_path, monkeypatch, prefect_db):
     """A real `prefect server start` on loopback with PREFECT_SERVER_API_AUTH_STRING (the README's recipe)."""
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from mnist_pipeline.cli.local_server import local_prefect_server
+    from tests.helpers import seed_prefect_home
 
     monkeypatch.setenv("PREFECT_SERVER_API_AUTH_STRING", "admin:s3cret-for-tests")
-    with local_prefect_server(home=tmp_path / "home") as url:
+    with local_prefect_server(home=seed_prefect_home(tmp_path / "home", prefect_db)) as url:
         request = urllib.request.Request(f"{url}/deployments/filter", data=b"{}", method="POST",
                                          headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as e:

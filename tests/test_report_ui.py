@@ -24,7 +24,7 @@ from tests.browser import (
     png_pixels,
     require_chromium,
 )
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, seed_prefect_home, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["prepare-data", "train", "evaluate", "export-onnx", "validate-onnx", "promote", "report"]
@@ -46,12 +46,12 @@ def _shot(driver, name: str, height: int | None = None) -> None:
 
 @pytest.mark.slow
 def test_a_run_shows_its_plots_and_lineage_in_the_prefect_ui_and_the_report(tiny_mnist, wandb_offline, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch, prefect_db):
     require_chromium()
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     monkeypatch.setenv("PREFECT_UI_API_URL", api)  # the UI's own calls go to this server, on loopback
-    with local_prefect_server(home=tmp_path / "prefect-home", port=port, ui=True) as url:
+    with local_prefect_server(home=seed_prefect_home(tmp_path / "prefect-home", prefect_db), port=port, ui=True) as url:
         argv = ["--source", "local", "--local-dir", str(tiny_mnist), "--slice", "1", "--epochs", "2",
                 "--batch-size", "16", "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
                 "--lineage-db", str(tmp_path / "lineage.db"), "--wandb-mode", "offline",

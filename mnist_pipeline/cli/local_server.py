@@ -152,11 +152,15 @@ def server_for_this_run() -> PrefectServer:
 @contextmanager
 def api_of(server: PrefectServer | None, meanwhile: Callable[[], None] | None = None) -> Iterator[None]:
     """The flow's Prefect API: the configured one, or `server` once it answers (`meanwhile()` is called first: what
-    the run would do later anyway, done while the server starts)."""
+    the run would do later anyway, done while the server starts).
+
+    On the run's own server the flow run sends no heartbeats: they let a server that outlives a run find it crashed,
+    and this one ends with the run (Prefect would otherwise join its heartbeat thread, which sleeps in 1 s steps,
+    at the flow's end: up to 1 s of every run)."""
     if server is None:
         yield
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     print(f"mnist-pipeline: no Prefect API is configured: a Prefect server for this run on {server.url} (stopped "
           "when the run ends; `prefect server start --background` keeps one for the UI and later runs)",
@@ -167,5 +171,5 @@ def api_of(server: PrefectServer | None, meanwhile: Callable[[], None] | None = 
         url = server.ready(float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")))
     except RuntimeError as e:
         raise ServerNotReady(f"the Prefect server for this run did not start: {e}") from None
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
