@@ -47,6 +47,20 @@ def test_loading_the_flow_imports_no_torch_onnx_torchvision_or_wandb():
     assert out.stdout.strip() == "[]"
 
 
+def test_what_run_does_while_its_server_starts_imports_the_stages_and_the_first_run_s_needs_without_a_word():
+    """`prepare_first_run` (the CLI's work while its own Prefect server comes up): every stage module, wandb's
+    public API (which the first W&B run of a process imports) and matplotlib's fonts, with no warning (a figure
+    too small for its layout warns on the console)."""
+    import warnings
+
+    from mnist_pipeline.tasks import STAGE_MODULES, prepare_first_run
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_first_run()
+    assert {*STAGE_MODULES, "wandb.apis.public", "matplotlib.backends.backend_agg"} <= set(sys.modules)
+
+
 def _last_line(text: str) -> str:
     return [ln for ln in text.splitlines() if ln.strip()][-1]
 

@@ -1,6 +1,7 @@
 """`mnist-pipeline sync` completing W&B after what it missed (`prefect_wandb/sync.py`), against the
 stateful W&B stand-in: an upload that failed mid-way, a process killed between the store's commit and W&B; never a
-version logged twice. The real flow and CLI in processes of their own, W&B read back through `wandb.Api()`."""
+version logged twice. The real flow in a process of its own (`sync` then in this one: `tests.wandb_inprocess`),
+W&B read back through `wandb.Api()`."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.roundtrip import (
     versions_of,
     writes,
 )
+from tests.wandb_inprocess import cli_here
 from tests.wandb_standin import Standin
 
 pytestmark = pytest.mark.slow
@@ -83,18 +85,18 @@ def test_an_upload_that_failed_mid_way_is_completed_by_sync_without_a_duplicate(
         sent = [c[0] for c in plan["calls"] if c[0] in ("upload", "log_artifact", "declare_inputs", "add_aliases")]
         assert (sent.count("log_artifact"), sent.count("upload")) == (1, 5)
 
-        failing_verify = cli(env, "sync", "--verify", "--lineage-db", db)
+        failing_verify = cli_here(env, "sync", "--verify", "--lineage-db", db)
         assert failing_verify.returncode == 3, failing_verify.stdout + failing_verify.stderr
-        s = cli(env, "sync", "--lineage-db", db)
+        s = cli_here(env, "sync", "--lineage-db", db)
         assert s.returncode == 0, s.stdout + s.stderr
-        v = cli(env, "sync", "--verify", "--lineage-db", db)
+        v = cli_here(env, "sync", "--verify", "--lineage-db", db)
         assert v.returncode == 0, v.stdout + v.stderr
         committed = {k: [x["version"] for x in c["versions"] if x["state"] == "COMMITTED"]
                      for k, c in w.state()["collections"].items() if c["kind"] != "portfolio"}
         for art in store.artifacts():  # one committed version per stored version: none logged twice
             assert committed[f"{w.entity}/{PROJECT}/{art.name}"].count(f"v{art.version}") == 1
         before = writes(w)
-        assert cli(env, "sync", "--lineage-db", db).returncode == 0
+        assert cli_here(env, "sync", "--lineage-db", db).returncode == 0
         assert writes(w) == before
 
 
@@ -146,13 +148,13 @@ def test_a_process_killed_between_the_store_and_wandb_is_completed_by_sync(tmp_p
                          for v in c["versions"] if v["state"] == "COMMITTED"]
             assert len(committed) == (0 if where == "after-store" else 1)
             refs[where] = (ref, run.run_id)
-        s = cli(env, "sync", "--lineage-db", str(tmp_path / "lineage.db"))
+        s = cli_here(env, "sync", "--lineage-db", str(tmp_path / "lineage.db"))
         assert s.returncode == 0, s.stdout + s.stderr
-        v = cli(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))
+        v = cli_here(env, "sync", "--verify", "--lineage-db", str(tmp_path / "lineage.db"))
         assert v.returncode == 0, v.stdout + v.stderr
         assert versions_of(w) == {f"data-{where}": ["v0"] for where in wheres}
         for ref, run_id in refs.values():
             assert api(w).artifact(ref).logged_by().id == run_id
         before = writes(w)
-        assert cli(env, "sync", "--lineage-db", str(tmp_path / "lineage.db")).returncode == 0
+        assert cli_here(env, "sync", "--lineage-db", str(tmp_path / "lineage.db")).returncode == 0
         assert writes(w) == before

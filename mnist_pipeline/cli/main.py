@@ -159,10 +159,10 @@ def _run(cfg: PipelineConfig) -> int:
     try:
         with console.signals_raise():  # SIGTERM / Ctrl-C: a crashed flow run, a failed step, one line, no hang
             from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline  # imported late: Prefect's import is slow
-            from mnist_pipeline.tasks import import_stage_modules
+            from mnist_pipeline.tasks import prepare_first_run
 
             console.quiet_expected_tracebacks()
-            with api_of(server, meanwhile=import_stage_modules):
+            with api_of(server, meanwhile=prepare_first_run):
                 state = mnist_lineage_pipeline(config=cfg, return_state=True)
             if not state.is_completed():
                 try:

@@ -32,7 +32,7 @@ def _figure(w: float, h: float):
 def warm_up() -> None:
     """Import matplotlib and load its fonts by drawing one tiny figure: about half the first report's drawing time,
     which the CLI pays while it waits for the Prefect server anyway."""
-    fig = _figure(0.5, 0.5)
+    fig = _figure(1.5, 1.2)  # big enough for its constrained layout (smaller: a warning)
     fig.add_subplot().set_title("0")
     _png(fig)
 
