@@ -260,6 +260,44 @@ def test_a_store_written_before_alembic_upgrades_in_place_and_reads_back_the_sam
     assert store.run("next").status == "running" and store.promotions()[0] == old["promotions"][0]
 
 
+def _checks(db: Path) -> dict[str, set[str]]:
+    """Each table's CHECK constraints as SQLite holds them: what the table's CREATE statement says after CHECK."""
+    import re
+
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
+        return {name: {" ".join(c.split()) for c in re.findall(r"CHECK \(([^)]*\))\)", sql)} for name, sql in rows}
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("ddl", [DDL_796ABB5, DDL_FC2AC42], ids=["796abb5", "fc2ac42"])
+def test_an_upgraded_old_store_keeps_every_check_a_new_store_has_and_refuses_what_they_refuse(tmp_path, ddl):
+    """SQLite's batch migrations copy a table from what SQLAlchemy reflects, which leaves out a CHECK without a name:
+    the old stores' were all unnamed (`promotions.decision` was lost on the way up, with a warning).
+    `migrations.batch` hands them back to a copied table, named as a new store names them."""
+    import warnings
+
+    import sqlalchemy as sa
+
+    db = _old_store(tmp_path, ddl)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "Unnamed CHECK constraint ... omitted" either
+        LineageStore(db)
+    fresh = tmp_path / "fresh" / "lineage.db"
+    LineageStore(fresh)
+    assert _checks(db) == _checks(fresh) and _checks(fresh)["promotions"]
+    engine = sa.create_engine(f"sqlite:///{db}")
+    try:
+        names = {c["name"] for c in sa.inspect(engine).get_check_constraints("promotions")}
+        with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="CHECK constraint failed"):
+            conn.execute(sa.text("UPDATE promotions SET decision = 'maybe'"))
+    finally:
+        engine.dispose()
+    assert names == {"ck_promotions_decision"}  # a copied table's, named (`runs` is altered in place: unnamed)
+
+
 def test_a_store_from_before_the_ad_hoc_migration_gains_its_tables_and_columns(tmp_path):
     db = _old_store(tmp_path, DDL_FC2AC42)
     old = _read_back(LineageStore(db, readonly=True), every_table=False)

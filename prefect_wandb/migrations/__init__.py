@@ -9,7 +9,8 @@ A new revision: change `prefect_wandb/tables.py`, then, from the repository root
     python -c "from alembic import command; from prefect_wandb.schema import alembic_config; \\
                command.revision(alembic_config(), 'what changes', rev_id='0002')"
 
-write its upgrade() (with `op.batch_alter_table` where SQLite cannot ALTER), set `HEAD` below to its id, and run
+write its upgrade() (with `batch.batch(table)`, Alembic's `op.batch_alter_table` keeping an adopted store's
+unnamed CHECK constraints, where SQLite cannot ALTER), set `HEAD` below to its id, and run
 tests/test_store_migrations.py (head must equal tables.py, and HEAD the scripts' head).
 """
 

@@ -11,7 +11,8 @@ Create Date: 2026-12-06
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from prefect_wandb.migrations.batch import batch as batch_of
 
 revision = "0002"
 down_revision = "0001"
@@ -20,7 +21,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("promotions") as batch:
+    with batch_of("promotions") as batch:
         batch.alter_column("candidate_accuracy", new_column_name="candidate_value")
         batch.alter_column("production_accuracy", new_column_name="production_value")
         batch.add_column(sa.Column("metric", sa.Text, nullable=True))
@@ -28,7 +29,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("promotions") as batch:
+    with batch_of("promotions") as batch:
         batch.drop_column("aliases")
         batch.drop_column("metric")
         batch.alter_column("production_value", new_column_name="production_accuracy")

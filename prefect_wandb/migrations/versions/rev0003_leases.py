@@ -11,7 +11,8 @@ Create Date: 2026-12-06
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from prefect_wandb.migrations.batch import batch as batch_of
 
 revision = "0003"
 down_revision = "0002"
@@ -21,11 +22,11 @@ depends_on = None
 
 def upgrade() -> None:
     for table in ("runs", "holds"):
-        with op.batch_alter_table(table) as batch:
+        with batch_of(table) as batch:
             batch.add_column(sa.Column("lease_expires_at", sa.Text, nullable=True))
 
 
 def downgrade() -> None:
     for table in ("runs", "holds"):
-        with op.batch_alter_table(table) as batch:
+        with batch_of(table) as batch:
             batch.drop_column("lease_expires_at")

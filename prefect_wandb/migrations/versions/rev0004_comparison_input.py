@@ -11,7 +11,8 @@ Create Date: 2026-12-07
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+
+from prefect_wandb.migrations.batch import batch as batch_of
 
 revision = "0004"
 down_revision = "0003"
@@ -20,13 +21,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("promotions") as batch:
+    with batch_of("promotions") as batch:
         batch.add_column(sa.Column("production_metrics_id", sa.Integer, nullable=True))
         batch.create_foreign_key("fk_promotions_production_metrics_id_artifacts", "artifacts",
                                  ["production_metrics_id"], ["artifact_id"])
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("promotions") as batch:
+    with batch_of("promotions") as batch:
         batch.drop_constraint("fk_promotions_production_metrics_id_artifacts", type_="foreignkey")
         batch.drop_column("production_metrics_id")
