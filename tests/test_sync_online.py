@@ -1,7 +1,7 @@
 """`mnist-pipeline sync` completing W&B after what it missed (`prefect_wandb/sync.py`), against the
 stateful W&B stand-in: an upload that failed mid-way, a process killed between the store's commit and W&B; never a
-version logged twice. The real flow and CLI called in this process (`tests.wandb_inprocess`; the kill -9 in a
-process of its own), W&B read back through `wandb.Api()`."""
+version logged twice. The real flow in a process of its own (`sync` then in this one: `tests.wandb_inprocess`),
+W&B read back through `wandb.Api()`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tests.helpers import write_mnist
 from tests.roundtrip import (
     PROJECT,
     api,
+    cli,
     env_for,
     run_args,
     versions_of,
@@ -39,7 +40,7 @@ def test_an_upload_that_failed_mid_way_is_completed_by_sync_without_a_duplicate(
     with Standin() as w:
         w.fail("CommitArtifact", "graphql-error", nth=2)  # the second version the flow logs (the model) is not committed
         env = env_for(tmp_path, w)
-        proc = cli_here(env, *run_args(tmp_path, tmp_path / "src", "auto"))
+        proc = cli(env, *run_args(tmp_path, tmp_path / "src", "auto"))
         assert proc.returncode == 0, proc.stderr[-4000:]
         assert w.api_key not in proc.stderr + proc.stdout
         summary = json.loads(proc.stdout[proc.stdout.index("{"):])
