@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import use_offline_wandb, write_mnist
+from tests.helpers import copy_sqlite, use_offline_wandb, write_mnist
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Where PYTHONDONTWRITEBYTECODE is set (some images set it), every test process would compile this project's modules
@@ -40,8 +40,6 @@ def prefect_server(tmp_path_factory):
 
     As it comes up, its database (Prefect's migrations run, its block types registered, nothing else yet) is copied
     for `prefect_db`."""
-    import sqlite3
-
     from prefect.settings import (
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_SERVER_DATABASE_CONNECTION_URL,
@@ -53,14 +51,7 @@ def prefect_server(tmp_path_factory):
             temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()  # the harness's: sqlite+aiosqlite:///PATH
         assert url.startswith("sqlite+aiosqlite:///"), url
-        copy = tmp_path_factory.getbasetemp() / "prefect-template.db"
-        source, dest = sqlite3.connect(url.split(":///", 1)[1]), sqlite3.connect(copy)
-        try:
-            source.backup(dest)  # a consistent copy of a database in use
-        finally:
-            source.close()
-            dest.close()
-        yield copy
+        yield copy_sqlite(url.split(":///", 1)[1], tmp_path_factory.getbasetemp() / "prefect-template.db")
 
 
 @pytest.fixture(scope="session")

@@ -240,6 +240,21 @@ def api_url() -> str:
     return url
 
 
+def copy_sqlite(src: Path | str, dst: Path | str) -> Path:
+    """A whole, consistent copy of an SQLite database, in use or not (SQLite's backup API), its WAL folded into the
+    copy's file."""
+    import sqlite3
+
+    a, b = sqlite3.connect(src), sqlite3.connect(dst)
+    try:
+        a.backup(b)
+        b.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        a.close()
+        b.close()
+    return Path(dst)
+
+
 def seed_prefect_home(home: Path, prefect_db: Path) -> Path:
     """Put the `prefect_db` fixture's database where a `prefect server start` with PREFECT_HOME=`home` looks for
     its own (`home/prefect.db`, Prefect's default): that server then skips the migrations. Returns `home`."""
@@ -250,7 +265,7 @@ def seed_prefect_home(home: Path, prefect_db: Path) -> Path:
     return home
 
 
-def _cli_env(base: Path, *, offline: bool, api: bool, extra: dict[str, str]) -> dict:
+def _cli_env(base: Path, *, offline: bool, api: bool, extra: dict[str, str], prefect_db: Path | None = None) -> dict:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "PREFECT_"))}
@@ -266,6 +281,8 @@ def _cli_env(base: Path, *, offline: bool, api: bool, extra: dict[str, str]) -> 
     else:
         env["PREFECT_HOME"] = str(base / "home" / ".prefect")
         env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"  # 2 shared cores: it can be slow
+        if prefect_db is not None:
+            seed_prefect_home(base / "home" / ".prefect", prefect_db)
     env.update(extra)
     return env
 
@@ -277,10 +294,11 @@ def run_env(base: Path, **extra: str) -> dict:
     return _cli_env(base, offline=False, api=True, extra=extra)
 
 
-def offline_run_env(base: Path, *, api: bool = True, **extra: str) -> dict:
+def offline_run_env(base: Path, *, api: bool = True, prefect_db: Path | None = None, **extra: str) -> dict:
     """`mnist-pipeline run`'s environment: wandb offline, HOME/TMPDIR under `base`, the test server (or none:
-    then the CLI starts a Prefect server for the run, its database under `base/home`)."""
-    return _cli_env(base, offline=True, api=api, extra=extra)
+    then the CLI starts a Prefect server for the run, its database under `base/home`, seeded with `prefect_db`
+    where given: `seed_prefect_home`)."""
+    return _cli_env(base, offline=True, api=api, extra=extra, prefect_db=prefect_db)
 
 
 def run_command(*args: str) -> list[str]:

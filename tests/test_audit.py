@@ -29,7 +29,7 @@ from prefect_wandb.cli.audit import audit_main
 from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import LineageStore, NewArtifact
-from tests.helpers import STEMS
+from tests.helpers import STEMS, copy_sqlite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -199,9 +199,7 @@ def test_flipping_one_byte_of_the_dataset_file_fails_the_onnx_audit_and_names_it
 def test_a_swapped_model_with_an_edited_record_still_fails(e2e, capsys, tmp_path):
     """Replace model.onnx and 'fix' its sha256 in (a copy of) the store: the record no longer hashes to its
     digest, the metadata disagrees, and the validation run's recorded inputs name the original."""
-    db = tmp_path / "lineage.db"
-    src = sqlite3.connect(e2e["db"])
-    src.backup(sqlite3.connect(db))
+    db = copy_sqlite(e2e["db"], tmp_path / "lineage.db")
     onnx = e2e["onnx"]
     with flipped(onnx):
         from prefect_wandb.hashing import sha256_file

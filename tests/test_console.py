@@ -29,7 +29,6 @@ from tests.helpers import (
     leftovers,
     offline_run_env,
     run_argv,
-    seed_prefect_home,
     store_state,
     wait_for,
     write_mnist,
@@ -125,9 +124,7 @@ def test_a_signal_ends_the_run_in_seconds_with_one_line_and_everything_recorded(
     prefect_db = request.getfixturevalue("prefect_db")  # the test server's, or a copy of its new database
     argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "8000", "--synthetic-test", "100",
                     "--slice", "1", "--epochs", "5", "--batch-size", "32")
-    env = offline_run_env(tmp_path, api=not temporary)
-    if temporary:
-        seed_prefect_home(Path(env["PREFECT_HOME"]), prefect_db)
+    env = offline_run_env(tmp_path, api=not temporary, prefect_db=prefect_db if temporary else None)
     code, stderr, seconds, _ = _signal_mid_training(argv, env, sig, marker="training on 8000 images")
     name = signal.Signals(sig).name
     assert code == 128 + sig, stderr[-3000:]
@@ -169,8 +166,7 @@ def test_the_prefect_server_a_run_started_goes_with_it_when_the_run_is_killed_mi
     server ends with it (Linux: the parent-death signal), not left listening."""
     argv = run_argv(tmp_path, "--source", "synthetic", "--synthetic-train", "200", "--synthetic-test", "50",
                     "--slice", "1", "--epochs", "1")
-    env = offline_run_env(tmp_path, api=False)
-    seed_prefect_home(Path(env["PREFECT_HOME"]), prefect_db)
+    env = offline_run_env(tmp_path, api=False, prefect_db=prefect_db)
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -217,8 +213,7 @@ def test_sigterm_ends_a_sweep_with_one_line_and_takes_its_server_and_cluster_alo
             "--synthetic-train", "8000", "--synthetic-test", "100", "--slice", "1", "--epochs", "5", "--workers", "1",
             "--root", str(tmp_path / "data"), "--artifacts-dir", str(tmp_path / "art"),
             "--lineage-db", str(tmp_path / "lineage.db")]
-    env = offline_run_env(tmp_path, api=False)
-    seed_prefect_home(Path(env["PREFECT_HOME"]), prefect_db)
+    env = offline_run_env(tmp_path, api=False, prefect_db=prefect_db)
     code, stderr, seconds, ours = _signal_mid_training(argv, env, signal.SIGTERM, marker="training on 8000 images",
                                                        before=_descendants)  # its server, Dask worker, wandb...
     assert ours

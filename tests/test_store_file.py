@@ -13,7 +13,7 @@ import pytest
 
 from mnist_pipeline.cli.main import main
 from prefect_wandb.store import LineageStore
-from tests.helpers import REPO, last_line, offline_run_env, run_argv, store_state, tmpfs
+from tests.helpers import REPO, copy_sqlite, last_line, offline_run_env, run_argv, store_state, tmpfs
 
 
 def _audit(db: Path, target: str, capsys, *more: str) -> tuple[int, str, str]:
@@ -25,14 +25,7 @@ def _audit(db: Path, target: str, capsys, *more: str) -> tuple[int, str, str]:
 
 def _copy_store(src: Path, dst: Path) -> Path:
     """A whole copy of a store (SQLite's backup), its -wal folded in, as a backup an auditor holds."""
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-        b.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        a.close()
-        b.close()
-    return dst
+    return copy_sqlite(src, dst)
 
 
 # every read-only command, with the exit status it gives on the session's run (one production, no earlier one)

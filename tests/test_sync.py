@@ -22,7 +22,7 @@ from prefect_wandb.store import LineageStore
 from prefect_wandb.sync import plan_sync
 from prefect_wandb.wandb.client import WandbClient, WandbUnavailable
 from prefect_wandb.wandb.run_file import offline_records, synced_marker
-from tests.helpers import free_port
+from tests.helpers import copy_sqlite, free_port
 
 
 @pytest.fixture
@@ -34,12 +34,7 @@ def e2e(offline_run):
 @pytest.fixture
 def db(e2e, tmp_path) -> Path:
     """A private copy of the run's lineage store (same artifact files and offline run folders)."""
-    path = tmp_path / "lineage.db"
-    src, dst = sqlite3.connect(e2e["db"]), sqlite3.connect(path)
-    src.backup(dst)
-    src.close()
-    dst.close()
-    return path
+    return copy_sqlite(e2e["db"], tmp_path / "lineage.db")
 
 
 def _dump(path: Path) -> list[str]:
@@ -188,11 +183,7 @@ def test_sync_does_not_duplicate_what_wandb_already_holds(e2e, db):
     input edge, no alias change."""
     done = RecordingWandb()
     assert _sync(db, done) == Exit.OK
-    fresh = db.parent / "fresh.db"
-    src, dst = sqlite3.connect(e2e["db"]), sqlite3.connect(fresh)
-    src.backup(dst)
-    src.close()
-    dst.close()
+    fresh = copy_sqlite(e2e["db"], db.parent / "fresh.db")
     again = RecordingWandb(runs=done.runs, inputs=done.inputs, artifacts=done.artifacts)
     assert _sync(fresh, again) == Exit.OK
     assert {c[0] for c in again.calls} == {"check", "run_exists", "run_inputs", "add_aliases"}
@@ -228,11 +219,7 @@ def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, 
     assert {c[0] for c in retry.calls} == {"check", "run_inputs", "declare_inputs"}
 
     failing_uploads = RecordingWandb(fail={"upload": RuntimeError("disk full")})
-    other = db.parent / "other.db"
-    src, dst = sqlite3.connect(e2e["db"]), sqlite3.connect(other)
-    src.backup(dst)
-    src.close()
-    dst.close()
+    other = copy_sqlite(e2e["db"], db.parent / "other.db")
     assert _sync(other, failing_uploads) == Exit.FAILED
     out = capsys.readouterr().out
     assert "blocked (the run itself is not in W&B)" in out and "blocked (its producing run" in out

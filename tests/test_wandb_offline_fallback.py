@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from tests.helpers import (
     JOB_TYPES,
     REPO,
     assert_store_is_sound,
+    copy_sqlite,
     flow_run,
     flow_run_logs,
     free_port,
@@ -57,18 +57,9 @@ def dead_wandb_run(prefect_server, tmp_path_factory):
     seconds = time.monotonic() - t0
     pristine = tmp_path_factory.mktemp("dead-wandb-store") / "lineage.db"
     if (base / "lineage.db").exists():
-        _backup(base / "lineage.db", pristine)
+        copy_sqlite(base / "lineage.db", pristine)
     return {"base": base, "proc": proc, "seconds": seconds, "store": LineageStore(base / "lineage.db"), "url": url,
             "pristine": pristine}
-
-
-def _backup(src: Path, dst: Path) -> None:
-    a, b = sqlite3.connect(src), sqlite3.connect(dst)
-    try:
-        a.backup(b)
-    finally:
-        a.close()
-        b.close()
 
 
 def test_wandb_unreachable_falls_back_offline_and_loses_nothing(dead_wandb_run):
