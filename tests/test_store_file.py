@@ -111,9 +111,11 @@ def test_a_full_disk_under_the_store_is_one_line_naming_it(tmp_path):
             con.close()
 
 
-def _damaged_stores(tmp_path: Path) -> dict[str, Path]:
-    """An empty lineage.db, and one cut to half its size (a copy that stopped half-way), in folders of their own."""
-    full = tmp_path / "full" / "lineage.db"
+@pytest.fixture(scope="module")
+def damaged_blobs(tmp_path_factory) -> dict[str, bytes]:
+    """The bytes of two damaged lineage.db files: an empty one, and a real store of 300 runs cut to half its size
+    (a copy that stopped half-way). Made once for the module (300 committed runs take about a second)."""
+    full = tmp_path_factory.mktemp("damaged") / "lineage.db"
     store = LineageStore(full)
     for i in range(300):
         store.start_run(f"r{i}", "train", config={"pad": "x" * 500}, env={}, flow_run_id=None, run_group=None,
@@ -121,8 +123,13 @@ def _damaged_stores(tmp_path: Path) -> dict[str, Path]:
     con = sqlite3.connect(full)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
+    return {"empty": b"", "half": full.read_bytes()[: full.stat().st_size // 2]}
+
+
+def _damaged_stores(tmp_path: Path, blobs: dict[str, bytes]) -> dict[str, Path]:
+    """Each damaged lineage.db in a folder of its own."""
     out = {}
-    for kind, blob in (("empty", b""), ("half", full.read_bytes()[: full.stat().st_size // 2])):
+    for kind, blob in blobs.items():
         (tmp_path / kind).mkdir()
         (tmp_path / kind / "lineage.db").write_bytes(blob)
         out[kind] = tmp_path / kind / "lineage.db"
@@ -131,12 +138,13 @@ def _damaged_stores(tmp_path: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("argv", [["sync", "--dry-run"], ["sync"], ["sync", "--verify"], ["audit", "convnet:v0"],
                                   ["gc"]])
-def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(tmp_path, capsys, monkeypatch, argv):
+def test_a_damaged_store_is_exit_6_in_one_line_and_nothing_is_written_beside_it(tmp_path, capsys, monkeypatch, argv,
+                                                                                damaged_blobs):
     from mnist_pipeline.cli.main import main
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)  # plain sync must say the store, not "no W&B key"
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
-    for kind, db in _damaged_stores(tmp_path).items():
+    for kind, db in _damaged_stores(tmp_path, damaged_blobs).items():
         before = db.read_bytes()
         capsys.readouterr()
         rc = main([*argv, "--lineage-db", str(db)])
