@@ -159,12 +159,6 @@ def render_tree(report: dict) -> str:
 # --------------------------------------------------------------------------------------------- the picture
 
 
-def _renderer():
-    from prefect_wandb.audit import render
-
-    return render
-
-
 def message(report: dict) -> str:
     n = sum(len(v) for v in report["derived"].values())
     prod = [a for a in report["aliases"] if a["alias"] == "production"]
@@ -173,21 +167,19 @@ def message(report: dict) -> str:
     return f"{n} artifact version(s) derived from {', '.join(report['subjects'])}{tail}"
 
 
-def picture(report: dict) -> dict:
-    """The impact in the shape the audit's graph renderers draw: artifacts (aliases in their label), runs, edges;
-    what production depends on is drawn with the subject's bold outline."""
-    arts = {}
-    for lab, a in report["artifacts"].items():
-        tags = f" [{', '.join(a['aliases'])}]" if a["aliases"] else ""
-        arts[lab] = {**a, "label": lab + tags, "status": "ok"}
-    prod = [a["artifact"] for a in report["aliases"] if a["alias"] == "production"]
-    return {"subjects": report["subjects"] + [p for p in prod if p not in report["subjects"]], "artifacts": arts,
-            "runs": report["runs"], "edges": report["edges"], "status": "impact", "message": message(report),
-            "query": ", ".join(report["subjects"])}
-
-
 def render_svg(report: dict) -> str:
-    return _renderer().render_svg(picture(report))
+    """The impact in the audit's picture style: artifacts (aliases in their label), runs, edges; what production
+    depends on is drawn with the subject's bold outline."""
+    from prefect_wandb import picture
+    from prefect_wandb.audit.render import draw_lineage
+
+    prod = [a["artifact"] for a in report["aliases"] if a["alias"] == "production"]
+    arts = {lab: (lab + (f" [{', '.join(a['aliases'])}]" if a["aliases"] else ""), a["type"], a["digest"], False)
+            for lab, a in report["artifacts"].items()}
+    return picture.render_svg(draw_lineage(
+        report["subjects"] + [p for p in prod if p not in report["subjects"]], arts,
+        {rid: (r["job_type"], r["flow_run_id"]) for rid, r in report["runs"].items()}, report["edges"],
+        message(report), "impact"))
 
 
 def render_html(report: dict) -> str:

@@ -1,14 +1,15 @@
 """What the lineage store holds, as frozen records: files, artifact versions, runs, promotion decisions,
 deletions by gc, and the reference to one version that tasks hand each other (`ArtifactRef`). Plain data: reading
-and writing them is `store.py`'s job; imports nothing else of the library."""
+and writing them is `store.py`'s job; imports nothing else of the library. `as_json` writes any record (the audit's
+and sync's reports too) as the plain data `json.dumps` takes."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -223,3 +224,21 @@ class DeletionRecord:
     reason: str
     deleted_by: str
     deleted_at: str
+
+
+def optional() -> Any:
+    """A record field that may be unset (None): `as_json` leaves it out then (a key the JSON has only when set)."""
+    return field(default=None, metadata={"optional": True})
+
+
+def as_json(value: Any) -> Any:
+    """`value` with every record in it (a dataclass, also inside lists and dicts) as a dict of its fields in their
+    declared order, less the `optional()` ones that are unset: what `json.dumps` writes for the reports."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: as_json(getattr(value, f.name)) for f in fields(value)
+                if getattr(value, f.name) is not None or not f.metadata.get("optional")}
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_json(v) for v in value]
+    return value

@@ -11,10 +11,12 @@ re-running `wandb sync` on an uploaded run would duplicate its artifact versions
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol, TypedDict
+from typing import Any, Literal, Protocol
 
 from prefect_wandb.alias_sync import follow_store
+from prefect_wandb.records import optional
 from prefect_wandb.refs import wandb_ref
 from prefect_wandb.store import ArtifactRecord, LineageStore, RunRecord
 from prefect_wandb.wandb.run_file import synced_marker
@@ -22,22 +24,25 @@ from prefect_wandb.wandb.run_file import synced_marker
 Status = Literal["pending", "done", "failed", "blocked", "missing"]
 
 
-class Action(TypedDict, total=False):
+@dataclass(kw_only=True)
+class Action:
     """One step of a run's sync: its upload, or one input edge (`use`)."""
 
     action: Literal["upload", "use"]
+    kind: Literal["run", "artifact"] | None = optional()  # upload of an online run with W&B gaps: the run itself,
+    # or one artifact
     ref: str  # the offline run folder (upload) or the exact W&B version `[entity/]project/name:sha256-…` (use)
+    artifact: str | None = optional()  # use, and upload of kind artifact: its label
+    artifact_id: int | None = optional()  # upload of kind artifact
+    producer_run_id: str | None = optional()  # use: the run that made the input (it must be in W&B first)
     status: Status
     detail: str
-    artifact: str  # use: the input's label
-    producer_run_id: str  # use: the run that made the input (it must be in W&B first)
-    marker: bool  # upload: `wandb sync` already marked it synced
-    kind: Literal["run", "artifact"]  # upload of an online run with W&B gaps: the run itself, or one artifact
-    artifact_id: int  # upload of kind artifact
-    was: Status  # the status before this sync (for reporting)
+    marker: bool | None = optional()  # upload: `wandb sync` already marked it synced
+    was: Status | None = optional()  # the status before this sync (for reporting)
 
 
-class RunPlan(TypedDict):
+@dataclass
+class RunPlan:
     run_id: str
     job_type: str
     status: str
@@ -49,34 +54,43 @@ class RunPlan(TypedDict):
     note: str
 
 
-class PromotionPlan(TypedDict, total=False):
+@dataclass
+class PromotionPlan:
     promotion_id: int
-    promotion_ids: list[int]  # every unapplied decision this one step applies (equal steps are planned once)
     artifact_id: int
     artifact: str
     decision: str
     ref: str
     aliases: list[str]
-    registry_path: str  # a registry link that failed online, replayed after the aliases
     producer_run_id: str
     status: Status
     detail: str
-    was: Status
+    registry_path: str | None = optional()  # a registry link that failed online, replayed after the aliases
+    # every unapplied decision this one step applies (equal steps are planned once)
+    promotion_ids: list[int] = field(default_factory=list)
+    was: Status | None = optional()
 
 
-class SyncPlan(TypedDict, total=False):
+@dataclass
+class SyncPlan:
+    """What `plan_sync` plans and `run_sync` did (`as_json(plan)` is the `sync --json` output)."""
+
     runs: list[RunPlan]
     promotions: list[PromotionPlan]
     # filled in by run_sync:
-    entity: str
-    dry_run: bool
-    counts: dict[str, int]
-    ok: bool
+    entity: str | None = optional()
+    dry_run: bool | None = optional()
+    counts: dict[str, int] | None = optional()
+    ok: bool | None = optional()
+
+    def steps(self) -> list[Action | PromotionPlan]:
+        """Every step: the runs' actions in order, then the promotions."""
+        return [*(a for r in self.runs for a in r.actions), *self.promotions]
 
 
 def _set(item: Action | PromotionPlan, status: Status, detail: str) -> None:
     """The one place a step's status changes."""
-    item["status"], item["detail"] = status, detail
+    item.status, item.detail = status, detail
 
 
 class WandbBackend(Protocol):
@@ -111,29 +125,28 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
     rid = run.run_id
     gaps = store.wandb_gaps(rid)
     if not gaps:
-        entry["note"] = "recorded online: W&B has it and its inputs already"
+        entry.note = "recorded online: W&B has it and its inputs already"
         return
     calls = sorted({g["call"] for g in gaps})
-    entry["note"] = f"recorded online, but W&B failed at {', '.join(calls)}: completing what W&B missed"
+    entry.note = f"recorded online, but W&B failed at {', '.join(calls)}: completing what W&B missed"
     edges = store.edges(rid)
     produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["produced"]}
     used = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["used"]}
     for g in gaps:
         row = done.get((rid, g["action"], g["ref"]))
-        base: Action = {"ref": g["ref"], "status": "done" if row else "pending",
-                "detail": f"done {row['done_at']}" if row else f"{g['call']} failed: {g['error']}"}
+        base: dict[str, Any] = {"ref": g["ref"], "status": "done" if row else "pending",
+                                "detail": f"done {row['done_at']}" if row else f"{g['call']} failed: {g['error']}"}
         if g["action"] == "upload" and g["ref"] in produced:
             a = produced[g["ref"]]
-            entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": a.label,
-                                     "artifact_id": a.artifact_id, **base})
+            entry.actions.append(Action(action="upload", kind="artifact", artifact=a.label,
+                                        artifact_id=a.artifact_id, **base))
         elif g["action"] == "upload":
             if g["ref"] in produced or g["call"] != "finish":
                 continue  # an artifact the run did not commit (it failed): nothing of it belongs in W&B
-            entry["actions"].append({"action": "upload", "kind": "run", **base})
+            entry.actions.append(Action(action="upload", kind="run", **base))
         elif g["action"] == "use" and g["ref"] in used:
             u = used[g["ref"]]
-            entry["actions"].append({"action": "use", "artifact": u.label,
-                                     "producer_run_id": u.producer_run_id, **base})
+            entry.actions.append(Action(action="use", artifact=u.label, producer_run_id=u.producer_run_id, **base))
         # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
 
@@ -148,10 +161,9 @@ def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done:
             continue
         row = done.get((rid, "upload", g["ref"]))
         a = produced[g["ref"]]
-        entry["actions"].append({"action": "upload", "kind": "artifact", "artifact": a.label,
-                                 "artifact_id": a.artifact_id, "ref": g["ref"],
-                                 "status": "done" if row else "pending",
-                                 "detail": f"done {row['done_at']}" if row else g["error"]})
+        entry.actions.append(Action(action="upload", kind="artifact", artifact=a.label, artifact_id=a.artifact_id,
+                                    ref=g["ref"], status="done" if row else "pending",
+                                    detail=f"done {row['done_at']}" if row else g["error"]))
 
 
 def _registry_links(store: LineageStore) -> dict[str, str]:
@@ -172,42 +184,39 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         rid = run.run_id
         if run_ids and rid not in run_ids:
             continue
-        entry: RunPlan = {"run_id": rid, "job_type": run.job_type, "status": run.status, "mode": run.wandb_mode,
-                 "project": run.wandb_project or "", "entity": run.wandb_entity, "run_dir": None, "actions": [],
-                 "note": ""}
+        entry = RunPlan(run_id=rid, job_type=run.job_type, status=run.status, mode=run.wandb_mode,
+                        project=run.wandb_project or "", entity=run.wandb_entity, run_dir=None, actions=[], note="")
         runs.append(entry)
         if run.wandb_mode == "online":
             _plan_online_gaps(store, run, entry, done)
             continue
         if run.wandb_mode not in ("offline", None):
-            entry["note"] = f"W&B mode was {run.wandb_mode}: nothing to upload"
+            entry.note = f"W&B mode was {run.wandb_mode}: nothing to upload"
             continue
         if run.status == "running":
-            entry["note"] = "still running: sync it once it has finished"
+            entry.note = "still running: sync it once it has finished"
             continue
         d = find_offline_dir(run, search_dirs)
-        entry["run_dir"] = str(d) if d else None
-        up: Action = {"action": "upload", "ref": str(d) if d else (run.wandb_dir or ""), "status": "pending",
-                      "detail": ""}
+        entry.run_dir = str(d) if d else None
+        up = Action(action="upload", ref=str(d) if d else (run.wandb_dir or ""), status="pending", detail="")
         if rid in uploaded:
             row = next(v for (r, a, _), v in done.items() if r == rid and a == "upload")
-            up["ref"] = row["ref"]
+            up.ref = row["ref"]
             _set(up, "done", f"uploaded {row['done_at']}")
         elif d is None:
             host = ((run.env or {}).get("process") or {}).get("host")
             where = f" on {host}: run `sync` there" if host else ""
             _set(up, "missing", f"offline run folder not found (recorded at {run.wandb_dir}{where})")
         elif (synced_marker(d) or d / "missing").exists():
-            up["marker"], up["detail"] = True, "already uploaded by `wandb sync` (its .synced marker)"
-        entry["actions"].append(up)
+            up.marker, up.detail = True, "already uploaded by `wandb sync` (its .synced marker)"
+        entry.actions.append(up)
         _plan_unconfirmed(store, run, entry, done)
         for u in store.edges(rid)["used"]:
             ref = wandb_ref(run.wandb_entity, run.wandb_project or "", u.name, u.digest)
             use_row = done.get((rid, "use", ref))
-            entry["actions"].append({"action": "use", "ref": ref, "artifact": u.label,
-                                     "producer_run_id": u.producer_run_id,
-                                     "status": "done" if use_row else "pending",
-                                     "detail": f"declared {use_row['done_at']}" if use_row else ""})
+            entry.actions.append(Action(action="use", ref=ref, artifact=u.label, producer_run_id=u.producer_run_id,
+                                        status="done" if use_row else "pending",
+                                        detail=f"declared {use_row['done_at']}" if use_row else ""))
     promotions: list[PromotionPlan] = []
     links = _registry_links(store)
     for p in store.promotions():
@@ -217,14 +226,11 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         if run_ids and art.producer_run_id not in run_ids:
             continue
         ref = artifact_ref(store, art)
-        item: PromotionPlan = {"promotion_id": p.promotion_id, "artifact_id": art.artifact_id,
-                               "artifact": art.label, "decision": p.decision,
-                               "ref": ref, "aliases": p.aliases, "producer_run_id": art.producer_run_id,
-                               "status": "pending", "detail": ""}
-        if ref in links and "production" in p.aliases:
-            item["registry_path"] = links[ref]
-        promotions.append(item)
-    return {"runs": runs, "promotions": _once(promotions)}
+        promotions.append(PromotionPlan(
+            promotion_id=p.promotion_id, artifact_id=art.artifact_id, artifact=art.label, decision=p.decision, ref=ref,
+            aliases=p.aliases, producer_run_id=art.producer_run_id, status="pending", detail="",
+            registry_path=links[ref] if ref in links and "production" in p.aliases else None))
+    return SyncPlan(runs, _once(promotions))
 
 
 def artifact_ref(store: LineageStore, art: ArtifactRecord) -> str:
@@ -238,16 +244,16 @@ def _once(promotions: list[PromotionPlan]) -> list[PromotionPlan]:
     """One step per distinct (ref, aliases): the last of equal steps stays (an alias ends where its last move puts
     it, so dropping an earlier equal move changes nothing), carrying the ids of the decisions it applies (and a
     registry link any of them left to replay)."""
-    last = {(p["ref"], tuple(p["aliases"])): i for i, p in enumerate(promotions)}
+    last = {(p.ref, tuple(p.aliases)): i for i, p in enumerate(promotions)}
     out: list[PromotionPlan] = []
     for i, p in enumerate(promotions):
-        key = (p["ref"], tuple(p["aliases"]))
+        key = (p.ref, tuple(p.aliases))
         if last[key] == i:
-            same = [q for q in promotions if (q["ref"], tuple(q["aliases"])) == key]
-            p["promotion_ids"] = [q["promotion_id"] for q in same]
-            link = next((q["registry_path"] for q in same if q.get("registry_path")), None)
+            same = [q for q in promotions if (q.ref, tuple(q.aliases)) == key]
+            p.promotion_ids = [q.promotion_id for q in same]
+            link = next((q.registry_path for q in same if q.registry_path), None)
             if link:
-                p["registry_path"] = link
+                p.registry_path = link
             out.append(p)
     return out
 
@@ -285,100 +291,100 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
         if not dry_run:
             store.mark_synced(*args)
 
-    for run in plan["runs"]:
-        for a in run["actions"]:
-            if a["action"] != "upload" or a["status"] != "pending":
+    for run in plan.runs:
+        for a in run.actions:
+            if a.action != "upload" or a.status != "pending":
                 continue
             try:
-                if a.get("kind") == "artifact":  # an online run's artifact that W&B did not commit
-                    if backend.lookup_artifact(a["ref"]) is not None:
-                        a["detail"] = "already in W&B (its upload went through after all): not sent again"
+                if a.kind == "artifact":  # an online run's artifact that W&B did not commit
+                    if backend.lookup_artifact(a.ref) is not None:
+                        a.detail = "already in W&B (its upload went through after all): not sent again"
                     else:
-                        art = store.artifact(a["artifact_id"])
-                        backend.log_artifact(run["entity"], run["project"], run["run_id"], name=art.name,
+                        assert a.artifact_id is not None  # an upload of kind artifact names it
+                        art = store.artifact(a.artifact_id)
+                        backend.log_artifact(run.entity, run.project, run.run_id, name=art.name,
                                              type=art.type, path=art.path, metadata=art.metadata, digest=art.digest)
-                        a["detail"] = "logged on the resumed run"
-                    a["status"] = "done"
-                    record(run["run_id"], "upload", a["ref"], a["detail"])
+                        a.detail = "logged on the resumed run"
+                    a.status = "done"
+                    record(run.run_id, "upload", a.ref, a.detail)
                     continue
-                if a.get("kind") == "run":  # an online run whose finish failed: it is in W&B, never re-sent
-                    if not backend.run_exists(run["entity"], run["project"], run["run_id"]):
+                if a.kind == "run":  # an online run whose finish failed: it is in W&B, never re-sent
+                    if not backend.run_exists(run.entity, run.project, run.run_id):
                         raise RuntimeError("the run is not in W&B")
                     _set(a, "done", "the run is in W&B; history it missed stays in its folder (a second "
                          "`wandb sync` of an online run would duplicate its artifacts)")
-                    record(run["run_id"], "upload", a["ref"], a["detail"])
+                    record(run.run_id, "upload", a.ref, a.detail)
                     continue
-                if a.get("marker"):
+                if a.marker:
                     pass
-                elif backend.run_exists(run["entity"], run["project"], run["run_id"]):
-                    a["detail"] = "already in W&B: not uploaded again (no duplicate versions)"
+                elif backend.run_exists(run.entity, run.project, run.run_id):
+                    a.detail = "already in W&B: not uploaded again (no duplicate versions)"
                 else:
-                    url = backend.upload(Path(a["ref"]), run["entity"], run["project"], run["run_id"])
-                    a["detail"] = url or "uploaded"
-                a["status"] = "done"
-                uploaded.add(run["run_id"])
-                record(run["run_id"], "upload", a["ref"], a["detail"])
+                    url = backend.upload(Path(a.ref), run.entity, run.project, run.run_id)
+                    a.detail = url or "uploaded"
+                a.status = "done"
+                uploaded.add(run.run_id)
+                record(run.run_id, "upload", a.ref, a.detail)
             except Exception as e:
                 _set(a, "failed", f"{type(e).__name__}: {e}")
 
-    not_committed = {a["ref"] for r in plan["runs"] for a in r["actions"]
-                     if a.get("kind") == "artifact" and a["status"] != "done"}
-    for run in plan["runs"]:
-        uses = [a for a in run["actions"] if a["action"] == "use" and a["status"] == "pending"]
+    not_committed = {a.ref for r in plan.runs for a in r.actions
+                     if a.kind == "artifact" and a.status != "done"}
+    for run in plan.runs:
+        uses = [a for a in run.actions if a.action == "use" and a.status == "pending"]
         if not uses:
             continue
-        if run["run_id"] not in uploaded:
+        if run.run_id not in uploaded:
             for a in uses:
                 _set(a, "blocked", "the run itself is not in W&B")
             continue
         ready = []
         for a in uses:
-            if a["ref"] in not_committed:
+            if a.ref in not_committed:
                 _set(a, "blocked", "that version is not in W&B (its upload failed)")
-            elif a["producer_run_id"] not in uploaded:
-                _set(a, "blocked", f"its producing run {a['producer_run_id']} is not in W&B")
+            elif a.producer_run_id not in uploaded:
+                _set(a, "blocked", f"its producing run {a.producer_run_id} is not in W&B")
             else:
                 ready.append(a)
         if not ready:
             continue
         try:
-            present = backend.run_inputs(run["entity"], run["project"], run["run_id"])
+            present = backend.run_inputs(run.entity, run.project, run.run_id)
             todo = []
             for a in ready:
-                if a["ref"].rsplit("/", 1)[-1] in present:
+                if a.ref.rsplit("/", 1)[-1] in present:
                     _set(a, "done", "already declared in W&B")
                 else:
                     todo.append(a)
             if todo:
-                backend.declare_inputs(run["entity"], run["project"], run["run_id"], [a["ref"] for a in todo])
+                backend.declare_inputs(run.entity, run.project, run.run_id, [a.ref for a in todo])
                 for a in todo:
                     _set(a, "done", "declared: use_artifact on the resumed run")
             for a in ready:
-                record(run["run_id"], "use", a["ref"], a["detail"])
+                record(run.run_id, "use", a.ref, a.detail)
         except Exception as e:
             for a in ready:
-                if a["status"] == "pending":
+                if a.status == "pending":
                     _set(a, "failed", f"{type(e).__name__}: {e}")
 
-    for p in plan["promotions"]:
-        if p["producer_run_id"] not in uploaded:
-            _set(p, "blocked", f"its producing run {p['producer_run_id']} is not in W&B")
+    for p in plan.promotions:
+        if p.producer_run_id not in uploaded:
+            _set(p, "blocked", f"its producing run {p.producer_run_id} is not in W&B")
             continue
         try:
-            art = store.artifact(p["artifact_id"])
-            detail = _move_aliases(store, backend, art, p["aliases"])
+            art = store.artifact(p.artifact_id)
+            detail = _move_aliases(store, backend, art, p.aliases)
             held = store.alias(art.name, "production")
-            if p.get("registry_path") and held is not None and held.artifact_id == art.artifact_id:
-                backend.link_artifact(p["ref"], p["registry_path"], p["aliases"])
-                detail += f"; linked into {p['registry_path']}"
+            if p.registry_path and held is not None and held.artifact_id == art.artifact_id:
+                backend.link_artifact(p.ref, p.registry_path, p.aliases)
+                detail += f"; linked into {p.registry_path}"
             _set(p, "done", detail)
             if not dry_run:
-                for pid in p.get("promotion_ids") or [p["promotion_id"]]:
+                for pid in p.promotion_ids or [p.promotion_id]:
                     store.mark_promotion_applied(pid)
         except Exception as e:
             _set(p, "failed", f"{type(e).__name__}: {e}")
 
-    statuses = [a["status"] for r in plan["runs"] for a in r["actions"]] + [p["status"] for p in plan["promotions"]]
-    return {**plan, "entity": entity, "dry_run": dry_run,
-            "counts": {s: statuses.count(s) for s in sorted(set(statuses))},
-            "ok": not any(s in ("failed", "blocked", "missing") for s in statuses)}
+    statuses = [s.status for s in plan.steps()]
+    return replace(plan, entity=entity, dry_run=dry_run, counts={s: statuses.count(s) for s in sorted(set(statuses))},
+                   ok=not any(s in ("failed", "blocked", "missing") for s in statuses))

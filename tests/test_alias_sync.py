@@ -76,9 +76,9 @@ def test_sync_puts_an_offline_decisions_aliases_where_the_store_has_them_now(tmp
     store.mark_promotion_applied(later.promotion_id)
 
     report = run_sync(store, plan_sync(store), wb)
-    assert report["ok"], report
-    [step] = report["promotions"]
-    assert step["artifact"] == m0.label and "where the store has it now" in step["detail"], step
+    assert report.ok, report
+    [step] = report.promotions
+    assert step.artifact == m0.label and "where the store has it now" in step.detail, step
     # replaying m0's decision as it was would have moved both aliases back onto m0
     assert _holder(wb, "candidate") == _holder(wb, "production") == _key(m1)
     assert [p.wandb_applied_at is not None for p in store.promotions()] == [True, True]

@@ -351,18 +351,20 @@ def test_mermaid_markdown_html_and_svg_reports(e2e, capsys, tmp_path):
 def test_the_html_report_escapes_what_the_records_say(e2e, capsys, tmp_path):
     """A message, a check's detail, a run's error or a signature holding markup shows as text (Jinja2's
     autoescape): no tag of its own reaches the page."""
+    from dataclasses import replace
+
     from prefect_wandb.audit.render import write_report
 
     script, attr = "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>'
-    report = json.loads(_audit(e2e, capsys, e2e["onnx"], "--json")[1])
-    report["message"] += script
-    for c in report["checks"]:
-        c["detail"] += attr
-    next(iter(report["runs"].values()))["error"] = script
-    report["signatures"][0]["artifact"] += script
+    report = audit(e2e["store"], str(e2e["onnx"]))
+    report.message += script
+    report.checks = [replace(c, detail=c.detail + attr) for c in report.checks]
+    run_id = next(iter(report.runs))
+    report.runs[run_id] = replace(report.runs[run_id], error=script)
+    report.signatures[0].artifact += script
     page = write_report(report, tmp_path / "audit.html").read_text()
     assert "<script" not in page.lower() and "<img" not in page and "onerror=alert(1)>" not in page
-    assert f"{report['message'][:-len(script)]}&lt;script&gt;alert(1)&lt;/script&gt; (exit 0)</p>" in page
+    assert f"{report.message[:-len(script)]}&lt;script&gt;alert(1)&lt;/script&gt; (exit 0)</p>" in page
     assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;</td></tr>" in page
     assert "error: &lt;script&gt;alert(1)&lt;/script&gt;" in page  # in the tree
     assert "<td>convnet-onnx:v0&lt;script&gt;alert(1)&lt;/script&gt;</td>" in page  # the signatures table
@@ -387,11 +389,10 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
 
     report = audit(e2e["store"], str(e2e["onnx"]))
     artifacts = {}
-    for a in report["artifacts"].values():
-        artifacts[f"{a['name']}:{a['wandb_alias']}"] = {
-            "version": "v0", "aliases": ["latest", a["wandb_alias"]], "logged_by": a["producer_run_id"],
-            "used_by": a["consumers"],
-            "files": {f["relpath"]: md5_b64(Path(a["path"]) / f["relpath"]) for f in a["files"]}}
+    for a in report.artifacts.values():
+        artifacts[f"{a.name}:{a.wandb_alias}"] = {
+            "version": "v0", "aliases": ["latest", a.wandb_alias], "logged_by": a.producer_run_id,
+            "used_by": a.consumers, "files": {f.relpath: md5_b64(Path(a.path) / f.relpath) for f in a.files}}
     fake = RecordingWandb(artifacts=artifacts)
     ns = _parser().parse_args(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--online", "--json"])
     assert audit_main(ns, backend=fake) == EXIT_VERIFIED
@@ -409,16 +410,16 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
     artifacts[f"convnet:sha256-{e2e['arts']['model'].digest[:16]}"]["logged_by"] = "someoneelse1"
     bad = apply_wandb_findings(audit(e2e["store"], str(e2e["onnx"])),
                                {lab: RecordingWandb(artifacts=artifacts).lookup_artifact(
-                                   f"{project}/{a['name']}:{a['wandb_alias']}")
-                                for lab, a in report["artifacts"].items()})
-    assert bad["exit_code"] == EXIT_TAMPERED
-    details = " / ".join(c["detail"] for c in bad["failures"])
+                                   f"{project}/{a.name}:{a.wandb_alias}")
+                                for lab, a in report.artifacts.items()})
+    assert bad.exit_code == EXIT_TAMPERED
+    details = " / ".join(c.detail for c in bad.failures)
     assert "differs from W&B's copy" in details and "W&B says it was logged by run someoneelse1" in details
     assert "W&B (online)" in render_tree(bad)
 
     # not uploaded yet: noted, not a failure
-    unsynced = apply_wandb_findings(audit(e2e["store"], str(e2e["onnx"])), {lab: None for lab in report["artifacts"]})
-    assert unsynced["exit_code"] == EXIT_VERIFIED
+    unsynced = apply_wandb_findings(audit(e2e["store"], str(e2e["onnx"])), {lab: None for lab in report.artifacts})
+    assert unsynced.exit_code == EXIT_VERIFIED
     assert "not in W&B (offline run not synced yet" in render_tree(unsynced)
 
 
@@ -459,20 +460,20 @@ def test_forward_walk_keeps_what_is_about_this_artifact_only(tmp_path):
     _stage(store, tmp_path, "eval2", "evaluate", [m2, d], [("metrics", "metrics", "e2")])
 
     r = audit(store, "onnx:v0")
-    assert r["exit_code"] == EXIT_VERIFIED
-    assert tree_chain(r["upstream"][0]) == ["artifact:onnx:v0", "run:exp1", "artifact:model:v0", "run:train1",
-                                            "artifact:data:v0", "run:prep"]
-    assert [x["run"] for x in r["downstream"]] == ["val1", "eval1"]
-    assert set(r["artifacts"]) == {"onnx:v0", "model:v0", "data:v0", "val:v0", "metrics:v0"}
+    assert r.exit_code == EXIT_VERIFIED
+    assert tree_chain(r.upstream[0]) == ["artifact:onnx:v0", "run:exp1", "artifact:model:v0", "run:train1",
+                                         "artifact:data:v0", "run:prep"]
+    assert [x["run"] for x in r.downstream] == ["val1", "eval1"]
+    assert set(r.artifacts) == {"onnx:v0", "model:v0", "data:v0", "val:v0", "metrics:v0"}
 
     m = audit(store, "model:v0")  # from the model: both exports, both validations, its evaluation; not train2
-    assert sorted(x["run"] for x in m["downstream"]) == ["eval1", "exp1", "exp2", "val1", "val2"]
-    assert "model:v1" not in m["artifacts"]
+    assert sorted(x["run"] for x in m.downstream) == ["eval1", "exp1", "exp2", "val1", "val2"]
+    assert "model:v1" not in m.artifacts
     g = render_mermaid(m)
-    assert g.count(" --> ") == len(m["edges"]) == 3 + 2 * 2 + 2 * 4 + 3  # upstream, exports, validations, eval
+    assert g.count(" --> ") == len(m.edges) == 3 + 2 * 2 + 2 * 4 + 3  # upstream, exports, validations, eval
 
     dataset = audit(store, "data:v0")  # from the dataset: everything made from it
-    assert sorted(x["run"] for x in dataset["downstream"]) == ["eval1", "eval2", "exp1", "exp2", "train1",
-                                                              "train2", "val1", "val2"]
-    assert {"onnx:v1", "model:v1", "metrics:v1"} <= set(dataset["artifacts"])
+    assert sorted(x["run"] for x in dataset.downstream) == ["eval1", "eval2", "exp1", "exp2", "train1",
+                                                           "train2", "val1", "val2"]
+    assert {"onnx:v1", "model:v1", "metrics:v1"} <= set(dataset.artifacts)
     assert (o1.version, v1.version, e1.version) == (0, 0, 0)

@@ -131,8 +131,8 @@ def test_rollback_twice_goes_back_to_the_first_model_refuses_bad_targets_and_gc_
     # offline, the rollback waits in the store for `sync`, which moves production alone (not candidate)
     from prefect_wandb.sync import plan_sync
 
-    pending = [p for p in plan_sync(store)["promotions"] if p["status"] != "done"]
-    assert pending[-1]["artifact"] == "convnet:v0" and pending[-1]["aliases"] == ["production"]
+    pending = [p for p in plan_sync(store).promotions if p.status != "done"]
+    assert pending[-1].artifact == "convnet:v0" and pending[-1].aliases == ["production"]
 
     # gc: production (v0) and candidate (v3, also the newest) stay with their lineage; v1 and v2 may go
     art = tmp_path / "art"

@@ -295,9 +295,9 @@ def test_gc_never_deletes_an_input_in_use_and_a_deleted_input_is_refused_then_au
     with pytest.raises(ArtifactDeleted, match=r"mnist:v1 .* was deleted by gc on 20"):
         lin.store.record_use("late", other.artifact_id)
     report = audit(lin.store, "mnist:v1")
-    assert report["exit_code"] == 0 and report["artifacts"]["mnist:v1"]["status"] == "deleted"
-    assert [c["status"] for c in report["checks"] if c["kind"] == "artifact-file"] == ["deleted"]
-    assert "deleted by gc on 20" in report["checks"][0]["detail"] and "deleted by gc" in report["message"]
+    assert report.exit_code == 0 and report.artifacts["mnist:v1"].status == "deleted"
+    assert [c.status for c in report.checks if c.kind == "artifact-file"] == ["deleted"]
+    assert "deleted by gc on 20" in report.checks[0].detail and "deleted by gc" in report.message
 
 
 

@@ -61,10 +61,10 @@ def test_the_same_raw_files_in_another_folder_are_the_same_dataset_version(prefe
         assert str(base) not in (Path(rec.path) / "dataset.json").read_text()
         # where the files came from is still on record, and the audit shows it
         report = audit(LineageStore(base / "lineage.db"), "mnist:v0")
-        [art] = [a for a in report["artifacts"].values() if a["type"] == "dataset"]
-        assert {Path(r["origin"]).parent for r in art["raw_files"]} == {base / "src" / "MNIST" / "raw"}
-        assert art["metadata"]["source_location"] == str(base / "src")
-        assert all(r["status"] == "ok" for r in art["raw_files"])
+        [art] = [a for a in report.artifacts.values() if a.type == "dataset"]
+        assert {Path(r["origin"]).parent for r in art.raw_files} == {base / "src" / "MNIST" / "raw"}
+        assert art.metadata["source_location"] == str(base / "src")
+        assert all(r["status"] == "ok" for r in art.raw_files)
     assert digests["here"] == digests["elsewhere/deeper"]
 
 

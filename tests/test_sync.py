@@ -77,32 +77,32 @@ def _expected_calls(store: LineageStore) -> list[tuple]:
 def test_the_plan_comes_from_the_store_and_the_offline_run_folders(e2e, db):
     store = LineageStore(db)
     plan = plan_sync(store)
-    runs = {r["run_id"]: r for r in plan["runs"]}
+    runs = {r.run_id: r for r in plan.runs}
     assert set(runs) == {r.run_id for r in store.runs()}
     for rid, r in runs.items():
-        [up, *uses] = r["actions"]
-        assert up["action"] == "upload" and up["status"] == "pending"
-        assert Path(up["ref"]).name.endswith(rid) and (Path(up["ref"]) / f"run-{rid}.wandb").is_file()
-        assert [u["ref"] for u in uses] == [wandb_ref(None, "mnist-lineage", a.name, a.digest)
-                                            for a in store.edges(rid)["used"]]
+        [up, *uses] = r.actions
+        assert up.action == "upload" and up.status == "pending"
+        assert Path(up.ref).name.endswith(rid) and (Path(up.ref) / f"run-{rid}.wandb").is_file()
+        assert [u.ref for u in uses] == [wandb_ref(None, "mnist-lineage", a.name, a.digest)
+                                         for a in store.edges(rid)["used"]]
     train = runs[e2e["runs"]["train"].run_id]
     dataset = e2e["arts"]["dataset"]
     # the same exact-version ref that an online Stage.use declares
-    assert [a["ref"] for a in train["actions"][1:]] == [f"mnist-lineage/{dataset.name}:{digest_alias(dataset.digest)}"]
+    assert [a.ref for a in train.actions[1:]] == [f"mnist-lineage/{dataset.name}:{digest_alias(dataset.digest)}"]
 
     # every ref names an alias that the producing run's offline file logs, so it resolves once uploaded
-    for r in plan["runs"]:
-        for a in r["actions"][1:]:
-            producer = store.run(a["producer_run_id"])
+    for r in plan.runs:
+        for a in r.actions[1:]:
+            producer = store.run(a.producer_run_id)
             recs = list(offline_records(next(Path(producer.wandb_dir).glob("run-*.wandb"))))
             logged = {(x.artifact.name, alias) for x in recs if x.WhichOneof("record_type") == "artifact"
                       for alias in x.artifact.aliases}
-            name, alias = a["ref"].rsplit("/", 1)[1].split(":")
-            assert (name, alias) in logged, a["ref"]
-    [promo] = plan["promotions"]
+            name, alias = a.ref.rsplit("/", 1)[1].split(":")
+            assert (name, alias) in logged, a.ref
+    [promo] = plan.promotions
     model = e2e["arts"]["model"]
-    assert promo["ref"] == f"mnist-lineage/convnet:sha256-{model.digest[:16]}"
-    assert promo["aliases"] == ["candidate", "production"]
+    assert promo.ref == f"mnist-lineage/convnet:sha256-{model.digest[:16]}"
+    assert promo.aliases == ["candidate", "production"]
 
 
 def test_moved_run_folders_are_found_with_wandb_dir(e2e, db, capsys):
@@ -293,8 +293,8 @@ def test_after_a_sync_the_audit_shows_it_and_the_online_cross_check_agrees(e2e, 
     capsys.readouterr()
     store = LineageStore(db)
     report = audit(store, str(e2e["onnx"]))
-    train = report["runs"][e2e["runs"]["train"].run_id]
-    assert train["wandb"]["synced_at"] and train["wandb"]["inputs_declared"] == [
+    train = report.runs[e2e["runs"]["train"].run_id]
+    assert train.wandb.synced_at and train.wandb.inputs_declared == [
         wandb_ref(None, "mnist-lineage", "mnist", e2e["arts"]["dataset"].digest)]
     tree = render_tree(report)
     assert "not synced yet" not in tree and "applied in W&B" in tree

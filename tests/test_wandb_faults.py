@@ -102,13 +102,13 @@ def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
 
     # sync plans exactly that, sends it once, and a second sync sends nothing
     plan = plan_sync(store)
-    [entry] = plan["runs"]
-    assert [(a["action"], a["ref"], a["status"]) for a in entry["actions"] if a.get("kind") == "artifact"] == [
+    [entry] = plan.runs
+    assert [(a.action, a.ref, a.status) for a in entry.actions if a.kind == "artifact"] == [
         ("upload", ref, "pending")]
-    assert not [a for a in entry["actions"] if a.get("kind") == "run"] or fault == "hang"  # the run's history
+    assert not [a for a in entry.actions if a.kind == "run"] or fault == "hang"  # the run's history
     wb = RecordingWandb(runs=[stage.run_id])
     result = run_sync(store, plan, wb)
-    assert result["ok"], result
+    assert result.ok, result
     assert [c[0] for c in wb.calls if c[0] in ("log_artifact", "upload", "declare_inputs")] == ["log_artifact"]
     again = RecordingWandb(runs=[stage.run_id], artifacts=wb.artifacts)
     run_sync(store, plan_sync(store), again)
@@ -125,17 +125,16 @@ def test_after_a_failure_the_next_stage_records_offline_and_sync_plans_both(onli
     assert (first.mode, second.mode) == ("online", "offline")
     assert any("ago in this process" in r.getMessage() for r in caplog.records)  # no second wait on the host
     store = LineageStore(cfg.lineage_db)
-    plan = {r["run_id"]: r for r in plan_sync(store)["runs"]}
-    pending = {rid: [(a["action"], a.get("kind")) for a in r["actions"] if a["status"] == "pending"]
-               for rid, r in plan.items()}
+    plan = {r.run_id: r for r in plan_sync(store).runs}
+    pending = {rid: [(a.action, a.kind) for a in r.actions if a.status == "pending"] for rid, r in plan.items()}
     assert pending[first.run_id] == [("upload", "artifact")]
     assert pending[second.run_id] == [("upload", None), ("use", None)]
     # the offline consumer's edge waits for the producer's version to be in W&B: a sync that cannot log it
     # blocks the edge instead of declaring an input W&B does not have
     wb = RecordingWandb(runs=[first.run_id], fail={"log_artifact": RuntimeError("HTTP 500")})
     result = run_sync(store, plan_sync(store), wb)
-    use = [a for r in result["runs"] for a in r["actions"] if a["action"] == "use"]
-    assert [a["status"] for a in use] == ["blocked"] and not result["ok"]
+    use = [a for r in result.runs for a in r.actions if a.action == "use"]
+    assert [a.status for a in use] == ["blocked"] and not result.ok
 
 
 def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
@@ -151,8 +150,8 @@ def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
     assert (gaps[0]["action"], gaps[0]["ref"], gaps[0]["call"]) == ("use", ref, "use_artifact")
     assert len(warnings_naming(caplog, "use_artifact")) == 1  # the later calls are not sent, and not warned again
     assert store.edges(consumer.run_id)["used"][0].digest == producer.outputs["data"].digest
-    plan = {r["run_id"]: r for r in plan_sync(store)["runs"]}
-    assert ("use", ref) in [(a["action"], a["ref"]) for a in plan[consumer.run_id]["actions"]]
+    plan = {r.run_id: r for r in plan_sync(store).runs}
+    assert ("use", ref) in [(a.action, a.ref) for a in plan[consumer.run_id].actions]
 
 
 @pytest.mark.slow  # waits out real timeouts against a loopback endpoint
@@ -254,10 +253,10 @@ def test_finish_that_raises_is_recorded_not_raised(online, caplog, monkeypatch):
     gaps = store.wandb_gaps(stage.run_id)
     assert [(g["action"], g["call"]) for g in gaps] == [("upload", "finish")]
     assert len(warnings_naming(caplog, "finish")) == 1
-    [entry] = plan_sync(store)["runs"]
-    assert [(a["action"], a["kind"]) for a in entry["actions"]] == [("upload", "run")]
+    [entry] = plan_sync(store).runs
+    assert [(a.action, a.kind) for a in entry.actions] == [("upload", "run")]
     result = run_sync(store, plan_sync(store), RecordingWandb(runs=[stage.run_id]))
-    assert result["ok"] and "history it missed" in result["runs"][0]["actions"][0]["detail"]
+    assert result.ok and "history it missed" in result.runs[0].actions[0].detail
 
 
 class _Committed:

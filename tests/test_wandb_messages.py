@@ -99,8 +99,8 @@ SCRIPT = textwrap.dedent("""
         modes.append(stage.mode)
     store = LineageStore(f"{base}/lineage.db")
     print(json.dumps({"modes": modes, "status": [r.status for r in store.runs()],
-                      "to_sync": sorted(r["job_type"] for r in plan_sync(store)["runs"]
-                                        if any(a["status"] != "done" for a in r["actions"]))}))
+                      "to_sync": sorted(r.job_type for r in plan_sync(store).runs
+                                        if any(a.status != "done" for a in r.actions))}))
 """)
 
 

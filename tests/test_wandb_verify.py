@@ -52,7 +52,7 @@ def lineage(tmp_path: Path, wandb_offline) -> dict:
 def synced_wandb(lineage) -> RecordingWandb:
     """An in-memory W&B after a complete `sync` of the lineage."""
     wb = RecordingWandb()
-    assert run_sync(lineage["store"], plan_sync(lineage["store"]), wb, dry_run=True)["ok"]
+    assert run_sync(lineage["store"], plan_sync(lineage["store"]), wb, dry_run=True).ok
     return RecordingWandb(runs=wb.runs, inputs=wb.inputs, artifacts=wb.artifacts)
 
 

@@ -17,6 +17,7 @@ from prefect_wandb.audit.entries import (
     AuditReport,
     FileEntry,
     RunEntry,
+    WandbEntry,
     conclude,
     finish,
 )
@@ -40,28 +41,28 @@ def _summary(rec: ArtifactRecord) -> dict:
     return out
 
 
-def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict]) -> RunEntry:
+def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict], role: str) -> RunEntry:
     env = run.get("env") or {}
     cfg = run.get("config") or {}
     upload = next((r for r in sync_rows if r["action"] == "upload"), None)
-    return {
-        "run_id": run["run_id"], "job_type": run.get("job_type"), "status": run.get("status"),
-        "started_at": run.get("started_at"), "finished_at": run.get("finished_at"), "error": run.get("error"),
-        "flow_run_id": run.get("flow_run_id") or env.get("flow_run_id"), "group": run.get("run_group"),
-        "code": {"git_commit": env.get("git_commit"), "git_dirty": env.get("git_dirty"),
-                 "source_dir": env.get("source_dir")},
-        "python": env.get("python"), "platform": env.get("platform"), "seed": env.get("seed"),
-        "packages": env.get("packages") or {},
-        "config": cfg, "config_section": CONFIG_SECTION.get(run.get("job_type") or ""),
-        "summary": run.get("summary") or {},
-        "wandb": {"mode": run.get("wandb_mode"), "run_id": run["run_id"],
-                  "url": run.get("wandb_url") or (upload["detail"] if upload and upload["detail"] and
-                                                  upload["detail"].startswith("http") else None),
-                  "dir": run.get("wandb_dir"), "project": run.get("wandb_project"), "entity": run.get("wandb_entity"),
-                  "synced_at": upload["done_at"] if upload else None,
-                  "inputs_declared": [r["ref"] for r in sync_rows if r["action"] == "use"]},
-        "used": [a.label for a in used], "produced": [a.label for a in produced],
-    }
+    return RunEntry(
+        run_id=run["run_id"], job_type=run.get("job_type"), status=run.get("status"),
+        started_at=run.get("started_at"), finished_at=run.get("finished_at"), error=run.get("error"),
+        flow_run_id=run.get("flow_run_id") or env.get("flow_run_id"), group=run.get("run_group"),
+        code={"git_commit": env.get("git_commit"), "git_dirty": env.get("git_dirty"),
+              "source_dir": env.get("source_dir")},
+        python=env.get("python"), platform=env.get("platform"), seed=env.get("seed"),
+        packages=env.get("packages") or {},
+        config=cfg, config_section=CONFIG_SECTION.get(run.get("job_type") or ""),
+        summary=run.get("summary") or {},
+        wandb=WandbEntry(mode=run.get("wandb_mode"), run_id=run["run_id"],
+                         url=run.get("wandb_url") or (upload["detail"] if upload and upload["detail"] and
+                                                      upload["detail"].startswith("http") else None),
+                         dir=run.get("wandb_dir"), project=run.get("wandb_project"), entity=run.get("wandb_entity"),
+                         synced_at=upload["done_at"] if upload else None,
+                         inputs_declared=[r["ref"] for r in sync_rows if r["action"] == "use"]),
+        used=[a.label for a in used], produced=[a.label for a in produced], role=role,
+    )
 
 
 def _graph_edges(w: Walk) -> list[list[str]]:
@@ -78,16 +79,14 @@ def _graph_edges(w: Walk) -> list[list[str]]:
 
 def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
           public_key: Path | None = None) -> AuditReport:
-    """The whole audit of `target` as one JSON-ready dict; `report["exit_code"]` is the CLI's exit code.
+    """The whole audit of `target` (`as_json(report)` is the `--json` output); `report.exit_code` is the CLI's
+    exit code.
 
     `public_key`: the trusted key attested files are verified with (else each attestation's own signer.pub)."""
     ident = identify(store, target)
-    report: AuditReport = {
-        "schema": 1, "query": target, "query_kind": ident.kind, "query_path": str(ident.path) if ident.path else None,
-        "query_sha256": ident.sha256 if ident.kind == "file" else None, "identified_by": ident.how,
-        "lineage_db": str(store.path), "subjects": [], "artifacts": {}, "runs": {}, "upstream": [],
-        "downstream": [], "promotions": [], "checks": [], "failures": [], "edges": [], "signatures": [],
-    }
+    report = AuditReport(query=target, query_kind=ident.kind, query_path=str(ident.path) if ident.path else None,
+                         query_sha256=ident.sha256 if ident.kind == "file" else None, identified_by=ident.how,
+                         lineage_db=str(store.path))
     if not ident.matches:
         if ident.kind == "ref":
             message = f"{target}: no such artifact version in the lineage store {store.path}"
@@ -97,14 +96,14 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
                        f"store {store.path})")
         conclude(report, "unknown", EXIT_UNKNOWN, message)
         if ident.kind == "file" and ident.path is not None:
-            report["near_misses"] = near_misses(store, ident.path)
+            report.near_misses = near_misses(store, ident.path)
         return report
 
     w = Walk(store)
     seen: set = set()
     for rec in ident.matches:
-        report["subjects"].append(rec.label)
-        report["upstream"].append(w.upstream(rec, seen, role="subject"))
+        report.subjects.append(rec.label)
+        report.upstream.append(w.upstream(rec, seen, role="subject"))
         w.roles[rec.artifact_id] = "subject"
     w.downstream({r.artifact_id for r in ident.matches})
 
@@ -120,9 +119,9 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
             v.raw_files(rec)
     queried = (ident.matches[0].artifact_id, ident.path) if ident.kind == "file" and ident.how == "sha256" and \
         ident.path is not None else None
-    report["signatures"] = check_signatures(store, w.arts, v, public_key=public_key, query=queried)
+    report.signatures = check_signatures(store, w.arts, v, public_key=public_key, query=queried)
     # the queried file was named: make sure it is checked
-    if ident.kind == "file" and ident.how == "location" and not any(c["path"] == str(ident.path) for c in v.checks):
+    if ident.kind == "file" and ident.how == "location" and not any(c.path == str(ident.path) for c in v.checks):
         v.add("query-file", ident.matches[0].label, str(ident.path), "unrecorded", None, ident.sha256,
               "in an artifact folder but not on record")
 
@@ -131,38 +130,36 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
         lab = rec.label
         # its own files and record; a signature that does not verify is shown as such ("signature"), not as a
         # changed file
-        checks = [c for c in v.checks if c["artifact"] == lab and c["kind"] != "signature"]
+        checks = [c for c in v.checks if c.artifact == lab and c.kind != "signature"]
         files: list[FileEntry] = []
         for f in rec.files:
             where = str(local_folder(rec.path) / f.relpath)
-            c = next((c for c in checks if c["kind"] == "artifact-file" and c["path"] == where), None)
-            files.append({"relpath": f.relpath, "sha256": f.sha256, "size": f.size,
-                          "status": c["status"] if c else "unchecked", "actual": c["actual"] if c else None})
+            c = next((c for c in checks if c.kind == "artifact-file" and c.path == where), None)
+            files.append(FileEntry(f.relpath, f.sha256, f.size, c.status if c else "unchecked",
+                                   c.actual if c else None))
         raw = []
         for r in rec.metadata.get("raw_files", []):
-            c = next((c for c in checks if c["kind"] == "raw-file" and (
-                c["path"] == r["stored"] if r.get("stored") else Path(c["path"] or "").name == r["name"])), None)
-            raw.append({**r, "path": c["path"] if c else None, "status": c["status"] if c else "unchecked"})
-        by_label[lab] = {
-            "label": lab, "name": rec.name, "type": rec.type, "version": rec.version, "digest": rec.digest,
-            "wandb_alias": digest_alias(rec.digest), "path": rec.path, "role": w.roles[aid],
-            "producer_run_id": rec.producer_run_id, "producers": store.producers(aid),
-            "consumers": store.consumers(aid), "created_at": rec.created_at, "files": files, "raw_files": raw,
-            "summary": _summary(rec), "aliases": store.aliases_of(aid), "metadata": rec.metadata,
-            "status": "tampered" if any(c["status"] in FAILED for c in checks) else
-                      "deleted" if any(c["status"] == "deleted" for c in checks) else "ok",
-        }
-        if aid in deleted:
-            by_label[lab]["deleted"] = asdict(deleted[aid])
-        sig = [e["status"] for e in report["signatures"] if e["artifact"] == lab]
-        if sig:  # the worst of its attestations' verdicts
-            by_label[lab]["signature"] = next(s for s in SIGNATURE_ORDER if s in sig)
-    report["artifacts"] = by_label
+            c = next((c for c in checks if c.kind == "raw-file" and (
+                c.path == r["stored"] if r.get("stored") else Path(c.path or "").name == r["name"])), None)
+            raw.append({**r, "path": c.path if c else None, "status": c.status if c else "unchecked"})
+        sig = [e.status for e in report.signatures if e.artifact == lab]
+        by_label[lab] = ArtifactEntry(
+            label=lab, name=rec.name, type=rec.type, version=rec.version, digest=rec.digest,
+            wandb_alias=digest_alias(rec.digest), path=rec.path, role=w.roles[aid],
+            producer_run_id=rec.producer_run_id, producers=store.producers(aid),
+            consumers=store.consumers(aid), created_at=rec.created_at, files=files, raw_files=raw,
+            summary=_summary(rec), aliases=store.aliases_of(aid), metadata=rec.metadata,
+            status="tampered" if any(c.status in FAILED for c in checks) else
+                   "deleted" if any(c.status == "deleted" for c in checks) else "ok",
+            deleted=asdict(deleted[aid]) if aid in deleted else None,
+            # the worst of its attestations' verdicts
+            signature=next(s for s in SIGNATURE_ORDER if s in sig) if sig else None,
+        )
+    report.artifacts = by_label
     for run_id in w.upstream_runs + w.downstream_runs:
-        report["runs"][run_id] = _run_entry(w.runs[run_id], w.used[run_id], w.produced[run_id],
-                                            store.sync_log(run_id))
-        report["runs"][run_id]["role"] = "upstream" if run_id in w.upstream_runs else "downstream"
-    report["downstream"] = [{"run": r, "job_type": w.runs[r].get("job_type"), "status": w.runs[r].get("status"),
+        report.runs[run_id] = _run_entry(w.runs[run_id], w.used[run_id], w.produced[run_id], store.sync_log(run_id),
+                                         "upstream" if run_id in w.upstream_runs else "downstream")
+    report.downstream = [{"run": r, "job_type": w.runs[r].get("job_type"), "status": w.runs[r].get("status"),
                              "used": [a.label for a in w.used[r]], "produced": [a.label for a in w.produced[r]]}
                             for r in w.downstream_runs]
     def compared_with(p) -> str | None:  # the metrics artifact production's value was read from
@@ -170,17 +167,17 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
 
     for aid in sorted(w.arts):
         for p in store.promotions(aid):
-            report["promotions"].append({**asdict(p), "artifact": w.arts[aid].label, "role": "decision about it",
-                                         "compared_with": compared_with(p)})
+            report.promotions.append({**asdict(p), "artifact": w.arts[aid].label, "role": "decision about it",
+                                      "compared_with": compared_with(p)})
     # decisions where one of these models was the production model compared against
     for p in store.promotions(production_artifact_ids=list(w.arts)):
         if p.production_artifact_id is None or p.artifact_id == p.production_artifact_id:
             continue
-        report["promotions"].append({**asdict(p), "artifact": store.artifact(p.artifact_id).label,
-                                     "role": f"compared against {w.arts[p.production_artifact_id].label}",
-                                     "compared_with": compared_with(p)})
-    report["promotions"].sort(key=lambda p: p["promotion_id"])  # the history in the order it was decided
-    report["checks"] = v.checks
-    report["edges"] = _graph_edges(w)
+        report.promotions.append({**asdict(p), "artifact": store.artifact(p.artifact_id).label,
+                                  "role": f"compared against {w.arts[p.production_artifact_id].label}",
+                                  "compared_with": compared_with(p)})
+    report.promotions.sort(key=lambda p: p["promotion_id"])  # the history in the order it was decided
+    report.checks = v.checks
+    report.edges = _graph_edges(w)
     finish(report)
     return report

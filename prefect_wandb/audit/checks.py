@@ -29,8 +29,7 @@ class Verifier:
 
     def add(self, kind: str, artifact: str | None, path: str, status: str, expected: str | None = None,
             actual: str | None = None, detail: str = "") -> Check:
-        c: Check = {"kind": kind, "artifact": artifact, "path": path, "status": status, "expected": expected,
-             "actual": actual, "detail": detail}
+        c = Check(kind, artifact, path, status, expected, actual, detail)
         self.checks.append(c)
         return c
 

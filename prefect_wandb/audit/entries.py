@@ -3,7 +3,10 @@ the checks (`finish`)."""
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_wandb.records import optional
 
 # Exit codes of `audit` (also in its --help and the README).
 EXIT_VERIFIED = 0  # identified, and every reachable digest matches
@@ -25,7 +28,8 @@ class AuditError(Exception):
     """The audit cannot start (no such file, no lineage store): a usage error, exit 2."""
 
 
-class Check(TypedDict):
+@dataclass(frozen=True)
+class Check:
     """One re-verified fact: a file's sha256, a record's consistency, or (online) W&B's copy."""
 
     kind: str  # query-file, artifact-file, raw-file, record, signature, wandb
@@ -38,7 +42,8 @@ class Check(TypedDict):
     detail: str
 
 
-class FileEntry(TypedDict):
+@dataclass(frozen=True)
+class FileEntry:
     relpath: str
     sha256: str
     size: int
@@ -46,7 +51,8 @@ class FileEntry(TypedDict):
     actual: str | None
 
 
-class ArtifactEntry(TypedDict):
+@dataclass(frozen=True)
+class ArtifactEntry:
     label: str
     name: str
     type: str
@@ -65,11 +71,13 @@ class ArtifactEntry(TypedDict):
     aliases: list[dict[str, Any]]
     metadata: dict[str, Any]
     status: str  # ok, tampered, or deleted (by gc: its files are gone on purpose)
-    deleted: NotRequired[dict[str, Any]]  # gc's deletion record (deleted_at, deleted_by, reason, bytes)
-    signature: NotRequired[str]  # of a signable or attested artifact: verified, mismatch, missing, deleted, unsigned
+    deleted: dict[str, Any] | None = optional()  # gc's deletion record (deleted_at, deleted_by, reason, bytes)
+    # of a signable or attested artifact: verified, mismatch, missing, deleted, unsigned
+    signature: str | None = optional()
 
 
-class SignatureEntry(TypedDict):
+@dataclass
+class SignatureEntry:
     """One attested file's signature status (or an unsigned ONNX artifact's "unsigned")."""
 
     artifact: str  # the attested artifact's label, e.g. model-onnx:v0
@@ -90,7 +98,8 @@ class SignatureEntry(TypedDict):
     detail: str
 
 
-class WandbEntry(TypedDict):
+@dataclass(frozen=True)
+class WandbEntry:
     mode: str | None
     run_id: str
     url: str | None
@@ -101,7 +110,8 @@ class WandbEntry(TypedDict):
     inputs_declared: list[str]
 
 
-class RunEntry(TypedDict, total=False):
+@dataclass(frozen=True)
+class RunEntry:
     run_id: str
     job_type: str | None
     status: str | None
@@ -124,59 +134,63 @@ class RunEntry(TypedDict, total=False):
     role: str  # upstream or downstream
 
 
-class AuditReport(TypedDict, total=False):
-    schema: int
+@dataclass(kw_only=True)
+class AuditReport:
+    """The whole audit; `as_json(report)` is the `--json` output (its keys in this order)."""
+
+    schema: int = 1
     query: str
     query_kind: str
     query_path: str | None
     query_sha256: str | None
     identified_by: str | None
     lineage_db: str
-    subjects: list[str]
-    artifacts: dict[str, ArtifactEntry]  # by label
-    runs: dict[str, RunEntry]  # by run id
-    upstream: list[dict[str, Any]]  # nested: artifact -> produced_by runs -> used artifacts -> ...
-    downstream: list[dict[str, Any]]
-    promotions: list[dict[str, Any]]  # PromotionRecord fields + artifact label, role and compared_with
-    checks: list[Check]
-    failures: list[Check]
-    edges: list[list[str]]  # ["artifact:<label>", "run:<id>"] pairs, in the direction of the data
-    near_misses: list[dict[str, Any]]
-    signatures: list[SignatureEntry]
-    wandb_online: dict[str, dict[str, Any]]
-    status: str  # verified, tampered, unknown
-    exit_code: int
-    message: str
-    report: str
+    subjects: list[str] = field(default_factory=list)
+    artifacts: dict[str, ArtifactEntry] = field(default_factory=dict)  # by label
+    runs: dict[str, RunEntry] = field(default_factory=dict)  # by run id
+    # nested: artifact -> produced_by runs -> used artifacts -> ...
+    upstream: list[dict[str, Any]] = field(default_factory=list)
+    downstream: list[dict[str, Any]] = field(default_factory=list)
+    # PromotionRecord fields + artifact label, role and compared_with
+    promotions: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    failures: list[Check] = field(default_factory=list)
+    # ["artifact:<label>", "run:<id>"] pairs, in the direction of the data
+    edges: list[list[str]] = field(default_factory=list)
+    signatures: list[SignatureEntry] = field(default_factory=list)
+    status: str = ""  # verified, tampered, unknown (set by `conclude`)
+    exit_code: int = EXIT_ERROR
+    message: str = ""
+    near_misses: list[dict[str, Any]] | None = optional()  # unknown: files of the same name (and size)
+    wandb_online: dict[str, dict[str, Any]] | None = optional()  # audit --online
+    report: str | None = optional()  # the --report file written
 
 
 def conclude(report: AuditReport, status: str, exit_code: int, message: str) -> None:
-    report["status"], report["exit_code"], report["message"] = status, exit_code, message
+    report.status, report.exit_code, report.message = status, exit_code, message
 
 
 def finish(report: AuditReport) -> None:
     """Set status, exit code and message from the checks."""
-    failures = [c for c in report["checks"] if c["status"] in FAILED]
-    report["failures"] = failures
-    subjects = ", ".join(report["subjects"])
+    failures = [c for c in report.checks if c.status in FAILED]
+    report.failures = failures
+    subjects = ", ".join(report.subjects)
     if failures:
         # a changed digest says more than the signature it breaks: it comes first
-        first = next((c for c in failures if c["kind"] != "signature"), failures[0])
-        what = "SIGNATURE NOT VERIFIED" if first["kind"] == "signature" else "TAMPERED"
+        first = next((c for c in failures if c.kind != "signature"), failures[0])
+        what = "SIGNATURE NOT VERIFIED" if first.kind == "signature" else "TAMPERED"
         conclude(report, "tampered", EXIT_TAMPERED,
-                 f"{what}: {first['path']}: {first['detail'] or first['status']}"
+                 f"{what}: {first.path}: {first.detail or first.status}"
                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     else:
-        n = sum(1 for c in report["checks"] if c["status"] == "ok" and c["kind"] != "signature")
-        gone = sorted({c["artifact"] for c in report["checks"]
-                       if c["status"] == "deleted" and c["artifact"] and c["kind"] != "signature"})
+        n = sum(1 for c in report.checks if c.status == "ok" and c.kind != "signature")
+        gone = sorted({c.artifact for c in report.checks
+                       if c.status == "deleted" and c.artifact and c.kind != "signature"})
         tail = f"; {', '.join(gone)} deleted by gc (on record, files removed)" if gone else ""
-        signed = [c for c in report["checks"] if c["kind"] == "signature" and c["status"] == "ok"]
+        signed = [c for c in report.checks if c.kind == "signature" and c.status == "ok"]
         if signed:
-            trusted = all(e["trusted"] for e in report.get("signatures", []) if e["status"] == "verified")
+            trusted = all(e.trusted for e in report.signatures if e.status == "verified")
             tail += f"; {len(signed)} signature(s) " + ("verified with the given key" if trusted else
                                                         "consistent with the key they name, not proven against a "
                                                         "trusted key")
         conclude(report, "verified", EXIT_VERIFIED, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
-
-

@@ -1,5 +1,6 @@
 """Renderers of an audit (`audit.audit`'s report): the text tree (the default), Mermaid/Markdown, a self-contained
-HTML page with an SVG graph, and the SVG graph alone. They read the report and nothing else: no store, no files.
+HTML page with an SVG graph, and the SVG graph alone (`draw_lineage`, which the impact report's picture uses too).
+They read the report and nothing else: no store, no files.
 """
 
 from __future__ import annotations
@@ -29,47 +30,47 @@ def _fmt(v) -> str:
 
 
 def _run_title(run: RunEntry) -> str:
-    when = run.get("finished_at") or run.get("started_at") or ""
-    return f"{run['job_type']} run {run['run_id']} ({run['status']} {when})"
+    when = run.finished_at or run.started_at or ""
+    return f"{run.job_type} run {run.run_id} ({run.status} {when})"
 
 
 def _run_details(run: RunEntry) -> list[str]:
     out = []
-    wb = run["wandb"]
-    if wb["url"]:
-        out.append(f"W&B run {wb['run_id']}: {wb['url']}")
+    wb = run.wandb
+    if wb.url:
+        out.append(f"W&B run {wb.run_id}: {wb.url}")
     else:
-        synced = f", synced {wb['synced_at']}" if wb["synced_at"] else ", not synced yet"
-        out.append(f"W&B run {wb['run_id']} ({wb['mode']}{synced}): {wb['dir']}")
-    out.append(f"Prefect flow run {run['flow_run_id'] or '-'}")
-    code = run["code"]
+        synced = f", synced {wb.synced_at}" if wb.synced_at else ", not synced yet"
+        out.append(f"W&B run {wb.run_id} ({wb.mode}{synced}): {wb.dir}")
+    out.append(f"Prefect flow run {run.flow_run_id or '-'}")
+    code = run.code
     dirty = {True: "dirty: uncommitted changes", False: "clean", None: "unknown"}[code["git_dirty"]]
-    out.append(f"code git {code['git_commit'] or '(not a git checkout)'} ({dirty}); python {run['python']}; "
-               f"seed {run['seed']}")
-    pk = run["packages"]
+    out.append(f"code git {code['git_commit'] or '(not a git checkout)'} ({dirty}); python {run.python}; "
+               f"seed {run.seed}")
+    pk = run.packages
     if pk:
         out.append("packages " + ", ".join(f"{k} {v}" for k, v in sorted(pk.items()) if v))
-    section = run["config_section"]
-    if section and isinstance(run["config"].get(section), dict):
-        out.append(f"config {section}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in run["config"][section].items()))
-    if run.get("error"):
-        out.append(f"error: {run['error']}")
+    section = run.config_section
+    if section and isinstance(run.config.get(section), dict):
+        out.append(f"config {section}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in run.config[section].items()))
+    if run.error:
+        out.append(f"error: {run.error}")
     return out
 
 
 def _artifact_title(art: ArtifactEntry) -> str:
-    bad = [f["relpath"] for f in art["files"] if f["status"] in FAILED]
-    state = f"TAMPERED: {', '.join(bad)}" if bad else ("TAMPERED" if art["status"] == "tampered" else
-                                                       f"deleted by gc on {art['deleted']['deleted_at'][:10]}"
-                                                       if art.get("deleted") else f"{len(art['files'])} file(s) ok")
-    return f"{art['label']} ({art['type']}) sha256 {_short(art['digest'])}  [{state}]"
+    bad = [f.relpath for f in art.files if f.status in FAILED]
+    state = f"TAMPERED: {', '.join(bad)}" if bad else ("TAMPERED" if art.status == "tampered" else
+                                                       f"deleted by gc on {art.deleted['deleted_at'][:10]}"
+                                                       if art.deleted else f"{len(art.files)} file(s) ok")
+    return f"{art.label} ({art.type}) sha256 {_short(art.digest)}  [{state}]"
 
 
 def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
     out = []
-    s = art["summary"]
-    if art["type"] == "dataset":
-        m = art["metadata"]
+    s = art.summary
+    if art.type == "dataset":
+        m = art.metadata
         # the facts a dataset records about itself, those it has (where it came from, how it was cut, its sizes)
         facts = [f"source {m['source']}" + (f" ({m['source_location']})" if m.get("source_location") else "")
                  if m.get("source") is not None else "", f"slice {m['slice']}" if m.get("slice") is not None else "",
@@ -78,25 +79,24 @@ def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
             out.append("; ".join(f for f in facts if f))
         for split, counts in (m.get("class_counts") or {}).items():
             out.append(f"class counts {split} {_fmt(counts)}")
-        for r in art["raw_files"]:
+        for r in art.raw_files:
             out.append(f"raw {r['name']} sha256 {_short(r['sha256'])} {r['size']} B  {r['status']}")
     elif s:
         out.append(", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
-    for f in art["files"]:
-        extra = f" (now {_short(f['actual'])})" if f["status"] == "mismatch" else \
-            f" by gc on {art['deleted']['deleted_at'][:10]}" if f["status"] == "deleted" and art.get("deleted") else ""
-        out.append(f"file {f['relpath']} sha256 {_short(f['sha256'])} {f['size']} B  {f['status']}{extra}")
-    shown = {str(Path(art["path"]) / f["relpath"]) for f in art["files"]}
-    for c in report["checks"]:
-        if c["artifact"] == art["label"] and c["status"] in FAILED and not (
-                c["kind"] == "artifact-file" and c["path"] in shown):
-            out.append(f"{c['status'].upper()}: {c['path']}: {c['detail']}")
-    for e in report.get("signatures", []):
-        if e["artifact"] == art["label"]:
+    for f in art.files:
+        extra = f" (now {_short(f.actual)})" if f.status == "mismatch" else \
+            f" by gc on {art.deleted['deleted_at'][:10]}" if f.status == "deleted" and art.deleted else ""
+        out.append(f"file {f.relpath} sha256 {_short(f.sha256)} {f.size} B  {f.status}{extra}")
+    shown = {str(Path(art.path) / f.relpath) for f in art.files}
+    for c in report.checks:
+        if c.artifact == art.label and c.status in FAILED and not (c.kind == "artifact-file" and c.path in shown):
+            out.append(f"{c.status.upper()}: {c.path}: {c.detail}")
+    for e in report.signatures:
+        if e.artifact == art.label:
             out.append(_signature_line(e))
-    if art["aliases"]:
-        out.append("aliases " + ", ".join(f"{a['alias']} (since {a['set_at']})" for a in art["aliases"]))
-    out.append(f"path {art['path']}")
+    if art.aliases:
+        out.append("aliases " + ", ".join(f"{a['alias']} (since {a['set_at']})" for a in art.aliases))
+    out.append(f"path {art.path}")
     return out
 
 
@@ -107,41 +107,41 @@ SIGNATURE_WORDS = {"verified": "signature verified", "mismatch": "SIGNATURE NOT 
 
 def _signature_line(e: SignatureEntry) -> str:
     """One line under the attested artifact; the checks are listed under Signatures."""
-    if e["status"] == "unsigned":
+    if e.status == "unsigned":
         return "unsigned (no attestation on record)"
     key = {"given": "the given key", "signer": "the attestation's own signer.pub, not a trusted key"}.get(
-        e["key"] or "", "")
-    by = f"key {_short(e['key_fingerprint'])}: {key}; " if key and e["key_fingerprint"] else ""
-    failed = f": {', '.join(e['failed'])} failed" if e["failed"] else ""
-    return f"{SIGNATURE_WORDS[e['status']]}{failed} ({e['relpath']}; {by}attestation {e['attestation']})"
+        e.key or "", "")
+    by = f"key {_short(e.key_fingerprint)}: {key}; " if key and e.key_fingerprint else ""
+    failed = f": {', '.join(e.failed)} failed" if e.failed else ""
+    return f"{SIGNATURE_WORDS[e.status]}{failed} ({e.relpath}; {by}attestation {e.attestation})"
 
 
 def _signatures(report: AuditReport) -> list[str]:
     out = ["", "Signatures"]
-    for e in report["signatures"]:
-        if e["status"] == "unsigned":
-            out.append(f"  {e['artifact']}: unsigned (no attestation on record; not a failure)")
+    for e in report.signatures:
+        if e.status == "unsigned":
+            out.append(f"  {e.artifact}: unsigned (no attestation on record; not a failure)")
             continue
-        out.append(f"  {e['artifact']}/{e['relpath']}: {SIGNATURE_WORDS[e['status']]}")
-        out.append(f"    file {e['path']}")
-        out.append(f"    attestation {e['attestation']} (sign run {e['sign_run']}): {e['attestation_path']}")
-        if e["status"] == "verified" or not e["checks"]:
-            out.append(f"    {e['detail']}")
-        for c in e["checks"]:
+        out.append(f"  {e.artifact}/{e.relpath}: {SIGNATURE_WORDS[e.status]}")
+        out.append(f"    file {e.path}")
+        out.append(f"    attestation {e.attestation} (sign run {e.sign_run}): {e.attestation_path}")
+        if e.status == "verified" or not e.checks:
+            out.append(f"    {e.detail}")
+        for c in e.checks:
             out.append(f"    {'ok    ' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}")
     return out
 
 
 def _tree_node(node: dict, report: AuditReport, prefix_title: str = "") -> tuple[str, list[str], list]:
     if "artifact" in node:
-        art = report["artifacts"][node["artifact"]]
+        art = report.artifacts[node["artifact"]]
         if node.get("repeat"):
-            return f"{prefix_title}{art['label']} (see above)", [], []
+            return f"{prefix_title}{art.label} (see above)", [], []
         children = [_tree_node(r, report, "produced by ") for r in node["produced_by"]]
         return prefix_title + _artifact_title(art), _artifact_details(art, report), children
-    run = report["runs"][node["run"]]
+    run = report.runs[node["run"]]
     if node.get("repeat"):
-        return f"{prefix_title}{run['job_type']} run {run['run_id']} (see above)", [], []
+        return f"{prefix_title}{run.job_type} run {run.run_id} (see above)", [], []
     children = [_tree_node(a, report, "used ") for a in node["used"]]
     return prefix_title + _run_title(run), _run_details(run), children
 
@@ -157,46 +157,46 @@ def _draw(node: tuple, prefix: str, last: bool, root: bool, out: list[str]) -> N
 
 
 def render_tree(report: AuditReport) -> str:
-    out = [f"Audit of {report['query_path'] or report['query']}"]
-    if report["query_sha256"]:
-        out.append(f"  sha256 {report['query_sha256']}")
-    out.append(f"  lineage store {report['lineage_db']}")
-    if report["status"] == "unknown":
-        out += ["", f"UNKNOWN: {report['message']}"]
-        for n in report.get("near_misses") or []:
+    out = [f"Audit of {report.query_path or report.query}"]
+    if report.query_sha256:
+        out.append(f"  sha256 {report.query_sha256}")
+    out.append(f"  lineage store {report.lineage_db}")
+    if report.status == "unknown":
+        out += ["", f"UNKNOWN: {report.message}"]
+        for n in report.near_misses or []:
             same = "same name and size" if n["same_size"] else "same name"
             out.append(f"  ({same} as {n['artifact']}/{n['relpath']}, recorded sha256 {_short(n['sha256'])}: "
                        "this file differs from it)")
         return "\n".join(out) + "\n"
-    out.append(f"  identified as {', '.join(report['subjects'])} (by {report['identified_by']})")
+    out.append(f"  identified as {', '.join(report.subjects)} (by {report.identified_by})")
     out += ["", "Lineage (back to the data)"]
-    for node in report["upstream"]:
+    for node in report.upstream:
         _draw(_tree_node(node, report), "", True, True, out)
     out += ["", "Forward (what was measured and decided about it)"]
-    if not report["downstream"]:
+    if not report.downstream:
         out.append("  (no recorded run used it)")
-    for d in report["downstream"]:
-        run = report["runs"][d["run"]]
+    for d in report.downstream:
+        run = report.runs[d["run"]]
         produced = ", ".join(d["produced"]) or "no artifact"
         out.append(f"  {_run_title(run)}: used {', '.join(d['used'])} -> {produced}")
         for lab in d["produced"]:
-            art = report["artifacts"][lab]
+            art = report.artifacts[lab]
             out.append(f"    {_artifact_title(art)}")
             out += [f"      {line}" for line in _artifact_details(art, report)]
-        if run.get("error"):
-            out.append(f"    error: {run['error']}")
+        if run.error:
+            out.append(f"    error: {run.error}")
     out += ["", "Promotions"]
-    if not report["promotions"]:
+    if not report.promotions:
         out.append("  (no promotion decision recorded)")
-    for p in report["promotions"]:
+    for p in report.promotions:
         applied = f"applied in W&B {p['wandb_applied_at']}" if p.get("wandb_applied_at") else "not in W&B yet"
         label = "ROLLBACK" if p.get("kind") == "rollback" else p["decision"].upper()
         compared = f"; compared with {p['compared_with']}" if p.get("compared_with") else ""
         out.append(f"  {p['decided_at']} {p['artifact']} {label} ({p['role']}): {p['reason']}{compared}; "
                    f"validation {'passed' if p['validation_passed'] else 'failed'}; {applied}")
-    if "wandb_online" in report:
+    if report.wandb_online is not None:
         out += ["", "W&B (online)"]
-        for lab, e in report["wandb_online"].items():
+        for lab, e in report.wandb_online.items():
             if not e["found"]:
                 out.append(f"  {lab}: {e['note']}")
             else:
@@ -204,27 +204,26 @@ def render_tree(report: AuditReport) -> str:
                     if e.get("missing_input_edges") else ""
                 out.append(f"  {lab}: {e['ref']} = W&B {e['version']} logged by {e['logged_by']}, used by "
                            f"{', '.join(e['used_by'] or []) or 'no run'}{miss}")
-    if report.get("signatures"):
+    if report.signatures:
         out += _signatures(report)
-    checks = report["checks"]
     counts: dict[str, dict[str, int]] = {}
-    for c in checks:
-        counts.setdefault(c["kind"], {}).setdefault(c["status"], 0)
-        counts[c["kind"]][c["status"]] += 1
+    for c in report.checks:
+        counts.setdefault(c.kind, {}).setdefault(c.status, 0)
+        counts[c.kind][c.status] += 1
     out += ["", "Verification"]
     for kind, st in counts.items():
         out.append(f"  {kind}: " + ", ".join(f"{n} {s}" for s, n in sorted(st.items())))
-    for c in report["failures"]:
-        out.append(f"  {c['status'].upper()} {c['path']}: {c['detail']}")
-    out += ["", report["message"]]
+    for c in report.failures:
+        out.append(f"  {c.status.upper()} {c.path}: {c.detail}")
+    out += ["", report.message]
     return "\n".join(out) + "\n"
 
 
 def _node_ids(report: AuditReport) -> dict[str, str]:
     ids = {}
-    for i, lab in enumerate(report["artifacts"]):
+    for i, lab in enumerate(report.artifacts):
         ids[f"artifact:{lab}"] = f"a{i}"
-    for i, run_id in enumerate(report["runs"]):
+    for i, run_id in enumerate(report.runs):
         ids[f"run:{run_id}"] = f"r{i}"
     return ids
 
@@ -232,10 +231,15 @@ def _node_ids(report: AuditReport) -> dict[str, str]:
 def _node_text(report: AuditReport, key: str) -> tuple[str, str]:
     kind, _, name = key.partition(":")
     if kind == "artifact":
-        a = report["artifacts"][name]
-        return a["label"], f"{a['type']} · {_short(a['digest'], 12)}"
-    r = report["runs"][name]
-    return r.get("job_type") or "?", f"run {r['run_id']}"
+        a = report.artifacts[name]
+        return a.label, f"{a.type} · {_short(a.digest, 12)}"
+    r = report.runs[name]
+    return r.job_type or "?", f"run {r.run_id}"
+
+
+def _failed(a: ArtifactEntry) -> bool:
+    """Drawn red: its files or record do not verify, or its signature does not."""
+    return a.status == "tampered" or a.signature == "mismatch"
 
 
 def render_mermaid(report: AuditReport) -> str:
@@ -247,19 +251,18 @@ def render_mermaid(report: AuditReport) -> str:
         top, sub = (html.escape(t, quote=True) for t in _node_text(report, key))
         text = f"{top}<br/>{sub}"
         lines.append(f'    {nid}[/"{text}"/]' if key.startswith("artifact:") else f'    {nid}("{text}")')
-    for src, dst in report["edges"]:
+    for src, dst in report.edges:
         lines.append(f"    {ids[src]} --> {ids[dst]}")
     lines += ["    classDef subject stroke-width:4px,stroke:#1a5fb4",
               "    classDef tampered fill:#f8d0d0,stroke:#c01c28,stroke-width:3px",
               "    classDef run fill:#eeeeee,stroke:#777777"]
-    runs = [ids[f"run:{r}"] for r in report["runs"]]
+    runs = [ids[f"run:{r}"] for r in report.runs]
     if runs:
         lines.append(f"    class {','.join(runs)} run")
-    subj = [ids[f"artifact:{s}"] for s in report["subjects"]]
+    subj = [ids[f"artifact:{s}"] for s in report.subjects]
     if subj:
         lines.append(f"    class {','.join(subj)} subject")
-    bad = [ids[f"artifact:{lab}"] for lab, a in report["artifacts"].items()
-           if a["status"] == "tampered" or a.get("signature") == "mismatch"]
+    bad = [ids[f"artifact:{lab}"] for lab, a in report.artifacts.items() if _failed(a)]
     if bad:
         lines.append(f"    class {','.join(bad)} tampered")
     return "\n".join(lines) + "\n"
@@ -268,22 +271,29 @@ def render_mermaid(report: AuditReport) -> str:
 def lineage_picture(report: AuditReport) -> Graph:
     """The audit's graph for the shared lineage picture (`prefect_wandb.picture`, laid out by Graphviz):
     the audited artifact with a thick blue border, anything that failed verification red, the verdict under it."""
-    subjects = {f"artifact:{s}" for s in report["subjects"]}
-    nodes = []
-    for key in _node_ids(report):
-        top, sub = _node_text(report, key)
-        kind, _, name = key.partition(":")
-        bad = kind == "artifact" and (report["artifacts"][name]["status"] == "tampered"
-                                      or report["artifacts"][name].get("signature") == "mismatch")
-        nodes.append(Node(key, "artifact" if kind == "artifact" else "run", top, sub, bad=bad, highlight=key in subjects))
+    return draw_lineage(report.subjects, {lab: (a.label, a.type, a.digest, _failed(a))
+                                          for lab, a in report.artifacts.items()},
+                        {rid: (r.job_type, r.flow_run_id) for rid, r in report.runs.items()}, report.edges,
+                        report.message, report.status)
+
+
+def draw_lineage(subjects: list[str], artifacts: dict[str, tuple[str, str, str, bool]],
+                 runs: dict[str, tuple[str | None, str | None]], edges: list[list[str]], message: str,
+                 status: str) -> Graph:
+    """The lineage picture of an audit or an impact report: artifacts by label -> (title, type, digest, drawn red),
+    runs by id -> (job type, flow run id), `edges` between `artifact:<label>` and `run:<id>`; the `subjects` with a
+    thick blue border, `message` under it in the colour of `status`."""
+    nodes = [Node(f"artifact:{lab}", "artifact", title, f"{type_} · {_short(digest, 12)}", bad=bad,
+                  highlight=lab in subjects) for lab, (title, type_, digest, bad) in artifacts.items()]
+    nodes += [Node(f"run:{rid}", "run", job or "?", f"run {rid}") for rid, (job, _) in runs.items()]
     by_flow: dict[tuple, list[str]] = {}  # the report stage reads promote's decision: laid out below it
-    for run_id, r in report["runs"].items():
-        by_flow.setdefault((r.get("flow_run_id"), r.get("job_type")), []).append(f"run:{run_id}")
+    for rid, (job, flow) in runs.items():
+        by_flow.setdefault((flow, job), []).append(f"run:{rid}")
     order = tuple((p, q) for (flow, job), reports in by_flow.items() if job == "report"
                   for p in by_flow.get((flow, "promote"), ()) for q in reports)
-    return Graph(tuple(nodes), tuple((s, d) for s, d in report["edges"]), order=order,
-                 title=f"Lineage of {', '.join(report['subjects'])}", footer=report["message"],
-                 footer_color={"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555555"))
+    return Graph(tuple(nodes), tuple((s, d) for s, d in edges), order=order,
+                 title=f"Lineage of {', '.join(subjects)}", footer=message,
+                 footer_color={"verified": "#26a269", "tampered": "#c01c28"}.get(status, "#555555"))
 
 
 def render_svg(report: AuditReport) -> str:
@@ -293,32 +303,31 @@ def render_svg(report: AuditReport) -> str:
 
 
 def _check_rows(report: AuditReport) -> list[tuple]:
-    return [(c["status"], c["kind"], c["artifact"] or "", c["path"], c["detail"]) for c in report["checks"]]
+    return [(c.status, c.kind, c.artifact or "", c.path, c.detail) for c in report.checks]
 
 
 def _signature_rows(report: AuditReport) -> list[tuple[str, str, str, str, str]]:
     rows = []
-    for e in report.get("signatures", []):
-        key = {"given": f"given {_short(e['key_fingerprint'])}",
-               "signer": f"its own signer.pub {_short(e['key_fingerprint'])} (not a trusted key)"}.get(e["key"] or "",
-                                                                                                   "-")
-        failed = "; ".join(f"{c['name']}: {c['detail']}" for c in e["checks"] if not c["ok"])
-        rows.append((f"{e['artifact']}/{e['relpath'] or ''}".rstrip("/"), SIGNATURE_WORDS[e["status"]], key,
-                     e["attestation"] or "-", failed or ("" if e["status"] in ("verified", "unsigned") else e["detail"])))
+    for e in report.signatures:
+        key = {"given": f"given {_short(e.key_fingerprint)}",
+               "signer": f"its own signer.pub {_short(e.key_fingerprint)} (not a trusted key)"}.get(e.key or "", "-")
+        failed = "; ".join(f"{c['name']}: {c['detail']}" for c in e.checks if not c["ok"])
+        rows.append((f"{e.artifact}/{e.relpath or ''}".rstrip("/"), SIGNATURE_WORDS[e.status], key,
+                     e.attestation or "-", failed or ("" if e.status in ("verified", "unsigned") else e.detail)))
     return rows
 
 
 def render_markdown(report: AuditReport) -> str:
-    out = [f"# Provenance audit: {', '.join(report['subjects']) or report['query']}", "",
-           f"**{report['message']}** (exit {report['exit_code']})", ""]
-    if report["status"] != "unknown":
+    out = [f"# Provenance audit: {', '.join(report.subjects) or report.query}", "",
+           f"**{report.message}** (exit {report.exit_code})", ""]
+    if report.status != "unknown":
         out += ["## Lineage graph", "", "```mermaid", render_mermaid(report).rstrip(), "```", ""]
     out += ["## Audit", "", "```text", render_tree(report).rstrip(), "```", ""]
-    if report.get("signatures"):
+    if report.signatures:
         out += ["## Signatures", "", "| file | signature | key | attestation | failed checks |", "|---|---|---|---|---|"]
         out += [f"| {f} | {st} | {k} | {a} | {d.replace('|', '/')} |" for f, st, k, a, d in _signature_rows(report)]
         out.append("")
-    if report["checks"]:
+    if report.checks:
         out += ["## Digests re-checked", "", "| status | kind | artifact | file | detail |", "|---|---|---|---|---|"]
         out += [f"| {s} | {k} | {a} | `{p}` | {d.replace('|', '/')} |" for s, k, a, p, d in _check_rows(report)]
     return "\n".join(out) + "\n"
@@ -327,12 +336,12 @@ def render_markdown(report: AuditReport) -> str:
 def render_html(report: AuditReport) -> str:
     """One self-contained HTML page (templates/audit.html.j2): the SVG graph, the tree and the table of re-checked
     digests."""
-    known = report["status"] != "unknown"
+    known = report.status != "unknown"
     return templating.render(
         "prefect_wandb", "audit.html.j2",
-        title=f"Provenance audit: {', '.join(report['subjects']) or report['query']}",
-        color={"verified": "#26a269", "tampered": "#c01c28"}.get(report["status"], "#555"),
-        verdict=f"{report['message']} (exit {report['exit_code']})",
+        title=f"Provenance audit: {', '.join(report.subjects) or report.query}",
+        color={"verified": "#26a269", "tampered": "#c01c28"}.get(report.status, "#555"),
+        verdict=f"{report.message} (exit {report.exit_code})",
         # Markup on purpose: picture.render_svg draws the SVG itself and escapes every text in it.
         graph=Markup(render_svg(report)) if known else None, mermaid=render_mermaid(report) if known else None,
         signatures=_signature_rows(report), tree=render_tree(report), checks=_check_rows(report))

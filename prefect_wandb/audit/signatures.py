@@ -52,11 +52,11 @@ def is_signature_of(att: ArtifactRecord, other: ArtifactRecord) -> bool:
 
 def _entry(rec: ArtifactRecord, relpath: str | None, path: Path | None, status: str, detail: str,
            att: ArtifactRecord | None = None, run_id: str | None = None) -> SignatureEntry:
-    return {"artifact": rec.label, "relpath": relpath, "path": str(path) if path else None, "status": status,
-            "attestation": att.label if att else None, "attestation_path": att.path if att else None,
-            "sign_run": run_id, "key": None, "public_key": None, "key_fingerprint": None,
-            "recorded_fingerprint": att.metadata.get("public_key_fingerprint") if att else None, "trusted": False,
-            "checks": [], "failed": [], "detail": detail}
+    return SignatureEntry(artifact=rec.label, relpath=relpath, path=str(path) if path else None, status=status,
+                          attestation=att.label if att else None, attestation_path=att.path if att else None,
+                          sign_run=run_id, key=None, public_key=None, key_fingerprint=None,
+                          recorded_fingerprint=att.metadata.get("public_key_fingerprint") if att else None,
+                          trusted=False, checks=[], failed=[], detail=detail)
 
 
 def _verify(e: SignatureEntry, file: Path, att: ArtifactRecord, public_key: Path | None) -> None:
@@ -64,20 +64,20 @@ def _verify(e: SignatureEntry, file: Path, att: ArtifactRecord, public_key: Path
     from prefect_wandb.provenance.verify import MISSING, VERIFIED, verify
 
     folder = readable_folder(att.path, att.files)
-    recorded = e["recorded_fingerprint"]
-    checks = e["checks"]
+    recorded = e.recorded_fingerprint
+    checks = e.checks
     if public_key is not None:
-        key, e["key"], e["trusted"] = Path(public_key), "given", True
+        key, e.key, e.trusted = Path(public_key), "given", True
     else:
-        key, e["key"] = folder / str(att.metadata.get("signer_public_key") or SIGNER_PUB), "signer"
-    e["public_key"] = str(key)
+        key, e.key = folder / str(att.metadata.get("signer_public_key") or SIGNER_PUB), "signer"
+    e.public_key = str(key)
     try:
         fp = keys.fingerprint(keys.load_public(key))
     except keys.KeyFileError as err:  # a given key was checked before the audit: this is the folder's own copy
         checks.append({"name": "signer key", "ok": False, "detail": str(err)})
         fp = None
     if fp is not None:
-        e["key_fingerprint"] = fp
+        e.key_fingerprint = fp
         if public_key is None:
             ok = fp == recorded
             checks.append({"name": "signer key fingerprint", "ok": ok,
@@ -91,15 +91,15 @@ def _verify(e: SignatureEntry, file: Path, att: ArtifactRecord, public_key: Path
         verified = result.status == VERIFIED
     else:
         verified = False
-    e["failed"] = [c["name"] for c in checks if not c["ok"]]
-    if verified and not e["failed"]:
-        e["status"] = "verified"
-        e["detail"] = (f"signature verified with the given key {key} (fingerprint {fp})" if e["trusted"] else
-                       f"signature verified with the attestation's own {key.name}: consistent with the key it "
-                       f"names (fingerprint {fp}), not proven against a trusted key (give --public-key)")
+    e.failed = [c["name"] for c in checks if not c["ok"]]
+    if verified and not e.failed:
+        e.status = "verified"
+        e.detail = (f"signature verified with the given key {key} (fingerprint {fp})" if e.trusted else
+                    f"signature verified with the attestation's own {key.name}: consistent with the key it "
+                    f"names (fingerprint {fp}), not proven against a trusted key (give --public-key)")
     else:
-        e["status"] = "mismatch"
-        e["detail"] = f"{att.label} does not verify {file.name}: " + "; ".join(
+        e.status = "mismatch"
+        e.detail = f"{att.label} does not verify {file.name}: " + "; ".join(
             f"{c['name']} failed ({c['detail']})" for c in checks if not c["ok"])
 
 
@@ -124,16 +124,15 @@ def check_signatures(store: LineageStore, arts: dict[int, ArtifactRecord], v: Ve
             e = _entry(rec, relpath, file, "missing", "", att, run_id)
             gone = v.deleted.get(att.artifact_id) or v.deleted.get(aid)
             if gone is not None and not (local_folder(att.path).is_dir() and file.is_file()):
-                e["status"] = "deleted"
-                e["detail"] = f"not checked: deleted by gc on {gone.deleted_at[:10]} ({gone.reason})"
+                e.status = "deleted"
+                e.detail = f"not checked: deleted by gc on {gone.deleted_at[:10]} ({gone.reason})"
             elif not file.is_file():
-                e["detail"] = f"{file}: missing, its signature cannot be checked"
+                e.detail = f"{file}: missing, its signature cannot be checked"
             elif not readable_folder(att.path, att.files).is_dir():
-                e["detail"] = f"{att.label}: its folder {att.path} is missing"
+                e.detail = f"{att.label}: its folder {att.path} is missing"
             else:
                 _verify(e, file, att, public_key)
             entries.append(e)
-            status = {"verified": "ok", "mismatch": "mismatch"}.get(e["status"], e["status"])
-            v.add("signature", rec.label, str(file), status, e["recorded_fingerprint"], e["key_fingerprint"],
-                  e["detail"])
+            status = {"verified": "ok", "mismatch": "mismatch"}.get(e.status, e.status)
+            v.add("signature", rec.label, str(file), status, e.recorded_fingerprint, e.key_fingerprint, e.detail)
     return entries

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from prefect_wandb.audit.entries import AuditReport, RunEntry, finish
+from prefect_wandb.audit.entries import AuditReport, Check, RunEntry, finish
 from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import wandb_ref
 
@@ -22,60 +22,54 @@ def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> 
     other content for the same sha256 alias, or naming another producing run, is a mismatch."""
     online = {}
     for lab, info in found.items():
-        art = report["artifacts"][lab]
+        art = report.artifacts[lab]
         entry: dict[str, Any] = {"found": info is not None}
         if info is None:
             entry["note"] = "not in W&B (offline run not synced yet: `sync`)"
             online[lab] = entry
             continue
         entry.update({k: info.get(k) for k in ("ref", "version", "aliases", "logged_by", "used_by")})
-        producers = set(art["producers"])
+        producers = set(art.producers)
         if info.get("logged_by") and info["logged_by"] not in producers:
-            report["checks"].append({"kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
-                                     "expected": ", ".join(sorted(producers)), "actual": info["logged_by"],
-                                     "detail": f"W&B says it was logged by run {info['logged_by']}, the lineage "
-                                               f"store by {', '.join(sorted(producers))}"})
-        for f in art["files"]:
-            remote = (info.get("files") or {}).get(f["relpath"])
-            local = Path(art["path"]) / f["relpath"]
+            report.checks.append(Check("wandb", lab, info.get("ref"), "mismatch", ", ".join(sorted(producers)),
+                                       info["logged_by"], f"W&B says it was logged by run {info['logged_by']}, the "
+                                       f"lineage store by {', '.join(sorted(producers))}"))
+        for f in art.files:
+            remote = (info.get("files") or {}).get(f.relpath)
+            local = Path(art.path) / f.relpath
             if remote is None or not local.is_file():
                 continue
             mine = md5_b64(local)
             ok = remote == mine
-            report["checks"].append({"kind": "wandb", "artifact": lab, "path": str(local),
-                                     "status": "ok" if ok else "mismatch", "expected": remote, "actual": mine,
-                                     "detail": "" if ok else f"md5 {mine} differs from W&B's copy "
-                                               f"{info.get('ref')} ({remote})"})
-        missing = [r for r in art["consumers"] if _in_wandb(report["runs"].get(r))
+            report.checks.append(Check("wandb", lab, str(local), "ok" if ok else "mismatch", remote, mine,
+                                       "" if ok else f"md5 {mine} differs from W&B's copy {info.get('ref')} ({remote})"))
+        missing = [r for r in art.consumers if _in_wandb(report.runs.get(r))
                    and r not in (info.get("used_by") or [])]
         if missing:
             entry["missing_input_edges"] = missing
         for r in missing:
-            report["checks"].append({"kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
-                                     "expected": r, "actual": ", ".join(info.get("used_by") or []) or "no run",
-                                     "detail": f"run {r} used {lab} in the lineage store; W&B does not list it "
-                                               "among the version's users"})
-        held = {a["alias"] for a in art.get("aliases") or []} if _in_wandb(report["runs"].get(
-            art["producer_run_id"])) else set()  # an offline run's promotion reaches W&B with its sync
+            report.checks.append(Check("wandb", lab, info.get("ref"), "mismatch", r,
+                                       ", ".join(info.get("used_by") or []) or "no run",
+                                       f"run {r} used {lab} in the lineage store; W&B does not list it among the "
+                                       "version's users"))
+        held = {a["alias"] for a in art.aliases} if _in_wandb(report.runs.get(
+            art.producer_run_id)) else set()  # an offline run's promotion reaches W&B with its sync
         for alias in sorted(held & {"candidate", "production"}):
             if alias not in (info.get("aliases") or []):
-                report["checks"].append({
-                    "kind": "wandb", "artifact": lab, "path": info.get("ref"), "status": "mismatch",
-                    "expected": alias, "actual": ", ".join(info.get("aliases") or []),
-                    "detail": f"alias {alias!r} is on {lab} in the lineage store, not on W&B's version "
-                              f"{info.get('version')}"})
+                report.checks.append(Check(
+                    "wandb", lab, info.get("ref"), "mismatch", alias, ", ".join(info.get("aliases") or []),
+                    f"alias {alias!r} is on {lab} in the lineage store, not on W&B's version {info.get('version')}"))
         online[lab] = entry
-    report["wandb_online"] = online
+    report.wandb_online = online
     finish(report)
     return report
 
 
 def _in_wandb(run: RunEntry | None) -> bool:
     """A finished run W&B holds: recorded online, or uploaded by `sync` (its inputs are then declared there)."""
-    if run is None or run.get("status") != "finished":
+    if run is None or run.status != "finished":
         return False
-    w = run["wandb"]
-    return w["mode"] == "online" or w["synced_at"] is not None
+    return run.wandb.mode == "online" or run.wandb.synced_at is not None
 
 
 def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict | None]:
@@ -84,7 +78,8 @@ def wandb_findings(report: AuditReport, backend: WandbBackend) -> dict[str, dict
     from prefect_wandb.wandb_compare import lookup_versions
 
     refs: dict[str, str] = {}
-    for lab, art in report["artifacts"].items():
-        run = report["runs"].get(art["producer_run_id"], {}).get("wandb", {})
-        refs[lab] = wandb_ref(run.get("entity"), run.get("project") or "", art["name"], art["digest"])
+    for lab, art in report.artifacts.items():
+        producer = report.runs.get(art.producer_run_id)
+        wb = producer.wandb if producer else None
+        refs[lab] = wandb_ref(wb.entity if wb else None, (wb.project if wb else None) or "", art.name, art.digest)
     return lookup_versions(backend, refs)

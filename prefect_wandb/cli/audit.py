@@ -15,12 +15,13 @@ from prefect_wandb.audit import AuditError, apply_wandb_findings, audit
 from prefect_wandb.audit.render import render_tree, write_report
 from prefect_wandb.cli.args import Parents, add_command, err, open_store, program
 from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.records import as_json
 
 if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
     from prefect_wandb.store import LineageStore
     from prefect_wandb.sync import Action, PromotionPlan, SyncPlan
 
-# The audit's verdict (report["status"], also in its JSON and report file) as the command's exit code.
+# The audit's verdict (report.status, also in its JSON and report file) as the command's exit code.
 AUDIT_EXIT = {"verified": Exit.OK, "tampered": Exit.VERIFY_FAILED, "unknown": Exit.NOT_FOUND}
 
 AUDIT_EPILOG = """\
@@ -108,7 +109,7 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
     except AuditError as e:
         err("audit", str(e))
         return Exit.USAGE
-    if ns.online and report["status"] != "unknown":
+    if ns.online and report.status != "unknown":
         from prefect_wandb.audit.wandb_findings import wandb_findings
         from prefect_wandb.wandb.client import WandbClient, wandb_error_line
 
@@ -119,19 +120,19 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
             return Exit.WANDB_UNAVAILABLE
     if ns.report:
         try:
-            report["report"] = str(write_report(report, Path(ns.report)))
+            report.report = str(write_report(report, Path(ns.report)))
         except (AuditError, OSError) as e:
             err("audit", f"--report: {e}")
             return Exit.USAGE
     if ns.json:
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(as_json(report), indent=2, default=str))
     else:
         print(render_tree(report), end="")
         if ns.report:
-            print(f"report: {report['report']}")
-    code = AUDIT_EXIT[report["status"]]
+            print(f"report: {report.report}")
+    code = AUDIT_EXIT[report.status]
     if code != Exit.OK:
-        err("audit", report["message"])
+        err("audit", report.message)
     return code
 
 
@@ -139,41 +140,40 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
 
 
 def render_sync(result: SyncPlan, calls: list[tuple] | None = None) -> str:
-    dry = result["dry_run"]
+    dry = result.dry_run
     out = [("DRY RUN (nothing sent, nothing recorded): " if dry else "") +
-           f"W&B sync; runs that name no entity go to {result['entity']}"]
+           f"W&B sync; runs that name no entity go to {result.entity}"]
 
     def line(a: Action | PromotionPlan) -> str:
-        was, st = a.get("was"), a["status"]
+        was, st = a.was, a.status
         if was == "done":
             state = "already done"
         elif dry and st == "done":
             state = "would be done"
         else:
             state = st
-        detail = f" ({a['detail']})" if a.get("detail") else ""
+        detail = f" ({a.detail})" if a.detail else ""
         return f"{state}{detail}"
 
-    for run in result["runs"]:
-        out.append(f"{run['job_type']} run {run['run_id']} [{run['mode']}, {run['status']}]"
-                   + (f": {run['note']}" if run["note"] else ""))
-        for a in run["actions"]:
-            what = "upload " + a["ref"] if a["action"] == "upload" else f"use    {a['ref']} ({a['artifact']})"
+    for run in result.runs:
+        out.append(f"{run.job_type} run {run.run_id} [{run.mode}, {run.status}]" + (f": {run.note}" if run.note else ""))
+        for a in run.actions:
+            what = "upload " + a.ref if a.action == "upload" else f"use    {a.ref} ({a.artifact})"
             out.append(f"  {what}: {line(a)}")
-    if result["promotions"]:
+    if result.promotions:
         out.append("promotions")
-    for p in result["promotions"]:
-        out.append(f"  {p['artifact']} {p['decision']} -> aliases {', '.join(p['aliases'])} on {p['ref']}: {line(p)}")
+    for p in result.promotions:
+        out.append(f"  {p.artifact} {p.decision} -> aliases {', '.join(p.aliases)} on {p.ref}: {line(p)}")
     if calls is not None:
         out.append("calls that would be sent, in order:")
         out += [f"  {i}. {c[0]}(" + ", ".join(repr(x) for x in c[1:]) + ")" for i, c in enumerate(calls, 1)]
-    items = [a for r in result["runs"] for a in r["actions"]] + result["promotions"]
-    now = sum(1 for a in items if a.get("was") != "done" and a["status"] == "done")
-    already = sum(1 for a in items if a.get("was") == "done")
-    bad = {s: sum(1 for a in items if a["status"] == s) for s in ("failed", "blocked", "missing")}
+    items = result.steps()
+    now = sum(1 for a in items if a.was != "done" and a.status == "done")
+    already = sum(1 for a in items if a.was == "done")
+    bad = {s: sum(1 for a in items if a.status == s) for s in ("failed", "blocked", "missing")}
     tail = "".join(f", {n} {s}" for s, n in bad.items() if n)
     verb = "would do" if dry else "did"
-    out.append(f"{'OK' if result['ok'] else 'INCOMPLETE'}: {verb} {now} step(s), {already} already done{tail}")
+    out.append(f"{'OK' if result.ok else 'INCOMPLETE'}: {verb} {now} step(s), {already} already done{tail}")
     return "\n".join(out) + "\n"
 
 
@@ -205,8 +205,8 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
         if isinstance(store, Exit):
             return store
     plan = plan_sync(store, search_dirs=[Path(d) for d in ns.wandb_dir], run_ids=ns.run or None)
-    for item in [a for r in plan["runs"] for a in r["actions"]] + plan["promotions"]:
-        item["was"] = "done" if item["status"] == "done" else item["status"]
+    for item in plan.steps():
+        item.was = item.status
     try:
         result = run_sync(store, plan, backend, dry_run=ns.dry_run, entity=entity)
     except WandbUnavailable as e:
@@ -214,12 +214,13 @@ def sync_main(ns: argparse.Namespace, backend=None) -> int:
         return Exit.WANDB_UNAVAILABLE
     calls = list(getattr(backend, "calls", [])) if ns.dry_run else None
     if ns.json:
-        print(json.dumps({**result, **({"calls": calls} if calls is not None else {})}, indent=2, default=str))
+        print(json.dumps({**as_json(result), **({"calls": calls} if calls is not None else {})}, indent=2,
+                         default=str))
     else:
         print(render_sync(result, calls), end="")
-    if not result["ok"]:
+    if not result.ok:
         err("sync", "some steps failed or were blocked (see above); run sync again once they can succeed")
-    return Exit.OK if result["ok"] else Exit.FAILED
+    return Exit.OK if result.ok else Exit.FAILED
 
 
 def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
