@@ -151,6 +151,8 @@ def test_move_copies_every_record_uploads_every_version_and_audit_passes_at_the_
                                wandb=WandbSettings(mode="offline", dir=tmp_path / "wandb"))
     data = LineageStore(postgres_db).require_artifact(*_name_digest(prepare_table(settings, "x,y\n5,6\n")))
     assert data.artifact_id > max(a.artifact_id for a, _ in pairs) and data.version == 2
+    got = capsys.readouterr()  # the stage's own output (wandb may say "Adding directory to artifact")
+    out.append(got.out + got.err)
 
     # moving again into it: refused, one line
     assert _move(source, postgres_db, f"{s3_bucket}/other") == Exit.USAGE
