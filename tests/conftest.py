@@ -50,6 +50,10 @@ def prefect_server():
     on a server of its own): no test is about them, and at each flow run's end Prefect joins its heartbeat thread,
     which sleeps in 1 s steps (0.35-0.75 s of each tiny flow run's 2-3 s).
 
+    Its URL is a setting of the test's context (`temporary_settings`), as `run` points its flow at a server of its
+    own: a thread that a test starts and that talks to Prefect runs in a copy of that context
+    (`contextvars.copy_context().run`), or Prefect would start an ephemeral server for it.
+
     Yields the path of a copy of its database taken as it came up (Prefect's migrations run, its block types
     registered, nothing else yet): `prefect_db`."""
     from filelock import FileLock
