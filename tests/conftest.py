@@ -164,6 +164,17 @@ def pytest_configure(config):
         atexit.register(_stop_shared_prefect_server, Path(shared))
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Every test has run: what the process made lives until it exits, so the garbage collector's passes at the
+    end (pytest's last look for unraisable exceptions, the interpreter's at exit) would walk the torch, Prefect,
+    wandb and pydantic objects by the hundred thousand with nothing to free (`mnist-pipeline` freezes its objects
+    before it exits for the same reason). Frozen, they are skipped; exit hooks still run."""
+    import gc
+
+    gc.freeze()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_xdist_auto_num_workers(config) -> int | None:
     """`-n auto` (`addopts`): one worker more than cores (at most `--maxprocesses`) for a run with the slow tests,
