@@ -30,82 +30,28 @@ def wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return use_offline_wandb(monkeypatch, tmp_path / "wandb")
 
 
-# The folder that every process of one pytest run shares (the xdist controller makes it, its workers inherit the
-# variable): the session's Prefect server lives there. The controller stops the server and removes the folder at its
-# exit: after Prefect's own exit hooks (they run first) have sent the server a process's last logs and events, as
-# `run` stops a server of its own.
-SHARED_DIR_ENV = "MNIST_TESTS_SHARED_DIR"
-
-
 @pytest.fixture(scope="session")
-def prefect_server():
-    """A real Prefect server (`prefect server start`, SQLite, a free loopback port) for the whole pytest run, shared
-    by its xdist workers: the first process that needs it starts it (under a file lock in the run's shared folder),
-    the others find its URL there; the controller stops it at its exit. One server instead of
-    one per worker: about 11 CPU-s of start (6 of them Prefect's migrations) and 1.2 CPU-s a minute of idle services
-    saved for each worker after the first (docs/testing.md). Tests read what they made by their flow run's id, so
-    the other workers' runs on it are never theirs.
+def prefect_server(tmp_path_factory):
+    """A real temporary Prefect server (SQLite) for the whole session.
 
-    The flow runs of this process send it no heartbeats (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY` unset, as `run` does
-    on a server of its own): no test is about them, and at each flow run's end Prefect joins its heartbeat thread,
-    which sleeps in 1 s steps (0.35-0.75 s of each tiny flow run's 2-3 s).
+    The flow runs of this process send it no heartbeats (`PREFECT_FLOWS_HEARTBEAT_FREQUENCY` unset, as `run` does on
+    a server of its own): no test is about them, and at each flow run's end Prefect joins its heartbeat thread, which
+    sleeps in 1 s steps (0.35-0.75 s of each tiny flow run's 2-3 s).
 
-    Its URL is a setting of the test's context (`temporary_settings`), as `run` points its flow at a server of its
-    own: a thread that a test starts and that talks to Prefect runs in a copy of that context
-    (`contextvars.copy_context().run`), or Prefect would start an ephemeral server for it.
+    As it comes up, its database (Prefect's migrations run, its block types registered, nothing else yet) is copied
+    for `prefect_db`."""
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
 
-    Yields the path of a copy of its database taken as it came up (Prefect's migrations run, its block types
-    registered, nothing else yet): `prefect_db`."""
-    from filelock import FileLock
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    from mnist_pipeline.cli.local_server import PrefectServer
-
-    shared = Path(os.environ[SHARED_DIR_ENV])
-    info = shared / "prefect-server.json"
-    with FileLock(shared / "prefect-server.lock"):
-        if not info.exists():
-            home = shared / "prefect-home"
-            server = PrefectServer(home, log=shared / "prefect-server.log")
-            url = server.ready(timeout=120)
-            template = copy_sqlite(home / "prefect.db", shared / "prefect-template.db")
-            info.write_text(json.dumps({"url": url, "pid": server.proc.pid, "template": str(template)}))
-        started = json.loads(info.read_text())
-    with temporary_settings(updates={PREFECT_API_URL: started["url"], PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield Path(started["template"])
-
-
-def _stop_shared_prefect_server(shared: Path) -> None:
-    """SIGTERM to the shared server's process group (it runs in a session of its own), SIGKILL after 20 s; then the
-    shared folder goes."""
-    import shutil
-
-    info = shared / "prefect-server.json"
-    if info.exists():
-        _stop_group_by_pid(json.loads(info.read_text())["pid"])
-    shutil.rmtree(shared, ignore_errors=True)
-
-
-def _stop_group_by_pid(pid: int) -> None:
-    import contextlib
-    import signal
-    import time
-
-    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):  # reap it where this process started it (no xdist)
-                os.waitpid(pid, os.WNOHANG)
-            try:  # gone, or a zombie that its new parent has not reaped yet
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                    return
-            except (OSError, IndexError):
-                return
-            time.sleep(0.1)
+    with prefect_test_harness(server_startup_timeout=120), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        url = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()  # the harness's: sqlite+aiosqlite:///PATH
+        assert url.startswith("sqlite+aiosqlite:///"), url
+        yield copy_sqlite(url.split(":///", 1)[1], tmp_path_factory.getbasetemp() / "prefect-template.db")
 
 
 @pytest.fixture(scope="session")
@@ -148,20 +94,11 @@ def pytest_configure(config):
     And their OpenMP threads (torch's) sleep while they wait instead of spinning: three workers and their
     subprocesses share two cores, where a spinning thread takes the core another process needs. Three processes
     making tiny flow runs side by side, back to back: 3.6 s a run instead of 4.2 s, 5 % less CPU (docs/testing.md).
-    Set before any worker imports torch (libgomp reads it once); subprocesses inherit it; a value already set wins.
-
-    The controller (or the one process, without xdist) makes the folder its workers share ($MNIST_TESTS_SHARED_DIR:
-    `prefect_server`)."""
+    Set before any worker imports torch (libgomp reads it once); subprocesses inherit it; a value already set wins."""
     from mnist_pipeline.collector import fewer_collections
 
     fewer_collections()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if not hasattr(config, "workerinput"):  # the controller (or the one process): the folder its workers share
-        import atexit
-        import tempfile
-
-        shared = os.environ[SHARED_DIR_ENV] = tempfile.mkdtemp(prefix="mnist-tests-")
-        atexit.register(_stop_shared_prefect_server, Path(shared))
 
 
 @pytest.hookimpl(trylast=True)

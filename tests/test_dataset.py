@@ -160,7 +160,6 @@ def test_a_local_run_cancelled_through_the_api_mid_training_runs_its_cancellatio
     """A flow run started in this process (as `mnist-pipeline run` starts one) and cancelled through the API while it
     trains: Prefect signals no process it did not start, so the run goes on to its end and stays Cancelling; its
     on_cancellation hook runs then, in this process, and ends the run's hold on its dataset."""
-    import contextvars
     import threading
     import time
 
@@ -187,8 +186,7 @@ def test_a_local_run_cancelled_through_the_api_mid_training_runs_its_cancellatio
             cancelled.append(client.set_flow_run_state(training.flow_run_id, Cancelling(message="cancelled from the "
                                                                                                  "UI")))
 
-    # with this context: the session's Prefect server is this context's setting (`prefect_server`), not the process's
-    canceller = threading.Thread(target=contextvars.copy_context().run, args=(cancel_mid_training,), daemon=True)
+    canceller = threading.Thread(target=cancel_mid_training, daemon=True)
     canceller.start()
     state = mnist_lineage_pipeline(config=cfg, return_state=True)
     canceller.join(10)

@@ -18,7 +18,6 @@ The S3 server stopped mid-upload is tested at the stage level in tests/test_s3_a
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import io
 import json
 import os
@@ -254,9 +253,7 @@ def test_runs_land_on_both_workers_skip_an_unchanged_run_and_two_at_once_end_wit
 
     # two changed runs at once, one per worker: both complete, the gate leaves exactly one production
     with ThreadPoolExecutor(2) as pool:
-        # each in a copy of this context: the session's Prefect server is its setting (`prefect_server`)
-        futures = [pool.submit(contextvars.copy_context().run, _run, team, q, learning_rate=lr)
-                   for q, lr in ((a, 0.01), (b, 0.02))]
+        futures = [pool.submit(_run, team, q, learning_rate=lr) for q, lr in ((a, 0.01), (b, 0.02))]
         third, fourth = (f.result() for f in futures)
     for fr, q in ((third, a), (fourth, b)):
         assert fr.state.is_completed(), (fr.state, _logs(team))
