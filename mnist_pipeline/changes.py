@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from mnist_pipeline import __version__, data
+from mnist_pipeline import __version__, idx
 from mnist_pipeline.checkpoint_files import checkpoint_path, discard_checkpoint
 from mnist_pipeline.config import DATASET_NAME, MODEL_NAME, PipelineConfig
 from mnist_pipeline.results import ArtifactLocation, DatasetInfo, RunSummary
@@ -31,10 +31,10 @@ from prefect_wandb import (
 def _source_files(cfg: PipelineConfig) -> list[Path]:
     d = cfg.data
     if d.source == "local" and d.local_dir is not None:
-        return sorted(p for base in (d.local_dir, data.raw_folder(d.local_dir)) if base.is_dir()
+        return sorted(p for base in (d.local_dir, idx.raw_folder(d.local_dir)) if base.is_dir()
                       for p in base.iterdir() if p.is_file())
     if d.source == "download":
-        raw = data.raw_folder(d.root)
+        raw = idx.raw_folder(d.root)
         return sorted(p for p in raw.iterdir() if p.is_file()) if raw.is_dir() else []
     return []  # synthetic data is a pure function of its settings
 

@@ -9,21 +9,11 @@ No Prefect, no W&B: this module only knows files and tensors.
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
-import http
-import http.client
 import logging
 import os
 import shutil
-import socket
-import struct
-import time
-import urllib.error
-import urllib.request
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,55 +23,23 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where tensors are made: a skipped run never needs it
     import torch
 
+from mnist_pipeline import idx
+from mnist_pipeline.idx import (
+    FILES,
+    IMAGE_MAGIC,
+    LABEL_MAGIC,
+    DataError,
+    RawFileInfo,
+    check_idx,
+    copy_idx,
+    encode_idx,
+    file_digests,
+    raw_folder,
+)
+from mnist_pipeline.mirrors import DEFAULT_TIMEOUT, download
 from prefect_wandb import storage
 
 log = logging.getLogger(__name__)
-
-# (split, kind) -> file stem, as published and as torchvision names them.
-FILES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
-# md5 of the published .gz files: torchvision's list (`MNIST.resources`; a test keeps the two equal), written out
-# so that importing this module does not import torchvision (1-2 s; a cached or skipped run never reads IDX files).
-PUBLISHED_MD5 = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-
-
-IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
-
-
-class DataError(ValueError):
-    """A data file is missing, truncated or malformed; the message names the file."""
-
-
-class DownloadError(RuntimeError):
-    """No mirror could be reached or answered in time: worth a retry (the task retries it)."""
-
-
-class ChecksumError(DataError):
-    """A mirror delivered a file whose md5 is not the published one: a retry would fetch the same bytes."""
-
-
-class MirrorRefused(DataError):
-    """A mirror answered with an HTTP client error (404 Not Found, 403 Forbidden...): a retry gets the same answer."""
-
-
-# HTTP client errors that say "not now" rather than "not here": worth a retry like a network error.
-TRANSIENT_HTTP = frozenset({408, 425, 429})
-# A mirror that sent a file with the wrong md5 is not downloaded again for this long in this process (a retry of
-# prepare-data after another mirror's network error would fetch the same wrong bytes again).
-REFUSED_FOR_S = 3600.0
-_refused: dict[tuple[str, str], tuple[float, str]] = {}  # (url, expected md5) -> (monotonic time, why)
-
-
-DEFAULT_TIMEOUT = 30.0  # seconds a mirror may take to connect or to send the next bytes
 
 
 @dataclass(frozen=True)
@@ -99,19 +57,6 @@ class Split:
 
 
 @dataclass
-class RawFileInfo:
-    name: str  # as found at the source (e.g. train-images-idx3-ubyte.gz)
-    sha256: str  # of that source file
-    size: int
-    md5: str | None = None  # md5 of the .gz as found, when there was one
-    note: str = ""
-    origin: str | None = None  # the file or URL the user gave, named in errors found after staging
-    stored: str | None = None  # the immutable, content-addressed IDX copy this dataset was read from
-    stored_sha256: str | None = None
-    stored_size: int | None = None
-
-
-@dataclass
 class PreparedData:
     train: Split
     test: Split
@@ -121,56 +66,7 @@ class PreparedData:
     folder: Path | None = None  # the content-addressed folder the raw files were read from
 
 
-# ---------------------------------------------------------------------------------------------- IDX format
-
-
-def encode_idx(array: np.ndarray) -> bytes:
-    """IDX bytes of a uint8 array: magic (0, 0, 0x08, ndim), big-endian dims, then the data."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    return header + array.tobytes()
-
-
-def check_idx(path: Path, expect_magic: int, label: Path | str | None = None) -> int:
-    """Check one uncompressed IDX file's header against its size; return the item count.
-
-    Errors name `label` (the file the user gave, e.g. the .gz it was unpacked from), else `path`.
-    """
-    name = label or path
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(16 if expect_magic == IMAGE_MAGIC else 8)
-    ndim = 3 if expect_magic == IMAGE_MAGIC else 1
-    if len(head) < 4 + 4 * ndim:
-        raise DataError(f"{name}: truncated IDX file ({size} bytes, shorter than its header)")
-    (magic,) = struct.unpack(">I", head[:4])
-    if magic != expect_magic:
-        raise DataError(f"{name}: wrong IDX magic number 0x{magic:08x}, expected 0x{expect_magic:08x}")
-    dims = struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
-    if ndim == 3 and dims[1:] != (28, 28):
-        raise DataError(f"{name}: images are {dims[1]}x{dims[2]}, expected 28x28")
-    expected = 4 + 4 * ndim + int(np.prod(dims))
-    if size < expected:
-        raise DataError(f"{name}: truncated IDX file: {size} bytes, header promises {expected}")
-    if size > expected:
-        raise DataError(f"{name}: {size - expected} trailing bytes after the {dims[0]} items its header declares")
-    return dims[0]
-
-
-def _digests(path: Path) -> tuple[str, str]:
-    sha, md5 = hashlib.sha256(), hashlib.md5()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-            md5.update(chunk)
-    return sha.hexdigest(), md5.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- sources
-
-
-def raw_folder(root: Path) -> Path:
-    return Path(root) / "MNIST" / "raw"
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -179,15 +75,6 @@ def _find(directory: Path, stem: str) -> Path | None:
             if candidate.is_file():
                 return candidate
     return None
-
-
-def _copy_idx(src: Path, dest: Path, gz: bool) -> None:
-    """Copy (gunzipping when `gz`) `src` to `dest`; a corrupt gzip names `src`, a full disk names `dest`."""
-    try:
-        with storage.writing(dest), (gzip.open if gz else open)(src, "rb") as fin, dest.open("wb") as fout:
-            shutil.copyfileobj(fin, fout)
-    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise DataError(f"{src}: corrupt gzip file ({e})") from e
 
 
 def stage_local(local_dir: Path, incoming: Path) -> list[RawFileInfo]:
@@ -208,113 +95,20 @@ def stage_local(local_dir: Path, incoming: Path) -> list[RawFileInfo]:
     dest.mkdir(parents=True, exist_ok=True)
     infos = []
     for stem, src in found.items():
-        sha, md5 = _digests(src)
+        sha, md5 = file_digests(src)
         info = RawFileInfo(name=src.name, sha256=sha, size=src.stat().st_size, origin=str(src))
         gz = src.suffix == ".gz"
         if gz:
             info.md5 = md5
-            published = PUBLISHED_MD5[src.name]
+            published = idx.PUBLISHED_MD5[src.name]
             info.note = "md5 matches the published file" if md5 == published else (
                 f"md5 {md5} differs from the published {published}: accepted as a local copy"
             )
         else:
             info.note = "uncompressed local copy; the published md5 applies to the .gz only"
-        _copy_idx(src, dest / stem, gz)
+        copy_idx(src, dest / stem, gz)
         infos.append(info)
     return infos  # the files' contents are checked by read_split, which names these sources (RawFileInfo.origin)
-
-
-def _fetch(url: str, dest: Path, md5: str, timeout: float) -> None:
-    """Download `url` to `dest` (atomically), or raise: ChecksumError when the md5 is not `md5` (nothing is kept,
-    and the URL is not downloaded again for REFUSED_FOR_S), MirrorRefused on an HTTP client error (404...),
-    DownloadError when the mirror cannot be reached, answers 5xx or stops answering for `timeout` seconds (a retry
-    may help).
-
-    urllib handles http(s):// and file:// alike; `timeout` bounds the connect and every read (torchvision's
-    helper has none, and reads `response.length`, which a file:// response lacks)."""
-    seen = _refused.get((url, md5))
-    if seen is not None and time.monotonic() - seen[0] < REFUSED_FOR_S:
-        raise ChecksumError(f"{seen[1]} (refused {time.monotonic() - seen[0]:.0f} s ago: not downloaded again)")
-    tmp = storage.tmp_name(dest)
-    h = hashlib.md5()
-    try:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as r, storage.writing(dest), tmp.open("wb") as f:
-                for chunk in iter(lambda: r.read(1 << 16), b""):
-                    h.update(chunk)
-                    f.write(chunk)
-        except storage.StorageError:
-            raise
-        except urllib.error.HTTPError as e:
-            status = f"HTTP {e.code} {_phrase(e.code, e.reason)}"
-            if 400 <= e.code < 500 and e.code not in TRANSIENT_HTTP:
-                raise MirrorRefused(f"{url}: {status}") from None
-            raise DownloadError(f"{url}: {status}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
-            reason = getattr(e, "reason", None) or e
-            if isinstance(reason, TimeoutError | socket.timeout) or "timed out" in str(reason):
-                reason = f"no answer within {timeout:g} s (data.timeout)"
-            raise DownloadError(f"{url}: {reason}") from e
-        if h.hexdigest() != md5:
-            why = (f"{url}: md5 {h.hexdigest()} expected {md5} (the published file); the download was refused and "
-                   "not kept, and is not retried (the mirror would send the same bytes)")
-            _refused[(url, md5)] = (time.monotonic(), why)
-            raise ChecksumError(why)
-        tmp.replace(dest)
-    finally:
-        with contextlib.suppress(OSError):  # a read-only disk refuses even to unlink what is not there
-            tmp.unlink(missing_ok=True)
-
-
-def _phrase(code: int, reason: object) -> str:
-    """The standard reason phrase of an HTTP status (a server's own, e.g. "File not found", when it has none)."""
-    try:
-        return http.HTTPStatus(code).phrase
-    except ValueError:
-        return str(reason or "")
-
-
-def download(root: Path, mirrors: list[str] | None, incoming: Path,
-             timeout: float = DEFAULT_TIMEOUT) -> list[RawFileInfo]:
-    """The published .gz files, from the mirrors in order (torchvision's list by default), into the download
-    cache `root/MNIST/raw` (kept: a file there with the published md5 is not fetched again), then unpacked into
-    `incoming/MNIST/raw`. Each file's md5 must be the published one."""
-    if not mirrors:
-        from torchvision.datasets import MNIST  # torchvision's own list of mirrors
-
-        mirrors = list(MNIST.mirrors)
-    cache = raw_folder(root)
-    cache.mkdir(parents=True, exist_ok=True)
-    dest = raw_folder(incoming)
-    dest.mkdir(parents=True, exist_ok=True)
-    infos = []
-    for stem in FILES.values():
-        name = f"{stem}.gz"
-        gz, published = cache / name, PUBLISHED_MD5[name]
-        origin, note = str(gz), "already downloaded; md5 matches the published file"
-        if not (gz.is_file() and _digests(gz)[1] == published):
-            errors: list[Exception] = []
-            for mirror in mirrors:
-                url = f"{mirror.rstrip('/')}/{name}"
-                try:
-                    _fetch(url, gz, published, timeout)
-                except (DownloadError, ChecksumError, MirrorRefused) as e:
-                    log.warning("%s", e)
-                    errors.append(e)
-                    continue
-                origin, note = url, "downloaded; md5 matches the published file"
-                break
-            else:
-                text = "; ".join(str(e) for e in errors)
-                if all(isinstance(e, ChecksumError) for e in errors):
-                    raise ChecksumError(f"{name}: no mirror has the published file: {text}")
-                if all(isinstance(e, DataError) for e in errors):  # refused or wrong, nowhere a network error
-                    raise MirrorRefused(f"{name}: no mirror has it (not retried): {text}")
-                raise DownloadError(f"{name}: no mirror delivered it: {text}")
-        sha, md5 = _digests(gz)
-        _copy_idx(gz, dest / stem, gz=True)
-        infos.append(RawFileInfo(name=name, sha256=sha, size=gz.stat().st_size, md5=md5, note=note, origin=origin))
-    return infos
 
 
 # Seven-segment strokes per digit, drawn with jitter and noise: learnable, deterministic, nothing to download.
@@ -353,7 +147,7 @@ def write_synthetic(incoming: Path, n_train: int, n_test: int) -> list[RawFileIn
         for kind, array in (("images", images), ("labels", labels)):
             path = dest / FILES[(split, kind)]
             storage.write_bytes_atomic(path, encode_idx(array))
-            sha, _ = _digests(path)
+            sha, _ = file_digests(path)
             infos.append(RawFileInfo(name=path.name, sha256=sha, size=path.stat().st_size,
                                      note=f"synthetic seven-segment digits, seed {seed}"))
     return infos
@@ -368,7 +162,7 @@ def _set_digest(digests: dict[str, str]) -> str:
 
 def _stored_matches(folder: Path, digests: dict[str, str]) -> bool:
     raw = raw_folder(folder)
-    return all((raw / stem).is_file() and _digests(raw / stem)[0] == sha for stem, sha in digests.items())
+    return all((raw / stem).is_file() and file_digests(raw / stem)[0] == sha for stem, sha in digests.items())
 
 
 def store_raw(incoming: Path, root: Path) -> tuple[Path, dict[str, str]]:
@@ -379,7 +173,7 @@ def store_raw(incoming: Path, root: Path) -> tuple[Path, dict[str, str]]:
     reused when its files verify; one whose files were changed since is moved aside (`.corrupt-*`, kept for
     inspection) and replaced by the new, verified copy. Returns (folder, stem -> sha256)."""
     raw = raw_folder(incoming)
-    digests = {stem: _digests(raw / stem)[0] for stem in FILES.values()}
+    digests = {stem: file_digests(raw / stem)[0] for stem in FILES.values()}
     final = Path(root) / "sha256" / _set_digest(digests)[:16]
     for stem in digests:
         with storage.writing(raw / stem, "storing"):

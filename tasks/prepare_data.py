@@ -4,7 +4,7 @@ import urllib.error
 
 from prefect import get_run_logger, task
 
-from mnist_pipeline import data
+from mnist_pipeline import data, idx, mirrors
 from mnist_pipeline.changes import source_key
 from mnist_pipeline.config import DATASET_NAME, PipelineConfig
 from mnist_pipeline.results import DatasetInfo
@@ -21,9 +21,9 @@ def network_error_only(task, task_run, state) -> bool:
     """Retry a failed download, not a corrupt file, a wrong md5 or a full disk: those fail the same way again."""
     try:
         state.result()
-    except (data.DataError, storage.StorageError):
+    except (idx.DataError, storage.StorageError):
         return False
-    except (data.DownloadError, urllib.error.URLError):
+    except (mirrors.DownloadError, urllib.error.URLError):
         return True
     except OSError as e:
         return not storage.is_storage_error(e)
@@ -57,7 +57,7 @@ def prepare_data(cfg: PipelineConfig) -> ArtifactRef:
         # The file is content only (its digest is the dataset's version); the metadata adds where it came from.
         record = data.dataset_record(prepared, d.slice, cfg.train.classes)
         write_json(out / "dataset.json", record)
-        location = d.local_dir if d.source == "local" else data.raw_folder(root)
+        location = d.local_dir if d.source == "local" else idx.raw_folder(root)
         meta = {**record, **data.provenance(prepared, location, d.mirrors), "prepared_from": source_key(cfg)}
         stage.summary = {"train_size": len(prepared.train), "test_size": len(prepared.test)}
         stage.produce(DATASET_NAME, "dataset", out, DatasetInfo.from_metadata(meta).to_metadata())

@@ -65,7 +65,7 @@ def test_an_expected_failure_ends_with_one_line_and_its_traceback_stays_in_the_p
 
 def test_an_unexpected_error_keeps_its_traceback_on_the_console():
     from mnist_pipeline.cli import console
-    from mnist_pipeline.data import ChecksumError
+    from mnist_pipeline.idx import ChecksumError
     from prefect_wandb.storage import StorageError
 
     assert console.is_expected(ChecksumError("x")) and console.is_expected(StorageError(28, "/p"))

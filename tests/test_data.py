@@ -1,35 +1,19 @@
-import functools
+"""MNIST data (`mnist_pipeline/data.py`, the IDX format of `mnist_pipeline/idx.py`): local and synthetic sources,
+malformed files named, the content-addressed raw store, the dataset record, splits saved and loaded."""
+
 import hashlib
-import http.server
-import os
-import re
-import socket
-import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from mnist_pipeline import data
+from mnist_pipeline import data, idx
 from tests.helpers import (
-    REPO,
     STEMS,
     idx_bytes,
-    last_line,
-    leftovers,
-    offline_run_env,
-    run_argv,
-    store_state,
     tiny_digits,
     write_mnist,
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_refused_mirrors(monkeypatch):
-    monkeypatch.setattr(data, "_refused", {}, raising=False)  # an earlier test's mirror port may come back here
 
 
 @pytest.mark.slow
@@ -71,7 +55,7 @@ def test_gz_copy_is_accepted_with_a_note_on_md5(tmp_path):
 def test_published_md5_is_recognised(tmp_path, monkeypatch):
     write_mnist(tmp_path / "src", gz=True)
     gz = tmp_path / "src" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
-    monkeypatch.setitem(data.PUBLISHED_MD5, gz.name, hashlib.md5(gz.read_bytes()).hexdigest())
+    monkeypatch.setitem(idx.PUBLISHED_MD5, gz.name, hashlib.md5(gz.read_bytes()).hexdigest())
     prepared = data.prepare("local", tmp_path / "root", local_dir=tmp_path / "src")
     assert {f.name: f.note for f in prepared.raw_files}[gz.name] == "md5 matches the published file"
 
@@ -102,7 +86,7 @@ def test_malformed_idx_is_rejected_with_the_file_named(tiny_mnist, tmp_path, cas
         "header-only": idx_bytes(images)[:6],
     }[case]
     _corrupt(raw, stem, blob)
-    with pytest.raises(data.DataError) as e:
+    with pytest.raises(idx.DataError) as e:
         data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
     assert message in str(e.value)
     assert str(tiny_mnist / "MNIST" / "raw" / stem) in str(e.value)  # the file the user gave
@@ -112,19 +96,19 @@ def test_corrupt_gzip_is_named(tmp_path):
     raw = write_mnist(tmp_path / "src", gz=True)
     gz = raw / "train-images-idx3-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:200])
-    with pytest.raises(data.DataError, match="train-images-idx3-ubyte.gz: corrupt gzip"):
+    with pytest.raises(idx.DataError, match="train-images-idx3-ubyte.gz: corrupt gzip"):
         data.prepare("local", tmp_path / "root", local_dir=tmp_path / "src")
     assert not list((tmp_path / "root" / "MNIST" / "raw").glob("*.partial"))
 
 
 def test_missing_files_and_empty_directory(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.DataError, match="missing MNIST file.*train-images-idx3-ubyte"):
+    with pytest.raises(idx.DataError, match="missing MNIST file.*train-images-idx3-ubyte"):
         data.prepare("local", tmp_path / "root", local_dir=tmp_path / "empty")
 
 
 def test_slice_larger_than_the_dataset(tiny_mnist, tmp_path):
-    with pytest.raises(data.DataError, match=r"slice=500 is larger than the data: .*/src/MNIST/raw/"
+    with pytest.raises(idx.DataError, match=r"slice=500 is larger than the data: .*/src/MNIST/raw/"
                        r"train-images-idx3-ubyte holds only 120 images \(data.slice\)"):
         data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=500)
 
@@ -137,43 +121,6 @@ def test_synthetic_source_is_deterministic_and_readable(tmp_path):
     assert int(a.train.images.float().std()) > 10  # not blank
 
 
-@pytest.fixture
-def mirror_server(tmp_path):
-    """A loopback HTTP server serving tiny .gz MNIST files, standing in for an MNIST mirror."""
-    src = tmp_path / "mirror"
-    write_mnist(src, gz=True)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src / "MNIST" / "raw"))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield src, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
-
-
-def test_download_uses_the_configured_mirrors(tmp_path, monkeypatch, mirror_server):
-    """torchvision's real download code, pointed at a loopback mirror (no internet here)."""
-    src, mirror = mirror_server
-    sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in (src / "MNIST" / "raw").iterdir()}
-    monkeypatch.setattr(data, "PUBLISHED_MD5", sums)
-    prepared = data.prepare("download", tmp_path / "root", mirrors=[mirror])
-    assert len(prepared.train) == 120
-    from torchvision.datasets import MNIST
-
-    assert MNIST.mirrors[0].startswith("https://")  # the global list is left alone
-    assert all(f.md5 == sums[f.name] for f in prepared.raw_files)
-
-
-def test_download_rejects_a_file_whose_md5_is_not_the_published_one(tmp_path, mirror_server):
-    src, mirror = mirror_server  # tiny files: their md5 is not torchvision's published one
-    got = hashlib.md5((src / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").read_bytes()).hexdigest()
-    with pytest.raises(data.ChecksumError, match=rf"train-images-idx3-ubyte.gz: md5 {got} expected "
-                       rf"{data.PUBLISHED_MD5['train-images-idx3-ubyte.gz']} .* not kept, and is not retried"):
-        data.prepare("download", tmp_path / "root", mirrors=[mirror])
-    assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []  # the refused file is not kept
-
-
 def test_split_round_trip(tiny_mnist, tmp_path):
     prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
     data.save_split(prepared.test, tmp_path / "t.pt")
@@ -181,46 +128,6 @@ def test_split_round_trip(tiny_mnist, tmp_path):
     assert torch.equal(back.images, prepared.test.images) and torch.equal(back.labels, prepared.test.labels)
     x = data.to_float(back.images)
     assert x.shape == (40, 1, 28, 28) and float(x.max()) == 1.0 and x.dtype == torch.float32
-
-
-def test_a_file_mirror_is_supported_and_leaves_no_partial_file(tmp_path, monkeypatch):
-    """An air-gapped site's local mirror: file:///dir/ (torchvision's helper crashed on it, leaving a 0-byte .gz)."""
-    write_mnist(tmp_path / "mirror", gz=True)
-    raw = tmp_path / "mirror" / "MNIST" / "raw"
-    monkeypatch.setattr(data, "PUBLISHED_MD5", {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in raw.iterdir()})
-    prepared = data.prepare("download", tmp_path / "root", mirrors=[raw.as_uri() + "/"])
-    assert len(prepared.train) == 120
-    assert {f.origin for f in prepared.raw_files} == {f"{raw.as_uri()}/{f.name}" for f in prepared.raw_files}
-    assert sorted(p.name for p in (tmp_path / "root" / "MNIST" / "raw").iterdir()) == sorted(
-        p.name for p in raw.iterdir())  # the download cache: whole files only
-    # a second run finds the cache and fetches nothing (the mirror is gone)
-    again = data.prepare("download", tmp_path / "root", mirrors=[(tmp_path / "gone").as_uri() + "/"])
-    assert again.folder == prepared.folder
-
-
-@pytest.mark.slow
-def test_a_mirror_that_never_answers_times_out_and_the_next_one_is_tried(tmp_path, monkeypatch, mirror_server):
-    import socket
-    import time
-
-    src, good = mirror_server
-    monkeypatch.setattr(data, "PUBLISHED_MD5", {p.name: hashlib.md5(p.read_bytes()).hexdigest()
-                                                for p in (src / "MNIST" / "raw").iterdir()})
-    silent = socket.socket()  # accepts connections (the kernel's backlog) and never sends a byte
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    dead = f"http://127.0.0.1:{silent.getsockname()[1]}/"
-    try:
-        t0 = time.monotonic()
-        with pytest.raises(data.DownloadError, match=r"train-images-idx3-ubyte.gz: no mirror delivered it: "
-                           r"http://127.0.0.1:\d+/train-images-idx3-ubyte.gz: no answer within 0.5 s \(data.timeout\)"):
-            data.prepare("download", tmp_path / "root", mirrors=[dead], timeout=0.5)
-        assert time.monotonic() - t0 < 5
-        assert [p for p in (tmp_path / "root").rglob("*") if p.is_file()] == []
-        prepared = data.prepare("download", tmp_path / "root", mirrors=[dead, good], timeout=0.5)
-        assert len(prepared.train) == 120 and all(f.origin.startswith(good) for f in prepared.raw_files)
-    finally:
-        silent.close()
 
 
 def test_other_data_settings_never_rewrite_the_files_an_earlier_dataset_was_read_from(tmp_path):
@@ -259,133 +166,3 @@ def test_the_dataset_record_is_the_same_for_the_same_raw_files_in_another_folder
     assert records[0] == records[1] and blobs[0] == blobs[1]
     assert str(tmp_path) not in json.dumps(records[0])
     assert records[0]["raw_files"][0].keys() == set(data.RAW_CONTENT_FIELDS)
-
-
-class _CountingMirror:
-    """A loopback HTTP mirror of its own that counts the GET requests per file: `files` served, others 404."""
-
-    def __init__(self, directory: Path):
-        self.gets: dict[str, int] = {}
-        counts = self.gets
-
-        class Handler(http.server.SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):
-                super().__init__(*a, directory=str(directory), **kw)
-
-            def do_GET(self):
-                name = self.path.rsplit("/", 1)[-1]
-                counts[name] = counts.get(name, 0) + 1
-                super().do_GET()
-
-            def log_message(self, *a):
-                pass
-
-        directory.mkdir(parents=True, exist_ok=True)
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class _State:
-    """What Prefect hands a retry condition: a state whose result() raises the task's error."""
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-    def result(self):
-        raise self.error
-
-
-def _attempts(root, mirrors, retries=2, timeout=30.0):
-    """prepare-data's download as its task runs it: retried while the task's retry condition says so."""
-    from mnist_pipeline.tasks.prepare_data import network_error_only
-
-    errors = []
-    for _ in range(retries + 1):
-        try:
-            data.prepare("download", root, mirrors=mirrors, timeout=timeout)
-        except Exception as e:
-            errors.append(e)
-            if not network_error_only(None, None, _State(e)):
-                break
-    return errors
-
-
-def test_a_404_mirror_is_not_retried_and_says_its_http_status(tmp_path):
-    empty = _CountingMirror(tmp_path / "empty")
-    try:
-        errors = _attempts(tmp_path / "root", [empty.url])
-    finally:
-        empty.close()
-    assert len(errors) == 1  # one attempt, not three
-    [e] = errors
-    assert isinstance(e, data.MirrorRefused) and not isinstance(e, data.DownloadError)
-    assert str(e) == (f"train-images-idx3-ubyte.gz: no mirror has it (not retried): "
-                      f"{empty.url}train-images-idx3-ubyte.gz: HTTP 404 Not Found")
-    assert empty.gets == {"train-images-idx3-ubyte.gz": 1}
-
-
-@pytest.mark.slow  # waits out a real retry delay
-def test_a_wrong_md5_mirror_is_downloaded_once_though_another_mirror_s_network_error_is_retried(tmp_path):
-    import socket
-
-    write_mnist(tmp_path / "m", gz=True)  # tiny files: not the published md5
-    wrong = _CountingMirror(tmp_path / "m" / "MNIST" / "raw")
-    silent = socket.socket()  # accepts connections and never answers: a network error, worth a retry
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    dead = f"http://127.0.0.1:{silent.getsockname()[1]}/"
-    try:
-        errors = _attempts(tmp_path / "root", [wrong.url, dead], timeout=0.3)
-        assert len(errors) == 3 and all(isinstance(e, data.DownloadError) for e in errors)
-        assert wrong.gets == {"train-images-idx3-ubyte.gz": 1}  # really not retried
-        assert "not retried" in str(errors[0]) and "not downloaded again" in str(errors[1])
-        # a 404 and a wrong md5, no network error: nothing worth a retry
-        empty = _CountingMirror(tmp_path / "empty")
-        try:
-            errors = _attempts(tmp_path / "root2", [empty.url, wrong.url])
-        finally:
-            empty.close()
-        assert len(errors) == 1 and isinstance(errors[0], data.MirrorRefused)
-        assert "HTTP 404 Not Found" in str(errors[0]) and "not downloaded again" in str(errors[0])
-        assert wrong.gets == {"train-images-idx3-ubyte.gz": 1}
-    finally:
-        wrong.close()
-        silent.close()
-
-
-# ------------------------------------------------------------------------ a mirror that never answers, in a whole run
-
-
-FAULT_TIMEOUT = float(os.environ.get("MNIST_TEST_FAULT_TIMEOUT", "0.5"))  # seconds a dead mirror is waited for
-
-
-@pytest.mark.slow
-def test_a_mirror_that_accepts_and_never_answers_times_out_is_retried_and_fails_with_one_line(prefect_server,
-                                                                                            tmp_path):
-    silent = socket.socket()  # the kernel accepts connections into the backlog; nobody ever answers
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(16)
-    mirror = f"http://127.0.0.1:{silent.getsockname()[1]}/"
-    try:
-        t0 = time.monotonic()
-        proc = subprocess.run(run_argv(tmp_path, "--source", "download", "--mirrors", mirror, "--timeout",
-                                       str(FAULT_TIMEOUT), "--retries", "1", "--retry-delay", "0"),
-                              cwd=REPO, env=offline_run_env(tmp_path), capture_output=True, text=True, timeout=180)
-        seconds = time.monotonic() - t0
-    finally:
-        silent.close()
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    assert re.fullmatch(rf"mnist-pipeline: pipeline failed: DownloadError: train-images-idx3-ubyte.gz: no mirror "
-                        rf"delivered it: {mirror}train-images-idx3-ubyte.gz: no answer within {FAULT_TIMEOUT:g} s "
-                        r"\(data.timeout\)", last_line(proc.stderr)), last_line(proc.stderr)
-    runs = store_state(tmp_path / "lineage.db")
-    assert [(j, s) for j, s, _ in runs] == [("prepare-data", "failed")] * 2  # the documented retry, then no more
-    assert seconds < 60
-    assert leftovers(tmp_path) == [] and not list((tmp_path / "data").rglob("*.gz"))
-

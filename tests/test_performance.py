@@ -31,9 +31,9 @@ def _env(tmp_path: Path, **extra) -> dict:
 def test_published_md5s_are_torchvision_s():
     from torchvision.datasets import MNIST
 
-    from mnist_pipeline import data
+    from mnist_pipeline import idx
 
-    assert dict(MNIST.resources) == data.PUBLISHED_MD5
+    assert dict(MNIST.resources) == idx.PUBLISHED_MD5
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from mnist_pipeline.config import ConfigError
-from mnist_pipeline.data import DataError, DownloadError
+from mnist_pipeline.idx import DataError
+from mnist_pipeline.mirrors import DownloadError
 from prefect_wandb import DigestMismatch, RemoteArtifactsError, StoreError, storage
 
 # ParityError (onnx_io) and TrainingDiverged (training: "the loss ... is nan (train.learning_rate 10 may be too
