@@ -108,7 +108,7 @@ def test_a_train_killed_right_after_its_final_checkpoint_reruns_to_the_same_mode
 
 def test_a_404_mirror_fails_prepare_data_once_with_its_http_status(prefect_server, wandb_offline, tmp_path):
     from mnist_pipeline.tasks.prepare_data import for_config
-    from tests.test_data import _CountingMirror
+    from tests.test_mirrors import _CountingMirror
 
     empty = _CountingMirror(tmp_path / "empty")
     cfg = PipelineConfig.model_validate({
