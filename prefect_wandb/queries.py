@@ -37,10 +37,10 @@ def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_
     entries, group_urls, folders, failed_calls = [], [], [], []
     for r in runs:
         gaps = store.wandb_gaps(r.run_id)
-        failed_calls += [g["call"] for g in gaps if not g["error"].startswith("not sent:")]
+        failed_calls += [g.call for g in gaps if not g.error.startswith("not sent:")]
         entries.append({"job_type": r.job_type, "run_id": r.run_id, "mode": r.wandb_mode,
                         "url": r.wandb_url, "dir": r.wandb_dir,
-                        "missing": [f"{g['action']} {g['ref']}" for g in gaps]})
+                        "missing": [f"{g.action} {g.ref}" for g in gaps]})
         if r.wandb_mode == "online" and r.wandb_url and r.run_group:
             url = r.wandb_url.split("/runs/")[0] + f"/groups/{r.run_group}"
             if url not in group_urls:

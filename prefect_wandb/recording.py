@@ -35,7 +35,7 @@ class RecordingWandb:
         committed (no upload gap stands for them), so that the plan's alias moves onto such a version (a promotion
         recorded offline later) are rehearsed against it instead of failing as 'not found'."""
         runs = {r.run_id: r for r in store.runs()}
-        unsent = {cls._key(g["ref"]) for g in store.wandb_gaps() if g["action"] == "upload"}
+        unsent = {cls._key(g.ref) for g in store.wandb_gaps() if g.action == "upload"}
         artifacts = {}
         for art in store.artifacts():
             producer = runs.get(art.producer_run_id)

@@ -1,7 +1,7 @@
 """What the lineage store holds, as frozen records: files, artifact versions, runs, promotion decisions,
-deletions by gc, and the reference to one version that tasks hand each other (`ArtifactRef`). Plain data: reading
-and writing them is `store.py`'s job; imports nothing else of the library. `as_json` writes any record (the audit's
-and sync's reports too) as the plain data `json.dumps` takes."""
+deletions by gc, what W&B missed, and the reference to one version that tasks hand each other (`ArtifactRef`).
+Plain data: reading and writing them is `store.py`'s job; imports nothing else of the library. `as_json` writes any
+record (the audit's, impact's and sync's reports too) as the plain data `json.dumps` takes."""
 
 from __future__ import annotations
 
@@ -224,6 +224,19 @@ class DeletionRecord:
     reason: str
     deleted_by: str
     deleted_at: str
+
+
+@dataclass(frozen=True)
+class WandbGapRecord:
+    """What a failed W&B call left out of W&B, for `sync` (a row of `wandb_gaps`; see `wandb.stage_run.WandbGap`)."""
+
+    run_id: str
+    action: Literal["upload", "use", "aliases"]
+    ref: str
+    call: str
+    error: str
+    detail: str
+    recorded_at: str
 
 
 def optional() -> Any:

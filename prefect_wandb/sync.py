@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from prefect_wandb.alias_sync import follow_store
 from prefect_wandb.records import optional
@@ -127,26 +127,27 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
     if not gaps:
         entry.note = "recorded online: W&B has it and its inputs already"
         return
-    calls = sorted({g["call"] for g in gaps})
+    calls = sorted({g.call for g in gaps})
     entry.note = f"recorded online, but W&B failed at {', '.join(calls)}: completing what W&B missed"
     edges = store.edges(rid)
     produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["produced"]}
     used = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["used"]}
     for g in gaps:
-        row = done.get((rid, g["action"], g["ref"]))
-        base: dict[str, Any] = {"ref": g["ref"], "status": "done" if row else "pending",
-                                "detail": f"done {row['done_at']}" if row else f"{g['call']} failed: {g['error']}"}
-        if g["action"] == "upload" and g["ref"] in produced:
-            a = produced[g["ref"]]
-            entry.actions.append(Action(action="upload", kind="artifact", artifact=a.label,
-                                        artifact_id=a.artifact_id, **base))
-        elif g["action"] == "upload":
-            if g["ref"] in produced or g["call"] != "finish":
+        row = done.get((rid, g.action, g.ref))
+        status: Status = "done" if row else "pending"
+        detail = f"done {row['done_at']}" if row else f"{g.call} failed: {g.error}"
+        if g.action == "upload" and g.ref in produced:
+            a = produced[g.ref]
+            entry.actions.append(Action(action="upload", kind="artifact", ref=g.ref, artifact=a.label,
+                                        artifact_id=a.artifact_id, status=status, detail=detail))
+        elif g.action == "upload":
+            if g.call != "finish":
                 continue  # an artifact the run did not commit (it failed): nothing of it belongs in W&B
-            entry.actions.append(Action(action="upload", kind="run", **base))
-        elif g["action"] == "use" and g["ref"] in used:
-            u = used[g["ref"]]
-            entry.actions.append(Action(action="use", artifact=u.label, producer_run_id=u.producer_run_id, **base))
+            entry.actions.append(Action(action="upload", kind="run", ref=g.ref, status=status, detail=detail))
+        elif g.action == "use" and g.ref in used:
+            u = used[g.ref]
+            entry.actions.append(Action(action="use", ref=g.ref, artifact=u.label, producer_run_id=u.producer_run_id,
+                                        status=status, detail=detail))
         # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
 
@@ -157,20 +158,20 @@ def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done:
     produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a
                 for a in store.edges(rid)["produced"]}
     for g in store.wandb_gaps(rid):
-        if g["action"] != "upload" or g["call"] != "unconfirmed" or g["ref"] not in produced:
+        if g.action != "upload" or g.call != "unconfirmed" or g.ref not in produced:
             continue
-        row = done.get((rid, "upload", g["ref"]))
-        a = produced[g["ref"]]
+        row = done.get((rid, "upload", g.ref))
+        a = produced[g.ref]
         entry.actions.append(Action(action="upload", kind="artifact", artifact=a.label, artifact_id=a.artifact_id,
-                                    ref=g["ref"], status="done" if row else "pending",
-                                    detail=f"done {row['done_at']}" if row else g["error"]))
+                                    ref=g.ref, status="done" if row else "pending",
+                                    detail=f"done {row['done_at']}" if row else g.error))
 
 
 def _registry_links(store: LineageStore) -> dict[str, str]:
     """The registry links that failed online (a 'registry link' gap), by the model's W&B ref: `sync` replays
     them with the promotion they belong to."""
-    return {g["ref"]: g["detail"].removeprefix("link to ") for g in store.wandb_gaps()
-            if g["action"] == "aliases" and g["call"] == "registry link" and g["detail"].startswith("link to ")}
+    return {g.ref: g.detail.removeprefix("link to ") for g in store.wandb_gaps()
+            if g.action == "aliases" and g.call == "registry link" and g.detail.startswith("link to ")}
 
 
 def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),

@@ -56,7 +56,7 @@ def test_promotion_and_rollback_move_production_in_wandb_and_sync_replays_a_fail
         a = api(w)
         assert "production" in a.artifact(ref_of(v1)).aliases  # moved off the old version
         assert "production" not in a.artifact(ref_of(v0)).aliases
-        assert [g["call"] for g in store.wandb_gaps() if g["action"] == "aliases"] == ["registry link"]
+        assert [g.call for g in store.wandb_gaps() if g.action == "aliases"] == ["registry link"]
         assert len(registry(w)["mnist"]) == 1  # the link did not happen
 
         s = cli_here(env, "sync", "--lineage-db", db)

@@ -452,8 +452,8 @@ def test_the_metrics_production_was_compared_with_are_an_input_of_the_promote_ru
     assert promote_run["run"] == stage.run_id and m0.label in promote_run["used"]
     # the impact of production's metrics: the promote run that used it, and the decision it entered
     rep = impact.impact(gated.store, [m0])
-    assert [r["job_type"] for r in rep["runs"].values()] == ["promote"]
-    assert [(p["artifact"], p["compared_with"]) for p in rep["promotions"]] == [(v1.label, m0.label)]
+    assert [r.job_type for r in rep.runs.values()] == ["promote"]
+    assert [(p.artifact, p.compared_with) for p in rep.promotions] == [(v1.label, m0.label)]
     assert f"decision about {v1.label}, compared with this promoted at " in impact.render_tree(rep)
     # without a test set, production's newest evaluation is the source, and the deciding run's input too
     v2, a2 = gated.pipeline_acc(d, "c", 0.97)

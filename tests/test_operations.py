@@ -2,6 +2,7 @@
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,19 +75,19 @@ def test_impact_of_a_dataset_names_its_models_their_exports_and_the_production_a
     lin.pipeline(d2, "b")
     lin.promote(m1)
     rep = impact.impact(lin.store, [d1])
-    assert rep["derived"] == {"model": ["convnet:v0"], "metrics": ["convnet-metrics:v0"],
-                              "onnx": ["convnet-onnx:v0"], "validation": ["convnet-onnx-validation:v0"]}
-    assert rep["production_affected"] is True
-    assert {"alias": "production", "artifact": "convnet:v0", "name": "convnet"} in rep["aliases"]
-    assert [p["decision"] for p in rep["promotions"]] == ["promoted"]
+    assert rep.derived == {"model": ["convnet:v0"], "metrics": ["convnet-metrics:v0"],
+                           "onnx": ["convnet-onnx:v0"], "validation": ["convnet-onnx-validation:v0"]}
+    assert rep.production_affected is True
+    assert impact.AffectedAlias(alias="production", artifact="convnet:v0", name="convnet") in rep.aliases
+    assert [p.decision for p in rep.promotions] == ["promoted"]
     text = impact.render_tree(rep)
     assert "convnet:v0 (model" in text and "[production, candidate]" in text and "PRODUCTION depends on it" in text
     assert "convnet:v1" not in text  # the other dataset's model is not derived from this one
     # the other dataset: derived models, but no production behind it
     other = impact.impact(lin.store, [d2])
-    assert other["derived"]["model"] == ["convnet:v1"] and other["production_affected"] is False
+    assert other.derived["model"] == ["convnet:v1"] and other.production_affected is False
     # a leaf has nothing derived
-    assert impact.impact(lin.store, [v1])["derived"] == {}
+    assert impact.impact(lin.store, [v1]).derived == {}
 
 
 def test_the_impact_page_escapes_what_the_records_say(lin):
@@ -95,8 +96,9 @@ def test_the_impact_page_escapes_what_the_records_say(lin):
     _, [d1] = lin.run("prepare-data", produce=[("mnist", "dataset", "d1", {})])
     lin.promote(lin.pipeline(d1, "a")[0])
     rep = impact.impact(lin.store, [d1])
-    rep["subjects"] = [script]
-    rep["tree"][0]["derived"][0]["produced"][0]["promotions"][0]["reason"] = attr
+    rep.subjects = [script]
+    node = rep.tree[0].derived[0].produced[0]
+    node.promotions[0] = replace(node.promotions[0], reason=attr)
     page = impact.render_html(rep)
     assert "<script" not in page.lower() and "<img" not in page and "onerror=alert(1)>" not in page
     assert "<title>Impact of &lt;script&gt;alert(1)&lt;/script&gt;</title>" in page

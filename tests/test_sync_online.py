@@ -58,7 +58,7 @@ def test_an_upload_that_failed_mid_way_is_completed_by_sync_without_a_duplicate(
         pending = [(k, v["state"]) for k, c in w.state()["collections"].items() for v in c["versions"]
                    if v["state"] != "COMMITTED"]
         assert pending == [(f"{w.entity}/{PROJECT}/{model.name}", "PENDING")]
-        failed = {g["call"] for g in store.wandb_gaps(model.producer_run_id) if not g["error"].startswith("not sent")}
+        failed = {g.call for g in store.wandb_gaps(model.producer_run_id) if not g.error.startswith("not sent")}
         assert failed and all(f"W&B {c} failed" in proc.stderr for c in failed)
 
         # where the records went: one line, in the summary and on the console
@@ -142,7 +142,7 @@ def test_a_process_killed_between_the_store_and_wandb_is_completed_by_sync(tmp_p
             assert art.name == f"data-{where}"
             assert run.status == "finished" and (Path(art.path) / "data.txt").is_file()  # the record of truth stands
             ref = f"{PROJECT}/{art.name}:{digest_alias(art.digest)}"
-            assert [(g["action"], g["ref"], g["call"]) for g in store.wandb_gaps(run.run_id)] == [
+            assert [(g.action, g.ref, g.call) for g in store.wandb_gaps(run.run_id)] == [
                 ("upload", ref, "unconfirmed")]
             committed = [v for k, c in w.state()["collections"].items() if k == f"{w.entity}/{PROJECT}/{art.name}"
                          for v in c["versions"] if v["state"] == "COMMITTED"]

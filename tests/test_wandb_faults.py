@@ -92,11 +92,11 @@ def test_stage_completes_when_the_artifact_upload_fails(online, fault, caplog):
     # exactly what W&B is missing: this version's upload (the call that failed is named), nothing else
     ref = wandb_ref(None, "p", art.name, art.digest)
     gaps = store.wandb_gaps(stage.run_id)
-    assert [(g["action"], g["ref"]) for g in gaps if g["call"] != "finish"] == [("upload", ref)]
-    failed_call = gaps[0]["call"]
+    assert [(g.action, g.ref) for g in gaps if g.call != "finish"] == [("upload", ref)]
+    failed_call = gaps[0].call
     assert failed_call in ("log_artifact", "artifact wait")
     # a W&B that answers, even with errors, lets the run finish: only a host that hangs may leave a finish gap
-    assert not [g for g in gaps if g["call"] == "finish"] or fault == "hang"
+    assert not [g for g in gaps if g.call == "finish"] or fault == "hang"
     assert len(warnings_naming(caplog, failed_call)) == 1
     assert API_KEY not in caplog.text
 
@@ -147,7 +147,7 @@ def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
     store = LineageStore(cfg.lineage_db)
     gaps = store.wandb_gaps(consumer.run_id)
     ref = wandb_ref(None, "p", producer.outputs["data"].name, producer.outputs["data"].digest)
-    assert (gaps[0]["action"], gaps[0]["ref"], gaps[0]["call"]) == ("use", ref, "use_artifact")
+    assert (gaps[0].action, gaps[0].ref, gaps[0].call) == ("use", ref, "use_artifact")
     assert len(warnings_naming(caplog, "use_artifact")) == 1  # the later calls are not sent, and not warned again
     assert store.edges(consumer.run_id)["used"][0].digest == producer.outputs["data"].digest
     plan = {r.run_id: r for r in plan_sync(store).runs}
@@ -171,7 +171,7 @@ def test_a_hanging_use_artifact_is_a_bounded_input_gap(online, caplog):
     assert [v["state"] for v in state["collections"][f"{w.entity}/p/prepare-data-out"]["versions"]] == ["COMMITTED"]
     ref = wandb_ref(None, "p", producer.outputs["data"].name, producer.outputs["data"].digest)
     gaps = LineageStore(cfg.lineage_db).wandb_gaps(consumer.run_id)
-    assert ("use", ref) in [(g["action"], g["ref"]) for g in gaps], gaps
+    assert ("use", ref) in [(g.action, g.ref) for g in gaps], gaps
 
 
 @pytest.mark.slow  # waits out real timeouts against a loopback endpoint
@@ -185,7 +185,7 @@ def test_alias_save_failure_leaves_the_promotion_to_sync(online, caplog):
                                         registry_path="wandb-registry-model/x")
     assert applied is False and stage.mode == "online"
     gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
-    assert [(g["action"], g["call"], g["detail"]) for g in gaps] == [("aliases", "alias save", "candidate,production")]
+    assert [(g.action, g.call, g.detail) for g in gaps] == [("aliases", "alias save", "candidate,production")]
     assert len(warnings_naming(caplog, "alias save")) == 1
 
 
@@ -207,7 +207,7 @@ def test_registry_link_failure_injected_at_the_boundary(online, caplog, monkeypa
             ref = ArtifactRef(name="m", type="model", version=0, digest="ab" * 32, path=str(cfg.artifacts_dir))
             assert stage.set_aliases(ref, ["production"], registry_path="wandb-registry-model/m") is False
     gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
-    assert [(g["call"], g["detail"]) for g in gaps] == [("registry link", "link to wandb-registry-model/m")]
+    assert [(g.call, g.detail) for g in gaps] == [("registry link", "link to wandb-registry-model/m")]
     assert "registry wandb-registry-model not found" in warnings_naming(caplog, "registry link")[0]
 
 
@@ -223,7 +223,7 @@ def test_registry_link_failure_at_the_network(online, caplog):
                                         registry_path="wandb-registry-model/m")
     assert applied is False and w.count("LinkArtifact") == 1
     gaps = LineageStore(cfg.lineage_db).wandb_gaps(stage.run_id)
-    assert [(g["call"], g["detail"]) for g in gaps] == [("registry link", "link to wandb-registry-model/m")]
+    assert [(g.call, g.detail) for g in gaps] == [("registry link", "link to wandb-registry-model/m")]
     assert len(warnings_naming(caplog, "registry link")) == 1
     [version] = w.state()["collections"][f"{w.entity}/p/train-out"]["versions"]
     assert "production" in version["aliases"]  # the alias save before the link did reach W&B
@@ -251,7 +251,7 @@ def test_finish_that_raises_is_recorded_not_raised(online, caplog, monkeypatch):
     store = LineageStore(cfg.lineage_db)
     assert store.run(stage.run_id).status == "finished" and len(store.artifacts()) == 1
     gaps = store.wandb_gaps(stage.run_id)
-    assert [(g["action"], g["call"]) for g in gaps] == [("upload", "finish")]
+    assert [(g.action, g.call) for g in gaps] == [("upload", "finish")]
     assert len(warnings_naming(caplog, "finish")) == 1
     [entry] = plan_sync(store).runs
     assert [(a.action, a.kind) for a in entry.actions] == [("upload", "run")]

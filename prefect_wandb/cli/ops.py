@@ -15,6 +15,7 @@ from prefect_wandb import impact as impact_mod
 from prefect_wandb import reproduce as R
 from prefect_wandb.cli.args import Parents, add_command, err, identify_target, open_store, program
 from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.records import as_json
 
 REPRODUCE_EPILOG = """\
 verdicts: 0 IDENTICAL (every file of every re-made artifact has its recorded sha256), 3 DIFFERS (the files are
@@ -62,20 +63,20 @@ def impact_main(ns: argparse.Namespace) -> int:
     report = impact_mod.impact(store, recs[:1])
     if ns.report:
         try:
-            report["report"] = str(write_picture(report, Path(ns.report)))
+            report.report = str(write_picture(report, Path(ns.report)))
         except (ValueError, OSError) as e:
             err("impact", f"--report: {e}")
             return Exit.USAGE
     if ns.json:
-        print(json.dumps(report, indent=2, default=str))
+        print(json.dumps(as_json(report), indent=2, default=str))
     else:
         print(impact_mod.render_tree(report))
         if ns.report:
-            print(f"report: {report['report']}")
+            print(f"report: {report.report}")
     return Exit.OK
 
 
-def write_picture(report: dict, path: Path) -> Path:
+def write_picture(report: impact_mod.ImpactReport, path: Path) -> Path:
     from prefect_wandb.impact import render_html, render_svg
 
     if path.suffix not in (".html", ".svg"):
