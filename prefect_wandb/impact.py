@@ -13,8 +13,6 @@ from typing import Literal
 from prefect_wandb.records import optional
 from prefect_wandb.store import ALIASES, ArtifactRecord, LineageStore
 
-EXIT_OK, EXIT_USAGE, EXIT_UNKNOWN = 0, 2, 4
-
 
 @dataclass(frozen=True)
 class ImpactArtifact:

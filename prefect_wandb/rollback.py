@@ -12,7 +12,6 @@ from prefect_wandb.refs import DigestMismatch, verify_files
 from prefect_wandb.store import ArtifactRecord, DeletionRecord, LineageStore
 
 ROLLBACK = "rollback"
-EXIT_DONE, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_UNKNOWN = 0, 1, 2, 3, 4
 
 
 def is_rollback(p) -> bool:

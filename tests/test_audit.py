@@ -16,16 +16,10 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.cli.main import _parser, main
-from prefect_wandb.audit import (
-    EXIT_TAMPERED,
-    EXIT_UNKNOWN,
-    EXIT_USAGE,
-    EXIT_VERIFIED,
-    apply_wandb_findings,
-    audit,
-)
+from prefect_wandb.audit import apply_wandb_findings, audit
 from prefect_wandb.audit.render import render_mermaid, render_tree
 from prefect_wandb.cli.audit import audit_main
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.hashing import md5_b64
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import LineageStore, NewArtifact
@@ -89,7 +83,7 @@ def _positions(text: str, needles: list[str]) -> list[int]:
 
 def test_audit_of_the_onnx_file_shows_the_full_chain_and_exits_0(e2e, capsys):
     rc, out, err = _audit(e2e, capsys, e2e["onnx"])
-    assert rc == EXIT_VERIFIED, out + err
+    assert rc == Exit.OK, out + err
     arts, runs = e2e["arts"], e2e["runs"]
     train_env = runs["train"].env
     [raw] = [r for r in arts["dataset"].metadata["raw_files"] if r["name"] == STEMS[("train", "images")]]
@@ -133,7 +127,7 @@ def test_a_weights_file_copied_anywhere_is_identified_by_its_sha256(e2e, capsys,
     copy.parent.mkdir()
     shutil.copy(e2e["model_pt"], copy)
     rc, out, _ = _audit(e2e, capsys, copy)
-    assert rc == EXIT_VERIFIED
+    assert rc == Exit.OK
     assert f"Audit of {copy}" in out and "identified as convnet:v0 (by sha256)" in out
     lineage = out[out.index("Lineage"):out.index("Forward")]
     assert "convnet-onnx" not in lineage and "produced by train run" in lineage and "used mnist:v0" in lineage
@@ -149,16 +143,16 @@ def test_artifact_references_resolve_like_wandb_refs(e2e, capsys):
     for ref in ("convnet:production", "convnet:candidate", "convnet:latest", "convnet:v0",
                 f"someone/mnist-lineage/convnet:sha256-{e2e['arts']['model'].digest[:16]}"):
         rc, out, _ = _audit(e2e, capsys, ref)
-        assert rc == EXIT_VERIFIED and "identified as convnet:v0 (by ref)" in out, ref
+        assert rc == Exit.OK and "identified as convnet:v0 (by ref)" in out, ref
     rc, out, _ = _audit(e2e, capsys, f"convnet-onnx:{onnx.digest[:12]}")
-    assert rc == EXIT_VERIFIED and "identified as convnet-onnx:v0" in out
+    assert rc == Exit.OK and "identified as convnet-onnx:v0" in out
     rc, out, _ = _audit(e2e, capsys, Path(onnx.path))  # the artifact folder itself
-    assert rc == EXIT_VERIFIED and "identified as convnet-onnx:v0 (by location)" in out
+    assert rc == Exit.OK and "identified as convnet-onnx:v0 (by location)" in out
 
 
 def test_an_unsigned_onnx_says_unsigned_and_still_verifies(e2e, capsys):
     rc, out, err = _audit(e2e, capsys, e2e["onnx"])
-    assert rc == EXIT_VERIFIED, err
+    assert rc == Exit.OK, err
     lineage = out[out.index("Lineage"):out.index("Forward")]
     assert "unsigned (no attestation on record)" in lineage  # on the ONNX artifact
     assert "convnet-onnx:v0: unsigned (no attestation on record; not a failure)" in out[out.index("\nSignatures"):]
@@ -178,19 +172,19 @@ def test_flipping_one_byte_of_the_onnx_file_fails_the_audit_and_names_it(e2e, ca
     onnx = e2e["onnx"]
     with flipped(onnx):
         rc, out, err = _audit(e2e, capsys, onnx)
-    assert rc == EXIT_TAMPERED
+    assert rc == Exit.VERIFY_FAILED
     assert f"mnist-pipeline audit: TAMPERED: {onnx}: sha256" in err and "does not match the recorded" in err
     assert "identified as convnet-onnx:v0 (by location)" in out  # recognised by where it lies, not its content
     assert "[TAMPERED: model.onnx]" in out and f"MISMATCH {onnx}" in out
     rc, _, _ = _audit(e2e, capsys, onnx)  # restored: passes again
-    assert rc == EXIT_VERIFIED
+    assert rc == Exit.OK
 
 
 def test_flipping_one_byte_of_the_dataset_file_fails_the_onnx_audit_and_names_it(e2e, capsys):
     train_pt = Path(e2e["arts"]["dataset"].path) / "train.pt"
     with flipped(train_pt, offset=-200):
         rc, out, err = _audit(e2e, capsys, e2e["onnx"])
-    assert rc == EXIT_TAMPERED
+    assert rc == Exit.VERIFY_FAILED
     assert f"TAMPERED: {train_pt}: sha256" in err
     assert "mnist:v0 (dataset)" in out and "[TAMPERED: train.pt]" in out
     assert "convnet-onnx:v0 (onnx) sha256" in out and "[2 file(s) ok]" in out  # the ONNX file itself is intact
@@ -210,7 +204,7 @@ def test_a_swapped_model_with_an_edited_record_still_fails(e2e, capsys, tmp_path
         con.close()
         rc = main(["audit", str(onnx), "--lineage-db", str(db)])
     out = capsys.readouterr()
-    assert rc == EXIT_TAMPERED
+    assert rc == Exit.VERIFY_FAILED
     assert "its digest is not the hash of its recorded files" in out.out
     assert "its metadata lists other file digests than its file records" in out.out
 
@@ -222,7 +216,7 @@ def test_a_file_added_to_an_artifact_folder_fails_the_audit(e2e, capsys):
         rc, out, err = _audit(e2e, capsys, e2e["onnx"])
     finally:
         extra.unlink()
-    assert rc == EXIT_TAMPERED and f"TAMPERED: {extra}: file in the artifact folder that is not on record" in err
+    assert rc == Exit.VERIFY_FAILED and f"TAMPERED: {extra}: file in the artifact folder that is not on record" in err
 
 
 def test_raw_files_are_rechecked_in_the_immutable_copy_the_dataset_was_read_from(e2e, capsys):
@@ -231,13 +225,13 @@ def test_raw_files_are_rechecked_in_the_immutable_copy_the_dataset_was_read_from
     assert stored.parts[-5] == "sha256" and stored.stat().st_mode & 0o222 == 0
     with flipped(stored, offset=20):
         rc, _, err = _audit(e2e, capsys, e2e["onnx"])
-        assert rc == EXIT_TAMPERED and f"TAMPERED: {stored}: sha256" in err
+        assert rc == Exit.VERIFY_FAILED and f"TAMPERED: {stored}: sha256" in err
         rc, out, _ = _audit(e2e, capsys, e2e["onnx"], "--skip-raw-files")
-        assert rc == EXIT_VERIFIED and "raw-file" not in out[out.index("Verification"):]
+        assert rc == Exit.OK and "raw-file" not in out[out.index("Verification"):]
     # the user's source folder may change later (a new download, another subset): that is not a tampering
     with flipped(e2e["src"] / "MNIST" / "raw" / STEMS[("test", "labels")], offset=20):
         rc, out, err = _audit(e2e, capsys, e2e["onnx"])
-        assert rc == EXIT_VERIFIED, err
+        assert rc == Exit.OK, err
 
 
 # --------------------------------------------------------------------------------------------- unknown
@@ -247,7 +241,7 @@ def test_an_unknown_file_gets_a_clear_answer_and_its_own_exit_code(e2e, capsys, 
     stranger = tmp_path / "model.onnx"
     stranger.write_bytes(b"\x08\x07" + bytes(range(256)) * 10)
     rc, out, err = _audit(e2e, capsys, stranger)
-    assert rc == EXIT_UNKNOWN and EXIT_UNKNOWN != EXIT_TAMPERED
+    assert rc == Exit.NOT_FOUND and Exit.NOT_FOUND != Exit.VERIFY_FAILED
     assert f"UNKNOWN: {stranger}: not produced by any recorded run" in out
     assert "Traceback" not in out + err and f"{stranger}: not produced by any recorded run" in err
     assert "(same name as convnet-onnx:v0/model.onnx" in out  # a hint, not a match
@@ -258,17 +252,17 @@ def test_a_tampered_copy_elsewhere_is_unknown_with_a_hint(e2e, capsys, tmp_path)
     shutil.copy(e2e["onnx"], copy)
     with flipped(copy):
         rc, out, _ = _audit(e2e, capsys, copy)
-    assert rc == EXIT_UNKNOWN
+    assert rc == Exit.NOT_FOUND
     assert "(same name and size as convnet-onnx:v0/model.onnx, recorded sha256" in out
 
 
 def test_unknown_references_missing_files_and_missing_stores(e2e, capsys, tmp_path):
     rc, out, _ = _audit(e2e, capsys, "convnet:v7")
-    assert rc == EXIT_UNKNOWN and "convnet:v7: no such artifact version" in out
+    assert rc == Exit.NOT_FOUND and "convnet:v7: no such artifact version" in out
     rc, _, err = _audit(e2e, capsys, tmp_path / "nothing-here.onnx")
-    assert rc == EXIT_USAGE and "no such file or directory" in err
+    assert rc == Exit.USAGE and "no such file or directory" in err
     missing_db = tmp_path / "none" / "lineage.db"
-    assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(missing_db)]) == EXIT_USAGE
+    assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(missing_db)]) == Exit.USAGE
     assert "no lineage store at" in capsys.readouterr().err and not missing_db.parent.exists()
 
 
@@ -279,7 +273,7 @@ def test_json_output_parses_and_holds_the_same_chain_as_the_tree(e2e, capsys):
     rc, tree, _ = _audit(e2e, capsys, e2e["onnx"])
     rc_json, out, _ = _audit(e2e, capsys, e2e["onnx"], "--json")
     report = json.loads(out)
-    assert rc == rc_json == report["exit_code"] == EXIT_VERIFIED and report["status"] == "verified"
+    assert rc == rc_json == report["exit_code"] == Exit.OK and report["status"] == "verified"
     chain = tree_chain(report["upstream"][0])
     runs = e2e["runs"]
     assert chain == ["artifact:convnet-onnx:v0", f"run:{runs['export-onnx'].run_id}", "artifact:convnet:v0",
@@ -308,7 +302,7 @@ def test_json_output_parses_and_holds_the_same_chain_as_the_tree(e2e, capsys):
     with flipped(e2e["onnx"]):
         rc, out, _ = _audit(e2e, capsys, e2e["onnx"], "--json")
     bad = json.loads(out)
-    assert rc == bad["exit_code"] == EXIT_TAMPERED
+    assert rc == bad["exit_code"] == Exit.VERIFY_FAILED
     [f] = bad["failures"]
     assert f["path"] == str(e2e["onnx"]) and f["status"] == "mismatch" and f["expected"] != f["actual"]
     assert bad["artifacts"]["convnet-onnx:v0"]["status"] == "tampered"
@@ -339,13 +333,13 @@ def test_mermaid_markdown_html_and_svg_reports(e2e, capsys, tmp_path):
 
     with flipped(e2e["onnx"]):
         assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--report",
-                     str(tmp_path / "bad.svg")]) == EXIT_TAMPERED
+                     str(tmp_path / "bad.svg")]) == Exit.VERIFY_FAILED
     bad = ET.parse(tmp_path / "bad.svg").getroot()
     red = [r for r in bad.iter("{http://www.w3.org/2000/svg}rect") if r.get("stroke") == "#c01c28"]
     assert len(red) == 1  # the ONNX artifact, drawn in red
     capsys.readouterr()
     assert main(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--report", str(tmp_path / "x.pdf")]) \
-        == EXIT_USAGE
+        == Exit.USAGE
 
 
 def test_the_html_report_escapes_what_the_records_say(e2e, capsys, tmp_path):
@@ -395,7 +389,7 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
             "used_by": a.consumers, "files": {f.relpath: md5_b64(Path(a.path) / f.relpath) for f in a.files}}
     fake = RecordingWandb(artifacts=artifacts)
     ns = _parser().parse_args(["audit", str(e2e["onnx"]), "--lineage-db", str(e2e["db"]), "--online", "--json"])
-    assert audit_main(ns, backend=fake) == EXIT_VERIFIED
+    assert audit_main(ns, backend=fake) == Exit.OK
     ok = json.loads(capsys.readouterr().out)
     assert {c["status"] for c in ok["checks"] if c["kind"] == "wandb"} == {"ok"}
     assert len([c for c in ok["checks"] if c["kind"] == "wandb"]) == 11  # every file's md5 against W&B's manifest
@@ -412,14 +406,14 @@ def test_online_cross_check_with_what_wandb_holds(e2e, capsys):
                                {lab: RecordingWandb(artifacts=artifacts).lookup_artifact(
                                    f"{project}/{a.name}:{a.wandb_alias}")
                                 for lab, a in report.artifacts.items()})
-    assert bad.exit_code == EXIT_TAMPERED
+    assert bad.exit_code == Exit.VERIFY_FAILED
     details = " / ".join(c.detail for c in bad.failures)
     assert "differs from W&B's copy" in details and "W&B says it was logged by run someoneelse1" in details
     assert "W&B (online)" in render_tree(bad)
 
     # not uploaded yet: noted, not a failure
     unsynced = apply_wandb_findings(audit(e2e["store"], str(e2e["onnx"])), {lab: None for lab in report.artifacts})
-    assert unsynced.exit_code == EXIT_VERIFIED
+    assert unsynced.exit_code == Exit.OK
     assert "not in W&B (offline run not synced yet" in render_tree(unsynced)
 
 
@@ -460,7 +454,7 @@ def test_forward_walk_keeps_what_is_about_this_artifact_only(tmp_path):
     _stage(store, tmp_path, "eval2", "evaluate", [m2, d], [("metrics", "metrics", "e2")])
 
     r = audit(store, "onnx:v0")
-    assert r.exit_code == EXIT_VERIFIED
+    assert r.exit_code == Exit.OK
     assert tree_chain(r.upstream[0]) == ["artifact:onnx:v0", "run:exp1", "artifact:model:v0", "run:train1",
                                          "artifact:data:v0", "run:prep"]
     assert [x["run"] for x in r.downstream] == ["val1", "eval1"]

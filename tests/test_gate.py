@@ -14,7 +14,7 @@ import pytest
 from mnist_pipeline.config import ConfigError, PipelineConfig
 from prefect_wandb import GatePolicy, promotion, rejections, skip
 from prefect_wandb.cli import aliases as ops_cli
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.promotion import Signature, decide
 from prefect_wandb.skip import MadeModel, skip_rule
 from prefect_wandb.store import LineageStore

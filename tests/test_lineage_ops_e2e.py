@@ -12,7 +12,7 @@ from sqlalchemy import text
 from mnist_pipeline.cli.main import main
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.flows.pipeline import mnist_lineage_pipeline
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.store import LineageStore
 from tests.helpers import tiny_config, write_mnist
 

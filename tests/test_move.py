@@ -25,7 +25,7 @@ import pytest
 from prefect_wandb import GatePolicy, LineageSettings, LineageStore, WandbSettings, promotion
 from prefect_wandb.artifact_files import CACHE_ENV
 from prefect_wandb.cli import main
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.locations import StoreURL
 from prefect_wandb.move import target_rows
 from tests.helpers import fit_line, prepare_table, use_offline_wandb

@@ -147,7 +147,7 @@ def test_gc_keeps_aliases_newest_models_and_their_whole_lineage_and_removes_the_
 def test_gc_keeps_the_model_rollback_would_go_back_to_and_says_so(lin, capsys):
     """`gc --keep-last 1 --apply` once deleted the previous production, and `rollback` then refused (exit 7)."""
     from mnist_pipeline.cli.main import main
-    from prefect_wandb.cli.exit_codes import Exit
+    from prefect_wandb.exit_codes import Exit
 
     _, [d] = lin.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     a, b, c = (lin.pipeline(d, t) for t in "abc")
@@ -349,7 +349,7 @@ def test_the_operators_commands_on_an_empty_or_damaged_store_say_so_in_one_line(
     """reproduce, impact, rollback and gc open the store as audit and sync do: one line naming the file, exit 6,
     and the read-only ones (impact, reproduce) leave the file as it was."""
     from mnist_pipeline.cli.main import main
-    from prefect_wandb.cli.exit_codes import Exit
+    from prefect_wandb.exit_codes import Exit
 
     db = tmp_path / "lineage.db"
     art = tmp_path / "artifacts"

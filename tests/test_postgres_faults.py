@@ -23,7 +23,7 @@ from sqlalchemy import text
 
 from prefect_wandb import StoreError
 from prefect_wandb.cli import main as ops_main
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.store import LineageStore
 from prefect_wandb.store_engine import STORE_TIMEOUT_ENV, answer_within, pg_connect_args
 

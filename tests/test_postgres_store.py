@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from prefect_wandb import LineageSettings, LocationError, StoreError, StoreURL, store_location
 from prefect_wandb.cli import main as ops_main
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.store import LineageStore, NewArtifact
 from prefect_wandb.tables import metadata
 from tests.servers import database_dump

@@ -20,7 +20,7 @@ import pytest
 from prefect_wandb import DigestMismatch, LineageSettings, LineageStore, WandbSettings, local_folder, open_stage
 from prefect_wandb.artifact_files import CACHE_ENV, RemoteArtifactsError, cache_root
 from prefect_wandb.cli import main as ops_main
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from tests.helpers import fit_line, prepare_table, use_offline_wandb
 
 

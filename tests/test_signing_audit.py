@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mnist_pipeline.cli.main import main
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

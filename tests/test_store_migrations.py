@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from prefect_wandb import migrations, schema
-from prefect_wandb.audit import EXIT_VERIFIED, audit
+from prefect_wandb.audit import audit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.layout import folder_name
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import LineageStore, StoreError
@@ -247,7 +248,7 @@ def test_a_store_written_before_alembic_upgrades_in_place_and_reads_back_the_sam
     assert old["production"].label == "convnet:v0" and old["promotions"][0].test_set == "abc"
     assert old["sync_log"][0]["ref"] == "run-prep" and old["wandb_gaps"][0].call == "log_artifact"
     report = audit(store, "convnet:production")  # the lineage and every file of it still verify
-    assert report.exit_code == EXIT_VERIFIED, report.message
+    assert report.exit_code == Exit.OK, report.message
     assert {c.artifact for c in report.checks if c.status == "ok"} == {"convnet:v0", "mnist:v0"}
     with sqlite3.connect(db) as con:  # the rows the store's raw-SQL readers (holds, rejections) use, untouched
         assert con.execute("SELECT flow_run_id, process_json FROM holds").fetchall() == [("flow-2", "{}")]
@@ -307,7 +308,7 @@ def test_a_store_from_before_the_ad_hoc_migration_gains_its_tables_and_columns(t
     assert _revision(db) == [migrations.HEAD]
     assert _read_back(store, every_table=False) == old
     assert store.wandb_gaps() == [] and store.deletions() == {}
-    assert audit(store, "convnet:production").exit_code == EXIT_VERIFIED
+    assert audit(store, "convnet:production").exit_code == Exit.OK
     fresh = tmp_path / "fresh" / "lineage.db"
     LineageStore(fresh)
     assert _columns(db) == _columns(fresh)  # the same tables, each with its columns in the same order

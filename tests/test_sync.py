@@ -15,7 +15,7 @@ from mnist_pipeline.cli.main import _parser, main
 from prefect_wandb.audit import audit
 from prefect_wandb.audit.render import render_tree
 from prefect_wandb.cli.audit import sync_main
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.recording import RecordingWandb
 from prefect_wandb.refs import digest_alias, wandb_ref
 from prefect_wandb.store import LineageStore

@@ -14,7 +14,7 @@ from mnist_pipeline.cli.main import _parser, main
 from mnist_pipeline.config import PipelineConfig
 from prefect_wandb import GatePolicy
 from prefect_wandb.cli.audit import sync_main
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.promotion import promote
 from prefect_wandb.recording import RecordingWandb
 from prefect_wandb.stage import open_stage

@@ -23,11 +23,6 @@ from __future__ import annotations
 from prefect_wandb.audit.assemble import audit
 from prefect_wandb.audit.entries import (
     CONFIG_SECTION,
-    EXIT_ERROR,
-    EXIT_TAMPERED,
-    EXIT_UNKNOWN,
-    EXIT_USAGE,
-    EXIT_VERIFIED,
     FAILED,
     STATUS_EXIT,
     ArtifactEntry,
@@ -42,7 +37,7 @@ from prefect_wandb.audit.entries import (
 from prefect_wandb.audit.identify import REF_RE, Identification, identify, resolve_ref
 from prefect_wandb.audit.wandb_findings import apply_wandb_findings, wandb_findings
 
-__all__ = ["CONFIG_SECTION", "EXIT_ERROR", "EXIT_TAMPERED", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VERIFIED", "FAILED",
+__all__ = ["CONFIG_SECTION", "FAILED",
            "REF_RE", "STATUS_EXIT", "ArtifactEntry", "AuditError", "AuditReport", "Check", "FileEntry",
            "Identification", "RunEntry", "SignatureEntry", "WandbEntry", "apply_wandb_findings", "audit", "identify", "resolve_ref",
            "wandb_findings"]

@@ -6,17 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.records import optional
 
-# Exit codes of `audit` (also in its --help and the README).
-EXIT_VERIFIED = 0  # identified, and every reachable digest matches
-EXIT_ERROR = 1  # could not complete (e.g. --online and W&B unreachable)
-EXIT_USAGE = 2  # bad arguments: no such file, no lineage store
-EXIT_TAMPERED = 3  # a file (or a record) does not match its recorded digest, or an attestation does not verify:
-# the file is named (and the failed signature check)
-EXIT_UNKNOWN = 4  # not produced by any recorded run
-
-STATUS_EXIT = {"verified": EXIT_VERIFIED, "tampered": EXIT_TAMPERED, "unknown": EXIT_UNKNOWN}
+# The exit code of each conclusion (`Exit`, the one table): verified, every reachable digest matches; tampered, a
+# file or record differs from its digest, or an attestation does not verify; unknown, no recorded run made it.
+STATUS_EXIT = {"verified": Exit.OK, "tampered": Exit.VERIFY_FAILED, "unknown": Exit.NOT_FOUND}
 FAILED = {"mismatch", "missing", "unreadable", "unrecorded", "inconsistent"}
 
 # The config section that matters for each job type, shown in the tree (the JSON holds the whole config).
@@ -159,7 +154,7 @@ class AuditReport:
     edges: list[list[str]] = field(default_factory=list)
     signatures: list[SignatureEntry] = field(default_factory=list)
     status: str = ""  # verified, tampered, unknown (set by `conclude`)
-    exit_code: int = EXIT_ERROR
+    exit_code: int = Exit.FAILED
     message: str = ""
     near_misses: list[dict[str, Any]] | None = optional()  # unknown: files of the same name (and size)
     wandb_online: dict[str, dict[str, Any]] | None = optional()  # audit --online
@@ -179,7 +174,7 @@ def finish(report: AuditReport) -> None:
         # a changed digest says more than the signature it breaks: it comes first
         first = next((c for c in failures if c.kind != "signature"), failures[0])
         what = "SIGNATURE NOT VERIFIED" if first.kind == "signature" else "TAMPERED"
-        conclude(report, "tampered", EXIT_TAMPERED,
+        conclude(report, "tampered", Exit.VERIFY_FAILED,
                  f"{what}: {first.path}: {first.detail or first.status}"
                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     else:
@@ -193,4 +188,4 @@ def finish(report: AuditReport) -> None:
             tail += f"; {len(signed)} signature(s) " + ("verified with the given key" if trusted else
                                                         "consistent with the key they name, not proven against a "
                                                         "trusted key")
-        conclude(report, "verified", EXIT_VERIFIED, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
+        conclude(report, "verified", Exit.OK, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")

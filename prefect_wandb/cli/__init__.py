@@ -14,7 +14,7 @@ import sys
 
 from prefect_wandb.cli import aliases, audit, gc, move, ops, signing
 from prefect_wandb.cli.args import FORMATTER, Parents, Program, add_command, err, parents, program, use_program
-from prefect_wandb.cli.exit_codes import EPILOG, Exit, from_signal
+from prefect_wandb.exit_codes import EPILOG, Exit, from_signal
 from prefect_wandb.locations import scrub_argv
 
 __all__ = ["EPILOG", "FORMATTER", "Exit", "Parents", "Program", "add_command", "add_parsers", "entry", "err",

@@ -12,7 +12,7 @@ import socket
 
 from prefect_wandb import rollback as RB
 from prefect_wandb.cli.args import Parents, add_command, err, identify_target, open_store, program
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 
 PRODUCTION, CANDIDATE = "production", "candidate"  # the aliases a rollback moves (the gate's defaults)
 

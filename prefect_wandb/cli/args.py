@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect_wandb.cli.exit_codes import EPILOG, Exit
+from prefect_wandb.exit_codes import EPILOG, Exit
 from prefect_wandb.locations import LocationError, StoreURL, masked, store_location
 from prefect_wandb.reproduce import Rebuild
 from prefect_wandb.settings import STORE_ENV

@@ -11,18 +11,15 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect_wandb.audit import AuditError, apply_wandb_findings, audit
+from prefect_wandb.audit import STATUS_EXIT, AuditError, apply_wandb_findings, audit
 from prefect_wandb.audit.render import render_tree, write_report
 from prefect_wandb.cli.args import Parents, add_command, err, open_store, program
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.records import as_json
 
 if TYPE_CHECKING:  # sync imports wandb: only the sync command pays for it
     from prefect_wandb.store import LineageStore
     from prefect_wandb.sync import Action, PromotionPlan, SyncPlan
-
-# The audit's verdict (report.status, also in its JSON and report file) as the command's exit code.
-AUDIT_EXIT = {"verified": Exit.OK, "tampered": Exit.VERIFY_FAILED, "unknown": Exit.NOT_FOUND}
 
 AUDIT_EPILOG = """\
 verdicts: 0 VERIFIED (identified, and every digest it could reach matches the files on disk), 3 TAMPERED (a file
@@ -130,7 +127,7 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         print(render_tree(report), end="")
         if ns.report:
             print(f"report: {report.report}")
-    code = AUDIT_EXIT[report.status]
+    code = STATUS_EXIT[report.status]  # the report's own exit_code (its JSON and report file)
     if code != Exit.OK:
         err("audit", report.message)
     return code

@@ -21,7 +21,7 @@ from prefect_wandb.artifact_files import (
     remove_remote,
 )
 from prefect_wandb.cli.args import Parents, add_command, err, open_store
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.layout import TRASH
 from prefect_wandb.locations import LocationError
 from prefect_wandb.settings import ARTIFACTS_ENV

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prefect_wandb.artifact_files import RemoteArtifactsError, artifacts_location, check_remote
 from prefect_wandb.cli.args import Parents, add_command, err, open_store, program
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.locations import LocationError, StoreURL, path_only, store_location
 from prefect_wandb.refs import DigestMismatch
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from prefect_wandb import impact as impact_mod
 from prefect_wandb import reproduce as R
 from prefect_wandb.cli.args import Parents, add_command, err, identify_target, open_store, program
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 from prefect_wandb.records import as_json
 
 REPRODUCE_EPILOG = """\

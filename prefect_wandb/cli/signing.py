@@ -2,7 +2,7 @@
 signed ONNX file. Nothing heavy is imported (no torch, Prefect, wandb, lineage store): `verify` runs on any host
 that has the file, its attestation and the public key.
 
-Exit codes (the CLI's one table, `prefect_wandb/cli/exit_codes.py`): verify 0 verified, 3 a signature or the digest does not
+Exit codes (the CLI's one table, `prefect_wandb/exit_codes.py`): verify 0 verified, 3 a signature or the digest does not
 match (the line names which, in words), 4 no attestation for this file, 2 usage (a missing file, an unreadable key);
 a `signer.pub` in the attestation folder that is not the --public-key is said (a warning line), not a failure;
 keygen 0, or 2 when a key file exists.
@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from prefect_wandb.cli.args import Parents, add_command, err, program
-from prefect_wandb.cli.exit_codes import Exit
+from prefect_wandb.exit_codes import Exit
 
 
 def _keygen(ns: argparse.Namespace) -> Exit:

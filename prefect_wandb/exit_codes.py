@@ -1,7 +1,7 @@
 """The exit codes of every command (`prefect-wandb`, or a pipeline's own CLI): one table, so a number means one thing everywhere.
 
 Every command returns an `Exit` member (or 128 + N after signal N); `EPILOG` is the table as `--help` prints it and
-`markdown()` the same table for the README (`python -m prefect_wandb.cli.exit_codes` prints it). A new command
+`markdown()` the same table for the README (`python -m prefect_wandb.exit_codes` prints it). A new command
 picks from these (a signature or digest that does not verify: VERIFY_FAILED; no attestation: NOT_FOUND; a policy
 that forbids the request: REFUSED), and a new kind of outcome gets a new number here, never a second meaning for
 an old one.
@@ -69,4 +69,4 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(markdown(), end="")  # noqa: T201 - `python -m prefect_wandb.cli.exit_codes` prints the README table
+    print(markdown(), end="")  # noqa: T201 - `python -m prefect_wandb.exit_codes` prints the README table
