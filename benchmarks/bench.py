@@ -16,7 +16,9 @@ Each measured part runs in its own fresh Python process (so its peak RSS is its 
              the README's `mnist-pipeline run --source local ...`, then that command again unchanged (skipped), all
              on the same data, slice, epochs and seed; and the README command as the first run on a fresh machine
              (a fresh PREFECT_HOME: Prefect creates its database on the way), reported beside the targets
-Figures are medians over the repeats; ratios are taken within a repeat, then the median. Results go to --out
+Figures are medians over the repeats; ratios are taken within a repeat, then the median. Repeat i trains every part
+with seed --seed + i (side by side within a repeat), so the test accuracies compared are medians over as many seeds
+as repeats: one seed's data order moves an accuracy by about as much as the two loops differ. Results go to --out
 as JSON, so later runs can be compared.
 """
 
@@ -346,6 +348,11 @@ def print_report(res: dict) -> None:
         acc = f"{x['test_accuracy']:.4f}" if x["test_accuracy"] is not None else "-"
         print(f"{part:10} {x['wall_s']:8.2f} {x['train_s']:8.2f} {x['samples_per_s']:10.0f} {acc:>9} "
               f"{x['peak_rss_mib']:13.0f}")
+    if len(res.get("repeats", [])) > 1:
+        print("test accuracy by seed: " + "; ".join(
+            f"seed {i}: " + ", ".join(f"{part} {r[part]['test_accuracy']:.4f}" for part in ("tutorial", "pipeline", "loop")
+                                      if r[part].get("test_accuracy") is not None)
+            for i, r in zip(res["settings"]["seeds"], res["repeats"], strict=True)))
     print("pipeline stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in f["pipeline"]["stages_s"].items()))
     o = res["onnx"]
     print(f"onnx: batch 1 p50/p99 ort {o['ort_p50_ms']:.3f}/{o['ort_p99_ms']:.3f} ms, torch "
@@ -384,7 +391,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="directory with the four MNIST IDX files")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--slice", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="repeat i trains with seed SEED + i (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--watch-log-freq", type=int, default=10, help="the pipeline's wandb.watch log_freq")
     p.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript",
@@ -429,7 +436,7 @@ def main(argv=None) -> int:
             reps = []
             for i in range(args.repeats):
                 work = tmp / f"rep{i}"
-                a = {**base, "repeat": i, "work": str(work), "wandb_dir": str(work / "wandb")}
+                a = {**base, "seed": args.seed + i, "repeat": i, "work": str(work), "wandb_dir": str(work / "wandb")}
                 (work / "wandb").mkdir(parents=True)
                 rep = {}
                 for part in ("tutorial", "pipeline", "loop"):
@@ -449,6 +456,7 @@ def main(argv=None) -> int:
             print(f"cold {i + 1}/{args.cold_repeats}: " + ", ".join(f"{k} {v['wall_s']:.2f} s"
                                                                     for k, v in colds[-1].items()), flush=True)
         settings = {"data_dir": str(args.data_dir), "epochs": args.epochs, "slice": args.slice, "seed": args.seed,
+                    "seeds": [args.seed + i for i in range(args.repeats)],
                     "repeats": args.repeats, "smoke": args.smoke, "watch_log_freq": args.watch_log_freq,
                     "exporter": args.exporter, "device": args.device, "cold_repeats": args.cold_repeats,
                     "cold_slice": args.cold_slice}
