@@ -185,6 +185,36 @@ def test_wandb_errors_in_verify_are_one_line_and_exit_5(lineage, capsys, monkeyp
     assert API_KEY not in err + out
 
 
+def _free_port_containing_404() -> int:
+    import socket
+
+    for port in [*range(40400, 40500), *range(14040, 14050), *range(24040, 24050)]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free loopback port with 404 in its number")
+
+
+@pytest.mark.slow  # waits out a real retry against a loopback endpoint
+def test_a_wandb_error_from_a_host_whose_port_contains_404_is_not_a_missing_version(lineage, capsys, monkeypatch,
+                                                                                    tmp_path):
+    """wandb's HTTP errors name the URL: the digits of a port (here 404xx) are not an HTTP 404 (this failed by chance
+    when the stand-in's ephemeral port happened to contain them)."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WANDB_API_KEY", API_KEY)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with failing("http-500", port=_free_port_containing_404()) as w:
+        assert "404" in w.url
+        monkeypatch.setenv("WANDB_BASE_URL", w.url)
+        code = verify(lineage["db"], WandbClient(timeout=3, timeouts=WandbTimeouts(http=2, retries=1)))
+    err = capsys.readouterr().err
+    assert code == Exit.WANDB_UNAVAILABLE, err
+    assert "differs" not in err and err.count("\n") == 1
+
+
 def test_no_wandb_is_one_line_and_exit_5_for_verify_and_audit_online(lineage, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_API_KEY", API_KEY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,10 +30,17 @@ def wandb_error_line(e: BaseException) -> str:
     return f"W&B failed: {masked_line(e)}"
 
 
+# An HTTP 404 in an error's text: the number on its own, not digits of a port or an address that contain it (a
+# stand-in on port 44041 made an HTTP 500 read as "not found").
+_HTTP_404 = re.compile(r"(?<![\d.:])404(?!\d)")
+
+
 def _not_found(e: Exception) -> bool:
+    """Whether wandb's error says the version does not exist (wandb raises a ValueError, or its CommError around
+    one, "... not found ..."), rather than that W&B failed to answer."""
     text = str(e).lower()
     return (isinstance(e, ValueError) or "notfound" in type(e).__name__.lower() or "not found" in text
-            or "404" in text or "does not exist" in text)
+            or "does not exist" in text or _HTTP_404.search(text) is not None)
 
 
 class WandbClient:
