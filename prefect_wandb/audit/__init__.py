@@ -24,7 +24,6 @@ from prefect_wandb.audit.assemble import audit
 from prefect_wandb.audit.entries import (
     CONFIG_SECTION,
     FAILED,
-    STATUS_EXIT,
     ArtifactEntry,
     AuditError,
     AuditReport,
@@ -38,6 +37,6 @@ from prefect_wandb.audit.identify import REF_RE, Identification, identify, resol
 from prefect_wandb.audit.wandb_findings import apply_wandb_findings, wandb_findings
 
 __all__ = ["CONFIG_SECTION", "FAILED",
-           "REF_RE", "STATUS_EXIT", "ArtifactEntry", "AuditError", "AuditReport", "Check", "FileEntry",
+           "REF_RE", "ArtifactEntry", "AuditError", "AuditReport", "Check", "FileEntry",
            "Identification", "RunEntry", "SignatureEntry", "WandbEntry", "apply_wandb_findings", "audit", "identify", "resolve_ref",
            "wandb_findings"]

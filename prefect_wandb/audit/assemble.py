@@ -23,7 +23,6 @@ from prefect_wandb.audit.entries import (
 from prefect_wandb.audit.identify import identify, near_misses
 from prefect_wandb.audit.signatures import SIGNATURE_ORDER, check_signatures
 from prefect_wandb.audit.walk import Walk
-from prefect_wandb.exit_codes import Exit
 from prefect_wandb.refs import digest_alias
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
@@ -94,7 +93,7 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
             what = f"file sha256 {ident.sha256}" if ident.kind == "file" else f"folder digest {ident.sha256}"
             message = (f"{target}: not produced by any recorded run ({what} is in no artifact of the lineage "
                        f"store {store.path})")
-        conclude(report, "unknown", Exit.NOT_FOUND, message)
+        conclude(report, "unknown", message)
         if ident.kind == "file" and ident.path is not None:
             report.near_misses = near_misses(store, ident.path)
         return report

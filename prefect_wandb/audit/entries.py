@@ -161,8 +161,8 @@ class AuditReport:
     report: str | None = optional()  # the --report file written
 
 
-def conclude(report: AuditReport, status: str, exit_code: int, message: str) -> None:
-    report.status, report.exit_code, report.message = status, exit_code, message
+def conclude(report: AuditReport, status: str, message: str) -> None:
+    report.status, report.exit_code, report.message = status, STATUS_EXIT[status], message
 
 
 def finish(report: AuditReport) -> None:
@@ -174,7 +174,7 @@ def finish(report: AuditReport) -> None:
         # a changed digest says more than the signature it breaks: it comes first
         first = next((c for c in failures if c.kind != "signature"), failures[0])
         what = "SIGNATURE NOT VERIFIED" if first.kind == "signature" else "TAMPERED"
-        conclude(report, "tampered", Exit.VERIFY_FAILED,
+        conclude(report, "tampered",
                  f"{what}: {first.path}: {first.detail or first.status}"
                  + (f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""))
     else:
@@ -188,4 +188,4 @@ def finish(report: AuditReport) -> None:
             tail += f"; {len(signed)} signature(s) " + ("verified with the given key" if trusted else
                                                         "consistent with the key they name, not proven against a "
                                                         "trusted key")
-        conclude(report, "verified", Exit.OK, f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")
+        conclude(report, "verified", f"VERIFIED: {subjects}: {n} digests re-checked, all match{tail}")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefect_wandb.audit import STATUS_EXIT, AuditError, apply_wandb_findings, audit
+from prefect_wandb.audit import AuditError, apply_wandb_findings, audit
 from prefect_wandb.audit.render import render_tree, write_report
 from prefect_wandb.cli.args import Parents, add_command, err, open_store, program
 from prefect_wandb.exit_codes import Exit
@@ -127,7 +127,7 @@ def audit_main(ns: argparse.Namespace, backend=None) -> int:
         print(render_tree(report), end="")
         if ns.report:
             print(f"report: {report.report}")
-    code = STATUS_EXIT[report.status]  # the report's own exit_code (its JSON and report file)
+    code = Exit(report.exit_code)  # the code its JSON and report file record
     if code != Exit.OK:
         err("audit", report.message)
     return code
