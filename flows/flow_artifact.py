@@ -11,7 +11,7 @@ from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.report import markdown
 from mnist_pipeline.results import RunSummary
 from mnist_pipeline.tasks._common import current_flow_run_id
-from prefect_wandb import LineageStore, local_folder
+from prefect_wandb import LineageStore, WandbWhereabouts, local_folder
 from prefect_wandb import wandb_records as library_wandb_records
 
 
@@ -56,7 +56,7 @@ def _reused_rows(store: LineageStore, summary: RunSummary) -> list[dict]:
     return rows
 
 
-def wandb_records(cfg: PipelineConfig, logger=None) -> dict:
+def wandb_records(cfg: PipelineConfig, logger=None) -> WandbWhereabouts:
     """Where this flow run's W&B records went (`prefect_wandb.wandb_records`), said in one line on `logger`."""
     return library_wandb_records(cfg.lineage(), current_flow_run_id(), logger)
 

@@ -22,6 +22,7 @@ from prefect_wandb import (
     ChangeCheck,
     DigestMismatch,
     LineageStore,
+    WandbWhereabouts,
     compare_with_production,
     local_folder,
     verify_files,
@@ -91,7 +92,7 @@ def skip_hint(found: ChangeCheck) -> str:
 
 
 def skipped(cfg: PipelineConfig, found: ChangeCheck, dataset: ArtifactRef | ArtifactRecord,
-            config_sources: dict, wandb: dict) -> RunSummary:
+            config_sources: dict, wandb: WandbWhereabouts) -> RunSummary:
     """What a skipped run hands back."""
     return RunSummary(status="skipped", reason=f"training skipped: {found.reason} ({skip_hint(found)})",
                       production=found.production, model=found.model if found.decided else None,

@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+if TYPE_CHECKING:
+    from prefect_wandb import WandbWhereabouts
 
 # A field that is left out of `to_metadata()` while it is None: a key that only some records ever had.
 _OPTIONAL = {"optional": True}
@@ -217,7 +220,7 @@ class RunSummary(_Record):
     report: str | None = _optional()
     onnx_file: str | None = _optional()
     signed_onnx_file: str | None = _optional()
-    wandb: dict | None = _optional()  # where the W&B records went (`queries.where_records_went`)
+    wandb: WandbWhereabouts | None = _optional()  # where the W&B records went
 
     # the order of the keys in the JSON: as `mnist-pipeline run` has always printed them
     _SKIPPED = ("status", "reason", "production", "model", "artifacts", "lineage_db", "config_sources", "wandb")
@@ -231,17 +234,28 @@ class RunSummary(_Record):
         d["artifacts"] = {k: ArtifactLocation.from_metadata(v) for k, v in (d.get("artifacts") or {}).items()}
         if d.get("promotion") is not None:
             d["promotion"] = PromotionOutcome.from_metadata(d["promotion"])
-        return super().from_metadata(d)
+        return super().from_metadata(_wandb_from_json(d))
 
     def to_metadata(self) -> dict[str, Any]:
         flat = super().to_metadata()
         flat["artifacts"] = {k: a.to_metadata() for k, a in self.artifacts.items()}
         if self.promotion is not None:
             flat["promotion"] = self.promotion.to_metadata()
+        if self.wandb is not None:
+            flat["wandb"] = self.wandb.as_json()
         order = self._SKIPPED if self.status == "skipped" else self._COMPLETED
         return {k: flat[k] for k in sorted(flat, key=lambda k: order.index(k) if k in order else len(order))}
 
     to_dict = to_metadata
+
+
+def _wandb_from_json(d: dict[str, Any]) -> dict[str, Any]:
+    """A summary's `wandb` read back from its JSON (the library's typed record)."""
+    if isinstance(d.get("wandb"), Mapping):
+        from prefect_wandb import WandbWhereabouts
+
+        d["wandb"] = WandbWhereabouts.from_json(d["wandb"])
+    return d
 
 
 @dataclass(frozen=True)
@@ -260,7 +274,7 @@ class SweepSummary(_Record):
     promotion: PromotionOutcome | None = _optional()
     report: str | None = _optional()  # the winner's run report, as `run` makes one
     onnx_file: str | None = _optional()  # the winner's ONNX file (the one to deploy and audit), under run's key
-    wandb: dict | None = _optional()  # where the W&B records went (`queries.where_records_went`)
+    wandb: WandbWhereabouts | None = _optional()  # where the W&B records went
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | None) -> Self:
@@ -269,13 +283,15 @@ class SweepSummary(_Record):
             d["sweep_result"] = ArtifactLocation.from_metadata(d["sweep_result"])
         if d.get("promotion") is not None:
             d["promotion"] = PromotionOutcome.from_metadata(d["promotion"])
-        return super().from_metadata(d)
+        return super().from_metadata(_wandb_from_json(d))
 
     def to_metadata(self) -> dict[str, Any]:
         flat = super().to_metadata()
         flat["sweep_result"] = self.sweep_result.to_metadata()
         if self.promotion is not None:
             flat["promotion"] = self.promotion.to_metadata()
+        if self.wandb is not None:
+            flat["wandb"] = self.wandb.as_json()
         return flat
 
     to_dict = to_metadata

@@ -51,7 +51,8 @@ _WHERE = {
     "GatePolicy": "promotion", "Decision": "promotion", "Signature": "promotion", "promote": "promotion",
     "measured_on": "promotion", "ChangeCheck": "skip", "compare_with_production": "skip",
     # reading the store back; where a flow run's W&B records went
-    "evaluations": "queries", "where_records_went": "queries", "code_state": "environment",
+    "evaluations": "queries", "where_records_went": "queries", "WandbWhereabouts": "queries",
+    "code_state": "environment",
     "wandb_records": "wandb.where", "stored_folders": "layout",
     # a flow run holds what it uses (gc leaves it alone) until it ends
     "hold_artifact": "holds", "release_holds": "holds",
@@ -68,7 +69,7 @@ _WHERE = {
 __all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "ArtifactsLocationField", "CannotReproduce", "ChangeCheck", "ConfinementError",
            "Decision", "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageBlock",
            "LineageGraph", "LineageSettings", "LineageStore", "LocationError", "PromotionRecord", "Rebuild", "RemoteArtifactsError", "Replay", "RunRecord",
-           "Signature", "Stage", "StorageError", "StoreError", "StoreLocationField", "StoreURL", "WandbSettings", "allowed_roots", "code_state",
+           "Signature", "Stage", "StorageError", "StoreError", "StoreLocationField", "StoreURL", "WandbSettings", "WandbWhereabouts", "allowed_roots", "code_state",
            "commit_journal", "compare_with_production", "confine", "evaluations", "hold_artifact", "lineage_graph",
            "local_folder", "manifest", "manifest_digest", "masked_location", "measured_on", "open_stage", "path_only", "promote",
            "record_lost_run", "redact", "release_holds", "render_svg", "render_template", "scrub_argv", "store_location",
@@ -97,7 +98,7 @@ if TYPE_CHECKING:
     from prefect_wandb.picture import Graph as LineageGraph
     from prefect_wandb.picture import lineage_graph, render_svg
     from prefect_wandb.promotion import Decision, GatePolicy, Signature, measured_on, promote
-    from prefect_wandb.queries import evaluations, where_records_went
+    from prefect_wandb.queries import WandbWhereabouts, evaluations, where_records_went
     from prefect_wandb.records import ArtifactRef
     from prefect_wandb.refs import DigestMismatch, manifest, manifest_digest, verify_files
     from prefect_wandb.reproduce import CannotReproduce, Rebuild, Replay

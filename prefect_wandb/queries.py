@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
+from prefect_wandb.records import as_json
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
 
@@ -25,8 +29,45 @@ def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str
     return out
 
 
+@dataclass(frozen=True)
+class StageWandb:
+    """Where one stage run's W&B records went: its mode, its W&B URL (online) or folder (offline), and what a failed
+    W&B call left out (`<action> <ref>` per gap, for `sync`)."""
+
+    job_type: str
+    run_id: str
+    mode: str | None
+    url: str | None
+    dir: str | None
+    missing: list[str]
+
+
+@dataclass(frozen=True)
+class WandbWhereabouts:
+    """Where a flow run's W&B records went: `line` says it for the console, the summary JSON and the Prefect
+    artifact; `sync_command` is the `sync` that uploads what W&B is missing (None when nothing is)."""
+
+    mode: str | None  # online, offline, disabled, mixed; None: no stage runs recorded
+    line: str
+    group_urls: list[str]
+    offline_dirs: list[str]
+    needs_sync: bool
+    sync_command: str | None
+    runs: list[StageWandb]
+
+    def as_json(self) -> dict[str, Any]:
+        return as_json(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> WandbWhereabouts:
+        """Read back from `as_json` (a summary's JSON, a Prefect result)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known}
+                   | {"runs": [StageWandb(**r) for r in d.get("runs") or []]})
+
+
 def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None,
-                       command: str = "prefect-wandb") -> dict:
+                       command: str = "prefect-wandb") -> WandbWhereabouts:
     """Where a flow run's W&B records went, from the store alone: per stage run its mode and W&B URL or folder, the
     W&B calls that failed, and one `line` for the console, the summary JSON and the Prefect artifact (naming
     `<command> sync` when W&B is missing something)."""
@@ -38,9 +79,8 @@ def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_
     for r in runs:
         gaps = store.wandb_gaps(r.run_id)
         failed_calls += [g.call for g in gaps if not g.error.startswith("not sent:")]
-        entries.append({"job_type": r.job_type, "run_id": r.run_id, "mode": r.wandb_mode,
-                        "url": r.wandb_url, "dir": r.wandb_dir,
-                        "missing": [f"{g.action} {g.ref}" for g in gaps]})
+        entries.append(StageWandb(job_type=r.job_type, run_id=r.run_id, mode=r.wandb_mode, url=r.wandb_url,
+                                  dir=r.wandb_dir, missing=[f"{g.action} {g.ref}" for g in gaps]))
         if r.wandb_mode == "online" and r.wandb_url and r.run_group:
             url = r.wandb_url.split("/runs/")[0] + f"/groups/{r.run_group}"
             if url not in group_urls:
@@ -49,8 +89,8 @@ def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_
             folder = str(Path(r.wandb_dir).parent)
             if folder not in folders:
                 folders.append(folder)
-    modes = {e["mode"] for e in entries}
-    needs_sync = bool(folders or any(e["missing"] for e in entries))
+    modes = {e.mode for e in entries}
+    needs_sync = bool(folders or any(e.missing for e in entries))
     parts = []
     if group_urls:
         parts.append(f"online at {', '.join(group_urls)}")
@@ -64,5 +104,5 @@ def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_
     if needs_sync:
         line += f"; {sync_cmd} uploads what W&B is missing"
     mode = modes.pop() if len(modes) == 1 else ("mixed" if modes else None)
-    return {"mode": mode, "line": line, "group_urls": group_urls, "offline_dirs": folders, "needs_sync": needs_sync,
-            "sync_command": sync_cmd.strip("`") if needs_sync else None, "runs": entries}
+    return WandbWhereabouts(mode=mode, line=line, group_urls=group_urls, offline_dirs=folders, needs_sync=needs_sync,
+                            sync_command=sync_cmd.strip("`") if needs_sync else None, runs=entries)

@@ -227,16 +227,32 @@ class DeletionRecord:
 
 
 @dataclass(frozen=True)
-class WandbGapRecord:
-    """What a failed W&B call left out of W&B, for `sync` (a row of `wandb_gaps`; see `wandb.stage_run.WandbGap`)."""
+class WandbGap:
+    """Something a stage could not record in W&B because a W&B call failed: `action` 'upload' (`ref` an artifact
+    version `[entity/]project/name:sha256-…`, or the run folder when `call` is 'finish'), 'use' (an input edge,
+    `ref` the input's version) or 'aliases' (`ref` the version, `detail` the aliases). `call` names the failed
+    W&B call, `error` its one-line error. A stage makes them (`wandb.stage_run.StageRun.gaps`); the store keeps
+    them for `sync` (a row of `wandb_gaps`) and gives them back with the run and the time they were recorded."""
 
-    run_id: str
-    action: Literal["upload", "use", "aliases"]
+    action: str
     ref: str
     call: str
     error: str
-    detail: str
-    recorded_at: str
+    detail: str = ""
+    run_id: str = ""
+    recorded_at: str = ""
+
+
+@dataclass(frozen=True)
+class SyncLogRecord:
+    """A step `sync` has done in W&B (a row of `sync_log`): a run's upload (`ref` the run) or a declared input
+    (`action` 'use', `ref` the input's version); `detail` what W&B answered, where it says more than done."""
+
+    run_id: str
+    action: str
+    ref: str
+    detail: str | None
+    done_at: str
 
 
 def optional() -> Any:

@@ -12,7 +12,15 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, Select, literal_column, select
 
 from prefect_wandb import tables as t
-from prefect_wandb.records import ArtifactRecord, DeletionRecord, FileRecord, PromotionRecord, RunRecord, WandbGapRecord
+from prefect_wandb.records import (
+    ArtifactRecord,
+    DeletionRecord,
+    FileRecord,
+    PromotionRecord,
+    RunRecord,
+    SyncLogRecord,
+    WandbGap,
+)
 from prefect_wandb.store_engine import insertion_order
 
 A, F, E, R, P = t.artifacts, t.artifact_files, t.edges, t.runs, t.promotions
@@ -131,13 +139,13 @@ class StoreReads:
 
     # ------------------------------------------------------------------------------------------- W&B sync
 
-    def sync_log(self, run_id: str | None = None) -> list[dict]:
+    def sync_log(self, run_id: str | None = None) -> list[SyncLogRecord]:
         """What `sync` has already done in W&B: one row per uploaded run and declared input."""
-        return self._log(t.sync_log, t.sync_log.c.done_at, run_id)
+        return [SyncLogRecord(**r) for r in self._log(t.sync_log, t.sync_log.c.done_at, run_id)]
 
-    def wandb_gaps(self, run_id: str | None = None) -> list[WandbGapRecord]:
+    def wandb_gaps(self, run_id: str | None = None) -> list[WandbGap]:
         """What W&B is missing (of `run_id`, default all), for `sync`."""
-        return [WandbGapRecord(**r) for r in self._log(t.wandb_gaps, t.wandb_gaps.c.recorded_at, run_id)]
+        return [WandbGap(**r) for r in self._log(t.wandb_gaps, t.wandb_gaps.c.recorded_at, run_id)]
 
     def _log(self, table, at, run_id: str | None) -> list[dict]:
         """The rows of `table` (of `run_id`, default all), in time order, then in the order they were recorded."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from prefect_wandb.alias_sync import follow_store
-from prefect_wandb.records import optional
+from prefect_wandb.records import SyncLogRecord, optional
 from prefect_wandb.refs import wandb_ref
 from prefect_wandb.store import ArtifactRecord, LineageStore, RunRecord
 from prefect_wandb.wandb.run_file import synced_marker
@@ -119,7 +119,7 @@ def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path |
     return next((c for c in candidates if (c / f"run-{rid}.wandb").is_file()), None)
 
 
-def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict) -> None:
+def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict[tuple[str, str, str], SyncLogRecord]) -> None:
     """An online run is in W&B; what a failed W&B call left out of it (`wandb_gaps`) is planned like an offline
     run's work: an artifact upload per version W&B did not commit, a `use` per input edge it did not get."""
     rid = run.run_id
@@ -135,7 +135,7 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
     for g in gaps:
         row = done.get((rid, g.action, g.ref))
         status: Status = "done" if row else "pending"
-        detail = f"done {row['done_at']}" if row else f"{g.call} failed: {g.error}"
+        detail = f"done {row.done_at}" if row else f"{g.call} failed: {g.error}"
         if g.action == "upload" and g.ref in produced:
             a = produced[g.ref]
             entry.actions.append(Action(action="upload", kind="artifact", ref=g.ref, artifact=a.label,
@@ -151,7 +151,7 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
         # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
 
-def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict) -> None:
+def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict[tuple[str, str, str], SyncLogRecord]) -> None:
     """An offline run killed after the store committed its outputs but before wandb wrote them to its run file:
     its folder lacks them, so each is logged on the (uploaded) run after its upload."""
     rid = run.run_id
@@ -164,7 +164,7 @@ def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done:
         a = produced[g.ref]
         entry.actions.append(Action(action="upload", kind="artifact", artifact=a.label, artifact_id=a.artifact_id,
                                     ref=g.ref, status="done" if row else "pending",
-                                    detail=f"done {row['done_at']}" if row else g.error))
+                                    detail=f"done {row.done_at}" if row else g.error))
 
 
 def _registry_links(store: LineageStore) -> dict[str, str]:
@@ -178,7 +178,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
               run_ids: Sequence[str] | None = None) -> SyncPlan:
     """What a sync has to do, from the store and the offline run folders alone (no network): per run an upload
     and one `use` per recorded input, then the promotions not yet applied. Done work is marked 'done'."""
-    done: dict[tuple[str, str, str], dict] = {(r["run_id"], r["action"], r["ref"]): r for r in store.sync_log()}
+    done: dict[tuple[str, str, str], SyncLogRecord] = {(r.run_id, r.action, r.ref): r for r in store.sync_log()}
     uploaded = {r for r, a, _ in done if a == "upload"}
     runs: list[RunPlan] = []
     for run in store.runs():
@@ -202,8 +202,8 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
         up = Action(action="upload", ref=str(d) if d else (run.wandb_dir or ""), status="pending", detail="")
         if rid in uploaded:
             row = next(v for (r, a, _), v in done.items() if r == rid and a == "upload")
-            up.ref = row["ref"]
-            _set(up, "done", f"uploaded {row['done_at']}")
+            up.ref = row.ref
+            _set(up, "done", f"uploaded {row.done_at}")
         elif d is None:
             host = ((run.env or {}).get("process") or {}).get("host")
             where = f" on {host}: run `sync` there" if host else ""
@@ -217,7 +217,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
             use_row = done.get((rid, "use", ref))
             entry.actions.append(Action(action="use", ref=ref, artifact=u.label, producer_run_id=u.producer_run_id,
                                         status="done" if use_row else "pending",
-                                        detail=f"declared {use_row['done_at']}" if use_row else ""))
+                                        detail=f"declared {use_row.done_at}" if use_row else ""))
     promotions: list[PromotionPlan] = []
     links = _registry_links(store)
     for p in store.promotions():
@@ -286,7 +286,7 @@ def run_sync(store: LineageStore, plan: SyncPlan, backend: WandbBackend, *, dry_
     `entity`: the answer of a `backend.check()` the caller already made (the check is then not repeated)."""
     entity = entity or backend.check()
     online = {r.run_id for r in store.runs() if r.wandb_mode == "online"}
-    uploaded = {r["run_id"] for r in store.sync_log() if r["action"] == "upload"} | online
+    uploaded = {r.run_id for r in store.sync_log() if r.action == "upload"} | online
 
     def record(*args):
         if not dry_run:

@@ -93,7 +93,24 @@ def _in_wandb_scope(run) -> bool:
     return run is not None and run.wandb_mode in ("online", "offline") and bool(run.wandb_project)
 
 
-def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
+@dataclass(frozen=True)
+class WandbVerifyReport:
+    """What `sync --verify` found: the W&B paths it compared and what differs (none: `ok`)."""
+
+    checked: list[str]
+    differences: list[Difference]
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def as_json(self) -> dict:
+        """`sync --verify --json`: each difference with its printed `line`."""
+        return {"checked": self.checked, "differences": [asdict(d) | {"line": d.line()} for d in self.differences],
+                "ok": self.ok}
+
+
+def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> WandbVerifyReport:
     """Compare the store with W&B, read-only. Raises what the backend raises (the caller makes it one line)."""
     runs = {r.run_id: r for r in store.runs()}
     todo = []
@@ -114,24 +131,22 @@ def verify_wandb(store: LineageStore, backend, *, run_ids=None) -> dict:
         producers = [art.producer_run_id, *(r for r in store.producers(art.artifact_id) if r != art.producer_run_id)]
         differences += compare_artifact(art, ref, found[ref], producers=producers, consumers=consumers,
                                         aliases=aliases)
-    return {"checked": checked, "differences": [asdict(d) | {"line": d.line()} for d in differences],
-            "ok": not differences}
+    return WandbVerifyReport(checked, differences)
 
 
-def verdict(result: dict, command: str = "prefect-wandb") -> str:
+def verdict(result: WandbVerifyReport, command: str = "prefect-wandb") -> str:
     """One line: what differs and what to do. A stored file that changed (`local`) is named, as `audit` names it,
     and `sync` is not offered for it (it would not help: W&B holds what was recorded); `sync` is offered for what W&B
     itself lacks or holds otherwise."""
-    if result["ok"]:
+    if result.ok:
         return "OK: W&B holds what the lineage store recorded"
-    diffs = result["differences"]
-    local = [d for d in diffs if d["kind"] == "local"]
-    remote = [d for d in diffs if d["kind"] != "local"]
+    local = [d for d in result.differences if d.kind == "local"]
+    remote = [d for d in result.differences if d.kind != "local"]
     parts = []
     if local:
         first = local[0]
         more = f" (and {len(local) - 1} more)" if len(local) > 1 else ""
-        parts.append(f"TAMPERED: {first['detail']}{more}; `{command} audit {first['artifact']}` names every "
+        parts.append(f"TAMPERED: {first.detail}{more}; `{command} audit {first.artifact}` names every "
                      "changed file")
     if remote:
         parts.append(f"W&B differs from the lineage store in {len(remote)} place(s); `{command} sync` sends what is "
@@ -139,9 +154,9 @@ def verdict(result: dict, command: str = "prefect-wandb") -> str:
     return "; ".join(parts)
 
 
-def render_verify(result: dict, command: str = "prefect-wandb") -> str:
-    out = [f"W&B verify: {len(result['checked'])} artifact version(s) compared with the lineage store"]
-    out += [f"  {d['line']}" for d in result["differences"]]
-    n = len(result["differences"])
-    out.append(verdict(result, command) if result["ok"] else f"DIFFERENT: {n} difference(s): {verdict(result, command)}")
+def render_verify(result: WandbVerifyReport, command: str = "prefect-wandb") -> str:
+    out = [f"W&B verify: {len(result.checked)} artifact version(s) compared with the lineage store"]
+    out += [f"  {d.line()}" for d in result.differences]
+    n = len(result.differences)
+    out.append(verdict(result, command) if result.ok else f"DIFFERENT: {n} difference(s): {verdict(result, command)}")
     return "\n".join(out) + "\n"

@@ -197,7 +197,7 @@ def test_a_run_on_a_url_store_writes_its_password_nowhere_and_audits_from_the_cl
     from prefect_wandb import where_records_went
 
     line = where_records_went(LineageStore(postgres_db), str(fr.id), offline_reason="offline",
-                              command="mnist-pipeline")["line"]
+                              command="mnist-pipeline").line
     assert f"sync --lineage-db {postgres_db.replace(f':{secret}', '')}`" in line and secret not in line
     # the operator's audit, from the CLI, on the URL
     capsys.readouterr()

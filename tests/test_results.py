@@ -30,6 +30,8 @@ from mnist_pipeline.results import (
 )
 from mnist_pipeline.sweep import Sweep, parse_sweep
 from mnist_pipeline.tasks.validate_onnx import parity_failure
+from prefect_wandb import WandbWhereabouts
+from prefect_wandb.queries import StageWandb
 from prefect_wandb.records import NewArtifact
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import LineageStore
@@ -60,13 +62,16 @@ PROMOTION = PromotionOutcome("promoted", "first validated model", 0.9, None)
 SWEEP_RESULT = SweepResult(sweep={"method": "grid"}, metric={"name": "test_accuracy", "goal": "maximize"},
                            trials=[{"trial": 0, "rank": 1}], winner={"trial": 0, "test_accuracy": 0.9}, failed=[])
 LOC = ArtifactLocation("mnist:v0", "d" * 64, "/art/dataset/mnist/dd")
+WANDB = WandbWhereabouts(mode="offline", line="W&B: offline in /w", group_urls=[], offline_dirs=["/w"], needs_sync=True,
+                         sync_command="mnist-pipeline sync --lineage-db /l.db",
+                         runs=[StageWandb("train", "r1", "offline", None, "/w/offline-run-r1", [])])
 SKIPPED = RunSummary(status="skipped", reason="training skipped: unchanged", production="convnet:v0",
-                     artifacts={"dataset": LOC}, lineage_db="/l.db", config_sources={}, wandb={"line": "W&B: x"})
+                     artifacts={"dataset": LOC}, lineage_db="/l.db", config_sources={}, wandb=WANDB)
 COMPLETED = RunSummary(
     status="completed", reason="retrained: first", artifacts={"dataset": LOC, "model": LOC}, test_accuracy=0.9,
     test_loss=0.3, onnx_accuracy=0.9, onnx_max_abs_diff=1e-6, onnx_argmax_agreement=1.0, onnx_latency_ms_p50=0.1,
     onnx_throughput_per_s=9e3, promotion=PROMOTION, lineage_db="/l.db", config_sources={"train.seed": "x"},
-    report="/r/report.html", onnx_file="/o/model.onnx", wandb={"line": "W&B: x"})
+    report="/r/report.html", onnx_file="/o/model.onnx", wandb=WANDB)
 SWEEP_SUMMARY = SweepSummary(status="completed", sweep={"method": "grid"}, flow_run_id="fr", workers=2,
                              sweep_result=LOC, trials=[{"trial": 0}], failed=[], lineage_db="/l.db",
                              winner={"trial": 0}, promotion=PROMOTION)

@@ -158,9 +158,9 @@ def test_sync_sends_uploads_then_inputs_then_promotions_with_exact_refs(e2e, db,
     assert "OK: did" in out and ", 0 already done" in out
     log = store.sync_log()
     n_uses = sum(len(store.edges(r.run_id)["used"]) for r in store.runs())
-    assert sorted({r["action"] for r in log}) == ["upload", "use"]
-    assert len([r for r in log if r["action"] == "upload"]) == len(store.runs())
-    assert len([r for r in log if r["action"] == "use"]) == n_uses
+    assert sorted({r.action for r in log}) == ["upload", "use"]
+    assert len([r for r in log if r.action == "upload"]) == len(store.runs())
+    assert len([r for r in log if r.action == "use"]) == n_uses
     assert all(p.wandb_applied_at for p in store.promotions())
 
 
@@ -187,7 +187,7 @@ def test_sync_does_not_duplicate_what_wandb_already_holds(e2e, db):
     again = RecordingWandb(runs=done.runs, inputs=done.inputs, artifacts=done.artifacts)
     assert _sync(fresh, again) == Exit.OK
     assert {c[0] for c in again.calls} == {"check", "run_exists", "run_inputs", "add_aliases"}
-    assert all(r["detail"] in ("already in W&B: not uploaded again (no duplicate versions)",
+    assert all(r.detail in ("already in W&B: not uploaded again (no duplicate versions)",
                                "already declared in W&B") for r in LineageStore(fresh).sync_log())
 
 
@@ -202,7 +202,7 @@ def test_runs_already_uploaded_by_wandb_sync_are_not_uploaded_again(e2e, db):
         marker.unlink()
     assert not [c for c in fake.calls if c[0] in ("run_exists", "upload") and run.run_id in str(c[1])]
     [row] = LineageStore(db).sync_log(run.run_id)
-    assert row["action"] == "upload" and "marker" in row["detail"]
+    assert row.action == "upload" and "marker" in (row.detail or "")
 
 
 def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, db, capsys):
@@ -211,7 +211,7 @@ def test_a_failed_step_blocks_what_depends_on_it_and_the_next_sync_resumes(e2e, 
     captured = capsys.readouterr()
     assert "failed (RuntimeError: W&B said 500)" in captured.out and "INCOMPLETE" in captured.out
     store = LineageStore(db)
-    assert {r["action"] for r in store.sync_log()} == {"upload"}  # uploads done and kept; no input recorded
+    assert {r.action for r in store.sync_log()} == {"upload"}  # uploads done and kept; no input recorded
     assert all(p.wandb_applied_at for p in store.promotions())  # the model version itself was uploaded
 
     retry = RecordingWandb(runs=fake.runs, artifacts=fake.artifacts)

@@ -306,12 +306,12 @@ def test_where_the_records_went(online, tmp_path):
             stage.log({"x": 1})
     store = LineageStore(cfg.lineage_db)
     out = where_records_went(store, "f1")
-    assert out["mode"] == "online" and not out["needs_sync"]
-    assert out["line"] == f"W&B: online at {w.url}/{w.entity}/p/groups/flow-f1"
+    assert out.mode == "online" and not out.needs_sync
+    assert out.line == f"W&B: online at {w.url}/{w.entity}/p/groups/flow-f1"
     cfg = online(w.url, mode="offline")
     with open_stage(cfg.lineage(), "evaluate", config=cfg, flow_run_id="f2"):
         pass
     out = where_records_went(store, "f2", offline_reason="wandb mode offline was asked for", command="mnist-pipeline")
-    assert out["mode"] == "offline" and out["needs_sync"] and out["offline_dirs"] == [str(tmp_path / "wandb" / "wandb")]
-    assert out["line"] == (f"W&B: offline in {tmp_path / 'wandb' / 'wandb'} (wandb mode offline was asked for); "
+    assert out.mode == "offline" and out.needs_sync and out.offline_dirs == [str(tmp_path / "wandb" / "wandb")]
+    assert out.line == (f"W&B: offline in {tmp_path / 'wandb' / 'wandb'} (wandb mode offline was asked for); "
                            f"`mnist-pipeline sync --lineage-db {cfg.lineage_db}` uploads what W&B is missing")

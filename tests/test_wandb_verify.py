@@ -85,9 +85,9 @@ def test_a_wandb_holding_part_of_the_lineage(lineage):
     wb.artifacts[dataset_key]["used_by"] = []
     wb.artifacts[model_key]["aliases"] = ["latest", f"sha256-{lineage['model'].digest[:16]}"]
     result = verify_wandb(store, wb)
-    kinds = sorted((d["kind"], d["artifact"].split(":")[0]) for d in result["differences"])
+    kinds = sorted((d.kind, d.artifact.split(":")[0]) for d in result.differences)
     assert kinds == [("alias", "model"), ("alias", "model"), ("input", "dataset")]
-    assert lineage["model_run"] in next(d["detail"] for d in result["differences"] if d["kind"] == "input")
+    assert lineage["model_run"] in next(d.detail for d in result.differences if d.kind == "input")
 
 
 def test_other_content_or_producer_under_the_same_alias(lineage):
@@ -95,7 +95,7 @@ def test_other_content_or_producer_under_the_same_alias(lineage):
     key = f"model:sha256-{lineage['model'].digest[:16]}"
     wb.artifacts[key]["files"] = {"model.bin": "AAAAAAAAAAAAAAAAAAAAAA=="}
     wb.artifacts[key]["logged_by"] = "someone-else"
-    kinds = {d["kind"] for d in verify_wandb(lineage["store"], wb)["differences"]}
+    kinds = {d.kind for d in verify_wandb(lineage["store"], wb).differences}
     assert kinds == {"content", "producer"}
 
 
@@ -116,10 +116,10 @@ def test_a_version_two_runs_made_at_once_may_be_logged_by_either_of_them(lineage
     wb = synced_wandb(lineage)
     key = f"dataset:sha256-{lineage['dataset'].digest[:16]}"
     wb.artifacts[key]["logged_by"] = stage.run_id
-    assert not [d for d in verify_wandb(store, wb)["differences"] if d["kind"] == "producer"]
+    assert not [d for d in verify_wandb(store, wb).differences if d.kind == "producer"]
     wb.artifacts[key]["logged_by"] = "someone-else"
-    [diff] = [d for d in verify_wandb(store, wb)["differences"] if d["kind"] == "producer"]
-    assert f"{lineage['dataset_run']} or {stage.run_id}" in diff["detail"]
+    [diff] = [d for d in verify_wandb(store, wb).differences if d.kind == "producer"]
+    assert f"{lineage['dataset_run']} or {stage.run_id}" in diff.detail
 
 
 def test_a_dry_run_rehearses_a_promotion_of_a_version_committed_online(lineage, capsys):
@@ -146,10 +146,10 @@ def test_a_locally_tampered_file_is_named_as_the_local_difference_not_blamed_on_
     stored.write_bytes(b"swapped" * 100)
     assert verify(lineage["db"], wb) == Exit.VERIFY_FAILED
     out, err = capsys.readouterr()
-    [diff] = verify_wandb(store, wb)["differences"]
-    assert (diff["kind"], diff["artifact"]) == ("local", model.label)
-    assert f"{stored}: sha256 " in diff["detail"] and f"does not match the recorded {model.files[0].sha256}" in \
-        diff["detail"] and "not W&B's copy" in diff["detail"]
+    [diff] = verify_wandb(store, wb).differences
+    assert (diff.kind, diff.artifact) == ("local", model.label)
+    assert f"{stored}: sha256 " in diff.detail and f"does not match the recorded {model.files[0].sha256}" in \
+        diff.detail and "not W&B's copy" in diff.detail
     assert f"local    {model.label} " in out and "W&B's md5" not in out
     assert err.count("\n") == 1 and err.startswith(f"mnist-pipeline sync: --verify: TAMPERED: {stored}: sha256 ")
     assert f"`mnist-pipeline audit {model.label}` names every changed file" in err
@@ -166,7 +166,7 @@ def test_one_version_missing_from_an_otherwise_complete_wandb(lineage):
     wb = synced_wandb(lineage)
     key = f"model:sha256-{lineage['model'].digest[:16]}"
     del wb.artifacts[key]
-    assert [d["kind"] for d in verify_wandb(lineage["store"], wb)["differences"]] == ["missing"]
+    assert [d.kind for d in verify_wandb(lineage["store"], wb).differences] == ["missing"]
 
 
 @pytest.mark.slow  # waits out real timeouts against a loopback endpoint

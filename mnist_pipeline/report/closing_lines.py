@@ -17,5 +17,5 @@ def where_things_went(summary: RunSummary | SweepSummary) -> list[str]:
         lines.append(f"ONNX model: {summary.onnx_file} (audit it: mnist-pipeline audit "
                      f"{shlex.quote(str(summary.onnx_file))})")
     if summary.wandb:
-        lines.append(summary.wandb["line"])  # it begins "W&B: "
+        lines.append(summary.wandb.line)  # it begins "W&B: "
     return lines

@@ -116,7 +116,7 @@ def lineage_markdown(summary: RunSummary, rows: Sequence[dict], lineage_db: str 
     if summary.onnx_file:
         lines.append(f"- **ONNX file** (the one to audit): `{summary.onnx_file}`")
     if summary.wandb:
-        lines.append(f"- **W&B**: {summary.wandb['line'].removeprefix('W&B: ')}")
+        lines.append(f"- **W&B**: {summary.wandb.line.removeprefix('W&B: ')}")
     lines += ["", html_table(STAGE_COLUMNS, [[r.get(c, "") for c in STAGE_COLUMNS] for r in rows]), "",
               f"Lineage store: `{lineage_db}`"]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ from prefect_wandb.audit.entries import (
 from prefect_wandb.audit.identify import identify, near_misses
 from prefect_wandb.audit.signatures import SIGNATURE_ORDER, check_signatures
 from prefect_wandb.audit.walk import Walk
+from prefect_wandb.records import SyncLogRecord
 from prefect_wandb.refs import digest_alias
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
@@ -40,10 +41,10 @@ def _summary(rec: ArtifactRecord) -> dict:
     return out
 
 
-def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict], role: str) -> RunEntry:
+def _run_entry(run: dict, used: list, produced: list, sync_rows: list[SyncLogRecord], role: str) -> RunEntry:
     env = run.get("env") or {}
     cfg = run.get("config") or {}
-    upload = next((r for r in sync_rows if r["action"] == "upload"), None)
+    upload = next((r for r in sync_rows if r.action == "upload"), None)
     return RunEntry(
         run_id=run["run_id"], job_type=run.get("job_type"), status=run.get("status"),
         started_at=run.get("started_at"), finished_at=run.get("finished_at"), error=run.get("error"),
@@ -55,11 +56,11 @@ def _run_entry(run: dict, used: list, produced: list, sync_rows: list[dict], rol
         config=cfg, config_section=CONFIG_SECTION.get(run.get("job_type") or ""),
         summary=run.get("summary") or {},
         wandb=WandbEntry(mode=run.get("wandb_mode"), run_id=run["run_id"],
-                         url=run.get("wandb_url") or (upload["detail"] if upload and upload["detail"] and
-                                                      upload["detail"].startswith("http") else None),
+                         url=run.get("wandb_url") or (upload.detail if upload and upload.detail and
+                                                      upload.detail.startswith("http") else None),
                          dir=run.get("wandb_dir"), project=run.get("wandb_project"), entity=run.get("wandb_entity"),
-                         synced_at=upload["done_at"] if upload else None,
-                         inputs_declared=[r["ref"] for r in sync_rows if r["action"] == "use"]),
+                         synced_at=upload.done_at if upload else None,
+                         inputs_declared=[r.ref for r in sync_rows if r.action == "use"]),
         used=[a.label for a in used], produced=[a.label for a in produced], role=role,
     )
 

@@ -230,7 +230,7 @@ def verify_main(ns: argparse.Namespace, backend, store: LineageStore) -> int:
     except Exception as e:  # W&B unusable or a W&B read failed: one line, never a traceback
         err("sync", f"--verify: {wandb_error_line(e)}; nothing was changed")
         return Exit.WANDB_UNAVAILABLE
-    print(json.dumps(result, indent=2, default=str) if ns.json else render_verify(result, program().prog), end="\n" if ns.json else "")
-    if not result["ok"]:
+    print(json.dumps(result.as_json(), indent=2, default=str) if ns.json else render_verify(result, program().prog), end="\n" if ns.json else "")
+    if not result.ok:
         err("sync", f"--verify: {verdict(result, program().prog)}")
-    return Exit.OK if result["ok"] else Exit.VERIFY_FAILED
+    return Exit.OK if result.ok else Exit.VERIFY_FAILED

@@ -8,7 +8,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Literal, cast
@@ -17,6 +16,7 @@ import numpy as np
 import wandb
 
 from prefect_wandb.artifact_files import local_folder
+from prefect_wandb.records import WandbGap
 from prefect_wandb.refs import digest_alias, wandb_ref
 from prefect_wandb.settings import LineageSettings, WandbSettings
 from prefect_wandb.store import NewArtifact
@@ -42,20 +42,6 @@ def recent_failure(host: str | None = None) -> str | None:
     """Why this process last gave up on W&B at `host` (default: `resolve_credentials().host`), if it did."""
     failed = _online_failures.get(host or _host_key())
     return failed[1] if failed else None
-
-
-@dataclass(frozen=True)
-class WandbGap:
-    """Something a stage could not record in W&B because a W&B call failed: `action` 'upload' (`ref` an artifact
-    version `[entity/]project/name:sha256-…`, or the run folder when `call` is 'finish'), 'use' (an input edge,
-    `ref` the input's version) or 'aliases' (`ref` the version, `detail` the aliases). `call` names the failed
-    W&B call, `error` its one-line error."""
-
-    action: str
-    ref: str
-    call: str
-    error: str
-    detail: str = ""
 
 
 class StageRun:

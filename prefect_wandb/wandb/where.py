@@ -3,12 +3,12 @@ asked for, no API key, a failed W&B call), with the `sync` command that uploads 
 
 from __future__ import annotations
 
-from prefect_wandb.queries import where_records_went
+from prefect_wandb.queries import WandbWhereabouts, where_records_went
 from prefect_wandb.settings import LineageSettings
 from prefect_wandb.store import LineageStore
 
 
-def wandb_records(settings: LineageSettings, flow_run_id: str | None, logger=None) -> dict:
+def wandb_records(settings: LineageSettings, flow_run_id: str | None, logger=None) -> WandbWhereabouts:
     """Where the W&B records of flow run `flow_run_id` went (`queries.where_records_went`), said in one line on
     `logger` (a warning when something waits for `sync`)."""
     from prefect_wandb.wandb.credentials import resolve_credentials
@@ -25,5 +25,5 @@ def wandb_records(settings: LineageSettings, flow_run_id: str | None, logger=Non
     out = where_records_went(LineageStore(settings.store), flow_run_id, offline_reason=reason,
                              command=settings.command)
     if logger is not None:
-        (logger.warning if out["needs_sync"] else logger.info)(out["line"])
+        (logger.warning if out.needs_sync else logger.info)(out.line)
     return out
