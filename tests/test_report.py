@@ -400,6 +400,7 @@ def _summary(**kw) -> RunSummary:
 
 def test_the_console_names_the_report_and_the_onnx_file():
     from mnist_pipeline.report.closing_lines import where_things_went
+    from prefect_wandb import WandbWhereabouts
 
     lines = where_things_went(_summary(report="/r/report.html", onnx_file="/a b/model.onnx"))
     assert lines == ["report: /r/report.html",
@@ -407,7 +408,9 @@ def test_the_console_names_the_report_and_the_onnx_file():
     assert where_things_went(_summary(status="skipped")) == []
     # where the W&B records went: the one line the lineage layer wrote, as it is (it names itself once)
     line = "W&B: offline in /w (no W&B API key); `mnist-pipeline sync --lineage-db /s/lineage.db` uploads it"
-    assert where_things_went(_summary(wandb={"line": line})) == [line]
+    wandb = WandbWhereabouts(mode="offline", line=line, group_urls=[], offline_dirs=["/w"], needs_sync=True,
+                             sync_command="mnist-pipeline sync --lineage-db /s/lineage.db", runs=[])
+    assert where_things_went(_summary(wandb=wandb)) == [line]
 
 
 def test_the_production_model_artifact_names_a_rollback_and_a_store_without_production():
