@@ -59,11 +59,11 @@ class WandbWhereabouts:
         return as_json(self)
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> WandbWhereabouts:
+    def from_json(cls, saved: Mapping[str, Any]) -> WandbWhereabouts:
         """Read back from `as_json` (a summary's JSON, a Prefect result)."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known}
-                   | {"runs": [StageWandb(**r) for r in d.get("runs") or []]})
+        kept = {f.name: saved[f.name] for f in fields(cls) if f.name in saved}
+        runs = [StageWandb(**r) for r in kept.pop("runs", None) or []]
+        return cls(**kept, runs=runs)
 
 
 def where_records_went(store: LineageStore, flow_run_id: str | None, *, offline_reason: str | None = None,
