@@ -98,7 +98,7 @@ def part_pipeline(a: dict) -> dict:
     if model:
         meta = store.find_artifact("convnet", model["digest"]).metadata
         [trainer] = [r for r in store.runs() if r.job_type == "train" and r.status == "finished"
-                     and any(a.digest == model["digest"] for a in store.edges(r.run_id)["produced"])][-1:]
+                     and any(a.digest == model["digest"] for a in store.edges(r.run_id).produced)][-1:]
         out["train_s"] = trainer.summary["train_seconds"]  # a timing: the run's record, not the model's
         out["examples"] = meta["examples_seen"]
         out["samples_per_s"] = meta["examples_seen"] / wall

@@ -24,12 +24,12 @@ def lineage_rows(cfg: PipelineConfig, flow_run_id: str | None, summary: RunSumma
     for run in store.runs(flow_run_id):
         edges = store.edges(run.run_id)
         row = {"stage": run.job_type, "status": run.status,
-               "inputs": ", ".join(u.label for u in edges["used"]),
+               "inputs": ", ".join(u.label for u in edges.used),
                "W&B run": run.wandb_url or f"{run.run_id} ({run.wandb_mode}: {run.wandb_dir})"}
-        for art in edges["produced"]:
+        for art in edges.produced:
             rows.append({**row, "output": f"{art.label} ({art.type})", "sha256": art.digest[:16],
                          "path": art.path})
-        if not edges["produced"]:
+        if not edges.produced:
             out = (f"decision: {promotion.decision}" if run.job_type == "promote" and promotion
                    else run.error or "no artifact")
             rows.append({**row, "output": out, "sha256": "", "path": ""})
@@ -50,7 +50,7 @@ def _reused_rows(store: LineageStore, summary: RunSummary) -> list[dict]:
         run = store.run(art.producer_run_id)
         rows.append({"stage": f"{run.job_type if run else '?'} (earlier run, reused)",
                      "status": run.status if run else "", "inputs": ", ".join(
-                         u.label for u in store.edges(art.producer_run_id)["used"]),
+                         u.label for u in store.edges(art.producer_run_id).used),
                      "W&B run": (run.wandb_url or f"{run.run_id} ({run.wandb_mode}: {run.wandb_dir})") if run else "",
                      "output": f"{art.label} ({art.type})", "sha256": art.digest[:16], "path": art.path})
     return rows
@@ -91,7 +91,7 @@ def production_facts(cfg: PipelineConfig, decision) -> markdown.ProductionModel:
     prod = store.alias(MODEL_NAME, policy.production_alias)
     if prod is None:
         return markdown.ProductionModel(model=None, lineage_db=str(cfg.lineage_db), decision=this)
-    since = next((a["set_at"] for a in store.aliases_of(prod.artifact_id) if a["alias"] == policy.production_alias),
+    since = next((a.set_at for a in store.aliases_of(prod.artifact_id) if a.alias == policy.production_alias),
                  None)
     made_it = [p for p in store.promotions(prod.artifact_id) if policy.production_alias in p.aliases]
     how = made_it[-1] if made_it else None
@@ -102,7 +102,7 @@ def production_facts(cfg: PipelineConfig, decision) -> markdown.ProductionModel:
     report = None
     for m in reversed(evals):
         reports = [a for run_id in store.consumers(m.artifact_id) if (r := store.run(run_id)) is not None
-                   and r.job_type == "report" and r.status == "finished" for a in store.edges(run_id)["produced"]]
+                   and r.job_type == "report" and r.status == "finished" for a in store.edges(run_id).produced]
         if reports:
             report = str(local_folder(reports[-1].path, reports[-1].files) / REPORT_FILE)
             break

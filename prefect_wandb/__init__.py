@@ -44,7 +44,7 @@ _WHERE = {
     "verify_files": "refs",
     # the store and its records
     "LineageStore": "store", "StoreError": "store", "ArtifactDeleted": "store", "ArtifactRecord": "store",
-    "RunRecord": "store", "PromotionRecord": "store",
+    "RunRecord": "store", "RunEdges": "store", "PromotionRecord": "store",
     # stages on other processes (a sweep's trials on Dask workers): records journaled, committed by the flow
     "JournalStore": "journal", "JournalEntry": "journal", "commit_journal": "journal",
     # policy: the promotion gate and the skip rule
@@ -68,7 +68,7 @@ _WHERE = {
 
 __all__ = ["ArtifactDeleted", "ArtifactRecord", "ArtifactRef", "ArtifactsLocationField", "CannotReproduce", "ChangeCheck", "ConfinementError",
            "Decision", "DigestMismatch", "GatePolicy", "JournalEntry", "JournalStore", "LineageBlock",
-           "LineageGraph", "LineageSettings", "LineageStore", "LocationError", "PromotionRecord", "Rebuild", "RemoteArtifactsError", "Replay", "RunRecord",
+           "LineageGraph", "LineageSettings", "LineageStore", "LocationError", "PromotionRecord", "Rebuild", "RemoteArtifactsError", "Replay", "RunEdges", "RunRecord",
            "Signature", "Stage", "StorageError", "StoreError", "StoreLocationField", "StoreURL", "WandbSettings", "WandbWhereabouts", "allowed_roots", "code_state",
            "commit_journal", "compare_with_production", "confine", "evaluations", "hold_artifact", "lineage_graph",
            "local_folder", "manifest", "manifest_digest", "masked_location", "measured_on", "open_stage", "path_only", "promote",
@@ -111,6 +111,7 @@ if TYPE_CHECKING:
         ArtifactRecord,
         LineageStore,
         PromotionRecord,
+        RunEdges,
         RunRecord,
         StoreError,
     )

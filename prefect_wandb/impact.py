@@ -146,8 +146,8 @@ def impact(store: LineageStore, subjects: list[ArtifactRecord]) -> ImpactReport:
                 run_node.repeat = True
             else:
                 runs[run_id] = ImpactRun(run_id, run.job_type, run.status, run.started_at, run.flow_run_id,
-                                         [u.label for u in io["used"]], [p.label for p in io["produced"]])
-                for p in io["produced"]:
+                                         [u.label for u in io.used], [p.label for p in io.produced])
+                for p in io.produced:
                     edges.append([f"run:{run_id}", f"artifact:{p.label}"])
                     run_node.produced.append(walk(p))
             node.derived.append(run_node)

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from prefect_wandb.records import RunEdges
+
 RED, BLUE, GREY = "#c01c28", "#1a5fb4", "#777777"
 FILL = {"artifact": "#dbe8f7", "run": "#eeeeee", "bad": "#f8d0d0"}
 DOT_TIMEOUT_S = 20
@@ -261,10 +263,10 @@ def _short(digest: str | None, n: int = 12) -> str:
     return (digest or "")[:n]
 
 
-def lineage_graph(runs: Sequence, edges: Mapping[str, Mapping[str, Sequence]], *, title: str = "Lineage",
+def lineage_graph(runs: Sequence, edges: Mapping[str, RunEdges], *, title: str = "Lineage",
                   pending: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> Graph:
     """The picture of recorded runs (objects with run_id, job_type, status) and their use/produce edges
-    (`edges[run_id] = {"used": [...], "produced": [...]}`, artifact records with name, version, type, digest).
+    (`edges[run_id]`: `LineageStore.edges`, artifact records with name, version, type, digest).
 
     `pending[run_id]` names outputs not recorded yet, as (label, subtitle): the report drawing its own stage. A
     failed run is drawn red. The report stage reads promote's decision, so it is laid out below promote (without
@@ -275,8 +277,9 @@ def lineage_graph(runs: Sequence, edges: Mapping[str, Mapping[str, Sequence]], *
         rid = f"run:{run.run_id}"
         nodes[rid] = Node(rid, "run", run.job_type, f"run {run.run_id}" + ("" if run.status != "failed" else
                                                                            " · failed"), bad=run.status == "failed")
-        for direction in ("used", "produced"):
-            for a in edges.get(run.run_id, {}).get(direction, ()):
+        run_edges = edges.get(run.run_id) or RunEdges(used=[], produced=[])
+        for direction, arts in (("used", run_edges.used), ("produced", run_edges.produced)):
+            for a in arts:
                 aid = f"artifact:{a.name}:v{a.version}"
                 nodes.setdefault(aid, Node(aid, "artifact", f"{a.name}:v{a.version}", f"{a.type} · {_short(a.digest)}"))
                 out_edges.append((aid, rid) if direction == "used" else (rid, aid))

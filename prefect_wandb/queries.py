@@ -23,9 +23,9 @@ def evaluations(store: LineageStore, model_artifact_id: int, dataset_digest: str
             continue
         edges = store.edges(run_id)
         if dataset_digest is not None and not any(u.type == test_set_type and u.digest == dataset_digest
-                                                  for u in edges["used"]):
+                                                  for u in edges.used):
             continue
-        out += [a for a in edges["produced"] if a.type == metrics_type]
+        out += [a for a in edges.produced if a.type == metrics_type]
     return out
 
 

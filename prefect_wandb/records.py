@@ -197,6 +197,22 @@ class PromotionRecord:
 
 
 @dataclass(frozen=True)
+class AliasRecord:
+    """An alias an artifact version holds now, and when it was set there."""
+
+    alias: str
+    set_at: str
+
+
+@dataclass(frozen=True)
+class RunEdges:
+    """A run's edges in the lineage graph: the artifact versions it used and those it produced (by artifact id)."""
+
+    used: list[ArtifactRecord]
+    produced: list[ArtifactRecord]
+
+
+@dataclass(frozen=True)
 class RejectionRecord:
     """An operator's word about a model the gate must respect (a row of `rejections`): 'reject' (by `rollback`)
     keeps it from being promoted again, 'unreject' (by the `unreject` command) lets the gate consider it."""

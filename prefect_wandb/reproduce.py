@@ -73,7 +73,7 @@ def _step(store: LineageStore, rec: ArtifactRecord) -> Step:
     run = store.run(run_id)
     if run is None:
         raise CannotReproduce(f"{rec.label}: its producing run {run_id} is not in the lineage store")
-    used = {u.type: u for u in store.edges(run_id)["used"]}
+    used = {u.type: u for u in store.edges(run_id).used}
     return Step(run.job_type, run_id, rec, used, run.config or {}, run.env or {}, run.summary or {})
 
 

@@ -107,14 +107,14 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
                 continue
             why[cur] = reason if cur == aid else f"in the lineage of {arts[aid].label} ({reason})"
             for run_id in store.producers(cur):
-                stack.extend(u.artifact_id for u in store.edges(run_id)["used"])
+                stack.extend(u.artifact_id for u in store.edges(run_id).used)
 
     def forwards(aid: int) -> list[int]:
         out, stack, seen = [], [aid], {aid}
         while stack:
             cur = stack.pop()
             for run_id in store.consumers(cur):
-                for p in store.edges(run_id)["produced"]:
+                for p in store.edges(run_id).produced:
                     if p.artifact_id not in seen:
                         seen.add(p.artifact_id)
                         out.append(p.artifact_id)
@@ -133,7 +133,7 @@ def protected(store: LineageStore, keep_last: int, deleted: AbstractSet[int] = f
     busy |= {r.run_id for r in store.runs() if r.flow_run_id in flows}
     for run_id in busy:
         e = store.edges(run_id)
-        for a in e["used"] + e["produced"]:
+        for a in e.used + e.produced:
             backwards(a.artifact_id, f"in use by run {run_id} (its flow run is still running)")
     for aid, flow_runs in held(store).items():  # resolved by a running flow, not yet declared by any stage of it
         if aid in arts:

@@ -56,7 +56,7 @@ def validations(store: LineageStore, model: ArtifactRecord) -> list[ArtifactReco
     """The validation reports (artifacts of type 'validation') made from a model, oldest first."""
     out = []
     for run_id in store.consumers(model.artifact_id):
-        for p in store.edges(run_id)["produced"]:
+        for p in store.edges(run_id).produced:
             if p.type == "validation":
                 out.append(p)
     return out
@@ -65,7 +65,7 @@ def validations(store: LineageStore, model: ArtifactRecord) -> list[ArtifactReco
 def derived_onnx(store: LineageStore, model: ArtifactRecord) -> list[ArtifactRecord]:
     out = []
     for run_id in store.consumers(model.artifact_id):
-        out += [p for p in store.edges(run_id)["produced"] if p.type == "onnx"]
+        out += [p for p in store.edges(run_id).produced if p.type == "onnx"]
     return out
 
 

@@ -27,11 +27,13 @@ from prefect_wandb import tables as t
 from prefect_wandb.locations import StoreURL, store_location
 from prefect_wandb.records import (
     ALIASES,
+    AliasRecord,
     ArtifactRecord,
     DeletionRecord,
     FileRecord,
     NewArtifact,
     PromotionRecord,
+    RunEdges,
     RunRecord,
     Verdict,
     lease_until,
@@ -50,8 +52,8 @@ from prefect_wandb.store_open import StoreError, open_database, open_file, unrea
 from prefect_wandb.store_reads import StoreReads, _row
 
 # The records are defined in `records.py`; callers import them from here, with the store that reads and writes them.
-__all__ = ["ALIASES", "ArtifactDeleted", "ArtifactRecord", "DeletionRecord", "FileRecord", "LineageStore",
-           "NewArtifact", "PromotionRecord", "RunRecord", "StoreError", "now"]
+__all__ = ["ALIASES", "AliasRecord", "ArtifactDeleted", "ArtifactRecord", "DeletionRecord", "FileRecord", "LineageStore",
+           "NewArtifact", "PromotionRecord", "RunEdges", "RunRecord", "StoreError", "now"]
 
 A, R, P, AL, D, G = t.artifacts, t.runs, t.promotions, t.aliases, t.deletions, t.wandb_gaps
 

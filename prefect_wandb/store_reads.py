@@ -13,10 +13,12 @@ from sqlalchemy import Connection, RowMapping, Select, literal_column, select
 
 from prefect_wandb import tables as t
 from prefect_wandb.records import (
+    AliasRecord,
     ArtifactRecord,
     DeletionRecord,
     FileRecord,
     PromotionRecord,
+    RunEdges,
     RunRecord,
     SyncLogRecord,
     WandbGap,
@@ -76,11 +78,11 @@ class StoreReads:
         with self._read() as conn:
             return {r["artifact_id"]: DeletionRecord(**r) for r in conn.execute(select(t.deletions)).mappings()}
 
-    def aliases_of(self, artifact_id: int) -> list[dict]:
+    def aliases_of(self, artifact_id: int) -> list[AliasRecord]:
         """The aliases an artifact version holds now, with when each was set."""
         al = t.aliases
         with self._read() as conn:
-            return [dict(r) for r in conn.execute(select(al.c.alias, al.c.set_at).where(
+            return [AliasRecord(**r) for r in conn.execute(select(al.c.alias, al.c.set_at).where(
                 al.c.artifact_id == artifact_id).order_by(al.c.alias)).mappings()]
 
     def artifact(self, artifact_id: int) -> ArtifactRecord:
@@ -113,12 +115,12 @@ class StoreReads:
             return [RunRecord.from_row(_row(r)) for r in conn.execute(
                 q.where(R.c.flow_run_id == flow_run_id) if flow_run_id else q).mappings()]
 
-    def edges(self, run_id: str) -> dict[str, list[ArtifactRecord]]:
+    def edges(self, run_id: str) -> RunEdges:
         with self._read() as conn:
-            out: dict[str, list[ArtifactRecord]] = {"used": [], "produced": []}
+            out = RunEdges(used=[], produced=[])
             for r in conn.execute(select(E.c.artifact_id, E.c.direction).where(E.c.run_id == run_id).order_by(
                     E.c.artifact_id)).all():
-                out[r.direction].append(self._artifact(conn, r.artifact_id))
+                (out.used if r.direction == "used" else out.produced).append(self._artifact(conn, r.artifact_id))
             return out
 
     def _runs_with_edge(self, artifact_id: int, direction: str) -> list[str]:

@@ -130,8 +130,8 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
     calls = sorted({g.call for g in gaps})
     entry.note = f"recorded online, but W&B failed at {', '.join(calls)}: completing what W&B missed"
     edges = store.edges(rid)
-    produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["produced"]}
-    used = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges["used"]}
+    produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges.produced}
+    used = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a for a in edges.used}
     for g in gaps:
         row = done.get((rid, g.action, g.ref))
         status: Status = "done" if row else "pending"
@@ -156,7 +156,7 @@ def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done:
     its folder lacks them, so each is logged on the (uploaded) run after its upload."""
     rid = run.run_id
     produced = {wandb_ref(run.wandb_entity, run.wandb_project or "", a.name, a.digest): a
-                for a in store.edges(rid)["produced"]}
+                for a in store.edges(rid).produced}
     for g in store.wandb_gaps(rid):
         if g.action != "upload" or g.call != "unconfirmed" or g.ref not in produced:
             continue
@@ -212,7 +212,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
             up.marker, up.detail = True, "already uploaded by `wandb sync` (its .synced marker)"
         entry.actions.append(up)
         _plan_unconfirmed(store, run, entry, done)
-        for u in store.edges(rid)["used"]:
+        for u in store.edges(rid).used:
             ref = wandb_ref(run.wandb_entity, run.wandb_project or "", u.name, u.digest)
             use_row = done.get((rid, "use", ref))
             entry.actions.append(Action(action="use", ref=ref, artifact=u.label, producer_run_id=u.producer_run_id,

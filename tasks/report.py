@@ -25,7 +25,7 @@ from mnist_pipeline.report.page import (
 )
 from mnist_pipeline.results import MetricsResult, ModelInfo, PromotionOutcome, TrainingResult, ValidationResult
 from mnist_pipeline.tasks._common import current_flow_run_id, pipeline_stage
-from prefect_wandb import ArtifactRecord, ArtifactRef, LineageStore, lineage_graph, local_folder
+from prefect_wandb import ArtifactRecord, ArtifactRef, LineageStore, RunEdges, lineage_graph, local_folder
 
 REPORT_NAME = "run-report"
 REPORT_FILE = "report.html"
@@ -85,11 +85,11 @@ def build_report(store: LineageStore, stage, dataset_dir: Path, metrics_rec: Art
     model_label = f"{model.get('name')}:v{model.get('version')}" if model else "?"
     runs = store.runs(flow_run_id) if flow_run_id else [r for r in [store.run(stage.run_id)] if r is not None]
     edges = {r.run_id: store.edges(r.run_id) for r in runs}
-    edges[stage.run_id] = {"used": list({a.artifact_id: a for a in stage.used}.values()), "produced": []}
+    edges[stage.run_id] = RunEdges(used=list({a.artifact_id: a for a in stage.used}.values()), produced=[])
     graph = lineage_graph(runs, edges, title=f"Lineage of {model_label}",
                           pending={stage.run_id: [(REPORT_NAME, "report · this file")]})
     artifacts = [{"stage": r.job_type, "artifact": a.label, "type": a.type, "sha256": a.digest,
-                  "path": a.path} for r in runs for a in edges[r.run_id]["produced"]]
+                  "path": a.path} for r in runs for a in edges[r.run_id].produced]
     facts = [("model", f"{model_label} (sha256 {model.get('digest', '')[:16]})"),
              ("ONNX file", str(local_folder(onnx_rec.path, onnx_rec.files) / "model.onnx") if onnx_rec else "n/a"),
              ("Prefect flow run", flow_run_id or "n/a"),

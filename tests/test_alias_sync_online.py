@@ -85,7 +85,7 @@ def test_promotion_and_rollback_move_production_in_wandb_and_sync_replays_a_fail
         [line] = [x for x in v.stdout.splitlines() if x.strip().startswith("alias")]
         assert v0.label in line and "alias 'production' is on this version in the lineage store" in line
         onnx = next(o for o in store.artifacts("onnx")
-                    if v0.artifact_id in [u.artifact_id for u in store.edges(o.producer_run_id)["used"]])
+                    if v0.artifact_id in [u.artifact_id for u in store.edges(o.producer_run_id).used])
         au = cli_here(env, "audit", "--online", "--json", "--lineage-db", db, str(next(Path(onnx.path).glob("*.onnx"))))
         assert au.returncode == 3, au.stdout[-3000:] + au.stderr
         [failure] = json.loads(au.stdout)["failures"]

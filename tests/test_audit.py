@@ -315,7 +315,7 @@ def test_mermaid_markdown_html_and_svg_reports(e2e, capsys, tmp_path):
     assert report["report"] == str(tmp_path / "audit.md")
     assert "```mermaid\nflowchart LR" in md and "VERIFIED: convnet-onnx:v0" in md
     mermaid = md.split("```mermaid\n")[1].split("```")[0]
-    on_record = sum(len(e["used"]) + len(e["produced"]) for e in map(e2e["store"].edges, report["runs"]))
+    on_record = sum(len(e.used) + len(e.produced) for e in map(e2e["store"].edges, report["runs"]))
     assert len(re.findall(r"^    \w+ --> \w+$", mermaid, re.M)) == len(report["edges"]) == on_record >= 12
     for lab in report["artifacts"]:
         assert f'"{lab}<br/>' in mermaid

@@ -158,8 +158,8 @@ def test_every_stage_is_on_record_with_its_edges(runs):
     made_by = {}
     for run in store.runs():
         edges = store.edges(run.run_id)
-        for art in edges["produced"]:
-            made_by[art.type] = (run.job_type, sorted(a.type for a in edges["used"]))
+        for art in edges.produced:
+            made_by[art.type] = (run.job_type, sorted(a.type for a in edges.used))
     assert made_by == {"dataset": ("generate-data", []), "features": ("features", ["dataset"]),
                        "model": ("fit", ["dataset", "features"]), "metrics": ("evaluate", ["dataset", "model"]),
                        "onnx": ("export-onnx", ["model"]),

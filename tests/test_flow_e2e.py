@@ -57,7 +57,7 @@ def test_pipeline_end_to_end(offline_run, wandb_offline, capsys):
     # the chains: dataset -> train -> model -> evaluate -> metrics, model -> export -> onnx -> validate -> validation
     def step(art, job, out_type):
         [run] = [r for r in _chain(store, art, "used") if r.job_type == job]
-        produced = store.edges(run.run_id)["produced"]
+        produced = store.edges(run.run_id).produced
         assert [p.type for p in produced] == [out_type]
         return run, produced[0]
 
@@ -65,13 +65,13 @@ def test_pipeline_end_to_end(offline_run, wandb_offline, capsys):
     eval_run, metrics = step(model, "evaluate", "metrics")
     export_run, onnx_art = step(model, "export-onnx", "onnx")
     val_run, validation = step(onnx_art, "validate-onnx", "validation")
-    assert {u.type for u in store.edges(eval_run.run_id)["used"]} == {"model", "dataset"}
+    assert {u.type for u in store.edges(eval_run.run_id).used} == {"model", "dataset"}
     # onnxruntime is checked against the logits the evaluation recorded: validation uses the metrics too
-    assert {u.type for u in store.edges(val_run.run_id)["used"]} == {"onnx", "model", "dataset", "metrics"}
+    assert {u.type for u in store.edges(val_run.run_id).used} == {"onnx", "model", "dataset", "metrics"}
     assert {f.relpath for f in metrics.files} == {"metrics.json", "logits.npy"}
     # the report reads the dataset (misclassified digits), metrics and validation; it shows the whole run
     report_run, report = step(validation, "report", "report")
-    assert {u.type for u in store.edges(report_run.run_id)["used"]} == {"dataset", "metrics", "validation"}
+    assert {u.type for u in store.edges(report_run.run_id).used} == {"dataset", "metrics", "validation"}
     assert summary["report"] == str(Path(report.path) / "report.html")
     page = Path(summary["report"]).read_text()
     assert all(f">{job}</text>" in page for job in JOB_TYPES) and page.count("data:image/png;base64,") == 4

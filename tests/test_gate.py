@@ -214,7 +214,7 @@ def test_a_forced_rerun_of_the_production_model_keeps_production_since(gated):
     _, [d] = gated.run("prepare-data", produce=[("mnist", "dataset", "d", {})])
     v0, a0 = gated.pipeline_acc(d, "a", 0.90)
     gated.gate(v0, a0, d)
-    since = {a["alias"]: a["set_at"] for a in gated.store.aliases_of(v0.artifact_id)}
+    since = {a.alias: a.set_at for a in gated.store.aliases_of(v0.artifact_id)}
     again = gated.gate(v0, a0, d)  # as a forced rerun of the same run would
     assert again.reason == "already the production model"
     assert {a["alias"]: a["set_at"] for a in gated.store.aliases_of(v0.artifact_id)} == since
@@ -396,7 +396,7 @@ def test_require_signature_promotes_only_a_verified_attestation_and_says_so(pref
     assert out["promotion"]["reason"] == f"first validated model; signature verified (key {fp[:16]})"
     store = LineageStore(cfg.lineage_db)
     promote_run = next(r for r in store.runs() if r.job_type == "promote")
-    assert "attestation" in {a.type for a in store.edges(promote_run.run_id)["used"]}  # the decision rests on it
+    assert "attestation" in {a.type for a in store.edges(promote_run.run_id).used}  # the decision rests on it
 
     # the same check, with no attestation, and with another key than the one that signed
     resolved = cfg.resolved()
@@ -440,7 +440,7 @@ def test_the_metrics_production_was_compared_with_are_an_input_of_the_promote_ru
     assert decision.decision == "promoted" and decision.production_value == pytest.approx(0.90), decision.reason
     assert decision.production_metrics_id == m0.artifact_id
     assert m0.artifact_id in {u.artifact_id for u in stage.used}
-    used = {u.label for u in gated.store.edges(stage.run_id)["used"]}
+    used = {u.label for u in gated.store.edges(stage.run_id).used}
     assert used == {v1.label, m1.label, m0.label}
     # the audit of the promoted model names what its promotion compared against
     report = audit(gated.store, v1.label)
@@ -461,6 +461,6 @@ def test_the_metrics_production_was_compared_with_are_an_input_of_the_promote_ru
     got = promotion.promote(gated.store, v2.artifact_id, value=a2, validation_passed=True, policy=policy,
                             flow_run_id=None, run_id=run_id)
     assert got.production_metrics_id == m1.artifact_id and got.production_value == pytest.approx(0.95)
-    assert m1.artifact_id in {u.artifact_id for u in gated.store.edges(run_id)["used"]}
+    assert m1.artifact_id in {u.artifact_id for u in gated.store.edges(run_id).used}
     # a decision that compared nothing (the first model) names no source
     assert gated.store.promotions()[0].production_metrics_id is None

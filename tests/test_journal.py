@@ -56,9 +56,9 @@ def test_a_journal_replays_in_order_with_its_made_up_ids_mapped_to_the_stores(tm
     assert runs["t1"].env["started_at_worker"] and runs["e2"].error == "RuntimeError: boom"
     new_model = committed[("convnet", "b" * 64)]
     assert new_model.artifact_id > 0 and new_model.version == 1
-    assert {a.artifact_id for a in store.edges("e1")["used"]} == {new_model.artifact_id, dataset.artifact_id}
+    assert {a.artifact_id for a in store.edges("e1").used} == {new_model.artifact_id, dataset.artifact_id}
     assert committed[("convnet", "a" * 64)].artifact_id == old_model.artifact_id  # same content, same version
-    assert [a.artifact_id for a in store.edges("e2")["used"]] == [old_model.artifact_id]
+    assert [a.artifact_id for a in store.edges("e2").used] == [old_model.artifact_id]
     assert len(store.artifacts("model")) == 2
 
 

@@ -194,7 +194,7 @@ def test_promotion_compares_accuracies_on_the_same_test_set_only(prefect_server,
     assert second["promotion"]["reason"] == decision.reason
     [promote_run] = [r for r in store.runs() if r.job_type == "promote" and r.flow_run_id == reeval.metadata[
         "producer"]["flow_run_id"]]
-    assert reeval.artifact_id in {u.artifact_id for u in store.edges(promote_run.run_id)["used"]}
+    assert reeval.artifact_id in {u.artifact_id for u in store.edges(promote_run.run_id).used}
     # a third model on that same dataset: production already has a measurement there; no second re-evaluation
     third = mnist_lineage_pipeline(config=_cfg(tmp_path, other, learning_rate=0.01, epochs=2)).to_dict()
     reevals = [a for a in store.artifacts("metrics") if ("convnet", first["artifacts"]["model"]["digest"]) in

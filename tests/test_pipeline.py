@@ -70,7 +70,7 @@ def test_a_killed_training_process_is_resumed_by_the_rerun(prefect_server, tmp_p
     assert [r.status for r in killed] == ["running"]  # it never got to say otherwise
     assert store.artifacts("model") == []
     # ... but the input it had declared is on record (edges are written when declared, not only at the end)
-    assert [a.type for a in store.edges(killed[0].run_id)["used"]] == ["dataset"]
+    assert [a.type for a in store.edges(killed[0].run_id).used] == ["dataset"]
     assert_store_is_sound(store)  # the store points at no missing or partial file
 
     from mnist_pipeline.cli.main import main
@@ -161,7 +161,7 @@ def test_two_flow_runs_at_once_share_one_store_without_mixing(prefect_server, tm
     for r in runs:
         job, group, logged, history = on_disk[r.run_id]
         assert (job, group) == (r.job_type, r.run_group)
-        produced = store.edges(r.run_id)["produced"]
+        produced = store.edges(r.run_id).produced
         assert sorted(logged) == sorted((a.name, sorted(["latest", f"sha256-{a.digest[:16]}"])) for a in produced)
         keys = {k for row in history for k in row}
         assert ("loss" in keys) == (job == "train") and ("test_accuracy" in keys) == (job == "evaluate")
@@ -230,7 +230,7 @@ def test_every_run_s_state_says_its_outcome_and_production_model_is_an_artifact_
     for v in versions:  # both name the production model, the runs that made it, its figures and report
         text = v.data.replace("<wbr>", "")  # where long cells may wrap (no character a copy would get)
         assert text.startswith("# Production model: convnet:v0\n"), text[:200]
-        assert f"since {store.aliases_of(prod.artifact_id)[-1]['set_at']}" in text
+        assert f"since {store.aliases_of(prod.artifact_id)[-1].set_at}" in text
         assert str(promoted.id) in text and train_run.run_id in text and prod.digest in text
         assert first.report in text and "test accuracy on mnist:v0" in text
     assert "gated convnet:v0" in versions[0].data and "promoted it to production" in versions[0].data

@@ -362,6 +362,8 @@ def test_per_class_rows_and_wrapping_html_table():
 def test_lineage_graph_from_records_lays_report_below_promote_and_marks_failures():
     from types import SimpleNamespace as NS
 
+    from prefect_wandb import RunEdges
+
     def run(rid, job, status="finished"):
         return NS(run_id=rid, job_type=job, status=status, flow_run_id="f1")
 
@@ -370,8 +372,8 @@ def test_lineage_graph_from_records_lays_report_below_promote_and_marks_failures
     ds, model, metrics = art("mnist", "dataset"), art("convnet", "model"), art("convnet-metrics", "metrics")
     runs = [run("p", "prepare-data"), run("t", "train"), run("e", "evaluate", "failed"), run("g", "promote"),
             run("r", "report")]
-    edges = {"p": {"produced": [ds]}, "t": {"used": [ds], "produced": [model]},
-             "e": {"used": [model, ds], "produced": [metrics]}, "g": {"used": [model, metrics]}}
+    edges = {"p": RunEdges([], [ds]), "t": RunEdges([ds], [model]), "e": RunEdges([model, ds], [metrics]),
+             "g": RunEdges([model, metrics], [])}
     g = lineage_graph(runs, edges, pending={"r": [("run-report", "report · this file")]})
     ids = {n.id for n in g.nodes}
     assert {"run:p", "artifact:mnist:v0", "artifact:convnet-metrics:v0", "artifact:run-report"} <= ids

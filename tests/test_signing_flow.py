@@ -34,7 +34,7 @@ def test_a_signed_run_verifies_offline_and_with_the_model_signing_cli(signed_run
                                  s["artifacts"]["attestation"]["digest"])
     assert att.type == "attestation" and att.name == "convnet-onnx-attestation"
     [sign_run] = [r for r in store.runs() if r.job_type == "sign"]
-    assert {u.type for u in store.edges(sign_run.run_id)["used"]} == {"onnx", "model", "dataset", "validation"}
+    assert {u.type for u in store.edges(sign_run.run_id).used} == {"onnx", "model", "dataset", "validation"}
     assert att.metadata["public_key_fingerprint"] == keys.fingerprint(keys.load_public(pub))
     # logged to W&B (offline) like every artifact
     wandb_arts = [r.artifact.name for f in (signed_run["tmp"] / "wandb").rglob("offline-run-*/run-*.wandb")
@@ -229,7 +229,7 @@ def test_the_sweeps_winner_is_signed_the_same_way(prefect_server, wandb_offline,
     winner = summary.to_dict()["winner"]
     store = LineageStore(tmp_path / "lineage.db")
     [sign_run] = [r for r in store.runs() if r.job_type == "sign"]
-    used = {u.type: u for u in store.edges(sign_run.run_id)["used"]}
+    used = {u.type: u for u in store.edges(sign_run.run_id).used}
     assert f"{used['onnx'].name}:v{used['onnx'].version}" == winner["onnx"]
     assert f"{used['model'].name}:v{used['model'].version}" == winner["model"]
     onnx_file = Path(winner["onnx_file"])

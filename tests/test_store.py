@@ -45,7 +45,7 @@ def test_versions_edges_and_dedup(tmp_path, store_at):
                            wandb_url=None, wandb_mode="offline")
     assert c.artifact_id == a.artifact_id and store.producers(a.artifact_id) == ["r1", "r3"]
     assert store.consumers(a.artifact_id) == ["r2"]
-    assert [x.name for x in store.edges("r2")["used"]] == ["m"]
+    assert [x.name for x in store.edges("r2").used] == ["m"]
     assert store.run("r2").status == "finished"
     assert store.artifacts_with_file(a.files[0].sha256)[0].artifact_id == a.artifact_id
 

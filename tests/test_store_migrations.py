@@ -244,7 +244,7 @@ def test_a_store_written_before_alembic_upgrades_in_place_and_reads_back_the_sam
     assert _revision(db) == [migrations.HEAD]
     assert _read_back(store) == old
     assert [r.status for r in old["runs"]] == ["finished", "finished", "failed"]
-    assert [a.label for a in store.edges("train")["used"]] == ["mnist:v0"]
+    assert [a.label for a in store.edges("train").used] == ["mnist:v0"]
     assert old["production"].label == "convnet:v0" and old["promotions"][0].test_set == "abc"
     assert old["sync_log"][0].ref == "run-prep" and old["wandb_gaps"][0].call == "log_artifact"
     report = audit(store, "convnet:production")  # the lineage and every file of it still verify

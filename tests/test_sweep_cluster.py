@@ -165,18 +165,18 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     metrics_by_model = {}
     for m in models:
         [train_run] = [store.run(r) for r in store.producers(m.artifact_id)]
-        assert train_run.job_type == "train" and [u.digest for u in store.edges(train_run.run_id)["used"]] \
+        assert train_run.job_type == "train" and [u.digest for u in store.edges(train_run.run_id).used] \
             == [dataset.digest]
         assert train_run.env["process"]["pid"] != flow_pid and train_run.env["started_at_worker"]
         [ev] = [store.run(r) for r in store.consumers(m.artifact_id) if store.run(r).job_type == "evaluate"]
-        assert {u.artifact_id for u in store.edges(ev.run_id)["used"]} == {m.artifact_id, dataset.artifact_id}
-        [metrics_by_model[m.artifact_id]] = store.edges(ev.run_id)["produced"]
+        assert {u.artifact_id for u in store.edges(ev.run_id).used} == {m.artifact_id, dataset.artifact_id}
+        [metrics_by_model[m.artifact_id]] = store.edges(ev.run_id).produced
 
     # select consumed every trial's metrics and named the best by test_accuracy; that model alone was promoted
     [select_run] = [r for r in runs if r.job_type == "select"]
     edges = store.edges(select_run.run_id)
-    assert {u.artifact_id for u in edges["used"]} == {x.artifact_id for x in metrics_by_model.values()}
-    [result] = edges["produced"]
+    assert {u.artifact_id for u in edges.used} == {x.artifact_id for x in metrics_by_model.values()}
+    [result] = edges.produced
     assert result.type == "sweep-result"
     best_model_id = max(metrics_by_model, key=lambda k: (metrics_by_model[k].metadata["test_accuracy"], -k))
     winner = result.metadata["winner"]
@@ -185,7 +185,7 @@ def test_a_sweep_on_two_dask_workers_survives_a_lost_worker_records_every_trial_
     assert store.alias("convnet", "production").artifact_id == best_model_id
     [onnx] = store.artifacts("onnx")
     [export_run] = [r for r in runs if r.job_type == "export-onnx"]
-    assert {u.artifact_id for u in store.edges(export_run.run_id)["used"]} == {best_model_id, result.artifact_id}
+    assert {u.artifact_id for u in store.edges(export_run.run_id).used} == {best_model_id, result.artifact_id}
     assert summary["winner"]["model"] == f"convnet:v{store.artifact(best_model_id).version}"
 
     # W&B: every recorded run is an offline W&B run of the same job type, all grouped by the sweep's flow run

@@ -65,7 +65,7 @@ def test_a_sweep_online_puts_every_trial_and_the_winners_chain_in_wandb(prefect_
         prod = store.alias("convnet", "production")
         assert prod is not None and "production" in a.artifact(ref_of(prod)).aliases
         onnx = next(o for o in store.artifacts("onnx")
-                    if prod.artifact_id in [u.artifact_id for u in store.edges(o.producer_run_id)["used"]])
+                    if prod.artifact_id in [u.artifact_id for u in store.edges(o.producer_run_id).used])
         exporter = a.artifact(ref_of(onnx)).logged_by()
         model = next(x for x in exporter.used_artifacts() if x.type == "model")
         assert digest_alias(prod.digest) in model.aliases

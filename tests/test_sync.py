@@ -58,7 +58,7 @@ def _expected_calls(store: LineageStore) -> list[tuple]:
         calls += [("run_exists", f"{r.wandb_project}/{r.run_id}"),
                   ("upload", r.wandb_dir, None, r.wandb_project)]
     for r in runs:
-        used = store.edges(r.run_id)["used"]
+        used = store.edges(r.run_id).used
         if used:
             path = f"{r.wandb_project}/{r.run_id}"
             calls += [("run_inputs", path),
@@ -84,7 +84,7 @@ def test_the_plan_comes_from_the_store_and_the_offline_run_folders(e2e, db):
         assert up.action == "upload" and up.status == "pending"
         assert Path(up.ref).name.endswith(rid) and (Path(up.ref) / f"run-{rid}.wandb").is_file()
         assert [u.ref for u in uses] == [wandb_ref(None, "mnist-lineage", a.name, a.digest)
-                                         for a in store.edges(rid)["used"]]
+                                         for a in store.edges(rid).used]
     train = runs[e2e["runs"]["train"].run_id]
     dataset = e2e["arts"]["dataset"]
     # the same exact-version ref that an online Stage.use declares
@@ -157,7 +157,7 @@ def test_sync_sends_uploads_then_inputs_then_promotions_with_exact_refs(e2e, db,
     assert f"use    {ref['dataset']} (mnist:v0): done (declared: use_artifact on the resumed run)" in out
     assert "OK: did" in out and ", 0 already done" in out
     log = store.sync_log()
-    n_uses = sum(len(store.edges(r.run_id)["used"]) for r in store.runs())
+    n_uses = sum(len(store.edges(r.run_id).used) for r in store.runs())
     assert sorted({r.action for r in log}) == ["upload", "use"]
     assert len([r for r in log if r.action == "upload"]) == len(store.runs())
     assert len([r for r in log if r.action == "use"]) == n_uses

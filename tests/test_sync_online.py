@@ -79,7 +79,7 @@ def test_an_upload_that_failed_mid_way_is_completed_by_sync_without_a_duplicate(
                                if a["action"] == "upload")
                 expected.add((r.run_id, "upload", "", run_dir))
                 expected |= {(r.run_id, "use", "", wandb_ref(None, PROJECT, u.name, u.digest))
-                             for u in store.edges(r.run_id)["used"]}
+                             for u in store.edges(r.run_id).used}
         assert got == expected
         assert len(plan["promotions"]) == 1 and plan["ok"]
         sent = [c[0] for c in plan["calls"] if c[0] in ("upload", "log_artifact", "declare_inputs", "add_aliases")]
@@ -138,7 +138,7 @@ def test_a_process_killed_between_the_store_and_wandb_is_completed_by_sync(tmp_p
         runs, refs = store.runs(), {}
         assert [r.job_type for r in runs] == ["prepare-data", "prepare-data"]
         for where, run in zip(wheres, runs, strict=True):
-            [art] = store.edges(run.run_id)["produced"]
+            [art] = store.edges(run.run_id).produced
             assert art.name == f"data-{where}"
             assert run.status == "finished" and (Path(art.path) / "data.txt").is_file()  # the record of truth stands
             ref = f"{PROJECT}/{art.name}:{digest_alias(art.digest)}"

@@ -275,7 +275,7 @@ def test_audit_impact_reproduce_and_gc_from_a_third_folder_and_no_secret_anywher
     production = store.alias("convnet", "production")
     assert production is not None
     [dataset] = store.artifacts("dataset")
-    onnx = {a.label for run in store.consumers(production.artifact_id) for a in store.edges(run)["produced"]
+    onnx = {a.label for run in store.consumers(production.artifact_id) for a in store.edges(run).produced
             if a.type == "onnx"}
     assert len(onnx) == 1, onnx
     with _operator(team) as cli:

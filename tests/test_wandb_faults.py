@@ -149,7 +149,7 @@ def test_use_artifact_failure_is_an_input_edge_for_sync(online, caplog):
     ref = wandb_ref(None, "p", producer.outputs["data"].name, producer.outputs["data"].digest)
     assert (gaps[0].action, gaps[0].ref, gaps[0].call) == ("use", ref, "use_artifact")
     assert len(warnings_naming(caplog, "use_artifact")) == 1  # the later calls are not sent, and not warned again
-    assert store.edges(consumer.run_id)["used"][0].digest == producer.outputs["data"].digest
+    assert store.edges(consumer.run_id).used[0].digest == producer.outputs["data"].digest
     plan = {r.run_id: r for r in plan_sync(store).runs}
     assert ("use", ref) in [(a.action, a.ref) for a in plan[consumer.run_id].actions]
 

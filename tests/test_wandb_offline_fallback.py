@@ -131,7 +131,7 @@ def test_where_the_records_went_and_sync_plans_exactly_what_wandb_missed(dead_wa
                        if a["action"] == "upload")
         expected.add((r.run_id, "upload", "", run_dir))
         expected |= {(r.run_id, "use", "", wandb_ref(None, "mnist-lineage", u.name, u.digest))
-                     for u in store.edges(r.run_id)["used"]}
+                     for u in store.edges(r.run_id).used}
     assert got == expected
     assert len(plan["promotions"]) == 1 and plan["ok"]
     sent = [c[0] for c in plan["calls"] if c[0] in ("upload", "log_artifact", "declare_inputs", "add_aliases")]
@@ -218,8 +218,8 @@ def test_a_tampered_model_file_is_refused_by_export_and_validation(dead_wandb_ru
         assert [r.job_type for r in refused] == ["export-onnx", "validate-onnx"]
         for r in refused:
             assert r.status == "failed" and "DigestMismatch" in r.error and str(model_pt) in r.error
-            assert arts["model"].artifact_id in [u.artifact_id for u in store.edges(r.run_id)["used"]]
-            assert store.edges(r.run_id)["produced"] == []
+            assert arts["model"].artifact_id in [u.artifact_id for u in store.edges(r.run_id).used]
+            assert store.edges(r.run_id).produced == []
         assert not list((base / "art" / ".staging").glob("*/*"))
     finally:
         model_pt.write_bytes(original)

@@ -64,9 +64,9 @@ def test_an_online_run_puts_the_whole_lineage_graph_in_wandb(online_flow):
         assert "latest" in a.artifact(ref_of(newest)).aliases
     # every stage run's inputs, as W&B's run says
     for r in runs:
-        used = sorted(f"{u.name}:v{u.version}" for u in store.edges(r.run_id)["used"])
+        used = sorted(f"{u.name}:v{u.version}" for u in store.edges(r.run_id).used)
         assert sorted(x.name for x in a.run(f"{PROJECT}/{r.run_id}").used_artifacts()) == used, r.job_type
-        made = sorted(f"{u.name}:v{u.version}" for u in store.edges(r.run_id)["produced"])
+        made = sorted(f"{u.name}:v{u.version}" for u in store.edges(r.run_id).produced)
         logged = a.run(f"{PROJECT}/{r.run_id}").logged_artifacts()  # and wandb's own tables of logged plots
         assert sorted(x.name for x in logged if x.type != "run_table") == made, r.job_type
     # candidate and production on the promoted model version

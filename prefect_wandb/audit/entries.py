@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_wandb.exit_codes import Exit
-from prefect_wandb.records import optional
+from prefect_wandb.records import AliasRecord, optional
 
 # The exit code of each conclusion (`Exit`, the one table): verified, every reachable digest matches; tampered, a
 # file or record differs from its digest, or an attestation does not verify; unknown, no recorded run made it.
@@ -63,7 +63,7 @@ class ArtifactEntry:
     files: list[FileEntry]
     raw_files: list[dict[str, Any]]
     summary: dict[str, Any]
-    aliases: list[dict[str, Any]]
+    aliases: list[AliasRecord]
     metadata: dict[str, Any]
     status: str  # ok, tampered, or deleted (by gc: its files are gone on purpose)
     deleted: dict[str, Any] | None = optional()  # gc's deletion record (deleted_at, deleted_by, reason, bytes)

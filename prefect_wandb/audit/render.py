@@ -95,7 +95,7 @@ def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
         if e.artifact == art.label:
             out.append(_signature_line(e))
     if art.aliases:
-        out.append("aliases " + ", ".join(f"{a['alias']} (since {a['set_at']})" for a in art.aliases))
+        out.append("aliases " + ", ".join(f"{a.alias} (since {a.set_at})" for a in art.aliases))
     out.append(f"path {art.path}")
     return out
 

@@ -35,7 +35,7 @@ def attestations_of(store: LineageStore, rec: ArtifactRecord) -> list[tuple[str,
     files = {f.sha256: f.relpath for f in rec.files}
     out = []
     for run_id in store.consumers(rec.artifact_id):
-        for att in store.edges(run_id)["produced"]:
+        for att in store.edges(run_id).produced:
             sha = attested_subject(att) if att.type == ATTESTATION_TYPE else None
             if sha in files:
                 out.append((run_id, att, files[sha]))

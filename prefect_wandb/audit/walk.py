@@ -25,7 +25,7 @@ class Walk:
             rec = self.store.run(run_id)
             self.runs[run_id] = asdict(rec) if rec else {"run_id": run_id, "job_type": "?", "status": "missing"}
             edges = self.store.edges(run_id)
-            self.used[run_id], self.produced[run_id] = edges["used"], edges["produced"]
+            self.used[run_id], self.produced[run_id] = edges.used, edges.produced
         return self.runs[run_id]
 
     def _add(self, rec: ArtifactRecord, role: str) -> None:

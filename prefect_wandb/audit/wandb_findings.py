@@ -52,7 +52,7 @@ def apply_wandb_findings(report: AuditReport, found: dict[str, dict | None]) -> 
                                        ", ".join(info.get("used_by") or []) or "no run",
                                        f"run {r} used {lab} in the lineage store; W&B does not list it among the "
                                        "version's users"))
-        held = {a["alias"] for a in art.aliases} if _in_wandb(report.runs.get(
+        held = {a.alias for a in art.aliases} if _in_wandb(report.runs.get(
             art.producer_run_id)) else set()  # an offline run's promotion reaches W&B with its sync
         for alias in sorted(held & {"candidate", "production"}):
             if alias not in (info.get("aliases") or []):
