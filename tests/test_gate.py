@@ -217,7 +217,7 @@ def test_a_forced_rerun_of_the_production_model_keeps_production_since(gated):
     since = {a.alias: a.set_at for a in gated.store.aliases_of(v0.artifact_id)}
     again = gated.gate(v0, a0, d)  # as a forced rerun of the same run would
     assert again.reason == "already the production model"
-    assert {a["alias"]: a["set_at"] for a in gated.store.aliases_of(v0.artifact_id)} == since
+    assert {a.alias: a.set_at for a in gated.store.aliases_of(v0.artifact_id)} == since
 
 
 def test_the_audit_lists_promotions_by_time_and_labels_a_rollback(gated):
