@@ -130,8 +130,9 @@ def test_move_copies_every_record_uploads_every_version_and_audit_passes_at_the_
                                                                          a.files)
         assert b.path == f"{to}/{a.type}/{a.name}/{a.digest[:16]}"
     for run in src.runs():
-        assert {k: [x.artifact_id for x in v] for k, v in dst.edges(run.run_id).items()} == \
-               {k: [x.artifact_id for x in v] for k, v in src.edges(run.run_id).items()}
+        moved, kept = dst.edges(run.run_id), src.edges(run.run_id)
+        assert [x.artifact_id for x in moved.used] == [x.artifact_id for x in kept.used]
+        assert [x.artifact_id for x in moved.produced] == [x.artifact_id for x in kept.produced]
     assert dst.alias("line", "production").artifact_id == source["model"].artifact_id
     assert [p.promotion_id for p in dst.promotions()] == [p.promotion_id for p in src.promotions()]
     assert set(dst.deletions()) == {source["old"].artifact_id}  # its record kept, nothing uploaded for it
