@@ -6,9 +6,11 @@ that already holds part of the lineage, or fails at one call.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from prefect_wandb.hashing import md5_b64
+from prefect_wandb.records import WandbVersion
 from prefect_wandb.refs import digest_alias, wandb_path, wandb_ref
 from prefect_wandb.wandb.run_file import offline_records, offline_run_file
 
@@ -117,7 +119,7 @@ class RecordingWandb:
             raise ValueError(f"artifact {ref} not found")
         self.links[registry_path] = ref
 
-    def lookup_artifact(self, ref) -> dict | None:
+    def lookup_artifact(self, ref) -> WandbVersion | None:
         self._call("lookup_artifact", ref)
         art = self.artifacts.get(self._key(ref))
-        return None if art is None else {"ref": ref, **art}
+        return None if art is None else WandbVersion(ref=ref, **copy.deepcopy(art))

@@ -260,6 +260,19 @@ class WandbGap:
 
 
 @dataclass(frozen=True)
+class WandbVersion:
+    """What W&B holds for an artifact version (`WandbBackend.lookup_artifact`): its version, aliases, the run that
+    logged it, the runs that use it, and the md5 (base64) of each of its files by relative path."""
+
+    ref: str
+    version: str = ""
+    aliases: list[str] = field(default_factory=list)
+    logged_by: str | None = None
+    used_by: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SyncLogRecord:
     """A step `sync` has done in W&B (a row of `sync_log`): a run's upload (`ref` the run) or a declared input
     (`action` 'use', `ref` the input's version); `detail` what W&B answered, where it says more than done."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from prefect_wandb.alias_sync import follow_store
-from prefect_wandb.records import SyncLogRecord, optional
+from prefect_wandb.records import SyncLogRecord, WandbVersion, optional
 from prefect_wandb.refs import wandb_ref
 from prefect_wandb.store import ArtifactRecord, LineageStore, RunRecord
 from prefect_wandb.wandb.run_file import synced_marker
@@ -106,7 +106,7 @@ class WandbBackend(Protocol):
                      metadata: dict, digest: str) -> None: ...
     def add_aliases(self, ref: str, aliases: list[str]) -> list[str]: ...
     def link_artifact(self, ref: str, registry_path: str, aliases: list[str]) -> None: ...
-    def lookup_artifact(self, ref: str) -> dict | None: ...
+    def lookup_artifact(self, ref: str) -> WandbVersion | None: ...
 
 
 def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path | None:

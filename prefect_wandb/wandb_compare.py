@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 
 from prefect_wandb.artifact_files import readable_folder
 from prefect_wandb.hashing import file_hashes
+from prefect_wandb.records import WandbVersion
 from prefect_wandb.refs import wandb_ref
 from prefect_wandb.store import ALIASES, ArtifactRecord, LineageStore
 
 
-def lookup_versions(backend, refs: dict[str, str]) -> dict[str, dict | None]:
+def lookup_versions(backend, refs: dict[str, str]) -> dict[str, WandbVersion | None]:
     """What W&B holds for each `label -> [entity/]project/name:sha256-…` (None where it holds nothing): the one
     read of W&B that `sync --verify` and `audit --online` share. `backend.check()` first, so a W&B that cannot be
     used fails before any lookup; any other W&B error propagates, for the CLI to print as one line."""
@@ -45,7 +46,7 @@ class Difference:
         return f"{self.kind:8} {self.artifact} ({self.ref}): {self.detail}"
 
 
-def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, producers: Sequence[str],
+def compare_artifact(art: ArtifactRecord, ref: str, info: WandbVersion | None, *, producers: Sequence[str],
                      consumers: list[str], aliases: list[str]) -> list[Difference]:
     """What differs between one stored artifact version and W&B's answer for `ref` (None: W&B has no such version).
     `producers`: the runs the store records as producing it, its producer first; `consumers`: the runs the store
@@ -55,7 +56,7 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
     if info is None:
         return [Difference("missing", lab, ref, "W&B has no version under this alias (not uploaded: `sync`)")]
     out = []
-    remote = info.get("files") or {}
+    remote = info.files
     folder = readable_folder(art.path, art.files)  # a version in S3: this host's cache copy
     for f in art.files:
         local = folder / f.relpath
@@ -74,16 +75,16 @@ def compare_artifact(art: ArtifactRecord, ref: str, info: dict | None, *, produc
                                   f"the stored file's {md5}"))
     for extra in sorted(set(remote) - {f.relpath for f in art.files}):
         out.append(Difference("content", lab, ref, f"W&B's version has a file the store does not: {extra}"))
-    if producers and info.get("logged_by") and info["logged_by"] not in producers:
-        out.append(Difference("producer", lab, ref, f"logged by run {info['logged_by']} in W&B, by "
+    if producers and info.logged_by and info.logged_by not in producers:
+        out.append(Difference("producer", lab, ref, f"logged by run {info.logged_by} in W&B, by "
                               f"{' or '.join(producers)} in the lineage store"))
-    used_by = set(info.get("used_by") or [])
+    used_by = set(info.used_by)
     for run_id in consumers:
         if run_id not in used_by:
             out.append(Difference("input", lab, ref, f"run {run_id} used it, but W&B does not list it as an "
                                   "input of that run"))
     for alias in aliases:
-        if alias not in (info.get("aliases") or []):
+        if alias not in info.aliases:
             out.append(Difference("alias", lab, ref, f"alias {alias!r} is on this version in the lineage store, "
                                   "not in W&B"))
     return out

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import wandb
 
+from prefect_wandb.records import WandbVersion
 from prefect_wandb.refs import digest_alias, wandb_path
 from prefect_wandb.wandb.credentials import WandbCredentials, masked_line, resolve_credentials
 from prefect_wandb.wandb.run_file import synced_marker
@@ -170,7 +171,7 @@ class WandbClient:
         """Link the version into a registry collection (`wandb-registry-model/<name>`), carrying `aliases`."""
         self.api.artifact(ref).link(registry_path, aliases=list(aliases))
 
-    def lookup_artifact(self, ref: str) -> dict | None:
+    def lookup_artifact(self, ref: str) -> WandbVersion | None:
         try:
             art = self.api.artifact(ref)
         except Exception as e:
@@ -178,6 +179,6 @@ class WandbClient:
                 return None
             raise
         logged = art.logged_by()
-        return {"ref": ref, "version": art.version, "aliases": list(art.aliases),
-                "logged_by": logged.id if logged else None, "used_by": [r.id for r in art.used_by()],
-                "files": {path: entry.digest for path, entry in art.manifest.entries.items()}}
+        return WandbVersion(ref=ref, version=art.version, aliases=list(art.aliases),
+                            logged_by=logged.id if logged else None, used_by=[r.id for r in art.used_by()],
+                            files={path: entry.digest for path, entry in art.manifest.entries.items()})
