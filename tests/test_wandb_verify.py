@@ -236,3 +236,25 @@ def test_audit_online_any_wandb_error_is_one_line(lineage, capsys):
                                             str(lineage["db"])]), backend=wb)
     err = capsys.readouterr().err
     assert code == Exit.WANDB_UNAVAILABLE and err.count("\n") == 1 and "schema changed" in err
+
+
+def test_a_missing_run_or_version_is_told_from_wandb_failing_by_the_errors_type_not_its_text():
+    import requests
+    from wandb.apis.public.runs import RunNotFoundError
+    from wandb.errors import CommError
+
+    from prefect_wandb.wandb.client import _not_found
+
+    def http(status: int) -> requests.HTTPError:
+        response = requests.Response()
+        response.status_code, response.url = status, "http://127.0.0.1:40404/graphql"
+        return requests.HTTPError(f"{status} error for url: {response.url}", response=response)
+
+    # what wandb 0.31 raises for a run or an artifact version it does not have
+    assert _not_found(RunNotFoundError("Could not find run <Run e/p/x (not found)>"))
+    assert _not_found(CommError("artifact membership 'm:sha256-00' not found in 'e/p'", ValueError("not found")))
+    assert _not_found(CommError("HTTP 404: no such project", http(404)))
+    # W&B failing to answer: whatever its text says (a URL with 404 in its port, "not found" in a proxy's page)
+    assert not _not_found(CommError("HTTP 500: upstream at http://127.0.0.1:40404 not found", http(500)))
+    assert not _not_found(CommError("connection refused", requests.ConnectionError("127.0.0.1:404 refused")))
+    assert not _not_found(requests.ConnectionError("Max retries exceeded with url: /graphql (not found)"))

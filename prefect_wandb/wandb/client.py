@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -33,15 +32,15 @@ def wandb_error_line(e: BaseException) -> str:
 
 # An HTTP 404 in an error's text: the number on its own, not digits of a port or an address that contain it (a
 # stand-in on port 44041 made an HTTP 500 read as "not found").
-_HTTP_404 = re.compile(r"(?<![\d.:])404(?!\d)")
-
-
 def _not_found(e: Exception) -> bool:
-    """Whether wandb's error says the version does not exist (wandb raises a ValueError, or its CommError around
-    one, "... not found ..."), rather than that W&B failed to answer."""
-    text = str(e).lower()
-    return (isinstance(e, ValueError) or "notfound" in type(e).__name__.lower() or "not found" in text
-            or "does not exist" in text or _HTTP_404.search(text) is not None)
+    """Whether wandb's error says the run or version does not exist, rather than that W&B failed to answer: wandb
+    raises a ValueError for what its answer lacks (`RunNotFoundError` is one; `Api.artifact` wraps it in a
+    CommError, as it wraps an HTTP error), and an HTTP 404 is a CommError around the response."""
+    cause = e.exc if isinstance(e, wandb.errors.CommError) else e
+    if isinstance(cause, ValueError):
+        return True
+    response = getattr(cause, "response", None)
+    return getattr(response, "status_code", None) == 404
 
 
 class WandbClient:
