@@ -21,6 +21,7 @@ from prefect_wandb.audit.render import render_mermaid, render_tree
 from prefect_wandb.cli.audit import audit_main
 from prefect_wandb.exit_codes import Exit
 from prefect_wandb.hashing import md5_b64
+from prefect_wandb.records import as_json
 from prefect_wandb.refs import manifest, manifest_digest
 from prefect_wandb.store import LineageStore, NewArtifact
 from tests.helpers import STEMS, copy_sqlite
@@ -455,19 +456,19 @@ def test_forward_walk_keeps_what_is_about_this_artifact_only(tmp_path):
 
     r = audit(store, "onnx:v0")
     assert r.exit_code == Exit.OK
-    assert tree_chain(r.upstream[0]) == ["artifact:onnx:v0", "run:exp1", "artifact:model:v0", "run:train1",
-                                         "artifact:data:v0", "run:prep"]
-    assert [x["run"] for x in r.downstream] == ["val1", "eval1"]
+    assert tree_chain(as_json(r.upstream[0])) == ["artifact:onnx:v0", "run:exp1", "artifact:model:v0",
+                                                  "run:train1", "artifact:data:v0", "run:prep"]
+    assert [x.run for x in r.downstream] == ["val1", "eval1"]
     assert set(r.artifacts) == {"onnx:v0", "model:v0", "data:v0", "val:v0", "metrics:v0"}
 
     m = audit(store, "model:v0")  # from the model: both exports, both validations, its evaluation; not train2
-    assert sorted(x["run"] for x in m.downstream) == ["eval1", "exp1", "exp2", "val1", "val2"]
+    assert sorted(x.run for x in m.downstream) == ["eval1", "exp1", "exp2", "val1", "val2"]
     assert "model:v1" not in m.artifacts
     g = render_mermaid(m)
     assert g.count(" --> ") == len(m.edges) == 3 + 2 * 2 + 2 * 4 + 3  # upstream, exports, validations, eval
 
     dataset = audit(store, "data:v0")  # from the dataset: everything made from it
-    assert sorted(x["run"] for x in dataset.downstream) == ["eval1", "eval2", "exp1", "exp2", "train1",
+    assert sorted(x.run for x in dataset.downstream) == ["eval1", "eval2", "exp1", "exp2", "train1",
                                                            "train2", "val1", "val2"]
     assert {"onnx:v1", "model:v1", "metrics:v1"} <= set(dataset.artifacts)
     assert (o1.version, v1.version, e1.version) == (0, 0, 0)

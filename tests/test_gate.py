@@ -231,7 +231,7 @@ def test_the_audit_lists_promotions_by_time_and_labels_a_rollback(gated):
     gated.gate(v1, a1, d)
     gated.store.record_rollback(v0.artifact_id, reason="rollback from convnet:v1 to convnet:v0", requested_by="ops")
     report = audit(gated.store, "convnet:v0")
-    assert [p["promotion_id"] for p in report.promotions] == [1, 2, 3]
+    assert [p.promotion_id for p in report.promotions] == [1, 2, 3]
     text = render_tree(report)
     lines = [ln for ln in text[text.index("\nPromotions\n"):].splitlines() if ln.startswith("  20")]
     assert [ln.split()[1:3] for ln in lines] == [["convnet:v0", "PROMOTED"], ["convnet:v1", "PROMOTED"],
@@ -444,8 +444,8 @@ def test_the_metrics_production_was_compared_with_are_an_input_of_the_promote_ru
     assert used == {v1.label, m1.label, m0.label}
     # the audit of the promoted model names what its promotion compared against
     report = audit(gated.store, v1.label)
-    [mine] = [p for p in report.promotions if p["artifact"] == v1.label]
-    assert mine["compared_with"] == m0.label
+    [mine] = [p for p in report.promotions if p.artifact == v1.label]
+    assert mine.compared_with == m0.label
     assert f"; compared with {m0.label}; validation passed" in render_tree(report)
     # and its promote run is in the forward walk, production's metrics among its inputs (the one from outside)
     [promote_run] = [d for d in report.downstream if d["job_type"] == "promote"]

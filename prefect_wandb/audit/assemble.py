@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,9 @@ from prefect_wandb.audit.entries import (
     CONFIG_SECTION,
     FAILED,
     ArtifactEntry,
+    AuditPromotion,
     AuditReport,
+    DownstreamRun,
     FileEntry,
     RunEntry,
     WandbEntry,
@@ -151,7 +152,7 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
             summary=_summary(rec), aliases=store.aliases_of(aid), metadata=rec.metadata,
             status="tampered" if any(c.status in FAILED for c in checks) else
                    "deleted" if any(c.status == "deleted" for c in checks) else "ok",
-            deleted=asdict(deleted[aid]) if aid in deleted else None,
+            deleted=deleted.get(aid),
             # the worst of its attestations' verdicts
             signature=next(s for s in SIGNATURE_ORDER if s in sig) if sig else None,
         )
@@ -159,24 +160,23 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
     for run_id in w.upstream_runs + w.downstream_runs:
         report.runs[run_id] = _run_entry(w.runs[run_id], w.used[run_id], w.produced[run_id], store.sync_log(run_id),
                                          "upstream" if run_id in w.upstream_runs else "downstream")
-    report.downstream = [{"run": r, "job_type": w.runs[r].get("job_type"), "status": w.runs[r].get("status"),
-                             "used": [a.label for a in w.used[r]], "produced": [a.label for a in w.produced[r]]}
-                            for r in w.downstream_runs]
+    report.downstream = [DownstreamRun(r, w.runs[r].get("job_type"), w.runs[r].get("status"),
+                                       [a.label for a in w.used[r]], [a.label for a in w.produced[r]])
+                         for r in w.downstream_runs]
     def compared_with(p) -> str | None:  # the metrics artifact production's value was read from
         return store.artifact(p.production_metrics_id).label if p.production_metrics_id is not None else None
 
     for aid in sorted(w.arts):
         for p in store.promotions(aid):
-            report.promotions.append({**asdict(p), "artifact": w.arts[aid].label, "role": "decision about it",
-                                      "compared_with": compared_with(p)})
+            report.promotions.append(AuditPromotion.of(p, w.arts[aid].label, "decision about it", compared_with(p)))
     # decisions where one of these models was the production model compared against
     for p in store.promotions(production_artifact_ids=list(w.arts)):
         if p.production_artifact_id is None or p.artifact_id == p.production_artifact_id:
             continue
-        report.promotions.append({**asdict(p), "artifact": store.artifact(p.artifact_id).label,
-                                  "role": f"compared against {w.arts[p.production_artifact_id].label}",
-                                  "compared_with": compared_with(p)})
-    report.promotions.sort(key=lambda p: p["promotion_id"])  # the history in the order it was decided
+        report.promotions.append(AuditPromotion.of(p, store.artifact(p.artifact_id).label,
+                                                   f"compared against {w.arts[p.production_artifact_id].label}",
+                                                   compared_with(p)))
+    report.promotions.sort(key=lambda p: p.promotion_id)  # the history in the order it was decided
     report.checks = v.checks
     report.edges = _graph_edges(w)
     finish(report)

@@ -3,11 +3,11 @@ the checks (`finish`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from prefect_wandb.exit_codes import Exit
-from prefect_wandb.records import AliasRecord, optional
+from prefect_wandb.records import AliasRecord, DeletionRecord, PromotionRecord, optional
 
 # The exit code of each conclusion (`Exit`, the one table): verified, every reachable digest matches; tampered, a
 # file or record differs from its digest, or an attestation does not verify; unknown, no recorded run made it.
@@ -66,7 +66,7 @@ class ArtifactEntry:
     aliases: list[AliasRecord]
     metadata: dict[str, Any]
     status: str  # ok, tampered, or deleted (by gc: its files are gone on purpose)
-    deleted: dict[str, Any] | None = optional()  # gc's deletion record (deleted_at, deleted_by, reason, bytes)
+    deleted: DeletionRecord | None = optional()  # gc's deletion record
     # of a signable or attested artifact: verified, mismatch, missing, deleted, unsigned
     signature: str | None = optional()
 
@@ -129,6 +129,61 @@ class RunEntry:
     role: str  # upstream or downstream
 
 
+@dataclass(frozen=True)
+class TreeRun:
+    """A run in the audit's tree: what it used (each an artifact node, expanded once: `repeat` where seen above)."""
+
+    run: str
+    used: list[TreeArtifact]
+    repeat: bool | None = optional()
+
+
+@dataclass(frozen=True)
+class TreeArtifact:
+    """An artifact version in the audit's tree: the runs that produced it (`repeat` where seen above)."""
+
+    artifact: str
+    produced_by: list[TreeRun]
+    repeat: bool | None = optional()
+
+
+@dataclass(frozen=True)
+class DownstreamRun:
+    """A run made only from what is in the picture (an evaluation, a validation, the promotion): its labels."""
+
+    run: str
+    job_type: str | None
+    status: str | None
+    used: list[str]
+    produced: list[str]
+
+
+@dataclass(frozen=True)
+class AuditPromotion(PromotionRecord):
+    """A promotion decision in the audit: the record, the model's label, why it is in the picture (`role`: a
+    decision about it, or compared against it) and the metrics artifact production's value was read from."""
+
+    artifact: str = ""
+    role: str = ""
+    compared_with: str | None = None
+
+    @classmethod
+    def of(cls, p: PromotionRecord, artifact: str, role: str, compared_with: str | None) -> AuditPromotion:
+        return cls(**{f.name: getattr(p, f.name) for f in fields(p)}, artifact=artifact, role=role,
+                   compared_with=compared_with)
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """A recorded file with the name of an unknown file (first those of its size too): a hint for an altered copy."""
+
+    artifact: str
+    relpath: str
+    sha256: str
+    size: int
+    same_size: bool
+
+
 @dataclass(kw_only=True)
 class AuditReport:
     """The whole audit; `as_json(report)` is the `--json` output (its keys in this order)."""
@@ -144,10 +199,9 @@ class AuditReport:
     artifacts: dict[str, ArtifactEntry] = field(default_factory=dict)  # by label
     runs: dict[str, RunEntry] = field(default_factory=dict)  # by run id
     # nested: artifact -> produced_by runs -> used artifacts -> ...
-    upstream: list[dict[str, Any]] = field(default_factory=list)
-    downstream: list[dict[str, Any]] = field(default_factory=list)
-    # PromotionRecord fields + artifact label, role and compared_with
-    promotions: list[dict[str, Any]] = field(default_factory=list)
+    upstream: list[TreeArtifact] = field(default_factory=list)
+    downstream: list[DownstreamRun] = field(default_factory=list)
+    promotions: list[AuditPromotion] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     failures: list[Check] = field(default_factory=list)
     # ["artifact:<label>", "run:<id>"] pairs, in the direction of the data
@@ -156,7 +210,7 @@ class AuditReport:
     status: str = ""  # verified, tampered, unknown (set by `conclude`)
     exit_code: int = Exit.FAILED
     message: str = ""
-    near_misses: list[dict[str, Any]] | None = optional()  # unknown: files of the same name (and size)
+    near_misses: list[NearMiss] | None = optional()  # unknown: files of the same name (and size)
     wandb_online: dict[str, dict[str, Any]] | None = optional()  # audit --online
     report: str | None = optional()  # the --report file written
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_wandb.artifact_files import local_folder
-from prefect_wandb.audit.entries import AuditError
+from prefect_wandb.audit.entries import AuditError, NearMiss
 from prefect_wandb.audit.signatures import is_signature_of
 from prefect_wandb.hashing import sha256_file
 from prefect_wandb.refs import manifest, manifest_digest
@@ -94,15 +94,14 @@ def identify(store: LineageStore, target: str) -> Identification:
     raise AuditError(f"{target}: no such file or directory, and not an artifact reference (name:version)")
 
 
-def near_misses(store: LineageStore, path: Path) -> list[dict]:
+def near_misses(store: LineageStore, path: Path) -> list[NearMiss]:
     """Recorded files with the same name (and, first, the same size): a hint for a copy that was altered."""
     size = path.stat().st_size
     out = []
     for rec in store.artifacts():
         for f in rec.files:
             if Path(f.relpath).name == path.name:
-                out.append({"artifact": rec.label, "relpath": f.relpath, "sha256": f.sha256, "size": f.size,
-                            "same_size": f.size == size})
-    return sorted(out, key=lambda d: not d["same_size"])[:5]
+                out.append(NearMiss(rec.label, f.relpath, f.sha256, f.size, f.size == size))
+    return sorted(out, key=lambda d: not d.same_size)[:5]
 
 

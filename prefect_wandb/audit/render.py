@@ -12,6 +12,7 @@ from markupsafe import Markup
 
 from prefect_wandb import picture, templating
 from prefect_wandb.audit import FAILED, ArtifactEntry, AuditError, AuditReport, RunEntry, SignatureEntry
+from prefect_wandb.audit.entries import TreeArtifact, TreeRun
 from prefect_wandb.picture import Graph, Node
 
 
@@ -61,7 +62,7 @@ def _run_details(run: RunEntry) -> list[str]:
 def _artifact_title(art: ArtifactEntry) -> str:
     bad = [f.relpath for f in art.files if f.status in FAILED]
     state = f"TAMPERED: {', '.join(bad)}" if bad else ("TAMPERED" if art.status == "tampered" else
-                                                       f"deleted by gc on {art.deleted['deleted_at'][:10]}"
+                                                       f"deleted by gc on {art.deleted.deleted_at[:10]}"
                                                        if art.deleted else f"{len(art.files)} file(s) ok")
     return f"{art.label} ({art.type}) sha256 {_short(art.digest)}  [{state}]"
 
@@ -85,7 +86,7 @@ def _artifact_details(art: ArtifactEntry, report: AuditReport) -> list[str]:
         out.append(", ".join(f"{k} {_fmt(v)}" for k, v in s.items()))
     for f in art.files:
         extra = f" (now {_short(f.actual)})" if f.status == "mismatch" else \
-            f" by gc on {art.deleted['deleted_at'][:10]}" if f.status == "deleted" and art.deleted else ""
+            f" by gc on {art.deleted.deleted_at[:10]}" if f.status == "deleted" and art.deleted else ""
         out.append(f"file {f.relpath} sha256 {_short(f.sha256)} {f.size} B  {f.status}{extra}")
     shown = {str(Path(art.path) / f.relpath) for f in art.files}
     for c in report.checks:
@@ -132,17 +133,17 @@ def _signatures(report: AuditReport) -> list[str]:
     return out
 
 
-def _tree_node(node: dict, report: AuditReport, prefix_title: str = "") -> tuple[str, list[str], list]:
-    if "artifact" in node:
-        art = report.artifacts[node["artifact"]]
-        if node.get("repeat"):
+def _tree_node(node: TreeArtifact | TreeRun, report: AuditReport, prefix_title: str = "") -> tuple[str, list[str], list]:
+    if isinstance(node, TreeArtifact):
+        art = report.artifacts[node.artifact]
+        if node.repeat:
             return f"{prefix_title}{art.label} (see above)", [], []
-        children = [_tree_node(r, report, "produced by ") for r in node["produced_by"]]
+        children = [_tree_node(r, report, "produced by ") for r in node.produced_by]
         return prefix_title + _artifact_title(art), _artifact_details(art, report), children
-    run = report.runs[node["run"]]
-    if node.get("repeat"):
+    run = report.runs[node.run]
+    if node.repeat:
         return f"{prefix_title}{run.job_type} run {run.run_id} (see above)", [], []
-    children = [_tree_node(a, report, "used ") for a in node["used"]]
+    children = [_tree_node(a, report, "used ") for a in node.used]
     return prefix_title + _run_title(run), _run_details(run), children
 
 
@@ -164,8 +165,8 @@ def render_tree(report: AuditReport) -> str:
     if report.status == "unknown":
         out += ["", f"UNKNOWN: {report.message}"]
         for n in report.near_misses or []:
-            same = "same name and size" if n["same_size"] else "same name"
-            out.append(f"  ({same} as {n['artifact']}/{n['relpath']}, recorded sha256 {_short(n['sha256'])}: "
+            same = "same name and size" if n.same_size else "same name"
+            out.append(f"  ({same} as {n.artifact}/{n.relpath}, recorded sha256 {_short(n.sha256)}: "
                        "this file differs from it)")
         return "\n".join(out) + "\n"
     out.append(f"  identified as {', '.join(report.subjects)} (by {report.identified_by})")
@@ -176,10 +177,10 @@ def render_tree(report: AuditReport) -> str:
     if not report.downstream:
         out.append("  (no recorded run used it)")
     for d in report.downstream:
-        run = report.runs[d["run"]]
-        produced = ", ".join(d["produced"]) or "no artifact"
-        out.append(f"  {_run_title(run)}: used {', '.join(d['used'])} -> {produced}")
-        for lab in d["produced"]:
+        run = report.runs[d.run]
+        produced = ", ".join(d.produced) or "no artifact"
+        out.append(f"  {_run_title(run)}: used {', '.join(d.used)} -> {produced}")
+        for lab in d.produced:
             art = report.artifacts[lab]
             out.append(f"    {_artifact_title(art)}")
             out += [f"      {line}" for line in _artifact_details(art, report)]
@@ -189,11 +190,11 @@ def render_tree(report: AuditReport) -> str:
     if not report.promotions:
         out.append("  (no promotion decision recorded)")
     for p in report.promotions:
-        applied = f"applied in W&B {p['wandb_applied_at']}" if p.get("wandb_applied_at") else "not in W&B yet"
-        label = "ROLLBACK" if p.get("kind") == "rollback" else p["decision"].upper()
-        compared = f"; compared with {p['compared_with']}" if p.get("compared_with") else ""
-        out.append(f"  {p['decided_at']} {p['artifact']} {label} ({p['role']}): {p['reason']}{compared}; "
-                   f"validation {'passed' if p['validation_passed'] else 'failed'}; {applied}")
+        applied = f"applied in W&B {p.wandb_applied_at}" if p.wandb_applied_at else "not in W&B yet"
+        label = "ROLLBACK" if p.kind == "rollback" else p.decision.upper()
+        compared = f"; compared with {p.compared_with}" if p.compared_with else ""
+        out.append(f"  {p.decided_at} {p.artifact} {label} ({p.role}): {p.reason}{compared}; "
+                   f"validation {'passed' if p.validation_passed else 'failed'}; {applied}")
     if report.wandb_online is not None:
         out += ["", "W&B (online)"]
         for lab, e in report.wandb_online.items():

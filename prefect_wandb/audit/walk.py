@@ -4,8 +4,8 @@ the runs made only from what is already in the picture (evaluations, validations
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
+from prefect_wandb.audit.entries import TreeArtifact, TreeRun
 from prefect_wandb.store import ArtifactRecord, LineageStore
 
 
@@ -32,26 +32,22 @@ class Walk:
         self.arts.setdefault(rec.artifact_id, rec)
         self.roles.setdefault(rec.artifact_id, role)
 
-    def upstream(self, rec: ArtifactRecord, seen: set, role: str = "upstream") -> dict:
+    def upstream(self, rec: ArtifactRecord, seen: set, role: str = "upstream") -> TreeArtifact:
         """The nested tree artifact -> producing runs -> their inputs -> ..., each node expanded once."""
         self._add(rec, role)
-        node: dict[str, Any] = {"artifact": rec.label, "produced_by": []}
         if ("a", rec.artifact_id) in seen:
-            node["repeat"] = True
-            return node
+            return TreeArtifact(rec.label, [], repeat=True)
         seen.add(("a", rec.artifact_id))
-        producers = self.store.producers(rec.artifact_id) or [rec.producer_run_id]
-        for run_id in producers:
+        node = TreeArtifact(rec.label, [])
+        for run_id in self.store.producers(rec.artifact_id) or [rec.producer_run_id]:
             self._run(run_id)
-            rnode: dict[str, Any] = {"run": run_id, "used": []}
             if ("r", run_id) in seen:
-                rnode["repeat"] = True
-            else:
-                seen.add(("r", run_id))
-                if run_id not in self.upstream_runs:
-                    self.upstream_runs.append(run_id)
-                rnode["used"] = [self.upstream(u, seen) for u in self.used[run_id]]
-            node["produced_by"].append(rnode)
+                node.produced_by.append(TreeRun(run_id, [], repeat=True))
+                continue
+            seen.add(("r", run_id))
+            if run_id not in self.upstream_runs:
+                self.upstream_runs.append(run_id)
+            node.produced_by.append(TreeRun(run_id, [self.upstream(u, seen) for u in self.used[run_id]]))
         return node
 
     def downstream(self, subjects: set[int]) -> None:
