@@ -448,8 +448,8 @@ def test_the_metrics_production_was_compared_with_are_an_input_of_the_promote_ru
     assert mine.compared_with == m0.label
     assert f"; compared with {m0.label}; validation passed" in render_tree(report)
     # and its promote run is in the forward walk, production's metrics among its inputs (the one from outside)
-    [promote_run] = [d for d in report.downstream if d["job_type"] == "promote"]
-    assert promote_run["run"] == stage.run_id and m0.label in promote_run["used"]
+    [promote_run] = [d for d in report.downstream if d.job_type == "promote"]
+    assert promote_run.run == stage.run_id and m0.label in promote_run.used
     # the impact of production's metrics: the promote run that used it, and the decision it entered
     rep = impact.impact(gated.store, [m0])
     assert [r.job_type for r in rep.runs.values()] == ["promote"]
