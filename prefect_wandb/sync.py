@@ -109,6 +109,10 @@ class WandbBackend(Protocol):
     def lookup_artifact(self, ref: str) -> WandbVersion | None: ...
 
 
+# What `sync` has done already, by (run id, action, ref): the sync log's rows
+Done = dict[tuple[str, str, str], SyncLogRecord]
+
+
 def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path | None:
     """The `offline-run-*-<id>` folder of a recorded run: where it was recorded, else under `search_dirs`."""
     rid = run.run_id
@@ -119,7 +123,7 @@ def find_offline_dir(run: RunRecord, search_dirs: Sequence[Path] = ()) -> Path |
     return next((c for c in candidates if (c / f"run-{rid}.wandb").is_file()), None)
 
 
-def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict[tuple[str, str, str], SyncLogRecord]) -> None:
+def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done: Done) -> None:
     """An online run is in W&B; what a failed W&B call left out of it (`wandb_gaps`) is planned like an offline
     run's work: an artifact upload per version W&B did not commit, a `use` per input edge it did not get."""
     rid = run.run_id
@@ -151,7 +155,7 @@ def _plan_online_gaps(store: LineageStore, run: RunRecord, entry: RunPlan, done:
         # 'aliases': the promotion stays unapplied in the store and is planned under "promotions"
 
 
-def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done: dict[tuple[str, str, str], SyncLogRecord]) -> None:
+def _plan_unconfirmed(store: LineageStore, run: RunRecord, entry: RunPlan, done: Done) -> None:
     """An offline run killed after the store committed its outputs but before wandb wrote them to its run file:
     its folder lacks them, so each is logged on the (uploaded) run after its upload."""
     rid = run.run_id
@@ -178,7 +182,7 @@ def plan_sync(store: LineageStore, *, search_dirs: Sequence[Path] = (),
               run_ids: Sequence[str] | None = None) -> SyncPlan:
     """What a sync has to do, from the store and the offline run folders alone (no network): per run an upload
     and one `use` per recorded input, then the promotions not yet applied. Done work is marked 'done'."""
-    done: dict[tuple[str, str, str], SyncLogRecord] = {(r.run_id, r.action, r.ref): r for r in store.sync_log()}
+    done: Done = {(r.run_id, r.action, r.ref): r for r in store.sync_log()}
     uploaded = {r for r, a, _ in done if a == "upload"}
     runs: list[RunPlan] = []
     for run in store.runs():

@@ -133,7 +133,8 @@ def _signatures(report: AuditReport) -> list[str]:
     return out
 
 
-def _tree_node(node: TreeArtifact | TreeRun, report: AuditReport, prefix_title: str = "") -> tuple[str, list[str], list]:
+def _tree_node(node: TreeArtifact | TreeRun, report: AuditReport,
+               prefix_title: str = "") -> tuple[str, list[str], list]:
     if isinstance(node, TreeArtifact):
         art = report.artifacts[node.artifact]
         if node.repeat:

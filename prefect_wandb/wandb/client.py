@@ -30,8 +30,6 @@ def wandb_error_line(e: BaseException) -> str:
     return f"W&B failed: {masked_line(e)}"
 
 
-# An HTTP 404 in an error's text: the number on its own, not digits of a port or an address that contain it (a
-# stand-in on port 44041 made an HTTP 500 read as "not found").
 def _not_found(e: Exception) -> bool:
     """Whether wandb's error says the run or version does not exist, rather than that W&B failed to answer: wandb
     raises a ValueError for what its answer lacks (`RunNotFoundError` is one; `Api.artifact` wraps it in a
