@@ -1,8 +1,8 @@
-"""MNIST data: fetch or stage the raw IDX files, check them, read them with torchvision, slice, save.
+"""MNIST data: fetch or stage the raw IDX files, check them, read them, slice, save.
 
-Every source ends the same way: four IDX files staged in a private folder, checked here byte by byte (so a bad
-file is named before torchvision's reader sees it), read by the real `torchvision.datasets.MNIST` class, and
-kept read-only in a folder named by their content (`<root>/sha256/<digest[:16]>/MNIST/raw/`), which the dataset
+Every source ends the same way: four IDX files in torchvision's MNIST layout and names staged in a private folder,
+checked here byte by byte (so a bad file is named before anything reads it), read into the tensors torchvision's
+`MNIST` class makes of them (`idx.read_idx`; a test compares the two), and kept read-only in a folder named by their content (`<root>/sha256/<digest[:16]>/MNIST/raw/`), which the dataset
 records: a later run with other settings never rewrites what an earlier dataset was made from.
 No Prefect, no W&B: this module only knows files and tensors.
 """
@@ -200,7 +200,7 @@ def store_raw(incoming: Path, root: Path) -> tuple[Path, dict[str, str]]:
 
 
 def read_split(root: Path, train: bool, classes: int = 10, origins: dict[str, str] | None = None) -> Split:
-    """Check the split's two raw files, then read them with torchvision's MNIST class.
+    """Check the split's two raw files, then read them (as torchvision's MNIST class does: `idx.read_idx`).
 
     `origins` maps a raw file's stem to the file the user gave, so errors name that one."""
     split = "train" if train else "test"
@@ -218,17 +218,15 @@ def read_split(root: Path, train: bool, classes: int = 10, origins: dict[str, st
                         f"{names['labels']} holds {counts['labels']} labels")
     if counts["images"] == 0:
         raise DataError(f"{names['images']}: holds no images")
-    from torchvision.datasets import MNIST
-
-    ds = MNIST(str(root), train=train, download=False)
     import torch
 
-    labels = ds.targets.to(torch.int64)
+    images = torch.from_numpy(idx.read_idx(raw / FILES[(split, "images")], IMAGE_MAGIC))
+    labels = torch.from_numpy(idx.read_idx(raw / FILES[(split, "labels")], LABEL_MAGIC)).to(torch.int64)
     if int(labels.max()) >= classes:
         bad = int((labels >= classes).sum())
         raise DataError(f"{names['labels']}: {bad} label(s) outside 0..{classes - 1} "
                         f"(max {int(labels.max())})")
-    return Split(images=ds.data.contiguous(), labels=labels)
+    return Split(images=images, labels=labels)
 
 
 def take_every(split: Split, step: int, name: Path | str | None = None) -> Split:

@@ -15,7 +15,7 @@ __all__ = ["prepare_data", "check_for_changes", "train", "evaluate", "export_onn
 
 # What the stages import when they run, and not when the flow is loaded (a skipped run needs none of them): torch,
 # wandb, onnx, onnxruntime, matplotlib and the pure code on them.
-STAGE_MODULES = ("torch", "torchvision.datasets", "wandb", "mnist_pipeline.training", "mnist_pipeline.metrics",
+STAGE_MODULES = ("torch", "wandb", "mnist_pipeline.training", "mnist_pipeline.metrics",
                  "mnist_pipeline.stage_files", "onnx", "onnxruntime", "mnist_pipeline.onnx_io",
                  "mnist_pipeline.report.plots")
 

@@ -16,8 +16,18 @@ from tests.helpers import (
 )
 
 
-@pytest.mark.slow
-def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):
+@pytest.mark.slow  # importing torchvision: 2-3 s
+def test_the_files_are_read_into_the_tensors_torchvision_s_mnist_class_makes_of_them(tiny_mnist, tmp_path):
+    from torchvision.datasets import MNIST
+
+    prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=1)
+    for split, train in ((prepared.train, True), (prepared.test, False)):
+        theirs = MNIST(str(prepared.folder), train=train, download=False)
+        assert split.images.dtype == theirs.data.dtype and torch.equal(split.images, theirs.data)
+        assert split.labels.dtype == theirs.targets.dtype and torch.equal(split.labels, theirs.targets)
+
+
+def test_the_tiny_files_are_read_checked_and_stored(tiny_mnist, tmp_path):
     prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
     assert len(prepared.train) == 120 and len(prepared.test) == 40
     assert prepared.train.images.dtype == torch.uint8 and prepared.train.images.shape == (120, 28, 28)
@@ -34,7 +44,6 @@ def test_torchvision_reads_the_tiny_files(tiny_mnist, tmp_path):
     assert [p.name for p in (tmp_path / "root" / "sha256").iterdir()] == [prepared.folder.name]  # no leftovers
 
 
-@pytest.mark.slow  # torchvision reads the files
 def test_slice_keeps_every_nth_image(tiny_mnist, tmp_path):
     prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=5)
     assert len(prepared.train) == 24 and len(prepared.test) == 8
