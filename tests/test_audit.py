@@ -472,3 +472,26 @@ def test_forward_walk_keeps_what_is_about_this_artifact_only(tmp_path):
                                                            "train2", "val1", "val2"]
     assert {"onnx:v1", "model:v1", "metrics:v1"} <= set(dataset.artifacts)
     assert (o1.version, v1.version, e1.version) == (0, 0, 0)
+
+
+def test_a_run_the_store_no_longer_holds_is_shown_as_missing_with_its_edges(tmp_path):
+    """A store damaged by hand (a producing run's row deleted with SQLite's foreign keys off): the walk still
+    follows the run's edges, and the report names the run with job type "?" and status "missing"."""
+    store = LineageStore(tmp_path / "l.db")
+    [d] = _stage(store, tmp_path, "prep", "prepare-data", [], [("data", "dataset", "d")])
+    [m] = _stage(store, tmp_path, "train1", "train", [d], [("model", "model", "m")])
+    con = sqlite3.connect(tmp_path / "l.db")
+    try:
+        con.execute("DELETE FROM runs WHERE run_id = 'train1'")
+        con.commit()
+    finally:
+        con.close()
+
+    r = audit(LineageStore(tmp_path / "l.db"), "model:v0")
+    gone, prep = r.runs["train1"], r.runs["prep"]
+    assert (gone.job_type, gone.status, gone.started_at, gone.config, gone.wandb.mode) == ("?", "missing", None, {},
+                                                                                            None)
+    assert gone.code.git_commit is None and gone.used == ["data:v0"] and gone.produced == ["model:v0"]
+    assert (prep.job_type, prep.status, prep.wandb.mode) == ("prepare-data", "finished", "offline")
+    assert tree_chain(as_json(r.upstream[0])) == ["artifact:model:v0", "run:train1", "artifact:data:v0", "run:prep"]
+    assert "train1" in render_tree(r) and m.version == 0

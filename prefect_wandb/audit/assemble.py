@@ -14,6 +14,7 @@ from prefect_wandb.audit.entries import (
     ArtifactEntry,
     AuditPromotion,
     AuditReport,
+    CodeEntry,
     DownstreamRun,
     FileEntry,
     RunEntry,
@@ -26,7 +27,7 @@ from prefect_wandb.audit.signatures import SIGNATURE_ORDER, check_signatures
 from prefect_wandb.audit.walk import Walk
 from prefect_wandb.records import SyncLogRecord
 from prefect_wandb.refs import digest_alias
-from prefect_wandb.store import ArtifactRecord, LineageStore
+from prefect_wandb.store import ArtifactRecord, LineageStore, RunRecord
 
 
 def _summary(rec: ArtifactRecord) -> dict:
@@ -42,24 +43,28 @@ def _summary(rec: ArtifactRecord) -> dict:
     return out
 
 
-def _run_entry(run: dict, used: list, produced: list, sync_rows: list[SyncLogRecord], role: str) -> RunEntry:
-    env = run.get("env") or {}
-    cfg = run.get("config") or {}
+def _run_entry(run_id: str, run: RunRecord | None, used: list, produced: list, sync_rows: list[SyncLogRecord],
+               role: str) -> RunEntry:
+    """A run of the walk as the report shows it; `run` None: one the store does not hold (job type "?", status
+    "missing")."""
+    env = (run.env if run else None) or {}
     upload = next((r for r in sync_rows if r.action == "upload"), None)
     return RunEntry(
-        run_id=run["run_id"], job_type=run.get("job_type"), status=run.get("status"),
-        started_at=run.get("started_at"), finished_at=run.get("finished_at"), error=run.get("error"),
-        flow_run_id=run.get("flow_run_id") or env.get("flow_run_id"), group=run.get("run_group"),
-        code={"git_commit": env.get("git_commit"), "git_dirty": env.get("git_dirty"),
-              "source_dir": env.get("source_dir")},
+        run_id=run_id, job_type=run.job_type if run else "?", status=run.status if run else "missing",
+        started_at=run.started_at if run else None, finished_at=run.finished_at if run else None,
+        error=run.error if run else None, flow_run_id=(run.flow_run_id if run else None) or env.get("flow_run_id"),
+        group=run.run_group if run else None,
+        code=CodeEntry(git_commit=env.get("git_commit"), git_dirty=env.get("git_dirty"),
+                       source_dir=env.get("source_dir")),
         python=env.get("python"), platform=env.get("platform"), seed=env.get("seed"),
         packages=env.get("packages") or {},
-        config=cfg, config_section=CONFIG_SECTION.get(run.get("job_type") or ""),
-        summary=run.get("summary") or {},
-        wandb=WandbEntry(mode=run.get("wandb_mode"), run_id=run["run_id"],
-                         url=run.get("wandb_url") or (upload.detail if upload and upload.detail and
-                                                      upload.detail.startswith("http") else None),
-                         dir=run.get("wandb_dir"), project=run.get("wandb_project"), entity=run.get("wandb_entity"),
+        config=(run.config if run else None) or {}, config_section=CONFIG_SECTION.get(run.job_type if run else ""),
+        summary=(run.summary if run else None) or {},
+        wandb=WandbEntry(mode=run.wandb_mode if run else None, run_id=run_id,
+                         url=(run.wandb_url if run else None) or (upload.detail if upload and upload.detail and
+                                                                  upload.detail.startswith("http") else None),
+                         dir=run.wandb_dir if run else None, project=run.wandb_project if run else None,
+                         entity=run.wandb_entity if run else None,
                          synced_at=upload.done_at if upload else None,
                          inputs_declared=[r.ref for r in sync_rows if r.action == "use"]),
         used=[a.label for a in used], produced=[a.label for a in produced], role=role,
@@ -115,7 +120,7 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
         v.add("query-file", subj.label, str(ident.path), "ok", ident.sha256, ident.sha256,
               f"same content as {subj.label}/{ident.relpath}")
     for rec in w.arts.values():
-        v.artifact(rec, w.runs, w.used)
+        v.artifact(rec, w.used)
         if check_raw_files:
             v.raw_files(rec)
     queried = (ident.matches[0].artifact_id, ident.path) if ident.kind == "file" and ident.how == "sha256" and \
@@ -158,9 +163,10 @@ def audit(store: LineageStore, target: str, *, check_raw_files: bool = True,
         )
     report.artifacts = by_label
     for run_id in w.upstream_runs + w.downstream_runs:
-        report.runs[run_id] = _run_entry(w.runs[run_id], w.used[run_id], w.produced[run_id], store.sync_log(run_id),
+        report.runs[run_id] = _run_entry(run_id, w.runs[run_id], w.used[run_id], w.produced[run_id],
+                                         store.sync_log(run_id),
                                          "upstream" if run_id in w.upstream_runs else "downstream")
-    report.downstream = [DownstreamRun(r, w.runs[r].get("job_type"), w.runs[r].get("status"),
+    report.downstream = [DownstreamRun(r, report.runs[r].job_type, report.runs[r].status,
                                        [a.label for a in w.used[r]], [a.label for a in w.produced[r]])
                          for r in w.downstream_runs]
     def compared_with(p) -> str | None:  # the metrics artifact production's value was read from

@@ -46,7 +46,7 @@ class Verifier:
                             f"sha256 {actual} does not match the recorded {expected}")
         return self.add(kind, artifact, str(path), "ok", expected, actual)
 
-    def artifact(self, rec: ArtifactRecord, runs: dict, used: dict) -> None:
+    def artifact(self, rec: ArtifactRecord, used: dict[str, list[ArtifactRecord]]) -> None:
         lab = rec.label
         gone = self.deleted.get(rec.artifact_id)
         try:  # a version in S3: this host's cache copy, fetched and verified by sha256 if it is not there yet

@@ -106,6 +106,15 @@ class WandbEntry:
 
 
 @dataclass(frozen=True)
+class CodeEntry:
+    """The code a run ran, from its environment record: the git commit and dirty flag of its code root."""
+
+    git_commit: str | None
+    git_dirty: bool | None
+    source_dir: str | None
+
+
+@dataclass(frozen=True)
 class RunEntry:
     run_id: str
     job_type: str | None
@@ -115,7 +124,7 @@ class RunEntry:
     error: str | None
     flow_run_id: str | None
     group: str | None
-    code: dict[str, Any]
+    code: CodeEntry
     python: str | None
     platform: str | None
     seed: int | None

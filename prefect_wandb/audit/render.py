@@ -45,8 +45,8 @@ def _run_details(run: RunEntry) -> list[str]:
         out.append(f"W&B run {wb.run_id} ({wb.mode}{synced}): {wb.dir}")
     out.append(f"Prefect flow run {run.flow_run_id or '-'}")
     code = run.code
-    dirty = {True: "dirty: uncommitted changes", False: "clean", None: "unknown"}[code["git_dirty"]]
-    out.append(f"code git {code['git_commit'] or '(not a git checkout)'} ({dirty}); python {run.python}; "
+    dirty = {True: "dirty: uncommitted changes", False: "clean", None: "unknown"}[code.git_dirty]
+    out.append(f"code git {code.git_commit or '(not a git checkout)'} ({dirty}); python {run.python}; "
                f"seed {run.seed}")
     pk = run.packages
     if pk:

@@ -3,10 +3,8 @@ the runs made only from what is already in the picture (evaluations, validations
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from prefect_wandb.audit.entries import TreeArtifact, TreeRun
-from prefect_wandb.store import ArtifactRecord, LineageStore
+from prefect_wandb.store import ArtifactRecord, LineageStore, RunRecord
 
 
 class Walk:
@@ -14,19 +12,17 @@ class Walk:
         self.store = store
         self.arts: dict[int, ArtifactRecord] = {}
         self.roles: dict[int, str] = {}
-        self.runs: dict[str, dict] = {}
+        self.runs: dict[str, RunRecord | None] = {}  # None: a run the store does not hold
         self.used: dict[str, list[ArtifactRecord]] = {}
         self.produced: dict[str, list[ArtifactRecord]] = {}
         self.upstream_runs: list[str] = []
         self.downstream_runs: list[str] = []
 
-    def _run(self, run_id: str) -> dict:
+    def _run(self, run_id: str) -> None:
         if run_id not in self.runs:
-            rec = self.store.run(run_id)
-            self.runs[run_id] = asdict(rec) if rec else {"run_id": run_id, "job_type": "?", "status": "missing"}
+            self.runs[run_id] = self.store.run(run_id)
             edges = self.store.edges(run_id)
             self.used[run_id], self.produced[run_id] = edges.used, edges.produced
-        return self.runs[run_id]
 
     def _add(self, rec: ArtifactRecord, role: str) -> None:
         self.arts.setdefault(rec.artifact_id, rec)
