@@ -4,10 +4,13 @@ the checks (`finish`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect_wandb.exit_codes import Exit
 from prefect_wandb.records import AliasRecord, DeletionRecord, PromotionRecord, optional
+
+if TYPE_CHECKING:  # the signature checks' own record; importing it at run time would load the crypto libraries
+    from prefect_wandb.provenance.verify import Check as SignatureCheck
 
 # The exit code of each conclusion (`Exit`, the one table): verified, every reachable digest matches; tampered, a
 # file or record differs from its digest, or an attestation does not verify; unknown, no recorded run made it.
@@ -87,8 +90,7 @@ class SignatureEntry:
     key_fingerprint: str | None  # of the key verified with
     recorded_fingerprint: str | None  # the attestation artifact's metadata
     trusted: bool  # verified against a key the auditor gave, not the folder's own copy
-    checks: list[dict[str, Any]]  # {"name", "ok", "detail"}: the signer key, statement signature, subject digest,
-    # model-signing bundle
+    checks: list[SignatureCheck]  # the signer key, statement signature, subject digest, model-signing bundle
     failed: list[str]  # names of the failed checks
     detail: str
 

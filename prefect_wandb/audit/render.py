@@ -129,7 +129,7 @@ def _signatures(report: AuditReport) -> list[str]:
         if e.status == "verified" or not e.checks:
             out.append(f"    {e.detail}")
         for c in e.checks:
-            out.append(f"    {'ok    ' if c['ok'] else 'FAILED'} {c['name']}: {c['detail']}")
+            out.append(f"    {'ok    ' if c.ok else 'FAILED'} {c.name}: {c.detail}")
     return out
 
 
@@ -313,7 +313,7 @@ def _signature_rows(report: AuditReport) -> list[tuple[str, str, str, str, str]]
     for e in report.signatures:
         key = {"given": f"given {_short(e.key_fingerprint)}",
                "signer": f"its own signer.pub {_short(e.key_fingerprint)} (not a trusted key)"}.get(e.key or "", "-")
-        failed = "; ".join(f"{c['name']}: {c['detail']}" for c in e.checks if not c["ok"])
+        failed = "; ".join(f"{c.name}: {c.detail}" for c in e.checks if not c.ok)
         rows.append((f"{e.artifact}/{e.relpath or ''}".rstrip("/"), SIGNATURE_WORDS[e.status], key,
                      e.attestation or "-", failed or ("" if e.status in ("verified", "unsigned") else e.detail)))
     return rows

@@ -61,7 +61,7 @@ def _entry(rec: ArtifactRecord, relpath: str | None, path: Path | None, status: 
 
 def _verify(e: SignatureEntry, file: Path, att: ArtifactRecord, public_key: Path | None) -> None:
     from prefect_wandb.provenance import keys
-    from prefect_wandb.provenance.verify import MISSING, VERIFIED, verify
+    from prefect_wandb.provenance.verify import MISSING, VERIFIED, Check, verify
 
     folder = readable_folder(att.path, att.files)
     recorded = e.recorded_fingerprint
@@ -74,24 +74,24 @@ def _verify(e: SignatureEntry, file: Path, att: ArtifactRecord, public_key: Path
     try:
         fp = keys.fingerprint(keys.load_public(key))
     except keys.KeyFileError as err:  # a given key was checked before the audit: this is the folder's own copy
-        checks.append({"name": "signer key", "ok": False, "detail": str(err)})
+        checks.append(Check("signer key", False, str(err)))
         fp = None
     if fp is not None:
         e.key_fingerprint = fp
         if public_key is None:
             ok = fp == recorded
-            checks.append({"name": "signer key fingerprint", "ok": ok,
-                           "detail": f"{key.name} has fingerprint {fp[:16]}, as recorded for {att.label}" if ok else
-                           f"{key.name} has fingerprint {fp[:16]}, but the store records {str(recorded)[:16]} for "
-                           f"{att.label}"})
+            checks.append(Check("signer key fingerprint", ok,
+                                f"{key.name} has fingerprint {fp[:16]}, as recorded for {att.label}" if ok else
+                                f"{key.name} has fingerprint {fp[:16]}, but the store records {str(recorded)[:16]} "
+                                f"for {att.label}"))
         result = verify(file, key, attestation=folder)
         if result.status == MISSING:
-            checks.append({"name": "attestation files", "ok": False, "detail": result.note})
-        checks += [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in result.checks]
+            checks.append(Check("attestation files", False, result.note))
+        checks += result.checks
         verified = result.status == VERIFIED
     else:
         verified = False
-    e.failed = [c["name"] for c in checks if not c["ok"]]
+    e.failed = [c.name for c in checks if not c.ok]
     if verified and not e.failed:
         e.status = "verified"
         e.detail = (f"signature verified with the given key {key} (fingerprint {fp})" if e.trusted else
@@ -100,7 +100,7 @@ def _verify(e: SignatureEntry, file: Path, att: ArtifactRecord, public_key: Path
     else:
         e.status = "mismatch"
         e.detail = f"{att.label} does not verify {file.name}: " + "; ".join(
-            f"{c['name']} failed ({c['detail']})" for c in checks if not c["ok"])
+            f"{c.name} failed ({c.detail})" for c in checks if not c.ok)
 
 
 def check_signatures(store: LineageStore, arts: dict[int, ArtifactRecord], v: Verifier, *,
