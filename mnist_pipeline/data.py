@@ -2,8 +2,9 @@
 
 Every source ends the same way: four IDX files in torchvision's MNIST layout and names staged in a private folder,
 checked here byte by byte (so a bad file is named before anything reads it), read into the tensors torchvision's
-`MNIST` class makes of them (`idx.read_idx`; a test compares the two), and kept read-only in a folder named by their content (`<root>/sha256/<digest[:16]>/MNIST/raw/`), which the dataset
-records: a later run with other settings never rewrites what an earlier dataset was made from.
+`MNIST` class makes of them (`idx.read_idx`; a test compares the two), and kept read-only in a folder named by
+their content (`<root>/sha256/<digest[:16]>/MNIST/raw/`), which the dataset records: a later run with other
+settings never rewrites what an earlier dataset was made from.
 No Prefect, no W&B: this module only knows files and tensors.
 """
 

@@ -20,7 +20,7 @@ from tests.helpers import (
 def test_the_files_are_read_into_the_tensors_torchvision_s_mnist_class_makes_of_them(tiny_mnist, tmp_path):
     from torchvision.datasets import MNIST
 
-    prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist, slice_step=1)
+    prepared = data.prepare("local", tmp_path / "root", local_dir=tiny_mnist)
     for split, train in ((prepared.train, True), (prepared.test, False)):
         theirs = MNIST(str(prepared.folder), train=train, download=False)
         assert split.images.dtype == theirs.data.dtype and torch.equal(split.images, theirs.data)
